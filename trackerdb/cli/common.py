@@ -1,0 +1,81 @@
+"""What every task shares: Settings from invoke's config, one-line errors, tables and JSON."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+from invoke import Exit
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import OpsError
+from ..settings import Settings
+from ..steps import Check, Outcome
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def settings(c) -> Settings:
+    return Settings.load(c.config.get("trackerdb", {}))
+
+
+def ops_task(fn):
+    """Expected failures become one line on stderr and exit 1; anything else is a bug and keeps its trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OpsError as exc:
+            console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True, soft_wrap=True)
+            raise Exit(code=1) from None
+        except KeyboardInterrupt:
+            console.print("interrupted; re-run the same command to continue where it stopped")
+            raise Exit(code=130) from None
+
+    return wrapper
+
+
+def print_outcome(outcome: Outcome, as_json: bool) -> None:
+    if as_json:
+        print(outcome.to_json())
+        return
+    table = Table(title=outcome.title + (" (dry run: nothing changed)" if outcome.dry_run else ""))
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    for s in outcome.steps:
+        status = ("would change" if outcome.dry_run else "changed") if s.changed else "unchanged"
+        table.add_row(s.name, status, s.detail)
+        if outcome.dry_run:
+            for cmd in s.commands:
+                table.add_row("", "", f"  $ {cmd}")
+    out.print(table)
+    out.print("changed" if outcome.changed else "no changes: the host already matches")
+
+
+def print_checks(title: str, checks: list[Check], as_json: bool, extra: dict | None = None) -> bool:
+    ok = all(c.ok for c in checks)
+    if as_json:
+        from ..steps import checks_to_dict
+
+        print(json.dumps(checks_to_dict(checks) | (extra or {}), indent=2))
+        return ok
+    table = Table(title=title)
+    for col in ("check", "status", "observed", "expected"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[bold red]FAIL[/]", c.observed, c.expected)
+    out.print(table)
+    out.print(f"{sum(c.ok for c in checks)}/{len(checks)} checks passed")
+    return ok
+
+
+def fail_unless(ok: bool, message: str) -> None:
+    if not ok:
+        console.print(f"[bold red]error:[/] {message}", markup=True)
+        sys.stdout.flush()
+        raise Exit(code=1)

@@ -1,0 +1,2 @@
+"""Tasks: placeholder until this area lands."""
+TASKS: list = []

@@ -1,0 +1,205 @@
+"""SSH to a host with Fabric, host keys pinned from a known_hosts file (never trust-on-first-use).
+
+`Remote` is deliberately thin: build commands with `trackerdb.cmd`, run them here. Secrets go to
+remote programs on stdin or in files, never in argv; `mask` scrubs them from any error text.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HostError
+from .secrets import mask
+from .settings import HostSpec
+
+
+@dataclass
+class Result:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def wrap(cmd: str | list[str], *, sudo: bool = False, user: str | None = None, cwd: str | None = None) -> str:
+    """The shell line that runs ``cmd`` (a list is quoted; a string is run by bash) as root or ``user``."""
+    line = shlex.join(cmd) if isinstance(cmd, (list, tuple)) else cmd
+    if cwd:
+        line = f"cd {shlex.quote(cwd)} && {line}"
+    if user:
+        return f"sudo -n -H -u {shlex.quote(user)} -- bash -c {shlex.quote(line)}"
+    if sudo:
+        return f"sudo -n -- bash -c {shlex.quote(line)}"
+    return line
+
+
+class Remote:
+    """One SSH connection. ``secrets`` are values to scrub from anything this object raises."""
+
+    def __init__(self, spec: HostSpec, secrets=(), connect_timeout: float = 15):
+        self.spec = spec
+        self.name = spec.name
+        self.secrets = list(secrets)
+        self._timeout = connect_timeout
+        self._conn = None
+
+    # ---- connection ------------------------------------------------------------------------
+    def _connect(self):
+        if self._conn is not None:
+            return self._conn
+        import paramiko
+        from fabric import Config, Connection
+
+        spec = self.spec
+        if not spec.known_hosts or not Path(spec.known_hosts).is_file():
+            raise HostError(
+                f"no known_hosts file for {spec.name} ({spec.known_hosts or 'not set'})",
+                hint="host keys are pinned: point trackerdb.<host>.known_hosts at the file with its key",
+            )
+        overrides = {"load_ssh_configs": bool(spec.ssh_config), "timeouts": {"connect": self._timeout}}
+        if spec.ssh_config:
+            overrides["ssh_config_path"] = spec.ssh_config
+        config = Config(overrides=overrides)
+        connect_kwargs = {"allow_agent": False, "look_for_keys": spec.key_file is None, "banner_timeout": self._timeout}
+        if spec.key_file:
+            connect_kwargs["key_filename"] = spec.key_file
+        gateway = paramiko.ProxyCommand(spec.proxy_command.replace("%h", spec.address).replace("%p", str(spec.port))) if spec.proxy_command else None
+        conn = Connection(spec.address, user=spec.user, port=spec.port, config=config, connect_kwargs=connect_kwargs, gateway=gateway)
+        client = conn.client
+        # Fabric auto-adds unknown keys and reads ~/.ssh/known_hosts; we trust only the pinned file.
+        client._system_host_keys.clear()
+        client._host_keys.clear()
+        client.load_host_keys(spec.known_hosts)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException:
+            raise HostError(
+                f"host key of {spec.name} ({spec.address}) does not match the pinned key in {spec.known_hosts}",
+                hint="the host was replaced or this is not the host you think: verify the key out of band before updating known_hosts",
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostError(
+                    f"host key of {spec.name} ({spec.address}) is not in {spec.known_hosts}; refusing an unknown host",
+                    hint="add the host's key to that file from a trusted source (the lab or the EC2 console output)",
+                ) from None
+            raise HostError(f"SSH to {spec.name} ({spec.address}) failed: {exc}", hint="check the user and key") from None
+        except (socket.timeout, TimeoutError, OSError) as exc:
+            raise HostError(f"{spec.name} ({spec.address}:{spec.port}) is unreachable: {exc.__class__.__name__}",
+                            hint="check the address, security group and ProxyCommand/bastion") from None
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- commands --------------------------------------------------------------------------
+    def run(self, cmd, *, sudo: bool = False, user: str | None = None, stdin: str | bytes | None = None,
+            check: bool = True, timeout: float | None = None, cwd: str | None = None, echo: bool = False) -> Result:
+        line = wrap(cmd, sudo=sudo, user=user, cwd=cwd)
+        conn = self._connect()
+        in_stream = None
+        if stdin is not None:
+            in_stream = io.StringIO(stdin) if isinstance(stdin, str) else io.StringIO(stdin.decode())
+        else:
+            in_stream = False
+        try:
+            r = conn.run(line, hide=not echo, warn=True, in_stream=in_stream, timeout=timeout, pty=False)
+        except Exception as exc:  # invoke's CommandTimedOut, paramiko transport errors
+            raise HostError(f"{self.name}: {mask(line, *self.secrets)[:200]} did not complete: {exc.__class__.__name__}",
+                            hint="the connection dropped or the command timed out; re-run to continue") from None
+        res = Result(line, r.exited, r.stdout, r.stderr)
+        if check and not res.ok:
+            raise HostError(self._describe_failure(res), hint=self._hint_for(res))
+        return res
+
+    def _describe_failure(self, res: Result) -> str:
+        tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
+        return mask(f"{self.name}: `{res.command[:160]}` exited {res.exit_code}: {tail[0][:300]}", *self.secrets)
+
+    @staticmethod
+    def _hint_for(res: Result) -> str | None:
+        if "a password is required" in res.stderr or "sudo: a terminal is required" in res.stderr:
+            return "the SSH user needs passwordless sudo"
+        return None
+
+    def exists(self, path: str) -> bool:
+        return self.run(["test", "-e", path], sudo=True, check=False).ok
+
+    def read_file(self, path: str) -> str | None:
+        r = self.run(f"if [ -f {shlex.quote(path)} ]; then cat {shlex.quote(path)}; else exit 3; fi", sudo=True, check=False)
+        if r.exit_code == 3:
+            return None
+        if not r.ok:
+            raise HostError(self._describe_failure(r))
+        return r.stdout
+
+    def write_file(self, path: str, content: str, *, mode: str = "0644", owner: str = "root", group: str | None = None) -> bool:
+        """Write ``content`` (via stdin, so secrets never hit argv) when it differs. Returns whether it changed."""
+        current = self.read_file(path)
+        if current == content:
+            stat = self.run(["stat", "-c", "%a %U %G", path], sudo=True).stdout.split()
+            if stat == [mode.lstrip("0") or "0", owner, group or owner]:
+                return False
+        q = shlex.quote(path)
+        grp = shlex.quote(group or owner)
+        script = (f"umask 077; tmp=$(mktemp {q}.XXXXXX) && cat > \"$tmp\" && chown {shlex.quote(owner)}:{grp} \"$tmp\" "
+                  f"&& chmod {mode} \"$tmp\" && mv -f \"$tmp\" {q}")
+        self.run(script, sudo=True, stdin=content)
+        return True
+
+    def put(self, local: str, remote: str) -> None:
+        self._connect().put(local, remote)
+
+    def get(self, remote: str, local: str) -> None:
+        self._connect().get(remote, local)
+
+    @property
+    def sftp(self):
+        return self._connect().sftp()
+
+
+class LocalHost(Remote):
+    """The same interface on this machine (for `dump --local` on the old host itself)."""
+
+    def __init__(self, name: str = "local", secrets=()):
+        super().__init__(HostSpec(name=name, address="localhost"), secrets)
+
+    def _connect(self):
+        return None
+
+    def run(self, cmd, *, sudo=False, user=None, stdin=None, check=True, timeout=None, cwd=None, echo=False) -> Result:
+        line = wrap(cmd, sudo=sudo, user=user, cwd=cwd)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        p = subprocess.run(["bash", "-c", line], input=data, capture_output=True, timeout=timeout)
+        res = Result(line, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+        if check and not res.ok:
+            raise HostError(self._describe_failure(res), hint=self._hint_for(res))
+        return res
+
+    def put(self, local: str, remote: str) -> None:
+        subprocess.run(["cp", local, remote], check=True)
+
+    def get(self, remote: str, local: str) -> None:
+        subprocess.run(["cp", remote, local], check=True)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,229 @@
+"""Settings: one typed, validated object built from invoke.yaml, an optional overlay and the stack outputs.
+
+Layers, later wins:
+1. the ``trackerdb`` section of invoke.yaml (non-secret production defaults),
+2. an overlay file: ``$TRACKERDB_SETTINGS``, or the lab's ``settings.json`` when ``TRACKERDB_ENV=lab``,
+3. the stack outputs (the deployed inventory) for everything the infrastructure decided.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import inventory
+from .errors import ConfigError
+
+LAB_DIR_DEFAULT = "/var/lib/trackerdb-lab"
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("TRACKERDB_LAB_DIR", LAB_DIR_DEFAULT))
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """How to reach one host over SSH. Host keys always come from ``known_hosts`` (pinned)."""
+
+    name: str
+    address: str
+    user: str = "admin"
+    port: int = 22
+    key_file: str | None = None
+    known_hosts: str | None = None
+    proxy_command: str | None = None  # e.g. SSM: "aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p"
+    ssh_config: str | None = None
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict | None) -> "HostSpec | None":
+        if not d or not d.get("address"):
+            return None
+        fields = {k: d[k] for k in ("address", "user", "port", "key_file", "known_hosts", "proxy_command", "ssh_config") if d.get(k) is not None}
+        return cls(name=name, **fields)
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    region: str
+    database: str
+    owner_role: str
+    postgres_major: int
+    postgis_version: str
+    timescaledb_version: str
+    package_source: str  # "pgdg" (production) or "debian" (the lab)
+    data_volume_id: str
+    data_volume_size_gb: int
+    data_mount: str
+    fs_type: str
+    backup_bucket: str
+    backup_path: str
+    cipher_secret_name: str
+    app_secret_name: str
+    repo_host_name: str
+    repo_host_ip: str
+    repo_host_user: str
+    repo_path: str
+    repo_host_key: str | None  # "ssh-ed25519 AAAA..." pinned public key of the repository host
+    repo_writable: bool  # may we write the repository host's authorized_keys ourselves (lab) or not (prod)
+    stanza: str
+    shared_stanza: str
+    app_cidrs: tuple[str, ...]
+    target: HostSpec
+    source: HostSpec | None
+    repo: HostSpec | None
+    aws_endpoint_url: str | None = None
+    aws_ca_bundle: str | None = None
+    s3_endpoint: str | None = None  # pgBackRest repo2-s3-endpoint (lab only; production uses the AWS default)
+    s3_verify_tls: bool = True
+    s3_uri_style: str | None = None
+    s3_key_type: str = "auto"
+    s3_credentials: dict | None = None  # lab only: moto's fixed test keys (not secrets)
+    source_decommissioned: bool = False
+    switch: dict = field(default_factory=dict)
+    state_dir: str = "artifacts"
+    pg_port: int = 5432
+    outputs: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- derived ---------------------------------------------------------------------------
+    @property
+    def cluster_dir(self) -> str:
+        return f"{self.data_mount}/{self.postgres_major}/main"
+
+    @property
+    def pg_bin(self) -> str:
+        return f"/usr/lib/postgresql/{self.postgres_major}/bin"
+
+    @property
+    def data_volume_by_id(self) -> str:
+        """The Nitro NVMe by-id path of the data volume (the id without its hyphen)."""
+        return "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + self.data_volume_id.replace("-", "")
+
+    @property
+    def is_lab(self) -> bool:
+        return self.environment == "lab"
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, config: dict | None = None, env: dict | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        merged = _deep_merge({}, _plain(config or {}))
+        overlay_path = env.get("TRACKERDB_SETTINGS")
+        if not overlay_path and env.get("TRACKERDB_ENV") == "lab":
+            overlay_path = str(Path(env.get("TRACKERDB_LAB_DIR", LAB_DIR_DEFAULT)) / "settings.json")
+        if overlay_path:
+            p = Path(overlay_path)
+            if not p.is_file():
+                hint = "run `invoke lab.up` first" if env.get("TRACKERDB_ENV") == "lab" else "check TRACKERDB_SETTINGS"
+                raise ConfigError(f"settings overlay {p} does not exist", hint=hint)
+            merged = _deep_merge(merged, json.loads(p.read_text()))
+        outputs_path = env.get("TRACKERDB_STACK_OUTPUTS") or merged.get("stack_outputs")
+        outputs = inventory.load(outputs_path, stack=merged.get("stack", "prod"))
+        return cls.from_parts(merged, outputs)
+
+    @classmethod
+    def from_parts(cls, cfg: dict, outputs: dict) -> "Settings":
+        o = inventory.validate(dict(outputs), "stack outputs")
+        target_cfg = dict(cfg.get("target") or {})
+        target_cfg.setdefault("address", o["private_ip"])
+        target = HostSpec.from_dict("target", target_cfg)
+        repo_cfg = dict(cfg.get("repo") or {})
+        s = cls(
+            environment=o["environment"],
+            region=o["region"],
+            database=cfg.get("database", "tracker"),
+            owner_role=cfg.get("owner_role", "tracker"),
+            postgres_major=int(o["postgres_major"]),
+            postgis_version=str(o["postgis_version"]),
+            timescaledb_version=str(o["timescaledb_version"]),
+            package_source=cfg.get("package_source", "pgdg"),
+            data_volume_id=o["data_volume_id"],
+            data_volume_size_gb=int(o["data_volume_size_gb"]),
+            data_mount=o["data_mount"],
+            fs_type=cfg.get("fs_type", "ext4"),
+            backup_bucket=o["backup_bucket"],
+            backup_path=o["backup_path"],
+            cipher_secret_name=o["cipher_secret_name"],
+            app_secret_name=o["app_secret_name"],
+            repo_host_name=o["repo_host_name"],
+            repo_host_ip=o["repo_host_ip"],
+            repo_host_user=o["repo_host_user"],
+            repo_path=o["repo_path"],
+            repo_host_key=repo_cfg.get("host_key"),
+            repo_writable=bool(repo_cfg.get("writable", False)),
+            stanza=o["stanza"],
+            shared_stanza=o["shared_stanza"],
+            app_cidrs=tuple(o["app_cidrs"]),
+            target=target,
+            source=HostSpec.from_dict("source", cfg.get("source")),
+            repo=HostSpec.from_dict("repo", repo_cfg),
+            aws_endpoint_url=cfg.get("aws_endpoint_url"),
+            aws_ca_bundle=cfg.get("aws_ca_bundle"),
+            s3_endpoint=cfg.get("s3_endpoint"),
+            s3_verify_tls=bool(cfg.get("s3_verify_tls", True)),
+            s3_uri_style=cfg.get("s3_uri_style"),
+            s3_key_type=cfg.get("s3_key_type", "auto"),
+            s3_credentials=cfg.get("s3_credentials"),
+            source_decommissioned=bool(cfg.get("source_decommissioned", False)),
+            switch=dict(cfg.get("switch") or {}),
+            state_dir=cfg.get("state_dir", "artifacts"),
+            pg_port=int(cfg.get("pg_port", 5432)),
+            outputs=o,
+        )
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if self.package_source not in ("pgdg", "debian"):
+            raise ConfigError(f"package_source {self.package_source!r} is not pgdg or debian", hint="set trackerdb.package_source")
+        if self.fs_type not in ("ext4", "xfs"):
+            raise ConfigError(f"fs_type {self.fs_type!r} is not ext4 or xfs", hint="set trackerdb.fs_type")
+        if self.stanza == self.shared_stanza:
+            raise ConfigError(
+                f"stanza {self.stanza!r} is the shared host's stanza",
+                hint="the new cluster has its own system identifier; give it its own stanza name",
+            )
+        if not self.data_volume_id.startswith("vol-"):
+            raise ConfigError(f"data_volume_id {self.data_volume_id!r} is not an EBS volume id", hint="expected vol-…")
+        for cidr in self.app_cidrs:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"app_cidrs entry {cidr!r} is not a network", hint="use CIDR notation like 10.0.1.0/24") from None
+            if net.prefixlen == 0:
+                raise ConfigError(f"app_cidrs entry {cidr} opens PostgreSQL to the world", hint="list the application's networks only")
+
+    def require_source(self) -> HostSpec:
+        if self.source is None:
+            raise ConfigError("no source host configured", hint="set trackerdb.source.address in invoke.yaml")
+        return self.source
+
+    def require_repo(self) -> HostSpec:
+        if self.repo is None:
+            raise ConfigError("no repository host SSH access configured", hint="set trackerdb.repo.address")
+        return self.repo
+
+
+def _plain(cfg) -> dict:
+    """Invoke's DataProxy -> plain dict (recursively)."""
+    if hasattr(cfg, "items"):
+        return {k: _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
