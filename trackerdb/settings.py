@@ -17,11 +17,19 @@ from pathlib import Path
 from . import inventory
 from .errors import ConfigError
 
-LAB_DIR_DEFAULT = "/var/lib/trackerdb-lab"
+LAB_ROOT = "/var/lib/trackerdb-lab"
 
 
-def lab_dir() -> Path:
-    return Path(os.environ.get("TRACKERDB_LAB_DIR", LAB_DIR_DEFAULT))
+def lab_name(env=None) -> str:
+    """The lab instance (several can run side by side): ``$TRACKERDB_LAB``, default ``lab0``."""
+    env = os.environ if env is None else env
+    return env.get("TRACKERDB_LAB") or "lab0"
+
+
+def lab_dir(env=None) -> Path:
+    """State of one lab instance: ``$TRACKERDB_LAB_DIR`` or /var/lib/trackerdb-lab/<name>."""
+    env = os.environ if env is None else env
+    return Path(env.get("TRACKERDB_LAB_DIR") or f"{LAB_ROOT}/{lab_name(env)}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ class Settings:
         merged = _deep_merge({}, _plain(config or {}))
         overlay_path = env.get("TRACKERDB_SETTINGS")
         if not overlay_path and env.get("TRACKERDB_ENV") == "lab":
-            overlay_path = str(Path(env.get("TRACKERDB_LAB_DIR", LAB_DIR_DEFAULT)) / "settings.json")
+            overlay_path = str(lab_dir(env) / "settings.json")
         if overlay_path:
             p = Path(overlay_path)
             if not p.is_file():

@@ -1,0 +1,1 @@
+"""Lab fixtures for this area (placeholder)."""
