@@ -1,0 +1,545 @@
+"""A deterministic tracker database: the shape of the real one, at any size.
+
+`generate_sql(scale, seed)` builds one psql script (run as the postgres superuser against the
+`postgres` database with ON_ERROR_STOP) that creates the roles `tracker` (owner, LOGIN, no password
+here: provisioning sets it from Secrets Manager) and `tracker_readonly`, the database `tracker` if
+absent, and fills it server-side with generate_series. It refuses a `tracker` database that already
+holds relations: it never drops anything.
+
+Randomness is `hashint8extended(key, seed)`: a pure function of a row's key, so the same scale and
+seed give byte-identical rows whatever the plan or the order rows are produced in. `expected_counts`
+computes the row counts in Python so a test can compare them with the database, and the checksums of
+two generations (or of source and restored target) can be compared exactly.
+
+Size is linear in scale: the time span (8 days, 1-day chunks for location reports) is fixed and the
+number of devices grows with scale, so even the smallest scale has several chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+from .errors import HostError, OpsError
+
+DB = "tracker"
+OWNER = "tracker"
+READONLY = "tracker_readonly"
+
+DEVICES_PER_SCALE = 12
+GEOFENCES_PER_SCALE = 4
+SPAN_DAYS = 8
+REPORT_INTERVAL_S = 300            # one location report per device every 5 minutes
+EVENT_INTERVAL_S = 7200            # one device event per device every 2 hours
+GEOFENCES_PER_DEVICE = 2
+BASE_TIME = "2024-01-01 00:00:00+00"
+MAX_SCALE = 20000
+REFUSAL = "trackerdb-dataset: refusing to touch database tracker"
+
+REPORTS_PER_DAY = 86400 // REPORT_INTERVAL_S
+EVENTS_PER_DEVICE = SPAN_DAYS * 86400 // EVENT_INTERVAL_S
+
+TABLES = ("tracker.devices", "tracker.geofences", "tracker.device_geofences",
+          "tracker.location_reports", "tracker.device_events")
+HYPERTABLES = ("tracker.location_reports", "tracker.device_events")
+EVENT_TYPES = ("heartbeat", "ignition_on", "ignition_off", "geofence_enter", "geofence_exit",
+               "low_battery", "harsh_braking", "sos")
+MODELS = ("GT06N", "TK103B", "FMB920", "FMC130", "Queclink GV300", "Teltonika FMM001")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    devices: int
+    geofences: int
+
+    @property
+    def reports_per_device(self) -> int:
+        return SPAN_DAYS * REPORTS_PER_DAY
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "tracker.devices": self.devices,
+            "tracker.geofences": self.geofences,
+            "tracker.device_geofences": self.devices * GEOFENCES_PER_DEVICE,
+            "tracker.location_reports": self.devices * self.reports_per_device,
+            "tracker.device_events": self.devices * EVENTS_PER_DEVICE,
+        }
+
+
+def _check(scale: float, seed: int = 0) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise OpsError(f"dataset scale must be a positive number, got {scale!r}",
+                       hint="use e.g. --scale 1 (a few MB) or --scale 1000 (several GB)")
+    if scale > MAX_SCALE:
+        raise OpsError(f"dataset scale {scale} is above the limit {MAX_SCALE}",
+                       hint="scale 1000 is already several GB; raise MAX_SCALE deliberately if you mean it")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise OpsError(f"dataset seed must be an integer in [0, 2^31), got {seed!r}", hint="use e.g. --seed 42")
+
+
+def sizes(scale: float) -> Sizes:
+    _check(scale)
+    return Sizes(devices=max(1, round(DEVICES_PER_SCALE * scale)),
+                 geofences=max(GEOFENCES_PER_DEVICE, round(GEOFENCES_PER_SCALE * scale)))
+
+
+def expected_counts(scale: float = 1.0) -> dict[str, int]:
+    """Rows per table (schema-qualified) that `generate_sql(scale, ...)` produces, for any seed."""
+    return sizes(scale).counts()
+
+
+class _Rnd:
+    """Pseudo-random [0, 1) as a pure SQL expression of a row key: same key + seed -> same value."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, key: str, salt: int) -> str:
+        return (f"((hashint8extended(({key})::bigint, {self.seed * 1000 + salt}) & 4503599627370495)::float8"
+                f" / 4503599627370496.0)")
+
+
+def _day_insert(day: int, rnd: _Rnd) -> str:
+    n0, n1 = day * REPORTS_PER_DAY, (day + 1) * REPORTS_PER_DAY - 1
+    key = "d.id::bigint * 1000000 + n"
+    # Each device drives a jittered circle around its home; 30 % of reports are parked (speed 0).
+    return f"""
+INSERT INTO tracker.location_reports
+    (device_id, reported_at, received_at, geog, speed_kmh, heading, altitude_m, accuracy_m,
+     battery_pct, satellites, ignition)
+SELECT d.id,
+       t.ts,
+       t.ts + make_interval(secs => floor(1 + {rnd(key, 11)} * 30)),
+       ST_SetSRID(ST_MakePoint(
+           round((d.home_lon + d.radius * cos(t.angle) + ({rnd(key, 12)} - 0.5) * 0.001)::numeric, 6)::float8,
+           round((d.home_lat + d.radius * sin(t.angle) + ({rnd(key, 13)} - 0.5) * 0.001)::numeric, 6)::float8
+       ), 4326)::geography,
+       CASE WHEN t.parked THEN 0 ELSE round((5 + {rnd(key, 14)} * 95)::numeric, 1)::real END,
+       floor({rnd(key, 15)} * 360)::smallint,
+       round((20 + {rnd(key, 16)} * 400)::numeric, 1)::real,
+       round((2 + {rnd(key, 17)} * 25)::numeric, 1)::real,
+       greatest(1, 100 - (n % {REPORTS_PER_DAY}) * 80 / {REPORTS_PER_DAY} - floor({rnd(key, 18)} * 5))::smallint,
+       (4 + floor({rnd(key, 19)} * 12))::smallint,
+       NOT t.parked
+FROM tracker.devices d
+CROSS JOIN generate_series({n0}, {n1}) AS n
+CROSS JOIN LATERAL (
+    SELECT timestamptz '{BASE_TIME}' + make_interval(secs => n * {REPORT_INTERVAL_S} + floor({rnd(key, 10)} * {REPORT_INTERVAL_S - 1})) AS ts,
+           2 * pi() * (n::float8 / {REPORTS_PER_DAY} + d.id * 0.137) AS angle,
+           {rnd(key, 20)} < 0.3 AS parked
+) t;"""
+
+
+def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True) -> str:
+    """The psql script (run as postgres: ``psql -X -v ON_ERROR_STOP=1 -d postgres``).
+
+    ``timescale_features`` adds a block that creates a continuous aggregate and compression only
+    when the server runs the Timescale-licensed edition; the Apache edition skips it at run time.
+    """
+    _check(scale, seed)
+    sz = sizes(scale)
+    rnd = _Rnd(seed)
+    dkey, gkey, ekey = "g", "g + 500000000", "d.id::bigint * 100000 + n"
+    days = "\n".join(_day_insert(day, rnd) for day in range(SPAN_DAYS))
+    event_types = "ARRAY[" + ", ".join(f"'{e}'" for e in EVENT_TYPES) + "]"
+    models = "ARRAY[" + ", ".join(f"'{m}'" for m in MODELS) + "]"
+    ts_block = _timescale_block() if timescale_features else ""
+    return f"""-- trackerdb dataset: scale={scale!r} seed={seed} devices={sz.devices} geofences={sz.geofences}
+-- expected rows: {json.dumps(sz.counts(), sort_keys=True)}
+-- Run as the postgres superuser: psql -X -v ON_ERROR_STOP=1 -d postgres -f <this file>
+\\set ON_ERROR_STOP 1
+SET client_min_messages = warning;
+SET statement_timeout = 0;
+
+-- 1. Refuse a tracker database that already has relations (checked before any change).
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{DB}') AS tracker_db_exists \\gset
+\\if :tracker_db_exists
+\\c {DB}
+SET client_min_messages = warning;
+DO $check$
+DECLARE n bigint;
+BEGIN
+    SELECT count(*) INTO n
+    FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+      AND s.nspname NOT IN ('pg_catalog', 'information_schema') AND s.nspname NOT LIKE 'pg\\_toast%'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e');
+    IF n > 0 OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{DB}') THEN
+        RAISE EXCEPTION '{REFUSAL}: it already holds % relation(s); the generator never drops or overwrites data', n
+            USING HINT = 'generate into a fresh cluster, or remove that database yourself if it is disposable';
+    END IF;
+END
+$check$;
+\\c postgres
+SET client_min_messages = warning;
+\\endif
+
+-- 2. Roles (cluster-wide). No password here: provisioning sets it from Secrets Manager.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER}') THEN
+        CREATE ROLE {OWNER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{READONLY}') THEN
+        CREATE ROLE {READONLY} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE {OWNER} IS 'Owner of the tracker database and the application login';
+COMMENT ON ROLE {READONLY} IS 'Read-only access to the tracker schema (grant it to reporting logins)';
+
+-- 3. The database.
+SELECT 'CREATE DATABASE {DB} OWNER {OWNER} ENCODING ''UTF8'' TEMPLATE template0'
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{DB}') \\gexec
+ALTER DATABASE {DB} OWNER TO {OWNER};
+REVOKE ALL ON DATABASE {DB} FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE {DB} TO {OWNER};
+GRANT CONNECT ON DATABASE {DB} TO {READONLY};
+COMMENT ON DATABASE {DB} IS 'GPS tracker positions and events (generated dataset, scale {scale!r}, seed {seed})';
+
+\\c {DB}
+SET client_min_messages = warning;
+SET statement_timeout = 0;
+SET timezone = 'UTC';
+CREATE EXTENSION IF NOT EXISTS postgis;
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+CREATE SCHEMA {DB} AUTHORIZATION {OWNER};
+COMMENT ON SCHEMA {DB} IS 'Tracker application data';
+
+-- 4. Objects, created by (and so owned by) the tracker role.
+SET ROLE {OWNER};
+
+CREATE TYPE tracker.device_status AS ENUM ('active', 'inactive', 'maintenance', 'retired');
+COMMENT ON TYPE tracker.device_status IS 'Lifecycle state of a tracker device';
+
+CREATE SEQUENCE tracker.device_event_id_seq AS bigint;
+COMMENT ON SEQUENCE tracker.device_event_id_seq IS 'Standalone sequence for device_events.id';
+
+CREATE TABLE tracker.devices (
+    id            integer GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    serial_number text NOT NULL UNIQUE,
+    imei          text NOT NULL UNIQUE CHECK (imei ~ '^[0-9]{{15}}$'),
+    name          text NOT NULL,
+    model         text NOT NULL,
+    firmware      text NOT NULL,
+    status        tracker.device_status NOT NULL DEFAULT 'active',
+    home_lon      double precision NOT NULL,
+    home_lat      double precision NOT NULL,
+    radius        double precision NOT NULL,
+    home          geography(Point, 4326) NOT NULL,
+    metadata      jsonb NOT NULL DEFAULT '{{}}',
+    installed_at  timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE tracker.devices IS 'GPS tracker devices installed in vehicles';
+COMMENT ON COLUMN tracker.devices.imei IS '15-digit modem IMEI';
+COMMENT ON COLUMN tracker.devices.home IS 'Depot the vehicle returns to';
+COMMENT ON COLUMN tracker.devices.radius IS 'Radius in degrees of the route the generator drives';
+
+CREATE TABLE tracker.geofences (
+    id          serial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    kind        text NOT NULL CHECK (kind IN ('depot', 'customer', 'restricted', 'city')),
+    area        geography(Polygon, 4326) NOT NULL,
+    boundary    geometry(Polygon, 4326) NOT NULL,
+    active      boolean NOT NULL DEFAULT true,
+    created_at  timestamptz NOT NULL
+);
+CREATE INDEX geofences_area_gist ON tracker.geofences USING gist (area);
+CREATE INDEX geofences_boundary_gist ON tracker.geofences USING gist (boundary);
+COMMENT ON TABLE tracker.geofences IS 'Named polygons; devices raise events when they cross them';
+
+CREATE TABLE tracker.device_geofences (
+    device_id   integer NOT NULL REFERENCES tracker.devices (id) ON DELETE CASCADE,
+    geofence_id integer NOT NULL REFERENCES tracker.geofences (id) ON DELETE CASCADE,
+    PRIMARY KEY (device_id, geofence_id)
+);
+COMMENT ON TABLE tracker.device_geofences IS 'Which geofences each device is watched against';
+
+CREATE TABLE tracker.location_reports (
+    device_id    integer NOT NULL,
+    reported_at  timestamptz NOT NULL,
+    received_at  timestamptz NOT NULL,
+    geog         geography(Point, 4326) NOT NULL,
+    speed_kmh    real,
+    heading      smallint CHECK (heading BETWEEN 0 AND 359),
+    altitude_m   real,
+    accuracy_m   real,
+    battery_pct  smallint CHECK (battery_pct BETWEEN 0 AND 100),
+    satellites   smallint,
+    ignition     boolean
+);
+SELECT create_hypertable('tracker.location_reports', 'reported_at',
+                         chunk_time_interval => interval '1 day', create_default_indexes => false);
+COMMENT ON TABLE tracker.location_reports IS 'Position fixes reported by devices (hypertable, 1-day chunks)';
+COMMENT ON COLUMN tracker.location_reports.geog IS 'WGS84 position';
+COMMENT ON COLUMN tracker.location_reports.received_at IS 'When the server received the fix';
+
+CREATE TABLE tracker.device_events (
+    id          bigint NOT NULL DEFAULT nextval('tracker.device_event_id_seq'),
+    device_id   integer NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    event_type  text NOT NULL,
+    payload     jsonb NOT NULL DEFAULT '{{}}'
+);
+ALTER SEQUENCE tracker.device_event_id_seq OWNED BY tracker.device_events.id;
+SELECT create_hypertable('tracker.device_events', 'occurred_at',
+                         chunk_time_interval => interval '2 days', create_default_indexes => false);
+COMMENT ON TABLE tracker.device_events IS 'Discrete device events with a JSON payload (hypertable, 2-day chunks)';
+
+-- 5. Data, generated on the server.
+INSERT INTO tracker.devices (id, serial_number, imei, name, model, firmware, status,
+                             home_lon, home_lat, radius, home, metadata, installed_at, updated_at)
+SELECT g,
+       'TRK-' || lpad(g::text, 7, '0'),
+       lpad((350000000000000 + g * 7919)::text, 15, '0'),
+       'Vehicle ' || g,
+       ({models})[1 + floor({rnd(dkey, 1)} * {len(MODELS)})::int],
+       format('%s.%s.%s', 1 + floor({rnd(dkey, 2)} * 3)::int, floor({rnd(dkey, 3)} * 10)::int, floor({rnd(dkey, 4)} * 40)::int),
+       (CASE WHEN {rnd(dkey, 5)} < 0.85 THEN 'active' WHEN {rnd(dkey, 5)} < 0.93 THEN 'inactive'
+             WHEN {rnd(dkey, 5)} < 0.97 THEN 'maintenance' ELSE 'retired' END)::tracker.device_status,
+       p.lon, p.lat, p.radius,
+       ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+       jsonb_build_object('fleet', 'fleet-' || (1 + g % 17), 'plate', 'TR-' || lpad((g * 37 % 100000)::text, 5, '0'),
+                          'sim', jsonb_build_object('iccid', '8901' || lpad((g * 104729)::text, 15, '0'), 'apn', 'iot.example')),
+       timestamptz '{BASE_TIME}' - make_interval(days => 30 + floor({rnd(dkey, 6)} * 700)::int),
+       timestamptz '{BASE_TIME}'
+FROM generate_series(1, {sz.devices}) AS g
+CROSS JOIN LATERAL (
+    SELECT round((-9 + {rnd(dkey, 7)} * 38)::numeric, 6)::float8 AS lon,
+           round((36 + {rnd(dkey, 8)} * 22)::numeric, 6)::float8 AS lat,
+           round((0.01 + {rnd(dkey, 9)} * 0.09)::numeric, 4)::float8 AS radius
+) p;
+
+INSERT INTO tracker.geofences (id, name, kind, area, boundary, created_at)
+SELECT g, 'Geofence ' || g,
+       (ARRAY['depot', 'customer', 'restricted', 'city'])[1 + g % 4],
+       b::geography, b,
+       timestamptz '{BASE_TIME}' - make_interval(days => g % 365)
+FROM generate_series(1, {sz.geofences}) AS g
+CROSS JOIN LATERAL (
+    SELECT ST_MakeEnvelope(x - w, y - h, x + w, y + h, 4326) AS b
+    FROM (SELECT round((-9 + {rnd(gkey, 31)} * 38)::numeric, 5)::float8 AS x,
+                 round((36 + {rnd(gkey, 32)} * 22)::numeric, 5)::float8 AS y,
+                 round((0.005 + {rnd(gkey, 33)} * 0.05)::numeric, 5)::float8 AS w,
+                 round((0.005 + {rnd(gkey, 34)} * 0.05)::numeric, 5)::float8 AS h) c
+) p;
+
+INSERT INTO tracker.device_geofences (device_id, geofence_id)
+SELECT d, f
+FROM generate_series(1, {sz.devices}) AS d
+CROSS JOIN LATERAL (SELECT 1 + floor({rnd('d', 41)} * {sz.geofences})::int AS f1) a
+CROSS JOIN LATERAL (VALUES (a.f1), (a.f1 % {sz.geofences} + 1)) AS v (f);
+{days}
+
+INSERT INTO tracker.device_events (id, device_id, occurred_at, event_type, payload)
+SELECT (d.id - 1)::bigint * {EVENTS_PER_DEVICE} + n + 1,
+       d.id,
+       timestamptz '{BASE_TIME}' + make_interval(secs => n * {EVENT_INTERVAL_S} + floor({rnd(ekey, 51)} * {EVENT_INTERVAL_S - 1})),
+       e.type,
+       jsonb_build_object('seq', n, 'firmware', d.firmware)
+         || CASE e.type
+              WHEN 'low_battery' THEN jsonb_build_object('battery_pct', floor({rnd(ekey, 52)} * 15)::int)
+              WHEN 'harsh_braking' THEN jsonb_build_object('decel_ms2', round((3 + {rnd(ekey, 53)} * 6)::numeric, 2))
+              WHEN 'geofence_enter' THEN jsonb_build_object('geofence_id', 1 + floor({rnd(ekey, 54)} * {sz.geofences})::int)
+              WHEN 'geofence_exit' THEN jsonb_build_object('geofence_id', 1 + floor({rnd(ekey, 54)} * {sz.geofences})::int)
+              WHEN 'sos' THEN jsonb_build_object('acknowledged', {rnd(ekey, 55)} < 0.5, 'note', 'driver pressed SOS')
+              ELSE '{{}}'::jsonb END
+FROM tracker.devices d
+CROSS JOIN generate_series(0, {EVENTS_PER_DEVICE - 1}) AS n
+CROSS JOIN LATERAL (SELECT ({event_types})[1 + floor({rnd(ekey, 50)} * {len(EVENT_TYPES)})::int] AS type) e;
+
+SELECT setval(pg_get_serial_sequence('tracker.devices', 'id'), {sz.devices});
+SELECT setval(pg_get_serial_sequence('tracker.geofences', 'id'), {sz.geofences});
+SELECT setval('tracker.device_event_id_seq', {sz.devices * EVENTS_PER_DEVICE});
+
+-- 6. Indexes and constraints after the load (faster than maintaining them row by row).
+CREATE UNIQUE INDEX location_reports_device_time ON tracker.location_reports (device_id, reported_at DESC);
+CREATE INDEX location_reports_time ON tracker.location_reports (reported_at DESC);
+CREATE INDEX location_reports_geog_gist ON tracker.location_reports USING gist (geog);
+ALTER TABLE tracker.location_reports
+    ADD CONSTRAINT location_reports_device_fk FOREIGN KEY (device_id) REFERENCES tracker.devices (id);
+CREATE INDEX device_events_time ON tracker.device_events (occurred_at DESC);
+CREATE UNIQUE INDEX device_events_id ON tracker.device_events (id, occurred_at);
+CREATE INDEX device_events_device_time ON tracker.device_events (device_id, occurred_at DESC);
+CREATE INDEX device_events_type ON tracker.device_events (event_type) WHERE event_type IN ('sos', 'low_battery');
+ALTER TABLE tracker.device_events
+    ADD CONSTRAINT device_events_device_fk FOREIGN KEY (device_id) REFERENCES tracker.devices (id);
+
+-- 7. A view and functions.
+CREATE VIEW tracker.latest_positions AS
+SELECT DISTINCT ON (r.device_id)
+       r.device_id, d.serial_number, d.name, r.reported_at, r.geog, r.speed_kmh, r.battery_pct
+FROM tracker.location_reports r
+JOIN tracker.devices d ON d.id = r.device_id
+ORDER BY r.device_id, r.reported_at DESC;
+COMMENT ON VIEW tracker.latest_positions IS 'Most recent position per device';
+
+CREATE FUNCTION tracker.track_length_m(p_device integer, p_from timestamptz, p_to timestamptz)
+RETURNS double precision
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    total double precision;
+BEGIN
+    IF p_to <= p_from THEN
+        RAISE EXCEPTION 'track_length_m: empty interval % .. %', p_from, p_to;
+    END IF;
+    SELECT coalesce(ST_Length(ST_MakeLine(geog::geometry ORDER BY reported_at)::geography), 0)
+      INTO total
+      FROM tracker.location_reports
+     WHERE device_id = p_device AND reported_at >= p_from AND reported_at < p_to;
+    RETURN total;
+END
+$fn$;
+COMMENT ON FUNCTION tracker.track_length_m(integer, timestamptz, timestamptz) IS 'Distance in metres a device drove in [p_from, p_to)';
+
+CREATE FUNCTION tracker.touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER devices_touch_updated_at BEFORE UPDATE ON tracker.devices
+    FOR EACH ROW EXECUTE FUNCTION tracker.touch_updated_at();
+{ts_block}
+RESET ROLE;
+
+-- 8. Grants for the read-only role, now and for future tables.
+GRANT USAGE ON SCHEMA tracker TO {READONLY};
+GRANT SELECT ON ALL TABLES IN SCHEMA tracker TO {READONLY};
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA tracker TO {READONLY};
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA tracker GRANT SELECT ON TABLES TO {READONLY};
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA tracker GRANT SELECT ON SEQUENCES TO {READONLY};
+
+-- 9. Database-level settings (pg_dump without --create leaves these out).
+ALTER DATABASE {DB} SET timezone = 'UTC';
+ALTER DATABASE {DB} SET statement_timeout = '15min';
+ALTER DATABASE {DB} SET idle_in_transaction_session_timeout = '10min';
+ALTER DATABASE {DB} SET search_path = "$user", public, tracker;
+ALTER DATABASE {DB} SET tracker.app_name = 'tracker-api';
+
+VACUUM (ANALYZE) tracker.devices, tracker.geofences, tracker.device_geofences,
+                 tracker.location_reports, tracker.device_events;
+"""
+
+
+def _timescale_block() -> str:
+    # Continuous aggregates and compression exist only in the Timescale-licensed edition; the lab's
+    # Debian build is Apache-only, so the block checks the license at run time and is a no-op there.
+    return """
+DO $tsl$
+BEGIN
+    IF current_setting('timescaledb.license', true) = 'timescale' THEN
+        EXECUTE $q$CREATE MATERIALIZED VIEW tracker.location_reports_hourly
+                   WITH (timescaledb.continuous) AS
+                   SELECT time_bucket('1 hour', reported_at) AS bucket, device_id,
+                          count(*) AS reports, avg(speed_kmh) AS avg_speed_kmh, min(battery_pct) AS min_battery_pct
+                   FROM tracker.location_reports GROUP BY 1, 2 WITH NO DATA$q$;
+        EXECUTE $q$ALTER TABLE tracker.device_events SET (timescaledb.compress,
+                   timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'occurred_at DESC')$q$;
+        PERFORM compress_chunk(c, if_not_compressed => true)
+           FROM show_chunks('tracker.device_events', older_than => timestamptz '2024-01-05 00:00:00+00') AS c;
+    END IF;
+END
+$tsl$;
+"""
+
+
+# ---- executor ---------------------------------------------------------------------------------
+
+def psql_command(database: str = "postgres", *extra: str) -> list[str]:
+    return ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, *extra]
+
+
+COUNT_SQL = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES)
+
+
+def _error_line(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if "ERROR:" in line:
+            return line.split("ERROR:", 1)[1].strip()
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no error output"
+
+
+def run(remote, scale: float = 1.0, seed: int = 42, pg_user: str = "postgres", *, timeout: float | None = None) -> dict:
+    """Generate the dataset on ``remote`` (a trackerdb.remote.Remote or LocalHost) through psql.
+
+    Returns ``{"rows": {table: n}, "bytes": pg_database_size, "seconds": float, "scale", "seed"}``.
+    Raises OpsError if the tracker database already holds data (nothing changed then) or the
+    counts differ from `expected_counts`.
+    """
+    sql = generate_sql(scale, seed)
+    started = time.monotonic()
+    res = remote.run(psql_command("postgres"), user=pg_user, stdin=sql, check=False, timeout=timeout)
+    seconds = time.monotonic() - started
+    if not res.ok:
+        msg = _error_line(res.stderr)
+        if REFUSAL in msg:
+            raise OpsError(f"{remote.name}: {msg}",
+                           hint="the generator never drops data: use a fresh cluster, or drop that database yourself if it is disposable")
+        raise HostError(f"{remote.name}: dataset generation failed (psql exit {res.exit_code}): {msg}",
+                        hint="check that postgresql, postgis and timescaledb (in shared_preload_libraries) are installed and running")
+    rows = facts(remote, pg_user)
+    result = {"rows": rows["rows"], "bytes": rows["bytes"], "seconds": round(seconds, 2), "scale": scale, "seed": seed}
+    expected = expected_counts(scale)
+    if rows["rows"] != expected:
+        raise HostError(f"{remote.name}: generated row counts {rows['rows']} differ from expected {expected}",
+                        hint="the script or the server misbehaved; inspect the tracker database")
+    return result
+
+
+def facts(remote, pg_user: str = "postgres") -> dict:
+    """Rows per generated table and pg_database_size of the tracker database."""
+    sql = f"{COUNT_SQL} UNION ALL SELECT 'bytes', pg_database_size('{DB}')"
+    res = remote.run(psql_command(DB, "-At", "-F", "\t", "-c", sql), user=pg_user)
+    out = dict(line.split("\t") for line in res.stdout.strip().splitlines())
+    return {"rows": {t: int(out[t]) for t in TABLES}, "bytes": int(out["bytes"])}
+
+
+def checksum_sql() -> str:
+    """One row per table: table name, row count and an md5 over its rows in a fixed order.
+
+    Memory: string_agg builds one text value per table, limited to 1 GB, so use it for scales up to
+    roughly 50; larger datasets need a per-chunk checksum.
+    """
+    order = {
+        "tracker.devices": "id", "tracker.geofences": "id", "tracker.device_geofences": "device_id, geofence_id",
+        "tracker.location_reports": "device_id, reported_at", "tracker.device_events": "id",
+    }
+    return " UNION ALL ".join(
+        f"SELECT '{t}' AS tbl, count(*) AS n, md5(string_agg(x::text, E'\\n' ORDER BY {order[t]})) FROM {t} x"
+        for t in TABLES) + " ORDER BY 1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trackerdb.dataset", description=__doc__.split("\n")[0])
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--print-sql", action="store_true", help="print the psql script")
+    p.add_argument("--counts", action="store_true", help="print the expected row counts as JSON")
+    p.add_argument("--checksum-sql", action="store_true", help="print the per-table checksum query")
+    a = p.parse_args(argv)
+    try:
+        if a.print_sql:
+            sys.stdout.write(generate_sql(a.scale, a.seed))
+        if a.counts:
+            print(json.dumps(expected_counts(a.scale), indent=2))
+        if a.checksum_sql:
+            print(checksum_sql() + ";")
+        if not (a.print_sql or a.counts or a.checksum_sql):
+            p.error("choose --print-sql, --counts or --checksum-sql")
+    except OpsError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
