@@ -1,0 +1,107 @@
+"""Stop (and restore) writes to one database on a shared PostgreSQL host.
+
+Only the named database is touched: ``ALTER DATABASE … SET default_transaction_read_only``, and
+sessions are selected by ``datname`` (never another database's, never our own). New sessions
+start read-only at once; running transactions get a grace period to commit, then their sessions
+are terminated (a terminated transaction rolls back, so its client never saw an acknowledgement).
+The final WAL position and the server's clock are recorded after no write transaction remains.
+
+Builders return SQL text (unit-tested); ``freeze``/``unfreeze`` run them through psql.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import HostError
+from .pg import ident, literal, query_json, run_sql
+
+
+def facts_sql(db: str) -> str:
+    """One JSON object: the database's own read-only setting, its sessions and write transactions."""
+    d = literal(db)
+    return f"""SELECT json_build_object(
+  'exists', EXISTS (SELECT 1 FROM pg_database WHERE datname = {d}),
+  'read_only_setting', (SELECT s FROM pg_db_role_setting r JOIN pg_database b ON b.oid = r.setdatabase,
+                           unnest(r.setconfig) AS s
+                        WHERE b.datname = {d} AND r.setrole = 0 AND s LIKE 'default\\_transaction\\_read\\_only=%'),
+  'sessions', (SELECT count(*) FROM pg_stat_activity WHERE datname = {d} AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend'),
+  'writing', (SELECT count(*) FROM pg_stat_activity WHERE datname = {d} AND pid <> pg_backend_pid()
+              AND backend_xid IS NOT NULL),
+  'lsn', pg_current_wal_lsn()::text,
+  'now', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+  'in_recovery', pg_is_in_recovery());"""
+
+
+def set_read_only_sql(db: str) -> str:
+    return f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;"
+
+
+def restore_read_only_sql(db: str, prior: str | None) -> str:
+    """Put the database's setting back to what it was before the freeze (normally: not set)."""
+    if prior is None or prior.split("=", 1)[-1].lower() in ("off", "false", "0"):
+        return f"ALTER DATABASE {ident(db)} RESET default_transaction_read_only;"
+    return f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;"
+
+
+def terminate_sql(db: str, idle_only: bool) -> str:
+    """Terminate the database's client sessions (only idle ones while in-flight work may finish)."""
+    cond = " AND state = 'idle'" if idle_only else ""
+    wait = "" if idle_only else ", 5000"
+    return (f"SELECT count(pg_terminate_backend(pid{wait})) FROM pg_stat_activity "
+            f"WHERE datname = {literal(db)} AND pid <> pg_backend_pid() AND backend_type = 'client backend'{cond};")
+
+
+def freeze(remote, db: str, grace_s: float = 15.0, poll_s: float = 0.5, port=None, progress=None) -> dict:
+    """Make ``db`` read-only, end its sessions, wait for write transactions; returns the facts."""
+    before = query_json(remote, facts_sql(db), port=port)
+    if not before["exists"]:
+        raise HostError(f"{remote.name}: database {db!r} does not exist", hint="check trackerdb.database and the host")
+    if before["in_recovery"]:
+        raise HostError(f"{remote.name} is a standby (in recovery)", hint="freeze the primary")
+    run_sql(remote, set_read_only_sql(db), port=port)
+    terminated = 0
+    deadline = time.monotonic() + grace_s
+    while True:
+        terminated += int(run_sql(remote, terminate_sql(db, idle_only=True), port=port).stdout.strip() or 0)
+        now = query_json(remote, facts_sql(db), port=port)
+        if now["writing"] == 0 or time.monotonic() >= deadline:
+            break
+        if progress:
+            progress(f"waiting for {now['writing']} write transaction(s) on {db} to finish")
+        time.sleep(poll_s)
+    terminated += int(run_sql(remote, terminate_sql(db, idle_only=False), port=port).stdout.strip() or 0)
+    for _ in range(40):
+        after = query_json(remote, facts_sql(db), port=port)
+        if after["writing"] == 0:
+            break
+        time.sleep(0.25)
+    else:
+        raise HostError(f"{remote.name}: {after['writing']} write transaction(s) still open in {db} after terminating its sessions",
+                        hint="inspect pg_stat_activity on the host; re-run to continue")
+    return {
+        "host": remote.name,
+        "database": db,
+        "prior_read_only": before["read_only_setting"],
+        "sessions_terminated": terminated,
+        "frozen_at": after["now"],
+        "lsn": after["lsn"],
+    }
+
+
+def unfreeze(remote, db: str, prior: str | None = None, port=None, end_sessions: bool = True) -> dict:
+    """Undo ``freeze``: the setting goes back to ``prior``; sessions opened read-only reconnect writable."""
+    before = query_json(remote, facts_sql(db), port=port)
+    changed = before["read_only_setting"] is not None and before["read_only_setting"] != prior
+    if changed:
+        run_sql(remote, restore_read_only_sql(db, prior), port=port)
+    terminated = 0
+    if end_sessions and changed:
+        terminated = int(run_sql(remote, terminate_sql(db, idle_only=False), port=port).stdout.strip() or 0)
+    return {"host": remote.name, "database": db, "changed": changed, "sessions_terminated": terminated}
+
+
+def is_read_only(remote, db: str, port=None) -> bool:
+    s = query_json(remote, facts_sql(db), port=port)["read_only_setting"]
+    return bool(s) and s.split("=", 1)[-1].lower() in ("on", "true", "1")
