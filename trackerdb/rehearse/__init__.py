@@ -1,0 +1,1 @@
+"""The rehearsal: run the whole production sequence on the lab, report it, and sign it off."""

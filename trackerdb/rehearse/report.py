@@ -1,0 +1,578 @@
+"""The rehearsal report: pure builders from a rehearsal result to ``report.json`` data and ``report.html``.
+
+Input is the result dict that :func:`trackerdb.rehearse.ops.run_rehearsal` collects, consumed
+generically so that new phases or checks need no change here::
+
+    {"meta": {...},                                    # environment, lab, scale, versions (shown as is)
+     "journals": [{"label": "cutover", "entries": [    # journal lines: phase, start, end, outcome, facts
+         {"phase": "freeze", "start": 1.0, "end": 2.5, "outcome": "ok", "facts": {...}}, ...]}, ...],
+     "outage": {"start": t, "end": t, "source": "writer"},     # optional: measured by the live writer
+     "verification": [{"name", "ok", "observed", "expected", "evidence"}, ...],
+     "counts": {"table": {"source": n, "target": n}, ...},
+     "sizes": {"source_db_bytes": n, "dump_bytes": n},
+     "writer": {...}, "signoff": {"items": [...]}, "errors": ["..."]}
+
+Timestamps are epoch seconds or ISO 8601 strings. Nothing here touches a host or a file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+
+SCHEMA = 1
+#: The production tracker database (runbook: "~11 GB"), counted in binary units to err on the long side.
+PROD_BYTES = 11 * 1024**3
+#: gp3 baseline throughput (MiB/s): no single phase can move data faster than the data volume.
+GP3_BASELINE_BPS = 125 * 1024**2
+#: A planning margin on top of the straight projection.
+PLANNING_FACTOR = 2.0
+
+OK_OUTCOMES = {"ok", "done", "pass", "passed", "success", "succeeded", "completed", "complete",
+               "changed", "unchanged", "skipped", "resumed"}
+RUNNING_OUTCOMES = {"", "start", "started", "running", "begin", "in-progress", "in_progress"}
+
+_OUTAGE_START = re.compile(r"freeze|stop[_ -]?writes|read[_ -]?only", re.I)
+_OUTAGE_END = re.compile(r"switch", re.I)
+_SCALES = re.compile(r"dump|restore|verify|transfer|copy|upload|download|load", re.I)
+_TRANSFER = re.compile(r"transfer|copy|upload|download", re.I)
+_RESTORE = re.compile(r"restore|load", re.I)
+_DUMP = re.compile(r"dump", re.I)
+
+
+# ---- small pure helpers ----------------------------------------------------------------------
+def ts(value) -> float | None:
+    """Epoch seconds from a float/int or an ISO 8601 string; None when absent or unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        d = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=timezone.utc)
+    return d.timestamp()
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def outcome_state(outcome: str | None, end: float | None) -> str:
+    """ok | failed | incomplete, from a journal outcome word and whether the phase ended."""
+    word = (outcome or "").strip().lower()
+    if word in OK_OUTCOMES and end is not None:
+        return "ok"
+    if word in RUNNING_OUTCOMES or end is None:
+        return "incomplete"
+    return "ok" if word in OK_OUTCOMES else "failed"
+
+
+def _plain(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    return obj
+
+
+# ---- phases ----------------------------------------------------------------------------------
+def merge_entries(entries: list[dict]) -> list[dict]:
+    """Journal lines -> one record per phase (a phase may log a start line and an end line, or resume)."""
+    by_phase: dict[str, dict] = {}
+    order: list[str] = []
+    for e in entries:
+        name = str(e.get("phase") or e.get("name") or "?")
+        if name not in by_phase:
+            by_phase[name] = {"phase": name, "start": None, "end": None, "outcome": "", "facts": {}, "attempts": 0}
+            order.append(name)
+        rec = by_phase[name]
+        start, end = ts(e.get("start")), ts(e.get("end"))
+        if start is not None and (rec["start"] is None or start < rec["start"]):
+            rec["start"] = start
+        if end is not None and (rec["end"] is None or end > rec["end"]):
+            rec["end"] = end
+        if e.get("outcome"):
+            rec["outcome"] = str(e["outcome"])
+        if isinstance(e.get("facts"), dict):
+            rec["facts"].update(e["facts"])
+        rec["attempts"] += 1
+    return [by_phase[n] for n in order]
+
+
+def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
+    """Every group's phases on one clock: offsets in seconds from the earliest start."""
+    rows = []
+    for group in journals:
+        label = str(group.get("label") or "run")
+        for rec in merge_entries(list(group.get("entries") or [])):
+            rows.append(rec | {"group": label})
+    starts = [r["start"] for r in rows if r["start"] is not None]
+    t0 = min(starts) if starts else None
+    out = []
+    for r in rows:
+        start, end = r["start"], r["end"]
+        if start is None:
+            start = end
+        state = outcome_state(r["outcome"], end)
+        out.append({
+            "group": r["group"],
+            "phase": r["phase"],
+            "start": start,
+            "end": end,
+            "start_s": None if start is None or t0 is None else round(start - t0, 3),
+            "end_s": None if end is None or t0 is None else round(end - t0, 3),
+            "duration_s": None if start is None or end is None else round(end - start, 3),
+            "outcome": r["outcome"] or ("ended" if end is not None else "not finished"),
+            "state": state,
+            "scales_with_data": bool(_SCALES.search(r["phase"])),
+            "attempts": r["attempts"],
+            "facts": r["facts"],
+        })
+    out.sort(key=lambda p: (p["start"] is None, p["start"] or 0))
+    return out, t0
+
+
+def outage_window(phases: list[dict], measured: dict | None, t0: float | None) -> dict | None:
+    """The outage: as the live writer measured it when available, else first freeze start -> switch end."""
+    if measured and ts(measured.get("start")) is not None and ts(measured.get("end")) is not None:
+        start, end = ts(measured["start"]), ts(measured["end"])
+        source = str(measured.get("source") or "writer")
+        detail = str(measured.get("detail") or "first refused write -> first accepted write on the target")
+    else:
+        freeze = [p for p in phases if _OUTAGE_START.search(p["phase"]) and p["start"] is not None]
+        if not freeze:
+            return None
+        first = freeze[0]
+        switch = [p for p in phases if p["group"] == first["group"] and _OUTAGE_END.search(p["phase"])
+                  and p["end"] is not None and p["end"] >= first["start"]]
+        if not switch:
+            return None
+        start, end = first["start"], switch[0]["end"]
+        source = "journal"
+        detail = f"start of {first['phase']} -> end of {switch[0]['phase']} ({first['group']})"
+    return {
+        "start": start, "end": end,
+        "start_s": None if t0 is None else round(start - t0, 3),
+        "end_s": None if t0 is None else round(end - t0, 3),
+        "duration_s": round(end - start, 3),
+        "source": source, "detail": detail,
+    }
+
+
+def in_window(phase: dict, window: dict | None) -> bool:
+    if not window or phase["start"] is None or phase["end"] is None:
+        return False
+    # a phase belongs to the outage when most of it lies inside the window (clock jitter tolerant)
+    overlap = min(phase["end"], window["end"]) - max(phase["start"], window["start"])
+    return overlap > 0 and overlap >= 0.5 * max(phase["end"] - phase["start"], 1e-9)
+
+
+# ---- throughput and projection ---------------------------------------------------------------
+def _bytes_fact(facts: dict) -> int | None:
+    for key in ("dump_bytes", "bytes", "size_bytes", "transferred_bytes"):
+        v = facts.get(key)
+        if isinstance(v, (int, float)) and v > 0:
+            return int(v)
+    return None
+
+
+def _rate(phase: dict | None, nbytes: int | None) -> dict | None:
+    if phase is None or not nbytes or not phase.get("duration_s"):
+        return None
+    secs = phase["duration_s"]
+    return {"phase": f"{phase['group']}/{phase['phase']}", "bytes": int(nbytes), "seconds": secs,
+            "bytes_per_s": round(nbytes / secs, 1) if secs > 0 else None}
+
+
+def throughput(phases: list[dict], sizes: dict, window: dict | None) -> dict:
+    """Transfer and restore throughput of the cutover's data phases (the ones inside the outage first)."""
+    sizes = sizes or {}
+    db_bytes = sizes.get("source_db_bytes")
+    candidates = [p for p in phases if p["state"] == "ok" and p["duration_s"]]
+    inside = [p for p in candidates if in_window(p, window)] or candidates
+
+    def pick(rx):
+        return next((p for p in inside if rx.search(p["phase"])), None)
+
+    transfer_phase = pick(_TRANSFER) or pick(_DUMP)
+    restore_phase = pick(_RESTORE)
+    dump_bytes = sizes.get("dump_bytes") or (transfer_phase and _bytes_fact(transfer_phase["facts"]))
+    return {
+        "source_db_bytes": db_bytes,
+        "dump_bytes": dump_bytes,
+        "transfer": _rate(transfer_phase, dump_bytes),
+        "restore": _rate(restore_phase, dump_bytes),
+        "restore_db": _rate(restore_phase, db_bytes),
+    }
+
+
+def project(phases: list[dict], window: dict | None, db_bytes: int | None,
+            prod_bytes: int = PROD_BYTES, cap_bps: float = GP3_BASELINE_BPS,
+            factor: float = PLANNING_FACTOR) -> dict | None:
+    """Projected production outage: data phases scale linearly with size, the rest stay as measured."""
+    if not window or not db_bytes or db_bytes <= 0:
+        return None
+    ratio = prod_bytes / db_bytes
+    rows, total = [], 0.0
+    for p in phases:
+        if not in_window(p, window):
+            continue
+        measured = p["duration_s"] or 0.0
+        if p["scales_with_data"]:
+            projected = measured * ratio
+            capped = False
+            if cap_bps and projected > 0 and prod_bytes / projected > cap_bps:
+                projected, capped = prod_bytes / cap_bps, True
+            basis = (f"{human_bytes(db_bytes)} in {human_seconds(measured)} = "
+                     f"{human_bytes(db_bytes / measured if measured else 0)}/s"
+                     + (" (capped at the gp3 baseline)" if capped else ""))
+        else:
+            projected = measured
+            basis = "fixed cost, does not grow with the data"
+        total += projected
+        rows.append({"phase": p["phase"], "measured_s": round(measured, 3), "projected_s": round(projected, 1),
+                     "scales_with_data": p["scales_with_data"], "basis": basis})
+    # time inside the window that no phase accounts for (gaps, the writer's reconnect) stays as measured
+    accounted = sum(r["measured_s"] for r in rows)
+    gap = max(0.0, window["duration_s"] - accounted)
+    total += gap
+    return {
+        "prod_bytes": prod_bytes,
+        "measured_db_bytes": db_bytes,
+        "scale_factor": round(ratio, 1),
+        "phases": rows,
+        "unaccounted_s": round(gap, 3),
+        "projected_outage_s": round(total, 1),
+        "planning_outage_s": round(total * factor, 1),
+        "planning_factor": factor,
+        "assumptions": [
+            f"production tracker database = {human_bytes(prod_bytes)} (runbook: ~11 GB, counted in GiB to err long)",
+            f"measured database = {human_bytes(db_bytes)} (pg_database_size on the source at the rehearsal)",
+            "dump, restore and verify times grow linearly with database size (their fixed start-up cost is "
+            "scaled too, which errs long); every other phase in the outage window is a fixed cost",
+            f"no data phase runs faster than the gp3 baseline ({human_bytes(cap_bps)}/s)",
+            "lab hosts share one machine's CPU and disks and talk over a local bridge; production crosses "
+            "the VPC network and a t3.medium's CPU credits: treat the planning figure "
+            f"(x{factor:g}) as the window to book, not the straight projection",
+            "index builds and TimescaleDB chunk counts scale with the data as in the rehearsal dataset",
+        ],
+    }
+
+
+# ---- tables ----------------------------------------------------------------------------------
+def count_rows(counts) -> list[dict]:
+    rows = []
+    if isinstance(counts, dict):
+        items = [{"table": k, **(v if isinstance(v, dict) else {"source": v, "target": None})} for k, v in counts.items()]
+    else:
+        items = [dict(_plain(c)) for c in (counts or [])]
+    for c in items:
+        src, tgt = c.get("source"), c.get("target")
+        rows.append({"table": str(c.get("table")), "source": src, "target": tgt,
+                     "match": src is not None and tgt is not None and src == tgt})
+    rows.sort(key=lambda r: r["table"])
+    return rows
+
+
+def check_rows(checks) -> list[dict]:
+    if isinstance(checks, dict):
+        checks = checks.get("checks") or []
+    out = []
+    for c in checks or []:
+        c = dict(_plain(c))
+        out.append({k: c.get(k, "") for k in ("name", "observed", "expected", "evidence")} | {"ok": bool(c.get("ok"))})
+    return out
+
+
+def signoff_rows(signoff) -> list[dict]:
+    if isinstance(signoff, dict):
+        signoff = signoff.get("items") or []
+    out = []
+    for i in signoff or []:
+        i = dict(_plain(i))
+        out.append({"name": str(i.get("name", "")), "status": str(i.get("status", "fail")),
+                    "evidence": str(i.get("evidence", ""))})
+    return out
+
+
+# ---- the report ------------------------------------------------------------------------------
+def build_report(result: dict, generated_at: float | None = None) -> dict:
+    """report.json's data: everything the HTML shows, plus the verdict and the reasons for it."""
+    phases, t0 = build_phases(list(result.get("journals") or []))
+    window = outage_window(phases, result.get("outage"), t0)
+    for p in phases:
+        p["in_outage"] = in_window(p, window)
+    counts = count_rows(result.get("counts"))
+    checks = check_rows(result.get("verification"))
+    sizes = dict(result.get("sizes") or {})
+    thr = throughput(phases, sizes, window)
+    projection = project(phases, window, sizes.get("source_db_bytes"))
+    writer = dict(result.get("writer") or {})
+
+    failures = [str(e) for e in (result.get("errors") or [])]
+    if not phases:
+        failures.append("no phase was journaled")
+    failures += [f"phase {p['group']}/{p['phase']} {p['state']} ({p['outcome']})" for p in phases if p["state"] != "ok"]
+    if not checks:
+        failures.append("no verification checks recorded")
+    failures += [f"verification {c['name']} failed: observed {c['observed']}, expected {c['expected']}" for c in checks if not c["ok"]]
+    if not counts:
+        failures.append("no row counts recorded")
+    failures += [f"row count {r['table']}: source {r['source']} != target {r['target']}" for r in counts if not r["match"]]
+    if writer.get("lost"):
+        failures.append(f"the live writer lost {writer['lost']} acknowledged rows")
+    if window is None:
+        failures.append("no outage window found (no freeze -> switch in the journal)")
+
+    passed = not failures
+    return {
+        "schema": SCHEMA,
+        "title": result.get("title") or "tracker cutover rehearsal",
+        "generated_at": generated_at,
+        "started": result.get("started"),
+        "finished": result.get("finished"),
+        "passed": passed,
+        "verdict": "PASS" if passed else "FAIL",
+        "failures": failures,
+        "meta": dict(result.get("meta") or {}),
+        "phases": phases,
+        "outage": window,
+        "verification": {"ok": bool(checks) and all(c["ok"] for c in checks), "checks": checks},
+        "counts": {"ok": bool(counts) and all(r["match"] for r in counts), "rows": counts,
+                   "source_total": sum(r["source"] or 0 for r in counts),
+                   "target_total": sum(r["target"] or 0 for r in counts)},
+        "sizes": sizes,
+        "throughput": thr,
+        "projection": projection,
+        "writer": writer,
+        "signoff": {"items": signoff_rows(result.get("signoff"))},
+    }
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=False, default=str)
+
+
+# ---- HTML ------------------------------------------------------------------------------------
+_CSS = """
+body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:#1d2430;margin:24px 32px;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
+.verdict{display:inline-block;padding:6px 16px;border-radius:4px;font-weight:700;font-size:20px;color:#fff;margin-right:12px}
+.PASS{background:#1f8a4c}.FAIL{background:#c0392b}
+.kpis{display:flex;gap:14px;flex-wrap:wrap;margin:14px 0}
+.kpi{border:1px solid #d8dde6;border-radius:6px;padding:8px 14px;min-width:150px}
+.kpi b{display:block;font-size:20px} .kpi span{color:#5b6575;font-size:12px}
+table{border-collapse:collapse;margin:6px 0;min-width:50%} th,td{border:1px solid #d8dde6;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f2f4f8} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1f8a4c;font-weight:700}.fail{color:#c0392b;font-weight:700}.human{color:#b26a00;font-weight:700}
+.muted{color:#5b6575;font-size:12px} ul.fail li{color:#c0392b} code{background:#f2f4f8;padding:0 3px}
+svg text{font-family:inherit}
+"""
+
+
+def _e(v) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _nice_step(span: float) -> float:
+    if span <= 0:
+        return 1.0
+    raw = span / 8
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag  # pragma: no cover
+
+
+def _tick(t: float) -> str:
+    if t == 0:
+        return "0"
+    return f"{t:g} s" if t < 60 else human_seconds(t)
+
+
+def timeline_svg(phases: list[dict], window: dict | None, width: int = 1180) -> str:
+    """A Gantt chart of every phase on one clock, the outage window shaded red across all rows."""
+    rows = [p for p in phases if p["start_s"] is not None]
+    if not rows:
+        return '<p class="muted">no timed phases</p>'
+    label_w, row_h, top, bottom = 250, 22, 34, 46
+    plot_w = width - label_w - 90
+    end = max((p["end_s"] if p["end_s"] is not None else p["start_s"]) for p in rows)
+    if window and window.get("end_s") is not None:
+        end = max(end, window["end_s"])
+    end = max(end, 1e-3)
+    height = top + row_h * len(rows) + bottom
+
+    def x(t: float) -> float:
+        return label_w + plot_w * (t / end)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="phase timeline">']
+    step = _nice_step(end)
+    t = 0.0
+    while t <= end + 1e-9:
+        xx = x(t)
+        parts.append(f'<line x1="{xx:.1f}" y1="{top - 6}" x2="{xx:.1f}" y2="{height - bottom}" stroke="#e6e9ef"/>')
+        parts.append(f'<text x="{xx:.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle" '
+                     f'fill="#5b6575">{_e(_tick(t))}</text>')
+        t += step
+    if window and window.get("start_s") is not None:
+        x0, x1 = x(window["start_s"]), x(window["end_s"])
+        parts.append(f'<rect x="{x0:.1f}" y="{top - 8}" width="{max(x1 - x0, 2):.1f}" height="{row_h * len(rows) + 8}" '
+                     'fill="#e74c3c" fill-opacity="0.16" stroke="#c0392b" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{top - 14}" font-size="12" font-weight="700" '
+                     f'text-anchor="middle" fill="#c0392b">outage {_e(human_seconds(window["duration_s"]))}</text>')
+    colors = {"ok": "#2f6fb3", "failed": "#c0392b", "incomplete": "#9aa3b1"}
+    for i, p in enumerate(rows):
+        y = top + i * row_h
+        label = f"{p['group']} / {p['phase']}"
+        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" font-size="12" text-anchor="end" fill="#1d2430">{_e(label)}</text>')
+        s = p["start_s"]
+        e = p["end_s"] if p["end_s"] is not None else s
+        color = colors.get(p["state"], "#9aa3b1")
+        if p.get("in_outage") and p["state"] == "ok":
+            color = "#d35400"
+        w = max(x(e) - x(s), 2.0)
+        parts.append(f'<rect x="{x(s):.1f}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" rx="2" fill="{color}">'
+                     f'<title>{_e(label)}: {_e(human_seconds(p["duration_s"]))} ({_e(p["outcome"])})</title></rect>')
+        parts.append(f'<text x="{x(s) + w + 4:.1f}" y="{y + 15}" font-size="11" fill="#5b6575">'
+                     f'{_e(human_seconds(p["duration_s"]) if p["duration_s"] is not None else p["outcome"])}</text>')
+    ly = height - 8
+    legend = [("#2f6fb3", "phase"), ("#d35400", "phase inside the outage"), ("#c0392b", "failed"), ("#9aa3b1", "not finished")]
+    lx = label_w
+    for color, text in legend:
+        parts.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{lx + 14}" y="{ly}" font-size="11" fill="#5b6575">{_e(text)}</text>')
+        lx += 24 + 7 * len(text)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _n(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else ("n/a" if v is None else str(v))
+
+
+def _status_cell(ok: bool) -> str:
+    return '<td class="ok">ok</td>' if ok else '<td class="fail">FAIL</td>'
+
+
+def _rate_text(r: dict | None) -> str:
+    if not r or not r.get("bytes_per_s"):
+        return "n/a"
+    return f"{human_bytes(r['bytes_per_s'])}/s ({human_bytes(r['bytes'])} in {human_seconds(r['seconds'])}, {r['phase']})"
+
+
+def render_html(report: dict) -> str:
+    """One self-contained page: inline CSS and SVG, no scripts, no external references."""
+    r = report
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{_e(r['title'])}: {_e(r['verdict'])}</title><style>{_CSS}</style></head><body>"]
+    out.append(f'<h1><span class="verdict {_e(r["verdict"])}">{_e(r["verdict"])}</span>{_e(r["title"])}</h1>')
+    meta = r.get("meta") or {}
+    when = r.get("finished") or r.get("generated_at")
+    when_txt = datetime.fromtimestamp(ts(when), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts(when) else ""
+    out.append('<p class="muted">' + _e(" · ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))))
+               + (f" · finished {_e(when_txt)}" if when_txt else "") + "</p>")
+    if r["failures"]:
+        out.append('<ul class="fail">' + "".join(f"<li>{_e(f)}</li>" for f in r["failures"]) + "</ul>")
+
+    outage, proj, thr = r.get("outage"), r.get("projection"), r.get("throughput") or {}
+    kpis = [
+        ("measured outage", human_seconds(outage["duration_s"]) if outage else "n/a",
+         f"{outage['source']}: {outage['detail']}" if outage else "no freeze→switch found"),
+        ("projected outage at 11 GB", human_seconds(proj["projected_outage_s"]) if proj else "n/a",
+         f"book {human_seconds(proj['planning_outage_s'])} (x{proj['planning_factor']:g})" if proj else ""),
+        ("transfer throughput", f"{human_bytes(thr['transfer']['bytes_per_s'])}/s" if thr.get("transfer") else "n/a", "dump bytes / s"),
+        ("restore throughput", f"{human_bytes(thr['restore']['bytes_per_s'])}/s" if thr.get("restore") else "n/a", "dump bytes / s"),
+        ("rows source → target", f"{r['counts']['source_total']:,} → {r['counts']['target_total']:,}",
+         "all tables match" if r["counts"]["ok"] else "MISMATCH"),
+    ]
+    out.append('<div class="kpis">' + "".join(
+        f'<div class="kpi"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>' for a, b, c in kpis) + "</div>")
+
+    out.append("<h2>Timeline</h2>")
+    out.append(timeline_svg(r["phases"], outage))
+    out.append("<table><tr><th>run</th><th>phase</th><th>start</th><th>duration</th><th>outcome</th><th>in outage</th><th>facts</th></tr>")
+    for p in r["phases"]:
+        facts = ", ".join(f"{k}={v}" for k, v in (p.get("facts") or {}).items() if not isinstance(v, (dict, list)))
+        out.append(f"<tr><td>{_e(p['group'])}</td><td>{_e(p['phase'])}</td><td class=num>{_e(human_seconds(p['start_s']))}</td>"
+                   f"<td class=num>{_e(human_seconds(p['duration_s']))}</td>"
+                   f"<td class=\"{'ok' if p['state'] == 'ok' else 'fail'}\">{_e(p['outcome'])}</td>"
+                   f"<td>{'yes' if p.get('in_outage') else ''}</td><td class=muted>{_e(facts[:300])}</td></tr>")
+    out.append("</table>")
+
+    out.append("<h2>Verification</h2><table><tr><th>check</th><th>status</th><th>observed</th><th>expected</th><th>evidence</th></tr>")
+    for c in r["verification"]["checks"]:
+        out.append(f"<tr><td>{_e(c['name'])}</td>{_status_cell(c['ok'])}<td>{_e(c['observed'])}</td>"
+                   f"<td>{_e(c['expected'])}</td><td class=muted>{_e(c['evidence'])}</td></tr>")
+    if not r["verification"]["checks"]:
+        out.append('<tr><td colspan="5" class="fail">no verification recorded</td></tr>')
+    out.append("</table>")
+
+    out.append("<h2>Row counts: source vs target</h2><table><tr><th>table</th><th>source</th><th>target</th><th>status</th></tr>")
+    for c in r["counts"]["rows"]:
+        out.append(f"<tr><td>{_e(c['table'])}</td><td class=num>{_e(_n(c['source']))}</td><td class=num>{_e(_n(c['target']))}</td>{_status_cell(c['match'])}</tr>")
+    out.append(f"<tr><th>total</th><th class=num>{r['counts']['source_total']:,}</th><th class=num>{r['counts']['target_total']:,}</th><th></th></tr></table>")
+    if r.get("writer"):
+        out.append('<p class="muted">live writer: ' + _e(", ".join(f"{k}={v}" for k, v in r["writer"].items())) + "</p>")
+
+    out.append("<h2>Throughput</h2><table>")
+    out.append(f"<tr><th>source database</th><td>{_e(human_bytes(thr.get('source_db_bytes')))}</td></tr>")
+    out.append(f"<tr><th>dump</th><td>{_e(human_bytes(thr.get('dump_bytes')))}</td></tr>")
+    out.append(f"<tr><th>transfer</th><td>{_e(_rate_text(thr.get('transfer')))}</td></tr>")
+    out.append(f"<tr><th>restore</th><td>{_e(_rate_text(thr.get('restore')))}</td></tr>")
+    out.append(f"<tr><th>restore (database bytes)</th><td>{_e(_rate_text(thr.get('restore_db')))}</td></tr></table>")
+
+    out.append("<h2>Projected production outage (11 GB)</h2>")
+    if proj:
+        out.append(f"<p>Straight projection <b>{_e(human_seconds(proj['projected_outage_s']))}</b>; "
+                   f"book <b>{_e(human_seconds(proj['planning_outage_s']))}</b> (x{proj['planning_factor']:g} margin). "
+                   f"Scale factor x{proj['scale_factor']:g} from the measured database.</p>")
+        out.append("<table><tr><th>phase</th><th>measured</th><th>projected</th><th>basis</th></tr>")
+        for p in proj["phases"]:
+            out.append(f"<tr><td>{_e(p['phase'])}</td><td class=num>{_e(human_seconds(p['measured_s']))}</td>"
+                       f"<td class=num>{_e(human_seconds(p['projected_s']))}</td><td class=muted>{_e(p['basis'])}</td></tr>")
+        if proj["unaccounted_s"]:
+            out.append(f"<tr><td>between phases</td><td class=num>{_e(human_seconds(proj['unaccounted_s']))}</td>"
+                       f"<td class=num>{_e(human_seconds(proj['unaccounted_s']))}</td><td class=muted>kept as measured</td></tr>")
+        out.append("</table><p>Assumptions:</p><ul>" + "".join(f"<li>{_e(a)}</li>" for a in proj["assumptions"]) + "</ul>")
+    else:
+        out.append('<p class="fail">no projection: the outage window or the measured database size is missing</p>')
+
+    out.append("<h2>Signoff checklist</h2>")
+    items = r["signoff"]["items"]
+    if items:
+        out.append("<table><tr><th>item</th><th>status</th><th>evidence</th></tr>")
+        for i in items:
+            cls = {"pass": "ok", "fail": "fail"}.get(i["status"], "human")
+            text = {"pass": "pass", "fail": "FAIL"}.get(i["status"], "needs human decision")
+            out.append(f"<tr><td>{_e(i['name'])}</td><td class=\"{cls}\">{_e(text)}</td><td class=muted>{_e(i['evidence'])}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append('<p class="muted">signoff not evaluated in this run (<code>invoke signoff</code>)</p>')
+    out.append(f'<p class="muted">report schema {SCHEMA}; generated by trackerdb.rehearse</p></body></html>')
+    return "\n".join(out)
