@@ -1,0 +1,117 @@
+import pytest
+
+from tests.conftest import prod_outputs
+from trackerdb.errors import PreflightError
+from trackerdb.provision import apt
+from trackerdb.settings import Settings
+
+PROD = Settings.from_parts({}, prod_outputs())
+LAB = Settings.from_parts({"package_source": "debian"},
+                          prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.19.3"))
+
+MADISON_PROD = """\
+postgresql-16 | 16.10-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+postgresql-16 | 16.9-0+deb12u1 | http://deb.debian.org/debian bookworm/main amd64 Packages
+postgresql-16-postgis-3 | 3.5.2+dfsg-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+postgresql-16-postgis-3-scripts | 3.5.2+dfsg-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+timescaledb-2-postgresql-16 | 2.19.0~debian12 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
+timescaledb-2-postgresql-16 | 2.18.2~debian12 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
+timescaledb-2-postgresql-16 | 2.18.2~debian11 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
+timescaledb-2-loader-postgresql-16 | 2.18.2~debian12 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
+pgbackrest | 2.56.0-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+ssl-cert | 1.1.2 | http://deb.debian.org/debian bookworm/main amd64 Packages
+"""
+
+MADISON_LAB = """\
+postgresql-17 | 17.6-0+deb13u1 | file:/srv/repo ./ Packages
+postgresql-17-postgis-3 | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
+postgresql-17-postgis-3-scripts | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
+postgresql-17-timescaledb | 2.19.3+dfsg-1 | file:/srv/repo ./ Packages
+pgbackrest | 2.55.1-1 | file:/srv/repo ./ Packages
+ssl-cert | 1.1.3 | file:/srv/repo ./ Packages
+"""
+
+
+@pytest.mark.parametrize("version, up, rest", [
+    ("2.19.3+dfsg-1", "2.19.3", "+dfsg-1"),
+    ("1:2.18.2~debian12", "2.18.2", "~debian12"),
+    ("17.6-0+deb13u1", "17.6", "-0+deb13u1"),
+    ("3.5.2+dfsg-1.pgdg120+1", "3.5.2", "+dfsg-1.pgdg120+1"),
+])
+def test_upstream_version_split(version, up, rest):
+    assert apt.upstream(version) == (up, rest)
+
+
+@pytest.mark.parametrize("spec, version, ok", [
+    (apt.PackageSpec("p", "2.18.2", "~debian12"), "2.18.2~debian12", True),
+    (apt.PackageSpec("p", "2.18.2", "~debian12"), "2.18.2~debian11", False),
+    (apt.PackageSpec("p", "2.18.2", "~debian12"), "2.18.20~debian12", False),
+    (apt.PackageSpec("p", "3.5.2"), "3.5.2+dfsg-1", True),
+    (apt.PackageSpec("p", "3.5.2"), "3.5.3+dfsg-1", False),
+    (apt.PackageSpec("p", "16"), "16.10-1.pgdg120+1", True),
+    (apt.PackageSpec("p", "16"), "17.6-0+deb13u1", False),
+    (apt.PackageSpec("p"), "whatever", True),
+])
+def test_version_matches(spec, version, ok):
+    assert apt.version_matches(spec, version) is ok
+
+
+@pytest.mark.parametrize("settings, madison, expect", [
+    (PROD, MADISON_PROD, {"timescaledb-2-postgresql-16": "2.18.2~debian12", "timescaledb-2-loader-postgresql-16": "2.18.2~debian12",
+                          "postgresql-16-postgis-3": "3.5.2+dfsg-1.pgdg120+1", "postgresql-16": "16.10-1.pgdg120+1"}),
+    (LAB, MADISON_LAB, {"postgresql-17-timescaledb": "2.19.3+dfsg-1", "postgresql-17-postgis-3": "3.5.2+dfsg-1",
+                        "pgbackrest": "2.55.1-1"}),
+])
+def test_resolve_picks_exact_versions(settings, madison, expect):
+    chosen = apt.resolve(apt.package_specs(settings, "12"), apt.parse_madison(madison), settings.package_source)
+    for name, version in expect.items():
+        assert chosen[name] == version
+
+
+@pytest.mark.parametrize("settings, madison, fragment", [
+    (PROD.with_(timescaledb_version="2.18.9"), MADISON_PROD, "timescaledb-2-postgresql-16 2.18.9~debian12"),
+    (LAB.with_(postgis_version="3.4.0"), MADISON_LAB, "postgresql-17-postgis-3 3.4.0 (apt offers: 3.5.2+dfsg-1)"),
+    (LAB, MADISON_LAB.replace("pgbackrest", "pgbackrestx"), "pgbackrest any (apt offers: none)"),
+])
+def test_missing_version_is_one_preflight_error(settings, madison, fragment):
+    with pytest.raises(PreflightError) as e:
+        apt.resolve(apt.package_specs(settings, "12"), apt.parse_madison(madison), settings.package_source)
+    line = e.value.one_line()
+    assert line.startswith("package version not available")
+    assert fragment in line and "hint:" in line and "\n" not in line
+
+
+def test_pin_file_pins_only_version_critical_packages_exactly():
+    specs = apt.package_specs(PROD, "12")
+    chosen = apt.resolve(specs, apt.parse_madison(MADISON_PROD), "pgdg")
+    text = apt.pin_text(specs, chosen)
+    assert "Package: timescaledb-2-postgresql-16\nPin: version 2.18.2~debian12\nPin-Priority: 1001\n" in text
+    assert "Package: timescaledb-2-loader-postgresql-16\nPin: version 2.18.2~debian12\n" in text
+    assert "Package: postgresql-16-postgis-3\nPin: version 3.5.2+dfsg-1.pgdg120+1\n" in text
+    assert "Package: pgbackrest" not in text and "Package: postgresql-16\n" not in text
+    cmd = apt.install_command(specs, chosen)
+    assert "timescaledb-2-postgresql-16=2.18.2~debian12" in cmd and " pgbackrest" in cmd and "--no-install-recommends" in cmd
+    assert "--force-confold" in cmd  # our createcluster.conf must survive the package's ucf
+
+
+@pytest.mark.parametrize("repo, codename, line", [
+    (apt.PGDG, "bookworm", "deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main\n"),
+    (apt.TIMESCALE, "bookworm", "deb [signed-by=/usr/share/keyrings/timescaledb.asc] https://packagecloud.io/timescale/timescaledb/debian/ bookworm main\n"),
+])
+def test_source_lines_are_signed_by_their_own_keyring(repo, codename, line):
+    assert repo.source_line(codename) == line
+
+
+def test_key_install_checks_pinned_fingerprint():
+    cmd = apt.key_install_command(apt.PGDG)
+    assert "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8" in cmd and "exit 5" in cmd
+    assert cmd.index("grep -qx") < cmd.index("install -m 0644")
+
+
+def test_repos_only_for_pgdg():
+    assert apt.repos("pgdg") == [apt.PGDG, apt.TIMESCALE] and apt.repos("debian") == []
+
+
+def test_parse_dpkg_status_only_installed():
+    text = "pgbackrest\t2.55.1-1\tii \nssl-cert\t1.1.3\trc \npostgresql-17\t17.6\tii \n"
+    assert apt.parse_dpkg_status(text) == {"pgbackrest": "2.55.1-1", "postgresql-17": "17.6"}

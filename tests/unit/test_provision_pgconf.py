@@ -1,0 +1,107 @@
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from tests.conftest import prod_outputs
+from trackerdb.provision import pgconf, roles
+from trackerdb.settings import Settings
+
+GIB = 1024**3
+PROD = Settings.from_parts({}, prod_outputs())
+
+
+@pytest.mark.parametrize("mem_gib, cores, vol_gb, expect", [
+    # t3.medium: 4 GiB, 2 vCPU, 50 GB data volume
+    (4, 2, 50, {"shared_buffers_mb": 1024, "effective_cache_size_mb": 3072, "maintenance_work_mem_mb": 256,
+                "max_parallel_workers": 2, "max_parallel_workers_per_gather": 1, "background_workers": 8,
+                "max_worker_processes": 13, "max_wal_size_mb": 2048, "min_wal_size_mb": 512, "work_mem_kb": 10485}),
+    (16, 8, 50, {"shared_buffers_mb": 4096, "effective_cache_size_mb": 12288, "maintenance_work_mem_mb": 1024,
+                 "max_parallel_workers": 8, "max_parallel_workers_per_gather": 4, "background_workers": 16,
+                 "max_worker_processes": 27, "work_mem_kb": 10485}),
+    (64, 16, 500, {"maintenance_work_mem_mb": 2048, "max_wal_size_mb": 8192, "min_wal_size_mb": 2048}),  # capped
+    (1, 1, 2, {"shared_buffers_mb": 256, "maintenance_work_mem_mb": 64, "work_mem_kb": 4096,
+               "max_parallel_workers_per_gather": 1, "max_wal_size_mb": 1024}),  # the floors
+])
+def test_tuning_maths(mem_gib, cores, vol_gb, expect):
+    t = pgconf.tune(mem_gib * GIB, cores, vol_gb)
+    for k, v in expect.items():
+        assert getattr(t, k) == v, k
+
+
+def test_dropin_has_the_settings_the_runbook_needs():
+    text = pgconf.dropin_text(PROD, pgconf.tune(4 * GIB, 2, 50), "172.31.10.20")
+    for line in ("shared_preload_libraries = 'timescaledb'", "listen_addresses = 'localhost,172.31.10.20'",
+                 "ssl = on", "shared_buffers = 1024MB", "effective_cache_size = 3072MB",
+                 "timescaledb.max_background_workers = 8", "log_checkpoints = on", "log_lock_waits = on",
+                 "password_encryption = 'scram-sha-256'", "log_line_prefix = '%m [%p] %q%u@%d '", "port = 5432"):
+        assert line + "\n" in text, line
+    keys = [l.split("=")[0].strip() for l in text.splitlines() if "=" in l and not l.startswith("#")]
+    assert len(keys) == len(set(keys))
+
+
+def test_hba_scram_only_for_app_networks_and_loopback():
+    s = PROD.with_(app_cidrs=("172.31.32.0/20", "10.1.2.3/32"))
+    rows = [l.split() for l in pgconf.hba_text(s).splitlines() if l and not l.startswith("#")]
+    assert rows == [
+        ["local", "all", "postgres", "peer"],
+        ["host", "all", "all", "127.0.0.1/32", "scram-sha-256"],
+        ["host", "tracker", "all", "172.31.32.0/20", "scram-sha-256"],
+        ["host", "tracker", "all", "10.1.2.3/32", "scram-sha-256"],
+    ]
+    assert "trust" not in pgconf.hba_text(s) and "0.0.0.0/0" not in pgconf.hba_text(s)
+
+
+@pytest.mark.parametrize("current, expect_line, keeps", [
+    (None, "create_main_cluster = false", None),
+    ("# comment\n#create_main_cluster = true\nssl = on\n", "create_main_cluster = false", "ssl = on"),
+    ("create_main_cluster = true\nstart_conf = 'auto'\n", "create_main_cluster = false", "start_conf = 'auto'"),
+])
+def test_createcluster_conf_disables_the_packaged_cluster(current, expect_line, keeps):
+    text = pgconf.createcluster_text(current)
+    assert [l for l in text.splitlines() if "create_main_cluster" in l] == [expect_line]
+    if keeps:
+        assert keeps in text
+    assert pgconf.createcluster_text(text) == text  # idempotent
+
+
+def test_createcluster_command_uses_the_volume():
+    cmd = pgconf.createcluster_command(PROD)
+    assert cmd[:3] == ["pg_createcluster", "--datadir", "/var/lib/postgresql/16/main"]
+    assert "--data-checksums" in cmd and cmd[cmd.index("--port") + 1] == "5432"
+
+
+def _pg_scram(password, salt, iterations):
+    """Independent re-derivation (RFC 5802 / PostgreSQL's scram_build_secret)."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    ck = hmac.new(salted, b"Client Key", "sha256").digest()
+    sk = hmac.new(salted, b"Server Key", "sha256").digest()
+    return hashlib.sha256(ck).digest(), sk
+
+
+def test_scram_verifier_format_and_keys():
+    salt = bytes(range(16))
+    v = roles.scram_verifier("s3cret-pw", salt, 4096)
+    head, keys = v.split("$", 1)[1].split("$")
+    it, s64 = head.split(":")
+    stored, server = (base64.b64decode(x) for x in keys.split(":"))
+    assert v.startswith("SCRAM-SHA-256$4096:") and base64.b64decode(s64) == salt and it == "4096"
+    assert (stored, server) == _pg_scram("s3cret-pw", salt, 4096)
+
+
+@pytest.mark.parametrize("stored, password, ok", [
+    (roles.scram_verifier("right"), "right", True),
+    (roles.scram_verifier("right"), "wrong", False),
+    ("md5abcdef", "right", False),
+    ("", "right", False),
+    ("SCRAM-SHA-256$garbage", "right", False),
+])
+def test_verifier_matches(stored, password, ok):
+    assert roles.verifier_matches(stored, password) is ok
+
+
+def test_role_sql_never_contains_the_password_and_turns_logging_off():
+    sql = roles.role_sql("tracker", roles.scram_verifier("pw-plain-123"), create=True)
+    assert "pw-plain-123" not in sql
+    assert sql.index("log_statement = 'none'") < sql.index('CREATE ROLE "tracker" WITH LOGIN PASSWORD \'SCRAM-SHA-256$')

@@ -1,0 +1,195 @@
+"""Package sources, version resolution, pins and holds: pure builders for both package sources.
+
+``pgdg`` (production): apt.postgresql.org for PostgreSQL/PostGIS and Timescale's packagecloud
+repository for TimescaleDB, each with its own ``signed-by`` keyring, so neither key can sign the
+other's packages. ``debian`` (the lab): whatever apt sources the host already has. The code path is
+the same: resolve the exact versions apt offers, fail before any change if one is missing, pin the
+version-critical packages at exactly that version and hold them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from ..errors import PreflightError
+
+KEYRING_DIR = "/usr/share/keyrings"
+SOURCES_DIR = "/etc/apt/sources.list.d"
+PIN_FILE = "/etc/apt/preferences.d/50-trackerdb"
+APT_ENV = "DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1"
+# keep files we wrote before a package ships its own (createcluster.conf is managed by ucf)
+DPKG_OPTS = "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+
+
+@dataclass(frozen=True)
+class AptRepo:
+    name: str
+    key_url: str
+    fingerprint: str | None  # verified before the keyring is installed (None: not pinned here)
+    url: str
+    suite: str  # "{codename}" is filled in from /etc/os-release
+    component: str = "main"
+
+    @property
+    def keyring(self) -> str:
+        return f"{KEYRING_DIR}/{self.name}.asc"
+
+    @property
+    def list_file(self) -> str:
+        return f"{SOURCES_DIR}/{self.name}.list"
+
+    def source_line(self, codename: str) -> str:
+        return f"deb [signed-by={self.keyring}] {self.url} {self.suite.format(codename=codename)} {self.component}\n"
+
+
+PGDG = AptRepo(
+    name="pgdg",
+    key_url="https://www.postgresql.org/media/keys/ACCC4CF8.asc",
+    fingerprint="B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8",
+    url="https://apt.postgresql.org/pub/repos/apt",
+    suite="{codename}-pgdg",
+)
+TIMESCALE = AptRepo(
+    name="timescaledb",
+    key_url="https://packagecloud.io/timescale/timescaledb/gpgkey",
+    fingerprint=None,  # verify out of band and set it here before relying on it
+    url="https://packagecloud.io/timescale/timescaledb/debian/",
+    suite="{codename}",
+)
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """One package we install: ``want`` is the upstream version to match (None: any), ``pinned`` => pin + hold."""
+
+    name: str
+    want: str | None = None
+    suffix: str = ""  # required text right after the upstream version (Timescale: "~debian12")
+    pinned: bool = False
+
+
+def repos(source: str) -> list[AptRepo]:
+    return [PGDG, TIMESCALE] if source == "pgdg" else []
+
+
+def package_specs(settings, os_version_id: str = "12") -> list[PackageSpec]:
+    """The packages for ``settings.package_source``; version-critical ones carry the version to match."""
+    major = settings.postgres_major
+    postgis = [
+        PackageSpec(f"postgresql-{major}-postgis-3", settings.postgis_version, pinned=True),
+        PackageSpec(f"postgresql-{major}-postgis-3-scripts", settings.postgis_version, pinned=True),
+    ]
+    if settings.package_source == "pgdg":
+        suffix = f"~debian{os_version_id}"
+        tsdb = [
+            PackageSpec(f"timescaledb-2-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
+            PackageSpec(f"timescaledb-2-loader-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
+        ]
+    else:
+        tsdb = [PackageSpec(f"postgresql-{major}-timescaledb", settings.timescaledb_version, pinned=True)]
+    extra = [PackageSpec("pgbackrest"), PackageSpec("ssl-cert")]
+    return [PackageSpec(f"postgresql-{major}", str(major)), *postgis, *tsdb, *extra]
+
+
+_UPSTREAM = re.compile(r"^(?:\d+:)?(\d+(?:\.\d+)*)(.*)$")
+
+
+def upstream(version: str) -> tuple[str, str]:
+    """``1:2.19.3+dfsg-1`` -> (``2.19.3``, ``+dfsg-1``): the numeric upstream part and the rest."""
+    m = _UPSTREAM.match(version.strip())
+    return (m.group(1), m.group(2)) if m else ("", version)
+
+
+def version_matches(spec: PackageSpec, version: str) -> bool:
+    num, rest = upstream(version)
+    if spec.want is None:
+        return True
+    if "." not in spec.want:  # a major version: PostgreSQL server packages take any minor
+        return num.split(".")[0] == spec.want
+    return num == spec.want and rest.startswith(spec.suffix)
+
+
+def parse_madison(text: str) -> dict[str, list[str]]:
+    """``apt-cache madison`` lines (``pkg | version | source``) -> {pkg: [versions, in apt's order]}."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 3 and parts[0] and parts[1]:
+            versions = out.setdefault(parts[0], [])
+            if parts[1] not in versions:
+                versions.append(parts[1])
+    return out
+
+
+def resolve(specs: list[PackageSpec], available: dict[str, list[str]], source: str) -> dict[str, str]:
+    """Pick the exact version to install for each spec; one PreflightError naming everything missing."""
+    chosen: dict[str, str] = {}
+    missing: list[str] = []
+    for spec in specs:
+        versions = [v for v in available.get(spec.name, []) if version_matches(spec, v)]
+        if versions:
+            chosen[spec.name] = versions[0]  # madison lists the newest first
+        else:
+            offered = ", ".join(available.get(spec.name, [])[:4]) or "none"
+            want = f"{spec.want}{spec.suffix}" if spec.want else "any"
+            missing.append(f"{spec.name} {want} (apt offers: {offered})")
+    if missing:
+        hint = ("check the versions in the stack config or the package source; "
+                + ("PGDG keeps only current versions (older ones are on its archive repository)" if source == "pgdg"
+                   else "the host's apt sources must offer them"))
+        raise PreflightError("package version not available: " + "; ".join(missing), hint=hint)
+    return chosen
+
+
+def pin_text(specs: list[PackageSpec], chosen: dict[str, str]) -> str:
+    """apt preferences: each pinned package at exactly the resolved version (priority > 1000 allows downgrade)."""
+    blocks = [
+        f"Package: {s.name}\nPin: version {chosen[s.name]}\nPin-Priority: 1001\n"
+        for s in specs if s.pinned and s.name in chosen
+    ]
+    return "# managed by trackerdb provision: versions must equal the source host's\n\n" + "\n".join(blocks)
+
+
+def install_command(specs: list[PackageSpec], chosen: dict[str, str]) -> str:
+    args = [f"{s.name}={chosen[s.name]}" if s.pinned else s.name for s in specs]
+    return f"{APT_ENV} apt-get install -y -q --no-install-recommends {DPKG_OPTS} " + shlex.join(args)
+
+
+def hold_command(names: list[str]) -> list[str]:
+    return ["apt-mark", "hold", *names]
+
+
+def madison_command(names: list[str]) -> list[str]:
+    return ["apt-cache", "madison", *names]
+
+
+def update_command() -> str:
+    return f"{APT_ENV} apt-get update -q"
+
+
+def key_install_command(repo: AptRepo) -> str:
+    """Download the signing key, check its fingerprint when we pin one, install it as the keyring."""
+    q = shlex.quote
+    check = ""
+    if repo.fingerprint:
+        check = (f" && gpg --show-keys --with-colons \"$tmp\" | awk -F: '$1==\"fpr\"{{print $10}}' | grep -qx {q(repo.fingerprint)}"
+                 f" || {{ echo 'signing key fingerprint mismatch for {repo.name}' >&2; rm -f \"$tmp\"; exit 5; }}")
+    return (f"tmp=$(mktemp) && curl -fsSL --retry 3 {q(repo.key_url)} -o \"$tmp\"{check}"
+            f" && install -m 0644 -o root -g root \"$tmp\" {q(repo.keyring)} && rm -f \"$tmp\"")
+
+
+def parse_dpkg_status(text: str) -> dict[str, str]:
+    """``dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'`` -> {installed pkg: version}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].strip().startswith("ii"):
+            out[parts[0]] = parts[1]
+    return out
+
+
+def dpkg_query_command(names: list[str]) -> str:
+    fmt = "${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"
+    return "dpkg-query -W -f=" + shlex.quote(fmt) + " " + shlex.join(names) + " 2>/dev/null; true"

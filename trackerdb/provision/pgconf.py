@@ -1,0 +1,158 @@
+"""PostgreSQL configuration text: the conf.d drop-in, pg_hba and the tuning maths. Pure.
+
+Tuning follows timescaledb-tune's rules of thumb (shared_buffers 25 % of RAM, effective_cache_size
+75 %, work_mem from what is left over per connection and parallel worker, workers from cores).
+
+pg_hba: we create the cluster ourselves, so its ``pg_hba.conf`` is a file pg_createcluster wrote
+(not a dpkg conffile). We replace it whole with ours instead of pointing ``hba_file`` elsewhere:
+the file operators find in the usual place is the one in effect, and no stale copy misleads anyone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+MANAGED = "# managed by trackerdb provision; changes here are overwritten on the next run\n"
+CREATECLUSTER_CONF = "/etc/postgresql-common/createcluster.conf"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    shared_buffers_mb: int
+    effective_cache_size_mb: int
+    maintenance_work_mem_mb: int
+    work_mem_kb: int
+    max_connections: int
+    max_worker_processes: int
+    background_workers: int
+    max_parallel_workers: int
+    max_parallel_workers_per_gather: int
+    max_parallel_maintenance_workers: int
+    min_wal_size_mb: int
+    max_wal_size_mb: int
+
+
+def tune(mem_bytes: int, cores: int, volume_gb: int, max_connections: int = 100) -> Tuning:
+    mem_mb = mem_bytes // MB
+    cores = max(1, cores)
+    shared = mem_mb // 4
+    per_gather = max(1, cores // 2)
+    bg = max(8, cores * 2)  # TimescaleDB jobs (retention, policies) plus one per database
+    work_kb = max(4096, int((mem_mb - shared) * 1024 / (max_connections * 3) / per_gather))
+    # WAL: room for a restore's bursts without filling a small volume (4 % of it, 1-8 GB)
+    max_wal = min(8192, max(1024, volume_gb * 1024 * 4 // 100))
+    return Tuning(
+        shared_buffers_mb=shared,
+        effective_cache_size_mb=mem_mb * 3 // 4,
+        maintenance_work_mem_mb=max(64, min(2048, mem_mb // 16)),
+        work_mem_kb=work_kb,
+        max_connections=max_connections,
+        max_worker_processes=cores + bg + 3,
+        background_workers=bg,
+        max_parallel_workers=cores,
+        max_parallel_workers_per_gather=per_gather,
+        max_parallel_maintenance_workers=per_gather,
+        min_wal_size_mb=max(80, max_wal // 4),
+        max_wal_size_mb=max_wal,
+    )
+
+
+def _q(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def dropin_text(settings, t: Tuning, private_ip: str) -> str:
+    """``conf.d/50-trackerdb.conf``: loaded after the packaged postgresql.conf, so these values win."""
+    listen = "localhost" if private_ip in ("", "127.0.0.1") else f"localhost,{private_ip}"
+    lines = [
+        ("listen_addresses", _q(listen)),
+        ("port", str(settings.pg_port)),
+        ("max_connections", str(t.max_connections)),
+        ("shared_preload_libraries", _q("timescaledb")),
+        ("timescaledb.telemetry_level", _q("off")),
+        ("password_encryption", _q("scram-sha-256")),
+        ("ssl", "on"),
+        ("ssl_cert_file", _q("/etc/ssl/certs/ssl-cert-snakeoil.pem")),
+        ("ssl_key_file", _q("/etc/ssl/private/ssl-cert-snakeoil.key")),
+        ("ssl_min_protocol_version", _q("TLSv1.2")),
+        ("shared_buffers", f"{t.shared_buffers_mb}MB"),
+        ("effective_cache_size", f"{t.effective_cache_size_mb}MB"),
+        ("maintenance_work_mem", f"{t.maintenance_work_mem_mb}MB"),
+        ("work_mem", f"{t.work_mem_kb}kB"),
+        ("max_worker_processes", str(t.max_worker_processes)),
+        ("timescaledb.max_background_workers", str(t.background_workers)),
+        ("max_parallel_workers", str(t.max_parallel_workers)),
+        ("max_parallel_workers_per_gather", str(t.max_parallel_workers_per_gather)),
+        ("max_parallel_maintenance_workers", str(t.max_parallel_maintenance_workers)),
+        ("wal_buffers", "16MB"),
+        ("min_wal_size", f"{t.min_wal_size_mb}MB"),
+        ("max_wal_size", f"{t.max_wal_size_mb}MB"),
+        ("checkpoint_completion_target", "0.9"),
+        ("random_page_cost", "1.1"),
+        ("effective_io_concurrency", "200"),
+        ("log_line_prefix", _q("%m [%p] %q%u@%d ")),
+        ("log_min_duration_statement", _q("1s")),
+        ("log_checkpoints", "on"),
+        ("log_lock_waits", "on"),
+        ("log_temp_files", _q("64MB")),
+        ("log_autovacuum_min_duration", _q("10s")),
+    ]
+    return MANAGED + "".join(f"{k} = {v}\n" for k, v in lines)
+
+
+def hba_text(settings) -> str:
+    """Local admin by peer; passwords (SCRAM) only from loopback and the application's networks."""
+    rows = [
+        ("local", "all", "postgres", "", "peer"),
+        ("host", "all", "all", "127.0.0.1/32", "scram-sha-256"),
+    ]
+    for cidr in settings.app_cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        rows.append(("host", settings.database, "all", str(net), "scram-sha-256"))
+    body = "".join(f"{a:<7} {b:<15} {c:<15} {d:<18} {e}\n" for a, b, c, d, e in rows)
+    return MANAGED + "# TYPE  DATABASE        USER            ADDRESS            METHOD\n" + body
+
+
+def createcluster_text(current: str | None) -> str:
+    """Stop the server package from creating a cluster on install: we create it after the mount check.
+
+    An existing file (the package's) keeps everything else; only ``create_main_cluster`` is set.
+    """
+    if current is None:
+        return MANAGED + "create_main_cluster = false\n"
+    out, done = [], False
+    for line in current.splitlines():
+        key = line.lstrip("#").split("=", 1)[0].strip()
+        if key == "create_main_cluster":
+            if not done:
+                out.append("create_main_cluster = false")
+                done = True
+            continue
+        out.append(line)
+    if not done:
+        out.append("create_main_cluster = false")
+    return "\n".join(out) + "\n"
+
+
+def conf_dir(settings) -> str:
+    return f"/etc/postgresql/{settings.postgres_major}/main"
+
+
+def dropin_path(settings) -> str:
+    return f"{conf_dir(settings)}/conf.d/50-trackerdb.conf"
+
+
+def hba_path(settings) -> str:
+    return f"{conf_dir(settings)}/pg_hba.conf"
+
+
+def createcluster_command(settings) -> list[str]:
+    return ["pg_createcluster", "--datadir", settings.cluster_dir, "--port", str(settings.pg_port),
+            "--encoding", "UTF8", "--locale", "C.UTF-8", str(settings.postgres_major), "main",
+            "--", "--data-checksums", "--auth-local=peer", "--auth-host=scram-sha-256"]
+
+
+def ctl_command(settings, action: str) -> list[str]:
+    return ["pg_ctlcluster", str(settings.postgres_major), "main", action]
