@@ -1,0 +1,115 @@
+"""`run_cutover`: the maintenance window as one resumable command, driven by the journal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import OpsError
+from . import phases as ph
+from .journal import RESUME, RUN, SKIP, Journal, decide
+
+
+def default_journal(settings) -> Path:
+    return Path(settings.state_dir) / "cutover" / "journal.jsonl"
+
+
+def rollback_command(journal_path) -> str:
+    return f"invoke rollback --journal {journal_path}"
+
+
+def plan(settings, journal: Journal) -> list[dict]:
+    """What a run would do now, phase by phase (the --dry-run output)."""
+    states = journal.states()
+    if states.get("rollback") is not None:
+        raise OpsError(f"journal {journal.path} records a rollback: this cutover is over",
+                       hint="start a new cutover with a new --journal path")
+    return [{"phase": p, "action": a, "what": ph.TITLES[p], "destructive": p in ph.DESTRUCTIVE} for p, a in decide(ph.PHASES, states)]
+
+
+def dry_run_details(settings) -> list[str]:
+    """The concrete changes, without making them (reads only)."""
+    from . import freeze as fz
+    from . import switch as sw
+
+    lines = [f"source: {fz.set_read_only_sql(settings.database)}",
+             f"source: {fz.terminate_sql(settings.database, idle_only=False)}",
+             "source: record pg_current_wal_lsn() and the freeze time"]
+    try:
+        s = sw.make(settings)
+        lines.append(f"switch: {s.describe()}: {s.current()} -> {sw.new_value(settings)}")
+    except OpsError as exc:
+        lines.append(f"switch: cannot read the current value: {exc.one_line()}")
+    return lines
+
+
+def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journal_path=None, funcs=None, clock=time.time) -> dict:
+    """Run (or resume) the cutover; returns the summary. ``funcs`` replaces phase functions (tests)."""
+    journal_path = Path(journal_path) if journal_path else default_journal(settings)
+    journal = Journal(journal_path, clock=clock)
+    steps = plan(settings, journal)
+    if dry_run:
+        return {"dry_run": True, "journal": str(journal_path), "plan": steps, "details": dry_run_details(settings),
+                "rollback_decision_point": ph.rollback_decision_point(journal_path)}
+    funcs = {**ph.FUNCS, **(funcs or {})}
+    say = progress or (lambda msg: None)
+    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress)
+    try:
+        _add_secrets(ctx, settings)
+        for phase, action in decide(ph.PHASES, journal.states()):
+            if action == SKIP:
+                say(f"[{phase}] done earlier: skipped")
+                continue
+            started = time.monotonic()
+            say(f"[{phase}] {'resuming' if action == RESUME else 'starting'}: {ph.TITLES[phase]}")
+            journal.begin(phase, {"resumed": action == RESUME})
+            try:
+                facts = funcs[phase](ctx, action == RESUME) or {}
+            except BaseException as exc:  # KeyboardInterrupt too: the journal must say it stopped
+                msg = exc.one_line() if isinstance(exc, OpsError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+                journal.end(phase, "failed", error=msg)
+                if isinstance(exc, OpsError) and phase != ph.PREFLIGHT:
+                    exc.hint = (exc.hint + "; " if exc.hint else "") + f"re-run to resume, or {rollback_command(journal_path)}"
+                raise
+            journal.end(phase, "ok", facts)
+            say(f"[{phase}] ok in {time.monotonic() - started:.1f}s")
+    finally:
+        ctx.close()
+    return summary(journal)
+
+
+def _add_secrets(ctx, settings) -> None:
+    """The app password must never reach the journal, even inside an error message."""
+    try:
+        from ..secrets import fetch_secret
+
+        secret = fetch_secret(settings, settings.app_secret_name)
+    except Exception:  # noqa: BLE001 - preflight reports an unreadable secret properly
+        return
+    ctx.journal.add_secret(secret)
+    ctx.secrets.append(secret)
+
+
+def summary(journal: Journal) -> dict:
+    states = journal.states()
+    timings = {p: states[p].elapsed for p in ph.PHASES if p in states}
+    freeze_st, switch_st = states.get(ph.FREEZE), states.get(ph.SWITCH)
+    outage = None
+    if freeze_st and freeze_st.start and switch_st and switch_st.done:
+        writable_at = switch_st.facts.get("insync_at") or switch_st.end
+        outage = round(writable_at - freeze_st.start, 2)
+    verify_st = states.get(ph.VERIFY)
+    return {
+        "journal": str(journal.path),
+        "complete": all(states.get(p) is not None and states[p].done for p in ph.PHASES),
+        "phases": {p: {"status": states[p].status if p in states else "pending", "elapsed_s": timings.get(p),
+                       "attempts": states[p].attempts if p in states else 0} for p in ph.PHASES},
+        "outage_s": outage,
+        "outage_until_ttl_waited_s": round(switch_st.end - freeze_st.start, 2) if outage is not None else None,
+        "frozen_at": freeze_st.facts.get("frozen_at") if freeze_st else None,
+        "final_lsn": freeze_st.facts.get("lsn") if freeze_st else None,
+        "switch": {k: switch_st.facts.get(k) for k in ("mode", "old", "new", "ttl")} if switch_st else None,
+        "verification": ("ok" if verify_st and verify_st.done else (verify_st.status if verify_st else "not run")),
+        "post": states[ph.POST].facts if ph.POST in states else None,
+        "rollback_command": rollback_command(journal.path),
+    }

@@ -1,0 +1,340 @@
+"""The seven cutover phases. Each is ``fn(ctx, resume: bool) -> facts`` and safe to call again.
+
+``ctx`` carries Settings, the journal, the dump directory, progress and the facts of earlier
+phases. A phase that changes something notes what it needs for a safe re-run (or a rollback)
+in the journal *before* the change. The executors of other areas (dump, restore, verify,
+pgBackRest) are imported when used, so this module loads without them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import HostError, OpsError, PreflightError, VerifyError
+from . import freeze as fz
+from . import switch as sw
+from .journal import Journal
+from .pg import query_json
+
+PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
+PHASES = [PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST]
+DESTRUCTIVE = {FREEZE, RESTORE, SWITCH}
+TITLES = {
+    PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
+    FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
+    DUMP: "3 final dump with manifest",
+    RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
+    VERIFY: "5 verify against the manifest and live against the frozen source",
+    SWITCH: "6 switch the application to the target",
+    POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
+}
+READ_ONLY_SETTING = "default_transaction_read_only"
+
+
+@dataclass
+class Ctx:
+    settings: object
+    journal: Journal
+    dump_dir: Path
+    progress: object = None
+    remotes: dict = field(default_factory=dict)
+    secrets: list = field(default_factory=list)
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            self.progress(msg)
+
+    def facts(self, phase: str) -> dict:
+        return self.journal.state(phase).facts
+
+    def remote(self, which: str):
+        if which not in self.remotes:
+            from ..remote import Remote
+
+            spec = self.settings.require_source() if which == "source" else self.settings.target
+            self.remotes[which] = Remote(spec, secrets=self.secrets)
+        return self.remotes[which]
+
+    def close(self) -> None:
+        for r in self.remotes.values():
+            r.close()
+        self.remotes.clear()
+
+
+def rollback_decision_point(journal_path) -> str:
+    return ("ROLLBACK DECISION POINT: until phase 6 (switch) completes, rollback only makes the source writable again "
+            "(nothing was written anywhere else). After the switch, rollback also exports the rows written on the "
+            "target and can replay them on the source. Decide before the source is decommissioned. "
+            f"Command: invoke rollback --journal {journal_path}   (add --replay to apply the exported rows)")
+
+
+# ---- 1 preflight -------------------------------------------------------------------------------
+def preflight(ctx: Ctx, resume: bool) -> dict:
+    s = ctx.settings
+    problems: list[str] = []
+    if s.source_decommissioned:
+        raise PreflightError("settings say the source is decommissioned: a cutover needs it", hint="this cutover is already done")
+    src, tgt = ctx.remote("source"), ctx.remote("target")
+    sfacts = query_json(src, fz.facts_sql(s.database))
+    if not sfacts["exists"]:
+        raise PreflightError(f"source has no database {s.database!r}", hint="check trackerdb.source")
+    if sfacts["read_only_setting"] and sfacts["read_only_setting"].endswith("=on"):
+        raise PreflightError(f"{s.database} on the source is already read-only and this journal did not do it",
+                             hint="another cutover may be running; find its journal, or run `invoke rollback` with it")
+    versions = _versions(src, s.database), _available(tgt)
+    ts_src = versions[0].get("timescaledb")
+    ts_tgt = versions[1].get("timescaledb")
+    if ts_src != ts_tgt:
+        problems.append(f"TimescaleDB on the target is {ts_tgt or 'not installed'}, the source's is {ts_src} "
+                        "(pg_restore needs exactly the same version: `invoke provision` with that version)")
+    if versions[0].get("postgis") and not versions[1].get("postgis"):
+        problems.append("PostGIS is not available on the target (`invoke provision`)")
+    if "timescaledb" not in (versions[1].get("preload") or ""):
+        problems.append("timescaledb is not in the target's shared_preload_libraries (`invoke provision`)")
+    free = versions[1].get("free_bytes")
+    need = int(sfacts_size(src, s.database) * 1.5)
+    if free is not None and free < need:
+        problems.append(f"target data volume has {free >> 20} MiB free, the restore needs about {need >> 20} MiB")
+    try:
+        switcher = sw.make(s)
+        current = switcher.current()
+    except OpsError as exc:
+        problems.append(f"application switch: {exc.one_line()}")
+        current = None
+    new = sw.new_value(s)
+    if current is not None and current == new:
+        problems.append(f"the application already points at {new} ({switcher.describe()})")
+    restore_pre = _restore_preflight(ctx)
+    problems += restore_pre.get("problems", [])
+    if problems:
+        raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
+    ctx.say(rollback_decision_point(ctx.journal.path))
+    return {"source_tracker_sessions": sfacts["sessions"], "timescaledb": ts_src, "switch_current": current,
+            "switch_new": new, "target_free_bytes": free, "target_has_tracker": versions[1].get("has_tracker"),
+            **{k: v for k, v in restore_pre.items() if k != "problems"}}
+
+
+def sfacts_size(src, db: str) -> int:
+    r = query_json(src, f"SELECT to_json(pg_database_size({_lit(db)}))")
+    return int(r or 0)
+
+
+def _lit(v: str) -> str:
+    from .pg import literal
+
+    return literal(v)
+
+
+def _versions(remote, db: str) -> dict:
+    return query_json(remote, "SELECT json_object_agg(extname, extversion) FROM pg_extension "
+                              "WHERE extname IN ('timescaledb','postgis')", database=db) or {}
+
+
+def _available(remote) -> dict:
+    """The target's server: TimescaleDB/PostGIS available, preload, a tracker database, free space."""
+    facts = query_json(remote, """SELECT json_build_object(
+      'timescaledb', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+      'postgis', (SELECT default_version FROM pg_available_extensions WHERE name = 'postgis'),
+      'preload', current_setting('shared_preload_libraries'),
+      'data_directory', current_setting('data_directory'),
+      'has_tracker', EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tracker'))""")
+    df = remote.run(["df", "-B1", "--output=avail", facts["data_directory"]], sudo=True, check=False)
+    lines = df.stdout.split()
+    facts["free_bytes"] = int(lines[-1]) if df.ok and lines and lines[-1].isdigit() else None
+    return facts
+
+
+def _restore_preflight(ctx: Ctx) -> dict:
+    """The restore area's own refusals that can be checked without a dump, if it offers them."""
+    try:
+        from ..migrate import restore
+    except ImportError:
+        return {}
+    check = getattr(restore, "preflight_target", None)
+    if check is None:
+        return {}
+    try:
+        check(ctx.settings)
+    except OpsError as exc:
+        return {"problems": [exc.one_line()]}
+    return {"restore_preflight": "ok"}
+
+
+# ---- 2 freeze ----------------------------------------------------------------------------------
+def freeze(ctx: Ctx, resume: bool) -> dict:
+    s = ctx.settings
+    src = ctx.remote("source")
+    recorded = ctx.facts(FREEZE)
+    if "prior_read_only" not in recorded:
+        before = query_json(src, fz.facts_sql(s.database))
+        # written before the change: a re-run must restore *this* value, not the frozen one
+        ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": src.name})
+        recorded = ctx.facts(FREEZE)
+    ctx.say(f"making {s.database} on the source read-only and ending its sessions")
+    facts = fz.freeze(src, s.database, progress=ctx.say)
+    facts["prior_read_only"] = recorded["prior_read_only"]
+    if resume and recorded.get("frozen_at"):
+        facts["refrozen_at"] = facts["frozen_at"]
+        facts["frozen_at"] = recorded["frozen_at"]
+    ctx.say(f"source frozen at {facts['frozen_at']}, WAL {facts['lsn']}, {facts['sessions_terminated']} session(s) ended")
+    return facts
+
+
+# ---- 3 dump ------------------------------------------------------------------------------------
+def dump(ctx: Ctx, resume: bool) -> dict:
+    from ..migrate.dump import run_dump
+
+    ctx.dump_dir.mkdir(parents=True, exist_ok=True)
+    art = run_dump(ctx.settings, str(ctx.dump_dir), progress=ctx.progress)
+    manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
+    adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
+    adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
+    adj_path.write_text(json.dumps(adjusted, indent=2, sort_keys=True))
+    counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("facts", {}).get("tables", [])}
+    return {"dump_path": str(art.dump_path), "manifest_path": str(adj_path), "source_manifest_path": str(art.manifest_path),
+            "sha256": manifest.get("dump", {}).get("sha256"), "size_bytes": manifest.get("dump", {}).get("size_bytes"),
+            "row_counts": counts}
+
+
+def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
+    """The manifest minus our own freeze: the final dump sees ``default_transaction_read_only=on`` on
+    the source database, which must not be reapplied to (or expected on) the target."""
+    doc = json.loads(json.dumps(manifest))
+    settings = doc.get("facts", {}).get("db_settings")
+    if isinstance(settings, dict):
+        for role, values in list(settings.items()):
+            kept = [v for v in values if not (role == "" and v.split("=", 1)[0] == READ_ONLY_SETTING and prior_read_only is None)]
+            if kept:
+                settings[role] = kept
+            else:
+                del settings[role]
+    elif isinstance(settings, list):  # not yet normalised: [{role, settings: [...]}]
+        for entry in settings:
+            if not entry.get("role") and prior_read_only is None:
+                entry["settings"] = [v for v in entry.get("settings") or [] if v.split("=", 1)[0] != READ_ONLY_SETTING]
+    return doc
+
+
+# ---- 4 restore ---------------------------------------------------------------------------------
+def restore(ctx: Ctx, resume: bool) -> dict:
+    from ..migrate.restore import run_restore
+
+    d = ctx.facts(DUMP)
+    if resume:
+        # Killed mid-restore: if the target already holds exactly this dump's data, the restore
+        # finished and only the journal's end record is missing; otherwise restore again (the
+        # restore keeps any existing tracker renamed, never dropped).
+        failed = _verify_failures(ctx, against_source=False)
+        if failed is not None and not failed:
+            return {"resumed": "target already matches this dump's manifest"}
+    outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True, progress=ctx.progress)
+    steps = getattr(outcome, "steps", [])
+    return {"steps": [f"{st.name}: {st.status}" for st in steps][:50]}
+
+
+# ---- 5 verify ----------------------------------------------------------------------------------
+def _manifest(ctx: Ctx) -> dict:
+    return json.loads(Path(ctx.facts(DUMP)["manifest_path"]).read_text())
+
+
+def _verify_failures(ctx: Ctx, against_source: bool):
+    from ..migrate.verify import run_verify
+
+    try:
+        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx), against_source=against_source)
+    except OpsError:
+        return None
+    return [c for c in checks if not c.ok and not _is_our_freeze(c)]
+
+
+def _is_our_freeze(check) -> bool:
+    """Live against the frozen source, the source's database settings show our own read-only flag."""
+    text = f"{check.name} {check.observed} {check.expected}"
+    return READ_ONLY_SETTING in text and "setting" in check.name.lower()
+
+
+def verify(ctx: Ctx, resume: bool) -> dict:
+    from ..migrate.verify import run_verify
+
+    result = {}
+    for label, kwargs in (("manifest", {"manifest": _manifest(ctx)}), ("source", {"against_source": True})):
+        ctx.say(f"verify against the {label}")
+        checks = run_verify(ctx.settings, **kwargs)
+        bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
+        result[label] = {"checks": len(checks), "failed": [f"{c.name}: {c.observed} != {c.expected}" for c in bad]}
+        if bad:
+            raise VerifyError(f"verify against the {label}: {len(bad)} of {len(checks)} checks failed: "
+                              + "; ".join(result[label]["failed"][:5]),
+                              hint="the application still points at the frozen source: fix and re-run `invoke cutover`, "
+                                   f"or `invoke rollback --journal {ctx.journal.path}`")
+    return result
+
+
+# ---- 6 switch ----------------------------------------------------------------------------------
+def switch(ctx: Ctx, resume: bool) -> dict:
+    switcher = sw.make(ctx.settings)
+    recorded = ctx.facts(SWITCH)
+    if "old" not in recorded:
+        old = switcher.current()
+        new = sw.new_value(ctx.settings)
+        ctx.journal.note(SWITCH, {"mode": switcher.mode, "old": old, "new": new})  # before the change
+    else:
+        old, new = recorded["old"], recorded["new"]
+    ctx.say(f"switching {switcher.describe()}: {old} -> {new}")
+    facts = switcher.apply(old, new, progress=ctx.say)
+    return facts
+
+
+# ---- 7 post ------------------------------------------------------------------------------------
+def post(ctx: Ctx, resume: bool) -> dict:
+    s = ctx.settings
+    recorded = ctx.facts(POST)
+    facts: dict = {}
+    endpoint = ctx.facts(SWITCH).get("new") or sw.new_value(s)
+    if s.switch.get("mode", "route53") == "route53":
+        endpoint = sw.make(s).current()  # what the application resolves now
+    facts["app_path"] = app_path_check(s, endpoint)
+    if not recorded.get("backup_done"):
+        from ..backrest import ops as backrest
+
+        ctx.say("first full pgBackRest backup of the new cluster")
+        backrest.backup(s)
+        ctx.journal.note(POST, {"backup_done": True})
+    from ..backrest import ops as backrest
+
+    res = backrest.check(s)
+    bad = [c for c in res if hasattr(c, "ok") and not c.ok] if isinstance(res, list) else []
+    if bad:
+        raise VerifyError("backrest.check failed after the cutover: " + "; ".join(f"{c.name}: {c.observed}" for c in bad),
+                          hint="the application runs on the target; fix archiving, then re-run `invoke cutover` to finish")
+    facts["backrest_check"] = "ok"
+    return facts
+
+
+def app_path_check(settings, endpoint: str, timeout: float = 10) -> dict:
+    """Connect as the application does (endpoint, app role, password from Secrets Manager) and prove
+    it reaches a writable primary: read recent rows, take a transaction id (refused when read-only)."""
+    import psycopg
+
+    from ..secrets import fetch_secret
+
+    secret = fetch_secret(settings, settings.app_secret_name)
+    try:
+        with psycopg.connect(host=endpoint, port=settings.pg_port, dbname=settings.database, user=settings.owner_role,
+                             password=secret.reveal(), connect_timeout=int(timeout), sslmode="prefer") as conn:
+            row = conn.execute("SELECT inet_server_addr()::text, pg_is_in_recovery(), current_setting('transaction_read_only')").fetchone()
+            with conn.transaction(force_rollback=True):
+                xid = conn.execute("SELECT txid_current()").fetchone()[0]
+    except psycopg.Error as exc:
+        raise VerifyError(f"the application's path ({endpoint}) fails: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                          .replace(secret.reveal(), "***"), hint="check pg_hba/listen_addresses on the target and the switch") from None
+    if row[1] or row[2] != "off":
+        raise VerifyError(f"{endpoint} reaches a read-only server (in recovery={row[1]}, read_only={row[2]})",
+                          hint="the switch points at the wrong host, or the target is still frozen")
+    return {"endpoint": endpoint, "server_addr": row[0], "writable": True, "probe_xid": int(xid)}
+
+
+FUNCS = {PREFLIGHT: preflight, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify, SWITCH: switch, POST: post}
