@@ -1,0 +1,132 @@
+"""The operation against a scripted host: facts in, planned commands and errors out (no SSH)."""
+
+import re
+
+import pytest
+
+from tests.conftest import prod_outputs
+from trackerdb.errors import PreflightError
+from trackerdb.provision import ops
+from trackerdb.remote import Result
+from trackerdb.settings import Settings
+
+S = Settings.from_parts({"package_source": "debian"},
+                        prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.19.3",
+                                     data_volume_size_gb=2, private_ip="10.77.0.2"))
+DEV = "/dev/loop7"
+MADISON = """postgresql-17 | 17.6-0+deb13u1 | file:/srv/repo ./ Packages
+postgresql-17-postgis-3 | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
+postgresql-17-postgis-3-scripts | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
+postgresql-17-timescaledb | 2.19.3+dfsg-1 | file:/srv/repo ./ Packages
+pgbackrest | 2.55.1-1 | file:/srv/repo ./ Packages
+ssl-cert | 1.1.3 | file:/srv/repo ./ Packages
+"""
+CHANGING = re.compile(r"\b(mkfs\.|e2label|xfs_admin|apt-get install|apt-mark hold|pg_createcluster|pg_ctlcluster|chown|mkdir -p /var)\b"
+                      r"|mount /var/lib/postgresql")
+
+
+class ScriptedHost:
+    """Answers the fact commands from a table; records everything else."""
+
+    def __init__(self, blkid="", peek="", size=2 * 1024**3, by_id=True, files=None):
+        self.answers = [
+            ("cat /etc/os-release", 0, 'ID=debian\nVERSION_ID="13"\nVERSION_CODENAME=trixie\n'),
+            ("cat /proc/meminfo", 0, "MemTotal:       4026532 kB\n"),
+            ("nproc", 0, "2\n"),
+            ("hostname -I", 0, "10.77.0.2 \n"),
+            ("readlink -e", 0 if by_id else 1, DEV + "\n" if by_id else ""),
+            ("blockdev --getsize64", 0, f"{size}\n"),
+            ("lsblk", 0, '{"blockdevices": [{"name": "loop7", "serial": null}]}'),
+            ("stat -L -c %t", 0, "7:7"),
+            ("blkid -p", 0 if blkid else 2, blkid),
+            ("findmnt", 1, ""),
+            ("mount -o ro", 0, peek),
+            ("ls -A1 /var/lib/postgresql", 0, ""),
+            ("apt-cache madison", 0, MADISON),
+            ("dpkg-query", 0, ""),
+            ("apt-mark showhold", 0, ""),
+            ("stat -c %U:%G", 0, "root:root\n"),
+            ("pg_lsclusters", 0, ""),
+        ]
+        self.files = dict(files or {"/etc/fstab": "UUID=root / ext4 defaults 0 1\n"})
+        self.ran: list[str] = []
+        self.writes: list[str] = []
+
+    def run(self, cmd, sudo=False, user=None, stdin=None, check=True, timeout=None, cwd=None):
+        line = cmd if isinstance(cmd, str) else " ".join(cmd)
+        self.ran.append(line)
+        for key, rc, out in self.answers:
+            if key in line:
+                return Result(line, rc, out, "")
+        return Result(line, 0, "", "")
+
+    def read_file(self, path):
+        return self.files.get(path)
+
+    def write_file(self, path, content, **kw):
+        self.writes.append(path)
+        self.files[path] = content
+        return True
+
+    def exists(self, path):
+        return path in self.files
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def fake_secret(monkeypatch):
+    from trackerdb.secrets import Secret
+
+    monkeypatch.setattr(ops, "fetch_secret", lambda settings, name: Secret(name, "pw-from-secrets-manager"))
+
+
+def test_dry_run_on_a_bare_host_plans_everything_and_changes_nothing():
+    host = ScriptedHost()
+    outcome = ops.provision(S, dry_run=True, host=host)
+    steps = {s.name: s for s in outcome.steps}
+    assert steps["format data volume"].changed and "mkfs.ext4" in steps["format data volume"].commands[0]
+    assert steps["packages"].changed and "postgresql-17-timescaledb=2.19.3+dfsg-1" in steps["packages"].commands[0]
+    assert steps["cluster"].changed and steps["server"].changed and steps["role"].changed
+    assert "create_main_cluster = false" in steps["createcluster.conf"].commands[0]
+    assert host.writes == []
+    assert not [c for c in host.ran if CHANGING.search(c)], [c for c in host.ran if CHANGING.search(c)]
+    assert "pw-from-secrets-manager" not in outcome.to_json()
+
+
+@pytest.mark.parametrize("host, fragment", [
+    (ScriptedHost(by_id=False), "not found"),
+    (ScriptedHost(size=1 * 1024**3), "too small"),
+    (ScriptedHost(blkid="TYPE=ext4\nUUID=u1\nLABEL=backups\n", peek="lost+found\nimportant.tar\n"), "foreign ext4 filesystem with data"),
+    (ScriptedHost(blkid="TYPE=xfs\nUUID=u1\n"), "already has a xfs filesystem"),
+    (ScriptedHost(files={"/etc/fstab": "/dev/sdz1 /var/lib/postgresql ext4 defaults 0 2\n"}, blkid="TYPE=ext4\nUUID=u1\nLABEL=pgdata\n"),
+     "/etc/fstab already mounts"),
+])
+def test_bad_volume_inputs_fail_before_any_change(host, fragment):
+    with pytest.raises(PreflightError) as e:
+        ops.provision(S, host=host)
+    assert fragment in e.value.one_line()
+    assert host.writes == [] and not [c for c in host.ran if CHANGING.search(c)]
+
+
+def test_version_not_available_fails_before_any_change():
+    host = ScriptedHost()
+    with pytest.raises(PreflightError) as e:
+        ops.provision(S.with_(timescaledb_version="2.99.0"), host=host)
+    assert e.value.one_line().startswith("package version not available")
+    assert host.writes == [] and not [c for c in host.ran if CHANGING.search(c)]
+
+
+def test_private_ip_not_on_host_is_refused():
+    with pytest.raises(PreflightError, match="has no address 10.9.9.9"):
+        ops.provision(S.with_(outputs=dict(S.outputs, private_ip="10.9.9.9")), host=ScriptedHost())
+
+
+@pytest.mark.parametrize("old, new, keys", [
+    (None, "a = 1\n", {"a"}),
+    ("a = 1\nb = 2\n", "a = 1\nb = 3\n", {"b"}),
+    ("# x\na = 1\n", "a = 1\n", set()),
+])
+def test_changed_keys(old, new, keys):
+    assert ops._changed_keys(old, new) == keys
