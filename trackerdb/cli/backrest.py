@@ -1,2 +1,51 @@
-"""Tasks: placeholder until this area lands."""
-TASKS: list = []
+"""Tasks: pgBackRest on the new host (``invoke backrest.setup|check|backup``)."""
+
+from __future__ import annotations
+
+import json as _json
+
+from invoke import Exit, task
+
+from ..backrest import ops
+from .common import console, ops_task, out, print_checks, print_outcome, settings
+
+WAITING_EXIT = 75  # EX_TEMPFAIL: nothing is wrong, the other team has a step to do
+
+
+@task(help={"dry_run": "show what would change, change nothing", "json": "print the result as JSON"})
+@ops_task
+def setup(c, dry_run=False, json=False):
+    """Set up pgBackRest on the target: SSH trust with the repository host (repo3), the S3 repository
+    (repo2), pgbackrest.conf with the cipher passphrase from Secrets Manager, a stanza that cannot
+    collide with the shared host's, and archive_command via conf.d. Safe to re-run."""
+    s = settings(c)
+    outcome = ops.setup(s, dry_run=dry_run, progress=None if json else (lambda m: console.print(f"… {m}")))
+    print_outcome(outcome, json)
+    if getattr(outcome, "waiting", None):
+        console.print(outcome.waiting)
+        raise Exit(code=WAITING_EXIT)
+
+
+@task(help={"json": "print the checks as JSON", "max_lag": "segments a repository may trail the current WAL"})
+@ops_task
+def check(c, json=False, max_lag=3):
+    """Archive health: config drift, the repository host over SSH, the archiver, the last segment
+    in each repository, and any WAL pgBackRest dropped (archive-push-queue-max). Non-zero on any failure."""
+    results = ops.check(settings(c), max_lag=int(max_lag))
+    if not print_checks("pgBackRest", results, json):
+        raise Exit(code=1)
+
+
+@task(help={"type": "full (default), diff or incr", "json": "print the report as JSON"})
+@ops_task
+def backup(c, type="full", json=False):
+    """Take a backup into each repository (repo3 over SSH, then repo2 on S3) and report them."""
+    report = ops.backup(settings(c), type=type, progress=None if json else (lambda m: console.print(f"… {m}")))
+    if json:
+        print(_json.dumps(report, indent=2))
+        return
+    for name, b in report["repos"].items():
+        out.print(f"{name}: {b['label']} ({b['type']}) {b['archive_start']}..{b['archive_stop']} size {b['size']}")
+
+
+TASKS = [setup, check, backup]

@@ -1,0 +1,91 @@
+import pytest
+
+from tests.conftest import prod_outputs
+from trackerdb.backrest import ssh
+from trackerdb.errors import ConfigError, HostError
+from trackerdb.settings import Settings
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPINNED"
+
+
+def s(key=KEY):
+    return Settings.from_parts({"repo": {"host_key": key}}, prod_outputs())
+
+
+def test_known_hosts_line_names_host_and_ip():
+    assert ssh.known_hosts_line(s()) == "pg-backrest.timescale.glimpse.internal,172.31.203.209 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPINNED\n"
+
+
+@pytest.mark.parametrize("bad", [None, "", "AAAA", "not a key"])
+def test_missing_or_malformed_host_key_is_a_config_error(bad):
+    with pytest.raises(ConfigError):
+        ssh.known_hosts_line(s(bad))
+
+
+@pytest.mark.parametrize("current, changed", [
+    (None, True),
+    ("", True),
+    ("other.host ssh-ed25519 AAAAOTHER\n", True),
+    ("pg-backrest.timescale.glimpse.internal,172.31.203.209 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPINNED\n", False),
+    ("pg-backrest.timescale.glimpse.internal,172.31.203.209 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPINNED", False),
+])
+def test_merge_known_hosts_adds_our_line_once(current, changed):
+    text, did = ssh.merge_known_hosts(current, s())
+    assert did is changed
+    assert text.count("AAAAC3NzaC1lZDI1NTE5AAAAIPINNED") == 1
+    if current and "OTHER" in current:
+        assert text.startswith(current)
+
+
+@pytest.mark.parametrize("line", [
+    "pg-backrest.timescale.glimpse.internal ssh-ed25519 AAAADIFFERENT\n",
+    "172.31.203.209 ssh-ed25519 AAAADIFFERENT\n",
+])
+def test_a_different_pinned_key_is_a_clear_error_not_an_overwrite(line):
+    with pytest.raises(HostError) as e:
+        ssh.merge_known_hosts(line, s())
+    assert "different ssh-ed25519 key" in e.value.one_line()
+
+
+@pytest.mark.parametrize("current, changed", [
+    (None, True),
+    ("ssh-rsa AAAAOTHER a@b\n", True),
+    ("ssh-ed25519 AAAAPUB postgres@target-old-comment\n", False),
+    ('from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', False),
+])
+def test_authorized_keys_merge_is_idempotent(current, changed):
+    text, did = ssh.authorized_keys_merge(current, "ssh-ed25519 AAAAPUB postgres@target")
+    assert did is changed and text.count("AAAAPUB") == 1
+
+
+@pytest.mark.parametrize("code, stderr, state", [
+    (0, "", "ok"),
+    (255, "@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@\nHost key verification failed.", "host-key-mismatch"),
+    (255, "No ED25519 host key is known for repo and you have requested strict checking.\nHost key verification failed.", "unknown-host-key"),
+    (255, "postgres@repo: Permission denied (publickey).", "refused-key"),
+    (255, "ssh: connect to host 10.9.9.9 port 22: No route to host", "unreachable"),
+    (255, "ssh: connect to host 10.9.9.9 port 22: Connection timed out", "unreachable"),
+    (255, "ssh: Could not resolve hostname nowhere: Name or service not known", "unreachable"),
+    (1, "weird", "error"),
+])
+def test_probe_outcomes_are_classified(code, stderr, state):
+    assert ssh.parse_probe(code, stderr).state == state
+
+
+def test_errors_say_what_to_do():
+    e = ssh.probe_error(s(), ssh.Probe("host-key-mismatch", "x"))
+    assert "differs from the pinned one" in e.one_line() and "out of band" in e.one_line()
+    e = ssh.probe_error(s(), ssh.Probe("unreachable", "No route to host"))
+    assert "unreachable" in e.one_line()
+
+
+def test_handover_text_has_the_key_and_nothing_else_secret():
+    text = ssh.handover_text(s(), "ssh-ed25519 AAAAPUB postgres@target")
+    assert "ssh-ed25519 AAAAPUB postgres@target" in text
+    assert "authorized_keys" in text and "re-run" in text
+
+
+def test_probe_command_is_strict_and_batch():
+    cmd = ssh.probe_command(s())
+    assert "StrictHostKeyChecking=yes" in cmd and "BatchMode=yes" in cmd
+    assert cmd[-2:] == ["postgres@pg-backrest.timescale.glimpse.internal", "true"]

@@ -1,0 +1,320 @@
+"""backrest.setup / check / backup: facts from the hosts, then only the changes that differ.
+
+Topology: every pgBackRest command runs on the database host as postgres (see ``conf``'s
+docstring for why that is possible with pgBackRest >= 2.55 and what older versions need).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Callable
+
+from ..errors import HostError, PreflightError
+from ..remote import Remote
+from ..secrets import Secret, fetch_secret, mask
+from ..steps import Check, Outcome, Step
+from . import checks as ck
+from . import conf, ssh, stanza
+
+PG = "postgres"
+MIN_REMOTE_BACKUP = (2, 55)
+Progress = Callable[[str], None] | None
+
+
+def repo_names(settings) -> dict[int, str]:
+    return {conf.REPO_SSH: f"repo{conf.REPO_SSH} ({settings.repo_host_name}:{settings.repo_path})",
+            conf.REPO_S3: f"repo{conf.REPO_S3} (s3://{settings.backup_bucket}{settings.backup_path})"}
+
+
+def _say(progress: Progress, msg: str) -> None:
+    if progress:
+        progress(msg)
+
+
+# ---- facts ------------------------------------------------------------------------------------
+def parse_version(text: str) -> tuple[int, ...]:
+    m = re.search(r"pgBackRest (\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise HostError("pgbackrest is not installed on the target", hint="run `invoke provision` first")
+    return tuple(int(x) for x in m.groups() if x is not None)
+
+
+def pgbackrest_version(t: Remote) -> tuple[int, ...]:
+    r = t.run("pgbackrest version", check=False)
+    return parse_version(r.stdout if r.ok else "")
+
+
+def system_id(t: Remote, settings) -> int:
+    r = t.run(stanza.controldata_command(settings), user=PG, check=False)
+    if not r.ok:
+        raise PreflightError(f"no PostgreSQL cluster at {settings.cluster_dir} on the target ({r.stderr.strip()[:120]})",
+                             hint="run `invoke provision` first")
+    return stanza.parse_controldata(r.stdout)
+
+
+def psql_json(t: Remote, settings, sql: str) -> dict:
+    r = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c", sql], user=PG, check=False)
+    if not r.ok:
+        raise HostError(f"PostgreSQL on the target did not answer: {r.stderr.strip()[:200]}",
+                        hint=f"is the cluster running? pg_ctlcluster {settings.postgres_major} main status")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def repo_facts(t: Remote, settings, secret: Secret) -> dict[int, stanza.RepoFact]:
+    """What both repositories hold for our stanza, seen through the *desired* configuration."""
+    env = "\n".join(conf.probe_env(settings, secret.reveal())) + "\n"
+    r = t.run(stanza.env_run(stanza.info_argv()), user=PG, stdin=env, check=False, timeout=300)
+    if not r.stdout.strip().startswith("["):
+        detail = mask((r.stderr.strip() or r.stdout.strip()).splitlines()[-1:][0] if (r.stderr.strip() or r.stdout.strip()) else f"exit {r.exit_code}", secret)
+        raise HostError(f"pgbackrest info failed on the target: {detail[:300]}", hint="see /var/log/pgbackrest on the target")
+    return stanza.parse_info(r.stdout, settings.stanza)
+
+
+def home_of(host: Remote, user: str) -> str:
+    home = host.run(ssh.home_command(user)).stdout.strip()
+    if not home:
+        raise HostError(f"user {user} does not exist on {host.name}", hint="install PostgreSQL/pgBackRest first (invoke provision)")
+    return home
+
+
+def ssh_probe(t: Remote, settings) -> ssh.Probe:
+    r = t.run(ssh.probe_command(settings), user=PG, check=False, timeout=60)
+    return ssh.parse_probe(r.exit_code, r.stderr)
+
+
+# ---- setup ------------------------------------------------------------------------------------
+def setup(settings, dry_run: bool = False, progress: Progress = None) -> Outcome:
+    """SSH trust, collision check, configuration, stanza, archiving. Idempotent."""
+    settings.validate()  # includes: stanza is not the shared host's
+    ssh.parse_host_key(settings.repo_host_key)
+    out = Outcome(f"pgBackRest on {settings.target.name} (stanza {settings.stanza})", dry_run=dry_run)
+    out.waiting = None
+    secret = fetch_secret(settings, settings.cipher_secret_name)
+    with Remote(settings.target, secrets=[secret]) as t:
+        _say(progress, "reading facts from the target")
+        version = pgbackrest_version(t)
+        sysid = system_id(t, settings)
+        out.add(Step("facts", False, f"pgBackRest {'.'.join(map(str, version))}; cluster system id {sysid}"))
+
+        if not _ssh_trust(t, settings, out, dry_run, progress):
+            return out  # waiting for the repository side (production) or dry run without a key
+
+        _say(progress, "reading what the repositories hold for the stanza")
+        facts = repo_facts(t, settings, secret)
+        todo = stanza.decide(facts, sysid, settings.stanza, repo_names(settings))  # raises on a foreign stanza
+        out.add(Step("stanza ownership", False,
+                     "; ".join(f"repo{k}: {facts[k].state}" + (f" (ours, {facts[k].system_id})" if facts[k].state == "present" else "")
+                               for k in sorted(facts))))
+
+        _apply_config(t, settings, secret, out, dry_run, progress)
+
+        if todo:
+            cmd = stanza.create_argv(settings)
+            if not dry_run:
+                _say(progress, "stanza-create on " + ", ".join(f"repo{k}" for k in todo))
+                r = t.run(cmd, user=PG, check=False, timeout=600)
+                if not r.ok:
+                    raise HostError(f"stanza-create failed: {mask(_tail(r), secret)}", hint="see /var/log/pgbackrest on the target")
+            out.add(Step("stanza-create", True, "created on " + ", ".join(repo_names(settings)[k] for k in todo), [shlex.join(cmd)]))
+        else:
+            out.add(Step("stanza-create", False, "stanza exists in both repositories with this cluster's system id"))
+
+        _apply_dropin(t, settings, out, dry_run, progress)
+
+        if out.changed and not dry_run:
+            _say(progress, "pgbackrest check (forces a WAL switch and waits for it in both repositories)")
+            cmd = stanza.check_argv(settings)
+            r = t.run(cmd, user=PG, check=False, timeout=600)
+            if not r.ok:
+                raise HostError(f"pgbackrest check failed after setup: {mask(_tail(r), secret)}", hint="run `invoke backrest.check` for details")
+            out.add(Step("pgbackrest check", False, "WAL reached both repositories", [shlex.join(cmd)]))
+    return out
+
+
+def _tail(r) -> str:
+    text = (r.stderr.strip() or r.stdout.strip())
+    errs = [ln for ln in text.splitlines() if "ERROR" in ln]
+    return (errs[-1] if errs else (text.splitlines()[-1] if text else f"exit {r.exit_code}"))[:300]
+
+
+def _ssh_trust(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progress) -> bool:
+    home = home_of(t, PG)
+    key = ssh.key_path(home)
+    if t.exists(key + ".pub"):
+        out.add(Step("postgres SSH key", False, f"{key}.pub exists"))
+    else:
+        cmd = ssh.keygen_command(home, f"postgres@{settings.target.name}-{ssh.MARK}")
+        if not dry_run:
+            t.run(["install", "-d", "-m", "0700", "-o", PG, "-g", PG, f"{home}/.ssh"], sudo=True)
+            t.run(cmd, user=PG)
+        out.add(Step("postgres SSH key", True, f"created {key}", [shlex.join(cmd)]))
+        if dry_run:
+            out.add(Step("repository trust", True, "would pin the repository host key and hand over the new key"))
+            return False
+    pubkey = t.run(["cat", key + ".pub"], user=PG).stdout.strip()
+
+    kh_path = f"{home}/.ssh/known_hosts"
+    text, changed = ssh.merge_known_hosts(t.read_file(kh_path), settings)
+    if changed and not dry_run:
+        t.write_file(kh_path, text, mode="0644", owner=PG, group=PG)
+    out.add(Step("repository host key pinned", changed, ssh.known_hosts_line(settings).strip()[:120]))
+    if dry_run and changed:
+        return True
+
+    probe = ssh_probe(t, settings)
+    if probe.state == "ok":
+        out.add(Step("repository accepts postgres's key", False, f"ssh {settings.repo_host_user}@{settings.repo_host_name} ok"))
+        return True
+    if probe.state != "refused-key":
+        raise ssh.probe_error(settings, probe)
+    if not (settings.repo_writable and settings.repo is not None):
+        out.add(Step("repository accepts postgres's key", False, "WAITING for the repository side: " + probe.detail))
+        out.waiting = ssh.handover_text(settings, pubkey)
+        return False
+    _say(progress, f"installing postgres's key on {settings.repo.name}")
+    if not dry_run:
+        with Remote(settings.repo) as rh:
+            rhome = home_of(rh, settings.repo_host_user)
+            ak = ssh.authorized_keys_path(rhome)
+            new, changed = ssh.authorized_keys_merge(rh.read_file(ak), pubkey)
+            if changed:
+                rh.run(["install", "-d", "-m", "0700", "-o", settings.repo_host_user, "-g", settings.repo_host_user, f"{rhome}/.ssh"], sudo=True)
+                rh.write_file(ak, new, mode="0600", owner=settings.repo_host_user)
+        probe = ssh_probe(t, settings)
+        if probe.state != "ok":
+            raise ssh.probe_error(settings, probe)
+    out.add(Step("repository accepts postgres's key", True, f"added to {settings.repo_host_user}'s authorized_keys on {settings.repo.name}"))
+    return True
+
+
+def _apply_config(t: Remote, settings, secret: Secret, out: Outcome, dry_run: bool, progress: Progress) -> None:
+    dirs = [(conf.CONF_DIR, "root", PG, "0750"), (conf.LOG_PATH, PG, PG, "0770"), (conf.spool_path(settings), PG, PG, "0750")]
+    for path, owner, group, mode in dirs:
+        st = t.run(["stat", "-c", "%U %G %a", path], sudo=True, check=False)
+        want = f"{owner} {group} {mode.lstrip('0')}"
+        if st.ok and st.stdout.strip() == want:
+            continue
+        cmd = ["install", "-d", "-m", mode, "-o", owner, "-g", group, path]
+        if not dry_run:
+            t.run(cmd, sudo=True)
+        out.add(Step(f"directory {path}", True, want, [shlex.join(cmd)]))
+    if settings.s3_verify_tls and settings.aws_ca_bundle:
+        from pathlib import Path
+
+        ca = Path(settings.aws_ca_bundle).read_text()
+        changed = (t.read_file(conf.CA_PATH) != ca) if dry_run else t.write_file(conf.CA_PATH, ca, mode="0644", owner="root")
+        out.add(Step("S3 endpoint CA", changed, conf.CA_PATH))
+    text = conf.render(settings, secret.reveal())
+    current = t.read_file(conf.CONF_PATH)
+    if dry_run:
+        changed = current != text
+    else:
+        _say(progress, f"writing {conf.CONF_PATH}")
+        changed = t.write_file(conf.CONF_PATH, text, mode=conf.MODE, owner=PG, group=PG)
+    out.add(Step(conf.CONF_PATH, changed, f"owner {PG}, mode {conf.MODE}; cipher passphrase from {settings.cipher_secret_name}",
+                 [conf.redact(text)] if dry_run and changed else []))
+
+
+def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progress) -> None:
+    path = conf.dropin_path(settings)
+    text = conf.dropin_text(settings)
+    changed = (t.read_file(path) != text) if dry_run else t.write_file(path, text, mode="0644", owner=PG, group=PG)
+    out.add(Step(path, changed, "archive_mode, archive_command, restore_command, archive_timeout", [text] if dry_run and changed else []))
+    if dry_run:
+        return
+    ctl = ["pg_ctlcluster", str(settings.postgres_major), "main"]
+    if changed:
+        t.run(ctl + ["reload"], sudo=True)
+    pending = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c",
+                     "SELECT count(*) FROM pg_settings WHERE pending_restart"], user=PG, check=False).stdout.strip()
+    mode = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c", "SHOW archive_mode"], user=PG, check=False).stdout.strip()
+    if mode != "on" or (changed and pending not in ("", "0")):
+        _say(progress, "restarting PostgreSQL (archive_mode needs a restart)")
+        t.run(ctl + ["restart"], sudo=True, timeout=300)
+        out.add(Step("postgresql restart", True, "archive_mode takes effect only at server start", [shlex.join(ctl + ["restart"])]))
+    elif changed:
+        out.add(Step("postgresql reload", True, "archive settings reloaded", [shlex.join(ctl + ["reload"])]))
+
+
+# ---- check ------------------------------------------------------------------------------------
+def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS) -> list[Check]:
+    """Archive health, per repository, from the desired configuration's point of view."""
+    secret = fetch_secret(settings, settings.cipher_secret_name)
+    results: list[Check] = []
+    with Remote(settings.target, secrets=[secret]) as t:
+        current = t.read_file(conf.CONF_PATH)
+        want = conf.render(settings, secret.reveal())
+        diff = _diff_keys(current or "", want)
+        results.append(Check(f"{conf.CONF_PATH} matches Settings", current == want,
+                             "missing" if current is None else ("matches" if not diff else "differs: " + ", ".join(diff)),
+                             "rendered from Settings"))
+        mode = t.run(["stat", "-c", "%U %a", conf.CONF_PATH], sudo=True, check=False).stdout.strip()
+        results.append(Check(f"{conf.CONF_PATH} owner-only", mode in (f"{PG} 640", f"{PG} 600"), mode or "missing", f"{PG} 640/600"))
+
+        probe = ssh_probe(t, settings)
+        results.append(Check(f"repository host {settings.repo_host_name} reachable over SSH as postgres", probe.state == "ok",
+                             probe.state + (f": {probe.detail}" if probe.detail else ""), "ok",
+                             evidence=ssh.probe_error(settings, probe).one_line() if probe.state != "ok" else ""))
+        sysid = system_id(t, settings)
+        arch = psql_json(t, settings, ck.ARCHIVER_SQL)
+        results += ck.archiver_checks(arch, settings)
+        drops = ck.parse_drop_scan(t.run(ck.drop_scan_command(settings), sudo=True, check=False).stdout)
+        try:
+            facts = repo_facts(t, settings, secret)
+        except HostError as exc:
+            results.append(Check("pgbackrest info", False, exc.one_line(), "JSON for both repositories"))
+            return results
+        results += ck.repo_checks(facts, arch, sysid, repo_names(settings), drops, max_lag)
+    return results
+
+
+def _diff_keys(current: str, want: str) -> list[str]:
+    def kv(text):
+        d, section = {}, ""
+        for ln in text.splitlines():
+            if ln.startswith("["):
+                section = ln.strip()
+            elif "=" in ln and not ln.startswith("#"):
+                k, v = ln.split("=", 1)
+                d[f"{section}{k}"] = v
+        return d
+    a, b = kv(current), kv(want)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+# ---- backup -----------------------------------------------------------------------------------
+def backup_argv(settings, repo: int, type: str) -> list[str]:
+    return ["pgbackrest", f"--stanza={settings.stanza}", f"--repo={repo}", f"--type={type}", "--log-level-console=info", "backup"]
+
+
+def backup(settings, type: str = "full", progress: Progress = None) -> dict:
+    """One backup into each repository (pgBackRest writes one repository per run), then report them."""
+    if type not in ("full", "diff", "incr"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"backup type {type!r} is not full, diff or incr", hint="use --type full")
+    secret = fetch_secret(settings, settings.cipher_secret_name)
+    with Remote(settings.target, secrets=[secret]) as t:
+        version = pgbackrest_version(t)
+        if version[:2] < MIN_REMOTE_BACKUP:
+            raise PreflightError(
+                f"pgBackRest {'.'.join(map(str, version))} cannot back up to repo{conf.REPO_SSH} from the database host",
+                hint="pgBackRest >= 2.55 (same version on both hosts) is needed; otherwise run the repo3 backup on the repository host with pg1-host pointing here")
+        before = repo_facts(t, settings, secret)
+        report = {"stanza": settings.stanza, "type": type, "repos": {}}
+        for key in (conf.REPO_SSH, conf.REPO_S3):
+            cmd = backup_argv(settings, key, type)
+            _say(progress, f"{type} backup to {repo_names(settings)[key]}")
+            r = t.run(cmd, user=PG, check=False, timeout=6 * 3600)
+            if not r.ok:
+                raise HostError(f"backup to repo{key} failed: {mask(_tail(r), secret)}", hint="see /var/log/pgbackrest on the target")
+        after = repo_facts(t, settings, secret)
+        for key in (conf.REPO_SSH, conf.REPO_S3):
+            old = {b["label"] for b in before[key].backups}
+            new = [b for b in after[key].backups if b["label"] not in old]
+            if not new:
+                raise HostError(f"no new backup appeared in repo{key}", hint="see /var/log/pgbackrest on the target")
+            report["repos"][repo_names(settings)[key]] = new[-1] | {"repo": key}
+    return report
