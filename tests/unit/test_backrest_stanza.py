@@ -85,3 +85,21 @@ def test_parse_controldata():
 def test_env_run_keeps_values_off_argv():
     line = stanza.env_run(stanza.info_argv())
     assert "PGBACKREST" not in line and "pgbackrest --output=json info" in line
+
+
+def test_a_stanza_readable_only_without_our_cipher_is_refused_with_its_system_id():
+    facts = stanza.parse_info(info({2: ABSENT, 3: (0, "ok", THEIRS, None, [])}), "tracker-dedicated")
+    facts[3].cipher_mismatch = True
+    with pytest.raises(PreflightError) as e:
+        stanza.decide(facts, OURS, "tracker-dedicated")
+    assert "other encryption settings" in e.value.one_line() and str(THEIRS) in e.value.one_line()
+
+
+@pytest.mark.parametrize("code, msg, yes", [
+    (99, "[CryptoError] cipher header invalid", True),
+    (99, "unable to load info file: HINT: is or was the repo encrypted?", True),
+    (99, "[HostConnectError] unable to connect", False),
+    (1, "missing stanza path", False),
+])
+def test_cipher_errors_get_a_second_look(code, msg, yes):
+    assert stanza.looks_like_cipher_error(stanza.RepoFact(3, code, msg)) is yes

@@ -62,14 +62,33 @@ def psql_json(t: Remote, settings, sql: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def repo_facts(t: Remote, settings, secret: Secret) -> dict[int, stanza.RepoFact]:
-    """What both repositories hold for our stanza, seen through the *desired* configuration."""
-    env = "\n".join(conf.probe_env(settings, secret.reveal())) + "\n"
-    r = t.run(stanza.env_run(stanza.info_argv()), user=PG, stdin=env, check=False, timeout=300)
+def _info(t: Remote, settings, secret: Secret, env: list[str], repo: int | None = None) -> dict[int, stanza.RepoFact]:
+    r = t.run(stanza.env_run(stanza.info_argv(repo)), user=PG, stdin="\n".join(env) + "\n", check=False, timeout=300)
     if not r.stdout.strip().startswith("["):
-        detail = mask((r.stderr.strip() or r.stdout.strip()).splitlines()[-1:][0] if (r.stderr.strip() or r.stdout.strip()) else f"exit {r.exit_code}", secret)
+        text = r.stderr.strip() or r.stdout.strip()
+        detail = mask(text.splitlines()[-1] if text else f"exit {r.exit_code}", secret)
         raise HostError(f"pgbackrest info failed on the target: {detail[:300]}", hint="see /var/log/pgbackrest on the target")
     return stanza.parse_info(r.stdout, settings.stanza)
+
+
+def repo_facts(t: Remote, settings, secret: Secret) -> dict[int, stanza.RepoFact]:
+    """What both repositories hold for our stanza, seen through the *desired* configuration.
+
+    A stanza we cannot decrypt gets a second, read-only look without our cipher so the error can
+    name the system id that owns it (the shared stanza is not encrypted with our passphrase)."""
+    env = conf.probe_env(settings, secret.reveal())
+    facts = _info(t, settings, secret, env)
+    for key, f in facts.items():
+        if stanza.looks_like_cipher_error(f):
+            plain = [e for e in env if not e.startswith((f"PGBACKREST_REPO{key}_CIPHER_PASS=", f"PGBACKREST_REPO{key}_CIPHER_TYPE="))]
+            try:
+                other = _info(t, settings, secret, plain + [f"PGBACKREST_REPO{key}_CIPHER_TYPE=none"], repo=key).get(key)
+            except HostError:
+                continue
+            if other is not None and other.state == "present":
+                other.cipher_mismatch = True
+                facts[key] = other
+    return facts
 
 
 def home_of(host: Remote, user: str) -> str:

@@ -33,6 +33,7 @@ class RepoFact:
     archive_min: str | None = None
     archive_max: str | None = None
     backups: list = field(default_factory=list)  # [{label, type, stop, archive_start, archive_stop}]
+    cipher_mismatch: bool = False  # readable only with another cipher setting than ours (second look)
 
     @property
     def state(self) -> str:
@@ -109,11 +110,20 @@ def decide(facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: 
             raise PreflightError(
                 f"stanza {stanza!r} on {where} cannot be read with our settings ({_short(f.message)}); it may belong to another cluster",
                 hint="if the repository is unreachable fix that first; otherwise choose another stanza name (never stanza-upgrade/-delete someone else's)")
+        elif f.cipher_mismatch:
+            raise PreflightError(
+                f"stanza {stanza!r} on {where} exists with other encryption settings (system id {f.system_id}, ours {system_id})",
+                hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or stanza-delete someone else's stanza")
         elif f.system_id != system_id:
             raise PreflightError(
                 f"stanza {stanza!r} on {where} belongs to another cluster (system id {f.system_id}, ours {system_id})",
                 hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or stanza-delete someone else's stanza")
     return todo
+
+
+def looks_like_cipher_error(f: RepoFact) -> bool:
+    m = f.message.lower()
+    return f.state == "unreadable" and any(w in m for w in ("cipher", "crypto", "encrypt"))
 
 
 def _short(msg: str) -> str:
