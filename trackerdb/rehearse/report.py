@@ -118,6 +118,8 @@ def merge_entries(entries: list[dict]) -> list[dict]:
             rec["outcome"] = str(e["outcome"])
         if isinstance(e.get("facts"), dict):
             rec["facts"].update(e["facts"])
+        if e.get("error"):
+            rec["facts"]["error"] = str(e["error"])
         rec["attempts"] += 1
     return [by_phase[n] for n in order]
 

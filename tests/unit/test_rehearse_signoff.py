@@ -1,0 +1,172 @@
+"""Signoff item logic: facts in, checklist out (no hosts). Plus the secret scan on text."""
+
+import copy
+
+import pytest
+
+from trackerdb.rehearse import signoff as S
+from trackerdb.rehearse.report import build_report
+from trackerdb.rehearse.sample import T0, sample_result
+
+NOW = T0 + 3600
+AGREED = {"postgres_major": 16, "postgis": "3.5.2", "timescaledb": "2.18.2"}
+DECLARED = {"root_gb": 25, "data_gb": 50, "mount": "/var/lib/postgresql",
+            "by_id": "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0a1b2c3d4e5f60718"}
+
+
+def good_facts() -> dict:
+    rep = build_report(sample_result(), generated_at=T0)
+    return {
+        "instance": {"id": "i-0123", "state": "running", "type": "t3.medium", "az": "eu-west-2a"},
+        "target_ssh": {"address": "172.31.10.20", "user": "admin", "hostname": "tracker-db", "uptime": "999 s"},
+        "installed": {"postgres_major": 16, "postgis": "3.5.2", "timescaledb": "2.18.2", "database": "tracker"},
+        "source_versions": {"postgres_major": 16, "postgis": "3.5.2", "timescaledb": "2.18.2", "database": "tracker"},
+        "archiver": {"archive_mode": "on", "archive_command": "pgbackrest --stanza=tracker-dedicated archive-push %p",
+                     "archived_count": 12, "last_archived_wal": "000000010000000000000010",
+                     "last_archived_time": "2026-01-01T10:00:00+00:00", "failed_count": 1,
+                     "last_failed_time": "2026-01-01T09:00:00+00:00", "ready_files": 0},
+        "data_mount": {"mounted": True, "device": "/dev/nvme1n1", "volume_device": "/dev/nvme1n1", "fstype": "ext4",
+                       "size_bytes": 52_576_000_000},
+        "backrest": {"checks": [{"name": "repo3 stanza readable", "ok": True, "observed": "ok"},
+                                {"name": "repo2 last archived segment", "ok": True, "observed": "0 behind"}]},
+        "report": rep | {"path": "artifacts/report.json", "exists": True, "mtime": T0},
+        "cutover_plan": {"decision_point": "ROLLBACK DECISION POINT: until phase 6 ... invoke rollback", "phases": 7},
+        "secret_scan": {"files": 120, "hits": [], "secrets_checked": ["a", "b"], "secrets_unavailable": []},
+        "decisions": {},
+    }
+
+
+def _eval(facts, is_lab=False, declared=None, now=NOW):
+    items = S.evaluate(facts, agreed=AGREED, declared=declared or DECLARED, is_lab=is_lab, now=now)
+    return {i.key: i for i in items}, items
+
+
+def test_good_facts_pass_every_automatic_item_and_leave_human_items_undecided():
+    by, items = _eval(good_facts())
+    assert [i.name for i in items] == [name for _, name in S.ITEMS]
+    auto = [i for i in items if i.key not in S.HUMAN_ITEMS]
+    assert all(i.status == S.PASS for i in auto), [(i.key, i.evidence) for i in auto if not i.ok]
+    assert by["cutover_time"].status == S.HUMAN and "needs human decision" in by["cutover_time"].evidence
+    assert by["disk_approved"].status == S.HUMAN and "50 GB data" in by["disk_approved"].evidence
+    # human items are not a pass: the exit code says "pending", not "complete"
+    assert S.exit_code(items) == 2
+    assert S.summary_line(items).startswith("SIGNOFF PENDING HUMAN DECISIONS")
+    assert "needs human decision (not a pass)" in S.summary_line(items)
+
+
+def test_recorded_human_decisions_complete_the_signoff():
+    f = good_facts()
+    f["decisions"] = {"cutover_time": {"decision": "2026-02-01 02:00 UTC", "by": "ops lead", "at": "2026-01-20"},
+                      "disk_approved": {"decision": "25/50 GB approved", "by": "dba"}}
+    by, items = _eval(f)
+    assert by["cutover_time"].status == S.PASS and "ops lead" in by["cutover_time"].evidence
+    assert S.exit_code(items) == 0 and S.to_dict(items)["complete"]
+
+
+def test_a_decision_without_a_name_is_not_a_decision():
+    f = good_facts()
+    f["decisions"] = {"cutover_time": {"decision": "soon"}}
+    by, _ = _eval(f)
+    assert by["cutover_time"].status == S.HUMAN
+
+
+def _set(path, value):
+    def apply(f):
+        d = f
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+    return apply
+
+
+@pytest.mark.parametrize("breaker, key, fragment", [
+    (_set(["instance"], {"error": "InvalidInstanceID.NotFound"}), "ec2", "InvalidInstanceID.NotFound"),
+    (_set(["instance", "state"], "stopped"), "ec2", "is stopped"),
+    (_set(["target_ssh"], {"error": "SSH to 172.31.10.20 timed out"}), "ec2", "timed out"),
+    (_set(["installed", "timescaledb"], "2.19.3"), "versions", "TimescaleDB 2.19.3"),
+    (_set(["installed", "postgres_major"], 17), "versions", "PostgreSQL 17"),
+    (_set(["installed", "postgis"], None), "versions", "PostGIS not installed"),
+    (_set(["source_versions", "timescaledb"], "2.17.0"), "versions", "source TimescaleDB 2.17.0"),
+    (_set(["backrest"], {"error": "repository host unreachable"}), "backrest", "unreachable"),
+    (_set(["backrest", "checks", 0, "ok"], False), "backrest", "1/2 backrest checks ok"),
+    (_set(["backrest", "checks"], []), "backrest", "no checks"),
+    (_set(["report"], {"path": "artifacts/report.json", "exists": False}), "logical_backup", "no rehearsal report"),
+    (_set(["report", "mtime"], NOW - 30 * 86400), "logical_backup", "days old"),
+    (_set(["report", "passed"], False), "restore", "says"),
+    (_set(["archiver", "archive_mode"], "off"), "wal", "archive_mode is off"),
+    (_set(["archiver", "archive_command"], "/bin/false"), "wal", "not pgBackRest"),
+    (_set(["archiver", "last_failed_time"], "2026-01-01T11:00:00+00:00"), "wal", "newer than the last success"),
+    (_set(["archiver", "last_archived_time"], None), "wal", "nothing archived yet"),
+    (_set(["archiver", "ready_files"], 40), "wal", "40 WAL files waiting"),
+    (_set(["archiver"], {"error": "psql: connection refused"}), "wal", "connection refused"),
+    (_set(["data_mount"], {"mounted": False, "volume_device": "/dev/nvme1n1"}), "disk", "is not a mount point"),
+    (_set(["data_mount", "device"], "/dev/nvme0n1p1"), "disk", "not the data volume"),
+    (_set(["data_mount", "size_bytes"], 8_000_000_000), "disk", "mounted filesystem is 8.0 GB"),
+    (_set(["cutover_plan"], {"decision_point": "", "phases": 7}), "rollback_point", "does not print"),
+    (_set(["cutover_plan"], {"error": "trackerdb.cutover.ops is not available"}), "rollback_point", "not available"),
+    (_set(["secret_scan", "hits"], [{"path": "docs/x.md", "line": 3, "kind": "value of secret tracker/db"}]), "secrets", "docs/x.md:3"),
+    (_set(["secret_scan", "secrets_unavailable"], ["tracker/pgbackrest/cipher-pass"]), "secrets", "could not fetch"),
+])
+def test_one_broken_fact_fails_its_item_with_evidence(breaker, key, fragment):
+    f = copy.deepcopy(good_facts())
+    breaker(f)
+    by, items = _eval(f)
+    assert by[key].status == S.FAIL, by[key]
+    assert fragment in by[key].evidence, by[key].evidence
+    assert S.exit_code(items) == 1
+    assert by[key].name in S.summary_line(items)
+
+
+def test_broken_report_fails_both_rehearsal_items():
+    f = good_facts()
+    f["report"]["counts"]["ok"] = False
+    by, _ = _eval(f)
+    assert by["restore"].status == S.FAIL and "row counts ok=False" in by["restore"].evidence
+
+
+def test_production_requires_the_runbook_sizes():
+    by, _ = _eval(good_facts(), declared=DECLARED | {"data_gb": 40})
+    assert by["disk"].status == S.FAIL and "runbook requires 25 + 50" in by["disk"].evidence
+
+
+def test_lab_compares_with_what_the_lab_declares():
+    f = good_facts()
+    del f["instance"]
+    f["data_mount"]["size_bytes"] = 2_100_000_000
+    by, _ = _eval(f, is_lab=True, declared=DECLARED | {"root_gb": 8, "data_gb": 2})
+    assert by["disk"].status == S.PASS and by["disk"].evidence.startswith("lab:")
+    assert by["ec2"].status == S.PASS and "lab" in by["ec2"].evidence
+
+
+# ---- secret scan -----------------------------------------------------------------------------
+@pytest.mark.parametrize("line, kind", [
+    ("key = AKIAABCDEFGHIJKLMNOP", "AWS access key id"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----", "private key"),
+    ("repo2-cipher-pass=hunter2hunter2", "pgBackRest cipher-pass with a value"),
+    ("aws_secret_access_key = abcdEFGHijklMNOPqrstUVWXyz0123456789ABCD", "AWS secret access key"),
+    ("export PGPASSWORD=Zq3-very-secret-value-1", "value of secret tracker/db/tracker-password"),
+])
+def test_scan_finds_secrets(line, kind):
+    hits = S.scan_text("README.md", "ok\n" + line + "\n", {"tracker/db/tracker-password": "Zq3-very-secret-value-1"})
+    assert [(h["path"], h["line"], h["kind"]) for h in hits] == [("README.md", 2, kind)]
+
+
+@pytest.mark.parametrize("line", [
+    "repo2-cipher-pass={cipher_pass}",
+    "repo2-cipher-pass=$CIPHER_PASS",
+    "repo2-cipher-pass=***",
+    "repo2-cipher-pass=<from Secrets Manager>",
+    "repo2-cipher-pass=",
+    "cipher-pass = ...",
+    "aws_secret_access_key=testing",
+])
+def test_scan_ignores_references_and_placeholders(line):
+    assert S.scan_text("x.py", line, {"short": "abc"}) == []
+
+
+def test_scan_evidence_never_contains_the_value():
+    hits = S.scan_text("a.txt", "value: Zq3-very-secret-value-1", {"tracker/db/tracker-password": "Zq3-very-secret-value-1"})
+    f = good_facts()
+    f["secret_scan"]["hits"] = hits
+    by, _ = _eval(f)
+    assert "Zq3" not in by["secrets"].evidence and "a.txt:1" in by["secrets"].evidence
