@@ -1,2 +1,104 @@
-"""Tasks: placeholder until this area lands."""
-TASKS: list = []
+"""Tasks: the maintenance window (`cutover`) and its way back (`rollback`)."""
+
+from __future__ import annotations
+
+import json as _json
+import time
+from pathlib import Path
+
+from invoke import task
+from rich.table import Table
+
+from .common import console, ops_task, out, settings
+
+
+def _progress(start=None):
+    start = start or time.monotonic()
+
+    def say(msg: str) -> None:
+        console.print(f"[{time.monotonic() - start:7.1f}s] {msg}", markup=False, highlight=False)
+    return say
+
+
+@task(help={"dry_run": "print the plan (phases to run, skip or resume; the SQL; the switch) and change nothing",
+            "journal": "the journal file (default: <state_dir>/cutover/journal.jsonl); re-running with it resumes",
+            "dump_dir": "where the final dump and manifest go (default: <state_dir>/cutover)",
+            "json": "print the summary as JSON"})
+@ops_task
+def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False):
+    """The maintenance window as one resumable command (runbook §5-6).
+
+    1 preflight, 2 freeze the source's tracker database (read-only, sessions ended, final WAL
+    position), 3 final dump + manifest, 4 restore, 5 verify (manifest and live source), 6 switch the
+    application (Route53 or switch.command), 7 verify through the application's path, first full
+    backup, backrest check. Every phase is journaled; an interrupted run resumes where it stopped
+    and never repeats a completed phase. Ends with the outage, the timings and the rollback command.
+    """
+    from ..cutover.ops import default_journal, run_cutover
+
+    s = settings(c)
+    journal_path = Path(journal) if journal else default_journal(s)
+    dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
+    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else _progress(), journal_path=journal_path)
+    if json:
+        print(_json.dumps(summary, indent=2, default=str))
+        return
+    if dry_run:
+        table = Table(title=f"cutover plan (dry run: nothing changed) — journal {summary['journal']}")
+        for col in ("phase", "action", "what"):
+            table.add_column(col, overflow="fold")
+        for st in summary["plan"]:
+            table.add_row(st["phase"], st["action"] + (" (destructive)" if st["destructive"] and st["action"] != "skip" else ""), st["what"])
+        out.print(table)
+        for line in summary["details"]:
+            out.print(f"  {line}")
+        out.print(summary["rollback_decision_point"])
+        return
+    table = Table(title="cutover")
+    for col in ("phase", "status", "elapsed", "attempts"):
+        table.add_column(col)
+    for name, p in summary["phases"].items():
+        table.add_row(name, p["status"], f"{p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "-", str(p["attempts"]))
+    out.print(table)
+    out.print(f"outage (writes refused): {summary['outage_s']}s (until the TTL was waited out: {summary['outage_until_ttl_waited_s']}s)")
+    out.print(f"final WAL position on the source: {summary['final_lsn']}; frozen at {summary['frozen_at']}")
+    sw = summary.get("switch") or {}
+    out.print(f"application: {sw.get('old')} -> {sw.get('new')} ({sw.get('mode')})")
+    out.print(f"verification: {summary['verification']}")
+    out.print(f"rollback (until the source is decommissioned): {summary['rollback_command']}")
+
+
+@task(help={"replay": "also apply the exported rows (written on the target after the switch) to the source",
+            "journal": "the cutover's journal (default: <state_dir>/cutover/journal.jsonl)",
+            "json": "print the result as JSON"})
+@ops_task
+def rollback(c, replay=False, journal=None, json=False):
+    """Back to the source, from the cutover journal (runbook §7); safe to run again.
+
+    Stops writes on the target, switches the application back to the recorded old value, makes the
+    source writable, and exports every row the target received after the switch to a psql script
+    (counts reported). --replay applies it to the source (rows already there are skipped). Refuses
+    when the source is decommissioned or the journal shows nothing to roll back.
+    """
+    from ..cutover.ops import default_journal
+    from ..cutover.rollback import run_rollback
+
+    s = settings(c)
+    journal_path = Path(journal) if journal else default_journal(s)
+    res = run_rollback(s, journal_path, replay=replay, progress=None if json else _progress())
+    if json:
+        print(_json.dumps(res, indent=2, default=str))
+        return
+    out.print(f"source writable again: {res.get('source', {}).get('changed')} (unchanged means it already was)")
+    if res.get("switch"):
+        out.print(f"application: back to {res['switch']['new']} (changed: {res['switch']['changed']})")
+    out.print(f"rows written on the target after the switch: {res.get('exported_rows', 0)} {res.get('exported', '')}")
+    if res.get("export_file"):
+        out.print(f"exported to {res['export_file']}" + ("" if replay else " (apply with --replay)"))
+    if replay:
+        out.print(f"replayed on the source: {res.get('replayed', {})}; not replayed: {res.get('not_replayed', {})}")
+    if res.get("warning"):
+        out.print(f"note: {res['warning']}")
+
+
+TASKS = [cutover, rollback]
