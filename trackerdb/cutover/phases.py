@@ -183,12 +183,30 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
     return facts
 
 
+def _bytes_progress(ctx: Ctx, label: str, every_s: float = 5.0):
+    """Byte/step progress from the migrate area, at most one line every few seconds."""
+    last = [0.0]
+
+    def report(done=None, total=None):
+        now = time.monotonic()
+        if now - last[0] < every_s and not (total and done == total):
+            return
+        last[0] = now
+        if isinstance(done, (int, float)) and total:
+            ctx.say(f"{label}: {done / 1048576:.1f}/{total / 1048576:.1f} MiB ({100 * done / total:.0f}%)")
+        elif isinstance(done, (int, float)):
+            ctx.say(f"{label}: {done / 1048576:.1f} MiB")
+        else:
+            ctx.say(label)
+    return report
+
+
 # ---- 3 dump ------------------------------------------------------------------------------------
 def dump(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.dump import run_dump
 
     ctx.dump_dir.mkdir(parents=True, exist_ok=True)
-    art = run_dump(ctx.settings, str(ctx.dump_dir), progress=ctx.progress)
+    art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -230,7 +248,8 @@ def restore(ctx: Ctx, resume: bool) -> dict:
         failed = _verify_failures(ctx, against_source=False)
         if failed is not None and not failed:
             return {"resumed": "target already matches this dump's manifest"}
-    outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True, progress=ctx.progress)
+    outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
+                          progress=lambda what, done=None, total=None: _bytes_progress(ctx, str(what))(done, total))
     steps = getattr(outcome, "steps", [])
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50]}
 
@@ -301,7 +320,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
         from ..backrest import ops as backrest
 
         ctx.say("first full pgBackRest backup of the new cluster")
-        backrest.backup(s)
+        backrest.backup(s, progress=ctx.progress)
         ctx.journal.note(POST, {"backup_done": True})
     from ..backrest import ops as backrest
 
