@@ -1,2 +1,91 @@
-"""Tasks: placeholder until this area lands."""
-TASKS: list = []
+"""Tasks: the lab rehearsal of the whole cutover (`rehearse`) and the runbook's checklist (`signoff`)."""
+
+from __future__ import annotations
+
+import json as _json
+import time
+
+from invoke import Exit, task
+from rich.table import Table
+
+from .common import console, ops_task, out, settings
+
+
+def _progress():
+    start = time.monotonic()
+
+    def say(msg: str) -> None:
+        console.print(f"[{time.monotonic() - start:7.1f}s] {msg}", markup=False, highlight=False)
+    return say
+
+
+@task(help={"scale": "dataset scale on the source (default 0.5: a few minutes on 2 cores); used when the lab comes up",
+            "rollback": "second pass: roll back after the cutover and replay the rows written on the target",
+            "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
+            "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
+            "json": "print the result as JSON"})
+@ops_task
+def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, json=False):
+    """Rehearse the cutover on the lab end to end and write report.json + report.html.
+
+    Brings the lab up if it is not (the source gets the tracker dataset at --scale), then runs the
+    real production sequence: provision, backrest.setup, cutover under a live writer (verify inside),
+    and with --rollback a rollback with replay. Writes the report to the lab's state directory (and a
+    copy under reports/<lab>/), prints both paths, and ends with PASS (exit 0) or FAIL (exit 1).
+    Dry run: `invoke cutover --dry-run` shows the plan; a rehearsal only ever changes lab hosts.
+    """
+    from ..rehearse.ops import run_rehearsal
+
+    res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else _progress(),
+                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab)
+    if json:
+        print(_json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2, default=str))
+    else:
+        rep = res["report"]
+        if rep.get("outage"):
+            out.print(f"measured outage: {rep['outage']['duration_s']:.1f} s ({rep['outage']['source']})")
+        if rep.get("projection"):
+            p = rep["projection"]
+            out.print(f"projected outage at 11 GB: {p['projected_outage_s']:.0f} s; book {p['planning_outage_s']:.0f} s")
+        out.print(f"report: {res['report_html']}")
+        out.print(f"report: {res['report_json']}")
+        out.print(f"copy:   {res['copy_dir']}/report.html")
+        for f in res["failures"]:
+            out.print(f"  - {f}")
+        out.print(f"REHEARSAL {res['verdict']}")
+    if not res["passed"]:
+        raise Exit(code=1)
+
+
+@task(help={"json": "print the checklist as JSON"})
+@ops_task
+def signoff(c, json=False):
+    """The runbook's Signoff Checklist as checks against the configured environment (read-only).
+
+    Each item passes or fails with its evidence; items that need a person ("App cutover time is
+    scheduled", "disk sizing is approved") are listed as needing a human decision and never count as
+    a pass unless a person recorded the decision in <state_dir>/signoff-decisions.json
+    ({"cutover_time": {"decision": "...", "by": "...", "at": "..."}}).
+    Exit 0: everything signed off; 1: an item failed; 2: only human decisions are pending.
+    """
+    from ..rehearse.signoff import exit_code, run_signoff, summary_line, to_dict
+
+    s = settings(c)
+    items = run_signoff(s, progress=None if json else _progress())
+    if json:
+        print(_json.dumps(to_dict(items), indent=2))
+    else:
+        table = Table(title=f"signoff checklist ({s.environment})")
+        for col in ("item", "status", "evidence"):
+            table.add_column(col, overflow="fold")
+        for i in items:
+            status = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]"}.get(i.status, "[yellow]needs human decision[/]")
+            table.add_row(i.name, status, i.evidence)
+        out.print(table)
+        out.print(summary_line(items), markup=False)
+    code = exit_code(items)
+    if code:
+        raise Exit(code=code)
+
+
+TASKS = [rehearse, signoff]

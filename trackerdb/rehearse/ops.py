@@ -1,0 +1,284 @@
+"""`run_rehearsal`: the real production sequence on the lab, measured, then a report and a verdict.
+
+    lab up (dataset generated on source at the chosen scale) -> provision -> backrest.setup
+    -> cutover under a live writer (counts source vs target taken right after verify, before the
+       switch lets writes reach the target) -> rollback with replay on a second pass if asked
+    -> report.json + report.html in settings.state_dir (and a copy under reports/<lab>/)
+
+Every phase is timed into the "prepare" group; the cutover's own journal supplies the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import OpsError
+from . import report as rp
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SCALE = 0.5  # a few minutes on 2 cores
+
+
+class _Clock:
+    """Timed steps of the prepare group, in the cutover journal's record shape."""
+
+    def __init__(self, say):
+        self.entries: list[dict] = []
+        self.say = say
+
+    def step(self, phase: str, fn, *args, **kw):
+        start = time.time()
+        self.say(f"[{phase}] starting")
+        try:
+            result = fn(*args, **kw)
+        except BaseException as exc:
+            msg = exc.one_line() if isinstance(exc, OpsError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.entries.append({"phase": phase, "start": start, "end": time.time(), "outcome": "failed", "error": msg, "facts": {}})
+            raise
+        facts = result if isinstance(result, dict) else _outcome_facts(result)
+        self.entries.append({"phase": phase, "start": start, "end": time.time(), "outcome": "ok", "facts": _flat(facts)})
+        self.say(f"[{phase}] ok in {time.time() - start:.1f}s")
+        return result
+
+
+def _outcome_facts(result) -> dict:
+    steps = getattr(result, "steps", None)
+    if steps is None:
+        return {}
+    return {"steps": len(steps), "changed": sum(1 for s in steps if getattr(s, "changed", False))}
+
+
+def _flat(facts: dict) -> dict:
+    return {k: v for k, v in (facts or {}).items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+def table_counts(remote, database: str) -> dict[str, int]:
+    """count(*) of every dataset table on one host (read-only; works on a frozen source)."""
+    from ..dataset import TABLES
+    from ..cutover.pg import query_json
+
+    sql = "SELECT json_build_object(" + ", ".join(f"'{t}', (SELECT count(*) FROM {t})" for t in TABLES) + ")"
+    return {k: int(v) for k, v in (query_json(remote, sql, database=database) or {}).items()}
+
+
+def split_journal(records: list[dict]) -> list[dict]:
+    """The cutover journal as report groups: the cutover's phases, then the rollback's (if any)."""
+    cut = [r for r in records if not str(r.get("phase", "")).startswith("rollback")]
+    back = [r for r in records if str(r.get("phase", "")).startswith("rollback")]
+    groups = [{"label": "cutover", "entries": cut}]
+    if back:
+        groups.append({"label": "rollback", "entries": back})
+    return groups
+
+
+def _writer():
+    """The lab's live writer, if this checkout has one (lab/writer.py)."""
+    try:
+        from lab import writer
+    except ImportError:
+        return None
+    return writer
+
+
+def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
+                  progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None) -> dict:
+    """Run the rehearsal; returns {"passed", "verdict", "report_json", "report_html", "report"}.
+
+    ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
+    written on the target after the switch.
+    """
+    from lab import api as lab_api
+
+    from ..settings import Settings, lab_name as _lab_name
+
+    do_rollback = bool(replay_rollback or rollback)
+    say = progress or (lambda m: print(m, flush=True))
+    if lab_name:
+        os.environ["TRACKERDB_LAB"] = lab_name
+    os.environ["TRACKERDB_ENV"] = "lab"
+    name = _lab_name()
+    clock = _Clock(say)
+    result: dict = {"title": f"tracker cutover rehearsal (lab {name}, scale {scale:g})", "started": time.time(),
+                    "meta": {"environment": "lab", "lab": name, "scale": scale, "rollback": do_rollback},
+                    "journals": [], "errors": []}
+    settings = None
+    writer_ctl = None
+    try:
+        st = lab_api.status(name)
+        if st.get("up"):
+            say(f"lab {name} is up: using it as it is (its dataset was generated when it came up)")
+            result["meta"]["lab_reused"] = True
+        else:
+            clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale).get("hosts", {}))})
+        settings = Settings.load(config or {})
+        result["meta"] |= {"postgres": settings.postgres_major, "timescaledb": settings.timescaledb_version,
+                           "postgis": settings.postgis_version}
+        from ..dataset import facts as dataset_facts
+        from ..remote import Remote
+
+        with Remote(settings.require_source()) as src:
+            ds = clock.step("dataset", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(dataset_facts(src)))
+        result["sizes"] = {"source_db_bytes": ds["bytes"]}
+        result["meta"]["dataset_rows"] = ds["rows"]
+
+        from ..backrest import ops as backrest
+        from ..provision.ops import provision
+
+        clock.step("provision", provision, settings, progress=say)
+        clock.step("backrest.setup", backrest.setup, settings, progress=say)
+        result["journals"].append({"label": "prepare", "entries": clock.entries})
+
+        # ---- the cutover, under a live writer --------------------------------------------------
+        run_dir = Path(settings.state_dir) / "rehearsal" / time.strftime("%Y%m%d-%H%M%S")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        journal_path = run_dir / "journal.jsonl"
+        result["meta"]["journal"] = str(journal_path)
+        counts: dict = {}
+        from ..cutover import ops as cutover
+        from ..cutover import phases as ph
+
+        def verify_then_count(ctx, resume):
+            facts = ph.verify(ctx, resume)
+            # the moment that matters: source frozen, target restored and verified, no write reached it yet
+            counts["source"] = table_counts(ctx.remote("source"), settings.database)
+            counts["target"] = table_counts(ctx.remote("target"), settings.database)
+            return facts | {"rehearsal_counts": counts}
+
+        w = _writer()
+        if w is not None:
+            writer_ctl = _start_writer(w, settings, run_dir, say)
+        else:
+            result["meta"]["live_writer"] = "not available in this checkout (lab/writer.py)"
+        try:
+            summary = cutover.run_cutover(settings, run_dir / "dump", progress=say, journal_path=journal_path,
+                                          funcs={ph.VERIFY: verify_then_count})
+        finally:
+            if writer_ctl is not None:
+                result["writer"], result["outage"] = _stop_writer(writer_ctl, say)
+                writer_ctl = None
+        result["cutover_summary"] = summary
+        result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}
+        result["verification"] = verification_rows(summary, _journal_records(journal_path))
+        dump_bytes = ((_journal_facts(journal_path).get(ph.DUMP) or {}).get("size_bytes"))
+        if dump_bytes:
+            result["sizes"]["dump_bytes"] = dump_bytes
+
+        if do_rollback:
+            from ..cutover.rollback import run_rollback
+
+            say("[rollback] second pass: rollback with replay")
+            rb = run_rollback(settings, journal_path, replay=True, progress=say, out_dir=run_dir)
+            result["rollback"] = _flat(rb) | {"exported": rb.get("exported"), "replayed": rb.get("replayed")}
+            if rb.get("not_replayed"):
+                result["errors"].append(f"rollback: rows not replayed {rb['not_replayed']}")
+        result["journals"] += split_journal(_journal_records(journal_path))
+    except OpsError as exc:
+        result["errors"].append(exc.one_line())
+        if not any(g["label"] == "prepare" for g in result["journals"]):
+            result["journals"].append({"label": "prepare", "entries": clock.entries})
+        jp = result["meta"].get("journal")
+        if jp and Path(jp).exists() and not any(g["label"] == "cutover" for g in result["journals"]):
+            result["journals"] += split_journal(_journal_records(Path(jp)))
+    finally:
+        if writer_ctl is not None:
+            _stop_writer(writer_ctl, say)
+    result["finished"] = time.time()
+    paths = write_reports(result, settings, say)
+    if not keep_lab:
+        say(f"taking lab {name} down (--keep-lab keeps it)")
+        lab_api.down(name)
+    return paths
+
+
+def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
+    """The cutover's verification, as table rows: each verify pass, plus the post-cutover checks."""
+    from ..cutover import phases as ph
+
+    states = {}
+    for r in records:
+        states.setdefault(r.get("phase"), {}).update(r.get("facts") or {})
+    rows = []
+    v = states.get(ph.VERIFY) or {}
+    for label in ("manifest", "source"):
+        if label in v and isinstance(v[label], dict):
+            failed = v[label].get("failed") or []
+            rows.append({"name": f"verify against the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
+                         "ok": not failed, "observed": f"{v[label].get('checks')} checks, {len(failed)} failed",
+                         "expected": "0 failed", "evidence": "; ".join(failed[:5]) or "trackerdb.migrate.verify"})
+    post = states.get(ph.POST) or {}
+    if post.get("app_path"):
+        ap = post["app_path"]
+        rows.append({"name": "application path reaches a writable primary", "ok": bool(ap) and not ap.get("error"),
+                     "observed": json.dumps(ap, default=str)[:200], "expected": "writable", "evidence": "phase post"})
+    if "backrest_check" in post:
+        rows.append({"name": "backrest.check after the cutover", "ok": post["backrest_check"] == "ok",
+                     "observed": str(post["backrest_check"]), "expected": "ok", "evidence": "phase post"})
+    if summary.get("verification") and not rows:
+        rows.append({"name": "cutover verify phase", "ok": summary["verification"] == "ok", "observed": summary["verification"],
+                     "expected": "ok", "evidence": "cutover summary"})
+    return rows
+
+
+def _journal_records(path: Path) -> list[dict]:
+    from ..cutover.journal import Journal
+
+    return Journal(path).records() if Path(path).exists() else []
+
+
+def _journal_facts(path: Path) -> dict:
+    from ..cutover.journal import Journal
+
+    return Journal(path).facts() if Path(path).exists() else {}
+
+
+def _start_writer(w, settings, run_dir: Path, say):
+    say("starting the live writer")
+    return w.start(settings, out_dir=run_dir, progress=say)
+
+
+def _stop_writer(ctl, say) -> tuple[dict, dict | None]:
+    res = ctl.stop() if hasattr(ctl, "stop") else {}
+    res = dict(res or {})
+    outage = None
+    if res.get("first_refused") and res.get("first_accepted_after"):
+        outage = {"start": res["first_refused"], "end": res["first_accepted_after"], "source": "writer",
+                  "detail": "first refused write -> first accepted write on the target"}
+    say(f"live writer stopped: {_flat(res)}")
+    return _flat(res), outage
+
+
+def write_reports(result: dict, settings, say) -> dict:
+    """Write report.json/html to the state dir, run signoff against the fresh report, write again, copy out."""
+    state_dir = Path(settings.state_dir) if settings else Path("artifacts")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    rep = rp.build_report(result, generated_at=time.time())
+    _write(state_dir, rep)
+    if settings is not None and rep["passed"]:
+        try:
+            from .signoff import run_signoff, to_dict
+
+            say("signoff checklist against the lab")
+            items = run_signoff(settings)
+            result["signoff"] = to_dict(items)
+            rep = rp.build_report(result, generated_at=time.time())
+            _write(state_dir, rep)
+        except OpsError as exc:
+            say(f"signoff could not run: {exc.one_line()}")
+    copy_dir = ROOT / "reports" / (result.get("meta") or {}).get("lab", "lab")
+    copy_dir.mkdir(parents=True, exist_ok=True)
+    for f in ("report.json", "report.html"):
+        shutil.copy2(state_dir / f, copy_dir / f)
+    return {"passed": rep["passed"], "verdict": rep["verdict"], "failures": rep["failures"],
+            "report_json": str(state_dir / "report.json"), "report_html": str(state_dir / "report.html"),
+            "copy_dir": str(copy_dir), "report": rep}
+
+
+def _write(state_dir: Path, rep: dict) -> None:
+    for name, text in (("report.json", rp.to_json(rep)), ("report.html", rp.render_html(rep))):
+        tmp = state_dir / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(state_dir / name)
