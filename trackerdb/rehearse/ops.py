@@ -75,13 +75,83 @@ def split_journal(records: list[dict]) -> list[dict]:
     return groups
 
 
-def _writer():
-    """The lab's live writer, if this checkout has one (lab/writer.py)."""
+def _writer_available() -> bool:
     try:
-        from lab import writer
+        import lab.writer  # noqa: F401
     except ImportError:
-        return None
-    return writer
+        return False
+    return True
+
+
+class WriterProc:
+    """``python -m lab.writer`` as a child process (ours, stopped by its stop file, then by PID)."""
+
+    def __init__(self, run_dir: Path, say, interval: float = 0.05):
+        import subprocess
+        import sys
+
+        self.log = run_dir / "writer.jsonl"
+        self.say = say
+        self.err = open(run_dir / "writer.stderr", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "lab.writer", "--log", str(self.log), "--seconds", "7200",
+                                      "--interval", str(interval)], cwd=str(ROOT), env=dict(os.environ),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err)
+
+    def records(self) -> list[dict]:
+        from lab import writer
+
+        return writer.load(self.log) if self.log.exists() else []
+
+    def wait_first_ack(self, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any(r.get("event") == "ack" for r in self.records()):
+                return True
+            time.sleep(0.3)
+        return False
+
+    def stop(self) -> list[dict]:
+        import subprocess
+
+        Path(str(self.log) + ".stop").touch()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        return self.records()
+
+
+def writer_facts(records: list[dict], old: str | None, new: str | None) -> dict:
+    """What the live writer saw: acknowledged writes per endpoint, refusals (pure)."""
+    acks = [r for r in records if r.get("event") == "ack"]
+    return {"acknowledged": len(acks),
+            "acked_by_source": sum(1 for r in acks if old and r.get("endpoint") == old),
+            "acked_by_target": sum(1 for r in acks if new and r.get("endpoint") == new),
+            "refused": sum(1 for r in records if r.get("event") == "refused")}
+
+
+ACKED_ON_TARGET_SQL = ("SELECT json_build_object('found', count(*)) FROM tracker.location_reports "
+                       "WHERE device_id = {device} AND reported_at = ANY({arr}::timestamptz[])")
+
+
+def acked_rows_on_target(remote, database: str, acks: list[dict]) -> int:
+    """How many of the writer's acknowledged rows the target holds (each ack's device and reported_at)."""
+    from ..cutover.pg import literal, query_json
+
+    found = 0
+    by_device: dict[int, list[str]] = {}
+    for a in acks:
+        by_device.setdefault(int(a.get("device", 1)), []).append(str(a["reported_at"]))
+    for device, stamps in by_device.items():
+        arr = literal("{" + ",".join('"' + s + '"' for s in stamps) + "}")
+        found += int((query_json(remote, ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database=database) or {}).get("found", 0))
+    return found
 
 
 def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
@@ -148,9 +218,11 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
             counts["target"] = table_counts(ctx.remote("target"), settings.database)
             return facts | {"rehearsal_counts": counts}
 
-        w = _writer()
-        if w is not None:
-            writer_ctl = _start_writer(w, settings, run_dir, say)
+        if _writer_available():
+            say("starting the live writer (lab/writer.py) through the switchable endpoint")
+            writer_ctl = WriterProc(run_dir, say)
+            if not writer_ctl.wait_first_ack():
+                result["errors"].append("the live writer never got a write acknowledged before the cutover")
         else:
             result["meta"]["live_writer"] = "not available in this checkout (lab/writer.py)"
         try:
@@ -158,8 +230,21 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
                                           funcs={ph.VERIFY: verify_then_count})
         finally:
             if writer_ctl is not None:
-                result["writer"], result["outage"] = _stop_writer(writer_ctl, say)
+                time.sleep(2)  # a few writes on the target after the cutover completes
+                records = writer_ctl.stop()
                 writer_ctl = None
+                sw_facts = (_journal_facts(journal_path).get(ph.SWITCH) or {})
+                result["writer"] = writer_facts(records, sw_facts.get("old"), sw_facts.get("new"))
+                from lab import writer as lab_writer
+
+                measured = lab_writer.outage(records, sw_facts.get("new")) if sw_facts.get("new") else None
+                if measured and measured.get("end"):
+                    result["outage"] = measured
+                acks = [r for r in records if r.get("event") == "ack"]
+                if acks and sw_facts.get("new"):
+                    with Remote(settings.target) as tgt:
+                        found = acked_rows_on_target(tgt, settings.database, acks)
+                    result["writer"] |= {"on_target": found, "lost": len(acks) - found}
         result["cutover_summary"] = summary
         result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}
         result["verification"] = verification_rows(summary, _journal_records(journal_path))
@@ -185,7 +270,7 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
             result["journals"] += split_journal(_journal_records(Path(jp)))
     finally:
         if writer_ctl is not None:
-            _stop_writer(writer_ctl, say)
+            writer_ctl.stop()
     result["finished"] = time.time()
     paths = write_reports(result, settings, say)
     if not keep_lab:
@@ -233,22 +318,6 @@ def _journal_facts(path: Path) -> dict:
     from ..cutover.journal import Journal
 
     return Journal(path).facts() if Path(path).exists() else {}
-
-
-def _start_writer(w, settings, run_dir: Path, say):
-    say("starting the live writer")
-    return w.start(settings, out_dir=run_dir, progress=say)
-
-
-def _stop_writer(ctl, say) -> tuple[dict, dict | None]:
-    res = ctl.stop() if hasattr(ctl, "stop") else {}
-    res = dict(res or {})
-    outage = None
-    if res.get("first_refused") and res.get("first_accepted_after"):
-        outage = {"start": res["first_refused"], "end": res["first_accepted_after"], "source": "writer",
-                  "detail": "first refused write -> first accepted write on the target"}
-    say(f"live writer stopped: {_flat(res)}")
-    return _flat(res), outage
 
 
 def write_reports(result: dict, settings, say) -> dict:
