@@ -1,2 +1,118 @@
-"""Tasks: placeholder until this area lands."""
-TASKS: list = []
+"""Tasks: dump the tracker database on the source, restore it on the target, verify it (runbook §3, §4, §6)."""
+
+from __future__ import annotations
+
+import json as _json
+from pathlib import Path
+
+from invoke import Exit, task
+
+from .common import console, ops_task, print_checks, print_outcome, settings
+from .common import out as _stdout
+
+
+def _bar(label: str):
+    """A rich progress bar fed with (done, total) or (phase, done, total)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=console, transient=False)
+    tasks = {}
+
+    def update(*args):
+        if len(args) == 3:
+            phase, done, total = args
+        else:
+            phase, (done, total) = label, args
+        if phase not in tasks:
+            tasks[phase] = prog.add_task(str(phase), total=total)
+        if done is not None:
+            prog.update(tasks[phase], completed=done, total=total)
+
+    return prog, update
+
+
+@task(help={"local": "run pg_dump on this machine (you are on the old host) instead of over SSH",
+            "out": "local directory for tracker.dump + tracker.manifest.json (default: <state_dir>/dump)",
+            "on_host": "leave the dump on the source host in this directory instead of streaming it here",
+            "json": "print the manifest summary as JSON"})
+@ops_task
+def dump(c, local=False, out=None, on_host=None, json=False):
+    """Dump the tracker database on the old host (pg_dump -Fc --no-owner --no-privileges, the source's major)
+    and write the manifest beside it (versions, exact row counts, hypertables, jobs, sequences, roles,
+    database settings and grants, size, SHA-256), read in the dump's own snapshot.
+
+    Every run makes a new dump; the previous file is replaced only when the new one is complete.
+    """
+    from ..migrate.dump import run_dump
+
+    s = settings(c)
+    dest = on_host or out or str(Path(s.state_dir) / "dump")
+    prog, update = _bar("dump")
+    with prog:
+        art = run_dump(s, dest, local=local, progress=None if json else update, on_host=bool(on_host))
+    m = art.manifest
+    summary = {"dump": art.dump_path, "manifest": art.manifest_path, "on_host": art.on_host,
+               "size_bytes": m["dump"]["size_bytes"], "sha256": m["dump"]["sha256"], "versions": m["versions"],
+               "tables": {f"{t['schema']}.{t['name']}": t["rows"] for t in m["facts"]["tables"]},
+               "consistency": m["consistency"]}
+    if json:
+        print(_json.dumps(summary, indent=2))
+    else:
+        _stdout.print(f"dump: {art.dump_path} ({m['dump']['size_bytes']} bytes, sha256 {m['dump']['sha256'][:16]}…)")
+        _stdout.print(f"manifest: {art.manifest_path}; {len(summary['tables'])} tables, "
+                  f"{len(m['facts']['hypertables'])} hypertables; {m['consistency']}")
+
+
+@task(help={"dump": "the dump file (tracker.dump) written by `invoke dump`",
+            "manifest": "its manifest (default: <dump stem>.manifest.json beside it)",
+            "replace": "if tracker exists on the target, keep it renamed tracker_replaced_<time> (never dropped)",
+            "dry_run": "run the preflight checks and print the plan; change nothing",
+            "keep_upload": "keep the uploaded dump on the target after a successful restore",
+            "json": "print the result as JSON"})
+@ops_task
+def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=False, json=False):
+    """Restore a dump on the target: preflight (archive readable, SHA-256, exact TimescaleDB version, free
+    space, existing tracker), resumable upload, restore into a staging database (pre/post restore hooks,
+    catalog first then parallel), ownership + database settings + grants, ANALYZE, rename into place.
+
+    Re-run after any failure: the upload continues, the staging database is rebuilt, tracker is only
+    ever the complete restore.
+    """
+    from ..migrate.restore import run_restore
+
+    s = settings(c)
+    prog, update = _bar("restore")
+    with prog:
+        outcome = run_restore(s, dump, manifest_path=manifest, replace=replace, dry_run=dry_run,
+                              progress=None if json else update, keep_upload=keep_upload)
+    print_outcome(outcome, json)
+    for w in getattr(outcome, "stats", {}).get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}", markup=True)
+
+
+@task(help={"manifest": "the dump's manifest to compare with (default: <state_dir>/dump/tracker.manifest.json if present)",
+            "against_source": "compare live with the source database instead of the manifest",
+            "no_backrest": "do not expect pgBackRest WAL archiving to be configured yet",
+            "json": "print the checks as JSON"})
+@ops_task
+def verify(c, manifest=None, against_source=False, no_backrest=False, json=False):
+    """Verify the target: PostgreSQL up, timescaledb preloaded, extension versions, hypertables, continuous
+    aggregates, jobs, exact row counts, sequences, database settings and grants, ownership, the application
+    role's network login and a rolled-back write, WAL archiving. Exit 1 on any failure.
+    """
+    from ..migrate.manifest import load_manifest
+    from ..migrate.verify import run_verify
+
+    s = settings(c)
+    doc = None
+    if not against_source:
+        default = Path(s.state_dir) / "dump" / f"{s.database}.manifest.json"
+        path = manifest or (str(default) if default.is_file() else None)
+        doc = load_manifest(path) if path else None
+    checks = run_verify(s, manifest=doc, against_source=against_source, expect_backrest=not no_backrest)
+    if not print_checks(f"verify {s.database} on {s.target.name}", checks, json):
+        raise Exit(code=1)
+
+
+TASKS = [dump, restore, verify]

@@ -1,0 +1,118 @@
+"""Manifest queries, fact parsing, the dump script (pure)."""
+
+import json
+
+import pytest
+
+from trackerdb.errors import HostError
+from trackerdb.migrate import dump as d
+from trackerdb.migrate import manifest as mf
+from trackerdb.migrate.psql import parse_json_output, psql_cmd
+
+
+def test_psql_cmd_stops_on_error_and_takes_sql_on_stdin():
+    cmd = psql_cmd("tracker", 5433, "/usr/lib/postgresql/17/bin", {"owner": "tracker"})
+    assert cmd[:2] == ["/usr/lib/postgresql/17/bin/psql", "-X"]
+    assert "ON_ERROR_STOP=1" in cmd and "-At" in cmd and cmd[cmd.index("-d") + 1] == "tracker"
+    assert cmd[cmd.index("-p") + 1] == "5433" and cmd[-2:] == ["-v", "owner=tracker"]
+
+
+def test_parse_json_output_takes_last_line():
+    assert parse_json_output("SET\n\n{\"a\": 1}\n") == {"a": 1}
+    assert parse_json_output("") is None
+
+
+def test_facts_sql_only_queries_timescale_views_when_installed():
+    assert len(mf.facts_sql(False)) == 1 and "timescaledb_information" not in mf.facts_sql(False)[0]
+    assert "timescaledb_information.hypertables" in mf.facts_sql(True)[1]
+
+
+@pytest.mark.parametrize("needle", ["pg_db_role_setting", "aclexplode(d.datacl)", "query_to_xml", "pg_sequences",
+                                    "pg_database_size", "deptype = 'e'", "shared_preload_libraries"])
+def test_base_sql_reads_every_fact(needle):
+    assert needle in mf.BASE_FACTS_SQL
+
+
+def test_merge_and_normalise():
+    base = {"server_version": "17.2", "server_version_num": 170002,
+            "extensions": [{"name": "timescaledb", "version": "2.19.3", "schema": "public"}],
+            "db_settings": [{"role": None, "settings": ["timescaledb.restoring=on"]},
+                            {"role": "tracker", "settings": ["search_path=tracker, public"]}],
+            "db_grants": [{"grantee": "z", "privilege": "CONNECT"}, {"grantee": "a", "privilege": "TEMPORARY"}]}
+    facts = mf.merge_facts(base, {"hypertables": [{"schema": "t", "name": "h"}], "continuous_aggregates": None, "jobs": []})
+    assert facts["db_settings"] == {"tracker": ["search_path=tracker, public"]}
+    assert [g["grantee"] for g in facts["db_grants"]] == ["a", "z"]
+    assert facts["continuous_aggregates"] == [] and facts["hypertables"][0]["name"] == "h"
+    assert mf.server_major(facts) == 17 and mf.extension_version(facts, "postgis") is None
+    # normalising twice is stable
+    assert mf.normalise(facts) == facts
+
+
+def test_build_manifest_records_versions_and_flags():
+    facts = mf.merge_facts({"server_version": "16.4", "server_version_num": 160004,
+                            "extensions": [{"name": "timescaledb", "version": "2.18.2", "schema": "public"},
+                                           {"name": "postgis", "version": "3.5.2", "schema": "public"}]}, None)
+    doc = mf.build_manifest(facts, source_host="source", database="tracker", dump_file="tracker.dump", dump_size=5,
+                            dump_sha256="f" * 64, pg_dump_version="pg_dump (PostgreSQL) 16.4", consistency="c")
+    assert doc["versions"] == {"postgresql": "16.4", "postgresql_major": 16, "timescaledb": "2.18.2", "postgis": "3.5.2"}
+    assert doc["dump"]["flags"] == ["-Fc", "--no-owner", "--no-privileges"]
+    assert mf.validate_manifest(json.loads(json.dumps(doc))) == doc
+
+
+def test_dump_script_uses_one_exported_snapshot():
+    s = d.dump_script(pg_bin="/usr/lib/postgresql/16/bin", port=5432, database="tracker",
+                      facts_sql=mf.facts_sql(True), facts_path="/tmp/f.json", out_file=None)
+    assert "pg_export_snapshot()" in s and "SET TRANSACTION SNAPSHOT '$snapshot'" in s
+    assert '--snapshot="$snapshot"' in s
+    assert "/usr/lib/postgresql/16/bin/pg_dump -Fc --no-owner --no-privileges" in s
+    # the exporting transaction is committed only after pg_dump
+    assert s.index("pg_dump -Fc") < s.index('echo "COMMIT;" >&$snap_in')
+    assert "--file=" not in s
+    assert "--file=/srv/x/tracker.dump" in d.dump_script(pg_bin="/b", port=5432, database="tracker",
+                                                          facts_sql=["SELECT 1;"], facts_path="/tmp/f", out_file="/srv/x/tracker.dump")
+
+
+def test_dump_script_runs_in_bash_with_fake_tools(tmp_path):
+    """The script's plumbing (coprocess, snapshot hand-off, facts file, stdout) with stand-in psql/pg_dump."""
+    import subprocess
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "log"
+    (bindir / "psql").write_text(f"""#!/bin/bash
+while IFS= read -r line; do
+  echo "$line" >> {log}
+  case "$line" in *pg_export_snapshot*) echo "00000003-0000001B-1";; *"SELECT 1"*) echo '{{"server_version": "17"}}';; esac
+done
+""")
+    (bindir / "pg_dump").write_text(f"""#!/bin/bash
+echo "pg_dump $*" >> {log}
+printf 'PGDMP-bytes'
+""")
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    facts = tmp_path / "facts.json"
+    script = d.dump_script(pg_bin=str(bindir), port=5432, database="tracker", facts_sql=["SELECT 1;"],
+                           facts_path=str(facts), out_file=None)
+    p = subprocess.run(["bash", "-c", script], capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"PGDMP-bytes"
+    assert "trackerdb: snapshot 00000003-0000001B-1" in p.stderr.decode()
+    assert facts.read_text().strip() == '{"server_version": "17"}'
+    text = log.read_text()
+    assert "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'" in text
+    assert "--snapshot=00000003-0000001B-1" in text
+    assert text.rstrip().endswith("COMMIT;")
+
+
+def test_parse_facts_file_counts_documents():
+    base = json.dumps({"server_version": "17", "server_version_num": 170000, "extensions": []})
+    assert d.parse_facts_file(base + "\n", False)["server_version"] == "17"
+    with pytest.raises(HostError):
+        d.parse_facts_file(base + "\n", True)
+
+
+def test_content_digest_sql_uses_st_astext_for_geometry():
+    sql = mf.content_digest_sql("tracker", "location_reports", ["position"])
+    assert 'ST_AsText("position")' in sql and 'FROM "tracker"."location_reports" t' in sql
+    assert "ST_AsText" not in mf.content_digest_sql("tracker", "devices")

@@ -1,0 +1,130 @@
+"""TOC split, archive header, pg_restore error parsing/allowlist, space maths (pure)."""
+
+import pytest
+
+from trackerdb.errors import PreflightError
+from trackerdb.migrate import toc
+
+TOC = """;
+; Archive created at 2026-11-21 21:00:00 UTC
+;     dbname: tracker
+;     Format: CUSTOM
+;
+; Selected TOC Entries:
+;
+4372; 0 0 ENCODING - ENCODING
+4373; 0 0 STDSTRINGS - STDSTRINGS
+2; 3079 16385 EXTENSION - timescaledb
+4374; 0 0 COMMENT - EXTENSION timescaledb
+7; 2615 17000 SCHEMA - tracker tracker
+250; 1259 17010 TABLE tracker location_reports postgres
+4200; 0 16420 TABLE DATA _timescaledb_catalog hypertable postgres
+4201; 0 16440 TABLE DATA _timescaledb_catalog chunk postgres
+4202; 0 16500 TABLE DATA _timescaledb_catalog metadata postgres
+4380; 0 0 SEQUENCE SET _timescaledb_catalog chunk_id_seq postgres
+4300; 0 17010 TABLE DATA tracker location_reports postgres
+4301; 0 17100 TABLE DATA _timescaledb_internal _hyper_1_1_chunk postgres
+3900; 2606 17200 CONSTRAINT tracker devices devices_pkey postgres
+3901; 2606 17300 FK CONSTRAINT tracker device_events device_events_device_id_fkey postgres
+"""
+
+
+def test_split_puts_catalog_first_and_drops_metadata():
+    s = toc.split_toc(TOC)
+    assert [ln.split(";")[0] for ln in s.catalog] == ["4200", "4201", "4380"]
+    assert s.excluded == ["4202; 0 16500 TABLE DATA _timescaledb_catalog metadata postgres"]
+    rest_ids = [ln.split(";")[0] for ln in s.rest]
+    assert "4300" in rest_ids and "4301" in rest_ids and "2" in rest_ids and "3901" in rest_ids
+    assert not set(rest_ids) & {"4200", "4201", "4202", "4380"}
+    assert s.table_data == 2
+    assert s.entries == 14
+
+
+@pytest.mark.parametrize("line,type_,schema", [
+    ("4300; 0 17010 TABLE DATA tracker location_reports postgres", "TABLE DATA", "tracker"),
+    ("250; 1259 17010 TABLE tracker location_reports postgres", "TABLE", "tracker"),
+    ("4380; 0 0 SEQUENCE SET _timescaledb_catalog chunk_id_seq postgres", "SEQUENCE SET", "_timescaledb_catalog"),
+    ("3901; 2606 17300 FK CONSTRAINT tracker t t_fkey postgres", "FK CONSTRAINT", "tracker"),
+    ("2; 3079 16385 EXTENSION - timescaledb", "EXTENSION", None),
+    ("; comment", None, None),
+])
+def test_parse_toc_line(line, type_, schema):
+    e = toc.parse_toc_line(line)
+    if type_ is None:
+        assert e is None
+    else:
+        assert (e.type, e.schema) == (type_, schema)
+
+
+def test_empty_toc_is_refused():
+    with pytest.raises(PreflightError):
+        toc.split_toc(";\n; nothing\n")
+
+
+@pytest.mark.parametrize("head,ok", [
+    (b"PGDMP\x01\x10\x00\x04\x08\x01rest", True),
+    (b"PGDMP\x01\x10\x00\x04\x08\x03rest", False),   # tar format
+    (b"-- PostgreSQL database dump\n", False),       # plain SQL
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00", False),
+    (b"PGD", False),
+])
+def test_archive_header(head, ok):
+    if ok:
+        assert toc.parse_archive_header(head)["archive_version"] == "1.16.0"
+    else:
+        with pytest.raises(PreflightError):
+            toc.parse_archive_header(head)
+
+
+STDERR = """pg_restore: while PROCESSING TOC:
+pg_restore: from TOC entry 4202; 0 16500 TABLE DATA _timescaledb_catalog metadata postgres
+pg_restore: error: COPY failed for table "metadata": ERROR:  duplicate key value violates unique constraint "metadata_pkey"
+DETAIL:  Key (key)=(exported_uuid) already exists.
+CONTEXT:  COPY metadata, line 1
+pg_restore: from TOC entry 250; 1259 17010 TABLE tracker location_reports postgres
+pg_restore: error: could not execute query: ERROR:  relation "location_reports" already exists
+Command was: CREATE TABLE tracker.location_reports (
+pg_restore: warning: errors ignored on restore: 2
+"""
+
+
+def test_errors_are_parsed_and_only_the_allowlisted_one_passes():
+    errs = toc.parse_restore_errors(STDERR)
+    assert len(errs) == 2
+    assert errs[0].allowed == "timescaledb-metadata-exported-uuid"
+    assert errs[0].details[0].startswith("DETAIL:")
+    assert errs[1].allowed is None
+    assert errs[1].message == 'ERROR:  relation "location_reports" already exists'
+    assert errs[1].toc.startswith("TOC entry 250;")
+
+
+def test_same_message_on_another_table_is_not_allowed():
+    text = STDERR.replace("TABLE DATA _timescaledb_catalog metadata", "TABLE DATA tracker metadata")
+    assert toc.parse_restore_errors(text)[0].allowed is None
+
+
+def test_no_errors_on_clean_stderr():
+    assert toc.parse_restore_errors("") == []
+
+
+def test_pg_restore_cmd_has_runbook_flags_and_jobs():
+    cmd = toc.pg_restore_cmd("/usr/lib/postgresql/16/bin", "tracker_restore_staging", "/d/x.dump", list_file="/d/l", jobs=4)
+    assert cmd[0] == "/usr/lib/postgresql/16/bin/pg_restore"
+    assert "--no-owner" in cmd and "--no-privileges" in cmd and "--exit-on-error" not in cmd
+    assert cmd[cmd.index("-j") + 1] == "4" and cmd[cmd.index("-L") + 1] == "/d/l" and cmd[-1] == "/d/x.dump"
+    assert "-j" not in toc.pg_restore_cmd("/b", "db", "/f", jobs=1)
+
+
+@pytest.mark.parametrize("db,dump,up,wal,expect", [
+    (10 << 30, 3 << 30, 0, 4 << 30, int((10 << 30) * 1.3) + (3 << 30) + (4 << 30)),
+    (10 << 30, 3 << 30, 3 << 30, 0, int((10 << 30) * 1.3)),
+    (0, 100, 200, 0, 0),
+])
+def test_space_needed(db, dump, up, wal, expect):
+    assert toc.space_needed(db, dump, up, wal) == expect
+
+
+def test_df_parse():
+    assert toc.parse_df_avail("    Avail\n 123456\n") == 123456
+    with pytest.raises(PreflightError):
+        toc.parse_df_avail("df: /nope: No such file")

@@ -1,0 +1,110 @@
+"""verify's pure comparison: manifest facts vs target facts -> checks that can fail."""
+
+import copy
+
+import pytest
+
+from trackerdb.migrate import verify as v
+from trackerdb.migrate.manifest import normalise
+
+BASE = normalise({
+    "server_version": "17.2", "server_version_num": 170002,
+    "extensions": [{"name": "timescaledb", "version": "2.19.3", "schema": "public"},
+                   {"name": "postgis", "version": "3.5.2", "schema": "public"}],
+    "schemas": ["public", "tracker"],
+    "database": {"name": "tracker", "owner": "tracker", "acl_is_default": False},
+    "tables": [{"schema": "tracker", "name": "devices", "rows": 12},
+               {"schema": "tracker", "name": "location_reports", "rows": 27648}],
+    "hypertables": [{"schema": "tracker", "name": "location_reports", "num_chunks": 9,
+                     "dimensions": [{"column": "reported_at", "type": "Time", "time_interval": "1 day",
+                                     "integer_interval": None, "num_partitions": None}]}],
+    "continuous_aggregates": [],
+    "jobs": [{"id": 1000, "proc": "_timescaledb_functions.policy_retention", "hypertable": "tracker.location_reports",
+              "schedule_interval": "1 day", "scheduled": True}],
+    "sequences": [{"schema": "tracker", "name": "devices_id_seq", "last_value": 12},
+                  {"schema": "tracker", "name": "unused_seq", "last_value": None}],
+    "db_settings": [{"role": None, "settings": ["timezone=UTC", "timescaledb.restoring=off"]},
+                    {"role": "tracker", "settings": ["work_mem=64MB"]}],
+    "db_grants": [{"grantee": "tracker", "privilege": "CONNECT", "grantable": False},
+                  {"grantee": "tracker_readonly", "privilege": "CONNECT", "grantable": False}],
+})
+
+
+def failing(expected, observed):
+    return [c.name for c in v.compare_facts(expected, observed) if not c.ok]
+
+
+def test_identical_facts_pass():
+    checks = v.compare_facts(BASE, copy.deepcopy(BASE))
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_restoring_setting_is_not_carried_over():
+    assert BASE["db_settings"] == {"": ["timezone=UTC"], "tracker": ["work_mem=64MB"]}
+
+
+def mutate(fn):
+    obs = copy.deepcopy(BASE)
+    fn(obs)
+    return obs
+
+
+@pytest.mark.parametrize("change,failed", [
+    (lambda o: o["tables"][1].update(rows=27647), ["table tracker.location_reports rows"]),
+    (lambda o: o["tables"].pop(0), ["table tracker.devices rows"]),
+    (lambda o: o["tables"].append({"schema": "tracker", "name": "extra", "rows": 0}), ["no unexpected tables"]),
+    (lambda o: o["extensions"][0].update(version="2.18.2"), ["extension timescaledb version"]),
+    (lambda o: o["hypertables"][0].update(num_chunks=8), ["hypertable tracker.location_reports chunks"]),
+    (lambda o: o["hypertables"][0]["dimensions"][0].update(time_interval="7 days"),
+     ["hypertable tracker.location_reports dimensions"]),
+    (lambda o: o.update(hypertables=[]), ["hypertables match"]),
+    (lambda o: o["jobs"][0].update(scheduled=False),
+     ["job _timescaledb_functions.policy_retention on tracker.location_reports scheduled"]),
+    (lambda o: o.update(jobs=[]), ["job _timescaledb_functions.policy_retention on tracker.location_reports scheduled"]),
+    (lambda o: o["sequences"][0].update(last_value=11), ["sequence tracker.devices_id_seq >= source"]),
+    (lambda o: o.update(db_settings={"": ["timezone=UTC"]}), ["database settings present"]),
+    (lambda o: o["db_grants"].pop(1), ["database grants present"]),
+    (lambda o: o["database"].update(acl_is_default=True), ["database grants present"]),
+    (lambda o: o["database"].update(owner="postgres"), ["database owner"]),
+    (lambda o: o.update(schemas=["public"]), ["schemas present"]),
+    (lambda o: o.update(continuous_aggregates=[{"schema": "tracker", "name": "hourly"}]), ["continuous aggregates match"]),
+])
+def test_each_difference_fails_exactly_its_check(change, failed):
+    assert failing(BASE, mutate(change)) == failed
+
+
+def test_sequence_ahead_of_source_is_fine():
+    assert failing(BASE, mutate(lambda o: o["sequences"][0].update(last_value=99))) == []
+
+
+def test_server_checks():
+    server = {"version": "17.2", "shared_preload_libraries": "timescaledb", "restoring": [], "schedulers": 1,
+              "databases": [{"name": "tracker", "comment": None}]}
+    assert all(c.ok for c in v.server_checks(server, "tracker", False, False, True, 1))
+    bad = dict(server, shared_preload_libraries="", restoring=["timescaledb.restoring=on"], schedulers=0,
+               databases=[{"name": "tracker", "comment": "trackerdb:restore-staging sha256=x state=ready"}])
+    names = [c.name for c in v.server_checks(bad, "tracker", True, True, True, 1) if not c.ok]
+    assert names == ["timescaledb in shared_preload_libraries", "database tracker is not a staging leftover",
+                     "timescaledb restore mode off", "no staging database left", "restore-time settings removed",
+                     "timescale job scheduler running"]
+
+
+def test_probe_table_prefers_biggest_hypertable_with_rows():
+    assert v.probe_table(BASE) == ("tracker", "location_reports")
+    empty = mutate(lambda o: o["tables"][1].update(rows=0))
+    assert v.probe_table(empty) == ("tracker", "devices")
+    assert v.probe_table({"tables": [], "hypertables": []}) is None
+
+
+def test_not_owned_sql_quotes_the_owner():
+    sql = v.not_owned_sql("o'wner")
+    assert "'o''wner'" in sql and "_timescaledb_internal" in sql
+
+
+def test_wal_check_when_backrest_not_expected(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "trackerdb.backrest.ops", None)  # import fails like a missing module
+    assert v.wal_archiving_check(None, expect_backrest=False).ok
+    c = v.wal_archiving_check(None, expect_backrest=True)
+    assert not c.ok and c.observed == "not configured"

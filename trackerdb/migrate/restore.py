@@ -1,0 +1,479 @@
+"""Restore a tracker dump on the target: preflight, resumable upload, staging restore, rename.
+
+Order (runbook §3 plus what keeps it safe):
+1. Preflight, read-only, each failure one line + hint and nothing changed on the target: the file is
+   a custom-format archive whose size/SHA-256 match the manifest and whose TOC the target's
+   pg_restore can read; TimescaleDB on the target is exactly the dump's version; the data volume has
+   room; a live ``tracker`` is refused unless ``replace``; a staging database that is not ours is refused.
+2. Upload into the data volume, resuming from the remote file's size; SHA-256 verified on the host.
+3. Roles the manifest refers to; staging database (marked ours with COMMENT ON DATABASE);
+   CREATE EXTENSION timescaledb; timescaledb_pre_restore(); pg_restore of ``_timescaledb_catalog``
+   serially, then the rest with ``-j`` (see ``toc``); timescaledb_post_restore(); ownership via
+   ``scripts/post_restore_reassign_ownership.sql``; database settings + grants from the manifest;
+   ANALYZE; then rename staging to ``tracker`` (the old one renamed ``tracker_replaced_<ts>``, never
+   dropped). ``tracker`` therefore only ever appears complete.
+Restore-time settings live in a conf.d file for the duration and are always removed (``finally``).
+Not idempotent by nature (a restore replaces what is there); re-running after a failure starts the
+staging database over, and re-running after success refuses (``tracker`` exists).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import HostError, OpsError, PreflightError
+from ..remote import Remote
+from ..steps import Outcome, Step
+from . import manifest as mf
+from . import sqltext as sq
+from . import toc
+from .psql import Psql
+from .stream import feed_stdin, sha256_file
+
+MARKER = "trackerdb:restore-staging"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+OWNERSHIP_SQL = SCRIPTS / "post_restore_reassign_ownership.sql"
+TUNING_NAME = "90-trackerdb-restore.conf"
+UPLOAD_CHUNK = 1 << 20
+
+
+# ---- pure builders ----------------------------------------------------------------------------
+
+def staging_name(db: str) -> str:
+    return f"{db}_restore_staging"
+
+
+def replaced_name(db: str, when: datetime) -> str:
+    return f"{db}_replaced_{when.strftime('%Y%m%d%H%M%S')}"
+
+
+def marker_comment(sha256: str, state: str) -> str:
+    return f"{MARKER} sha256={sha256} state={state}"
+
+
+def parse_marker(comment: str | None) -> dict | None:
+    """Our staging marker -> {sha256, state}; anything else (not ours) -> None."""
+    if not comment or not comment.startswith(MARKER + " "):
+        return None
+    return dict(kv.split("=", 1) for kv in comment[len(MARKER) + 1:].split() if "=" in kv)
+
+
+def upload_path(data_mount: str, db: str, sha256: str) -> str:
+    # Named by content: a partial file is always a prefix of this very dump, so resuming is safe.
+    return f"{upload_dir(data_mount)}/{db}-{sha256[:16]}.dump"
+
+
+def upload_dir(data_mount: str) -> str:
+    return f"{data_mount.rstrip('/')}/trackerdb-restore"
+
+
+def tuning_path(postgres_major: int) -> str:
+    return f"/etc/postgresql/{postgres_major}/main/conf.d/{TUNING_NAME}"
+
+
+def restore_tuning(mem_bytes: int) -> dict[str, str]:
+    """Settings that speed a bulk load up and are safe *for the load only* (all reloadable).
+
+    synchronous_commit=off and autovacuum=off are fine because a failed restore is redone from the
+    dump anyway and we ANALYZE at the end; bigger max_wal_size/checkpoint_timeout mean fewer
+    checkpoints (and full-page images) during COPY and index builds.
+    """
+    mem_mb = mem_bytes // (1 << 20)
+    return {
+        "maintenance_work_mem": f"{max(256, min(2048, mem_mb // 4))}MB",
+        "max_wal_size": "4GB",
+        "checkpoint_timeout": "30min",
+        "synchronous_commit": "off",
+        "autovacuum": "off",
+    }
+
+
+def tuning_text(values: dict[str, str]) -> str:
+    return ("# trackerdb restore: temporary, removed when the restore ends (if you find this file, no restore is\n"
+            "# running: delete it and `SELECT pg_reload_conf()`).\n"
+            + "".join(f"{k} = '{v}'\n" for k, v in values.items()))
+
+
+WAL_BYTES_DURING_RESTORE = 4 << 30
+
+
+def create_db_sql(name: str, facts_db: dict, owner_exists: bool) -> str:
+    owner = f" OWNER {sq.ident(facts_db['owner'])}" if owner_exists and facts_db.get("owner") else ""
+    return (f"CREATE DATABASE {sq.ident(name)}{owner} TEMPLATE template0 ENCODING {sq.literal(facts_db.get('encoding', 'UTF8'))} "
+            f"LC_COLLATE {sq.literal(facts_db['collate'])} LC_CTYPE {sq.literal(facts_db['ctype'])};")
+
+
+TARGET_FACTS_SQL = """SELECT json_build_object(
+  'server_version_num', current_setting('server_version_num')::int,
+  'shared_preload_libraries', current_setting('shared_preload_libraries'),
+  'timescaledb_default', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+  'postgis_available', (SELECT coalesce(json_agg(version), '[]'::json) FROM pg_available_extension_versions WHERE name = 'postgis'),
+  'databases', (SELECT coalesce(json_agg(json_build_object('name', d.datname, 'comment', shobj_description(d.oid, 'pg_database'),
+      'sessions', (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'
+                   AND a.pid <> pg_backend_pid()))), '[]'::json) FROM pg_database d),
+  'roles', (SELECT json_agg(rolname) FROM pg_roles),
+  'collations', (SELECT json_agg(DISTINCT collcollate) FROM pg_collation WHERE collcollate IS NOT NULL),
+  'template0_collate', (SELECT datcollate FROM pg_database WHERE datname = 'template0')
+);"""
+
+
+def check_versions(manifest: dict, target: dict) -> None:
+    want = manifest["versions"].get("timescaledb")
+    have = target.get("timescaledb_default")
+    if want and have != want:
+        raise PreflightError(
+            f"TimescaleDB on the target is {have or 'not installed'}, the dump is from {want}",
+            hint=f"install exactly TimescaleDB {want} on the target (set timescaledb_version={want} and re-run "
+                 f"`invoke provision`; Timescale's apt: timescaledb-2-postgresql-<major>={want}~… held), "
+                 "or dump from a source running the target's version")
+    src_major = manifest["versions"]["postgresql_major"]
+    tgt_major = int(target["server_version_num"]) // 10000
+    if tgt_major < src_major:
+        raise PreflightError(f"the target runs PostgreSQL {tgt_major}, older than the dump's source ({src_major})",
+                             hint="restore into the same or a newer PostgreSQL major")
+    if want and "timescaledb" not in target.get("shared_preload_libraries", ""):
+        raise PreflightError("timescaledb is not in the target's shared_preload_libraries",
+                             hint="run `invoke provision` (it configures and restarts PostgreSQL)")
+    gis = manifest["versions"].get("postgis")
+    if gis and gis not in (target.get("postgis_available") or []):
+        raise PreflightError(f"PostGIS {gis} is not installable on the target",
+                             hint=f"install PostGIS {gis} for PostgreSQL {tgt_major} (`invoke provision`)")
+
+
+def check_locale(manifest: dict, target: dict) -> None:
+    db = manifest["facts"]["database"]
+    norm = lambda s: (s or "").lower().replace("-", "")  # noqa: E731  (C.UTF-8 == C.utf8)
+    known = {norm(c) for c in (target.get("collations") or [])} | {norm(target.get("template0_collate")), "c", "posix"}
+    for key in ("collate", "ctype"):
+        if norm(db.get(key)) not in known:
+            raise PreflightError(f"locale {db.get(key)!r} of the source database is not available on the target",
+                                 hint="generate it on the target (locales package) so text sorts the same way")
+
+
+def check_databases(target: dict, db: str, replace: bool) -> dict:
+    """Existing tracker / staging databases -> what to do. Raises when it must not go on."""
+    dbs = {d["name"]: d for d in target.get("databases") or []}
+    staging = staging_name(db)
+    plan = {"tracker_exists": db in dbs, "staging": None}
+    if db in dbs:
+        if parse_marker(dbs[db].get("comment")):
+            pass  # a previous run renamed a ready staging db into place: that *is* a restored tracker
+        if not replace:
+            raise PreflightError(f"database {db!r} already exists on the target",
+                                 hint="pass --replace to keep it renamed as tracker_replaced_<time> and restore a new one")
+        if dbs[db]["sessions"]:
+            raise PreflightError(f"database {db!r} has {dbs[db]['sessions']} client session(s)",
+                                 hint="stop the application (and other clients) first; sessions are never terminated for you")
+    if staging in dbs:
+        marker = parse_marker(dbs[staging].get("comment"))
+        if marker is None:
+            raise PreflightError(f"database {staging!r} exists and is not marked as ours",
+                                 hint="someone else created it: rename or remove it yourself")
+        plan["staging"] = marker
+    return plan
+
+
+def check_space(manifest: dict, avail: int, uploaded: int) -> int:
+    need = toc.space_needed(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], uploaded,
+                            WAL_BYTES_DURING_RESTORE)
+    if avail < need:
+        raise PreflightError(
+            f"the data volume has {toc.human_bytes(avail)} free, the restore needs about {toc.human_bytes(need)}",
+            hint="grow the EBS data volume (and the filesystem) or free space, then re-run")
+    return need
+
+
+# ---- executor ---------------------------------------------------------------------------------
+
+def run_restore(settings, dump_path: str, manifest_path: str | None = None, replace: bool = False, progress=None,
+                dry_run: bool = False, keep_upload: bool = False) -> Outcome:
+    """Restore ``dump_path`` (with its manifest) onto the target as ``settings.database``.
+
+    ``progress(phase, done, total)`` reports upload bytes and restore phases.
+    """
+    out = Outcome(f"restore {settings.database} on {settings.target.name}", dry_run=dry_run)
+    out.stats = {"uploaded_bytes": 0, "warnings": []}
+    say = progress or (lambda *a: None)
+
+    # -- local preflight (no host) --
+    dump = Path(dump_path)
+    if not dump.is_file():
+        raise PreflightError(f"dump {dump} does not exist", hint="run `invoke dump` first or pass the right --dump")
+    manifest = mf.load_manifest(manifest_path or mf.manifest_path_for(dump))
+    with open(dump, "rb") as f:
+        header = toc.parse_archive_header(f.read(16))
+    size = dump.stat().st_size
+    if size != manifest["dump"]["size_bytes"]:
+        raise PreflightError(f"dump is {size} bytes, the manifest says {manifest['dump']['size_bytes']}",
+                             hint="the file is truncated or not the dump this manifest describes: copy it again or re-run `invoke dump`")
+    _, sha = sha256_file(str(dump), progress=lambda d, t: say("checksum", d, size))
+    if sha != manifest["dump"]["sha256"]:
+        raise PreflightError("dump SHA-256 does not match the manifest",
+                             hint="the file was changed or corrupted in transit: copy it again or re-run `invoke dump`")
+    out.add(Step("dump file", False, f"custom archive {header['archive_version']}, {toc.human_bytes(size)}, sha256 ok"))
+
+    db = settings.database
+    staging = staging_name(db)
+    t = Remote(settings.target)
+    psql = Psql(t, settings.pg_port)
+    pg_bin = settings.pg_bin
+    try:
+        # -- target preflight (read-only) --
+        tf = psql.json(TARGET_FACTS_SQL)
+        check_versions(manifest, tf)
+        check_locale(manifest, tf)
+        dbplan = check_databases(tf, db, replace)
+        code, toc_text, err = feed_stdin(t, " ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
+        if code != 0 or not toc_text.strip():
+            raise PreflightError(f"the target's pg_restore cannot read the dump: {_last(err)}",
+                                 hint="the file is damaged or from a newer PostgreSQL than the target's")
+        split = toc.split_toc(toc_text)
+        remote_dump = upload_path(settings.data_mount, db, sha)
+        uploaded = _remote_size(t, remote_dump)
+        if uploaded > size:
+            uploaded = 0
+        ready = bool(dbplan["staging"] and dbplan["staging"].get("sha256") == sha and dbplan["staging"].get("state") == "ready")
+        avail = toc.parse_df_avail(t.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
+        need = 0 if ready else check_space(manifest, avail, uploaded)
+        out.add(Step("preflight", False,
+                     f"TimescaleDB {manifest['versions'].get('timescaledb')} matches; {toc.human_bytes(avail)} free >= "
+                     f"{toc.human_bytes(need)} needed; TOC {split.entries} entries ({len(split.catalog)} catalog, "
+                     f"{len(split.excluded)} excluded)" + ("; staging already complete" if ready else "")))
+
+        if dry_run:
+            for name, detail in _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace):
+                out.add(Step(name, True, detail))
+            return out
+
+        # -- upload --
+        if not ready:
+            out.stats["uploaded_bytes"] = _upload(t, str(dump), remote_dump, size, uploaded, say)
+            out.add(Step("upload", out.stats["uploaded_bytes"] > 0,
+                         f"{toc.human_bytes(out.stats['uploaded_bytes'])} sent (resumed at {toc.human_bytes(uploaded)})"
+                         if uploaded else f"{toc.human_bytes(out.stats['uploaded_bytes'])} sent"))
+            remote_sha = t.run(["sha256sum", remote_dump], sudo=True, timeout=3600).stdout.split()[0]
+            if remote_sha != sha:
+                t.run(["rm", "-f", remote_dump], sudo=True)
+                raise HostError("the uploaded dump's SHA-256 on the target differs from the local file",
+                                hint="the partial upload was removed; re-run to upload it again")
+            out.add(Step("checksum on target", False, "sha256 matches"))
+            _restore_into_staging(settings, t, psql, manifest, split, remote_dump, sha, dbplan, tf, out, say)
+
+        # -- into place --
+        _swap_into_place(settings, psql, manifest, replace and dbplan["tracker_exists"], out, say)
+        if not keep_upload:
+            t.run(["rm", "-f", remote_dump, remote_dump + ".catalog.list", remote_dump + ".rest.list"], sudo=True, check=False)
+        return out
+    finally:
+        t.close()
+
+
+def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace):
+    db = settings.database
+    staging = staging_name(db)
+    if not ready:
+        yield "upload", f"{remote_dump}: {toc.human_bytes(size - uploaded)} to send (resume at {uploaded})"
+        missing = [r["name"] for r in manifest["facts"].get("roles", [])]
+        yield "roles", f"create if missing: {', '.join(missing) or 'none'}"
+        if dbplan["staging"]:
+            yield "staging", f"recreate our leftover {staging}"
+        yield "staging", f"CREATE DATABASE {staging}; CREATE EXTENSION timescaledb; timescaledb_pre_restore()"
+        yield "restore tuning", f"{tuning_path(settings.postgres_major)} for the restore, removed afterwards"
+        yield "pg_restore", "_timescaledb_catalog serially, then the rest with -j"
+        yield "post restore", "timescaledb_post_restore(); ownership to owner role; db settings + grants; ANALYZE"
+    if replace and dbplan["tracker_exists"]:
+        yield "keep old", f"ALTER DATABASE {db} RENAME TO {db}_replaced_<time> (never dropped)"
+    yield "into place", f"ALTER DATABASE {staging} RENAME TO {db}"
+
+
+def _remote_size(t, path: str) -> int:
+    r = t.run(["stat", "-c", "%s", path], sudo=True, check=False)
+    return int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else 0
+
+
+def _upload(t, local: str, remote: str, size: int, offset: int, say) -> int:
+    """Append the rest of ``local`` to ``remote`` over SFTP. Returns the bytes sent by this run."""
+    d = remote.rsplit("/", 1)[0]
+    user = t.spec.user
+    # setgid dir owned by the SSH user, group postgres: we write, pg_restore (postgres) reads.
+    t.run(["install", "-d", "-m", "2750", "-o", user, "-g", "postgres", d], sudo=True)
+    if offset == 0:
+        t.run(["rm", "-f", remote], sudo=True)
+    if offset >= size:
+        return 0
+    sent = 0
+    try:
+        sftp = t._connect().sftp()
+        with open(local, "rb") as f, sftp.open(remote, "ab") as rf:
+            rf.set_pipelined(True)
+            f.seek(offset)
+            while True:
+                data = f.read(UPLOAD_CHUNK)
+                if not data:
+                    break
+                rf.write(data)
+                sent += len(data)
+                say("upload", offset + sent, size)
+        sftp.chmod(remote, 0o640)
+        sftp.close()
+    except HostError:
+        raise
+    except Exception as exc:  # paramiko SSHException/EOFError/OSError when the connection drops
+        raise HostError(f"upload interrupted after {offset + sent} of {size} bytes ({exc.__class__.__name__})",
+                        hint="re-run the same command: the upload continues from where it stopped") from None
+    return sent
+
+
+def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump, sha, dbplan, tf, out: Outcome, say):
+    db = settings.database
+    staging = staging_name(db)
+    facts = manifest["facts"]
+    owner = settings.owner_role
+
+    # roles
+    existing = set(tf.get("roles") or [])
+    roles = list(facts.get("roles") or [])
+    if owner not in {r["name"] for r in roles}:
+        roles.append({"name": owner, "login": True, "superuser": False})
+    stmts = sq.missing_roles_sql(roles, existing)
+    if stmts:
+        psql.run("\n".join(stmts))
+    out.add(Step("roles", bool(stmts), "; ".join(stmts) if stmts else "all present"))
+
+    # staging: a leftover one is ours (checked in preflight) and is rebuilt from scratch
+    if dbplan["staging"]:
+        psql.run(f"DROP DATABASE IF EXISTS {sq.ident(staging)} WITH (FORCE);")
+        out.add(Step("leftover staging", True, f"dropped our unfinished {staging} (state={dbplan['staging'].get('state')})"))
+    psql.run(create_db_sql(staging, facts["database"], True) + "\n"
+             + f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(sha, 'loading'))};")
+    ts_version = manifest["versions"].get("timescaledb")
+    pre = []
+    if ts_version:
+        pre = [f"CREATE EXTENSION IF NOT EXISTS timescaledb VERSION {sq.literal(ts_version)};",
+               "SELECT timescaledb_pre_restore();"]
+        psql.run("\n".join(pre), staging)
+    out.add(Step("staging", True, f"{staging} created" + (", timescaledb_pre_restore()" if pre else ""), pre))
+
+    lists = {}
+    for name, lines in (("catalog", split.catalog), ("rest", split.rest)):
+        lists[name] = f"{remote_dump}.{name}.list"
+        t.write_file(lists[name], toc.list_file_text(lines), mode="0640", owner="postgres")
+
+    nproc = int(t.run(["nproc"]).stdout.strip() or 1)
+    mem = _mem_bytes(t)
+    tune = restore_tuning(mem)
+    tpath = tuning_path(settings.postgres_major)
+    warnings: list[str] = []
+    try:
+        t.write_file(tpath, tuning_text(tune), mode="0644", owner="postgres")
+        psql.run("SELECT pg_reload_conf();")
+        out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())))
+        jobs = toc.restore_jobs(nproc)
+        for phase, lst, j in (("catalog", lists["catalog"], 1), ("data", lists["rest"], jobs)):
+            say(f"pg_restore {phase}", 0, None)
+            started = time.time()
+            cmd = toc.pg_restore_cmd(settings.pg_bin, staging, remote_dump, port=settings.pg_port, list_file=lst, jobs=j)
+            r = t.run(cmd, user="postgres", check=False)
+            errors = toc.parse_restore_errors(r.stderr)
+            bad = [e for e in errors if not e.allowed]
+            if bad:
+                raise HostError(f"pg_restore ({phase}) failed with {len(bad)} error(s), first: {bad[0].one_line()[:300]}",
+                                hint=f"{db!r} was not touched; fix the cause and re-run (the staging database is rebuilt)")
+            if r.exit_code != 0 and not errors:
+                raise HostError(f"pg_restore ({phase}) stopped (exit {r.exit_code}): {_last(r.stderr)}",
+                                hint=f"{db!r} was not touched; re-run to start the staging restore over")
+            warnings += [f"{e.allowed}: {e.one_line()}" for e in errors]
+            out.add(Step(f"pg_restore {phase}", True, f"{'serial' if j == 1 else f'-j {j}'}, {time.time() - started:.1f}s"
+                         + (f", {len(errors)} known-harmless message(s)" if errors else ""), [" ".join(cmd)]))
+    finally:
+        t.run(["rm", "-f", tpath], sudo=True, check=False)
+        psql.run("SELECT pg_reload_conf();", check=False)
+    out.add(Step("restore tuning removed", True, tpath))
+    out.stats["warnings"] = warnings
+
+    if ts_version:
+        psql.run("SELECT timescaledb_post_restore();", staging)
+        out.add(Step("timescaledb_post_restore", True, "background workers restarted, restoring=off"))
+
+    from .verify import not_owned_sql
+
+    before = psql.json(not_owned_sql(owner), staging) or []
+    psql.run(OWNERSHIP_SQL.read_text(), staging, variables={"owner": owner})
+    after = psql.json(not_owned_sql(owner), staging) or []
+    if after:
+        raise HostError(f"{len(after)} object(s) still not owned by {owner} after the ownership script, e.g. {after[0]}",
+                        hint="extend scripts/post_restore_reassign_ownership.sql for that object type; re-run")
+    out.add(Step("ownership", bool(before), f"{len(before)} object(s) reassigned to {owner}"))
+
+    stmts = [f"ALTER DATABASE {sq.ident(staging)} OWNER TO {sq.ident(facts['database']['owner'])};"]
+    stmts += sq.db_settings_sql(staging, facts.get("db_settings") or {})
+    stmts += sq.db_grants_sql(staging, facts.get("db_grants") or [], facts["database"].get("acl_is_default", True))
+    psql.run("\n".join(stmts))
+    out.add(Step("database settings + grants", True, f"{len(stmts)} statement(s)", stmts))
+
+    vac = [f"{settings.pg_bin}/vacuumdb", "-p", str(settings.pg_port), "--analyze-only", "-j", str(toc.restore_jobs(nproc)), "-d", staging]
+    t.run(vac, user="postgres")
+    out.add(Step("analyze", True, "vacuumdb --analyze-only"))
+    psql.run(f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(manifest['dump']['sha256'], 'ready'))};")
+
+
+def _swap_into_place(settings, psql: Psql, manifest, replace_existing: bool, out: Outcome, say):
+    db = settings.database
+    staging = staging_name(db)
+    ts = bool(manifest["versions"].get("timescaledb"))
+    if replace_existing:
+        old = replaced_name(db, datetime.now(timezone.utc))
+        _rename_quiet(psql, db, old, ts)
+        out.add(Step("keep old database", True, f"{db} renamed to {old} (not dropped)"))
+    _rename_quiet(psql, staging, db, ts)
+    comment = manifest["facts"]["database"].get("comment")
+    psql.run(f"COMMENT ON DATABASE {sq.ident(db)} IS {sq.literal(comment) if comment else 'NULL'};")
+    if ts:
+        psql.run("SELECT _timescaledb_functions.start_background_workers();", db)
+    out.add(Step("into place", True, f"{staging} renamed to {db}"))
+
+
+def _rename_quiet(psql: Psql, frm: str, to: str, ts: bool, attempts: int = 20) -> None:
+    """Rename a database. Only TimescaleDB's own background workers in it are stopped; a client
+    session in it aborts the rename (we never terminate other people's sessions)."""
+    if ts:
+        psql.run("SELECT _timescaledb_functions.stop_background_workers();", frm, check=False)
+    sessions_sql = (f"SELECT json_agg(json_build_object('pid', pid, 'type', backend_type)) FROM pg_stat_activity "
+                    f"WHERE datname = {sq.literal(frm)} AND pid <> pg_backend_pid();")
+    for _ in range(attempts):
+        sessions = psql.json(sessions_sql) or []
+        clients = [s for s in sessions if not s["type"].startswith("TimescaleDB")]
+        if clients and not frm.endswith("_restore_staging"):
+            raise HostError(f"database {frm!r} has {len(clients)} session(s); it cannot be renamed",
+                            hint="stop the application and other clients, then re-run (the restored staging database is kept)")
+        for s in sessions:  # Timescale workers, or leftovers of our own restore in our staging db
+            psql.run(f"SELECT pg_terminate_backend({int(s['pid'])});", check=False)
+        r = psql.run(f"ALTER DATABASE {sq.ident(frm)} RENAME TO {sq.ident(to)};", check=False)
+        if r.ok:
+            return
+        if "is being accessed by other users" not in r.stderr:
+            raise HostError(f"cannot rename {frm} to {to}: {_last(r.stderr)}", hint="see the message")
+        time.sleep(0.5)
+    raise HostError(f"database {frm!r} stayed busy; it cannot be renamed", hint="find who is connected (pg_stat_activity) and re-run")
+
+
+def _mem_bytes(t) -> int:
+    r = t.run(["grep", "MemTotal", "/proc/meminfo"], check=False)
+    m = re.search(r"(\d+)", r.stdout)
+    return int(m.group(1)) * 1024 if m else 4 << 30
+
+
+def _last(text: str) -> str:
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def describe(outcome: Outcome) -> str:
+    return json.dumps(outcome.to_dict() | {"stats": getattr(outcome, "stats", {})}, indent=2)
+
+
+__all__ = ["run_restore", "OpsError"]

@@ -1,0 +1,284 @@
+"""Verify the restored database: runbook §4 and §6 plus the manifest. The result decides a cutover.
+
+Checks read as properties of nouns (testinfra style) and never use ``assert``: each is a
+``Check(name, ok, observed, expected)``. ``compare_facts`` is pure (facts in, checks out); the
+executor reads facts from the target (and, with ``against_source``, live from the source).
+"""
+
+from __future__ import annotations
+
+from ..errors import OpsError
+from ..remote import Remote
+from ..steps import Check
+from . import manifest as mf
+from . import sqltext as sq
+from .psql import Psql
+from .restore import parse_marker, staging_name, tuning_path
+
+SERVER_SQL = """SELECT json_build_object(
+  'version', current_setting('server_version'),
+  'shared_preload_libraries', current_setting('shared_preload_libraries'),
+  'databases', (SELECT json_agg(json_build_object('name', datname, 'comment', shobj_description(oid, 'pg_database'))) FROM pg_database),
+  'restoring', (SELECT coalesce(json_agg(c), '[]'::json) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase,
+                unnest(s.setconfig) c WHERE c LIKE 'timescaledb.restoring=%%' AND d.datname = %(db)s),
+  'schedulers', (SELECT count(*) FROM pg_stat_activity WHERE datname = %(db)s
+                 AND backend_type = 'TimescaleDB Background Worker Scheduler')
+);"""
+
+
+def server_sql(db: str) -> str:
+    return SERVER_SQL.replace("%%", "%").replace("%(db)s", sq.literal(db))
+
+
+def not_owned_sql(owner: str) -> str:
+    """Objects of the application's schemas (and TimescaleDB chunks) not owned by ``owner``, as JSON."""
+    o = sq.literal(owner)
+    ns = (f"n.nspname !~ '{mf.SYSTEM_SCHEMA_RE}' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE "
+          "d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')")
+    ext = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
+    return f"""SELECT coalesce(json_agg(x ORDER BY x), '[]'::json) FROM (
+  SELECT 'schema ' || n.nspname AS x FROM pg_namespace n
+    WHERE {ns} AND n.nspname <> 'public' AND pg_get_userbyid(n.nspowner) <> {o}
+  UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE {ns} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {ext.format(c='pg_class', o='c.oid')}
+      AND pg_get_userbyid(c.relowner) <> {o}
+  UNION ALL SELECT 'chunk ' || n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r' AND pg_get_userbyid(c.relowner) <> {o}
+  UNION ALL SELECT 'routine ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE {ns} AND {ext.format(c='pg_proc', o='p.oid')} AND pg_get_userbyid(p.proowner) <> {o}
+  UNION ALL SELECT 'type ' || n.nspname || '.' || t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    LEFT JOIN pg_class c ON c.oid = t.typrelid
+    WHERE {ns} AND (t.typtype IN ('d', 'e', 'r') OR (t.typtype = 'c' AND c.relkind = 'c'))
+      AND {ext.format(c='pg_type', o='t.oid')} AND pg_get_userbyid(t.typowner) <> {o}
+) s;"""
+
+
+# ---- pure comparison ------------------------------------------------------------------------
+
+def _fmt(v) -> str:
+    return "" if v is None else str(v)
+
+
+def compare_facts(expected: dict, observed: dict, source_label: str = "manifest") -> list[Check]:
+    """Every comparison between the source's facts (manifest or live) and the target's."""
+    checks: list[Check] = []
+    for ext in ("timescaledb", "postgis"):
+        want = mf.extension_version(expected, ext)
+        if want:
+            have = mf.extension_version(observed, ext)
+            checks.append(Check(f"extension {ext} version", have == want, _fmt(have), want, source_label))
+    want_s, have_s = set(expected.get("schemas") or []), set(observed.get("schemas") or [])
+    checks.append(Check("schemas present", want_s <= have_s, ", ".join(sorted(have_s)), ", ".join(sorted(want_s))))
+
+    have_t = {(t["schema"], t["name"]): t["rows"] for t in observed.get("tables") or []}
+    want_t = {(t["schema"], t["name"]): t["rows"] for t in expected.get("tables") or []}
+    for key, rows in sorted(want_t.items()):
+        got = have_t.get(key)
+        checks.append(Check(f"table {key[0]}.{key[1]} rows", got == rows, "missing" if got is None else str(got), str(rows)))
+    extra = sorted(set(have_t) - set(want_t))
+    checks.append(Check("no unexpected tables", not extra, ", ".join(f"{s}.{n}" for s, n in extra) or "none", "none"))
+
+    def ht_key(h):
+        return f"{h['schema']}.{h['name']}"
+
+    have_h = {ht_key(h): h for h in observed.get("hypertables") or []}
+    want_h = {ht_key(h): h for h in expected.get("hypertables") or []}
+    checks.append(Check("hypertables match", set(have_h) == set(want_h), ", ".join(sorted(have_h)) or "none",
+                        ", ".join(sorted(want_h)) or "none"))
+    for name, h in sorted(want_h.items()):
+        got = have_h.get(name)
+        if got is None:
+            continue
+        dims_ok = _dims(got) == _dims(h)
+        checks.append(Check(f"hypertable {name} dimensions", dims_ok, _dims_text(got), _dims_text(h)))
+        checks.append(Check(f"hypertable {name} chunks", got.get("num_chunks") == h.get("num_chunks"),
+                            _fmt(got.get("num_chunks")), _fmt(h.get("num_chunks"))))
+
+    have_c = {f"{c['schema']}.{c['name']}" for c in observed.get("continuous_aggregates") or []}
+    want_c = {f"{c['schema']}.{c['name']}" for c in expected.get("continuous_aggregates") or []}
+    checks.append(Check("continuous aggregates match", have_c == want_c, ", ".join(sorted(have_c)) or "none",
+                        ", ".join(sorted(want_c)) or "none"))
+
+    have_j = {(j["proc"], j.get("hypertable")): j for j in observed.get("jobs") or []}
+    for j in expected.get("jobs") or []:
+        got = have_j.get((j["proc"], j.get("hypertable")))
+        label = f"job {j['proc']}" + (f" on {j['hypertable']}" if j.get("hypertable") else "")
+        ok = got is not None and got.get("scheduled") == j.get("scheduled") and got.get("schedule_interval") == j.get("schedule_interval")
+        checks.append(Check(f"{label} scheduled", ok, "missing" if got is None else
+                            f"scheduled={got.get('scheduled')} every {got.get('schedule_interval')}",
+                            f"scheduled={j.get('scheduled')} every {j.get('schedule_interval')}"))
+
+    have_q = {(s["schema"], s["name"]): s["last_value"] for s in observed.get("sequences") or []}
+    for s in expected.get("sequences") or []:
+        key = (s["schema"], s["name"])
+        got = have_q.get(key, "missing")
+        ok = got != "missing" and (got or 0) >= (s["last_value"] or 0)
+        checks.append(Check(f"sequence {key[0]}.{key[1]} >= source", ok, _fmt(got), f">= {_fmt(s['last_value'])}"))
+
+    want_set = expected.get("db_settings") or {}
+    have_set = observed.get("db_settings") or {}
+    missing = [f"{r or '*'}: {v}" for r, vals in want_set.items() for v in vals if v not in (have_set.get(r) or [])]
+    checks.append(Check("database settings present", not missing, "missing: " + "; ".join(missing) if missing else "all present",
+                        "; ".join(f"{r or '*'}: {v}" for r, vals in want_set.items() for v in vals) or "none"))
+    want_db, have_db = expected.get("database") or {}, observed.get("database") or {}
+    if not want_db.get("acl_is_default", True):
+        want_g = {(g["grantee"], g["privilege"]) for g in expected.get("db_grants") or []}
+        have_g = {(g["grantee"], g["privilege"]) for g in observed.get("db_grants") or []}
+        missing_g = sorted(want_g - have_g)
+        checks.append(Check("database grants present", not missing_g and not have_db.get("acl_is_default", True),
+                            "missing: " + ", ".join(f"{p} to {g}" for g, p in missing_g) if missing_g else "all present",
+                            ", ".join(f"{p} to {g}" for g, p in sorted(want_g))))
+    else:
+        checks.append(Check("database grants present", True, "default ACL", "default ACL"))
+    if want_db.get("owner"):
+        checks.append(Check("database owner", have_db.get("owner") == want_db["owner"], _fmt(have_db.get("owner")), want_db["owner"]))
+    return checks
+
+
+def _dims(h: dict) -> list[tuple]:
+    return [(d.get("column"), d.get("type"), d.get("time_interval"), d.get("integer_interval"), d.get("num_partitions"))
+            for d in h.get("dimensions") or []]
+
+
+def _dims_text(h: dict) -> str:
+    return "; ".join(f"{c} {t} {ti or ii or np or ''}".strip() for c, t, ti, ii, np in _dims(h))
+
+
+def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool, ts_expected: bool, jobs_expected: int) -> list[Check]:
+    checks = [Check("postgresql up", True, server.get("version", ""), "answers queries")]
+    spl = server.get("shared_preload_libraries", "")
+    checks.append(Check("timescaledb in shared_preload_libraries", "timescaledb" in spl, spl, "contains timescaledb"))
+    names = {d["name"]: d for d in server.get("databases") or []}
+    checks.append(Check(f"database {db} exists", db in names, "present" if db in names else "missing", "present"))
+    if db in names:
+        checks.append(Check(f"database {db} is not a staging leftover", parse_marker(names[db].get("comment")) is None,
+                            names[db].get("comment") or "no marker", "no trackerdb staging marker"))
+    checks.append(Check("timescaledb restore mode off", not server.get("restoring"),
+                        ", ".join(server.get("restoring") or []) or "off", "off (timescaledb_post_restore ran)"))
+    checks.append(Check("no staging database left", not staging_exists, "present" if staging_exists else "none", "none"))
+    checks.append(Check("restore-time settings removed", not tuning_left, "present" if tuning_left else "none", "none"))
+    if ts_expected:
+        n = int(server.get("schedulers") or 0)
+        checks.append(Check("timescale job scheduler running", n >= 1 or jobs_expected == 0, f"{n} scheduler(s)",
+                            ">= 1" if jobs_expected else ">= 0 (no jobs)"))
+    return checks
+
+
+# ---- executor -------------------------------------------------------------------------------
+
+def run_verify(settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
+               app_login: bool = True) -> list:
+    """All checks against the target. Expected facts: the manifest, or live from the source."""
+    db = settings.database
+    checks: list[Check] = []
+    t = Remote(settings.target)
+    try:
+        psql = Psql(t, settings.pg_port)
+        try:
+            server = psql.json(server_sql(db))
+        except OpsError as exc:
+            return [Check("postgresql up", False, exc.one_line()[:200], "answers queries")]
+        observed = mf.collect_facts(psql, db) if any(d["name"] == db for d in server.get("databases") or []) else None
+        expected = None
+        label = "manifest"
+        if against_source:
+            src = Remote(settings.require_source())
+            try:
+                expected = mf.collect_facts(Psql(src, settings.pg_port), db)
+            finally:
+                src.close()
+            label = "live source"
+        elif manifest is not None:
+            expected = mf.validate_manifest(manifest)["facts"]
+        staging_exists = any(d["name"] == staging_name(db) for d in server.get("databases") or [])
+        tuning_left = t.exists(tuning_path(settings.postgres_major))
+        jobs_expected = len((expected or {}).get("jobs") or [])
+        checks += server_checks(server, db, staging_exists, tuning_left, True, jobs_expected)
+        if observed is None:
+            return checks
+        want_ts = mf.extension_version(expected, "timescaledb") if expected else settings.timescaledb_version
+        want_gis = mf.extension_version(expected, "postgis") if expected else settings.postgis_version
+        if expected is None:
+            for ext, want in (("timescaledb", want_ts), ("postgis", want_gis)):
+                have = mf.extension_version(observed, ext)
+                checks.append(Check(f"extension {ext} version", have == want, _fmt(have), _fmt(want), "settings"))
+            checks.append(Check("manifest comparison", False, "no manifest given", "--manifest or --against-source"))
+        else:
+            checks += compare_facts(expected, observed, label)
+        offenders = psql.json(not_owned_sql(settings.owner_role), db) or []
+        checks.append(Check(f"everything owned by {settings.owner_role}", not offenders,
+                            f"{len(offenders)} not owned" + (f", e.g. {', '.join(offenders[:3])}" if offenders else ""), "0 not owned"))
+        if app_login:
+            checks.append(app_login_check(settings, expected or observed))
+    finally:
+        t.close()
+    checks.append(wal_archiving_check(settings, expect_backrest))
+    return checks
+
+
+def probe_table(facts: dict) -> tuple[str, str] | None:
+    """The table the login probe writes to: the biggest hypertable, else the biggest table with rows."""
+    rows = {(t["schema"], t["name"]): t["rows"] for t in facts.get("tables") or []}
+    hts = [(h["schema"], h["name"]) for h in facts.get("hypertables") or [] if rows.get((h["schema"], h["name"]))]
+    pool = hts or [k for k, v in rows.items() if v]
+    return max(pool, key=lambda k: rows.get(k, 0)) if pool else None
+
+
+def app_login_check(settings, facts: dict) -> Check:
+    """The application role logs in over the network (TCP, its password) and writes a row, rolled back."""
+    import psycopg
+
+    from ..secrets import fetch_secret, mask
+
+    name = f"{settings.owner_role} logs in over the network and writes"
+    target = probe_table(facts)
+    try:
+        secret = fetch_secret(settings, settings.app_secret_name)
+    except OpsError as exc:
+        return Check(name, False, exc.one_line(), "login + write")
+    host = settings.target.address
+    try:
+        with psycopg.connect(host=host, port=settings.pg_port, dbname=settings.database, user=settings.owner_role,
+                             password=secret.reveal(), connect_timeout=10, sslmode="prefer",
+                             application_name="trackerdb-verify") as conn:
+            with conn.cursor() as cur:
+                if target is None:
+                    cur.execute("CREATE TEMP TABLE trackerdb_verify_probe (x int)")
+                    cur.execute("INSERT INTO trackerdb_verify_probe VALUES (1)")
+                    evidence = "temp table insert (no table with rows)"
+                else:
+                    rel = f"{sq.ident(target[0])}.{sq.ident(target[1])}"
+                    cur.execute("SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+                                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
+                                (f"{target[0]}.{target[1]}",))
+                    cols = cur.fetchone()[0]
+                    try:
+                        cur.execute(f"INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {rel} LIMIT 1")
+                        evidence = f"inserted {cur.rowcount} row into {target[0]}.{target[1]}, rolled back"
+                    except psycopg.errors.UniqueViolation:
+                        # the heap insert happened and was refused at the unique index: privileges and write path ok
+                        evidence = f"insert into {target[0]}.{target[1]} reached its unique index (duplicate of a copied row), rolled back"
+            conn.rollback()
+        ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
+        return Check(name, True, f"{host}:{settings.pg_port} ({ssl}); {evidence}", "login + write")
+    except psycopg.Error as exc:
+        msg = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__, secret)
+        return Check(name, False, msg[:200], "login + write")
+
+
+def wal_archiving_check(settings, expect_backrest: bool) -> Check:
+    try:
+        from ..backrest import ops as backrest_ops  # built by the pgBackRest area; optional here
+    except ImportError:
+        return Check("WAL archiving healthy (pgBackRest)", not expect_backrest, "not configured",
+                     "backrest check passes" if expect_backrest else "skipped")
+    if not expect_backrest:
+        return Check("WAL archiving healthy (pgBackRest)", True, "skipped (--no-backrest)", "skipped")
+    try:
+        sub = backrest_ops.check(settings)
+    except OpsError as exc:
+        return Check("WAL archiving healthy (pgBackRest)", False, exc.one_line()[:200], "backrest check passes")
+    bad = [c for c in sub if not c.ok]
+    return Check("WAL archiving healthy (pgBackRest)", not bad,
+                 "; ".join(f"{c.name}: {c.observed}" for c in bad)[:300] or f"{len(sub)} backrest checks ok",
+                 "backrest check passes")
