@@ -115,13 +115,13 @@ SELECT d.id,
        t.ts,
        t.ts + make_interval(secs => floor(1 + {rnd(key, 11)} * 30)),
        ST_SetSRID(ST_MakePoint(
-           round((d.home_lon + d.radius * cos(t.angle) + ({rnd(key, 12)} - 0.5) * 0.001)::numeric, 6)::float8,
-           round((d.home_lat + d.radius * sin(t.angle) + ({rnd(key, 13)} - 0.5) * 0.001)::numeric, 6)::float8
+           round((d.home_lon + d.radius * cos(t.angle) + ({rnd(key, 12)} - 0.5) * 0.001) * 1e6) / 1e6,
+           round((d.home_lat + d.radius * sin(t.angle) + ({rnd(key, 13)} - 0.5) * 0.001) * 1e6) / 1e6
        ), 4326)::geography,
-       CASE WHEN t.parked THEN 0 ELSE round((5 + {rnd(key, 14)} * 95)::numeric, 1)::real END,
+       CASE WHEN t.parked THEN 0 ELSE (round((5 + {rnd(key, 14)} * 95) * 10) / 10)::real END,
        floor({rnd(key, 15)} * 360)::smallint,
-       round((20 + {rnd(key, 16)} * 400)::numeric, 1)::real,
-       round((2 + {rnd(key, 17)} * 25)::numeric, 1)::real,
+       (round((20 + {rnd(key, 16)} * 400) * 10) / 10)::real,
+       (round((2 + {rnd(key, 17)} * 25) * 10) / 10)::real,
        greatest(1, 100 - (n % {REPORTS_PER_DAY}) * 80 / {REPORTS_PER_DAY} - floor({rnd(key, 18)} * 5))::smallint,
        (4 + floor({rnd(key, 19)} * 12))::smallint,
        NOT t.parked
@@ -358,7 +358,10 @@ SELECT setval(pg_get_serial_sequence('tracker.devices', 'id'), {sz.devices});
 SELECT setval(pg_get_serial_sequence('tracker.geofences', 'id'), {sz.geofences});
 SELECT setval('tracker.device_event_id_seq', {sz.devices * EVENTS_PER_DEVICE});
 
--- 6. Indexes and constraints after the load (faster than maintaining them row by row).
+-- 6. Vacuum the heaps before the big indexes exist (sets hint bits and the visibility map without
+-- a full GiST cleanup scan), then build indexes and constraints in one pass each, then analyze.
+VACUUM tracker.devices, tracker.geofences, tracker.device_geofences,
+       tracker.location_reports, tracker.device_events;
 CREATE UNIQUE INDEX location_reports_device_time ON tracker.location_reports (device_id, reported_at DESC);
 CREATE INDEX location_reports_time ON tracker.location_reports (reported_at DESC);
 CREATE INDEX location_reports_geog_gist ON tracker.location_reports USING gist (geog);
@@ -424,8 +427,8 @@ ALTER DATABASE {DB} SET idle_in_transaction_session_timeout = '10min';
 ALTER DATABASE {DB} SET search_path = "$user", public, tracker;
 ALTER DATABASE {DB} SET tracker.app_name = 'tracker-api';
 
-VACUUM (ANALYZE) tracker.devices, tracker.geofences, tracker.device_geofences,
-                 tracker.location_reports, tracker.device_events;
+ANALYZE tracker.devices, tracker.geofences, tracker.device_geofences,
+        tracker.location_reports, tracker.device_events;
 """
 
 
