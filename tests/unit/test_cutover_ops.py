@@ -135,3 +135,15 @@ def test_cutover_manifest_drops_only_our_freeze(settings, prior, expected):
     m = {"facts": {"db_settings": settings}}
     assert ph.cutover_manifest(m, prior)["facts"]["db_settings"] == expected
     assert m["facts"]["db_settings"] == settings  # the original is untouched
+
+
+@pytest.mark.parametrize("observed, ours", [
+    ("missing: *: default_transaction_read_only=on", True),
+    ("missing: *: default_transaction_read_only=on; *: search_path=tracker", False),
+    ("all present", False),
+])
+def test_only_our_freeze_is_an_expected_difference_live(observed, ours):
+    from trackerdb.steps import Check
+
+    assert ph._is_our_freeze(Check("database settings present", False, observed, "x")) is ours
+    assert ph._is_our_freeze(Check("table x rows", False, observed, "x")) is False

@@ -184,20 +184,31 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
 
 
 def _bytes_progress(ctx: Ctx, label: str, every_s: float = 5.0):
-    """Byte/step progress from the migrate area, at most one line every few seconds."""
-    last = [0.0]
+    """Byte/step progress from the migrate area: every new step, and at most one line every few seconds."""
+    last = {"t": 0.0, "label": None}
 
     def report(done=None, total=None):
         now = time.monotonic()
-        if now - last[0] < every_s and not (total and done == total):
+        if label == last["label"] and now - last["t"] < every_s and not (total and done == total):
             return
-        last[0] = now
+        last["t"], last["label"] = now, label
         if isinstance(done, (int, float)) and total:
             ctx.say(f"{label}: {done / 1048576:.1f}/{total / 1048576:.1f} MiB ({100 * done / total:.0f}%)")
-        elif isinstance(done, (int, float)):
+        elif isinstance(done, (int, float)) and done:
             ctx.say(f"{label}: {done / 1048576:.1f} MiB")
         else:
             ctx.say(label)
+    return report
+
+
+def _step_progress(ctx: Ctx):
+    reporters: dict = {}
+
+    def report(what, done=None, total=None):
+        key = str(what)
+        if key not in reporters:
+            reporters[key] = _bytes_progress(ctx, key)
+        reporters[key](done, total)
     return report
 
 
@@ -249,7 +260,7 @@ def restore(ctx: Ctx, resume: bool) -> dict:
         if failed is not None and not failed:
             return {"resumed": "target already matches this dump's manifest"}
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
-                          progress=lambda what, done=None, total=None: _bytes_progress(ctx, str(what))(done, total))
+                          progress=_step_progress(ctx))
     steps = getattr(outcome, "steps", [])
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50]}
 
@@ -270,9 +281,12 @@ def _verify_failures(ctx: Ctx, against_source: bool):
 
 
 def _is_our_freeze(check) -> bool:
-    """Live against the frozen source, the source's database settings show our own read-only flag."""
-    text = f"{check.name} {check.observed} {check.expected}"
-    return READ_ONLY_SETTING in text and "setting" in check.name.lower()
+    """Live against the frozen source, its database settings show our own read-only flag, which the
+    target must not have: that difference (and only that one) is expected."""
+    if check.name != "database settings present" or not str(check.observed).startswith("missing: "):
+        return False
+    missing = str(check.observed)[len("missing: "):].split("; ")
+    return all(READ_ONLY_SETTING in m for m in missing)
 
 
 def verify(ctx: Ctx, resume: bool) -> dict:
