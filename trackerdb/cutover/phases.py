@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import HostError, OpsError, PreflightError, VerifyError
+from ..errors import OpsError, PreflightError, VerifyError
 from . import freeze as fz
 from . import switch as sw
 from .journal import Journal
@@ -84,20 +84,8 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     if sfacts["read_only_setting"] and sfacts["read_only_setting"].endswith("=on"):
         raise PreflightError(f"{s.database} on the source is already read-only and this journal did not do it",
                              hint="another cutover may be running; find its journal, or run `invoke rollback` with it")
-    versions = _versions(src, s.database), _available(tgt)
-    ts_src = versions[0].get("timescaledb")
-    ts_tgt = versions[1].get("timescaledb")
-    if ts_src != ts_tgt:
-        problems.append(f"TimescaleDB on the target is {ts_tgt or 'not installed'}, the source's is {ts_src} "
-                        "(pg_restore needs exactly the same version: `invoke provision` with that version)")
-    if versions[0].get("postgis") and not versions[1].get("postgis"):
-        problems.append("PostGIS is not available on the target (`invoke provision`)")
-    if "timescaledb" not in (versions[1].get("preload") or ""):
-        problems.append("timescaledb is not in the target's shared_preload_libraries (`invoke provision`)")
-    free = versions[1].get("free_bytes")
-    need = int(sfacts_size(src, s.database) * 1.5)
-    if free is not None and free < need:
-        problems.append(f"target data volume has {free >> 20} MiB free, the restore needs about {need >> 20} MiB")
+    restore_pre = _restore_preflight(ctx)
+    problems += restore_pre.pop("problems", [])
     try:
         switcher = sw.make(s)
         current = switcher.current()
@@ -107,60 +95,64 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     new = sw.new_value(s)
     if current is not None and current == new:
         problems.append(f"the application already points at {new} ({switcher.describe()})")
-    restore_pre = _restore_preflight(ctx)
-    problems += restore_pre.get("problems", [])
+    problems += _archiving_and_secret_problems(s)
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
     ctx.say(rollback_decision_point(ctx.journal.path))
-    return {"source_tracker_sessions": sfacts["sessions"], "timescaledb": ts_src, "switch_current": current,
-            "switch_new": new, "target_free_bytes": free, "target_has_tracker": versions[1].get("has_tracker"),
-            **{k: v for k, v in restore_pre.items() if k != "problems"}}
+    return {"source_tracker_sessions": sfacts["sessions"], "switch_current": current, "switch_new": new, **restore_pre}
 
 
-def sfacts_size(src, db: str) -> int:
-    r = query_json(src, f"SELECT to_json(pg_database_size({_lit(db)}))")
-    return int(r or 0)
+def _archiving_and_secret_problems(s) -> list[str]:
+    """Verify (phase 5) and post-cutover (phase 7) need WAL archiving and the app's password: know now."""
+    from ..backrest import ops as backrest
+    from ..secrets import fetch_secret
 
-
-def _lit(v: str) -> str:
-    from .pg import literal
-
-    return literal(v)
-
-
-def _versions(remote, db: str) -> dict:
-    return query_json(remote, "SELECT json_object_agg(extname, extversion) FROM pg_extension "
-                              "WHERE extname IN ('timescaledb','postgis')", database=db) or {}
-
-
-def _available(remote) -> dict:
-    """The target's server: TimescaleDB/PostGIS available, preload, a tracker database, free space."""
-    facts = query_json(remote, """SELECT json_build_object(
-      'timescaledb', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
-      'postgis', (SELECT default_version FROM pg_available_extensions WHERE name = 'postgis'),
-      'preload', current_setting('shared_preload_libraries'),
-      'data_directory', current_setting('data_directory'),
-      'has_tracker', EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tracker'))""")
-    df = remote.run(["df", "-B1", "--output=avail", facts["data_directory"]], sudo=True, check=False)
-    lines = df.stdout.split()
-    facts["free_bytes"] = int(lines[-1]) if df.ok and lines and lines[-1].isdigit() else None
-    return facts
+    problems = []
+    try:
+        fetch_secret(s, s.app_secret_name)
+    except OpsError as exc:
+        problems.append(f"application password: {exc.one_line()}")
+    try:
+        bad = [c for c in backrest.check(s) if not c.ok]
+    except OpsError as exc:
+        problems.append(f"pgBackRest on the target: {exc.one_line()} (`invoke backrest.setup`)")
+    else:
+        if bad:
+            problems.append("pgBackRest on the target: " + "; ".join(f"{c.name}: {c.observed}" for c in bad[:3])
+                            + " (`invoke backrest.setup`, then `invoke backrest.check`)")
+    return problems
 
 
 def _restore_preflight(ctx: Ctx) -> dict:
-    """The restore area's own refusals that can be checked without a dump, if it offers them."""
-    try:
-        from ..migrate import restore
-    except ImportError:
-        return {}
-    check = getattr(restore, "preflight_target", None)
-    if check is None:
-        return {}
-    try:
-        check(ctx.settings)
-    except OpsError as exc:
-        return {"problems": [exc.one_line()]}
-    return {"restore_preflight": "ok"}
+    """What `restore` would refuse, checked now against the live source instead of a dump's manifest:
+    TimescaleDB/PostGIS/PostgreSQL versions, locale, preload, the target's databases, space."""
+    from ..migrate import manifest as mf
+    from ..migrate import restore as rs
+    from ..migrate import toc
+    from ..migrate.psql import Psql
+
+    s = ctx.settings
+    problems: list[str] = []
+    facts = mf.collect_facts(Psql(ctx.remote("source"), s.pg_port), s.database)
+    pseudo = {"versions": {"timescaledb": mf.extension_version(facts, "timescaledb"),
+                           "postgis": mf.extension_version(facts, "postgis"),
+                           "postgresql_major": mf.server_major(facts)},
+              # the dump is not taken yet: assume it is half the database (custom format compresses)
+              "dump": {"size_bytes": facts["database"]["size_bytes"] // 2}, "facts": facts}
+    tgt = ctx.remote("target")
+    tf = Psql(tgt, s.pg_port).json(rs.TARGET_FACTS_SQL)
+    avail = toc.parse_df_avail(tgt.run(["df", "-B1", "--output=avail", s.data_mount]).stdout)
+    plan = {}
+    for check in (lambda: rs.check_versions(pseudo, tf), lambda: rs.check_locale(pseudo, tf),
+                  lambda: plan.update(rs.check_databases(tf, s.database, replace=True)),
+                  lambda: rs.check_space(pseudo, avail, 0)):
+        try:
+            check()
+        except OpsError as exc:
+            problems.append(exc.one_line())
+    return {"problems": problems, "timescaledb": pseudo["versions"]["timescaledb"], "target_free_bytes": avail,
+            "target_has_tracker": plan.get("tracker_exists"), "source_size_bytes": facts["database"]["size_bytes"],
+            "source_rows": {f"{t['schema']}.{t['name']}": t["rows"] for t in facts.get("tables") or []}}
 
 
 # ---- 2 freeze ----------------------------------------------------------------------------------
