@@ -161,11 +161,22 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
     ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
     written on the target after the switch.
     """
+    saved_env = {k: os.environ.get(k) for k in ("TRACKERDB_LAB", "TRACKERDB_ENV")}
+    try:
+        return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab)
+    finally:  # the caller's environment (a test session, another lab) is left as it was
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(scale, do_rollback, lab_name, progress, config, keep_lab) -> dict:
     from lab import api as lab_api
 
     from ..settings import Settings, lab_name as _lab_name
 
-    do_rollback = bool(replay_rollback or rollback)
     say = progress or (lambda m: print(m, flush=True))
     if lab_name:
         os.environ["TRACKERDB_LAB"] = lab_name
@@ -191,7 +202,7 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
         from ..remote import Remote
 
         with Remote(settings.require_source()) as src:
-            ds = clock.step("dataset", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(dataset_facts(src)))
+            ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(dataset_facts(src)))
         result["sizes"] = {"source_db_bytes": ds["bytes"]}
         result["meta"]["dataset_rows"] = ds["rows"]
 
@@ -263,6 +274,9 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
         result["journals"] += split_journal(_journal_records(journal_path))
     except OpsError as exc:
         result["errors"].append(exc.one_line())
+        if result["meta"].get("lab_reused"):
+            result["errors"].append(f"lab {name} was already up and may hold an earlier rehearsal: "
+                                    f"`invoke lab.down` (TRACKERDB_LAB={name}) and rehearse again on a fresh lab")
         if not any(g["label"] == "prepare" for g in result["journals"]):
             result["journals"].append({"label": "prepare", "entries": clock.entries})
         jp = result["meta"].get("journal")
