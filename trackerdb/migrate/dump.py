@@ -124,7 +124,9 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
         manifest_path = str(mf.manifest_path_for(out_file))
         import json
 
-        host.write_file(manifest_path, json.dumps(doc, indent=2, sort_keys=True) + "\n", mode="0640", owner="postgres")
+        from .stream import write_text
+
+        write_text(host, manifest_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return DumpArtifacts(out_file, manifest_path, doc, on_host=True)
 
     dest = Path(dest_dir)

@@ -37,8 +37,11 @@ class Psql:
         self.pg_bin = pg_bin
 
     def run(self, sql: str, database: str = "postgres", check: bool = True, variables: dict | None = None, timeout=None):
-        return self.host.run(psql_cmd(database, self.port, self.pg_bin, variables), user="postgres", stdin=sql,
-                             check=check, timeout=timeout)
+        from ..remote import wrap
+        from .stream import run_with_stdin
+
+        line = wrap(psql_cmd(database, self.port, self.pg_bin, variables), user="postgres")
+        return run_with_stdin(self.host, line, sql, check=check, timeout=timeout)
 
     def json(self, sql: str, database: str = "postgres"):
         r = self.run(sql, database)

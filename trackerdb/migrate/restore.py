@@ -32,7 +32,7 @@ from . import manifest as mf
 from . import sqltext as sq
 from . import toc
 from .psql import Psql
-from .stream import feed_stdin, sha256_file
+from .stream import feed_stdin, sha256_file, write_text
 
 MARKER = "trackerdb:restore-staging"
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -361,7 +361,7 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     lists = {}
     for name, lines in (("catalog", split.catalog), ("rest", split.rest)):
         lists[name] = f"{remote_dump}.{name}.list"
-        t.write_file(lists[name], toc.list_file_text(lines), mode="0640", owner="postgres")
+        write_text(t, lists[name], toc.list_file_text(lines))
 
     nproc = int(t.run(["nproc"]).stdout.strip() or 1)
     mem = _mem_bytes(t)
@@ -369,7 +369,7 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     tpath = tuning_path(settings.postgres_major)
     warnings: list[str] = []
     try:
-        t.write_file(tpath, tuning_text(tune), mode="0644", owner="postgres")
+        write_text(t, tpath, tuning_text(tune), mode="0644")
         psql.run("SELECT pg_reload_conf();")
         out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())))
         jobs = toc.restore_jobs(nproc)
@@ -395,6 +395,7 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     out.add(Step("restore tuning removed", True, tpath))
     out.stats["warnings"] = warnings
 
+    say("post restore", None, None)
     if ts_version:
         psql.run("SELECT timescaledb_post_restore();", staging)
         out.add(Step("timescaledb_post_restore", True, "background workers restarted, restoring=off"))
@@ -477,3 +478,19 @@ def describe(outcome: Outcome) -> str:
 
 
 __all__ = ["run_restore", "OpsError"]
+
+
+def preflight_target(settings) -> dict:
+    """The refusals that need no dump (used by the cutover before it freezes the source): the target
+    answers, TimescaleDB there is the configured version, no foreign staging database is in the way."""
+    with Remote(settings.target) as t:
+        tf = Psql(t, settings.pg_port).json(TARGET_FACTS_SQL)
+    want = settings.timescaledb_version
+    if tf.get("timescaledb_default") != want:
+        raise PreflightError(f"TimescaleDB on the target is {tf.get('timescaledb_default') or 'not installed'}, expected {want}",
+                             hint="run `invoke provision` (it installs the pinned version)")
+    dbs = {d["name"]: d for d in tf.get("databases") or []}
+    staging = staging_name(settings.database)
+    if staging in dbs and parse_marker(dbs[staging].get("comment")) is None:
+        raise PreflightError(f"database {staging!r} exists and is not marked as ours", hint="rename or remove it yourself")
+    return {"timescaledb": want, "tracker_exists": settings.database in dbs}

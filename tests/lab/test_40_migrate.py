@@ -1,0 +1,219 @@
+"""Dump on the lab's source, restore on its target, verify; bad inputs and faults (issue 6)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from trackerdb.errors import HostError, PreflightError
+from trackerdb.migrate import restore as restore_mod
+from trackerdb.migrate.manifest import content_digest_sql, manifest_path_for
+from trackerdb.migrate.psql import Psql
+from trackerdb.migrate.restore import run_restore, staging_name
+from trackerdb.migrate.verify import run_verify
+from trackerdb.remote import Remote
+
+pytestmark = pytest.mark.lab
+
+
+def target_state(settings) -> dict:
+    """What a refused restore must not change: databases (name, oid, comment), conf.d, upload dir."""
+    with Remote(settings.target) as t:
+        dbs = Psql(t, settings.pg_port).json(
+            "SELECT json_agg(json_build_object('name', datname, 'oid', oid, 'comment', shobj_description(oid, 'pg_database'))"
+            " ORDER BY datname) FROM pg_database;")
+        conf = t.run(f"ls -1 /etc/postgresql/{settings.postgres_major}/main/conf.d", sudo=True).stdout
+        up = t.run(f"ls -1 {restore_mod.upload_dir(settings.data_mount)} 2>/dev/null || true", sudo=True).stdout
+    return {"databases": dbs, "conf.d": conf, "uploads": up}
+
+
+def copy_dump(dumped, tmp_path, mutate_manifest=None, mutate_bytes=None):
+    d = tmp_path / "tracker.dump"
+    shutil.copyfile(dumped.dump_path, d)
+    if mutate_bytes:
+        d.write_bytes(mutate_bytes(d.read_bytes()))
+    m = copy.deepcopy(dumped.manifest)
+    if mutate_manifest:
+        mutate_manifest(m)
+    manifest_path_for(d).write_text(json.dumps(m))
+    return str(d)
+
+
+def test_restore_then_verify_is_green(restored):
+    s = restored["settings"]
+    steps = {st.name for st in restored["outcome"].steps}
+    assert {"pg_restore catalog", "pg_restore data", "timescaledb_post_restore", "ownership", "into place"} <= steps
+    checks = run_verify(s, manifest=restored["dump"].manifest, expect_backrest=False)
+    failed = [c for c in checks if not c.ok]
+    assert not failed, failed
+    names = {c.name for c in checks}
+    assert "tracker logs in over the network and writes" in names
+    assert any(n.startswith("table tracker.location_reports rows") for n in names)
+
+
+def test_verify_against_source_is_green(restored):
+    checks = run_verify(restored["settings"], against_source=True, expect_backrest=False, app_login=False)
+    failed = [c for c in checks if not c.ok]
+    assert not failed, failed
+
+
+def test_counts_and_geometry_identical_on_both_sides(restored):
+    s = restored["settings"]
+    m = restored["dump"].manifest
+    with Remote(s.source) as src, Remote(s.target) as tgt:
+        ps, pt = Psql(src, s.pg_port), Psql(tgt, s.pg_port)
+        geo = ps.json("SELECT coalesce(json_agg(json_build_object('s', f_table_schema, 't', f_table_name, 'c', f_geometry_column)), '[]') "
+                      "FROM geometry_columns;", s.database)
+        assert geo, "the dataset has geometry columns"
+        for table in m["facts"]["tables"]:
+            cols = [g["c"] for g in geo if (g["s"], g["t"]) == (table["schema"], table["name"])]
+            sql = content_digest_sql(table["schema"], table["name"], cols)
+            a, b = ps.json(sql, s.database), pt.json(sql, s.database)
+            assert a == b, (table, a, b)
+            assert b["rows"] == table["rows"]
+    assert sum(t["rows"] for t in m["facts"]["tables"]) > 0
+
+
+def test_everything_in_tracker_schema_owned_by_tracker_and_extensions_untouched(restored):
+    s = restored["settings"]
+    with Remote(s.target) as t:
+        p = Psql(t, s.pg_port)
+        owners = p.json("SELECT json_object_agg(c.relname, pg_get_userbyid(c.relowner)) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tracker';", s.database)
+        ext_owner = p.value("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = '_timescaledb_catalog.hypertable'::regclass;", s.database)
+        chunk_owners = p.json("SELECT json_agg(DISTINCT pg_get_userbyid(relowner)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                              "WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r';", s.database)
+    assert owners and set(owners.values()) == {s.owner_role}
+    assert ext_owner == "postgres"
+    assert chunk_owners == [s.owner_role]
+
+
+@pytest.mark.parametrize("case,kwargs,message", [
+    ("truncated", {"mutate_bytes": lambda b: b[: len(b) // 2]}, "bytes, the manifest says"),
+    ("random file", {"mutate_bytes": lambda b: os.urandom(len(b))}, "not a pg_dump archive"),
+    ("checksum mismatch", {"mutate_bytes": lambda b: b[:-100] + bytes([b[-100] ^ 0xFF]) + b[-99:]}, "SHA-256 does not match"),
+    ("other timescaledb", {"mutate_manifest": lambda m: m["versions"].update(timescaledb="2.18.2")},
+     "TimescaleDB on the target is 2.19.3, the dump is from 2.18.2"),
+    ("not enough space", {"mutate_manifest": lambda m: m["facts"]["database"].update(size_bytes=50 << 40)},
+     "the data volume has"),
+])
+def test_bad_inputs_refused_and_target_unchanged(restored, tmp_path, case, kwargs, message):
+    s = restored["settings"]
+    before = target_state(s)
+    path = copy_dump(restored["dump"], tmp_path, **kwargs)
+    with pytest.raises(PreflightError) as e:
+        run_restore(s, path, replace=True)
+    assert message in e.value.message
+    assert e.value.hint and "\n" not in e.value.one_line()
+    assert target_state(s) == before
+
+
+def test_existing_tracker_refused_without_replace(restored):
+    s = restored["settings"]
+    before = target_state(s)
+    with pytest.raises(PreflightError) as e:
+        run_restore(s, restored["dump"].dump_path)
+    assert "already exists" in e.value.message and "--replace" in e.value.hint
+    assert target_state(s) == before
+
+
+def test_dropped_ssh_mid_upload_resumes(restored, monkeypatch):
+    """Close the TCP connection from the progress callback; the re-run sends only the rest."""
+    s = restored["settings"]
+    dump = restored["dump"]
+    size = dump.manifest["dump"]["size_bytes"]
+    monkeypatch.setattr(restore_mod, "UPLOAD_CHUNK", max(16384, size // 20))
+    remotes = []
+
+    class Recording(Remote):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            remotes.append(self)
+
+    monkeypatch.setattr(restore_mod, "Remote", Recording)
+    cut = {"at": None}
+
+    def drop(phase, done, total):
+        if phase == "upload" and cut["at"] is None and done >= size // 3:
+            cut["at"] = done
+            remotes[-1]._conn.client.get_transport().close()
+
+    before = target_state(s)
+    with pytest.raises(HostError) as e:
+        run_restore(s, dump.dump_path, replace=True, progress=drop)
+    assert "upload interrupted" in e.value.message and "re-run" in e.value.hint
+    after = target_state(s)
+    assert after["databases"] == before["databases"] and after["conf.d"] == before["conf.d"]
+    with Remote(s.target) as t:
+        partial = int(t.run(["stat", "-c", "%s", restore_mod.upload_path(s.data_mount, s.database, dump.manifest["dump"]["sha256"])],
+                            sudo=True).stdout)
+    assert 0 < partial < size
+    monkeypatch.setattr(restore_mod, "Remote", Remote)
+    outcome = run_restore(s, dump.dump_path, replace=True)
+    assert outcome.stats["uploaded_bytes"] == size - partial
+    assert any(st.name == "upload" and "resumed" in st.detail for st in outcome.steps)
+    assert all(c.ok for c in run_verify(s, manifest=dump.manifest, expect_backrest=False, app_login=False))
+
+
+def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
+    """Block phase 2 behind a lock, kill pg_restore by PID, check tracker is still the old complete one."""
+    s = restored["settings"]
+    dump = restored["dump"]
+    staging = staging_name(s.database)
+    t = Remote(s.target)
+    p = Psql(t, s.pg_port)
+    old_oid = p.value(f"SELECT oid FROM pg_database WHERE datname = '{s.database}';")
+    killed = {}
+
+    def kill_when_running():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = t.run(["pgrep", "-f", f"pg_restore .*-d {staging}"], check=False)
+            pids = [int(x) for x in r.stdout.split()]
+            if pids:
+                time.sleep(0.5)
+                for pid in pids:
+                    t.run(["kill", "-9", str(pid)], sudo=True, check=False)
+                killed["pids"] = pids
+                return
+            time.sleep(0.2)
+
+    def hook(phase, done, total):
+        if phase == "pg_restore data" and "lock" not in killed:
+            # hold pg_namespace in the staging db: phase 2 cannot proceed until we let go (or it dies)
+            t.run(f"nohup setsid {s.pg_bin}/psql -X -p {s.pg_port} -d {staging} -c "
+                  "\"BEGIN; LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\" "
+                  ">/dev/null 2>&1 &", user="postgres")
+            for _ in range(100):
+                if p.value(f"SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE d.datname = '{staging}' "
+                           "AND l.relation = 2615 AND l.mode = 'AccessExclusiveLock' AND l.granted;") == "1":
+                    break
+                time.sleep(0.1)
+            killed["lock"] = True
+            threading.Thread(target=kill_when_running, daemon=True).start()
+
+    try:
+        with pytest.raises(HostError) as e:
+            run_restore(s, dump.dump_path, replace=True, progress=hook)
+        assert killed.get("pids"), "pg_restore was seen and killed"
+        assert "was not touched" in e.value.hint
+        # tracker is still the previous, complete database; the half-restored one is only staging
+        assert p.value(f"SELECT oid FROM pg_database WHERE datname = '{s.database}';") == old_oid
+        assert p.value(f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{staging}';").startswith(
+            "trackerdb:restore-staging")
+        assert not t.exists(restore_mod.tuning_path(s.postgres_major)), "restore-time settings were put back"
+        outcome = run_restore(s, dump.dump_path, replace=True)
+        assert any(st.name == "leftover staging" for st in outcome.steps)
+        new_oid = p.value(f"SELECT oid FROM pg_database WHERE datname = '{s.database}';")
+        assert new_oid != old_oid
+        assert p.value(f"SELECT count(*) FROM pg_database WHERE oid = {old_oid} AND datname LIKE '{s.database}_replaced_%';") == "1"
+        failed = [c for c in run_verify(s, manifest=dump.manifest, expect_backrest=False) if not c.ok]
+        assert not failed, failed
+    finally:
+        t.close()
