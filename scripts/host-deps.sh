@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages this machine needs to build and run the lab (and the report screenshot).
-# Idempotent and quick when everything is present.
+# Idempotent and quick when everything is present; apt retries so a mirror hiccup does not fail CI.
+#   debootstrap          builds the trixie base image          iproute2   netns, veth, bridge
+#   util-linux           unshare, nsenter, losetup, mount      nginx-light TLS proxy in front of moto
+#   openssl              the lab CA                            apt-utils  apt-ftparchive (the target's flat repo)
+#   openssh-client       ssh-keygen                            e2fsprogs, xfsprogs  filesystem tools
 set -euo pipefail
-pkgs=(debootstrap iproute2 util-linux e2fsprogs xfsprogs nginx-light openssl chromium)
+pkgs=(debootstrap iproute2 util-linux e2fsprogs xfsprogs nginx-light openssl apt-utils openssh-client chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,8 +18,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "host-deps: installing ${missing[*]}" >&2
 for i in 1 2 3; do
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null && exit 0
-  echo "host-deps: apt failed (try $i), retrying" >&2
+  if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+       -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null; then
+    # the lab runs nginx itself inside a namespace; the distribution's service must not hold port 80
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+    exit 0
+  fi
+  echo "host-deps: apt failed (try $i/3), retrying" >&2
   sleep $((i * 5))
 done
+echo "host-deps: could not install ${missing[*]} after 3 tries" >&2
 exit 1

@@ -1,1 +1,43 @@
-"""Lab fixtures for this area (placeholder)."""
+"""The `lab` session fixture: brings instance $TRACKERDB_LAB (default "ci") up once, always down at the end,
+then asserts that nothing of it is left behind (no netns, mount, loop device or process)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """``lab.status`` of the running instance (dict), with ``TRACKERDB_ENV=lab`` and ``TRACKERDB_LAB`` set."""
+    if platform.system() != "Linux" or os.geteuid() != 0:
+        pytest.skip("lab tests need root on Linux (network namespaces, overlayfs, loop devices)")
+    from lab import api
+
+    name = os.environ.get("TRACKERDB_LAB") or "ci"
+    saved = {k: os.environ.get(k) for k in ("TRACKERDB_LAB", "TRACKERDB_ENV")}
+    os.environ["TRACKERDB_LAB"] = name
+    os.environ["TRACKERDB_ENV"] = "lab"
+    try:
+        status = api.up(name)
+        assert status["up"], status
+        yield status
+    finally:
+        api.down(name)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        left = api.leftovers(name)
+        assert not left, f"lab {name} left {left}"
+
+
+@pytest.fixture(scope="session")
+def lab_settings(lab):
+    """Settings loaded exactly as tasks load them against the lab."""
+    from trackerdb.settings import Settings
+
+    return Settings.load({}, env={"TRACKERDB_ENV": "lab", "TRACKERDB_LAB": lab["name"]})

@@ -1,2 +1,66 @@
-"""Tasks: placeholder until this area lands."""
-TASKS: list = []
+"""Tasks: the local lab (real hosts in network namespaces standing in for AWS and the three servers).
+
+Instance name: ``--name`` or ``$TRACKERDB_LAB`` (default lab0). State in /var/lib/trackerdb-lab/<name>/.
+"""
+
+from __future__ import annotations
+
+import json as _json
+
+from invoke import task
+
+from ..settings import lab_name
+from .common import ops_task, out
+
+
+@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "volume_gb": "size of the target's data volume (sparse)",
+            "scale": "tracker dataset scale on the source (1 = a few MB)", "json": "print lab.status as JSON when up"})
+@ops_task
+def up(c, name=None, volume_gb=2, scale=1.0, json=False):
+    """Bring the lab up: build or reuse the Debian trixie image, start target, source, repo and aws. Idempotent."""
+    from lab import api
+
+    st = api.up(name or lab_name(), volume_gb=int(volume_gb), scale=float(scale))
+    _print(st, json)
+
+
+@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "json": "print what was removed as JSON"})
+@ops_task
+def down(c, name=None, json=False):
+    """Remove everything the lab instance made (processes by PID, mounts, loop device, namespaces, bridge). Idempotent."""
+    from lab import api
+
+    report = api.down(name or lab_name())
+    if json:
+        print(_json.dumps(report, indent=2))
+    else:
+        out.print(", ".join(f"{k}: {v}" for k, v in report.items()))
+
+
+@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "json": "machine-readable output"})
+@ops_task
+def status(c, name=None, json=False):
+    """Show the lab's hosts, addresses, services, and the paths of its stack outputs, settings, key and known_hosts."""
+    from lab import api
+
+    _print(api.status(name or lab_name()), json)
+
+
+def _print(st: dict, as_json: bool) -> None:
+    if as_json:
+        print(_json.dumps(st, indent=2, sort_keys=True))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"lab {st['name']}: {'up' if st['up'] else 'down'} ({st['state_dir']})")
+    for col in ("host", "address", "netns", "services"):
+        table.add_column(col, overflow="fold")
+    for role, h in st["hosts"].items():
+        svcs = " ".join(f"{k}:{'up' if v else 'DOWN'}" for k, v in h["services"].items())
+        table.add_row(role, h["address"], h["netns"], svcs)
+    out.print(table)
+    for k in ("stack_outputs", "settings", "known_hosts", "key_file", "ca_bundle"):
+        out.print(f"{k}: {st[k]}")
+
+
+TASKS = [up, down, status]

@@ -1,0 +1,57 @@
+"""The `source` host (the old shared server): a PostgreSQL 17 cluster with TimescaleDB preloaded, archiving WAL
+through pgBackRest to the shared stanza on `repo`, the tracker dataset and an unrelated database."""
+
+from __future__ import annotations
+
+import os
+
+from . import render
+from .hosts import hexec, ids, write
+from .naming import Names
+from .state import State
+from .util import progress
+
+FLEET_SQL = """CREATE DATABASE fleet_archive;
+\\c fleet_archive
+CREATE TABLE archived_trips (id bigint PRIMARY KEY, vehicle text NOT NULL, closed_at timestamptz NOT NULL);
+INSERT INTO archived_trips SELECT g, 'van-' || g, timestamptz '2020-01-01' + g * interval '1 day' FROM generate_series(1, 5) g;
+"""
+
+
+def prepare(root, n: Names, postgres_key_pub: str) -> None:
+    """Files written before the host starts (the cluster itself is created inside the running host)."""
+    write(root, "/etc/pgbackrest/pgbackrest.conf", render.source_pgbackrest_conf(), 0o640, (0, ids(root, "postgres")[1]))
+    conf = root / "etc/pgbackrest.conf"
+    if conf.exists():
+        conf.unlink()  # one config file: /etc/pgbackrest/pgbackrest.conf
+
+
+def create_cluster(st: State, n: Names) -> None:
+    hexec(st, "source", "pg_createcluster --locale=C.UTF-8 17 main >/dev/null")
+    root = st.dir / "hosts" / "source" / "root"
+    uid, gid = ids(root, "postgres")
+    write(root, "/etc/postgresql/17/main/conf.d/lab.conf", render.pg_conf(n.ip("source")), 0o644, (uid, gid))
+    hba = root / "etc/postgresql/17/main/pg_hba.conf"
+    with open(hba, "a") as f:
+        f.write(render.pg_hba_extra(str(n.subnet)))
+    for d in ("/var/log/pgbackrest", "/var/lib/pgbackrest", "/var/spool/pgbackrest"):
+        p = root / d.lstrip("/")
+        p.mkdir(parents=True, exist_ok=True)
+        os.chown(p, uid, gid)
+    hexec(st, "source", "pg_ctlcluster 17 main start")
+
+
+def fill(st: State, n: Names, remote_source, scale: float) -> dict:
+    """The tracker dataset (over SSH as postgres, SQL on stdin) and the unrelated fleet_archive database."""
+    from trackerdb import dataset
+
+    progress(f"source: generating the tracker dataset (scale {scale})")
+    result = dataset.run(remote_source, scale=scale)
+    hexec(st, "source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], user="postgres", input=FLEET_SQL)
+    return result
+
+
+def stanza(st: State) -> None:
+    progress("source: pgbackrest stanza-create + check for the shared stanza `tracker`")
+    hexec(st, "source", ["pgbackrest", "--stanza=tracker", "stanza-create"], user="postgres", timeout=120)
+    hexec(st, "source", ["pgbackrest", "--stanza=tracker", "check"], user="postgres", timeout=180)
