@@ -176,3 +176,14 @@ def test_module_entry_prints_sql_and_refuses_bad_scale():
     bad = subprocess.run([sys.executable, "-m", "trackerdb.dataset", "--scale", "0", "--print-sql"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_checksum_query_covers_every_table_and_parses():
+    sql = dataset.checksum_sql()
+    for t in dataset.TABLES:
+        assert f"FROM {t} x" in sql
+    assert "string_agg" not in sql  # streams: no 1 GB text limit at large scales
+    out = "".join(f"{t}\t{i}\t{i * 1000}\n" for i, t in enumerate(dataset.TABLES))
+    got = dataset.checksums(FakeHost(None, out))
+    assert got["tracker.location_reports"] == {"rows": 3, "checksum": "3000"}
+    assert set(got) == set(dataset.TABLES)
