@@ -13,6 +13,11 @@ two generations (or of source and restored target) can be compared exactly.
 
 Size is linear in scale: the time span (8 days, 1-day chunks for location reports) is fixed and the
 number of devices grows with scale, so even the smallest scale has several chunks.
+
+Measured (PostgreSQL 17.11, TimescaleDB 2.19.3 Apache, PostGIS 3.5.2, 2 shared cores under load):
+pg_database_size ~ 19.5 MB (empty db with postgis + timescaledb) + 6.6-6.9 MB per unit of scale:
+scale 1 = 27 MB in ~4-5 s, scale 50 = 367 MB in 56-78 s, scale 200 = 1.35 GB in 208 s
+(~28k rows/s, ~6.5 MB/s end to end including index builds, vacuum and analyze); scale 1000 ~ 7 GB.
 """
 
 from __future__ import annotations
