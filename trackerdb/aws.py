@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def client(settings, service: str):
     import boto3
@@ -11,4 +13,9 @@ def client(settings, service: str):
         kwargs["endpoint_url"] = settings.aws_endpoint_url
     if settings.aws_ca_bundle:
         kwargs["verify"] = settings.aws_ca_bundle
+    creds = settings.s3_credentials if settings.is_lab else None
+    if creds and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        # the lab's moto accepts its fixed test keys (not secrets); production uses the default chain
+        kwargs["aws_access_key_id"] = creds.get("access_key_id")
+        kwargs["aws_secret_access_key"] = creds.get("secret_access_key")
     return boto3.session.Session().client(service, **kwargs)

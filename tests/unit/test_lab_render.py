@@ -79,7 +79,7 @@ def test_stack_outputs_have_exactly_the_inventory_keys():
     assert o["app_cidrs"] == ["10.201.7.0/24"] and o["data_volume_size_gb"] == 2
 
 
-def test_settings_load_from_lab_files(tmp_path):
+def test_settings_load_from_lab_files(tmp_path, monkeypatch):
     import json
 
     overlay = settings_overlay(N, str(tmp_path), repo_host_key=KEY, zone_id="Z123")
@@ -93,3 +93,10 @@ def test_settings_load_from_lab_files(tmp_path):
     assert s.data_volume_by_id == "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + N.volume_id.replace("-", "")
     assert s.aws_endpoint_url == "https://10.201.7.13" and s.s3_endpoint == "aws.lab.internal"
     assert s.switch == {"mode": "route53", "zone_id": "Z123", "record_name": "db.tracker.lab.internal"}
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    from trackerdb.aws import client
+
+    creds = client(s, "s3")._request_signer._credentials
+    assert (creds.access_key, creds.secret_key) == ("testing", "testing")
+    assert client(s.with_(environment="prod"), "s3")._request_signer._credentials is None or \
+        client(s.with_(environment="prod"), "s3")._request_signer._credentials.access_key != "testing"
