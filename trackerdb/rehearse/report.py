@@ -510,8 +510,8 @@ def render_html(report: dict) -> str:
          f"book {human_seconds(proj['planning_outage_s'])} (x{proj['planning_factor']:g})" if proj else ""),
         ("transfer throughput", f"{human_bytes(thr['transfer']['bytes_per_s'])}/s" if thr.get("transfer") else "n/a", "dump bytes / s"),
         ("restore throughput", f"{human_bytes(thr['restore']['bytes_per_s'])}/s" if thr.get("restore") else "n/a", "dump bytes / s"),
-        ("rows source → target", f"{r['counts']['source_total']:,} → {r['counts']['target_total']:,}",
-         "all tables match" if r["counts"]["ok"] else "MISMATCH"),
+        ("rows source → target", f"{r['counts']['source_total']:,} → {r['counts']['target_total']:,}" if r["counts"]["rows"] else "n/a",
+         ("all tables match" if r["counts"]["ok"] else "MISMATCH") if r["counts"]["rows"] else "not measured"),
     ]
     out.append('<div class="kpis">' + "".join(
         f'<div class="kpi"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>' for a, b, c in kpis) + "</div>")
