@@ -328,8 +328,10 @@ def scan_text(path: str, text: str, secret_values: dict[str, str]) -> list[dict]
             m = rx.search(line)
             if not m:
                 continue
-            if m.groups() and _PLACEHOLDER.match(m.group(1)):
-                continue
+            if m.groups():
+                value = m.group(1).strip("'\",)")
+                if not value or _PLACEHOLDER.match(value):
+                    continue
             hits.append({"path": path, "line": lineno, "kind": kind})
     return hits
 
