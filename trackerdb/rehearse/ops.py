@@ -75,22 +75,6 @@ def split_journal(records: list[dict]) -> list[dict]:
     return groups
 
 
-_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
-
-def lab_aws_credentials(settings) -> bool:
-    """The lab's moto keys (fixed test values, not secrets) for boto3 when the environment has none.
-
-    Production uses the default credential chain untouched. Returns whether it set them.
-    """
-    creds = settings.s3_credentials or {}
-    if not settings.is_lab or not creds.get("access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"):
-        return False
-    os.environ["AWS_ACCESS_KEY_ID"] = creds["access_key_id"]
-    os.environ["AWS_SECRET_ACCESS_KEY"] = creds.get("secret_access_key", "")
-    return True
-
-
 def _writer_available() -> bool:
     try:
         import lab.writer  # noqa: F401
@@ -177,7 +161,7 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
     ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
     written on the target after the switch.
     """
-    saved_env = {k: os.environ.get(k) for k in ("TRACKERDB_LAB", "TRACKERDB_ENV") + _AWS_KEYS}
+    saved_env = {k: os.environ.get(k) for k in ("TRACKERDB_LAB", "TRACKERDB_ENV")}
     try:
         return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab)
     finally:  # the caller's environment (a test session, another lab) is left as it was
@@ -212,7 +196,6 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab) -> dict:
         else:
             clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale).get("hosts", {}))})
         settings = Settings.load(config or {})
-        lab_aws_credentials(settings)
         result["meta"] |= {"postgres": settings.postgres_major, "timescaledb": settings.timescaledb_version,
                            "postgis": settings.postgis_version}
         from ..dataset import facts as dataset_facts

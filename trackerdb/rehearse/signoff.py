@@ -487,9 +487,6 @@ def gather(settings, progress=None) -> dict:
     from ..remote import Remote
 
     say = progress or (lambda m: None)
-    from .ops import lab_aws_credentials
-
-    lab_aws_credentials(settings)  # lab only: moto's fixed keys when the environment has none
     facts: dict = {}
     if not settings.is_lab:
         say("describing the instance")
