@@ -75,6 +75,21 @@ def split_journal(records: list[dict]) -> list[dict]:
     return groups
 
 
+def lab_app_login_on_source(settings) -> dict:
+    """Lab world only: the application logs in to the old host today, so the source's tracker role gets
+    the password from Secrets Manager (the dataset generator leaves it unset). SQL on stdin, masked."""
+    if not settings.is_lab:
+        raise OpsError("refusing to set a role password outside the lab", hint="production's source already has it")
+    from ..cutover.pg import ident, literal, run_sql
+    from ..remote import Remote
+    from ..secrets import fetch_secret
+
+    secret = fetch_secret(settings, settings.app_secret_name)
+    with Remote(settings.require_source(), secrets=[secret]) as src:
+        run_sql(src, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+    return {"role": settings.owner_role}
+
+
 def _writer_available() -> bool:
     try:
         import lab.writer  # noqa: F401
@@ -204,6 +219,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab) -> dict:
         with Remote(settings.require_source()) as src:
             ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(dataset_facts(src)))
         result["sizes"] = {"source_db_bytes": ds["bytes"]}
+        clock.step("lab.app-login", lab_app_login_on_source, settings)
         result["meta"]["dataset_rows"] = ds["rows"]
 
         from ..backrest import ops as backrest
