@@ -133,14 +133,22 @@ def _restore_preflight(ctx: Ctx) -> dict:
 
     s = ctx.settings
     problems: list[str] = []
-    facts = mf.collect_facts(Psql(ctx.remote("source"), s.pg_port), s.database)
+    try:
+        facts = mf.collect_facts(Psql(ctx.remote("source"), s.pg_port), s.database)
+    except OpsError as exc:
+        raise PreflightError(f"cannot read {s.database} on the source: {exc.message}",
+                             hint="check trackerdb.source and that PostgreSQL runs there (nothing was changed)") from None
     pseudo = {"versions": {"timescaledb": mf.extension_version(facts, "timescaledb"),
                            "postgis": mf.extension_version(facts, "postgis"),
                            "postgresql_major": mf.server_major(facts)},
               # the dump is not taken yet: assume it is half the database (custom format compresses)
               "dump": {"size_bytes": facts["database"]["size_bytes"] // 2}, "facts": facts}
     tgt = ctx.remote("target")
-    tf = Psql(tgt, s.pg_port).json(rs.TARGET_FACTS_SQL)
+    try:
+        tf = Psql(tgt, s.pg_port).json(rs.TARGET_FACTS_SQL)
+    except OpsError as exc:
+        raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
+                             hint="run `invoke provision` (nothing was changed)") from None
     avail = toc.parse_df_avail(tgt.run(["df", "-B1", "--output=avail", s.data_mount]).stdout)
     plan = {}
     for check in (lambda: rs.check_versions(pseudo, tf), lambda: rs.check_locale(pseudo, tf),

@@ -142,12 +142,17 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
         src, tgt = ctx.remote("source"), ctx.remote("target")
         switch_st = states.get(ph.SWITCH)
         switched = switch_st is not None and "old" in switch_st.facts
-        # 1. stop writes on the target
-        tfacts = query_json(tgt, fz.facts_sql(db))
-        if tfacts["exists"] and states.get(ph.RESTORE) is not None:
-            if not fz.is_read_only(tgt, db):
+        # 1. stop writes on the target (a dead target must not block the way back)
+        target_ok = True
+        try:
+            tfacts = query_json(tgt, fz.facts_sql(db))
+            if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
-            facts["target_freeze"] = fz.freeze(tgt, db, grace_s=5, progress=say)
+                facts["target_freeze"] = fz.freeze(tgt, db, grace_s=5, progress=say)
+        except OpsError as exc:
+            target_ok, tfacts = False, {"exists": False}
+            facts["target_unreachable"] = exc.one_line()
+            say(f"target unreachable, going on without it: {exc.one_line()}")
         # 2. the application back to the recorded old value
         if switched:
             old, new = switch_st.facts["old"], switch_st.facts["new"]
@@ -178,6 +183,10 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
                 # handed out after it became writable again: listed, never silently merged
                 facts["not_replayed"] = {k: n - facts["replayed"].get(k, 0) for k, n in facts["exported"].items()
                                          if n != facts["replayed"].get(k, 0)}
+        elif switched and not target_ok:
+            facts["exported_rows"] = None
+            facts["warning"] = ("the target was unreachable: rows written there after the switch were NOT exported; "
+                                "re-run `invoke rollback` once it answers (every step is safe to repeat)")
         else:
             facts["exported_rows"] = 0
             facts["note"] = "the application was never switched: no rows can have been written on the target"
