@@ -54,6 +54,8 @@ class S:
         self.region = "us-east-1"
         self.aws_endpoint_url = None
         self.aws_ca_bundle = None
+        self.is_lab = False
+        self.s3_credentials = None
         self.target = type("H", (), {"address": "10.0.0.2"})()
         self.source = type("H", (), {"address": "10.0.0.1"})()
 
