@@ -141,7 +141,7 @@ def test_pgbackrest_stanza_create_against_tls_s3(lab, hosts, lab_settings, tmp_p
         # a CA that did not sign the server certificate must be refused
         s.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=other "
               "-keyout /tmp/labcheck-other.key -out /tmp/labcheck-other.crt 2>/dev/null", user="postgres")
-        s.write_file(conf, _s3_conf(lab, path + "x", "repo1-storage-ca-file=/tmp/labcheck-other.crt\n"), mode="0600", owner="postgres")
+        s.write_file(conf, _s3_conf(lab, path + "x", "repo1-storage-ca-file=/tmp/labcheck-other.crt\nio-timeout=5\n"), mode="0600", owner="postgres")
         bad = s.run(["pgbackrest", f"--config={conf}", "--stanza=labcheck", "stanza-create"], user="postgres", check=False, timeout=120)
         assert not bad.ok and ("certificate" in (bad.stdout + bad.stderr).lower() or "tls" in (bad.stdout + bad.stderr).lower())
     finally:
