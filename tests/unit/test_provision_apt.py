@@ -113,5 +113,7 @@ def test_repos_only_for_pgdg():
 
 
 def test_parse_dpkg_status_only_installed():
-    text = "pgbackrest\t2.55.1-1\tii \nssl-cert\t1.1.3\trc \npostgresql-17\t17.6\tii \n"
-    assert apt.parse_dpkg_status(text) == {"pgbackrest": "2.55.1-1", "postgresql-17": "17.6"}
+    text = ("pgbackrest\t2.55.1-1\tii \nssl-cert\t1.1.3\trc \npostgresql-17\t17.6\tii \n"
+            "postgresql-17-timescaledb\t2.19.3+dfsg-1\thi \nfoo\t1\tun \n")
+    assert apt.parse_dpkg_status(text) == {"pgbackrest": "2.55.1-1", "postgresql-17": "17.6",
+                                           "postgresql-17-timescaledb": "2.19.3+dfsg-1"}  # held counts as installed

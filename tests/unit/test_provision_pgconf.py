@@ -63,7 +63,19 @@ def test_createcluster_conf_disables_the_packaged_cluster(current, expect_line, 
     assert [l for l in text.splitlines() if "create_main_cluster" in l] == [expect_line]
     if keeps:
         assert keeps in text
+    assert "include_dir = 'conf.d'\n" in text  # pg_createcluster copies it into postgresql.conf: our drop-in is read
     assert pgconf.createcluster_text(text) == text  # idempotent
+
+
+@pytest.mark.parametrize("conf, ok", [
+    ("include_dir = 'conf.d'\n", True),
+    ("include_dir='conf.d'   # add settings\n", True),
+    ("#include_dir = 'conf.d'\n", False),
+    ("#include_dir = '...'\t\t\t# include files\n", False),
+    ("", False),
+])
+def test_includes_conf_d(conf, ok):
+    assert pgconf.includes_conf_d(conf) is ok
 
 
 def test_createcluster_command_uses_the_volume():

@@ -185,7 +185,8 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) >= 3 and parts[2].strip().startswith("ii"):
+        # db:Status-Abbrev: desired state (i install, h hold, ...) then actual state (i installed)
+        if len(parts) >= 3 and parts[2][1:2] == "i":
             out[parts[0]] = parts[1]
     return out
 

@@ -95,4 +95,4 @@ VERSIONS_SQL = (
     "SELECT 'shared_preload_libraries', current_setting('shared_preload_libraries');\n"
 )
 PENDING_RESTART_SQL = "SELECT name FROM pg_settings WHERE pending_restart;\n"
-ROLE_SQL = "SELECT coalesce(rolpassword, '') || '|' || rolcanlogin FROM pg_authid WHERE rolname = {name};\n"
+ROLE_SQL = "SELECT coalesce(rolpassword, '') || '|' || CASE WHEN rolcanlogin THEN 't' ELSE 'f' END FROM pg_authid WHERE rolname = {name};\n"

@@ -12,6 +12,7 @@ Order matters and is the point of this module:
 from __future__ import annotations
 
 import difflib
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 
@@ -86,8 +87,13 @@ class Provisioner:
             return False
         diff = "".join(difflib.unified_diff((current or "").splitlines(True), content.splitlines(True),
                                             f"{path} (host)", f"{path} (wanted)"))
-        self.step(name, True, f"write {path}" + (" (new)" if current is None else ""), [f"write {path}\n{diff}"],
-                  lambda: self.host.write_file(path, content, mode=mode, owner=owner, group=group))
+
+        def write():
+            if current is None:
+                self.sh(["mkdir", "-p", posixpath.dirname(path)])
+            self.host.write_file(path, content, mode=mode, owner=owner, group=group)
+
+        self.step(name, True, f"write {path}" + (" (new)" if current is None else ""), [f"write {path}\n{diff}"], write)
         return True
 
     # ---- the operation ---------------------------------------------------------------------
@@ -282,6 +288,12 @@ class Provisioner:
         path = pgconf.dropin_path(s)
         old = self.host.read_file(path)
         changed_keys = _changed_keys(old, want)
+        main_conf = f"{pgconf.conf_dir(s)}/postgresql.conf"
+        current_main = self.host.read_file(main_conf)
+        if current_main is not None and not pgconf.includes_conf_d(current_main):
+            # a cluster made without the packaged createcluster.conf lacks the include: add only that line
+            self.file_step("conf.d include", main_conf, current_main + "include_dir = 'conf.d'\n", owner="postgres")
+            changed_keys = _changed_keys(None, want)
         self.file_step("conf.d drop-in", path, want, owner="postgres")
         hba_changed = self.file_step("pg_hba", pgconf.hba_path(s), pgconf.hba_text(s), mode="0640", owner="postgres")
         return changed_keys, hba_changed

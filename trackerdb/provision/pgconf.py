@@ -118,22 +118,27 @@ def hba_text(settings) -> str:
 def createcluster_text(current: str | None) -> str:
     """Stop the server package from creating a cluster on install: we create it after the mount check.
 
-    An existing file (the package's) keeps everything else; only ``create_main_cluster`` is set.
+    Written before the package exists, so it must also carry what the packaged template would give
+    new clusters and we rely on: ``include_dir = 'conf.d'`` (our drop-in). An existing file keeps
+    everything else.
     """
-    if current is None:
-        return MANAGED + "create_main_cluster = false\n"
-    out, done = [], False
-    for line in current.splitlines():
+    wanted = {"create_main_cluster": "create_main_cluster = false", "include_dir": "include_dir = 'conf.d'"}
+    out, done = [], set()
+    for line in (current if current is not None else MANAGED).splitlines():
         key = line.lstrip("#").split("=", 1)[0].strip()
-        if key == "create_main_cluster":
-            if not done:
-                out.append("create_main_cluster = false")
-                done = True
+        if key in wanted and (key == "create_main_cluster" or not line.lstrip().startswith("#")):
+            if key not in done:
+                out.append(wanted[key])
+                done.add(key)
             continue
         out.append(line)
-    if not done:
-        out.append("create_main_cluster = false")
+    out += [wanted[k] for k in wanted if k not in done]
     return "\n".join(out) + "\n"
+
+
+def includes_conf_d(postgresql_conf: str) -> bool:
+    return any(line.split("#", 1)[0].replace(" ", "") in ("include_dir='conf.d'", 'include_dir="conf.d"')
+               for line in postgresql_conf.splitlines())
 
 
 def conf_dir(settings) -> str:
