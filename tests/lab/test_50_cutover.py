@@ -1,0 +1,231 @@
+"""Cutover and rollback in the lab, under a live writer (a real client process going through the
+Route53-switched endpoint).
+
+One module-scoped run: the cutover is interrupted three times (SIGKILL of `invoke cutover` during
+the dump; an exception inside freeze after the source is frozen; one inside the switch after the
+record changed) and re-run until it completes. Then the rollback test moves the application back.
+This leaves the instance rolled back (source serving, target read-only): later tests use their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import writer as lw
+from trackerdb.cutover import phases as ph
+from trackerdb.cutover.journal import Journal
+from trackerdb.cutover.ops import run_cutover
+from trackerdb.cutover.pg import query_json, run_sql
+from trackerdb.cutover.rollback import run_rollback
+from trackerdb.remote import Remote
+
+pytestmark = [
+    pytest.mark.lab,
+    # Run by hand on 2026-11-21 (instance cutlab) up to the restore: freeze, dump, the kill inside
+    # pg_restore and its resume work; the resumed restore then stops at the restore area's ownership
+    # check (TimescaleDB's _timescaledb_internal.bgw_job_stat not owned by tracker), the lab's 2 GB
+    # volume is below restore's 4 GiB WAL reserve, and pgBackRest repo2 answers 404 in a fresh lab.
+    # Un-skip when `invoke restore` and `backrest.setup` pass in the lab.
+    pytest.mark.skip(reason="waits on restore (ownership of bgw_job_stat, WAL reserve vs 2 GB lab volume) and backrest repo2 in the lab"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE = 1
+MEASURED: dict = {}
+
+
+class Killed(Exception):
+    """Stands in for the process dying at an exact point."""
+
+
+def kill_when(substring: str):
+    def progress(msg: str) -> None:
+        if substring in msg:
+            raise Killed(msg)
+    return progress
+
+
+def _env(settings) -> dict:
+    from tests.lab.fx_provision import lab_env
+
+    return lab_env()
+
+
+def start_writer(settings, log: Path, seconds: float = 600) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lab.writer", "--log", str(log), "--seconds", str(seconds),
+                             "--interval", "0.05", "--device", str(DEVICE)], cwd=ROOT, env=_env(settings),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def stop_writer(proc: subprocess.Popen, log: Path) -> list[dict]:
+    Path(str(log) + ".stop").touch()
+    try:
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return lw.load(log)
+
+
+def wait_acks(log: Path, n: int, endpoint: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and sum(1 for r in lw.load(log) if r["event"] == "ack" and r["endpoint"] == endpoint) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"writer did not get {n} acks from {endpoint}: {lw.load(log)[-3:] if log.exists() else 'no log'}")
+
+
+def reports_after(remote, since: str, inclusive: bool = False) -> set[str]:
+    """reported_at (as text) of the writer's device rows newer than ``since`` on one host."""
+    op = ">=" if inclusive else ">"
+    out = run_sql(remote, f"SELECT reported_at::text FROM tracker.location_reports WHERE device_id = {DEVICE} "
+                          f"AND reported_at {op} '{since}'::timestamptz;", database="tracker").stdout
+    return {ln.strip() for ln in out.splitlines() if ln.strip()}
+
+
+def counts(remote) -> dict:
+    return query_json(remote, """SELECT json_object_agg(t, n) FROM (
+      SELECT 'devices' t, count(*) n FROM tracker.devices UNION ALL SELECT 'geofences', count(*) FROM tracker.geofences
+      UNION ALL SELECT 'device_geofences', count(*) FROM tracker.device_geofences
+      UNION ALL SELECT 'location_reports', count(*) FROM tracker.location_reports
+      UNION ALL SELECT 'device_events', count(*) FROM tracker.device_events) x;""", database="tracker")
+
+
+def ensure_app_password_on_source(settings) -> None:
+    """The old host is where the application logs in today: its `tracker` role has the password
+    from Secrets Manager (the dataset generator leaves it unset). Sent on stdin, never argv."""
+    from trackerdb.cutover.pg import ident, literal
+    from trackerdb.secrets import fetch_secret
+
+    secret = fetch_secret(settings, settings.app_secret_name)
+    with Remote(settings.source, secrets=[secret]) as s:
+        run_sql(s, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+
+
+@pytest.fixture(scope="module")
+def cutover_run(backrest_ready, tmp_path_factory):
+    settings = backrest_ready
+    ensure_app_password_on_source(settings)
+    work = tmp_path_factory.mktemp("cutover")
+    journal = work / "journal.jsonl"
+    log = work / "writer.jsonl"
+    src_ip, tgt_ip = settings.source.address, settings.target.address
+    proc = start_writer(settings, log)
+    try:
+        wait_acks(log, 20, src_ip)
+        started = time.time()
+        # 1. a real process, SIGKILLed while the final dump runs
+        cli = subprocess.Popen([str(ROOT / ".venv/bin/invoke"), "cutover", "--journal", str(journal), "--dump-dir", str(work / "dump")],
+                               cwd=ROOT, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and cli.poll() is None:
+            if Journal(journal).state(ph.DUMP).status == "started":
+                break
+            time.sleep(0.05)
+        assert cli.poll() is None, cli.stdout.read().decode()[-2000:]
+        os.killpg(cli.pid, signal.SIGKILL)
+        cli.wait()
+        assert Journal(journal).state(ph.DUMP).status == "started"
+        # 2. die inside the restore, while pg_restore fills the staging database
+        with pytest.raises(Killed):
+            run_cutover(settings, work / "dump", journal_path=journal, progress=kill_when("pg_restore"))
+        # 3. inside the switch, after the record changed (while the TTL is waited out)
+        with pytest.raises(Killed):
+            run_cutover(settings, work / "dump", journal_path=journal, progress=kill_when("waiting out the record's TTL"))
+        summary = run_cutover(settings, work / "dump", journal_path=journal, progress=print)
+        wait_acks(log, 20, tgt_ip)
+    finally:
+        records = stop_writer(proc, log)
+    MEASURED["summary"] = summary
+    MEASURED["writer_outage"] = lw.outage(records, tgt_ip)
+    print("cutover summary:", json.dumps(summary, indent=1, default=str))
+    print("measured outage (writer):", MEASURED["writer_outage"])
+    return {"settings": settings, "journal": journal, "records": records, "summary": summary, "work": work,
+            "started": started}
+
+
+def test_cutover_completes_after_being_killed_three_times(cutover_run):
+    s = cutover_run["summary"]
+    assert s["complete"] and s["verification"] == "ok"
+    st = Journal(cutover_run["journal"]).states()
+    assert st[ph.DUMP].attempts == 2 and st[ph.SWITCH].attempts == 2
+    assert st[ph.PREFLIGHT].attempts == 1 and st[ph.FREEZE].attempts == 1  # completed phases never re-run
+    assert s["switch"]["old"] == cutover_run["settings"].source.address
+    assert s["switch"]["new"] == cutover_run["settings"].target.address
+    assert s["outage_s"] and s["outage_s"] > 0
+    assert s["rollback_command"].startswith("invoke rollback --journal ")
+
+
+def test_every_acknowledged_write_is_on_the_target_and_nothing_twice(cutover_run):
+    settings = cutover_run["settings"]
+    acks = [r for r in cutover_run["records"] if r["event"] == "ack"]
+    on_source = {r["reported_at"] for r in acks if r["endpoint"] == settings.source.address}
+    on_target = {r["reported_at"] for r in acks if r["endpoint"] == settings.target.address}
+    assert on_source and on_target, "the writer wrote before and after the switch"
+    first = min(r["reported_at"] for r in acks)
+    with Remote(settings.target) as t, Remote(settings.source) as s:
+        target_rows = reports_after(t, first, inclusive=True)
+        # every insert the source acknowledged before the freeze is on the target
+        assert _norm(on_source) <= _norm(target_rows)
+        # writes resumed on the target, and every one acknowledged there is there
+        assert _norm(on_target) <= _norm(target_rows)
+        # nothing duplicated, nothing else: target = frozen source + what the target acknowledged
+        tc, sc = counts(t), counts(s)
+        assert tc["location_reports"] == sc["location_reports"] + len(on_target)
+        assert {k: v for k, v in tc.items() if k != "location_reports"} == {k: v for k, v in sc.items() if k != "location_reports"}
+    refused = [r for r in cutover_run["records"] if r["event"] == "refused"]
+    assert refused, "the freeze refused writes"
+    assert MEASURED["writer_outage"]["duration_s"] > 0
+
+
+def _norm(values) -> set[str]:
+    """reported_at text from psycopg and from psql differ only in formatting; compare as instants."""
+    from datetime import datetime
+
+    return {datetime.fromisoformat(v.replace(" ", "T")).timestamp() for v in values}
+
+
+def test_rollback_after_new_writes_on_the_target(cutover_run):
+    settings = cutover_run["settings"]
+    work = cutover_run["work"]
+    log = work / "writer2.jsonl"
+    proc = start_writer(settings, log)
+    try:
+        wait_acks(log, 30, settings.target.address)
+    finally:
+        records = stop_writer(proc, log)
+    frozen_at = Journal(cutover_run["journal"]).state(ph.FREEZE).facts["frozen_at"]
+    with Remote(settings.target) as t:
+        written_after = reports_after(t, frozen_at)
+    res = run_rollback(settings, cutover_run["journal"], replay=True, progress=print)
+    print("rollback:", json.dumps(res, indent=1, default=str))
+    # the exported rows are exactly the rows written on the target after the switch
+    assert res["exported"].get("tracker.location_reports") == len(written_after)
+    assert res["replayed"].get("tracker.location_reports") == len(written_after)
+    assert res["switch"]["new"] == settings.source.address
+    with Remote(settings.source) as s:
+        assert _norm(reports_after(s, frozen_at)) == _norm(written_after)
+    # idempotent: a second rollback changes nothing and adds no row
+    again = run_rollback(settings, cutover_run["journal"], replay=True)
+    assert again["switch"]["changed"] is False and again["source"]["changed"] is False
+    assert not again.get("replayed")
+    # the source serves writes again, through the switched-back endpoint
+    log3 = work / "writer3.jsonl"
+    proc = start_writer(settings, log3)
+    try:
+        wait_acks(log3, 5, settings.source.address)
+    finally:
+        stop_writer(proc, log3)
+    with Remote(settings.target) as t:
+        r = run_sql(t, "INSERT INTO tracker.devices (serial_number, imei, name, model, firmware, status) "
+                       "VALUES ('x', '123456789012345', 'x', 'x', 'x', 'active');", database="tracker", check=False)
+        assert not r.ok and "read-only" in r.stderr
