@@ -114,4 +114,4 @@ def test_dropin_sets_archiving_for_our_stanza():
     assert "archive_mode = on\n" in text
     assert "archive_command = 'pgbackrest --stanza=tracker-dedicated archive-push %p'\n" in text
     assert "restore_command = 'pgbackrest --stanza=tracker-dedicated archive-get %f \"%p\"'\n" in text
-    assert "archive_timeout = '60s'\n" in text
+    assert "archive_timeout = '1min'\n" in text

@@ -54,7 +54,6 @@ def test_decide_creates_only_where_absent(repos, todo):
 @pytest.mark.parametrize("repos, fragment", [
     ({2: ABSENT, 3: (0, "ok", THEIRS, None, [])}, "belongs to another cluster"),
     ({2: (2, "no valid backups", THEIRS, None, []), 3: ABSENT}, "belongs to another cluster"),
-    ({2: ABSENT, 3: (99, "other", None, None, [])}, "cannot be read with our settings"),
     ({2: ABSENT, 3: (99, "[CryptoError] cipher header invalid", None, None, [])}, "cannot be read"),
     ({2: (3, "missing stanza data", None, None, []), 3: ABSENT}, "incomplete"),
 ])
@@ -63,6 +62,13 @@ def test_decide_refuses_anything_not_absent_or_ours(repos, fragment):
         stanza.decide(stanza.parse_info(info(repos), "tracker-dedicated"), OURS, "tracker-dedicated")
     assert fragment in e.value.one_line()
     assert "stanza-upgrade" in e.value.one_line() or "choose another stanza" in e.value.one_line()
+
+
+@pytest.mark.parametrize("msg", ["[HostConnectError] unable to connect", "[CryptoError] unable to set user-defined CA certificate location"])
+def test_an_unreachable_repository_is_a_host_error_not_a_collision(msg):
+    with pytest.raises(HostError) as e:
+        stanza.decide(stanza.parse_info(info({2: (99, msg, None, None, []), 3: ABSENT}), "tracker-dedicated"), OURS, "tracker-dedicated")
+    assert not isinstance(e.value, PreflightError) and "nothing was changed" in e.value.one_line()
 
 
 def test_decide_requires_both_repositories():
@@ -97,6 +103,7 @@ def test_a_stanza_readable_only_without_our_cipher_is_refused_with_its_system_id
 
 @pytest.mark.parametrize("code, msg, yes", [
     (99, "[CryptoError] cipher header invalid", True),
+    (99, "[CryptoError] unable to set user-defined CA certificate location", False),
     (99, "unable to load info file: HINT: is or was the repo encrypted?", True),
     (99, "[HostConnectError] unable to connect", False),
     (1, "missing stanza path", False),

@@ -179,7 +179,7 @@ def dropin_settings(settings) -> dict[str, str]:
         "archive_mode": "on",
         "archive_command": archive_command(settings),
         "restore_command": restore_command(settings),
-        "archive_timeout": f"{ARCHIVE_TIMEOUT}s",
+        "archive_timeout": "1min",  # as SHOW reports it (ARCHIVE_TIMEOUT seconds)
     }
 
 

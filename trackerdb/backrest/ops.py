@@ -120,6 +120,7 @@ def setup(settings, dry_run: bool = False, progress: Progress = None) -> Outcome
         if not _ssh_trust(t, settings, out, dry_run, progress):
             return out  # waiting for the repository side (production) or dry run without a key
 
+        _ca(t, settings, out, dry_run)
         _say(progress, "reading what the repositories hold for the stanza")
         facts = repo_facts(t, settings, secret)
         todo = stanza.decide(facts, sysid, settings.stanza, repo_names(settings))  # raises on a foreign stanza
@@ -208,6 +209,23 @@ def _ssh_trust(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progr
     return True
 
 
+def _ca(t: Remote, settings, out: Outcome, dry_run: bool) -> None:
+    """Lab only: the CA of the S3 endpoint's TLS proxy. The probe needs it too, so it comes first;
+    it is public material and changes nothing about archiving. Production uses the system store."""
+    if not (settings.s3_verify_tls and settings.aws_ca_bundle):
+        return
+    from pathlib import Path
+
+    ca = Path(settings.aws_ca_bundle).read_text()
+    if dry_run:
+        changed = t.read_file(conf.CA_PATH) != ca
+    else:
+        if not t.exists(conf.CONF_DIR):
+            t.run(["install", "-d", "-m", "0750", "-o", "root", "-g", PG, conf.CONF_DIR], sudo=True)
+        changed = t.write_file(conf.CA_PATH, ca, mode="0644", owner="root")
+    out.add(Step("S3 endpoint CA", changed, conf.CA_PATH))
+
+
 def _apply_config(t: Remote, settings, secret: Secret, out: Outcome, dry_run: bool, progress: Progress) -> None:
     dirs = [(conf.CONF_DIR, "root", PG, "0750"), (conf.LOG_PATH, PG, PG, "0770"), (conf.spool_path(settings), PG, PG, "0750")]
     for path, owner, group, mode in dirs:
@@ -219,12 +237,6 @@ def _apply_config(t: Remote, settings, secret: Secret, out: Outcome, dry_run: bo
         if not dry_run:
             t.run(cmd, sudo=True)
         out.add(Step(f"directory {path}", True, want, [shlex.join(cmd)]))
-    if settings.s3_verify_tls and settings.aws_ca_bundle:
-        from pathlib import Path
-
-        ca = Path(settings.aws_ca_bundle).read_text()
-        changed = (t.read_file(conf.CA_PATH) != ca) if dry_run else t.write_file(conf.CA_PATH, ca, mode="0644", owner="root")
-        out.add(Step("S3 endpoint CA", changed, conf.CA_PATH))
     text = conf.render(settings, secret.reveal())
     current = t.read_file(conf.CONF_PATH)
     if dry_run:
@@ -239,6 +251,9 @@ def _apply_config(t: Remote, settings, secret: Secret, out: Outcome, dry_run: bo
 def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progress) -> None:
     path = conf.dropin_path(settings)
     text = conf.dropin_text(settings)
+    confd = path.rsplit("/", 1)[0]
+    if not dry_run and not t.exists(confd):
+        t.run(["install", "-d", "-m", "0755", "-o", PG, "-g", PG, confd], sudo=True)
     changed = (t.read_file(path) != text) if dry_run else t.write_file(path, text, mode="0644", owner=PG, group=PG)
     out.add(Step(path, changed, "archive_mode, archive_command, restore_command, archive_timeout", [text] if dry_run and changed else []))
     if dry_run:
@@ -255,6 +270,11 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
         out.add(Step("postgresql restart", True, "archive_mode takes effect only at server start", [shlex.join(ctl + ["restart"])]))
     elif changed:
         out.add(Step("postgresql reload", True, "archive settings reloaded", [shlex.join(ctl + ["reload"])]))
+    arch = psql_json(t, settings, ck.ARCHIVER_SQL)
+    wrong = [k for k, v in conf.dropin_settings(settings).items() if k in arch and arch[k] != v]
+    if wrong:
+        raise HostError(f"PostgreSQL does not use {path}: {', '.join(f'{k}={arch[k]!r}' for k in wrong)}",
+                        hint=f"postgresql.conf must contain include_dir = 'conf.d' and nothing later may override these settings")
 
 
 # ---- check ------------------------------------------------------------------------------------

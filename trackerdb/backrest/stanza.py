@@ -106,6 +106,10 @@ def decide(facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: 
             raise PreflightError(
                 f"stanza {stanza!r} on {where} exists but is incomplete ({f.message}); refusing to create over it",
                 hint="someone else may own this stanza name: choose another stanza name; never stanza-delete it automatically")
+        elif f.state == "unreadable" and not looks_like_cipher_error(f):
+            raise HostError(
+                f"cannot read {where}: {_short(f.message)}",
+                hint="the repository is unreachable or misconfigured (network, TLS, credentials); nothing was changed")
         elif f.state == "unreadable":
             raise PreflightError(
                 f"stanza {stanza!r} on {where} cannot be read with our settings ({_short(f.message)}); it may belong to another cluster",
@@ -123,7 +127,7 @@ def decide(facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: 
 
 def looks_like_cipher_error(f: RepoFact) -> bool:
     m = f.message.lower()
-    return f.state == "unreadable" and any(w in m for w in ("cipher", "crypto", "encrypt"))
+    return f.state == "unreadable" and ("cipher header invalid" in m or "was the repo encrypted" in m)
 
 
 def _short(msg: str) -> str:
