@@ -295,10 +295,12 @@ def _down(name: str) -> dict:
             break
         left = kill_and_wait(pids)
         report["killed"] += len(pids) - len(left)
+    progress(f"{name}: {report['killed']} process(es) killed")
     for mp in _our_mounts(st):
         if run(["umount", mp], check=False).returncode != 0:
             run(["umount", "-l", mp], check=False)
         report["unmounted"] += 1
+    progress(f"{name}: {report['unmounted']} mount(s) removed")
     for dev in _our_loops(st):
         run(["losetup", "-d", dev], check=False)
         report["loops"] += 1
@@ -313,6 +315,7 @@ def _down(name: str) -> dict:
     if hosts.link_exists(n.bridge):
         run(["ip", "link", "del", n.bridge], check=False)
         report["links"] += 1
+    progress(f"{name}: loop device, namespaces and links removed")
     left = leftovers(name)
     if left:
         raise LabError(f"{name}: lab.down left {left}", hint="inspect and remove by hand; then re-run lab.down")
