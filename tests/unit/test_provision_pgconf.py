@@ -57,13 +57,14 @@ def test_hba_scram_only_for_app_networks_and_loopback():
     (None, "create_main_cluster = false", None),
     ("# comment\n#create_main_cluster = true\nssl = on\n", "create_main_cluster = false", "ssl = on"),
     ("create_main_cluster = true\nstart_conf = 'auto'\n", "create_main_cluster = false", "start_conf = 'auto'"),
+    ("#add_include_dir = '...'\nadd_include_dir = 'conf.d'\n", "create_main_cluster = false", None),
 ])
 def test_createcluster_conf_disables_the_packaged_cluster(current, expect_line, keeps):
     text = pgconf.createcluster_text(current)
     assert [l for l in text.splitlines() if "create_main_cluster" in l] == [expect_line]
     if keeps:
         assert keeps in text
-    assert "include_dir = 'conf.d'\n" in text  # pg_createcluster copies it into postgresql.conf: our drop-in is read
+    assert "add_include_dir = 'conf.d'\n" in text  # pg_createcluster adds include_dir to postgresql.conf: our drop-in is read
     assert pgconf.createcluster_text(text) == text  # idempotent
 
 

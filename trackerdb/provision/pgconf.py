@@ -119,14 +119,15 @@ def createcluster_text(current: str | None) -> str:
     """Stop the server package from creating a cluster on install: we create it after the mount check.
 
     Written before the package exists, so it must also carry what the packaged template would give
-    new clusters and we rely on: ``include_dir = 'conf.d'`` (our drop-in). An existing file keeps
-    everything else.
+    new clusters and we rely on: ``add_include_dir = 'conf.d'`` (pg_createcluster then puts
+    ``include_dir = 'conf.d'`` into postgresql.conf, so our drop-in is read; a plain ``include_dir``
+    here would include files into createcluster.conf itself). An existing file keeps everything else.
     """
-    wanted = {"create_main_cluster": "create_main_cluster = false", "include_dir": "include_dir = 'conf.d'"}
+    wanted = {"create_main_cluster": "create_main_cluster = false", "add_include_dir": "add_include_dir = 'conf.d'"}
     out, done = [], set()
     for line in (current if current is not None else MANAGED).splitlines():
         key = line.lstrip("#").split("=", 1)[0].strip()
-        if key in wanted and (key == "create_main_cluster" or not line.lstrip().startswith("#")):
+        if key in wanted:
             if key not in done:
                 out.append(wanted[key])
                 done.add(key)
