@@ -376,5 +376,6 @@ def status(name: str) -> dict:
             h |= {"endpoint_url": f"https://{n.ip(role)}", "ca_bundle": f"{d}/ca.crt"}
         res["hosts"][role] = h
     res["hosts"]["target"] |= {"data_volume": st["loop"], "data_volume_by_id": render.BY_ID_PREFIX + n.volume_id.replace("-", "")}
+    res["dataset"] = st["dataset"]
     res["up"] = bool(st["up"]) and all(all(h["services"].values()) for h in res["hosts"].values())
     return res

@@ -138,6 +138,11 @@ def test_pgbackrest_stanza_create_against_tls_s3(lab, hosts, lab_settings, tmp_p
                           verify=lab_settings.aws_ca_bundle, aws_access_key_id="testing", aws_secret_access_key="testing")
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="glimpse-timescale-backups", Prefix=path.lstrip("/")).get("Contents", [])]
         assert any(k.endswith("archive/labcheck/archive.info") for k in keys), keys
+        # the same with the lab CA named explicitly (what repo2-storage-ca-file does on the new host), as repo2
+        ca = "/usr/local/share/ca-certificates/trackerdb-lab-ca.crt"
+        s.write_file(conf, _s3_conf(lab, path + "-ca", f"repo1-storage-ca-file={ca}\n").replace("repo1-", "repo2-"),
+                     mode="0600", owner="postgres")
+        s.run(["pgbackrest", f"--config={conf}", "--stanza=labcheck", "stanza-create"], user="postgres", timeout=120)
         # a CA that did not sign the server certificate must be refused
         s.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=other "
               "-keyout /tmp/labcheck-other.key -out /tmp/labcheck-other.crt 2>/dev/null", user="postgres")
