@@ -321,7 +321,9 @@ def _down(name: str) -> dict:
         raise LabError(f"{name}: lab.down left {left}", hint="inspect and remove by hand; then re-run lab.down")
     if st.dir.exists():
         for p in st.dir.iterdir():
-            if p.name == "artifacts":
+            if p.name == "artifacts":  # journals and reports outlive the lab; an empty one goes
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
                 continue
             if p.is_dir() and not p.is_symlink():
                 run(["rm", "-rf", "--one-file-system", str(p)])
