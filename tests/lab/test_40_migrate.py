@@ -87,8 +87,8 @@ def test_everything_in_tracker_schema_owned_by_tracker_and_extensions_untouched(
         owners = p.json("SELECT json_object_agg(c.relname, pg_get_userbyid(c.relowner)) FROM pg_class c "
                         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tracker';", s.database)
         ext_owner = p.value("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = '_timescaledb_catalog.hypertable'::regclass;", s.database)
-        chunk_owners = p.json("SELECT json_agg(DISTINCT pg_get_userbyid(relowner)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                              "WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r';", s.database)
+        chunk_owners = p.json("SELECT json_agg(DISTINCT pg_get_userbyid(c.relowner)) FROM _timescaledb_catalog.chunk ch "
+                              "JOIN pg_class c ON c.oid = format('%I.%I', ch.schema_name, ch.table_name)::regclass;", s.database)
     assert owners and set(owners.values()) == {s.owner_role}
     assert ext_owner == "postgres"
     assert chunk_owners == [s.owner_role]
@@ -189,7 +189,7 @@ def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
             # hold pg_namespace in the staging db: phase 2 cannot proceed until we let go (or it dies)
             t.run(f"nohup setsid {s.pg_bin}/psql -X -p {s.pg_port} -d {staging} -c "
                   "\"BEGIN; LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\" "
-                  ">/dev/null 2>&1 &", user="postgres")
+                  "</dev/null >/dev/null 2>&1 &", user="postgres")
             for _ in range(100):
                 if p.value(f"SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE d.datname = '{staging}' "
                            "AND l.relation = 2615 AND l.mode = 'AccessExclusiveLock' AND l.granted;") == "1":

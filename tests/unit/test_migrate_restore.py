@@ -97,13 +97,21 @@ def test_parse_marker(comment, parsed):
 
 def test_space_refusal_and_pass():
     m = manifest(size=10 << 30, dump=2 << 30)
-    need = r.check_space(m, 100 << 30, 0)
-    assert need == int((10 << 30) * 1.3) + (2 << 30) + r.WAL_BYTES_DURING_RESTORE
+    need = r.check_space(m, 100 << 30, 0, 50)
+    assert need == int((10 << 30) * 1.3) + (2 << 30) + (5120 << 20)
     with pytest.raises(PreflightError) as e:
-        r.check_space(m, need - 1, 0)
+        r.check_space(m, need - 1, 0, 50)
     assert "grow" in e.value.hint
     # a half-done upload needs less
-    assert r.check_space(m, need - 1, 1 << 30) == need - (1 << 30)
+    assert r.check_space(m, need - 1, 1 << 30, 50) == need - (1 << 30)
+    # a small volume reserves less WAL (and the restore runs with a smaller max_wal_size)
+    assert r.check_space(m, 100 << 30, 0, 2) == int((10 << 30) * 1.3) + (2 << 30) + (1024 << 20)
+
+
+@pytest.mark.parametrize("gb,mb", [(2, 1024), (50, 5120), (200, 8192)])
+def test_restore_wal(gb, mb):
+    assert r.restore_wal_mb(gb) == mb
+    assert r.restore_tuning(4 << 30, gb)["max_wal_size"] == f"{mb}MB"
 
 
 def test_names_and_paths():
@@ -122,7 +130,7 @@ def test_tuning_is_reloadable_only_and_bounded():
     # nothing that needs a restart (wal_level, shared_buffers, fsync…) may appear here
     assert not set(t) & {"wal_level", "shared_buffers", "fsync", "full_page_writes", "archive_mode"}
     text = r.tuning_text(t)
-    assert "max_wal_size = '4GB'" in text and text.startswith("#")
+    assert "max_wal_size = '5120MB'" in text and text.startswith("#")
 
 
 def test_create_db_sql_uses_manifest_locale_and_owner():

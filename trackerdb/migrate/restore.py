@@ -75,7 +75,12 @@ def tuning_path(postgres_major: int) -> str:
     return f"/etc/postgresql/{postgres_major}/main/conf.d/{TUNING_NAME}"
 
 
-def restore_tuning(mem_bytes: int) -> dict[str, str]:
+def restore_wal_mb(volume_gb: int) -> int:
+    """max_wal_size during the restore: a tenth of the data volume, 1-8 GB (it is also reserved as free space)."""
+    return max(1024, min(8192, volume_gb * 1024 // 10))
+
+
+def restore_tuning(mem_bytes: int, volume_gb: int = 50) -> dict[str, str]:
     """Settings that speed a bulk load up and are safe *for the load only* (all reloadable).
 
     synchronous_commit=off and autovacuum=off are fine because a failed restore is redone from the
@@ -85,7 +90,7 @@ def restore_tuning(mem_bytes: int) -> dict[str, str]:
     mem_mb = mem_bytes // (1 << 20)
     return {
         "maintenance_work_mem": f"{max(256, min(2048, mem_mb // 4))}MB",
-        "max_wal_size": "4GB",
+        "max_wal_size": f"{restore_wal_mb(volume_gb)}MB",
         "checkpoint_timeout": "30min",
         "synchronous_commit": "off",
         "autovacuum": "off",
@@ -96,9 +101,6 @@ def tuning_text(values: dict[str, str]) -> str:
     return ("# trackerdb restore: temporary, removed when the restore ends (if you find this file, no restore is\n"
             "# running: delete it and `SELECT pg_reload_conf()`).\n"
             + "".join(f"{k} = '{v}'\n" for k, v in values.items()))
-
-
-WAL_BYTES_DURING_RESTORE = 4 << 30
 
 
 def create_db_sql(name: str, facts_db: dict, owner_exists: bool) -> str:
@@ -177,9 +179,9 @@ def check_databases(target: dict, db: str, replace: bool) -> dict:
     return plan
 
 
-def check_space(manifest: dict, avail: int, uploaded: int) -> int:
+def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50) -> int:
     need = toc.space_needed(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], uploaded,
-                            WAL_BYTES_DURING_RESTORE)
+                            restore_wal_mb(volume_gb) << 20)
     if avail < need:
         raise PreflightError(
             f"the data volume has {toc.human_bytes(avail)} free, the restore needs about {toc.human_bytes(need)}",
@@ -238,7 +240,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
             uploaded = 0
         ready = bool(dbplan["staging"] and dbplan["staging"].get("sha256") == sha and dbplan["staging"].get("state") == "ready")
         avail = toc.parse_df_avail(t.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
-        need = 0 if ready else check_space(manifest, avail, uploaded)
+        need = 0 if ready else check_space(manifest, avail, uploaded, settings.data_volume_size_gb)
         out.add(Step("preflight", False,
                      f"TimescaleDB {manifest['versions'].get('timescaledb')} matches; {toc.human_bytes(avail)} free >= "
                      f"{toc.human_bytes(need)} needed; TOC {split.entries} entries ({len(split.catalog)} catalog, "
@@ -365,13 +367,18 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
 
     nproc = int(t.run(["nproc"]).stdout.strip() or 1)
     mem = _mem_bytes(t)
-    tune = restore_tuning(mem)
+    tune = restore_tuning(mem, settings.data_volume_size_gb)
     tpath = tuning_path(settings.postgres_major)
     warnings: list[str] = []
     try:
         write_text(t, tpath, tuning_text(tune), mode="0644")
         psql.run("SELECT pg_reload_conf();")
-        out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())))
+        # pg_file_settings shows what the server would read: if conf.d is not included, say so
+        read = psql.value(f"SELECT count(*) FROM pg_file_settings WHERE sourcefile = {sq.literal(tpath)} AND error IS NULL;")
+        if read == str(len(tune)):
+            out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())))
+        else:
+            out.add(Step("restore tuning", False, f"skipped: the server does not read {tpath} (no include_dir 'conf.d')"))
         jobs = toc.restore_jobs(nproc)
         for phase, lst, j in (("catalog", lists["catalog"], 1), ("data", lists["rest"], jobs)):
             say(f"pg_restore {phase}", 0, None)

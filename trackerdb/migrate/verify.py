@@ -43,7 +43,8 @@ def not_owned_sql(owner: str) -> str:
     WHERE {ns} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {ext.format(c='pg_class', o='c.oid')}
       AND pg_get_userbyid(c.relowner) <> {o}
   UNION ALL SELECT 'chunk ' || n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r' AND pg_get_userbyid(c.relowner) <> {o}
+    WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r' AND {ext.format(c='pg_class', o='c.oid')}
+      AND pg_get_userbyid(c.relowner) <> {o}
   UNION ALL SELECT 'routine ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE {ns} AND {ext.format(c='pg_proc', o='p.oid')} AND pg_get_userbyid(p.proowner) <> {o}
   UNION ALL SELECT 'type ' || n.nspname || '.' || t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -258,8 +259,8 @@ def app_login_check(settings, facts: dict) -> Check:
                     except psycopg.errors.UniqueViolation:
                         # the heap insert happened and was refused at the unique index: privileges and write path ok
                         evidence = f"insert into {target[0]}.{target[1]} reached its unique index (duplicate of a copied row), rolled back"
-            conn.rollback()
-        ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
+            ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
+            conn.rollback()  # the probe row never persists
         return Check(name, True, f"{host}:{settings.pg_port} ({ssl}); {evidence}", "login + write")
     except psycopg.Error as exc:
         msg = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__, secret)
