@@ -116,3 +116,11 @@ def test_content_digest_sql_uses_st_astext_for_geometry():
     sql = mf.content_digest_sql("tracker", "location_reports", ["position"])
     assert 'ST_AsText("position")' in sql and 'FROM "tracker"."location_reports" t' in sql
     assert "ST_AsText" not in mf.content_digest_sql("tracker", "devices")
+
+
+def test_dump_warnings_keep_their_details():
+    err = ("trackerdb: snapshot 1-2-3\n"
+           "pg_dump: warning: there are circular foreign-key constraints on this table:\n"
+           "pg_dump: detail: hypertable\n"
+           "pg_dump: hint: You might not be able to restore the dump without using --disable-triggers\n")
+    assert d.dump_warnings(err) == ["there are circular foreign-key constraints on this table: hypertable"]

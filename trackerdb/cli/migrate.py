@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json as _json
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def dump(c, local=False, out=None, on_host=None, json=False):
     s = settings(c)
     dest = on_host or out or str(Path(s.state_dir) / "dump")
     prog, update = _bar("dump")
-    with prog:
+    with (contextlib.nullcontext() if json else prog):
         art = run_dump(s, dest, local=local, progress=None if json else update, on_host=bool(on_host))
     m = art.manifest
     summary = {"dump": art.dump_path, "manifest": art.manifest_path, "on_host": art.on_host,
@@ -83,7 +84,7 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
 
     s = settings(c)
     prog, update = _bar("restore")
-    with prog:
+    with (contextlib.nullcontext() if json else prog):
         outcome = run_restore(s, dump, manifest_path=manifest, replace=replace, dry_run=dry_run,
                               progress=None if json else update, keep_upload=keep_upload)
     print_outcome(outcome, json)

@@ -153,10 +153,23 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     partial.replace(dump_path)
     doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_name, dump_size=res.bytes,
                             dump_sha256=res.sha256, pg_dump_version=pg_dump_version, consistency=_consistency(res.stderr))
-    doc["dump"]["warnings"] = [ln for ln in res.stderr.splitlines() if ln.startswith("pg_dump: warning")]
+    doc["dump"]["warnings"] = dump_warnings(res.stderr)
     manifest_path = mf.manifest_path_for(dump_path)
     mf.write_manifest(doc, manifest_path)
     return DumpArtifacts(str(dump_path), str(manifest_path), doc)
+
+
+def dump_warnings(stderr: str) -> list[str]:
+    """pg_dump's warnings, each with its continuation lines (e.g. the tables of a circular FK)."""
+    out: list[str] = []
+    for ln in stderr.splitlines():
+        if ln.startswith("pg_dump: warning: "):
+            out.append(ln[len("pg_dump: warning: "):])
+        elif out and ln.startswith("pg_dump: detail: "):
+            out[-1] += " " + ln[len("pg_dump: detail: "):]
+        elif out and not ln.startswith(("pg_dump:", "trackerdb:")) and ln.strip():
+            out[-1] += " " + ln.strip()
+    return out
 
 
 def _consistency(stderr: str) -> str:

@@ -225,6 +225,15 @@ def probe_table(facts: dict) -> tuple[str, str] | None:
     return max(pool, key=lambda k: rows.get(k, 0)) if pool else None
 
 
+def _time_column(facts: dict, table: tuple[str, str]) -> str | None:
+    for h in facts.get("hypertables") or []:
+        if (h["schema"], h["name"]) == table:
+            for d in h.get("dimensions") or []:
+                if d.get("type") == "Time" and d.get("time_interval"):
+                    return d["column"]
+    return None
+
+
 def app_login_check(settings, facts: dict) -> Check:
     """The application role logs in over the network (TCP, its password) and writes a row, rolled back."""
     import psycopg
@@ -238,6 +247,7 @@ def app_login_check(settings, facts: dict) -> Check:
     except OpsError as exc:
         return Check(name, False, exc.one_line(), "login + write")
     host = settings.target.address
+    latest = None
     try:
         with psycopg.connect(host=host, port=settings.pg_port, dbname=settings.database, user=settings.owner_role,
                              password=secret.reveal(), connect_timeout=10, sslmode="prefer",
@@ -253,12 +263,19 @@ def app_login_check(settings, facts: dict) -> Check:
                                 "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
                                 (f"{target[0]}.{target[1]}",))
                     cols = cur.fetchone()[0]
+                    tcol = _time_column(facts, target)
+                    if tcol:  # runbook §6: recent historical queries work (as the application role)
+                        cur.execute(f"SELECT max({sq.ident(tcol)})::text FROM {rel} "
+                                    f"WHERE {sq.ident(tcol)} > (SELECT max({sq.ident(tcol)}) FROM {rel}) - interval '1 day'")
+                        latest = cur.fetchone()[0]
                     try:
                         cur.execute(f"INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {rel} LIMIT 1")
                         evidence = f"inserted {cur.rowcount} row into {target[0]}.{target[1]}, rolled back"
                     except psycopg.errors.UniqueViolation:
                         # the heap insert happened and was refused at the unique index: privileges and write path ok
                         evidence = f"insert into {target[0]}.{target[1]} reached its unique index (duplicate of a copied row), rolled back"
+            if latest:
+                evidence += f"; latest row {latest}"
             ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
             conn.rollback()  # the probe row never persists
         return Check(name, True, f"{host}:{settings.pg_port} ({ssl}); {evidence}", "login + write")
