@@ -209,3 +209,19 @@ def test_reboot_simulation_brings_everything_back(provisioned, target):
         assert psql(target, "SHOW data_directory;").stdout.strip() == s.cluster_dir
     finally:
         psql(target, f"DROP DATABASE IF EXISTS {SCRATCH};\n", check=False)
+
+
+def test_password_never_in_logs_or_output(provisioned, target):
+    """The secret and its SCRAM verifier appear in no PostgreSQL log, no task output, no shell history."""
+    from trackerdb.secrets import fetch_secret
+
+    s = provisioned
+    pw = fetch_secret(s, s.app_secret_name).reveal()
+    verifier = psql(target, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{s.owner_role}';").stdout.strip()
+    assert verifier.startswith("SCRAM-SHA-256$")
+    r = run_task("--json")
+    assert r.returncode == 0 and pw not in r.stdout + r.stderr and verifier not in r.stdout + r.stderr
+    # patterns on stdin, so they are not in grep's argv either
+    found = target.run("grep -rlFf /dev/stdin /var/log /root /home /var/lib/postgresql/.psql_history 2>/dev/null; true",
+                       sudo=True, stdin=f"{pw}\n{verifier.split('$', 2)[2]}\n").stdout.strip()
+    assert found == ""

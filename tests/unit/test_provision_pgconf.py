@@ -71,6 +71,7 @@ def test_createcluster_conf_disables_the_packaged_cluster(current, expect_line, 
 @pytest.mark.parametrize("conf, ok", [
     ("include_dir = 'conf.d'\n", True),
     ("include_dir='conf.d'   # add settings\n", True),
+    ("include_dir = 'conf.d'\t\t\t# include files ending in '.conf' from\n", True),  # as pg_createcluster writes it
     ("#include_dir = 'conf.d'\n", False),
     ("#include_dir = '...'\t\t\t# include files\n", False),
     ("", False),

@@ -138,7 +138,7 @@ def createcluster_text(current: str | None) -> str:
 
 
 def includes_conf_d(postgresql_conf: str) -> bool:
-    return any(line.split("#", 1)[0].replace(" ", "") in ("include_dir='conf.d'", 'include_dir="conf.d"')
+    return any("".join(line.split("#", 1)[0].split()) in ("include_dir='conf.d'", 'include_dir="conf.d"')
                for line in postgresql_conf.splitlines())
 
 
