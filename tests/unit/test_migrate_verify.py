@@ -104,7 +104,27 @@ def test_not_owned_sql_quotes_the_owner():
 def test_wal_check_when_backrest_not_expected(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "trackerdb.backrest.ops", None)  # import fails like a missing module
+    import trackerdb.backrest
+
+    # the import fails as if the pgBackRest area had not landed (even if another test imported it)
+    monkeypatch.delattr(trackerdb.backrest, "ops", raising=False)
+    monkeypatch.setitem(sys.modules, "trackerdb.backrest.ops", None)
     assert v.wal_archiving_check(None, expect_backrest=False).ok
     c = v.wal_archiving_check(None, expect_backrest=True)
     assert not c.ok and c.observed == "not configured"
+
+
+def test_wal_check_uses_backrest_checks(monkeypatch):
+    import sys
+    import types
+
+    from trackerdb.steps import Check
+
+    fake = types.SimpleNamespace(check=lambda settings: [Check("archive-push", True), Check("last segment", False, "12 min old")])
+    import trackerdb.backrest
+
+    monkeypatch.setattr(trackerdb.backrest, "ops", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "trackerdb.backrest.ops", fake)
+    c = v.wal_archiving_check(object(), expect_backrest=True)
+    assert not c.ok and "last segment: 12 min old" in c.observed
+    assert v.wal_archiving_check(object(), expect_backrest=False).observed.startswith("skipped")
