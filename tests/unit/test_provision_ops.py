@@ -130,3 +130,17 @@ def test_private_ip_not_on_host_is_refused():
 ])
 def test_changed_keys(old, new, keys):
     assert ops._changed_keys(old, new) == keys
+
+
+def test_pgdg_dry_run_on_a_fresh_debian12_host_plans_sources_keys_and_pins():
+    s = Settings.from_parts({}, prod_outputs(data_volume_size_gb=2, private_ip="10.77.0.2"))
+    host = ScriptedHost()
+    host.answers.insert(0, ("cat /etc/os-release", 0, 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'))
+    host.answers.insert(0, ("apt-cache madison", 0, ""))  # the repositories are not there yet
+    outcome = ops.provision(s, dry_run=True, host=host)
+    steps = {st.name: st for st in outcome.steps}
+    assert steps["keyring pgdg"].changed and "ACCC4CF8.asc" in steps["keyring pgdg"].commands[0]
+    assert "bookworm-pgdg main" in steps["apt source pgdg"].commands[0]
+    assert "signed-by=/usr/share/keyrings/timescaledb.asc" in steps["apt source timescaledb"].commands[0]
+    assert "timescaledb-2-postgresql-16=2.18.2~debian12*" in steps["packages"].commands[0]
+    assert host.writes == [] and not [c for c in host.ran if CHANGING.search(c)]

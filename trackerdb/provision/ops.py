@@ -100,8 +100,7 @@ class Provisioner:
     def run(self) -> None:
         self.read_host()
         self.check_volume()
-        self.package_sources()
-        self.resolve_packages()
+        self.resolve_packages(sources_pending=self.package_sources() and self.dry)
         self.prepare_volume()
         self.install_packages()
         self.cluster()
@@ -170,10 +169,11 @@ class Provisioner:
             volume.fstab_update(f.fstab, f.probe.uuid, s.data_mount, s.fs_type)
 
     # ---- packages --------------------------------------------------------------------------
-    def package_sources(self) -> None:
+    def package_sources(self) -> bool:
+        """Returns whether the apt sources changed (or would, in a dry run)."""
         if self.s.package_source != "pgdg":
             self.step("apt sources", False, "the host's own apt sources (package_source=debian)")
-            return
+            return False
         codename = self.f.os.get("VERSION_CODENAME", "bookworm")
         installed = apt.parse_dpkg_status(self.sh(apt.dpkg_query_command(["ca-certificates", "curl", "gnupg"])).stdout)
         need = [p for p in ("ca-certificates", "curl", "gnupg") if p not in installed]
@@ -185,14 +185,20 @@ class Provisioner:
             has_key = self.host.exists(repo.keyring)
             self.step(f"keyring {repo.name}", not has_key, repo.keyring, [apt.key_install_command(repo)],
                       lambda repo=repo: self.sh(apt.key_install_command(repo), timeout=120))
-            changed |= self.file_step(f"apt source {repo.name}", repo.list_file, repo.source_line(codename))
+            changed |= self.file_step(f"apt source {repo.name}", repo.list_file, repo.source_line(codename)) or not has_key
         if changed and not self.dry:
             self.sh(apt.update_command(), timeout=600)
+        return changed
 
-    def resolve_packages(self) -> None:
+    def resolve_packages(self, sources_pending: bool = False) -> None:
         f = self.f
         f.specs = apt.package_specs(self.s, f.os.get("VERSION_ID", "12"))
         names = [p.name for p in f.specs]
+        if sources_pending:
+            # dry run on a host without the repositories yet: apt cannot know their versions until they are added
+            f.chosen = {p.name: f"{p.want}{p.suffix}*" if p.want else "candidate" for p in f.specs}
+            self.step("package versions", False, "checked against the repositories once they are added (dry run)")
+            return
         r = self.sh(apt.madison_command(names), check=False)
         available = apt.parse_madison(r.stdout)
         if any(n not in available for n in names):
@@ -336,7 +342,8 @@ class Provisioner:
         if problems:
             raise VerifyError("installed versions differ from the settings: " + "; ".join(problems),
                               hint="check the package source and pins; the source and target must run the same versions")
-        self.step("versions", False, f"PostgreSQL {rows['server']}, TimescaleDB {rows['timescaledb']}, PostGIS {rows['postgis']}")
+        num = int(rows["server"])
+        self.step("versions", False, f"PostgreSQL {num // 10000}.{num % 10000}, TimescaleDB {rows['timescaledb']}, PostGIS {rows['postgis']}")
 
     def role(self) -> None:
         s = self.s
