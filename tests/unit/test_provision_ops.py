@@ -144,3 +144,20 @@ def test_pgdg_dry_run_on_a_fresh_debian12_host_plans_sources_keys_and_pins():
     assert "signed-by=/usr/share/keyrings/timescaledb.asc" in steps["apt source timescaledb"].commands[0]
     assert "timescaledb-2-postgresql-16=2.18.2~debian12*" in steps["packages"].commands[0]
     assert host.writes == [] and not [c for c in host.ran if CHANGING.search(c)]
+
+
+@pytest.mark.parametrize("changed_keys, hba_changed, postmaster, action", [
+    ({"shared_buffers", "work_mem"}, False, "shared_buffers\nmax_connections\n", "restart"),
+    ({"work_mem"}, False, "shared_buffers\nmax_connections\n", "reload"),
+    (set(), True, "shared_buffers\n", "reload"),
+    (set(), False, "shared_buffers\n", None),
+])
+def test_restart_only_for_restart_only_settings(changed_keys, hba_changed, postmaster, action):
+    host = ScriptedHost()
+    host.answers.insert(0, ("pg_lsclusters", 0, "17 main 5432 online postgres /var/lib/postgresql/17/main /var/log/x.log\n"))
+    host.answers.insert(0, ("psql", 0, postmaster))
+    p = ops.Provisioner(S, host, ops.Outcome("t"), False, lambda m: None, "pw")
+    p.service(changed_keys, hba_changed)
+    ctl = [c for c in host.ran if "pg_ctlcluster" in c]
+    assert ctl == ([f"pg_ctlcluster 17 main {action}"] if action else [])
+    assert p.out.steps[-1].changed is bool(action)
