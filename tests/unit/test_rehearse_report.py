@@ -128,14 +128,30 @@ def _phase(name, start, end):
 def test_projection_scales_data_phases_and_keeps_fixed_ones():
     phases = [_phase("freeze", 0, 2), _phase("dump", 2, 12), _phase("restore", 12, 32), _phase("switch", 32, 42)]
     window = {"start": 0, "end": 43, "duration_s": 43}
-    p = R.project(phases, window, db_bytes=1 * 1024**3, prod_bytes=11 * 1024**3, cap_bps=0, factor=2)
+    p = R.project(phases, window, db_bytes=1 * 1024**3, prod_bytes=11 * 1024**3, cap_bps=0)
     by = {r["phase"]: r["projected_s"] for r in p["phases"]}
     assert by == {"freeze": 2, "dump": 110, "restore": 220, "switch": 10}
     assert p["unaccounted_s"] == pytest.approx(1)
     assert p["projected_outage_s"] == pytest.approx(2 + 110 + 220 + 10 + 1)
-    assert p["planning_outage_s"] == pytest.approx(2 * 343)
+    assert p["planning_outage_s"] == p["projected_outage_s"]
+    # without a volume limit the floor is the measured time: fixed costs only
+    assert p["floor_outage_s"] == pytest.approx(43)
     assert p["scale_factor"] == 11
     assert any("linearly" in a for a in p["assumptions"]) and any("11.0 GiB" in a for a in p["assumptions"])
+
+
+def test_projection_floor_adds_production_bytes_at_the_volume_baseline():
+    phases = [_phase("freeze", 0, 2), _phase("dump", 2, 12), _phase("restore", 12, 32), _phase("switch", 32, 42)]
+    window = {"start": 0, "end": 42, "duration_s": 42}
+    gib = 1024**3
+    p = R.project(phases, window, db_bytes=10 * 1024**2, prod_bytes=11 * gib, cap_bps=128 * 1024**2)
+    per_phase = 11 * gib / (128 * 1024**2)  # 88 s at the baseline
+    by = {r["phase"]: r["floor_s"] for r in p["phases"]}
+    assert by["dump"] == pytest.approx(10 + per_phase, abs=0.1) and by["restore"] == pytest.approx(20 + per_phase, abs=0.1)
+    assert by["freeze"] == 2 and by["switch"] == 10
+    assert p["floor_outage_s"] == pytest.approx(42 + 2 * per_phase, abs=0.2)
+    assert p["projected_outage_s"] > p["floor_outage_s"]
+    assert any("larger --scale" in a for a in p["assumptions"])
 
 
 def test_projection_never_beats_the_volume_baseline():
@@ -157,7 +173,7 @@ def test_projection_needs_a_window_and_a_size():
 def test_projection_from_the_sample_excludes_phases_outside_the_outage():
     proj = _build()["projection"]
     assert [r["phase"] for r in proj["phases"]] == ["freeze", "dump", "restore", "verify", "switch"]
-    assert proj["projected_outage_s"] > 0 and proj["planning_outage_s"] == pytest.approx(2 * proj["projected_outage_s"], abs=0.2)
+    assert 0 < proj["floor_outage_s"] < proj["projected_outage_s"] == proj["planning_outage_s"]
 
 
 @pytest.mark.parametrize("value, text", [(None, "n/a"), (512, "512 B"), (2048, "2.0 KiB"), (11 * 1024**3, "11.0 GiB")])

@@ -46,7 +46,7 @@ def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, json=False)
             out.print(f"measured outage: {rep['outage']['duration_s']:.1f} s ({rep['outage']['source']})")
         if rep.get("projection"):
             p = rep["projection"]
-            out.print(f"projected outage at 11 GB: {p['projected_outage_s']:.0f} s; book {p['planning_outage_s']:.0f} s")
+            out.print(f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the upper bound)")
         out.print(f"report: {res['report_html']}")
         out.print(f"report: {res['report_json']}")
         out.print(f"copy:   {res['copy_dir']}/report.html")

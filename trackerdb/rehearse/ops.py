@@ -356,6 +356,8 @@ def write_reports(result: dict, settings, say) -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
     rep = rp.build_report(result, generated_at=time.time())
     _write(state_dir, rep)
+    # the raw measurements too, so a report can be rebuilt (python -m trackerdb.rehearse.ops RESULT OUT_DIR)
+    (state_dir / "rehearsal-result.json").write_text(json.dumps(result, indent=1, default=str))
     if settings is not None and rep["passed"]:
         try:
             from .signoff import run_signoff, to_dict
@@ -365,6 +367,7 @@ def write_reports(result: dict, settings, say) -> dict:
             result["signoff"] = to_dict(items)
             rep = rp.build_report(result, generated_at=time.time())
             _write(state_dir, rep)
+            (state_dir / "rehearsal-result.json").write_text(json.dumps(result, indent=1, default=str))
         except OpsError as exc:
             say(f"signoff could not run: {exc.one_line()}")
     copy_dir = ROOT / "reports" / (result.get("meta") or {}).get("lab", "lab")
@@ -381,3 +384,22 @@ def _write(state_dir: Path, rep: dict) -> None:
         tmp = state_dir / (name + ".tmp")
         tmp.write_text(text)
         tmp.replace(state_dir / name)
+
+
+def main(argv: list[str]) -> int:
+    """Rebuild report.json/html from a saved rehearsal-result.json: ``python -m trackerdb.rehearse.ops RESULT OUT_DIR``."""
+    if len(argv) != 3:
+        print(main.__doc__)
+        return 2
+    result = json.loads(Path(argv[1]).read_text())
+    out = Path(argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out, rp.build_report(result, generated_at=result.get("finished")))
+    print(out / "report.html")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv))

@@ -29,8 +29,6 @@ SCHEMA = 1
 PROD_BYTES = 11 * 1024**3
 #: gp3 baseline throughput (MiB/s): no single phase can move data faster than the data volume.
 GP3_BASELINE_BPS = 125 * 1024**2
-#: A planning margin on top of the straight projection.
-PLANNING_FACTOR = 2.0
 
 OK_OUTCOMES = {"ok", "done", "pass", "passed", "success", "succeeded", "completed", "complete",
                "changed", "unchanged", "skipped", "resumed"}
@@ -232,13 +230,19 @@ def throughput(phases: list[dict], sizes: dict, window: dict | None) -> dict:
 
 
 def project(phases: list[dict], window: dict | None, db_bytes: int | None,
-            prod_bytes: int = PROD_BYTES, cap_bps: float = GP3_BASELINE_BPS,
-            factor: float = PLANNING_FACTOR) -> dict | None:
-    """Projected production outage: data phases scale linearly with size, the rest stay as measured."""
+            prod_bytes: int = PROD_BYTES, cap_bps: float = GP3_BASELINE_BPS) -> dict | None:
+    """Projected production outage as a range, from the phases inside the measured outage window.
+
+    One rehearsal cannot split a data phase's time into a fixed cost and a per-byte cost, so:
+    - upper (``projected_outage_s``): data phases scale linearly with size, their fixed cost too;
+    - floor (``floor_outage_s``): a data phase's measured time is all fixed cost, plus the production
+      bytes at the gp3 baseline, the fastest the data volume can take them.
+    Other phases stay as measured. A larger ``--scale`` makes the upper bound tighter.
+    """
     if not window or not db_bytes or db_bytes <= 0:
         return None
     ratio = prod_bytes / db_bytes
-    rows, total = [], 0.0
+    rows, upper, floor = [], 0.0, 0.0
     for p in phases:
         if not in_window(p, window):
             continue
@@ -248,39 +252,45 @@ def project(phases: list[dict], window: dict | None, db_bytes: int | None,
             capped = False
             if cap_bps and projected > 0 and prod_bytes / projected > cap_bps:
                 projected, capped = prod_bytes / cap_bps, True
+            low = measured + (prod_bytes / cap_bps if cap_bps else 0.0)
+            low = min(low, projected) if not capped else projected
             basis = (f"{human_bytes(db_bytes)} in {human_seconds(measured)} = "
                      f"{human_bytes(db_bytes / measured if measured else 0)}/s"
                      + (" (capped at the gp3 baseline)" if capped else ""))
         else:
-            projected = measured
+            projected = low = measured
             basis = "fixed cost, does not grow with the data"
-        total += projected
+        upper += projected
+        floor += low
         rows.append({"phase": p["phase"], "measured_s": round(measured, 3), "projected_s": round(projected, 1),
-                     "scales_with_data": p["scales_with_data"], "basis": basis})
+                     "floor_s": round(low, 1), "scales_with_data": p["scales_with_data"], "basis": basis})
     # time inside the window that no phase accounts for (gaps, the writer's reconnect) stays as measured
     accounted = sum(r["measured_s"] for r in rows)
     gap = max(0.0, window["duration_s"] - accounted)
-    total += gap
+    upper += gap
+    floor += gap
+    small = db_bytes < prod_bytes / 100
     return {
         "prod_bytes": prod_bytes,
         "measured_db_bytes": db_bytes,
         "scale_factor": round(ratio, 1),
         "phases": rows,
         "unaccounted_s": round(gap, 3),
-        "projected_outage_s": round(total, 1),
-        "planning_outage_s": round(total * factor, 1),
-        "planning_factor": factor,
+        "projected_outage_s": round(upper, 1),
+        "floor_outage_s": round(floor, 1),
+        "planning_outage_s": round(upper, 1),
         "assumptions": [
             f"production tracker database = {human_bytes(prod_bytes)} (runbook: ~11 GB, counted in GiB to err long)",
             f"measured database = {human_bytes(db_bytes)} (pg_database_size on the source at the rehearsal)",
-            "dump, restore and verify times grow linearly with database size (their fixed start-up cost is "
-            "scaled too, which errs long); every other phase in the outage window is a fixed cost",
-            f"no data phase runs faster than the gp3 baseline ({human_bytes(cap_bps)}/s)",
+            "upper bound (the window to book): dump, restore and verify grow linearly with database size, their "
+            "fixed start-up cost scaled too, which errs long; every other phase in the outage window is a fixed cost",
+            f"floor: each data phase's measured time is fixed cost, plus the production bytes at the gp3 baseline "
+            f"({human_bytes(cap_bps)}/s), the fastest the data volume allows",
             "lab hosts share one machine's CPU and disks and talk over a local bridge; production crosses "
-            "the VPC network and a t3.medium's CPU credits: treat the planning figure "
-            f"(x{factor:g}) as the window to book, not the straight projection",
+            "the VPC network and a t3.medium's CPU credits",
             "index builds and TimescaleDB chunk counts scale with the data as in the rehearsal dataset",
-        ],
+        ] + ([f"the rehearsal database is {ratio:.0f}x smaller than production, so fixed costs dominate the upper "
+              "bound: rehearse with a larger --scale to narrow the range"] if small else []),
     }
 
 
@@ -506,8 +516,8 @@ def render_html(report: dict) -> str:
     kpis = [
         ("measured outage", human_seconds(outage["duration_s"]) if outage else "n/a",
          f"{outage['source']}: {outage['detail']}" if outage else "no freeze→switch found"),
-        ("projected outage at 11 GB", human_seconds(proj["projected_outage_s"]) if proj else "n/a",
-         f"book {human_seconds(proj['planning_outage_s'])} (x{proj['planning_factor']:g})" if proj else ""),
+        ("projected outage at 11 GB (upper bound)", human_seconds(proj["projected_outage_s"]) if proj else "n/a",
+         f"floor {human_seconds(proj['floor_outage_s'])}; book the upper bound" if proj else ""),
         ("transfer throughput", f"{human_bytes(thr['transfer']['bytes_per_s'])}/s" if thr.get("transfer") else "n/a", "dump bytes / s"),
         ("restore throughput", f"{human_bytes(thr['restore']['bytes_per_s'])}/s" if thr.get("restore") else "n/a", "dump bytes / s"),
         ("rows source → target", f"{r['counts']['source_total']:,} → {r['counts']['target_total']:,}" if r["counts"]["rows"] else "n/a",
@@ -551,16 +561,18 @@ def render_html(report: dict) -> str:
 
     out.append("<h2>Projected production outage (11 GB)</h2>")
     if proj:
-        out.append(f"<p>Straight projection <b>{_e(human_seconds(proj['projected_outage_s']))}</b>; "
-                   f"book <b>{_e(human_seconds(proj['planning_outage_s']))}</b> (x{proj['planning_factor']:g} margin). "
+        out.append(f"<p>Between <b>{_e(human_seconds(proj['floor_outage_s']))}</b> and "
+                   f"<b>{_e(human_seconds(proj['projected_outage_s']))}</b>; book the upper bound. "
                    f"Scale factor x{proj['scale_factor']:g} from the measured database.</p>")
-        out.append("<table><tr><th>phase</th><th>measured</th><th>projected</th><th>basis</th></tr>")
+        out.append("<table><tr><th>phase</th><th>measured</th><th>floor</th><th>upper bound</th><th>basis</th></tr>")
         for p in proj["phases"]:
             out.append(f"<tr><td>{_e(p['phase'])}</td><td class=num>{_e(human_seconds(p['measured_s']))}</td>"
+                       f"<td class=num>{_e(human_seconds(p['floor_s']))}</td>"
                        f"<td class=num>{_e(human_seconds(p['projected_s']))}</td><td class=muted>{_e(p['basis'])}</td></tr>")
         if proj["unaccounted_s"]:
-            out.append(f"<tr><td>between phases</td><td class=num>{_e(human_seconds(proj['unaccounted_s']))}</td>"
-                       f"<td class=num>{_e(human_seconds(proj['unaccounted_s']))}</td><td class=muted>kept as measured</td></tr>")
+            gap = _e(human_seconds(proj["unaccounted_s"]))
+            out.append(f"<tr><td>between phases</td><td class=num>{gap}</td><td class=num>{gap}</td>"
+                       f"<td class=num>{gap}</td><td class=muted>kept as measured</td></tr>")
         out.append("</table><p>Assumptions:</p><ul>" + "".join(f"<li>{_e(a)}</li>" for a in proj["assumptions"]) + "</ul>")
     else:
         out.append('<p class="fail">no projection: the outage window or the measured database size is missing</p>')
