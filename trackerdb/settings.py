@@ -27,9 +27,8 @@ def lab_name(env=None) -> str:
 
 
 def lab_dir(env=None) -> Path:
-    """State of one lab instance: ``$TRACKERDB_LAB_DIR`` or /var/lib/trackerdb-lab/<name>."""
-    env = os.environ if env is None else env
-    return Path(env.get("TRACKERDB_LAB_DIR") or f"{LAB_ROOT}/{lab_name(env)}")
+    """State of one lab instance: /var/lib/trackerdb-lab/<name> (the lab writes nowhere else)."""
+    return Path(f"{LAB_ROOT}/{lab_name(env)}")
 
 
 @dataclass(frozen=True)

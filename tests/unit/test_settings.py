@@ -53,5 +53,5 @@ def test_overlay_file_wins_over_invoke_yaml(tmp_path):
 
 def test_lab_env_without_lab_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError) as e:
-        Settings.load({}, env={"TRACKERDB_ENV": "lab", "TRACKERDB_LAB_DIR": str(tmp_path)})
+        Settings.load({}, env={"TRACKERDB_ENV": "lab", "TRACKERDB_LAB": "no-such-lab-instance"})
     assert "invoke lab.up" in e.value.one_line()
