@@ -66,3 +66,37 @@ def test_missing_roles_only():
     roles = [{"name": "tracker"}, {"name": "tracker_readonly"}, {"name": 'we"ird'}]
     assert sq.missing_roles_sql(roles, {"tracker", "postgres"}) == [
         'CREATE ROLE "tracker_readonly" NOLOGIN;', 'CREATE ROLE "we""ird" NOLOGIN;']
+
+
+def test_object_grants_sql():
+    grants = [{"kind": "TABLE", "name": "tracker.devices", "grantee": "tracker_readonly", "privilege": "SELECT", "grantable": False},
+              {"kind": "SCHEMA", "name": "tracker", "grantee": "tracker_readonly", "privilege": "USAGE", "grantable": False},
+              {"kind": "SEQUENCE", "name": '"Odd"."seq"', "grantee": "PUBLIC", "privilege": "USAGE", "grantable": True},
+              {"kind": "FUNCTION", "name": "tracker.f(integer)", "grantee": "app", "privilege": "EXECUTE", "grantable": False}]
+    assert sq.object_grants_sql(grants) == [
+        'GRANT SELECT ON TABLE tracker.devices TO "tracker_readonly";',
+        'GRANT USAGE ON SCHEMA tracker TO "tracker_readonly";',
+        'GRANT USAGE ON SEQUENCE "Odd"."seq" TO PUBLIC WITH GRANT OPTION;',
+        'GRANT EXECUTE ON FUNCTION tracker.f(integer) TO "app";',
+    ]
+
+
+@pytest.mark.parametrize("bad", [
+    {"kind": "TABLE", "name": "t", "grantee": "x", "privilege": "EXECUTE"},
+    {"kind": "DATABASE", "name": "t", "grantee": "x", "privilege": "CONNECT"},
+    {"kind": "TABLE", "name": "t; DROP TABLE t", "grantee": "x", "privilege": "SELECT"},
+])
+def test_object_grants_refuse_garbage(bad):
+    with pytest.raises(PreflightError):
+        sq.object_grants_sql([bad])
+
+
+def test_default_acl_sql():
+    entries = [{"role": "tracker", "schema": "tracker", "objtype": "r", "grantee": "tracker_readonly", "privilege": "SELECT", "grantable": False},
+               {"role": "tracker", "schema": None, "objtype": "S", "grantee": "PUBLIC", "privilege": "USAGE", "grantable": False}]
+    assert sq.default_acl_sql(entries) == [
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "tracker" IN SCHEMA "tracker" GRANT SELECT ON TABLES TO "tracker_readonly";',
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "tracker" GRANT USAGE ON SEQUENCES TO PUBLIC;',
+    ]
+    with pytest.raises(PreflightError):
+        sq.default_acl_sql([dict(entries[0], objtype="x")])

@@ -25,6 +25,8 @@ BASE = normalise({
                   {"schema": "tracker", "name": "unused_seq", "last_value": None}],
     "db_settings": [{"role": None, "settings": ["timezone=UTC", "timescaledb.restoring=off"]},
                     {"role": "tracker", "settings": ["work_mem=64MB"]}],
+    "object_grants": [{"kind": "TABLE", "name": "tracker.devices", "grantee": "tracker_readonly", "privilege": "SELECT"}],
+    "default_acls": [{"role": "tracker", "schema": "tracker", "objtype": "r", "grantee": "tracker_readonly", "privilege": "SELECT"}],
     "db_grants": [{"grantee": "tracker", "privilege": "CONNECT", "grantable": False},
                   {"grantee": "tracker_readonly", "privilege": "CONNECT", "grantable": False}],
 })
@@ -67,6 +69,8 @@ def mutate(fn):
     (lambda o: o["database"].update(acl_is_default=True), ["database grants present"]),
     (lambda o: o["database"].update(owner="postgres"), ["database owner"]),
     (lambda o: o.update(schemas=["public"]), ["schemas present"]),
+    (lambda o: o.update(object_grants=[]), ["object grants present"]),
+    (lambda o: o.update(default_acls=[]), ["default privileges present"]),
     (lambda o: o.update(continuous_aggregates=[{"schema": "tracker", "name": "hourly"}]), ["continuous aggregates match"]),
 ])
 def test_each_difference_fails_exactly_its_check(change, failed):

@@ -71,6 +71,31 @@ SELECT json_build_object(
         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
         'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]'::json)
     FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database()),
+  'object_grants', (SELECT coalesce(json_agg(json_build_object('kind', x.kind, 'name', x.name, 'grantee', x.grantee,
+      'privilege', x.privilege, 'grantable', x.grantable) ORDER BY x.kind, x.name, x.grantee, x.privilege), '[]'::json) FROM (
+      SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind, format('%I.%I', n.nspname, c.relname) AS name,
+             CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
+             a.privilege_type AS privilege, a.is_grantable AS grantable
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+        WHERE c.relacl IS NOT NULL AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
+          AND {_USER_NS} AND {_NOT_EXT_MEMBER.format(cat='pg_class', obj='c.oid')}
+      UNION ALL
+      SELECT 'SCHEMA', format('%I', n.nspname), CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+             a.privilege_type, a.is_grantable
+        FROM pg_namespace n, aclexplode(n.nspacl) a
+        WHERE n.nspacl IS NOT NULL AND a.grantee <> n.nspowner AND {_USER_NS}
+      UNION ALL
+      SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure::text,
+             CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a
+        WHERE p.proacl IS NOT NULL AND p.prokind <> 'a' AND a.grantee <> p.proowner
+          AND {_USER_NS} AND {_NOT_EXT_MEMBER.format(cat='pg_proc', obj='p.oid')}) x),
+  'default_acls', (SELECT coalesce(json_agg(json_build_object('role', pg_get_userbyid(d.defaclrole), 'schema', n.nspname,
+      'objtype', d.defaclobjtype, 'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+      'privilege', a.privilege_type, 'grantable', a.is_grantable)
+      ORDER BY pg_get_userbyid(d.defaclrole), n.nspname, d.defaclobjtype, a.grantee, a.privilege_type), '[]'::json)
+    FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace, aclexplode(d.defaclacl) a
+    WHERE a.grantee <> d.defaclrole),
   'roles', (WITH refs(oid) AS (
         SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_NS}
         UNION SELECT n.nspowner FROM pg_namespace n WHERE {_USER_NS}

@@ -423,6 +423,11 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     psql.run("\n".join(stmts))
     out.add(Step("database settings + grants", True, f"{len(stmts)} statement(s)", stmts))
 
+    grants = sq.object_grants_sql(facts.get("object_grants") or []) + sq.default_acl_sql(facts.get("default_acls") or [])
+    if grants:
+        psql.run("\n".join(grants), staging)
+    out.add(Step("object grants", bool(grants), f"{len(grants)} GRANT/ALTER DEFAULT PRIVILEGES for other roles", grants))
+
     vac = [f"{settings.pg_bin}/vacuumdb", "-p", str(settings.pg_port), "--analyze-only", "-j", str(toc.restore_jobs(nproc)), "-d", staging]
     t.run(vac, user="postgres")
     out.add(Step("analyze", True, "vacuumdb --analyze-only"))

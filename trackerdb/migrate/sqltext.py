@@ -102,3 +102,49 @@ def missing_roles_sql(roles: list[dict], existing: set[str]) -> list[str]:
     check says so.
     """
     return [f"CREATE ROLE {ident(r['name'])} NOLOGIN;" for r in roles if r["name"] not in existing]
+
+
+OBJECT_PRIVILEGES = {
+    "TABLE": {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"},
+    "SEQUENCE": {"SELECT", "USAGE", "UPDATE"},
+    "SCHEMA": {"USAGE", "CREATE"},
+    "FUNCTION": {"EXECUTE"},
+    "PROCEDURE": {"EXECUTE"},
+}
+DEFAULT_ACL_OBJECTS = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
+
+
+def _grantee(name: str) -> str:
+    return "PUBLIC" if name == "PUBLIC" else ident(name)
+
+
+def object_grants_sql(grants: list[dict]) -> list[str]:
+    """Object privileges of other roles (e.g. a read-only role), which ``--no-privileges`` drops.
+
+    ``name`` is already a quoted, qualified name from the source's catalog (format('%I.%I'),
+    regprocedure), so it is used as is; kind and privilege are checked against fixed lists.
+    """
+    stmts = []
+    for g in grants:
+        kind, priv = g["kind"].upper(), g["privilege"].upper()
+        if priv not in OBJECT_PRIVILEGES.get(kind, ()):
+            raise PreflightError(f"privilege {priv!r} on {kind!r} is unknown", hint="fix the manifest's object_grants")
+        if ";" in g["name"]:
+            raise PreflightError(f"object name {g['name']!r} is not a catalog name", hint="fix the manifest's object_grants")
+        stmts.append(f"GRANT {priv} ON {kind} {g['name']} TO {_grantee(g['grantee'])}"
+                     + (" WITH GRANT OPTION;" if g.get("grantable") else ";"))
+    return stmts
+
+
+def default_acl_sql(entries: list[dict]) -> list[str]:
+    """``ALTER DEFAULT PRIVILEGES`` so objects created later get the same grants as on the source."""
+    stmts = []
+    for e in entries:
+        objects = DEFAULT_ACL_OBJECTS.get(e["objtype"])
+        priv = e["privilege"].upper()
+        if objects is None or not re.fullmatch(r"[A-Z]+", priv):
+            raise PreflightError(f"default privilege {priv!r} on {e['objtype']!r} is unknown", hint="fix the manifest's default_acls")
+        scope = f" IN SCHEMA {ident(e['schema'])}" if e.get("schema") else ""
+        stmts.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(e['role'])}{scope} GRANT {priv} ON {objects} "
+                     f"TO {_grantee(e['grantee'])}" + (" WITH GRANT OPTION;" if e.get("grantable") else ";"))
+    return stmts

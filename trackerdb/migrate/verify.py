@@ -131,6 +131,22 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
                             ", ".join(f"{p} to {g}" for g, p in sorted(want_g))))
     else:
         checks.append(Check("database grants present", True, "default ACL", "default ACL"))
+    def gkey(g):
+        return (g["kind"], g["name"], g["grantee"], g["privilege"])
+
+    want_o = {gkey(g) for g in expected.get("object_grants") or []}
+    missing_o = sorted(want_o - {gkey(g) for g in observed.get("object_grants") or []})
+    checks.append(Check("object grants present", not missing_o,
+                        f"missing {len(missing_o)}, e.g. " + ", ".join(f"{p} on {n} to {g}" for _, n, g, p in missing_o[:3])
+                        if missing_o else f"all {len(want_o)} present", f"{len(want_o)} grants"))
+
+    def dkey(e):
+        return (e["role"], e.get("schema"), e["objtype"], e["grantee"], e["privilege"])
+
+    want_d = {dkey(e) for e in expected.get("default_acls") or []}
+    missing_d = sorted(want_d - {dkey(e) for e in observed.get("default_acls") or []}, key=str)
+    checks.append(Check("default privileges present", not missing_d,
+                        f"missing {len(missing_d)}" if missing_d else f"all {len(want_d)} present", f"{len(want_d)} entries"))
     if want_db.get("owner"):
         checks.append(Check("database owner", have_db.get("owner") == want_db["owner"], _fmt(have_db.get("owner")), want_db["owner"]))
     return checks
