@@ -19,13 +19,12 @@ staging database over, and re-running after success refuses (``tracker`` exists)
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import HostError, OpsError, PreflightError
+from ..errors import HostError, PreflightError
 from ..remote import Remote
 from ..steps import Outcome, Step
 from . import manifest as mf
@@ -162,8 +161,6 @@ def check_databases(target: dict, db: str, replace: bool) -> dict:
     staging = staging_name(db)
     plan = {"tracker_exists": db in dbs, "staging": None}
     if db in dbs:
-        if parse_marker(dbs[db].get("comment")):
-            pass  # a previous run renamed a ready staging db into place: that *is* a restored tracker
         if not replace:
             raise PreflightError(f"database {db!r} already exists on the target",
                                  hint="pass --replace to keep it renamed as tracker_replaced_<time> and restore a new one")
@@ -247,7 +244,8 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
                      f"{len(split.excluded)} excluded)" + ("; staging already complete" if ready else "")))
 
         if dry_run:
-            for name, detail in _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace):
+            for name, detail in _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace,
+                                      set(tf.get("roles") or [])):
                 out.add(Step(name, True, detail))
             return out
 
@@ -274,13 +272,13 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         t.close()
 
 
-def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace):
+def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace, existing_roles):
     db = settings.database
     staging = staging_name(db)
     if not ready:
         yield "upload", f"{remote_dump}: {toc.human_bytes(size - uploaded)} to send (resume at {uploaded})"
-        missing = [r["name"] for r in manifest["facts"].get("roles", [])]
-        yield "roles", f"create if missing: {', '.join(missing) or 'none'}"
+        missing = [r["name"] for r in manifest["facts"].get("roles", []) if r["name"] not in existing_roles]
+        yield "roles", f"create NOLOGIN: {', '.join(missing)}" if missing else "all present"
         if dbplan["staging"]:
             yield "staging", f"recreate our leftover {staging}"
         yield "staging", f"CREATE DATABASE {staging}; CREATE EXTENSION timescaledb; timescaledb_pre_restore()"
@@ -484,12 +482,6 @@ def _last(text: str) -> str:
     lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "(no output)"
 
-
-def describe(outcome: Outcome) -> str:
-    return json.dumps(outcome.to_dict() | {"stats": getattr(outcome, "stats", {})}, indent=2)
-
-
-__all__ = ["run_restore", "OpsError"]
 
 
 def preflight_target(settings) -> dict:
