@@ -217,3 +217,31 @@ def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
         assert not failed, failed
     finally:
         t.close()
+
+
+def test_dry_run_changes_nothing(restored):
+    s = restored["settings"]
+    before = target_state(s)
+    outcome = run_restore(s, restored["dump"].dump_path, replace=True, dry_run=True)
+    assert outcome.dry_run and [st.name for st in outcome.steps][-2:] == ["keep old", "into place"]
+    assert target_state(s) == before
+
+
+def test_dump_can_stay_on_the_source_host(provisioned):
+    from trackerdb.migrate.dump import run_dump
+
+    d = "/var/tmp/trackerdb-dump-labtest"
+    try:
+        art = run_dump(provisioned, d, on_host=True)
+        assert art.on_host and art.dump_path == f"{d}/tracker.dump"
+        with Remote(provisioned.source) as src:
+            size = int(src.run(["stat", "-c", "%s", art.dump_path], sudo=True).stdout)
+            sha = src.run(["sha256sum", art.dump_path], sudo=True).stdout.split()[0]
+            head = src.run(f"head -c 5 {art.dump_path}", sudo=True).stdout
+            stored = json.loads(src.read_file(art.manifest_path))
+        assert (size, sha) == (art.manifest["dump"]["size_bytes"], art.manifest["dump"]["sha256"])
+        assert head == "PGDMP" and stored["dump"]["sha256"] == sha
+        assert stored["consistency"].startswith("pg_export_snapshot")
+    finally:
+        with Remote(provisioned.source) as src:
+            src.run(["rm", "-rf", d], sudo=True, check=False)
