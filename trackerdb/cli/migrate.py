@@ -92,7 +92,7 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
         console.print(f"[yellow]warning:[/] {w}", markup=True)
 
 
-@task(help={"manifest": "the dump's manifest to compare with (default: <state_dir>/dump/tracker.manifest.json if present)",
+@task(help={"manifest": "the dump's manifest to compare with (default: tracker.manifest.json in <state_dir>/dump or <state_dir>)",
             "against_source": "compare live with the source database instead of the manifest",
             "no_backrest": "do not expect pgBackRest WAL archiving to be configured yet",
             "json": "print the checks as JSON"})
@@ -108,8 +108,8 @@ def verify(c, manifest=None, against_source=False, no_backrest=False, json=False
     s = settings(c)
     doc = None
     if not against_source:
-        default = Path(s.state_dir) / "dump" / f"{s.database}.manifest.json"
-        path = manifest or (str(default) if default.is_file() else None)
+        candidates = [Path(s.state_dir) / "dump" / f"{s.database}.manifest.json", Path(s.state_dir) / f"{s.database}.manifest.json"]
+        path = manifest or next((str(p) for p in candidates if p.is_file()), None)
         doc = load_manifest(path) if path else None
     checks = run_verify(s, manifest=doc, against_source=against_source, expect_backrest=not no_backrest)
     if not print_checks(f"verify {s.database} on {s.target.name}", checks, json):
