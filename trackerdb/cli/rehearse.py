@@ -23,9 +23,10 @@ def _progress():
             "rollback": "second pass: roll back after the cutover and replay the rows written on the target",
             "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
             "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
+            "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
             "json": "print the result as JSON"})
 @ops_task
-def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, json=False):
+def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8, json=False):
     """Rehearse the cutover on the lab end to end and write report.json + report.html.
 
     Brings the lab up if it is not (the source gets the tracker dataset at --scale), then runs the
@@ -37,7 +38,7 @@ def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, json=False)
     from ..rehearse.ops import run_rehearsal
 
     res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else _progress(),
-                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab)
+                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=int(volume_gb))
     if json:
         print(_json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2, default=str))
     else:

@@ -21,6 +21,10 @@ from . import report as rp
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCALE = 0.5  # a few minutes on 2 cores
+#: The lab's data volume for a rehearsal (a sparse loop file: only what is written takes space). The
+#: restore reserves max_wal_size (at least 1 GB) as free space on top of the data, and the cutover's
+#: preflight sizes that reserve for a 50 GB volume; 8 GB leaves room for both and for larger --scale.
+DEFAULT_VOLUME_GB = 8
 
 
 class _Clock:
@@ -170,7 +174,8 @@ def acked_rows_on_target(remote, database: str, acks: list[dict]) -> int:
 
 
 def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
-                  progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None) -> dict:
+                  progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None,
+                  volume_gb: int = DEFAULT_VOLUME_GB) -> dict:
     """Run the rehearsal; returns {"passed", "verdict", "report_json", "report_html", "report"}.
 
     ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
@@ -178,7 +183,7 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
     """
     saved_env = {k: os.environ.get(k) for k in ("TRACKERDB_LAB", "TRACKERDB_ENV")}
     try:
-        return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab)
+        return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb)
     finally:  # the caller's environment (a test session, another lab) is left as it was
         for k, v in saved_env.items():
             if v is None:
@@ -187,7 +192,7 @@ def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, l
                 os.environ[k] = v
 
 
-def _run(scale, do_rollback, lab_name, progress, config, keep_lab) -> dict:
+def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) -> dict:
     from lab import api as lab_api
 
     from ..settings import Settings, lab_name as _lab_name
@@ -209,7 +214,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab) -> dict:
             say(f"lab {name} is up: using it as it is (its dataset was generated when it came up)")
             result["meta"]["lab_reused"] = True
         else:
-            clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale).get("hosts", {}))})
+            clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale, volume_gb=volume_gb).get("hosts", {})),
+                                          "volume_gb": volume_gb})
         settings = Settings.load(config or {})
         result["meta"] |= {"postgres": settings.postgres_major, "timescaledb": settings.timescaledb_version,
                            "postgis": settings.postgis_version}
