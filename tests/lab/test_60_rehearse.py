@@ -1,0 +1,198 @@
+"""`rehearse` end to end on its own lab instance, its report checked against the hosts, and
+`signoff` against that lab: passes after the rehearsal, fails naming the item when one thing breaks.
+
+Runs on instance ``rehearse-ci`` (not the shared session lab): the rehearsal brings it up, and the
+module always takes it down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import platform
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+NAME = "rehearse-ci"
+SCALE = 0.5
+
+
+def _env():
+    return {"TRACKERDB_ENV": "lab", "TRACKERDB_LAB": NAME}
+
+
+@pytest.fixture(scope="module")
+def rehearsal():
+    if platform.system() != "Linux" or os.geteuid() != 0:
+        pytest.skip("lab tests need root on Linux (network namespaces, overlayfs, loop devices)")
+    from lab import api
+
+    from trackerdb.rehearse.ops import run_rehearsal
+    from trackerdb.settings import Settings
+
+    lines: list[str] = []
+    try:
+        res = run_rehearsal(SCALE, lab_name=NAME, progress=lines.append, keep_lab=True)
+        settings = Settings.load({}, env=_env())
+        yield res, settings, lines
+    finally:
+        api.down(NAME)
+        assert not api.leftovers(NAME)
+
+
+def _remote(spec):
+    from trackerdb.remote import Remote
+
+    return Remote(spec)
+
+
+def _counts(remote, db):
+    from trackerdb.rehearse.ops import table_counts
+
+    return table_counts(remote, db)
+
+
+def test_rehearsal_passes_and_writes_both_reports(rehearsal):
+    res, settings, lines = rehearsal
+    assert res["passed"], res["failures"] + lines[-20:]
+    for key in ("report_json", "report_html"):
+        assert Path(res[key]).is_file() and Path(res[key]).parent == Path(settings.state_dir)
+    rep = json.loads(Path(res["report_json"]).read_text())
+    assert rep["verdict"] == "PASS"
+    html = Path(res["report_html"]).read_text()
+    assert "outage" in html and "<svg" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html), "the report must be self-contained"
+
+
+def test_row_counts_in_the_report_match_the_hosts(rehearsal):
+    res, settings, _ = rehearsal
+    rep = res["report"]
+    rows = {r["table"]: r for r in rep["counts"]["rows"]}
+    with _remote(settings.source) as src, _remote(settings.target) as tgt:
+        source_now, target_now = _counts(src, settings.database), _counts(tgt, settings.database)
+    assert set(rows) == set(source_now) and rows
+    for table, r in rows.items():
+        # the source is frozen since the cutover: exactly what the report says
+        assert source_now[table] == r["source"] == r["target"], table
+    # the target has the report's rows plus exactly what the live writer wrote there after the switch
+    writer = rep["writer"]
+    assert writer["lost"] == 0 and writer["on_target"] == writer["acknowledged"] > 0
+    assert writer["acked_by_target"] > 0, "no write reached the target after the switch"
+    for table in rows:
+        extra = writer["acked_by_target"] if table == "tracker.location_reports" else 0
+        assert target_now[table] == rows[table]["target"] + extra, table
+
+
+def test_the_timeline_phases_really_ran(rehearsal):
+    from trackerdb.cutover.journal import Journal
+    from trackerdb.cutover.switch import Route53Switch
+
+    res, settings, _ = rehearsal
+    rep = res["report"]
+    phases = {(p["group"], p["phase"]): p for p in rep["phases"]}
+    for key in [("prepare", "provision"), ("prepare", "backrest.setup")] + [
+            ("cutover", p) for p in ("preflight", "freeze", "dump", "restore", "verify", "switch", "post")]:
+        assert phases[key]["state"] == "ok", key
+    # the report's cutover times are the journal's on disk
+    journal = Journal(rep["meta"]["journal"])
+    for name, st in journal.states().items():
+        assert phases[("cutover", name)]["start"] == pytest.approx(st.start)
+        assert phases[("cutover", name)]["end"] == pytest.approx(st.end)
+    with _remote(settings.source) as src, _remote(settings.target) as tgt:
+        # freeze: the source database is read-only
+        ro = src.run(["psql", "-XAtc", f"SELECT setdatabase FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                      f"WHERE d.datname = '{settings.database}' AND 'default_transaction_read_only=on' = ANY(setconfig)"],
+                     user="postgres").stdout.strip()
+        assert ro, "the source tracker database is not frozen"
+        # restore: the target serves tracker with TimescaleDB
+        ext = tgt.run(["psql", "-XAtd", settings.database, "-c", "SELECT extversion FROM pg_extension WHERE extname='timescaledb'"],
+                      user="postgres").stdout.strip()
+        assert ext == settings.timescaledb_version
+        # post: the new stanza holds a full backup
+        info = json.loads(tgt.run(["pgbackrest", f"--stanza={settings.stanza}", "--output=json", "info"], user="postgres").stdout)
+        assert any(b.get("type") == "full" for s in info for b in s.get("backup", []))
+    # switch: the application record points at the target now
+    assert Route53Switch(settings).current() == phases[("cutover", "switch")]["facts"]["new"]
+    # the outage window is measured and lies between the freeze and the end of the switch (+ reconnect)
+    out = rep["outage"]
+    assert out["duration_s"] > 0
+    assert out["start"] >= phases[("cutover", "freeze")]["start"] - 1
+    assert out["end"] <= phases[("cutover", "switch")]["end"] + 30
+
+
+def _signoff(settings):
+    from trackerdb.rehearse.signoff import run_signoff
+
+    return {i.key: i for i in run_signoff(settings)}
+
+
+def test_signoff_passes_after_the_rehearsal(rehearsal):
+    from trackerdb.rehearse.signoff import HUMAN, HUMAN_ITEMS, PASS
+
+    _, settings, _ = rehearsal
+    items = _signoff(settings)
+    bad = {k: i.evidence for k, i in items.items() if k not in HUMAN_ITEMS and i.status != PASS}
+    assert not bad, bad
+    assert all(items[k].status == HUMAN for k in HUMAN_ITEMS)
+
+
+def _psql(remote, sql, db="postgres"):
+    return remote.run(["psql", "-XAtc", sql, "-d", db], user="postgres").stdout.strip()
+
+
+def _wait(pred, timeout=90, step=1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_signoff_fails_naming_wal_archiving_when_it_stops(rehearsal):
+    from trackerdb.rehearse.signoff import FAIL, PASS
+
+    _, settings, _ = rehearsal
+    failing = "SELECT coalesce(last_failed_time > coalesce(last_archived_time, 'epoch'), false) FROM pg_stat_archiver"
+    with _remote(settings.target) as tgt:
+        _psql(tgt, "ALTER SYSTEM SET archive_command = '/bin/false'")
+        _psql(tgt, "SELECT pg_reload_conf()")
+        try:
+            _psql(tgt, "CREATE TABLE IF NOT EXISTS rehearse_wal_probe (x int); INSERT INTO rehearse_wal_probe VALUES (1)", db=settings.database)
+            _psql(tgt, "SELECT pg_switch_wal()")
+            assert _wait(lambda: _psql(tgt, failing) == "t"), "the archiver never failed"
+            items = _signoff(settings)
+            assert items["wal"].status == FAIL
+            assert "archive_command" in items["wal"].evidence or "newer than the last success" in items["wal"].evidence
+        finally:
+            _psql(tgt, "ALTER SYSTEM RESET archive_command")
+            _psql(tgt, "SELECT pg_reload_conf()")
+            _psql(tgt, "DROP TABLE IF EXISTS rehearse_wal_probe", db=settings.database)
+            _psql(tgt, "SELECT pg_switch_wal()")
+            assert _wait(lambda: _psql(tgt, failing) == "f", timeout=180), "archiving did not recover"
+    assert _signoff(settings)["wal"].status == PASS
+
+
+def test_signoff_fails_naming_the_disk_when_the_data_volume_is_detached(rehearsal):
+    from trackerdb.rehearse.signoff import FAIL, PASS
+
+    _, settings, _ = rehearsal
+    mount = settings.data_mount
+    with _remote(settings.target) as tgt:
+        dev = tgt.run(["findmnt", "-no", "SOURCE", "--mountpoint", mount]).stdout.strip()
+        assert dev
+        tgt.run(["pg_ctlcluster", str(settings.postgres_major), "main", "stop"], sudo=True, timeout=120)
+        try:
+            tgt.run(["umount", mount], sudo=True)
+            items = _signoff(settings)
+            assert items["disk"].status == FAIL and "is not a mount point" in items["disk"].evidence
+        finally:
+            if tgt.run(["findmnt", "--mountpoint", mount], check=False).exit_code != 0:
+                tgt.run(["mount", dev, mount], sudo=True)
+            tgt.run(["pg_ctlcluster", str(settings.postgres_major), "main", "start"], sudo=True, timeout=120)
+    assert _wait(lambda: _signoff(settings)["disk"].status == PASS, timeout=60)
