@@ -98,3 +98,12 @@ def test_acked_rows_query_quotes_timestamps():
     acks = [{"device": 1, "reported_at": "2026-01-01 00:00:00.1+00"}, {"device": 1, "reported_at": "2026-01-01 00:00:00.2+00"}]
     assert ops.acked_rows_on_target(r, "tracker", acks) == 2
     assert "'{\"2026-01-01 00:00:00.1+00\",\"2026-01-01 00:00:00.2+00\"}'::timestamptz[]" in r.sql[0]
+
+
+def test_rollback_check_compares_replay_with_the_writer():
+    rb = {"exported": {"tracker.location_reports": 40}, "replayed": {"tracker.location_reports": 40}, "export_file": "/x.sql"}
+    assert ops.rollback_check(rb, 40)["ok"]
+    assert not ops.rollback_check(rb, 41)["ok"]
+    short = rb | {"replayed": {"tracker.location_reports": 39}}
+    bad = ops.rollback_check(short, 40)
+    assert not bad["ok"] and bad["observed"] == "exported 40, replayed 39"

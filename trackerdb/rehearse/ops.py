@@ -293,9 +293,17 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
             result["rollback"] = _flat(rb) | {"exported": rb.get("exported"), "replayed": rb.get("replayed")}
             if rb.get("not_replayed"):
                 result["errors"].append(f"rollback: rows not replayed {rb['not_replayed']}")
+            result["verification"].append(rollback_check(rb, (result.get("writer") or {}).get("acked_by_target")))
         result["journals"] += split_journal(_journal_records(journal_path))
-    except OpsError as exc:
-        result["errors"].append(exc.one_line())
+    except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
+        if isinstance(exc, OpsError):
+            result["errors"].append(exc.one_line())
+        else:
+            import traceback
+
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            result["errors"].append(f"unexpected {type(exc).__name__} in {Path(where.filename).name}:{where.lineno}: "
+                                    f"{' '.join(str(exc).split())[:300]}")
         if result["meta"].get("lab_reused"):
             result["errors"].append(f"lab {name} was already up and may hold an earlier rehearsal: "
                                     f"`invoke lab.down` (TRACKERDB_LAB={name}) and rehearse again on a fresh lab")
@@ -342,6 +350,17 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
         rows.append({"name": "cutover verify phase", "ok": summary["verification"] == "ok", "observed": summary["verification"],
                      "expected": "ok", "evidence": "cutover summary"})
     return rows
+
+
+def rollback_check(rb: dict, acked_by_target: int | None) -> dict:
+    """Rollback's replay against what the live writer had acknowledged on the target (pure)."""
+    exported = sum(int(v) for v in (rb.get("exported") or {}).values())
+    replayed = sum(int(v) for v in (rb.get("replayed") or {}).values())
+    ok = replayed == exported and (acked_by_target is None or exported == acked_by_target)
+    return {"name": "rollback: rows written on the target after the switch replayed on the source", "ok": ok,
+            "observed": f"exported {exported}, replayed {replayed}",
+            "expected": f"{acked_by_target if acked_by_target is not None else exported} (acknowledged on the target)",
+            "evidence": f"export file {rb.get('export_file')}" if rb.get("export_file") else "rollback facts"}
 
 
 def _journal_records(path: Path) -> list[dict]:
