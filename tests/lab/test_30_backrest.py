@@ -99,6 +99,56 @@ def test_rerunning_setup_changes_nothing(backrest_ready):
     assert not again.changed, [(s.name, s.detail) for s in again.steps if s.changed]
 
 
+def test_production_mode_waits_for_the_repository_side_and_a_rerun_picks_up(backrest_ready, tmp_path):
+    """repo_writable=False (production): print the key for the other team and stop; after they add it, continue."""
+    s = backrest_ready.with_(repo_writable=False)
+    with Remote(s.repo) as r:
+        home = r.run(["getent", "passwd", s.repo_host_user]).stdout.split(":")[5]
+        ak = f"{home}/.ssh/authorized_keys"
+        original = r.read_file(ak)
+        with Remote(s.target) as t:
+            pub = t.run(["cat", "/var/lib/postgresql/.ssh/id_ed25519.pub"], user=PG).stdout.strip()
+        without = "".join(ln for ln in original.splitlines(keepends=True) if pub.split()[1] not in ln)
+        assert without != original
+        r.write_file(ak, without, mode="0600", owner=s.repo_host_user)
+        try:
+            before = fingerprint(s)
+            waiting = ops.setup(s)
+            assert waiting.waiting and pub in waiting.waiting and "authorized_keys" in waiting.waiting
+            assert fingerprint(s) == before
+            assert r.read_file(ak) == without  # we did not write their host
+            # the task: same thing through an overlay that says the repository host is not ours to write
+            from trackerdb.settings import lab_dir
+
+            overlay = json.loads((lab_dir() / "settings.json").read_text())
+            overlay["repo"]["writable"] = False
+            p = tmp_path / "settings.json"
+            p.write_text(json.dumps(overlay))
+            res = invoke(["backrest.setup"], TRACKERDB_SETTINGS=str(p))
+            assert res.returncode == 75, res.stdout + res.stderr
+            assert "Waiting for the repository side" in res.stderr and pub in res.stderr
+            assert r.read_file(ak) == without
+            # the other team adds exactly the handed-over line; the re-run continues and changes nothing else
+            handed = next(ln for ln in waiting.waiting.splitlines() if ln.startswith("ssh-"))
+            r.write_file(ak, without + handed + "\n", mode="0600", owner=s.repo_host_user)
+            again = ops.setup(s)
+            assert not again.waiting and not again.changed, [(x.name, x.detail) for x in again.steps if x.changed]
+        finally:
+            r.write_file(ak, original, mode="0600", owner=s.repo_host_user)
+
+
+def test_a_wrong_pinned_repository_key_is_a_clear_error(backrest_ready):
+    s = backrest_ready
+    from trackerdb.errors import HostError
+
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD0l4eGq0n2y5oL4yK3C7k8ZrX9mQ2aT1bV0cW5dEf"
+    before = fingerprint(s)
+    with pytest.raises(HostError) as e:
+        ops.setup(s.with_(repo_host_key=other))
+    assert "different ssh-ed25519 key" in e.value.one_line()
+    assert fingerprint(s) == before
+
+
 # ---- the collision ----------------------------------------------------------------------------
 def test_the_shared_stanza_name_is_refused_by_settings_before_any_host_is_touched(backrest_ready):
     with pytest.raises(ConfigError) as e:

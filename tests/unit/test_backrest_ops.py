@@ -35,7 +35,7 @@ class ScriptedHost:
     def run(self, cmd, *, sudo=False, user=None, stdin=None, check=True, timeout=None, cwd=None):
         line = cmd if isinstance(cmd, str) else " ".join(cmd)
         self.commands.append(line)
-        if line == "pgbackrest version":
+        if line == "pgbackrest version" or line.endswith("pgbackrest version"):
             return Result(line, 0, "pgBackRest 2.55.1\n", "")
         if "pg_controldata" in line:
             return Result(line, 0, f"Database system identifier:           {OURS}\n", "")
@@ -125,3 +125,20 @@ def test_fresh_setup_writes_config_creates_stanza_and_restarts(host):
     assert not any(PASS in json.dumps(s.__dict__) for s in out.steps)
     assert {s.name for s in out.steps if s.changed} >= {conf.CONF_PATH, "stanza-create"}
     del idx
+
+
+def test_different_pgbackrest_versions_are_refused_before_any_change(host):
+    h = host["host"] = ScriptedHost(info(None), files=known_hosts())
+    real = h.run
+
+    def run(cmd, **kw):
+        line = cmd if isinstance(cmd, str) else " ".join(cmd)
+        if line.startswith("ssh ") and line.endswith("pgbackrest version"):
+            return Result(line, 0, "pgBackRest 2.50\n", "")
+        return real(cmd, **kw)
+
+    h.run = run
+    with pytest.raises(PreflightError) as e:
+        ops.setup(settings())
+    assert "must be identical" in e.value.one_line()
+    assert h.writes == []

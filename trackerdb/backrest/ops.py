@@ -119,6 +119,7 @@ def setup(settings, dry_run: bool = False, progress: Progress = None) -> Outcome
 
         if not _ssh_trust(t, settings, out, dry_run, progress):
             return out  # waiting for the repository side (production) or dry run without a key
+        _same_version(t, settings, version, out)
 
         _ca(t, settings, out, dry_run)
         _say(progress, "reading what the repositories hold for the stanza")
@@ -151,6 +152,22 @@ def setup(settings, dry_run: bool = False, progress: Progress = None) -> Outcome
                 raise HostError(f"pgbackrest check failed after setup: {mask(_tail(r), secret)}", hint="run `invoke backrest.check` for details")
             out.add(Step("pgbackrest check", False, "WAL reached both repositories", [shlex.join(cmd)]))
     return out
+
+
+def _same_version(t: Remote, settings, version: tuple[int, ...], out: Outcome) -> None:
+    """pgBackRest's remote protocol requires the exact same version on both hosts."""
+    r = t.run(ssh.remote_version_command(settings), user=PG, check=False, timeout=60)
+    theirs = parse_version(r.stdout) if r.ok else None
+    ours = ".".join(map(str, version))
+    if theirs is None:
+        raise HostError(f"cannot read pgBackRest's version on {settings.repo_host_name}: {(r.stderr.strip() or 'no output')[:200]}",
+                        hint="is pgbackrest installed on the repository host?")
+    if theirs != version:
+        raise PreflightError(
+            f"pgBackRest {ours} on the target but {'.'.join(map(str, theirs))} on {settings.repo_host_name}; they must be identical",
+            hint="pin the target's pgbackrest package to the repository host's version (or upgrade both together)")
+    note = "" if version[:2] >= MIN_REMOTE_BACKUP else "; older than 2.55: repo3 backups must run on the repository host"
+    out.add(Step("pgBackRest versions", False, f"{ours} on both hosts{note}"))
 
 
 def _tail(r) -> str:

@@ -104,6 +104,11 @@ def probe_command(settings, timeout: int = 10) -> list[str]:
             "-o", "PasswordAuthentication=no", f"{settings.repo_host_user}@{settings.repo_host_name}", "true"]
 
 
+def remote_version_command(settings, timeout: int = 10) -> list[str]:
+    """pgBackRest's version on the repository host, through the same SSH pgBackRest uses."""
+    return probe_command(settings, timeout)[:-1] + ["pgbackrest", "version"]
+
+
 def parse_probe(exit_code: int, stderr: str) -> Probe:
     err = stderr.strip()
     if exit_code == 0:

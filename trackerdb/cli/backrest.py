@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as _json
+import sys
 
 from invoke import Exit, task
 
@@ -22,7 +23,9 @@ def setup(c, dry_run=False, json=False):
     outcome = ops.setup(s, dry_run=dry_run, progress=None if json else (lambda m: console.print(f"… {m}")))
     print_outcome(outcome, json)
     if getattr(outcome, "waiting", None):
-        console.print(outcome.waiting)
+        # plain write, never wrapped: the key line must survive copy and paste intact
+        sys.stderr.write(outcome.waiting)
+        sys.stderr.flush()
         raise Exit(code=WAITING_EXIT)
 
 
