@@ -9,7 +9,7 @@ from . import render
 from .hosts import hexec, ids, write
 from .naming import Names
 from .state import State
-from .util import progress
+from .util import progress, retry
 
 FLEET_SQL = """CREATE DATABASE fleet_archive;
 \\c fleet_archive
@@ -53,5 +53,9 @@ def fill(st: State, n: Names, remote_source, scale: float) -> dict:
 
 def stanza(st: State) -> None:
     progress("source: pgbackrest stanza-create + check for the shared stanza `tracker`")
-    hexec(st, "source", ["pgbackrest", "--stanza=tracker", "stanza-create"], user="postgres", timeout=120)
-    hexec(st, "source", ["pgbackrest", "--stanza=tracker", "check"], user="postgres", timeout=180)
+    # PostgreSQL is already archiving (and failing until the stanza exists), so an archive-push can hold the
+    # stanza lock on repo for a moment (pgBackRest error 050): both commands are safe to repeat.
+    retry(lambda: hexec(st, "source", ["pgbackrest", "--stanza=tracker", "stanza-create"], user="postgres", timeout=120),
+          what="shared stanza-create", attempts=4, delay=2.0)
+    retry(lambda: hexec(st, "source", ["pgbackrest", "--stanza=tracker", "check"], user="postgres", timeout=180),
+          what="shared stanza check", attempts=3, delay=2.0)
