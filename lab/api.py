@@ -132,7 +132,7 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
         hosts.write(root, "/etc/hosts", render.etc_hosts(n, role))
         hosts.write(root, "/etc/hostname", role + "\n")
         hosts.write(root, "/etc/resolv.conf", "# lab hosts resolve names through /etc/hosts only\n")
-        hosts.write(root, "/etc/ssh/sshd_config", render.sshd_config())
+        hosts.write(root, "/etc/ssh/sshd_config", render.sshd_config(n.gateway))
         hosts.write(root, "/usr/local/sbin/lab-init", render.init_py(), 0o755)
         hosts.write(root, "/usr/local/share/ca-certificates/trackerdb-lab-ca.crt", ca_pem)
         with open(root / "etc/ssl/certs/ca-certificates.crt", "a") as f:  # what update-ca-certificates would do

@@ -7,6 +7,7 @@ remote programs on stdin or in files, never in argv; `mask` scrubs them from any
 from __future__ import annotations
 
 import io
+import logging
 import shlex
 import socket
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 from .errors import HostError
 from .secrets import mask
 from .settings import HostSpec
+
+# paramiko logs transport failures with tracebacks on stderr; we turn them into one-line HostErrors instead.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 @dataclass
