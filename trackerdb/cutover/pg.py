@@ -38,4 +38,14 @@ def run_sql(remote, sql: str, database: str = "postgres", port: int | None = Non
 def query_json(remote, select: str, database: str = "postgres", port: int | None = None):
     """Run a query that returns one json value (``SELECT json_build_object(...)``) and parse it."""
     out = run_sql(remote, select, database, port).stdout.strip()
-    return json.loads(out.splitlines()[-1]) if out else None
+    if not out:
+        return None
+    # The value may span lines (json_agg puts each element on its own line) and earlier statements may print
+    # before it: parse the longest tail of the output that is one JSON document.
+    lines = out.splitlines()
+    for start in range(len(lines)):
+        try:
+            return json.loads("\n".join(lines[start:]))
+        except json.JSONDecodeError:
+            continue
+    raise ValueError(f"psql printed no JSON value: {lines[-1][:200]!r}")

@@ -153,7 +153,7 @@ def _restore_preflight(ctx: Ctx) -> dict:
     plan = {}
     for check in (lambda: rs.check_versions(pseudo, tf), lambda: rs.check_locale(pseudo, tf),
                   lambda: plan.update(rs.check_databases(tf, s.database, replace=True)),
-                  lambda: rs.check_space(pseudo, avail, 0)):
+                  lambda: rs.check_space(pseudo, avail, 0, s.data_volume_size_gb)):
         try:
             check()
         except OpsError as exc:
