@@ -29,12 +29,6 @@ from trackerdb.remote import Remote
 
 pytestmark = [
     pytest.mark.lab,
-    # Run by hand on 2026-11-21 (instance cutlab) up to the restore: freeze, dump, the kill inside
-    # pg_restore and its resume work; the resumed restore then stops at the restore area's ownership
-    # check (TimescaleDB's _timescaledb_internal.bgw_job_stat not owned by tracker), the lab's 2 GB
-    # volume is below restore's 4 GiB WAL reserve, and pgBackRest repo2 answers 404 in a fresh lab.
-    # Un-skip when `invoke restore` and `backrest.setup` pass in the lab.
-    pytest.mark.skip(reason="waits on restore (ownership of bgw_job_stat, WAL reserve vs 2 GB lab volume) and backrest repo2 in the lab"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = 1
