@@ -101,6 +101,11 @@ class Settings:
         return f"{self.data_mount}/{self.postgres_major}/main"
 
     @property
+    def pg_conf_dir(self) -> str:
+        """Debian's configuration directory of the cluster (postgresql.conf, pg_hba.conf, conf.d/)."""
+        return f"/etc/postgresql/{self.postgres_major}/main"
+
+    @property
     def pg_bin(self) -> str:
         return f"/usr/lib/postgresql/{self.postgres_major}/bin"
 

@@ -158,7 +158,7 @@ def probe_env(settings, cipher_pass: str) -> list[str]:
 
 # ---- PostgreSQL side ------------------------------------------------------------------------
 def dropin_path(settings) -> str:
-    return f"/etc/postgresql/{settings.postgres_major}/main/conf.d/60-pgbackrest.conf"
+    return f"{settings.pg_conf_dir}/conf.d/60-pgbackrest.conf"
 
 
 def archive_command(settings) -> str:

@@ -39,6 +39,17 @@ def ops_task(fn):
     return wrapper
 
 
+def elapsed_progress():
+    """A progress callback that prints each message with the seconds since it was made."""
+    import time
+
+    start = time.monotonic()
+
+    def say(msg: str) -> None:
+        console.print(f"[{time.monotonic() - start:7.1f}s] {msg}", markup=False, highlight=False)
+    return say
+
+
 def print_outcome(outcome: Outcome, as_json: bool) -> None:
     if as_json:
         print(outcome.to_json())

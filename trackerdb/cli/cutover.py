@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json as _json
-import time
 from pathlib import Path
 
 from invoke import task
 from rich.table import Table
 
-from .common import console, ops_task, out, settings
-
-
-def _progress(start=None):
-    start = start or time.monotonic()
-
-    def say(msg: str) -> None:
-        console.print(f"[{time.monotonic() - start:7.1f}s] {msg}", markup=False, highlight=False)
-    return say
+from .common import elapsed_progress, ops_task, out, settings
 
 
 @task(help={"dry_run": "print the plan (phases to run, skip or resume; the SQL; the switch) and change nothing",
@@ -39,7 +30,7 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False):
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
     dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
-    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else _progress(), journal_path=journal_path)
+    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(), journal_path=journal_path)
     if json:
         print(_json.dumps(summary, indent=2, default=str))
         return
@@ -85,7 +76,7 @@ def rollback(c, replay=False, journal=None, json=False):
 
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
-    res = run_rollback(s, journal_path, replay=replay, progress=None if json else _progress())
+    res = run_rollback(s, journal_path, replay=replay, progress=None if json else elapsed_progress())
     if json:
         print(_json.dumps(res, indent=2, default=str))
         return

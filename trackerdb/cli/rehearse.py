@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json as _json
-import time
 
 from invoke import Exit, task
 from rich.table import Table
 
-from .common import console, ops_task, out, settings
-
-
-def _progress():
-    start = time.monotonic()
-
-    def say(msg: str) -> None:
-        console.print(f"[{time.monotonic() - start:7.1f}s] {msg}", markup=False, highlight=False)
-    return say
+from .common import elapsed_progress, ops_task, out, settings
 
 
 @task(help={"scale": "dataset scale on the source (default 0.5: a few minutes on 2 cores); used when the lab comes up",
@@ -37,7 +28,7 @@ def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8
     """
     from ..rehearse.ops import run_rehearsal
 
-    res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else _progress(),
+    res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else elapsed_progress(),
                         config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=int(volume_gb))
     if json:
         print(_json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2, default=str))
@@ -72,7 +63,7 @@ def signoff(c, json=False):
     from ..rehearse.signoff import exit_code, run_signoff, summary_line, to_dict
 
     s = settings(c)
-    items = run_signoff(s, progress=None if json else _progress())
+    items = run_signoff(s, progress=None if json else elapsed_progress())
     if json:
         print(_json.dumps(to_dict(items), indent=2))
     else:

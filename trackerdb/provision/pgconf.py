@@ -143,7 +143,7 @@ def includes_conf_d(postgresql_conf: str) -> bool:
 
 
 def conf_dir(settings) -> str:
-    return f"/etc/postgresql/{settings.postgres_major}/main"
+    return settings.pg_conf_dir
 
 
 def dropin_path(settings) -> str:
