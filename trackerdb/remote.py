@@ -34,6 +34,23 @@ class Result:
         return self.exit_code == 0
 
 
+_ERROR_MARKS = ("ERROR:", "FATAL:", "PANIC:", "error:", "fatal:")
+
+
+def error_text(output: str, limit: int = 700) -> str:
+    """The part of a program's output that says what went wrong, on one line: from the first line that
+    carries an error mark (psql: ERROR with its LINE/DETAIL/HINT/CONTEXT lines; the caret line alone
+    says nothing) to the end, else the last non-empty line."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "(no output)"
+    first = next((i for i, ln in enumerate(lines) if any(m in ln for m in _ERROR_MARKS)), None)
+    picked = lines[first:first + 6] if first is not None else lines[-1:]
+    picked = [ln for ln in picked if set(ln) != {"^"}]
+    text = " / ".join(picked)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def wrap(cmd: str | list[str], *, sudo: bool = False, user: str | None = None, cwd: str | None = None) -> str:
     """The shell line that runs ``cmd`` (a list is quoted; a string is run by bash) as root or ``user``."""
     line = shlex.join(cmd) if isinstance(cmd, (list, tuple)) else cmd
@@ -44,6 +61,39 @@ def wrap(cmd: str | list[str], *, sudo: bool = False, user: str | None = None, c
     if sudo:
         return f"sudo -n -- bash -c {shlex.quote(line)}"
     return line
+
+
+# Root writes files into directories other users may write (postgres owns conf.d and its home): a
+# temp file made there by name could be swapped for a symlink between creation and chown/chmod/write.
+# This writer opens the directory once, creates the temp file O_EXCL|O_NOFOLLOW relative to it, sets
+# owner and mode on the open descriptor, fsyncs and renames within the same directory: root never
+# follows a link another user placed, and readers see the old or the new file, never half of one.
+_ATOMIC_WRITE = r"""
+import os, pwd, grp, secrets, sys
+path, mode, owner, group = sys.argv[1], int(sys.argv[2], 8), sys.argv[3], sys.argv[4]
+d, name = os.path.split(path)
+dfd = os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+tmp = "." + name + "." + secrets.token_hex(6)
+fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+try:
+    os.fchown(fd, pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid)
+    os.fchmod(fd, mode)
+    data = sys.stdin.buffer.read()
+    while data:
+        data = data[os.write(fd, data):]
+    os.fsync(fd)
+    os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    os.fsync(dfd)
+except BaseException:
+    os.unlink(tmp, dir_fd=dfd)
+    raise
+"""
+
+
+def atomic_write_argv(path: str, mode: str, owner: str, group: str) -> list[str]:
+    """argv that writes stdin to ``path`` atomically as root without following symlinks (see above)."""
+    return ["python3", "-c", _ATOMIC_WRITE, path, mode, owner, group]
 
 
 class _ChunkedIn(io.StringIO):
@@ -144,8 +194,8 @@ class Remote:
         return res
 
     def _describe_failure(self, res: Result) -> str:
-        tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
-        return mask(f"{self.name}: `{res.command[:160]}` exited {res.exit_code}: {tail[0][:300]}", *self.secrets)
+        return mask(f"{self.name}: `{res.command[:160]}` exited {res.exit_code}: {error_text(res.stderr or res.stdout)}",
+                    *self.secrets)
 
     @staticmethod
     def _hint_for(res: Result) -> str | None:
@@ -171,11 +221,7 @@ class Remote:
             stat = self.run(["stat", "-c", "%a %U %G", path], sudo=True).stdout.split()
             if stat == [mode.lstrip("0") or "0", owner, group or owner]:
                 return False
-        q = shlex.quote(path)
-        grp = shlex.quote(group or owner)
-        script = (f"umask 077; tmp=$(mktemp {q}.XXXXXX) && cat > \"$tmp\" && chown {shlex.quote(owner)}:{grp} \"$tmp\" "
-                  f"&& chmod {mode} \"$tmp\" && mv -f \"$tmp\" {q}")
-        self.run(script, sudo=True, stdin=content)
+        self.run(atomic_write_argv(path, mode, owner, group or owner), sudo=True, stdin=content)
         return True
 
     def put(self, local: str, remote: str) -> None:

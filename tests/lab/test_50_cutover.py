@@ -23,7 +23,7 @@ from lab import writer as lw
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
-from trackerdb.cutover.pg import query_json, run_sql
+from trackerdb.cutover.pg import ident, literal, query_json, run_sql
 from trackerdb.cutover.rollback import run_rollback
 from trackerdb.remote import Remote
 
@@ -33,6 +33,9 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = 1
 MEASURED: dict = {}
+PWNED = "/tmp/trackerdb-pwned"
+HOSTILE_BOTH = f"late\n\\! touch {PWNED}\n-- "
+HOSTILE_TARGET_ONLY = f"new\n\\! id > {PWNED}\n"
 
 
 class Killed(Exception):
@@ -200,8 +203,29 @@ def test_rollback_after_new_writes_on_the_target(cutover_run):
     frozen_at = Journal(cutover_run["journal"]).state(ph.FREEZE).facts["frozen_at"]
     with Remote(settings.target) as t:
         written_after = reports_after(t, frozen_at)
+    # issue 11: tables the application could create on the target, named to break out of a script line
+    # into a psql shell escape; one also exists on the source (rows replayed), one only on the target
+    with Remote(settings.target) as t, Remote(settings.source) as s:
+        for host, names in ((t, (HOSTILE_BOTH, HOSTILE_TARGET_ONLY)), (s, (HOSTILE_BOTH,))):
+            host.run(["rm", "-f", PWNED], sudo=True)
+            for name in names:
+                key = "id int PRIMARY KEY" if name == HOSTILE_BOTH else "id int"
+                run_sql(host, f"BEGIN READ WRITE; SET LOCAL ROLE tracker; CREATE TABLE tracker.{ident(name)} ({key}, note text); COMMIT;",
+                        database="tracker")
+        for name in (HOSTILE_BOTH, HOSTILE_TARGET_ONLY):
+            run_sql(t, f"INSERT INTO tracker.{ident(name)} VALUES (1, {literal(name)});", database="tracker")
     res = run_rollback(settings, cutover_run["journal"], replay=True, progress=print)
     print("rollback:", json.dumps(res, indent=1, default=str))
+    with Remote(settings.source) as s, Remote(settings.target) as t:
+        for host in (s, t):
+            assert not host.exists(PWNED), f"the rollback ran a shell command from a table name on {host.name}"
+        # carried back as data, as its owner, and the table that exists only on the target is named, not lost silently
+        row = run_sql(s, f"SELECT note = {literal(HOSTILE_BOTH)} FROM tracker.{ident(HOSTILE_BOTH)} WHERE id = 1;",
+                      database="tracker").stdout.strip()
+        assert row == "t"
+    assert res["replayed"].get(f"tracker.{HOSTILE_BOTH}") == 1
+    assert res["missing_on_source"] == [f"tracker.{HOSTILE_TARGET_ONLY}"] and str(res["export_file"]) in res["warning_missing"]
+    assert oct(os.stat(res["export_file"]).st_mode & 0o777) == "0o600"
     # the exported rows are exactly the rows written on the target after the switch
     assert res["exported"].get("tracker.location_reports") == len(written_after)
     assert res["replayed"].get("tracker.location_reports") == len(written_after)

@@ -35,9 +35,9 @@ def run_sql(remote, sql: str, database: str = "postgres", port: int | None = Non
     return remote.run(psql_argv(database, port), user="postgres", stdin=sql, check=check, timeout=timeout)
 
 
-def query_json(remote, select: str, database: str = "postgres", port: int | None = None):
+def query_json(remote, select: str, database: str = "postgres", port: int | None = None, timeout=None):
     """Run a query that returns one json value (``SELECT json_build_object(...)``) and parse it."""
-    out = run_sql(remote, select, database, port).stdout.strip()
+    out = run_sql(remote, select, database, port, timeout=timeout).stdout.strip()
     if not out:
         return None
     # The value may span lines (json_agg puts each element on its own line) and earlier statements may print

@@ -25,6 +25,7 @@ from ..errors import OpsError
 from . import freeze as fz
 from . import phases as ph
 from . import switch as sw
+from ..files import write_private
 from .journal import Journal
 from .pg import ident, literal, qualified, query_json, run_sql
 
@@ -59,6 +60,14 @@ def tables_sql() -> str:
     return TABLES_SQL.replace("%(insert_cols)s", cols)
 
 
+def existing_sql(tables: list[dict]) -> str:
+    """Which of ``tables`` exist on the host (a table created on the target after the switch may not)."""
+    if not tables:
+        return "SELECT '{}'::json;"
+    rows = ", ".join(f"({literal(t['schema'] + '.' + t['name'])}, {literal(qualified(t['schema'], t['name']))})" for t in tables)
+    return f"SELECT json_object_agg(k, to_regclass(q) IS NOT NULL) FROM (VALUES {rows}) v(k, q);"
+
+
 def maxima_sql(tables: list[dict]) -> str:
     """Source's maximum of each table's integer key, read while the source is still frozen."""
     parts = [f"{literal(t['schema'] + '.' + t['name'])}, (SELECT max({ident(t['int_key'])}) FROM {qualified(t['schema'], t['name'])})"
@@ -85,37 +94,101 @@ def selection(table: dict, frozen_at: str, source_max: dict, manifest_counts: di
 
 
 def export_sql(table: dict, where: str) -> str:
-    return f"COPY (SELECT * FROM {qualified(table['schema'], table['name'])} WHERE {where}) TO STDOUT;"
+    """Each selected row as one text value (the row type's own output), so the replay never names a column."""
+    return f"COPY (SELECT (t.*)::text FROM {qualified(table['schema'], table['name'])} t WHERE {where}) TO STDOUT;"
 
 
-def replay_block(table: dict, alias: str, copy_data: str) -> str:
-    """psql text that loads ``copy_data`` into a temp table and inserts what the source lacks."""
-    fq = qualified(table["schema"], table["name"])
-    tmp = ident(alias)
-    if table.get("has_unique"):
-        insert = f"INSERT INTO {fq} OVERRIDING SYSTEM VALUE SELECT * FROM {tmp} ON CONFLICT DO NOTHING;"
-    else:
-        match = "(t.*)::text = (s.*)::text"
-        if table.get("time_column"):
-            tc = ident(table["time_column"])
-            match = f"t.{tc} = s.{tc} AND {match}"
-        insert = (f"INSERT INTO {fq} OVERRIDING SYSTEM VALUE SELECT s.* FROM {tmp} s "
-                  f"WHERE NOT EXISTS (SELECT 1 FROM {fq} t WHERE {match});")
-    seq = ""
-    if table.get("int_key"):
-        k = literal(table["int_key"])
-        seq = (f"SELECT setval(pg_get_serial_sequence({literal(fq)}, {k}), "
-               f"GREATEST((SELECT max({ident(table['int_key'])}) FROM {fq}), "
-               f"(SELECT last_value FROM pg_sequences WHERE format('%I.%I', schemaname, sequencename) = "
-               f"pg_get_serial_sequence({literal(fq)}, {k})))) WHERE pg_get_serial_sequence({literal(fq)}, {k}) IS NOT NULL;\n")
-    data = copy_data if copy_data.endswith("\n") or not copy_data else copy_data + "\n"
-    return (f"-- {table['schema']}.{table['name']}\n"
-            f"CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT * FROM {fq} WITH NO DATA;\n"
-            f"COPY {tmp} FROM STDIN;\n{data}\\.\n{insert}\n{seq}")
+def copy_escape(value: str) -> str:
+    """One field of COPY's text format: backslash, tab, newline and carriage return escaped."""
+    if "\x00" in value:
+        raise ValueError("COPY field contains NUL")
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def replay_script(blocks: list[str]) -> str:
-    return "\\set ON_ERROR_STOP on\nBEGIN;\n" + "".join(blocks) + "COMMIT;\n"
+def replay_rows(seq0: int, table: dict, copy_lines: str) -> tuple[list[str], int]:
+    """COPY data lines ``seq, schema, name, row`` for one table's exported rows (``copy_lines`` is the
+    output of :func:`export_sql`, each line already one COPY-escaped field). Names travel as data."""
+    prefix = f"\t{copy_escape(table['schema'])}\t{copy_escape(table['name'])}\t"
+    out = [f"{seq0 + i}{prefix}{ln}" for i, ln in enumerate(ln for ln in copy_lines.split("\n") if ln != "")]
+    return out, seq0 + len(out)
+
+
+# The replay program. It is the same text for every export: table names, column names and rows arrive
+# only as COPY data (psql reads COPY data verbatim up to the terminator line, and seq is digits, so no
+# data line can be that terminator or a psql meta-command), and the server quotes every name itself
+# with format('%I'). Rows are inserted as the table's owner (SET LOCAL ROLE), not as the superuser
+# that runs psql; generated columns are left to the source to compute; rows already on the source
+# (an earlier replay) are skipped: through ON CONFLICT DO NOTHING where a unique index exists,
+# otherwise by comparing whole rows (on the hypertable's time column first). Serial and identity
+# sequences are moved past the highest replayed key. A table that does not exist on the source is
+# not created: it is listed in the result (``missing``) and its rows stay in this file.
+REPLAY_PROGRAM = r"""CREATE TEMP TABLE _trackerdb_replay_result (nspname text, relname text, rows bigint, inserted bigint, missing boolean) ON COMMIT DROP;
+DO $trackerdb_replay$
+DECLARE
+  r record; rel regclass; owner name; rs text[]; n bigint; tcol name; uniq boolean;
+  target_cols text; select_cols text; sql text; col record;
+BEGIN
+  FOR r IN SELECT nspname, relname, min(seq) AS first_seq, count(*) AS rows FROM _trackerdb_replay GROUP BY 1, 2 ORDER BY 3 LOOP
+    rel := to_regclass(format('%I.%I', r.nspname, r.relname));
+    IF rel IS NULL THEN
+      INSERT INTO _trackerdb_replay_result VALUES (r.nspname, r.relname, r.rows, 0, true);
+      CONTINUE;
+    END IF;
+    SELECT array_agg(row_text ORDER BY seq) INTO rs FROM _trackerdb_replay WHERE nspname = r.nspname AND relname = r.relname;
+    SELECT pg_get_userbyid(c.relowner) INTO owner FROM pg_class c WHERE c.oid = rel;
+    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('(s.v).%I', a.attname), ', ' ORDER BY a.attnum)
+      INTO target_cols, select_cols
+      FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+    uniq := EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = rel AND i.indisunique AND i.indimmediate AND i.indpred IS NULL);
+    tcol := NULL;
+    IF to_regclass('_timescaledb_catalog.dimension') IS NOT NULL THEN
+      EXECUTE 'SELECT d.column_name FROM _timescaledb_catalog.dimension d JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id '
+              'WHERE h.schema_name = $1 AND h.table_name = $2 ORDER BY d.id LIMIT 1' INTO tcol USING r.nspname, r.relname;
+    END IF;
+    sql := format('INSERT INTO %1$I.%2$I (%3$s) OVERRIDING SYSTEM VALUE SELECT %4$s FROM '
+                  '(SELECT x::%1$I.%2$I AS v FROM unnest($1::text[]) AS x OFFSET 0) s',
+                  r.nspname, r.relname, target_cols, select_cols);
+    IF uniq THEN
+      sql := sql || ' ON CONFLICT DO NOTHING';
+    ELSIF tcol IS NOT NULL THEN
+      sql := sql || format(' WHERE NOT EXISTS (SELECT 1 FROM %1$I.%2$I t WHERE t.%3$I = (s.v).%3$I AND (t.*)::text = (s.v)::text)',
+                           r.nspname, r.relname, tcol);
+    ELSE
+      sql := sql || format(' WHERE NOT EXISTS (SELECT 1 FROM %1$I.%2$I t WHERE (t.*)::text = (s.v)::text)', r.nspname, r.relname);
+    END IF;
+    EXECUTE format('SET LOCAL ROLE %I', owner);
+    EXECUTE sql USING rs;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RESET ROLE;
+    INSERT INTO _trackerdb_replay_result VALUES (r.nspname, r.relname, r.rows, n, false);
+    FOR col IN SELECT a.attname, pg_get_serial_sequence(format('%I.%I', r.nspname, r.relname), a.attname) AS seq
+                 FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped LOOP
+      CONTINUE WHEN col.seq IS NULL;
+      EXECUTE format('SELECT setval(%1$L, m) FROM (SELECT max(%2$I) AS m FROM %3$I.%4$I) s '
+                     'WHERE m > (SELECT last_value FROM %5$s)', col.seq, col.attname, r.nspname, r.relname, col.seq);
+    END LOOP;
+  END LOOP;
+END
+$trackerdb_replay$;
+SELECT coalesce(json_agg(json_build_object('table', nspname || '.' || relname, 'rows', rows, 'inserted', inserted,
+                                           'missing', missing) ORDER BY nspname, relname), '[]'::json)
+  FROM _trackerdb_replay_result;
+"""
+
+REPLAY_HEADER = """-- trackerdb rollback export: rows written on the target after the switch.
+-- Replayed by `invoke rollback --replay` (or: psql -X -d <database> -f <this file>) in one transaction.
+-- Table names and rows are data (the COPY block: seq, schema, table, row as the table's text form).
+"""
+
+
+def replay_script(rows: list[str]) -> str:
+    """The whole export file: fixed program text around COPY data lines from :func:`replay_rows`."""
+    data = "".join(ln + "\n" for ln in rows)
+    return (REPLAY_HEADER + "\\set ON_ERROR_STOP on\nBEGIN;\n"
+            "CREATE TEMP TABLE _trackerdb_replay (seq bigint, nspname text, relname text, row_text text) ON COMMIT DROP;\n"
+            "COPY _trackerdb_replay (seq, nspname, relname, row_text) FROM STDIN;\n"
+            f"{data}\\.\n{REPLAY_PROGRAM}COMMIT;\n")
 
 
 def _count_lines(copy_data: str) -> int:
@@ -137,52 +210,39 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path("."), progress=progress)
     facts: dict = {"replay": replay}
     journal.begin(ROLLBACK, {"replay": replay})
+    undo: list = []  # what this run changed before the switch back, undone if a later step fails
     try:
-        db = settings.database
+        db, port = settings.database, settings.pg_port
         src, tgt = ctx.remote("source"), ctx.remote("target")
         switch_st = states.get(ph.SWITCH)
         switched = switch_st is not None and "old" in switch_st.facts
         # 1. stop writes on the target (a dead target must not block the way back)
         target_ok = True
         try:
-            tfacts = query_json(tgt, fz.facts_sql(db))
+            tfacts = query_json(tgt, fz.facts_sql(db), port=port)
             if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
-                facts["target_freeze"] = fz.freeze(tgt, db, grace_s=5, progress=say)
+                was_read_only = fz.is_read_only(tgt, db, port=port)
+                facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, port=port, progress=say)
+                if not was_read_only:
+                    undo.append(("target", tf["prior_read_only"]))
         except OpsError as exc:
             target_ok, tfacts = False, {"exists": False}
             facts["target_unreachable"] = exc.one_line()
             say(f"target unreachable, going on without it: {exc.one_line()}")
-        # 2. the application back to the recorded old value
-        if switched:
-            old, new = switch_st.facts["old"], switch_st.facts["new"]
-            switcher = sw.make(settings)
-            say(f"switching {switcher.describe()} back: {new} -> {old}")
-            facts["switch"] = switcher.apply(new, old, progress=say)
-        # 3. source maxima while frozen, then writable again
-        tables = query_json(tgt, tables_sql(), database=db) if (switched and tfacts["exists"]) else []
+        # 2. what the target received after the switch, read while both sides are frozen
+        tables = query_json(tgt, tables_sql(), database=db, port=port) if (switched and tfacts["exists"]) else []
         recorded = journal.state(ROLLBACK).facts
         if "source_max" in recorded:
             source_max = recorded["source_max"]
         else:
-            source_max = query_json(src, maxima_sql(tables), database=db) or {}
+            keyed = [t for t in tables if t.get("int_key") and not t.get("time_column")]
+            there = query_json(src, existing_sql(keyed), database=db, port=port) or {}
+            keyed = [t for t in keyed if there.get(f"{t['schema']}.{t['name']}")]
+            source_max = query_json(src, maxima_sql(keyed), database=db, port=port) or {}
             journal.note(ROLLBACK, {"source_max": source_max})
-        say(f"making {db} on the source writable again")
-        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"])
-        # 4. export what the target received after the switch
         if switched and tfacts["exists"]:
             facts.update(export_rows(settings, journal, tgt, tables, freeze_st.facts["frozen_at"], source_max, out_dir, say))
-            # 5. replay
-            if replay and facts["exported_rows"]:
-                say(f"replaying {facts['exported_rows']} row(s) on the source")
-                before = _counts(src, db, tables)
-                run_sql(src, Path(facts["export_file"]).read_text(), database=db, timeout=3600)
-                after = _counts(src, db, tables)
-                facts["replayed"] = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-                # rows the source already had (an earlier replay) or that collide with a key the source
-                # handed out after it became writable again: listed, never silently merged
-                facts["not_replayed"] = {k: n - facts["replayed"].get(k, 0) for k, n in facts["exported"].items()
-                                         if n != facts["replayed"].get(k, 0)}
         elif switched and not target_ok:
             facts["exported_rows"] = None
             facts["warning"] = ("the target was unreachable: rows written there after the switch were NOT exported; "
@@ -190,8 +250,28 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
         else:
             facts["exported_rows"] = 0
             facts["note"] = "the application was never switched: no rows can have been written on the target"
+        # 3. the source writable again; 4. the rows replayed there, before any client can reach it
+        say(f"making {db} on the source writable again")
+        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"], port=port)
+        if facts["source"]["changed"]:
+            undo.append(("source", None))
+        if replay and facts.get("exported_rows"):
+            say(f"replaying {facts['exported_rows']} row(s) on the source as their tables' owners, in one transaction")
+            facts.update(replay_export(src, facts["export_file"], db, port))
+        # 5. only now the application back to the recorded old value: it never points at a read-only database
+        if switched:
+            old, new = switch_st.facts["old"], switch_st.facts["new"]
+            switcher = sw.make(settings)
+            say(f"switching {switcher.describe()} back: {new} -> {old}")
+            facts["switch"] = switcher.apply(new, old, progress=say)
     except BaseException as exc:
-        journal.end(ROLLBACK, "failed", error=exc.one_line() if isinstance(exc, OpsError) else type(exc).__name__)
+        facts_undo = _undo(undo, src if undo else None, tgt if undo else None, settings, say)
+        journal.end(ROLLBACK, "failed", facts={"undone": facts_undo},
+                    error=exc.one_line() if isinstance(exc, OpsError) else type(exc).__name__)
+        if isinstance(exc, OpsError) and facts_undo:
+            exc.hint = ((exc.hint + "; ") if exc.hint else "") + (
+                "nothing was switched: the application stays on the target, which is writable again; "
+                "fix the cause and re-run, or roll back without --replay and replay the export by hand")
         raise
     finally:
         ctx.close()
@@ -199,42 +279,71 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     return facts
 
 
+def _undo(undo: list, src, tgt, settings, say) -> list[str]:
+    """Put back what this run changed before the switch back: the target writable, the source frozen."""
+    done = []
+    for which, prior in reversed(undo):
+        try:
+            if which == "target":
+                fz.unfreeze(tgt, settings.database, prior=prior, port=settings.pg_port)
+                done.append("target writable again")
+            else:
+                fz.freeze(src, settings.database, grace_s=5, port=settings.pg_port)
+                done.append("source read-only again")
+            say(f"undone: {done[-1]}")
+        except OpsError as exc:  # report, keep undoing the rest
+            done.append(f"could not undo ({which}): {exc.one_line()}")
+    return done
+
+
+def replay_export(src, export_file: str, db: str, port) -> dict:
+    """Run the export file on the source; returns per-table counts from the replay program."""
+    result = query_json(src, Path(export_file).read_text(), database=db, port=port, timeout=3600) or []
+    replayed = {r["table"]: r["inserted"] for r in result if r["inserted"]}
+    missing = [r["table"] for r in result if r["missing"]]
+    out = {"replayed": replayed,
+           # rows the source already had (an earlier replay) or that collide with a key the source handed
+           # out itself: listed, never silently merged
+           "not_replayed": {r["table"]: r["rows"] - r["inserted"] for r in result if r["rows"] != r["inserted"]}}
+    if missing:
+        out["missing_on_source"] = missing
+        out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their rows were NOT carried back "
+                                  f"and stay in {export_file}: create the tables on the source and re-run")
+    return out
+
+
 def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, say) -> dict:
     manifest_counts = {}
     dump_facts = journal.state(ph.DUMP).facts
     if dump_facts.get("row_counts"):
         manifest_counts = dump_facts["row_counts"]
-    blocks, counts, how, skipped = [], {}, {}, []
-    live = _counts(tgt, settings.database, tables)
-    for i, t in enumerate(tables):
+    rows, counts, how, skipped = [], {}, {}, []
+    seq = 0
+    live = _counts(tgt, settings.database, tables, settings.pg_port)
+    for t in tables:
         fq = f"{t['schema']}.{t['name']}"
         where, why = selection(t, frozen_at, source_max, manifest_counts)
         if where == "COUNT_GREW":
             if live.get(fq, 0) <= manifest_counts.get(fq, 0):
                 continue
             where = "true"
-        if t.get("generated_columns"):
-            skipped.append(f"{fq}: has generated columns; export by hand")
-            continue
-        data = run_sql(tgt, export_sql(t, where), database=settings.database, timeout=3600).stdout
-        n = _count_lines(data)
-        if n:
-            counts[fq], how[fq] = n, why
-            blocks.append(replay_block(t, f"_trackerdb_rollback_{i}", data))
+        data = run_sql(tgt, export_sql(t, where), database=settings.database, port=settings.pg_port, timeout=3600).stdout
+        lines, seq = replay_rows(seq, t, data)
+        if lines:
+            counts[fq], how[fq] = len(lines), why
+            rows.extend(lines)
     out = Path(out_dir) if out_dir else journal.path.parent
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"rollback-rows-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sql"
-    path.write_text(replay_script(blocks))
-    path.chmod(0o600)
+    write_private(path, replay_script(rows))
     say(f"exported {sum(counts.values())} row(s) written on the target after the switch to {path}")
     return {"export_file": str(path), "exported": counts, "exported_rows": sum(counts.values()), "selection": how,
             "not_exported": skipped,
             "warning": "updates and deletes made on the target after the switch are not carried back"}
 
 
-def _counts(remote, db: str, tables: list[dict]) -> dict:
+def _counts(remote, db: str, tables: list[dict], port=None) -> dict:
     if not tables:
         return {}
     parts = ", ".join(f"{literal(t['schema'] + '.' + t['name'])}, (SELECT count(*) FROM {qualified(t['schema'], t['name'])})"
                       for t in tables)
-    return query_json(remote, f"SELECT json_build_object({parts});", database=db) or {}
+    return query_json(remote, f"SELECT json_build_object({parts});", database=db, port=port) or {}
