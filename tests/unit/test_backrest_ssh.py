@@ -22,40 +22,22 @@ def test_missing_or_malformed_host_key_is_a_config_error(bad):
         ssh.known_hosts_line(s(bad))
 
 
-@pytest.mark.parametrize("current, changed", [
-    (None, True),
-    ("", True),
-    ("other.host ssh-ed25519 AAAAOTHER\n", True),
-    ("pg-backrest.timescale.glimpse.internal,172.31.203.209 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPINNED\n", False),
-    ("pg-backrest.timescale.glimpse.internal,172.31.203.209 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPINNED", False),
+@pytest.mark.parametrize("current, changed, line", [
+    (None, True, "restrict ssh-ed25519 AAAAPUB postgres@target"),
+    ("ssh-rsa AAAAOTHER a@b\n", True, "restrict ssh-ed25519 AAAAPUB postgres@target"),
+    # the same key installed earlier without restrict: restricted now
+    ("ssh-ed25519 AAAAPUB postgres@target-old-comment\n", True, "restrict ssh-ed25519 AAAAPUB postgres@target-old-comment"),
+    # the repository side's own options are kept, restrict added
+    ('from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', True, 'restrict,from="10.0.0.1" ssh-ed25519 AAAAPUB c'),
+    ("restrict ssh-ed25519 AAAAPUB c\n", False, "restrict ssh-ed25519 AAAAPUB c"),
+    ('restrict,from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', False, 'restrict,from="10.0.0.1" ssh-ed25519 AAAAPUB c'),
 ])
-def test_merge_known_hosts_adds_our_line_once(current, changed):
-    text, did = ssh.merge_known_hosts(current, s())
-    assert did is changed
-    assert text.count("AAAAC3NzaC1lZDI1NTE5AAAAIPINNED") == 1
-    if current and "OTHER" in current:
-        assert text.startswith(current)
-
-
-@pytest.mark.parametrize("line", [
-    "pg-backrest.timescale.glimpse.internal ssh-ed25519 AAAADIFFERENT\n",
-    "172.31.203.209 ssh-ed25519 AAAADIFFERENT\n",
-])
-def test_a_different_pinned_key_is_a_clear_error_not_an_overwrite(line):
-    with pytest.raises(HostError) as e:
-        ssh.merge_known_hosts(line, s())
-    assert "different ssh-ed25519 key" in e.value.one_line()
-
-
-@pytest.mark.parametrize("current, changed", [
-    (None, True),
-    ("ssh-rsa AAAAOTHER a@b\n", True),
-    ("ssh-ed25519 AAAAPUB postgres@target-old-comment\n", False),
-    ('from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', False),
-])
-def test_authorized_keys_merge_is_idempotent(current, changed):
+def test_authorized_keys_merge_is_idempotent_and_restricted(current, changed, line):
     text, did = ssh.authorized_keys_merge(current, "ssh-ed25519 AAAAPUB postgres@target")
     assert did is changed and text.count("AAAAPUB") == 1
+    assert line in text.splitlines()
+    again, did2 = ssh.authorized_keys_merge(text, "ssh-ed25519 AAAAPUB postgres@target")
+    assert (again, did2) == (text, False)
 
 
 @pytest.mark.parametrize("code, stderr, state", [
@@ -81,7 +63,7 @@ def test_errors_say_what_to_do():
 
 def test_handover_text_has_the_key_and_nothing_else_secret():
     text = ssh.handover_text(s(), "ssh-ed25519 AAAAPUB postgres@target")
-    assert "ssh-ed25519 AAAAPUB postgres@target" in text
+    assert "restrict ssh-ed25519 AAAAPUB postgres@target" in text.splitlines()
     assert "authorized_keys" in text and "re-run" in text
 
 

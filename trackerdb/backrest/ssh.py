@@ -85,17 +85,39 @@ def merge_known_hosts(current: str | None, settings) -> tuple[str, bool]:
     return text + wanted, True
 
 
+# pgBackRest needs a plain command channel to the repository host and nothing else: `restrict` turns off
+# port/agent/X11 forwarding, PTYs and ~/.ssh/rc for this key. (No forced command: pgBackRest starts its
+# remote with arguments that vary per command and option set, so a fixed command would break it.)
+KEY_OPTIONS = "restrict"
+
+
+def authorized_key_line(pubkey: str) -> str:
+    return f"{KEY_OPTIONS} {pubkey.strip()}"
+
+
 def authorized_keys_merge(current: str | None, pubkey: str) -> tuple[str, bool]:
-    """authorized_keys with ``pubkey`` present once (matched on type+key, not on comment)."""
+    """authorized_keys with ``pubkey`` present once and restricted (matched on type+key, not on comment).
+    A line for the same key without ``restrict`` gains it; options the repository side set (``from=``)
+    are kept."""
     want = pubkey.split()[:2]
     lines = (current or "").splitlines(keepends=True)
-    for ln in lines:
-        if ln.split()[:2] == want or ln.split()[-3:-1] == want:
+    for i, ln in enumerate(lines):
+        toks = ln.split()
+        at = next((j for j in range(len(toks)) if toks[j:j + 2] == want), None)
+        if at is None:
+            continue
+        if at == 0:
+            lines[i] = f"{KEY_OPTIONS} {ln.strip()}\n"
+            return "".join(lines), True
+        options = ln.strip().split(None, 1)[0] if at == 1 else None
+        if options is not None and KEY_OPTIONS in options.split(","):
             return "".join(lines), False
+        lines[i] = f"{KEY_OPTIONS},{ln.strip()}\n" if options is not None else f"{KEY_OPTIONS} {' '.join(toks[at:])}\n"
+        return "".join(lines), True
     text = "".join(lines)
     if text and not text.endswith("\n"):
         text += "\n"
-    return text + pubkey.strip() + "\n", True
+    return text + authorized_key_line(pubkey) + "\n", True
 
 
 def probe_command(settings, timeout: int = 10) -> list[str]:
@@ -153,7 +175,8 @@ def handover_text(settings, pubkey: str) -> str:
     return (
         f"Waiting for the repository side. Please ask the owners of {settings.repo_host_name} to add this line to\n"
         f"~{settings.repo_host_user}/.ssh/authorized_keys on that host (user {settings.repo_host_user}, mode 0600):\n\n"
-        f"{pubkey.strip()}\n\n"
+        f"{authorized_key_line(pubkey)}\n\n"
+        f"(`restrict`: no forwarding, no PTY; pgBackRest needs only the command channel), "
         f"and to confirm that the repository path {settings.repo_path} is writable by {settings.repo_host_user}.\n"
         f"We pin their host key as: {known_hosts_line(settings).strip()}\n"
         f"Then re-run `invoke backrest.setup`; it continues from here.\n"

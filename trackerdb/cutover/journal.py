@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OpsError
+from ..files import private_dir
 from ..secrets import Secret
 
 _SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|cipher|credential|private_key", re.I)
@@ -168,7 +169,7 @@ class Journal:
     # ---- writing ---------------------------------------------------------------------------
     def _append(self, record: dict) -> dict:
         record = scrub(record, self.secrets)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         line = json.dumps(record, sort_keys=True) + "\n"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:

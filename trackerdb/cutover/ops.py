@@ -79,15 +79,17 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
 
 
 def _add_secrets(ctx, settings) -> None:
-    """The app password must never reach the journal, even inside an error message."""
-    try:
-        from ..secrets import fetch_secret
+    """Neither the app password nor the pgBackRest cipher passphrase (the post phase runs a backup)
+    may reach the journal, even inside an error message."""
+    from ..secrets import fetch_secret
 
-        secret = fetch_secret(settings, settings.app_secret_name)
-    except Exception:  # noqa: BLE001 - preflight reports an unreadable secret properly
-        return
-    ctx.journal.add_secret(secret)
-    ctx.secrets.append(secret)
+    for name in (settings.app_secret_name, settings.cipher_secret_name):
+        try:
+            secret = fetch_secret(settings, name)
+        except Exception:  # noqa: BLE001 - preflight (app) and the post phase (cipher) report an unreadable secret
+            continue
+        ctx.journal.add_secret(secret)
+        ctx.secrets.append(secret)
 
 
 def summary(journal: Journal) -> dict:

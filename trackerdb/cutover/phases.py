@@ -216,12 +216,14 @@ def _step_progress(ctx: Ctx):
 def dump(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.dump import run_dump
 
-    ctx.dump_dir.mkdir(parents=True, exist_ok=True)
+    from ..files import private_dir, write_private
+
+    private_dir(ctx.dump_dir)
     art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
-    adj_path.write_text(json.dumps(adjusted, indent=2, sort_keys=True))
+    write_private(adj_path, json.dumps(adjusted, indent=2, sort_keys=True))
     counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("facts", {}).get("tables", [])}
     return {"dump_path": str(art.dump_path), "manifest_path": str(adj_path), "source_manifest_path": str(art.manifest_path),
             "sha256": manifest.get("dump", {}).get("sha256"), "size_bytes": manifest.get("dump", {}).get("size_bytes"),

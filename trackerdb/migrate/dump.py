@@ -129,8 +129,9 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
         write_text(host, manifest_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return DumpArtifacts(out_file, manifest_path, doc, on_host=True)
 
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
+    from ..files import open_private, private_dir
+
+    dest = private_dir(dest_dir)
     dump_path = dest / dump_name
     partial = dest / (dump_name + ".partial")
     script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
@@ -138,7 +139,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     line = wrap(script, user="postgres")
     total = None
     try:
-        with open(partial, "wb") as sink:
+        with open_private(partial) as sink:
             res = stream_stdout(host, line, sink, progress=progress, total=total)
         if res.exit_code != 0:
             raise OpsError(f"pg_dump on {host.name} failed (exit {res.exit_code}): {_last_line(res.stderr)}",

@@ -250,7 +250,9 @@ def load_manifest(path: str | Path) -> dict:
 
 
 def write_manifest(doc: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    from ..files import write_private
+
+    write_private(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 # ---- content digests (lab tests and --against-source spot checks) ---------------------------

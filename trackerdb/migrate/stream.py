@@ -211,11 +211,6 @@ def run_with_stdin(host, line: str, data: str | bytes, check: bool = True, timeo
 
 def write_text(host, path: str, content: str, mode: str = "0640", owner: str = "postgres") -> None:
     """Write a (possibly large) file on the host as root, atomically, via ``run_with_stdin``."""
-    import shlex
+    from ..remote import atomic_write_argv, wrap
 
-    from ..remote import wrap
-
-    q = shlex.quote(path)
-    script = (f"umask 077; tmp=$(mktemp {q}.XXXXXX) && cat > \"$tmp\" && chown {shlex.quote(owner)}:{shlex.quote(owner)} \"$tmp\" "
-              f"&& chmod {mode} \"$tmp\" && mv -f \"$tmp\" {q}")
-    run_with_stdin(host, wrap(script, sudo=True), content)
+    run_with_stdin(host, wrap(atomic_write_argv(path, mode, owner, owner), sudo=True), content)

@@ -1,0 +1,52 @@
+"""Files the operator's machine keeps (dumps, manifests, journals, rollback exports): private from the start.
+
+They hold production data or facts about it, so they are created 0600 inside directories we create
+0700; no window exists in which another local user could open them. An existing directory the
+operator chose (``--out /srv/x``) is left as it is: only what we create is tightened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def private_dir(path: str | Path) -> Path:
+    """``path`` and any missing parents, each created 0700 (existing ones are not changed)."""
+    p = Path(path)
+    missing = []
+    q = p
+    while not q.exists():
+        missing.append(q)
+        if q.parent == q:
+            break
+        q = q.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)  # mkdir's mode is filtered by the umask
+    return p
+
+
+def open_private(path: str | Path, binary: bool = True):
+    """A new or truncated file opened for writing, mode 0600 before the first byte; never follows a symlink."""
+    p = Path(path)
+    private_dir(p.parent)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # an existing file keeps its old mode through O_CREAT
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
+
+
+def write_private(path: str | Path, text: str) -> Path:
+    with open_private(path, binary=False) as f:
+        f.write(text)
+    return Path(path)
