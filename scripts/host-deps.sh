@@ -7,15 +7,15 @@
 #   openssh-client       ssh-keygen                            e2fsprogs, xfsprogs  filesystem tools
 set -euo pipefail
 pkgs=(debootstrap iproute2 util-linux e2fsprogs xfsprogs nginx-light openssl apt-utils openssh-client chromium)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "host-deps: the lab needs root (namespaces, loop devices, mounts); run as root" >&2
+  exit 1
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-  echo "host-deps: need root to install: ${missing[*]}" >&2
-  exit 1
-fi
 echo "host-deps: installing ${missing[*]}" >&2
 for i in 1 2 3; do
   if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

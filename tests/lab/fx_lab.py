@@ -9,11 +9,19 @@ import platform
 import pytest
 
 
+def require_lab_host() -> None:
+    """The lab tests are the project's evidence: a machine that cannot run them fails, it does not skip
+    (a green run of unit tests alone would claim what was never shown). `scripts/test-unit.sh` is the
+    explicit way to run only the unit tests."""
+    if platform.system() != "Linux" or os.geteuid() != 0:
+        pytest.fail("lab tests need root on Linux (network namespaces, overlayfs, loop devices); "
+                    "run scripts/test.sh as root, or scripts/test-unit.sh for the unit tests alone", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def lab():
     """``lab.status`` of the running instance (dict), with ``TRACKERDB_ENV=lab`` and ``TRACKERDB_LAB`` set."""
-    if platform.system() != "Linux" or os.geteuid() != 0:
-        pytest.skip("lab tests need root on Linux (network namespaces, overlayfs, loop devices)")
+    require_lab_host()
     from lab import api
 
     name = os.environ.get("TRACKERDB_LAB") or "ci"

@@ -8,9 +8,7 @@ module always takes it down.
 from __future__ import annotations
 
 import json
-import os
 import re
-import platform
 import time
 from pathlib import Path
 
@@ -28,8 +26,9 @@ def _env():
 
 @pytest.fixture(scope="module")
 def rehearsal():
-    if platform.system() != "Linux" or os.geteuid() != 0:
-        pytest.skip("lab tests need root on Linux (network namespaces, overlayfs, loop devices)")
+    from tests.lab.fx_lab import require_lab_host
+
+    require_lab_host()
     from lab import api
 
     from trackerdb.rehearse.ops import run_rehearsal
