@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,10 +21,17 @@ from .errors import ConfigError
 LAB_ROOT = "/var/lib/trackerdb-lab"
 
 
+_LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # the lab's own rule (lab/naming.py)
+
+
 def lab_name(env=None) -> str:
     """The lab instance (several can run side by side): ``$TRACKERDB_LAB``, default ``lab0``."""
     env = os.environ if env is None else env
-    return env.get("TRACKERDB_LAB") or "lab0"
+    name = env.get("TRACKERDB_LAB") or "lab0"
+    if not _LAB_NAME.match(name):
+        raise ConfigError(f"lab instance name {name!r} (TRACKERDB_LAB) is not valid",
+                          hint="use 1-31 lowercase letters, digits or '-' (e.g. TRACKERDB_LAB=devlab)")
+    return name
 
 
 def lab_dir(env=None) -> Path:

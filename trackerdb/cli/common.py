@@ -32,6 +32,11 @@ def ops_task(fn):
         except OpsError as exc:
             console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True, soft_wrap=True)
             raise Exit(code=1) from None
+        except OSError as exc:  # a path the checks could not foresee (a full disk, a vanished directory)
+            where = f" {exc.filename}" if exc.filename else ""
+            console.print(f"[bold red]error:[/]{where}: {exc.strerror or exc} (hint: check that path and the local disk; "
+                          "re-run the same command to continue)", markup=True, soft_wrap=True)
+            raise Exit(code=1) from None
         except KeyboardInterrupt:
             console.print("interrupted; re-run the same command to continue where it stopped")
             raise Exit(code=130) from None

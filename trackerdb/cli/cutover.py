@@ -8,6 +8,7 @@ from pathlib import Path
 from invoke import task
 from rich.table import Table
 
+from . import paths
 from .common import elapsed_progress, ops_task, out, settings
 
 
@@ -27,6 +28,10 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False):
     """
     from ..cutover.ops import default_journal, run_cutover
 
+    if journal:
+        paths.output_file(journal, "--journal")
+    if dump_dir:
+        paths.output_dir(dump_dir, "--dump-dir")
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
     dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
@@ -74,6 +79,8 @@ def rollback(c, replay=False, journal=None, json=False):
     from ..cutover.ops import default_journal
     from ..cutover.rollback import run_rollback
 
+    if journal:
+        paths.input_file(journal, "--journal")
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
     res = run_rollback(s, journal_path, replay=replay, progress=None if json else elapsed_progress())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
+from . import paths
 from .common import console, ops_task, print_checks, print_outcome, settings
 from .common import out as _stdout
 
@@ -47,6 +48,8 @@ def dump(c, local=False, out=None, on_host=None, json=False):
     """
     from ..migrate.dump import run_dump
 
+    if out:
+        paths.output_dir(out, "--out")
     s = settings(c)
     dest = on_host or out or str(Path(s.state_dir) / "dump")
     prog, update = _bar("dump")
@@ -82,6 +85,9 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
     """
     from ..migrate.restore import run_restore
 
+    paths.input_file(dump, "--dump")
+    if manifest:
+        paths.input_file(manifest, "--manifest")
     s = settings(c)
     prog, update = _bar("restore")
     with (contextlib.nullcontext() if json else prog):
@@ -105,6 +111,8 @@ def verify(c, manifest=None, against_source=False, no_backrest=False, json=False
     from ..migrate.manifest import load_manifest
     from ..migrate.verify import run_verify
 
+    if manifest:
+        paths.input_file(manifest, "--manifest")
     s = settings(c)
     doc = None
     if not against_source:
