@@ -185,6 +185,7 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
                                       by_id=by_id if role == "target" else None,
                                       apt_repo=str(img.apt) if role == "target" else None)
         hosts.launch(st, n, role, roots[role], script)
+        st["launch"] = (st["launch"] or {}) | {role: script}
     for role in SSH_ROLES:
         hosts.wait_port(st, role, n.ip(role), 22)
 
@@ -234,6 +235,36 @@ def _port_open(st: State, role: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# ---- reboot -----------------------------------------------------------------------------------
+def reboot(name: str, role: str = "target", timeout: float = 60) -> dict:
+    """Reboot one host: its services stopped by its own init script, every process of its namespaces
+    ended (its mounts, the data volume's included, vanish with them), then its init started again from
+    the same launch script. What comes back is what the host's boot path brings back."""
+    check_name(name)
+    if role not in SSH_ROLES:
+        raise LabError(f"no host {role!r} to reboot", hint=f"one of {', '.join(SSH_ROLES)}")
+    with _instance_lock(name):
+        st = State(name)
+        script = (st["launch"] or {}).get(role)
+        if not st["up"] or not script:
+            raise LabError(f"lab {name} is not up (or was started by an older version)", hint="run lab.up first")
+        n = Names(name, ipaddress.ip_network(st["subnet"]))
+        t0 = time.monotonic()
+        hosts.hexec(st, role, "if [ -x /etc/init.d/postgresql ]; then /etc/init.d/postgresql stop; fi", check=False, timeout=120)
+        kill_and_wait([e["pid"] for e in st["pids"].get(role, [])])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and out(["ip", "netns", "pids", n.netns(role)]).strip():
+            time.sleep(0.2)
+        left = out(["ip", "netns", "pids", n.netns(role)]).split()
+        if left:
+            raise LabError(f"{role}: {len(left)} process(es) outlived the reboot", hint="run lab.down and lab.up")
+        st.data["pids"][role] = []
+        st.save()
+        hosts.launch(st, n, role, st.dir / "hosts" / role / "root", script)
+        hosts.wait_port(st, role, n.ip(role), 22)
+        return {"host": role, "rebooted_in_s": round(time.monotonic() - t0, 1)}
 
 
 # ---- down -------------------------------------------------------------------------------------

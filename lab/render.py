@@ -68,11 +68,21 @@ def sudoers(user: str = "admin") -> str:
 
 
 def init_py() -> str:
-    """PID 1 of a lab host's pid namespace (runs inside the chroot): start sshd, reap orphans, exit on TERM."""
+    """PID 1 of a lab host's pid namespace (runs inside the chroot): the host's boot path, then reap
+    orphans, exit on TERM. Boot does what a Debian host's does for us: mount what /etc/fstab lists
+    (systemd's local-fs), then start the clusters whose start.conf says auto through postgresql-common's
+    own boot script (what systemd's postgresql@ units do), then sshd. Nothing here knows about the
+    project: a host comes back after `lab.reboot` only if provisioning left it able to."""
     return '''#!/usr/bin/python3
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+with open("/var/log/lab-boot.log", "ab") as log:
+    log.write(b"boot\\n")
+    log.flush()
+    subprocess.run(["mount", "-a"], stdout=log, stderr=log)
+    if os.access("/etc/init.d/postgresql", os.X_OK):
+        subprocess.run(["/etc/init.d/postgresql", "start"], stdout=log, stderr=log)
 subprocess.Popen(["/usr/sbin/sshd", "-D", "-E", "/var/log/sshd.log"])
 while True:
     try:

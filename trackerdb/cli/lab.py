@@ -46,6 +46,17 @@ def status(c, name=None, json=False):
     _print(api.status(name or lab_name()), json)
 
 
+@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "host": "target, source or repo (default target)"})
+@ops_task
+def reboot(c, name=None, host="target"):
+    """Reboot one lab host: its services stopped, all its processes and mounts gone, its init started again.
+    What comes back (the data volume from fstab, PostgreSQL through its boot script) is the host's own doing."""
+    from lab import api
+
+    res = api.reboot(name or lab_name(), host)
+    out.print(f"{res['host']} rebooted in {res['rebooted_in_s']}s")
+
+
 def _print(st: dict, as_json: bool) -> None:
     if as_json:
         print(_json.dumps(st, indent=2, sort_keys=True))
@@ -63,4 +74,4 @@ def _print(st: dict, as_json: bool) -> None:
         out.print(f"{k}: {st[k]}")
 
 
-TASKS = [up, down, status]
+TASKS = [up, down, status, reboot]
