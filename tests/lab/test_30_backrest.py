@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -54,11 +53,16 @@ def repo_files(s, sub):
 
 
 def fingerprint(s):
-    """What must not change when setup refuses: our files on the target, archiving, the shared stanza."""
+    """What must not change when setup refuses or has nothing to do: our files on the target (config,
+    drop-in, postgres's SSH key and pinned known_hosts), archiving, the repository host's authorized_keys,
+    the shared stanza."""
     with Remote(s.target) as t, Remote(s.repo) as r:
+        home = r.run(["getent", "passwd", s.repo_host_user]).stdout.split(":")[5]
         return {
             "conf": t.run(["sha256sum", conf.CONF_PATH], sudo=True, check=False).stdout,
             "dropin": t.run(["sha256sum", conf.dropin_path(s)], sudo=True, check=False).stdout,
+            "postgres_ssh": t.run("cd /var/lib/postgresql/.ssh && stat -c '%n %a %U' * && sha256sum *", sudo=True, check=False).stdout,
+            "authorized_keys": r.run(["sha256sum", f"{home}/.ssh/authorized_keys"], sudo=True, check=False).stdout,
             "archive_command": psql(t, s, "SHOW archive_command"),
             "shared": r.run(f"cd {shlex.quote(s.repo_path)} && find archive/{s.shared_stanza} backup/{s.shared_stanza} -name '*.info*' "
                             "-exec sha256sum {} + | sort", sudo=True, check=False).stdout,
@@ -95,8 +99,26 @@ def test_check_is_green_and_the_task_exits_zero(backrest_ready):
 
 
 def test_rerunning_setup_changes_nothing(backrest_ready):
+    before = fingerprint(backrest_ready)
     again = ops.setup(backrest_ready)
     assert not again.changed, [(s.name, s.detail) for s in again.steps if s.changed]
+    assert fingerprint(backrest_ready) == before  # observed on both hosts, not only reported
+
+
+def test_the_repository_host_holds_our_key_restricted(backrest_ready):
+    s = backrest_ready
+    with Remote(s.target) as t, Remote(s.repo) as r:
+        pub = t.run(["cat", "/var/lib/postgresql/.ssh/id_ed25519.pub"], user=PG).stdout.split()[1]
+        home = r.run(["getent", "passwd", s.repo_host_user]).stdout.split(":")[5]
+        lines = [ln for ln in r.read_file(f"{home}/.ssh/authorized_keys").splitlines() if pub in ln]
+        assert len(lines) == 1 and lines[0].split()[0].split(",")[0] == "restrict", lines
+        # sshd enforces it: no PTY and no port forwarding for that key, while pgBackRest's command channel works
+        tty = t.run(["ssh", "-tt", "-o", "BatchMode=yes", f"{s.repo_host_user}@{s.repo_host_name}", "tty"], user=PG, check=False)
+        assert "not a tty" in tty.stdout + tty.stderr or "PTY allocation request failed" in tty.stdout + tty.stderr, tty
+        fwd = t.run(["ssh", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-R", "15999:127.0.0.1:22",
+                     f"{s.repo_host_user}@{s.repo_host_name}", "true"], user=PG, check=False)
+        assert not fwd.ok, fwd
+        assert t.run(["pgbackrest", "--stanza", s.stanza, "info"], user=PG, check=False).ok
 
 
 def test_production_mode_waits_for_the_repository_side_and_a_rerun_picks_up(backrest_ready, tmp_path):
@@ -129,7 +151,7 @@ def test_production_mode_waits_for_the_repository_side_and_a_rerun_picks_up(back
             assert "Waiting for the repository side" in res.stderr and pub in res.stderr
             assert r.read_file(ak) == without
             # the other team adds exactly the handed-over line; the re-run continues and changes nothing else
-            handed = next(ln for ln in waiting.waiting.splitlines() if ln.startswith("ssh-"))
+            handed = next(ln for ln in waiting.waiting.splitlines() if ln.startswith("restrict ssh-"))
             r.write_file(ak, without + handed + "\n", mode="0600", owner=s.repo_host_user)
             again = ops.setup(s)
             assert not again.waiting and not again.changed, [(x.name, x.detail) for x in again.steps if x.changed]
@@ -150,10 +172,22 @@ def test_a_wrong_pinned_repository_key_is_a_clear_error(backrest_ready):
 
 
 # ---- the collision ----------------------------------------------------------------------------
+def ssh_logins(spec) -> int:
+    """Accepted SSH logins in the host's sshd log (this read's own login included)."""
+    with Remote(spec) as h:
+        return int(h.run("grep -c 'Accepted publickey' /var/log/sshd.log || true", sudo=True).stdout.strip() or 0)
+
+
 def test_the_shared_stanza_name_is_refused_by_settings_before_any_host_is_touched(backrest_ready):
+    s = backrest_ready
+    before = fingerprint(s)
+    logins = {h.name: ssh_logins(h) for h in (s.target, s.repo)}
     with pytest.raises(ConfigError) as e:
-        ops.setup(backrest_ready.with_(stanza=backrest_ready.shared_stanza))
+        ops.setup(s.with_(stanza=s.shared_stanza))
     assert "shared host's stanza" in e.value.one_line()
+    # no host was even logged into: each count grew by exactly our own second read
+    assert {h.name: ssh_logins(h) for h in (s.target, s.repo)} == {k: v + 1 for k, v in logins.items()}
+    assert fingerprint(s) == before
 
 
 def test_a_foreign_stanza_in_the_repository_is_refused_before_any_change(backrest_ready):
@@ -312,17 +346,28 @@ def test_the_cipher_passphrase_is_only_in_pgbackrest_conf(backrest_ready, full_b
     s = backrest_ready
     secret = fetch_secret(s, s.cipher_secret_name).reveal()
     pattern = secret + "\n"
+    def scan(host, paths: str) -> list[str]:
+        # grep reads the value from stdin: it never appears in grep's own argv; paths that do not exist are
+        # left out, and any grep error fails the test (exit 2) instead of reading as "not found"
+        r = host.run(f"set --; for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$p\"; done; grep -rlF -D skip -f /dev/stdin \"$@\"",
+                     sudo=True, stdin=pattern, check=False)
+        assert r.exit_code in (0, 1), r.stderr
+        return r.stdout.split()
+
+    target_paths = ("/etc /var/log /root /home /tmp /var/tmp /var/lib/postgresql/.ssh /var/lib/pgbackrest "
+                    f"{conf.spool_path(s)} /var/lib/postgresql/.bash_history /var/lib/postgresql/.psql_history")
     with Remote(s.target) as t:
-        # grep reads the value from stdin: it never appears in grep's own argv
-        hits = t.run("grep -rlF -f /dev/stdin /etc /var/log /root /home /tmp /var/lib/postgresql/.ssh "
-                     f"{conf.spool_path(s)} /var/lib/postgresql/.bash_history /var/lib/postgresql/.psql_history 2>/dev/null; true",
-                     sudo=True, stdin=pattern).stdout.split()
+        t.write_file("/tmp/trackerdb-planted", pattern)  # the scan finds a planted copy
+        try:
+            assert "/tmp/trackerdb-planted" in scan(t, target_paths)
+        finally:
+            t.run(["rm", "-f", "/tmp/trackerdb-planted"], sudo=True)
+        hits = scan(t, target_paths)
         assert hits == [conf.CONF_PATH], hits
         procs = t.run("grep -laF -f /dev/stdin /proc/[0-9]*/cmdline 2>/dev/null; true", sudo=True, stdin=pattern).stdout.split()
         assert procs == [], procs
     with Remote(s.repo) as r:
-        hits = r.run(f"grep -rlF -f /dev/stdin /var/log {shlex.quote(s.repo_path)} /etc /home /tmp 2>/dev/null; true",
-                     sudo=True, stdin=pattern).stdout.split()
+        hits = scan(r, f"/var/log {shlex.quote(s.repo_path)} /etc /home /tmp /var/tmp")
         assert hits == [], hits
     # our own outputs and the repository
     outcome = ops.setup(s, dry_run=True)
@@ -330,6 +375,6 @@ def test_the_cipher_passphrase_is_only_in_pgbackrest_conf(backrest_ready, full_b
     assert secret not in outcome.to_json() and secret not in checks
     assert secret not in json.dumps(full_backup)
     git = subprocess.run(["git", "grep", "-lF", "-f", "-"], cwd=ROOT, input=pattern, capture_output=True, text=True)
-    assert git.stdout.strip() == ""
+    assert git.returncode == 1 and git.stdout.strip() == "", git  # 1: searched and not found (0 found, 2+ failed)
     r = invoke(["backrest.setup", "--dry-run", "--json"])
     assert r.returncode == 0 and secret not in r.stdout + r.stderr

@@ -28,8 +28,18 @@ def target(ts="2.18.2", num=160004, spl="timescaledb", gis=("3.5.2",), dbs=(), c
             "collations": list(collations), "template0_collate": "C.UTF-8"}
 
 
-def test_versions_match():
-    r.check_versions(manifest(), target())
+@pytest.mark.parametrize("tgt", [
+    target(),                                                    # the same everything
+    target(num=170012),                                          # a newer PostgreSQL major (the lab's case)
+    target(gis=("3.4.0", "3.5.2"), spl="pg_stat_statements,timescaledb"),
+])
+def test_versions_that_match_pass(tgt):
+    assert r.check_versions(manifest(), tgt) is None
+    # and the same target is refused as soon as one version differs: the pass above was a real comparison
+    with pytest.raises(PreflightError):
+        r.check_versions(manifest(ts="2.17.0"), tgt)
+    with pytest.raises(PreflightError):
+        r.check_versions(manifest(gis="3.5.3"), tgt)
 
 
 @pytest.mark.parametrize("tgt,needle", [
