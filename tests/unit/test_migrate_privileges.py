@@ -184,3 +184,22 @@ def test_settings_detail_tells_a_frozen_manifest_from_a_read_only_source():
     ro = {"db_settings": {"": ["default_transaction_read_only=on"]}}
     detail, warnings = settings_detail(ro, 1)
     assert "read-only too" in detail and warnings
+
+
+def test_maintain_is_left_out_only_across_the_16_to_17_gap():
+    pg16 = target(lambda o: o["table reporting.device_notes"].update(acl=["tracker=arwdDxt/tracker"]))
+    assert failed(pg16, target())  # 17's owner has MAINTAIN (m)
+    assert all(c.ok for c in pv.compare_privileges(pg16, target(), ignore_maintain=True))
+    assert pv.maintain_gap(16, 17) and not pv.maintain_gap(17, 17) and not pv.maintain_gap(16, 16)
+    # a real difference still shows across the gap
+    assert failed(pg16, target(lambda o: o["table reporting.device_notes"]["acl"].append("x=r/tracker")))
+    assert pv.without_privilege({"t": {"kind": "table", "acl": ["a=m/o", "b=rm/o", "c=rm*/o"]}}, "m")["t"]["acl"] == ["b=r/o", "c=r/o"]
+
+
+def test_job_owner_checks():
+    job = {"proc": "_timescaledb_functions.policy_compression", "hypertable": "tracker.device_events", "owner": "tracker"}
+    assert [c.ok for c in pv.job_owner_checks({"jobs": [job]}, {"jobs": [job]})] == [True]
+    (c,) = pv.job_owner_checks({"jobs": [job]}, {"jobs": [dict(job, owner="postgres")]})
+    assert not c.ok and c.name == "job _timescaledb_functions.policy_compression on tracker.device_events owner"
+    assert c.observed == "source: tracker, target: postgres"
+    assert pv.job_owner_checks({"jobs": [job]}, {"jobs": []}) == []

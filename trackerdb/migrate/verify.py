@@ -113,7 +113,9 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
         checks.append(Check("database grants present", True, "default ACL", "default ACL"))
     if want_db.get("owner"):
         checks.append(Check("database owner", have_db.get("owner") == want_db["owner"], _fmt(have_db.get("owner")), want_db["owner"]))
-    checks += pv.compare_privileges(expected.get("privileges"), observed.get("privileges"), source_label, mapping)
+    gap = pv.maintain_gap(expected.get("server_version_num", 0) // 10000, observed.get("server_version_num", 0) // 10000)
+    checks += pv.compare_privileges(expected.get("privileges"), observed.get("privileges"), source_label, mapping, gap)
+    checks += pv.job_owner_checks(expected, observed)
     return checks
 
 
