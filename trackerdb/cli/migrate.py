@@ -57,13 +57,17 @@ def dump(c, local=False, out=None, on_host=None, json=False):
     summary = {"dump": art.dump_path, "manifest": art.manifest_path, "on_host": art.on_host,
                "size_bytes": m["dump"]["size_bytes"], "sha256": m["dump"]["sha256"], "versions": m["versions"],
                "tables": {f"{t['schema']}.{t['name']}": t["rows"] for t in m["facts"]["tables"]},
-               "consistency": m["consistency"]}
+               "consistency": m["consistency"], "frozen": m["facts"].get("frozen")}
     if json:
         print(_json.dumps(summary, indent=2))
     else:
         _stdout.print(f"dump: {art.dump_path} ({m['dump']['size_bytes']} bytes, sha256 {m['dump']['sha256'][:16]}…)")
         _stdout.print(f"manifest: {art.manifest_path}; {len(summary['tables'])} tables, "
                   f"{len(m['facts']['hypertables'])} hypertables; {m['consistency']}")
+        objects = (m["facts"].get("privileges") or {}).get("objects") or {}
+        _stdout.print(f"privileges: {len(objects)} objects' owners and ACLs recorded")
+        if m["facts"].get("frozen"):
+            _stdout.print(f"frozen: {m['facts']['frozen']['note']}")
 
 
 @task(help={"dump": "the dump file (tracker.dump) written by `invoke dump`",

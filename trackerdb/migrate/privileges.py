@@ -24,7 +24,11 @@ The extension's own schemas and objects (``_timescaledb_catalog``, ``_timescaled
 not restored from the dump: they are not compared. Likewise extension-member functions and types
 (PostGIS's hundreds in ``public``); extension-member *relations* in the application's schemas
 (``spatial_ref_sys``, ``geometry_columns``) are compared, because a grant on them is the DBA's.
-Comparing ACL text assumes the same PostgreSQL major on both sides (PG17 adds MAINTAIN, ``m``).
+Comparing ACL text: a pre-17 source restored on 17+ leaves MAINTAIN (``m``) out on both sides.
+
+``owner_map`` changes owners of schemas, relations, routines, types and large objects owned by its
+``from`` role (ACL entries of that role follow, as ALTER … OWNER does); never the database's owner,
+default privileges, columns or policies.
 """
 
 from __future__ import annotations
