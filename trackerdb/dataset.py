@@ -431,9 +431,72 @@ ALTER DATABASE {DB} SET statement_timeout = '15min';
 ALTER DATABASE {DB} SET idle_in_transaction_session_timeout = '10min';
 ALTER DATABASE {DB} SET search_path = "$user", public, tracker;
 ALTER DATABASE {DB} SET tracker.app_name = 'tracker-api';
-
+{privileges_block()}
 ANALYZE tracker.devices, tracker.geofences, tracker.device_geofences,
         tracker.location_reports, tracker.device_events;
+"""
+
+
+# ---- privileges the restore must keep exactly (kept apart so it merges on its own) -------------
+
+REPORTING = "tracker_reporting"
+REPORTING_SCHEMA = "reporting"
+LARGE_OBJECT_OID = 424242
+
+
+def privileges_block() -> str:
+    """Objects whose owners and ACLs a restore must carry over exactly (issue 13), run as postgres in
+    the tracker database after everything else: a second schema, a view owned by a reporting role
+    over a table under row-level security (a view runs with its owner's rights, so the owner decides
+    which rows readers see), column grants, a SECURITY DEFINER function with EXECUTE revoked from
+    PUBLIC and a per-function setting, a function the postgres role owns, a large object with a
+    grant, a domain and an enum, and default privileges in the new schema."""
+    r, s = REPORTING, REPORTING_SCHEMA
+    return f"""
+-- 10. Privileges a restore must keep exactly (owners, ACLs, RLS, SECURITY DEFINER).
+DO $reporting$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{r}') THEN
+        CREATE ROLE {r} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+    END IF;
+END
+$reporting$;
+CREATE SCHEMA {s} AUTHORIZATION {OWNER};
+GRANT USAGE ON SCHEMA {s} TO {r};
+GRANT USAGE ON SCHEMA {s} TO {READONLY};
+SET ROLE {OWNER};
+CREATE DOMAIN {s}.percent AS smallint CHECK (VALUE BETWEEN 0 AND 100);
+CREATE TYPE {s}.severity AS ENUM ('info', 'warning', 'critical');
+CREATE TABLE {s}.device_notes (
+    id         integer PRIMARY KEY,
+    device_id  integer NOT NULL REFERENCES {DB}.devices (id),
+    fleet      text NOT NULL,
+    severity   {s}.severity NOT NULL,
+    battery    {s}.percent,
+    note       text NOT NULL,
+    internal   text
+);
+INSERT INTO {s}.device_notes (id, device_id, fleet, severity, battery, note, internal)
+SELECT g, d.id, d.metadata->>'fleet', (ARRAY['info', 'warning', 'critical'])[1 + g % 3]::{s}.severity,
+       (g * 7 % 101)::smallint, 'note ' || g, 'internal remark ' || g
+FROM generate_series(1, 12) AS g JOIN {DB}.devices d ON d.id = 1 + (g - 1) % (SELECT count(*) FROM {DB}.devices);
+ALTER TABLE {s}.device_notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY device_notes_warnings ON {s}.device_notes FOR SELECT TO {r} USING (severity <> 'info');
+GRANT SELECT (id, device_id, fleet, severity, battery, note) ON {s}.device_notes TO {r};
+GRANT UPDATE (note) ON {s}.device_notes TO {r};
+CREATE FUNCTION {s}.note_count() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT count(*) FROM {s}.device_notes $fn$;
+REVOKE EXECUTE ON FUNCTION {s}.note_count() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION {s}.note_count() TO {r};
+SELECT lo_from_bytea({LARGE_OBJECT_OID}, convert_to('firmware image v1', 'UTF8'));
+GRANT SELECT ON LARGE OBJECT {LARGE_OBJECT_OID} TO {READONLY};
+RESET ROLE;
+CREATE VIEW {s}.visible_notes AS SELECT id, device_id, severity, note FROM {s}.device_notes;
+ALTER VIEW {s}.visible_notes OWNER TO {r};
+GRANT SELECT ON {s}.visible_notes TO {READONLY};
+CREATE FUNCTION {s}.maintenance_window() RETURNS text LANGUAGE sql IMMUTABLE AS $fn$ SELECT 'sun 02:00-04:00'::text $fn$;
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA {s} GRANT SELECT ON TABLES TO {r};
 """
 
 

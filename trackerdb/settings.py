@@ -101,6 +101,8 @@ class Settings:
     switch: dict = field(default_factory=dict)
     state_dir: str = "artifacts"
     pg_port: int = 5432
+    # Deliberate owner changes applied by restore and expected by verify (migrate.privileges.OwnerMapping).
+    owner_map: tuple = ()
     outputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived ---------------------------------------------------------------------------
@@ -194,6 +196,7 @@ class Settings:
             switch=dict(cfg.get("switch") or {}),
             state_dir=cfg.get("state_dir", "artifacts"),
             pg_port=int(cfg.get("pg_port", 5432)),
+            owner_map=_owner_map(cfg.get("owner_map")),
             outputs=o,
         )
         s.validate()
@@ -228,6 +231,12 @@ class Settings:
         if self.repo is None:
             raise ConfigError("no repository host SSH access configured", hint="set trackerdb.repo.address")
         return self.repo
+
+
+def _owner_map(raw) -> tuple:
+    from .migrate.privileges import parse_owner_map
+
+    return parse_owner_map(raw)
 
 
 def _plain(cfg) -> dict:

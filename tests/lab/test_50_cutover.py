@@ -195,6 +195,19 @@ def test_cutover_completes_after_three_kills_and_an_interrupted_switch(cutover_r
     assert s["rollback_command"].startswith("invoke rollback --journal ")
 
 
+def test_final_dump_says_it_was_frozen_and_verify_compared_privileges(cutover_run):
+    """The final dump is taken during the freeze: its own manifest says so and does not carry the
+    read-only flag as a setting; both verify passes compared owners and privileges object by object."""
+    st = Journal(cutover_run["journal"]).states()
+    v = st[ph.VERIFY].facts
+    for label in ("manifest", "source"):
+        assert v[label]["privileges"]["ok"] is True, v[label]
+        assert v[label]["privileges"]["observed"].endswith("objects compared, 0 differ")
+    m = json.loads(Path(st[ph.DUMP].facts["source_manifest_path"]).read_text())
+    assert m["facts"]["frozen"]["read_only_setting"] == "default_transaction_read_only=on"
+    assert not any("read_only" in x for vals in m["facts"]["db_settings"].values() for x in vals)
+
+
 def test_every_acknowledged_write_is_on_the_target_and_nothing_twice(cutover_run):
     settings = cutover_run["settings"]
     acks = [r for r in cutover_run["records"] if r["event"] == "ack"]

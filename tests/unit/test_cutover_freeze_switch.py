@@ -14,7 +14,10 @@ from trackerdb.errors import ConfigError, OpsError
     ('we"ird', 'ALTER DATABASE "we""ird" SET default_transaction_read_only = on;'),
 ])
 def test_set_read_only(db, sql):
-    assert freeze.set_read_only_sql(db) == sql
+    # the freeze marks the database first, so a manifest taken now knows the read-only flag is ours
+    marker, flag = freeze.set_read_only_sql(db).split("\n")
+    assert flag == sql
+    assert marker == f"ALTER DATABASE {ident(db)} SET trackerdb.frozen = 'cutover';"
 
 
 @pytest.mark.parametrize("prior, sql", [
@@ -23,7 +26,8 @@ def test_set_read_only(db, sql):
     ("default_transaction_read_only=on", 'ALTER DATABASE "tracker" SET default_transaction_read_only = on;'),
 ])
 def test_restore_read_only_puts_back_the_prior_setting(prior, sql):
-    assert freeze.restore_read_only_sql("tracker", prior) == sql
+    unmark, flag = freeze.restore_read_only_sql("tracker", prior).split("\n")
+    assert flag == sql and unmark == 'ALTER DATABASE "tracker" RESET trackerdb.frozen;'
 
 
 @pytest.mark.parametrize("idle_only", [True, False])

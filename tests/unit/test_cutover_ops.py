@@ -147,3 +147,26 @@ def test_only_our_freeze_is_an_expected_difference_live(observed, ours):
 
     assert ph._is_our_freeze(Check("database settings present", False, observed, "x")) is ours
     assert ph._is_our_freeze(Check("table x rows", False, observed, "x")) is False
+
+
+def test_verify_phase_records_the_privilege_comparison_and_stops_on_a_drift(tmp_path, monkeypatch):
+    """The cutover's verify phase uses verify's own privilege check: a drift stops it before the switch."""
+    import types
+
+    from trackerdb.migrate import verify as mv
+    from trackerdb.steps import Check
+
+    (tmp_path / "m.json").write_text("{}")
+    ctx = types.SimpleNamespace(settings=None, say=lambda m: None, facts=lambda phase: {"manifest_path": str(tmp_path / "m.json")},
+                                journal=types.SimpleNamespace(path=tmp_path / "j"))
+    summary = Check("owners and privileges equal to the source", True, "49 objects compared, 0 differ", "0 differ")
+    monkeypatch.setattr(mv, "run_verify", lambda settings, **kw: [Check("table t rows", True), summary])
+    out = ph.verify(ctx, False)
+    assert out["manifest"]["privileges"] == out["source"]["privileges"] == {"ok": True, "observed": "49 objects compared, 0 differ"}
+    drift = Check("owner/privileges of view reporting.visible_notes", False,
+                  "source: owner=tracker_reporting, target: owner=tracker", "equal to the source")
+    bad_summary = Check(summary.name, False, "49 objects compared, 1 differ", "0 differ")
+    monkeypatch.setattr(mv, "run_verify", lambda settings, **kw: [drift, bad_summary])
+    with pytest.raises(VerifyError) as e:
+        ph.verify(ctx, False)
+    assert "owner/privileges of view reporting.visible_notes: source: owner=tracker_reporting, target: owner=tracker" in e.value.message

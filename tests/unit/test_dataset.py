@@ -62,7 +62,7 @@ def test_no_row_by_row_inserts():
     sql = dataset.generate_sql(3, 42)
     # Every INSERT is INSERT ... SELECT; there is no VALUES list of generated rows.
     inserts = re.findall(r"INSERT INTO [\w.]+\s*\([^;]*?\)\s*SELECT", sql, re.S)
-    assert len(inserts) == sql.count("INSERT INTO") == 4 + dataset.SPAN_DAYS
+    assert len(inserts) == sql.count("INSERT INTO") == 4 + dataset.SPAN_DAYS + 1  # + reporting.device_notes
 
 
 @pytest.mark.parametrize("scale, devices, geofences", [
@@ -187,3 +187,27 @@ def test_checksum_query_covers_every_table_and_parses():
     got = dataset.checksums(FakeHost(None, out))
     assert got["tracker.location_reports"] == {"rows": 3, "checksum": "3000"}
     assert set(got) == set(dataset.TABLES)
+
+
+@pytest.mark.parametrize("pattern", [
+    r"CREATE ROLE tracker_reporting NOLOGIN",
+    r"CREATE SCHEMA reporting AUTHORIZATION tracker;",
+    r"CREATE DOMAIN reporting\.percent AS smallint",
+    r"CREATE TYPE reporting\.severity AS ENUM",
+    r"ALTER TABLE reporting\.device_notes ENABLE ROW LEVEL SECURITY;",
+    r"CREATE POLICY device_notes_warnings ON reporting\.device_notes FOR SELECT TO tracker_reporting",
+    r"GRANT SELECT \(id, device_id, fleet, severity, battery, note\) ON reporting\.device_notes TO tracker_reporting;",
+    r"SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+    r"REVOKE EXECUTE ON FUNCTION reporting\.note_count\(\) FROM PUBLIC;",
+    r"lo_from_bytea\(424242,",
+    r"GRANT SELECT ON LARGE OBJECT 424242 TO tracker_readonly;",
+    r"ALTER VIEW reporting\.visible_notes OWNER TO tracker_reporting;",
+    r"ALTER DEFAULT PRIVILEGES FOR ROLE tracker IN SCHEMA reporting GRANT SELECT ON TABLES TO tracker_reporting;",
+])
+def test_privileges_block_has_each_kind_of_object(pattern):
+    sql = dataset.generate_sql(1, 42)
+    assert re.search(pattern, sql), pattern
+    # after the tracker schema's own grants, and as postgres again at its end (maintenance_window is postgres')
+    assert sql.index("-- 10. Privileges") > sql.index("-- 9. Database-level settings")
+    block = dataset.privileges_block()
+    assert block.rindex("RESET ROLE;") < block.index("CREATE FUNCTION reporting.maintenance_window()")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trackerdb.errors import HostError
+from trackerdb.errors import HostError, PreflightError
 from trackerdb.migrate import dump as d
 from trackerdb.migrate import manifest as mf
 from trackerdb.migrate.psql import parse_json_output, psql_cmd
@@ -23,8 +23,11 @@ def test_parse_json_output_takes_last_line():
 
 
 def test_facts_sql_only_queries_timescale_views_when_installed():
-    assert len(mf.facts_sql(False)) == 1 and "timescaledb_information" not in mf.facts_sql(False)[0]
+    assert len(mf.facts_sql(False)) == 2 and "timescaledb_information" not in mf.facts_sql(False)[0]
     assert "timescaledb_information.hypertables" in mf.facts_sql(True)[1]
+    # privileges last, in the same snapshot, with names qualified whatever the search_path
+    assert mf.facts_sql(True)[-1] == mf.facts_sql(False)[-1] == mf.pv.PRIVILEGES_SQL
+    assert mf.pv.PRIVILEGES_SQL.startswith("SET search_path = pg_catalog")
 
 
 @pytest.mark.parametrize("needle", ["pg_db_role_setting", "aclexplode(d.datacl)", "query_to_xml", "pg_sequences",
@@ -55,7 +58,7 @@ def test_build_manifest_records_versions_and_flags():
     doc = mf.build_manifest(facts, source_host="source", database="tracker", dump_file="tracker.dump", dump_size=5,
                             dump_sha256="f" * 64, pg_dump_version="pg_dump (PostgreSQL) 16.4", consistency="c")
     assert doc["versions"] == {"postgresql": "16.4", "postgresql_major": 16, "timescaledb": "2.18.2", "postgis": "3.5.2"}
-    assert doc["dump"]["flags"] == ["-Fc", "--no-owner", "--no-privileges"]
+    assert doc["dump"]["flags"] == ["-Fc"] and doc["format"] == 2
     assert mf.validate_manifest(json.loads(json.dumps(doc))) == doc
 
 
@@ -64,7 +67,7 @@ def test_dump_script_uses_one_exported_snapshot():
                       facts_sql=mf.facts_sql(True), facts_path="/tmp/f.json", out_file=None)
     assert "pg_export_snapshot()" in s and "SET TRANSACTION SNAPSHOT '$snapshot'" in s
     assert '--snapshot="$snapshot"' in s
-    assert "/usr/lib/postgresql/16/bin/pg_dump -Fc --no-owner --no-privileges" in s
+    assert "/usr/lib/postgresql/16/bin/pg_dump -Fc --snapshot" in s and "--no-owner" not in s and "--no-privileges" not in s
     # the exporting transaction is committed only after pg_dump
     assert s.index("pg_dump -Fc") < s.index('echo "COMMIT;" >&$snap_in')
     assert "--file=" not in s
@@ -106,10 +109,54 @@ printf 'PGDMP-bytes'
 
 
 def test_parse_facts_file_counts_documents():
-    base = json.dumps({"server_version": "17", "server_version_num": 170000, "extensions": []})
-    assert d.parse_facts_file(base + "\n", False)["server_version"] == "17"
+    base = json.dumps({"server_version": "17", "server_version_num": 170000, "extensions": [],
+                       "roles": [{"name": "tracker", "login": True, "superuser": False}]})
+    privs = json.dumps({"privileges": {"objects": {"view r.v": {"kind": "view", "owner": "rep"}},
+                                       "roles": [{"name": "rep", "login": False, "superuser": False},
+                                                 {"name": "tracker", "login": True, "superuser": False}]}})
+    facts = d.parse_facts_file(base + "\n" + privs + "\n", False)
+    assert facts["server_version"] == "17" and "view r.v" in facts["privileges"]["objects"]
+    # a role that only owns or is granted something is created before pg_restore too
+    assert [r["name"] for r in facts["roles"]] == ["rep", "tracker"]
     with pytest.raises(HostError):
-        d.parse_facts_file(base + "\n", True)
+        d.parse_facts_file(base + "\n" + privs + "\n", True)
+    with pytest.raises(HostError):
+        d.parse_facts_file(base + "\n", False)
+
+
+@pytest.mark.parametrize("settings,frozen,kept", [
+    # our freeze: marker + read-only -> the flag is not a setting of the source
+    (["trackerdb.frozen=cutover", "default_transaction_read_only=on", "timezone=UTC"], True, ["timezone=UTC"]),
+    (["default_transaction_read_only=on", "trackerdb.frozen=cutover"], True, None),
+    # a really read-only source keeps its flag (restore applies it last)
+    (["default_transaction_read_only=on", "timezone=UTC"], False, ["default_transaction_read_only=on", "timezone=UTC"]),
+])
+def test_manifest_taken_during_a_freeze_says_so(settings, frozen, kept):
+    facts = mf.merge_facts({"server_version_num": 170000, "db_settings": [{"role": None, "settings": settings}]}, None)
+    assert bool(facts.get("frozen")) is frozen
+    assert facts["db_settings"].get("") == kept
+    assert (mf.read_only_setting(facts) is not None) is (not frozen)
+    if frozen:
+        assert facts["frozen"]["read_only_setting"] == "default_transaction_read_only=on"
+        assert mf.normalise(facts) == facts  # stable when loaded again
+
+
+def test_find_manifest_prefers_the_last_restore(tmp_path):
+    state = tmp_path / "state"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "tracker.manifest.json").write_text("{}")
+    assert mf.find_manifest(state, "tracker")[0] is None
+    (state / "dump").mkdir(parents=True)
+    (state / "dump" / "tracker.manifest.json").write_text("{}")
+    assert mf.find_manifest(state, "tracker")[0] == str(state / "dump" / "tracker.manifest.json")
+    mf.record_restored(state, "tracker", elsewhere / "tracker.manifest.json", "a" * 64)
+    path, where = mf.find_manifest(state, "tracker")
+    assert path == str((elsewhere / "tracker.manifest.json").resolve()) and "last restore" in where
+    (elsewhere / "tracker.manifest.json").unlink()
+    with pytest.raises(PreflightError) as e:
+        mf.find_manifest(state, "tracker")
+    assert "no longer exists" in e.value.message and "--manifest" in e.value.hint
 
 
 def test_content_digest_sql_uses_st_astext_for_geometry():

@@ -110,7 +110,8 @@ def test_no_errors_on_clean_stderr():
 def test_pg_restore_cmd_has_runbook_flags_and_jobs():
     cmd = toc.pg_restore_cmd("/usr/lib/postgresql/16/bin", "tracker_restore_staging", "/d/x.dump", list_file="/d/l", jobs=4)
     assert cmd[0] == "/usr/lib/postgresql/16/bin/pg_restore"
-    assert "--no-owner" in cmd and "--no-privileges" in cmd and "--exit-on-error" not in cmd
+    # owners and ACLs are restored as dumped (verify compares them with the source)
+    assert "--no-owner" not in cmd and "--no-privileges" not in cmd and "--exit-on-error" not in cmd
     assert cmd[cmd.index("-j") + 1] == "4" and cmd[cmd.index("-L") + 1] == "/d/l" and cmd[-1] == "/d/x.dump"
     assert "-j" not in toc.pg_restore_cmd("/b", "db", "/f", jobs=1)
 

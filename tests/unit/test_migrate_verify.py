@@ -25,8 +25,14 @@ BASE = normalise({
                   {"schema": "tracker", "name": "unused_seq", "last_value": None}],
     "db_settings": [{"role": None, "settings": ["timezone=UTC", "timescaledb.restoring=off"]},
                     {"role": "tracker", "settings": ["work_mem=64MB"]}],
-    "object_grants": [{"kind": "TABLE", "name": "tracker.devices", "grantee": "tracker_readonly", "privilege": "SELECT"}],
-    "default_acls": [{"role": "tracker", "schema": "tracker", "objtype": "r", "grantee": "tracker_readonly", "privilege": "SELECT"}],
+    "privileges": {"objects": {
+        "table tracker.devices": {"kind": "table", "name": "tracker.devices", "schema": "tracker", "owner": "tracker",
+                                  "acl": ["tracker=arwdDxtm/tracker", "tracker_readonly=r/tracker"], "rls": False,
+                                  "rls_forced": False},
+        "function reporting.note_count()": {"kind": "function", "name": "reporting.note_count()", "schema": "reporting",
+                                            "owner": "tracker", "acl": ["tracker=X/tracker"], "security_definer": True,
+                                            "config": ["search_path=pg_catalog"]}},
+        "roles": []},
     "db_grants": [{"grantee": "tracker", "privilege": "CONNECT", "grantable": False},
                   {"grantee": "tracker_readonly", "privilege": "CONNECT", "grantable": False}],
 })
@@ -69,8 +75,10 @@ def mutate(fn):
     (lambda o: o["database"].update(acl_is_default=True), ["database grants present"]),
     (lambda o: o["database"].update(owner="postgres"), ["database owner"]),
     (lambda o: o.update(schemas=["public"]), ["schemas present"]),
-    (lambda o: o.update(object_grants=[]), ["object grants present"]),
-    (lambda o: o.update(default_acls=[]), ["default privileges present"]),
+    (lambda o: o["privileges"]["objects"]["table tracker.devices"].update(owner="postgres"),
+     ["owner/privileges of table tracker.devices", "owners and privileges equal to the source"]),
+    (lambda o: o["privileges"]["objects"]["function reporting.note_count()"]["acl"].append("=X/tracker"),
+     ["owner/privileges of function reporting.note_count()", "owners and privileges equal to the source"]),
     (lambda o: o.update(continuous_aggregates=[{"schema": "tracker", "name": "hourly"}]), ["continuous aggregates match"]),
 ])
 def test_each_difference_fails_exactly_its_check(change, failed):
@@ -100,9 +108,11 @@ def test_probe_table_prefers_biggest_hypertable_with_rows():
     assert v.probe_table({"tables": [], "hypertables": []}) is None
 
 
-def test_not_owned_sql_quotes_the_owner():
-    sql = v.not_owned_sql("o'wner")
-    assert "'o''wner'" in sql and "_timescaledb_internal" in sql
+def test_privilege_difference_names_the_object_and_both_values():
+    obs = mutate(lambda o: o["privileges"]["objects"]["table tracker.devices"].update(rls=True))
+    bad = [c for c in v.compare_facts(BASE, obs) if not c.ok]
+    assert bad[0].name == "owner/privileges of table tracker.devices"
+    assert bad[0].observed == "source: rls=False, target: rls=True"
 
 
 def test_wal_check_when_backrest_not_expected(monkeypatch):

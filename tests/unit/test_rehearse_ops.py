@@ -107,3 +107,16 @@ def test_rollback_check_compares_replay_with_the_writer():
     short = rb | {"replayed": {"tracker.location_reports": 39}}
     bad = ops.rollback_check(short, 40)
     assert not bad["ok"] and bad["observed"] == "exported 40, replayed 39"
+
+
+def test_privilege_comparison_is_its_own_verification_row():
+    diff = "owner/privileges of view reporting.visible_notes: source: owner=tracker_reporting, target: owner=tracker != equal to the source"
+    rec = [{"phase": "verify", "event": "end", "facts": {
+        "manifest": {"checks": 30, "failed": [], "privileges": {"ok": True, "observed": "49 objects compared, 0 differ"}},
+        "source": {"checks": 30, "failed": [diff, "owners and privileges equal to the source: x != 0 differ"],
+                   "privileges": {"ok": False, "observed": "49 objects compared, 1 differ (first: view reporting.visible_notes)"}}}}]
+    rows = {r["name"]: r for r in ops.verification_rows({}, rec)}
+    ok = rows["owners and privileges equal to the dump manifest"]
+    assert ok["ok"] and ok["observed"] == "49 objects compared, 0 differ" and ok["expected"] == "0 differ"
+    bad = rows["owners and privileges equal to the frozen source (live)"]
+    assert not bad["ok"] and bad["evidence"] == diff

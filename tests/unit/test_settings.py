@@ -55,3 +55,18 @@ def test_lab_env_without_lab_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         Settings.load({}, env={"TRACKERDB_ENV": "lab", "TRACKERDB_LAB": "no-such-lab-instance"})
     assert "invoke lab.up" in e.value.one_line()
+
+
+def test_owner_map_comes_from_config_and_defaults_to_none():
+    import yaml
+    from pathlib import Path
+
+    assert Settings.from_parts({}, prod_outputs()).owner_map == ()
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "invoke.yaml").read_text())["trackerdb"]
+    assert Settings.from_parts(shipped, prod_outputs()).owner_map == ()  # never a silent default
+    s = Settings.from_parts({"owner_map": [{"from": "postgres", "to": "tracker", "schemas": ["tracker"]}]}, prod_outputs())
+    (m,) = s.owner_map
+    assert (m.frm, m.to, m.schemas) == ("postgres", "tracker", ("tracker",))
+    with pytest.raises(ConfigError) as e:
+        Settings.from_parts({"owner_map": [{"from": "postgres"}]}, prod_outputs())
+    assert "owner_map entry 1" in e.value.one_line() and "\n" not in e.value.one_line()

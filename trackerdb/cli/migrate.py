@@ -40,9 +40,10 @@ def _bar(label: str):
             "json": "print the manifest summary as JSON"})
 @ops_task
 def dump(c, local=False, out=None, on_host=None, json=False):
-    """Dump the tracker database on the old host (pg_dump -Fc --no-owner --no-privileges, the source's major)
+    """Dump the tracker database on the old host (pg_dump -Fc with owners and ACLs, the source's major)
     and write the manifest beside it (versions, exact row counts, hypertables, jobs, sequences, roles,
-    database settings and grants, size, SHA-256), read in the dump's own snapshot.
+    database settings and grants, every object's owner/ACL/RLS/policy, size, SHA-256), read in the
+    dump's own snapshot.
 
     Every run makes a new dump; the previous file is replaced only when the new one is complete.
     """
@@ -59,13 +60,17 @@ def dump(c, local=False, out=None, on_host=None, json=False):
     summary = {"dump": art.dump_path, "manifest": art.manifest_path, "on_host": art.on_host,
                "size_bytes": m["dump"]["size_bytes"], "sha256": m["dump"]["sha256"], "versions": m["versions"],
                "tables": {f"{t['schema']}.{t['name']}": t["rows"] for t in m["facts"]["tables"]},
-               "consistency": m["consistency"]}
+               "consistency": m["consistency"], "frozen": m["facts"].get("frozen")}
     if json:
         print(_json.dumps(summary, indent=2))
     else:
         _stdout.print(f"dump: {art.dump_path} ({m['dump']['size_bytes']} bytes, sha256 {m['dump']['sha256'][:16]}…)")
         _stdout.print(f"manifest: {art.manifest_path}; {len(summary['tables'])} tables, "
                   f"{len(m['facts']['hypertables'])} hypertables; {m['consistency']}")
+        objects = (m["facts"].get("privileges") or {}).get("objects") or {}
+        _stdout.print(f"privileges: {len(objects)} objects' owners and ACLs recorded")
+        if m["facts"].get("frozen"):
+            _stdout.print(f"frozen: {m['facts']['frozen']['note']}")
 
 
 @task(help={"dump": "the dump file (tracker.dump) written by `invoke dump`",
@@ -78,7 +83,8 @@ def dump(c, local=False, out=None, on_host=None, json=False):
 def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=False, json=False):
     """Restore a dump on the target: preflight (archive readable, SHA-256, exact TimescaleDB version, free
     space, existing tracker), resumable upload, restore into a staging database (pre/post restore hooks,
-    catalog first then parallel), ownership + database settings + grants, ANALYZE, rename into place.
+    catalog first then parallel; owners and ACLs as on the source), the explicit owner_map if configured,
+    database owner + grants, ANALYZE, database settings last, rename into place.
 
     Re-run after any failure: the upload continues, the staging database is rebuilt, tracker is only
     ever the complete restore.
@@ -98,17 +104,19 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
         console.print(f"[yellow]warning:[/] {w}", markup=True)
 
 
-@task(help={"manifest": "the dump's manifest to compare with (default: tracker.manifest.json in <state_dir>/dump or <state_dir>)",
+@task(help={"manifest": "the dump's manifest to compare with (default: the one the last `invoke restore` used, "
+                        "else tracker.manifest.json in <state_dir>/dump or <state_dir>)",
             "against_source": "compare live with the source database instead of the manifest",
             "no_backrest": "do not expect pgBackRest WAL archiving to be configured yet",
             "json": "print the checks as JSON"})
 @ops_task
 def verify(c, manifest=None, against_source=False, no_backrest=False, json=False):
     """Verify the target: PostgreSQL up, timescaledb preloaded, extension versions, hypertables, continuous
-    aggregates, jobs, exact row counts, sequences, database settings and grants, ownership, the application
-    role's network login and a rolled-back write, WAL archiving. Exit 1 on any failure.
+    aggregates, jobs, exact row counts, sequences, database settings and grants, every object's owner,
+    ACL, RLS flags, policies, SECURITY DEFINER and settings (each difference named with both values), the
+    application role's network login and a rolled-back write, WAL archiving. Exit 1 on any failure.
     """
-    from ..migrate.manifest import load_manifest
+    from ..migrate.manifest import find_manifest, load_manifest
     from ..migrate.verify import run_verify
 
     if manifest:
@@ -116,8 +124,9 @@ def verify(c, manifest=None, against_source=False, no_backrest=False, json=False
     s = settings(c)
     doc = None
     if not against_source:
-        candidates = [Path(s.state_dir) / "dump" / f"{s.database}.manifest.json", Path(s.state_dir) / f"{s.database}.manifest.json"]
-        path = manifest or next((str(p) for p in candidates if p.is_file()), None)
+        path, where = (manifest, "--manifest") if manifest else find_manifest(s.state_dir, s.database)
+        if not json:
+            _stdout.print(f"manifest: {path} (from {where})" if path else f"manifest: {where}")
         doc = load_manifest(path) if path else None
     checks = run_verify(s, manifest=doc, against_source=against_source, expect_backrest=not no_backrest)
     if not print_checks(f"verify {s.database} on {s.target.name}", checks, json):

@@ -34,15 +34,22 @@ def facts_sql(db: str) -> str:
   'in_recovery', pg_is_in_recovery());"""
 
 
+# Set beside the read-only flag: a dump's manifest taken during the freeze sees it and knows that
+# default_transaction_read_only is ours, not the source database's (migrate.manifest.FREEZE_MARKER).
+FREEZE_MARKER = "trackerdb.frozen"
+
+
 def set_read_only_sql(db: str) -> str:
-    return f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;"
+    return (f"ALTER DATABASE {ident(db)} SET {FREEZE_MARKER} = 'cutover';\n"
+            f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;")
 
 
 def restore_read_only_sql(db: str, prior: str | None) -> str:
     """Put the database's setting back to what it was before the freeze (normally: not set)."""
+    unmark = f"ALTER DATABASE {ident(db)} RESET {FREEZE_MARKER};\n"
     if prior is None or prior.split("=", 1)[-1].lower() in ("off", "false", "0"):
-        return f"ALTER DATABASE {ident(db)} RESET default_transaction_read_only;"
-    return f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;"
+        return unmark + f"ALTER DATABASE {ident(db)} RESET default_transaction_read_only;"
+    return unmark + f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;"
 
 
 def terminate_sql(db: str, idle_only: bool) -> str:

@@ -300,6 +300,9 @@ def verify(ctx: Ctx, resume: bool) -> dict:
         checks = run_verify(ctx.settings, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
         result[label] = {"checks": len(checks), "failed": [f"{c.name}: {c.observed} != {c.expected}" for c in bad]}
+        priv = next((c for c in checks if c.name == "owners and privileges equal to the source"), None)
+        if priv is not None:  # its own row in the rehearsal report
+            result[label]["privileges"] = {"ok": priv.ok, "observed": priv.observed}
         if bad:
             raise VerifyError(f"verify against the {label}: {len(bad)} of {len(checks)} checks failed: "
                               + "; ".join(result[label]["failed"][:5]),

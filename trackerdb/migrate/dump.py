@@ -57,7 +57,7 @@ COMMIT;
 TRACKERDB_EOSQL
 }} | {psql} > {shlex.quote(facts_path)}
 echo "trackerdb: snapshot $snapshot" >&2
-{shlex.quote(pg_bin + '/pg_dump')} -Fc --no-owner --no-privileges --snapshot="$snapshot" -p {port} -d {shlex.quote(database)} {target}
+{shlex.quote(pg_bin + '/pg_dump')} -Fc --snapshot="$snapshot" -p {port} -d {shlex.quote(database)} {target}
 echo "COMMIT;" >&$snap_in
 exec {{snap_in}}>&-
 wait
@@ -67,9 +67,9 @@ wait
 def parse_facts_file(text: str, with_timescaledb: bool) -> dict:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     docs = [parse_json_output(ln) for ln in lines]
-    if len(docs) != (2 if with_timescaledb else 1):
+    if len(docs) != len(mf.facts_sql(with_timescaledb)):
         raise HostError(f"manifest facts incomplete ({len(docs)} documents)", hint="re-run `invoke dump`")
-    return mf.merge_facts(docs[0], docs[1] if with_timescaledb else None)
+    return mf.merge_facts(docs[0], docs[1] if with_timescaledb else None, docs[-1])
 
 
 def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False) -> DumpArtifacts:

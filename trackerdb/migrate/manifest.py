@@ -11,7 +11,11 @@ Why each fact is here:
 - roles: must exist before restore (and ownership/grants refer to them);
 - database settings (``ALTER DATABASE … SET``) and database grants (``datacl``): ``pg_dump`` without
   ``--create`` leaves them out, so restore reapplies them from here;
-- dump size + SHA-256: restore refuses a truncated or different file.
+- dump size + SHA-256: restore refuses a truncated or different file;
+- privileges (``privileges.py``): owners, ACLs, RLS, policies, SECURITY DEFINER of every object, so
+  verify compares them object by object (the dump carries them and restore applies them);
+- frozen: a manifest read while the cutover's freeze held the source read-only says so, and its
+  ``default_transaction_read_only`` is not a setting of the source database (restore never applies it).
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import PreflightError
+from . import privileges as pv
 
-MANIFEST_FORMAT = 1
+# 2: the dump carries owners and ACLs (no --no-owner/--no-privileges) and the manifest captures them.
+MANIFEST_FORMAT = 2
 
 # Schemas that belong to PostgreSQL or to extensions; everything else is the application's.
 SYSTEM_SCHEMA_RE = r"^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)"
 
 # Database-level settings we never carry over: restore state of TimescaleDB itself.
 SKIP_DB_SETTINGS = ("timescaledb.restoring",)
+# Set by the cutover's freeze next to default_transaction_read_only, so a manifest taken during the
+# freeze can tell our read-only flag from a source database that really is read-only.
+FREEZE_MARKER = "trackerdb.frozen"
+READ_ONLY_SETTING = "default_transaction_read_only"
 
 _USER_NS = f"n.nspname !~ '{SYSTEM_SCHEMA_RE}'"
 _NOT_EXT_MEMBER = ("NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{cat}'::regclass "
@@ -141,17 +151,23 @@ SELECT json_build_object(
 
 
 def facts_sql(with_timescaledb: bool) -> list[str]:
-    """The queries that read the facts: base, plus TimescaleDB's views when the extension is there."""
-    return [BASE_FACTS_SQL] + ([TIMESCALE_FACTS_SQL] if with_timescaledb else [])
+    """The queries that read the facts: base, TimescaleDB's views when the extension is there, privileges last."""
+    return [BASE_FACTS_SQL] + ([TIMESCALE_FACTS_SQL] if with_timescaledb else []) + [pv.PRIVILEGES_SQL]
 
 
-def merge_facts(base: dict, timescale: dict | None) -> dict:
+def merge_facts(base: dict, timescale: dict | None, privileges: dict | None = None) -> dict:
     facts = dict(base)
     facts.setdefault("hypertables", [])
     facts.setdefault("continuous_aggregates", [])
     facts.setdefault("jobs", [])
     if timescale:
         facts.update({k: v or [] for k, v in timescale.items()})
+    if privileges:
+        facts["privileges"] = privileges.get("privileges", privileges)
+        # every role an owner, grant or policy names must exist before pg_restore applies them
+        known = {r["name"] for r in facts.get("roles") or []}
+        extra = [r for r in facts["privileges"].get("roles") or [] if r["name"] not in known]
+        facts["roles"] = sorted(list(facts.get("roles") or []) + extra, key=lambda r: r["name"])
     return normalise(facts)
 
 
@@ -170,9 +186,40 @@ def normalise(facts: dict) -> dict:
     if isinstance(facts.get("db_settings"), dict):
         settings = {k: [s for s in v if s.split("=", 1)[0] not in SKIP_DB_SETTINGS] for k, v in facts["db_settings"].items()}
         settings = {k: v for k, v in settings.items() if v}
+    frozen = _frozen(settings)
+    if frozen:
+        out["frozen"] = frozen
+    elif facts.get("frozen"):
+        out["frozen"] = facts["frozen"]
     out["db_settings"] = settings
     out["db_grants"] = sorted(facts.get("db_grants") or [], key=lambda g: (g["grantee"], g["privilege"]))
     return out
+
+
+def _frozen(settings: dict) -> dict | None:
+    """Strip the freeze's marker and read-only flag from the database-wide settings (in place) and
+    describe them; None when the source was not frozen by us."""
+    everyone = settings.get("") or []
+    marker = [s for s in everyone if s.split("=", 1)[0] == FREEZE_MARKER]
+    if not marker:
+        return None
+    read_only = [s for s in everyone if s.split("=", 1)[0] == READ_ONLY_SETTING]
+    kept = [s for s in everyone if s not in marker and s not in read_only]
+    if kept:
+        settings[""] = kept
+    else:
+        settings.pop("", None)
+    return {"marker": marker[0].split("=", 1)[1], "read_only_setting": read_only[0] if read_only else None,
+            "note": "taken while the cutover's freeze held the source read-only; that flag is not restored"}
+
+
+def read_only_setting(facts: dict) -> str | None:
+    """The source database's own default_transaction_read_only=on (a really read-only source), if any."""
+    for s in (facts.get("db_settings") or {}).get("", []):
+        name, _, value = s.partition("=")
+        if name == READ_ONLY_SETTING and value.lower() in ("on", "true", "1", "yes"):
+            return s
+    return None
 
 
 def extension_version(facts: dict, name: str) -> str | None:
@@ -192,7 +239,7 @@ def collect_facts(psql, database: str) -> dict:
     ts = None
     if extension_version(base, "timescaledb"):
         ts = psql.json(TIMESCALE_FACTS_SQL, database)
-    return merge_facts(base, ts)
+    return merge_facts(base, ts, psql.json(pv.PRIVILEGES_SQL, database))
 
 
 # ---- the manifest document -------------------------------------------------------------------
@@ -213,7 +260,7 @@ def build_manifest(facts: dict, *, source_host: str, database: str, dump_file: s
         "consistency": consistency,
         "dump": {"file": dump_file, "format": "custom", "size_bytes": dump_size, "sha256": dump_sha256,
                  "pg_dump_version": pg_dump_version,
-                 "flags": ["-Fc", "--no-owner", "--no-privileges"]},
+                 "flags": ["-Fc"]},
         "facts": facts,
     }
 
@@ -253,6 +300,40 @@ def write_manifest(doc: dict, path: str | Path) -> None:
     from ..files import write_private
 
     write_private(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+LAST_RESTORE = "last-restore.json"
+
+
+def record_restored(state_dir: str | Path, database: str, manifest_path: str | Path, sha256: str) -> Path:
+    """Remember which manifest the last successful restore used, so `invoke verify` finds it."""
+    d = Path(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    rec = {"database": database, "manifest": str(Path(manifest_path).resolve()), "sha256": sha256,
+           "restored_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    p = d / LAST_RESTORE
+    p.write_text(json.dumps(rec, indent=2) + "\n")
+    return p
+
+
+def find_manifest(state_dir: str | Path, database: str) -> tuple[str | None, str]:
+    """(path, where it came from): the last restore's manifest, else <state_dir>/dump, else <state_dir>."""
+    d = Path(state_dir)
+    rec_path = d / LAST_RESTORE
+    if rec_path.is_file():
+        try:
+            rec = json.loads(rec_path.read_text())
+        except ValueError:
+            rec = {}
+        if rec.get("database") == database and rec.get("manifest"):
+            if Path(rec["manifest"]).is_file():
+                return rec["manifest"], f"the last restore ({rec_path})"
+            raise PreflightError(f"the last restore used {rec['manifest']}, which no longer exists",
+                                 hint=f"pass --manifest, or remove {rec_path}")
+    for p in (d / "dump" / f"{database}.manifest.json", d / f"{database}.manifest.json"):
+        if p.is_file():
+            return str(p), f"the state directory ({d})"
+    return None, f"none: no {LAST_RESTORE} and no {database}.manifest.json in {d}/dump or {d}"
 
 
 # ---- content digests (lab tests and --against-source spot checks) ---------------------------

@@ -6,12 +6,14 @@ Order (runbook §3 plus what keeps it safe):
    pg_restore can read; TimescaleDB on the target is exactly the dump's version; the data volume has
    room; a live ``tracker`` is refused unless ``replace``; a staging database that is not ours is refused.
 2. Upload into the data volume, resuming from the remote file's size; SHA-256 verified on the host.
-3. Roles the manifest refers to; staging database (marked ours with COMMENT ON DATABASE);
-   CREATE EXTENSION timescaledb; timescaledb_pre_restore(); pg_restore of ``_timescaledb_catalog``
-   serially, then the rest with ``-j`` (see ``toc``); timescaledb_post_restore(); ownership via
-   ``scripts/post_restore_reassign_ownership.sql``; database settings + grants from the manifest;
-   ANALYZE; then rename staging to ``tracker`` (the old one renamed ``tracker_replaced_<ts>``, never
-   dropped). ``tracker`` therefore only ever appears complete.
+3. Roles the manifest refers to (every owner, grantee and policy role); staging database (marked
+   ours with COMMENT ON DATABASE); CREATE EXTENSION timescaledb; timescaledb_pre_restore();
+   pg_restore of ``_timescaledb_catalog`` serially, then the rest with ``-j`` (see ``toc``), owners
+   and ACLs as in the dump; timescaledb_post_restore(); the explicit ``owner_map`` (if configured,
+   printed); database owner + grants; ANALYZE; database settings *last* (a read-only source's
+   ``default_transaction_read_only`` must not stop our own GRANTs); then rename staging to
+   ``tracker`` (the old one renamed ``tracker_replaced_<ts>``, never dropped). ``tracker``
+   therefore only ever appears complete.
 Restore-time settings live in a conf.d file for the duration and are always removed (``finally``).
 Not idempotent by nature (a restore replaces what is there); re-running after a failure starts the
 staging database over, and re-running after success refuses (``tracker`` exists).
@@ -28,14 +30,14 @@ from ..errors import HostError, PreflightError
 from ..remote import Remote
 from ..steps import Outcome, Step
 from . import manifest as mf
+from . import ownership
+from . import privileges as pv
 from . import sqltext as sq
 from . import toc
 from .psql import Psql
 from .stream import feed_stdin, sha256_file, write_text
 
 MARKER = "trackerdb:restore-staging"
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-OWNERSHIP_SQL = SCRIPTS / "post_restore_reassign_ownership.sql"
 TUNING_NAME = "90-trackerdb-restore.conf"
 UPLOAD_CHUNK = 1 << 20
 
@@ -265,6 +267,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
 
         # -- into place --
         _swap_into_place(settings, psql, manifest, replace and dbplan["tracker_exists"], out, say)
+        mf.record_restored(settings.state_dir, db, manifest_path or mf.manifest_path_for(dump), sha)
         if not keep_upload:
             t.run(["rm", "-f", remote_dump, remote_dump + ".catalog.list", remote_dump + ".rest.list"], sudo=True, check=False)
         return out
@@ -284,7 +287,13 @@ def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replac
         yield "staging", f"CREATE DATABASE {staging}; CREATE EXTENSION timescaledb; timescaledb_pre_restore()"
         yield "restore tuning", f"{tuning_path(settings.postgres_major)} for the restore, removed afterwards"
         yield "pg_restore", "_timescaledb_catalog serially, then the rest with -j"
-        yield "post restore", "timescaledb_post_restore(); ownership to owner role; db settings + grants; ANALYZE"
+        yield "post restore", "timescaledb_post_restore(); owners and ACLs as on the source (from the dump)"
+        for step in pv.owner_map_plan(manifest["facts"], settings.owner_map):
+            yield step
+        yield "post restore", "database owner + grants; ANALYZE; database settings last"
+        ro = mf.read_only_setting(manifest["facts"])
+        if ro:
+            yield "read-only source", f"the source database itself has {ro}: the restored database will be read-only too"
     if replace and dbplan["tracker_exists"]:
         yield "keep old", f"ALTER DATABASE {db} RENAME TO {db}_replaced_<time> (never dropped)"
     yield "into place", f"ALTER DATABASE {staging} RENAME TO {db}"
@@ -405,30 +414,17 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
         psql.run("SELECT timescaledb_post_restore();", staging)
         out.add(Step("timescaledb_post_restore", True, "background workers restarted, restoring=off"))
 
-    from .verify import not_owned_sql
-
-    before = psql.json(not_owned_sql(owner), staging) or []
-    psql.run(OWNERSHIP_SQL.read_text(), staging, variables={"owner": owner})
-    after = psql.json(not_owned_sql(owner), staging) or []
-    if after:
-        raise HostError(f"{len(after)} object(s) still not owned by {owner} after the ownership script, e.g. {after[0]}",
-                        hint="extend scripts/post_restore_reassign_ownership.sql for that object type; re-run")
-    out.add(Step("ownership", bool(before), f"{len(before)} object(s) reassigned to {owner}"))
-
-    stmts = [f"ALTER DATABASE {sq.ident(staging)} OWNER TO {sq.ident(facts['database']['owner'])};"]
-    stmts += sq.db_settings_sql(staging, facts.get("db_settings") or {})
-    stmts += sq.db_grants_sql(staging, facts.get("db_grants") or [], facts["database"].get("acl_is_default", True))
-    psql.run("\n".join(stmts))
-    out.add(Step("database settings + grants", True, f"{len(stmts)} statement(s)", stmts))
-
-    grants = sq.object_grants_sql(facts.get("object_grants") or []) + sq.default_acl_sql(facts.get("default_acls") or [])
-    if grants:
-        psql.run("\n".join(grants), staging)
-    out.add(Step("object grants", bool(grants), f"{len(grants)} GRANT/ALTER DEFAULT PRIVILEGES for other roles", grants))
+    # Owners and ACLs came with the dump; only an explicit owner_map changes one (and says so).
+    for step in ownership.owner_map(psql, staging, facts, settings.owner_map):
+        out.add(step)
+    out.add(ownership.database_owner_and_grants(psql, staging, facts))
 
     vac = [f"{settings.pg_bin}/vacuumdb", "-p", str(settings.pg_port), "--analyze-only", "-j", str(toc.restore_jobs(nproc)), "-d", staging]
     t.run(vac, user="postgres")
     out.add(Step("analyze", True, "vacuumdb --analyze-only"))
+    step, warned = ownership.database_settings_last(psql, staging, facts)
+    out.add(step)
+    out.stats["warnings"] += warned
     psql.run(f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(manifest['dump']['sha256'], 'ready'))};")
 
 

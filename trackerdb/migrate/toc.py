@@ -119,8 +119,11 @@ def list_file_text(lines: list[str]) -> str:
 
 def pg_restore_cmd(pg_bin: str, database: str, dump_path: str, *, port: int = 5432, list_file: str | None = None,
                    jobs: int = 1) -> list[str]:
-    """``pg_restore`` with the runbook's flags. No --exit-on-error: errors are collected and judged."""
-    cmd = [f"{pg_bin}/pg_restore", "--no-owner", "--no-privileges", "-p", str(port), "-d", database]
+    """``pg_restore`` with the runbook's flags. No --exit-on-error: errors are collected and judged.
+
+    Owners and ACLs are restored as in the dump (the roles exist first): equivalence with the source
+    is the bar, and verify compares them object by object."""
+    cmd = [f"{pg_bin}/pg_restore", "-p", str(port), "-d", database]
     if list_file:
         cmd += ["-L", list_file]
     if jobs > 1:

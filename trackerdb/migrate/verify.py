@@ -11,6 +11,7 @@ from ..errors import OpsError
 from ..remote import Remote
 from ..steps import Check
 from . import manifest as mf
+from . import privileges as pv
 from . import sqltext as sq
 from .psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
@@ -30,38 +31,17 @@ def server_sql(db: str) -> str:
     return SERVER_SQL.replace("%%", "%").replace("%(db)s", sq.literal(db))
 
 
-def not_owned_sql(owner: str) -> str:
-    """Objects of the application's schemas (and TimescaleDB chunks) not owned by ``owner``, as JSON."""
-    o = sq.literal(owner)
-    ns = (f"n.nspname !~ '{mf.SYSTEM_SCHEMA_RE}' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE "
-          "d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')")
-    ext = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
-    return f"""SELECT coalesce(json_agg(x ORDER BY x), '[]'::json) FROM (
-  SELECT 'schema ' || n.nspname AS x FROM pg_namespace n
-    WHERE {ns} AND n.nspname <> 'public' AND pg_get_userbyid(n.nspowner) <> {o}
-  UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE {ns} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {ext.format(c='pg_class', o='c.oid')}
-      AND pg_get_userbyid(c.relowner) <> {o}
-  UNION ALL SELECT 'chunk ' || n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r' AND {ext.format(c='pg_class', o='c.oid')}
-      AND pg_get_userbyid(c.relowner) <> {o}
-  UNION ALL SELECT 'routine ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    WHERE {ns} AND {ext.format(c='pg_proc', o='p.oid')} AND pg_get_userbyid(p.proowner) <> {o}
-  UNION ALL SELECT 'type ' || n.nspname || '.' || t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-    LEFT JOIN pg_class c ON c.oid = t.typrelid
-    WHERE {ns} AND (t.typtype IN ('d', 'e', 'r') OR (t.typtype = 'c' AND c.relkind = 'c'))
-      AND {ext.format(c='pg_type', o='t.oid')} AND pg_get_userbyid(t.typowner) <> {o}
-) s;"""
-
-
 # ---- pure comparison ------------------------------------------------------------------------
 
 def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def compare_facts(expected: dict, observed: dict, source_label: str = "manifest") -> list[Check]:
-    """Every comparison between the source's facts (manifest or live) and the target's."""
+def compare_facts(expected: dict, observed: dict, source_label: str = "manifest", mapping=()) -> list[Check]:
+    """Every comparison between the source's facts (manifest or live) and the target's.
+
+    Owners and privileges are compared object by object (``privileges.compare_privileges``), with
+    the explicit ``mapping`` (Settings.owner_map) applied to the source's side."""
     checks: list[Check] = []
     for ext in ("timescaledb", "postgis"):
         want = mf.extension_version(expected, ext)
@@ -131,24 +111,11 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
                             ", ".join(f"{p} to {g}" for g, p in sorted(want_g))))
     else:
         checks.append(Check("database grants present", True, "default ACL", "default ACL"))
-    def gkey(g):
-        return (g["kind"], g["name"], g["grantee"], g["privilege"])
-
-    want_o = {gkey(g) for g in expected.get("object_grants") or []}
-    missing_o = sorted(want_o - {gkey(g) for g in observed.get("object_grants") or []})
-    checks.append(Check("object grants present", not missing_o,
-                        f"missing {len(missing_o)}, e.g. " + ", ".join(f"{p} on {n} to {g}" for _, n, g, p in missing_o[:3])
-                        if missing_o else f"all {len(want_o)} present", f"{len(want_o)} grants"))
-
-    def dkey(e):
-        return (e["role"], e.get("schema"), e["objtype"], e["grantee"], e["privilege"])
-
-    want_d = {dkey(e) for e in expected.get("default_acls") or []}
-    missing_d = sorted(want_d - {dkey(e) for e in observed.get("default_acls") or []}, key=str)
-    checks.append(Check("default privileges present", not missing_d,
-                        f"missing {len(missing_d)}" if missing_d else f"all {len(want_d)} present", f"{len(want_d)} entries"))
     if want_db.get("owner"):
         checks.append(Check("database owner", have_db.get("owner") == want_db["owner"], _fmt(have_db.get("owner")), want_db["owner"]))
+    gap = pv.maintain_gap(expected.get("server_version_num", 0) // 10000, observed.get("server_version_num", 0) // 10000)
+    checks += pv.compare_privileges(expected.get("privileges"), observed.get("privileges"), source_label, mapping, gap)
+    checks += pv.job_owner_checks(expected, observed)
     return checks
 
 
@@ -221,10 +188,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
                 checks.append(Check(f"extension {ext} version", have == want, _fmt(have), _fmt(want), "settings"))
             checks.append(Check("manifest comparison", False, "no manifest given", "--manifest or --against-source"))
         else:
-            checks += compare_facts(expected, observed, label)
-        offenders = psql.json(not_owned_sql(settings.owner_role), db) or []
-        checks.append(Check(f"everything owned by {settings.owner_role}", not offenders,
-                            f"{len(offenders)} not owned" + (f", e.g. {', '.join(offenders[:3])}" if offenders else ""), "0 not owned"))
+            checks += compare_facts(expected, observed, label, settings.owner_map)
         if app_login:
             checks.append(app_login_check(settings, expected or observed))
     finally:

@@ -338,6 +338,12 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
             rows.append({"name": f"verify against the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
                          "ok": not failed, "observed": f"{v[label].get('checks')} checks, {len(failed)} failed",
                          "expected": "0 failed", "evidence": "; ".join(failed[:5]) or "trackerdb.migrate.verify"})
+            priv = v[label].get("privileges")
+            if isinstance(priv, dict):
+                rows.append({"name": f"owners and privileges equal to the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
+                             "ok": bool(priv.get("ok")), "observed": str(priv.get("observed")), "expected": "0 differ",
+                             "evidence": "; ".join(f for f in failed if f.startswith("owner/privileges of "))[:300]
+                                         or "trackerdb.migrate.privileges, object by object"})
     post = states.get(ph.POST) or {}
     if post.get("app_path"):
         ap = post["app_path"]
