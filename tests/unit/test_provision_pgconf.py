@@ -115,6 +115,19 @@ def test_verifier_matches(stored, password, ok):
     assert roles.verifier_matches(stored, password) is ok
 
 
+@pytest.mark.parametrize("create", [True, False])
+def test_role_sql_keeps_a_failed_statement_out_of_the_log(create):
+    """A failed ALTER/CREATE ROLE would be logged with its text (log_min_error_statement = error by
+    default), verifier included, unless the session raises the threshold above every error level."""
+    sql = roles.role_sql("tracker", roles.scram_verifier("pw-plain-123"), create=create)
+    lines = sql.splitlines()
+    role_at = next(i for i, line in enumerate(lines) if " ROLE " in line)
+    sets = {line.split()[1]: line.split("=", 1)[1].strip(" ;") for line in lines[:role_at] if line.startswith("SET ")}
+    assert sets.get("log_min_error_statement") == "panic"
+    assert sets.get("log_statement") == "'none'" and sets.get("log_min_duration_statement") == "-1"
+    assert lines[role_at].startswith("CREATE ROLE" if create else "ALTER ROLE") and role_at == len(lines) - 1
+
+
 def test_role_sql_never_contains_the_password_and_turns_logging_off():
     sql = roles.role_sql("tracker", roles.scram_verifier("pw-plain-123"), create=True)
     assert "pw-plain-123" not in sql
