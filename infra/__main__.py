@@ -3,7 +3,7 @@
 Where each runbook requirement lives:
   config.py   every value (Pulumi.prod.yaml) and the rules that reject unsafe or missing config
   network.py  the security group: SSH only with the repository host, 5432 only from the app, HTTPS to S3
-  iam.py      role + instance profile: pgBackRest's S3 prefix, the named secrets, SSM core
+  iam.py      role + instance profile: our stanza's S3 prefixes, the cipher secret, SSM core
   host.py     t3.medium, looked-up AMI (ignore_changes), IMDSv2 hop 1, 25 GB gp3 encrypted root
   storage.py  50 GB gp3 encrypted data volume (protected, final snapshot) + attachment
 The exports are the inventory every task reads (trackerdb/inventory.py OUTPUT_KEYS).
@@ -33,8 +33,8 @@ network = DatabaseNetwork("trackerdb", NetworkArgs(
     extra_egress=cfg.extra_egress, tags=cfg.tags, ssh_port=cfg.ssh_port,
 ))
 identity = DatabaseIdentity("trackerdb", IdentityArgs(
-    name=cfg.name, backup_bucket=cfg.backup_bucket, backup_prefix=cfg.backup_prefix,
-    secret_names=(cfg.cipher_secret_name, cfg.app_secret_name), tags=cfg.tags,
+    name=cfg.name, backup_bucket=cfg.backup_bucket, backup_prefix=cfg.backup_prefix, stanza=cfg.stanza,
+    secret_names=(cfg.cipher_secret_name,), tags=cfg.tags,
 ))
 host = DatabaseHost("trackerdb", HostArgs(
     name=cfg.name, instance_type=cfg.instance_type, ami_owner=cfg.ami_owner, ami_name_filter=cfg.ami_name_filter,

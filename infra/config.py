@@ -8,6 +8,7 @@ stops ``pulumi up`` with one line naming the key. Nothing here falls back to a s
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 import pulumi
@@ -98,15 +99,28 @@ def _network(key: str, value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netw
         raise ConfigError(f"config key {key}: {value!r} is not a network in CIDR notation (like 10.0.1.0/24)") from None
 
 
+#: Narrowest prefix still treated as "the world or close to it", per family. An IPv4 /8 is 16 M
+#: addresses; IPv6 sites get a /48 and providers a /32 or shorter, so anything shorter than /32 is
+#: a provider-sized (or larger) block, not an application's network.
+TOO_WIDE = {4: 8, 6: 32}
+
+#: Stanza names go into IAM resource ARNs and s3:prefix patterns: no wildcards, slashes or variables.
+STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def too_wide(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return net.prefixlen < TOO_WIDE[net.version]
+
+
 def _app_cidrs(values: list) -> tuple[str, ...]:
     out = []
     for v in values:
         net = _network(f"{PROJECT}:appCidrs", v)
         # 0.0.0.0/0, ::/0 and near-equivalents would open PostgreSQL to every network.
-        if net.prefixlen < 8:
+        if too_wide(net):
             raise ConfigError(
                 f"config key {PROJECT}:appCidrs entry {v} would open PostgreSQL 5432 to the world; "
-                f"list only the application's networks"
+                f"list only the application's networks (IPv4 /{TOO_WIDE[4]} or longer, IPv6 /{TOO_WIDE[6]} or longer)"
             )
         out.append(str(net))
     return tuple(out)
@@ -128,6 +142,12 @@ def _extra_egress(values: list) -> tuple[Egress, ...]:
         if not 0 < port < 65536:
             raise ConfigError(f"config key {key}: port {port} is out of range")
         net = _network(key, item["cidr"])
+        if too_wide(net):
+            raise ConfigError(
+                f"config key {key}: cidr {net} is too wide (the world or close to it); egress is exactly "
+                f"the repository host, S3 and what you name: give the one network it is for "
+                f"(IPv4 /{TOO_WIDE[4]} or longer, IPv6 /{TOO_WIDE[6]} or longer)"
+            )
         out.append(Egress(cidr=str(net), port=port, protocol=proto, description=str(item.get("description", ""))))
     return tuple(out)
 
@@ -148,6 +168,12 @@ def load() -> StackConfig:
             raise ConfigError(f"config key {PROJECT}:appSecurityGroupIds entry {sg!r} is not a security group id (sg-...)")
     stanza = str(_req(cfg, "stanza"))
     shared = str(_req(cfg, "sharedStanza"))
+    for key, value in (("stanza", stanza), ("sharedStanza", shared)):
+        if not STANZA_RE.match(value):
+            raise ConfigError(
+                f"config key {PROJECT}:{key} {value!r} may hold only letters, digits, '.', '_' and '-' "
+                f"(it becomes part of the IAM policy's S3 prefixes)"
+            )
     if stanza == shared:
         raise ConfigError(
             f"config key {PROJECT}:stanza {stanza!r} equals sharedStanza; the new cluster needs its own stanza"

@@ -1,9 +1,13 @@
 """The host's identity: role, instance profile and exactly the permissions pgBackRest and the tasks need.
 
-- S3: the pgBackRest repo2 policy from pgBackRest's user guide, scoped to the bucket and its
-  ``pgbackrest/`` prefix (list only with prefix conditions; get/put/delete only under the prefix).
-- Secrets Manager: ``GetSecretValue`` on the cipher passphrase and the tracker role's password,
-  resolved from their *names* to ARNs at deploy time (a missing secret fails ``pulumi up``).
+- S3: pgBackRest's repo2 for *our stanza only*. The bucket's ``pgbackrest/`` prefix also holds the
+  shared host's ``tracker`` stanza (1.1 TB of history), so objects are granted under
+  ``<prefix>/archive/<stanza>/`` and ``<prefix>/backup/<stanza>/`` only, never the whole prefix.
+  Listing is limited by ``s3:prefix`` to the same two trees, plus the one non-recursive listing of
+  ``<prefix>/backup/`` that pgBackRest's ``info`` makes to find stanza directories (names only).
+- Secrets Manager: ``GetSecretValue`` on the cipher passphrase only, resolved from its *name* to an
+  ARN at deploy time (a missing secret fails ``pulumi up``). The application role's password is
+  fetched by the operator's tasks, never on the host, so the host cannot read it.
 - SSM core, so operators reach the host through Session Manager instead of open SSH.
 """
 
@@ -23,7 +27,8 @@ class IdentityArgs:
     name: str
     backup_bucket: str
     backup_prefix: str  # "pgbackrest" (no slashes)
-    secret_names: tuple[str, ...]  # cipher passphrase first
+    stanza: str  # ours; never the shared host's
+    secret_names: tuple[str, ...]  # what the host itself reads: the cipher passphrase
     tags: dict[str, str]
 
 
@@ -34,31 +39,44 @@ def assume_role_policy() -> str:
     })
 
 
-def s3_policy(bucket: str, prefix: str) -> dict:
-    """pgBackRest's documented least-privilege policy for one repository path."""
+def stanza_prefixes(prefix: str, stanza: str) -> tuple[str, str]:
+    """The two key prefixes pgBackRest writes for one stanza (its repository layout:
+    ``<repo-path>/archive/<stanza>/`` and ``<repo-path>/backup/<stanza>/``)."""
+    return f"{prefix}/archive/{stanza}/", f"{prefix}/backup/{stanza}/"
+
+
+def s3_policy(bucket: str, prefix: str, stanza: str) -> dict:
+    """Least privilege for one stanza of a shared repository path.
+
+    pgBackRest lists with ``list-type=2``, ``prefix=<path>/`` (plus the literal head of a file
+    pattern) and ``delimiter=/`` unless it recurses; multi-object delete needs ``s3:DeleteObject``
+    on each key. So every list it makes for our stanza starts with one of ``stanza_prefixes``; the
+    only list outside them is ``info``'s ``<prefix>/backup/`` to find stanza names.
+    """
     bucket_arn = f"arn:aws:s3:::{bucket}"
+    archive, backup = stanza_prefixes(prefix, stanza)
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {   # pgBackRest lists the bucket root and the repo path itself with delimiter "/"
-                "Sid": "ListRepoRoot",
+            {   # `pgbackrest info` enumerates stanza directories (common prefixes only, one level)
+                "Sid": "ListStanzaNames",
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
                 "Resource": bucket_arn,
-                "Condition": {"StringEquals": {"s3:prefix": ["", prefix], "s3:delimiter": ["/"]}},
+                "Condition": {"StringEquals": {"s3:prefix": [f"{prefix}/backup/"], "s3:delimiter": ["/"]}},
             },
             {
-                "Sid": "ListRepo",
+                "Sid": "ListOurStanza",
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
                 "Resource": bucket_arn,
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+                "Condition": {"StringLike": {"s3:prefix": [f"{archive}*", f"{backup}*"]}},
             },
             {
-                "Sid": "ObjectsInRepo",
+                "Sid": "ObjectsOfOurStanza",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject"],
-                "Resource": f"{bucket_arn}/{prefix}/*",
+                "Resource": [f"{bucket_arn}/{archive}*", f"{bucket_arn}/{backup}*"],
             },
         ],
     }
@@ -86,7 +104,7 @@ class DatabaseIdentity(pulumi.ComponentResource):
         self.role = aws.iam.Role(
             f"{name}-role",
             name=f"{args.name}-db",
-            description="tracker database host (pgBackRest repo2, named secrets, SSM)",
+            description="tracker database host (pgBackRest repo2 for its own stanza, cipher secret, SSM)",
             assume_role_policy=assume_role_policy(),
             tags=args.tags,
             opts=child,
@@ -98,7 +116,7 @@ class DatabaseIdentity(pulumi.ComponentResource):
             f"{name}-s3",
             name="pgbackrest-repo2-s3",
             role=self.role.id,
-            policy=json.dumps(s3_policy(args.backup_bucket, args.backup_prefix)),
+            policy=json.dumps(s3_policy(args.backup_bucket, args.backup_prefix, args.stanza)),
             opts=child,
         )
         arns = [aws.secretsmanager.get_secret_output(name=n).arn for n in args.secret_names]

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, HostError
+from .iam_eval import Request, allowed
 from .steps import Check
 
 SSM_CORE_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -160,13 +161,54 @@ def _as_list(v) -> list:
     return v if isinstance(v, list) else [v]
 
 
+def _list_findings(st: dict, bucket_arn: str, exp: Expected) -> list[str]:
+    """What in this ListBucket statement reaches beyond our stanza (empty: nothing).
+
+    Allowed: prefixes inside our stanza's two trees (any operator: the stanza prefix ends in "/",
+    so a wildcard after it cannot reach a sibling stanza), and ``<prefix>/backup/`` only as a
+    StringEquals with ``s3:delimiter = /`` (one level: stanza names, which ``pgbackrest info`` lists).
+    Anything else, a negated operator or no s3:prefix at all can list the shared stanza's files.
+    """
+    ours = stanza_prefixes(exp)
+    names_prefix = f"{exp.backup_prefix}/backup/"
+    problems: list[str] = []
+    resources = _as_list(st.get("Resource", []))
+    if resources != [bucket_arn]:
+        problems.append(f"s3:ListBucket on {resources}")
+    cond = st.get("Condition") or {}
+    prefixes_seen = False
+    for op, kv in cond.items():
+        if "s3:prefix" not in kv:
+            continue
+        prefixes_seen = True
+        if op not in ("StringEquals", "StringLike"):
+            problems.append(f"s3:ListBucket with {op} on s3:prefix")
+            continue
+        one_level = op == "StringEquals" and _as_list(kv.get("s3:delimiter", [])) == ["/"]
+        for prefix in _as_list(kv["s3:prefix"]):
+            if not (any(prefix.startswith(o) for o in ours) or (prefix == names_prefix and one_level)):
+                problems.append(f"s3:ListBucket with s3:prefix {prefix!r} ({op}) reaches beyond stanza {exp.outputs['stanza']}")
+    if not prefixes_seen:
+        problems.append(f"s3:ListBucket on {resources} without an s3:prefix condition")
+    return problems
+
+
+def stanza_prefixes(exp: Expected) -> tuple[str, str]:
+    """Where pgBackRest keeps our stanza under repo2's path (its repository layout)."""
+    return f"{exp.backup_prefix}/archive/{exp.outputs['stanza']}/", f"{exp.backup_prefix}/backup/{exp.outputs['stanza']}/"
+
+
 def policy_findings(statements: list[dict], exp: Expected, secret_arns: dict[str, str]) -> list[Check]:
-    """Judge every Allow statement of the role's inline policies against what the stack declares."""
+    """Judge every Allow statement of the role's inline policies against what the stack declares.
+
+    The bucket's repo2 path is shared with the old host's stanza: object rights anywhere but under
+    our stanza's ``archive/`` and ``backup/`` trees could delete its history, so they fail here.
+    """
     bucket = exp.outputs["backup_bucket"]
-    bucket_arn, objects_arn = f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{exp.backup_prefix}/*"
-    allowed_secret_arns = set(secret_arns.values())
-    s3_object_actions: set[str] = set()
-    listed_with_prefix = False
+    bucket_arn = f"arn:aws:s3:::{bucket}"
+    ours = stanza_prefixes(exp)
+    object_arns = [f"{bucket_arn}/{p}*" for p in ours]
+    cipher_arn = secret_arns.get(exp.outputs["cipher_secret_name"])
     granted_secrets: set[str] = set()
     problems: list[str] = []
     for st in statements:
@@ -178,33 +220,34 @@ def policy_findings(statements: list[dict], exp: Expected, secret_arns: dict[str
             continue
         for a in actions:
             al = a.lower()
-            if al == "*" or al.endswith(":*"):
+            if "*" in al or "?" in al:
                 problems.append(f"wildcard action {a}")
             elif al == "s3:listbucket":
-                prefixes = [p for cond in (st.get("Condition") or {}).values() for p in _as_list(cond.get("s3:prefix", []))]
-                ok = resources == [bucket_arn] and prefixes and all(
-                    p in ("", exp.backup_prefix) or p.startswith(exp.backup_prefix + "/") for p in prefixes)
-                listed_with_prefix |= bool(ok)
-                if not ok:
-                    problems.append(f"s3:ListBucket on {resources} with prefixes {prefixes or 'none'}")
+                problems += _list_findings(st, bucket_arn, exp)
             elif al.startswith("s3:"):
-                if resources != [objects_arn]:
-                    problems.append(f"{a} on {resources}")
-                else:
-                    s3_object_actions.add(al)
-            elif al == "secretsmanager:getsecretvalue":
-                extra = [r for r in resources if r not in allowed_secret_arns]
+                extra = [r for r in resources if r not in object_arns]
                 if extra:
                     problems.append(f"{a} on {extra}")
-                granted_secrets |= set(resources) & allowed_secret_arns
+            elif al == "secretsmanager:getsecretvalue":
+                # the host reads only the cipher passphrase; the app password is the operator's
+                extra = [r for r in resources if r != cipher_arn]
+                if extra:
+                    problems.append(f"{a} on {extra}")
+                granted_secrets |= set(resources) & {cipher_arn}
             else:
                 problems.append(f"undeclared action {a} on {resources}")
-    need = {"s3:getobject", "s3:putobject", "s3:deleteobject"}
-    cipher_arn = secret_arns.get(exp.outputs["cipher_secret_name"])
+    # What the role can actually do (not how it is spelled): the requests pgBackRest makes for our stanza.
+    can_list = all(allowed(statements, Request("s3:ListBucket", bucket_arn, {"s3:prefix": p, "s3:delimiter": "/"}))
+                   for p in (*ours, f"{exp.backup_prefix}/backup/"))
+    rw = {f"{p}*": [a for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
+                    if allowed(statements, Request(a, f"{bucket_arn}/{p}probe"))] for p in ours}
     return [
-        _c("role policies no broader than declared", not problems, "; ".join(problems) or "scoped", "bucket prefix + named secrets only"),
-        _c("role may list the repo2 prefix", listed_with_prefix, listed_with_prefix, f"s3:ListBucket on {bucket_arn} with s3:prefix {exp.backup_prefix}/"),
-        _c("role may read/write repo2 objects", need <= s3_object_actions, ",".join(sorted(s3_object_actions)) or "none", f"get/put/delete on {objects_arn}"),
+        _c("role policies no broader than declared", not problems, "; ".join(problems) or "scoped",
+           f"stanza {exp.outputs['stanza']}'s S3 prefixes + the cipher secret only"),
+        _c("role may list its stanza", can_list, "yes" if can_list else "no",
+           f"s3:ListBucket on {bucket_arn} with s3:prefix {ours[0]}, {ours[1]} and {exp.backup_prefix}/backup/ (delimiter /)"),
+        _c("role may read/write its stanza's objects", all(len(v) == 3 for v in rw.values()),
+           "; ".join(f"{k}: {','.join(v) or 'none'}" for k, v in rw.items()), f"get/put/delete on {', '.join(object_arns)}"),
         _c("role may read the cipher secret", bool(cipher_arn) and cipher_arn in granted_secrets,
            "granted" if cipher_arn in granted_secrets else "not granted", f"GetSecretValue on {exp.outputs['cipher_secret_name']}"),
     ]

@@ -103,6 +103,10 @@ class Settings:
     pg_port: int = 5432
     # Deliberate owner changes applied by restore and expected by verify (migrate.privileges.OwnerMapping).
     owner_map: tuple = ()
+    # PostgreSQL's server certificate + key: Secrets Manager secret NAME (JSON certificate/private_key);
+    # None = Debian's snakeoil pair, allowed in the lab only (trackerdb/tls.py)
+    tls_secret_name: str | None = None
+    tls_ca_file: str | None = None  # CA bundle (operator's machine) for verify-full in our checks
     outputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived ---------------------------------------------------------------------------
@@ -197,6 +201,8 @@ class Settings:
             state_dir=cfg.get("state_dir", "artifacts"),
             pg_port=int(cfg.get("pg_port", 5432)),
             owner_map=_owner_map(cfg.get("owner_map")),
+            tls_secret_name=cfg.get("tls_secret_name") or None,
+            tls_ca_file=cfg.get("tls_ca_file") or None,
             outputs=o,
         )
         s.validate()

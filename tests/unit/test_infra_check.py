@@ -48,8 +48,20 @@ def aws():
 _seq = iter(range(1000))
 
 
+# The S3 policy the issue found deployed: get/put/delete on the whole repo2 prefix, which also holds
+# the shared host's `tracker` stanza.
+WIDE_S3 = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::glimpse-timescale-backups",
+     "Condition": {"StringEquals": {"s3:prefix": ["", "pgbackrest"], "s3:delimiter": ["/"]}}},
+    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::glimpse-timescale-backups",
+     "Condition": {"StringLike": {"s3:prefix": ["pgbackrest/*"]}}},
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject"],
+     "Resource": "arn:aws:s3:::glimpse-timescale-backups/pgbackrest/*"},
+]}
+
+
 def deploy(arns, data_size=50, data_encrypted=True, ssh_world=False, imds_tokens="required", extra_policy=None,
-           wildcard_inline=False, keep_default_egress=False) -> dict:
+           wildcard_inline=False, keep_default_egress=False, wide_s3=False, app_secret_readable=False) -> dict:
     """Build the stack's resources in moto (as `pulumi up` would) and return its stack outputs."""
     ec2, iam = boto3.client("ec2", region_name=REGION), boto3.client("iam", region_name=REGION)
     base = prod_outputs()
@@ -58,10 +70,10 @@ def deploy(arns, data_size=50, data_encrypted=True, ssh_world=False, imds_tokens
     iam.create_role(RoleName=name, AssumeRolePolicyDocument=assume_role_policy())
     iam.create_instance_profile(InstanceProfileName=name)
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-    iam.put_role_policy(RoleName=name, PolicyName="pgbackrest-repo2-s3",
-                        PolicyDocument=json.dumps(s3_policy(base["backup_bucket"], "pgbackrest")))
+    s3_doc = WIDE_S3 if wide_s3 else s3_policy(base["backup_bucket"], "pgbackrest", base["stanza"])
+    iam.put_role_policy(RoleName=name, PolicyName="pgbackrest-repo2-s3", PolicyDocument=json.dumps(s3_doc))
     iam.put_role_policy(RoleName=name, PolicyName="read-named-secrets",
-                        PolicyDocument=json.dumps(secrets_policy(arns)))
+                        PolicyDocument=json.dumps(secrets_policy(arns if app_secret_readable else arns[:1])))
     iam.attach_role_policy(RoleName=name, PolicyArn=infra_check.SSM_CORE_ARN)
     if extra_policy:
         iam.attach_role_policy(RoleName=name, PolicyArn=extra_policy)
@@ -140,10 +152,20 @@ def test_correct_deployment_passes_every_check(aws):
     ({"keep_default_egress": True}, {"sg rule: egress all traffic all ports to 0.0.0.0/0"}),
     ({"extra_policy": "arn:aws:iam::aws:policy/AdministratorAccess"}, {"role managed policies"}),
     ({"wildcard_inline": True}, {"role policies no broader than declared"}),
+    # the whole repo2 prefix: the shared stanza's history could be deleted
+    ({"wide_s3": True}, {"role policies no broader than declared"}),
+    ({"app_secret_readable": True}, {"role policies no broader than declared"}),
 ])
 def test_each_fault_is_detected_by_name(aws, fault, expected_failures):
     checks = run_checks(deploy(aws, **fault))
     assert failing(checks) == expected_failures
+
+
+def test_wide_s3_names_the_shared_prefix(aws):
+    checks = run_checks(deploy(aws, wide_s3=True))
+    [c] = [c for c in checks if c.name == "role policies no broader than declared"]
+    assert "arn:aws:s3:::glimpse-timescale-backups/pgbackrest/*" in c.observed
+    assert "'pgbackrest/*'" in c.observed and "beyond stanza tracker-dedicated" in c.observed
 
 
 def test_world_open_ssh_says_why(aws):

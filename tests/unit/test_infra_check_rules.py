@@ -106,7 +106,9 @@ def test_parse_extra_egress():
         parse_extra_egress("10.0.0.0/16")
 
 
-GOOD_STATEMENTS = s3_policy(O["backup_bucket"], "pgbackrest")["Statement"] + secrets_policy([CIPHER_ARN, APP_ARN])["Statement"]
+GOOD_STATEMENTS = s3_policy(O["backup_bucket"], "pgbackrest", O["stanza"])["Statement"] + secrets_policy([CIPHER_ARN])["Statement"]
+B = "arn:aws:s3:::glimpse-timescale-backups"
+BROADER = {"role policies no broader than declared"}
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -121,7 +123,20 @@ GOOD_STATEMENTS = s3_policy(O["backup_bucket"], "pgbackrest")["Statement"] + sec
     (lambda st: st + [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::1:role/x"}],
      {"role policies no broader than declared"}),
     (lambda st: st + [{"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}], {"role policies no broader than declared"}),
-    (lambda st: st[:2] + st[3:], {"role may read/write repo2 objects"}),
+    (lambda st: st[:2] + st[3:], {"role may read/write its stanza's objects"}),
+    # the whole repo2 prefix (what the issue found): it holds the shared stanza too
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": f"{B}/pgbackrest/*"}], BROADER),
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": f"{B}/pgbackrest/backup/tracker/*"}], BROADER),
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{B}/pgbackrest/archive/tracker-dedicated*"}], BROADER),
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:Delete*", "Resource": f"{B}/pgbackrest/archive/tracker-dedicated/*"}], BROADER),
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": B,
+                       "Condition": {"StringLike": {"s3:prefix": ["pgbackrest/*"]}}}], BROADER),
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": B,
+                       "Condition": {"StringLike": {"s3:prefix": ["pgbackrest/backup/"]}}}], BROADER),  # recursive
+    (lambda st: st + [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": B,
+                       "Condition": {"StringNotEquals": {"s3:prefix": ["pgbackrest/backup/tracker/"]}}}], BROADER),
+    (lambda st: st + [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": [APP_ARN]}], BROADER),
+    (lambda st: st[1:], {"role may list its stanza"}),
     (lambda st: st[:3], {"role may read the cipher secret"}),
     (lambda st: st + [{"Effect": "Deny", "Action": "*", "Resource": "*"}], set()),
 ])

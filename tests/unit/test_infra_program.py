@@ -310,28 +310,45 @@ def test_instance_profile_wraps_the_role(prod):
     assert prod.one("aws:iam/instanceProfile:InstanceProfile").inputs["role"] == prod.one("aws:iam/role:Role").inputs["name"]
 
 
-def test_s3_policy_scoped_to_bucket_and_prefix(prod):
+def test_s3_objects_only_under_our_stanza(prod):
+    """The repo2 prefix also holds the shared host's `tracker` stanza: no object right may reach it."""
+    from trackerdb.iam_eval import allowed, s3_request
+
     doc = _policy(prod, "pgbackrest-repo2-s3")
+    objects = [st for st in doc["Statement"] if st["Action"] != "s3:ListBucket"]
+    resources = sorted(r for st in objects for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]))
+    assert resources == ["arn:aws:s3:::glimpse-timescale-backups/pgbackrest/archive/tracker-dedicated/*",
+                         "arn:aws:s3:::glimpse-timescale-backups/pgbackrest/backup/tracker-dedicated/*"]
     for st in doc["Statement"]:
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
         assert st["Resource"] != "*" and all("*" not in a for a in actions)
-        if actions == ["s3:ListBucket"]:
-            assert st["Resource"] == "arn:aws:s3:::glimpse-timescale-backups"
-            prefixes = [p for cond in st["Condition"].values() for p in cond.get("s3:prefix", [])]
-            assert prefixes and all(p in ("", "pgbackrest") or p.startswith("pgbackrest/") for p in prefixes)
-        else:
-            assert st["Resource"] == "arn:aws:s3:::glimpse-timescale-backups/pgbackrest/*"
-            assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(actions)
+    bucket = "glimpse-timescale-backups"
+    for key in ("pgbackrest/backup/tracker/backup.info", "pgbackrest/archive/tracker/archive.info", "pgbackrest/x"):
+        assert not allowed(doc["Statement"], s3_request("DELETE", bucket, key)), key
+        assert not allowed(doc["Statement"], s3_request("PUT", bucket, key)), key
+    assert allowed(doc["Statement"], s3_request("DELETE", bucket, "pgbackrest/backup/tracker-dedicated/latest"))
 
 
-def test_secrets_policy_is_get_value_on_the_named_secrets_arns(prod):
+def test_s3_list_only_our_stanza_and_stanza_names(prod):
+    from trackerdb.iam_eval import allowed, s3_request
+
+    st = _policy(prod, "pgbackrest-repo2-s3")["Statement"]
+    b = "glimpse-timescale-backups"
+    assert allowed(st, s3_request("GET", b, "?delimiter=%2F&list-type=2&prefix=pgbackrest%2Farchive%2Ftracker-dedicated%2F17-1%2F"))
+    assert allowed(st, s3_request("GET", b, "?delimiter=%2F&list-type=2&prefix=pgbackrest%2Fbackup%2F"))  # `info`
+    assert not allowed(st, s3_request("GET", b, "?delimiter=%2F&list-type=2&prefix=pgbackrest%2Fbackup%2Ftracker%2F"))
+    assert not allowed(st, s3_request("GET", b, "?list-type=2&prefix=pgbackrest%2F"))
+
+
+def test_secrets_policy_is_get_value_on_the_cipher_secret_only(prod):
+    """The app role's password is fetched by the operator's tasks; nothing on the host reads it."""
     doc = _policy(prod, "read-named-secrets")
     [st] = doc["Statement"]
     assert st["Action"] == "secretsmanager:GetSecretValue"
     asked = sorted(a["name"] for t, a in prod.calls if t == "aws:secretsmanager/getSecret:getSecret")
-    assert asked == ["tracker/db/tracker-password", "tracker/pgbackrest/cipher-pass"]
-    assert len(st["Resource"]) == 2 and all(r.startswith("arn:aws:secretsmanager:") for r in st["Resource"])
-    assert any(":secret:tracker/pgbackrest/cipher-pass-" in r for r in st["Resource"])
+    assert asked == ["tracker/pgbackrest/cipher-pass"]
+    assert len(st["Resource"]) == 1 and ":secret:tracker/pgbackrest/cipher-pass-" in st["Resource"][0]
+    assert not any("tracker-password" in r for r in st["Resource"])
 
 
 def test_ssm_managed_instance_core_attached(prod):
@@ -354,7 +371,7 @@ def test_missing_region_names_the_aws_key():
         run_program(drop=("aws:region",))
 
 
-@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "0.0.0.0/1"])
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "0.0.0.0/1", "2000::/3", "2001::/16"])
 def test_world_open_app_cidr_is_rejected(cidr):
     with pytest.raises(pulumi.RunError) as err:
         run_program({f"{P}:appCidrs": ["10.0.0.0/24", cidr]})
@@ -369,11 +386,27 @@ def test_world_open_app_cidr_is_rejected(cidr):
     ({f"{P}:extraEgress": [{"cidr": "0.0.0.0/0", "port": 443, "protocol": "-1"}]}, "no all-traffic rules"),
     ({f"{P}:extraEgress": [{"cidr": "10.0.0.0/8"}]}, "needs cidr and port"),
     ({f"{P}:appSecurityGroupIds": ["app-sg"]}, "is not a security group id"),
+    ({f"{P}:stanza": "tracker*"}, "may hold only letters"),
+    ({f"{P}:stanza": "../tracker"}, "may hold only letters"),
     ({f"{P}:rootVolumeSizeGb": "big"}, "must be an integer"),
 ])
 def test_bad_config_is_rejected(over, needle):
     with pytest.raises(pulumi.RunError, match=needle):
         run_program(over)
+
+
+def test_ipv6_app_network_of_a_site_is_accepted():
+    run = run_program({f"{P}:appCidrs": ["2001:db8:10::/48"]})
+    ins, _ = _rules(run)
+    assert [r.get("cidrIpv6") for r in ins if r["fromPort"] == 5432] == ["2001:db8:10::/48"]
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "0.0.0.0/4", "2000::/3", "2600::/12"])
+def test_world_wide_extra_egress_is_rejected(cidr):
+    with pytest.raises(pulumi.RunError) as err:
+        run_program({f"{P}:extraEgress": [{"cidr": cidr, "port": 443}]})
+    msg = str(err.value)
+    assert f"extraEgress[0]: cidr {cidr} is too wide" in msg and "\n" not in msg
 
 
 def test_no_resource_declared_when_config_is_rejected():

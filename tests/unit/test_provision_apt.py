@@ -1,3 +1,7 @@
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import prod_outputs
@@ -102,10 +106,70 @@ def test_source_lines_are_signed_by_their_own_keyring(repo, codename, line):
     assert repo.source_line(codename) == line
 
 
-def test_key_install_checks_pinned_fingerprint():
-    cmd = apt.key_install_command(apt.PGDG)
-    assert "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8" in cmd and "exit 5" in cmd
-    assert cmd.index("grep -qx") < cmd.index("install -m 0644")
+@pytest.mark.parametrize("repo", [apt.PGDG, apt.TIMESCALE])
+def test_every_production_repository_key_is_pinned(repo):
+    assert repo.fingerprint and len(repo.fingerprint) == 40 and int(repo.fingerprint, 16) >= 0
+    cmd = apt.key_install_command(repo)
+    assert repo.fingerprint in cmd and cmd.index(repo.fingerprint) < cmd.index("install -m 0644")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two real OpenPGP keys (each with a subkey) made by gpg: (fingerprint, armored file) each."""
+    if not shutil.which("gpg") or not shutil.which("curl"):
+        pytest.skip("gpg and curl are needed to run the key check")
+    home = tmp_path_factory.mktemp("gnupg")
+    out = []
+    for who in ("good", "evil"):
+        base = ["gpg", "--batch", "--homedir", str(home), "--pinentry-mode", "loopback", "--passphrase", ""]
+        subprocess.run(base + ["--quick-gen-key", f"{who} <{who}@example.invalid>", "ed25519", "sign", "never"],
+                       check=True, capture_output=True)
+        cols = subprocess.run(base + ["--with-colons", "--list-keys", f"{who}@example.invalid"], check=True,
+                              capture_output=True, text=True).stdout
+        fpr = next(line.split(":")[9] for line in cols.splitlines() if line.startswith("fpr:"))
+        subprocess.run(base + ["--quick-add-key", fpr, "cv25519", "encr", "never"], check=True, capture_output=True)
+        path = home / f"{who}.asc"
+        path.write_text(subprocess.run(base + ["--armor", "--export", fpr], check=True, capture_output=True, text=True).stdout)
+        out.append((fpr, path))
+    return out
+
+
+def _run_key_install(tmp_path, monkeypatch, key_file: Path, fingerprint: str):
+    monkeypatch.setattr(apt, "KEYRING_DIR", str(tmp_path / "keyrings"))
+    (tmp_path / "keyrings").mkdir(exist_ok=True)
+    repo = apt.AptRepo("t", f"file://{key_file}", fingerprint, "https://example.invalid", "x")
+    r = subprocess.run(["bash", "-c", apt.key_install_command(repo)], capture_output=True, text=True)
+    return r, Path(repo.keyring)
+
+
+def test_key_install_accepts_the_pinned_key(keys, tmp_path, monkeypatch):
+    (fpr, path), _ = keys
+    r, keyring = _run_key_install(tmp_path, monkeypatch, path, fpr)
+    assert r.returncode == 0, r.stderr
+    assert keyring.read_text() == path.read_text() and oct(keyring.stat().st_mode & 0o777) == "0o644"
+
+
+def test_key_install_refuses_another_key(keys, tmp_path, monkeypatch):
+    (fpr, _), (_, evil) = keys
+    r, keyring = _run_key_install(tmp_path, monkeypatch, evil, fpr)
+    assert r.returncode == 5 and "signing key fingerprint mismatch for t" in r.stderr and not keyring.exists()
+
+
+def test_key_install_refuses_the_pinned_key_bundled_with_another(keys, tmp_path, monkeypatch):
+    (fpr, good), (_, evil) = keys
+    both = tmp_path / "both.asc"
+    both.write_text(good.read_text() + evil.read_text())
+    r, keyring = _run_key_install(tmp_path, monkeypatch, both, fpr)
+    assert r.returncode == 5 and not keyring.exists()
+
+
+def test_key_install_refuses_a_subkey_fingerprint_as_the_pin(keys, tmp_path, monkeypatch):
+    (fpr, good), _ = keys
+    cols = subprocess.run(["gpg", "--show-keys", "--with-colons", str(good)], capture_output=True, text=True).stdout
+    sub = [line.split(":")[9] for line in cols.splitlines() if line.startswith("fpr:") and line.split(":")[9] != fpr]
+    assert sub, "the fixture key has a subkey"
+    r, keyring = _run_key_install(tmp_path, monkeypatch, good, sub[0])
+    assert r.returncode == 5 and not keyring.exists()
 
 
 def test_repos_only_for_pgdg():

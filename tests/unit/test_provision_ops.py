@@ -75,11 +75,43 @@ class ScriptedHost:
         pass
 
 
+TLS_SECRET = "tracker/db/tls"
+
+
+def make_bundle(cn: str = "db.tracker.internal", key=None) -> tuple[str, str]:
+    """A real self-signed certificate and its key (PEM), as an operator would store them."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False).sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
+
+
+BUNDLE = make_bundle()
+
+
 @pytest.fixture(autouse=True)
 def fake_secret(monkeypatch):
+    import json
+
     from trackerdb.secrets import Secret
 
-    monkeypatch.setattr(ops, "fetch_secret", lambda settings, name: Secret(name, "pw-from-secrets-manager"))
+    def fetch(settings, name):
+        if name == TLS_SECRET:
+            return Secret(name, json.dumps({"certificate": BUNDLE[0], "private_key": BUNDLE[1]}))
+        return Secret(name, "pw-from-secrets-manager")
+
+    monkeypatch.setattr(ops, "fetch_secret", fetch)
 
 
 def test_dry_run_on_a_bare_host_plans_everything_and_changes_nothing():
@@ -132,8 +164,43 @@ def test_changed_keys(old, new, keys):
     assert ops._changed_keys(old, new) == keys
 
 
-def test_pgdg_dry_run_on_a_fresh_debian12_host_plans_sources_keys_and_pins():
+def test_production_without_a_tls_certificate_stops_before_touching_anything():
+    from trackerdb.errors import ConfigError
+
     s = Settings.from_parts({}, prod_outputs(data_volume_size_gb=2, private_ip="10.77.0.2"))
+    host = ScriptedHost()
+    with pytest.raises(ConfigError, match="no TLS certificate configured") as err:
+        ops.provision(s, dry_run=False, host=host)
+    assert "tls_secret_name" in err.value.one_line() and "\n" not in err.value.one_line()
+    assert host.ran == [] and host.writes == []
+
+
+def test_tls_certificate_planned_from_the_secret_and_never_shown():
+    s = Settings.from_parts({"tls_secret_name": TLS_SECRET}, prod_outputs(data_volume_size_gb=2, private_ip="10.77.0.2"))
+    host = ScriptedHost()
+    host.answers.insert(0, ("cat /etc/os-release", 0, 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'))
+    outcome = ops.provision(s, dry_run=True, host=host)
+    steps = {st.name: st for st in outcome.steps}
+    assert steps["tls certificate"].changed and "/etc/postgresql/16/main/tls/server.key (0600" in steps["tls certificate"].commands[1]
+    assert "ssl_key_file = '/etc/postgresql/16/main/tls/server.key'" in steps["conf.d drop-in"].commands[0]
+    body = BUNDLE[1].splitlines()[1]  # a line of the private key
+    assert body not in outcome.to_json() and host.writes == []
+
+
+def test_tls_files_written_owner_only_and_then_left_alone():
+    s = S.with_(tls_secret_name=TLS_SECRET)
+    host = ScriptedHost()
+    p = ops.Provisioner(s, host, ops.Outcome("t"), False, lambda m: None, "pw", BUNDLE[:1] + (ops.Secret(TLS_SECRET, BUNDLE[1]),))
+    assert p.server_certificate() is True
+    assert host.writes == ["/etc/postgresql/17/main/tls/server.key", "/etc/postgresql/17/main/tls/server.crt"]
+    assert any("install -d -m 0700 -o postgres -g postgres /etc/postgresql/17/main/tls" in c for c in host.ran)
+    host.answers.insert(0, ("stat -c %U:%G %a", 0, "postgres:postgres 700\npostgres:postgres 600\n"))
+    host.writes.clear()
+    assert p.server_certificate() is False and host.writes == []
+
+
+def test_pgdg_dry_run_on_a_fresh_debian12_host_plans_sources_keys_and_pins():
+    s = Settings.from_parts({"tls_secret_name": TLS_SECRET}, prod_outputs(data_volume_size_gb=2, private_ip="10.77.0.2"))
     host = ScriptedHost()
     host.answers.insert(0, ("cat /etc/os-release", 0, 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'))
     host.answers.insert(0, ("apt-cache madison", 0, ""))  # the repositories are not there yet

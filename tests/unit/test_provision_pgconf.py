@@ -41,16 +41,70 @@ def test_dropin_has_the_settings_the_runbook_needs():
     assert len(keys) == len(set(keys))
 
 
-def test_hba_scram_only_for_app_networks_and_loopback():
+def _hba_decide(text: str, kind: str, database: str, user: str, address: str | None) -> str:
+    """PostgreSQL's pg_hba rule: the first line matching connection type, database, user and address
+    decides; no match is a rejection. ``kind``: local | ssl | nossl."""
+    import ipaddress
+
+    for line in text.splitlines():
+        f = line.split()
+        if not f or f[0].startswith("#"):
+            continue
+        typ, db, usr = f[0], f[1], f[2]
+        if typ == "local":
+            if kind != "local":
+                continue
+            method = f[3]
+        else:
+            if kind == "local" or (typ == "hostssl" and kind != "ssl") or (typ == "hostnossl" and kind != "nossl"):
+                continue
+            net = ipaddress.ip_network(f[3])
+            ip = ipaddress.ip_address(address)
+            if ip.version != net.version or ip not in net:
+                continue
+            method = f[4]
+        if db not in ("all", database) or usr not in ("all", user):
+            continue
+        return method
+    return "reject"
+
+
+@pytest.mark.parametrize("kind, database, address, method", [
+    ("ssl", "tracker", "172.31.40.7", "scram-sha-256"),      # the application, over TLS
+    ("nossl", "tracker", "172.31.40.7", "reject"),           # the application without TLS
+    ("ssl", "tracker", "10.1.2.3", "scram-sha-256"),
+    ("nossl", "tracker", "10.1.2.3", "reject"),
+    ("ssl", "postgres", "172.31.40.7", "reject"),            # app networks reach the tracker database only
+    ("ssl", "tracker", "192.0.2.1", "reject"),               # not an app network
+    ("nossl", "tracker", "192.0.2.1", "reject"),
+    ("ssl", "tracker", "2001:db8::1", "reject"),
+    ("nossl", "tracker", "2001:db8::1", "reject"),
+    ("ssl", "postgres", "127.0.0.1", "scram-sha-256"),       # loopback: TLS too
+    ("nossl", "postgres", "127.0.0.1", "reject"),
+    ("local", "postgres", None, "peer"),
+])
+def test_hba_network_access_only_over_tls(kind, database, address, method):
     s = PROD.with_(app_cidrs=("172.31.32.0/20", "10.1.2.3/32"))
+    assert _hba_decide(pgconf.hba_text(s), kind, database, "postgres" if kind == "local" else "tracker", address) == method
+
+
+def test_hba_every_admitting_network_rule_is_hostssl():
+    s = PROD.with_(app_cidrs=("172.31.32.0/20", "2001:db8:10::/48"))
     rows = [l.split() for l in pgconf.hba_text(s).splitlines() if l and not l.startswith("#")]
-    assert rows == [
-        ["local", "all", "postgres", "peer"],
-        ["host", "all", "all", "127.0.0.1/32", "scram-sha-256"],
-        ["host", "tracker", "all", "172.31.32.0/20", "scram-sha-256"],
-        ["host", "tracker", "all", "10.1.2.3/32", "scram-sha-256"],
-    ]
-    assert "trust" not in pgconf.hba_text(s) and "0.0.0.0/0" not in pgconf.hba_text(s)
+    admitting = [r for r in rows if r[0] != "local" and r[-1] != "reject"]
+    assert admitting and all(r[0] == "hostssl" for r in admitting), admitting
+    assert {r[3] for r in admitting} == {"127.0.0.1/32", "172.31.32.0/20", "2001:db8:10::/48"}
+    assert "trust" not in pgconf.hba_text(s)
+    # clear text is refused before any admitting rule, for both families
+    first_admit = rows.index(admitting[0])
+    assert {tuple(r) for r in rows[:first_admit] if r[0] == "hostnossl"} == {
+        ("hostnossl", "all", "all", "0.0.0.0/0", "reject"), ("hostnossl", "all", "all", "::/0", "reject")}
+
+
+def test_dropin_uses_the_operator_certificate_when_one_is_named():
+    text = pgconf.dropin_text(PROD.with_(tls_secret_name="tracker/db/tls"), pgconf.tune(4 << 30, 2, 50), "10.0.0.5")
+    assert "ssl_cert_file = '/etc/postgresql/16/main/tls/server.crt'" in text
+    assert "ssl_key_file = '/etc/postgresql/16/main/tls/server.key'" in text and "snakeoil" not in text
 
 
 @pytest.mark.parametrize("current, expect_line, keeps", [
@@ -113,6 +167,19 @@ def test_scram_verifier_format_and_keys():
 ])
 def test_verifier_matches(stored, password, ok):
     assert roles.verifier_matches(stored, password) is ok
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_role_sql_keeps_a_failed_statement_out_of_the_log(create):
+    """A failed ALTER/CREATE ROLE would be logged with its text (log_min_error_statement = error by
+    default), verifier included, unless the session raises the threshold above every error level."""
+    sql = roles.role_sql("tracker", roles.scram_verifier("pw-plain-123"), create=create)
+    lines = sql.splitlines()
+    role_at = next(i for i, line in enumerate(lines) if " ROLE " in line)
+    sets = {line.split()[1]: line.split("=", 1)[1].strip(" ;") for line in lines[:role_at] if line.startswith("SET ")}
+    assert sets.get("log_min_error_statement") == "panic"
+    assert sets.get("log_statement") == "'none'" and sets.get("log_min_duration_statement") == "-1"
+    assert lines[role_at].startswith("CREATE ROLE" if create else "ALTER ROLE") and role_at == len(lines) - 1
 
 
 def test_role_sql_never_contains_the_password_and_turns_logging_off():

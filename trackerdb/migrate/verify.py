@@ -215,9 +215,14 @@ def _time_column(facts: dict, table: tuple[str, str]) -> str | None:
 
 
 def app_login_check(settings, facts: dict) -> Check:
-    """The application role logs in over the network (TCP, its password) and writes a row, rolled back."""
+    """The application role logs in over the network (TCP, its password, TLS) and writes a row, rolled back.
+
+    TLS is demanded from both ends: libpq refuses a server without it (``require``/``verify-full``,
+    never ``prefer``), and the server must report our own session as TLS in ``pg_stat_ssl``.
+    """
     import psycopg
 
+    from .. import tls
     from ..secrets import fetch_secret, mask
 
     name = f"{settings.owner_role} logs in over the network and writes"
@@ -229,9 +234,17 @@ def app_login_check(settings, facts: dict) -> Check:
     host = settings.target.address
     latest = None
     try:
+        client_tls = tls.client_kwargs(settings)
+    except OpsError as exc:
+        return Check(name, False, exc.one_line(), "login + write")
+    try:
         with psycopg.connect(host=host, port=settings.pg_port, dbname=settings.database, user=settings.owner_role,
-                             password=secret.reveal(), connect_timeout=10, sslmode="prefer",
-                             application_name="trackerdb-verify") as conn:
+                             password=secret.reveal(), connect_timeout=10, application_name="trackerdb-verify",
+                             **client_tls) as conn:
+            try:
+                session = tls.session_tls(conn)
+            except OpsError as exc:
+                return Check(name, False, exc.one_line(), "login + write over TLS")
             with conn.cursor() as cur:
                 if target is None:
                     cur.execute("CREATE TEMP TABLE trackerdb_verify_probe (x int)")
@@ -256,9 +269,9 @@ def app_login_check(settings, facts: dict) -> Check:
                         evidence = f"insert into {target[0]}.{target[1]} reached its unique index (duplicate of a copied row), rolled back"
             if latest:
                 evidence += f"; latest row {latest}"
-            ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
             conn.rollback()  # the probe row never persists
-        return Check(name, True, f"{host}:{settings.pg_port} ({ssl}); {evidence}", "login + write")
+        return Check(name, True, f"{host}:{settings.pg_port} ({session}, sslmode={client_tls['sslmode']}); {evidence}",
+                     "login + write over TLS")
     except psycopg.Error as exc:
         msg = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__, secret)
         return Check(name, False, msg[:200], "login + write")

@@ -54,7 +54,11 @@ PGDG = AptRepo(
 TIMESCALE = AptRepo(
     name="timescaledb",
     key_url="https://packagecloud.io/timescale/timescaledb/gpgkey",
-    fingerprint=None,  # verify out of band and set it here before relying on it
+    # packagecloud's key for timescale/timescaledb (RSA 4096, created 2018-10-19, UID
+    # "https://packagecloud.io/timescale/timescaledb ..."): apt names it as the repository's signing
+    # key in timescale/timescaledb#7582. If Timescale rotates it, provisioning stops with
+    # "signing key fingerprint mismatch" until the new one is verified out of band and set here.
+    fingerprint="1005FB68604CE9B8F6879CF759F18EDF47F24417",
     url="https://packagecloud.io/timescale/timescaledb/debian/",
     suite="{codename}",
 )
@@ -169,12 +173,20 @@ def update_command() -> str:
     return f"{APT_ENV} apt-get update -q"
 
 
+#: primary-key fingerprints of a key file, one a line (``fpr`` right after ``pub``; subkeys' are skipped)
+PRIMARY_FPRS = "awk -F: '$1==\"pub\"{p=1;next} $1==\"fpr\"&&p{print $10} {p=0}'"
+
+
 def key_install_command(repo: AptRepo) -> str:
-    """Download the signing key, check its fingerprint when we pin one, install it as the keyring."""
+    """Download the signing key, check it when we pin one, install it as the keyring.
+
+    The file must hold exactly one primary key, the pinned one: a file with the right key *and*
+    another would otherwise install both as trusted for this repository.
+    """
     q = shlex.quote
     check = ""
     if repo.fingerprint:
-        check = (f" && gpg --show-keys --with-colons \"$tmp\" | awk -F: '$1==\"fpr\"{{print $10}}' | grep -qx {q(repo.fingerprint)}"
+        check = (f" && [ \"$(gpg --show-keys --with-colons \"$tmp\" 2>/dev/null | {PRIMARY_FPRS})\" = {q(repo.fingerprint)} ]"
                  f" || {{ echo 'signing key fingerprint mismatch for {repo.name}' >&2; rm -f \"$tmp\"; exit 5; }}")
     return (f"tmp=$(mktemp) && curl -fsSL --retry 3 {q(repo.key_url)} -o \"$tmp\"{check}"
             f" && install -m 0644 -o root -g root \"$tmp\" {q(repo.keyring)} && rm -f \"$tmp\"")

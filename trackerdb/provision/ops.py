@@ -16,9 +16,10 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
+from .. import tls
 from ..errors import HostError, PreflightError, VerifyError
 from ..remote import Remote
-from ..secrets import fetch_secret, mask
+from ..secrets import Secret, fetch_secret, mask
 from ..steps import Outcome, Step
 from . import apt, facts, pgconf, roles, volume
 
@@ -43,11 +44,17 @@ def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outc
     """Bring the target to the runbook's target state. ``host`` is for tests (a Remote-like object)."""
     say = progress or (lambda msg: None)
     out = Outcome(f"provision {settings.target.name} ({settings.target.address})", dry_run=dry_run)
+    tls.require_configured(settings)  # before anything is fetched or touched
     say("fetching the tracker role's password from Secrets Manager")
     secret = fetch_secret(settings, settings.app_secret_name)
-    remote = host or Remote(settings.target, secrets=[secret])
+    server_tls = None
+    if settings.tls_secret_name:
+        say("fetching PostgreSQL's certificate and key from Secrets Manager")
+        cert, key = tls.parse_bundle(settings.tls_secret_name, fetch_secret(settings, settings.tls_secret_name).reveal())
+        server_tls = (cert, Secret(settings.tls_secret_name, key))
+    remote = host or Remote(settings.target, secrets=[secret] + ([server_tls[1]] if server_tls else []))
     try:
-        Provisioner(settings, remote, out, dry_run, say, secret.reveal()).run()
+        Provisioner(settings, remote, out, dry_run, say, secret.reveal(), server_tls).run()
     finally:
         if host is None:
             remote.close()
@@ -55,13 +62,15 @@ def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outc
 
 
 class Provisioner:
-    def __init__(self, settings, host, out: Outcome, dry_run: bool, say, password: str):
+    def __init__(self, settings, host, out: Outcome, dry_run: bool, say, password: str,
+                 server_tls: tuple[str, Secret] | None = None):
         self.s = settings
         self.host = host
         self.out = out
         self.dry = dry_run
         self.say = say
         self._password = password
+        self._tls = server_tls  # (certificate PEM, private key) from the operator's secret
         self.f = Facts()
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -300,9 +309,41 @@ class Provisioner:
             # a cluster made without the packaged createcluster.conf lacks the include: add only that line
             self.file_step("conf.d include", main_conf, current_main + "include_dir = 'conf.d'\n", owner="postgres")
             changed_keys = _changed_keys(None, want)
+        tls_changed = self.server_certificate()
         self.file_step("conf.d drop-in", path, want, owner="postgres")
         hba_changed = self.file_step("pg_hba", pgconf.hba_path(s), pgconf.hba_text(s), mode="0640", owner="postgres")
-        return changed_keys, hba_changed
+        # a new certificate at an unchanged path is read on reload (ssl settings are sighup since PG 10)
+        return changed_keys, hba_changed or tls_changed
+
+    def server_certificate(self) -> bool:
+        """The operator's certificate and key, written before the drop-in points PostgreSQL at them.
+
+        The key is owner-only in a postgres-only directory; it is compared on the host and never
+        shown (no diff, no content in the plan or any message).
+        """
+        if self._tls is None:
+            self.step("tls certificate", False, "lab: Debian's snakeoil certificate (no tls_secret_name)")
+            return False
+        s = self.s
+        cert, key = self._tls
+        crt_path, key_path = tls.server_files(s)
+        d = tls.server_dir(s)
+        have_cert, have_key = self.host.read_file(crt_path), self.host.read_file(key_path)
+        mode = self.sh(["stat", "-c", "%U:%G %a", d, key_path], check=False).stdout.split("\n")
+        modes_ok = mode[:2] == ["postgres:postgres 700", "postgres:postgres 600"]
+        if have_cert == cert and have_key == key.reveal() and modes_ok:
+            self.step("tls certificate", False, f"{crt_path} and its key match {s.tls_secret_name}")
+            return False
+
+        def write():
+            self.sh(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", d])
+            self.host.write_file(key_path, key.reveal(), mode="0600", owner="postgres", group="postgres")
+            self.host.write_file(crt_path, cert, mode="0644", owner="postgres", group="postgres")
+
+        self.step("tls certificate", True,
+                  f"install {crt_path} and {key_path} (mode 0600) from {s.tls_secret_name}",
+                  [f"install -d -m 0700 {d}", f"write {key_path} (0600, content not shown)", f"write {crt_path}"], write)
+        return True
 
     def service(self, changed_keys: set, hba_changed: bool) -> None:
         s = self.s

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .. import tls
+
 MB = 1024 * 1024
 MANAGED = "# managed by trackerdb provision; changes here are overwritten on the next run\n"
 CREATECLUSTER_CONF = "/etc/postgresql-common/createcluster.conf"
@@ -66,6 +68,7 @@ def _q(value: str) -> str:
 def dropin_text(settings, t: Tuning, private_ip: str) -> str:
     """``conf.d/50-trackerdb.conf``: loaded after the packaged postgresql.conf, so these values win."""
     listen = "localhost" if private_ip in ("", "127.0.0.1") else f"localhost,{private_ip}"
+    cert, key = tls.server_files(settings)
     lines = [
         ("listen_addresses", _q(listen)),
         ("port", str(settings.pg_port)),
@@ -74,8 +77,8 @@ def dropin_text(settings, t: Tuning, private_ip: str) -> str:
         ("timescaledb.telemetry_level", _q("off")),
         ("password_encryption", _q("scram-sha-256")),
         ("ssl", "on"),
-        ("ssl_cert_file", _q("/etc/ssl/certs/ssl-cert-snakeoil.pem")),
-        ("ssl_key_file", _q("/etc/ssl/private/ssl-cert-snakeoil.key")),
+        ("ssl_cert_file", _q(cert)),
+        ("ssl_key_file", _q(key)),
         ("ssl_min_protocol_version", _q("TLSv1.2")),
         ("shared_buffers", f"{t.shared_buffers_mb}MB"),
         ("effective_cache_size", f"{t.effective_cache_size_mb}MB"),
@@ -102,17 +105,29 @@ def dropin_text(settings, t: Tuning, private_ip: str) -> str:
     return MANAGED + "".join(f"{k} = {v}\n" for k, v in lines)
 
 
-def hba_text(settings) -> str:
-    """Local admin by peer; passwords (SCRAM) only from loopback and the application's networks."""
-    rows = [
-        ("local", "all", "postgres", "", "peer"),
-        ("host", "all", "all", "127.0.0.1/32", "scram-sha-256"),
-    ]
+#: What pg_hba says to every TCP client that did not negotiate TLS, before any other rule can match.
+NO_CLEAR_TEXT = [("hostnossl", "all", "all", "0.0.0.0/0", "reject"), ("hostnossl", "all", "all", "::/0", "reject")]
+#: And to anything no rule above admitted (PostgreSQL's implicit end, written out so nobody adds below it).
+REJECT_REST = [("host", "all", "all", "0.0.0.0/0", "reject"), ("host", "all", "all", "::/0", "reject")]
+
+
+def hba_rows(settings) -> list[tuple[str, str, str, str, str]]:
+    """Local admin by peer; every network rule is ``hostssl`` (SCRAM over TLS), clear text is rejected.
+
+    Loopback is a network rule too: libpq's default ``sslmode=prefer`` negotiates TLS there, and a
+    client that refuses TLS gets the same explicit rejection as one from the application network.
+    """
+    rows = [("local", "all", "postgres", "", "peer"), *NO_CLEAR_TEXT,
+            ("hostssl", "all", "all", "127.0.0.1/32", "scram-sha-256")]
     for cidr in settings.app_cidrs:
         net = ipaddress.ip_network(cidr, strict=False)
-        rows.append(("host", settings.database, "all", str(net), "scram-sha-256"))
-    body = "".join(f"{a:<7} {b:<15} {c:<15} {d:<18} {e}\n" for a, b, c, d, e in rows)
-    return MANAGED + "# TYPE  DATABASE        USER            ADDRESS            METHOD\n" + body
+        rows.append(("hostssl", settings.database, "all", str(net), "scram-sha-256"))
+    return rows + REJECT_REST
+
+
+def hba_text(settings) -> str:
+    body = "".join(f"{a:<9} {b:<15} {c:<15} {d:<18} {e}\n" for a, b, c, d, e in hba_rows(settings))
+    return MANAGED + "# TYPE    DATABASE        USER            ADDRESS            METHOD\n" + body
 
 
 def createcluster_text(current: str | None) -> str:

@@ -48,8 +48,21 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: Session settings sent before the role statement. Statement logging off keeps a successful
+#: statement out of the log; ``log_min_error_statement = panic`` keeps a *failed* one out too (by
+#: default PostgreSQL logs the text of any statement that raises an error, verifier included).
+#: All three are superuser settings: the session is postgres's, and ON_ERROR_STOP means a refused SET
+#: stops the script before the verifier is sent.
+QUIET_SESSION = (
+    ("log_statement", "'none'"),
+    ("log_min_duration_statement", "-1"),
+    ("log_min_error_statement", "panic"),
+)
+
+
 def role_sql(role: str, verifier: str, create: bool) -> str:
-    """Run through psql's stdin. Statement logging is off for this session so the verifier is never logged."""
+    """Run through psql's stdin (with ON_ERROR_STOP). Nothing in this session logs the verifier,
+    whether the statement succeeds or fails."""
     verb = "CREATE" if create else "ALTER"
-    return ("SET log_statement = 'none';\nSET log_min_duration_statement = -1;\n"
-            f"{verb} ROLE {ident(role)} WITH LOGIN PASSWORD '{verifier}';\n")
+    quiet = "".join(f"SET {k} = {v};\n" for k, v in QUIET_SESSION)
+    return quiet + f"{verb} ROLE {ident(role)} WITH LOGIN PASSWORD '{verifier}';\n"
