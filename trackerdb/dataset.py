@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ CROSS JOIN LATERAL (
 ) t;"""
 
 
-def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True) -> str:
+def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True,
+                 timescaledb_version: str | None = None) -> str:
     """The psql script (run as postgres: ``psql -X -v ON_ERROR_STOP=1 -d postgres``).
 
     ``timescale_features`` adds a block that creates a continuous aggregate and compression only
@@ -153,6 +155,9 @@ def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool
     event_types = "ARRAY[" + ", ".join(f"'{e}'" for e in EVENT_TYPES) + "]"
     models = "ARRAY[" + ", ".join(f"'{m}'" for m in MODELS) + "]"
     ts_block = _timescale_block() if timescale_features else ""
+    if timescaledb_version is not None and not re.fullmatch(r"\d+\.\d+\.\d+", timescaledb_version):
+        raise OpsError(f"TimescaleDB version {timescaledb_version!r} is not x.y.z", hint="e.g. 2.18.2")
+    ts_version = f" VERSION '{timescaledb_version}'" if timescaledb_version else ""
     return f"""-- trackerdb dataset: scale={scale!r} seed={seed} devices={sz.devices} geofences={sz.geofences}
 -- expected rows: {json.dumps(sz.counts(), sort_keys=True)}
 -- Run as the postgres superuser: psql -X -v ON_ERROR_STOP=1 -d postgres -f <this file>
@@ -212,7 +217,7 @@ SET client_min_messages = warning;
 SET statement_timeout = 0;
 SET timezone = 'UTC';
 CREATE EXTENSION IF NOT EXISTS postgis;
-CREATE EXTENSION IF NOT EXISTS timescaledb;
+CREATE EXTENSION IF NOT EXISTS timescaledb{ts_version};
 CREATE SCHEMA {DB} AUTHORIZATION {OWNER};
 COMMENT ON SCHEMA {DB} IS 'Tracker application data';
 
@@ -476,14 +481,15 @@ def _error_line(stderr: str) -> str:
     return lines[-1] if lines else "no error output"
 
 
-def run(remote, scale: float = 1.0, seed: int = 42, pg_user: str = "postgres", *, timeout: float | None = None) -> dict:
+def run(remote, scale: float = 1.0, seed: int = 42, pg_user: str = "postgres", *, timeout: float | None = None,
+        timescaledb_version: str | None = None) -> dict:
     """Generate the dataset on ``remote`` (a trackerdb.remote.Remote or LocalHost) through psql.
 
     Returns ``{"rows": {table: n}, "bytes": pg_database_size, "seconds": float, "scale", "seed"}``.
     Raises OpsError if the tracker database already holds data (nothing changed then) or the
     counts differ from `expected_counts`.
     """
-    sql = generate_sql(scale, seed)
+    sql = generate_sql(scale, seed, timescaledb_version=timescaledb_version)
     started = time.monotonic()
     res = remote.run(psql_command("postgres"), user=pg_user, stdin=sql, check=False, timeout=timeout)
     seconds = time.monotonic() - started

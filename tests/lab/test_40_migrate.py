@@ -98,8 +98,8 @@ def test_everything_in_tracker_schema_owned_by_tracker_and_extensions_untouched(
     ("truncated", {"mutate_bytes": lambda b: b[: len(b) // 2]}, "bytes, the manifest says"),
     ("random file", {"mutate_bytes": lambda b: os.urandom(len(b))}, "not a pg_dump archive"),
     ("checksum mismatch", {"mutate_bytes": lambda b: b[:-100] + bytes([b[-100] ^ 0xFF]) + b[-99:]}, "SHA-256 does not match"),
-    ("other timescaledb", {"mutate_manifest": lambda m: m["versions"].update(timescaledb="2.18.2")},
-     "TimescaleDB on the target is 2.19.3, the dump is from 2.18.2"),
+    ("other timescaledb", {"mutate_manifest": lambda m: m["versions"].update(timescaledb="2.19.3")},
+     "TimescaleDB on the target is 2.18.2, the dump is from 2.19.3"),
     ("not enough space", {"mutate_manifest": lambda m: m["facts"]["database"].update(size_bytes=50 << 40)},
      "the data volume has"),
 ])
