@@ -88,8 +88,9 @@ rm -f {m}/etc/apt/sources.list.d/*
 printf '#!/bin/sh\\nexit 101\\n' > {m}/usr/sbin/policy-rc.d && chmod 755 {m}/usr/sbin/policy-rc.d
 {_copy_debs(tsdb_debs, m)}ok=
 for i in 1 2 3; do
-  if chroot {m} apt-get -q update && chroot {m} env DEBIAN_FRONTEND=noninteractive apt-get -q install -y \\
-       --no-install-recommends -o APT::Keep-Downloaded-Packages=true {pkgs}{local}; then ok=1; break; fi
+  # (sh -c: the local .debs' globs expand inside the chroot)
+  if chroot {m} apt-get -q update && chroot {m} env DEBIAN_FRONTEND=noninteractive sh -c "apt-get -q install -y \\
+       --no-install-recommends -o APT::Keep-Downloaded-Packages=true {pkgs}{local}"; then ok=1; break; fi
   echo "apt failed (attempt $i/3), retrying" >&2; sleep $((i*5))
 done
 [ -n "$ok" ]
