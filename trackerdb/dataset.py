@@ -43,6 +43,12 @@ REPORT_INTERVAL_S = 300            # one location report per device every 5 minu
 EVENT_INTERVAL_S = 7200            # one device event per device every 2 hours
 GEOFENCES_PER_DEVICE = 2
 BASE_TIME = "2024-01-01 00:00:00+00"
+NULL_ALTITUDE_DAYS = (0, 1)        # altitude_m is NULL in every row of these days' (compressed) chunks
+COMPRESS_BEFORE = "2024-01-07 00:00:00+00"   # location_reports chunks ending by then are compressed (6 of 8)
+EVENTS_COMPRESS_BEFORE = "2024-01-05 00:00:00+00"
+RETENTION = "10 years"             # device_events retention: a real policy that drops nothing of 2024 yet
+CAGGS = ("tracker.location_reports_hourly", "tracker.location_reports_daily")
+UDA = "tracker.check_stale_devices"
 MAX_SCALE = 20000
 REFUSAL = "trackerdb-dataset: refusing to touch database tracker"
 
@@ -112,6 +118,9 @@ class _Rnd:
 def _day_insert(day: int, rnd: _Rnd) -> str:
     n0, n1 = day * REPORTS_PER_DAY, (day + 1) * REPORTS_PER_DAY - 1
     key = "d.id::bigint * 1000000 + n"
+    # No altitude at all on the first days (a firmware without barometer): whole compressed chunks where a
+    # column is NULL in every row, the shape behind upstream #8893 (such chunks failed to restore).
+    altitude = "NULL::real" if day in NULL_ALTITUDE_DAYS else f"(round((20 + {rnd(key, 16)} * 400) * 10) / 10)::real"
     # Each device drives a jittered circle around its home; 30 % of reports are parked (speed 0).
     return f"""
 INSERT INTO tracker.location_reports
@@ -126,7 +135,7 @@ SELECT d.id,
        ), 4326)::geography,
        CASE WHEN t.parked THEN 0 ELSE (round((5 + {rnd(key, 14)} * 95) * 10) / 10)::real END,
        floor({rnd(key, 15)} * 360)::smallint,
-       (round((20 + {rnd(key, 16)} * 400) * 10) / 10)::real,
+       {altitude},
        (round((2 + {rnd(key, 17)} * 25) * 10) / 10)::real,
        greatest(1, 100 - (n % {REPORTS_PER_DAY}) * 80 / {REPORTS_PER_DAY} - floor({rnd(key, 18)} * 5))::smallint,
        (4 + floor({rnd(key, 19)} * 12))::smallint,
@@ -443,24 +452,68 @@ ANALYZE tracker.devices, tracker.geofences, tracker.device_geofences,
 
 
 def _timescale_block() -> str:
-    # Continuous aggregates and compression exist only in the Timescale-licensed edition; the lab's
-    # Debian build is Apache-only, so the block checks the license at run time and is a no-op there.
-    return """
-DO $tsl$
+    """What production uses, in the Timescale-licensed edition only (checked at run time; the Apache
+    edition skips it): compression with a policy, hierarchical continuous aggregates with refresh
+    policies, a retention policy and a user-defined action, all owned by tracker.
+
+    The data lives in January 2024, so "now"-relative policies are chosen to be deterministic:
+    the compression policy's ``compress_after`` is computed at generation time so that a run compresses
+    exactly the chunks ending by COMPRESS_BEFORE (the same ones compressed here) for a day after
+    generation; the retention policy keeps 10 years (drops nothing); refreshes are idempotent.
+    psql's \\if (not a DO block) because CALL refresh_continuous_aggregate cannot run in a transaction.
+    """
+    return f"""
+SELECT current_setting('timescaledb.license', true) = 'timescale' AS tsl_edition \\gset
+\\if :tsl_edition
+-- compression: segment by device, order by time; all but the newest chunks compressed
+ALTER TABLE tracker.location_reports SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'reported_at');
+SELECT count(compress_chunk(c, if_not_compressed => true))
+  FROM show_chunks('tracker.location_reports', older_than => timestamptz '{COMPRESS_BEFORE}') AS c;
+ALTER TABLE tracker.device_events SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'occurred_at DESC');
+SELECT count(compress_chunk(c, if_not_compressed => true))
+  FROM show_chunks('tracker.device_events', older_than => timestamptz '{EVENTS_COMPRESS_BEFORE}') AS c;
+
+-- continuous aggregates: hourly positions per device, and a daily one built on it (hierarchical)
+CREATE MATERIALIZED VIEW tracker.location_reports_hourly WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 hour', reported_at) AS bucket, device_id,
+       count(*) AS reports, last(geog, reported_at) AS last_geog,
+       avg(speed_kmh) AS avg_speed_kmh, min(battery_pct) AS min_battery_pct
+FROM tracker.location_reports GROUP BY 1, 2 WITH NO DATA;
+COMMENT ON VIEW tracker.location_reports_hourly IS 'Hourly positions per device (continuous aggregate)';
+CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);
+CREATE MATERIALIZED VIEW tracker.location_reports_daily WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 day', bucket) AS day, device_id,
+       sum(reports) AS reports, max(avg_speed_kmh) AS max_hourly_speed_kmh, min(min_battery_pct) AS min_battery_pct
+FROM tracker.location_reports_hourly GROUP BY 1, 2 WITH NO DATA;
+COMMENT ON VIEW tracker.location_reports_daily IS 'Daily summary per device, built on the hourly aggregate';
+CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);
+
+-- a user-defined action (read-only: it reports devices that went quiet)
+CREATE PROCEDURE {UDA}(job_id integer, config jsonb)
+LANGUAGE plpgsql AS $uda$
+DECLARE stale bigint;
 BEGIN
-    IF current_setting('timescaledb.license', true) = 'timescale' THEN
-        EXECUTE $q$CREATE MATERIALIZED VIEW tracker.location_reports_hourly
-                   WITH (timescaledb.continuous) AS
-                   SELECT time_bucket('1 hour', reported_at) AS bucket, device_id,
-                          count(*) AS reports, avg(speed_kmh) AS avg_speed_kmh, min(battery_pct) AS min_battery_pct
-                   FROM tracker.location_reports GROUP BY 1, 2 WITH NO DATA$q$;
-        EXECUTE $q$ALTER TABLE tracker.device_events SET (timescaledb.compress,
-                   timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'occurred_at DESC')$q$;
-        PERFORM compress_chunk(c, if_not_compressed => true)
-           FROM show_chunks('tracker.device_events', older_than => timestamptz '2024-01-05 00:00:00+00') AS c;
-    END IF;
+    SELECT count(*) INTO stale FROM tracker.devices d
+     WHERE d.status = 'active' AND NOT EXISTS (
+           SELECT 1 FROM tracker.location_reports r WHERE r.device_id = d.id
+              AND r.reported_at > now() - (config->>'stale_after')::interval);
+    RAISE LOG 'job %: % active device(s) silent for %', job_id, stale, config->>'stale_after';
 END
-$tsl$;
+$uda$;
+COMMENT ON PROCEDURE {UDA}(integer, jsonb) IS 'User-defined action: count active devices without recent reports';
+
+-- policies last, so the scheduler never races the compression and refreshes above
+SELECT add_compression_policy('tracker.location_reports',
+    compress_after => date_trunc('hour', now() - timestamptz '{COMPRESS_BEFORE}'), schedule_interval => interval '12 hours');
+SELECT add_retention_policy('tracker.device_events', drop_after => interval '{RETENTION}');
+SELECT add_continuous_aggregate_policy('tracker.location_reports_hourly',
+    start_offset => NULL, end_offset => interval '1 hour', schedule_interval => interval '1 hour');
+SELECT add_continuous_aggregate_policy('tracker.location_reports_daily',
+    start_offset => NULL, end_offset => interval '1 day', schedule_interval => interval '1 day');
+SELECT add_job('{UDA}', interval '6 hours', config => '{{"stale_after": "1 day"}}');
+\\endif
 """
 
 
