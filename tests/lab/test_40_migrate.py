@@ -48,7 +48,8 @@ def copy_dump(dumped, tmp_path, mutate_manifest=None, mutate_bytes=None):
 def test_restore_then_verify_is_green(restored):
     s = restored["settings"]
     steps = {st.name for st in restored["outcome"].steps}
-    assert {"pg_restore catalog", "pg_restore data", "timescaledb_post_restore", "ownership", "into place"} <= steps
+    assert {"pg_restore schema", "pg_restore catalog", "pg_restore data", "timescaledb_post_restore", "cagg refresh state",
+            "ownership", "into place", "job scheduler"} <= steps
     checks = run_verify(s, manifest=restored["dump"].manifest, expect_backrest=False)
     failed = [c for c in checks if not c.ok]
     assert not failed, failed
