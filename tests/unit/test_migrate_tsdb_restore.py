@@ -27,3 +27,10 @@ def test_cagg_repairs_only_what_is_missing():
     assert len(stmts) == 2  # one threshold per raw hypertable, one watermark
     assert "continuous_aggs_invalidation_threshold (hypertable_id, watermark) VALUES (1, -9223372036854775808)" in stmts[0]
     assert "cagg_watermark_materialized(7)" in stmts[1]
+
+
+def test_extension_state_race_is_recognised_by_its_message_only():
+    err = ('vacuumdb: error: processing of database "tracker_restore_staging" failed: '
+           "ERROR:  tried calling catalog_get when extension isn't loaded")
+    assert tr.is_extension_state_race(err)
+    assert not tr.is_extension_state_race("vacuumdb: error: could not connect") and not tr.is_extension_state_race(None)
