@@ -58,6 +58,97 @@ def test_restore_then_verify_is_green(restored):
     assert any(n.startswith("table tracker.location_reports rows") for n in names)
 
 
+def target_psql(s):
+    t = Remote(s.target)
+    return t, Psql(t, s.pg_port)
+
+
+def test_timescale_objects_restored_and_working(restored):
+    """Compression, both caggs, every policy and the UDA arrive as on the source; the probes prove they work
+    and leave the target equal to the manifest (nothing behind but what a refresh writes anyway)."""
+    s, m = restored["settings"], restored["dump"].manifest
+    facts = m["facts"]
+    hts = {f"{h['schema']}.{h['name']}": h for h in facts["hypertables"]}
+    assert (hts["tracker.location_reports"]["compressed_chunks"], hts["tracker.location_reports"]["uncompressed_chunks"]) == (6, 2)
+    assert hts["tracker.device_events"]["compressed_chunks"] >= 1
+    assert {f"{c['schema']}.{c['name']}" for c in facts["continuous_aggregates"]} == {
+        "tracker.location_reports_hourly", "tracker.location_reports_daily"}
+    assert sorted(j["proc"].rsplit(".", 1)[-1] for j in facts["jobs"]) == [
+        "check_stale_devices", "policy_compression", "policy_refresh_continuous_aggregate",
+        "policy_refresh_continuous_aggregate", "policy_retention"]
+    assert {j["owner"] for j in facts["jobs"]} == {s.owner_role}
+    t, p = target_psql(s)
+    try:
+        # observed on the target itself: altitude NULL in every row of the first compressed chunk (upstream #8893)
+        assert p.value("SELECT count(altitude_m) FROM tracker.location_reports WHERE reported_at < '2024-01-02';", s.database) == "0"
+        assert p.value("SELECT count(*) FROM tracker.location_reports WHERE reported_at < '2024-01-02';", s.database) != "0"
+        assert p.value("SELECT current_setting('timescaledb.license');", s.database) == "timescale"
+    finally:
+        t.close()
+    checks = run_verify(s, manifest=m, expect_backrest=False, app_login=False)
+    by_name = {c.name: c for c in checks}
+    for name in ("insert into a compressed chunk of tracker.location_reports",
+                 "continuous aggregate tracker.location_reports_hourly refreshes new data (and tracker.location_reports_daily)",
+                 "job _timescaledb_functions.policy_compression on tracker.location_reports runs (run_job)",
+                 "continuous aggregate tracker.location_reports_daily refresh policy",
+                 "continuous aggregate tracker.location_reports_hourly content",
+                 "hypertable tracker.location_reports compressed chunk rows",
+                 "job tracker.check_stale_devices definition",
+                 "timescale job scheduler running"):
+        assert name in by_name and by_name[name].ok, (name, by_name.get(name))
+    assert sum(1 for n in by_name if n.endswith("runs (run_job)")) == 3  # compression + two refresh policies
+    # the probes left nothing: a second pass without probes still equals the manifest
+    again = [c for c in run_verify(s, manifest=m, expect_backrest=False, app_login=False, probes=False) if not c.ok]
+    assert not again, again
+
+
+def test_verify_fails_naming_the_object(restored):
+    """A missing refresh policy, a compressed chunk whose rows differ, an unscheduled job: each one fails
+    verify and names the object; each is put back afterwards."""
+    s, m = restored["settings"], restored["dump"].manifest
+    db = s.database
+
+    def failed():
+        return {c.name for c in run_verify(s, manifest=m, expect_backrest=False, app_login=False, probes=False) if not c.ok}
+
+    t, p = target_psql(s)
+    try:
+        pol = p.json("SELECT json_build_object('s', schedule_interval::text, 'e', config->>'end_offset') "
+                     "FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate' "
+                     "AND config->>'mat_hypertable_id' = (SELECT mat_hypertable_id::text FROM _timescaledb_catalog.continuous_agg "
+                     "WHERE user_view_name = 'location_reports_hourly');", db)
+        p.run("SELECT remove_continuous_aggregate_policy('tracker.location_reports_hourly');", db)
+        try:
+            assert "continuous aggregate tracker.location_reports_hourly refresh policy" in failed()
+        finally:
+            p.run(f"SET ROLE {s.owner_role}; SELECT add_continuous_aggregate_policy('tracker.location_reports_hourly', "
+                  f"start_offset => NULL, end_offset => interval '{pol['e']}', schedule_interval => interval '{pol['s']}');", db)
+
+        uda = p.value("SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'check_stale_devices';", db)
+        p.run(f"SELECT alter_job({uda}, scheduled => false);", db)
+        try:
+            assert "job tracker.check_stale_devices scheduled" in failed()
+        finally:
+            p.run(f"SELECT alter_job({uda}, scheduled => true);", db)
+
+        chunk = p.value("SELECT chunk_name FROM timescaledb_information.chunks WHERE hypertable_name = 'location_reports' "
+                        "AND is_compressed ORDER BY range_start LIMIT 1;", db)
+        row = p.value("SELECT row_to_json(r)::text FROM tracker.location_reports r WHERE reported_at < '2024-01-02' "
+                      "ORDER BY device_id, reported_at LIMIT 1;", db)
+        p.run(f"DELETE FROM tracker.location_reports WHERE (device_id, reported_at) = "
+              f"(SELECT device_id, reported_at FROM json_populate_record(NULL::tracker.location_reports, $j${row}$j$));", db)
+        try:
+            bad = failed()
+            assert "hypertable tracker.location_reports compressed chunk rows" in bad
+            detail = {c.name: c for c in run_verify(s, manifest=m, expect_backrest=False, app_login=False, probes=False)}
+            assert chunk in detail["hypertable tracker.location_reports compressed chunk rows"].observed
+        finally:
+            p.run(f"INSERT INTO tracker.location_reports SELECT * FROM json_populate_record(NULL::tracker.location_reports, $j${row}$j$);", db)
+        assert not failed(), "everything put back"
+    finally:
+        t.close()
+
+
 def test_verify_against_source_is_green(restored):
     checks = run_verify(restored["settings"], against_source=True, expect_backrest=False, app_login=False)
     failed = [c for c in checks if not c.ok]

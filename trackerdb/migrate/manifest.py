@@ -147,6 +147,7 @@ SELECT json_build_object(
   'continuous_aggregates', (SELECT coalesce(json_agg(json_build_object('schema', a.view_schema, 'name', a.view_name,
       'materialized_only', a.materialized_only, 'hypertable_schema', a.hypertable_schema,
       'hypertable_name', a.hypertable_name, 'definition', a.view_definition,
+      'materialization_hypertable', a.materialization_hypertable_schema || '.' || a.materialization_hypertable_name,
       'rows', {_COUNT.format(s='a.view_schema', n='a.view_name')},
       'digest', {_DIGEST.format(s='a.view_schema', n='a.view_name')},
       'refresh_policy', (SELECT json_build_object('schedule_interval', j.schedule_interval::text,

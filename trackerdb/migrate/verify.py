@@ -247,7 +247,7 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
 # ---- executor -------------------------------------------------------------------------------
 
 def run_verify(settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
-               app_login: bool = True) -> list:
+               app_login: bool = True, probes: bool = True) -> list:
     """All checks against the target. Expected facts: the manifest, or live from the source."""
     db = settings.database
     checks: list[Check] = []
@@ -290,6 +290,11 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
                             f"{len(offenders)} not owned" + (f", e.g. {', '.join(offenders[:3])}" if offenders else ""), "0 not owned"))
         if app_login:
             checks.append(app_login_check(settings, expected or observed))
+        if probes:
+            # after the comparison: a policy run may legitimately materialize or compress more afterwards
+            from .probes import run_probes
+
+            checks += run_probes(psql, db, observed)
     finally:
         t.close()
     checks.append(wal_archiving_check(settings, expect_backrest))
