@@ -8,7 +8,7 @@ FACTS = {
                     {"schema": "_timescaledb_internal", "name": "_materialized_hypertable_5", "compressed_chunks": 0,
                      "dimensions": [{"column": "bucket", "type": "Time"}]}],
     "continuous_aggregates": [
-        {"schema": "tracker", "name": "h", "hypertable_schema": "tracker", "hypertable_name": "location_reports",
+        {"schema": "tracker", "name": "h", "hypertable_schema": "tracker", "hypertable_name": "location_reports", "watermark": 1,
          "materialization_hypertable": "_timescaledb_internal._materialized_hypertable_5"},
         {"schema": "tracker", "name": "d", "hypertable_schema": "_timescaledb_internal", "hypertable_name": "_materialized_hypertable_5",
          "materialization_hypertable": "_timescaledb_internal._materialized_hypertable_6"}],
@@ -26,8 +26,11 @@ def test_compressed_insert_is_rolled_back_and_reads_back():
 
 
 def test_refresh_probe_row_is_removed_by_ctid_and_windows_are_a_day():
-    ins = p.probe_row_insert_sql("tracker.location_reports", "_timescaledb_internal._hyper_1_8_chunk", "device_id, reported_at", "reported_at")
+    ins = p.probe_row_insert_sql("tracker.location_reports", "device_id, reported_at", "reported_at", "2024-01-08 00:00:00+00")
     assert "RETURNING tableoid::regclass::text AS rel, ctid::text AS ctid" in ins and 'ORDER BY "reported_at" DESC LIMIT 1' in ins
+    assert "\"reported_at\" < '2024-01-08 00:00:00+00'::timestamptz + interval '1 day'" in ins and ins.rstrip().endswith("COMMIT;")
+    day = p.source_day_sql("tracker.location_reports", "reported_at", 1704758400000000)
+    assert "< date_trunc('day', _timescaledb_functions.to_timestamp(1704758400000000))" in day
     assert p.probe_row_delete_sql("_timescaledb_internal._hyper_1_8_chunk", "(3,7)") == \
         "DELETE FROM _timescaledb_internal._hyper_1_8_chunk WHERE ctid = '(3,7)'::tid;"
     r = p.refresh_sql("tracker.h", "2024-01-08 00:00:00+00")
@@ -46,6 +49,8 @@ class Recorder:
 
     def value(self, sql, db):
         self.sql.append(sql)
+        if "date_trunc('day', max(" in sql:
+            return "2024-01-08 00:00:00+00"
         return "_timescaledb_internal._hyper_1_8_chunk" if "chunks" in sql else "1:2" if "md5" in sql else "device_id, reported_at"
 
     def json(self, sql, db):
