@@ -50,6 +50,16 @@ def test_restore_then_verify_is_green(restored):
     steps = {st.name for st in restored["outcome"].steps}
     assert {"pg_restore schema", "pg_restore catalog", "pg_restore data", "timescaledb_post_restore", "cagg refresh state",
             "ownership", "into place", "job scheduler"} <= steps
+    by_step = {st.name: st for st in restored["outcome"].steps}
+    assert "--exclude-schema=_timescaledb_cache" in by_step["analyze"].commands[0]
+    assert by_step["job scheduler"].detail.startswith("running for tracker")
+    t, p = target_psql(s)
+    try:
+        analyzed = p.json("SELECT json_object_agg(schemaname || '.' || relname, last_analyze IS NOT NULL) FROM pg_stat_all_tables "
+                          "WHERE schemaname = '_timescaledb_cache' OR (schemaname, relname) = ('tracker', 'devices');", s.database)
+    finally:
+        t.close()
+    assert analyzed.pop("tracker.devices") is True and analyzed and not any(analyzed.values()), analyzed
     checks = run_verify(s, manifest=restored["dump"].manifest, expect_backrest=False)
     failed = [c for c in checks if not c.ok]
     assert not failed, failed

@@ -496,7 +496,7 @@ def _start_scheduler(psql: Psql, db: str, wait_s: float = 15.0) -> str:
             if psql.value(tr.scheduler_count_sql(db)) != "0":
                 return f"running for {db}" + (" (started twice)" if attempt == 2 else "")
             time.sleep(0.5)
-    raise HostError(f"TimescaleDB's job scheduler does not start for {db}",
+    raise HostError(f"TimescaleDB's job scheduler does not start for {db} (the restored database is in place)",
                     hint="check timescaledb.max_background_workers and the server log; "
                          "SELECT _timescaledb_functions.start_background_workers() in the database")
 
