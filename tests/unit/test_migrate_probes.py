@@ -76,3 +76,9 @@ def test_only_compression_and_refresh_policies_are_run_and_each_check_names_its_
     assert not checks[1].ok  # the recorder's digests never change: a refresh that shows nothing fails
     deletes = [s for s in rec.sql if s.startswith("DELETE")]
     assert deletes == ["DELETE FROM r WHERE ctid = '(0,1)'::tid;"]  # the probe row is always removed
+
+
+def test_refresh_probe_compares_only_the_probed_day_when_the_time_column_is_known():
+    q = p.digest_sql("tracker", "location_reports_daily", "day", "2024-01-08 00:00:00+00")
+    assert "WHERE \"day\" >= '2024-01-08 00:00:00+00'::timestamptz AND \"day\" < '2024-01-08 00:00:00+00'::timestamptz + interval '1 day'" in q
+    assert "WHERE" not in p.digest_sql("tracker", "x")
