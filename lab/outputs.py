@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trackerdb.inventory import OUTPUT_KEYS
 
+from . import tsdb
 from .naming import AWS_NAME, REPO_NAME, Names
 from .render import REPO_PATH, SHARED_STANZA
 
@@ -15,7 +16,8 @@ ZONE = "tracker.lab.internal"
 RECORD = "db.tracker.lab.internal"
 # moto accepts any keys; these are its documented test values, not secrets
 MOTO_KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
-VERSIONS = {"postgres_major": 17, "postgis_version": "3.5.2", "timescaledb_version": "2.19.3"}
+# TimescaleDB: what the lab builds and serves (production's 2.18.2); PostgreSQL 16 cannot be had here
+VERSIONS = {"postgres_major": tsdb.PG_MAJOR, "postgis_version": "3.5.2", "timescaledb_version": tsdb.VERSION}
 
 
 def stack_outputs(n: Names, *, volume_size_gb: int) -> dict:

@@ -138,6 +138,8 @@ def pg_conf(ip: str, stanza: str = SHARED_STANZA) -> str:
 listen_addresses = 'localhost,{ip}'
 shared_preload_libraries = 'timescaledb'
 timescaledb.telemetry_level = off
+# production's edition: compression, continuous aggregates and policies (the tsl/ module)
+timescaledb.license = timescale
 wal_level = replica
 archive_mode = on
 archive_command = 'pgbackrest --stanza={stanza} archive-push %p'

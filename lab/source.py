@@ -1,15 +1,16 @@
-"""The `source` host (the old shared server): a PostgreSQL 17 cluster with TimescaleDB preloaded, archiving WAL
-through pgBackRest to the shared stanza on `repo`, the tracker dataset and an unrelated database."""
+"""The `source` host (the old shared server): a PostgreSQL 17 cluster with TimescaleDB 2.18.2 (community
+licence, as production) preloaded, archiving WAL through pgBackRest to the shared stanza on `repo`, the tracker
+dataset and an unrelated database."""
 
 from __future__ import annotations
 
 import os
 
-from . import render
+from . import render, tsdb
 from .hosts import hexec, ids, write
 from .naming import Names
 from .state import State
-from .util import progress, retry
+from .util import LabError, progress, retry
 
 FLEET_SQL = """CREATE DATABASE fleet_archive;
 \\c fleet_archive
@@ -45,10 +46,23 @@ def fill(st: State, n: Names, remote_source, scale: float) -> dict:
     """The tracker dataset (over SSH as postgres, SQL on stdin) and the unrelated fleet_archive database."""
     from trackerdb import dataset
 
-    progress(f"source: generating the tracker dataset (scale {scale})")
-    result = dataset.run(remote_source, scale=scale)
+    progress(f"source: generating the tracker dataset (scale {scale}, TimescaleDB {tsdb.VERSION})")
+    result = dataset.run(remote_source, scale=scale, timescaledb_version=tsdb.VERSION)
+    check_edition(st)
     hexec(st, "source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], user="postgres", input=FLEET_SQL)
     return result
+
+
+EDITION_SQL = ("SELECT extversion || ' ' || current_setting('timescaledb.license') "
+               "FROM pg_extension WHERE extname = 'timescaledb'")
+
+
+def check_edition(st: State, version: str = tsdb.VERSION) -> None:
+    """The source must run production's TimescaleDB: exactly ``version`` under the community licence."""
+    got = hexec(st, "source", ["psql", "-XAt", "-d", "tracker", "-c", EDITION_SQL], user="postgres").stdout.decode().strip()
+    if got != f"{version} timescale":
+        raise LabError(f"source: TimescaleDB in tracker is {got or 'missing'!r}, expected '{version} timescale'",
+                       hint="the pg layer must install the lab-built timescaledb-2-postgresql-17; remove the cache's pg-* layer and lab.up again")
 
 
 def stanza(st: State) -> None:

@@ -14,10 +14,12 @@ two generations (or of source and restored target) can be compared exactly.
 Size is linear in scale: the time span (8 days, 1-day chunks for location reports) is fixed and the
 number of devices grows with scale, so even the smallest scale has several chunks.
 
-Measured (PostgreSQL 17.11, TimescaleDB 2.19.3 Apache, PostGIS 3.5.2, 2 shared cores under load):
-pg_database_size ~ 19.5 MB (empty db with postgis + timescaledb) + 6.6-6.9 MB per unit of scale:
-scale 1 = 27 MB in ~4-5 s, scale 50 = 367 MB in 56-78 s, scale 200 = 1.35 GB in 208 s
-(~28k rows/s, ~6.5 MB/s end to end including index builds, vacuum and analyze); scale 1000 ~ 7 GB.
+Measured with the Timescale-licensed block (PostgreSQL 17.12, TimescaleDB 2.18.2 community, PostGIS
+3.5.2, 2 shared cores under load; 6 of 8 location_reports chunks and 2 of 5 device_events chunks
+compressed, two caggs refreshed): scale 1 = 23.9 MB in 1.5 s, scale 20 = 85.6 MB in 8.8 s,
+scale 100 = 333 MB in 29.7 s (~97k rows/s). Compression makes it ~3.1 MB per unit of scale instead of ~6.7 MB.
+Earlier, without compression (TimescaleDB 2.19.3 Apache, PostgreSQL 17.11): 19.5 MB + 6.6-6.9 MB per
+unit of scale: scale 1 = 27 MB in ~4-5 s, scale 50 = 367 MB in 56-78 s, scale 200 = 1.35 GB in 208 s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +45,12 @@ REPORT_INTERVAL_S = 300            # one location report per device every 5 minu
 EVENT_INTERVAL_S = 7200            # one device event per device every 2 hours
 GEOFENCES_PER_DEVICE = 2
 BASE_TIME = "2024-01-01 00:00:00+00"
+NULL_ALTITUDE_DAYS = (0, 1)        # altitude_m is NULL in every row of these days' (compressed) chunks
+COMPRESS_BEFORE = "2024-01-07 00:00:00+00"   # location_reports chunks ending by then are compressed (6 of 8)
+EVENTS_COMPRESS_BEFORE = "2024-01-05 00:00:00+00"
+RETENTION = "10 years"             # device_events retention: a real policy that drops nothing of 2024 yet
+CAGGS = ("tracker.location_reports_hourly", "tracker.location_reports_daily")
+UDA = "tracker.check_stale_devices"
 MAX_SCALE = 20000
 REFUSAL = "trackerdb-dataset: refusing to touch database tracker"
 
@@ -111,6 +120,9 @@ class _Rnd:
 def _day_insert(day: int, rnd: _Rnd) -> str:
     n0, n1 = day * REPORTS_PER_DAY, (day + 1) * REPORTS_PER_DAY - 1
     key = "d.id::bigint * 1000000 + n"
+    # No altitude at all on the first days (a firmware without barometer): whole compressed chunks where a
+    # column is NULL in every row, the shape behind upstream #8893 (such chunks failed to restore).
+    altitude = "NULL::real" if day in NULL_ALTITUDE_DAYS else f"(round((20 + {rnd(key, 16)} * 400) * 10) / 10)::real"
     # Each device drives a jittered circle around its home; 30 % of reports are parked (speed 0).
     return f"""
 INSERT INTO tracker.location_reports
@@ -125,7 +137,7 @@ SELECT d.id,
        ), 4326)::geography,
        CASE WHEN t.parked THEN 0 ELSE (round((5 + {rnd(key, 14)} * 95) * 10) / 10)::real END,
        floor({rnd(key, 15)} * 360)::smallint,
-       (round((20 + {rnd(key, 16)} * 400) * 10) / 10)::real,
+       {altitude},
        (round((2 + {rnd(key, 17)} * 25) * 10) / 10)::real,
        greatest(1, 100 - (n % {REPORTS_PER_DAY}) * 80 / {REPORTS_PER_DAY} - floor({rnd(key, 18)} * 5))::smallint,
        (4 + floor({rnd(key, 19)} * 12))::smallint,
@@ -139,7 +151,8 @@ CROSS JOIN LATERAL (
 ) t;"""
 
 
-def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True) -> str:
+def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True,
+                 timescaledb_version: str | None = None) -> str:
     """The psql script (run as postgres: ``psql -X -v ON_ERROR_STOP=1 -d postgres``).
 
     ``timescale_features`` adds a block that creates a continuous aggregate and compression only
@@ -153,6 +166,9 @@ def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool
     event_types = "ARRAY[" + ", ".join(f"'{e}'" for e in EVENT_TYPES) + "]"
     models = "ARRAY[" + ", ".join(f"'{m}'" for m in MODELS) + "]"
     ts_block = _timescale_block() if timescale_features else ""
+    if timescaledb_version is not None and not re.fullmatch(r"\d+\.\d+\.\d+", timescaledb_version):
+        raise OpsError(f"TimescaleDB version {timescaledb_version!r} is not x.y.z", hint="e.g. 2.18.2")
+    ts_version = f" VERSION '{timescaledb_version}'" if timescaledb_version else ""
     return f"""-- trackerdb dataset: scale={scale!r} seed={seed} devices={sz.devices} geofences={sz.geofences}
 -- expected rows: {json.dumps(sz.counts(), sort_keys=True)}
 -- Run as the postgres superuser: psql -X -v ON_ERROR_STOP=1 -d postgres -f <this file>
@@ -212,7 +228,7 @@ SET client_min_messages = warning;
 SET statement_timeout = 0;
 SET timezone = 'UTC';
 CREATE EXTENSION IF NOT EXISTS postgis;
-CREATE EXTENSION IF NOT EXISTS timescaledb;
+CREATE EXTENSION IF NOT EXISTS timescaledb{ts_version};
 CREATE SCHEMA {DB} AUTHORIZATION {OWNER};
 COMMENT ON SCHEMA {DB} IS 'Tracker application data';
 
@@ -501,24 +517,68 @@ ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA {s} GRANT SELECT ON TABLES T
 
 
 def _timescale_block() -> str:
-    # Continuous aggregates and compression exist only in the Timescale-licensed edition; the lab's
-    # Debian build is Apache-only, so the block checks the license at run time and is a no-op there.
-    return """
-DO $tsl$
+    """What production uses, in the Timescale-licensed edition only (checked at run time; the Apache
+    edition skips it): compression with a policy, hierarchical continuous aggregates with refresh
+    policies, a retention policy and a user-defined action, all owned by tracker.
+
+    The data lives in January 2024, so "now"-relative policies are chosen to be deterministic:
+    the compression policy's ``compress_after`` is computed at generation time so that a run compresses
+    exactly the chunks ending by COMPRESS_BEFORE (the same ones compressed here) for a day after
+    generation; the retention policy keeps 10 years (drops nothing); refreshes are idempotent.
+    psql's \\if (not a DO block) because CALL refresh_continuous_aggregate cannot run in a transaction.
+    """
+    return f"""
+SELECT current_setting('timescaledb.license', true) = 'timescale' AS tsl_edition \\gset
+\\if :tsl_edition
+-- compression: segment by device, order by time; all but the newest chunks compressed
+ALTER TABLE tracker.location_reports SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'reported_at');
+SELECT count(compress_chunk(c, if_not_compressed => true))
+  FROM show_chunks('tracker.location_reports', older_than => timestamptz '{COMPRESS_BEFORE}') AS c;
+ALTER TABLE tracker.device_events SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'occurred_at DESC');
+SELECT count(compress_chunk(c, if_not_compressed => true))
+  FROM show_chunks('tracker.device_events', older_than => timestamptz '{EVENTS_COMPRESS_BEFORE}') AS c;
+
+-- continuous aggregates: hourly positions per device, and a daily one built on it (hierarchical)
+CREATE MATERIALIZED VIEW tracker.location_reports_hourly WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 hour', reported_at) AS bucket, device_id,
+       count(*) AS reports, last(geog, reported_at) AS last_geog,
+       avg(speed_kmh) AS avg_speed_kmh, min(battery_pct) AS min_battery_pct
+FROM tracker.location_reports GROUP BY 1, 2 WITH NO DATA;
+COMMENT ON VIEW tracker.location_reports_hourly IS 'Hourly positions per device (continuous aggregate)';
+CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);
+CREATE MATERIALIZED VIEW tracker.location_reports_daily WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 day', bucket) AS day, device_id,
+       sum(reports) AS reports, max(avg_speed_kmh) AS max_hourly_speed_kmh, min(min_battery_pct) AS min_battery_pct
+FROM tracker.location_reports_hourly GROUP BY 1, 2 WITH NO DATA;
+COMMENT ON VIEW tracker.location_reports_daily IS 'Daily summary per device, built on the hourly aggregate';
+CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);
+
+-- a user-defined action (read-only: it reports devices that went quiet)
+CREATE PROCEDURE {UDA}(job_id integer, config jsonb)
+LANGUAGE plpgsql AS $uda$
+DECLARE stale bigint;
 BEGIN
-    IF current_setting('timescaledb.license', true) = 'timescale' THEN
-        EXECUTE $q$CREATE MATERIALIZED VIEW tracker.location_reports_hourly
-                   WITH (timescaledb.continuous) AS
-                   SELECT time_bucket('1 hour', reported_at) AS bucket, device_id,
-                          count(*) AS reports, avg(speed_kmh) AS avg_speed_kmh, min(battery_pct) AS min_battery_pct
-                   FROM tracker.location_reports GROUP BY 1, 2 WITH NO DATA$q$;
-        EXECUTE $q$ALTER TABLE tracker.device_events SET (timescaledb.compress,
-                   timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'occurred_at DESC')$q$;
-        PERFORM compress_chunk(c, if_not_compressed => true)
-           FROM show_chunks('tracker.device_events', older_than => timestamptz '2024-01-05 00:00:00+00') AS c;
-    END IF;
+    SELECT count(*) INTO stale FROM tracker.devices d
+     WHERE d.status = 'active' AND NOT EXISTS (
+           SELECT 1 FROM tracker.location_reports r WHERE r.device_id = d.id
+              AND r.reported_at > now() - (config->>'stale_after')::interval);
+    RAISE LOG 'job %: % active device(s) silent for %', job_id, stale, config->>'stale_after';
 END
-$tsl$;
+$uda$;
+COMMENT ON PROCEDURE {UDA}(integer, jsonb) IS 'User-defined action: count active devices without recent reports';
+
+-- policies last, so the scheduler never races the compression and refreshes above
+SELECT add_compression_policy('tracker.location_reports',
+    compress_after => date_trunc('hour', now() - timestamptz '{COMPRESS_BEFORE}'), schedule_interval => interval '12 hours');
+SELECT add_retention_policy('tracker.device_events', drop_after => interval '{RETENTION}');
+SELECT add_continuous_aggregate_policy('tracker.location_reports_hourly',
+    start_offset => NULL, end_offset => interval '1 hour', schedule_interval => interval '1 hour');
+SELECT add_continuous_aggregate_policy('tracker.location_reports_daily',
+    start_offset => NULL, end_offset => interval '1 day', schedule_interval => interval '1 day');
+SELECT add_job('{UDA}', interval '6 hours', config => '{{"stale_after": "1 day"}}');
+\\endif
 """
 
 
@@ -539,14 +599,15 @@ def _error_line(stderr: str) -> str:
     return lines[-1] if lines else "no error output"
 
 
-def run(remote, scale: float = 1.0, seed: int = 42, pg_user: str = "postgres", *, timeout: float | None = None) -> dict:
+def run(remote, scale: float = 1.0, seed: int = 42, pg_user: str = "postgres", *, timeout: float | None = None,
+        timescaledb_version: str | None = None) -> dict:
     """Generate the dataset on ``remote`` (a trackerdb.remote.Remote or LocalHost) through psql.
 
     Returns ``{"rows": {table: n}, "bytes": pg_database_size, "seconds": float, "scale", "seed"}``.
     Raises OpsError if the tracker database already holds data (nothing changed then) or the
     counts differ from `expected_counts`.
     """
-    sql = generate_sql(scale, seed)
+    sql = generate_sql(scale, seed, timescaledb_version=timescaledb_version)
     started = time.monotonic()
     res = remote.run(psql_command("postgres"), user=pg_user, stdin=sql, check=False, timeout=timeout)
     seconds = time.monotonic() - started

@@ -80,15 +80,24 @@ def test_target_installs_packages_only_from_the_lab_repo(hosts):
     assert sources.splitlines()[0] == "deb [trusted=yes] file:/srv/lab-apt ./" and sources.split()[-1] == "0"
     assert "default" not in t.run("ip route").stdout  # no route out of the lab
     t.run("apt-get -q update", sudo=True, timeout=120)
-    policy = t.run("apt-cache policy postgresql-17-timescaledb postgresql-17-postgis-3 pgbackrest").stdout
-    assert "2.19.3" in policy and "3.5.2" in policy and "file:/srv/lab-apt" in policy
+    policy = t.run("apt-cache policy timescaledb-2-postgresql-17 timescaledb-2-loader-postgresql-17 postgresql-17-postgis-3 pgbackrest").stdout
+    assert "2.18.2~debian13" in policy and "3.5.2" in policy and "file:/srv/lab-apt" in policy
+    # the flat repository serves the lab-built TimescaleDB under Timescale's names, not Debian's Apache build,
+    # and nothing that only the build needed
+    names = set(t.run("grep -h '^Package: ' /srv/lab-apt/Packages | cut -d' ' -f2").stdout.split())
+    assert {"timescaledb-2-postgresql-17", "timescaledb-2-loader-postgresql-17", "postgresql-17", "pgbackrest"} <= names
+    assert not names & {"postgresql-17-timescaledb", "postgresql-server-dev-17", "cmake", "gcc", "libssl-dev", "libkrb5-dev"}
 
 
 def test_source_runs_the_tracker_database(hosts):
     s = hosts["source"]
     q = ("SELECT extname || '=' || extversion FROM pg_extension WHERE extname IN ('postgis','timescaledb') ORDER BY 1")
     exts = s.run(["psql", "-XAt", "-d", "tracker", "-c", q], user="postgres").stdout.split()
-    assert exts == ["postgis=3.5.2", "timescaledb=2.19.3"]
+    assert exts == ["postgis=3.5.2", "timescaledb=2.18.2"]
+    lic = s.run(["psql", "-XAt", "-d", "tracker", "-c", "SHOW timescaledb.license"], user="postgres").stdout.strip()
+    assert lic == "timescale"
+    pkgs = s.run("dpkg-query -W -f '${Package}=${Version}\\n' 'timescaledb*'").stdout.split()
+    assert sorted(pkgs) == ["timescaledb-2-loader-postgresql-17=2.18.2~debian13", "timescaledb-2-postgresql-17=2.18.2~debian13"]
     n = s.run(["psql", "-XAt", "-d", "fleet_archive", "-c", "SELECT count(*) FROM archived_trips"], user="postgres").stdout
     assert int(n) > 0
     owner = s.run(["psql", "-XAt", "-c", "SELECT rolsuper FROM pg_roles WHERE rolname = 'tracker'"], user="postgres").stdout.strip()

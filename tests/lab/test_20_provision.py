@@ -91,8 +91,10 @@ def test_extensions_and_versions(provisioned, target):
     try:
         psql(target, "CREATE EXTENSION timescaledb;\nCREATE EXTENSION postgis;\n", db=SCRATCH)
         rows = dict(l.split("|") for l in psql(target, "SELECT extname, extversion FROM pg_extension;\n"
-                                               "SELECT 'server', current_setting('server_version_num');\n", db=SCRATCH).stdout.split())
-        assert rows["timescaledb"] == s.timescaledb_version
+                                               "SELECT 'server', current_setting('server_version_num');\n"
+                                               "SELECT 'license', current_setting('timescaledb.license');\n", db=SCRATCH).stdout.split())
+        assert rows["timescaledb"] == s.timescaledb_version == "2.18.2"
+        assert rows["license"] == "timescale"  # production's edition: compression and caggs exist
         assert rows["postgis"].split()[0].startswith(s.postgis_version)
         assert int(rows["server"]) // 10000 == s.postgres_major
     finally:
@@ -101,7 +103,15 @@ def test_extensions_and_versions(provisioned, target):
 
 def test_packages_pinned_and_held(provisioned, target):
     held = target.run(["apt-mark", "showhold"], sudo=True).stdout.split()
-    assert f"postgresql-{provisioned.postgres_major}-timescaledb" in held
+    major = provisioned.postgres_major
+    # the production package names, pinned and held at the stack's version
+    assert {f"timescaledb-2-postgresql-{major}", f"timescaledb-2-loader-postgresql-{major}"} <= set(held)
+    versions = dict(l.split() for l in target.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Version}\n", f"timescaledb-2-postgresql-{major}", f"timescaledb-2-loader-postgresql-{major}"]).stdout.splitlines())
+    assert set(versions.values()) == {f"{provisioned.timescaledb_version}~debian13"}
+    pins = target.read_file("/etc/apt/preferences.d/50-trackerdb")
+    assert f"Package: timescaledb-2-postgresql-{major}\nPin: version {provisioned.timescaledb_version}~debian13\n" in pins
+    assert target.run(["dpkg-query", "-W", f"postgresql-{major}-timescaledb"], check=False).exit_code != 0
     assert "create_main_cluster = false" in target.read_file("/etc/postgresql-common/createcluster.conf")
 
 

@@ -48,13 +48,115 @@ def copy_dump(dumped, tmp_path, mutate_manifest=None, mutate_bytes=None):
 def test_restore_then_verify_is_green(restored):
     s = restored["settings"]
     steps = {st.name for st in restored["outcome"].steps}
-    assert {"pg_restore catalog", "pg_restore data", "timescaledb_post_restore", "owner map", "into place"} <= steps
+    assert {"pg_restore schema", "pg_restore catalog", "pg_restore data", "timescaledb_post_restore", "cagg refresh state",
+            "owner map", "into place", "job scheduler"} <= steps
+    by_step = {st.name: st for st in restored["outcome"].steps}
+    assert "--exclude-schema=_timescaledb_cache" in by_step["analyze"].commands[0]
+    assert by_step["job scheduler"].detail.startswith("running for tracker")
+    t, p = target_psql(s)
+    try:
+        analyzed = p.json("SELECT json_object_agg(schemaname || '.' || relname, last_analyze IS NOT NULL) FROM pg_stat_all_tables "
+                          "WHERE schemaname = '_timescaledb_cache' OR (schemaname, relname) = ('tracker', 'devices');", s.database)
+    finally:
+        t.close()
+    assert analyzed.pop("tracker.devices") is True and analyzed and not any(analyzed.values()), analyzed
     checks = run_verify(s, manifest=restored["dump"].manifest, expect_backrest=False)
     failed = [c for c in checks if not c.ok]
     assert not failed, failed
     names = {c.name for c in checks}
     assert "tracker logs in over the network and writes" in names
     assert any(n.startswith("table tracker.location_reports rows") for n in names)
+
+
+def target_psql(s):
+    t = Remote(s.target)
+    return t, Psql(t, s.pg_port)
+
+
+def test_timescale_objects_restored_and_working(restored):
+    """Compression, both caggs, every policy and the UDA arrive as on the source; the probes prove they work
+    and leave the target equal to the manifest (nothing behind but what a refresh writes anyway)."""
+    s, m = restored["settings"], restored["dump"].manifest
+    facts = m["facts"]
+    hts = {f"{h['schema']}.{h['name']}": h for h in facts["hypertables"]}
+    assert (hts["tracker.location_reports"]["compressed_chunks"], hts["tracker.location_reports"]["uncompressed_chunks"]) == (6, 2)
+    assert hts["tracker.device_events"]["compressed_chunks"] >= 1
+    assert {f"{c['schema']}.{c['name']}" for c in facts["continuous_aggregates"]} == {
+        "tracker.location_reports_hourly", "tracker.location_reports_daily"}
+    assert sorted(j["proc"].rsplit(".", 1)[-1] for j in facts["jobs"]) == [
+        "check_stale_devices", "policy_compression", "policy_refresh_continuous_aggregate",
+        "policy_refresh_continuous_aggregate", "policy_retention"]
+    assert {j["owner"] for j in facts["jobs"]} == {s.owner_role}
+    t, p = target_psql(s)
+    try:
+        # observed on the target itself: altitude NULL in every row of the first compressed chunk (upstream #8893)
+        assert p.value("SELECT count(altitude_m) FROM tracker.location_reports WHERE reported_at < '2024-01-02';", s.database) == "0"
+        assert p.value("SELECT count(*) FROM tracker.location_reports WHERE reported_at < '2024-01-02';", s.database) != "0"
+        assert p.value("SELECT current_setting('timescaledb.license');", s.database) == "timescale"
+    finally:
+        t.close()
+    checks = run_verify(s, manifest=m, expect_backrest=False, app_login=False)
+    by_name = {c.name: c for c in checks}
+    for name in ("insert into a compressed chunk of tracker.location_reports",
+                 "continuous aggregate tracker.location_reports_hourly refreshes new data (and tracker.location_reports_daily)",
+                 "job _timescaledb_functions.policy_compression on tracker.location_reports runs (run_job)",
+                 "continuous aggregate tracker.location_reports_daily refresh policy",
+                 "continuous aggregate tracker.location_reports_hourly content",
+                 "hypertable tracker.location_reports compressed chunk rows",
+                 "job tracker.check_stale_devices definition",
+                 "timescale job scheduler running"):
+        assert name in by_name and by_name[name].ok, (name, by_name.get(name))
+    assert sum(1 for n in by_name if n.endswith("runs (run_job)")) == 3  # compression + two refresh policies
+    # the probes left nothing: a second pass without probes still equals the manifest
+    again = [c for c in run_verify(s, manifest=m, expect_backrest=False, app_login=False, probes=False) if not c.ok]
+    assert not again, again
+
+
+def test_verify_fails_naming_the_object(restored):
+    """A missing refresh policy, a compressed chunk whose rows differ, an unscheduled job: each one fails
+    verify and names the object; each is put back afterwards."""
+    s, m = restored["settings"], restored["dump"].manifest
+    db = s.database
+
+    def failed():
+        return {c.name for c in run_verify(s, manifest=m, expect_backrest=False, app_login=False, probes=False) if not c.ok}
+
+    t, p = target_psql(s)
+    try:
+        pol = p.json("SELECT json_build_object('s', schedule_interval::text, 'e', config->>'end_offset') "
+                     "FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate' "
+                     "AND config->>'mat_hypertable_id' = (SELECT mat_hypertable_id::text FROM _timescaledb_catalog.continuous_agg "
+                     "WHERE user_view_name = 'location_reports_hourly');", db)
+        p.run("SELECT remove_continuous_aggregate_policy('tracker.location_reports_hourly');", db)
+        try:
+            assert "continuous aggregate tracker.location_reports_hourly refresh policy" in failed()
+        finally:
+            p.run(f"SET ROLE {s.owner_role}; SELECT add_continuous_aggregate_policy('tracker.location_reports_hourly', "
+                  f"start_offset => NULL, end_offset => interval '{pol['e']}', schedule_interval => interval '{pol['s']}');", db)
+
+        uda = p.value("SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'check_stale_devices';", db)
+        p.run(f"SELECT alter_job({uda}, scheduled => false);", db)
+        try:
+            assert "job tracker.check_stale_devices scheduled" in failed()
+        finally:
+            p.run(f"SELECT alter_job({uda}, scheduled => true);", db)
+
+        chunk = p.value("SELECT chunk_name FROM timescaledb_information.chunks WHERE hypertable_name = 'location_reports' "
+                        "AND is_compressed ORDER BY range_start LIMIT 1;", db)
+        row = p.value("SELECT row_to_json(r)::text FROM tracker.location_reports r WHERE reported_at < '2024-01-02' "
+                      "ORDER BY device_id, reported_at LIMIT 1;", db)
+        p.run(f"DELETE FROM tracker.location_reports WHERE (device_id, reported_at) = "
+              f"(SELECT device_id, reported_at FROM json_populate_record(NULL::tracker.location_reports, $j${row}$j$));", db)
+        try:
+            bad = failed()
+            assert "hypertable tracker.location_reports compressed chunk rows" in bad
+            detail = {c.name: c for c in run_verify(s, manifest=m, expect_backrest=False, app_login=False, probes=False)}
+            assert chunk in detail["hypertable tracker.location_reports compressed chunk rows"].observed
+        finally:
+            p.run(f"INSERT INTO tracker.location_reports SELECT * FROM json_populate_record(NULL::tracker.location_reports, $j${row}$j$);", db)
+        assert not failed(), "everything put back"
+    finally:
+        t.close()
 
 
 def test_verify_against_source_is_green(restored):
@@ -98,8 +200,8 @@ def test_everything_in_tracker_schema_owned_by_tracker_and_extensions_untouched(
     ("truncated", {"mutate_bytes": lambda b: b[: len(b) // 2]}, "bytes, the manifest says"),
     ("random file", {"mutate_bytes": lambda b: os.urandom(len(b))}, "not a pg_dump archive"),
     ("checksum mismatch", {"mutate_bytes": lambda b: b[:-100] + bytes([b[-100] ^ 0xFF]) + b[-99:]}, "SHA-256 does not match"),
-    ("other timescaledb", {"mutate_manifest": lambda m: m["versions"].update(timescaledb="2.18.2")},
-     "TimescaleDB on the target is 2.19.3, the dump is from 2.18.2"),
+    ("other timescaledb", {"mutate_manifest": lambda m: m["versions"].update(timescaledb="2.19.3")},
+     "TimescaleDB on the target is 2.18.2, the dump is from 2.19.3"),
     ("not enough space", {"mutate_manifest": lambda m: m["facts"]["database"].update(size_bytes=50 << 40)},
      "the data volume has"),
 ])
@@ -245,3 +347,28 @@ def test_dump_can_stay_on_the_source_host(provisioned):
     finally:
         with Remote(provisioned.source) as src:
             src.run(["rm", "-rf", d], sudo=True, check=False)
+
+
+@pytest.mark.xfail(strict=True, reason="observed: PostgreSQL 17.12 refuses TimescaleDB 2.18.2's job portal in background "
+                                       "workers ('cannot drop portal \"\" while it is being set up'); CALL run_job() works")
+def test_the_scheduler_runs_a_job_in_the_background_on_the_target(restored):
+    """The scheduler itself (not CALL run_job) runs the read-only user-defined action successfully."""
+    s = restored["settings"]
+    t, p = target_psql(s)
+    try:
+        job = p.value("SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'check_stale_devices';", s.database)
+        runs = lambda: p.value(f"SELECT coalesce((SELECT total_runs FROM timescaledb_information.job_stats WHERE job_id = {job}), 0);",  # noqa: E731
+                               s.database)
+        before = int(runs())
+        p.run(f"SELECT alter_job({job}, next_start => now());", s.database)
+        deadline = time.monotonic() + 60
+        while int(runs()) == before and time.monotonic() < deadline:
+            time.sleep(1)
+        status = p.value(f"SELECT last_run_status FROM timescaledb_information.job_stats WHERE job_id = {job};", s.database)
+        err = p.value(f"SELECT coalesce((SELECT err_message FROM timescaledb_information.job_errors WHERE job_id = {job} "
+                      "ORDER BY finish_time DESC LIMIT 1), '');", s.database)
+        ran = int(runs()) > before
+    finally:
+        t.close()
+    assert ran, "the scheduler started the job"
+    assert status == "Success", (status, err)

@@ -211,3 +211,40 @@ def test_privileges_block_has_each_kind_of_object(pattern):
     assert sql.index("-- 10. Privileges") > sql.index("-- 9. Database-level settings")
     block = dataset.privileges_block()
     assert block.rindex("RESET ROLE;") < block.index("CREATE FUNCTION reporting.maintenance_window()")
+
+
+def test_timescale_block_is_what_production_uses():
+    sql = dataset.generate_sql(1, 42)
+    block = sql[sql.index("\\if :tsl_edition"):]
+    for pattern in (
+        r"timescaledb\.compress_segmentby = 'device_id', timescaledb\.compress_orderby = 'reported_at'",
+        r"add_compression_policy\('tracker\.location_reports'",
+        r"show_chunks\('tracker\.location_reports', older_than => timestamptz '2024-01-07",
+        r"add_retention_policy\('tracker\.device_events', drop_after => interval '10 years'\)",
+        r"CREATE MATERIALIZED VIEW tracker\.location_reports_hourly WITH \(timescaledb\.continuous\)",
+        r"CREATE MATERIALIZED VIEW tracker\.location_reports_daily WITH \(timescaledb\.continuous\) AS\s+SELECT time_bucket\('1 day', bucket\)"
+        r"[^;]+FROM tracker\.location_reports_hourly",
+        r"add_continuous_aggregate_policy\('tracker\.location_reports_hourly'",
+        r"add_continuous_aggregate_policy\('tracker\.location_reports_daily'",
+        r"CALL refresh_continuous_aggregate\('tracker\.location_reports_daily', NULL, NULL\)",
+        r"add_job\('tracker\.check_stale_devices', interval '6 hours'",
+    ):
+        assert re.search(pattern, block), pattern
+    # policies come after the explicit compression and refreshes, so the scheduler cannot race them
+    assert block.index("CALL refresh_continuous_aggregate('tracker.location_reports_daily'") < block.index("add_compression_policy")
+    # still inside "SET ROLE tracker": every job and aggregate is owned by tracker
+    assert sql.index("SET ROLE tracker;") < sql.index("\\if :tsl_edition") < sql.index("RESET ROLE;")
+
+
+def test_altitude_is_null_in_every_row_of_the_first_days_only():
+    sql = dataset.generate_sql(1, 42)
+    days = sql.split("INSERT INTO tracker.location_reports")[1:]
+    assert len(days) == dataset.SPAN_DAYS
+    for day, text in enumerate(days):
+        assert ("NULL::real," in text) == (day in dataset.NULL_ALTITUDE_DAYS), day
+
+
+def test_extension_version_is_pinned_when_given():
+    assert "CREATE EXTENSION IF NOT EXISTS timescaledb VERSION '2.18.2';" in dataset.generate_sql(1, 42, timescaledb_version="2.18.2")
+    with pytest.raises(OpsError, match="x.y.z"):
+        dataset.generate_sql(1, 42, timescaledb_version="2.18'; DROP")

@@ -61,6 +61,7 @@ def test_source_configs():
     assert "listen_addresses = 'localhost,10.201.7.11'" in pg
     assert "archive_command = 'pgbackrest --stanza=tracker archive-push %p'" in pg
     assert "shared_preload_libraries = 'timescaledb'" in pg
+    assert "timescaledb.license = timescale\n" in pg
     assert render.pg_hba_extra("10.201.7.0/24") == "host all all 10.201.7.0/24 scram-sha-256\n"
 
 

@@ -129,3 +129,20 @@ def test_df_parse():
     assert toc.parse_df_avail("    Avail\n 123456\n") == 123456
     with pytest.raises(PreflightError):
         toc.parse_df_avail("df: /nope: No such file")
+
+
+def test_restore_phases_create_every_table_before_the_catalog_data_then_load_the_rest_in_parallel():
+    # compression_settings has regclass columns: its COPY needs tracker's tables (pre-data) to exist first
+    s = toc.split_toc(TOC)
+    schema, catalog, data = toc.restore_phases(s, 4)
+    assert (schema.name, schema.sections, schema.jobs) == ("schema", ("pre-data",), 1)
+    assert (catalog.name, catalog.sections, catalog.jobs) == ("catalog", ("data",), 1)
+    assert (data.name, data.sections, data.jobs) == ("data", ("data", "post-data"), 4)
+    ids = lambda lines: [ln.split(";")[0] for ln in lines]  # noqa: E731
+    assert "4202" not in ids(schema.lines)  # the excluded metadata row stays excluded in every phase
+    assert ids(schema.lines) == [i for i in ids(TOC.splitlines()[7:]) if i != "4202"]  # archive order kept
+    assert ids(catalog.lines) == ["4200", "4201", "4380"] and ids(data.lines) == ids(s.rest)
+    cmd = toc.pg_restore_cmd("/b", "db", "/f", list_file="/l", jobs=1, sections=schema.sections)
+    assert "--section=pre-data" in cmd and cmd[-1] == "/f"
+    cmd = toc.pg_restore_cmd("/b", "db", "/f", list_file="/l", jobs=4, sections=data.sections)
+    assert cmd.count("--section=data") == 1 and "--section=post-data" in cmd

@@ -142,3 +142,84 @@ def test_wal_check_uses_backrest_checks(monkeypatch):
     c = v.wal_archiving_check(object(), expect_backrest=True)
     assert not c.ok and "last segment: 12 min old" in c.observed
     assert v.wal_archiving_check(object(), expect_backrest=False).observed.startswith("skipped")
+
+
+TS = copy.deepcopy(BASE)
+TS["hypertables"][0].update(rows=27648, compressed_chunks=6, uncompressed_chunks=3, compressed_rows=20736,
+                            compressed_chunk_rows={"_hyper_1_1_chunk": 3456, "_hyper_1_2_chunk": 3456})
+TS["continuous_aggregates"] = [{
+    "schema": "tracker", "name": "location_reports_hourly", "materialized_only": True,
+    "hypertable_schema": "tracker", "hypertable_name": "location_reports",
+    "definition": " SELECT time_bucket('01:00:00'::interval, reported_at) AS bucket,\n    device_id FROM location_reports GROUP BY 1, 2;",
+    "rows": 2304, "digest": "1327286348451144951328",
+    "refresh_policy": {"schedule_interval": "01:00:00", "start_offset": None, "end_offset": "01:00:00", "scheduled": True}}]
+TS["jobs"][0].update(owner="tracker", config={"drop_after": "10 years", "hypertable_id": 1})
+
+
+def ts_failing(fn):
+    obs = copy.deepcopy(TS)
+    fn(obs)
+    return [c for c in v.compare_facts(TS, obs) if not c.ok]
+
+
+def test_timescale_facts_identical_pass():
+    assert not ts_failing(lambda o: None)
+
+
+@pytest.mark.parametrize("change,failed", [
+    (lambda o: o["continuous_aggregates"][0].update(refresh_policy=None),
+     ["continuous aggregate tracker.location_reports_hourly refresh policy"]),
+    (lambda o: o["continuous_aggregates"][0].update(materialized_only=False),
+     ["continuous aggregate tracker.location_reports_hourly materialized_only"]),
+    (lambda o: o["continuous_aggregates"][0].update(digest="1"), ["continuous aggregate tracker.location_reports_hourly content"]),
+    (lambda o: o["continuous_aggregates"][0].update(definition="SELECT 1"),
+     ["continuous aggregate tracker.location_reports_hourly definition"]),
+    (lambda o: o["hypertables"][0]["compressed_chunk_rows"].update(_hyper_1_2_chunk=3455) or o["hypertables"][0].update(
+        compressed_rows=20735, rows=27647),
+     ["hypertable tracker.location_reports rows through the hypertable", "hypertable tracker.location_reports rows in compressed chunks",
+      "hypertable tracker.location_reports compressed chunk rows"]),
+    (lambda o: o["hypertables"][0].update(compressed_chunks=5, uncompressed_chunks=4),
+     ["hypertable tracker.location_reports compressed chunks", "hypertable tracker.location_reports uncompressed chunks"]),
+    (lambda o: o["jobs"][0].update(scheduled=False),
+     ["job _timescaledb_functions.policy_retention on tracker.location_reports scheduled"]),
+    (lambda o: o["jobs"][0].update(owner="postgres"), ["job _timescaledb_functions.policy_retention on tracker.location_reports owner"]),
+    (lambda o: o["jobs"][0]["config"].update(drop_after="1 day"),
+     ["job _timescaledb_functions.policy_retention on tracker.location_reports definition"]),
+])
+def test_each_timescale_difference_fails_naming_the_object(change, failed):
+    bad = ts_failing(change)
+    assert [c.name for c in bad] == failed
+    if "compressed chunk rows" in failed[-1]:
+        assert "_hyper_1_2_chunk 3455" in bad[-1].observed and "_hyper_1_2_chunk 3456" in bad[-1].expected
+    if failed[0].endswith("refresh policy"):
+        assert bad[0].observed == "none" and "end_offset 01:00:00" in bad[0].expected
+
+
+def test_definition_whitespace_does_not_matter_and_old_manifests_skip_new_checks():
+    assert not ts_failing(lambda o: o["continuous_aggregates"][0].update(
+        definition=" ".join(TS["continuous_aggregates"][0]["definition"].split())))
+    old = copy.deepcopy(BASE)  # no compression/cagg facts recorded
+    assert all(c.ok for c in v.compare_facts(old, copy.deepcopy(TS)) if "compress" in c.name or "definition" in c.name)
+
+
+def test_cagg_content_is_compared_up_to_the_sources_watermark():
+    from trackerdb.migrate import manifest as mf
+
+    sql = mf.cagg_content_sql("tracker", "location_reports_hourly", "bucket", 1704758400000000)
+    assert 'FROM "tracker"."location_reports_hourly" t WHERE "bucket" < _timescaledb_functions.to_timestamp(1704758400000000)' in sql
+
+    class P:
+        def json(self, sql, db):
+            assert "to_timestamp(100)" in sql
+            return {"rows": 2304, "digest": "1327286348451144951328"}
+
+    exp = copy.deepcopy(TS)
+    exp["continuous_aggregates"][0].update(watermark=100, time_column="bucket")
+    obs = copy.deepcopy(exp)
+    obs["continuous_aggregates"][0].update(watermark=200, rows=2400, digest="9")  # a refresh materialized more
+    v._align_cagg_content(P(), "tracker", exp, obs)
+    assert not [c for c in v.compare_facts(exp, obs) if not c.ok]
+    behind = copy.deepcopy(exp)
+    behind["continuous_aggregates"][0].update(watermark=50, rows=10)  # less materialized than the source: not excused
+    v._align_cagg_content(P(), "tracker", exp, behind)
+    assert [c.name for c in v.compare_facts(exp, behind) if not c.ok] == ["continuous aggregate tracker.location_reports_hourly content"]

@@ -11,7 +11,7 @@ from trackerdb.settings import Settings
 
 PROD = Settings.from_parts({}, prod_outputs())
 LAB = Settings.from_parts({"package_source": "debian"},
-                          prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.19.3"))
+                          prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.18.2"))
 
 MADISON_PROD = """\
 postgresql-16 | 16.10-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
@@ -30,7 +30,8 @@ MADISON_LAB = """\
 postgresql-17 | 17.6-0+deb13u1 | file:/srv/repo ./ Packages
 postgresql-17-postgis-3 | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
 postgresql-17-postgis-3-scripts | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
-postgresql-17-timescaledb | 2.19.3+dfsg-1 | file:/srv/repo ./ Packages
+timescaledb-2-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
+timescaledb-2-loader-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
 pgbackrest | 2.55.1-1 | file:/srv/repo ./ Packages
 ssl-cert | 1.1.3 | file:/srv/repo ./ Packages
 """
@@ -63,11 +64,12 @@ def test_version_matches(spec, version, ok):
 @pytest.mark.parametrize("settings, madison, expect", [
     (PROD, MADISON_PROD, {"timescaledb-2-postgresql-16": "2.18.2~debian12", "timescaledb-2-loader-postgresql-16": "2.18.2~debian12",
                           "postgresql-16-postgis-3": "3.5.2+dfsg-1.pgdg120+1", "postgresql-16": "16.10-1.pgdg120+1"}),
-    (LAB, MADISON_LAB, {"postgresql-17-timescaledb": "2.19.3+dfsg-1", "postgresql-17-postgis-3": "3.5.2+dfsg-1",
-                        "pgbackrest": "2.55.1-1"}),
+    (LAB, MADISON_LAB, {"timescaledb-2-postgresql-17": "2.18.2~debian13", "timescaledb-2-loader-postgresql-17": "2.18.2~debian13",
+                        "postgresql-17-postgis-3": "3.5.2+dfsg-1", "pgbackrest": "2.55.1-1"}),
 ])
 def test_resolve_picks_exact_versions(settings, madison, expect):
-    chosen = apt.resolve(apt.package_specs(settings, "12"), apt.parse_madison(madison), settings.package_source)
+    os_id = "13" if settings.package_source == "debian" else "12"
+    chosen = apt.resolve(apt.package_specs(settings, os_id), apt.parse_madison(madison), settings.package_source)
     for name, version in expect.items():
         assert chosen[name] == version
 
@@ -178,6 +180,18 @@ def test_repos_only_for_pgdg():
 
 def test_parse_dpkg_status_only_installed():
     text = ("pgbackrest\t2.55.1-1\tii \nssl-cert\t1.1.3\trc \npostgresql-17\t17.6\tii \n"
-            "postgresql-17-timescaledb\t2.19.3+dfsg-1\thi \nfoo\t1\tun \n")
+            "timescaledb-2-postgresql-17\t2.18.2~debian13\thi \nfoo\t1\tun \n")
     assert apt.parse_dpkg_status(text) == {"pgbackrest": "2.55.1-1", "postgresql-17": "17.6",
-                                           "postgresql-17-timescaledb": "2.19.3+dfsg-1"}  # held counts as installed
+                                           "timescaledb-2-postgresql-17": "2.18.2~debian13"}  # held counts as installed
+
+
+def test_timescaledb_is_timescales_packaging_whatever_the_package_source():
+    # the lab installs TimescaleDB through the production path: same names, version suffix, pin and hold
+    prod17 = PROD.with_(postgres_major=17)
+    lab = prod17.with_(package_source="debian")
+    ts = lambda s: [p for p in apt.package_specs(s, "13") if "timescaledb" in p.name]
+    assert ts(prod17) == ts(lab) == [
+        apt.PackageSpec("timescaledb-2-postgresql-17", "2.18.2", "~debian13", pinned=True),
+        apt.PackageSpec("timescaledb-2-loader-postgresql-17", "2.18.2", "~debian13", pinned=True)]
+    chosen = apt.resolve(apt.package_specs(LAB, "13"), apt.parse_madison(MADISON_LAB), "debian")
+    assert "timescaledb-2-postgresql-17=2.18.2~debian13" in apt.install_command(apt.package_specs(LAB, "13"), chosen)

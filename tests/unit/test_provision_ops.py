@@ -11,13 +11,14 @@ from trackerdb.remote import Result
 from trackerdb.settings import Settings
 
 S = Settings.from_parts({"package_source": "debian"},
-                        prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.19.3",
+                        prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.18.2",
                                      data_volume_size_gb=2, private_ip="10.77.0.2"))
 DEV = "/dev/loop7"
 MADISON = """postgresql-17 | 17.6-0+deb13u1 | file:/srv/repo ./ Packages
 postgresql-17-postgis-3 | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
 postgresql-17-postgis-3-scripts | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
-postgresql-17-timescaledb | 2.19.3+dfsg-1 | file:/srv/repo ./ Packages
+timescaledb-2-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
+timescaledb-2-loader-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
 pgbackrest | 2.55.1-1 | file:/srv/repo ./ Packages
 ssl-cert | 1.1.3 | file:/srv/repo ./ Packages
 """
@@ -119,7 +120,7 @@ def test_dry_run_on_a_bare_host_plans_everything_and_changes_nothing():
     outcome = ops.provision(S, dry_run=True, host=host)
     steps = {s.name: s for s in outcome.steps}
     assert steps["format data volume"].changed and "mkfs.ext4" in steps["format data volume"].commands[0]
-    assert steps["packages"].changed and "postgresql-17-timescaledb=2.19.3+dfsg-1" in steps["packages"].commands[0]
+    assert steps["packages"].changed and "timescaledb-2-postgresql-17=2.18.2~debian13" in steps["packages"].commands[0]
     assert steps["cluster"].changed and steps["server"].changed and steps["role"].changed
     assert "create_main_cluster = false" in steps["createcluster.conf"].commands[0]
     assert host.writes == []

@@ -126,10 +126,43 @@ SELECT json_build_object(
 );
 """
 
-TIMESCALE_FACTS_SQL = """
+# count(*) / an order-independent content checksum of any relation, in one plain query (no PL/pgSQL):
+# the checksum sums the first 60 bits of md5(row::text), so it streams at any size (see dataset.checksum_sql)
+_COUNT = "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', {s}, {n}), false, true, '')))[1]::text::bigint"
+_DIGEST = ("(xpath('/row/d/text()', query_to_xml(format('SELECT coalesce(sum((''x'' || left(md5(t::text), 15))::bit(60)::bigint), 0) "
+           "AS d FROM %I.%I t', {s}, {n}), false, true, '')))[1]::text")
+
+# a continuous aggregate's materialized content: the rows below its watermark (what a refresh has written;
+# a real-time aggregate's rows above it are the raw table's, compared as such)
+_CAGG_Q = ("(xpath('/row/v/text()', query_to_xml(format('SELECT {what} AS v FROM %I.%I t' || "
+           "CASE WHEN cw.tcol IS NULL THEN '' ELSE ' WHERE %I < _timescaledb_functions.to_timestamp(%s)' END, "
+           "a.view_schema, a.view_name, cw.tcol, cw.wm), false, true, '')))[1]::text")
+
+
+def cagg_content_sql(schema: str, name: str, time_column: str | None, watermark: int | None) -> str:
+    """rows + checksum of a continuous aggregate below ``watermark`` (another side's watermark, when they differ)."""
+    from .sqltext import ident, literal  # noqa: F401
+
+    where = f" WHERE {ident(time_column)} < _timescaledb_functions.to_timestamp({int(watermark)})" if time_column and watermark is not None else ""
+    return (f"SELECT json_build_object('rows', count(*), 'digest', coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)::text) "
+            f"FROM {ident(schema)}.{ident(name)} t{where};")
+
+
+TIMESCALE_FACTS_SQL = f"""
 SELECT json_build_object(
   'hypertables', (SELECT coalesce(json_agg(json_build_object('schema', h.hypertable_schema, 'name', h.hypertable_name,
       'num_chunks', h.num_chunks, 'compression_enabled', h.compression_enabled,
+      'rows', {_COUNT.format(s='h.hypertable_schema', n='h.hypertable_name')},
+      'compressed_chunks', (SELECT count(*) FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
+                            AND ch.hypertable_name = h.hypertable_name AND ch.is_compressed),
+      'uncompressed_chunks', (SELECT count(*) FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
+                              AND ch.hypertable_name = h.hypertable_name AND NOT ch.is_compressed),
+      'compressed_rows', (SELECT coalesce(sum({_COUNT.format(s='ch.chunk_schema', n='ch.chunk_name')}), 0)
+                          FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
+                            AND ch.hypertable_name = h.hypertable_name AND ch.is_compressed),
+      'compressed_chunk_rows', (SELECT coalesce(json_object_agg(ch.chunk_name, {_COUNT.format(s='ch.chunk_schema', n='ch.chunk_name')}), '{{}}'::json)
+                                FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
+                                  AND ch.hypertable_name = h.hypertable_name AND ch.is_compressed),
       'dimensions', (SELECT coalesce(json_agg(json_build_object('column', d.column_name, 'type', d.dimension_type,
             'time_interval', d.time_interval::text, 'integer_interval', d.integer_interval,
             'num_partitions', d.num_partitions) ORDER BY d.dimension_number), '[]'::json)
@@ -139,11 +172,26 @@ SELECT json_build_object(
     FROM timescaledb_information.hypertables h),
   'continuous_aggregates', (SELECT coalesce(json_agg(json_build_object('schema', a.view_schema, 'name', a.view_name,
       'materialized_only', a.materialized_only, 'hypertable_schema', a.hypertable_schema,
-      'hypertable_name', a.hypertable_name) ORDER BY a.view_schema, a.view_name), '[]'::json)
-    FROM timescaledb_information.continuous_aggregates a),
+      'hypertable_name', a.hypertable_name, 'definition', a.view_definition,
+      'materialization_hypertable', a.materialization_hypertable_schema || '.' || a.materialization_hypertable_name,
+      'watermark', cw.wm, 'time_column', cw.tcol,
+      'rows', {_CAGG_Q.format(what="count(*)")}::bigint,
+      'digest', {_CAGG_Q.format(what="coalesce(sum((''x'' || left(md5(t::text), 15))::bit(60)::bigint), 0)")},
+      'refresh_policy', (SELECT json_build_object('schedule_interval', j.schedule_interval::text,
+            'start_offset', j.config->'start_offset', 'end_offset', j.config->'end_offset', 'scheduled', j.scheduled)
+          FROM timescaledb_information.jobs j
+          WHERE j.proc_name = 'policy_refresh_continuous_aggregate' AND j.hypertable_schema = a.materialization_hypertable_schema
+            AND j.hypertable_name = a.materialization_hypertable_name LIMIT 1))
+      ORDER BY a.view_schema, a.view_name), '[]'::json)
+    FROM timescaledb_information.continuous_aggregates a
+    JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name
+    CROSS JOIN LATERAL (SELECT _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id) AS wm,
+        (SELECT d.column_name FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = ca.mat_hypertable_id
+           AND d.column_type = 'timestamptz'::regtype ORDER BY d.id LIMIT 1) AS tcol) cw),
   'jobs', (SELECT coalesce(json_agg(json_build_object('id', j.job_id, 'proc', j.proc_schema || '.' || j.proc_name,
       'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL ELSE j.hypertable_schema || '.' || j.hypertable_name END,
-      'schedule_interval', j.schedule_interval::text, 'scheduled', j.scheduled, 'owner', j.owner::text)
+      'schedule_interval', j.schedule_interval::text, 'scheduled', j.scheduled, 'owner', j.owner::text,
+      'config', j.config)
       ORDER BY j.job_id), '[]'::json)
     FROM timescaledb_information.jobs j WHERE j.job_id >= 1000)
 );

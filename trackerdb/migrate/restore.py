@@ -34,6 +34,7 @@ from . import ownership
 from . import privileges as pv
 from . import sqltext as sq
 from . import toc
+from . import tsdb_restore as tr
 from .psql import Psql
 from .stream import feed_stdin, sha256_file, write_text
 
@@ -66,6 +67,13 @@ def parse_marker(comment: str | None) -> dict | None:
 def upload_path(data_mount: str, db: str, sha256: str) -> str:
     # Named by content: a partial file is always a prefix of this very dump, so resuming is safe.
     return f"{upload_dir(data_mount)}/{db}-{sha256[:16]}.dump"
+
+
+PHASES = ("schema", "catalog", "data")
+
+
+def list_path(remote_dump: str, phase: str) -> str:
+    return f"{remote_dump}.{phase}.list"
 
 
 def upload_dir(data_mount: str) -> str:
@@ -269,7 +277,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         _swap_into_place(settings, psql, manifest, replace and dbplan["tracker_exists"], out, say)
         mf.record_restored(settings.state_dir, db, manifest_path or mf.manifest_path_for(dump), sha)
         if not keep_upload:
-            t.run(["rm", "-f", remote_dump, remote_dump + ".catalog.list", remote_dump + ".rest.list"], sudo=True, check=False)
+            t.run(["rm", "-f", remote_dump, *(list_path(remote_dump, p) for p in PHASES)], sudo=True, check=False)
         return out
     finally:
         t.close()
@@ -286,7 +294,7 @@ def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replac
             yield "staging", f"recreate our leftover {staging}"
         yield "staging", f"CREATE DATABASE {staging}; CREATE EXTENSION timescaledb; timescaledb_pre_restore()"
         yield "restore tuning", f"{tuning_path(settings.postgres_major)} for the restore, removed afterwards"
-        yield "pg_restore", "_timescaledb_catalog serially, then the rest with -j"
+        yield "pg_restore", "schema (pre-data) serially, _timescaledb_catalog data serially, then data + post-data with -j"
         yield "post restore", "timescaledb_post_restore(); owners and ACLs as on the source (from the dump)"
         for step in pv.owner_map_plan(manifest["facts"], settings.owner_map):
             yield step
@@ -367,12 +375,13 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
         psql.run("\n".join(pre), staging)
     out.add(Step("staging", True, f"{staging} created" + (", timescaledb_pre_restore()" if pre else ""), pre))
 
-    lists = {}
-    for name, lines in (("catalog", split.catalog), ("rest", split.rest)):
-        lists[name] = f"{remote_dump}.{name}.list"
-        write_text(t, lists[name], toc.list_file_text(lines))
-
     nproc = int(t.run(["nproc"]).stdout.strip() or 1)
+    phases = toc.restore_phases(split, toc.restore_jobs(nproc))
+    lists = {}
+    for ph in phases:
+        lists[ph.name] = list_path(remote_dump, ph.name)
+        write_text(t, lists[ph.name], toc.list_file_text(ph.lines))
+
     mem = _mem_bytes(t)
     tune = restore_tuning(mem, settings.data_volume_size_gb)
     tpath = tuning_path(settings.postgres_major)
@@ -386,11 +395,12 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
             out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())))
         else:
             out.add(Step("restore tuning", False, f"skipped: the server does not read {tpath} (no include_dir 'conf.d')"))
-        jobs = toc.restore_jobs(nproc)
-        for phase, lst, j in (("catalog", lists["catalog"], 1), ("data", lists["rest"], jobs)):
+        for ph in phases:
+            phase, j = ph.name, ph.jobs
             say(f"pg_restore {phase}", 0, None)
             started = time.time()
-            cmd = toc.pg_restore_cmd(settings.pg_bin, staging, remote_dump, port=settings.pg_port, list_file=lst, jobs=j)
+            cmd = toc.pg_restore_cmd(settings.pg_bin, staging, remote_dump, port=settings.pg_port, list_file=lists[phase],
+                                     jobs=j, sections=ph.sections)
             r = t.run(cmd, user="postgres", check=False)
             errors = toc.parse_restore_errors(r.stderr)
             bad = [e for e in errors if not e.allowed]
@@ -412,16 +422,43 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     say("post restore", None, None)
     if ts_version:
         psql.run("SELECT timescaledb_post_restore();", staging)
-        out.add(Step("timescaledb_post_restore", True, "background workers restarted, restoring=off"))
+        # post_restore resets timescaledb.restoring and restarts the workers in one transaction; check
+        # after its commit that no database-level "restoring" is left (see tsdb_restore, item 1)
+        if psql.value(tr.restoring_left_sql(staging)) != "0":
+            raise HostError(f"timescaledb.restoring is still set on {staging} after timescaledb_post_restore()",
+                            hint=f"{db!r} was not touched; re-run the restore")
+        out.add(Step("timescaledb_post_restore", True, "restoring=off (checked in pg_db_role_setting)"))
+        state = psql.json(tr.CAGG_STATE_SQL, staging) or []
+        repairs = tr.cagg_repairs(state)
+        if repairs:
+            psql.run("\n".join(repairs), staging)
+            left = [c["cagg"] for c in (psql.json(tr.CAGG_STATE_SQL, staging) or []) if not (c["threshold"] and c["watermark"])]
+            if left:
+                raise HostError(f"continuous aggregate refresh state missing after the restore: {', '.join(left)}",
+                                hint=f"{db!r} was not touched; inspect _timescaledb_catalog.continuous_aggs_* in {staging}")
+        out.add(Step("cagg refresh state", bool(repairs),
+                     f"{len(state)} continuous aggregate(s): invalidation threshold and watermark present"
+                     + (f" after {len(repairs)} repair(s)" if repairs else ""), repairs))
 
     # Owners and ACLs came with the dump; only an explicit owner_map changes one (and says so).
     for step in ownership.owner_map(psql, staging, facts, settings.owner_map):
         out.add(step)
     out.add(ownership.database_owner_and_grants(psql, staging, facts))
 
-    vac = [f"{settings.pg_bin}/vacuumdb", "-p", str(settings.pg_port), "--analyze-only", "-j", str(toc.restore_jobs(nproc)), "-d", staging]
-    t.run(vac, user="postgres")
-    out.add(Step("analyze", True, "vacuumdb --analyze-only"))
+    # not _timescaledb_cache: analyzing its proxy tables races TimescaleDB's extension state in the other
+    # parallel connections ("tried calling catalog_get when extension isn't loaded", see tsdb_restore item 4)
+    vac = tr.vacuumdb_cmd(settings.pg_bin, settings.pg_port, staging, toc.restore_jobs(nproc))
+    r = t.run(vac, user="postgres", check=False)
+    detail = f"vacuumdb --analyze-only (without {tr.CACHE_SCHEMA})"
+    if not r.ok and tr.is_extension_state_race(r.stderr):
+        # ANALYZE is idempotent and nothing uses staging yet: once more from one connection, which has no
+        # other backend to race with
+        vac = tr.vacuumdb_cmd(settings.pg_bin, settings.pg_port, staging, 1)
+        r = t.run(vac, user="postgres", check=False)
+        detail += "; repeated serially after the extension-state race"
+    if not r.ok:
+        raise HostError(f"ANALYZE of {staging} failed: {_last(r.stderr)}", hint=f"{db!r} was not touched; re-run the restore")
+    out.add(Step("analyze", True, detail, [" ".join(vac)]))
     step, warned = ownership.database_settings_last(psql, staging, facts)
     out.add(step)
     out.stats["warnings"] += warned
@@ -439,9 +476,25 @@ def _swap_into_place(settings, psql: Psql, manifest, replace_existing: bool, out
     _rename_quiet(psql, staging, db, ts)
     comment = manifest["facts"]["database"].get("comment")
     psql.run(f"COMMENT ON DATABASE {sq.ident(db)} IS {sq.literal(comment) if comment else 'NULL'};")
-    if ts:
-        psql.run("SELECT _timescaledb_functions.start_background_workers();", db)
     out.add(Step("into place", True, f"{staging} renamed to {db}"))
+    if ts:
+        out.add(Step("job scheduler", True, _start_scheduler(psql, db)))
+
+
+def _start_scheduler(psql: Psql, db: str, wait_s: float = 15.0) -> str:
+    """Start TimescaleDB's workers for ``db`` in their own transaction (after the rename and after
+    post_restore's commit: a scheduler started before that commit exits silently, upstream #1712/#5842)
+    and wait until the scheduler's backend is there; start once more if it is not."""
+    for attempt in (1, 2):
+        psql.run("SELECT _timescaledb_functions.start_background_workers();", db)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if psql.value(tr.scheduler_count_sql(db)) != "0":
+                return f"running for {db}" + (" (started twice)" if attempt == 2 else "")
+            time.sleep(0.5)
+    raise HostError(f"TimescaleDB's job scheduler does not start for {db} (the restored database is in place)",
+                    hint="check timescaledb.max_background_workers and the server log; "
+                         "SELECT _timescaledb_functions.start_background_workers() in the database")
 
 
 def _rename_quiet(psql: Psql, frm: str, to: str, ts: bool, attempts: int = 20) -> None:

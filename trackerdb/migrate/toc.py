@@ -2,12 +2,26 @@
 
 Parallel restore of a TimescaleDB dump follows Timescale's documented procedure ("Restoring with
 concurrency", timescale/docs use-timescale/migration/troubleshooting.md,
-https://docs.timescale.com/migrate/latest/troubleshooting/): load the ``_timescaledb_catalog``
-schema first, serially (loading its tables concurrently causes errors), then everything else with
-``--jobs``. The same page documents that ``_timescaledb_catalog.metadata`` data from the source
-collides with the row the target's extension already has ("The metadata table"), and recommends
-dropping that TOC entry from a ``pg_restore --list`` file and restoring with ``--use-list``. We do
-both with ``-L`` lists built here, from the archive's own TOC.
+https://docs.timescale.com/migrate/latest/troubleshooting/): the ``_timescaledb_catalog`` tables
+are loaded serially, before anything else is loaded, and everything else is loaded with ``--jobs``.
+The same page documents that ``_timescaledb_catalog.metadata`` data from the source collides with
+the row the target's extension already has ("The metadata table"), and recommends dropping that TOC
+entry from a ``pg_restore --list`` file and restoring with ``--use-list``. We do both with ``-L``
+lists built here, from the archive's own TOC.
+
+The page's literal first step (``--schema=_timescaledb_catalog`` before anything else exists) no
+longer works once a hypertable is compressed: since 2.14 ``_timescaledb_catalog.compression_settings``
+holds ``regclass`` columns (``relid``, ``compress_relid``), so its COPY needs the user's tables and
+the compressed chunk tables to exist already (``relation "tracker.device_events" does not exist``).
+So the restore runs in three phases (``restore_phases``), which keeps what the procedure is about:
+
+1. ``schema``: every kept entry, ``--section=pre-data``, serially (pg_restore does pre-data serially
+   even with ``--jobs``, so nothing parallel is lost): schemas, types, functions, every table,
+   chunk, compressed chunk and materialized hypertable, views and continuous aggregates' views;
+2. ``catalog``: the ``_timescaledb_catalog`` data (and its sequences), serially: every regclass
+   now resolves;
+3. ``data``: everything else, ``--section=data --section=post-data`` with ``--jobs``: table data,
+   then indexes, constraints and triggers in parallel.
 """
 
 from __future__ import annotations
@@ -87,8 +101,9 @@ def parse_toc(text: str) -> list[TocEntry]:
 
 @dataclass
 class TocSplit:
-    catalog: list[str] = field(default_factory=list)   # _timescaledb_catalog: serially, first
+    catalog: list[str] = field(default_factory=list)   # _timescaledb_catalog: serially, before other data
     rest: list[str] = field(default_factory=list)      # everything else: with --jobs
+    kept: list[str] = field(default_factory=list)      # catalog + rest in the archive's order (for pre-data)
     excluded: list[str] = field(default_factory=list)  # documented as must-not-restore
     entries: int = 0
     table_data: int = 0
@@ -100,7 +115,9 @@ def split_toc(text: str) -> TocSplit:
         split.entries += 1
         if any(rx.match(e.line) for rx in EXCLUDED_TOC):
             split.excluded.append(e.line)
-        elif e.schema == CATALOG_SCHEMA:
+            continue
+        split.kept.append(e.line)
+        if e.schema == CATALOG_SCHEMA:
             split.catalog.append(e.line)
         else:
             split.rest.append(e.line)
@@ -115,10 +132,27 @@ def list_file_text(lines: list[str]) -> str:
     return "".join(ln + "\n" for ln in lines)
 
 
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    lines: list[str]
+    sections: tuple[str, ...]
+    jobs: int
+
+
+def restore_phases(split: TocSplit, jobs: int) -> list[Phase]:
+    """The three pg_restore runs, in order (see the module docstring for why)."""
+    return [
+        Phase("schema", split.kept, ("pre-data",), 1),
+        Phase("catalog", split.catalog, ("data",), 1),
+        Phase("data", split.rest, ("data", "post-data"), max(1, jobs)),
+    ]
+
+
 # ---- pg_restore commands ----------------------------------------------------------------------
 
 def pg_restore_cmd(pg_bin: str, database: str, dump_path: str, *, port: int = 5432, list_file: str | None = None,
-                   jobs: int = 1) -> list[str]:
+                   jobs: int = 1, sections: tuple[str, ...] = ()) -> list[str]:
     """``pg_restore`` with the runbook's flags. No --exit-on-error: errors are collected and judged.
 
     Owners and ACLs are restored as in the dump (the roles exist first): equivalence with the source
@@ -126,6 +160,7 @@ def pg_restore_cmd(pg_bin: str, database: str, dump_path: str, *, port: int = 54
     cmd = [f"{pg_bin}/pg_restore", "-p", str(port), "-d", database]
     if list_file:
         cmd += ["-L", list_file]
+    cmd += [f"--section={s}" for s in sections]
     if jobs > 1:
         cmd += ["-j", str(jobs)]
     return cmd + [dump_path]

@@ -74,11 +74,15 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
         checks.append(Check(f"hypertable {name} dimensions", dims_ok, _dims_text(got), _dims_text(h)))
         checks.append(Check(f"hypertable {name} chunks", got.get("num_chunks") == h.get("num_chunks"),
                             _fmt(got.get("num_chunks")), _fmt(h.get("num_chunks"))))
+        checks += _compression_checks(name, h, got)
 
-    have_c = {f"{c['schema']}.{c['name']}" for c in observed.get("continuous_aggregates") or []}
-    want_c = {f"{c['schema']}.{c['name']}" for c in expected.get("continuous_aggregates") or []}
-    checks.append(Check("continuous aggregates match", have_c == want_c, ", ".join(sorted(have_c)) or "none",
+    have_c = {f"{c['schema']}.{c['name']}": c for c in observed.get("continuous_aggregates") or []}
+    want_c = {f"{c['schema']}.{c['name']}": c for c in expected.get("continuous_aggregates") or []}
+    checks.append(Check("continuous aggregates match", set(have_c) == set(want_c), ", ".join(sorted(have_c)) or "none",
                         ", ".join(sorted(want_c)) or "none"))
+    for name, c in sorted(want_c.items()):
+        if name in have_c:
+            checks += _cagg_checks(name, c, have_c[name])
 
     have_j = {(j["proc"], j.get("hypertable")): j for j in observed.get("jobs") or []}
     for j in expected.get("jobs") or []:
@@ -88,6 +92,9 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
         checks.append(Check(f"{label} scheduled", ok, "missing" if got is None else
                             f"scheduled={got.get('scheduled')} every {got.get('schedule_interval')}",
                             f"scheduled={j.get('scheduled')} every {j.get('schedule_interval')}"))
+        if got is not None and ("config" in j or "owner" in j):
+            want_d, have_d = _job_definition(j), _job_definition(got)
+            checks.append(Check(f"{label} definition", want_d == have_d, _diff_text(have_d, want_d), _diff_text(want_d, have_d)))
 
     have_q = {(s["schema"], s["name"]): s["last_value"] for s in observed.get("sequences") or []}
     for s in expected.get("sequences") or []:
@@ -117,6 +124,62 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
     checks += pv.compare_privileges(expected.get("privileges"), observed.get("privileges"), source_label, mapping, gap)
     checks += pv.job_owner_checks(expected, observed)
     return checks
+
+
+def _compression_checks(name: str, want: dict, got: dict) -> list[Check]:
+    """Compressed/uncompressed chunk counts, rows through the hypertable, rows of each compressed chunk."""
+    if "compressed_chunks" not in want:  # a manifest from before these facts were recorded
+        return []
+    out = []
+    for key, label in (("compressed_chunks", "compressed chunks"), ("uncompressed_chunks", "uncompressed chunks"),
+                       ("rows", "rows through the hypertable"), ("compressed_rows", "rows in compressed chunks")):
+        out.append(Check(f"hypertable {name} {label}", got.get(key) == want.get(key), _fmt(got.get(key)), _fmt(want.get(key))))
+    want_r, have_r = want.get("compressed_chunk_rows") or {}, got.get("compressed_chunk_rows") or {}
+    differ = sorted(c for c in set(want_r) | set(have_r) if want_r.get(c) != have_r.get(c))
+    out.append(Check(f"hypertable {name} compressed chunk rows", not differ,
+                     "differ: " + ", ".join(f"{c} {_fmt(have_r.get(c)) or 'missing'}" for c in differ[:4]) if differ
+                     else f"{len(have_r)} chunk(s) equal",
+                     ", ".join(f"{c} {_fmt(want_r.get(c)) or 'absent'}" for c in differ[:4]) if differ else f"{len(want_r)} chunk(s)"))
+    return out
+
+
+def _cagg_checks(name: str, want: dict, got: dict) -> list[Check]:
+    if "definition" not in want:
+        return []
+    out = [
+        Check(f"continuous aggregate {name} definition", _norm_sql(got.get("definition")) == _norm_sql(want.get("definition")),
+              "same" if _norm_sql(got.get("definition")) == _norm_sql(want.get("definition")) else _fmt(got.get("definition"))[:200],
+              "as on the source"),
+        Check(f"continuous aggregate {name} materialized_only", got.get("materialized_only") == want.get("materialized_only"),
+              _fmt(got.get("materialized_only")), _fmt(want.get("materialized_only"))),
+        Check(f"continuous aggregate {name} refresh policy", got.get("refresh_policy") == want.get("refresh_policy"),
+              _policy_text(got.get("refresh_policy")), _policy_text(want.get("refresh_policy"))),
+        Check(f"continuous aggregate {name} content", (got.get("rows"), got.get("digest")) == (want.get("rows"), want.get("digest")),
+              f"{_fmt(got.get('rows'))} rows, checksum {_fmt(got.get('digest'))}",
+              f"{_fmt(want.get('rows'))} rows, checksum {_fmt(want.get('digest'))}"),
+    ]
+    return out
+
+
+def _norm_sql(text) -> str:
+    return " ".join((text or "").split())
+
+
+def _policy_text(p) -> str:
+    if not p:
+        return "none"
+    return (f"every {p.get('schedule_interval')}, start_offset {p.get('start_offset')}, end_offset {p.get('end_offset')}, "
+            f"scheduled={p.get('scheduled')}")
+
+
+def _job_definition(j: dict) -> dict:
+    # the owner has its own check (privileges.job_owner_checks: "source: …, target: …")
+    return {"proc": j.get("proc"), "schedule_interval": j.get("schedule_interval"), "config": j.get("config")}
+
+
+def _diff_text(a: dict, b: dict) -> str:
+    keys = [k for k in a if a.get(k) != b.get(k)]
+    return "; ".join(f"{k}={a.get(k)}" for k in keys) if keys else "same"
 
 
 def _dims(h: dict) -> list[tuple]:
@@ -151,7 +214,7 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
 # ---- executor -------------------------------------------------------------------------------
 
 def run_verify(settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
-               app_login: bool = True) -> list:
+               app_login: bool = True, probes: bool = True) -> list:
     """All checks against the target. Expected facts: the manifest, or live from the source."""
     db = settings.database
     checks: list[Check] = []
@@ -188,13 +251,32 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
                 checks.append(Check(f"extension {ext} version", have == want, _fmt(have), _fmt(want), "settings"))
             checks.append(Check("manifest comparison", False, "no manifest given", "--manifest or --against-source"))
         else:
+            _align_cagg_content(psql, db, expected, observed)
             checks += compare_facts(expected, observed, label, settings.owner_map)
         if app_login:
             checks.append(app_login_check(settings, expected or observed))
+        if probes:
+            # after the comparison: a policy run may legitimately materialize or compress more afterwards
+            from .probes import run_probes
+
+            checks += run_probes(psql, db, observed)
     finally:
         t.close()
     checks.append(wal_archiving_check(settings, expect_backrest))
     return checks
+
+
+def _align_cagg_content(psql, db: str, expected: dict, observed: dict) -> None:
+    """Compare a continuous aggregate's content up to the source's watermark: a refresh on the target
+    (a policy, or verify's own probes) legitimately materializes newer buckets after the restore."""
+    want = {f"{c['schema']}.{c['name']}": c for c in expected.get("continuous_aggregates") or []}
+    for c in observed.get("continuous_aggregates") or []:
+        w = want.get(f"{c['schema']}.{c['name']}")
+        if not w or w.get("watermark") is None or c.get("watermark") is None or w["watermark"] == c["watermark"]:
+            continue
+        if c["watermark"] > w["watermark"] and c.get("time_column"):
+            got = psql.json(mf.cagg_content_sql(c["schema"], c["name"], c["time_column"], w["watermark"]), db) or {}
+            c.update(rows=got.get("rows"), digest=got.get("digest"), content_cutoff=w["watermark"])
 
 
 def probe_table(facts: dict) -> tuple[str, str] | None:

@@ -2,8 +2,8 @@
 
 ``pgdg`` (production): apt.postgresql.org for PostgreSQL/PostGIS and Timescale's packagecloud
 repository for TimescaleDB, each with its own ``signed-by`` keyring, so neither key can sign the
-other's packages. ``debian`` (the lab): whatever apt sources the host already has. The code path is
-the same: resolve the exact versions apt offers, fail before any change if one is missing, pin the
+other's packages. ``debian`` (the lab): whatever apt sources the host already has (the lab's flat
+repository, which serves TimescaleDB under Timescale's package names). The code path is the same: resolve the exact versions apt offers, fail before any change if one is missing, pin the
 version-critical packages at exactly that version and hold them.
 """
 
@@ -79,20 +79,23 @@ def repos(source: str) -> list[AptRepo]:
 
 
 def package_specs(settings, os_version_id: str = "12") -> list[PackageSpec]:
-    """The packages for ``settings.package_source``; version-critical ones carry the version to match."""
+    """The packages to install; version-critical ones carry the version to match.
+
+    TimescaleDB is always Timescale's packaging (``timescaledb-2-postgresql-N`` and its loader, version
+    ``<x.y.z>~debian<VERSION_ID>``), whatever the package source: production gets them from Timescale's
+    repository, the lab from its flat repository (built from the same upstream tag). Only where the
+    packages come from differs (``repos``), never which ones, their pin or their hold.
+    """
     major = settings.postgres_major
     postgis = [
         PackageSpec(f"postgresql-{major}-postgis-3", settings.postgis_version, pinned=True),
         PackageSpec(f"postgresql-{major}-postgis-3-scripts", settings.postgis_version, pinned=True),
     ]
-    if settings.package_source == "pgdg":
-        suffix = f"~debian{os_version_id}"
-        tsdb = [
-            PackageSpec(f"timescaledb-2-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
-            PackageSpec(f"timescaledb-2-loader-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
-        ]
-    else:
-        tsdb = [PackageSpec(f"postgresql-{major}-timescaledb", settings.timescaledb_version, pinned=True)]
+    suffix = f"~debian{os_version_id}"
+    tsdb = [
+        PackageSpec(f"timescaledb-2-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
+        PackageSpec(f"timescaledb-2-loader-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
+    ]
     extra = [PackageSpec("pgbackrest"), PackageSpec("ssl-cert")]
     return [PackageSpec(f"postgresql-{major}", str(major)), *postgis, *tsdb, *extra]
 

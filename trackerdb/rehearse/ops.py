@@ -219,6 +219,10 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
         settings = Settings.load(config or {})
         result["meta"] |= {"postgres": settings.postgres_major, "timescaledb": settings.timescaledb_version,
                            "postgis": settings.postgis_version}
+        from .versions import load_rows
+
+        result["meta"]["versions"] = load_rows({"postgres_major": settings.postgres_major,
+                                                "timescaledb": settings.timescaledb_version, "postgis": settings.postgis_version})
         from ..dataset import facts as dataset_facts
         from ..remote import Remote
 

@@ -358,6 +358,9 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
         failures.append(f"the live writer lost {writer['lost']} acknowledged rows")
     if window is None:
         failures.append("no outage window found (no freeze -> switch in the journal)")
+    versions = list((result.get("meta") or {}).get("versions") or [])
+    failures += [f"version {v['name']}: lab {v['lab'] or '?'} != production {v['production'] or '?'}"
+                 for v in versions if v.get("status") == "DEVIATION"]
 
     passed = not failures
     return {
@@ -509,6 +512,13 @@ def render_html(report: dict) -> str:
     when_txt = datetime.fromtimestamp(ts(when), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts(when) else ""
     out.append('<p class="muted">' + _e(" · ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))))
                + (f" · finished {_e(when_txt)}" if when_txt else "") + "</p>")
+    if meta.get("versions"):
+        out.append("<table><tr><th>version</th><th>lab</th><th>production</th><th>status</th><th>note</th></tr>")
+        for v in meta["versions"]:
+            cls = "ok" if v["status"] == "match" else "muted" if v["status"] == "expected deviation" else "fail"
+            out.append(f"<tr><td>{_e(v['name'])}</td><td>{_e(v['lab'])}</td><td>{_e(v['production'])}</td>"
+                       f"<td class=\"{cls}\">{_e(v['status'])}</td><td class=muted>{_e(v.get('note', ''))}</td></tr>")
+        out.append("</table>")
     if r["failures"]:
         out.append('<ul class="fail">' + "".join(f"<li>{_e(f)}</li>" for f in r["failures"]) + "</ul>")
 
