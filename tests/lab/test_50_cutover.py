@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -128,6 +129,23 @@ def kill_cutover_when(settings, journal: Path, work: Path, condition, timeout: f
     return round(time.monotonic() - t0, 1)
 
 
+DATA_RESTORE = "pg_restore .*[.]data[.]list"
+PAUSED = "/tmp/trackerdb-test-paused-restore"
+
+
+def pause_data_restore(t) -> None:
+    t.run(["rm", "-f", PAUSED], sudo=True)
+    watch = (f"for i in $(seq 1 60000); do p=$(pgrep -f {shlex.quote(DATA_RESTORE)}); "
+             f"if [ -n \"$p\" ]; then kill -STOP $p; echo $p > {PAUSED}.tmp; mv {PAUSED}.tmp {PAUSED}; exit 0; fi; "
+             "sleep 0.005; done")
+    t.run(f"setsid nohup sh -c {shlex.quote(watch)} >/dev/null 2>&1 < /dev/null &", sudo=True)
+
+
+def resume_data_restore(t) -> None:
+    t.run(f"pkill -f {shlex.quote('seq 1 6000[0]')}; [ -f {PAUSED} ] && kill -CONT $(cat {PAUSED}); rm -f {PAUSED}",
+          sudo=True, check=False)
+
+
 def wait_gone(remote, pattern: str, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -154,10 +172,15 @@ def cutover_run(backrest_ready, tmp_path_factory):
             # 1-3. the real `invoke cutover` process SIGKILLed (as a laptop that dies would be): while the
             # final dump streams, while pg_restore loads data on the target, while verify runs
             kills["dump"] = kill_cutover_when(settings, journal, work, lambda: Journal(journal).state(ph.DUMP).status == "started")
-            kills["restore"] = kill_cutover_when(settings, journal, work, lambda: (
-                Journal(journal).state(ph.RESTORE).status == "started"
-                and t.run(["pgrep", "-f", "pg_restore .*rest[.]list"], check=False).ok))
-            assert not t.run(["pgrep", "-f", "pg_restore .*rest[.]list"], check=False).ok or wait_gone(t, "pg_restore .*rest[.]list")
+            # the lab's data phase takes well under a second: a watcher on the target pauses its pg_restore
+            # (SIGSTOP) the moment it starts, so the kill lands while it holds half-loaded tables; then
+            # it is let go (SIGCONT), as a laptop's dropped session would leave it
+            pause_data_restore(t)
+            try:
+                kills["restore"] = kill_cutover_when(settings, journal, work, lambda: t.exists(PAUSED))
+            finally:
+                resume_data_restore(t)
+            assert wait_gone(t, DATA_RESTORE)
             kills["verify"] = kill_cutover_when(settings, journal, work, lambda: Journal(journal).state(ph.VERIFY).status == "started")
         # 4. an interruption inside the switch after the record changed (while the TTL is waited out): an
         # in-process exception at that exact point, which a process kill cannot hit reliably
