@@ -31,7 +31,6 @@ from . import sqltext as sq
 
 CACHE_SCHEMA = "_timescaledb_cache"
 SCHEDULER_BACKEND = "TimescaleDB Background Worker Scheduler"
-LAUNCHER_BACKEND = "TimescaleDB Background Worker Launcher"
 MIN_TIME = -9223372036854775808  # PG_INT64_MIN: TimescaleDB's "minus infinity" for internal time values
 
 
