@@ -485,7 +485,14 @@ def _swap_into_place(settings, psql: Psql, manifest, replace_existing: bool, out
     psql.run(f"COMMENT ON DATABASE {sq.ident(db)} IS {sq.literal(comment) if comment else 'NULL'};")
     out.add(Step("into place", True, f"{staging} renamed to {db}"))
     if ts:
-        out.add(Step("job scheduler", True, _start_scheduler(psql, db)))
+        ro = mf.read_only_setting(manifest["facts"])
+        if ro:
+            # a read-only database cannot run TimescaleDB's scheduler (its job bookkeeping writes), on the
+            # source as here: restored as the source is, the jobs wait until the setting is lifted
+            out.add(Step("job scheduler", False, f"not started: the database has {ro} like the source, so TimescaleDB "
+                                                 "cannot run its jobs there (as on the source)"))
+        else:
+            out.add(Step("job scheduler", True, _start_scheduler(psql, db)))
 
 
 def _start_scheduler(psql: Psql, db: str, wait_s: float = 15.0) -> str:
