@@ -149,11 +149,15 @@ def _restore_preflight(ctx: Ctx) -> dict:
     except OpsError as exc:
         raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
                              hint="run `invoke provision` (nothing was changed)") from None
+    from ..migrate import restore_job as rj
+
+    # restore-time settings a killed restore left behind end here (kept while a restore job runs)
+    ctx.say("restore tuning: " + rj.clear_stale_tuning(tgt, s, rs.tuning_path(s.postgres_major)).detail)
     avail = toc.parse_df_avail(tgt.run(["df", "-B1", "--output=avail", s.data_mount]).stdout)
     plan = {}
     for check in (lambda: rs.check_versions(pseudo, tf), lambda: rs.check_locale(pseudo, tf),
                   lambda: plan.update(rs.check_databases(tf, s.database, replace=True)),
-                  lambda: rs.check_space(pseudo, avail, 0, s.data_volume_size_gb)):
+                  lambda: rs.check_space(pseudo, avail, 0, s.data_volume_size_gb, reclaim=rs.reclaimable_bytes(tf, s.database))):
         try:
             check()
         except OpsError as exc:
@@ -264,7 +268,8 @@ def restore(ctx: Ctx, resume: bool) -> dict:
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
                           progress=_step_progress(ctx))
     steps = getattr(outcome, "steps", [])
-    return {"steps": [f"{st.name}: {st.status}" for st in steps][:50]}
+    return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
+            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job")}
 
 
 # ---- 5 verify ----------------------------------------------------------------------------------
