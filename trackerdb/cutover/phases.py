@@ -15,12 +15,14 @@ from pathlib import Path
 
 from ..errors import OpsError, PreflightError, VerifyError
 from . import freeze as fz
+from . import hooks as hk
 from . import switch as sw
 from .journal import Journal
 from .pg import query_json
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
-PHASES = [PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST]
+APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
+PHASES = [PREFLIGHT, APP_STOP, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST]
 DESTRUCTIVE = {FREEZE, RESTORE, SWITCH}
 TITLES = {
     PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
@@ -30,6 +32,9 @@ TITLES = {
     VERIFY: "5 verify against the manifest and live against the frozen source",
     SWITCH: "6 switch the application to the target",
     POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
+    APP_STOP: "1b " + hk.TITLES[hk.APP_STOP],
+    APP_START: "6b " + hk.TITLES[hk.APP_START],
+    HEALTH: "6c " + hk.TITLES[hk.HEALTH],
 }
 READ_ONLY_SETTING = "default_transaction_read_only"
 
@@ -385,4 +390,5 @@ def app_path_check(settings, endpoint: str, timeout: float = 10) -> dict:
             "tls": f"{session} (sslmode={client_tls['sslmode']})"}
 
 
-FUNCS = {PREFLIGHT: preflight, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify, SWITCH: switch, POST: post}
+FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
+         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post}
