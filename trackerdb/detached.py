@@ -47,11 +47,11 @@ def wrapper_text(d: str) -> str:
             "# trackerdb detached job: runs job.sh, records its pid, log and exit status here\n"
             f"cd {q(d)} || exit 111\n"
             "echo $$ > pid.tmp && mv pid.tmp pid\n"
-            "date +%s > started\n"
+            "date +%s.%N > started\n"
             "[ -f env ] && set -a && . ./env && set +a\n"
             "/bin/sh ./job.sh > log 2>&1 < /dev/null\n"
             "rc=$?\n"
-            "date +%s > ended\n"
+            "date +%s.%N > ended\n"
             "echo $rc > rc.tmp && mv rc.tmp rc\n")
 
 
@@ -100,7 +100,7 @@ def parse_status(stdout: str) -> Status:
     head = (lines[0] if lines else "").split()
     state = head[0] if head else "dead"
     phase = lines[1].strip() if len(lines) > 1 else ""
-    started = next((float(x) for x in lines[2:] if x.strip().isdigit()), None)
+    started = next((float(x) for x in lines[2:] if re.fullmatch(r"\d+(\.\d+)?", x.strip())), None)
     if state == "done":
         rc = int(head[1]) if len(head) > 1 and head[1].lstrip("-").isdigit() else 255
         return Status("done", rc=rc, phase=phase, started=started)
@@ -126,7 +126,7 @@ class Job:
     def read(self, filename: str) -> str:
         return self.remote.read_file(f"{self.dir}/{filename}") or ""
 
-    def start(self, script: str, env: dict[str, str] | None = None) -> str:
+    def start(self, script: str, env: dict[str, str] | None = None, files: dict[str, str] | None = None) -> str:
         """(Re)create the job's private directory and start it detached. Returns how (systemd|setsid)."""
         st = self.status()
         if st.active:
@@ -138,6 +138,8 @@ class Job:
                         f"install -d -m 0700 -o {u} -g {u} {q(self.dir)}", sudo=True)
         self.remote.write_file(f"{self.dir}/job.sh", script, mode="0700", owner=self.user)
         self.remote.write_file(f"{self.dir}/wrapper.sh", wrapper_text(self.dir), mode="0700", owner=self.user)
+        for fname, text in (files or {}).items():  # e.g. a bash script job.sh execs
+            self.remote.write_file(f"{self.dir}/{fname}", text, mode="0600", owner=self.user)
         if env:  # secrets by file (0600), never argv
             body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
             self.remote.write_file(f"{self.dir}/env", body, mode="0600", owner=self.user)

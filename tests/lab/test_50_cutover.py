@@ -177,10 +177,11 @@ def cutover_run(backrest_ready, tmp_path_factory):
             # 1-3. the real `invoke cutover` process SIGKILLed (as a laptop that dies would be): while the
             # final dump streams, while pg_restore loads data on the target, while verify runs
             kills["dump"] = kill_cutover_when(settings, journal, work, lambda: Journal(journal).state(ph.DUMP).status == "started")
+            seen: dict = {}
             kills["restore"] = kill_cutover_when(settings, journal, work, lambda: (
                 Journal(journal).state(ph.RESTORE).status == "started"
-                and t.run(["pgrep", "-f", "pg_restore .*data[.]list"], check=False).ok))
-            killed_at = time.time()
+                and t.run(["pgrep", "-f", "pg_restore .*data[.]list"], check=False).ok and seen.setdefault("t", time.time())))
+            killed_at = seen["t"]  # pg_restore seen loading data; the SIGKILL follows at once
             # issue 17: the restore is a detached job on the target: it outlives the operator's invoke and
             # its SSH connections, and its restore-time settings are in effect while (and only while) it runs
             job = _restore_job(settings, t)
@@ -216,7 +217,8 @@ def test_cutover_completes_after_three_kills_and_an_interrupted_switch(cutover_r
     for rec in Journal(cutover_run["journal"]).records():
         if rec["event"] == "begin":
             begins[rec["phase"]] = begins.get(rec["phase"], 0) + 1
-    assert begins == {ph.PREFLIGHT: 1, ph.FREEZE: 1, ph.DUMP: 2, ph.RESTORE: 2, ph.VERIFY: 2, ph.SWITCH: 2, ph.POST: 1}, begins
+    assert begins == {ph.PREFLIGHT: 1, ph.APP_STOP: 1, ph.FREEZE: 1, ph.DUMP: 2, ph.RESTORE: 2, ph.VERIFY: 2, ph.SWITCH: 2,
+                      ph.APP_START: 1, ph.HEALTH: 1, ph.POST: 1}, begins
     st = Journal(cutover_run["journal"]).states()
     assert st[ph.DUMP].attempts == 2 and st[ph.RESTORE].attempts == 2 and st[ph.VERIFY].attempts == 2
     # a killed restore leaves no restore-time settings behind once the cutover completes
@@ -235,7 +237,6 @@ def test_killed_operator_the_restore_finished_on_the_host_and_the_rerun_attached
     after, job = MEASURED["after_kill"], MEASURED["job"]
     print("after the kill:", after, "job:", job)
     assert after["status"] in ("running", "done"), after
-    assert after["pg_restore_running"] or after["status"] == "done", after
     assert job["rc"] == 0 and job["started"] < job["killed_at"] < job["ended"], job
     assert not job["tuning_left"], "the restore-time settings outlived the restore job"
     st = Journal(cutover_run["journal"]).states()

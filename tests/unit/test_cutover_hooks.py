@@ -183,3 +183,21 @@ def test_rollback_starts_the_application_once_if_this_cutover_stopped_it(tmp_pat
     hk.rollback_start(S(), j)
     hk.rollback_start(S(), j)
     assert log.read_text().split() == ["w", "a"]
+
+
+def test_the_report_timeline_draws_each_hook_step_and_the_drain_wait():
+    from trackerdb.rehearse import report
+
+    steps = {"writer": {"started": 100.0, "end": 101.0, "exit": 0},
+             "worker": {"started": 101.0, "drain_samples": [[0, 7], [1, 3], [2, 0]], "drained_at": 104.0, "end": 104.5, "exit": 0}}
+    entries = [{"phase": "preflight", "start": 90.0, "end": 99.0, "outcome": "ok", "facts": {}},
+               {"phase": "app_stop", "start": 100.0, "end": 104.6, "outcome": "ok", "facts": {"steps": steps}},
+               {"phase": "freeze", "start": 105.0, "end": 106.0, "outcome": "ok", "facts": {}},
+               {"phase": "switch", "start": 110.0, "end": 111.0, "outcome": "ok", "facts": {}}]
+    phases, t0 = report.build_phases([{"label": "cutover", "entries": entries}])
+    names = [p["phase"] for p in phases]
+    assert names.index("app_stop: writer") < names.index("app_stop: worker drain (last 0)") < names.index("app_stop: worker")
+    svg = report.timeline_svg(phases, None)
+    assert "app_stop: worker drain (last 0)" in svg
+    window = report.outage_window(phases, None, t0)
+    assert window["start"] == 100.0  # the application's stop starts the outage, not the freeze

@@ -15,7 +15,7 @@ from trackerdb.migrate import restore_job as rj
 @pytest.mark.parametrize("out,state,rc,pid,phase,started", [
     ("absent\n\n\n", "absent", None, None, "", None),
     ("starting\n\n\n", "starting", None, None, "", None),
-    ("running 4242\ndata\n1700000000\n", "running", None, 4242, "data", 1700000000.0),
+    ("running 4242\ndata\n1700000000.250000000\n", "running", None, 4242, "data", 1700000000.25),
     ("done 0\ndone\n1700000000\n", "done", 0, None, "done", 1700000000.0),
     ("done 1\nschema\n\n", "done", 1, None, "schema", None),
     ("dead\ncatalog\n1700000000\n", "dead", None, None, "catalog", 1700000000.0),
@@ -54,7 +54,7 @@ def test_wrapper_records_pid_log_and_exit_status_and_reads_secrets_from_its_env_
     subprocess.run(["/bin/sh", str(d / "wrapper.sh")], check=True, timeout=30)
     assert (d / "rc").read_text().strip() == "7"
     assert (d / "log").read_text() == "out s3cr3t value\nerr\n"
-    assert (d / "pid").read_text().strip().isdigit() and (d / "started").read_text().strip().isdigit()
+    assert (d / "pid").read_text().strip().isdigit() and float((d / "started").read_text()) > 1.7e9
     st = dj.parse_status(subprocess.run(["bash", "-c", dj.status_line(str(d))], capture_output=True, text=True).stdout)
     assert st.state == "done" and st.rc == 7
     # a directory without rc whose pid is not our wrapper is dead, not running

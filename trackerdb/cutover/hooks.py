@@ -349,3 +349,22 @@ def rollback_start(settings, journal, progress=None) -> dict | None:
         raise
     journal.end(ROLLBACK_START, "ok", facts)
     return facts
+
+
+# ---- report (pure) ----------------------------------------------------------------------------
+
+def timeline_rows(phase: str, facts: dict) -> list[dict]:
+    """A hooks phase's journaled steps as timeline rows (phase name, start, end, outcome): the wait for
+    a drain probe and each command, so the report shows where the application's part of the window went."""
+    rows = []
+    for name, st in (facts.get("steps") or {}).items():
+        start = st.get("started")
+        if st.get("drain_samples") is not None and st.get("drained_at") and start:
+            last = st["drain_samples"][-1][1] if st["drain_samples"] else None
+            rows.append({"phase": f"{phase}: {name} drain (last {last:g})" if last is not None else f"{phase}: {name} drain",
+                         "start": start, "end": st["drained_at"], "outcome": "ok"})
+            start = st["drained_at"]
+        if start and st.get("end"):
+            rows.append({"phase": f"{phase}: {name}", "start": start, "end": st["end"],
+                         "outcome": "ok" if st.get("exit") == 0 else "failed"})
+    return rows

@@ -118,7 +118,13 @@ def summary(journal: Journal) -> dict:
         writable_at = switch_st.facts.get("insync_at") or switch_st.end
         outage = round(writable_at - freeze_st.start, 2)
     verify_st = states.get(ph.VERIFY)
+    # with application hooks the application is down from its first stop step to its health checks
+    stop_st, back_st = states.get(ph.APP_STOP), states.get(ph.HEALTH) or states.get(ph.APP_START)
+    app_outage = None
+    if stop_st and (stop_st.facts.get("done") or []) and back_st and back_st.done:
+        app_outage = round(back_st.end - stop_st.start, 2)
     return {
+        "application_outage_s": app_outage,
         "journal": str(journal.path),
         "complete": all(states.get(p) is not None and states[p].done for p in ph.PHASES),
         "phases": {p: {"status": states[p].status if p in states else "pending", "elapsed_s": timings.get(p),

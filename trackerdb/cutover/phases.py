@@ -227,8 +227,14 @@ def dump(ctx: Ctx, resume: bool) -> dict:
 
     from ..files import private_dir, write_private
 
+    from ..migrate.dump_job import job_key, run_dump_detached
+
     private_dir(ctx.dump_dir)
-    art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
+    # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
+    key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say)
+    if art is None:
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
