@@ -146,3 +146,16 @@ def test_space_check_counts_our_own_unfinished_staging_as_reclaimable():
     # somebody else's staging database is not ours to reclaim
     target["databases"][0]["comment"] = "not ours"
     assert r.reclaimable_bytes(target, "tracker") == 0
+
+
+def test_dump_job_is_named_by_the_cutover_and_fetch_resumes_at_the_offset(tmp_path):
+    from trackerdb.migrate import dump_job as dj2
+
+    a = dj2.job_key("/x/journal.jsonl", "2026-12-01T09:00:00Z")
+    assert a == dj2.job_key("/x/journal.jsonl", "2026-12-01T09:00:00Z")
+    assert a != dj2.job_key("/y/journal.jsonl", "2026-12-01T09:00:00Z") and len(a) == 16
+    f = tmp_path / "d.dump"
+    f.write_bytes(b"0123456789")
+    line = dj2.fetch_line(str(f), 4).replace("sudo -n -- ", "")
+    assert subprocess.run(["bash", "-c", line], capture_output=True).stdout == b"456789"
+    assert dj2.jobs_base("/var/lib/postgresql/") == "/var/lib/postgresql/trackerdb-jobs"

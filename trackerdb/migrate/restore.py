@@ -315,7 +315,8 @@ def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replac
             yield "staging", f"recreate our leftover {staging}"
         yield "staging", f"CREATE DATABASE {staging}; CREATE EXTENSION timescaledb; timescaledb_pre_restore()"
         yield "restore tuning", f"{tuning_path(settings.postgres_major)} for the restore, removed afterwards"
-        yield "pg_restore", "schema (pre-data) serially, _timescaledb_catalog data serially, then data + post-data with -j"
+        yield "pg_restore", ("schema (pre-data) serially, _timescaledb_catalog data serially, then data + post-data with -j, "
+                             "as one detached job on the target (a re-run attaches to it)")
         yield "post restore", "timescaledb_post_restore(); owners and ACLs as on the source (from the dump)"
         for step in pv.owner_map_plan(manifest["facts"], settings.owner_map):
             yield step
