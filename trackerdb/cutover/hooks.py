@@ -212,7 +212,7 @@ def wait_drained(step: HookStep, say, clock=time.monotonic, sleep=time.sleep) ->
     t0 = clock()
     samples: list[tuple[float, float]] = []
     while True:
-        rc, _ = 0, ""
+        rc = None
         try:
             p = subprocess.run(["bash", "-c", d.probe], capture_output=True, text=True, timeout=max(5.0, d.every_s * 3),
                                stdin=subprocess.DEVNULL)
