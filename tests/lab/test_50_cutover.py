@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -129,6 +130,23 @@ def kill_cutover_when(settings, journal: Path, work: Path, condition, timeout: f
     return round(time.monotonic() - t0, 1)
 
 
+DATA_RESTORE = "pg_restore .*[.]data[.]list"
+PAUSED = "/tmp/trackerdb-test-paused-restore"
+
+
+def pause_data_restore(t) -> None:
+    t.run(["rm", "-f", PAUSED], sudo=True)
+    watch = (f"for i in $(seq 1 60000); do p=$(pgrep -f {shlex.quote(DATA_RESTORE)}); "
+             f"if [ -n \"$p\" ]; then kill -STOP $p; echo $p > {PAUSED}.tmp; mv {PAUSED}.tmp {PAUSED}; exit 0; fi; "
+             "sleep 0.005; done")
+    t.run(f"setsid nohup sh -c {shlex.quote(watch)} >/dev/null 2>&1 < /dev/null &", sudo=True)
+
+
+def resume_data_restore(t) -> None:
+    t.run(f"pkill -f {shlex.quote('seq 1 6000[0]')}; [ -f {PAUSED} ] && kill -CONT $(cat {PAUSED}); rm -f {PAUSED}",
+          sudo=True, check=False)
+
+
 def _restore_job(settings, t):
     """The restore job of this cutover's final dump (named by its SHA-256, read from the journal)."""
     from trackerdb.migrate import restore_job as rj
@@ -177,17 +195,23 @@ def cutover_run(backrest_ready, tmp_path_factory):
             # 1-3. the real `invoke cutover` process SIGKILLed (as a laptop that dies would be): while the
             # final dump streams, while pg_restore loads data on the target, while verify runs
             kills["dump"] = kill_cutover_when(settings, journal, work, lambda: Journal(journal).state(ph.DUMP).status == "started")
+            # the lab's data phase takes well under a second: a watcher on the target pauses its pg_restore
+            # (SIGSTOP) the moment it starts, so the kill lands while it holds half-loaded tables; then
+            # it is let go (SIGCONT), as a laptop's dropped session would leave it
+            pause_data_restore(t)
             seen: dict = {}
-            kills["restore"] = kill_cutover_when(settings, journal, work, lambda: (
-                Journal(journal).state(ph.RESTORE).status == "started"
-                and t.run(["pgrep", "-f", "pg_restore .*data[.]list"], check=False).ok and seen.setdefault("t", time.time())))
-            killed_at = seen["t"]  # pg_restore seen loading data; the SIGKILL follows at once
-            # issue 17: the restore is a detached job on the target: it outlives the operator's invoke and
-            # its SSH connections, and its restore-time settings are in effect while (and only while) it runs
-            job = _restore_job(settings, t)
-            MEASURED["after_kill"] = {"status": job.status().state,
-                                      "pg_restore_running": t.run(["pgrep", "-f", "pg_restore .*data[.]list"], check=False).ok,
-                                      "launched": job.read("launched").strip()}
+            try:
+                kills["restore"] = kill_cutover_when(settings, journal, work,
+                                                     lambda: t.exists(PAUSED) and seen.setdefault("t", time.time()))
+                killed_at = seen["t"]  # pg_restore paused while loading data; the SIGKILL follows at once
+                # issue 17: the restore is a detached job on the target: it outlives the operator's invoke and
+                # its SSH connections, and its restore-time settings are in effect while (and only while) it runs
+                job = _restore_job(settings, t)
+                MEASURED["after_kill"] = {"status": job.status().state,
+                                          "pg_restore_running": t.run(["pgrep", "-f", DATA_RESTORE], check=False).ok,
+                                          "launched": job.read("launched").strip()}
+            finally:
+                resume_data_restore(t)
             # watched from here (its own connection) while the re-run below attaches to it
             watcher = threading.Thread(target=_watch_job, args=(settings, killed_at), daemon=True)
             watcher.start()
@@ -236,7 +260,7 @@ def test_killed_operator_the_restore_finished_on_the_host_and_the_rerun_attached
     itself, and the re-run attached to it instead of starting it over."""
     after, job = MEASURED["after_kill"], MEASURED["job"]
     print("after the kill:", after, "job:", job)
-    assert after["status"] in ("running", "done"), after
+    assert after["status"] == "running" and after["pg_restore_running"], after  # paused mid-data when the operator died
     assert job["rc"] == 0 and job["started"] < job["killed_at"] < job["ended"], job
     assert not job["tuning_left"], "the restore-time settings outlived the restore job"
     st = Journal(cutover_run["journal"]).states()

@@ -15,8 +15,8 @@ PROD = Settings.from_parts({}, prod_outputs())
 @pytest.mark.parametrize("mem_gib, cores, vol_gb, expect", [
     # t3.medium: 4 GiB, 2 vCPU, 50 GB data volume
     (4, 2, 50, {"shared_buffers_mb": 1024, "effective_cache_size_mb": 3072, "maintenance_work_mem_mb": 256,
-                "max_parallel_workers": 2, "max_parallel_workers_per_gather": 1, "background_workers": 8,
-                "max_worker_processes": 13, "max_wal_size_mb": 2048, "min_wal_size_mb": 512, "work_mem_kb": 10485}),
+                "max_parallel_workers": 2, "max_parallel_workers_per_gather": 1, "background_workers": 16,
+                "max_worker_processes": 21, "max_wal_size_mb": 2048, "min_wal_size_mb": 512, "work_mem_kb": 10485}),
     (16, 8, 50, {"shared_buffers_mb": 4096, "effective_cache_size_mb": 12288, "maintenance_work_mem_mb": 1024,
                  "max_parallel_workers": 8, "max_parallel_workers_per_gather": 4, "background_workers": 16,
                  "max_worker_processes": 27, "work_mem_kb": 10485}),
@@ -34,7 +34,7 @@ def test_dropin_has_the_settings_the_runbook_needs():
     text = pgconf.dropin_text(PROD, pgconf.tune(4 * GIB, 2, 50), "172.31.10.20")
     for line in ("shared_preload_libraries = 'timescaledb'", "listen_addresses = 'localhost,172.31.10.20'",
                  "ssl = on", "shared_buffers = 1024MB", "effective_cache_size = 3072MB",
-                 "timescaledb.max_background_workers = 8", "log_checkpoints = on", "log_lock_waits = on",
+                 "timescaledb.max_background_workers = 16", "log_checkpoints = on", "log_lock_waits = on",
                  "password_encryption = 'scram-sha-256'", "log_line_prefix = '%m [%p] %q%u@%d '", "port = 5432"):
         assert line + "\n" in text, line
     keys = [l.split("=")[0].strip() for l in text.splitlines() if "=" in l and not l.startswith("#")]

@@ -527,7 +527,14 @@ def _swap_into_place(settings, psql: Psql, manifest, replace_existing: bool, out
     if replace_existing:
         old = replaced_name(db, datetime.now(timezone.utc))
         _rename_quiet(psql, db, old, ts)
-        out.add(Step("keep old database", True, f"{db} renamed to {old} (not dropped)"))
+        detail = f"{db} renamed to {old} (not dropped)"
+        if ts:
+            # the kept copy must not go on running its policies (compression, retention, refreshes) on stale
+            # data or take TimescaleDB workers from the new database: with timescaledb.restoring on, any
+            # scheduler started for it exits at once (src/bgw/scheduler.c)
+            psql.run(f"ALTER DATABASE {sq.ident(old)} SET timescaledb.restoring = on;")
+            detail += "; its TimescaleDB jobs paused (ALTER DATABASE … RESET timescaledb.restoring to use it again)"
+        out.add(Step("keep old database", True, detail))
     _rename_quiet(psql, staging, db, ts)
     comment = manifest["facts"]["database"].get("comment")
     psql.run(f"COMMENT ON DATABASE {sq.ident(db)} IS {sq.literal(comment) if comment else 'NULL'};")
@@ -539,7 +546,12 @@ def _swap_into_place(settings, psql: Psql, manifest, replace_existing: bool, out
 def _start_scheduler(psql: Psql, db: str, wait_s: float = 15.0) -> str:
     """Start TimescaleDB's workers for ``db`` in their own transaction (after the rename and after
     post_restore's commit: a scheduler started before that commit exits silently, upstream #1712/#5842)
-    and wait until the scheduler's backend is there; start once more if it is not."""
+    and wait until the scheduler's backend is there; start once more if it is not.
+
+    Measured in the lab: every restore into one server leaves TimescaleDB 2.18.2 one worker slot
+    fewer until PostgreSQL restarts (schedulers the postmaster keeps restarting, which restarting
+    TimescaleDB's launcher does not clear); with 16 slots the 19th restore found none. The error
+    then names who holds the workers and says what frees them."""
     for attempt in (1, 2):
         psql.run("SELECT _timescaledb_functions.start_background_workers();", db)
         deadline = time.monotonic() + wait_s
@@ -547,9 +559,13 @@ def _start_scheduler(psql: Psql, db: str, wait_s: float = 15.0) -> str:
             if psql.value(tr.scheduler_count_sql(db)) != "0":
                 return f"running for {db}" + (" (started twice)" if attempt == 2 else "")
             time.sleep(0.5)
-    raise HostError(f"TimescaleDB's job scheduler does not start for {db} (the restored database is in place)",
-                    hint="check timescaledb.max_background_workers and the server log; "
-                         "SELECT _timescaledb_functions.start_background_workers() in the database")
+    busy = psql.value("SELECT coalesce(string_agg(datname || ': ' || n, ', '), 'none') FROM (SELECT datname, count(*) n "
+                      "FROM pg_stat_activity WHERE backend_type LIKE 'TimescaleDB%' GROUP BY 1 ORDER BY 1) x;")
+    limit = psql.value("SELECT current_setting('timescaledb.max_background_workers');")
+    raise HostError(f"TimescaleDB's job scheduler does not start for {db} (the restored database is in place); "
+                    f"TimescaleDB workers now: {busy}; timescaledb.max_background_workers = {limit}",
+                    hint="the server log says 'no available background worker slots' after many restores into one server: "
+                         "restart PostgreSQL on the target (nothing else runs there), then re-run to resume")
 
 
 def _rename_quiet(psql: Psql, frm: str, to: str, ts: bool, attempts: int = 20) -> None:

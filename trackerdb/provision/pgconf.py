@@ -41,7 +41,11 @@ def tune(mem_bytes: int, cores: int, volume_gb: int, max_connections: int = 100)
     cores = max(1, cores)
     shared = mem_mb // 4
     per_gather = max(1, cores // 2)
-    bg = max(8, cores * 2)  # TimescaleDB jobs (retention, policies) plus one per database
+    # TimescaleDB's workers: one scheduler per database (the launcher reserves a slot for every database,
+    # template ones included, and for kept-aside restores) plus the jobs running at once. Never below
+    # TimescaleDB's own default of 16: with 8, the lab's 11th restore into one server found no free
+    # slot and its scheduler never started ("no available background worker slots").
+    bg = max(16, cores * 2)
     work_kb = max(4096, int((mem_mb - shared) * 1024 / (max_connections * 3) / per_gather))
     # WAL: room for a restore's bursts without filling a small volume (4 % of it, 1-8 GB)
     max_wal = min(8192, max(1024, volume_gb * 1024 * 4 // 100))
