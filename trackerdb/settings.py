@@ -107,6 +107,10 @@ class Settings:
     # None = Debian's snakeoil pair, allowed in the lab only (trackerdb/tls.py)
     tls_secret_name: str | None = None
     tls_ca_file: str | None = None  # CA bundle (operator's machine) for verify-full in our checks
+    # The application's side of the window (trackerdb/cutover/hooks.py) and phase notifications
+    # (trackerdb/notify.py: the webhook URL is a secret, referenced by name)
+    application: dict = field(default_factory=dict, compare=False)
+    notify: dict = field(default_factory=dict, compare=False)
     outputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived ---------------------------------------------------------------------------
@@ -203,6 +207,8 @@ class Settings:
             owner_map=_owner_map(cfg.get("owner_map")),
             tls_secret_name=cfg.get("tls_secret_name") or None,
             tls_ca_file=cfg.get("tls_ca_file") or None,
+            application=dict(cfg.get("application") or {}),
+            notify=dict(cfg.get("notify") or {}),
             outputs=o,
         )
         s.validate()

@@ -40,6 +40,12 @@ def dry_run_details(settings) -> list[str]:
         lines.append(f"switch: {s.describe()}: {s.current()} -> {sw.new_value(settings)}")
     except OpsError as exc:
         lines.append(f"switch: cannot read the current value: {exc.one_line()}")
+    from . import hooks
+
+    lines += hooks.dry_run_lines(hooks.parse_config(getattr(settings, "application", None)))
+    name = (getattr(settings, "notify", None) or {}).get("webhook_secret_name")
+    lines.append(f"notify: every phase's start, end and failure to the webhook in secret {name!r}" if name
+                 else "notify: no webhook configured (trackerdb.notify.webhook_secret_name)")
     return lines
 
 
@@ -54,6 +60,13 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
     funcs = {**ph.FUNCS, **(funcs or {})}
     say = progress or (lambda msg: None)
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress)
+    from .hooks import parse_config
+    from ..notify import Notifier
+
+    parse_config(getattr(settings, "application", None))  # a bad hooks config is refused before anything runs
+    notifier = Notifier(settings, say=say)
+    if notifier.enabled:
+        journal.add_secret(notifier.secret)
     try:
         _add_secrets(ctx, settings)
         for phase, action in decide(ph.PHASES, journal.states()):
@@ -63,15 +76,19 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
             started = time.monotonic()
             say(f"[{phase}] {'resuming' if action == RESUME else 'starting'}: {ph.TITLES[phase]}")
             journal.begin(phase, {"resumed": action == RESUME})
+            notifier.phase(phase, "start", ph.TITLES[phase] + (" (resumed)" if action == RESUME else ""))
             try:
                 facts = funcs[phase](ctx, action == RESUME) or {}
             except BaseException as exc:  # KeyboardInterrupt too: the journal must say it stopped
                 msg = exc.one_line() if isinstance(exc, OpsError) else f"{type(exc).__name__}: {str(exc)[:300]}"
                 journal.end(phase, "failed", error=msg)
+                notifier.phase(phase, "failed", ph.TITLES[phase], error=msg, rollback=rollback_command(journal_path),
+                               elapsed_s=time.monotonic() - started)
                 if isinstance(exc, OpsError) and phase != ph.PREFLIGHT:
                     exc.hint = (exc.hint + "; " if exc.hint else "") + f"re-run to resume, or {rollback_command(journal_path)}"
                 raise
             journal.end(phase, "ok", facts)
+            notifier.phase(phase, "ok", ph.TITLES[phase], elapsed_s=time.monotonic() - started)
             say(f"[{phase}] ok in {time.monotonic() - started:.1f}s")
     finally:
         ctx.close()
@@ -101,7 +118,13 @@ def summary(journal: Journal) -> dict:
         writable_at = switch_st.facts.get("insync_at") or switch_st.end
         outage = round(writable_at - freeze_st.start, 2)
     verify_st = states.get(ph.VERIFY)
+    # with application hooks the application is down from its first stop step to its health checks
+    stop_st, back_st = states.get(ph.APP_STOP), states.get(ph.HEALTH) or states.get(ph.APP_START)
+    app_outage = None
+    if stop_st and (stop_st.facts.get("done") or []) and back_st and back_st.done:
+        app_outage = round(back_st.end - stop_st.start, 2)
     return {
+        "application_outage_s": app_outage,
         "journal": str(journal.path),
         "complete": all(states.get(p) is not None and states[p].done for p in ph.PHASES),
         "phases": {p: {"status": states[p].status if p in states else "pending", "elapsed_s": timings.get(p),

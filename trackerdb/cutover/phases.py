@@ -15,12 +15,14 @@ from pathlib import Path
 
 from ..errors import OpsError, PreflightError, VerifyError
 from . import freeze as fz
+from . import hooks as hk
 from . import switch as sw
 from .journal import Journal
 from .pg import query_json
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
-PHASES = [PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST]
+APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
+PHASES = [PREFLIGHT, APP_STOP, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST]
 DESTRUCTIVE = {FREEZE, RESTORE, SWITCH}
 TITLES = {
     PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
@@ -30,6 +32,9 @@ TITLES = {
     VERIFY: "5 verify against the manifest and live against the frozen source",
     SWITCH: "6 switch the application to the target",
     POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
+    APP_STOP: "1b " + hk.TITLES[hk.APP_STOP],
+    APP_START: "6b " + hk.TITLES[hk.APP_START],
+    HEALTH: "6c " + hk.TITLES[hk.HEALTH],
 }
 READ_ONLY_SETTING = "default_transaction_read_only"
 
@@ -149,11 +154,15 @@ def _restore_preflight(ctx: Ctx) -> dict:
     except OpsError as exc:
         raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
                              hint="run `invoke provision` (nothing was changed)") from None
+    from ..migrate import restore_job as rj
+
+    # restore-time settings a killed restore left behind end here (kept while a restore job runs)
+    ctx.say("restore tuning: " + rj.clear_stale_tuning(tgt, s, rs.tuning_path(s.postgres_major)).detail)
     avail = toc.parse_df_avail(tgt.run(["df", "-B1", "--output=avail", s.data_mount]).stdout)
     plan = {}
     for check in (lambda: rs.check_versions(pseudo, tf), lambda: rs.check_locale(pseudo, tf),
                   lambda: plan.update(rs.check_databases(tf, s.database, replace=True)),
-                  lambda: rs.check_space(pseudo, avail, 0, s.data_volume_size_gb)):
+                  lambda: rs.check_space(pseudo, avail, 0, s.data_volume_size_gb, reclaim=rs.reclaimable_bytes(tf, s.database))):
         try:
             check()
         except OpsError as exc:
@@ -218,8 +227,14 @@ def dump(ctx: Ctx, resume: bool) -> dict:
 
     from ..files import private_dir, write_private
 
+    from ..migrate.dump_job import job_key, run_dump_detached
+
     private_dir(ctx.dump_dir)
-    art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
+    # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
+    key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say)
+    if art is None:
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -264,7 +279,8 @@ def restore(ctx: Ctx, resume: bool) -> dict:
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
                           progress=_step_progress(ctx))
     steps = getattr(outcome, "steps", [])
-    return {"steps": [f"{st.name}: {st.status}" for st in steps][:50]}
+    return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
+            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job")}
 
 
 # ---- 5 verify ----------------------------------------------------------------------------------
@@ -380,4 +396,5 @@ def app_path_check(settings, endpoint: str, timeout: float = 10) -> dict:
             "tls": f"{session} (sslmode={client_tls['sslmode']})"}
 
 
-FUNCS = {PREFLIGHT: preflight, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify, SWITCH: switch, POST: post}
+FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
+         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post}

@@ -276,6 +276,12 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     finally:
         ctx.close()
     journal.end(ROLLBACK, "ok", facts)
+    from .hooks import rollback_start
+
+    # the application this cutover stopped comes back only now, pointing at the writable source
+    started = rollback_start(settings, journal, progress=say)
+    if started:
+        facts["application_started"] = started["done"]
     return facts
 
 

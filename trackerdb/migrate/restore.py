@@ -34,6 +34,7 @@ from . import ownership
 from . import privileges as pv
 from . import sqltext as sq
 from . import toc
+from . import restore_job as rj
 from . import tsdb_restore as tr
 from .psql import Psql
 from .stream import feed_stdin, sha256_file, write_text
@@ -124,6 +125,7 @@ TARGET_FACTS_SQL = """SELECT json_build_object(
   'timescaledb_default', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
   'postgis_available', (SELECT coalesce(json_agg(version), '[]'::json) FROM pg_available_extension_versions WHERE name = 'postgis'),
   'databases', (SELECT coalesce(json_agg(json_build_object('name', d.datname, 'comment', shobj_description(d.oid, 'pg_database'),
+      'size', pg_database_size(d.oid),
       'sessions', (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'
                    AND a.pid <> pg_backend_pid()))), '[]'::json) FROM pg_database d),
   'roles', (SELECT json_agg(rolname) FROM pg_roles),
@@ -186,12 +188,22 @@ def check_databases(target: dict, db: str, replace: bool) -> dict:
     return plan
 
 
-def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50) -> int:
+def reclaimable_bytes(target: dict, db: str) -> int:
+    """Space held by our own leftover staging database: a re-run rebuilds it (or finishes it), so it
+    counts as free for the space check (a killed run's partial staging must not block its re-run)."""
+    staging = next((d for d in target.get("databases") or [] if d["name"] == staging_name(db)), None)
+    if staging is None or parse_marker(staging.get("comment")) is None:
+        return 0
+    return int(staging.get("size") or 0)
+
+
+def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0) -> int:
     need = toc.space_needed(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], uploaded,
                             restore_wal_mb(volume_gb) << 20)
-    if avail < need:
+    if avail + reclaim < need:
+        extra = f" (+{toc.human_bytes(reclaim)} held by our unfinished staging database)" if reclaim else ""
         raise PreflightError(
-            f"the data volume has {toc.human_bytes(avail)} free, the restore needs about {toc.human_bytes(need)}",
+            f"the data volume has {toc.human_bytes(avail)} free{extra}, the restore needs about {toc.human_bytes(need)}",
             hint="grow the EBS data volume (and the filesystem) or free space, then re-run")
     return need
 
@@ -236,6 +248,8 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         check_versions(manifest, tf)
         check_locale(manifest, tf)
         dbplan = check_databases(tf, db, replace)
+        if not dry_run:
+            out.add(rj.clear_stale_tuning(t, settings, tuning_path(settings.postgres_major)))
         code, toc_text, err = feed_stdin(t, " ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
         if code != 0 or not toc_text.strip():
             raise PreflightError(f"the target's pg_restore cannot read the dump: {_last(err)}",
@@ -246,12 +260,16 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         if uploaded > size:
             uploaded = 0
         ready = bool(dbplan["staging"] and dbplan["staging"].get("sha256") == sha and dbplan["staging"].get("state") == "ready")
+        job_status = rj.restore_job(t, settings, sha).status()
+        attach = not ready and rj.attachable(dbplan["staging"], sha, job_status)
         avail = toc.parse_df_avail(t.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
-        need = 0 if ready else check_space(manifest, avail, uploaded, settings.data_volume_size_gb)
+        need = 0 if ready else check_space(manifest, avail, uploaded, settings.data_volume_size_gb,
+                                           reclaim=reclaimable_bytes(tf, db))
         out.add(Step("preflight", False,
                      f"TimescaleDB {manifest['versions'].get('timescaledb')} matches; {toc.human_bytes(avail)} free >= "
                      f"{toc.human_bytes(need)} needed; TOC {split.entries} entries ({len(split.catalog)} catalog, "
-                     f"{len(split.excluded)} excluded)" + ("; staging already complete" if ready else "")))
+                     f"{len(split.excluded)} excluded)" + ("; staging already complete" if ready else "")
+                     + (f"; attaching to the restore job on the target ({job_status.state})" if attach else "")))
 
         if dry_run:
             for name, detail in _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace,
@@ -260,7 +278,10 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
             return out
 
         # -- upload --
-        if not ready:
+        if attach:
+            # the job was started after the upload's checksum matched; the file is named by its SHA-256
+            _restore_into_staging(settings, t, psql, manifest, split, remote_dump, sha, dbplan, tf, out, say, attach=True)
+        elif not ready:
             out.stats["uploaded_bytes"] = _upload(t, str(dump), remote_dump, size, uploaded, say)
             out.add(Step("upload", out.stats["uploaded_bytes"] > 0,
                          f"{toc.human_bytes(out.stats['uploaded_bytes'])} sent (resumed at {toc.human_bytes(uploaded)})"
@@ -294,7 +315,8 @@ def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replac
             yield "staging", f"recreate our leftover {staging}"
         yield "staging", f"CREATE DATABASE {staging}; CREATE EXTENSION timescaledb; timescaledb_pre_restore()"
         yield "restore tuning", f"{tuning_path(settings.postgres_major)} for the restore, removed afterwards"
-        yield "pg_restore", "schema (pre-data) serially, _timescaledb_catalog data serially, then data + post-data with -j"
+        yield "pg_restore", ("schema (pre-data) serially, _timescaledb_catalog data serially, then data + post-data with -j, "
+                             "as one detached job on the target (a re-run attaches to it)")
         yield "post restore", "timescaledb_post_restore(); owners and ACLs as on the source (from the dump)"
         for step in pv.owner_map_plan(manifest["facts"], settings.owner_map):
             yield step
@@ -345,7 +367,8 @@ def _upload(t, local: str, remote: str, size: int, offset: int, say) -> int:
     return sent
 
 
-def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump, sha, dbplan, tf, out: Outcome, say):
+def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump, sha, dbplan, tf, out: Outcome, say,
+                          attach: bool = False):
     db = settings.database
     staging = staging_name(db)
     facts = manifest["facts"]
@@ -361,61 +384,61 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
         psql.run("\n".join(stmts))
     out.add(Step("roles", bool(stmts), "; ".join(stmts) if stmts else "all present"))
 
-    # staging: a leftover one is ours (checked in preflight) and is rebuilt from scratch
-    if dbplan["staging"]:
-        psql.run(f"DROP DATABASE IF EXISTS {sq.ident(staging)} WITH (FORCE);")
-        out.add(Step("leftover staging", True, f"dropped our unfinished {staging} (state={dbplan['staging'].get('state')})"))
-    psql.run(create_db_sql(staging, facts["database"], True) + "\n"
-             + f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(sha, 'loading'))};")
     ts_version = manifest["versions"].get("timescaledb")
-    pre = []
-    if ts_version:
-        pre = [f"CREATE EXTENSION IF NOT EXISTS timescaledb VERSION {sq.literal(ts_version)};",
-               "SELECT timescaledb_pre_restore();"]
-        psql.run("\n".join(pre), staging)
-    out.add(Step("staging", True, f"{staging} created" + (", timescaledb_pre_restore()" if pre else ""), pre))
+    job = rj.restore_job(t, settings, sha)
+    if not attach:
+        # staging: a leftover one is ours (checked in preflight) and is rebuilt from scratch
+        if dbplan["staging"]:
+            psql.run(f"DROP DATABASE IF EXISTS {sq.ident(staging)} WITH (FORCE);")
+            out.add(Step("leftover staging", True, f"dropped our unfinished {staging} (state={dbplan['staging'].get('state')})"))
+        psql.run(create_db_sql(staging, facts["database"], True) + "\n"
+                 + f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(sha, 'loading'))};")
+        pre = []
+        if ts_version:
+            pre = [f"CREATE EXTENSION IF NOT EXISTS timescaledb VERSION {sq.literal(ts_version)};",
+                   "SELECT timescaledb_pre_restore();"]
+            psql.run("\n".join(pre), staging)
+        out.add(Step("staging", True, f"{staging} created" + (", timescaledb_pre_restore()" if pre else ""), pre))
 
     nproc = int(t.run(["nproc"]).stdout.strip() or 1)
     phases = toc.restore_phases(split, toc.restore_jobs(nproc))
-    lists = {}
-    for ph in phases:
-        lists[ph.name] = list_path(remote_dump, ph.name)
-        write_text(t, lists[ph.name], toc.list_file_text(ph.lines))
-
-    mem = _mem_bytes(t)
-    tune = restore_tuning(mem, settings.data_volume_size_gb)
     tpath = tuning_path(settings.postgres_major)
-    warnings: list[str] = []
-    try:
+    cmds = {ph.name: toc.pg_restore_cmd(settings.pg_bin, staging, remote_dump, port=settings.pg_port,
+                                        list_file=list_path(remote_dump, ph.name), jobs=ph.jobs, sections=ph.sections)
+            for ph in phases}
+    started = time.time()
+    if not attach:
+        for ph in phases:
+            write_text(t, list_path(remote_dump, ph.name), toc.list_file_text(ph.lines))
+        tune = restore_tuning(_mem_bytes(t), settings.data_volume_size_gb)
         write_text(t, tpath, tuning_text(tune), mode="0644")
         psql.run("SELECT pg_reload_conf();")
         # pg_file_settings shows what the server would read: if conf.d is not included, say so
         read = psql.value(f"SELECT count(*) FROM pg_file_settings WHERE sourcefile = {sq.literal(tpath)} AND error IS NULL;")
         if read == str(len(tune)):
-            out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())))
+            out.add(Step("restore tuning", True, ", ".join(f"{k}={v}" for k, v in tune.items())
+                         + " (removed by the restore job when it ends)"))
         else:
             out.add(Step("restore tuning", False, f"skipped: the server does not read {tpath} (no include_dir 'conf.d')"))
-        for ph in phases:
-            phase, j = ph.name, ph.jobs
-            say(f"pg_restore {phase}", 0, None)
-            started = time.time()
-            cmd = toc.pg_restore_cmd(settings.pg_bin, staging, remote_dump, port=settings.pg_port, list_file=lists[phase],
-                                     jobs=j, sections=ph.sections)
-            r = t.run(cmd, user="postgres", check=False)
-            errors = toc.parse_restore_errors(r.stderr)
-            bad = [e for e in errors if not e.allowed]
-            if bad:
-                raise HostError(f"pg_restore ({phase}) failed with {len(bad)} error(s), first: {bad[0].one_line()[:300]}",
-                                hint=f"{db!r} was not touched; fix the cause and re-run (the staging database is rebuilt)")
-            if r.exit_code != 0 and not errors:
-                raise HostError(f"pg_restore ({phase}) stopped (exit {r.exit_code}): {_last(r.stderr)}",
-                                hint=f"{db!r} was not touched; re-run to start the staging restore over")
-            warnings += [f"{e.allowed}: {e.one_line()}" for e in errors]
-            out.add(Step(f"pg_restore {phase}", True, f"{'serial' if j == 1 else f'-j {j}'}, {time.time() - started:.1f}s"
-                         + (f", {len(errors)} known-harmless message(s)" if errors else ""), [" ".join(cmd)]))
-    finally:
+        how = job.start(rj.restore_script([(n, c) for n, c in cmds.items()], tpath, settings.pg_bin, settings.pg_port))
+        out.add(Step("restore job", True, f"pg_restore phases detached on {t.name} ({how}) in {job.dir}"))
+    else:
+        out.add(Step("restore job", False, f"attached to the running restore job in {job.dir}"))
+    st = job.wait(progress=lambda phase, el: say(f"pg_restore {phase}" if phase else "pg_restore", None, None))
+    out.stats["restore_job"] = {"attached": attach, "started": st.started, "dir": job.dir}
+    if st.state == "dead":
         t.run(["rm", "-f", tpath], sudo=True, check=False)
-        psql.run("SELECT pg_reload_conf();", check=False)
+        raise HostError(f"the restore job on {t.name} ended without an exit status (killed?); log: {_last(job.read('log'))}",
+                        hint=f"{db!r} was not touched; re-run to start the staging restore over")
+    try:
+        warnings = _judge_phases(t, job, st, phases, cmds, db, out)
+    except HostError:
+        # judged once: a re-run rebuilds staging instead of attaching to this result again
+        psql.run(f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(sha, 'failed'))};", check=False)
+        raise
+    out.add(Step("pg_restore total", False, f"{time.time() - (st.started or started):.1f}s on the host"))
+    # the job's EXIT trap removed it; a job killed by SIGKILL could not
+    t.run(["rm", "-f", tpath], sudo=True, check=False)
     out.add(Step("restore tuning removed", True, tpath))
     out.stats["warnings"] = warnings
 
@@ -448,21 +471,53 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     # not _timescaledb_cache: analyzing its proxy tables races TimescaleDB's extension state in the other
     # parallel connections ("tried calling catalog_get when extension isn't loaded", see tsdb_restore item 4)
     vac = tr.vacuumdb_cmd(settings.pg_bin, settings.pg_port, staging, toc.restore_jobs(nproc))
-    r = t.run(vac, user="postgres", check=False)
-    detail = f"vacuumdb --analyze-only (without {tr.CACHE_SCHEMA})"
-    if not r.ok and tr.is_extension_state_race(r.stderr):
+    ok, err = _analyze_detached(t, settings, sha, vac, say)
+    detail = f"vacuumdb --analyze-only (without {tr.CACHE_SCHEMA}), detached"
+    if not ok and tr.is_extension_state_race(err):
         # ANALYZE is idempotent and nothing uses staging yet: once more from one connection, which has no
         # other backend to race with
         vac = tr.vacuumdb_cmd(settings.pg_bin, settings.pg_port, staging, 1)
-        r = t.run(vac, user="postgres", check=False)
+        ok, err = _analyze_detached(t, settings, sha, vac, say, serial=True)
         detail += "; repeated serially after the extension-state race"
-    if not r.ok:
-        raise HostError(f"ANALYZE of {staging} failed: {_last(r.stderr)}", hint=f"{db!r} was not touched; re-run the restore")
+    if not ok:
+        raise HostError(f"ANALYZE of {staging} failed: {_last(err)}", hint=f"{db!r} was not touched; re-run the restore")
     out.add(Step("analyze", True, detail, [" ".join(vac)]))
     step, warned = ownership.database_settings_last(psql, staging, facts)
     out.add(step)
     out.stats["warnings"] += warned
     psql.run(f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(manifest['dump']['sha256'], 'ready'))};")
+
+
+def _judge_phases(t, job, st, phases, cmds, db: str, out: Outcome) -> list[str]:
+    results = rj.phase_results(job, [ph.name for ph in phases])
+    warnings: list[str] = []
+    for ph in phases:
+        phase, j = ph.name, ph.jobs
+        rc, stderr = results[phase]
+        errors = toc.parse_restore_errors(stderr)
+        bad = [e for e in errors if not e.allowed]
+        if rc is None:
+            raise HostError(f"pg_restore ({phase}) never ran in the restore job (job exit {st.rc}): {_last(job.read('log'))}",
+                            hint=f"{db!r} was not touched; re-run to start the staging restore over")
+        if bad:
+            raise HostError(f"pg_restore ({phase}) failed with {len(bad)} error(s), first: {bad[0].one_line()[:300]}",
+                            hint=f"{db!r} was not touched; fix the cause and re-run (the staging database is rebuilt)")
+        if rc != 0 and not errors:
+            raise HostError(f"pg_restore ({phase}) stopped (exit {rc}): {_last(stderr)}",
+                            hint=f"{db!r} was not touched; re-run to start the staging restore over")
+        warnings += [f"{e.allowed}: {e.one_line()}" for e in errors]
+        out.add(Step(f"pg_restore {phase}", True, f"{'serial' if j == 1 else f'-j {j}'}"
+                     + (f", {len(errors)} known-harmless message(s)" if errors else ""), [" ".join(cmds[phase])]))
+    return warnings
+
+
+def _analyze_detached(t, settings, sha: str, argv: list[str], say, serial: bool = False) -> tuple[bool, str]:
+    """ANALYZE as a detached job; a running one (a re-run after the operator dropped) is attached to."""
+    job = rj.analyze_job(t, settings, sha, serial)
+    if not job.status().active:
+        job.start(rj.analyze_script(argv))
+    st = job.wait(progress=lambda phase, el: say("analyze", None, None))
+    return st.state == "done" and st.rc == 0, job.read(rj.stderr_file("analyze")) or job.read("log")
 
 
 def _swap_into_place(settings, psql: Psql, manifest, replace_existing: bool, out: Outcome, say):

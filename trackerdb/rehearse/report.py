@@ -34,7 +34,8 @@ OK_OUTCOMES = {"ok", "done", "pass", "passed", "success", "succeeded", "complete
                "changed", "unchanged", "skipped", "resumed"}
 RUNNING_OUTCOMES = {"", "start", "started", "running", "begin", "in-progress", "in_progress"}
 
-_OUTAGE_START = re.compile(r"freeze|stop[_ -]?writes|read[_ -]?only", re.I)
+# the application's own stop (hooks) starts the outage when it runs before the freeze
+_OUTAGE_START = re.compile(r"^app_stop$|freeze|stop[_ -]?writes|read[_ -]?only", re.I)
 _OUTAGE_END = re.compile(r"switch", re.I)
 _SCALES = re.compile(r"dump|restore|verify|transfer|copy|upload|download|load", re.I)
 _TRANSFER = re.compile(r"transfer|copy|upload|download", re.I)
@@ -122,6 +123,13 @@ def merge_entries(entries: list[dict]) -> list[dict]:
     return [by_phase[n] for n in order]
 
 
+def _hook_rows(rec: dict) -> list[dict]:
+    """The application hooks' steps (drain waits, commands) as rows of their own (issue 17)."""
+    from ..cutover.hooks import timeline_rows
+
+    return timeline_rows(rec["phase"], rec.get("facts") or {}) if str(rec["phase"]).startswith(("app_", "rollback_app")) else []
+
+
 def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
     """Every group's phases on one clock: offsets in seconds from the earliest start."""
     rows = []
@@ -129,6 +137,7 @@ def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
         label = str(group.get("label") or "run")
         for rec in merge_entries(list(group.get("entries") or [])):
             rows.append(rec | {"group": label})
+            rows += [r | {"group": label, "facts": {}, "attempts": 1} for r in _hook_rows(rec)]
     starts = [r["start"] for r in rows if r["start"] is not None]
     t0 = min(starts) if starts else None
     out = []

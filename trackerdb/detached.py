@@ -1,0 +1,168 @@
+"""Long steps that outlive the operator's SSH session: a job runs on its host, detached, and the
+operator's side only starts it, watches it and reads its result.
+
+A job is a private directory on the host (0700, owned by the user the job runs as) holding:
+``job.sh`` (the work, written by us), ``wrapper.sh`` (records ``pid``, ``started``, runs ``job.sh``
+with its output in ``log`` and writes the exit status to ``rc`` last), ``launched`` (when we started
+it) and whatever the job itself writes (``phase``, per-step stderr files). Nothing secret is in any
+argv: a job that needs a secret reads it from an environment file in that directory (0600).
+
+It starts as a transient systemd unit where the host runs systemd, else as a ``setsid``'d process
+with no terminal and no inherited descriptors (the lab's hosts have no systemd): either way the
+SSH session ending (the operator's laptop sleeping, its network dropping, invoke killed) does not
+reach it. A re-run finds the job by its name and attaches to it instead of starting it over.
+
+Pure builders (paths, scripts, the status command and its parser) are separate from ``Job``, the
+small executor.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import dataclass
+
+from .errors import HostError
+
+STARTING_GRACE_S = 30  # between launching and the wrapper writing its pid
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,80}$")
+
+
+# ---- pure builders ----------------------------------------------------------------------------
+
+def job_dir(base: str, name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"bad job name {name!r}")
+    return f"{base.rstrip('/')}/{name}"
+
+
+def unit_name(name: str) -> str:
+    return f"trackerdb-job-{name}"
+
+
+def wrapper_text(d: str) -> str:
+    q = shlex.quote
+    return ("#!/bin/sh\n"
+            "# trackerdb detached job: runs job.sh, records its pid, log and exit status here\n"
+            f"cd {q(d)} || exit 111\n"
+            "echo $$ > pid.tmp && mv pid.tmp pid\n"
+            "date +%s.%N > started\n"
+            "[ -f env ] && set -a && . ./env && set +a\n"
+            "/bin/sh ./job.sh > log 2>&1 < /dev/null\n"
+            "rc=$?\n"
+            "date +%s.%N > ended\n"
+            "echo $rc > rc.tmp && mv rc.tmp rc\n")
+
+
+def start_line(d: str, name: str, user: str) -> str:
+    """Shell line (run as root) that starts ``wrapper.sh`` as ``user``, detached from this session."""
+    q = shlex.quote
+    w = f"{d}/wrapper.sh"
+    systemd = f"systemd-run --quiet --collect --unit {q(unit_name(name))} --uid {q(user)} --gid {q(user)} /bin/sh {q(w)}"
+    plain = f"setsid -f runuser -u {q(user)} -- /bin/sh {q(w)} < /dev/null > /dev/null 2>&1"
+    return (f"date +%s > {q(d + '/launched')} && chown {q(user)} {q(d + '/launched')} && "
+            f"if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; "
+            f"then {systemd} && echo systemd; else {plain} && echo setsid; fi")
+
+
+def status_line(d: str) -> str:
+    """Prints ``absent`` | ``starting`` | ``running <pid>`` | ``done <rc>`` | ``dead``, then a second line
+    with the job's own ``phase`` (may be empty) and a third with ``started`` (epoch, may be empty)."""
+    q = shlex.quote
+    return (f"d={q(d)}; "
+            "if [ ! -d \"$d\" ]; then echo absent; "
+            "elif [ -f \"$d/rc\" ]; then echo \"done $(cat \"$d/rc\")\"; "
+            "elif [ -f \"$d/pid\" ] && p=$(cat \"$d/pid\") && grep -qas -- \"$d/wrapper.sh\" /proc/$p/cmdline; "
+            "then echo \"running $p\"; "
+            f"elif [ ! -f \"$d/pid\" ] && [ -f \"$d/launched\" ] && [ $(( $(date +%s) - $(cat \"$d/launched\") )) -lt {STARTING_GRACE_S} ]; "
+            "then echo starting; "
+            "else echo dead; fi; "
+            "cat \"$d/phase\" 2>/dev/null | head -1 || true; echo; "
+            "cat \"$d/started\" 2>/dev/null || true; echo")
+
+
+@dataclass
+class Status:
+    state: str            # absent | starting | running | done | dead
+    rc: int | None = None
+    pid: int | None = None
+    phase: str = ""
+    started: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "running")
+
+
+def parse_status(stdout: str) -> Status:
+    lines = stdout.split("\n")
+    head = (lines[0] if lines else "").split()
+    state = head[0] if head else "dead"
+    phase = lines[1].strip() if len(lines) > 1 else ""
+    started = next((float(x) for x in lines[2:] if re.fullmatch(r"\d+(\.\d+)?", x.strip())), None)
+    if state == "done":
+        rc = int(head[1]) if len(head) > 1 and head[1].lstrip("-").isdigit() else 255
+        return Status("done", rc=rc, phase=phase, started=started)
+    if state == "running":
+        return Status("running", pid=int(head[1]) if len(head) > 1 and head[1].isdigit() else None, phase=phase, started=started)
+    if state in ("absent", "starting"):
+        return Status(state, phase=phase, started=started)
+    return Status("dead", phase=phase, started=started)
+
+
+# ---- executor ---------------------------------------------------------------------------------
+
+class Job:
+    """One named job on one host, run as ``user``. ``Job.start`` refuses to start over an active one."""
+
+    def __init__(self, remote, base: str, name: str, user: str = "postgres"):
+        self.remote, self.base, self.name, self.user = remote, base, name, user
+        self.dir = job_dir(base, name)
+
+    def status(self) -> Status:
+        return parse_status(self.remote.run(status_line(self.dir), sudo=True).stdout)
+
+    def read(self, filename: str) -> str:
+        return self.remote.read_file(f"{self.dir}/{filename}") or ""
+
+    def start(self, script: str, env: dict[str, str] | None = None, files: dict[str, str] | None = None) -> str:
+        """(Re)create the job's private directory and start it detached. Returns how (systemd|setsid)."""
+        st = self.status()
+        if st.active:
+            raise HostError(f"{self.remote.name}: job {self.name} is already running (pid {st.pid})",
+                            hint="wait for it (re-run attaches to it) or stop it on the host")
+        q = shlex.quote
+        u = q(self.user)
+        self.remote.run(f"install -d -m 0700 -o {u} -g {u} {q(self.base)} && rm -rf {q(self.dir)} && "
+                        f"install -d -m 0700 -o {u} -g {u} {q(self.dir)}", sudo=True)
+        self.remote.write_file(f"{self.dir}/job.sh", script, mode="0700", owner=self.user)
+        self.remote.write_file(f"{self.dir}/wrapper.sh", wrapper_text(self.dir), mode="0700", owner=self.user)
+        for fname, text in (files or {}).items():  # e.g. a bash script job.sh execs
+            self.remote.write_file(f"{self.dir}/{fname}", text, mode="0600", owner=self.user)
+        if env:  # secrets by file (0600), never argv
+            body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
+            self.remote.write_file(f"{self.dir}/env", body, mode="0600", owner=self.user)
+        how = self.remote.run(start_line(self.dir, self.name, self.user), sudo=True).stdout.strip().splitlines()
+        return how[-1] if how else "setsid"
+
+    def wait(self, progress=None, poll_s: float = 2.0, timeout_s: float | None = None) -> Status:
+        """Poll until the job is done (or dead); ``progress(phase, elapsed_s)`` on every phase change
+        and at most every 30 s. The SSH connection may drop in between: each poll is its own command."""
+        t0 = time.monotonic()
+        last_phase, last_say = None, 0.0
+        while True:
+            st = self.status()
+            if st.state in ("done", "dead"):
+                return st
+            if st.state == "absent":
+                raise HostError(f"{self.remote.name}: job {self.name} disappeared ({self.dir})",
+                                hint="someone removed its directory; re-run to start it again")
+            now = time.monotonic()
+            if progress and (st.phase != last_phase or now - last_say >= 30):
+                progress(st.phase, (time.time() - st.started) if st.started else 0.0)
+                last_phase, last_say = st.phase, now
+            if timeout_s is not None and now - t0 > timeout_s:
+                raise HostError(f"{self.remote.name}: job {self.name} still running after {timeout_s:.0f}s",
+                                hint="it keeps running on the host; re-run to attach to it again")
+            time.sleep(poll_s)

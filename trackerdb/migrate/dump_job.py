@@ -1,0 +1,135 @@
+"""The cutover's final dump as a detached job on the source (see ``trackerdb.detached``).
+
+``pg_dump`` (with the manifest's facts from the same exported snapshot, ``dump.dump_script``) writes
+into the job's private directory on the source; the operator's side watches it, then fetches the
+file (resuming a partial download) and checks its SHA-256 against the source's. If the operator's
+invoke dies meanwhile, the dump goes on; the re-run attaches to it (or fetches its finished file)
+instead of dumping again. The job is named by the cutover (journal and freeze time), so another
+cutover never picks it up. When the source has less free space than the database's size, the dump
+streams through the SSH session as before (said in the progress).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .. import detached
+from ..errors import OpsError
+from ..remote import Remote, wrap
+from . import manifest as mf
+from .dump import PROBE_SQL, DumpArtifacts, _consistency, _last_line, dump_script, dump_warnings, parse_facts_file
+from .psql import Psql
+from .stream import sha256_file, stream_stdout
+
+
+# ---- pure builders ----------------------------------------------------------------------------
+
+def job_key(journal_path: str, frozen_at) -> str:
+    return hashlib.sha256(f"{journal_path}|{frozen_at}".encode()).hexdigest()[:16]
+
+
+def jobs_base(postgres_home: str) -> str:
+    return f"{postgres_home.rstrip('/')}/trackerdb-jobs"
+
+
+def fetch_line(path: str, offset: int) -> str:
+    """Shell line (root) that prints ``path`` from byte ``offset`` on (a resumed download)."""
+    return wrap(["tail", "-c", f"+{offset + 1}", path], sudo=True)
+
+
+# ---- executor ---------------------------------------------------------------------------------
+
+def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None) -> DumpArtifacts | None:
+    """Dump on the source as a detached job and fetch it. None when the source has no room for the
+    dump file (the caller streams instead)."""
+    say = say or (lambda m: None)
+    progress = progress or (lambda done, total: None)
+    from ..files import open_private, private_dir
+
+    db, port = settings.database, settings.pg_port
+    host = Remote(settings.require_source())
+    try:
+        info = Psql(host, port).json(PROBE_SQL, db)
+        major = int(info["server_version_num"]) // 10000
+        pg_bin = f"/usr/lib/postgresql/{major}/bin"
+        with_ts = bool(info.get("timescaledb"))
+        pg_dump_version = host.run([f"{pg_bin}/pg_dump", "--version"]).stdout.strip()
+        home = host.run(["sh", "-c", "getent passwd postgres | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"
+        job = detached.Job(host, jobs_base(home), f"dump-{key}")
+        out_file = f"{job.dir}/{db}.dump"
+        st = job.status()
+        if st.state == "done" and st.rc == 0 and host.exists(out_file):
+            say(f"dump: the detached pg_dump on {host.name} finished while we were away: fetching it")
+        elif st.active:
+            say(f"dump: attaching to the detached pg_dump running on {host.name} ({job.dir})")
+        else:
+            size = int(Psql(host, port).value(f"SELECT pg_database_size({mf_literal(db)});", db))
+            host.run(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", job.base], sudo=True)
+            avail = int(host.run(["df", "-B1", "--output=avail", job.base], sudo=True).stdout.split()[-1])
+            if avail < size:
+                say(f"dump: {host.name} has {avail >> 20} MiB free, less than the database ({size >> 20} MiB): "
+                    "streaming through this session instead of a detached job")
+                return None
+            script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
+                                 facts_path=f"{job.dir}/facts.json", out_file=out_file)
+            how = job.start("exec /bin/bash ./dump.bash\n", files={"dump.bash": script})
+            say(f"dump: pg_dump detached on {host.name} ({how}) in {job.dir}")
+
+        def watch(phase, elapsed):
+            r = host.run(["stat", "-c", "%s", out_file], sudo=True, check=False)
+            progress(int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else 0, None)
+
+        st = job.wait(progress=watch)
+        log = job.read("log")
+        if st.state != "done" or st.rc != 0:
+            raise OpsError(f"pg_dump on {host.name} failed (job {st.state}, exit {st.rc}): {_last_line(log)}",
+                           hint="nothing was changed on the source; fix the cause and re-run (the dump starts over)")
+        facts = parse_facts_file(job.read("facts.json"), with_ts)
+        remote_size = int(host.run(["stat", "-c", "%s", out_file], sudo=True).stdout.strip())
+        remote_sha = host.run(["sha256sum", out_file], sudo=True, timeout=3600).stdout.split()[0]
+
+        dest = private_dir(dest_dir)
+        dump_path = dest / f"{db}.dump"
+        partial = dest / f"{db}.dump.{key}.partial"  # named by the job: a partial is always a prefix of this dump
+        offset = partial.stat().st_size if partial.exists() else 0
+        if offset > remote_size:
+            partial.unlink()
+            offset = 0
+        if offset < remote_size:
+            with (_append_private(partial) if offset else open_private(partial)) as sink:
+                res = stream_stdout(host, fetch_line(out_file, offset), sink,
+                                    progress=lambda d, t: progress(offset + d, remote_size), total=remote_size - offset)
+            if res.exit_code != 0:
+                raise OpsError(f"fetching the dump from {host.name} failed: {_last_line(res.stderr)}",
+                               hint="re-run: the download continues where it stopped")
+        size, sha = sha256_file(str(partial))
+        if size != remote_size or sha != remote_sha:
+            partial.unlink(missing_ok=True)
+            raise OpsError("the fetched dump differs from the file on the source (size or SHA-256)",
+                           hint="re-run to fetch it again")
+        partial.replace(dump_path)
+        doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_path.name, dump_size=size,
+                                dump_sha256=sha, pg_dump_version=pg_dump_version, consistency=_consistency(log))
+        doc["dump"]["warnings"] = dump_warnings(log)
+        doc["dump"]["detached_job"] = job.dir
+        manifest_path = mf.manifest_path_for(dump_path)
+        mf.write_manifest(doc, manifest_path)
+        # the dump file is not left on the (shared) source; the job's log and status stay
+        host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], sudo=True, check=False)
+        return DumpArtifacts(str(dump_path), str(manifest_path), doc)
+    finally:
+        host.close()
+
+
+def _append_private(path):
+    """Our own partial download (0600), appended to; never through a symlink."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def mf_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+

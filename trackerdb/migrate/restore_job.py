@@ -1,0 +1,114 @@
+"""The restore's long steps as detached jobs on the target (see ``trackerdb.detached``), and the
+restore-time settings that must never outlive them.
+
+The three pg_restore phases run as *one* job whose script writes the restore-time settings file's
+removal (and a reload) into its EXIT trap: the settings are in effect exactly while that job runs,
+whether the operator is still connected or not. A job killed with SIGKILL (or a host that loses
+power) cannot run its trap, so the file is also removed at the start of any later restore, by the
+cutover's preflight, and whenever no restore job is running (``clear_stale_tuning``).
+
+ANALYZE (vacuumdb) is a second job. Jobs are named by the dump's SHA-256, so a re-run of the same
+restore finds them and attaches instead of starting over.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .. import detached
+from ..steps import Step
+
+RESTORE_JOB = "restore"
+ANALYZE_JOB = "analyze"
+
+
+# ---- pure builders ----------------------------------------------------------------------------
+
+def jobs_base(data_mount: str) -> str:
+    return f"{data_mount.rstrip('/')}/trackerdb-jobs"
+
+
+def job_name(kind: str, sha256: str) -> str:
+    return f"{kind}-{sha256[:16]}"
+
+
+def stderr_file(phase: str) -> str:
+    return f"stderr.{phase}"
+
+
+def rc_file(phase: str) -> str:
+    return f"rc.{phase}"
+
+
+def reload_cmd(pg_bin: str, port: int) -> str:
+    return shlex.join([f"{pg_bin}/psql", "-X", "-q", "-A", "-t", "-p", str(port), "-d", "postgres",
+                       "-c", "SELECT pg_reload_conf()"])
+
+
+def restore_script(phases: list[tuple[str, list[str]]], tuning_file: str, pg_bin: str, port: int) -> str:
+    """The job: each (phase, pg_restore argv) in order, its stderr and exit status in files; the
+    restore-time settings file removed (and the configuration reloaded) when the job ends, however
+    it ends short of SIGKILL. Every phase runs even if one reports errors: the operator's side
+    judges the messages (pg_restore exits 1 for harmless ones too)."""
+    q = shlex.quote
+    lines = ["set -u",
+             f"cleanup() {{ rm -f {q(tuning_file)}; {reload_cmd(pg_bin, port)} >/dev/null 2>&1; }}",
+             "trap cleanup EXIT",
+             "trap 'exit 143' TERM INT HUP"]
+    for phase, argv in phases:
+        lines += [f"echo {q(phase)} > phase.tmp && mv phase.tmp phase",
+                  f"{shlex.join(argv)} 2> {q(stderr_file(phase))}",
+                  f"echo $? > {q(rc_file(phase))}"]
+    lines.append("echo done > phase.tmp && mv phase.tmp phase")
+    return "\n".join(lines) + "\n"
+
+
+def analyze_script(argv: list[str]) -> str:
+    return f"echo analyze > phase\n{shlex.join(argv)} 2> {stderr_file('analyze')}\nrc=$?\necho $rc > {rc_file('analyze')}\nexit $rc\n"
+
+
+def stale_tuning_line(base: str, tuning_file: str, pg_bin: str, port: int) -> str:
+    """Remove the restore-time settings file unless a restore job is running; print what was done.
+
+    Runs as root. A running job is one whose wrapper is alive (its pid's cmdline names it)."""
+    q = shlex.quote
+    return (f"for d in {q(base)}/{RESTORE_JOB}-*; do [ -d \"$d\" ] && [ ! -f \"$d/rc\" ] && [ -f \"$d/pid\" ] && "
+            "grep -qas -- \"$d/wrapper.sh\" /proc/$(cat \"$d/pid\")/cmdline && { echo running; exit 0; }; done; "
+            f"if [ -e {q(tuning_file)} ]; then rm -f {q(tuning_file)} && "
+            f"{{ runuser -u postgres -- {reload_cmd(pg_bin, port)} >/dev/null 2>&1; echo removed; }}; else echo absent; fi")
+
+
+def attachable(staging_marker: dict | None, sha256: str, status: detached.Status) -> bool:
+    """A re-run continues the restore job instead of rebuilding staging when the staging database is
+    ours, from this very dump, still loading, and its job is running or has ended (judged next)."""
+    return bool(staging_marker and staging_marker.get("sha256") == sha256 and staging_marker.get("state") == "loading"
+                and status.state in ("starting", "running", "done"))
+
+
+# ---- executors --------------------------------------------------------------------------------
+
+def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
+    out = remote.run(stale_tuning_line(jobs_base(settings.data_mount), tuning_file, settings.pg_bin, settings.pg_port),
+                     sudo=True).stdout.strip()
+    if out == "removed":
+        return Step("stale restore tuning", True, f"removed {tuning_file} left by a restore that is no longer running")
+    if out == "running":
+        return Step("stale restore tuning", False, "a restore job is running: its settings stay until it ends")
+    return Step("stale restore tuning", False, "none left behind")
+
+
+def restore_job(remote, settings, sha256: str) -> detached.Job:
+    return detached.Job(remote, jobs_base(settings.data_mount), job_name(RESTORE_JOB, sha256))
+
+
+def analyze_job(remote, settings, sha256: str, serial: bool = False) -> detached.Job:
+    return detached.Job(remote, jobs_base(settings.data_mount), job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
+
+
+def phase_results(job: detached.Job, phases: list[str]) -> dict[str, tuple[int | None, str]]:
+    """phase -> (exit status or None when it never ran, stderr)."""
+    res = {}
+    for phase in phases:
+        rc = job.read(rc_file(phase)).strip()
+        res[phase] = (int(rc) if rc.lstrip("-").isdigit() else None, job.read(stderr_file(phase)))
+    return res
