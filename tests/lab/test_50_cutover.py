@@ -283,6 +283,11 @@ def test_rollback_after_new_writes_on_the_target(cutover_run):
     with Remote(settings.target) as t:
         slot = query_json(t, f"SELECT json_build_object('plugin', plugin, 'database', database) FROM pg_replication_slots "
                              f"WHERE slot_name = {literal(cap['slot'])};")
+        # the WAL names chunks: every chunk of the key-less hypertables carries FULL (TimescaleDB propagates it)
+        idents = run_sql(t, "SELECT DISTINCT c.relreplident FROM timescaledb_information.chunks k JOIN pg_class c "
+                            "ON c.oid = format('%I.%I', k.chunk_schema, k.chunk_name)::regclass "
+                            "WHERE k.hypertable_name IN ('location_reports', 'device_events');", database="tracker").stdout.split()
+    assert idents == ["f"], idents
     assert slot == {"plugin": "test_decoding", "database": "tracker"} and cap["lsn"]
     assert "tracker.location_reports" in cap["replica_identity_full"] and "tracker.device_events" in cap["replica_identity_full"]
     with Remote(settings.target) as t:

@@ -197,3 +197,15 @@ def test_rollback_refuses_after_the_window_was_finished(tmp_path):
 
 def test_lsn_order():
     assert ll._lsn("0/16B3748") < ll._lsn("1/0") and ll._lsn("A/10") == (10 << 32) + 16
+
+
+def test_signoff_shows_the_rollback_slot_even_when_every_check_passes():
+    from trackerdb.rehearse import signoff as so
+
+    checks = [{"name": "archive_mode", "ok": True, "observed": "on"},
+              {"name": "rollback slot trackerdb_rollback_1 retained WAL", "ok": True,
+               "observed": "WARNING: 3000.0 MiB WAL retained = 30.0% of 9.8 GiB free on the data volume"}]
+    status, text = so.item_backrest({"backrest": {"checks": checks}})
+    assert status == so.PASS and "30.0% of 9.8 GiB free" in text
+    checks[1]["ok"] = False
+    assert so.item_backrest({"backrest": {"checks": checks}})[0] == so.FAIL
