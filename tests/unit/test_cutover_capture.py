@@ -209,3 +209,26 @@ def test_signoff_shows_the_rollback_slot_even_when_every_check_passes():
     assert status == so.PASS and "30.0% of 9.8 GiB free" in text
     checks[1]["ok"] = False
     assert so.item_backrest({"backrest": {"checks": checks}})[0] == so.FAIL
+
+
+@pytest.mark.parametrize("slot, why", [
+    (None, "gone from the target"),
+    ({"wal_status": "lost", "restart_lsn": None, "confirmed_flush_lsn": "0/100", "retained_bytes": None}, "lost its WAL"),
+    ({"wal_status": "reserved", "restart_lsn": "0/90", "confirmed_flush_lsn": "0/200", "retained_bytes": 1}, "consumed past its start"),
+    ({"wal_status": "reserved", "restart_lsn": "0/90", "confirmed_flush_lsn": "0/100", "retained_bytes": 7}, None),
+])
+def test_capture_problem_names_a_missing_or_broken_capture(tmp_path, monkeypatch, slot, why):
+    j = Journal(tmp_path / "j.jsonl")
+
+    class S:
+        database, pg_port = "tracker", 5432
+
+    cap, problem = ll.capture_problem(j, None, S())
+    assert cap is None and "no change capture" in problem
+    j.note(cp.JOURNAL_PHASE, {"slot": "trackerdb_rollback_1", "lsn": "0/100"})
+    monkeypatch.setattr(cp, "slot_facts", lambda *a, **k: {"exists": slot is not None, "slot": slot, "current_lsn": "0/300"})
+    cap, problem = ll.capture_problem(j, None, S())
+    if why is None:
+        assert problem is None and cap["current_lsn"] == "0/300" and cap["retained_bytes"] == 7
+    else:
+        assert cap is None and why in problem
