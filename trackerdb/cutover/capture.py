@@ -449,7 +449,8 @@ def change_lines(changes: list[Change]) -> list[str]:
 
 
 # One change at a time, in commit order, as the table's owner. Rows are rebuilt by the source's own
-# input functions (jsonb_populate_record over the decoder's text forms). A row is identified by the
+# input functions (each column's text form from the decoder cast to the source's column type; not
+# jsonb_populate_record, which would keep a json/jsonb column's text as a JSON string). A row is identified by the
 # source table's primary key when it has one, otherwise by every column the target logged (REPLICA
 # IDENTITY FULL; TimescaleDB's time dimension compared typed so chunks are excluded, other columns by
 # their text form). A change whose row is not on the source (or an INSERT that collides) aborts
@@ -500,18 +501,18 @@ BEGIN
       INTO cond FROM pg_attribute a
       WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND keyj ? a.attname::text;
     newj := CASE WHEN pk IS NULL THEN coalesce(c.old_row, '{}') || coalesce(c.new_row, '{}') ELSE c.new_row END;
-    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum), string_agg(format('r.%I', a.attname), ', ' ORDER BY a.attnum)
+    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum), string_agg(format('(r.j->>%L)::%s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
       INTO cols, vals FROM pg_attribute a
       WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' AND newj ? a.attname::text;
     EXECUTE format('SET LOCAL ROLE %I', owner);
     IF c.op = 'INSERT' THEN
-      EXECUTE format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1) r',
-                     c.nspname, c.relname, cols, vals, c.nspname, c.relname) USING newj;
+      EXECUTE format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM (SELECT $1 AS j) r',
+                     c.nspname, c.relname, cols, vals) USING newj;
     ELSIF cond IS NULL THEN
       RAISE EXCEPTION 'change % (%) on %.%: no identity columns logged', c.seq, c.op, c.nspname, c.relname;
     ELSIF c.op = 'UPDATE' AND pk IS NOT NULL THEN
-      EXECUTE format('UPDATE %I.%I t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1) r) WHERE %s',
-                     c.nspname, c.relname, cols, vals, c.nspname, c.relname, cond) USING newj;
+      EXECUTE format('UPDATE %I.%I t SET (%s) = (SELECT %s FROM (SELECT $1 AS j) r) WHERE %s',
+                     c.nspname, c.relname, cols, vals, cond) USING newj;
       GET DIAGNOSTICS n = ROW_COUNT;
       IF n <> 1 THEN
         RAISE EXCEPTION 'change % (UPDATE) on %.%: % row(s) on the source match the target''s key, expected 1', c.seq, c.nspname, c.relname, n;
@@ -522,8 +523,8 @@ BEGIN
       IF n = 0 OR (pk IS NOT NULL AND n <> 1) THEN
         RAISE EXCEPTION 'change % (%) on %.%: % row(s) on the source match the target''s row, expected 1', c.seq, c.op, c.nspname, c.relname, n;
       END IF;
-      sql := format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1) r',
-                    c.nspname, c.relname, cols, vals, c.nspname, c.relname);
+      sql := format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM (SELECT $1 AS j) r',
+                    c.nspname, c.relname, cols, vals);
       IF n > 1 THEN  -- identical rows without a key: only one of them was changed on the target
         EXECUTE sql || ' CROSS JOIN generate_series(2, $2)' USING keyj, n;
       END IF;
