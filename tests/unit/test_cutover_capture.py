@@ -232,3 +232,9 @@ def test_capture_problem_names_a_missing_or_broken_capture(tmp_path, monkeypatch
         assert problem is None and cap["current_lsn"] == "0/300" and cap["retained_bytes"] == 7
     else:
         assert cap is None and why in problem
+
+
+def test_replay_runs_as_a_subscriber_would():
+    # the target's triggers already ran: firing the source's again would change updated_at or cascade twice
+    assert "set_config('session_replication_role', 'replica', true)" in cp.REPLAY_PROGRAM
+    assert "jsonb_populate_record(" not in cp.REPLAY_PROGRAM  # it would keep json/jsonb text as a JSON string

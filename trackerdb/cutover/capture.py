@@ -463,6 +463,10 @@ DECLARE
   keyj jsonb; newj jsonb; cond text; cols text; vals text; n bigint; sql text;
   skipped bigint := 0; col record; touched regclass[] := '{}';
 BEGIN
+  -- as a logical replication subscriber applies: the decoded rows already carry what the target's
+  -- triggers did (updated_at, cascades arrive as their own changes), so the source's ordinary and
+  -- foreign-key triggers must not run again
+  PERFORM set_config('session_replication_role', 'replica', true);
   SELECT m.origin INTO origin FROM _trackerdb_replay_meta m;
   IF pg_replication_origin_oid(origin) IS NULL THEN
     PERFORM pg_replication_origin_create(origin);
