@@ -33,6 +33,8 @@ def tx(xid, *lines, lsn="0/1F"):
      "UPDATE", "tracker", "devices", {"id": "1"}, {"id": "2", "name": "x"}),
     ("table tracker.device_geofences: DELETE: device_id[integer]:3 geofence_id[integer]:4",
      "DELETE", "tracker", "device_geofences", {"device_id": "3", "geofence_id": "4"}, None),
+    ("table tracker.t: INSERT: b[bit(4)]:B'0101' ok[boolean]:true x[numeric]:-1.50",
+     "INSERT", "tracker", "t", None, {"b": "0101", "ok": "true", "x": "-1.50"}),
     ("table tracker.t: DELETE: (no-tuple-data)", "DELETE", "tracker", "t", None, None),
     ("table tracker.t: TRUNCATE: restart_seqs cascade", "TRUNCATE", "tracker", "t", None, None),
     # quoted names (quote_identifier), a newline and a psql meta-command inside a value, array and

@@ -262,7 +262,10 @@ def _ident(s: str, i: int) -> tuple[str, int]:
 
 
 def _value(s: str, i: int) -> tuple[str | None, int, bool]:
-    """A value: 'quoted' (with '' doubled), null, unchanged-toast-datum, or a bare token. -> (value, end, unchanged)"""
+    """A value: 'quoted' (with '' doubled), B'bits', null, unchanged-toast-datum, or a bare token
+    (numbers, true/false). -> (value, end, unchanged)"""
+    if s.startswith("B'", i):  # bit and varbit
+        i += 1
     if s.startswith("'", i):
         out, i = [], i + 1
         while True:
