@@ -240,3 +240,32 @@ def test_replay_runs_as_a_subscriber_would():
     # the target's triggers already ran: firing the source's again would change updated_at or cascade twice
     assert "set_config('session_replication_role', 'replica', true)" in cp.REPLAY_PROGRAM
     assert "jsonb_populate_record(" not in cp.REPLAY_PROGRAM  # it would keep json/jsonb text as a JSON string
+
+
+def test_dry_run_lists_the_tables_that_get_replica_identity_full(monkeypatch):
+    import trackerdb.remote as remote_mod
+
+    class FakeRemote:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    tables = [{"schema": "tracker", "name": "devices", "replident": "d", "has_pk": True, "has_ri_index": False},
+              {"schema": "tracker", "name": "location_reports", "replident": "d", "has_pk": False, "has_ri_index": False}]
+    monkeypatch.setattr(remote_mod, "Remote", FakeRemote)
+    monkeypatch.setattr(ll, "query_json", lambda remote, sql, **k: tables if sql == cp.IDENTITY_SQL else None)
+
+    class S:
+        database, pg_port = "tracker", 5432
+
+        def require_source(self):
+            return object()
+
+    lines = ll.dry_run_lines(S())
+    assert "REPLICA IDENTITY FULL on 1 table(s)" in lines[0] and lines[0].endswith("tracker.location_reports")
+    assert "test_decoding" in lines[1] and "cutover-finish" in lines[1]
