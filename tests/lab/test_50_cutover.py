@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import writer as lw
+from trackerdb import dataset
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
@@ -38,6 +39,32 @@ MEASURED: dict = {}
 PWNED = "/tmp/trackerdb-pwned"
 HOSTILE_BOTH = f"late\n\\! touch {PWNED}\n-- "
 HOSTILE_TARGET_ONLY = f"new\n\\! id > {PWNED}\n"
+
+
+# issue 16: changes on the target after the switch other than the writer's appends. A row before the freeze
+# in an uncompressed chunk and one in a compressed chunk's range (late uploads), an update and a delete of
+# rows inside a compressed chunk (TimescaleDB decompresses them first), an update of a keyed table, a delete
+# of a composite-key table, an update of a key-less hypertable outside the compressed range.
+MUTATION_CHUNK_COMPRESSED = """SELECT bool_and(is_compressed) FROM timescaledb_information.chunks
+  WHERE hypertable_name = 'location_reports' AND range_start = '2024-01-02 00:00:00+00';"""
+MUTATIONS = """
+INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
+VALUES (7, '2024-01-08 06:00:00+00', now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
+       (7, '2024-01-02 12:00:00+00', now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false);
+UPDATE tracker.location_reports SET speed_kmh = 123.25
+  WHERE (device_id, reported_at) = (SELECT device_id, reported_at FROM tracker.location_reports
+                                    WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
+                                    ORDER BY reported_at LIMIT 1);
+DELETE FROM tracker.location_reports
+  WHERE (device_id, reported_at) = (SELECT device_id, reported_at FROM tracker.location_reports
+                                    WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
+                                    ORDER BY reported_at LIMIT 1);
+UPDATE tracker.devices SET name = 'renamed after the switch', metadata = metadata || '{"moved": true}' WHERE id = 2;
+DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id FROM tracker.device_geofences
+                                                                     ORDER BY 1, 2 LIMIT 1);
+UPDATE tracker.device_events SET payload = payload || '{"corrected": true}'
+  WHERE id = (SELECT max(id) FROM tracker.device_events WHERE occurred_at >= '2024-01-07');
+"""
 
 
 class Killed(Exception):
@@ -331,10 +358,26 @@ def test_rollback_after_new_writes_on_the_target(cutover_run):
     log = work / "writer2.jsonl"
     proc = start_writer(settings, log)
     try:
+        wait_acks(log, 10, settings.target.address)
+        # issue 16: while the writer goes on, what an application does besides appending now
+        with Remote(settings.target) as t:
+            assert run_sql(t, MUTATION_CHUNK_COMPRESSED, database="tracker").stdout.strip() == "t", "the range must be compressed"
+            run_sql(t, MUTATIONS, database="tracker")
         wait_acks(log, 30, settings.target.address)
     finally:
         records = stop_writer(proc, log)
     frozen_at = Journal(cutover_run["journal"]).state(ph.FREEZE).facts["frozen_at"]
+    cap = Journal(cutover_run["journal"]).state("capture").facts
+    with Remote(settings.target) as t:
+        slot = query_json(t, f"SELECT json_build_object('plugin', plugin, 'database', database) FROM pg_replication_slots "
+                             f"WHERE slot_name = {literal(cap['slot'])};")
+        # the WAL names chunks: every chunk of the key-less hypertables carries FULL (TimescaleDB propagates it)
+        idents = run_sql(t, "SELECT DISTINCT c.relreplident FROM timescaledb_information.chunks k JOIN pg_class c "
+                            "ON c.oid = format('%I.%I', k.chunk_schema, k.chunk_name)::regclass "
+                            "WHERE k.hypertable_name IN ('location_reports', 'device_events');", database="tracker").stdout.split()
+    assert idents == ["f"], idents
+    assert slot == {"plugin": "test_decoding", "database": "tracker"} and cap["lsn"]
+    assert "tracker.location_reports" in cap["replica_identity_full"] and "tracker.device_events" in cap["replica_identity_full"]
     with Remote(settings.target) as t:
         written_after = reports_after(t, frozen_at)
     # issue 11: tables the application could create on the target, named to break out of a script line
@@ -360,16 +403,35 @@ def test_rollback_after_new_writes_on_the_target(cutover_run):
     assert res["replayed"].get(f"tracker.{HOSTILE_BOTH}") == 1
     assert res["missing_on_source"] == [f"tracker.{HOSTILE_TARGET_ONLY}"] and str(res["export_file"]) in res["warning_missing"]
     assert oct(os.stat(res["export_file"]).st_mode & 0o777) == "0o600"
-    # the exported rows are exactly the rows written on the target after the switch
-    assert res["exported"].get("tracker.location_reports") == len(written_after)
-    assert res["replayed"].get("tracker.location_reports") == len(written_after)
+    # every change committed on the target since the slot, by table and operation: the writer's rows plus the
+    # two late ones as inserts; the decompression of the compressed chunk did not turn into inserts
+    assert res["capture"] == "logical decoding" and "capture_problem" not in res, res.get("capture_problem")
+    lr = res["changes"]["tracker.location_reports"]
+    assert lr == {"insert": len(written_after) + 2, "update": 1, "delete": 1}, lr
+    assert res["changes"]["tracker.devices"] == {"insert": 0, "update": 1, "delete": 0}
+    assert res["changes"]["tracker.device_geofences"]["delete"] >= 1
+    assert res["changes"]["tracker.device_events"] == {"insert": 0, "update": 1, "delete": 0}
+    assert any("decompression" in k for k in res["skipped"]), res["skipped"]
+    assert res["replayed"].get("tracker.location_reports") == len(written_after) + 4
     assert res["switch"]["new"] == settings.source.address
-    with Remote(settings.source) as s:
+    with Remote(settings.source) as s, Remote(settings.target) as t:
         assert _norm(reports_after(s, frozen_at)) == _norm(written_after)
+        # no acknowledged write lost: every insert the target acknowledged is on the source
+        acked = {r["reported_at"] for r in records if r["event"] == "ack" and r["endpoint"] == settings.target.address}
+        assert _norm(acked) <= _norm(reports_after(s, frozen_at))
+        # the source equals the target table by table, by content (not only counts)
+        src_sums, tgt_sums = dataset.checksums(s), dataset.checksums(t)
+        assert src_sums == tgt_sums, {k: (src_sums[k], tgt_sums[k]) for k in src_sums if src_sums[k] != tgt_sums.get(k)}
+        origin = run_sql(s, f"SELECT pg_replication_origin_progress({literal('trackerdb_' + cap['slot'])}, true);").stdout.strip()
+        assert origin == res["last_commit_lsn"]
+    MEASURED["replay"] = {k: res.get(k) for k in ("slot_retained_bytes", "decode_s", "replay_s", "exported_rows", "transactions")}
+    print("replay measured:", MEASURED["replay"])
     # idempotent: a second rollback changes nothing and adds no row
     again = run_rollback(settings, cutover_run["journal"], replay=True)
     assert again["switch"]["changed"] is False and again["source"]["changed"] is False
-    assert not again.get("replayed")
+    assert not again.get("replayed") and again["already_applied"] == res["exported_rows"]
+    with Remote(settings.source) as s:
+        assert dataset.checksums(s) == src_sums
     # the source serves writes again, through the switched-back endpoint
     log3 = work / "writer3.jsonl"
     proc = start_writer(settings, log3)
@@ -381,3 +443,37 @@ def test_rollback_after_new_writes_on_the_target(cutover_run):
         r = run_sql(t, "INSERT INTO tracker.devices (serial_number, imei, name, model, firmware, status) "
                        "VALUES ('x', '123456789012345', 'x', 'x', 'x', 'active');", database="tracker", check=False)
         assert not r.ok and "read-only" in r.stderr
+
+
+def test_rollback_with_the_target_unreachable_is_loudly_deferred(cutover_run):
+    """The target does not answer: rollback still gives the application the source, and says that the
+    changes made on the target were not carried back and how to finish (the capture stays for later)."""
+    from dataclasses import replace
+
+    settings = cutover_run["settings"]
+    dead = replace(settings, target=replace(settings.target, address="127.0.0.1", port=1))
+    res = run_rollback(dead, cutover_run["journal"], replay=True)
+    assert res["target_unreachable"] and res["exported_rows"] is None
+    assert "NOT exported" in res["warning"] and "re-run `invoke rollback`" in res["warning"]
+    assert "replayed" not in res
+    cap = Journal(cutover_run["journal"]).state("capture").facts
+    with Remote(settings.target) as t:  # nothing dropped the capture
+        assert run_sql(t, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = {literal(cap['slot'])};").stdout.strip() == "1"
+
+
+def test_cutover_finish_drops_the_slot_and_rollback_then_refuses(cutover_run):
+    settings = cutover_run["settings"]
+    journal = cutover_run["journal"]
+    cap = Journal(journal).state("capture").facts
+    r = subprocess.run([str(ROOT / ".venv/bin/invoke"), "cutover-finish", "--journal", str(journal)], cwd=ROOT,
+                       env=_env(settings), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no longer possible" in r.stdout
+    with Remote(settings.target) as t:
+        assert run_sql(t, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = {literal(cap['slot'])};").stdout.strip() == "0"
+    fin = Journal(journal).state("finish")
+    assert fin.done and fin.facts["rollback_possible"] is False and fin.facts["dropped"] is True
+    r = subprocess.run([str(ROOT / ".venv/bin/invoke"), "rollback", "--journal", str(journal)], cwd=ROOT,
+                       env=_env(settings), capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "end of the rollback window" in lines[0] and "hint:" in lines[0], r.stderr

@@ -316,6 +316,7 @@ def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS) -> list[Check]:
         sysid = system_id(t, settings)
         arch = psql_json(t, settings, ck.ARCHIVER_SQL)
         results += ck.archiver_checks(arch, settings)
+        results += _rollback_slot_checks(t, settings)
         drops = ck.parse_drop_scan(t.run(ck.drop_scan_command(settings), sudo=True, check=False).stdout)
         try:
             facts = repo_facts(t, settings, secret)
@@ -324,6 +325,21 @@ def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS) -> list[Check]:
             return results
         results += ck.repo_checks(facts, arch, sysid, repo_names(settings), drops, max_lag)
     return results
+
+
+def _rollback_slot_checks(t, settings) -> list[Check]:
+    """A rollback capture slot holds WAL on the data volume until `invoke cutover-finish` (issue 16)."""
+    from ..cutover.capture import FAIL_SHARE, WARN_SHARE
+    from ..cutover.lossless import slot_checks
+    from ..errors import OpsError
+
+    try:
+        rows = slot_checks(t, settings)
+    except OpsError as exc:
+        return [Check("rollback slots readable", False, exc.one_line(), "pg_replication_slots")]
+    return [Check(name, level != "fail", ("WARNING: " if level == "warn" else "") + text,
+                  f"retained WAL < {int(100 * WARN_SHARE)}% of free space (fails at {int(100 * FAIL_SHARE)}%)")
+            for name, level, text in rows]
 
 
 def _diff_keys(current: str, want: str) -> list[str]:

@@ -93,10 +93,39 @@ def rollback(c, replay=False, journal=None, json=False):
     out.print(f"rows written on the target after the switch: {res.get('exported_rows', 0)} {res.get('exported', '')}")
     if res.get("export_file"):
         out.print(f"exported to {res['export_file']}" + ("" if replay else " (apply with --replay)"))
+    if res.get("changes"):
+        out.print(f"captured changes per table (insert/update/delete): {res['changes']}; skipped: {res.get('skipped', {})}")
     if replay:
-        out.print(f"replayed on the source: {res.get('replayed', {})}; not replayed: {res.get('not_replayed', {})}")
+        out.print(f"replayed on the source: {res.get('replayed_changes') or res.get('replayed', {})}; "
+                  f"already applied earlier: {res.get('already_applied', 0)}; not replayed: {res.get('not_replayed', {})}")
+    if res.get("warning_missing"):
+        out.print(f"WARNING: {res['warning_missing']}")
     if res.get("warning"):
         out.print(f"note: {res['warning']}")
 
 
-TASKS = [cutover, rollback]
+@task(help={"journal": "the cutover's journal (default: <state_dir>/cutover/journal.jsonl)",
+            "json": "print the result as JSON"})
+@ops_task
+def cutover_finish(c, journal=None, json=False):
+    """End of the rollback window: drop the change-capture slot on the target (issue 16).
+
+    From then on the target keeps no WAL for a rollback, and `invoke rollback` refuses: the journal
+    records that rollback is no longer possible. Nothing else drops the slot. Safe to run again.
+    """
+    from ..cutover.lossless import finish
+    from ..cutover.ops import default_journal
+
+    if journal:
+        paths.input_file(journal, "--journal")
+    s = settings(c)
+    res = finish(s, Path(journal) if journal else default_journal(s), progress=None if json else elapsed_progress())
+    if json:
+        print(_json.dumps(res, indent=2, default=str))
+        return
+    out.print(f"slot {res['slot']}: {'dropped' if res['dropped'] else 'already gone'}"
+              f"{'' if res['changed'] else ' (finished earlier)'}; rollback to the source is no longer possible "
+              f"(since {res['finished_at']})")
+
+
+TASKS = [cutover, rollback, cutover_finish]

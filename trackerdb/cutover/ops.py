@@ -35,6 +35,9 @@ def dry_run_details(settings) -> list[str]:
     lines = [f"source: {fz.set_read_only_sql(settings.database)}",
              f"source: {fz.terminate_sql(settings.database, idle_only=False)}",
              "source: record pg_current_wal_lsn() and the freeze time"]
+    from . import lossless
+
+    lines += lossless.dry_run_lines(settings)
     try:
         s = sw.make(settings)
         lines.append(f"switch: {s.describe()}: {s.current()} -> {sw.new_value(settings)}")

@@ -101,6 +101,9 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     if current is not None and current == new:
         problems.append(f"the application already points at {new} ({switcher.describe()})")
     problems += _archiving_and_secret_problems(s)
+    from . import lossless
+
+    problems += lossless.preflight_problems(tgt, s)
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
     ctx.say(rollback_decision_point(ctx.journal.path))
@@ -337,8 +340,12 @@ def switch(ctx: Ctx, resume: bool) -> dict:
         ctx.journal.note(SWITCH, {"mode": switcher.mode, "old": old, "new": new})  # before the change
     else:
         old, new = recorded["old"], recorded["new"]
+    from . import lossless
+
+    capture = lossless.start_capture(ctx)  # before the application can write to the target (issue 16)
     ctx.say(f"switching {switcher.describe()}: {old} -> {new}")
     facts = switcher.apply(old, new, progress=ctx.say)
+    facts["capture"] = {"slot": capture["slot"], "lsn": capture["lsn"]}
     return facts
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import OpsError
 from . import freeze as fz
+from . import lossless as ll
 from . import phases as ph
 from . import switch as sw
 from ..files import write_private
@@ -207,6 +208,9 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     if freeze_st is None or "prior_read_only" not in freeze_st.facts:
         raise OpsError(f"journal {journal.path} shows no freeze of the source: nothing to roll back",
                        hint="the source was never changed; if a cutover is running, use its --journal")
+    if ll.finished(journal):
+        raise OpsError(f"journal {journal.path} records the end of the rollback window ({ll.finished(journal).get('finished_at')}): "
+                       "the change capture was dropped", hint="rollback is no longer possible; restore from backups instead")
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path("."), progress=progress)
     facts: dict = {"replay": replay}
     journal.begin(ROLLBACK, {"replay": replay})
@@ -241,8 +245,17 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
             keyed = [t for t in keyed if there.get(f"{t['schema']}.{t['name']}")]
             source_max = query_json(src, maxima_sql(keyed), database=db, port=port) or {}
             journal.note(ROLLBACK, {"source_max": source_max})
+        cap = None
         if switched and tfacts["exists"]:
-            facts.update(export_rows(settings, journal, tgt, tables, freeze_st.facts["frozen_at"], source_max, out_dir, say))
+            # every committed change since the slot (issue 16); the heuristic export only when it cannot be read
+            cap, why = ll.capture_problem(journal, tgt, settings)
+            if cap is not None:
+                facts.update(ll.export_changes(settings, journal, tgt, cap, out_dir, say))
+            else:
+                facts["capture_problem"] = why
+                say("WARNING: " + ll.FALLBACK_WARNING.format(why=why))
+                facts.update(export_rows(settings, journal, tgt, tables, freeze_st.facts["frozen_at"], source_max, out_dir, say))
+                facts["warning"] = ll.FALLBACK_WARNING.format(why=why)
         elif switched and not target_ok:
             facts["exported_rows"] = None
             facts["warning"] = ("the target was unreachable: rows written there after the switch were NOT exported; "
@@ -255,7 +268,10 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
         facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"], port=port)
         if facts["source"]["changed"]:
             undo.append(("source", None))
-        if replay and facts.get("exported_rows"):
+        if replay and cap is not None and facts.get("export_file"):
+            say(f"replaying {facts['exported_rows']} change(s) on the source in commit order, as their tables' owners, in one transaction")
+            facts.update(ll.replay_changes(src, facts["export_file"], db, port))
+        elif replay and facts.get("exported_rows"):
             say(f"replaying {facts['exported_rows']} row(s) on the source as their tables' owners, in one transaction")
             facts.update(replay_export(src, facts["export_file"], db, port))
         # 5. only now the application back to the recorded old value: it never points at a read-only database

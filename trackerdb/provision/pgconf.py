@@ -79,6 +79,11 @@ def dropin_text(settings, t: Tuning, private_ip: str) -> str:
         ("max_connections", str(t.max_connections)),
         ("shared_preload_libraries", _q("timescaledb")),
         ("timescaledb.telemetry_level", _q("off")),
+        # rollback capture (issue 16): logical decoding on the target from the switch on; a restart, so
+        # here at provision time and never in the window. The markers let the decoder skip TimescaleDB's
+        # own compression/decompression traffic (on by default in 2.18, set so nobody turns it off)
+        ("wal_level", "logical"),
+        ("timescaledb.enable_compression_wal_markers", "on"),
         ("password_encryption", _q("scram-sha-256")),
         ("ssl", "on"),
         ("ssl_cert_file", _q(cert)),

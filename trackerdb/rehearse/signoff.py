@@ -120,7 +120,9 @@ def item_backrest(f: dict) -> tuple[str, str]:
         return FAIL, "backrest check returned no checks"
     ok = all(c.get("ok") for c in checks)
     prefix = f"{sum(bool(c.get('ok')) for c in checks)}/{len(checks)} backrest checks ok"
-    return (PASS if ok else FAIL), f"{prefix}; {_checks_text(checks)}"
+    # a rollback capture slot's retained WAL is always shown (it grows until `invoke cutover-finish`)
+    slots = [f"{c.get('name')}: {c.get('observed')}" for c in checks if str(c.get("name", "")).startswith("rollback slot")]
+    return (PASS if ok else FAIL), f"{prefix}; {_checks_text(checks)}" + "".join(f"; {x}" for x in slots if x not in _checks_text(checks))
 
 
 def _report_problem(rep: dict, now: float, max_age_s: float) -> str | None:

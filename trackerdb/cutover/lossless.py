@@ -1,0 +1,206 @@
+"""The rollback window around the capture: started by the switch, read by rollback, watched, ended on purpose.
+
+- :func:`start_capture` (switch phase, before the application is switched): replica identity where
+  needed, then the slot; its name is journaled before it is created, its start LSN after.
+- :func:`preflight_problems` / :func:`dry_run_lines`: wal_level and the tables without a usable key,
+  known before the window.
+- :func:`export_changes` (rollback): every change since the slot, as a replay file (0600).
+- :func:`finish` (`invoke cutover-finish`): drops the slot, records that rollback is over.
+- :func:`slot_checks`: retained WAL against the data volume's free space (backrest.check, signoff).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..errors import HostError, OpsError
+from ..files import write_private
+from . import capture as cp
+from .journal import Journal
+from .pg import query_json
+
+
+def capture_facts(journal: Journal) -> dict:
+    return journal.state(cp.JOURNAL_PHASE).facts
+
+
+def finished(journal: Journal) -> dict | None:
+    st = journal.states().get(cp.FINISH_PHASE)
+    return st.facts if st is not None and st.done else None
+
+
+# ---- before the window -----------------------------------------------------------------------
+def preflight_problems(tgt, settings) -> list[str]:
+    """What would stop the capture in the window: wal_level needs a restart, so it must be logical now."""
+    try:
+        f = query_json(tgt, cp.slot_facts_sql("trackerdb_rollback_probe"), port=settings.pg_port)
+    except OpsError as exc:
+        return [f"rollback capture: {exc.one_line()}"]
+    problems = []
+    if f["wal_level"] != "logical":
+        problems.append(f"rollback capture: wal_level on the target is {f['wal_level']}, needs logical "
+                        "(`invoke provision` sets it and restarts, outside the window)")
+    if f.get("markers") not in (None, "on"):
+        problems.append("rollback capture: timescaledb.enable_compression_wal_markers is off on the target "
+                        "(compression traffic could not be told from the application's changes; `invoke provision`)")
+    return problems
+
+
+def dry_run_lines(settings) -> list[str]:
+    """Read-only: which tables will get REPLICA IDENTITY FULL (the target gets the source's tables)."""
+    from ..remote import Remote
+
+    try:
+        with Remote(settings.require_source()) as src:
+            tables = query_json(src, cp.IDENTITY_SQL, database=settings.database, port=settings.pg_port) or []
+    except (OpsError, AttributeError) as exc:  # AttributeError: settings without a source (nothing to list)
+        return [f"capture: cannot list the source's tables: {exc.one_line() if isinstance(exc, OpsError) else exc}"]
+    need = cp.needs_identity(tables)
+    lines = [f"target (switch phase, before the switch): REPLICA IDENTITY FULL on {len(need)} table(s) without a "
+             f"usable key (and their chunks): {', '.join(need) or 'none'}",
+             f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in {settings.database}; "
+             "its LSN goes to the journal; dropped only by `invoke cutover-finish`"]
+    return lines
+
+
+# ---- in the switch phase ---------------------------------------------------------------------
+def start_capture(ctx) -> dict:
+    """Replica identity, then the slot, before the application can write to the target. Safe to re-run."""
+    s, journal = ctx.settings, ctx.journal
+    tgt = ctx.remote("target")
+    recorded = capture_facts(journal)
+    if recorded.get("lsn"):
+        f = cp.slot_facts(tgt, s.database, recorded["slot"], s.pg_port)
+        if f["exists"]:
+            return recorded
+    slot = recorded.get("slot") or cp.slot_name(time.time())
+    if not recorded.get("slot"):
+        journal.note(cp.JOURNAL_PHASE, {"slot": slot, "plugin": cp.PLUGIN, "database": s.database})  # before the change
+    identity = cp.prepare_identity(tgt, s.database, s.pg_port)
+    if identity:
+        ctx.say(f"REPLICA IDENTITY FULL on {len(identity)} table(s) without a key: {', '.join(identity)}")
+    made = cp.ensure_slot(tgt, s.database, slot, s.pg_port)
+    facts = {"slot": slot, "plugin": cp.PLUGIN, "database": s.database, "lsn": made["lsn"],
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "replica_identity_full": identity}
+    journal.note(cp.JOURNAL_PHASE, facts)
+    ctx.say(f"rollback capture: slot {slot} ({cp.PLUGIN}) at {made['lsn']}")
+    return facts
+
+
+# ---- rollback --------------------------------------------------------------------------------
+def capture_problem(journal: Journal, tgt, settings) -> tuple[dict | None, str | None]:
+    """``(slot facts, None)`` when the capture can be read, else ``(None, why not)``."""
+    rec = capture_facts(journal)
+    if not rec.get("lsn"):
+        return None, "the journal records no change capture (a cutover from before it, or the slot was never created)"
+    try:
+        f = cp.slot_facts(tgt, settings.database, rec["slot"], settings.pg_port)
+    except OpsError as exc:
+        return None, f"cannot read slot {rec['slot']}: {exc.one_line()}"
+    if not f["exists"]:
+        return None, f"slot {rec['slot']} is gone from the target"
+    sl = f["slot"]
+    if sl["wal_status"] == "lost" or sl["restart_lsn"] is None or sl.get("conflicting"):
+        return None, f"slot {rec['slot']} lost its WAL (wal_status {sl['wal_status']})"
+    if _lsn(sl["confirmed_flush_lsn"]) > _lsn(rec["lsn"]):
+        return None, (f"slot {rec['slot']} was consumed past its start ({sl['confirmed_flush_lsn']} > {rec['lsn']}): "
+                      "changes before that are gone")
+    return {**rec, "current_lsn": f["current_lsn"], "retained_bytes": sl["retained_bytes"]}, None
+
+
+def _lsn(text: str) -> int:
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def export_changes(settings, journal: Journal, tgt, cap: dict, out_dir, say) -> dict:
+    """Every change the target committed since the slot, decoded, into a 0600 replay file."""
+    started = time.monotonic()
+    decoded = cp.read_changes(tgt, settings.database, cap["slot"], cap["current_lsn"], settings.pg_port)
+    out = Path(out_dir) if out_dir else journal.path.parent
+    path = out / f"rollback-changes-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sql"
+    write_private(path, cp.replay_script(cp.origin_name(cap["slot"]), decoded.changes))
+    per_table = cp.counts(decoded.changes)
+    summary = {"capture": "logical decoding", "slot": cap["slot"], "from_lsn": cap["lsn"], "upto_lsn": cap["current_lsn"],
+               "slot_retained_bytes": cap["retained_bytes"], "export_file": str(path), "changes": per_table,
+               "exported": {t: sum(v.values()) for t, v in per_table.items()}, "exported_rows": len(decoded.changes),
+               "transactions": decoded.commits, "last_commit_lsn": decoded.last_commit_lsn, "skipped": decoded.skipped,
+               "decode_s": round(time.monotonic() - started, 2)}
+    write_private(path.with_suffix(".summary.json"), json.dumps(summary, indent=2, sort_keys=True))
+    warnings = []
+    if decoded.truncated:
+        warnings.append(f"TRUNCATE on {', '.join(sorted(set(decoded.truncated)))} was NOT carried back")
+    if decoded.unmapped:
+        warnings.append(f"changes to chunks with no known hypertable were NOT carried back: {', '.join(sorted(set(decoded.unmapped)))}")
+    if warnings:
+        summary["warning"] = "; ".join(warnings)
+    say(f"decoded {len(decoded.changes)} change(s) in {decoded.commits} transaction(s) from slot {cap['slot']} to {path}")
+    return summary
+
+
+def replay_changes(src, export_file: str, db: str, port) -> dict:
+    started = time.monotonic()
+    res = cp.replay_result(query_json(src, Path(export_file).read_text(), database=db, port=port, timeout=3600) or {})
+    out = {"replayed": {t: sum(v.values()) for t, v in res["applied"].items()}, "replayed_changes": res["applied"],
+           "already_applied": res["already_applied"], "replay_s": round(time.monotonic() - started, 2)}
+    if res["missing_on_source"]:
+        missing = sorted(res["missing_on_source"])
+        out["missing_on_source"] = missing
+        out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their changes were NOT carried back "
+                                  f"and stay in {export_file}: create the tables on the source and re-run")
+    return out
+
+
+FALLBACK_WARNING = ("CHANGE CAPTURE UNAVAILABLE ({why}): falling back to the heuristic export. NOT carried back: "
+                    "updates and deletes made on the target after the switch, hypertable rows whose time is before the "
+                    "freeze (late uploads), rows of key-less tables that did not grow")
+
+
+# ---- end of the window -----------------------------------------------------------------------
+def finish(settings, journal_path, progress=None) -> dict:
+    """Drop the slot and record that rollback is no longer possible."""
+    from ..remote import Remote
+
+    say = progress or (lambda m: None)
+    journal = Journal(journal_path)
+    if finished(journal):
+        return {**finished(journal), "changed": False}
+    rec = capture_facts(journal)
+    if not rec.get("slot"):
+        raise OpsError(f"journal {journal.path} records no rollback capture", hint="nothing to finish; check --journal")
+    states = journal.states()
+    if states.get("rollback") is not None and states["rollback"].status == "started":
+        raise OpsError("a rollback is in progress in this journal", hint="let it finish (or re-run it) first")
+    journal.begin(cp.FINISH_PHASE, {"slot": rec["slot"]})
+    try:
+        with Remote(settings.target) as tgt:
+            dropped = cp.drop_slot(tgt, settings.database, rec["slot"], settings.pg_port)
+    except OpsError as exc:
+        journal.end(cp.FINISH_PHASE, "failed", error=exc.one_line())
+        raise
+    facts = {"slot": rec["slot"], "dropped": bool(dropped), "rollback_possible": False,
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    journal.end(cp.FINISH_PHASE, "ok", facts)
+    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible")
+    return {**facts, "changed": True}
+
+
+# ---- the watch -------------------------------------------------------------------------------
+def slot_checks(remote, settings) -> list[tuple[str, str, str]]:
+    """``(name, level, observed)`` per trackerdb rollback slot on the host; retained WAL against free space."""
+    slots = cp.watched_slots(remote, settings.pg_port)
+    if not slots:
+        return []
+    try:
+        from ..migrate import toc
+
+        free = toc.parse_df_avail(remote.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
+    except (OpsError, ValueError, HostError):
+        free = None
+    out = []
+    for sl in slots:
+        level, text = cp.retained_check(sl["retained_bytes"], free)
+        out.append((f"rollback slot {sl['slot']} retained WAL", level, text))
+    return out
