@@ -50,3 +50,21 @@ def write_private(path: str | Path, text: str) -> Path:
     with open_private(path, binary=False) as f:
         f.write(text)
     return Path(path)
+
+
+def sha256_file(path: str | Path, progress=None, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a local file, read in chunks; ``progress(done, None)`` after each."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+            if progress:
+                progress(n, None)
+    return n, h.hexdigest()

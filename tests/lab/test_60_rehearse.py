@@ -53,7 +53,7 @@ def _remote(spec):
 def _counts(remote, db):
     from trackerdb.rehearse.ops import table_counts
 
-    return table_counts(remote, db)
+    return table_counts(remote, db, 5432)  # the lab clusters' port
 
 
 def test_rehearsal_passes_and_writes_both_reports(rehearsal):

@@ -45,7 +45,7 @@ class ScriptedHost:
             return Result(line, 0, "ssh-ed25519 AAAAPUB postgres@target\n", "")
         if line.startswith("ssh "):
             return Result(line, self.probe[0], "", self.probe[1])
-        if "json_build_object" in line:
+        if "json_build_object" in line + (stdin or ""):  # SQL arrives on stdin
             return Result(line, 0, json.dumps(conf.dropin_settings(settings())) + "\n", "")
         if "--output=json" in line:
             assert PASS in (stdin or ""), "the probe gets the passphrase on stdin"

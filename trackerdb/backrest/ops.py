@@ -6,12 +6,12 @@ docstring for why that is possible with pgBackRest >= 2.55 and what older versio
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from typing import Callable
 
 from ..errors import HostError, PreflightError
+from ..psql import Psql
 from ..remote import Remote
 from ..secrets import Secret, fetch_secret, mask
 from ..steps import Check, Outcome, Step
@@ -55,11 +55,11 @@ def system_id(t: Remote, settings) -> int:
 
 
 def psql_json(t: Remote, settings, sql: str) -> dict:
-    r = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c", sql], user=PG, check=False)
-    if not r.ok:
-        raise HostError(f"PostgreSQL on the target did not answer: {r.stderr.strip()[:200]}",
-                        hint=f"is the cluster running? pg_ctlcluster {settings.postgres_major} main status")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    try:
+        return Psql.target(t, settings).json(sql)
+    except HostError as exc:
+        raise HostError(f"PostgreSQL on the target did not answer: {exc.message}",
+                        hint=f"is the cluster running? pg_ctlcluster {settings.postgres_major} main status") from None
 
 
 def _info(t: Remote, settings, secret: Secret, env: list[str], repo: int | None = None) -> dict[int, stanza.RepoFact]:
@@ -278,9 +278,9 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
     ctl = ["pg_ctlcluster", str(settings.postgres_major), "main"]
     if changed:
         t.run(ctl + ["reload"], sudo=True)
-    pending = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c",
-                     "SELECT count(*) FROM pg_settings WHERE pending_restart"], user=PG, check=False).stdout.strip()
-    mode = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c", "SHOW archive_mode"], user=PG, check=False).stdout.strip()
+    pg = Psql.target(t, settings)
+    pending = pg.run("SELECT count(*) FROM pg_settings WHERE pending_restart;", check=False).stdout.strip()
+    mode = pg.run("SHOW archive_mode;", check=False).stdout.strip()
     if mode != "on" or (changed and pending not in ("", "0")):
         _say(progress, "restarting PostgreSQL (archive_mode needs a restart)")
         t.run(ctl + ["restart"], sudo=True, timeout=300)

@@ -17,7 +17,7 @@ from ..errors import OpsError, PreflightError, VerifyError
 from . import freeze as fz
 from . import switch as sw
 from .journal import Journal
-from .pg import query_json
+from ..psql import Psql
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
 PHASES = [PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST]
@@ -78,7 +78,7 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     if s.source_decommissioned:
         raise PreflightError("settings say the source is decommissioned: a cutover needs it", hint="this cutover is already done")
     src, tgt = ctx.remote("source"), ctx.remote("target")
-    sfacts = query_json(src, fz.facts_sql(s.database))
+    sfacts = Psql.source(src, s).json(fz.facts_sql(s.database))
     if not sfacts["exists"]:
         raise PreflightError(f"source has no database {s.database!r}", hint="check trackerdb.source")
     if sfacts["read_only_setting"] and sfacts["read_only_setting"].endswith("=on"):
@@ -129,12 +129,11 @@ def _restore_preflight(ctx: Ctx) -> dict:
     from ..migrate import manifest as mf
     from ..migrate import restore as rs
     from ..migrate import toc
-    from ..migrate.psql import Psql
 
     s = ctx.settings
     problems: list[str] = []
     try:
-        facts = mf.collect_facts(Psql(ctx.remote("source"), s.pg_port), s.database)
+        facts = mf.collect_facts(Psql.source(ctx.remote("source"), s), s.database)
     except OpsError as exc:
         raise PreflightError(f"cannot read {s.database} on the source: {exc.message}",
                              hint="check trackerdb.source and that PostgreSQL runs there (nothing was changed)") from None
@@ -145,7 +144,7 @@ def _restore_preflight(ctx: Ctx) -> dict:
               "dump": {"size_bytes": facts["database"]["size_bytes"] // 2}, "facts": facts}
     tgt = ctx.remote("target")
     try:
-        tf = Psql(tgt, s.pg_port).json(rs.TARGET_FACTS_SQL)
+        tf = Psql.target(tgt, s).json(rs.TARGET_FACTS_SQL)
     except OpsError as exc:
         raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
                              hint="run `invoke provision` (nothing was changed)") from None
@@ -169,12 +168,12 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
     src = ctx.remote("source")
     recorded = ctx.facts(FREEZE)
     if "prior_read_only" not in recorded:
-        before = query_json(src, fz.facts_sql(s.database))
+        before = Psql.source(src, s).json(fz.facts_sql(s.database))
         # written before the change: a re-run must restore *this* value, not the frozen one
         ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": src.name})
         recorded = ctx.facts(FREEZE)
     ctx.say(f"making {s.database} on the source read-only and ending its sessions")
-    facts = fz.freeze(src, s.database, progress=ctx.say)
+    facts = fz.freeze(src, s.database, port=s.source_port, progress=ctx.say)
     facts["prior_read_only"] = recorded["prior_read_only"]
     if resume and recorded.get("frozen_at"):
         facts["refrozen_at"] = facts["frozen_at"]

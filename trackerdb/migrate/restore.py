@@ -35,8 +35,8 @@ from . import privileges as pv
 from . import sqltext as sq
 from . import toc
 from . import tsdb_restore as tr
-from .psql import Psql
-from .stream import feed_stdin, sha256_file, write_text
+from ..files import sha256_file
+from ..psql import Psql
 
 MARKER = "trackerdb:restore-staging"
 TUNING_NAME = "90-trackerdb-restore.conf"
@@ -228,7 +228,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
     db = settings.database
     staging = staging_name(db)
     t = Remote(settings.target)
-    psql = Psql(t, settings.pg_port)
+    psql = Psql.target(t, settings)
     pg_bin = settings.pg_bin
     try:
         # -- target preflight (read-only) --
@@ -236,7 +236,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         check_versions(manifest, tf)
         check_locale(manifest, tf)
         dbplan = check_databases(tf, db, replace)
-        code, toc_text, err = feed_stdin(t, " ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
+        code, toc_text, err = t.feed_stdin(" ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
         if code != 0 or not toc_text.strip():
             raise PreflightError(f"the target's pg_restore cannot read the dump: {_last(err)}",
                                  hint="the file is damaged or from a newer PostgreSQL than the target's")
@@ -322,27 +322,7 @@ def _upload(t, local: str, remote: str, size: int, offset: int, say) -> int:
         t.run(["rm", "-f", remote], sudo=True)
     if offset >= size:
         return 0
-    sent = 0
-    try:
-        sftp = t._connect().sftp()
-        with open(local, "rb") as f, sftp.open(remote, "ab") as rf:
-            rf.set_pipelined(True)
-            f.seek(offset)
-            while True:
-                data = f.read(UPLOAD_CHUNK)
-                if not data:
-                    break
-                rf.write(data)
-                sent += len(data)
-                say("upload", offset + sent, size)
-        sftp.chmod(remote, 0o640)
-        sftp.close()
-    except HostError:
-        raise
-    except Exception as exc:  # paramiko SSHException/EOFError/OSError when the connection drops
-        raise HostError(f"upload interrupted after {offset + sent} of {size} bytes ({exc.__class__.__name__})",
-                        hint="re-run the same command: the upload continues from where it stopped") from None
-    return sent
+    return t.append_file(local, remote, offset, size, progress=lambda done, total: say("upload", done, total))
 
 
 def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump, sha, dbplan, tf, out: Outcome, say):
@@ -380,14 +360,14 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     lists = {}
     for ph in phases:
         lists[ph.name] = list_path(remote_dump, ph.name)
-        write_text(t, lists[ph.name], toc.list_file_text(ph.lines))
+        t.write_file(lists[ph.name], toc.list_file_text(ph.lines), mode="0640", owner="postgres")
 
     mem = _mem_bytes(t)
     tune = restore_tuning(mem, settings.data_volume_size_gb)
     tpath = tuning_path(settings.postgres_major)
     warnings: list[str] = []
     try:
-        write_text(t, tpath, tuning_text(tune), mode="0644")
+        t.write_file(tpath, tuning_text(tune), mode="0644", owner="postgres")
         psql.run("SELECT pg_reload_conf();")
         # pg_file_settings shows what the server would read: if conf.d is not included, say so
         read = psql.value(f"SELECT count(*) FROM pg_file_settings WHERE sourcefile = {sq.literal(tpath)} AND error IS NULL;")
@@ -537,7 +517,7 @@ def preflight_target(settings) -> dict:
     """The refusals that need no dump (used by the cutover before it freezes the source): the target
     answers, TimescaleDB there is the configured version, no foreign staging database is in the way."""
     with Remote(settings.target) as t:
-        tf = Psql(t, settings.pg_port).json(TARGET_FACTS_SQL)
+        tf = Psql.target(t, settings).json(TARGET_FACTS_SQL)
     want = settings.timescaledb_version
     if tf.get("timescaledb_default") != want:
         raise PreflightError(f"TimescaleDB on the target is {tf.get('timescaledb_default') or 'not installed'}, expected {want}",

@@ -13,7 +13,7 @@ from ..steps import Check
 from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
-from .psql import Psql
+from ..psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
 
 SERVER_SQL = """SELECT json_build_object(
@@ -220,7 +220,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
     checks: list[Check] = []
     t = Remote(settings.target)
     try:
-        psql = Psql(t, settings.pg_port)
+        psql = Psql.target(t, settings)
         try:
             server = psql.json(server_sql(db))
         except OpsError as exc:
@@ -231,7 +231,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         if against_source:
             src = Remote(settings.require_source())
             try:
-                expected = mf.collect_facts(Psql(src, settings.pg_port), db)
+                expected = mf.collect_facts(Psql.source(src, settings), db)
             finally:
                 src.close()
             label = "live source"

@@ -60,13 +60,13 @@ def _flat(facts: dict) -> dict:
     return {k: v for k, v in (facts or {}).items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
-def table_counts(remote, database: str) -> dict[str, int]:
+def table_counts(remote, database: str, port: int) -> dict[str, int]:
     """count(*) of every dataset table on one host (read-only; works on a frozen source)."""
     from ..dataset import TABLES
-    from ..cutover.pg import query_json
+    from ..psql import Psql
 
     sql = "SELECT json_build_object(" + ", ".join(f"'{t}', (SELECT count(*) FROM {t})" for t in TABLES) + ")"
-    return {k: int(v) for k, v in (query_json(remote, sql, database=database) or {}).items()}
+    return {k: int(v) for k, v in (Psql(remote, port).json(sql, database) or {}).items()}
 
 
 def split_journal(records: list[dict]) -> list[dict]:
@@ -84,13 +84,14 @@ def lab_app_login_on_source(settings) -> dict:
     the password from Secrets Manager (the dataset generator leaves it unset). SQL on stdin, masked."""
     if not settings.is_lab:
         raise OpsError("refusing to set a role password outside the lab", hint="production's source already has it")
-    from ..cutover.pg import ident, literal, run_sql
+    from ..psql import Psql
     from ..remote import Remote
     from ..secrets import fetch_secret
+    from ..sql import ident, literal
 
     secret = fetch_secret(settings, settings.app_secret_name)
     with Remote(settings.require_source(), secrets=[secret]) as src:
-        run_sql(src, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+        Psql.source(src, settings).run(f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
     return {"role": settings.owner_role}
 
 
@@ -159,9 +160,10 @@ ACKED_ON_TARGET_SQL = ("SELECT json_build_object('found', count(*)) FROM tracker
                        "WHERE device_id = {device} AND reported_at = ANY({arr}::timestamptz[])")
 
 
-def acked_rows_on_target(remote, database: str, acks: list[dict]) -> int:
+def acked_rows_on_target(remote, database: str, acks: list[dict], port: int) -> int:
     """How many of the writer's acknowledged rows the target holds (each ack's device and reported_at)."""
-    from ..cutover.pg import literal, query_json
+    from ..psql import Psql
+    from ..sql import literal
 
     found = 0
     by_device: dict[int, list[str]] = {}
@@ -169,7 +171,7 @@ def acked_rows_on_target(remote, database: str, acks: list[dict]) -> int:
         by_device.setdefault(int(a.get("device", 1)), []).append(str(a["reported_at"]))
     for device, stamps in by_device.items():
         arr = literal("{" + ",".join('"' + s + '"' for s in stamps) + "}")
-        found += int((query_json(remote, ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database=database) or {}).get("found", 0))
+        found += int((Psql(remote, port).json(ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database) or {}).get("found", 0))
     return found
 
 
@@ -251,8 +253,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
         def verify_then_count(ctx, resume):
             facts = ph.verify(ctx, resume)
             # the moment that matters: source frozen, target restored and verified, no write reached it yet
-            counts["source"] = table_counts(ctx.remote("source"), settings.database)
-            counts["target"] = table_counts(ctx.remote("target"), settings.database)
+            counts["source"] = table_counts(ctx.remote("source"), settings.database, settings.source_port)
+            counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port)
             return facts | {"rehearsal_counts": counts}
 
         if _writer_available():
@@ -280,7 +282,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
                 acks = [r for r in records if r.get("event") == "ack"]
                 if acks and sw_facts.get("new"):
                     with Remote(settings.target) as tgt:
-                        found = acked_rows_on_target(tgt, settings.database, acks)
+                        found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port)
                     result["writer"] |= {"on_target": found, "lost": len(acks) - found}
         result["cutover_summary"] = summary
         result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}

@@ -372,9 +372,9 @@ VERSIONS_SQL = ("SELECT json_build_object('postgres_major', current_setting('ser
 
 
 def _psql_json(remote, sql: str, database: str, port: int):
-    from ..cutover.pg import query_json
+    from ..psql import Psql
 
-    return query_json(remote, sql, database=database, port=port)
+    return Psql(remote, port).json(sql, database)
 
 
 AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
@@ -511,7 +511,7 @@ def gather(settings, progress=None) -> dict:
 
         def _src():
             with Remote(settings.source) as r:
-                return _psql_json(r, VERSIONS_SQL, settings.database, settings.pg_port)
+                return _psql_json(r, VERSIONS_SQL, settings.database, settings.source_port)
 
         facts["source_versions"] = _safe(_src)
     say("pgBackRest check")
