@@ -44,7 +44,7 @@ def create_cluster(st: State, n: Names) -> None:
 
 def fill(st: State, n: Names, remote_source, scale: float) -> dict:
     """The tracker dataset (over SSH as postgres, SQL on stdin) and the unrelated fleet_archive database."""
-    from trackerdb import dataset
+    from . import dataset
 
     progress(f"source: generating the tracker dataset (scale {scale}, TimescaleDB {tsdb.VERSION})")
     result = dataset.run(remote_source, scale=scale, timescaledb_version=tsdb.VERSION)
