@@ -157,7 +157,7 @@ def cutover_run(backrest_ready, tmp_path_factory):
             kills["restore"] = kill_cutover_when(settings, journal, work, lambda: (
                 Journal(journal).state(ph.RESTORE).status == "started"
                 and t.run(["pgrep", "-f", "pg_restore .*[.]data[.]list"], check=False).ok))
-            assert not t.run(["pgrep", "-f", "pg_restore .*rest[.]list"], check=False).ok or wait_gone(t, "pg_restore .*rest[.]list")
+            assert not t.run(["pgrep", "-f", "pg_restore .*[.]data[.]list"], check=False).ok or wait_gone(t, "pg_restore .*[.]data[.]list")
             kills["verify"] = kill_cutover_when(settings, journal, work, lambda: Journal(journal).state(ph.VERIFY).status == "started")
         # 4. an interruption inside the switch after the record changed (while the TTL is waited out): an
         # in-process exception at that exact point, which a process kill cannot hit reliably
