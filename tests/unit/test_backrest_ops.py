@@ -32,6 +32,9 @@ class ScriptedHost:
     def __exit__(self, *a):
         pass
 
+    def close(self):
+        pass
+
     def run(self, cmd, *, sudo=False, user=None, stdin=None, check=True, timeout=None, cwd=None):
         line = cmd if isinstance(cmd, str) else " ".join(cmd)
         self.commands.append(line)
@@ -84,8 +87,10 @@ def host(monkeypatch):
     def factory(spec, secrets=()):
         return holder["host"]
 
-    monkeypatch.setattr(ops, "Remote", factory)
-    monkeypatch.setattr(ops, "fetch_secret", lambda s, name: Secret(name, PASS))
+    from trackerdb import session
+
+    monkeypatch.setattr(session, "Remote", factory)
+    monkeypatch.setattr(session, "fetch_secret", lambda s, name: Secret(name, PASS))
     return holder
 
 

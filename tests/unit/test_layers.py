@@ -60,3 +60,28 @@ def test_no_module_is_over_500_lines():
     long = {str(p.relative_to(ROOT)): n for pkg in ("trackerdb", "lab", "rehearsal", "infra")
             for p in modules(pkg) if (n := len(p.read_text().splitlines())) > 500}
     assert not long, f"split these by concern: {long}"
+
+
+def test_no_import_cycles_in_the_production_package():
+    """Module-level and lazy imports alike: a cycle means two concerns were not separated."""
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in modules("trackerdb")}
+    graph = {m: {i for i in imports_of(p) if i in mods and i != m and not m.startswith(i + ".")} for m, p in mods.items()}
+    seen, stack, cycles = set(), [], []
+
+    def visit(m):
+        if m in stack:
+            cycles.append(stack[stack.index(m):] + [m])
+            return
+        if m in seen:
+            return
+        seen.add(m)
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if not m.startswith(n + "."):
+                visit(n)
+        stack.pop()
+
+    for m in sorted(graph):
+        visit(m)
+    cycles = [c for c in cycles if not all(x == "trackerdb" or c[0].startswith(x) for x in c)]
+    assert not cycles, f"import cycles: {cycles[:3]}"

@@ -13,7 +13,8 @@ from typing import Callable
 from ..errors import HostError, PreflightError
 from ..psql import Psql
 from ..remote import Remote
-from ..secrets import Secret, fetch_secret, mask
+from ..secrets import Secret, mask
+from ..session import connection
 from ..steps import Check, Outcome, Step
 from . import checks as ck
 from . import conf, ssh, stanza
@@ -104,14 +105,14 @@ def ssh_probe(t: Remote, settings) -> ssh.Probe:
 
 
 # ---- setup ------------------------------------------------------------------------------------
-def setup(settings, dry_run: bool = False, progress: Progress = None) -> Outcome:
+def setup(settings, dry_run: bool = False, progress: Progress = None, session=None) -> Outcome:
     """SSH trust, collision check, configuration, stanza, archiving. Idempotent."""
     settings.validate()  # includes: stanza is not the shared host's
     ssh.parse_host_key(settings.repo_host_key)
     out = Outcome(f"pgBackRest on {settings.target.name} (stanza {settings.stanza})", dry_run=dry_run)
     out.waiting = None
-    secret = fetch_secret(settings, settings.cipher_secret_name)
-    with Remote(settings.target, secrets=[secret]) as t:
+    with connection(settings, session) as (sess, t):
+        secret = sess.secret(settings.cipher_secret_name)
         _say(progress, "reading facts from the target")
         version = pgbackrest_version(t)
         sysid = system_id(t, settings)
@@ -295,11 +296,11 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
 
 
 # ---- check ------------------------------------------------------------------------------------
-def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS) -> list[Check]:
+def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS, session=None) -> list[Check]:
     """Archive health, per repository, from the desired configuration's point of view."""
-    secret = fetch_secret(settings, settings.cipher_secret_name)
     results: list[Check] = []
-    with Remote(settings.target, secrets=[secret]) as t:
+    with connection(settings, session) as (sess, t):
+        secret = sess.secret(settings.cipher_secret_name)
         current = t.read_file(conf.CONF_PATH)
         want = conf.render(settings, secret.reveal())
         diff = _diff_keys(current or "", want)
@@ -345,14 +346,14 @@ def backup_argv(settings, repo: int, type: str) -> list[str]:
     return ["pgbackrest", f"--stanza={settings.stanza}", f"--repo={repo}", f"--type={type}", "--log-level-console=info", "backup"]
 
 
-def backup(settings, type: str = "full", progress: Progress = None) -> dict:
+def backup(settings, type: str = "full", progress: Progress = None, session=None) -> dict:
     """One backup into each repository (pgBackRest writes one repository per run), then report them."""
     if type not in ("full", "diff", "incr"):
         from ..errors import ConfigError
 
         raise ConfigError(f"backup type {type!r} is not full, diff or incr", hint="use --type full")
-    secret = fetch_secret(settings, settings.cipher_secret_name)
-    with Remote(settings.target, secrets=[secret]) as t:
+    with connection(settings, session) as (sess, t):
+        secret = sess.secret(settings.cipher_secret_name)
         version = pgbackrest_version(t)
         if version[:2] < MIN_REMOTE_BACKUP:
             raise PreflightError(

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HostError, OpsError
-from ..remote import LocalHost, Remote, wrap
+from ..remote import LocalHost, wrap
+from ..session import connection
 from . import manifest as mf
 from ..psql import Psql, parse_json
 
@@ -71,17 +72,17 @@ def parse_facts_file(text: str, with_timescaledb: bool) -> dict:
     return mf.merge_facts(docs[0], docs[1] if with_timescaledb else None, docs[-1])
 
 
-def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False) -> DumpArtifacts:
+def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False, session=None) -> DumpArtifacts:
     """Dump ``settings.database`` on the source (SSH, or this machine with ``local``).
 
     ``dest_dir`` is a local directory (stream), or with ``on_host`` a directory on the source.
     ``progress(done_bytes, total_bytes_or_None)`` is called while the dump streams.
     """
-    host = LocalHost("source") if local else Remote(settings.require_source())
-    try:
-        return _dump(settings, host, dest_dir, progress, on_host and not local)
-    finally:
-        host.close()
+    if local:
+        with LocalHost("source") as host:
+            return _dump(settings, host, dest_dir, progress, False)
+    with connection(settings, session, "source") as (_, host):
+        return _dump(settings, host, dest_dir, progress, on_host)
 
 
 def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifacts:
