@@ -336,7 +336,8 @@ class Remote:
             chan.close()
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None) -> int:
+    def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
+                    chunk: int = CHUNK) -> int:
         """Append ``local`` from byte ``offset`` on to ``remote`` (a resumable upload: the remote file is
         a prefix of the local one). Returns the bytes sent; ``progress(done, size)`` per chunk."""
         size = Path(local).stat().st_size if size is None else size
@@ -349,7 +350,7 @@ class Remote:
                 rf.set_pipelined(True)
                 f.seek(offset)
                 while True:
-                    data = f.read(CHUNK)
+                    data = f.read(chunk)
                     if not data:
                         break
                     rf.write(data)
@@ -410,14 +411,15 @@ class LocalHost(Remote):
             p = subprocess.run(["bash", "-c", line], stdin=f, capture_output=True)
         return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
-    def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None) -> int:
+    def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
+                    chunk: int = CHUNK) -> int:
         size = Path(local).stat().st_size if size is None else size
         if offset >= size:
             return 0
         sent = 0
         with open(local, "rb") as f, open(remote, "ab") as rf:
             f.seek(offset)
-            while data := f.read(CHUNK):
+            while data := f.read(chunk):
                 rf.write(data)
                 sent += len(data)
                 if progress:

@@ -196,7 +196,8 @@ def _upload(t, local: str, remote: str, size: int, offset: int, say) -> int:
         t.run(["rm", "-f", remote], sudo=True)
     if offset >= size:
         return 0
-    return t.append_file(local, remote, offset, size, progress=lambda done, total: say("upload", done, total))
+    return t.append_file(local, remote, offset, size, progress=lambda done, total: say("upload", done, total),
+                         chunk=UPLOAD_CHUNK)
 
 
 def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump, sha, dbplan, tf, out: Outcome, say):

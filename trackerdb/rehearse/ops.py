@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import OpsError
 from . import report as rp
+from .report_html import render_html
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,7 +174,7 @@ def write_reports(result: dict, settings, say) -> dict:
 
 
 def _write(state_dir: Path, rep: dict) -> None:
-    for name, text in (("report.json", rp.to_json(rep)), ("report.html", rp.render_html(rep))):
+    for name, text in (("report.json", rp.to_json(rep)), ("report.html", render_html(rep))):
         tmp = state_dir / (name + ".tmp")
         tmp.write_text(text)
         tmp.replace(state_dir / name)
