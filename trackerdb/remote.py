@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HostError
+from .files import pump
 from .secrets import mask
 from .settings import HostSpec
 
@@ -343,28 +344,26 @@ class Remote:
         size = Path(local).stat().st_size if size is None else size
         if offset >= size:
             return 0
-        sent = 0
+        sent = [0]
+
+        def write(data):
+            rf.write(data)
+            sent[0] += len(data)
+
         try:
             sftp = self.sftp
             with open(local, "rb") as f, sftp.open(remote, "ab") as rf:
                 rf.set_pipelined(True)
                 f.seek(offset)
-                while True:
-                    data = f.read(chunk)
-                    if not data:
-                        break
-                    rf.write(data)
-                    sent += len(data)
-                    if progress:
-                        progress(offset + sent, size)
+                pump(f, write, chunk, progress, offset, size)
             sftp.chmod(remote, 0o640)
             sftp.close()
         except HostError:
             raise
         except Exception as exc:  # paramiko SSHException/EOFError/OSError when the connection drops
-            raise HostError(f"upload interrupted after {offset + sent} of {size} bytes ({exc.__class__.__name__})",
+            raise HostError(f"upload interrupted after {offset + sent[0]} of {size} bytes ({exc.__class__.__name__})",
                             hint="re-run the same command: the upload continues from where it stopped") from None
-        return sent
+        return sent[0]
 
 
 class LocalHost(Remote):
@@ -390,18 +389,9 @@ class LocalHost(Remote):
 
     def stream_stdout(self, line: str, sink, progress=None, total=None) -> StreamResult:
         h = hashlib.sha256()
-        n = 0
         with tempfile.TemporaryFile() as err:
             p = subprocess.Popen(["bash", "-c", line], stdout=subprocess.PIPE, stderr=err)
-            while True:
-                data = p.stdout.read(CHUNK)
-                if not data:
-                    break
-                sink.write(data)
-                h.update(data)
-                n += len(data)
-                if progress:
-                    progress(n, total)
+            n = pump(p.stdout, lambda data: (sink.write(data), h.update(data)), CHUNK, progress, total=total)
             code = p.wait()
             err.seek(0)
             return StreamResult(code, n, h.hexdigest(), err.read().decode(errors="replace"))
@@ -416,14 +406,9 @@ class LocalHost(Remote):
         size = Path(local).stat().st_size if size is None else size
         if offset >= size:
             return 0
-        sent = 0
         with open(local, "rb") as f, open(remote, "ab") as rf:
             f.seek(offset)
-            while data := f.read(chunk):
-                rf.write(data)
-                sent += len(data)
-                if progress:
-                    progress(offset + sent, size)
+            sent = pump(f, rf.write, chunk, progress, offset, size)
         Path(remote).chmod(0o640)
         return sent
 
