@@ -14,7 +14,7 @@ import pytest
 from trackerdb.errors import HostError, PreflightError
 from trackerdb.migrate import restore as restore_mod
 from trackerdb.migrate.manifest import content_digest_sql, manifest_path_for
-from trackerdb.migrate.psql import Psql
+from trackerdb.psql import Psql
 from trackerdb.migrate.restore import run_restore, staging_name
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote
