@@ -45,7 +45,9 @@ def clusters(remote) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def moved(lab):
-    """The source's cluster on 5433 and Settings for a target on 5433; both put back afterwards."""
+    """The source's cluster on 5433 and Settings for a target on 5433. The source is put back on 5432
+    afterwards; the target stays on 5433 until lab.down (provision creates a cluster on the configured
+    port but does not move a running one to another port), so this module runs last on its instance."""
     name = lab["name"]
     lab_api.set_source_port(name, PORT)
     try:
@@ -54,9 +56,6 @@ def moved(lab):
         yield dataclasses.replace(loaded, pg_port=PORT)
     finally:
         lab_api.set_source_port(name, 5432)
-        from trackerdb.provision.ops import provision
-
-        provision(load_lab_settings(name))  # the target back on the default port for whatever runs next
 
 
 @pytest.fixture(scope="module")
