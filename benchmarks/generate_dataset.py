@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from trackerdb import dataset
+from lab import dataset
 from trackerdb.errors import OpsError
 from trackerdb.remote import Remote
 from trackerdb.settings import Settings
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if not s.is_lab:
             raise OpsError("benchmarks/generate_dataset.py runs against the lab only", hint="set TRACKERDB_ENV=lab")
         with Remote(s.require_source()) as host:
-            r = dataset.run(host, a.scale, a.seed)
+            r = dataset.run(host, a.scale, a.seed, port=s.source_port)
     except OpsError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trackerdb.migrate import restore as r  # noqa: E402
 from trackerdb.migrate.dump import run_dump  # noqa: E402
 from trackerdb.migrate.manifest import load_manifest, manifest_path_for  # noqa: E402
-from trackerdb.migrate.psql import Psql  # noqa: E402
+from trackerdb.psql import Psql  # noqa: E402
 from trackerdb.remote import Remote  # noqa: E402
 from trackerdb.settings import Settings  # noqa: E402
 

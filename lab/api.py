@@ -211,9 +211,36 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
     st["up"] = True
 
 
+def _services(st: State, role: str) -> dict:
+    """The role's services and ports (the source's cluster may have been moved: set_source_port)."""
+    svcs = dict(SERVICES[role])
+    if role == "source":
+        svcs["postgresql"] = int(st.data.get("source_pg_port") or 5432)
+    return svcs
+
+
 def _healthy(st: State) -> bool:
     return all(_init_alive(st, r) for r in SSH_ROLES) and all(
-        _port_open(st, r, p) for r, svcs in SERVICES.items() for p in svcs.values())
+        _port_open(st, r, p) for r in SERVICES for p in _services(st, r).values())
+
+
+def set_source_port(name: str, port: int) -> dict:
+    """Move the source's cluster to ``port`` and record it as this instance's ``source_pg_port`` in its
+    settings.json, so Settings loaded against the lab reach it there. 5432 puts it back."""
+    check_name(name)
+    with _instance_lock(name):
+        st = State(name)
+        if not st["up"]:
+            raise LabError(f"lab {name} is not up", hint="run lab.up first")
+        source.set_port(st, port)
+        path = st.dir / "settings.json"
+        overlay = json.loads(path.read_text())
+        overlay.pop("source_pg_port", None)
+        if int(port) != 5432:
+            overlay["source_pg_port"] = int(port)
+        path.write_text(render.to_json(overlay))
+        st["source_pg_port"] = int(port)
+    return {"source_pg_port": int(port)}
 
 
 def _init_alive(st: State, role: str) -> bool:
@@ -402,7 +429,7 @@ def status(name: str) -> dict:
     n = Names(name, ipaddress.ip_network(st["subnet"]))
     for role in ROLES:
         h = {"address": n.ip(role), "netns": n.netns(role), "names": render.host_aliases(n, role),
-             "services": {svc: _port_open(st, role, port) for svc, port in SERVICES[role].items()}}
+             "services": {svc: _port_open(st, role, port) for svc, port in _services(st, role).items()}}
         if role in SSH_ROLES:
             h |= {"user": "admin", "key_file": f"{d}/id_ed25519", "known_hosts": f"{d}/known_hosts", "init_pid": st.init(role)}
         else:

@@ -153,7 +153,7 @@ def pg_hba_extra(subnet: str) -> str:
     return f"host all all {subnet} scram-sha-256\n"
 
 
-def source_pgbackrest_conf(pg_major: int = 17, stanza: str = SHARED_STANZA) -> str:
+def source_pgbackrest_conf(pg_major: int = 17, stanza: str = SHARED_STANZA, port: int = 5432) -> str:
     return f"""[global]
 log-level-console=warn
 log-level-file=info
@@ -167,7 +167,7 @@ repo3-path={REPO_PATH}
 [{stanza}]
 pg1-path=/var/lib/postgresql/{pg_major}/main
 archive-timeout=60
-"""
+""" + (f"pg1-port={int(port)}\n" if int(port) != 5432 else "")
 
 
 def repo_pgbackrest_conf() -> str:

@@ -42,9 +42,23 @@ def create_cluster(st: State, n: Names) -> None:
     hexec(st, "source", "pg_ctlcluster 17 main start")
 
 
+def set_port(st: State, port: int) -> None:
+    """Move the cluster to ``port`` (postgresql.conf's own ``port`` line, which Debian's cluster tools
+    read too) and restart it; pgBackRest's stanza section learns the port as well."""
+    port = int(port)
+    if not 1024 <= port <= 65535:
+        raise LabError(f"source port {port} is not in 1024-65535", hint="e.g. 5433")
+    root = st.dir / "hosts" / "source" / "root"
+    write(root, "/etc/pgbackrest/pgbackrest.conf", render.source_pgbackrest_conf(port=port), 0o640, (0, ids(root, "postgres")[1]))
+    hexec(st, "source", f"sed -i -E 's/^#?port = [0-9]+/port = {port}/' /etc/postgresql/17/main/postgresql.conf "
+                        "&& pg_ctlcluster 17 main restart")
+    retry(lambda: hexec(st, "source", ["pg_isready", "-q", "-p", str(port)], timeout=10), what=f"source on port {port}",
+          attempts=20, delay=0.5)
+
+
 def fill(st: State, n: Names, remote_source, scale: float) -> dict:
     """The tracker dataset (over SSH as postgres, SQL on stdin) and the unrelated fleet_archive database."""
-    from trackerdb import dataset
+    from . import dataset
 
     progress(f"source: generating the tracker dataset (scale {scale}, TimescaleDB {tsdb.VERSION})")
     result = dataset.run(remote_source, scale=scale, timescaledb_version=tsdb.VERSION)

@@ -50,3 +50,25 @@ def write_private(path: str | Path, text: str) -> Path:
     with open_private(path, binary=False) as f:
         f.write(text)
     return Path(path)
+
+
+def pump(src, write, chunk: int = 1 << 20, progress=None, start: int = 0, total: int | None = None) -> int:
+    """Read the binary stream ``src`` to its end in chunks, handing each to ``write``;
+    ``progress(start + bytes so far, total)`` after each. Returns the bytes read."""
+    n = 0
+    for data in iter(lambda: src.read(chunk), b""):
+        write(data)
+        n += len(data)
+        if progress:
+            progress(start + n, total)
+    return n
+
+
+def sha256_file(path: str | Path, progress=None, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a local file, read in chunks; ``progress(done, None)`` after each."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        n = pump(f, h.update, chunk, progress)
+    return n, h.hexdigest()

@@ -1,20 +1,28 @@
 """SSH to a host with Fabric, host keys pinned from a known_hosts file (never trust-on-first-use).
 
-`Remote` is deliberately thin: build commands with `trackerdb.cmd`, run them here. Secrets go to
+`Remote` is deliberately thin: build commands elsewhere (pure builders), run them here. Secrets go to
 remote programs on stdin or in files, never in argv; `mask` scrubs them from any error text.
+It is the one transport: commands (``run``), files (``read_file``/``write_file``), binary streams
+(``stream_stdout``/``feed_stdin``: Fabric's ``run`` decodes output as text, a dump is bytes) and
+resumable uploads (``append_file`` on top of the public ``sftp``). ``LocalHost`` offers the same on
+this machine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import select
 import shlex
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HostError
+from .files import pump
 from .secrets import mask
 from .settings import HostSpec
 
@@ -34,6 +42,15 @@ class Result:
         return self.exit_code == 0
 
 
+@dataclass
+class StreamResult:
+    exit_code: int
+    bytes: int
+    sha256: str
+    stderr: str
+
+
+CHUNK = 1 << 20
 _ERROR_MARKS = ("ERROR:", "FATAL:", "PANIC:", "error:", "fatal:")
 
 
@@ -234,6 +251,120 @@ class Remote:
     def sftp(self):
         return self._connect().sftp()
 
+    # ---- streams and uploads -----------------------------------------------------------------
+    def _channel(self, line: str):
+        chan = self._connect().client.get_transport().open_session()
+        chan.exec_command(line)
+        return chan
+
+    def stream_stdout(self, line: str, sink, progress=None, total=None) -> StreamResult:
+        """Run the shell ``line`` and write its stdout (bytes) to ``sink``, hashing on the fly;
+        ``progress(bytes, total)`` as data arrives."""
+        h = hashlib.sha256()
+        n = 0
+        chan = self._channel(line)
+        err = bytearray()
+        try:
+            while True:
+                select.select([chan], [], [], 1.0)
+                got = False
+                while chan.recv_ready():
+                    data = chan.recv(CHUNK)
+                    if not data:
+                        break
+                    sink.write(data)
+                    h.update(data)
+                    n += len(data)
+                    got = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(CHUNK)
+                    got = True
+                if got and progress:
+                    progress(n, total)
+                if not got and chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if not got and chan.closed:
+                    break
+            code = chan.recv_exit_status()
+        except (OSError, EOFError) as exc:
+            raise HostError(f"{self.name}: stream interrupted ({exc.__class__.__name__}) after {n} bytes",
+                            hint="re-run the same command") from None
+        finally:
+            chan.close()
+        return StreamResult(code, n, h.hexdigest(), err.decode(errors="replace"))
+
+    def feed_stdin(self, line: str, path: str, limit: int | None = None) -> tuple[int, str, str]:
+        """Run ``line`` with the local file at ``path`` on its stdin; stops sending early when the
+        command stops reading (``pg_restore -l`` reads only the table of contents).
+        Returns (exit code, stdout, stderr)."""
+        chan = self._channel(line)
+        out, err = bytearray(), bytearray()
+        sent = 0
+        try:
+            with open(path, "rb") as f:
+                while limit is None or sent < limit:
+                    data = f.read(CHUNK)
+                    if not data:
+                        break
+                    try:
+                        chan.sendall(data)
+                    except OSError:
+                        break  # the command stopped reading: it has what it needed
+                    sent += len(data)
+                    while chan.recv_ready():
+                        out += chan.recv(CHUNK)
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(CHUNK)
+                    if chan.exit_status_ready():
+                        break
+            try:
+                chan.shutdown_write()
+            except OSError:
+                pass
+            while True:
+                select.select([chan], [], [], 1.0)
+                got = False
+                while chan.recv_ready():
+                    out += chan.recv(CHUNK)
+                    got = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(CHUNK)
+                    got = True
+                if not got and chan.exit_status_ready():
+                    break
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
+                    chunk: int = CHUNK) -> int:
+        """Append ``local`` from byte ``offset`` on to ``remote`` (a resumable upload: the remote file is
+        a prefix of the local one). Returns the bytes sent; ``progress(done, size)`` per chunk."""
+        size = Path(local).stat().st_size if size is None else size
+        if offset >= size:
+            return 0
+        sent = [0]
+
+        def write(data):
+            rf.write(data)
+            sent[0] += len(data)
+
+        try:
+            sftp = self.sftp
+            with open(local, "rb") as f, sftp.open(remote, "ab") as rf:
+                rf.set_pipelined(True)
+                f.seek(offset)
+                pump(f, write, chunk, progress, offset, size)
+            sftp.chmod(remote, 0o640)
+            sftp.close()
+        except HostError:
+            raise
+        except Exception as exc:  # paramiko SSHException/EOFError/OSError when the connection drops
+            raise HostError(f"upload interrupted after {offset + sent[0]} of {size} bytes ({exc.__class__.__name__})",
+                            hint="re-run the same command: the upload continues from where it stopped") from None
+        return sent[0]
+
 
 class LocalHost(Remote):
     """The same interface on this machine (for `dump --local` on the old host itself)."""
@@ -255,6 +386,31 @@ class LocalHost(Remote):
 
     def put(self, local: str, remote: str) -> None:
         subprocess.run(["cp", local, remote], check=True)
+
+    def stream_stdout(self, line: str, sink, progress=None, total=None) -> StreamResult:
+        h = hashlib.sha256()
+        with tempfile.TemporaryFile() as err:
+            p = subprocess.Popen(["bash", "-c", line], stdout=subprocess.PIPE, stderr=err)
+            n = pump(p.stdout, lambda data: (sink.write(data), h.update(data)), CHUNK, progress, total=total)
+            code = p.wait()
+            err.seek(0)
+            return StreamResult(code, n, h.hexdigest(), err.read().decode(errors="replace"))
+
+    def feed_stdin(self, line: str, path: str, limit: int | None = None) -> tuple[int, str, str]:
+        with open(path, "rb") as f:
+            p = subprocess.run(["bash", "-c", line], stdin=f, capture_output=True)
+        return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+    def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
+                    chunk: int = CHUNK) -> int:
+        size = Path(local).stat().st_size if size is None else size
+        if offset >= size:
+            return 0
+        with open(local, "rb") as f, open(remote, "ab") as rf:
+            f.seek(offset)
+            sent = pump(f, rf.write, chunk, progress, offset, size)
+        Path(remote).chmod(0o640)
+        return sent
 
     def get(self, remote: str, local: str) -> None:
         subprocess.run(["cp", remote, local], check=True)

@@ -101,6 +101,8 @@ class Settings:
     switch: dict = field(default_factory=dict)
     state_dir: str = "artifacts"
     pg_port: int = 5432
+    # The source cluster's port when it differs from the target's (None: the same as pg_port).
+    source_pg_port: int | None = None
     # Deliberate owner changes applied by restore and expected by verify (migrate.privileges.OwnerMapping).
     owner_map: tuple = ()
     # PostgreSQL's server certificate + key: Secrets Manager secret NAME (JSON certificate/private_key);
@@ -122,6 +124,11 @@ class Settings:
     def pg_conf_dir(self) -> str:
         """Debian's configuration directory of the cluster (postgresql.conf, pg_hba.conf, conf.d/)."""
         return f"/etc/postgresql/{self.postgres_major}/main"
+
+    @property
+    def source_port(self) -> int:
+        """The port of the source's cluster (``source_pg_port``, else ``pg_port``)."""
+        return int(self.source_pg_port or self.pg_port)
 
     @property
     def pg_bin(self) -> str:
@@ -204,6 +211,7 @@ class Settings:
             switch=dict(cfg.get("switch") or {}),
             state_dir=cfg.get("state_dir", "artifacts"),
             pg_port=int(cfg.get("pg_port", 5432)),
+            source_pg_port=int(cfg["source_pg_port"]) if cfg.get("source_pg_port") else None,
             owner_map=_owner_map(cfg.get("owner_map")),
             tls_secret_name=cfg.get("tls_secret_name") or None,
             tls_ca_file=cfg.get("tls_ca_file") or None,

@@ -14,7 +14,7 @@ import pytest
 from trackerdb.errors import HostError, PreflightError
 from trackerdb.migrate import restore as restore_mod
 from trackerdb.migrate.manifest import content_digest_sql, manifest_path_for
-from trackerdb.migrate.psql import Psql
+from trackerdb.psql import Psql
 from trackerdb.migrate.restore import run_restore, staging_name
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote
@@ -244,7 +244,9 @@ def test_dropped_ssh_mid_upload_resumes(restored, monkeypatch):
             super().__init__(*a, **k)
             remotes.append(self)
 
-    monkeypatch.setattr(restore_mod, "Remote", Recording)
+    from trackerdb import session as session_mod
+
+    monkeypatch.setattr(session_mod, "Remote", Recording)  # restore's connection comes from its session
     cut = {"at": None}
 
     def drop(phase, done, total):
@@ -262,7 +264,7 @@ def test_dropped_ssh_mid_upload_resumes(restored, monkeypatch):
         partial = int(t.run(["stat", "-c", "%s", restore_mod.upload_path(s.data_mount, s.database, dump.manifest["dump"]["sha256"])],
                             sudo=True).stdout)
     assert 0 < partial < size
-    monkeypatch.setattr(restore_mod, "Remote", Remote)
+    monkeypatch.setattr(session_mod, "Remote", Remote)
     outcome = run_restore(s, dump.dump_path, replace=True)
     assert outcome.stats["uploaded_bytes"] == size - partial
     assert any(st.name == "upload" and "resumed" in st.detail for st in outcome.steps)

@@ -19,7 +19,7 @@ from trackerdb.cutover import freeze as fz
 from trackerdb.migrate import privileges as pv
 from trackerdb.migrate.dump import run_dump
 from trackerdb.migrate.manifest import manifest_path_for
-from trackerdb.migrate.psql import Psql
+from trackerdb.psql import Psql
 from trackerdb.migrate.restore import run_restore
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote

@@ -26,14 +26,24 @@ from trackerdb import dataset
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
-from trackerdb.cutover.pg import ident, literal, query_json, run_sql
 from trackerdb.cutover.rollback import run_rollback
+from trackerdb.psql import Psql
 from trackerdb.remote import Remote
+from trackerdb.sql import ident, literal
 
 pytestmark = [
     pytest.mark.lab,
 ]
 ROOT = Path(__file__).resolve().parents[2]
+LAB_PORT = 5432  # the lab's clusters here (tests/lab/test_55_port.py runs the cutover on another port)
+
+
+def run_sql(remote, sql: str, database: str = "postgres", check: bool = True, timeout=None):
+    return Psql(remote, LAB_PORT).run(sql, database, check=check, timeout=timeout)
+
+
+def query_json(remote, sql: str, database: str = "postgres"):
+    return Psql(remote, LAB_PORT).json(sql, database)
 DEVICE = 1
 MEASURED: dict = {}
 PWNED = "/tmp/trackerdb-pwned"
@@ -129,7 +139,6 @@ def counts(remote) -> dict:
 def ensure_app_password_on_source(settings) -> None:
     """The old host is where the application logs in today: its `tracker` role has the password
     from Secrets Manager (the dataset generator leaves it unset). Sent on stdin, never argv."""
-    from trackerdb.cutover.pg import ident, literal
     from trackerdb.secrets import fetch_secret
 
     secret = fetch_secret(settings, settings.app_secret_name)

@@ -28,7 +28,7 @@ from trackerdb.cutover import hooks as hk
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
-from trackerdb.cutover.pg import query_json
+from trackerdb.psql import Psql
 from trackerdb.errors import PreflightError
 from trackerdb.remote import Remote
 
@@ -139,7 +139,7 @@ def wait_for(cond, timeout=60, what="condition"):
 
 def source_state(settings) -> dict:
     with Remote(settings.require_source()) as s:
-        return query_json(s, f"SELECT json_build_object('ro', (SELECT count(*) FROM pg_db_role_setting r JOIN pg_database d "
+        return Psql.source(s, settings).json(f"SELECT json_build_object('ro', (SELECT count(*) FROM pg_db_role_setting r JOIN pg_database d "
                              f"ON d.oid = r.setdatabase WHERE d.datname = '{settings.database}' AND r.setrole = 0 "
                              "AND array_to_string(r.setconfig, ',') LIKE '%default_transaction_read_only=on%'));")
 

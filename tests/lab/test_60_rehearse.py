@@ -31,7 +31,7 @@ def rehearsal():
     require_lab_host()
     from lab import api
 
-    from trackerdb.rehearse.ops import run_rehearsal
+    from rehearsal.run import run_rehearsal
     from trackerdb.settings import Settings
 
     lines: list[str] = []
@@ -51,9 +51,10 @@ def _remote(spec):
 
 
 def _counts(remote, db):
+    from lab.dataset import TABLES
     from trackerdb.rehearse.ops import table_counts
 
-    return table_counts(remote, db)
+    return table_counts(remote, db, 5432, TABLES)  # the lab clusters' port
 
 
 def test_rehearsal_passes_and_writes_both_reports(rehearsal):

@@ -32,6 +32,9 @@ class ScriptedHost:
     def __exit__(self, *a):
         pass
 
+    def close(self):
+        pass
+
     def run(self, cmd, *, sudo=False, user=None, stdin=None, check=True, timeout=None, cwd=None):
         line = cmd if isinstance(cmd, str) else " ".join(cmd)
         self.commands.append(line)
@@ -45,7 +48,7 @@ class ScriptedHost:
             return Result(line, 0, "ssh-ed25519 AAAAPUB postgres@target\n", "")
         if line.startswith("ssh "):
             return Result(line, self.probe[0], "", self.probe[1])
-        if "json_build_object" in line:
+        if "json_build_object" in line + (stdin or ""):  # SQL arrives on stdin
             return Result(line, 0, json.dumps(conf.dropin_settings(settings())) + "\n", "")
         if "--output=json" in line:
             assert PASS in (stdin or ""), "the probe gets the passphrase on stdin"
@@ -84,8 +87,10 @@ def host(monkeypatch):
     def factory(spec, secrets=()):
         return holder["host"]
 
-    monkeypatch.setattr(ops, "Remote", factory)
-    monkeypatch.setattr(ops, "fetch_secret", lambda s, name: Secret(name, PASS))
+    from trackerdb import session
+
+    monkeypatch.setattr(session, "Remote", factory)
+    monkeypatch.setattr(session, "fetch_secret", lambda s, name: Secret(name, PASS))
     return holder
 
 

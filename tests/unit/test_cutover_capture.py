@@ -258,10 +258,14 @@ def test_dry_run_lists_the_tables_that_get_replica_identity_full(monkeypatch):
     tables = [{"schema": "tracker", "name": "devices", "replident": "d", "has_pk": True, "has_ri_index": False},
               {"schema": "tracker", "name": "location_reports", "replident": "d", "has_pk": False, "has_ri_index": False}]
     monkeypatch.setattr(remote_mod, "Remote", FakeRemote)
-    monkeypatch.setattr(ll, "query_json", lambda remote, sql, **k: tables if sql == cp.IDENTITY_SQL else None)
+    class FakePsql:
+        def json(self, sql, database="postgres", timeout=None):
+            return tables if sql == cp.IDENTITY_SQL else None
+
+    monkeypatch.setattr(ll.Psql, "source", classmethod(lambda cls, remote, settings: FakePsql()))
 
     class S:
-        database, pg_port = "tracker", 5432
+        database, pg_port, source_port = "tracker", 5432, 5432
 
         def require_source(self):
             return object()

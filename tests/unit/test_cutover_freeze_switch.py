@@ -5,8 +5,8 @@ import pytest
 from moto import mock_aws
 
 from trackerdb.cutover import freeze, switch
-from trackerdb.cutover.pg import ident, literal, psql_argv
 from trackerdb.errors import ConfigError, OpsError
+from trackerdb.sql import ident
 
 
 @pytest.mark.parametrize("db, sql", [
@@ -41,12 +41,6 @@ def test_terminate_touches_only_that_databases_client_sessions(idle_only):
 def test_facts_sql_is_scoped_to_the_database():
     sql = freeze.facts_sql("o'db")
     assert sql.count("'o''db'") == 4 and "pg_current_wal_lsn()" in sql and "clock_timestamp()" in sql
-
-
-def test_quoting():
-    assert ident('a"b') == '"a""b"' and literal("it's") == "'it''s'"
-    assert psql_argv("tracker") == ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", "tracker"]
-    assert psql_argv("tracker", 5433)[-2:] == ["-p", "5433"]
 
 
 # ---- switch ----------------------------------------------------------------------------------

@@ -197,7 +197,9 @@ def test_the_report_timeline_draws_each_hook_step_and_the_drain_wait():
     phases, t0 = report.build_phases([{"label": "cutover", "entries": entries}])
     names = [p["phase"] for p in phases]
     assert names.index("app_stop: writer") < names.index("app_stop: worker drain (last 0)") < names.index("app_stop: worker")
-    svg = report.timeline_svg(phases, None)
+    from trackerdb.rehearse import report_html
+
+    svg = report_html.timeline_svg(phases, None)
     assert "app_stop: worker drain (last 0)" in svg
     window = report.outage_window(phases, None, t0)
     assert window["start"] == 100.0  # the application's stop starts the outage, not the freeze

@@ -158,7 +158,7 @@ def test_verify_phase_records_the_privilege_comparison_and_stops_on_a_drift(tmp_
     from trackerdb.steps import Check
 
     (tmp_path / "m.json").write_text("{}")
-    ctx = types.SimpleNamespace(settings=None, say=lambda m: None, facts=lambda phase: {"manifest_path": str(tmp_path / "m.json")},
+    ctx = types.SimpleNamespace(settings=None, session=None, say=lambda m: None, facts=lambda phase: {"manifest_path": str(tmp_path / "m.json")},
                                 journal=types.SimpleNamespace(path=tmp_path / "j"))
     summary = Check("owners and privileges equal to the source", True, "49 objects compared, 0 differ", "0 differ")
     monkeypatch.setattr(mv, "run_verify", lambda settings, **kw: [Check("table t rows", True), summary])

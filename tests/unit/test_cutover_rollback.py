@@ -139,6 +139,7 @@ def test_tables_sql_lists_insert_time_columns():
 
 class Settings2(S):
     pg_port = 5433
+    source_port = 5433
     switch: dict = {}
 
 
@@ -166,8 +167,15 @@ def _fake_hosts(monkeypatch, calls, fail_replay):
             pass
 
     monkeypatch.setattr(ph.Ctx, "remote", lambda self, which: R(which))
-    monkeypatch.setattr(rb, "query_json", lambda remote, sql, database="postgres", port=None, timeout=None:
-                        calls.append(("query", remote.name, port)) or ({"exists": True} if "pg_database" in sql else []))
+    class P:
+        def __init__(self, remote, port):
+            self.remote, self.port = remote, port
+
+        def json(self, sql, database="postgres", timeout=None):
+            calls.append(("query", self.remote.name, self.port))
+            return {"exists": True} if "pg_database" in sql else []
+
+    monkeypatch.setattr(rb, "Psql", P)
     monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: False)
     monkeypatch.setattr(fz, "freeze", lambda remote, db, grace_s=5, port=None, progress=None:
                         calls.append(("freeze", remote.name, port)) or {"prior_read_only": None})

@@ -7,19 +7,6 @@ import pytest
 from trackerdb.errors import HostError, PreflightError
 from trackerdb.migrate import dump as d
 from trackerdb.migrate import manifest as mf
-from trackerdb.migrate.psql import parse_json_output, psql_cmd
-
-
-def test_psql_cmd_stops_on_error_and_takes_sql_on_stdin():
-    cmd = psql_cmd("tracker", 5433, "/usr/lib/postgresql/17/bin", {"owner": "tracker"})
-    assert cmd[:2] == ["/usr/lib/postgresql/17/bin/psql", "-X"]
-    assert "ON_ERROR_STOP=1" in cmd and "-At" in cmd and cmd[cmd.index("-d") + 1] == "tracker"
-    assert cmd[cmd.index("-p") + 1] == "5433" and cmd[-2:] == ["-v", "owner=tracker"]
-
-
-def test_parse_json_output_takes_last_line():
-    assert parse_json_output("SET\n\n{\"a\": 1}\n") == {"a": 1}
-    assert parse_json_output("") is None
 
 
 def test_facts_sql_only_queries_timescale_views_when_installed():

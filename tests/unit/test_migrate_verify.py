@@ -134,7 +134,7 @@ def test_wal_check_uses_backrest_checks(monkeypatch):
 
     from trackerdb.steps import Check
 
-    fake = types.SimpleNamespace(check=lambda settings: [Check("archive-push", True), Check("last segment", False, "12 min old")])
+    fake = types.SimpleNamespace(check=lambda settings, session=None: [Check("archive-push", True), Check("last segment", False, "12 min old")])
     import trackerdb.backrest
 
     monkeypatch.setattr(trackerdb.backrest, "ops", fake, raising=False)

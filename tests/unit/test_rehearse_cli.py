@@ -5,6 +5,7 @@ import json
 import pytest
 from invoke import Context, Exit
 
+from rehearsal import tasks as rehearsal_cli
 from trackerdb.cli import rehearse as cli
 from trackerdb.rehearse import signoff as S
 
@@ -50,7 +51,7 @@ def test_signoff_table_names_the_failed_item(monkeypatch, capsys, fake_settings)
 
 @pytest.mark.parametrize("passed, code", [(True, None), (False, 1)])
 def test_rehearse_ends_with_the_verdict_and_paths(monkeypatch, capsys, passed, code):
-    from trackerdb.rehearse import ops
+    from rehearsal import run as ops
 
     seen = {}
 
@@ -63,10 +64,10 @@ def test_rehearse_ends_with_the_verdict_and_paths(monkeypatch, capsys, passed, c
     monkeypatch.setattr(ops, "run_rehearsal", fake_run)
     if code:
         with pytest.raises(Exit) as e:
-            cli.rehearse(Context(), scale=0.25, rollback=True, lab="x")
+            rehearsal_cli.rehearse(Context(), scale=0.25, rollback=True, lab="x")
         assert e.value.code == code
     else:
-        cli.rehearse(Context(), scale=0.25, rollback=True, lab="x")
+        rehearsal_cli.rehearse(Context(), scale=0.25, rollback=True, lab="x")
     out = capsys.readouterr().out
     assert f"REHEARSAL {'PASS' if passed else 'FAIL'}" in out and "/s/report.html" in out and "/s/report.json" in out
     assert seen["scale"] == 0.25 and seen["replay_rollback"] is True and seen["lab_name"] == "x" and seen["keep_lab"] is False

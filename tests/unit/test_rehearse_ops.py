@@ -91,12 +91,13 @@ def test_acked_rows_query_quotes_timestamps():
             self.sql.append(stdin)
 
             class R:
+                ok = True
                 stdout = json.dumps({"found": 2})
             return R()
 
     r = FakeRemote()
     acks = [{"device": 1, "reported_at": "2026-01-01 00:00:00.1+00"}, {"device": 1, "reported_at": "2026-01-01 00:00:00.2+00"}]
-    assert ops.acked_rows_on_target(r, "tracker", acks) == 2
+    assert ops.acked_rows_on_target(r, "tracker", acks, 5432) == 2
     assert "'{\"2026-01-01 00:00:00.1+00\",\"2026-01-01 00:00:00.2+00\"}'::timestamptz[]" in r.sql[0]
 
 

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from trackerdb.rehearse import report as R
+from trackerdb.rehearse.report_html import render_html
 from trackerdb.rehearse.sample import T0, sample_result
 
 
@@ -222,7 +223,7 @@ class _Collect(HTMLParser):
 
 
 def test_html_is_well_formed_and_self_contained():
-    page = R.render_html(_build())
+    page = render_html(_build())
     p = _Collect()
     p.feed(page)
     p.close()
@@ -235,7 +236,7 @@ def test_html_is_well_formed_and_self_contained():
 
 def test_html_shows_every_section_and_the_outage():
     rep = _build()
-    page = R.render_html(rep)
+    page = render_html(rep)
     for text in ("Timeline", "Verification", "Row counts", "Throughput", "Projected production outage", "Signoff checklist",
                  "outage 1 min 31 s", "needs human decision", "public.tracker_reports", "1,250,000", "Assumptions"):
         assert text in page, text
@@ -246,12 +247,12 @@ def test_html_shows_every_section_and_the_outage():
 def test_html_escapes_journal_text():
     res = sample_result()
     res["journals"][1]["entries"][0]["facts"] = {"note": "<script>alert(1)</script>"}
-    page = R.render_html(_build(res))
+    page = render_html(_build(res))
     assert "<script>alert" not in page and "&lt;script&gt;" in page
 
 
 def test_failing_report_lists_reasons_in_the_page():
     res = sample_result()
     res["counts"]["public.trips"]["target"] = 1
-    page = R.render_html(_build(res))
+    page = render_html(_build(res))
     assert 'class="verdict FAIL"' in page and "row count public.trips" in page

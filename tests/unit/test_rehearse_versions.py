@@ -22,6 +22,7 @@ def test_the_report_header_shows_the_versions_and_a_deviation_fails_it():
     import copy
 
     from trackerdb.rehearse import report as R
+    from trackerdb.rehearse.report_html import render_html
     from trackerdb.rehearse.sample import T0, sample_result
 
     res = copy.deepcopy(sample_result())
@@ -29,7 +30,7 @@ def test_the_report_header_shows_the_versions_and_a_deviation_fails_it():
                                              {"postgres_major": "16", "timescaledb": "2.18.2", "postgis": "3.5.2"})
     rep = R.build_report(res, generated_at=T0)
     assert rep["verdict"] == "PASS"  # the PostgreSQL major is the one expected deviation
-    html = R.render_html(rep)
+    html = render_html(rep)
     assert "<td>PostgreSQL major</td><td>17</td><td>16</td><td class=\"muted\">expected deviation</td>" in html
     assert "<td>TimescaleDB</td><td>2.18.2</td><td>2.18.2</td><td class=\"ok\">match</td>" in html
     res["meta"]["versions"][1].update(lab="2.19.3", status="DEVIATION")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trackerdb.rehearse.report import build_report, render_html
+from trackerdb.rehearse.report import build_report
+from trackerdb.rehearse.report_html import render_html
 from trackerdb.rehearse.sample import T0, sample_result
 
 CHROMIUM = "/usr/bin/chromium"

@@ -6,14 +6,15 @@ docstring for why that is possible with pgBackRest >= 2.55 and what older versio
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from typing import Callable
 
 from ..errors import HostError, PreflightError
+from ..psql import Psql
 from ..remote import Remote
-from ..secrets import Secret, fetch_secret, mask
+from ..secrets import Secret, mask
+from ..session import connection
 from ..steps import Check, Outcome, Step
 from . import checks as ck
 from . import conf, ssh, stanza
@@ -55,11 +56,11 @@ def system_id(t: Remote, settings) -> int:
 
 
 def psql_json(t: Remote, settings, sql: str) -> dict:
-    r = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c", sql], user=PG, check=False)
-    if not r.ok:
-        raise HostError(f"PostgreSQL on the target did not answer: {r.stderr.strip()[:200]}",
-                        hint=f"is the cluster running? pg_ctlcluster {settings.postgres_major} main status")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    try:
+        return Psql.target(t, settings).json(sql)
+    except HostError as exc:
+        raise HostError(f"PostgreSQL on the target did not answer: {exc.message}",
+                        hint=f"is the cluster running? pg_ctlcluster {settings.postgres_major} main status") from None
 
 
 def _info(t: Remote, settings, secret: Secret, env: list[str], repo: int | None = None) -> dict[int, stanza.RepoFact]:
@@ -104,14 +105,14 @@ def ssh_probe(t: Remote, settings) -> ssh.Probe:
 
 
 # ---- setup ------------------------------------------------------------------------------------
-def setup(settings, dry_run: bool = False, progress: Progress = None) -> Outcome:
+def setup(settings, dry_run: bool = False, progress: Progress = None, session=None) -> Outcome:
     """SSH trust, collision check, configuration, stanza, archiving. Idempotent."""
     settings.validate()  # includes: stanza is not the shared host's
     ssh.parse_host_key(settings.repo_host_key)
     out = Outcome(f"pgBackRest on {settings.target.name} (stanza {settings.stanza})", dry_run=dry_run)
     out.waiting = None
-    secret = fetch_secret(settings, settings.cipher_secret_name)
-    with Remote(settings.target, secrets=[secret]) as t:
+    with connection(settings, session) as (sess, t):
+        secret = sess.secret(settings.cipher_secret_name)
         _say(progress, "reading facts from the target")
         version = pgbackrest_version(t)
         sysid = system_id(t, settings)
@@ -278,9 +279,9 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
     ctl = ["pg_ctlcluster", str(settings.postgres_major), "main"]
     if changed:
         t.run(ctl + ["reload"], sudo=True)
-    pending = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c",
-                     "SELECT count(*) FROM pg_settings WHERE pending_restart"], user=PG, check=False).stdout.strip()
-    mode = t.run(["psql", "-XAtq", "-p", str(settings.pg_port), "-d", "postgres", "-c", "SHOW archive_mode"], user=PG, check=False).stdout.strip()
+    pg = Psql.target(t, settings)
+    pending = pg.run("SELECT count(*) FROM pg_settings WHERE pending_restart;", check=False).stdout.strip()
+    mode = pg.run("SHOW archive_mode;", check=False).stdout.strip()
     if mode != "on" or (changed and pending not in ("", "0")):
         _say(progress, "restarting PostgreSQL (archive_mode needs a restart)")
         t.run(ctl + ["restart"], sudo=True, timeout=300)
@@ -295,11 +296,11 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
 
 
 # ---- check ------------------------------------------------------------------------------------
-def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS) -> list[Check]:
+def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS, session=None) -> list[Check]:
     """Archive health, per repository, from the desired configuration's point of view."""
-    secret = fetch_secret(settings, settings.cipher_secret_name)
     results: list[Check] = []
-    with Remote(settings.target, secrets=[secret]) as t:
+    with connection(settings, session) as (sess, t):
+        secret = sess.secret(settings.cipher_secret_name)
         current = t.read_file(conf.CONF_PATH)
         want = conf.render(settings, secret.reveal())
         diff = _diff_keys(current or "", want)
@@ -361,14 +362,14 @@ def backup_argv(settings, repo: int, type: str) -> list[str]:
     return ["pgbackrest", f"--stanza={settings.stanza}", f"--repo={repo}", f"--type={type}", "--log-level-console=info", "backup"]
 
 
-def backup(settings, type: str = "full", progress: Progress = None) -> dict:
+def backup(settings, type: str = "full", progress: Progress = None, session=None) -> dict:
     """One backup into each repository (pgBackRest writes one repository per run), then report them."""
     if type not in ("full", "diff", "incr"):
         from ..errors import ConfigError
 
         raise ConfigError(f"backup type {type!r} is not full, diff or incr", hint="use --type full")
-    secret = fetch_secret(settings, settings.cipher_secret_name)
-    with Remote(settings.target, secrets=[secret]) as t:
+    with connection(settings, session) as (sess, t):
+        secret = sess.secret(settings.cipher_secret_name)
         version = pgbackrest_version(t)
         if version[:2] < MIN_REMOTE_BACKUP:
             raise PreflightError(

@@ -1,4 +1,4 @@
-"""Tasks: the lab rehearsal of the whole cutover (`rehearse`) and the runbook's checklist (`signoff`)."""
+"""Task: the runbook's checklist (`signoff`). The lab rehearsal task lives in rehearsal/tasks.py."""
 
 from __future__ import annotations
 
@@ -8,45 +8,6 @@ from invoke import Exit, task
 from rich.table import Table
 
 from .common import elapsed_progress, ops_task, out, settings
-
-
-@task(help={"scale": "dataset scale on the source (default 0.5: a few minutes on 2 cores); used when the lab comes up",
-            "rollback": "second pass: roll back after the cutover and replay the rows written on the target",
-            "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
-            "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
-            "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
-            "json": "print the result as JSON"})
-@ops_task
-def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8, json=False):
-    """Rehearse the cutover on the lab end to end and write report.json + report.html.
-
-    Brings the lab up if it is not (the source gets the tracker dataset at --scale), then runs the
-    real production sequence: provision, backrest.setup, cutover under a live writer (verify inside),
-    and with --rollback a rollback with replay. Writes the report to the lab's state directory (and a
-    copy under reports/<lab>/), prints both paths, and ends with PASS (exit 0) or FAIL (exit 1).
-    Dry run: `invoke cutover --dry-run` shows the plan; a rehearsal only ever changes lab hosts.
-    """
-    from ..rehearse.ops import run_rehearsal
-
-    res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else elapsed_progress(),
-                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=int(volume_gb))
-    if json:
-        print(_json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2, default=str))
-    else:
-        rep = res["report"]
-        if rep.get("outage"):
-            out.print(f"measured outage: {rep['outage']['duration_s']:.1f} s ({rep['outage']['source']})")
-        if rep.get("projection"):
-            p = rep["projection"]
-            out.print(f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the upper bound)")
-        out.print(f"report: {res['report_html']}")
-        out.print(f"report: {res['report_json']}")
-        out.print(f"copy:   {res['copy_dir']}/report.html")
-        for f in res["failures"]:
-            out.print(f"  - {f}")
-        out.print(f"REHEARSAL {res['verdict']}")
-    if not res["passed"]:
-        raise Exit(code=1)
 
 
 @task(help={"json": "print the checklist as JSON"})
@@ -80,4 +41,4 @@ def signoff(c, json=False):
         raise Exit(code=code)
 
 
-TASKS = [rehearse, signoff]
+TASKS = [signoff]

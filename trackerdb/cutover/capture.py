@@ -39,7 +39,8 @@ import re
 from ..errors import HostError, OpsError
 from .decoding import (Change, Decoded, ParseError, copy_rows, copy_unescape, counts, decode, map_table,  # noqa: F401
                        parse_change, parse_tuple)
-from .pg import literal, query_json, run_sql
+from ..psql import Psql
+from ..sql import literal
 
 PLUGIN = "test_decoding"
 JOURNAL_PHASE = "capture"
@@ -345,12 +346,12 @@ def retained_check(retained_bytes: int | None, free_bytes: int | None) -> tuple[
 
 # ---- executors -------------------------------------------------------------------------------
 def slot_facts(remote, db: str, slot: str, port=None) -> dict:
-    return query_json(remote, slot_facts_sql(slot), database=db, port=port)
+    return Psql(remote, port).json(slot_facts_sql(slot), db)
 
 
 def prepare_identity(remote, db: str, port=None) -> list[str]:
     """REPLICA IDENTITY FULL where needed; returns the tables it was set on."""
-    return query_json(remote, SET_IDENTITY_PROGRAM, database=db, port=port) or []
+    return Psql(remote, port).json(SET_IDENTITY_PROGRAM, db) or []
 
 
 def ensure_slot(remote, db: str, slot: str, port=None) -> dict:
@@ -364,26 +365,26 @@ def ensure_slot(remote, db: str, slot: str, port=None) -> dict:
             raise HostError(f"{remote.name}: slot {slot} exists for {f['slot']['plugin']}/{f['slot']['database']}",
                             hint="it is not this cutover's: inspect pg_replication_slots")
         return {"slot": slot, "lsn": f["slot"]["confirmed_flush_lsn"], "created": False}
-    lsn = query_json(remote, create_slot_sql(slot), database=db, port=port)["lsn"]
+    lsn = Psql(remote, port).json(create_slot_sql(slot), db)["lsn"]
     return {"slot": slot, "lsn": lsn, "created": True}
 
 
 def read_changes(remote, db: str, slot: str, upto_lsn: str, port=None) -> Decoded:
-    data = run_sql(remote, changes_copy_sql(slot, upto_lsn), database=db, port=port, timeout=3600).stdout
+    data = Psql(remote, port).run(changes_copy_sql(slot, upto_lsn), db, timeout=3600).stdout
     try:
-        chunk_map = query_json(remote, CHUNK_MAP_SQL, database=db, port=port) if _has_timescaledb(remote, db, port) else {}
+        chunk_map = Psql(remote, port).json(CHUNK_MAP_SQL, db) if _has_timescaledb(remote, db, port) else {}
     except OpsError:
         chunk_map = {}
     return decode(copy_rows(data), chunk_map)
 
 
 def _has_timescaledb(remote, db, port) -> bool:
-    return run_sql(remote, "SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL;", database=db, port=port).stdout.strip() == "t"
+    return Psql(remote, port).run("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL;", db).stdout.strip() == "t"
 
 
 def drop_slot(remote, db: str, slot: str, port=None) -> int:
-    return int(query_json(remote, drop_slot_sql(slot), database=db, port=port)["dropped"])
+    return int(Psql(remote, port).json(drop_slot_sql(slot), db)["dropped"])
 
 
 def watched_slots(remote, port=None) -> list[dict]:
-    return query_json(remote, SLOTS_SQL, port=port) or []
+    return Psql(remote, port).json(SLOTS_SQL) or []

@@ -6,7 +6,8 @@ start read-only at once; running transactions get a grace period to commit, then
 are terminated (a terminated transaction rolls back, so its client never saw an acknowledgement).
 The final WAL position and the server's clock are recorded after no write transaction remains.
 
-Builders return SQL text (unit-tested); ``freeze``/``unfreeze`` run them through psql.
+Builders return SQL text (unit-tested); ``freeze``/``unfreeze`` run them through psql on ``port``
+(required, never defaulted: the cluster we freeze must be the one we dump).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import time
 
 from ..errors import HostError
-from .pg import ident, literal, query_json, run_sql
+from ..psql import Psql
+from ..sql import ident, literal
 
 
 def facts_sql(db: str) -> str:
@@ -62,25 +64,25 @@ def terminate_sql(db: str, idle_only: bool) -> str:
 
 def freeze(remote, db: str, grace_s: float = 15.0, poll_s: float = 0.5, port=None, progress=None) -> dict:
     """Make ``db`` read-only, end its sessions, wait for write transactions; returns the facts."""
-    before = query_json(remote, facts_sql(db), port=port)
+    before = Psql(remote, port).json(facts_sql(db))
     if not before["exists"]:
         raise HostError(f"{remote.name}: database {db!r} does not exist", hint="check trackerdb.database and the host")
     if before["in_recovery"]:
         raise HostError(f"{remote.name} is a standby (in recovery)", hint="freeze the primary")
-    run_sql(remote, set_read_only_sql(db), port=port)
+    Psql(remote, port).run(set_read_only_sql(db))
     terminated = 0
     deadline = time.monotonic() + grace_s
     while True:
-        terminated += int(run_sql(remote, terminate_sql(db, idle_only=True), port=port).stdout.strip() or 0)
-        now = query_json(remote, facts_sql(db), port=port)
+        terminated += int(Psql(remote, port).run(terminate_sql(db, idle_only=True)).stdout.strip() or 0)
+        now = Psql(remote, port).json(facts_sql(db))
         if now["writing"] == 0 or time.monotonic() >= deadline:
             break
         if progress:
             progress(f"waiting for {now['writing']} write transaction(s) on {db} to finish")
         time.sleep(poll_s)
-    terminated += int(run_sql(remote, terminate_sql(db, idle_only=False), port=port).stdout.strip() or 0)
+    terminated += int(Psql(remote, port).run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
     for _ in range(40):
-        after = query_json(remote, facts_sql(db), port=port)
+        after = Psql(remote, port).json(facts_sql(db))
         if after["writing"] == 0:
             break
         time.sleep(0.25)
@@ -99,16 +101,16 @@ def freeze(remote, db: str, grace_s: float = 15.0, poll_s: float = 0.5, port=Non
 
 def unfreeze(remote, db: str, prior: str | None = None, port=None, end_sessions: bool = True) -> dict:
     """Undo ``freeze``: the setting goes back to ``prior``; sessions opened read-only reconnect writable."""
-    before = query_json(remote, facts_sql(db), port=port)
+    before = Psql(remote, port).json(facts_sql(db))
     changed = before["read_only_setting"] is not None and before["read_only_setting"] != prior
     if changed:
-        run_sql(remote, restore_read_only_sql(db, prior), port=port)
+        Psql(remote, port).run(restore_read_only_sql(db, prior))
     terminated = 0
     if end_sessions and changed:
-        terminated = int(run_sql(remote, terminate_sql(db, idle_only=False), port=port).stdout.strip() or 0)
+        terminated = int(Psql(remote, port).run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
     return {"host": remote.name, "database": db, "changed": changed, "sessions_terminated": terminated}
 
 
 def is_read_only(remote, db: str, port=None) -> bool:
-    s = query_json(remote, facts_sql(db), port=port)["read_only_setting"]
+    s = Psql(remote, port).json(facts_sql(db))["read_only_setting"]
     return bool(s) and s.split("=", 1)[-1].lower() in ("on", "true", "1")

@@ -19,7 +19,7 @@ from ..errors import HostError, OpsError
 from ..files import write_private
 from . import capture as cp
 from .journal import Journal
-from .pg import query_json
+from ..psql import Psql
 
 
 def capture_facts(journal: Journal) -> dict:
@@ -35,7 +35,7 @@ def finished(journal: Journal) -> dict | None:
 def preflight_problems(tgt, settings) -> list[str]:
     """What would stop the capture in the window: wal_level needs a restart, so it must be logical now."""
     try:
-        f = query_json(tgt, cp.slot_facts_sql("trackerdb_rollback_probe"), port=settings.pg_port)
+        f = Psql(tgt, settings.pg_port).json(cp.slot_facts_sql("trackerdb_rollback_probe"))
     except OpsError as exc:
         return [f"rollback capture: {exc.one_line()}"]
     problems = []
@@ -54,7 +54,7 @@ def dry_run_lines(settings) -> list[str]:
 
     try:
         with Remote(settings.require_source()) as src:
-            tables = query_json(src, cp.IDENTITY_SQL, database=settings.database, port=settings.pg_port) or []
+            tables = Psql.source(src, settings).json(cp.IDENTITY_SQL, settings.database) or []
     except (OpsError, AttributeError) as exc:  # AttributeError: settings without a source (nothing to list)
         return [f"capture: cannot list the source's tables: {exc.one_line() if isinstance(exc, OpsError) else exc}"]
     need = cp.needs_identity(tables)
@@ -142,7 +142,7 @@ def export_changes(settings, journal: Journal, tgt, cap: dict, out_dir, say) -> 
 
 def replay_changes(src, export_file: str, db: str, port) -> dict:
     started = time.monotonic()
-    res = cp.replay_result(query_json(src, Path(export_file).read_text(), database=db, port=port, timeout=3600) or {})
+    res = cp.replay_result(Psql(src, port).json(Path(export_file).read_text(), db, timeout=3600) or {})
     out = {"replayed": {t: sum(v.values()) for t, v in res["applied"].items()}, "replayed_changes": res["applied"],
            "already_applied": res["already_applied"], "replay_s": round(time.monotonic() - started, 2)}
     if res["missing_on_source"]:

@@ -52,7 +52,8 @@ def dry_run_details(settings) -> list[str]:
     return lines
 
 
-def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journal_path=None, funcs=None, clock=time.time) -> dict:
+def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journal_path=None, funcs=None, clock=time.time,
+                session=None) -> dict:
     """Run (or resume) the cutover; returns the summary. ``funcs`` replaces phase functions (tests)."""
     journal_path = Path(journal_path) if journal_path else default_journal(settings)
     journal = Journal(journal_path, clock=clock)
@@ -62,7 +63,7 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
                 "rollback_decision_point": ph.rollback_decision_point(journal_path)}
     funcs = {**ph.FUNCS, **(funcs or {})}
     say = progress or (lambda msg: None)
-    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress)
+    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress, session=session)
     from .hooks import parse_config
     from ..notify import Notifier
 
@@ -101,15 +102,12 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
 def _add_secrets(ctx, settings) -> None:
     """Neither the app password nor the pgBackRest cipher passphrase (the post phase runs a backup)
     may reach the journal, even inside an error message."""
-    from ..secrets import fetch_secret
-
     for name in (settings.app_secret_name, settings.cipher_secret_name):
         try:
-            secret = fetch_secret(settings, name)
+            secret = ctx.session.secret(name)  # fetched once for the whole cutover, masked on every connection
         except Exception:  # noqa: BLE001 - preflight (app) and the post phase (cipher) report an unreadable secret
             continue
         ctx.journal.add_secret(secret)
-        ctx.secrets.append(secret)
 
 
 def summary(journal: Journal) -> dict:

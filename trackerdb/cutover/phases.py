@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OpsError, PreflightError, VerifyError
@@ -18,7 +18,8 @@ from . import freeze as fz
 from . import hooks as hk
 from . import switch as sw
 from .journal import Journal
-from .pg import query_json
+from ..psql import Psql
+from ..session import Session
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
@@ -45,8 +46,15 @@ class Ctx:
     journal: Journal
     dump_dir: Path
     progress: object = None
-    remotes: dict = field(default_factory=dict)
-    secrets: list = field(default_factory=list)
+    session: Session = None  # the task's: one connection per host, each secret fetched once
+
+    def __post_init__(self):
+        if self.session is None:
+            self.session = Session(self.settings)
+
+    @property
+    def secrets(self) -> list:
+        return self.session.secrets
 
     def say(self, msg: str) -> None:
         if self.progress:
@@ -56,17 +64,10 @@ class Ctx:
         return self.journal.state(phase).facts
 
     def remote(self, which: str):
-        if which not in self.remotes:
-            from ..remote import Remote
-
-            spec = self.settings.require_source() if which == "source" else self.settings.target
-            self.remotes[which] = Remote(spec, secrets=self.secrets)
-        return self.remotes[which]
+        return self.session.remote(which)
 
     def close(self) -> None:
-        for r in self.remotes.values():
-            r.close()
-        self.remotes.clear()
+        self.session.close()
 
 
 def rollback_decision_point(journal_path) -> str:
@@ -83,7 +84,7 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     if s.source_decommissioned:
         raise PreflightError("settings say the source is decommissioned: a cutover needs it", hint="this cutover is already done")
     src, tgt = ctx.remote("source"), ctx.remote("target")
-    sfacts = query_json(src, fz.facts_sql(s.database))
+    sfacts = Psql.source(src, s).json(fz.facts_sql(s.database))
     if not sfacts["exists"]:
         raise PreflightError(f"source has no database {s.database!r}", hint="check trackerdb.source")
     if sfacts["read_only_setting"] and sfacts["read_only_setting"].endswith("=on"):
@@ -92,7 +93,7 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     restore_pre = _restore_preflight(ctx)
     problems += restore_pre.pop("problems", [])
     try:
-        switcher = sw.make(s)
+        switcher = ctx.session.switcher
         current = switcher.current()
     except OpsError as exc:
         problems.append(f"application switch: {exc.one_line()}")
@@ -100,7 +101,7 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     new = sw.new_value(s)
     if current is not None and current == new:
         problems.append(f"the application already points at {new} ({switcher.describe()})")
-    problems += _archiving_and_secret_problems(s)
+    problems += _archiving_and_secret_problems(ctx)
     from . import lossless
 
     problems += lossless.preflight_problems(tgt, s)
@@ -110,69 +111,41 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     return {"source_tracker_sessions": sfacts["sessions"], "switch_current": current, "switch_new": new, **restore_pre}
 
 
-def _archiving_and_secret_problems(s) -> list[str]:
-    """Verify (phase 5) and post-cutover (phase 7) need WAL archiving and the app's password: know now."""
-    from ..backrest import ops as backrest
-    from ..secrets import fetch_secret
+def _archiving_and_secret_problems(ctx: Ctx) -> list[str]:
+    """Verify (phase 5) and post-cutover (phase 7) need WAL archiving and the app's password: know now,
+    through verify's own checks."""
+    from ..migrate import verify as vf
 
+    s = ctx.settings
     problems = []
     try:
-        fetch_secret(s, s.app_secret_name)
+        ctx.session.secret(s.app_secret_name)
     except OpsError as exc:
         problems.append(f"application password: {exc.one_line()}")
-    try:
-        bad = [c for c in backrest.check(s) if not c.ok]
-    except OpsError as exc:
-        problems.append(f"pgBackRest on the target: {exc.one_line()} (`invoke backrest.setup`)")
-    else:
-        if bad:
-            problems.append("pgBackRest on the target: " + "; ".join(f"{c.name}: {c.observed}" for c in bad[:3])
-                            + " (`invoke backrest.setup`, then `invoke backrest.check`)")
+    wal = vf.wal_archiving_check(s, True, ctx.session)
+    if not wal.ok:
+        problems.append(f"pgBackRest on the target: {wal.observed} (`invoke backrest.setup`, then `invoke backrest.check`)")
     return problems
 
 
 def _restore_preflight(ctx: Ctx) -> dict:
-    """What `restore` would refuse, checked now against the live source instead of a dump's manifest:
-    TimescaleDB/PostGIS/PostgreSQL versions, locale, preload, the target's databases, space."""
+    """What `restore` would refuse, checked now against the live source (restore's own preflight)."""
     from ..migrate import manifest as mf
     from ..migrate import restore as rs
-    from ..migrate import toc
-    from ..migrate.psql import Psql
 
     s = ctx.settings
-    problems: list[str] = []
     try:
-        facts = mf.collect_facts(Psql(ctx.remote("source"), s.pg_port), s.database)
+        facts = mf.collect_facts(ctx.session.psql("source"), s.database)
     except OpsError as exc:
         raise PreflightError(f"cannot read {s.database} on the source: {exc.message}",
                              hint="check trackerdb.source and that PostgreSQL runs there (nothing was changed)") from None
-    pseudo = {"versions": {"timescaledb": mf.extension_version(facts, "timescaledb"),
-                           "postgis": mf.extension_version(facts, "postgis"),
-                           "postgresql_major": mf.server_major(facts)},
-              # the dump is not taken yet: assume it is half the database (custom format compresses)
-              "dump": {"size_bytes": facts["database"]["size_bytes"] // 2}, "facts": facts}
-    tgt = ctx.remote("target")
-    try:
-        tf = Psql(tgt, s.pg_port).json(rs.TARGET_FACTS_SQL)
-    except OpsError as exc:
-        raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
-                             hint="run `invoke provision` (nothing was changed)") from None
     from ..migrate import restore_job as rj
 
     # restore-time settings a killed restore left behind end here (kept while a restore job runs)
-    ctx.say("restore tuning: " + rj.clear_stale_tuning(tgt, s, rs.tuning_path(s.postgres_major)).detail)
-    avail = toc.parse_df_avail(tgt.run(["df", "-B1", "--output=avail", s.data_mount]).stdout)
-    plan = {}
-    for check in (lambda: rs.check_versions(pseudo, tf), lambda: rs.check_locale(pseudo, tf),
-                  lambda: plan.update(rs.check_databases(tf, s.database, replace=True)),
-                  lambda: rs.check_space(pseudo, avail, 0, s.data_volume_size_gb, reclaim=rs.reclaimable_bytes(tf, s.database))):
-        try:
-            check()
-        except OpsError as exc:
-            problems.append(exc.one_line())
-    return {"problems": problems, "timescaledb": pseudo["versions"]["timescaledb"], "target_free_bytes": avail,
-            "target_has_tracker": plan.get("tracker_exists"), "source_size_bytes": facts["database"]["size_bytes"],
-            "source_rows": {f"{t['schema']}.{t['name']}": t["rows"] for t in facts.get("tables") or []}}
+    ctx.say("restore tuning: " + rj.clear_stale_tuning(ctx.remote("target"), s, rs.tuning_path(s.postgres_major)).detail)
+    pre = rs.preflight_from_source(s, facts, ctx.session, replace=True)
+    return pre | {"source_size_bytes": facts["database"]["size_bytes"],
+                  "source_rows": {f"{t['schema']}.{t['name']}": t["rows"] for t in facts.get("tables") or []}}
 
 
 # ---- 2 freeze ----------------------------------------------------------------------------------
@@ -181,12 +154,12 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
     src = ctx.remote("source")
     recorded = ctx.facts(FREEZE)
     if "prior_read_only" not in recorded:
-        before = query_json(src, fz.facts_sql(s.database))
+        before = Psql.source(src, s).json(fz.facts_sql(s.database))
         # written before the change: a re-run must restore *this* value, not the frozen one
         ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": src.name})
         recorded = ctx.facts(FREEZE)
     ctx.say(f"making {s.database} on the source read-only and ending its sessions")
-    facts = fz.freeze(src, s.database, progress=ctx.say)
+    facts = fz.freeze(src, s.database, port=s.source_port, progress=ctx.say)
     facts["prior_read_only"] = recorded["prior_read_only"]
     if resume and recorded.get("frozen_at"):
         facts["refrozen_at"] = facts["frozen_at"]
@@ -237,7 +210,7 @@ def dump(ctx: Ctx, resume: bool) -> dict:
     key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
     art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say)
     if art is None:
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"))
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"), session=ctx.session)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -280,7 +253,7 @@ def restore(ctx: Ctx, resume: bool) -> dict:
         if failed is not None and not failed:
             return {"resumed": "target already matches this dump's manifest"}
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
-                          progress=_step_progress(ctx))
+                          progress=_step_progress(ctx), session=ctx.session)
     steps = getattr(outcome, "steps", [])
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
             "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job")}
@@ -295,7 +268,8 @@ def _verify_failures(ctx: Ctx, against_source: bool):
     from ..migrate.verify import run_verify
 
     try:
-        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx), against_source=against_source)
+        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx), against_source=against_source,
+                            session=ctx.session)
     except OpsError:
         return None
     return [c for c in checks if not c.ok and not _is_our_freeze(c)]
@@ -316,7 +290,7 @@ def verify(ctx: Ctx, resume: bool) -> dict:
     result = {}
     for label, kwargs in (("manifest", {"manifest": _manifest(ctx)}), ("source", {"against_source": True})):
         ctx.say(f"verify against the {label}")
-        checks = run_verify(ctx.settings, **kwargs)
+        checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
         result[label] = {"checks": len(checks), "failed": [f"{c.name}: {c.observed} != {c.expected}" for c in bad]}
         priv = next((c for c in checks if c.name == "owners and privileges equal to the source"), None)
@@ -332,7 +306,7 @@ def verify(ctx: Ctx, resume: bool) -> dict:
 
 # ---- 6 switch ----------------------------------------------------------------------------------
 def switch(ctx: Ctx, resume: bool) -> dict:
-    switcher = sw.make(ctx.settings)
+    switcher = ctx.session.switcher
     recorded = ctx.facts(SWITCH)
     if "old" not in recorded:
         old = switcher.current()
@@ -356,17 +330,17 @@ def post(ctx: Ctx, resume: bool) -> dict:
     facts: dict = {}
     endpoint = ctx.facts(SWITCH).get("new") or sw.new_value(s)
     if s.switch.get("mode", "route53") == "route53":
-        endpoint = sw.make(s).current()  # what the application resolves now
-    facts["app_path"] = app_path_check(s, endpoint)
+        endpoint = ctx.session.switcher.current()  # what the application resolves now
+    facts["app_path"] = app_path_check(s, endpoint, session=ctx.session)
     if not recorded.get("backup_done"):
         from ..backrest import ops as backrest
 
         ctx.say("first full pgBackRest backup of the new cluster")
-        backrest.backup(s, progress=ctx.progress)
+        backrest.backup(s, progress=ctx.progress, session=ctx.session)
         ctx.journal.note(POST, {"backup_done": True})
     from ..backrest import ops as backrest
 
-    res = backrest.check(s)
+    res = backrest.check(s, session=ctx.session)
     bad = [c for c in res if hasattr(c, "ok") and not c.ok] if isinstance(res, list) else []
     if bad:
         raise VerifyError("backrest.check failed after the cutover: " + "; ".join(f"{c.name}: {c.observed}" for c in bad),
@@ -375,7 +349,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
     return facts
 
 
-def app_path_check(settings, endpoint: str, timeout: float = 10) -> dict:
+def app_path_check(settings, endpoint: str, timeout: float = 10, session=None) -> dict:
     """Connect as the application does (endpoint, app role, password from Secrets Manager, TLS) and
     prove it reaches a writable primary: read recent rows, take a transaction id (refused when read-only).
     The session must be TLS by the server's own account (``pg_stat_ssl``), not only the client's."""
@@ -385,7 +359,7 @@ def app_path_check(settings, endpoint: str, timeout: float = 10) -> dict:
     from ..secrets import fetch_secret
 
     client_tls = tls.client_kwargs(settings)
-    secret = fetch_secret(settings, settings.app_secret_name)
+    secret = session.secret(settings.app_secret_name) if session else fetch_secret(settings, settings.app_secret_name)
     try:
         with psycopg.connect(host=endpoint, port=settings.pg_port, dbname=settings.database, user=settings.owner_role,
                              password=secret.reveal(), connect_timeout=int(timeout), **client_tls) as conn:

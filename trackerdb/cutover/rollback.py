@@ -28,7 +28,8 @@ from . import phases as ph
 from . import switch as sw
 from ..files import write_private
 from .journal import Journal
-from .pg import ident, literal, qualified, query_json, run_sql
+from ..psql import Psql
+from ..sql import ident, literal, qualified
 
 ROLLBACK = "rollback"
 INSERT_TIME_COLUMNS = ("received_at", "created_at", "inserted_at", "ingested_at")
@@ -216,14 +217,14 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     journal.begin(ROLLBACK, {"replay": replay})
     undo: list = []  # what this run changed before the switch back, undone if a later step fails
     try:
-        db, port = settings.database, settings.pg_port
+        db, port, sport = settings.database, settings.pg_port, settings.source_port
         src, tgt = ctx.remote("source"), ctx.remote("target")
         switch_st = states.get(ph.SWITCH)
         switched = switch_st is not None and "old" in switch_st.facts
         # 1. stop writes on the target (a dead target must not block the way back)
         target_ok = True
         try:
-            tfacts = query_json(tgt, fz.facts_sql(db), port=port)
+            tfacts = Psql(tgt, port).json(fz.facts_sql(db))
             if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
                 was_read_only = fz.is_read_only(tgt, db, port=port)
@@ -235,15 +236,15 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
             facts["target_unreachable"] = exc.one_line()
             say(f"target unreachable, going on without it: {exc.one_line()}")
         # 2. what the target received after the switch, read while both sides are frozen
-        tables = query_json(tgt, tables_sql(), database=db, port=port) if (switched and tfacts["exists"]) else []
+        tables = Psql(tgt, port).json(tables_sql(), db) if (switched and tfacts["exists"]) else []
         recorded = journal.state(ROLLBACK).facts
         if "source_max" in recorded:
             source_max = recorded["source_max"]
         else:
             keyed = [t for t in tables if t.get("int_key") and not t.get("time_column")]
-            there = query_json(src, existing_sql(keyed), database=db, port=port) or {}
+            there = Psql(src, sport).json(existing_sql(keyed), db) or {}
             keyed = [t for t in keyed if there.get(f"{t['schema']}.{t['name']}")]
-            source_max = query_json(src, maxima_sql(keyed), database=db, port=port) or {}
+            source_max = Psql(src, sport).json(maxima_sql(keyed), db) or {}
             journal.note(ROLLBACK, {"source_max": source_max})
         cap = None
         if switched and tfacts["exists"]:
@@ -265,15 +266,15 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
             facts["note"] = "the application was never switched: no rows can have been written on the target"
         # 3. the source writable again; 4. the rows replayed there, before any client can reach it
         say(f"making {db} on the source writable again")
-        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"], port=port)
+        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"], port=sport)
         if facts["source"]["changed"]:
             undo.append(("source", None))
         if replay and cap is not None and facts.get("export_file"):
             say(f"replaying {facts['exported_rows']} change(s) on the source in commit order, as their tables' owners, in one transaction")
-            facts.update(ll.replay_changes(src, facts["export_file"], db, port))
+            facts.update(ll.replay_changes(src, facts["export_file"], db, sport))
         elif replay and facts.get("exported_rows"):
             say(f"replaying {facts['exported_rows']} row(s) on the source as their tables' owners, in one transaction")
-            facts.update(replay_export(src, facts["export_file"], db, port))
+            facts.update(replay_export(src, facts["export_file"], db, sport))
         # 5. only now the application back to the recorded old value: it never points at a read-only database
         if switched:
             old, new = switch_st.facts["old"], switch_st.facts["new"]
@@ -310,7 +311,7 @@ def _undo(undo: list, src, tgt, settings, say) -> list[str]:
                 fz.unfreeze(tgt, settings.database, prior=prior, port=settings.pg_port)
                 done.append("target writable again")
             else:
-                fz.freeze(src, settings.database, grace_s=5, port=settings.pg_port)
+                fz.freeze(src, settings.database, grace_s=5, port=settings.source_port)
                 done.append("source read-only again")
             say(f"undone: {done[-1]}")
         except OpsError as exc:  # report, keep undoing the rest
@@ -320,7 +321,7 @@ def _undo(undo: list, src, tgt, settings, say) -> list[str]:
 
 def replay_export(src, export_file: str, db: str, port) -> dict:
     """Run the export file on the source; returns per-table counts from the replay program."""
-    result = query_json(src, Path(export_file).read_text(), database=db, port=port, timeout=3600) or []
+    result = Psql(src, port).json(Path(export_file).read_text(), db, timeout=3600) or []
     replayed = {r["table"]: r["inserted"] for r in result if r["inserted"]}
     missing = [r["table"] for r in result if r["missing"]]
     out = {"replayed": replayed,
@@ -349,7 +350,7 @@ def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, 
             if live.get(fq, 0) <= manifest_counts.get(fq, 0):
                 continue
             where = "true"
-        data = run_sql(tgt, export_sql(t, where), database=settings.database, port=settings.pg_port, timeout=3600).stdout
+        data = Psql(tgt, settings.pg_port).run(export_sql(t, where), settings.database, timeout=3600).stdout
         lines, seq = replay_rows(seq, t, data)
         if lines:
             counts[fq], how[fq] = len(lines), why
@@ -368,4 +369,4 @@ def _counts(remote, db: str, tables: list[dict], port=None) -> dict:
         return {}
     parts = ", ".join(f"{literal(t['schema'] + '.' + t['name'])}, (SELECT count(*) FROM {qualified(t['schema'], t['name'])})"
                       for t in tables)
-    return query_json(remote, f"SELECT json_build_object({parts});", database=db, port=port) or {}
+    return Psql(remote, port).json(f"SELECT json_build_object({parts});", db) or {}

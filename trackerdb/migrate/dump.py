@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HostError, OpsError
-from ..remote import LocalHost, Remote, wrap
+from ..remote import LocalHost, wrap
+from ..session import connection
 from . import manifest as mf
-from .psql import Psql, parse_json_output
-from .stream import stream_stdout
+from ..psql import Psql, parse_json
 
 
 @dataclass
@@ -66,28 +66,28 @@ wait
 
 def parse_facts_file(text: str, with_timescaledb: bool) -> dict:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    docs = [parse_json_output(ln) for ln in lines]
+    docs = [parse_json(ln) for ln in lines]
     if len(docs) != len(mf.facts_sql(with_timescaledb)):
         raise HostError(f"manifest facts incomplete ({len(docs)} documents)", hint="re-run `invoke dump`")
     return mf.merge_facts(docs[0], docs[1] if with_timescaledb else None, docs[-1])
 
 
-def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False) -> DumpArtifacts:
+def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False, session=None) -> DumpArtifacts:
     """Dump ``settings.database`` on the source (SSH, or this machine with ``local``).
 
     ``dest_dir`` is a local directory (stream), or with ``on_host`` a directory on the source.
     ``progress(done_bytes, total_bytes_or_None)`` is called while the dump streams.
     """
-    host = LocalHost("source") if local else Remote(settings.require_source())
-    try:
-        return _dump(settings, host, dest_dir, progress, on_host and not local)
-    finally:
-        host.close()
+    if local:
+        with LocalHost("source") as host:
+            return _dump(settings, host, dest_dir, progress, False)
+    with connection(settings, session, "source") as (_, host):
+        return _dump(settings, host, dest_dir, progress, on_host)
 
 
 def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifacts:
     db = settings.database
-    port = settings.pg_port
+    port = settings.source_port
     probe = Psql(host, port)
     try:
         info = probe.json(PROBE_SQL, db)
@@ -124,9 +124,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
         manifest_path = str(mf.manifest_path_for(out_file))
         import json
 
-        from .stream import write_text
-
-        write_text(host, manifest_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        host.write_file(manifest_path, json.dumps(doc, indent=2, sort_keys=True) + "\n", mode="0640", owner="postgres")
         return DumpArtifacts(out_file, manifest_path, doc, on_host=True)
 
     from ..files import open_private, private_dir
@@ -140,7 +138,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     total = None
     try:
         with open_private(partial) as sink:
-            res = stream_stdout(host, line, sink, progress=progress, total=total)
+            res = host.stream_stdout(line, sink, progress=progress, total=total)
         if res.exit_code != 0:
             raise OpsError(f"pg_dump on {host.name} failed (exit {res.exit_code}): {_last_line(res.stderr)}",
                            hint="nothing was changed on the source; fix the cause and re-run")

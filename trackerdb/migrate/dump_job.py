@@ -18,8 +18,8 @@ from ..errors import OpsError
 from ..remote import Remote, wrap
 from . import manifest as mf
 from .dump import PROBE_SQL, DumpArtifacts, _consistency, _last_line, dump_script, dump_warnings, parse_facts_file
-from .psql import Psql
-from .stream import sha256_file, stream_stdout
+from ..psql import Psql
+from ..files import sha256_file
 
 
 # ---- pure builders ----------------------------------------------------------------------------
@@ -97,8 +97,8 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
             offset = 0
         if offset < remote_size:
             with (_append_private(partial) if offset else open_private(partial)) as sink:
-                res = stream_stdout(host, fetch_line(out_file, offset), sink,
-                                    progress=lambda d, t: progress(offset + d, remote_size), total=remote_size - offset)
+                res = host.stream_stdout(fetch_line(out_file, offset), sink,
+                                         progress=lambda d, t: progress(offset + d, remote_size), total=remote_size - offset)
             if res.exit_code != 0:
                 raise OpsError(f"fetching the dump from {host.name} failed: {_last_line(res.stderr)}",
                                hint="re-run: the download continues where it stopped")

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import HostError, PreflightError
-from ..remote import Remote
+from ..session import connection, scoped
 from ..steps import Outcome, Step
 from . import manifest as mf
 from . import ownership
@@ -36,182 +36,44 @@ from . import sqltext as sq
 from . import toc
 from . import restore_job as rj
 from . import tsdb_restore as tr
-from .psql import Psql
-from .stream import feed_stdin, sha256_file, write_text
+from ..files import sha256_file
+from ..psql import Psql
+from .restore_plan import (  # noqa: F401  (re-exported: callers and tests use restore.<name>)
+    MARKER,
+    PHASES,
+    TARGET_FACTS_SQL,
+    TUNING_NAME,
+    check_databases,
+    check_free_space,
+    check_locale,
+    check_space,
+    check_target_locale,
+    check_target_versions,
+    check_versions,
+    create_db_sql,
+    list_path,
+    marker_comment,
+    parse_marker,
+    preflight_from_source,
+    preflight_target,
+    reclaimable_bytes,
+    replaced_name,
+    restore_tuning,
+    restore_wal_mb,
+    staging_name,
+    tuning_path,
+    tuning_text,
+    upload_dir,
+    upload_path,
+)
 
-MARKER = "trackerdb:restore-staging"
-TUNING_NAME = "90-trackerdb-restore.conf"
 UPLOAD_CHUNK = 1 << 20
-
-
-# ---- pure builders ----------------------------------------------------------------------------
-
-def staging_name(db: str) -> str:
-    return f"{db}_restore_staging"
-
-
-def replaced_name(db: str, when: datetime) -> str:
-    return f"{db}_replaced_{when.strftime('%Y%m%d%H%M%S')}"
-
-
-def marker_comment(sha256: str, state: str) -> str:
-    return f"{MARKER} sha256={sha256} state={state}"
-
-
-def parse_marker(comment: str | None) -> dict | None:
-    """Our staging marker -> {sha256, state}; anything else (not ours) -> None."""
-    if not comment or not comment.startswith(MARKER + " "):
-        return None
-    return dict(kv.split("=", 1) for kv in comment[len(MARKER) + 1:].split() if "=" in kv)
-
-
-def upload_path(data_mount: str, db: str, sha256: str) -> str:
-    # Named by content: a partial file is always a prefix of this very dump, so resuming is safe.
-    return f"{upload_dir(data_mount)}/{db}-{sha256[:16]}.dump"
-
-
-PHASES = ("schema", "catalog", "data")
-
-
-def list_path(remote_dump: str, phase: str) -> str:
-    return f"{remote_dump}.{phase}.list"
-
-
-def upload_dir(data_mount: str) -> str:
-    return f"{data_mount.rstrip('/')}/trackerdb-restore"
-
-
-def tuning_path(postgres_major: int) -> str:
-    return f"/etc/postgresql/{postgres_major}/main/conf.d/{TUNING_NAME}"
-
-
-def restore_wal_mb(volume_gb: int) -> int:
-    """max_wal_size during the restore: a tenth of the data volume, 1-8 GB (it is also reserved as free space)."""
-    return max(1024, min(8192, volume_gb * 1024 // 10))
-
-
-def restore_tuning(mem_bytes: int, volume_gb: int = 50) -> dict[str, str]:
-    """Settings that speed a bulk load up and are safe *for the load only* (all reloadable).
-
-    synchronous_commit=off and autovacuum=off are fine because a failed restore is redone from the
-    dump anyway and we ANALYZE at the end; bigger max_wal_size/checkpoint_timeout mean fewer
-    checkpoints (and full-page images) during COPY and index builds.
-    """
-    mem_mb = mem_bytes // (1 << 20)
-    return {
-        "maintenance_work_mem": f"{max(256, min(2048, mem_mb // 4))}MB",
-        "max_wal_size": f"{restore_wal_mb(volume_gb)}MB",
-        "checkpoint_timeout": "30min",
-        "synchronous_commit": "off",
-        "autovacuum": "off",
-    }
-
-
-def tuning_text(values: dict[str, str]) -> str:
-    return ("# trackerdb restore: temporary, removed when the restore ends (if you find this file, no restore is\n"
-            "# running: delete it and `SELECT pg_reload_conf()`).\n"
-            + "".join(f"{k} = '{v}'\n" for k, v in values.items()))
-
-
-def create_db_sql(name: str, facts_db: dict, owner_exists: bool) -> str:
-    owner = f" OWNER {sq.ident(facts_db['owner'])}" if owner_exists and facts_db.get("owner") else ""
-    return (f"CREATE DATABASE {sq.ident(name)}{owner} TEMPLATE template0 ENCODING {sq.literal(facts_db.get('encoding', 'UTF8'))} "
-            f"LC_COLLATE {sq.literal(facts_db['collate'])} LC_CTYPE {sq.literal(facts_db['ctype'])};")
-
-
-TARGET_FACTS_SQL = """SELECT json_build_object(
-  'server_version_num', current_setting('server_version_num')::int,
-  'shared_preload_libraries', current_setting('shared_preload_libraries'),
-  'timescaledb_default', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
-  'postgis_available', (SELECT coalesce(json_agg(version), '[]'::json) FROM pg_available_extension_versions WHERE name = 'postgis'),
-  'databases', (SELECT coalesce(json_agg(json_build_object('name', d.datname, 'comment', shobj_description(d.oid, 'pg_database'),
-      'size', pg_database_size(d.oid),
-      'sessions', (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'
-                   AND a.pid <> pg_backend_pid()))), '[]'::json) FROM pg_database d),
-  'roles', (SELECT json_agg(rolname) FROM pg_roles),
-  'collations', (SELECT json_agg(DISTINCT collcollate) FROM pg_collation WHERE collcollate IS NOT NULL),
-  'template0_collate', (SELECT datcollate FROM pg_database WHERE datname = 'template0')
-);"""
-
-
-def check_versions(manifest: dict, target: dict) -> None:
-    want = manifest["versions"].get("timescaledb")
-    have = target.get("timescaledb_default")
-    if want and have != want:
-        raise PreflightError(
-            f"TimescaleDB on the target is {have or 'not installed'}, the dump is from {want}",
-            hint=f"install exactly TimescaleDB {want} on the target (set timescaledb_version={want} and re-run "
-                 f"`invoke provision`; Timescale's apt: timescaledb-2-postgresql-<major>={want}~… held), "
-                 "or dump from a source running the target's version")
-    src_major = manifest["versions"]["postgresql_major"]
-    tgt_major = int(target["server_version_num"]) // 10000
-    if tgt_major < src_major:
-        raise PreflightError(f"the target runs PostgreSQL {tgt_major}, older than the dump's source ({src_major})",
-                             hint="restore into the same or a newer PostgreSQL major")
-    if want and "timescaledb" not in target.get("shared_preload_libraries", ""):
-        raise PreflightError("timescaledb is not in the target's shared_preload_libraries",
-                             hint="run `invoke provision` (it configures and restarts PostgreSQL)")
-    gis = manifest["versions"].get("postgis")
-    if gis and gis not in (target.get("postgis_available") or []):
-        raise PreflightError(f"PostGIS {gis} is not installable on the target",
-                             hint=f"install PostGIS {gis} for PostgreSQL {tgt_major} (`invoke provision`)")
-
-
-def check_locale(manifest: dict, target: dict) -> None:
-    db = manifest["facts"]["database"]
-    norm = lambda s: (s or "").lower().replace("-", "")  # noqa: E731  (C.UTF-8 == C.utf8)
-    known = {norm(c) for c in (target.get("collations") or [])} | {norm(target.get("template0_collate")), "c", "posix"}
-    for key in ("collate", "ctype"):
-        if norm(db.get(key)) not in known:
-            raise PreflightError(f"locale {db.get(key)!r} of the source database is not available on the target",
-                                 hint="generate it on the target (locales package) so text sorts the same way")
-
-
-def check_databases(target: dict, db: str, replace: bool) -> dict:
-    """Existing tracker / staging databases -> what to do. Raises when it must not go on."""
-    dbs = {d["name"]: d for d in target.get("databases") or []}
-    staging = staging_name(db)
-    plan = {"tracker_exists": db in dbs, "staging": None}
-    if db in dbs:
-        if not replace:
-            raise PreflightError(f"database {db!r} already exists on the target",
-                                 hint="pass --replace to keep it renamed as tracker_replaced_<time> and restore a new one")
-        if dbs[db]["sessions"]:
-            raise PreflightError(f"database {db!r} has {dbs[db]['sessions']} client session(s)",
-                                 hint="stop the application (and other clients) first; sessions are never terminated for you")
-    if staging in dbs:
-        marker = parse_marker(dbs[staging].get("comment"))
-        if marker is None:
-            raise PreflightError(f"database {staging!r} exists and is not marked as ours",
-                                 hint="someone else created it: rename or remove it yourself")
-        plan["staging"] = marker
-    return plan
-
-
-def reclaimable_bytes(target: dict, db: str) -> int:
-    """Space held by our own leftover staging database: a re-run rebuilds it (or finishes it), so it
-    counts as free for the space check (a killed run's partial staging must not block its re-run)."""
-    staging = next((d for d in target.get("databases") or [] if d["name"] == staging_name(db)), None)
-    if staging is None or parse_marker(staging.get("comment")) is None:
-        return 0
-    return int(staging.get("size") or 0)
-
-
-def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0) -> int:
-    need = toc.space_needed(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], uploaded,
-                            restore_wal_mb(volume_gb) << 20)
-    if avail + reclaim < need:
-        extra = f" (+{toc.human_bytes(reclaim)} held by our unfinished staging database)" if reclaim else ""
-        raise PreflightError(
-            f"the data volume has {toc.human_bytes(avail)} free{extra}, the restore needs about {toc.human_bytes(need)}",
-            hint="grow the EBS data volume (and the filesystem) or free space, then re-run")
-    return need
 
 
 # ---- executor ---------------------------------------------------------------------------------
 
 def run_restore(settings, dump_path: str, manifest_path: str | None = None, replace: bool = False, progress=None,
-                dry_run: bool = False, keep_upload: bool = False) -> Outcome:
+                dry_run: bool = False, keep_upload: bool = False, session=None) -> Outcome:
     """Restore ``dump_path`` (with its manifest) onto the target as ``settings.database``.
 
     ``progress(phase, done, total)`` reports upload bytes and restore phases.
@@ -239,8 +101,9 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
 
     db = settings.database
     staging = staging_name(db)
-    t = Remote(settings.target)
-    psql = Psql(t, settings.pg_port)
+    sess, owned = scoped(settings, session)
+    t = sess.remote("target")
+    psql = Psql.target(t, settings)
     pg_bin = settings.pg_bin
     try:
         # -- target preflight (read-only) --
@@ -250,7 +113,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         dbplan = check_databases(tf, db, replace)
         if not dry_run:
             out.add(rj.clear_stale_tuning(t, settings, tuning_path(settings.postgres_major)))
-        code, toc_text, err = feed_stdin(t, " ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
+        code, toc_text, err = t.feed_stdin(" ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
         if code != 0 or not toc_text.strip():
             raise PreflightError(f"the target's pg_restore cannot read the dump: {_last(err)}",
                                  hint="the file is damaged or from a newer PostgreSQL than the target's")
@@ -301,7 +164,8 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
             t.run(["rm", "-f", remote_dump, *(list_path(remote_dump, p) for p in PHASES)], sudo=True, check=False)
         return out
     finally:
-        t.close()
+        if owned:
+            sess.close()
 
 
 def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replace, existing_roles):
@@ -344,27 +208,8 @@ def _upload(t, local: str, remote: str, size: int, offset: int, say) -> int:
         t.run(["rm", "-f", remote], sudo=True)
     if offset >= size:
         return 0
-    sent = 0
-    try:
-        sftp = t._connect().sftp()
-        with open(local, "rb") as f, sftp.open(remote, "ab") as rf:
-            rf.set_pipelined(True)
-            f.seek(offset)
-            while True:
-                data = f.read(UPLOAD_CHUNK)
-                if not data:
-                    break
-                rf.write(data)
-                sent += len(data)
-                say("upload", offset + sent, size)
-        sftp.chmod(remote, 0o640)
-        sftp.close()
-    except HostError:
-        raise
-    except Exception as exc:  # paramiko SSHException/EOFError/OSError when the connection drops
-        raise HostError(f"upload interrupted after {offset + sent} of {size} bytes ({exc.__class__.__name__})",
-                        hint="re-run the same command: the upload continues from where it stopped") from None
-    return sent
+    return t.append_file(local, remote, offset, size, progress=lambda done, total: say("upload", done, total),
+                         chunk=UPLOAD_CHUNK)
 
 
 def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump, sha, dbplan, tf, out: Outcome, say,
@@ -409,9 +254,9 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     started = time.time()
     if not attach:
         for ph in phases:
-            write_text(t, list_path(remote_dump, ph.name), toc.list_file_text(ph.lines))
+            t.write_file(list_path(remote_dump, ph.name), toc.list_file_text(ph.lines), mode="0640", owner="postgres")
         tune = restore_tuning(_mem_bytes(t), settings.data_volume_size_gb)
-        write_text(t, tpath, tuning_text(tune), mode="0644")
+        t.write_file(tpath, tuning_text(tune), mode="0644", owner="postgres")
         psql.run("SELECT pg_reload_conf();")
         # pg_file_settings shows what the server would read: if conf.d is not included, say so
         read = psql.value(f"SELECT count(*) FROM pg_file_settings WHERE sourcefile = {sq.literal(tpath)} AND error IS NULL;")
@@ -608,20 +453,3 @@ def _mem_bytes(t) -> int:
 def _last(text: str) -> str:
     lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "(no output)"
-
-
-
-def preflight_target(settings) -> dict:
-    """The refusals that need no dump (used by the cutover before it freezes the source): the target
-    answers, TimescaleDB there is the configured version, no foreign staging database is in the way."""
-    with Remote(settings.target) as t:
-        tf = Psql(t, settings.pg_port).json(TARGET_FACTS_SQL)
-    want = settings.timescaledb_version
-    if tf.get("timescaledb_default") != want:
-        raise PreflightError(f"TimescaleDB on the target is {tf.get('timescaledb_default') or 'not installed'}, expected {want}",
-                             hint="run `invoke provision` (it installs the pinned version)")
-    dbs = {d["name"]: d for d in tf.get("databases") or []}
-    staging = staging_name(settings.database)
-    if staging in dbs and parse_marker(dbs[staging].get("comment")) is None:
-        raise PreflightError(f"database {staging!r} exists and is not marked as ours", hint="rename or remove it yourself")
-    return {"timescaledb": want, "tracker_exists": settings.database in dbs}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from ..errors import PreflightError
+from ..sql import ident, literal  # noqa: F401  (re-exported: ownership/privileges/restore use sq.ident)
 
 _GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 # Settings whose value is a list of names: each element is quoted on its own (as pg_dumpall does),
@@ -15,15 +16,6 @@ _GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 LIST_GUCS = {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries",
              "shared_preload_libraries", "unix_socket_directories"}
 DB_PRIVILEGES = {"CONNECT", "TEMPORARY", "CREATE"}
-
-
-def ident(name: str) -> str:
-    """Quote an identifier the way quote_ident does (always quoted: simplest and safe)."""
-    return '"' + str(name).replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def split_guc_list(value: str) -> list[str]:

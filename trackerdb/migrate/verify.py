@@ -8,12 +8,12 @@ executor reads facts from the target (and, with ``against_source``, live from th
 from __future__ import annotations
 
 from ..errors import OpsError
-from ..remote import Remote
+from ..session import scoped
 from ..steps import Check
 from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
-from .psql import Psql
+from ..psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
 
 SERVER_SQL = """SELECT json_build_object(
@@ -214,13 +214,15 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
 # ---- executor -------------------------------------------------------------------------------
 
 def run_verify(settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
-               app_login: bool = True, probes: bool = True) -> list:
-    """All checks against the target. Expected facts: the manifest, or live from the source."""
+               app_login: bool = True, probes: bool = True, session=None) -> list:
+    """All checks against the target. Expected facts: the manifest, or live from the source.
+    ``session``: the task's (its connections and secrets); a new one otherwise."""
     db = settings.database
     checks: list[Check] = []
-    t = Remote(settings.target)
+    sess, owned = scoped(settings, session)
+    t = sess.remote("target")
     try:
-        psql = Psql(t, settings.pg_port)
+        psql = Psql.target(t, settings)
         try:
             server = psql.json(server_sql(db))
         except OpsError as exc:
@@ -229,11 +231,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         expected = None
         label = "manifest"
         if against_source:
-            src = Remote(settings.require_source())
-            try:
-                expected = mf.collect_facts(Psql(src, settings.pg_port), db)
-            finally:
-                src.close()
+            expected = mf.collect_facts(sess.psql("source"), db)
             label = "live source"
         elif manifest is not None:
             expected = mf.validate_manifest(manifest)["facts"]
@@ -254,15 +252,16 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
             _align_cagg_content(psql, db, expected, observed)
             checks += compare_facts(expected, observed, label, settings.owner_map)
         if app_login:
-            checks.append(app_login_check(settings, expected or observed))
+            checks.append(app_login_check(settings, expected or observed, sess))
         if probes:
             # after the comparison: a policy run may legitimately materialize or compress more afterwards
             from .probes import run_probes
 
             checks += run_probes(psql, db, observed)
+        checks.append(wal_archiving_check(settings, expect_backrest, sess))
     finally:
-        t.close()
-    checks.append(wal_archiving_check(settings, expect_backrest))
+        if owned:
+            sess.close()
     return checks
 
 
@@ -296,7 +295,7 @@ def _time_column(facts: dict, table: tuple[str, str]) -> str | None:
     return None
 
 
-def app_login_check(settings, facts: dict) -> Check:
+def app_login_check(settings, facts: dict, session=None) -> Check:
     """The application role logs in over the network (TCP, its password, TLS) and writes a row, rolled back.
 
     TLS is demanded from both ends: libpq refuses a server without it (``require``/``verify-full``,
@@ -310,7 +309,7 @@ def app_login_check(settings, facts: dict) -> Check:
     name = f"{settings.owner_role} logs in over the network and writes"
     target = probe_table(facts)
     try:
-        secret = fetch_secret(settings, settings.app_secret_name)
+        secret = session.secret(settings.app_secret_name) if session else fetch_secret(settings, settings.app_secret_name)
     except OpsError as exc:
         return Check(name, False, exc.one_line(), "login + write")
     host = settings.target.address
@@ -359,7 +358,7 @@ def app_login_check(settings, facts: dict) -> Check:
         return Check(name, False, msg[:200], "login + write")
 
 
-def wal_archiving_check(settings, expect_backrest: bool) -> Check:
+def wal_archiving_check(settings, expect_backrest: bool, session=None) -> Check:
     try:
         from ..backrest import ops as backrest_ops  # built by the pgBackRest area; optional here
     except ImportError:
@@ -368,7 +367,7 @@ def wal_archiving_check(settings, expect_backrest: bool) -> Check:
     if not expect_backrest:
         return Check("WAL archiving healthy (pgBackRest)", True, "skipped (--no-backrest)", "skipped")
     try:
-        sub = backrest_ops.check(settings)
+        sub = backrest_ops.check(settings, session=session)
     except OpsError as exc:
         return Check("WAL archiving healthy (pgBackRest)", False, exc.one_line()[:200], "backrest check passes")
     bad = [c for c in sub if not c.ok]

@@ -84,10 +84,6 @@ def dir_listing(path: str) -> str:
     return f"ls -A1 {shlex.quote(path)} 2>/dev/null; true"
 
 
-def psql(settings, sql_flags: str = "-At") -> str:
-    return f"psql -X -q {sql_flags} -v ON_ERROR_STOP=1 -p {int(settings.pg_port)} -d postgres -f -"
-
-
 VERSIONS_SQL = (
     "SELECT 'server', current_setting('server_version_num') UNION ALL "
     "SELECT name, coalesce(default_version, '') FROM pg_available_extensions WHERE name IN ('timescaledb', 'postgis') UNION ALL "

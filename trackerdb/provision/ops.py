@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import tls
 from ..errors import HostError, PreflightError, VerifyError
+from ..psql import Psql
 from ..remote import Remote
 from ..secrets import Secret, fetch_secret, mask
 from ..steps import Outcome, Step
@@ -78,7 +79,7 @@ class Provisioner:
         return self.host.run(cmd, sudo=True, **kw)
 
     def pg(self, sql: str, check: bool = True):
-        return self.host.run(facts.psql(self.s), user="postgres", stdin=sql, check=check)
+        return Psql.target(self.host, self.s).run(sql, check=check)
 
     def step(self, name: str, changed: bool, detail: str, commands=(), apply=None) -> Step:
         shown = [mask(c if isinstance(c, str) else shlex.join(c), self._password) for c in commands]
@@ -399,8 +400,8 @@ class Provisioner:
         sql = roles.role_sql(s.owner_role, verifier, create=not exists)
         what = "create" if not exists else "update password of"
         self.step("role", True, f"{what} {s.owner_role} (password from {s.app_secret_name}, sent as a SCRAM verifier on stdin)",
-                  [f"{facts.psql(s)} <<< '{'CREATE' if not exists else 'ALTER'} ROLE ... PASSWORD ***'"],
-                  lambda: self.host.run(facts.psql(s), user="postgres", stdin=sql))
+                  [f"{shlex.join(Psql.target(self.host, s).argv())} <<< '{'CREATE' if not exists else 'ALTER'} ROLE ... PASSWORD ***'"],
+                  lambda: Psql.target(self.host, s).run(sql, sensitive=(verifier,)))
 
     def verify_placement(self) -> None:
         s = self.s

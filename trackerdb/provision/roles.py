@@ -10,6 +10,8 @@ import hmac
 import os
 import unicodedata
 
+from ..sql import ident  # noqa: F401  (role_sql quotes with it; tests import it from here)
+
 ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 
 
@@ -42,10 +44,6 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(expected, verifier)
-
-
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 #: Session settings sent before the role statement. Statement logging off keeps a successful

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .report import build_report, render_html, to_json
+from .report import build_report, to_json
+from .report_html import render_html
 
 T0 = 1_767_000_000.0  # a fixed clock keeps the sample deterministic
 

@@ -9,8 +9,8 @@ import json as _json
 
 from invoke import task
 
-from ..settings import lab_name
-from .common import ops_task, out
+from trackerdb.cli.common import ops_task, out
+from trackerdb.settings import lab_name
 
 
 @task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "volume_gb": "size of the target's data volume (sparse)",
@@ -18,7 +18,7 @@ from .common import ops_task, out
 @ops_task
 def up(c, name=None, volume_gb=2, scale=1.0, json=False):
     """Bring the lab up: build or reuse the Debian trixie image, start target, source, repo and aws. Idempotent."""
-    from lab import api
+    from . import api
 
     st = api.up(name or lab_name(), volume_gb=int(volume_gb), scale=float(scale))
     _print(st, json)
@@ -28,7 +28,7 @@ def up(c, name=None, volume_gb=2, scale=1.0, json=False):
 @ops_task
 def down(c, name=None, json=False):
     """Remove everything the lab instance made (processes by PID, mounts, loop device, namespaces, bridge). Idempotent."""
-    from lab import api
+    from . import api
 
     report = api.down(name or lab_name())
     if json:
@@ -41,7 +41,7 @@ def down(c, name=None, json=False):
 @ops_task
 def status(c, name=None, json=False):
     """Show the lab's hosts, addresses, services, and the paths of its stack outputs, settings, key and known_hosts."""
-    from lab import api
+    from . import api
 
     _print(api.status(name or lab_name()), json)
 
@@ -51,7 +51,7 @@ def status(c, name=None, json=False):
 def reboot(c, name=None, host="target"):
     """Reboot one lab host: its services stopped, all its processes and mounts gone, its init started again.
     What comes back (the data volume from fstab, PostgreSQL through its boot script) is the host's own doing."""
-    from lab import api
+    from . import api
 
     res = api.reboot(name or lab_name(), host)
     out.print(f"{res['host']} rebooted in {res['rebooted_in_s']}s")

@@ -1,154 +1,33 @@
-"""A deterministic tracker database: the shape of the real one, at any size.
-
-`generate_sql(scale, seed)` builds one psql script (run as the postgres superuser against the
-`postgres` database with ON_ERROR_STOP) that creates the roles `tracker` (owner, LOGIN, no password
-here: provisioning sets it from Secrets Manager) and `tracker_readonly`, the database `tracker` if
-absent, and fills it server-side with generate_series. It refuses a `tracker` database that already
-holds relations: it never drops anything.
-
-Randomness is `hashint8extended(key, seed)`: a pure function of a row's key, so the same scale and
-seed give byte-identical rows whatever the plan or the order rows are produced in. `expected_counts`
-computes the row counts in Python so a test can compare them with the database, and the checksums of
-two generations (or of source and restored target) can be compared exactly.
-
-Size is linear in scale: the time span (8 days, 1-day chunks for location reports) is fixed and the
-number of devices grows with scale, so even the smallest scale has several chunks.
-
-Measured with the Timescale-licensed block (PostgreSQL 17.12, TimescaleDB 2.18.2 community, PostGIS
-3.5.2, 2 shared cores under load; 6 of 8 location_reports chunks and 2 of 5 device_events chunks
-compressed, two caggs refreshed): scale 1 = 23.9 MB in 1.5 s, scale 20 = 85.6 MB in 8.8 s,
-scale 100 = 333 MB in 29.7 s (~97k rows/s). Compression makes it ~3.1 MB per unit of scale instead of ~6.7 MB.
-Earlier, without compression (TimescaleDB 2.19.3 Apache, PostgreSQL 17.11): 19.5 MB + 6.6-6.9 MB per
-unit of scale: scale 1 = 27 MB in ~4-5 s, scale 50 = 367 MB in 56-78 s, scale 200 = 1.35 GB in 208 s.
-"""
+"""The psql script that generates the tracker dataset (see lab/dataset.py). Pure text builders."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import re
-import sys
-import time
-from dataclasses import dataclass
 
-from .errors import HostError, OpsError
+from trackerdb.errors import OpsError
 
-DB = "tracker"
-OWNER = "tracker"
-READONLY = "tracker_readonly"
-
-DEVICES_PER_SCALE = 12
-GEOFENCES_PER_SCALE = 4
-SPAN_DAYS = 8
-REPORT_INTERVAL_S = 300            # one location report per device every 5 minutes
-EVENT_INTERVAL_S = 7200            # one device event per device every 2 hours
-GEOFENCES_PER_DEVICE = 2
-BASE_TIME = "2024-01-01 00:00:00+00"
-NULL_ALTITUDE_DAYS = (0, 1)        # altitude_m is NULL in every row of these days' (compressed) chunks
-COMPRESS_BEFORE = "2024-01-07 00:00:00+00"   # location_reports chunks ending by then are compressed (6 of 8)
-EVENTS_COMPRESS_BEFORE = "2024-01-05 00:00:00+00"
-RETENTION = "10 years"             # device_events retention: a real policy that drops nothing of 2024 yet
-CAGGS = ("tracker.location_reports_hourly", "tracker.location_reports_daily")
-UDA = "tracker.check_stale_devices"
-MAX_SCALE = 20000
-REFUSAL = "trackerdb-dataset: refusing to touch database tracker"
-
-REPORTS_PER_DAY = 86400 // REPORT_INTERVAL_S
-EVENTS_PER_DEVICE = SPAN_DAYS * 86400 // EVENT_INTERVAL_S
-
-TABLES = ("tracker.devices", "tracker.geofences", "tracker.device_geofences",
-          "tracker.location_reports", "tracker.device_events")
-HYPERTABLES = ("tracker.location_reports", "tracker.device_events")
-EVENT_TYPES = ("heartbeat", "ignition_on", "ignition_off", "geofence_enter", "geofence_exit",
-               "low_battery", "harsh_braking", "sos")
-MODELS = ("GT06N", "TK103B", "FMB920", "FMC130", "Queclink GV300", "Teltonika FMM001")
-
-
-@dataclass(frozen=True)
-class Sizes:
-    devices: int
-    geofences: int
-
-    @property
-    def reports_per_device(self) -> int:
-        return SPAN_DAYS * REPORTS_PER_DAY
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "tracker.devices": self.devices,
-            "tracker.geofences": self.geofences,
-            "tracker.device_geofences": self.devices * GEOFENCES_PER_DEVICE,
-            "tracker.location_reports": self.devices * self.reports_per_device,
-            "tracker.device_events": self.devices * EVENTS_PER_DEVICE,
-        }
-
-
-def _check(scale: float, seed: int = 0) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise OpsError(f"dataset scale must be a positive number, got {scale!r}",
-                       hint="use e.g. --scale 1 (a few MB) or --scale 1000 (several GB)")
-    if scale > MAX_SCALE:
-        raise OpsError(f"dataset scale {scale} is above the limit {MAX_SCALE}",
-                       hint="scale 1000 is already several GB; raise MAX_SCALE deliberately if you mean it")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise OpsError(f"dataset seed must be an integer in [0, 2^31), got {seed!r}", hint="use e.g. --seed 42")
-
-
-def sizes(scale: float) -> Sizes:
-    _check(scale)
-    return Sizes(devices=max(1, round(DEVICES_PER_SCALE * scale)),
-                 geofences=max(GEOFENCES_PER_DEVICE, round(GEOFENCES_PER_SCALE * scale)))
-
-
-def expected_counts(scale: float = 1.0) -> dict[str, int]:
-    """Rows per table (schema-qualified) that `generate_sql(scale, ...)` produces, for any seed."""
-    return sizes(scale).counts()
-
-
-class _Rnd:
-    """Pseudo-random [0, 1) as a pure SQL expression of a row key: same key + seed -> same value."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __call__(self, key: str, salt: int) -> str:
-        return (f"((hashint8extended(({key})::bigint, {self.seed * 1000 + salt}) & 4503599627370495)::float8"
-                f" / 4503599627370496.0)")
-
-
-def _day_insert(day: int, rnd: _Rnd) -> str:
-    n0, n1 = day * REPORTS_PER_DAY, (day + 1) * REPORTS_PER_DAY - 1
-    key = "d.id::bigint * 1000000 + n"
-    # No altitude at all on the first days (a firmware without barometer): whole compressed chunks where a
-    # column is NULL in every row, the shape behind upstream #8893 (such chunks failed to restore).
-    altitude = "NULL::real" if day in NULL_ALTITUDE_DAYS else f"(round((20 + {rnd(key, 16)} * 400) * 10) / 10)::real"
-    # Each device drives a jittered circle around its home; 30 % of reports are parked (speed 0).
-    return f"""
-INSERT INTO tracker.location_reports
-    (device_id, reported_at, received_at, geog, speed_kmh, heading, altitude_m, accuracy_m,
-     battery_pct, satellites, ignition)
-SELECT d.id,
-       t.ts,
-       t.ts + make_interval(secs => floor(1 + {rnd(key, 11)} * 30)),
-       ST_SetSRID(ST_MakePoint(
-           round((d.home_lon + d.radius * cos(t.angle) + ({rnd(key, 12)} - 0.5) * 0.001) * 1e6) / 1e6,
-           round((d.home_lat + d.radius * sin(t.angle) + ({rnd(key, 13)} - 0.5) * 0.001) * 1e6) / 1e6
-       ), 4326)::geography,
-       CASE WHEN t.parked THEN 0 ELSE (round((5 + {rnd(key, 14)} * 95) * 10) / 10)::real END,
-       floor({rnd(key, 15)} * 360)::smallint,
-       {altitude},
-       (round((2 + {rnd(key, 17)} * 25) * 10) / 10)::real,
-       greatest(1, 100 - (n % {REPORTS_PER_DAY}) * 80 / {REPORTS_PER_DAY} - floor({rnd(key, 18)} * 5))::smallint,
-       (4 + floor({rnd(key, 19)} * 12))::smallint,
-       NOT t.parked
-FROM tracker.devices d
-CROSS JOIN generate_series({n0}, {n1}) AS n
-CROSS JOIN LATERAL (
-    SELECT timestamptz '{BASE_TIME}' + make_interval(secs => n * {REPORT_INTERVAL_S} + floor({rnd(key, 10)} * {REPORT_INTERVAL_S - 1})) AS ts,
-           2 * pi() * (n::float8 / {REPORTS_PER_DAY} + d.id * 0.137) AS angle,
-           {rnd(key, 20)} < 0.3 AS parked
-) t;"""
+from .dataset_shape import (  # noqa: F401
+    BASE_TIME,
+    COMPRESS_BEFORE,
+    DB,
+    EVENTS_COMPRESS_BEFORE,
+    EVENTS_PER_DEVICE,
+    EVENT_INTERVAL_S,
+    EVENT_TYPES,
+    MODELS,
+    OWNER,
+    READONLY,
+    REFUSAL,
+    RETENTION,
+    SPAN_DAYS,
+    TABLES,
+    UDA,
+    _Rnd,
+    _check,
+    _day_insert,
+    sizes,
+)
 
 
 def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True,
@@ -580,106 +459,3 @@ SELECT add_continuous_aggregate_policy('tracker.location_reports_daily',
 SELECT add_job('{UDA}', interval '6 hours', config => '{{"stale_after": "1 day"}}');
 \\endif
 """
-
-
-# ---- executor ---------------------------------------------------------------------------------
-
-def psql_command(database: str = "postgres", *extra: str) -> list[str]:
-    return ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, *extra]
-
-
-COUNT_SQL = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES)
-
-
-def _error_line(stderr: str) -> str:
-    for line in stderr.splitlines():
-        if "ERROR:" in line:
-            return line.split("ERROR:", 1)[1].strip()
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no error output"
-
-
-def run(remote, scale: float = 1.0, seed: int = 42, pg_user: str = "postgres", *, timeout: float | None = None,
-        timescaledb_version: str | None = None) -> dict:
-    """Generate the dataset on ``remote`` (a trackerdb.remote.Remote or LocalHost) through psql.
-
-    Returns ``{"rows": {table: n}, "bytes": pg_database_size, "seconds": float, "scale", "seed"}``.
-    Raises OpsError if the tracker database already holds data (nothing changed then) or the
-    counts differ from `expected_counts`.
-    """
-    sql = generate_sql(scale, seed, timescaledb_version=timescaledb_version)
-    started = time.monotonic()
-    res = remote.run(psql_command("postgres"), user=pg_user, stdin=sql, check=False, timeout=timeout)
-    seconds = time.monotonic() - started
-    if not res.ok:
-        msg = _error_line(res.stderr)
-        if REFUSAL in msg:
-            raise OpsError(f"{remote.name}: {msg}",
-                           hint="the generator never drops data: use a fresh cluster, or drop that database yourself if it is disposable")
-        raise HostError(f"{remote.name}: dataset generation failed (psql exit {res.exit_code}): {msg}",
-                        hint="check that postgresql, postgis and timescaledb (in shared_preload_libraries) are installed and running")
-    rows = facts(remote, pg_user)
-    result = {"rows": rows["rows"], "bytes": rows["bytes"], "seconds": round(seconds, 2), "scale": scale, "seed": seed}
-    expected = expected_counts(scale)
-    if rows["rows"] != expected:
-        raise HostError(f"{remote.name}: generated row counts {rows['rows']} differ from expected {expected}",
-                        hint="the script or the server misbehaved; inspect the tracker database")
-    return result
-
-
-def facts(remote, pg_user: str = "postgres") -> dict:
-    """Rows per generated table and pg_database_size of the tracker database."""
-    sql = f"{COUNT_SQL} UNION ALL SELECT 'bytes', pg_database_size('{DB}')"
-    res = remote.run(psql_command(DB, "-At", "-F", "\t", "-c", sql), user=pg_user)
-    out = dict(line.split("\t") for line in res.stdout.strip().splitlines())
-    return {"rows": {t: int(out[t]) for t in TABLES}, "bytes": int(out["bytes"])}
-
-
-def checksum_sql() -> str:
-    """One row per table: name, row count and an order-independent checksum of its rows.
-
-    The checksum is the sum of the first 60 bits of md5(row::text) over all rows: it streams (no
-    sort, no 1 GB string limit), so it works at any scale, and any changed, missing or extra row
-    changes it. Compare source and target (or two generations) with identical output.
-    """
-    return " UNION ALL ".join(
-        f"SELECT '{t}' AS tbl, count(*) AS n, "
-        f"coalesce(sum(('x' || left(md5(x::text), 15))::bit(60)::bigint), 0)::text AS checksum FROM {t} x"
-        for t in TABLES) + " ORDER BY 1"
-
-
-def checksums(remote, pg_user: str = "postgres", database: str = DB) -> dict[str, dict]:
-    """``{table: {"rows": n, "checksum": "..."}}`` of the generated tables in ``database`` on ``remote``."""
-    res = remote.run(psql_command(database, "-At", "-F", "\t", "-c", checksum_sql()), user=pg_user)
-    out = {}
-    for line in res.stdout.strip().splitlines():
-        table, n, checksum = line.split("\t")
-        out[table] = {"rows": int(n), "checksum": checksum}
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trackerdb.dataset", description=__doc__.split("\n")[0])
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--print-sql", action="store_true", help="print the psql script")
-    p.add_argument("--counts", action="store_true", help="print the expected row counts as JSON")
-    p.add_argument("--checksum-sql", action="store_true", help="print the per-table checksum query")
-    a = p.parse_args(argv)
-    try:
-        if a.print_sql:
-            sys.stdout.write(generate_sql(a.scale, a.seed))
-        if a.counts:
-            print(json.dumps(expected_counts(a.scale), indent=2))
-        if a.checksum_sql:
-            print(checksum_sql() + ";")
-        if not (a.print_sql or a.counts or a.checksum_sql):
-            p.error("choose --print-sql, --counts or --checksum-sql")
-    except OpsError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

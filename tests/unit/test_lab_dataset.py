@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trackerdb import dataset
+from lab import dataset
 from trackerdb.errors import HostError, OpsError
 from trackerdb.remote import Result
 
@@ -135,7 +135,7 @@ class FakeHost:
 
     def run(self, cmd, *, user=None, stdin=None, check=True, timeout=None, **kw):
         self.calls.append((cmd, user, stdin))
-        if stdin is not None:
+        if "CREATE" in (stdin or ""):  # the generator's script; queries are plain SELECTs
             return self.script_result
         return Result(" ".join(cmd), 0, self.facts_out, "")
 
@@ -161,19 +161,19 @@ def test_run_reports_other_failures_as_host_error():
 
 def test_run_parses_counts_and_rejects_a_mismatch():
     counts = dataset.expected_counts(1)
-    out = "".join(f"{t}\t{n}\n" for t, n in counts.items()) + "bytes\t123456\n"
+    out = "".join(f"{t}|{n}\n" for t, n in counts.items()) + "bytes|123456\n"
     ok = dataset.run(FakeHost(Result("psql", 0, "", ""), out), 1, 42)
     assert ok["rows"] == counts and ok["bytes"] == 123456 and ok["seconds"] >= 0
-    short = out.replace(f"tracker.devices\t{counts['tracker.devices']}", "tracker.devices\t11")
+    short = out.replace(f"tracker.devices|{counts['tracker.devices']}", "tracker.devices|11")
     with pytest.raises(HostError, match="differ from expected"):
         dataset.run(FakeHost(Result("psql", 0, "", ""), short), 1, 42)
 
 
 def test_module_entry_prints_sql_and_refuses_bad_scale():
-    ok = subprocess.run([sys.executable, "-m", "trackerdb.dataset", "--scale", "1", "--print-sql"],
+    ok = subprocess.run([sys.executable, "-m", "lab.dataset", "--scale", "1", "--print-sql"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout == dataset.generate_sql(1.0, 42)
-    bad = subprocess.run([sys.executable, "-m", "trackerdb.dataset", "--scale", "0", "--print-sql"],
+    bad = subprocess.run([sys.executable, "-m", "lab.dataset", "--scale", "0", "--print-sql"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
 
@@ -183,7 +183,7 @@ def test_checksum_query_covers_every_table_and_parses():
     for t in dataset.TABLES:
         assert f"FROM {t} x" in sql
     assert "string_agg" not in sql  # streams: no 1 GB text limit at large scales
-    out = "".join(f"{t}\t{i}\t{i * 1000}\n" for i, t in enumerate(dataset.TABLES))
+    out = "".join(f"{t}|{i}|{i * 1000}\n" for i, t in enumerate(dataset.TABLES))
     got = dataset.checksums(FakeHost(None, out))
     assert got["tracker.location_reports"] == {"rows": 3, "checksum": "3000"}
     assert set(got) == set(dataset.TABLES)

@@ -1,0 +1,264 @@
+"""`run_rehearsal`: the real production sequence on the lab, measured, then a report and a verdict.
+
+This layer sits above both the production package and the lab: it brings the lab world up (hosts,
+the generated dataset, the application's login on the old host), runs the live writer process, and
+drives the production operations (provision, backrest.setup, cutover, rollback) with Settings built
+for that lab (``Settings.load(config, env=...)``; the caller's environment is never changed). The
+results and the report come from ``trackerdb.rehearse``.
+
+    lab up (dataset generated on source at the chosen scale) -> provision -> backrest.setup
+    -> cutover under a live writer (counts source vs target taken right after verify, before the
+       switch lets writes reach the target) -> rollback with replay on a second pass if asked
+    -> report.json + report.html in settings.state_dir (and a copy under reports/<lab>/)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lab import api as lab_api
+from lab import dataset
+from lab import writer as lab_writer
+from trackerdb.errors import OpsError
+from trackerdb.rehearse.ops import (_flat, _journal_facts, _journal_records, _outcome_facts, acked_rows_on_target,
+                                    rollback_check, split_journal, table_counts, verification_rows, write_reports,
+                                    writer_facts)
+from trackerdb.remote import Remote
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCALE = 0.5  # a few minutes on 2 cores
+#: The lab's data volume for a rehearsal (a sparse loop file: only what is written takes space). The
+#: restore reserves max_wal_size (at least 1 GB) as free space on top of the data, and the cutover's
+#: preflight sizes that reserve for a 50 GB volume; 8 GB leaves room for both and for larger --scale.
+DEFAULT_VOLUME_GB = 8
+
+
+class _Clock:
+    """Timed steps of the prepare group, in the cutover journal's record shape."""
+
+    def __init__(self, say):
+        self.entries: list[dict] = []
+        self.say = say
+
+    def step(self, phase: str, fn, *args, **kw):
+        start = time.time()
+        self.say(f"[{phase}] starting")
+        try:
+            result = fn(*args, **kw)
+        except BaseException as exc:
+            msg = exc.one_line() if isinstance(exc, OpsError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.entries.append({"phase": phase, "start": start, "end": time.time(), "outcome": "failed", "error": msg, "facts": {}})
+            raise
+        facts = result if isinstance(result, dict) else _outcome_facts(result)
+        self.entries.append({"phase": phase, "start": start, "end": time.time(), "outcome": "ok", "facts": _flat(facts)})
+        self.say(f"[{phase}] ok in {time.time() - start:.1f}s")
+        return result
+
+
+def lab_app_login_on_source(settings) -> dict:
+    """Lab world only: the application logs in to the old host today, so the source's tracker role gets
+    the password from Secrets Manager (the dataset generator leaves it unset). SQL on stdin, masked."""
+    if not settings.is_lab:
+        raise OpsError("refusing to set a role password outside the lab", hint="production's source already has it")
+    from trackerdb.psql import Psql
+    from trackerdb.remote import Remote
+    from trackerdb.secrets import fetch_secret
+    from trackerdb.sql import ident, literal
+
+    secret = fetch_secret(settings, settings.app_secret_name)
+    with Remote(settings.require_source(), secrets=[secret]) as src:
+        Psql.source(src, settings).run(f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+    return {"role": settings.owner_role}
+
+
+def _writer_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lab.writer") is not None
+
+
+class WriterProc:
+    """``python -m lab.writer`` as a child process (ours, stopped by its stop file, then by PID)."""
+
+    def __init__(self, run_dir: Path, say, env: dict, interval: float = 0.05):
+        import subprocess
+        import sys
+
+        self.log = run_dir / "writer.jsonl"
+        self.say = say
+        self.err = open(run_dir / "writer.stderr", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "lab.writer", "--log", str(self.log), "--seconds", "7200",
+                                      "--interval", str(interval)], cwd=str(ROOT), env=dict(env),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err)
+
+    def records(self) -> list[dict]:
+        from lab import writer
+
+        return writer.load(self.log) if self.log.exists() else []
+
+    def wait_first_ack(self, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any(r.get("event") == "ack" for r in self.records()):
+                return True
+            time.sleep(0.3)
+        return False
+
+    def stop(self) -> list[dict]:
+        import subprocess
+
+        Path(str(self.log) + ".stop").touch()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        return self.records()
+
+
+def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
+                  progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None,
+                  volume_gb: int = DEFAULT_VOLUME_GB) -> dict:
+    """Run the rehearsal; returns {"passed", "verdict", "report_json", "report_html", "report"}.
+
+    ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
+    written on the target after the switch.
+    """
+    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb)
+
+
+def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) -> dict:
+    from trackerdb.settings import Settings, lab_name as _lab_name
+
+    say = progress or (lambda m: print(m, flush=True))
+    # Settings (and the writer process) read the lab's name from this mapping: the caller's own
+    # environment (a test session, another lab) is never changed.
+    env = {**os.environ, "TRACKERDB_ENV": "lab"} | ({"TRACKERDB_LAB": lab_name} if lab_name else {})
+    name = _lab_name(env)
+    env["TRACKERDB_LAB"] = name
+    clock = _Clock(say)
+    result: dict = {"title": f"tracker cutover rehearsal (lab {name}, scale {scale:g})", "started": time.time(),
+                    "meta": {"environment": "lab", "lab": name, "scale": scale, "rollback": do_rollback},
+                    "journals": [], "errors": []}
+    settings = None
+    writer_ctl = None
+    try:
+        st = lab_api.status(name)
+        if st.get("up"):
+            say(f"lab {name} is up: using it as it is (its dataset was generated when it came up)")
+            result["meta"]["lab_reused"] = True
+        else:
+            clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale, volume_gb=volume_gb).get("hosts", {})),
+                                          "volume_gb": volume_gb})
+        settings = Settings.load(config or {}, env=env)
+        result["meta"] |= {"postgres": settings.postgres_major, "timescaledb": settings.timescaledb_version,
+                           "postgis": settings.postgis_version}
+        from trackerdb.rehearse.versions import load_rows
+
+        result["meta"]["versions"] = load_rows({"postgres_major": settings.postgres_major,
+                                                "timescaledb": settings.timescaledb_version, "postgis": settings.postgis_version})
+        with Remote(settings.require_source()) as src:
+            ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(
+                dataset.facts(src, settings.source_port)))
+        result["sizes"] = {"source_db_bytes": ds["bytes"]}
+        clock.step("lab.app-login", lab_app_login_on_source, settings)
+        result["meta"]["dataset_rows"] = ds["rows"]
+
+        from trackerdb.backrest import ops as backrest
+        from trackerdb.provision.ops import provision
+
+        clock.step("provision", provision, settings, progress=say)
+        clock.step("backrest.setup", backrest.setup, settings, progress=say)
+        result["journals"].append({"label": "prepare", "entries": clock.entries})
+
+        # ---- the cutover, under a live writer --------------------------------------------------
+        run_dir = Path(settings.state_dir) / "rehearsal" / time.strftime("%Y%m%d-%H%M%S")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        journal_path = run_dir / "journal.jsonl"
+        result["meta"]["journal"] = str(journal_path)
+        counts: dict = {}
+        from trackerdb.cutover import ops as cutover
+        from trackerdb.cutover import phases as ph
+
+        def verify_then_count(ctx, resume):
+            facts = ph.verify(ctx, resume)
+            # the moment that matters: source frozen, target restored and verified, no write reached it yet
+            counts["source"] = table_counts(ctx.remote("source"), settings.database, settings.source_port, dataset.TABLES)
+            counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port, dataset.TABLES)
+            return facts | {"rehearsal_counts": counts}
+
+        if _writer_available():
+            say("starting the live writer (lab/writer.py) through the switchable endpoint")
+            writer_ctl = WriterProc(run_dir, say, env)
+            if not writer_ctl.wait_first_ack():
+                result["errors"].append("the live writer never got a write acknowledged before the cutover")
+        else:
+            result["meta"]["live_writer"] = "not available in this checkout (lab/writer.py)"
+        try:
+            summary = cutover.run_cutover(settings, run_dir / "dump", progress=say, journal_path=journal_path,
+                                          funcs={ph.VERIFY: verify_then_count})
+        finally:
+            if writer_ctl is not None:
+                time.sleep(2)  # a few writes on the target after the cutover completes
+                records = writer_ctl.stop()
+                writer_ctl = None
+                sw_facts = (_journal_facts(journal_path).get(ph.SWITCH) or {})
+                result["writer"] = writer_facts(records, sw_facts.get("old"), sw_facts.get("new"))
+                measured = lab_writer.outage(records, sw_facts.get("new")) if sw_facts.get("new") else None
+                if measured and measured.get("end"):
+                    result["outage"] = measured
+                acks = [r for r in records if r.get("event") == "ack"]
+                if acks and sw_facts.get("new"):
+                    with Remote(settings.target) as tgt:
+                        found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port)
+                    result["writer"] |= {"on_target": found, "lost": len(acks) - found}
+        result["cutover_summary"] = summary
+        result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}
+        result["verification"] = verification_rows(summary, _journal_records(journal_path))
+        dump_bytes = ((_journal_facts(journal_path).get(ph.DUMP) or {}).get("size_bytes"))
+        if dump_bytes:
+            result["sizes"]["dump_bytes"] = dump_bytes
+
+        if do_rollback:
+            from trackerdb.cutover.rollback import run_rollback
+
+            say("[rollback] second pass: rollback with replay")
+            rb = run_rollback(settings, journal_path, replay=True, progress=say, out_dir=run_dir)
+            result["rollback"] = _flat(rb) | {"exported": rb.get("exported"), "replayed": rb.get("replayed")}
+            if rb.get("not_replayed"):
+                result["errors"].append(f"rollback: rows not replayed {rb['not_replayed']}")
+            result["verification"].append(rollback_check(rb, (result.get("writer") or {}).get("acked_by_target")))
+        result["journals"] += split_journal(_journal_records(journal_path))
+    except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
+        if isinstance(exc, OpsError):
+            result["errors"].append(exc.one_line())
+        else:
+            import traceback
+
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            result["errors"].append(f"unexpected {type(exc).__name__} in {Path(where.filename).name}:{where.lineno}: "
+                                    f"{' '.join(str(exc).split())[:300]}")
+        if result["meta"].get("lab_reused"):
+            result["errors"].append(f"lab {name} was already up and may hold an earlier rehearsal: "
+                                    f"`invoke lab.down` (TRACKERDB_LAB={name}) and rehearse again on a fresh lab")
+        if not any(g["label"] == "prepare" for g in result["journals"]):
+            result["journals"].append({"label": "prepare", "entries": clock.entries})
+        jp = result["meta"].get("journal")
+        if jp and Path(jp).exists() and not any(g["label"] == "cutover" for g in result["journals"]):
+            result["journals"] += split_journal(_journal_records(Path(jp)))
+    finally:
+        if writer_ctl is not None:
+            writer_ctl.stop()
+    result["finished"] = time.time()
+    paths = write_reports(result, settings, say)
+    if not keep_lab:
+        say(f"taking lab {name} down (--keep-lab keeps it)")
+        lab_api.down(name)
+    return paths

@@ -1,0 +1,65 @@
+"""Remote's streams and resumable upload over real SSH to the lab's target (the transport dump/restore use)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from trackerdb.errors import HostError
+from trackerdb.remote import Remote
+
+from .test_10_lab import spec
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def target(lab):
+    r = Remote(spec(lab, "target"), secrets=["not-in-any-message"])
+    yield r
+    r.run(["rm", "-rf", "/tmp/trackerdb-streams"], sudo=True, check=False)
+    r.close()
+
+
+def test_stream_stdout_carries_bytes_exactly(target):
+    sink = io.BytesIO()
+    res = target.stream_stdout("printf 'a\\000b'; head -c 5000000 /dev/urandom | tee /tmp/trackerdb-s.bin; "
+                               "echo done >&2", sink)
+    data = sink.getvalue()
+    remote_sha = target.run("sha256sum /tmp/trackerdb-s.bin && rm -f /tmp/trackerdb-s.bin").stdout.split()[0]
+    assert res.exit_code == 0 and res.bytes == len(data) == 5000003 and data[:3] == b"a\x00b"
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(data[3:]).hexdigest() == remote_sha and res.stderr.strip() == "done"
+
+
+def test_feed_stdin_and_an_early_stop(target, tmp_path):
+    f = tmp_path / "in.bin"
+    f.write_bytes(b"q" * 3_000_000)
+    assert target.feed_stdin("wc -c", str(f)) == (0, "3000000\n", "")
+    code, out, _ = target.feed_stdin("head -c 5", str(f))
+    assert code == 0 and out == "qqqqq"
+
+
+def test_append_file_resumes_an_interrupted_upload(target, tmp_path):
+    payload = bytes(range(256)) * 16000
+    src = tmp_path / "dump"
+    src.write_bytes(payload)
+    target.run(["install", "-d", "-m", "0700", "-o", target.spec.user, "/tmp/trackerdb-streams"], sudo=True)
+    remote = "/tmp/trackerdb-streams/dump"
+    prefix = tmp_path / "prefix"
+    prefix.write_bytes(payload[:4096])  # what a dropped connection leaves: a prefix of the same file
+    target.put(str(prefix), remote)
+    offset = int(target.run(["stat", "-c", "%s", remote]).stdout)
+    assert offset == 4096
+    sent = target.append_file(str(src), remote, offset, len(payload))
+    assert sent == len(payload) - offset
+    assert target.run(["sha256sum", remote]).stdout.split()[0] == hashlib.sha256(payload).hexdigest()
+    assert target.run(["stat", "-c", "%a", remote]).stdout.strip() == "640"
+
+
+def test_failure_is_one_line_and_masked(target):
+    with pytest.raises(HostError) as e:
+        target.run("echo 'ERROR: not-in-any-message' >&2; exit 3")
+    assert "not-in-any-message" not in e.value.one_line()

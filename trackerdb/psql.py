@@ -1,0 +1,121 @@
+"""psql on a host, as the postgres OS user: the one builder and executor every operation uses.
+
+The SQL goes on stdin (never argv: it may carry a password verifier), ``ON_ERROR_STOP`` makes the
+first error fatal, ``-At`` gives bare values. The port is always passed: a host may run several
+clusters, and the default one is not necessarily ours.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import re
+
+from .errors import HostError
+from .remote import error_text
+from .secrets import mask
+
+
+class PsqlError(HostError):
+    """psql exited non-zero. The message names the host, port, database, the failing statement's first
+    line and psql's whole error, with the host's secrets masked."""
+
+    def __init__(self, message: str, hint: str | None = None, *, result=None):
+        super().__init__(message, hint)
+        self.result = result
+
+
+def psql_argv(database: str, port: int, pg_bin: str | None = None, variables: dict | None = None) -> list[str]:
+    """The psql command line (SQL comes on stdin)."""
+    exe = f"{pg_bin}/psql" if pg_bin else "psql"
+    argv = [exe, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-p", str(int(port)), "-d", database]
+    for k, v in (variables or {}).items():
+        argv += ["-v", f"{k}={v}"]
+    return argv
+
+
+_STDIN_LINE = re.compile(r"psql:<stdin>:(\d+):")
+
+
+def failing_statement(sql: str, stderr: str) -> str:
+    """The first line of the statement psql stopped at (its ``psql:<stdin>:N:`` prefix names the line),
+    else the script's first non-empty line."""
+    lines = sql.splitlines()
+    m = _STDIN_LINE.search(stderr or "")
+    if m and 0 < int(m.group(1)) <= len(lines) and lines[int(m.group(1)) - 1].strip():
+        return lines[int(m.group(1)) - 1].strip()[:160]
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    return first[:160]
+
+
+def parse_json(stdout: str):
+    """A JSON value from psql -At output. The value may span lines (json_agg puts each element on its own
+    line) and earlier statements may print before it (SET, a SELECT's value): the longest tail of the
+    output that is one JSON document. ``None`` for no output; ValueError when nothing parses."""
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    for start in range(len(lines)):
+        try:
+            return _json.loads("\n".join(lines[start:]))
+        except _json.JSONDecodeError:
+            continue
+    raise ValueError(f"psql printed no JSON value: {lines[-1][:200]!r}")
+
+
+class Psql:
+    """psql on one host (a Remote or LocalHost), as postgres, on one port."""
+
+    def __init__(self, host, port: int, pg_bin: str | None = None):
+        if port is None:
+            raise TypeError("Psql needs the cluster's port")
+        self.host = host
+        self.port = int(port)
+        self.pg_bin = pg_bin
+
+    @classmethod
+    def target(cls, host, settings) -> "Psql":
+        """The target cluster, with the client tools of its server's major version."""
+        return cls(host, settings.pg_port, settings.pg_bin)
+
+    @classmethod
+    def source(cls, host, settings) -> "Psql":
+        """The source cluster (its own client tools, on its own port)."""
+        return cls(host, settings.source_port)
+
+    def argv(self, database: str = "postgres", variables: dict | None = None) -> list[str]:
+        return psql_argv(database, self.port, self.pg_bin, variables)
+
+    def run(self, sql: str, database: str = "postgres", check: bool = True, variables: dict | None = None, timeout=None,
+            sensitive=()):
+        """Run ``sql``; returns the host's Result. ``check`` raises PsqlError on a non-zero exit.
+        ``sensitive``: values in ``sql`` that are not registered secrets (a password verifier) but must
+        not appear in the error either."""
+        res = self.host.run(self.argv(database, variables), user="postgres", stdin=sql, check=False, timeout=timeout)
+        if check and not res.ok:
+            raise self.error(sql, database, res, sensitive)
+        return res
+
+    def error(self, sql: str, database: str, res, sensitive=()) -> PsqlError:
+        secrets = [*getattr(self.host, "secrets", ()), *sensitive]
+        what = error_text(res.stderr or res.stdout)
+        msg = (f"{self.host.name}: psql (port {self.port}, database {database}) failed at "
+               f"`{failing_statement(sql, res.stderr)}`: {what}")
+        hint = "the first error stopped the script; nothing after it ran"
+        if "could not connect" in what or "No such file or directory" in what or "Connection refused" in what:
+            hint = f"is PostgreSQL running on {self.host.name} and listening on port {self.port}?"
+        return PsqlError(mask(msg, *secrets), hint=hint, result=res)
+
+    def value(self, sql: str, database: str = "postgres", timeout=None) -> str:
+        """The last non-empty line of the output (a single value)."""
+        lines = [ln for ln in self.run(sql, database, timeout=timeout).stdout.splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+
+    def json(self, sql: str, database: str = "postgres", timeout=None):
+        """A query that returns one JSON value (``SELECT json_build_object(...)``), parsed."""
+        res = self.run(sql, database, timeout=timeout)
+        try:
+            return parse_json(res.stdout)
+        except ValueError:
+            raise PsqlError(mask(f"{self.host.name}: psql returned something that is not JSON: {res.stdout.strip()[:200]}",
+                                 *getattr(self.host, "secrets", ())),
+                            hint=f"is the right PostgreSQL cluster on port {self.port}?", result=res) from None

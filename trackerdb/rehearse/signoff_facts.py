@@ -1,0 +1,250 @@
+"""The signoff checklist's facts: what ``signoff.evaluate`` judges, read from the configured
+environment (SSH, SQL, boto3, git, the rehearsal report) and the secret scan of the repository.
+A fact that cannot be read is ``{"error": "..."}``: one broken host never hides the other items.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import OpsError
+
+
+def _err(fact) -> str | None:
+    return fact.get("error") if isinstance(fact, dict) else "not checked"
+
+ROOT = Path(__file__).resolve().parents[2]
+DECISIONS_FILE = "signoff-decisions.json"
+
+
+# ---- the secret scan (pure on text) ----------------------------------------------------------
+_PATTERNS = [
+    ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    ("pgBackRest cipher-pass with a value", re.compile(r"cipher-pass\s*=[ \t]*([^\s#;]+)")),
+    ("AWS secret access key", re.compile(r"aws_secret_access_key\s*[=:]\s*['\"]?([A-Za-z0-9/+]{40})\b")),
+]
+# a value that is a reference, not a secret: a variable, a template, a mask or an elision
+_PLACEHOLDER = re.compile(r"^['\"]?(?:[{$<*%(]|\.\.\.|…|x+$|redacted|changeme|<)", re.I)
+
+
+def scan_text(path: str, text: str, secret_values: dict[str, str]) -> list[dict]:
+    """Findings in one file's text: a fetched secret's value (by name, never the value) or a common pattern."""
+    hits = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for name, value in secret_values.items():
+            if value and len(value) >= 8 and value in line:
+                hits.append({"path": path, "line": lineno, "kind": f"value of secret {name}"})
+        for kind, rx in _PATTERNS:
+            m = rx.search(line)
+            if not m:
+                continue
+            if m.groups():
+                value = m.group(1).strip("'\",)")
+                if not value or _PLACEHOLDER.match(value):
+                    continue
+            hits.append({"path": path, "line": lineno, "kind": kind})
+    return hits
+
+
+# ---- facts (executors) -----------------------------------------------------------------------
+def _safe(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except OpsError as exc:
+        return {"error": exc.one_line()}
+    except Exception as exc:  # noqa: BLE001 - a fact we could not read fails its item, with the reason
+        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
+
+
+def _fetch_instance(settings) -> dict:
+    from ..aws import client
+
+    resp = client(settings, "ec2").describe_instances(InstanceIds=[settings.outputs["instance_id"]])
+    inst = [i for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
+    if not inst:
+        return {"error": f"instance {settings.outputs['instance_id']} not found"}
+    i = inst[0]
+    return {"id": i["InstanceId"], "state": i.get("State", {}).get("Name"), "type": i.get("InstanceType"),
+            "az": i.get("Placement", {}).get("AvailabilityZone")}
+
+
+def _target_ssh(remote, settings) -> dict:
+    res = remote.run("hostname; cut -d' ' -f1 /proc/uptime", timeout=30)
+    lines = res.stdout.split()
+    return {"address": settings.target.address, "user": settings.target.user, "hostname": lines[0] if lines else "?",
+            "uptime": f"{float(lines[1]):.0f} s" if len(lines) > 1 else "?"}
+
+
+VERSIONS_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
+                " 'postgis', (SELECT extversion FROM pg_extension WHERE extname = 'postgis'),"
+                " 'timescaledb', (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),"
+                " 'database', current_database())")
+
+
+def _psql_json(remote, sql: str, database: str, port: int):
+    from ..psql import Psql
+
+    return Psql(remote, port).json(sql, database)
+
+
+AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
+                 " 'postgis', (SELECT default_version FROM pg_available_extensions WHERE name = 'postgis'),"
+                 " 'timescaledb', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),"
+                 " 'database', 'packages only (no tracker database yet)')")
+
+
+def _installed(remote, settings) -> dict:
+    """Versions in the tracker database when it exists, else what the installed packages provide."""
+    try:
+        got = _psql_json(remote, VERSIONS_SQL, settings.database, settings.pg_port)
+    except OpsError:
+        got = None
+    avail = _psql_json(remote, AVAILABLE_SQL, "postgres", settings.pg_port)
+    return got if got and got.get("timescaledb") else avail
+
+
+ARCHIVER_SQL = ("SELECT json_build_object('archived_count', archived_count, 'last_archived_wal', last_archived_wal,"
+                " 'last_archived_time', last_archived_time, 'failed_count', failed_count, 'last_failed_wal', last_failed_wal,"
+                " 'last_failed_time', last_failed_time, 'archive_mode', current_setting('archive_mode'),"
+                " 'archive_command', current_setting('archive_command'),"
+                " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM pg_stat_archiver")
+
+
+def _archiver(remote, settings) -> dict:
+    return _psql_json(remote, ARCHIVER_SQL, "postgres", settings.pg_port)
+
+
+def _data_mount(remote, settings) -> dict:
+    import shlex
+
+    mount, by_id = settings.data_mount, settings.data_volume_by_id
+    res = remote.run(f"findmnt -J -b -o TARGET,SOURCE,FSTYPE,SIZE --mountpoint {shlex.quote(mount)}", check=False, timeout=30)
+    vol = remote.run(f"readlink -f {shlex.quote(by_id)}", check=False, timeout=30).stdout.strip()
+    vol = vol if vol and vol != by_id and remote.run(f"test -b {shlex.quote(vol)}", check=False).exit_code == 0 else None
+    if res.exit_code != 0 or not res.stdout.strip():
+        return {"mounted": False, "volume_device": vol}
+    fs = (json.loads(res.stdout).get("filesystems") or [{}])[0]
+    dev = fs.get("source") or ""
+    real = remote.run(f"readlink -f {shlex.quote(dev)}", check=False, timeout=30).stdout.strip() if dev.startswith("/") else dev
+    return {"mounted": True, "device": real, "volume_device": vol, "fstype": fs.get("fstype"), "size_bytes": int(fs.get("size") or 0)}
+
+
+def _backrest(settings) -> dict:
+    try:
+        from ..backrest import ops as brops
+    except ImportError:
+        return {"error": "trackerdb.backrest.ops is not available in this checkout"}
+    result = brops.check(settings)
+    checks = result if isinstance(result, list) else (result.get("checks") if isinstance(result, dict) else getattr(result, "checks", None))
+    if checks is None:
+        return {"error": f"backrest check returned {type(result).__name__}"}
+    return {"checks": [asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c) for c in checks]}
+
+
+def _report(settings) -> dict:
+    path = Path(settings.state_dir) / "report.json"
+    if not path.is_file():
+        return {"path": str(path), "exists": False}
+    data = json.loads(path.read_text())
+    return data | {"path": str(path), "exists": True, "mtime": path.stat().st_mtime}
+
+
+def _cutover_plan(settings) -> dict:
+    try:
+        from ..cutover import ops as cops
+    except ImportError:
+        return {"error": "trackerdb.cutover.ops is not available in this checkout"}
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh journal: the plan of a cutover from the start
+        plan = cops.run_cutover(settings, dump_dir=tmp, dry_run=True, journal_path=Path(tmp) / "journal.jsonl")
+    return {"decision_point": plan.get("rollback_decision_point") or "", "phases": len(plan.get("plan") or [])}
+
+
+def _secret_scan(settings, root: Path = ROOT) -> dict:
+    from ..secrets import fetch_secret
+
+    values, unavailable = {}, []
+    for name in (settings.cipher_secret_name, settings.app_secret_name):
+        try:
+            values[name] = fetch_secret(settings, name).reveal()
+        except OpsError:
+            unavailable.append(name)
+    proc = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, timeout=60)
+    if proc.returncode != 0:
+        return {"error": f"git ls-files failed in {root}"}
+    files = [f for f in proc.stdout.decode().split("\0") if f]
+    hits = []
+    for rel in files:
+        p = root / rel
+        try:
+            if not p.is_file() or p.stat().st_size > 5 * 1024 * 1024:
+                continue
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        hits += scan_text(rel, text, values)
+    values.clear()
+    return {"files": len(files), "hits": hits, "secrets_checked": sorted(set([settings.cipher_secret_name, settings.app_secret_name]) - set(unavailable)),
+            "secrets_unavailable": unavailable}
+
+
+def _decisions(settings) -> dict:
+    p = Path(settings.state_dir) / DECISIONS_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def gather(settings, progress=None) -> dict:
+    """Read every fact the checklist needs. Reads only; nothing on any host changes."""
+    from ..remote import Remote
+
+    say = progress or (lambda m: None)
+    facts: dict = {}
+    if not settings.is_lab:
+        say("describing the instance")
+        facts["instance"] = _safe(_fetch_instance, settings)
+    say(f"SSH to the target {settings.target.address}")
+    try:
+        remote = Remote(settings.target)
+    except Exception as exc:  # noqa: BLE001
+        remote, facts["target_ssh"] = None, {"error": str(exc)[:200]}
+    if remote is not None:
+        try:
+            facts["target_ssh"] = _safe(_target_ssh, remote, settings)
+            reachable = not _err(facts["target_ssh"])
+            gone = {"error": "target not reachable over SSH"}
+            facts["installed"] = _safe(_installed, remote, settings) if reachable else gone
+            facts["archiver"] = _safe(_archiver, remote, settings) if reachable else gone
+            facts["data_mount"] = _safe(_data_mount, remote, settings) if reachable else gone
+        finally:
+            remote.close()
+    if settings.source is not None and not settings.source_decommissioned:
+        say("source versions")
+
+        def _src():
+            with Remote(settings.source) as r:
+                return _psql_json(r, VERSIONS_SQL, settings.database, settings.source_port)
+
+        facts["source_versions"] = _safe(_src)
+    say("pgBackRest check")
+    facts["backrest"] = _safe(_backrest, settings)
+    facts["report"] = _safe(_report, settings)
+    say("cutover plan")
+    facts["cutover_plan"] = _safe(_cutover_plan, settings)
+    say("scanning the repository for secrets")
+    facts["secret_scan"] = _safe(_secret_scan, settings)
+    facts["decisions"] = _safe(_decisions, settings)
+    return facts
+
+
+def agreed_versions(settings) -> dict:
+    return {"postgres_major": settings.postgres_major, "postgis": settings.postgis_version, "timescaledb": settings.timescaledb_version}
+
+
+def declared_disks(settings) -> dict:
+    return {"root_gb": int(settings.outputs.get("root_volume_size_gb") or 0), "data_gb": settings.data_volume_size_gb,
+            "mount": settings.data_mount, "by_id": settings.data_volume_by_id}
