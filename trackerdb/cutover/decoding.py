@@ -87,20 +87,25 @@ class ParseError(ValueError):
     pass
 
 
+def _quoted(s: str, i: int, q: str, what: str) -> tuple[str, int]:
+    """The text between the quote ``q`` at ``s[i]`` and its closing quote, a doubled quote read as one."""
+    out, i = [], i + 1
+    while True:
+        j = s.find(q, i)
+        if j < 0:
+            raise ParseError(f"unterminated quoted {what}")
+        out.append(s[i:j])
+        if s.startswith(q + q, j):
+            out.append(q)
+            i = j + 2
+            continue
+        return "".join(out), j + 1
+
+
 def _ident(s: str, i: int) -> tuple[str, int]:
     """An identifier as quote_identifier printed it, starting at ``s[i]``."""
     if s.startswith('"', i):
-        out, i = [], i + 1
-        while True:
-            j = s.find('"', i)
-            if j < 0:
-                raise ParseError("unterminated quoted identifier")
-            out.append(s[i:j])
-            if s.startswith('""', j):
-                out.append('"')
-                i = j + 2
-                continue
-            return "".join(out), j + 1
+        return _quoted(s, i, '"', "identifier")
     m = re.compile(r"[^.\[\s:\"]+").match(s, i)
     if not m:
         raise ParseError(f"identifier expected at {i}")
@@ -113,17 +118,7 @@ def _value(s: str, i: int) -> tuple[str | None, int, bool]:
     if s.startswith("B'", i):  # bit and varbit
         i += 1
     if s.startswith("'", i):
-        out, i = [], i + 1
-        while True:
-            j = s.find("'", i)
-            if j < 0:
-                raise ParseError("unterminated quoted value")
-            out.append(s[i:j])
-            if s.startswith("''", j):
-                out.append("'")
-                i = j + 2
-                continue
-            return "".join(out), j + 1, False
+        return (*_quoted(s, i, "'", "value"), False)
     j = s.find(" ", i)
     j = len(s) if j < 0 else j
     tok = s[i:j]

@@ -6,6 +6,5 @@
   tuning, refusals and the read-only preflights.
 - ``verify``: the checks that decide a cutover.
 
-SQL runs through ``trackerdb.psql.Psql``; ``psql`` and ``stream`` here are aliases kept for branches
-in flight (remove after merge).
+SQL runs through ``trackerdb.psql.Psql``; streams and uploads are ``trackerdb.remote.Remote`` methods.
 """
