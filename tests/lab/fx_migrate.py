@@ -15,7 +15,8 @@ def dumped(provisioned, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
 
     t0 = time.monotonic()
-    art = run_dump(provisioned, str(tmp_path_factory.mktemp("dump")))
+    # a directory the dump creates itself (inside a fresh tmp dir): created 0700, like the operator's state dir
+    art = run_dump(provisioned, str(tmp_path_factory.mktemp("dump") / "artifacts" / "dump"))
     MEASURED["dump_s"] = round(time.monotonic() - t0, 2)
     return art
 

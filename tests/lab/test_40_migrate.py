@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -157,6 +158,16 @@ def test_verify_fails_naming_the_object(restored):
         assert not failed(), "everything put back"
     finally:
         t.close()
+
+
+def test_dump_and_manifest_are_private_from_the_start(dumped):
+    """Issue 11: production data never lands world-readable: 0600 files in directories the dump made 0700."""
+    import stat
+
+    for p in (dumped.dump_path, dumped.manifest_path):
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
+    for d in (Path(dumped.dump_path).parent, Path(dumped.dump_path).parent.parent):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
 
 
 def test_verify_against_source_is_green(restored):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import writer as lw
-from trackerdb import dataset
+from lab import dataset
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover

@@ -89,3 +89,29 @@ def test_secrets_never_written(tmp_path):
 
 def test_scrub_keeps_plain_values():
     assert scrub({"a": 1, "b": [True, None, 2.5], "secret_name": None}) == {"a": 1, "b": [True, None, 2.5], "secret_name": None}
+
+
+def test_the_cutover_registers_both_secrets_for_scrubbing(tmp_path):
+    """Issue 11: the post phase runs a pgBackRest backup, so the cipher passphrase must be scrubbed from the
+    journal as well as the application password, even inside an error text."""
+    from trackerdb.cutover import ops
+    from trackerdb.secrets import Secret
+
+    values = {"app/pw": "app-Xy7-secret", "cipher/pw": "cipher-Qz9-secret"}
+
+    class Sess:
+        def secret(self, name):
+            return Secret(name, values[name])
+
+    class S:
+        app_secret_name, cipher_secret_name = "app/pw", "cipher/pw"
+
+    class Ctx:
+        session = Sess()
+        journal = Journal(tmp_path / "j.jsonl")
+
+    ops._add_secrets(Ctx, S())
+    Ctx.journal.begin("post")
+    Ctx.journal.end("post", "failed", error=f"pgbackrest said {values['cipher/pw']} and {values['app/pw']}")
+    text = (tmp_path / "j.jsonl").read_text()
+    assert values["cipher/pw"] not in text and values["app/pw"] not in text and "***" in text
