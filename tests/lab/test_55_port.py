@@ -43,19 +43,26 @@ def clusters(remote) -> dict[str, int]:
     return {f"{f[0]}/{f[1]}": int(f[2]) for f in (ln.split() for ln in out.splitlines()) if len(f) > 3}
 
 
+NAME = "port-ci"
+
+
 @pytest.fixture(scope="module")
-def moved(lab):
-    """The source's cluster on 5433 and Settings for a target on 5433. The source is put back on 5432
-    afterwards; the target stays on 5433 until lab.down (provision creates a cluster on the configured
-    port but does not move a running one to another port), so this module runs last on its instance."""
-    name = lab["name"]
-    lab_api.set_source_port(name, PORT)
+def moved():
+    """Its own lab instance (the session's lab has a target provisioned on 5432 already, and provision
+    does not move a running cluster to another port): the source's cluster moved to 5433 and Settings
+    for a target provisioned on 5433. Always brought down at the end, and checked for leftovers."""
+    from tests.lab.fx_lab import require_lab_host
+
+    require_lab_host()
     try:
-        loaded = load_lab_settings(name)
+        lab_api.up(NAME)
+        lab_api.set_source_port(NAME, PORT)
+        loaded = load_lab_settings(NAME)
         assert loaded.source_port == PORT and loaded.source_pg_port == PORT  # the lab's setting reaches Settings
         yield dataclasses.replace(loaded, pg_port=PORT)
     finally:
-        lab_api.set_source_port(name, 5432)
+        lab_api.down(NAME)
+        assert not lab_api.leftovers(NAME)
 
 
 @pytest.fixture(scope="module")

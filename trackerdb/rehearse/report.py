@@ -101,8 +101,14 @@ def merge_entries(entries: list[dict]) -> list[dict]:
     """Journal lines -> one record per phase (a phase may log a start line and an end line, or resume)."""
     by_phase: dict[str, dict] = {}
     order: list[str] = []
+    # a name that only ever has "note" lines is bookkeeping, not a phase (the rollback capture's slot
+    # record stays open until cutover-finish): it is neither drawn nor judged incomplete
+    noted_only = {str(e.get("phase")) for e in entries if e.get("event") == "note"} - {
+        str(e.get("phase")) for e in entries if e.get("event") in ("begin", "end", None)}
     for e in entries:
         name = str(e.get("phase") or e.get("name") or "?")
+        if name in noted_only:
+            continue
         if name not in by_phase:
             by_phase[name] = {"phase": name, "start": None, "end": None, "outcome": "", "facts": {}, "attempts": 0}
             order.append(name)
