@@ -133,7 +133,10 @@ def keys(tmp_path_factory):
         path = home / f"{who}.asc"
         path.write_text(subprocess.run(base + ["--armor", "--export", fpr], check=True, capture_output=True, text=True).stdout)
         out.append((fpr, path))
-    return out
+    try:
+        yield out
+    finally:  # gpg started an agent for this home: end it (ours, by its home directory)
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
 
 
 def _run_key_install(tmp_path, monkeypatch, key_file: Path, fingerprint: str):
