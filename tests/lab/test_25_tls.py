@@ -8,26 +8,18 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import shlex
 import uuid
 
 import psycopg
 import pytest
 
-from trackerdb.remote import Remote
+
+from .test_20_provision import psql, target  # noqa: F401  (the provisioned target's fixture and psql helper)
 
 pytestmark = pytest.mark.lab
 LOG = "/var/log/postgresql/postgresql-{major}-main.log"
 
 
-@pytest.fixture(scope="module")
-def target(provisioned):
-    with Remote(provisioned.target) as r:
-        yield r
-
-
-def psql(target, sql, db="postgres", check=True):
-    return target.run(f"psql -X -q -At -v ON_ERROR_STOP=1 -d {shlex.quote(db)} -f -", user="postgres", stdin=sql, check=check)
 
 
 @pytest.fixture(scope="module")
