@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from .util import LabError
@@ -14,7 +13,7 @@ HOST_OCTET = {"target": 10, "source": 11, "repo": 12, "aws": 13}
 SSH_ROLES = ("target", "source", "repo")
 REPO_NAME = "pg-backrest.timescale.glimpse.internal"
 AWS_NAME = "aws.lab.internal"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+from trackerdb.settings import LAB_NAME_RE as _NAME_RE  # one rule for the lab and the tasks
 
 
 def check_name(name: str) -> str:

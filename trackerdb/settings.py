@@ -21,14 +21,14 @@ from .errors import ConfigError
 LAB_ROOT = "/var/lib/trackerdb-lab"
 
 
-_LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # the lab's own rule (lab/naming.py)
+LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # a lab instance name (lab/naming.py uses this one)
 
 
 def lab_name(env=None) -> str:
     """The lab instance (several can run side by side): ``$TRACKERDB_LAB``, default ``lab0``."""
     env = os.environ if env is None else env
     name = env.get("TRACKERDB_LAB") or "lab0"
-    if not _LAB_NAME.match(name):
+    if not LAB_NAME_RE.match(name):
         raise ConfigError(f"lab instance name {name!r} (TRACKERDB_LAB) is not valid",
                           hint="use 1-31 lowercase letters, digits or '-' (e.g. TRACKERDB_LAB=devlab)")
     return name
