@@ -235,6 +235,13 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
             if rb.get("not_replayed"):
                 result["errors"].append(f"rollback: rows not replayed {rb['not_replayed']}")
             result["verification"].append(rollback_check(rb, (result.get("writer") or {}).get("acked_by_target")))
+        # the end of the rollback window, before signoff (which looks for it): the capture slot is dropped on purpose
+        from trackerdb.cutover import lossless
+        from trackerdb.cutover.journal import Journal
+
+        if lossless.capture_facts(Journal(journal_path)).get("slot"):
+            say("[cutover-finish] ending the rollback window: the capture slot is dropped")
+            result["finish"] = lossless.finish(settings, journal_path, progress=say)
         result["journals"] += split_journal(_journal_records(journal_path))
     except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
         if isinstance(exc, OpsError):

@@ -482,7 +482,77 @@ def test_cutover_finish_drops_the_slot_and_rollback_then_refuses(cutover_run):
         assert run_sql(t, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = {literal(cap['slot'])};").stdout.strip() == "0"
     fin = Journal(journal).state("finish")
     assert fin.done and fin.facts["rollback_possible"] is False and fin.facts["dropped"] is True
+    # the replay's origin on the source went with it (the first rollback replayed, so there was one)
+    assert fin.facts["origin"] == "dropped", fin.facts
+    with Remote(settings.source) as s:
+        origin = literal("trackerdb_" + cap["slot"])
+        assert run_sql(s, f"SELECT count(*) FROM pg_replication_origin WHERE roname = {origin};").stdout.strip() == "0"
     r = subprocess.run([str(ROOT / ".venv/bin/invoke"), "rollback", "--journal", str(journal)], cwd=ROOT,
                        env=_env(settings), capture_output=True, text=True, timeout=120)
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "end of the rollback window" in lines[0] and "hint:" in lines[0], r.stderr
+
+
+def fail_when(substring: str):
+    """A real error out of the switch at an exact point (the API call's caller dies with the record changed)."""
+    from trackerdb.errors import OpsError
+
+    def progress(msg: str) -> None:
+        print(msg)
+        if substring in msg:
+            raise OpsError("Route53: connection reset while waiting out the TTL (injected)", hint="re-run")
+    return progress
+
+
+def test_rollback_after_a_failed_switch_carries_back_what_the_target_took(cutover_run):
+    """Issue 16: a second cutover whose switch fails after the record changed. The application already writes
+    to the target (and updates and deletes there); rollback --replay carries every change back, switches the
+    record back and leaves source and target equal by content. Runs last: it needs the first cutover ended."""
+    from trackerdb.errors import OpsError
+
+    settings = cutover_run["settings"]
+    src_ip, tgt_ip = settings.source.address, settings.target.address
+    work = cutover_run["work"] / "failed-switch"
+    work.mkdir()
+    journal = work / "journal.jsonl"
+    with Remote(settings.target) as t:  # a fresh worker slot for this restore's scheduler (see cutover_run)
+        t.run(["pg_ctlcluster", str(settings.postgres_major), "main", "restart"], sudo=True, timeout=180)
+    log = work / "writer.jsonl"
+    proc = start_writer(settings, log)
+    try:
+        wait_acks(log, 10, src_ip)
+        with pytest.raises(OpsError, match="injected"):
+            run_cutover(settings, work / "dump", journal_path=journal, progress=fail_when("waiting out the record's TTL"))
+        st = Journal(journal).states()
+        assert st[ph.SWITCH].status == "failed" and st[ph.VERIFY].done, {p: s.status for p, s in st.items()}
+        # the record had changed: the application reaches the target and writes there, and changes old rows
+        wait_acks(log, 10, tgt_ip)
+        with Remote(settings.target) as t:  # the same changes, the late rows at other instants (the key is unique)
+            run_sql(t, MUTATIONS.replace(" 06:00:00+00'", " 06:30:00+00'").replace(" 12:00:00+00'", " 12:30:00+00'"),
+                    database="tracker")
+        wait_acks(log, 20, tgt_ip)
+    finally:
+        records = stop_writer(proc, log)
+    res = run_rollback(settings, journal, replay=True, progress=print)
+    print("rollback after the failed switch:", json.dumps(res, indent=1, default=str))
+    assert res["capture"] == "logical decoding" and "capture_problem" not in res
+    assert res["switch"]["new"] == src_ip and res["switch"]["changed"] is True
+    lr = res["changes"]["tracker.location_reports"]
+    acked = {r["reported_at"] for r in records if r["event"] == "ack" and r["endpoint"] == tgt_ip}
+    assert lr["update"] == 1 and lr["delete"] == 1 and lr["insert"] >= len(acked) + 2, (lr, len(acked))
+    assert res["changes"]["tracker.devices"]["update"] == 1
+    frozen_at = Journal(journal).state(ph.FREEZE).facts["frozen_at"]
+    with Remote(settings.source) as s, Remote(settings.target) as t:
+        assert _norm(acked) <= _norm(reports_after(s, frozen_at)), "a write the target acknowledged is not on the source"
+        src_sums, tgt_sums = dataset.checksums(s), dataset.checksums(t)
+        assert src_sums == tgt_sums, {k: (src_sums[k], tgt_sums[k]) for k in src_sums if src_sums[k] != tgt_sums.get(k)}
+    # the application is back on the writable source
+    log2 = work / "writer2.jsonl"
+    proc = start_writer(settings, log2)
+    try:
+        wait_acks(log2, 5, src_ip)
+    finally:
+        stop_writer(proc, log2)
+    fin = subprocess.run([str(ROOT / ".venv/bin/invoke"), "cutover-finish", "--journal", str(journal)], cwd=ROOT,
+                         env=_env(settings), capture_output=True, text=True, timeout=120)
+    assert fin.returncode == 0, fin.stdout + fin.stderr

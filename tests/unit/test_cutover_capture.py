@@ -273,3 +273,10 @@ def test_dry_run_lists_the_tables_that_get_replica_identity_full(monkeypatch):
     lines = ll.dry_run_lines(S())
     assert "REPLICA IDENTITY FULL on 1 table(s)" in lines[0] and lines[0].endswith("tracker.location_reports")
     assert "test_decoding" in lines[1] and "cutover-finish" in lines[1]
+
+
+def test_the_replay_origin_is_dropped_by_its_quoted_name_only():
+    sql = cp.drop_origin_sql("trackerdb_rollback_1")
+    assert "roname = 'trackerdb_trackerdb_rollback_1'" in sql and "pg_replication_origin_drop(roname)" in sql
+    with pytest.raises(OpsError):
+        cp.drop_origin_sql("x'; DROP DATABASE tracker; --")

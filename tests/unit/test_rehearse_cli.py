@@ -23,12 +23,12 @@ def fake_settings(monkeypatch):
 
 
 @pytest.mark.parametrize("statuses, code, verdict", [
-    ([S.PASS] * 11, 0, "SIGNOFF COMPLETE"),
-    ([S.PASS] * 8 + [S.HUMAN] + [S.PASS] * 2, 2, "SIGNOFF PENDING HUMAN DECISIONS"),
-    ([S.PASS] * 4 + [S.FAIL] + [S.PASS] * 3 + [S.HUMAN] + [S.PASS] * 2, 1, "SIGNOFF FAILED"),
+    ([S.PASS] * 12, 0, "SIGNOFF COMPLETE"),
+    ([S.PASS] * 8 + [S.HUMAN] + [S.PASS] * 3, 2, "SIGNOFF PENDING HUMAN DECISIONS"),
+    ([S.PASS] * 4 + [S.FAIL] + [S.PASS] * 3 + [S.HUMAN] + [S.PASS] * 3, 1, "SIGNOFF FAILED"),
 ])
 def test_signoff_exit_code_and_json(monkeypatch, capsys, fake_settings, statuses, code, verdict):
-    monkeypatch.setattr(S, "run_signoff", lambda settings, progress=None: _items(*statuses))
+    monkeypatch.setattr(S, "run_signoff", lambda settings, progress=None, journal=None: _items(*statuses))
     if code:
         with pytest.raises(Exit) as e:
             cli.signoff(Context(), json=True)
@@ -41,8 +41,8 @@ def test_signoff_exit_code_and_json(monkeypatch, capsys, fake_settings, statuses
 
 
 def test_signoff_table_names_the_failed_item(monkeypatch, capsys, fake_settings):
-    statuses = [S.PASS] * 4 + [S.FAIL] + [S.PASS] * 6
-    monkeypatch.setattr(S, "run_signoff", lambda settings, progress=None: _items(*statuses))
+    statuses = [S.PASS] * 4 + [S.FAIL] + [S.PASS] * 7
+    monkeypatch.setattr(S, "run_signoff", lambda settings, progress=None, journal=None: _items(*statuses))
     with pytest.raises(Exit):
         cli.signoff(Context(), json=False)
     out = capsys.readouterr().out

@@ -9,6 +9,7 @@ from trackerdb.rehearse.report import build_report
 from trackerdb.rehearse.sample import T0, sample_result
 
 NOW = T0 + 3600
+SLOT = "trackerdb_rollback_20260101t021000"
 AGREED = {"postgres_major": 16, "postgis": "3.5.2", "timescaledb": "2.18.2"}
 DECLARED = {"root_gb": 25, "data_gb": 50, "mount": "/var/lib/postgresql",
             "by_id": "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0a1b2c3d4e5f60718"}
@@ -33,6 +34,11 @@ def good_facts() -> dict:
         "cutover_plan": {"decision_point": "ROLLBACK DECISION POINT: until phase 6 ... invoke rollback", "phases": 7},
         "secret_scan": {"files": 120, "hits": [], "secrets_checked": ["a", "b"], "secrets_unavailable": []},
         "decisions": {},
+        "rollback_window": {"journal": "state/cutover/journal.jsonl", "exists": True, "rolled_back": False,
+                            "capture": {"slot": SLOT, "lsn": "0/5000060", "created_at": "2026-01-01T02:10:00Z"},
+                            "finish": {"slot": SLOT, "dropped": True, "rollback_possible": False,
+                                       "finished_at": "2026-01-03T09:00:00Z"},
+                            "slots": []},
     }
 
 
@@ -106,6 +112,12 @@ def _set(path, value):
     (_set(["cutover_plan"], {"error": "trackerdb.cutover.ops is not available"}), "rollback_point", "not available"),
     (_set(["secret_scan", "hits"], [{"path": "docs/x.md", "line": 3, "kind": "value of secret tracker/db"}]), "secrets", "docs/x.md:3"),
     (_set(["secret_scan", "secrets_unavailable"], ["tracker/pgbackrest/cipher-pass"]), "secrets", "could not fetch"),
+    (_set(["rollback_window"], {"error": "psql: connection refused"}), "rollback_window", "connection refused"),
+    (_set(["rollback_window", "slots"], [{"slot": SLOT, "retained_bytes": 1 << 20, "wal_status": "reserved"}]),
+     "rollback_window", "still on the target"),
+    (_set(["rollback_window", "slots"], [{"slot": "trackerdb_rollback_x", "retained_bytes": 3 << 20}]),
+     "rollback_window", "trackerdb_rollback_x (3.0 MiB WAL retained)"),
+    (_set(["rollback_window", "finish"], None), "rollback_window", "gone from the target without `invoke cutover-finish`"),
 ])
 def test_one_broken_fact_fails_its_item_with_evidence(breaker, key, fragment):
     f = copy.deepcopy(good_facts())
@@ -173,3 +185,23 @@ def test_scan_evidence_never_contains_the_value():
     f["secret_scan"]["hits"] = hits
     by, _ = _eval(f)
     assert "Zq3" not in by["secrets"].evidence and "a.txt:1" in by["secrets"].evidence
+
+
+def test_an_open_rollback_window_is_pending_a_person_and_names_the_command():
+    f = good_facts()
+    f["rollback_window"] |= {"finish": None, "slots": [{"slot": SLOT, "retained_bytes": 5 << 20, "wal_status": "reserved"}]}
+    by, items = _eval(f)
+    item = by["rollback_window"]
+    assert item.status == S.HUMAN and "5.0 MiB WAL retained" in item.evidence
+    assert "invoke cutover-finish --journal state/cutover/journal.jsonl" in item.evidence
+    assert S.exit_code(items) == 2
+
+
+def test_before_any_cutover_there_is_nothing_to_end_unless_a_slot_is_there():
+    f = good_facts()
+    f["rollback_window"] = {"journal": "state/cutover/journal.jsonl", "exists": False, "slots": []}
+    by, _ = _eval(f)
+    assert by["rollback_window"].status == S.PASS and "nothing to end yet" in by["rollback_window"].evidence
+    f["rollback_window"]["slots"] = [{"slot": SLOT, "retained_bytes": 0}]
+    by, _ = _eval(f)
+    assert by["rollback_window"].status == S.FAIL and "does not record" in by["rollback_window"].evidence

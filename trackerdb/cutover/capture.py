@@ -148,6 +148,13 @@ def drop_slot_sql(slot: str) -> str:
             f"FROM pg_replication_slots WHERE slot_name = {s};")
 
 
+def drop_origin_sql(slot: str) -> str:
+    """The replay's bookkeeping on the source (cluster-wide), once rollback is over."""
+    o = literal(origin_name(slot))
+    return (f"SELECT json_build_object('dropped', count(pg_replication_origin_drop(roname))) "
+            f"FROM pg_replication_origin WHERE roname = {o};")
+
+
 def changes_copy_sql(slot: str, upto_lsn: str) -> str:
     """The decoded changes up to ``upto_lsn`` as COPY text (lsn, xid, data), without consuming them."""
     if not re.match(r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$", upto_lsn or "", re.I):
@@ -384,6 +391,10 @@ def _has_timescaledb(remote, db, port) -> bool:
 
 def drop_slot(remote, db: str, slot: str, port=None) -> int:
     return int(Psql(remote, port).json(drop_slot_sql(slot), db)["dropped"])
+
+
+def drop_origin(remote, slot: str, port=None) -> int:
+    return int(Psql(remote, port).json(drop_origin_sql(slot))["dropped"])
 
 
 def watched_slots(remote, port=None) -> list[dict]:

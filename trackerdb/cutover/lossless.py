@@ -181,10 +181,25 @@ def finish(settings, journal_path, progress=None) -> dict:
         journal.end(cp.FINISH_PHASE, "failed", error=exc.one_line())
         raise
     facts = {"slot": rec["slot"], "dropped": bool(dropped), "rollback_possible": False,
-             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "origin": _drop_origin(settings, rec["slot"])}
     journal.end(cp.FINISH_PHASE, "ok", facts)
-    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible")
+    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
+        f"replay origin on the source: {facts['origin']}")
     return {**facts, "changed": True}
+
+
+def _drop_origin(settings, slot: str) -> str:
+    """The source's replay origin (a replay's bookkeeping, no WAL held) goes too, when the source answers."""
+    from ..remote import Remote
+
+    if settings.source is None or settings.source_decommissioned:
+        return "not checked (no source configured)"
+    try:
+        with Remote(settings.source) as src:
+            n = cp.drop_origin(src, slot, settings.source_port)
+    except OpsError as exc:
+        return f"left in place (source unreachable: {exc.one_line()}; it holds no WAL)"
+    return "dropped" if n else "none (no replay ran)"
 
 
 # ---- the watch -------------------------------------------------------------------------------

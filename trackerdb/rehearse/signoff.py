@@ -49,6 +49,8 @@ ITEMS = [
     ("cutover_time", "App cutover time is scheduled"),
     ("rollback_point", "Rollback decision point is documented"),
     ("secrets", "Secrets and passwords are not stored in documentation"),
+    # ours, after the runbook's lines: the lossless rollback's capture is ended on purpose, never left to grow
+    ("rollback_window", "Rollback window is ended on purpose (invoke cutover-finish)"),
 ]
 HUMAN_ITEMS = {
     "disk_approved": "a person approves the sizing (deployed sizes and the projected need are shown)",
@@ -239,6 +241,46 @@ def item_secrets(f: dict) -> tuple[str, str]:
     return PASS, base + "; nothing found"
 
 
+def _mib(n) -> str:
+    return f"{(n or 0) / 1048576:.1f} MiB"
+
+
+def item_rollback_window(f: dict) -> tuple[str, str]:
+    """Pass: no cutover captured anything yet, or its capture was ended by `invoke cutover-finish`. Pending (a
+    person decides when the rollback window ends): the capture is open. Fail: a slot no journal accounts for,
+    or a slot still there after its journal says it was dropped."""
+    w = f.get("rollback_window") or {}
+    if _err(w):
+        return FAIL, f"rollback window: {_err(w)}"
+    slots = {s.get("slot"): s for s in w.get("slots") or []}
+    cap, fin = w.get("capture") or {}, w.get("finish")
+    journal = w.get("journal")
+    ours = cap.get("slot") if cap.get("lsn") or cap.get("slot") else None
+    strays = sorted(s for s in slots if s != ours)
+    if strays:
+        listed = ", ".join(f"{s} ({_mib(slots[s].get('retained_bytes'))} WAL retained)" for s in strays)
+        return FAIL, (f"rollback slot(s) on the target that journal {journal} does not record: {listed}; find the cutover "
+                      "journal that made them and run `invoke cutover-finish --journal <it>`")
+    if fin:
+        if ours in slots:
+            return FAIL, (f"journal {journal} says the rollback window ended at {fin.get('finished_at')}, but slot {ours} is "
+                          "still on the target: re-run `invoke cutover-finish`")
+        return PASS, (f"rollback window ended at {fin.get('finished_at')} (journal {journal}): slot {fin.get('slot')} dropped, "
+                      "rollback to the source is no longer possible")
+    if ours and ours in slots:
+        sl = slots[ours]
+        state = "the cutover was rolled back; " if w.get("rolled_back") else ""
+        return HUMAN, (f"rollback window open: {state}slot {ours} since {cap.get('created_at') or cap.get('lsn')}, "
+                       f"{_mib(sl.get('retained_bytes'))} WAL retained (wal_status {sl.get('wal_status')}); when the "
+                       f"application owners accept the cutover: `invoke cutover-finish --journal {journal}`")
+    if ours:
+        return FAIL, (f"journal {journal} records capture slot {ours}, which is gone from the target without "
+                      "`invoke cutover-finish`: a rollback could no longer carry the target's changes back")
+    if not w.get("exists"):
+        return PASS, f"no cutover journal at {journal} and no rollback slot on the target: nothing to end yet"
+    return PASS, f"journal {journal} records no change capture (the switch has not run) and no rollback slot is on the target"
+
+
 def item_human(key: str, decisions: dict, context: str = "") -> tuple[str, str]:
     d = decisions.get(key) if isinstance(decisions, dict) else None
     if isinstance(d, dict) and d.get("decision") and d.get("by"):
@@ -268,6 +310,7 @@ def evaluate(facts: dict, *, agreed: dict, declared: dict, is_lab: bool, now: fl
         "cutover_time": item_human("cutover_time", decisions),
         "rollback_point": item_rollback_point(facts),
         "secrets": item_secrets(facts),
+        "rollback_window": item_rollback_window(facts),
     }
     return [Item(key, name, *results[key]) for key, name in ITEMS]
 
@@ -298,6 +341,6 @@ def to_dict(items: list[Item]) -> dict:
             "items": [asdict(i) for i in items]}
 
 
-def run_signoff(settings, progress=None, now: float | None = None) -> list[Item]:
-    facts = gather(settings, progress)
+def run_signoff(settings, progress=None, now: float | None = None, journal=None) -> list[Item]:
+    facts = gather(settings, progress, journal_path=journal)
     return evaluate(facts, agreed=agreed_versions(settings), declared=declared_disks(settings), is_lab=settings.is_lab, now=now)

@@ -198,7 +198,27 @@ def _decisions(settings) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def gather(settings, progress=None) -> dict:
+def _rollback_window(settings, journal_path=None) -> dict:
+    """The cutover journal's capture and finish records, and the rollback slots on the target."""
+    from ..cutover import capture as cp
+    from ..cutover.journal import Journal
+    from ..cutover.ops import default_journal
+    from ..remote import Remote
+
+    path = Path(journal_path) if journal_path else default_journal(settings)
+    out: dict = {"journal": str(path), "exists": path.is_file()}
+    if out["exists"]:
+        states = Journal(path).states()
+        cap, fin, rb = states.get(cp.JOURNAL_PHASE), states.get(cp.FINISH_PHASE), states.get("rollback")
+        out |= {"capture": dict(cap.facts) if cap is not None else {},
+                "finish": dict(fin.facts) if fin is not None and fin.done else None,
+                "rolled_back": bool(rb is not None and rb.done)}
+    with Remote(settings.target) as tgt:
+        out["slots"] = cp.watched_slots(tgt, settings.pg_port)
+    return out
+
+
+def gather(settings, progress=None, journal_path=None) -> dict:
     """Read every fact the checklist needs. Reads only; nothing on any host changes."""
     from ..remote import Remote
 
@@ -238,6 +258,8 @@ def gather(settings, progress=None) -> dict:
     say("scanning the repository for secrets")
     facts["secret_scan"] = _safe(_secret_scan, settings)
     facts["decisions"] = _safe(_decisions, settings)
+    say("rollback window (cutover journal, capture slots on the target)")
+    facts["rollback_window"] = _safe(_rollback_window, settings, journal_path)
     return facts
 
 
