@@ -39,6 +39,8 @@ KEY_NAME = "trackerdb_transfer"
 MARK = "trackerdb-transfer"
 PROBE_OK = "trackerdb-dump-read ok"
 _KEY = re.compile(r"^[0-9a-f]{16}$")
+HOST_KEY_LINE = ("for t in ed25519 ecdsa rsa; do f=/etc/ssh/ssh_host_${t}_key.pub; "
+                 "if [ -f $f ]; then cat $f; exit 0; fi; done; exit 1")
 
 
 # ---- pure builders ----------------------------------------------------------------------------
@@ -179,7 +181,8 @@ def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
         tgt.run(keygen_command(home_t), user="postgres")
         changed.append("transfer key made on the target")
     pub = tgt.run(["cat", key_path(home_t) + ".pub"], sudo=True).stdout
-    host_key = src.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], sudo=True).stdout  # over our pinned connection
+    # read over our own pinned connection to the source, never learnt from the network
+    host_key = src.run(HOST_KEY_LINE, sudo=True, check=False).stdout
     if tgt.write_file(known_hosts_path(home_t), known_hosts_line(source_address(settings), host_key),
                       mode="0644", owner="postgres"):
         changed.append("source host key pinned on the target")
