@@ -181,3 +181,12 @@ def test_an_explicit_direct_transfer_that_fails_is_refused(failing_probe):
 def test_relay_is_chosen_without_touching_any_host():
     got = direct.choose(_settings(), None, None)
     assert got == {"transfer": "relay", "why": "the stack says direct_transfer: false"}
+
+
+def test_dry_run_says_where_the_bytes_go_and_what_a_failure_does():
+    relay = direct.dry_run_lines(_settings())
+    assert relay == ["dump: relay: source -> this machine -> target (stack output direct_transfer is false)"]
+    lines = direct.dry_run_lines(_settings(direct_transfer=True, source_cidr="172.31.7.8/32"))
+    assert 'restrict,from="172.31.10.20",command="/usr/local/lib/trackerdb/dump-read"' in lines[0]
+    assert "postgres@172.31.7.8:22" in lines[1] and lines[1].endswith("fall back to the relay, loudly")
+    assert direct.dry_run_lines(_settings({"transfer": "direct"}))[1].endswith("refuse the cutover")

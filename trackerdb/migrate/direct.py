@@ -152,6 +152,21 @@ def relay_warning(reason: str) -> str:
             "(the dump crosses the operator's link twice)")
 
 
+def dry_run_lines(settings) -> list[str]:
+    """What the cutover will do with the final dump's bytes (no host is touched)."""
+    if getattr(settings, "transfer", "relay") == "relay":  # settings without the key: the relay
+        why = "trackerdb.transfer: relay" if getattr(settings, "transfer_explicit", False) else "stack output direct_transfer is false"
+        return [f"dump: relay: source -> this machine -> target ({why})"]
+    address = source_address(settings) if settings.source else "<source>"
+    target_ip = settings.outputs.get("private_ip") or settings.target.address
+    on_failure = "refuse the cutover" if settings.transfer_explicit else "fall back to the relay, loudly"
+    return [f"preflight: a transfer key for postgres on the target; the source's host key pinned there for {address}; "
+            f"on the source {READER_PATH} and in postgres's authorized_keys: "
+            f'restrict,from="{target_ip}",command="{READER_PATH}" <the target\'s key> {MARK}',
+            f"dump: direct: the target pulls it from {SOURCE_USER}@{address}:22 (SSH, egress rule directTransfer); "
+            f"if the probe fails: {on_failure}"]
+
+
 def probe_failure(probe: Probe, address: str) -> str:
     hints = {"unreachable": "is the security group's egress SSH rule to the source (directTransfer/sourceCidr) deployed, "
                             "and does the source's firewall let the target in on 22?",
