@@ -6,8 +6,9 @@ file (resuming a partial download) and checks its SHA-256 against the source's. 
 invoke dies meanwhile, the dump goes on; the re-run attaches to it (or fetches its finished file)
 instead of dumping again. The job is named by the cutover (journal and freeze time), so another
 cutover never picks it up. With ``transfer="direct"`` the target pulls the finished file from the
-source host to host (``direct``); when that fails the fetch through this machine takes over, loudly. When the source has less free space than the database's size, the dump
-streams through the SSH session as before (said in the progress).
+source host to host (``direct``); when that fails the fetch through this machine takes over, loudly.
+When the source has less free space than the database's size, the dump streams through the SSH
+session as before (said in the progress).
 """
 
 from __future__ import annotations
@@ -122,7 +123,6 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         doc["dump"]["warnings"] = dump_warnings(log)
         doc["dump"]["detached_job"] = job.dir
         doc["dump"]["transfer"] = "relay: through this machine"
-
         manifest_path = mf.manifest_path_for(dump_path)
         mf.write_manifest(doc, manifest_path)
         # the dump file is not left on the (shared) source; the job's log and status stay
