@@ -170,7 +170,9 @@ def dry_run_lines(settings) -> list[str]:
 def probe_failure(probe: Probe, address: str) -> str:
     hints = {"unreachable": "is the security group's egress SSH rule to the source (directTransfer/sourceCidr) deployed, "
                             "and does the source's firewall let the target in on 22?",
-             "refused-key": "the source refuses the transfer key: re-run the cutover preflight to install it",
+             "refused-key": "the source refuses the transfer key: is the entry in postgres's authorized_keys (the preflight "
+                            "installs it), and does the source's sshd let postgres log in (AllowUsers/AllowGroups; a "
+                            "'!'-locked account without UsePAM)?",
              "host-key-mismatch": "the source's host key differs from the one pinned on the target",
              "unknown-host-key": "the source's host key is not pinned on the target"}
     return f"target -> {SOURCE_USER}@{address}:22 {probe.state}: {probe.detail or 'no detail'} ({hints.get(probe.state, 'see ssh')})"
