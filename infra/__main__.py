@@ -2,7 +2,8 @@
 
 Where each runbook requirement lives:
   config.py   every value (Pulumi.prod.yaml) and the rules that reject unsafe or missing config
-  network.py  the security group: SSH only with the repository host, 5432 only from the app, HTTPS to S3
+  network.py  the security group: SSH only with the repository host (and, with directTransfer, out to the
+              source), 5432 only from the app, HTTPS to S3
   iam.py      role + instance profile: our stanza's S3 prefixes, the cipher secret, SSM core
   host.py     t3.medium, looked-up AMI (ignore_changes), IMDSv2 hop 1, 25 GB gp3 encrypted root
   storage.py  50 GB gp3 encrypted data volume (protected, final snapshot) + attachment
@@ -30,7 +31,7 @@ cfg = config.load()
 network = DatabaseNetwork("trackerdb", NetworkArgs(
     name=cfg.name, region=cfg.region, vpc_id=cfg.vpc_id, repo_host_ip=cfg.repo_host_ip,
     app_cidrs=cfg.app_cidrs, app_security_group_ids=cfg.app_security_group_ids,
-    extra_egress=cfg.extra_egress, tags=cfg.tags, ssh_port=cfg.ssh_port,
+    extra_egress=cfg.extra_egress, tags=cfg.tags, ssh_port=cfg.ssh_port, source_cidr=cfg.source_cidr,
 ))
 identity = DatabaseIdentity("trackerdb", IdentityArgs(
     name=cfg.name, backup_bucket=cfg.backup_bucket, backup_prefix=cfg.backup_prefix, stanza=cfg.stanza,
@@ -73,6 +74,8 @@ outputs = {
     "postgis_version": cfg.postgis_version,
     "timescaledb_version": cfg.timescaledb_version,
     "app_cidrs": list(cfg.app_cidrs),
+    "direct_transfer": cfg.direct_transfer,
+    "source_cidr": cfg.source_cidr,
 }
 if set(outputs) != set(OUTPUT_KEYS):  # the inventory shape is a contract with every task and the lab
     raise config.ConfigError(f"exports differ from trackerdb.inventory.OUTPUT_KEYS: {sorted(set(outputs) ^ set(OUTPUT_KEYS))}")

@@ -66,6 +66,9 @@ class StackConfig:
     postgis_version: str
     timescaledb_version: str
     ssh_port: int = field(default=22)
+    # host-to-host dump transfer (issue 15): the target pulls the final dump from the source over SSH
+    direct_transfer: bool = False
+    source_cidr: str = ""
 
     @property
     def backup_prefix(self) -> str:
@@ -152,6 +155,36 @@ def _extra_egress(values: list) -> tuple[Egress, ...]:
     return tuple(out)
 
 
+def _bool(cfg: pulumi.Config, key: str) -> bool:
+    raw = cfg.get(key)
+    if raw is None or raw == "":
+        return False
+    if str(raw).lower() in ("true", "false"):
+        return str(raw).lower() == "true"
+    raise ConfigError(f"config key {PROJECT}:{key} must be true or false, got {raw!r}")
+
+
+def _direct_transfer(cfg: pulumi.Config) -> tuple[bool, str]:
+    """``directTransfer`` + ``sourceCidr``: the target's egress SSH rule to the source (the target pulls
+    the final dump from the source host to host). The source is one host: an IPv4 network of /24 or
+    longer; 0.0.0.0/0 and anything wide is refused."""
+    on = _bool(cfg, "directTransfer")
+    raw = cfg.get("sourceCidr")
+    if not on:
+        if raw:
+            raise ConfigError(f"config key {PROJECT}:sourceCidr is set but directTransfer is not true; "
+                              f"set directTransfer true to open SSH to the source, or remove sourceCidr")
+        return False, ""
+    if not raw:
+        raise ConfigError(f"missing required config key {PROJECT}:sourceCidr (directTransfer is true: the source "
+                          f"host's private address as a /32, e.g. `pulumi config set sourceCidr 172.31.5.6/32`)")
+    net = _network(f"{PROJECT}:sourceCidr", raw)
+    if net.version != 4 or net.prefixlen < 24:
+        raise ConfigError(f"config key {PROJECT}:sourceCidr {net} is too wide for SSH to one host; "
+                          f"give the source's address as a /32 (IPv4, /24 or longer)")
+    return True, str(net)
+
+
 def load() -> StackConfig:
     """Read the stack's config; raise ``ConfigError`` (one line, names the key) on anything missing or unsafe."""
     cfg = pulumi.Config(PROJECT)
@@ -182,6 +215,7 @@ def load() -> StackConfig:
     if not backup_path.startswith("/") or backup_path.strip("/") == "":
         raise ConfigError(f"config key {PROJECT}:backupPath {backup_path!r} must be an absolute path below the bucket root")
     tags = {str(k): str(v) for k, v in (cfg.get_object("tags") or {}).items()}
+    direct, source_cidr = _direct_transfer(cfg)
     name = str(_req(cfg, "name"))
     environment = cfg.get("environment") or pulumi.get_stack()
     return StackConfig(
@@ -214,4 +248,6 @@ def load() -> StackConfig:
         postgres_major=_int(cfg, "postgresMajor"),
         postgis_version=str(_req(cfg, "postgisVersion")),
         timescaledb_version=str(_req(cfg, "timescaledbVersion")),
+        direct_transfer=direct,
+        source_cidr=source_cidr,
     )

@@ -28,6 +28,7 @@ class NetworkArgs:
     tags: dict[str, str]
     ssh_port: int = 22
     pg_port: int = 5432
+    source_cidr: str = ""  # directTransfer: the target pulls the final dump from the source over SSH
 
 
 class DatabaseNetwork(pulumi.ComponentResource):
@@ -77,6 +78,13 @@ class DatabaseNetwork(pulumi.ComponentResource):
         s3_list = aws.ec2.get_managed_prefix_list_output(name=f"com.amazonaws.{args.region}.s3")
         egress("https-s3", prefix_list_id=s3_list.id, ip_protocol="tcp", from_port=443, to_port=443,
                description="HTTPS to S3 (pgBackRest repo2) via the gateway endpoint prefix list")
+
+        # directTransfer: the target opens SSH to the source and pulls the final dump (host to host, not
+        # through the operator). Egress only: nothing may connect in; the source's own firewall must let
+        # this host's address in on 22 (not ours to declare). Already covered when the source is the repo host.
+        if args.source_cidr and args.source_cidr != repo_cidr:
+            egress("ssh-source", cidr_ipv4=args.source_cidr, ip_protocol="tcp", from_port=args.ssh_port,
+                   to_port=args.ssh_port, description="SSH to the source host: the final dump, host to host (directTransfer)")
 
         for i, e in enumerate(args.extra_egress):
             family = {"cidr_ipv6": e.cidr} if ":" in e.cidr else {"cidr_ipv4": e.cidr}

@@ -165,8 +165,11 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
     if (r / "etc/pgbackrest.conf").exists():
         (r / "etc/pgbackrest.conf").unlink()
 
-    # source: postgres's SSH identity and pinned repo key
+    # source: postgres's SSH identity and pinned repo key; postgres may take key logins, as with
+    # production's sshd (UsePAM yes does not refuse a "!"-locked account; the lab's sshd runs without
+    # PAM): the cutover's direct transfer lets the target read the dump through a forced command
     s = roots["source"]
+    hosts.chroot(s, "usermod", "-p", "*", "postgres")
     uid, gid = hosts.ids(s, "postgres")
     sshd = s / "var/lib/postgresql/.ssh"
     sshd.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,10 @@ def stack_outputs(n: Names, *, volume_size_gb: int) -> dict:
         "shared_stanza": SHARED_STANZA,
         **VERSIONS,
         "app_cidrs": [str(n.subnet)],
+        # the lab's hosts share one bridge: the target reaches the source's sshd directly (the
+        # security-group rule directTransfer declares in production)
+        "direct_transfer": True,
+        "source_cidr": f"{n.ip('source')}/32",
     }
     assert set(o) == set(OUTPUT_KEYS), set(o) ^ set(OUTPUT_KEYS)
     return o

@@ -35,6 +35,8 @@ def prod_outputs(**over):
         "postgis_version": "3.5.2",
         "timescaledb_version": "2.18.2",
         "app_cidrs": ["172.31.32.0/20"],
+        "direct_transfer": False,
+        "source_cidr": "",
     }
     o.update(over)
     return o

@@ -31,6 +31,11 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,80}$")
 
 # ---- pure builders ----------------------------------------------------------------------------
 
+def jobs_base(home: str) -> str:
+    """Where a host's jobs live: ``<postgres home>/trackerdb-jobs``."""
+    return f"{home.rstrip('/')}/trackerdb-jobs"
+
+
 def job_dir(base: str, name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"bad job name {name!r}")

@@ -70,6 +70,8 @@ class Expected:
         rules |= {Rule("ingress", "tcp", 5432, 5432, "cidr", str(ipaddress.ip_network(c))) for c in o["app_cidrs"]}
         rules |= {Rule("ingress", "tcp", 5432, 5432, "sg", sg) for sg in self.app_security_group_ids}
         rules |= {Rule("egress", p, port, port, "cidr", str(ipaddress.ip_network(c))) for p, port, c in self.extra_egress}
+        if o.get("direct_transfer") and o.get("source_cidr"):  # the target pulls the final dump from the source
+            rules.add(Rule("egress", "tcp", 22, 22, "cidr", str(ipaddress.ip_network(o["source_cidr"]))))
         return rules
 
 

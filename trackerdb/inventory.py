@@ -41,6 +41,8 @@ OUTPUT_KEYS: dict[str, str] = {
     "postgis_version": "PostGIS version",
     "timescaledb_version": "TimescaleDB version (must equal the source's)",
     "app_cidrs": "networks the application connects from (pg_hba and the security group)",
+    "direct_transfer": "the security group lets the target SSH to the source (the final dump moves host to host)",
+    "source_cidr": "the source host's network of that egress rule ('' when direct_transfer is false)",
 }
 
 

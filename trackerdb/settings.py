@@ -111,6 +111,13 @@ class Settings:
     tls_ca_file: str | None = None  # CA bundle (operator's machine) for verify-full in our checks
     # The application's side of the window (trackerdb/cutover/hooks.py) and phase notifications
     # (trackerdb/notify.py: the webhook URL is a secret, referenced by name)
+    # The cutover's final dump: "direct" (the target pulls it from the source over SSH, host to host) or
+    # "relay" (through this machine). Default from the stack output direct_transfer; ``transfer_explicit``
+    # when trackerdb.transfer says so (then a direct path that does not work is refused, not replaced).
+    transfer: str = "relay"
+    transfer_explicit: bool = False
+    # where the target reaches the source's sshd (default: the source's address as this machine uses it)
+    transfer_source_address: str | None = None
     application: dict = field(default_factory=dict, compare=False)
     notify: dict = field(default_factory=dict, compare=False)
     outputs: dict = field(default_factory=dict, repr=False, compare=False)
@@ -215,6 +222,9 @@ class Settings:
             owner_map=_owner_map(cfg.get("owner_map")),
             tls_secret_name=cfg.get("tls_secret_name") or None,
             tls_ca_file=cfg.get("tls_ca_file") or None,
+            transfer=str(cfg.get("transfer") or ("direct" if o.get("direct_transfer") else "relay")),
+            transfer_explicit=bool(cfg.get("transfer")),
+            transfer_source_address=cfg.get("transfer_source_address") or None,
             application=dict(cfg.get("application") or {}),
             notify=dict(cfg.get("notify") or {}),
             outputs=o,
@@ -227,6 +237,9 @@ class Settings:
             raise ConfigError(f"package_source {self.package_source!r} is not pgdg or debian", hint="set trackerdb.package_source")
         if self.fs_type not in ("ext4", "xfs"):
             raise ConfigError(f"fs_type {self.fs_type!r} is not ext4 or xfs", hint="set trackerdb.fs_type")
+        if self.transfer not in ("direct", "relay"):
+            raise ConfigError(f"transfer {self.transfer!r} is not direct or relay",
+                              hint="set trackerdb.transfer: direct (target pulls from the source) or relay (through this machine)")
         if self.stanza == self.shared_stanza:
             raise ConfigError(
                 f"stanza {self.stanza!r} is the shared host's stanza",

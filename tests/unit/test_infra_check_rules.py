@@ -100,6 +100,17 @@ def test_security_group_rules(extra_rules, drop, exp, expected):
     assert failing(check_security_group(facts, exp)) == expected
 
 
+def test_direct_transfer_rule_is_expected_when_the_stack_says_so():
+    direct = Expected(prod_outputs(direct_transfer=True, source_cidr="172.31.7.8/32"))
+    to_source = Rule("egress", "tcp", 22, 22, "cidr", "172.31.7.8/32")
+    assert failing(check_security_group({"sg_rules": GOOD_RULES, "s3_prefix_list_id": PL}, direct)) == {
+        "sg rule: egress tcp 22 to 172.31.7.8/32"}
+    assert failing(check_security_group({"sg_rules": GOOD_RULES | {to_source}, "s3_prefix_list_id": PL}, direct)) == set()
+    # deployed without the switch in the stack: the extra rule is found
+    assert failing(check_security_group({"sg_rules": GOOD_RULES | {to_source}, "s3_prefix_list_id": PL}, EXP)) == {
+        "sg rule: egress tcp 22 to 172.31.7.8/32"}
+
+
 def test_parse_extra_egress():
     assert parse_extra_egress("10.0.0.0/16:443, 10.1.0.0/16:53/udp") == (("tcp", 443, "10.0.0.0/16"), ("udp", 53, "10.1.0.0/16"))
     with pytest.raises(ConfigError, match="CIDR:PORT"):

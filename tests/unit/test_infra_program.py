@@ -414,3 +414,41 @@ def test_no_resource_declared_when_config_is_rejected():
         run_program({f"{P}:appCidrs": ["0.0.0.0/0"]})
     # config is read before any resource: nothing half-declared reaches the engine
     assert [r for r in LAST_MONITOR[0].registered if r.typ.startswith("aws:")] == []
+
+
+# ---- directTransfer: the target pulls the final dump from the source --------------------------
+
+def test_direct_transfer_off_by_default_declares_no_source_rule(prod):
+    _, outs = _rules(prod)
+    assert [r.get("cidrIpv4") for r in outs if r["fromPort"] == 22] == ["172.31.203.209/32"]
+    assert prod.outputs["direct_transfer"] is False and prod.outputs["source_cidr"] == ""
+
+
+def test_direct_transfer_adds_exactly_one_egress_ssh_rule_to_the_source():
+    run = run_program({f"{P}:directTransfer": "true", f"{P}:sourceCidr": "172.31.7.8/32"})
+    ins, outs = _rules(run)
+    to_source = [r for r in outs if r.get("cidrIpv4") == "172.31.7.8/32"]
+    assert len(to_source) == 1 and to_source[0]["fromPort"] == to_source[0]["toPort"] == 22
+    assert to_source[0]["ipProtocol"] == "tcp"
+    assert not [r for r in ins if r.get("cidrIpv4") == "172.31.7.8/32"]  # egress only: nothing new may connect in
+    assert run.outputs["direct_transfer"] is True and run.outputs["source_cidr"] == "172.31.7.8/32"
+
+
+def test_direct_transfer_to_the_repository_host_needs_no_second_rule():
+    run = run_program({f"{P}:directTransfer": "true", f"{P}:sourceCidr": "172.31.203.209/32"})
+    _, outs = _rules(run)
+    assert [r.get("cidrIpv4") for r in outs if r["fromPort"] == 22] == ["172.31.203.209/32"]
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({f"{P}:directTransfer": "true"}, "missing required config key tracker-timescale-host:sourceCidr"),
+    ({f"{P}:directTransfer": "true", f"{P}:sourceCidr": "0.0.0.0/0"}, "too wide for SSH to one host"),
+    ({f"{P}:directTransfer": "true", f"{P}:sourceCidr": "172.31.0.0/16"}, "too wide for SSH to one host"),
+    ({f"{P}:directTransfer": "true", f"{P}:sourceCidr": "2001:db8::1/128"}, "too wide for SSH to one host"),
+    ({f"{P}:directTransfer": "yes"}, "directTransfer must be true or false"),
+    ({f"{P}:sourceCidr": "172.31.7.8/32"}, "sourceCidr is set but directTransfer is not true"),
+])
+def test_bad_direct_transfer_config_is_rejected(over, needle):
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(over)
+    assert needle in str(err.value) and "\n" not in str(err.value)

@@ -38,6 +38,9 @@ def dry_run_details(settings) -> list[str]:
     from . import lossless
 
     lines += lossless.dry_run_lines(settings)
+    from ..migrate import direct
+
+    lines += direct.dry_run_lines(settings)
     try:
         s = sw.make(settings)
         lines.append(f"switch: {s.describe()}: {s.current()} -> {sw.new_value(settings)}")

@@ -107,8 +107,12 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     problems += lossless.preflight_problems(tgt, s)
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
+    from ..migrate import direct
+
+    transfer = direct.choose(s, src, tgt, ctx.say)  # the final dump host to host, or through this machine
     ctx.say(rollback_decision_point(ctx.journal.path))
-    return {"source_tracker_sessions": sfacts["sessions"], "switch_current": current, "switch_new": new, **restore_pre}
+    return {"source_tracker_sessions": sfacts["sessions"], "switch_current": current, "switch_new": new,
+            "transfer": transfer, **restore_pre}
 
 
 def _archiving_and_secret_problems(ctx: Ctx) -> list[str]:
@@ -208,7 +212,9 @@ def dump(ctx: Ctx, resume: bool) -> dict:
     private_dir(ctx.dump_dir)
     # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
     key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
-    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say)
+    transfer = (ctx.facts(PREFLIGHT).get("transfer") or {}).get("transfer", "relay")  # decided and probed in preflight
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say,
+                            transfer=transfer)
     if art is None:
         art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"), session=ctx.session)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
@@ -218,6 +224,7 @@ def dump(ctx: Ctx, resume: bool) -> dict:
     counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("facts", {}).get("tables", [])}
     return {"dump_path": str(art.dump_path), "manifest_path": str(adj_path), "source_manifest_path": str(art.manifest_path),
             "sha256": manifest.get("dump", {}).get("sha256"), "size_bytes": manifest.get("dump", {}).get("size_bytes"),
+            "dump_on_target": bool(getattr(art, "on_target", False)), "transfer": manifest.get("dump", {}).get("transfer"),
             "row_counts": counts}
 
 
@@ -252,8 +259,10 @@ def restore(ctx: Ctx, resume: bool) -> dict:
         failed = _verify_failures(ctx, against_source=False)
         if failed is not None and not failed:
             return {"resumed": "target already matches this dump's manifest"}
+    # a dump the direct transfer left on the target stays there after the restore (the only copy)
+    on_target = bool(d.get("dump_on_target"))
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
-                          progress=_step_progress(ctx), session=ctx.session)
+                          progress=_step_progress(ctx), session=ctx.session, on_target=on_target, keep_upload=on_target)
     steps = getattr(outcome, "steps", [])
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
             "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job")}

@@ -30,6 +30,7 @@ class DumpArtifacts:
     manifest_path: str
     manifest: dict
     on_host: bool = False
+    on_target: bool = False  # dump_path is on the target (the direct transfer put it where restore reads it)
 
 
 PROBE_SQL = """SELECT json_build_object('server_version_num', current_setting('server_version_num')::int,

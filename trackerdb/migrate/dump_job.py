@@ -5,8 +5,10 @@ into the job's private directory on the source; the operator's side watches it, 
 file (resuming a partial download) and checks its SHA-256 against the source's. If the operator's
 invoke dies meanwhile, the dump goes on; the re-run attaches to it (or fetches its finished file)
 instead of dumping again. The job is named by the cutover (journal and freeze time), so another
-cutover never picks it up. When the source has less free space than the database's size, the dump
-streams through the SSH session as before (said in the progress).
+cutover never picks it up. With ``transfer="direct"`` the target pulls the finished file from the
+source host to host (``direct``); when that fails the fetch through this machine takes over, loudly.
+When the source has less free space than the database's size, the dump streams through the SSH
+session as before (said in the progress).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from .. import detached
+from ..detached import jobs_base  # noqa: F401  (re-exported: callers and tests use dump_job.jobs_base)
 from ..errors import OpsError
 from ..remote import Remote, wrap
 from . import manifest as mf
@@ -28,10 +31,6 @@ def job_key(journal_path: str, frozen_at) -> str:
     return hashlib.sha256(f"{journal_path}|{frozen_at}".encode()).hexdigest()[:16]
 
 
-def jobs_base(postgres_home: str) -> str:
-    return f"{postgres_home.rstrip('/')}/trackerdb-jobs"
-
-
 def fetch_line(path: str, offset: int) -> str:
     """Shell line (root) that prints ``path`` from byte ``offset`` on (a resumed download)."""
     return wrap(["tail", "-c", f"+{offset + 1}", path], sudo=True)
@@ -39,9 +38,9 @@ def fetch_line(path: str, offset: int) -> str:
 
 # ---- executor ---------------------------------------------------------------------------------
 
-def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None) -> DumpArtifacts | None:
-    """Dump on the source as a detached job and fetch it. None when the source has no room for the
-    dump file (the caller streams instead)."""
+def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None, transfer: str = "relay") -> DumpArtifacts | None:
+    """Dump on the source as a detached job and fetch it (``relay``) or have the target pull it
+    (``direct``). None when the source has no room for the dump file (the caller streams instead)."""
     say = say or (lambda m: None)
     progress = progress or (lambda done, total: None)
     from ..files import open_private, private_dir
@@ -90,6 +89,18 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
 
         dest = private_dir(dest_dir)
         dump_path = dest / f"{db}.dump"
+        common = dict(source_host=host.name, database=db, pg_dump_version=pg_dump_version, consistency=_consistency(log))
+        if transfer == "direct":
+            on_target = _pull_direct(settings, key, remote_size, remote_sha, progress, say)
+            if on_target:
+                doc = mf.build_manifest(facts, dump_file=dump_path.name, dump_size=remote_size, dump_sha256=remote_sha, **common)
+                doc["dump"]["warnings"] = dump_warnings(log)
+                doc["dump"]["detached_job"] = job.dir
+                doc["dump"]["transfer"] = f"direct: the target pulled it from the source ({on_target})"
+                manifest_path = mf.manifest_path_for(dump_path)
+                mf.write_manifest(doc, manifest_path)
+                host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], sudo=True, check=False)
+                return DumpArtifacts(on_target, str(manifest_path), doc, on_target=True)
         partial = dest / f"{db}.dump.{key}.partial"  # named by the job: a partial is always a prefix of this dump
         offset = partial.stat().st_size if partial.exists() else 0
         if offset > remote_size:
@@ -108,10 +119,10 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
             raise OpsError("the fetched dump differs from the file on the source (size or SHA-256)",
                            hint="re-run to fetch it again")
         partial.replace(dump_path)
-        doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_path.name, dump_size=size,
-                                dump_sha256=sha, pg_dump_version=pg_dump_version, consistency=_consistency(log))
+        doc = mf.build_manifest(facts, dump_file=dump_path.name, dump_size=size, dump_sha256=sha, **common)
         doc["dump"]["warnings"] = dump_warnings(log)
         doc["dump"]["detached_job"] = job.dir
+        doc["dump"]["transfer"] = "relay: through this machine"
         manifest_path = mf.manifest_path_for(dump_path)
         mf.write_manifest(doc, manifest_path)
         # the dump file is not left on the (shared) source; the job's log and status stay
@@ -119,6 +130,22 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         return DumpArtifacts(str(dump_path), str(manifest_path), doc)
     finally:
         host.close()
+
+
+def _pull_direct(settings, key: str, size: int, sha: str, progress, say) -> str | None:
+    """The target pulls the dump host to host; its path there, or None (said loudly) to relay instead."""
+    from . import direct
+
+    tgt = Remote(settings.target)
+    try:
+        path = direct.pull(settings, tgt, key, size, sha, progress=lambda d, t: progress(d, t), say=say)
+        say(f"dump: {size >> 20} MiB on {tgt.name} host to host, SHA-256 matches the source's")
+        return path
+    except OpsError as exc:
+        say(direct.relay_warning(exc.one_line()))
+        return None
+    finally:
+        tgt.close()
 
 
 def _append_private(path):

@@ -22,6 +22,7 @@ staging database over, and re-running after success refuses (``tracker`` exists)
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,9 +74,11 @@ UPLOAD_CHUNK = 1 << 20
 # ---- executor ---------------------------------------------------------------------------------
 
 def run_restore(settings, dump_path: str, manifest_path: str | None = None, replace: bool = False, progress=None,
-                dry_run: bool = False, keep_upload: bool = False, session=None) -> Outcome:
+                dry_run: bool = False, keep_upload: bool = False, session=None, on_target: bool = False) -> Outcome:
     """Restore ``dump_path`` (with its manifest) onto the target as ``settings.database``.
 
+    ``on_target``: ``dump_path`` is already on the target, where the upload would put it (the direct
+    transfer pulled it there); it is checked there instead of here, and nothing is uploaded.
     ``progress(phase, done, total)`` reports upload bytes and restore phases.
     """
     out = Outcome(f"restore {settings.database} on {settings.target.name}", dry_run=dry_run)
@@ -84,20 +87,26 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
 
     # -- local preflight (no host) --
     dump = Path(dump_path)
-    if not dump.is_file():
-        raise PreflightError(f"dump {dump} does not exist", hint="run `invoke dump` first or pass the right --dump")
-    manifest = mf.load_manifest(manifest_path or mf.manifest_path_for(dump))
-    with open(dump, "rb") as f:
-        header = toc.parse_archive_header(f.read(16))
-    size = dump.stat().st_size
-    if size != manifest["dump"]["size_bytes"]:
-        raise PreflightError(f"dump is {size} bytes, the manifest says {manifest['dump']['size_bytes']}",
-                             hint="the file is truncated or not the dump this manifest describes: copy it again or re-run `invoke dump`")
-    _, sha = sha256_file(str(dump), progress=lambda d, t: say("checksum", d, size))
-    if sha != manifest["dump"]["sha256"]:
-        raise PreflightError("dump SHA-256 does not match the manifest",
-                             hint="the file was changed or corrupted in transit: copy it again or re-run `invoke dump`")
-    out.add(Step("dump file", False, f"custom archive {header['archive_version']}, {toc.human_bytes(size)}, sha256 ok"))
+    if on_target:
+        if not manifest_path:
+            raise PreflightError("a dump on the target needs its manifest", hint="pass the manifest the dump phase wrote")
+        manifest = mf.load_manifest(manifest_path)
+        size, sha = manifest["dump"]["size_bytes"], manifest["dump"]["sha256"]
+    else:
+        if not dump.is_file():
+            raise PreflightError(f"dump {dump} does not exist", hint="run `invoke dump` first or pass the right --dump")
+        manifest = mf.load_manifest(manifest_path or mf.manifest_path_for(dump))
+        with open(dump, "rb") as f:
+            header = toc.parse_archive_header(f.read(16))
+        size = dump.stat().st_size
+        if size != manifest["dump"]["size_bytes"]:
+            raise PreflightError(f"dump is {size} bytes, the manifest says {manifest['dump']['size_bytes']}",
+                                 hint="the file is truncated or not the dump this manifest describes: copy it again or re-run `invoke dump`")
+        _, sha = sha256_file(str(dump), progress=lambda d, t: say("checksum", d, size))
+        if sha != manifest["dump"]["sha256"]:
+            raise PreflightError("dump SHA-256 does not match the manifest",
+                                 hint="the file was changed or corrupted in transit: copy it again or re-run `invoke dump`")
+        out.add(Step("dump file", False, f"custom archive {header['archive_version']}, {toc.human_bytes(size)}, sha256 ok"))
 
     db = settings.database
     staging = staging_name(db)
@@ -113,7 +122,10 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         dbplan = check_databases(tf, db, replace)
         if not dry_run:
             out.add(rj.clear_stale_tuning(t, settings, tuning_path(settings.postgres_major)))
-        code, toc_text, err = t.feed_stdin(" ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
+        if on_target:
+            code, toc_text, err = _check_on_target(t, settings, str(dump), size, sha, out)
+        else:
+            code, toc_text, err = t.feed_stdin(" ".join([f"{pg_bin}/pg_restore", "-l"]), str(dump))
         if code != 0 or not toc_text.strip():
             raise PreflightError(f"the target's pg_restore cannot read the dump: {_last(err)}",
                                  hint="the file is damaged or from a newer PostgreSQL than the target's")
@@ -144,6 +156,9 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         if attach:
             # the job was started after the upload's checksum matched; the file is named by its SHA-256
             _restore_into_staging(settings, t, psql, manifest, split, remote_dump, sha, dbplan, tf, out, say, attach=True)
+        elif not ready and on_target:
+            out.add(Step("upload", False, "none: the direct transfer put the dump on the target (checked above)"))
+            _restore_into_staging(settings, t, psql, manifest, split, remote_dump, sha, dbplan, tf, out, say)
         elif not ready:
             out.stats["uploaded_bytes"] = _upload(t, str(dump), remote_dump, size, uploaded, say)
             out.add(Step("upload", out.stats["uploaded_bytes"] > 0,
@@ -191,6 +206,24 @@ def _plan(settings, manifest, dbplan, remote_dump, uploaded, size, ready, replac
     if replace and dbplan["tracker_exists"]:
         yield "keep old", f"ALTER DATABASE {db} RENAME TO {db}_replaced_<time> (never dropped)"
     yield "into place", f"ALTER DATABASE {staging} RENAME TO {db}"
+
+
+def _check_on_target(t, settings, path: str, size: int, sha: str, out: Outcome) -> tuple[int, str, str]:
+    """The dump the direct transfer left on the target: where restore reads it, the manifest's size and
+    SHA-256, a custom archive; returns what ``pg_restore -l`` says of it there."""
+    import base64
+
+    if path != upload_path(settings.data_mount, settings.database, sha):
+        raise PreflightError(f"{path} is not where restore reads this dump", hint="re-run the dump phase")
+    got = _remote_size(t, path)
+    if got != size:
+        raise PreflightError(f"the dump on the target is {got} bytes, the manifest says {size}", hint="re-run the dump phase")
+    header = toc.parse_archive_header(base64.b64decode(t.run(f"head -c 16 {shlex.quote(path)} | base64 -w0", sudo=True).stdout))
+    if t.run(["sha256sum", path], sudo=True, timeout=3600).stdout.split()[0] != sha:
+        raise PreflightError("the dump on the target does not match the manifest's SHA-256", hint="re-run the dump phase")
+    out.add(Step("dump file", False, f"on the target: custom archive {header['archive_version']}, {toc.human_bytes(size)}, sha256 ok"))
+    r = t.run([f"{settings.pg_bin}/pg_restore", "-l", path], user="postgres", check=False)
+    return r.exit_code, r.stdout, r.stderr
 
 
 def _remote_size(t, path: str) -> int:
