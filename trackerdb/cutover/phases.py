@@ -22,17 +22,21 @@ from ..psql import Psql
 from ..session import Session
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
+DELTA, FINAL_DUMP = "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
-PHASES = [PREFLIGHT, APP_STOP, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST]
-DESTRUCTIVE = {FREEZE, RESTORE, SWITCH}
+PHASES = [PREFLIGHT, APP_STOP, FREEZE, DELTA, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST, FINAL_DUMP]
+PATH_DELTA, PATH_FULL = "delta", "full"
+DESTRUCTIVE = {FREEZE, DELTA, RESTORE, SWITCH}
 TITLES = {
     PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
     FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
-    DUMP: "3 final dump with manifest",
+    DELTA: "2b pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of every chunk and table)",
+    DUMP: "3 final dump with manifest (full path; the pre-copy path takes it in phase 8)",
     RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
     VERIFY: "5 verify against the manifest and live against the frozen source",
     SWITCH: "6 switch the application to the target",
     POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
+    FINAL_DUMP: "8 pre-copy path: the final full dump for safety, from the still-frozen source, after the switch",
     APP_STOP: "1b " + hk.TITLES[hk.APP_STOP],
     APP_START: "6b " + hk.TITLES[hk.APP_START],
     HEALTH: "6c " + hk.TITLES[hk.HEALTH],
@@ -47,6 +51,7 @@ class Ctx:
     dump_dir: Path
     progress: object = None
     session: Session = None  # the task's: one connection per host, each secret fetched once
+    full: bool = False  # --full: the full dump path whatever the pre-copy
 
     def __post_init__(self):
         if self.session is None:
@@ -197,8 +202,45 @@ def _step_progress(ctx: Ctx):
     return report
 
 
+# ---- 2b delta (the pre-copy path) -----------------------------------------------------------------
+def path(ctx: Ctx) -> str:
+    """The path this cutover took: ``delta`` once phase 2b chose it, else ``full`` (journals without 2b too)."""
+    return ctx.facts(DELTA).get("path") or PATH_FULL
+
+
+def delta(ctx: Ctx, resume: bool) -> dict:
+    from . import delta as dl
+
+    recorded = ctx.facts(DELTA)
+    if recorded.get("path") == PATH_FULL:  # decided: a full path stays full
+        choice = {k: recorded[k] for k in ("path", "reasons") if k in recorded}
+    else:  # first run, or resumed on the pre-copy path: the guard again (cheap; the source is frozen)
+        choice = dl.choose_path(ctx, ctx.full)
+        ctx.journal.note(DELTA, choice)
+    if choice["path"] == PATH_FULL:
+        ctx.say("FULL DUMP PATH (not the pre-copy path): " + "; ".join(choice["reasons"]))
+        return choice
+    ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
+    facts = dl.run_delta(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}))
+    return {**choice, **facts}
+
+
 # ---- 3 dump ------------------------------------------------------------------------------------
 def dump(ctx: Ctx, resume: bool) -> dict:
+    if path(ctx) == PATH_DELTA:
+        return {"deferred": "pre-copy path: the final full dump is taken after the switch (phase 8)"}
+    return _final_dump(ctx)
+
+
+def final_dump(ctx: Ctx, resume: bool) -> dict:
+    """Off the critical path: the target already takes writes; the source stays frozen until a rollback."""
+    if path(ctx) != PATH_DELTA:
+        return {"skipped": "full path: the final dump was phase 3"}
+    ctx.say("the final full dump for safety, from the still-frozen source (the target already serves writes)")
+    return {**_final_dump(ctx), "off_critical_path": True}
+
+
+def _final_dump(ctx: Ctx) -> dict:
     from ..migrate.dump import run_dump
 
     from ..files import private_dir, write_private
@@ -244,6 +286,8 @@ def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
 def restore(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.restore import run_restore
 
+    if path(ctx) == PATH_DELTA:
+        return {"skipped": "pre-copy path: the target's tracker was brought up to date in phase 2b"}
     d = ctx.facts(DUMP)
     if resume:
         # Killed mid-restore: if the target already holds exactly this dump's data, the restore
@@ -288,7 +332,12 @@ def verify(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.verify import run_verify
 
     result = {}
-    for label, kwargs in (("manifest", {"manifest": _manifest(ctx)}), ("source", {"against_source": True})):
+    passes = [("manifest", {"manifest": None}), ("source", {"against_source": True})]
+    if path(ctx) == PATH_DELTA:
+        passes = passes[1:]  # the pre-copy's manifest is stale: live against the frozen source only
+    for label, kwargs in passes:
+        if label == "manifest":
+            kwargs = {"manifest": _manifest(ctx)}
         ctx.say(f"verify against the {label}")
         checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
@@ -378,4 +427,4 @@ def app_path_check(settings, endpoint: str, timeout: float = 10, session=None) -
 
 
 FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
-         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post}
+         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post, DELTA: delta, FINAL_DUMP: final_dump}
