@@ -87,31 +87,64 @@ def _columns(key: str, src_items: dict, items: dict) -> list[str]:
     return (src_items.get(key) or items[key])["columns"]
 
 
-def _print_jobs(which: str, items: dict, src_items: dict, keys=None, content: bool = False) -> list[tuple[str, str, bool]]:
+def _jobs(which: str, items: dict, src_items: dict, keys=None, kind: str = "print") -> list[tuple[str, str, bool]]:
     keys = list(items) if keys is None else [k for k in keys if k in items]
-    build = dq.content_sql if content else dq.fingerprint_sql
+    if kind == "version":
+        def build(k):
+            return dq.version_sql(k, items[k])
+    else:
+        fn = dq.content_sql if kind == "content" else dq.fingerprint_sql
+
+        def build(k):
+            return fn(k, items[k], _columns(k, src_items, items))
     groups = dq.split_balanced(keys, {k: items[k]["bytes"] for k in keys}, PARTS)
-    return [(which, dq.script([build(k, items[k], _columns(k, src_items, items)) for k in g]), False) for g in groups]
+    return [(which, dq.script([build(k) for k in g]), False) for g in groups]
 
 
-def _prints(hosts: _Hosts, jobs: list, owners: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {w: {} for w in set(owners)}
-    for which, res in zip(owners, hosts.run(jobs)):
+def _prints(hosts: _Hosts, per_host: dict[str, list]) -> dict[str, dict]:
+    """``{host: jobs}`` all at once -> ``{host: {key: print}}``."""
+    jobs = [j for js in per_host.values() for j in js]
+    out: dict[str, dict] = {w: {} for w in per_host}
+    for (which, _, _), res in zip(jobs, hosts.run(jobs)):
         out[which].update(dq.parse_prints(res))
     return out
 
 
+def fingerprint_all(ctx) -> dict:
+    """Every chunk's and table's fingerprint on both hosts (before the freeze: the window then reads
+    again only what the tuple versions say was written since)."""
+    hosts = _Hosts(ctx)
+    src_cat, tgt_cat = hosts.run([("source", dq.CATALOG_SQL, True), ("target", dq.CATALOG_SQL, True)])
+    si, ti = dq.items(src_cat), dq.items(tgt_cat)
+    return _prints(hosts, {"source": _jobs("source", si, si), "target": _jobs("target", ti, si)})
+
+
+def _current(hosts: _Hosts, wanted: dict[str, tuple[dict, dict, dict]]) -> tuple[dict, dict]:
+    """``{host: (items, src_items, cached prints)}`` -> (prints now, number re-read per host): tuple
+    versions of every item (a cheap scan); the content only where they differ from the cached print's."""
+    vers = _prints(hosts, {w: _jobs(w, it, si, kind="version") for w, (it, si, _) in wanted.items()})
+    reuse, redo = {}, {}
+    for w, (it, si, cached) in wanted.items():
+        reuse[w] = {k: cached[k] for k in it if k in cached and cached[k].get("v") is not None and cached[k]["v"] == vers[w].get(k, {}).get("v")}
+        redo[w] = [k for k in it if k not in reuse[w]]
+    fresh = _prints(hosts, {w: _jobs(w, wanted[w][0], wanted[w][1], redo[w]) for w in wanted if redo[w]})
+    return {w: {**reuse[w], **fresh.get(w, {})} for w in wanted}, {w: len(redo[w]) for w in wanted}
+
+
 # ---- the delta ------------------------------------------------------------------------------------
 
-def run_delta(ctx, note=None) -> dict:
-    """Make the target's tracker equal to the frozen source's, by fingerprints. Returns the facts."""
+def run_delta(ctx, note=None, cached: dict | None = None) -> dict:
+    """Make the target's tracker equal to the frozen source's, by fingerprints. ``cached``: prints taken
+    before the freeze (``fingerprint_all``), reused where the tuple versions are unchanged. Returns the facts."""
     say = ctx.say
     note = note or (lambda facts: None)
     hosts = _Hosts(ctx)
     timings = {"fingerprint_s": 0.0, "content_s": 0.0, "copy_s": 0.0}
     totals: dict = {}
+    reread: dict = {}
     copied_keys: list[str] = []
     src_cat = src_items = None
+    cache = {"source": dict((cached or {}).get("source") or {}), "target": dict((cached or {}).get("target") or {})}
     src_prints: dict = {}
     src_content: dict = {}
     for rnd in range(1, MAX_ROUNDS + 1):
@@ -127,23 +160,21 @@ def run_delta(ctx, note=None) -> dict:
             _target(ctx).run("BEGIN;\n" + "\n".join(renames) + "\nCOMMIT;", ctx.settings.database)
             tgt_cat = hosts.run([("target", dq.CATALOG_SQL, True)])[0]
             tgt_items = dq.items(tgt_cat)
-        jobs = _print_jobs("target", tgt_items, src_items)
-        owners = ["target"] * len(jobs)
+        wanted = {"target": (tgt_items, src_items, cache["target"])}
         if not src_prints:
-            sj = _print_jobs("source", src_items, src_items)
-            jobs, owners = sj + jobs, ["source"] * len(sj) + owners
-        got = _prints(hosts, jobs, owners)
-        src_prints = src_prints or got.get("source", {})
-        tgt_prints = got["target"]
+            wanted["source"] = (src_items, src_items, cache["source"])
+        now, n_redo = _current(hosts, wanted)
+        reread[f"round {rnd}"] = n_redo
+        src_prints = src_prints or now["source"]
+        tgt_prints = cache["target"] = now["target"]
         timings["fingerprint_s"] += time.monotonic() - t0
         plan = dq.diff(src_items, src_prints, tgt_items, tgt_prints)
         if plan.recheck:
             t1 = time.monotonic()
             need_src = [k for k in plan.recheck if k not in src_content]
-            jobs = _print_jobs("target", tgt_items, src_items, plan.recheck, content=True)
-            sj = _print_jobs("source", src_items, src_items, need_src, content=True)
-            got = _prints(hosts, sj + jobs, ["source"] * len(sj) + ["target"] * len(jobs))
-            src_content.update(got.get("source", {}))
+            got = _prints(hosts, {"source": _jobs("source", src_items, src_items, need_src, kind="content"),
+                                  "target": _jobs("target", tgt_items, src_items, plan.recheck, kind="content")})
+            src_content.update(got["source"])
             content = {k: (src_content.get(k), got["target"].get(k)) for k in plan.recheck}
             plan = dq.diff(src_items, src_prints, tgt_items, tgt_prints, content)
             timings["content_s"] += time.monotonic() - t1
@@ -161,7 +192,7 @@ def run_delta(ctx, note=None) -> dict:
             totals = {"plan": counts, "sequences_set": len(seqs), "large_objects_copied": len(lo_copy) + len(lo_drop),
                       "cagg_state_copied": cagg_differs}
         if not todo and not seqs and not lo_copy and not lo_drop and not cagg_differs:
-            return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100],
+            return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
                     "timings": {k: round(v, 2) for k, v in timings.items()},
                     "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}
         t2 = time.monotonic()

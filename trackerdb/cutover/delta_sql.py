@@ -139,18 +139,41 @@ def _digest(columns: list[str], alias: str = "t") -> str:
     return f"coalesce(sum(('x' || left(md5({row}), 15))::bit(60)::bigint), 0)::text"
 
 
-def _line(key: str, n: str, d: str, frm: str) -> str:
-    return f"SELECT json_build_object('k', {literal(key)}, 'n', {n}, 'd', {d})::text FROM {frm};"
+def _line(key: str, n: str, d: str, frm: str, v: str | None = None) -> str:
+    ver = f", 'v', {v}" if v else ""
+    return f"SELECT json_build_object('k', {literal(key)}, 'n', {n}, 'd', {d}{ver})::text FROM {frm};"
+
+
+def _version(alias: str) -> str:
+    """Which tuple versions are there: any INSERT, UPDATE or DELETE makes a new tuple (new ctid and xmin)
+    or removes one, so an equal sum on the *same host* means the relation was not written in between
+    (VACUUM FULL or a freeze change it too: then the content is fingerprinted again, never trusted)."""
+    return f"coalesce(sum(hashtextextended({alias}.ctid::text || {alias}.xmin::text, 0)), 0)::text"
+
+
+def version_expr(item: dict) -> str:
+    heap = f"(SELECT {_version('t')} FROM ONLY {item['rel']} t)"
+    if item["kind"] == "chunk" and item["compressed"]:
+        return f"{heap} || '/' || (SELECT {_version('z')} FROM {item['compressed_rel']} z) || ' ' || {literal(item['compressed_rel'])}"
+    return heap
 
 
 def fingerprint_sql(key: str, item: dict, columns: list[str]) -> str:
-    """One line of JSON ``{"k", "n", "d"}``: rows and digest of a table or uncompressed chunk; for a
-    compressed chunk its storage (batches + rows outside them, ``d`` = ``rows-digest/batches-digest``)."""
+    """One line of JSON ``{"k", "n", "d", "v"}``: rows and digest of a table or uncompressed chunk; for a
+    compressed chunk its storage (batches + rows outside them, ``d`` = ``storage rows-digest/batches:digest``);
+    ``v``: the tuple versions the digest was read from, in the same scan (compared only with the same host's)."""
     if item["kind"] == "chunk" and item["compressed"]:
-        heap = f"(SELECT {_digest(columns)} FROM ONLY {item['rel']} t)"
-        batches = f"(SELECT count(*)::text || ':' || {_digest([], 'z')} FROM {item['compressed_rel']} z)"
-        return _line(key, f"(SELECT count(*) FROM ONLY {item['rel']})", f"'storage ' || {heap} || '/' || {batches}", "(SELECT 1) one")
-    return _line(key, "count(*)", _digest(columns), f"ONLY {item['rel']} t")
+        zrel = item["compressed_rel"]
+        return (f"SELECT json_build_object('k', {literal(key)}, 'n', h.n, 'd', 'storage ' || h.d || '/' || z.n || ':' || z.d, "
+                f"'v', h.v || '/' || z.v || ' ' || {literal(zrel)})::text "
+                f"FROM (SELECT count(*) AS n, {_digest(columns)} AS d, {_version('t')} AS v FROM ONLY {item['rel']} t) h, "
+                f"(SELECT count(*) AS n, {_digest([], 'z')} AS d, {_version('z')} AS v FROM {zrel} z) z;")
+    return _line(key, "count(*)", _digest(columns), f"ONLY {item['rel']} t", _version("t"))
+
+
+def version_sql(key: str, item: dict) -> str:
+    """One line ``{"k", "v"}``: only the tuple versions (a scan without reading the rows' content)."""
+    return f"SELECT json_build_object('k', {literal(key)}, 'v', {version_expr(item)})::text;"
 
 
 def content_sql(key: str, item: dict, columns: list[str]) -> str:
@@ -168,7 +191,7 @@ def parse_prints(stdout: str) -> dict[str, dict]:
         line = line.strip()
         if line.startswith("{"):
             d = json.loads(line)
-            out[d["k"]] = {"n": int(d["n"]), "d": str(d["d"])}
+            out[d["k"]] = {k: (int(v) if k == "n" else str(v)) for k, v in d.items() if k != "k"}
     return out
 
 
@@ -205,6 +228,10 @@ class Plan:
         return out
 
 
+def _nd(p):
+    return None if p is None else (p["n"], p["d"])
+
+
 def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, content: dict | None = None) -> Plan:
     """The plan that makes the target's chunks and tables equal to the source's. ``content``:
     ``{key: (source print, target print)}`` by content, for keys whose storage fingerprints differed."""
@@ -216,10 +243,10 @@ def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, c
         if t is None:
             plan.actions[key] = SAME if sp is not None and sp["n"] == 0 else CREATE  # an empty chunk holds nothing to move
             continue
-        if sp == tp and sp is not None:
+        if sp is not None and tp is not None and (sp["n"], sp["d"]) == (tp["n"], tp["d"]):
             same = True
         elif key in content:
-            same = content[key][0] == content[key][1]
+            same = _nd(content[key][0]) == _nd(content[key][1])
         elif s["kind"] == "chunk" and (s["compressed"] or t["compressed"]):
             plan.recheck.append(key)
             continue

@@ -22,14 +22,15 @@ from ..psql import Psql
 from ..session import Session
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
-DELTA, FINAL_DUMP = "delta", "final_dump"
+PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
-PHASES = [PREFLIGHT, APP_STOP, FREEZE, DELTA, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST, FINAL_DUMP]
+PHASES = [PREFLIGHT, PREPARE, APP_STOP, FREEZE, DELTA, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST, FINAL_DUMP]
 PATH_DELTA, PATH_FULL = "delta", "full"
 DESTRUCTIVE = {FREEZE, DELTA, RESTORE, SWITCH}
 TITLES = {
     PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
     FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
+    PREPARE: "1a pre-copy path: fingerprints of every chunk and table on both hosts, before the outage",
     DELTA: "2b pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of every chunk and table)",
     DUMP: "3 final dump with manifest (full path; the pre-copy path takes it in phase 8)",
     RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
@@ -208,6 +209,28 @@ def path(ctx: Ctx) -> str:
     return ctx.facts(DELTA).get("path") or PATH_FULL
 
 
+def prints_path(ctx: Ctx) -> Path:
+    return ctx.journal.path.with_name(ctx.journal.path.stem + ".prints.json")
+
+
+def prepare(ctx: Ctx, resume: bool) -> dict:
+    """Before the outage: the guard (as the window will check it), and if it passes, every fingerprint on
+    both hosts, so the window re-reads only what was written since (by tuple versions)."""
+    from ..files import write_private
+    from . import delta as dl
+
+    t0 = time.monotonic()
+    choice = dl.choose_path(ctx, ctx.full)
+    if choice["path"] == PATH_FULL:
+        ctx.say("the window will take the FULL DUMP PATH: " + "; ".join(choice["reasons"]))
+        return {"path_expected": PATH_FULL, "reasons": choice["reasons"]}
+    ctx.say("fingerprinting every chunk and table on both hosts (before the outage)")
+    prints = dl.fingerprint_all(ctx)
+    write_private(prints_path(ctx), json.dumps(prints))
+    return {"path_expected": PATH_DELTA, "prints_file": str(prints_path(ctx)),
+            "items": {w: len(p) for w, p in prints.items()}, "elapsed_s": round(time.monotonic() - t0, 2)}
+
+
 def delta(ctx: Ctx, resume: bool) -> dict:
     from . import delta as dl
 
@@ -221,7 +244,11 @@ def delta(ctx: Ctx, resume: bool) -> dict:
         ctx.say("FULL DUMP PATH (not the pre-copy path): " + "; ".join(choice["reasons"]))
         return choice
     ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
-    facts = dl.run_delta(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}))
+    cached = None
+    pf = ctx.facts(PREPARE).get("prints_file")
+    if pf and Path(pf).is_file():
+        cached = json.loads(Path(pf).read_text())
+    facts = dl.run_delta(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
     return {**choice, **facts}
 
 
@@ -427,4 +454,4 @@ def app_path_check(settings, endpoint: str, timeout: float = 10, session=None) -
 
 
 FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
-         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post, DELTA: delta, FINAL_DUMP: final_dump}
+         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post, PREPARE: prepare, DELTA: delta, FINAL_DUMP: final_dump}
