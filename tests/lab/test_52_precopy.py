@@ -95,9 +95,11 @@ def _stop(ctx, resume):
 
 
 def _chunks(remote, database: str = "tracker") -> dict:
-    """{chunk key: (chunk name, compressed, compressed chunk name)} on one host."""
+    """{chunk key: (chunk name, compressed, compressed chunk name)} of the raw hypertables on one host (the
+    continuous aggregates' may legitimately grow on the target once it serves: verify's probes refresh them)."""
     cat = query_json(remote, dq.CATALOG_SQL, database=database)
-    return {k: (v["name"], v["compressed"], v["compressed_name"]) for k, v in dq.items(cat).items() if v["kind"] == "chunk"}
+    return {k: (v["name"], v["compressed"], v["compressed_name"]) for k, v in dq.items(cat).items()
+            if v["kind"] == "chunk" and not v["hypertable"].startswith("cagg ")}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,12 @@ def world(backrest_ready, tmp_path_factory):
     s = backrest_ready
     ensure_app_password_on_source(s)
     work = tmp_path_factory.mktemp("precopy")
+    # Invalidations an earlier module left pending on the source would be materialized by the restored
+    # copy's own refresh policy, and the pre-copy's verify would compare a refreshed aggregate with the
+    # dump's: refresh them on the source first, so the pre-copy is compared like with like.
+    with Remote(s.source) as src:
+        run_sql(src, "CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);\n"
+                     "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);", database="tracker")
     # the pre-copy, as the runbook does it before the window
     art = run_dump(s, str(work / "dump"))
     run_restore(s, art.dump_path, art.manifest_path, replace=True)
@@ -176,7 +184,7 @@ def world(backrest_ready, tmp_path_factory):
 
 
 def test_the_precopy_was_restored_and_verified(world):
-    assert world["precopy_failed"] == []
+    assert world["precopy_failed"] == [], world["precopy_failed"]
 
 
 def test_a_schema_change_takes_the_full_path_loudly(world):
@@ -213,7 +221,7 @@ def test_the_window_took_the_delta_path_resumed_after_a_kill(world):
     # the prints taken before the outage were reused where nothing was written since
     assert d["content_reread"]["round 1"]["source"] < d["tables_and_chunks"]["compared"], d
     assert "deferred" in st[ph.DUMP].facts and "skipped" in st[ph.RESTORE].facts
-    assert list(st[ph.VERIFY].facts) == ["source"] and st[ph.VERIFY].facts["source"]["failed"] == []
+    assert "manifest" not in st[ph.VERIFY].facts and st[ph.VERIFY].facts["source"]["failed"] == []  # live only
     fd = st[ph.FINAL_DUMP].facts
     assert fd["off_critical_path"] and Path(fd["dump_path"]).is_file() and st[ph.FINAL_DUMP].start > st[ph.SWITCH].end
     assert s["window_steps_s"][ph.DELTA] is not None and s["delta"]["timings"]["fingerprint_s"] > 0

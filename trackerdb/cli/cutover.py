@@ -31,8 +31,10 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
     of the frozen source = target = the restore's record), phase 2b moves only the chunks, tables,
     sequences and large objects whose content fingerprints differ, phases 3-4 are skipped, verify
     runs live against the frozen source, and the final full dump is taken after the switch (phase 8).
-    Otherwise, or with --full, the full dump path, said loudly. Every phase is journaled; an interrupted run resumes where it stopped
-    and never repeats a completed phase. Ends with the outage, the timings and the rollback command.
+    Otherwise, or with --full, the full dump path, said loudly.
+
+    Every phase is journaled; an interrupted run resumes where it stopped and never repeats a
+    completed phase. Ends with the outage, the timings and the rollback command.
     """
     from ..cutover.ops import default_journal, run_cutover
 
