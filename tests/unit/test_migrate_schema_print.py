@@ -64,3 +64,10 @@ def test_record_round_trip(tmp_path):
     assert sp.load_record(tmp_path) == rec
     sp.record_path(tmp_path).write_text(json.dumps(dict(rec, format=99)))
     assert sp.load_record(tmp_path) is None
+
+
+def test_a_frozen_target_is_not_a_precopy_to_write_into():
+    rec = sp.precopy_record("tracker", IDENT, doc(), None)
+    assert sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=off") == []
+    out = sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=on")
+    assert len(out) == 1 and "is read-only" in out[0] and "invoke restore" in out[0]

@@ -24,6 +24,7 @@ from ..migrate import schema_print as sp
 from ..psql import Psql
 from ..remote import Remote, wrap
 from . import delta_sql as dq
+from . import freeze as fz
 
 PARTS = 2  # sessions per host for fingerprints (the hosts run at the same time)
 MAX_ROUNDS = 4
@@ -71,11 +72,12 @@ def choose_path(ctx, full: bool) -> dict:
     record = sp.load_record(s.state_dir)
     if record is None:
         return {"path": "full", "reasons": sp.guard(None, s.database, {}, {}, {})}
-    s_base, s_priv, t_base, t_priv, ident, s_cat = hosts.run([
+    s_base, s_priv, t_base, t_priv, ident, s_cat, t_state = hosts.run([
         ("source", sp.SCHEMA_SQL, True), ("source", sp.pv.PRIVILEGES_SQL, True),
         ("target", sp.SCHEMA_SQL, True), ("target", sp.pv.PRIVILEGES_SQL, True),
-        ("target", sp.identity_sql(s.database), True), ("source", dq.CATALOG_SQL, True)])
-    reasons = sp.guard(record, s.database, ident, sp.schema_doc(s_base, s_priv), sp.schema_doc(t_base, t_priv))
+        ("target", sp.identity_sql(s.database), True), ("source", dq.CATALOG_SQL, True), ("target", fz.facts_sql(s.database), True)])
+    reasons = sp.guard(record, s.database, ident, sp.schema_doc(s_base, s_priv), sp.schema_doc(t_base, t_priv),
+                       target_read_only=t_state.get("read_only_setting"))
     reasons += dq.unsupported(s_cat)
     return {"path": "full" if reasons else "delta", "reasons": reasons, "schema_digest": record.get("schema_digest"),
             "precopy_recorded_at": record.get("recorded_at")}

@@ -164,8 +164,10 @@ def load_record(state_dir) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("format") == FORMAT else None
 
 
-def guard(record: dict | None, database: str, target_identity: dict, source_doc: dict, target_doc: dict) -> list[str]:
-    """Why the pre-copy path may NOT be taken (empty: it may). Pure."""
+def guard(record: dict | None, database: str, target_identity: dict, source_doc: dict, target_doc: dict,
+          target_read_only: str | None = None) -> list[str]:
+    """Why the pre-copy path may NOT be taken (empty: it may). Pure. ``target_read_only``: the target
+    database's own ``default_transaction_read_only`` setting (a rolled-back cutover leaves it frozen)."""
     if record is None:
         return ["no pre-copy is recorded (run `invoke restore` and `invoke verify` before the window)"]
     if record.get("database") != database:
@@ -173,6 +175,9 @@ def guard(record: dict | None, database: str, target_identity: dict, source_doc:
     if record.get("identity") != target_identity:
         return [f"the target's {database} is not the recorded pre-copy (identity {target_identity}, recorded {record.get('identity')})"]
     reasons = []
+    if target_read_only and target_read_only.split("=", 1)[-1].lower() in ("on", "true", "1", "yes"):
+        reasons.append(f"the target's {database} is read-only ({target_read_only}; a rolled-back cutover freezes it): "
+                       "`invoke restore` for a fresh pre-copy")
     want = record.get("schema") or {}
     if digest(source_doc) != record.get("schema_digest"):
         reasons.append("the source's schema changed since the pre-copy: " + " | ".join(differences(want, source_doc)))
