@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump-dir", required=True, help="where the journal, the prints and the final dump go")
     p.add_argument("--lead-s", type=float, default=60, help="seconds the writer writes before the cutover starts")
     p.add_argument("--full", action="store_true", help="the full dump path instead (for comparison)")
+    p.add_argument("--changes", action="store_true",
+                   help="also the lab test's changes (tests/lab/test_52_precopy.py): updates, deletes and inserts in old "
+                        "compressed and uncompressed chunks, regular tables, a new chunk, a sequence, a large object")
     a = p.parse_args(argv)
     from tests.lab.fx_provision import lab_env, load_lab_settings
     from tests.lab.test_50_cutover import ensure_app_password_on_source
@@ -55,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(line)
         print(line, flush=True)
     try:
+        if a.changes:
+            from tests.lab.test_52_precopy import mutations
+            from tests.lab.test_50_cutover import run_sql
+            from trackerdb.remote import Remote
+
+            with Remote(s.source) as src:
+                run_sql(src, mutations(), database="tracker")
+            say("the lab test's changes applied on the source")
         time.sleep(a.lead_s)
         say(f"writer ran {a.lead_s:.0f}s against the source; cutover starts")
         summary = run_cutover(s, work / "dump", progress=say, journal_path=journal, full=a.full)
