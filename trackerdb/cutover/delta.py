@@ -135,9 +135,11 @@ def _current(hosts: _Hosts, wanted: dict[str, tuple[dict, dict, dict]]) -> tuple
 
 # ---- the delta ------------------------------------------------------------------------------------
 
-def run_delta(ctx, note=None, cached: dict | None = None) -> dict:
+def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True, keep: dict | None = None) -> dict:
     """Make the target's tracker equal to the frozen source's, by fingerprints. ``cached``: prints taken
-    before the freeze (``fingerprint_all``), reused where the tuple versions are unchanged. Returns the facts."""
+    before the freeze (``prepare``), reused where the tuple versions are unchanged. ``converge=False``: one
+    round only, no proof (before the freeze, while the source still changes). ``keep`` receives the prints
+    (``source``, ``target``, ``content``) for a later run. Returns the facts."""
     say = ctx.say
     note = note or (lambda facts: None)
     hosts = _Hosts(ctx)
@@ -149,6 +151,7 @@ def run_delta(ctx, note=None, cached: dict | None = None) -> dict:
     cache = {"source": dict((cached or {}).get("source") or {}), "target": dict((cached or {}).get("target") or {})}
     src_prints: dict = {}
     src_content: dict = {}
+    content_cache = dict((cached or {}).get("content") or {})  # key -> [source print, target print] by content
     for rnd in range(1, MAX_ROUNDS + 1):
         t0 = time.monotonic()
         if src_cat is None:
@@ -173,11 +176,21 @@ def run_delta(ctx, note=None, cached: dict | None = None) -> dict:
         plan = dq.diff(src_items, src_prints, tgt_items, tgt_prints)
         if plan.recheck:
             t1 = time.monotonic()
+            # a content print stays valid while the tuple versions it was read from are the ones now
+            for k in plan.recheck:
+                old = content_cache.get(k)
+                if old and k not in src_content and old[0] and old[0].get("v") == src_prints.get(k, {}).get("v"):
+                    src_content[k] = old[0]
+            tgt_content = {k: content_cache[k][1] for k in plan.recheck if content_cache.get(k) and content_cache[k][1]
+                           and content_cache[k][1].get("v") == tgt_prints.get(k, {}).get("v")}
             need_src = [k for k in plan.recheck if k not in src_content]
+            need_tgt = [k for k in plan.recheck if k not in tgt_content]
             got = _prints(hosts, {"source": _jobs("source", src_items, src_items, need_src, kind="content"),
-                                  "target": _jobs("target", tgt_items, src_items, plan.recheck, kind="content")})
+                                  "target": _jobs("target", tgt_items, src_items, need_tgt, kind="content")})
             src_content.update(got["source"])
-            content = {k: (src_content.get(k), got["target"].get(k)) for k in plan.recheck}
+            tgt_content.update(got["target"])
+            content = {k: (src_content.get(k), tgt_content.get(k)) for k in plan.recheck}
+            content_cache.update({k: list(v) for k, v in content.items()})
             plan = dq.diff(src_items, src_prints, tgt_items, tgt_prints, content)
             timings["content_s"] += time.monotonic() - t1
         seqs = dq.sequence_statements(src_cat, tgt_cat)
@@ -193,7 +206,10 @@ def run_delta(ctx, note=None, cached: dict | None = None) -> dict:
         if rnd == 1:
             totals = {"plan": counts, "sequences_set": len(seqs), "large_objects_copied": len(lo_copy) + len(lo_drop),
                       "cagg_state_copied": cagg_differs}
-        if not todo and not seqs and not lo_copy and not lo_drop and not cagg_differs:
+        done = not todo and not seqs and not lo_copy and not lo_drop and not cagg_differs
+        if keep is not None:
+            keep.update(source=src_prints, target=tgt_prints, content=content_cache)
+        if done or (not converge and rnd == 2):
             return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
                     "timings": {k: round(v, 2) for k, v in timings.items()},
                     "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}
@@ -202,6 +218,8 @@ def run_delta(ctx, note=None, cached: dict | None = None) -> dict:
         _apply_small(ctx, seqs, lo_copy, lo_drop, {int(lo["oid"]) for lo in tgt_cat.get("large_objects") or []},
                      dq.cagg_state_sql(src_cat, tgt_cat) if cagg_differs else [])
         timings["copy_s"] += time.monotonic() - t2
+        if not converge:
+            continue  # round 2 only refreshes the target's prints after the copies (kept for the window)
     raise DeltaError(f"the target still differs from the frozen source after {MAX_ROUNDS} rounds",
                      hint="something else writes to the target's tracker; find it, then re-run `invoke cutover` "
                           "(or `invoke cutover --full` with a new --journal)")

@@ -178,7 +178,7 @@ def version_sql(key: str, item: dict) -> str:
 
 def content_sql(key: str, item: dict, columns: list[str]) -> str:
     """A chunk's rows read through its hypertable for its range (compressed or not: the same rows, the same digest)."""
-    return _line(key, "count(*)", _digest(columns), f"{item['ht_rel']} t WHERE {range_where(item)}")
+    return _line(key, "count(*)", _digest(columns), f"{item['ht_rel']} t WHERE {range_where(item)}", version_expr(item))
 
 
 def script(lines: list[str]) -> str:

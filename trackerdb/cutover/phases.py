@@ -30,7 +30,7 @@ DESTRUCTIVE = {FREEZE, DELTA, RESTORE, SWITCH}
 TITLES = {
     PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
     FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
-    PREPARE: "1a pre-copy path: fingerprints of every chunk and table on both hosts, before the outage",
+    PREPARE: "1a pre-copy path: fingerprints of every chunk and table on both hosts, and a first copy of what differs, before the outage",
     DELTA: "2b pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of every chunk and table)",
     DUMP: "3 final dump with manifest (full path; the pre-copy path takes it in phase 8)",
     RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
@@ -214,8 +214,9 @@ def prints_path(ctx: Ctx) -> Path:
 
 
 def prepare(ctx: Ctx, resume: bool) -> dict:
-    """Before the outage: the guard (as the window will check it), and if it passes, every fingerprint on
-    both hosts, so the window re-reads only what was written since (by tuple versions)."""
+    """Before the outage: the guard (as the window will check it), and if it passes, one delta round while the
+    source still serves (the target serves nobody yet): what changed since the pre-copy is copied now, and
+    the fingerprints it leaves let the window re-read only what was written since (by tuple versions)."""
     from ..files import write_private
     from . import delta as dl
 
@@ -224,11 +225,12 @@ def prepare(ctx: Ctx, resume: bool) -> dict:
     if choice["path"] == PATH_FULL:
         ctx.say("the window will take the FULL DUMP PATH: " + "; ".join(choice["reasons"]))
         return {"path_expected": PATH_FULL, "reasons": choice["reasons"]}
-    ctx.say("fingerprinting every chunk and table on both hosts (before the outage)")
-    prints = dl.fingerprint_all(ctx)
-    write_private(prints_path(ctx), json.dumps(prints))
-    return {"path_expected": PATH_DELTA, "prints_file": str(prints_path(ctx)),
-            "items": {w: len(p) for w, p in prints.items()}, "elapsed_s": round(time.monotonic() - t0, 2)}
+    ctx.say("fingerprinting every chunk and table on both hosts and copying what differs already (before the outage)")
+    keep: dict = {}
+    facts = dl.run_delta(ctx, converge=False, keep=keep)
+    write_private(prints_path(ctx), json.dumps(keep))
+    return {"path_expected": PATH_DELTA, "prints_file": str(prints_path(ctx)), "before_the_freeze": facts,
+            "items": {w: len(p) for w, p in keep.items()}, "elapsed_s": round(time.monotonic() - t0, 2)}
 
 
 def delta(ctx: Ctx, resume: bool) -> dict:
