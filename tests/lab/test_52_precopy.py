@@ -154,8 +154,15 @@ def world(backrest_ready, tmp_path_factory):
 
     j2 = work / "delta.jsonl"
     res["dry"] = run_cutover(s, work / "d2", dry_run=True, journal_path=j2)
+    seen: dict = {}
+
+    def kill_in_the_window(msg: str) -> None:  # 1a copies too (before the outage): the kill is for 2b's
+        seen["delta"] = seen.get("delta") or msg.startswith("[delta] starting")
+        if seen["delta"] and msg.startswith("copied "):
+            raise Killed(msg)
+
     with pytest.raises(Killed):
-        run_cutover(s, work / "d2", journal_path=j2, progress=kill_when("copied "), funcs={ph.APP_STOP: late_then_stop_app})
+        run_cutover(s, work / "d2", journal_path=j2, progress=kill_in_the_window, funcs={ph.APP_STOP: late_then_stop_app})
     lines: list[str] = []
     res["summary"] = run_cutover(s, work / "d2", journal_path=j2, progress=lambda m: (lines.append(m), print(m)))
     res.update(journal=j2, lines=lines, late=late)
@@ -213,13 +220,18 @@ def test_the_window_took_the_delta_path_resumed_after_a_kill(world):
             begins[rec["phase"]] = begins.get(rec["phase"], 0) + 1
     assert begins[ph.DELTA] == 2 and all(n == 1 for p, n in begins.items() if p != ph.DELTA), begins
     st = Journal(world["journal"]).states()
-    d = st[ph.DELTA].facts
-    plan = d["plan"]
-    # the re-run found the first copy done (unchanged now) and moved the rest
+    # 1a, before the outage: the changes since the pre-copy were moved while the source still served
+    pre = st[ph.PREPARE].facts["before_the_freeze"]
+    plan = pre["plan"]
     assert plan["chunk"].get("copy", 0) + plan["chunk"].get("new", 0) >= 4, plan
     assert plan["table"].get("copy", 0) >= 2 and plan["table"].get("unchanged", 0) >= 1, plan
-    assert d["sequences_set"] >= 1 and d["large_objects_copied"] == 1 and d["cagg_state_copied"] is True, d
-    assert d["rounds"] >= 2 and d["tables_and_chunks"]["moved"] < d["tables_and_chunks"]["compared"], d
+    assert pre["sequences_set"] >= 1 and pre["large_objects_copied"] == 1 and pre["cagg_state_copied"] is True, pre
+    # 2b, in the window: the change made after 1a was found (and copied, then killed); the re-run found it done
+    notes = [r["facts"]["progress"] for r in Journal(world["journal"]).records()
+             if r["phase"] == ph.DELTA and r["event"] == "note" and "progress" in r["facts"]]
+    assert notes[0]["round"] == 1 and notes[0]["plan"]["chunk"].get("copy", 0) >= 1, notes
+    d = st[ph.DELTA].facts
+    assert d["path"] == "delta" and d["rounds"] >= 1 and d["tables_and_chunks"]["moved"] < d["tables_and_chunks"]["compared"], d
     # the prints taken before the outage were reused where nothing was written since
     assert d["content_reread"]["round 1"]["source"] < d["tables_and_chunks"]["compared"], d
     assert "deferred" in st[ph.DUMP].facts and "skipped" in st[ph.RESTORE].facts
@@ -234,7 +246,8 @@ def test_source_and_target_equal_by_content(world):
     src, tgt = world["checksums"]
     assert src == tgt, {k: (src[k], tgt.get(k)) for k in src if src[k] != tgt.get(k)}
     c = world["content"]
-    assert world["raw_keys"] and {k: c["source"][k] for k in world["raw_keys"]} == {k: c["target"][k] for k in world["raw_keys"]}
+    rows = {w: {k: (c[w][k]["n"], c[w][k]["d"]) for k in world["raw_keys"]} for w in ("source", "target")}
+    assert world["raw_keys"] and rows["source"] == rows["target"]  # the versions ("v") are each host's own
     assert world["sequences"][0] == world["sequences"][1] and world["lo"][0] == world["lo"][1]
     assert world["late_on_target"] == "1", "the change made after the fingerprints before the outage was not moved"
 

@@ -147,6 +147,7 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
     totals: dict = {}
     reread: dict = {}
     copied_keys: list[str] = []
+    moved = [0]  # bytes of COPY text streamed
     src_cat = src_items = None
     cache = {"source": dict((cached or {}).get("source") or {}), "target": dict((cached or {}).get("target") or {})}
     src_prints: dict = {}
@@ -211,10 +212,10 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
             keep.update(source=src_prints, target=tgt_prints, content=content_cache)
         if done or (not converge and rnd == 2):
             return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
-                    "timings": {k: round(v, 2) for k, v in timings.items()},
+                    "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0],
                     "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}
         t2 = time.monotonic()
-        copied_keys += _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say)
+        copied_keys += _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved)
         _apply_small(ctx, seqs, lo_copy, lo_drop, {int(lo["oid"]) for lo in tgt_cat.get("large_objects") or []},
                      dq.cagg_state_sql(src_cat, tgt_cat) if cagg_differs else [])
         timings["copy_s"] += time.monotonic() - t2
@@ -229,7 +230,7 @@ def _target(ctx):
     return Psql.target(ctx.remote("target"), ctx.settings)
 
 
-def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say) -> list[str]:
+def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list) -> list[str]:
     s = ctx.settings
     src, tgt = ctx.remote("source"), ctx.remote("target")
     src_psql, tgt_psql = Psql.source(src, s), _target(ctx)
@@ -246,6 +247,7 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say) -> list[str]:
             raise DeltaError(f"copying {key} failed: source exit {res.exit_code} {res.stderr.strip()[-300:]}; "
                              f"target exit {code} {err.strip()[-300:]}", hint="re-run `invoke cutover`: the delta starts again from fingerprints")
         say(f"copied {key}: {res.bytes / 1048576:.1f} MiB")
+        moved[0] += res.bytes
         done.append(key)
     for key in plan.keys(dq.DROP, dq.COMPRESS, dq.DECOMPRESS):
         tgt_psql.run("\n".join(st + ";" for st in dq.state_statements(plan.actions[key], tgt_items[key])), s.database)

@@ -229,8 +229,30 @@ def prepare(ctx: Ctx, resume: bool) -> dict:
     keep: dict = {}
     facts = dl.run_delta(ctx, converge=False, keep=keep)
     write_private(prints_path(ctx), json.dumps(keep))
+    if facts.get("bytes_copied"):
+        facts["archive_wait_s"] = wait_archived(ctx)  # the copies' WAL archived before the outage, not during verify
     return {"path_expected": PATH_DELTA, "prints_file": str(prints_path(ctx)), "before_the_freeze": facts,
             "items": {w: len(p) for w, p in keep.items()}, "elapsed_s": round(time.monotonic() - t0, 2)}
+
+
+ARCHIVE_WAIT_S = 900
+ARCHIVE_WAIT_AFTER_BYTES = 64 << 20  # in the window: only after copies big enough to leave archiving behind
+
+
+def wait_archived(ctx: Ctx, timeout_s: float = ARCHIVE_WAIT_S, every_s: float = 5.0) -> float:
+    """Until verify's WAL-archiving check passes on the target (big copies leave archiving segments behind)."""
+    from ..migrate.verify import wal_archiving_check
+
+    t0 = time.monotonic()
+    while True:
+        c = wal_archiving_check(ctx.settings, True, ctx.session)
+        if c.ok:
+            return round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > timeout_s:
+            raise VerifyError(f"WAL archiving on the target did not catch up within {timeout_s:.0f}s: {c.observed}",
+                              hint="check pgBackRest on the target (`invoke backrest.check`), then re-run `invoke cutover`")
+        ctx.say(f"waiting for WAL archiving to catch up on the target: {str(c.observed)[:160]}")
+        time.sleep(every_s)
 
 
 def delta(ctx: Ctx, resume: bool) -> dict:
@@ -251,6 +273,8 @@ def delta(ctx: Ctx, resume: bool) -> dict:
     if pf and Path(pf).is_file():
         cached = json.loads(Path(pf).read_text())
     facts = dl.run_delta(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
+    if (facts.get("bytes_copied") or 0) >= ARCHIVE_WAIT_AFTER_BYTES:
+        facts["archive_wait_s"] = wait_archived(ctx)
     return {**choice, **facts}
 
 
