@@ -345,15 +345,20 @@ class Remote:
         n = 0
         src, dst = self._channel(line), dest._channel(dest_line)
         err, derr = bytearray(), bytearray()
+        broken = False
         try:
-            while True:
+            while not broken:
                 select.select([src], [], [], 1.0)
                 got = False
-                while src.recv_ready():
+                while src.recv_ready() and not broken:
                     data = src.recv(CHUNK)
                     if not data:
                         break
-                    dst.sendall(data)
+                    try:
+                        dst.sendall(data)
+                    except OSError:  # the receiver stopped reading (it failed): its exit code and error say why
+                        broken = True
+                        break
                     h.update(data)
                     n += len(data)
                     got = True
@@ -369,8 +374,9 @@ class Remote:
                 if not got and (src.exit_status_ready() or src.closed) and not src.recv_ready():
                     break
                 if dst.exit_status_ready() and not got:
-                    break  # the receiver gave up (its error is in derr)
-            code = src.recv_exit_status()
+                    broken = True  # the receiver gave up (its error is in derr); the sender is not waited for
+                    break
+            code = -1 if broken and not src.exit_status_ready() else src.recv_exit_status()
             try:
                 dst.shutdown_write()
             except OSError:
