@@ -337,6 +337,65 @@ class Remote:
             chan.close()
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
+    def pipe_to(self, line: str, dest: "Remote", dest_line: str, progress=None) -> tuple[StreamResult, int, str]:
+        """Run ``line`` here and ``dest_line`` on ``dest``, this command's stdout streamed into that one's
+        stdin (a COPY between two hosts, through this process, never a file). Returns (this side's
+        StreamResult, dest's exit code, dest's stderr + stdout)."""
+        h = hashlib.sha256()
+        n = 0
+        src, dst = self._channel(line), dest._channel(dest_line)
+        err, derr = bytearray(), bytearray()
+        broken = False
+        try:
+            while not broken:
+                select.select([src], [], [], 1.0)
+                got = False
+                while src.recv_ready() and not broken:
+                    data = src.recv(CHUNK)
+                    if not data:
+                        break
+                    try:
+                        dst.sendall(data)
+                    except OSError:  # the receiver stopped reading (it failed): its exit code and error say why
+                        broken = True
+                        break
+                    h.update(data)
+                    n += len(data)
+                    got = True
+                while src.recv_stderr_ready():
+                    err += src.recv_stderr(CHUNK)
+                    got = True
+                while dst.recv_ready():
+                    derr += dst.recv(CHUNK)
+                while dst.recv_stderr_ready():
+                    derr += dst.recv_stderr(CHUNK)
+                if got and progress:
+                    progress(n, None)
+                if not got and (src.exit_status_ready() or src.closed) and not src.recv_ready():
+                    break
+                if dst.exit_status_ready() and not got:
+                    broken = True  # the receiver gave up (its error is in derr); the sender is not waited for
+                    break
+            code = -1 if broken and not src.exit_status_ready() else src.recv_exit_status()
+            try:
+                dst.shutdown_write()
+            except OSError:
+                pass
+            while not dst.exit_status_ready() or dst.recv_ready() or dst.recv_stderr_ready():
+                select.select([dst], [], [], 1.0)
+                while dst.recv_ready():
+                    derr += dst.recv(CHUNK)
+                while dst.recv_stderr_ready():
+                    derr += dst.recv_stderr(CHUNK)
+            dcode = dst.recv_exit_status()
+        except (OSError, EOFError) as exc:
+            raise HostError(f"{self.name} -> {dest.name}: stream interrupted ({exc.__class__.__name__}) after {n} bytes",
+                            hint="re-run the same command") from None
+        finally:
+            src.close()
+            dst.close()
+        return StreamResult(code, n, h.hexdigest(), err.decode(errors="replace")), dcode, derr.decode(errors="replace")
+
     def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
                     chunk: int = CHUNK) -> int:
         """Append ``local`` from byte ``offset`` on to ``remote`` (a resumable upload: the remote file is

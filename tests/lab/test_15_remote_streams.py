@@ -63,3 +63,16 @@ def test_failure_is_one_line_and_masked(target):
     with pytest.raises(HostError) as e:
         target.run("echo 'ERROR: not-in-any-message' >&2; exit 3")
     assert "not-in-any-message" not in e.value.one_line()
+
+
+def test_pipe_to_streams_one_commands_stdout_into_anothers_stdin(target):
+    """The pre-copy path's COPY between hosts: bytes exactly, both exit codes, the receiver's complaint."""
+    target.run(["install", "-d", "-m", "0700", "-o", target.spec.user, "/tmp/trackerdb-streams"], sudo=True)
+    src = "printf 'a\\000b'; head -c 4000000 /dev/urandom | tee /tmp/trackerdb-streams/sent"
+    res, code, err = target.pipe_to(src, target, "sha256sum > /tmp/trackerdb-streams/got; echo fine >&2")
+    assert res.exit_code == 0 and code == 0 and res.bytes == 4000003 and err.strip() == "fine"
+    got = target.run("cat /tmp/trackerdb-streams/got").stdout.split()[0]
+    want = target.run("(printf 'a\\000b'; cat /tmp/trackerdb-streams/sent) | sha256sum").stdout.split()[0]
+    assert got == want == res.sha256
+    res, code, err = target.pipe_to("head -c 100000 /dev/zero", target, "head -c 10 > /dev/null; echo 'ERROR: nope' >&2; exit 3")
+    assert code == 3 and "ERROR: nope" in err

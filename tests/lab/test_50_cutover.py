@@ -149,7 +149,7 @@ def ensure_app_password_on_source(settings) -> None:
 def kill_cutover_when(settings, journal: Path, work: Path, condition, timeout: float = 600) -> float:
     """Start `invoke cutover` as its own process group, SIGKILL the group as soon as ``condition()``
     holds; returns the seconds it ran. Fails if the process ends first."""
-    cli = subprocess.Popen([str(ROOT / ".venv/bin/invoke"), "cutover", "--journal", str(journal), "--dump-dir", str(work / "dump")],
+    cli = subprocess.Popen([str(ROOT / ".venv/bin/invoke"), "cutover", "--full", "--journal", str(journal), "--dump-dir", str(work / "dump")],
                            cwd=ROOT, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.monotonic()
     try:
@@ -261,8 +261,8 @@ def cutover_run(backrest_ready, tmp_path_factory):
         # 4. an interruption inside the switch after the record changed (while the TTL is waited out): an
         # in-process exception at that exact point, which a process kill cannot hit reliably
         with pytest.raises(Killed):
-            run_cutover(settings, work / "dump", journal_path=journal, progress=kill_when("waiting out the record's TTL"))
-        summary = run_cutover(settings, work / "dump", journal_path=journal, progress=print)
+            run_cutover(settings, work / "dump", journal_path=journal, progress=kill_when("waiting out the record's TTL"), full=True)
+        summary = run_cutover(settings, work / "dump", journal_path=journal, progress=print, full=True)
         wait_acks(log, 20, tgt_ip)
     finally:
         records = stop_writer(proc, log)
@@ -282,8 +282,10 @@ def test_cutover_completes_after_three_kills_and_an_interrupted_switch(cutover_r
     for rec in Journal(cutover_run["journal"]).records():
         if rec["event"] == "begin":
             begins[rec["phase"]] = begins.get(rec["phase"], 0) + 1
-    assert begins == {ph.PREFLIGHT: 1, ph.APP_STOP: 1, ph.FREEZE: 1, ph.DUMP: 2, ph.RESTORE: 2, ph.VERIFY: 2, ph.SWITCH: 2,
-                      ph.APP_START: 1, ph.HEALTH: 1, ph.POST: 1}, begins
+    assert begins == {ph.PREFLIGHT: 1, ph.PREPARE: 1, ph.APP_STOP: 1, ph.FREEZE: 1, ph.DELTA: 1, ph.DUMP: 2, ph.RESTORE: 2,
+                      ph.VERIFY: 2, ph.SWITCH: 2, ph.APP_START: 1, ph.HEALTH: 1, ph.POST: 1, ph.FINAL_DUMP: 1}, begins
+    # --full (this module kills the full path's dump and restore): recorded, and nothing else taken
+    assert st_path(cutover_run["journal"]) == ("full", ["--full was given"])
     st = Journal(cutover_run["journal"]).states()
     assert st[ph.DUMP].attempts == 2 and st[ph.RESTORE].attempts == 2 and st[ph.VERIFY].attempts == 2
     # a killed restore leaves no restore-time settings behind once the cutover completes
@@ -293,6 +295,11 @@ def test_cutover_completes_after_three_kills_and_an_interrupted_switch(cutover_r
     assert s["switch"]["new"] == cutover_run["settings"].target.address
     assert s["outage_s"] and s["outage_s"] > 0
     assert s["rollback_command"].startswith("invoke rollback --journal ")
+
+
+def st_path(journal) -> tuple:
+    f = Journal(journal).state(ph.DELTA).facts
+    return f.get("path"), f.get("reasons")
 
 
 def test_killed_operator_the_restore_finished_on_the_host_and_the_rerun_attached(cutover_run):

@@ -171,7 +171,7 @@ def window(backrest_ready, receiver, tmp_path_factory):
                             notify={"webhook_secret_name": WEBHOOK_SECRET})
         j1 = work1 / "journal.jsonl"
         with pytest.raises(PreflightError) as e:
-            run_cutover(s1, work1 / "dump", journal_path=j1, progress=print)
+            run_cutover(s1, work1 / "dump", journal_path=j1, progress=print, full=True)
         res["never"] = {"error": e.value.one_line(), "journal": j1, "order": order1.read_text().split(),
                         "source": source_state(settings), "switch_before": switch_before,
                         "switch_after": sw.make(settings).current(), "events": list(Receiver.events)}
@@ -197,7 +197,7 @@ def window(backrest_ready, receiver, tmp_path_factory):
         with Remote(settings.target) as t:
             t.write_file(tuning, "autovacuum = 'off'\n", owner="postgres")
         lines: list[str] = []
-        res["summary"] = run_cutover(s2, work / "dump", journal_path=j2, progress=lambda m: (lines.append(m), print(m)))
+        res["summary"] = run_cutover(s2, work / "dump", journal_path=j2, progress=lambda m: (lines.append(m), print(m)), full=True)
         res.update(journal=j2, order=[ln.split()[0] for ln in order.read_text().splitlines()],
                    order_t={ln.split()[0]: float(ln.split()[1]) for ln in order.read_text().splitlines()},
                    lines=lines, events=list(Receiver.events), queue_at_stop=(work / "queue").read_text().strip(),

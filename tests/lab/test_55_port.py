@@ -79,7 +79,7 @@ def cut_over(moved, tmp_path_factory):
         Psql(src, PORT).run(f"ALTER ROLE {ident(s.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
     work = tmp_path_factory.mktemp("port")
     journal = work / "journal.jsonl"
-    summary = run_cutover(s, work / "dump", journal_path=journal)
+    summary = run_cutover(s, work / "dump", journal_path=journal, full=True)  # the full path on another port
     with Remote(s.require_source()) as src, Remote(s.target) as tgt:
         after_cutover = {"source_read_only": fz.is_read_only(src, s.database, port=PORT),
                          "source_counts": table_counts(src, s.database, PORT, TABLES),

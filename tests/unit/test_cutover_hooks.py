@@ -131,7 +131,7 @@ def test_a_probe_that_never_drains_stops_before_the_step_and_before_the_freeze(t
     with pytest.raises(PreflightError) as e:
         ops.run_cutover(S(), tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs=funcs)
     assert "did not drain within 0.5s (last 5" in e.value.message and "nothing frozen" in e.value.message
-    assert calls == [ph.PREFLIGHT], calls  # nothing after: no freeze, no switch
+    assert calls == [ph.PREFLIGHT, ph.PREPARE], calls  # nothing after: no freeze, no switch (prepare only reads)
     assert log.read_text().split() == ["proxy"]
 
 

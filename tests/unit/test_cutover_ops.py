@@ -171,3 +171,24 @@ def test_verify_phase_records_the_privilege_comparison_and_stops_on_a_drift(tmp_
     with pytest.raises(VerifyError) as e:
         ph.verify(ctx, False)
     assert "owner/privileges of view reporting.visible_notes: source: owner=tracker_reporting, target: owner=tracker" in e.value.message
+
+
+def test_dry_run_names_the_path_and_why(tmp_path):
+    out = ops.run_cutover(FakeSettings(), tmp_path / "d", dry_run=True, journal_path=tmp_path / "j.jsonl")
+    assert out["details"][0] == ("path: FULL DUMP -- no pre-copy is recorded "
+                                 "(run `invoke restore` and `invoke verify` before the window)")
+    out = ops.run_cutover(FakeSettings(), tmp_path / "d", dry_run=True, journal_path=tmp_path / "j.jsonl", full=True)
+    assert out["details"][0] == "path: FULL DUMP -- --full was given"
+
+
+def test_summary_reports_the_delta_path_and_the_window_steps(tmp_path):
+    calls = []
+    funcs = make_funcs(calls)
+    facts = {"path": "delta", "reasons": [], "rounds": 2, "plan": {"chunk": {"copy": 1, "unchanged": 9}},
+             "tables_and_chunks": {"compared": 10, "moved": 1}, "timings": {"fingerprint_s": 1.0}}
+    funcs[ph.DELTA] = lambda ctx, resume: facts
+    out = ops.run_cutover(FakeSettings(), tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs=funcs, clock=Clock())
+    assert out["path"] == "delta" and out["path_reasons"] == []
+    assert out["delta"] == {k: facts[k] for k in ("rounds", "plan", "tables_and_chunks", "timings")}
+    assert list(out["window_steps_s"]) == [ph.FREEZE, ph.DELTA, ph.DUMP, ph.RESTORE, ph.VERIFY, ph.SWITCH]
+    assert out["final_dump"] is None  # the stand-in final dump recorded neither a file nor a skip

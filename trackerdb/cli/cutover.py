@@ -15,16 +15,26 @@ from .common import elapsed_progress, ops_task, out, settings
 @task(help={"dry_run": "print the plan (phases to run, skip or resume; the SQL; the switch) and change nothing",
             "journal": "the journal file (default: <state_dir>/cutover/journal.jsonl); re-running with it resumes",
             "dump_dir": "where the final dump and manifest go (default: <state_dir>/cutover)",
-            "json": "print the summary as JSON"})
+            "json": "print the summary as JSON",
+            "full": "take the full dump path (dump + restore in the window) even when the target holds a pre-copy"})
 @ops_task
-def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False):
+def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=False):
     """The maintenance window as one resumable command (runbook §5-6).
 
     1 preflight, 2 freeze the source's tracker database (read-only, sessions ended, final WAL
     position), 3 final dump + manifest, 4 restore, 5 verify (manifest and live source), 6 switch the
     application (Route53 or switch.command), 7 verify through the application's path, first full
-    backup, backrest check. Every phase is journaled; an interrupted run resumes where it stopped
-    and never repeats a completed phase. Ends with the outage, the timings and the rollback command.
+    backup, backrest check.
+
+    Pre-copy path (the default when it is safe): when `invoke restore` (and `invoke verify`) put a
+    copy on the target before the window and the schema has not changed since (schema fingerprint
+    of the frozen source = target = the restore's record), phase 2b moves only the chunks, tables,
+    sequences and large objects whose content fingerprints differ, phases 3-4 are skipped, verify
+    runs live against the frozen source, and the final full dump is taken after the switch (phase 8).
+    Otherwise, or with --full, the full dump path, said loudly.
+
+    Every phase is journaled; an interrupted run resumes where it stopped and never repeats a
+    completed phase. Ends with the outage, the timings and the rollback command.
     """
     from ..cutover.ops import default_journal, run_cutover
 
@@ -35,7 +45,8 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False):
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
     dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
-    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(), journal_path=journal_path)
+    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(), journal_path=journal_path,
+                          full=full)
     if json:
         print(_json.dumps(summary, indent=2, default=str))
         return
@@ -56,6 +67,12 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False):
     for name, p in summary["phases"].items():
         table.add_row(name, p["status"], f"{p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "-", str(p["attempts"]))
     out.print(table)
+    out.print(f"path: {summary['path']}" + "".join(f"; {r}" for r in summary.get("path_reasons") or []))
+    if summary.get("delta"):
+        d = summary["delta"]
+        out.print(f"pre-copy delta: {d.get('tables_and_chunks')}, per kind {d.get('plan')}, {d.get('rounds')} round(s), "
+                  f"timings {d.get('timings')}")
+    out.print("window steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in (summary.get("window_steps_s") or {}).items()))
     out.print(f"outage (writes refused): {summary['outage_s']}s (until the TTL was waited out: {summary['outage_until_ttl_waited_s']}s)")
     out.print(f"final WAL position on the source: {summary['final_lsn']}; frozen at {summary['frozen_at']}")
     sw = summary.get("switch") or {}

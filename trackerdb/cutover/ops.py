@@ -56,17 +56,20 @@ def dry_run_details(settings) -> list[str]:
 
 
 def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journal_path=None, funcs=None, clock=time.time,
-                session=None) -> dict:
-    """Run (or resume) the cutover; returns the summary. ``funcs`` replaces phase functions (tests)."""
+                session=None, full: bool = False) -> dict:
+    """Run (or resume) the cutover; returns the summary. ``funcs`` replaces phase functions (tests).
+    ``full``: the full dump path even when the target holds a pre-copy (recorded at phase 2b; a
+    journal that chose a path keeps it)."""
     journal_path = Path(journal_path) if journal_path else default_journal(settings)
     journal = Journal(journal_path, clock=clock)
     steps = plan(settings, journal)
     if dry_run:
-        return {"dry_run": True, "journal": str(journal_path), "plan": steps, "details": dry_run_details(settings),
+        return {"dry_run": True, "journal": str(journal_path), "plan": steps,
+                "details": path_lines(settings, journal, full, session) + dry_run_details(settings),
                 "rollback_decision_point": ph.rollback_decision_point(journal_path)}
     funcs = {**ph.FUNCS, **(funcs or {})}
     say = progress or (lambda msg: None)
-    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress, session=session)
+    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress, session=session, full=full)
     from .hooks import parse_config
     from ..notify import Notifier
 
@@ -102,6 +105,28 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
     return summary(journal)
 
 
+def path_lines(settings, journal: Journal, full: bool, session=None) -> list[str]:
+    """Which path the window takes and why (the dry run's first lines; reads only)."""
+    recorded = journal.state(ph.DELTA).facts
+    if recorded.get("path"):
+        return [f"path: {recorded['path']} (recorded by this journal)" + "".join(f"; {r}" for r in recorded.get("reasons") or [])]
+    from . import delta as dl
+
+    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path("."), session=session)
+    try:
+        choice = dl.choose_path(ctx, full)
+    except OpsError as exc:
+        return [f"path: cannot tell now ({exc.one_line()}); phase 2b decides after the freeze"]
+    finally:
+        if session is None:
+            ctx.close()
+    if choice["path"] == ph.PATH_DELTA:
+        return [f"path: pre-copy (delta) -- the schema is the one recorded at the pre-copy ({choice.get('precopy_recorded_at')}); "
+                "the window moves only the chunks and tables whose fingerprints differ; the final full dump follows the switch "
+                "(phase 8). Checked again after the freeze."]
+    return ["path: FULL DUMP -- " + "; ".join(choice["reasons"])]
+
+
 def _add_secrets(ctx, settings) -> None:
     """Neither the app password nor the pgBackRest cipher passphrase (the post phase runs a backup)
     may reach the journal, even inside an error message."""
@@ -127,7 +152,17 @@ def summary(journal: Journal) -> dict:
     app_outage = None
     if stop_st and (stop_st.facts.get("done") or []) and back_st and back_st.done:
         app_outage = round(back_st.end - stop_st.start, 2)
+    delta_st = states.get(ph.DELTA)
+    dfacts = delta_st.facts if delta_st else {}
+    window = {p: timings.get(p) for p in (ph.FREEZE, ph.DELTA, ph.DUMP, ph.RESTORE, ph.VERIFY, ph.SWITCH) if timings.get(p) is not None}
     return {
+        "path": dfacts.get("path") or ("full" if states.get(ph.DUMP) else None),
+        "path_reasons": dfacts.get("reasons") or [],
+        "delta": {k: dfacts.get(k) for k in ("rounds", "plan", "tables_and_chunks", "timings", "sequences_set",
+                                              "large_objects_copied", "cagg_state_copied") if k in dfacts} or None,
+        "window_steps_s": window,
+        "final_dump": (states[ph.FINAL_DUMP].facts.get("dump_path") or states[ph.FINAL_DUMP].facts.get("skipped"))
+                      if ph.FINAL_DUMP in states else None,
         "application_outage_s": app_outage,
         "journal": str(journal.path),
         "complete": all(states.get(p) is not None and states[p].done for p in ph.PHASES),

@@ -22,17 +22,22 @@ from ..psql import Psql
 from ..session import Session
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
+PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
-PHASES = [PREFLIGHT, APP_STOP, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST]
-DESTRUCTIVE = {FREEZE, RESTORE, SWITCH}
+PHASES = [PREFLIGHT, PREPARE, APP_STOP, FREEZE, DELTA, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST, FINAL_DUMP]
+PATH_DELTA, PATH_FULL = "delta", "full"
+DESTRUCTIVE = {FREEZE, DELTA, RESTORE, SWITCH}
 TITLES = {
     PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
     FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
-    DUMP: "3 final dump with manifest",
+    PREPARE: "1a pre-copy path: fingerprints of every chunk and table on both hosts, and a first copy of what differs, before the outage",
+    DELTA: "2b pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of every chunk and table)",
+    DUMP: "3 final dump with manifest (full path; the pre-copy path takes it in phase 8)",
     RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
     VERIFY: "5 verify against the manifest and live against the frozen source",
     SWITCH: "6 switch the application to the target",
     POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
+    FINAL_DUMP: "8 pre-copy path: the final full dump for safety, from the still-frozen source, after the switch",
     APP_STOP: "1b " + hk.TITLES[hk.APP_STOP],
     APP_START: "6b " + hk.TITLES[hk.APP_START],
     HEALTH: "6c " + hk.TITLES[hk.HEALTH],
@@ -47,6 +52,7 @@ class Ctx:
     dump_dir: Path
     progress: object = None
     session: Session = None  # the task's: one connection per host, each secret fetched once
+    full: bool = False  # --full: the full dump path whatever the pre-copy
 
     def __post_init__(self):
         if self.session is None:
@@ -201,8 +207,97 @@ def _step_progress(ctx: Ctx):
     return report
 
 
+# ---- 2b delta (the pre-copy path) -----------------------------------------------------------------
+def path(ctx: Ctx) -> str:
+    """The path this cutover took: ``delta`` once phase 2b chose it, else ``full`` (journals without 2b too)."""
+    return ctx.facts(DELTA).get("path") or PATH_FULL
+
+
+def prints_path(ctx: Ctx) -> Path:
+    return ctx.journal.path.with_name(ctx.journal.path.stem + ".prints.json")
+
+
+def prepare(ctx: Ctx, resume: bool) -> dict:
+    """Before the outage: the guard (as the window will check it), and if it passes, one delta round while the
+    source still serves (the target serves nobody yet): what changed since the pre-copy is copied now, and
+    the fingerprints it leaves let the window re-read only what was written since (by tuple versions)."""
+    from ..files import write_private
+    from . import delta as dl
+
+    t0 = time.monotonic()
+    choice = dl.choose_path(ctx, ctx.full)
+    if choice["path"] == PATH_FULL:
+        ctx.say("the window will take the FULL DUMP PATH: " + "; ".join(choice["reasons"]))
+        return {"path_expected": PATH_FULL, "reasons": choice["reasons"]}
+    ctx.say("fingerprinting every chunk and table on both hosts and copying what differs already (before the outage)")
+    keep: dict = {}
+    facts = dl.run_delta(ctx, converge=False, keep=keep)
+    write_private(prints_path(ctx), json.dumps(keep))
+    if facts.get("bytes_copied"):
+        facts["archive_wait_s"] = wait_archived(ctx)  # the copies' WAL archived before the outage, not during verify
+    return {"path_expected": PATH_DELTA, "prints_file": str(prints_path(ctx)), "before_the_freeze": facts,
+            "items": {w: len(p) for w, p in keep.items()}, "elapsed_s": round(time.monotonic() - t0, 2)}
+
+
+ARCHIVE_WAIT_S = 900
+ARCHIVE_WAIT_AFTER_BYTES = 64 << 20  # in the window: only after copies big enough to leave archiving behind
+
+
+def wait_archived(ctx: Ctx, timeout_s: float = ARCHIVE_WAIT_S, every_s: float = 5.0) -> float:
+    """Until verify's WAL-archiving check passes on the target (big copies leave archiving segments behind)."""
+    from ..migrate.verify import wal_archiving_check
+
+    t0 = time.monotonic()
+    while True:
+        c = wal_archiving_check(ctx.settings, True, ctx.session)
+        if c.ok:
+            return round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > timeout_s:
+            raise VerifyError(f"WAL archiving on the target did not catch up within {timeout_s:.0f}s: {c.observed}",
+                              hint="check pgBackRest on the target (`invoke backrest.check`), then re-run `invoke cutover`")
+        ctx.say(f"waiting for WAL archiving to catch up on the target: {str(c.observed)[:160]}")
+        time.sleep(every_s)
+
+
+def delta(ctx: Ctx, resume: bool) -> dict:
+    from . import delta as dl
+
+    recorded = ctx.facts(DELTA)
+    if recorded.get("path") == PATH_FULL:  # decided: a full path stays full
+        choice = {k: recorded[k] for k in ("path", "reasons") if k in recorded}
+    else:  # first run, or resumed on the pre-copy path: the guard again (cheap; the source is frozen)
+        choice = dl.choose_path(ctx, ctx.full)
+        ctx.journal.note(DELTA, choice)
+    if choice["path"] == PATH_FULL:
+        ctx.say("FULL DUMP PATH (not the pre-copy path): " + "; ".join(choice["reasons"]))
+        return choice
+    ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
+    cached = None
+    pf = ctx.facts(PREPARE).get("prints_file")
+    if pf and Path(pf).is_file():
+        cached = json.loads(Path(pf).read_text())
+    facts = dl.run_delta(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
+    if (facts.get("bytes_copied") or 0) >= ARCHIVE_WAIT_AFTER_BYTES:
+        facts["archive_wait_s"] = wait_archived(ctx)
+    return {**choice, **facts}
+
+
 # ---- 3 dump ------------------------------------------------------------------------------------
 def dump(ctx: Ctx, resume: bool) -> dict:
+    if path(ctx) == PATH_DELTA:
+        return {"deferred": "pre-copy path: the final full dump is taken after the switch (phase 8)"}
+    return _final_dump(ctx)
+
+
+def final_dump(ctx: Ctx, resume: bool) -> dict:
+    """Off the critical path: the target already takes writes; the source stays frozen until a rollback."""
+    if path(ctx) != PATH_DELTA:
+        return {"skipped": "full path: the final dump was phase 3"}
+    ctx.say("the final full dump for safety, from the still-frozen source (the target already serves writes)")
+    return {**_final_dump(ctx), "off_critical_path": True}
+
+
+def _final_dump(ctx: Ctx) -> dict:
     from ..migrate.dump import run_dump
 
     from ..files import private_dir, write_private
@@ -251,6 +346,8 @@ def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
 def restore(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.restore import run_restore
 
+    if path(ctx) == PATH_DELTA:
+        return {"skipped": "pre-copy path: the target's tracker was brought up to date in phase 2b"}
     d = ctx.facts(DUMP)
     if resume:
         # Killed mid-restore: if the target already holds exactly this dump's data, the restore
@@ -297,7 +394,12 @@ def verify(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.verify import run_verify
 
     result = {}
-    for label, kwargs in (("manifest", {"manifest": _manifest(ctx)}), ("source", {"against_source": True})):
+    passes = [("manifest", {"manifest": None}), ("source", {"against_source": True})]
+    if path(ctx) == PATH_DELTA:
+        passes = passes[1:]  # the pre-copy's manifest is stale: live against the frozen source only
+    for label, kwargs in passes:
+        if label == "manifest":
+            kwargs = {"manifest": _manifest(ctx)}
         ctx.say(f"verify against the {label}")
         checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
@@ -387,4 +489,4 @@ def app_path_check(settings, endpoint: str, timeout: float = 10, session=None) -
 
 
 FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
-         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post}
+         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post, PREPARE: prepare, DELTA: delta, FINAL_DUMP: final_dump}

@@ -338,6 +338,8 @@ def replay_export(src, export_file: str, db: str, port) -> dict:
 def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, say) -> dict:
     manifest_counts = {}
     dump_facts = journal.state(ph.DUMP).facts
+    if not dump_facts.get("row_counts"):  # the pre-copy path takes its final dump after the switch (phase 8)
+        dump_facts = journal.state(ph.FINAL_DUMP).facts
     if dump_facts.get("row_counts"):
         manifest_counts = dump_facts["row_counts"]
     rows, counts, how, skipped = [], {}, {}, []

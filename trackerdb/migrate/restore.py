@@ -27,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import HostError, PreflightError
+from ..errors import HostError, OpsError, PreflightError
 from ..session import connection, scoped
 from ..steps import Outcome, Step
 from . import manifest as mf
@@ -175,6 +175,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         # -- into place --
         _swap_into_place(settings, psql, manifest, replace and dbplan["tracker_exists"], out, say)
         mf.record_restored(settings.state_dir, db, manifest_path or mf.manifest_path_for(dump), sha)
+        _record_precopy(settings, psql, sha, out)
         if not keep_upload:
             t.run(["rm", "-f", remote_dump, *(list_path(remote_dump, p) for p in PHASES)], sudo=True, check=False)
         return out
@@ -224,6 +225,16 @@ def _check_on_target(t, settings, path: str, size: int, sha: str, out: Outcome) 
     out.add(Step("dump file", False, f"on the target: custom archive {header['archive_version']}, {toc.human_bytes(size)}, sha256 ok"))
     r = t.run([f"{settings.pg_bin}/pg_restore", "-l", path], user="postgres", check=False)
     return r.exit_code, r.stdout, r.stderr
+
+
+def _record_precopy(settings, psql: Psql, sha: str, out: Outcome) -> None:
+    """The restored schema's fingerprint, for the cutover's pre-copy path (without it the window takes the full path)."""
+    from .schema_print import record_precopy
+
+    try:
+        out.add(Step("pre-copy record", True, str(record_precopy(settings, psql, sha))))
+    except OpsError as exc:
+        out.stats["warnings"].append(f"no pre-copy record (the cutover will take the full dump path): {exc.one_line()}")
 
 
 def _remote_size(t, path: str) -> int:

@@ -1,0 +1,73 @@
+"""The schema fingerprint and the pre-copy guard (pure parts)."""
+
+import json
+
+from trackerdb.migrate import schema_print as sp
+
+BASE = {"columns": ["tracker.devices.id integer NOT NULL", "tracker.devices.name text NOT NULL"],
+        "indexes": ["CREATE UNIQUE INDEX devices_pkey ON tracker.devices USING btree (id)"],
+        "extensions": ["timescaledb 2.18.2"], "database": {"owner": "tracker"}}
+PRIV = {"privileges": {"objects": {
+    "table tracker.devices": {"kind": "table", "name": "tracker.devices", "schema": "tracker", "owner": "tracker", "acl": ["a"]},
+    "table _timescaledb_internal._hyper_1_1_chunk": {"kind": "table", "name": "_hyper_1_1_chunk", "schema": "_timescaledb_internal",
+                                                     "owner": "tracker"},
+    "large object 424242": {"kind": "large object", "name": "424242", "schema": None, "owner": "tracker"}}}}
+IDENT = {"system_identifier": "7", "database_oid": 16386}
+
+
+def doc(**over):
+    return sp.schema_doc(dict(BASE, **over), PRIV)
+
+
+def test_doc_leaves_out_what_moves_with_data_and_is_order_independent():
+    d = doc()
+    assert d["privileges"] == ['table tracker.devices {"acl":["a"],"owner":"tracker"}']
+    shuffled = sp.schema_doc(dict(BASE, columns=list(reversed(BASE["columns"]))), PRIV)
+    assert sp.digest(shuffled) == sp.digest(d)
+    assert sp.digest(doc(indexes=BASE["indexes"] + ["CREATE INDEX x ON tracker.devices USING btree (name)"])) != sp.digest(d)
+
+
+def test_guard_passes_only_when_record_target_and_source_agree():
+    rec = sp.precopy_record("tracker", IDENT, doc(), "ab" * 32, recorded_at="2026-12-01T10:00:00Z")
+    assert json.loads(json.dumps(rec)) == rec and rec["schema_digest"] == sp.digest(doc())
+    assert sp.guard(rec, "tracker", IDENT, doc(), doc()) == []
+    assert "no pre-copy is recorded" in sp.guard(None, "tracker", IDENT, doc(), doc())[0]
+    assert "not 'tracker'" in sp.guard(dict(rec, database="other"), "tracker", IDENT, doc(), doc())[0]
+    other = dict(IDENT, database_oid=99999)
+    assert "is not the recorded pre-copy" in sp.guard(rec, "tracker", other, doc(), doc())[0]
+
+
+def test_guard_names_what_changed_on_which_side():
+    rec = sp.precopy_record("tracker", IDENT, doc(), None)
+    added = doc(columns=BASE["columns"] + ["tracker.devices.note text"])
+    reasons = sp.guard(rec, "tracker", IDENT, added, doc())
+    assert len(reasons) == 1 and reasons[0].startswith("the source's schema changed since the pre-copy: columns: + tracker.devices.note text")
+    granted = sp.schema_doc(BASE, {"privileges": {"objects": {
+        "table tracker.devices": dict(PRIV["privileges"]["objects"]["table tracker.devices"], acl=["a", "ro=r/tracker"])}}})
+    reasons = sp.guard(rec, "tracker", IDENT, granted, granted)
+    assert [r.split(":")[0] for r in reasons] == ["the source's schema changed since the pre-copy",
+                                                  "the target's schema changed since the pre-copy"]
+    assert "ro=r/tracker" in reasons[0]
+
+
+def test_differences_of_scalars_and_lists():
+    assert sp.differences({"a": [1, 2], "b": "x"}, {"a": [2, 3], "b": "y"}) == ["a: + 3; - 1", "b: y (was x)"]
+    assert sp.differences(doc(), doc()) == []
+
+
+def test_record_round_trip(tmp_path):
+    assert sp.load_record(tmp_path) is None
+    sp.record_path(tmp_path).write_text("not json")
+    assert sp.load_record(tmp_path) is None
+    rec = sp.precopy_record("tracker", IDENT, doc(), None)
+    sp.record_path(tmp_path).write_text(json.dumps(rec))
+    assert sp.load_record(tmp_path) == rec
+    sp.record_path(tmp_path).write_text(json.dumps(dict(rec, format=99)))
+    assert sp.load_record(tmp_path) is None
+
+
+def test_a_frozen_target_is_not_a_precopy_to_write_into():
+    rec = sp.precopy_record("tracker", IDENT, doc(), None)
+    assert sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=off") == []
+    out = sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=on")
+    assert len(out) == 1 and "is read-only" in out[0] and "invoke restore" in out[0]

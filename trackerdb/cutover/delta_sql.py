@@ -1,0 +1,412 @@
+"""The pre-copy path's pure parts: what each host holds (catalog), content fingerprints of every chunk and
+table, the difference of two hosts' fingerprints as a plan, and the statements that carry it out.
+
+Items, matched between the hosts by *what they are*, never by name or id:
+- a chunk: ``chunk <hypertable key> [start, end)`` -- the hypertable key is ``schema.table``, or
+  ``cagg schema.view`` for a continuous aggregate's materialization hypertable (its name carries an id);
+  the range is the chunk's slice of the hypertable's (only) dimension, in TimescaleDB's internal units;
+- a regular table: ``table schema.name``; a sequence: ``sequence schema.name``; a large object: ``lo <oid>``;
+- the continuous aggregates' refresh state (invalidation threshold, watermark, both invalidation logs),
+  with hypertable ids replaced by hypertable keys: ``cagg-state``.
+
+Fingerprints: rows + the sum of the first 60 bits of md5 of each row's text (the manifest's digest,
+order-independent, streaming), over the columns named in the source's order. A compressed chunk's
+first fingerprint is its storage (the compressed batches + the rows outside them): a logical restore
+copies batches verbatim, so equal storage is equal content; when storage differs (recompressed, or
+changed), both sides are compared again *by content*, rows read through the hypertable for the
+chunk's range (``content_sql``), and only a content difference is copied.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..sql import ident, literal
+
+INT64_MIN, INT64_MAX = -9223372036854775808, 9223372036854775807
+CAGG_STATE = "cagg-state"
+
+_HT_KEY = ("CASE WHEN ca.mat_hypertable_id IS NULL THEN format('%I.%I', h.schema_name, h.table_name) "
+           "ELSE format('cagg %I.%I', ca.user_view_schema, ca.user_view_name) END")
+_COLS = ("(SELECT coalesce(json_agg(a.attname ORDER BY a.attnum), '[]'::json) FROM pg_attribute a WHERE a.attrelid = {rel} "
+         "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')")
+_USER_NS = "n.nspname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)'"
+
+CATALOG_SQL = f"""SET search_path = pg_catalog, pg_temp;
+WITH ht AS (
+  SELECT h.id, h.schema_name, h.table_name, {_HT_KEY} AS key,
+         (SELECT count(*) FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id) AS dims,
+         (SELECT d.id FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id ORDER BY d.id LIMIT 1) AS dim_id
+  FROM _timescaledb_catalog.hypertable h LEFT JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = h.id
+  WHERE h.compression_state <> 2)
+SELECT json_build_object(
+  'hypertables', (SELECT coalesce(json_agg(json_build_object('id', ht.id, 'schema', ht.schema_name, 'name', ht.table_name,
+      'key', ht.key, 'dims', ht.dims, 'time_column', d.column_name, 'time_type', d.column_type::regtype::text,
+      'columns', {_COLS.format(rel="format('%I.%I', ht.schema_name, ht.table_name)::regclass")}) ORDER BY ht.id), '[]'::json)
+    FROM ht LEFT JOIN _timescaledb_catalog.dimension d ON d.id = ht.dim_id),
+  'chunks', (SELECT coalesce(json_agg(json_build_object('hypertable', ht.key, 'schema', ch.schema_name, 'name', ch.table_name,
+      'start', ds.range_start, 'end', ds.range_end, 'compressed', cz.id IS NOT NULL,
+      'compressed_schema', cz.schema_name, 'compressed_name', cz.table_name,
+      'bytes', pg_total_relation_size(format('%I.%I', ch.schema_name, ch.table_name)::regclass)
+               + CASE WHEN cz.id IS NULL THEN 0 ELSE pg_total_relation_size(format('%I.%I', cz.schema_name, cz.table_name)::regclass) END)
+      ORDER BY ch.id), '[]'::json)
+    FROM _timescaledb_catalog.chunk ch JOIN ht ON ht.id = ch.hypertable_id
+    JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id = ch.id AND cc.dimension_slice_id IS NOT NULL
+    JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = cc.dimension_slice_id AND ds.dimension_id = ht.dim_id
+    LEFT JOIN _timescaledb_catalog.chunk cz ON cz.id = ch.compressed_chunk_id
+    WHERE NOT ch.dropped AND NOT ch.osm_chunk),
+  'tables', (SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname,
+      'columns', {_COLS.format(rel='c.oid')}, 'bytes', pg_total_relation_size(c.oid)) ORDER BY n.nspname, c.relname), '[]'::json)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'r' AND {_USER_NS} AND NOT EXISTS (SELECT 1 FROM ht WHERE ht.schema_name = n.nspname AND ht.table_name = c.relname)
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')),
+  'sequences', (SELECT coalesce(json_agg(json_build_object('schema', s.schemaname, 'name', s.sequencename,
+      'last_value', s.last_value::text, 'start_value', s.start_value::text) ORDER BY s.schemaname, s.sequencename), '[]'::json)
+    FROM pg_sequences s WHERE s.schemaname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$)'),
+  'large_objects', (SELECT coalesce(json_agg(json_build_object('oid', l.oid::bigint, 'owner', pg_get_userbyid(l.lomowner),
+      'acl', l.lomacl::text, 'md5', md5(lo_get(l.oid))) ORDER BY l.oid), '[]'::json) FROM pg_largeobject_metadata l),
+  'cagg_state', json_build_object(
+    'thresholds', (SELECT coalesce(json_agg(json_build_object('id', t.hypertable_id, 'watermark', t.watermark::text)), '[]'::json)
+                   FROM _timescaledb_catalog.continuous_aggs_invalidation_threshold t),
+    'watermarks', (SELECT coalesce(json_agg(json_build_object('id', w.mat_hypertable_id, 'watermark', w.watermark::text)), '[]'::json)
+                   FROM _timescaledb_catalog.continuous_aggs_watermark w),
+    'hypertable_log', (SELECT coalesce(json_agg(json_build_object('id', l.hypertable_id, 'low', l.lowest_modified_value::text,
+                         'high', l.greatest_modified_value::text)), '[]'::json)
+                       FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log l),
+    'materialization_log', (SELECT coalesce(json_agg(json_build_object('id', l.materialization_id,
+                              'low', l.lowest_modified_value::text, 'high', l.greatest_modified_value::text)), '[]'::json)
+                            FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log l))
+);
+"""
+
+# ---- items ------------------------------------------------------------------------------------
+
+
+def chunk_key(hypertable_key: str, start: int, end: int) -> str:
+    return f"chunk {hypertable_key} [{start}, {end})"
+
+
+def unsupported(catalog: dict) -> list[str]:
+    """What the pre-copy path does not handle (the window takes the full path instead)."""
+    return [f"hypertable {h['key']} has {h['dims']} dimensions (the pre-copy path matches chunks by one time range)"
+            for h in catalog.get("hypertables") or [] if int(h.get("dims") or 0) != 1]
+
+
+def items(catalog: dict) -> dict[str, dict]:
+    """Every chunk and regular table of one host's catalog, by its matching key."""
+    hts = {h["key"]: h for h in catalog.get("hypertables") or []}
+    out: dict[str, dict] = {}
+    for t in catalog.get("tables") or []:
+        out[f"table {t['schema']}.{t['name']}"] = {"kind": "table", "rel": f"{ident(t['schema'])}.{ident(t['name'])}",
+                                                    "columns": t["columns"], "bytes": t.get("bytes") or 0}
+    for c in catalog.get("chunks") or []:
+        h = hts[c["hypertable"]]
+        out[chunk_key(c["hypertable"], c["start"], c["end"])] = {
+            "kind": "chunk", "rel": f"{ident(c['schema'])}.{ident(c['name'])}", "hypertable": c["hypertable"],
+            "schema": c["schema"], "name": c["name"], "compressed_schema": c.get("compressed_schema"),
+            "compressed_name": c.get("compressed_name"), "ht_schema": h["schema"], "ht_name": h["name"],
+            "ht_rel": f"{ident(h['schema'])}.{ident(h['name'])}", "columns": h["columns"], "time_column": h["time_column"],
+            "time_type": h["time_type"], "start": int(c["start"]), "end": int(c["end"]), "compressed": bool(c["compressed"]),
+            "compressed_rel": f"{ident(c['compressed_schema'])}.{ident(c['compressed_name'])}" if c["compressed"] else None,
+            "bytes": c.get("bytes") or 0}
+    return out
+
+
+def _bound(internal: int, time_type: str) -> str:
+    if time_type == "timestamp with time zone":
+        return f"_timescaledb_functions.to_timestamp({int(internal)})"
+    if time_type == "timestamp without time zone":
+        return f"_timescaledb_functions.to_timestamp_without_timezone({int(internal)})"
+    if time_type == "date":
+        return f"_timescaledb_functions.to_date({int(internal)})"
+    return str(int(internal))
+
+
+def range_where(item: dict) -> str:
+    """The chunk's range as a condition on its hypertable's time column."""
+    col = ident(item["time_column"])
+    conds = []
+    if item["start"] != INT64_MIN:
+        conds.append(f"{col} >= {_bound(item['start'], item['time_type'])}")
+    if item["end"] != INT64_MAX:
+        conds.append(f"{col} < {_bound(item['end'], item['time_type'])}")
+    return " AND ".join(conds) or "true"
+
+
+def _digest(columns: list[str], alias: str = "t") -> str:
+    row = f"ROW({', '.join(f'{alias}.{ident(c)}' for c in columns)})::text" if columns else f"{alias}::text"
+    return f"coalesce(sum(('x' || left(md5({row}), 15))::bit(60)::bigint), 0)::text"
+
+
+def _line(key: str, n: str, d: str, frm: str, v: str | None = None) -> str:
+    ver = f", 'v', {v}" if v else ""
+    return f"SELECT json_build_object('k', {literal(key)}, 'n', {n}, 'd', {d}{ver})::text FROM {frm};"
+
+
+def _version(alias: str) -> str:
+    """Which tuple versions are there: any INSERT, UPDATE or DELETE makes a new tuple (new ctid and xmin)
+    or removes one, so an equal sum on the *same host* means the relation was not written in between
+    (VACUUM FULL or a freeze change it too: then the content is fingerprinted again, never trusted)."""
+    return f"coalesce(sum(hashtextextended({alias}.ctid::text || {alias}.xmin::text, 0)), 0)::text"
+
+
+def version_expr(item: dict) -> str:
+    heap = f"(SELECT {_version('t')} FROM ONLY {item['rel']} t)"
+    if item["kind"] == "chunk" and item["compressed"]:
+        return f"{heap} || '/' || (SELECT {_version('z')} FROM {item['compressed_rel']} z) || ' ' || {literal(item['compressed_rel'])}"
+    return heap
+
+
+def fingerprint_sql(key: str, item: dict, columns: list[str]) -> str:
+    """One line of JSON ``{"k", "n", "d", "v"}``: rows and digest of a table or uncompressed chunk; for a
+    compressed chunk its storage (batches + rows outside them, ``d`` = ``storage rows-digest/batches:digest``);
+    ``v``: the tuple versions the digest was read from, in the same scan (compared only with the same host's)."""
+    if item["kind"] == "chunk" and item["compressed"]:
+        zrel = item["compressed_rel"]
+        return (f"SELECT json_build_object('k', {literal(key)}, 'n', h.n, 'd', 'storage ' || h.d || '/' || z.n || ':' || z.d, "
+                f"'v', h.v || '/' || z.v || ' ' || {literal(zrel)})::text "
+                f"FROM (SELECT count(*) AS n, {_digest(columns)} AS d, {_version('t')} AS v FROM ONLY {item['rel']} t) h, "
+                f"(SELECT count(*) AS n, {_digest([], 'z')} AS d, {_version('z')} AS v FROM {zrel} z) z;")
+    return _line(key, "count(*)", _digest(columns), f"ONLY {item['rel']} t", _version("t"))
+
+
+def version_sql(key: str, item: dict) -> str:
+    """One line ``{"k", "v"}``: only the tuple versions (a scan without reading the rows' content)."""
+    return f"SELECT json_build_object('k', {literal(key)}, 'v', {version_expr(item)})::text;"
+
+
+def content_sql(key: str, item: dict, columns: list[str]) -> str:
+    """A chunk's rows read through its hypertable for its range (compressed or not: the same rows, the same digest)."""
+    return _line(key, "count(*)", _digest(columns), f"{item['ht_rel']} t WHERE {range_where(item)}", version_expr(item))
+
+
+def script(lines: list[str]) -> str:
+    return "SET search_path = pg_catalog, pg_temp;\n" + "\n".join(lines) + "\n"
+
+
+def parse_prints(stdout: str) -> dict[str, dict]:
+    out = {}
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            d = json.loads(line)
+            out[d["k"]] = {k: (int(v) if k == "n" else str(v)) for k, v in d.items() if k != "k"}
+    return out
+
+
+def split_balanced(keys: list[str], weight: dict[str, int], parts: int) -> list[list[str]]:
+    """Keys in ``parts`` groups of about equal weight (largest first into the lightest group)."""
+    groups: list[list[str]] = [[] for _ in range(max(1, parts))]
+    load = [0] * len(groups)
+    for k in sorted(keys, key=lambda k: (-weight.get(k, 0), k)):
+        i = load.index(min(load))
+        groups[i].append(k)
+        load[i] += weight.get(k, 0) + 1
+    return [g for g in groups if g]
+
+
+# ---- the plan ---------------------------------------------------------------------------------
+
+COPY, CREATE, DROP, COMPRESS, DECOMPRESS, SAME = "copy", "new", "drop", "compress", "decompress", "unchanged"
+
+
+@dataclass
+class Plan:
+    actions: dict = field(default_factory=dict)  # key -> action
+    recheck: list = field(default_factory=list)  # keys whose storage differs: compare by content first
+
+    def keys(self, *actions) -> list[str]:
+        return sorted(k for k, a in self.actions.items() if a in actions)
+
+    def counts(self) -> dict:
+        out: dict = {}
+        for k, a in self.actions.items():
+            kind = k.split(" ", 1)[0]
+            out.setdefault(kind, {}).setdefault(a, 0)
+            out[kind][a] += 1
+        return out
+
+
+def _nd(p):
+    return None if p is None else (p["n"], p["d"])
+
+
+def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, content: dict | None = None) -> Plan:
+    """The plan that makes the target's chunks and tables equal to the source's. ``content``:
+    ``{key: (source print, target print)}`` by content, for keys whose storage fingerprints differed."""
+    plan = Plan()
+    content = content or {}
+    for key, s in src_items.items():
+        t = tgt_items.get(key)
+        sp, tp = src_prints.get(key), tgt_prints.get(key)
+        if t is None:
+            plan.actions[key] = SAME if sp is not None and sp["n"] == 0 else CREATE  # an empty chunk holds nothing to move
+            continue
+        if sp is not None and tp is not None and (sp["n"], sp["d"]) == (tp["n"], tp["d"]):
+            same = True
+        elif key in content:
+            same = _nd(content[key][0]) == _nd(content[key][1])
+        elif s["kind"] == "chunk" and (s["compressed"] or t["compressed"]):
+            plan.recheck.append(key)
+            continue
+        else:
+            same = False
+        if not same:
+            plan.actions[key] = COPY
+        elif s["kind"] == "chunk" and s["compressed"] != t["compressed"]:
+            plan.actions[key] = COMPRESS if s["compressed"] else DECOMPRESS
+        else:
+            plan.actions[key] = SAME
+    for key in tgt_items:
+        if key not in src_items:
+            plan.actions[key] = DROP
+    plan.recheck.sort()
+    return plan
+
+
+# ---- statements on the target -----------------------------------------------------------------
+
+def copy_out_sql(item: dict, columns: list[str]) -> str:
+    """On the source: the item's rows, as COPY text (a chunk's through its hypertable, decompressed)."""
+    cols = ", ".join(ident(c) for c in columns)
+    if item["kind"] == "chunk":
+        return f"COPY (SELECT {cols} FROM {item['ht_rel']} t WHERE {range_where(item)}) TO STDOUT"
+    return f"COPY (SELECT {cols} FROM ONLY {item['rel']}) TO STDOUT"
+
+
+def find_chunk_sql(ht_schema: str, ht_name: str, start: int, end: int) -> str:
+    """The chunk of hypertable ``ht_schema.ht_name`` with range [start, end), as a regclass (no row when none)."""
+    return ("SELECT format('%I.%I', ch.schema_name, ch.table_name)::regclass AS c FROM _timescaledb_catalog.chunk ch "
+            "JOIN _timescaledb_catalog.hypertable h ON h.id = ch.hypertable_id "
+            "JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id = ch.id "
+            "JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = cc.dimension_slice_id "
+            f"WHERE h.schema_name = {literal(ht_schema)} AND h.table_name = {literal(ht_name)} AND NOT ch.dropped "
+            f"AND ds.range_start = {int(start)} AND ds.range_end = {int(end)}")
+
+
+def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict, columns: list[str]) -> list[str]:
+    """On the target, one transaction: triggers and foreign keys off (``session_replication_role =
+    replica``: the rows are the source's, already checked there), the old rows out, the source's in
+    (COPY FROM STDIN), and a chunk compressed on the source compressed again. ``target_ht``: the
+    target's hypertable of a chunk (``schema``, ``name``)."""
+    cols = ", ".join(ident(c) for c in columns)
+    stmts = ["SET LOCAL session_replication_role = replica"]
+    if src["kind"] == "table":
+        return stmts + [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
+    if action == COPY:
+        if tgt["compressed"]:
+            stmts.append(f"SELECT decompress_chunk({literal(tgt['rel'])}::regclass, if_compressed => true)")
+        stmts += [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
+        if src["compressed"]:
+            stmts.append(f"SELECT compress_chunk({literal(tgt['rel'])}::regclass, if_not_compressed => true)")
+        return stmts
+    # a chunk the target does not have: created with the source's range (and name, when free), filled through its hypertable
+    ht = f"{ident(target_ht['schema'])}.{ident(target_ht['name'])}"
+    slices = json.dumps({target_ht["time_column"]: [int(src["start"]), int(src["end"])]})
+    name = f"{ident(src['schema'])}.{ident(src['name'])}"
+    stmts.append(f"SELECT _timescaledb_functions.create_chunk({literal(ht)}::regclass, {literal(slices)}::jsonb, {literal(src['schema'])}, "
+                 f"CASE WHEN to_regclass({literal(name)}) IS NULL THEN {literal(src['name'])} END)")
+    stmts.append(f"COPY {ht} ({cols}) FROM STDIN")
+    if src["compressed"]:
+        stmts.append(f"SELECT compress_chunk(x.c, if_not_compressed => true) FROM "
+                     f"({find_chunk_sql(target_ht['schema'], target_ht['name'], src['start'], src['end'])}) x")
+    return stmts
+
+
+def state_statements(action: str, tgt: dict) -> list[str]:
+    if action == DROP:
+        return [f"DROP TABLE {tgt['rel']}"]
+    if action == COMPRESS:
+        return [f"SELECT compress_chunk({literal(tgt['rel'])}::regclass, if_not_compressed => true)"]
+    if action == DECOMPRESS:
+        return [f"SELECT decompress_chunk({literal(tgt['rel'])}::regclass, if_compressed => true)"]
+    raise ValueError(action)
+
+
+# ---- sequences, large objects, continuous aggregates' refresh state ---------------------------
+
+def sequence_statements(src_cat: dict, tgt_cat: dict) -> dict[str, str]:
+    """``{sequence key: setval}`` for every sequence whose state differs."""
+    have = {(s["schema"], s["name"]): s for s in tgt_cat.get("sequences") or []}
+    out = {}
+    for s in src_cat.get("sequences") or []:
+        t = have.get((s["schema"], s["name"]))
+        if t is not None and t.get("last_value") == s.get("last_value"):
+            continue
+        rel = literal(f"{ident(s['schema'])}.{ident(s['name'])}")
+        out[f"sequence {s['schema']}.{s['name']}"] = (
+            f"SELECT setval({rel}, {int(s['last_value'])}, true);" if s.get("last_value") is not None
+            else f"SELECT setval({rel}, {int(s['start_value'])}, false);")
+    return out
+
+
+def large_object_diff(src_cat: dict, tgt_cat: dict) -> tuple[list[int], list[int]]:
+    """(oids to copy, oids to remove) on the target."""
+    want = {int(lo["oid"]): lo for lo in src_cat.get("large_objects") or []}
+    have = {int(lo["oid"]): lo for lo in tgt_cat.get("large_objects") or []}
+    copy = sorted(o for o, lo in want.items() if have.get(o) != lo)
+    return copy, sorted(set(have) - set(want))
+
+
+def large_object_sql(oid: int, data_b64: str, owner: str, acl_grants: list[tuple[str, str]], exists: bool) -> str:
+    stmts = [f"SELECT lo_unlink({int(oid)});"] if exists else []
+    stmts.append(f"SELECT lo_from_bytea({int(oid)}, decode({literal(data_b64)}, 'base64'));")
+    stmts.append(f"ALTER LARGE OBJECT {int(oid)} OWNER TO {ident(owner)};")
+    stmts += [f"GRANT {priv} ON LARGE OBJECT {int(oid)} TO {'PUBLIC' if g == 'PUBLIC' else ident(g)};" for g, priv in acl_grants]
+    return "\n".join(stmts)
+
+
+LO_DATA_SQL = ("SELECT json_build_object('data', encode(lo_get({oid}), 'base64'), 'owner', pg_get_userbyid(l.lomowner), "
+               "'grants', (SELECT coalesce(json_agg(json_build_array(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+               "a.privilege_type)), '[]'::json) FROM aclexplode(l.lomacl) a WHERE a.grantee <> l.lomowner)) "
+               "FROM pg_largeobject_metadata l WHERE l.oid = {oid};")
+
+
+def cagg_state(catalog: dict) -> dict:
+    """The refresh state with hypertable ids replaced by keys: comparable between hosts."""
+    key = {h["id"]: h["key"] for h in catalog.get("hypertables") or []}
+    st = catalog.get("cagg_state") or {}
+    out = {}
+    for name, fields in (("thresholds", ("watermark",)), ("watermarks", ("watermark",)),
+                         ("hypertable_log", ("low", "high")), ("materialization_log", ("low", "high"))):
+        out[name] = sorted([key.get(r["id"], f"id {r['id']}")] + [r[f] for f in fields] for r in st.get(name) or [])
+    return out
+
+
+def cagg_state_sql(src_cat: dict, tgt_cat: dict) -> list[str]:
+    """Statements that give the target the source's refresh state (its own hypertable ids)."""
+    ids = {h["key"]: int(h["id"]) for h in tgt_cat.get("hypertables") or []}
+    want = cagg_state(src_cat)
+    tables = {"thresholds": ("continuous_aggs_invalidation_threshold", "hypertable_id", ("watermark",)),
+              "watermarks": ("continuous_aggs_watermark", "mat_hypertable_id", ("watermark",)),
+              "hypertable_log": ("continuous_aggs_hypertable_invalidation_log", "hypertable_id",
+                                 ("lowest_modified_value", "greatest_modified_value")),
+              "materialization_log": ("continuous_aggs_materialization_invalidation_log", "materialization_id",
+                                      ("lowest_modified_value", "greatest_modified_value"))}
+    stmts = []
+    for name, (table, idcol, cols) in tables.items():
+        stmts.append(f"DELETE FROM _timescaledb_catalog.{table};")
+        for row in want[name]:
+            if row[0] not in ids:
+                raise ValueError(f"the target has no hypertable {row[0]} for {table}")
+            stmts.append(f"INSERT INTO _timescaledb_catalog.{table} ({idcol}, {', '.join(cols)}) VALUES "
+                         f"({ids[row[0]]}, {', '.join(str(int(v)) for v in row[1:])});")
+    return stmts
+
+
+def rename_statements(src_items: dict, tgt_items: dict) -> list[str]:
+    """Matched chunks (and their compressed chunks) get the source's names: verify compares chunks'
+    grants and rows by name. Two steps (temporary names first), so names may swap without collisions."""
+    moves = []
+    for key, s in src_items.items():
+        t = tgt_items.get(key)
+        if s["kind"] != "chunk" or t is None:
+            continue
+        if t["name"] != s["name"]:
+            moves.append((t["schema"], t["name"], s["name"]))
+        if s["compressed"] and t["compressed"] and t["compressed_name"] != s["compressed_name"]:
+            moves.append((t["compressed_schema"], t["compressed_name"], s["compressed_name"]))
+    first = [f"ALTER TABLE {ident(sch)}.{ident(old)} RENAME TO {ident(f'trackerdb_rename_{i}')};" for i, (sch, old, _) in enumerate(moves)]
+    second = [f"ALTER TABLE {ident(sch)}.{ident(f'trackerdb_rename_{i}')} RENAME TO {ident(new)};" for i, (sch, _, new) in enumerate(moves)]
+    return first + second
