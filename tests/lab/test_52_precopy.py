@@ -31,7 +31,7 @@ from trackerdb.cutover.ops import run_cutover
 from trackerdb.cutover.rollback import run_rollback
 from trackerdb.remote import Remote
 
-from .test_50_cutover import Killed, ensure_app_password_on_source, kill_when, query_json, run_sql
+from .test_50_cutover import Killed, ensure_app_password_on_source, query_json, run_sql
 
 pytestmark = [pytest.mark.lab]
 
