@@ -125,16 +125,20 @@ class WriterProc:
 
 def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
                   progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None,
-                  volume_gb: int = DEFAULT_VOLUME_GB) -> dict:
+                  volume_gb: int = DEFAULT_VOLUME_GB, calibrate_scale: float | None = None) -> dict:
     """Run the rehearsal; returns {"passed", "verdict", "report_json", "report_html", "report"}.
 
     ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
-    written on the target after the switch.
+    written on the target after the switch. ``calibrate_scale`` (default ``calibrate.DEFAULT_SCALE``,
+    0 for none) is the scale of the calibration copy whose data phases give the projection's fit.
     """
-    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb)
+    from .calibrate import DEFAULT_SCALE as CAL_SCALE
+
+    cal = CAL_SCALE if calibrate_scale is None else float(calibrate_scale)
+    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb, cal)
 
 
-def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) -> dict:
+def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, cal_scale=0.0) -> dict:
     from trackerdb.settings import Settings, lab_name as _lab_name
 
     say = progress or (lambda m: print(m, flush=True))
@@ -236,6 +240,13 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
                 result["errors"].append(f"rollback: rows not replayed {rb['not_replayed']}")
             result["verification"].append(rollback_check(rb, (result.get("writer") or {}).get("acked_by_target")))
         result["journals"] += split_journal(_journal_records(journal_path))
+        if cal_scale > 0:
+            from .calibrate import calibrate
+
+            started = time.time()
+            say(f"[calibration] the data phases again on a scale-{cal_scale:g} copy (for the projection's fit)")
+            result["calibration"] = [calibrate(settings, run_dir, cal_scale, say=say)]
+            say(f"[calibration] ok in {time.time() - started:.1f}s: {result['calibration'][0]['phases']}")
     except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
         if isinstance(exc, OpsError):
             result["errors"].append(exc.one_line())
