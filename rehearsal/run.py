@@ -153,6 +153,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
                     "journals": [], "errors": []}
     settings = None
     writer_ctl = None
+    cal_prep = None
     try:
         st = lab_api.status(name)
         if st.get("up"):
@@ -172,6 +173,10 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(
                 dataset.facts(src, settings.source_port)))
         result["sizes"] = {"source_db_bytes": ds["bytes"]}
+        if cal_scale > 0:
+            from .calibrate import Background, prepare
+
+            cal_prep = Background(prepare, settings, cal_scale, say=say)
         clock.step("lab.app-login", lab_app_login_on_source, settings)
         result["meta"]["dataset_rows"] = ds["rows"]
 
@@ -198,6 +203,10 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port, dataset.TABLES)
             return facts | {"rehearsal_counts": counts}
 
+        if cal_prep is not None:
+            started = time.time()
+            result["meta"]["calibration_copy"] = cal_prep.join()
+            say(f"[calibration] copy ready (waited {time.time() - started:.1f}s for it before the cutover)")
         if _writer_available():
             say("starting the live writer (lab/writer.py) through the switchable endpoint")
             writer_ctl = WriterProc(run_dir, say, env)
@@ -245,7 +254,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
 
             started = time.time()
             say(f"[calibration] the data phases again on a scale-{cal_scale:g} copy (for the projection's fit)")
-            result["calibration"] = [calibrate(settings, run_dir, cal_scale, say=say)]
+            result["calibration"] = [calibrate(settings, run_dir, result["meta"]["calibration_copy"], say=say)]
             say(f"[calibration] ok in {time.time() - started:.1f}s: {result['calibration'][0]['phases']}")
     except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
         if isinstance(exc, OpsError):
@@ -267,6 +276,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
     finally:
         if writer_ctl is not None:
             writer_ctl.stop()
+        if cal_prep is not None and cal_prep.thread.is_alive():
+            cal_prep.thread.join()  # the lab is not taken down under a running generation
     result["finished"] = time.time()
     paths = write_reports(result, settings, say)
     if not keep_lab:

@@ -306,7 +306,8 @@ def project(phases: list[dict], window: dict | None, db_bytes: int | None,
         "assumptions": fitted.get("assumptions", []) + [
             f"production tracker database = {human_bytes(prod_bytes)} (runbook: ~11 GB, counted in GiB to err long)",
             f"measured database = {human_bytes(db_bytes)} (pg_database_size on the source at the rehearsal)",
-            "upper bound (the window to book): dump, restore and verify grow linearly with database size, their "
+            ("linear range, for comparison only" if fitted else "upper bound (the window to book)")
+            + ": dump, restore and verify grow linearly with database size, their "
             "fixed start-up cost scaled too, which errs long; every other phase in the outage window is a fixed cost",
             f"floor: each data phase's measured time is fixed cost, plus the production bytes at the gp3 baseline "
             f"({human_bytes(cap_bps)}/s), the fastest the data volume allows",
