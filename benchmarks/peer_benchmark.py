@@ -73,7 +73,10 @@ def runbook_way(settings, src, tgt, work: Path) -> dict:
     say(f"(a) runbook pg_dump: {t_dump}s, {size >> 20} MiB")
     local = work / "runbook" / f"{settings.database}.dump"
     local.parent.mkdir(parents=True, exist_ok=True)
-    remote_dump = f"{settings.data_mount}/bench-runbook.dump"
+    from trackerdb.migrate.restore_plan import upload_dir
+
+    # inside our upload directory: _upload makes the file's directory its own (setgid, the SSH user's)
+    remote_dump = f"{upload_dir(settings.data_mount)}/bench-runbook.dump"
     t0 = time.monotonic()
     with open(local, "wb") as sink:
         res = src.stream_stdout(f"sudo cat {dump}", sink)
@@ -119,21 +122,23 @@ def fetch_pgcopydb_debs() -> list[Path]:
     return sorted(DEB_CACHE.glob("*.deb"))
 
 
-def install_pgcopydb(tgt) -> str:
+def install_pgcopydb(settings, tgt) -> str:
     if tgt.run(["sh", "-c", "command -v pgcopydb"], check=False).ok:
-        return tgt.run(["pgcopydb", "--version"], check=False).stdout.strip().splitlines()[-1:][0]
+        return tgt.run(["pgcopydb", "--version"], check=False).stdout.strip().splitlines()[0]
     debs = fetch_pgcopydb_debs()
     tgt.run(["install", "-d", "-m", "0755", "/tmp/bench-debs"], sudo=True)
-    for d in debs:
-        tgt.put(str(d), f"/tmp/{d.name}")
-        tgt.run(["mv", f"/tmp/{d.name}", f"/tmp/bench-debs/{d.name}"], sudo=True)
+    # a connection of its own: an earlier resumable upload closed the shared one's SFTP session
+    with Remote(settings.target) as up:
+        for d in debs:
+            up.put(str(d), f"/tmp/{d.name}")
+            up.run(["mv", f"/tmp/{d.name}", f"/tmp/bench-debs/{d.name}"], sudo=True)
     tgt.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
              *[f"/tmp/bench-debs/{d.name}" for d in debs]], sudo=True, timeout=600)
-    return tgt.run(["pgcopydb", "--version"], check=False).stdout.strip().splitlines()[-1:][0]
+    return tgt.run(["pgcopydb", "--version"], check=False).stdout.strip().splitlines()[0]
 
 
 def pgcopydb_way(settings, src, tgt, jobs: int) -> dict:
-    version = install_pgcopydb(tgt)
+    version = install_pgcopydb(settings, tgt)
     say(f"(b) {version or 'pgcopydb'} on {tgt.name}")
     password = pysecrets.token_urlsafe(24)
     secret = Secret(pc.COPY_ROLE, password)
@@ -154,17 +159,17 @@ def pgcopydb_way(settings, src, tgt, jobs: int) -> dict:
         pt.run("SELECT timescaledb_pre_restore();", pc.PGCOPYDB_DB)
         argv = pc.pgcopydb_clone_argv(pc.pg_uri(settings.source.address, settings.source_port, settings.database, pc.COPY_ROLE),
                                       pc.socket_uri(pc.PGCOPYDB_DB, settings.pg_port), work_dir, jobs)
-        line = f"export PATH={settings.pg_bin}:$PATH; " + pc.pgcopydb_script(argv, pgpass)
+        line = f"export PATH={settings.pg_bin}:$PATH; " + pc.pgcopydb_script(argv, pgpass, f"{work_dir}.log")
         r = tgt.run(["bash", "-c", line], user="postgres", check=False, timeout=7200)
         t_clone = round(time.monotonic() - t0, 2)
         pt.run("SELECT timescaledb_post_restore();", pc.PGCOPYDB_DB)
         total = round(time.monotonic() - t0, 2)
-        tail = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-12:]
+        tail = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][:80]
         say(f"(b) pgcopydb clone exit {r.exit_code} in {t_clone}s")
         return {"version": version, "clone_s": t_clone, "total_s": total, "exit": r.exit_code, "jobs": jobs,
                 "log_tail": tail, "steps": _pgcopydb_steps(r.stdout)}
     finally:
-        tgt.run(["rm", "-rf", pgpass, work_dir], sudo=True, check=False)
+        tgt.run(["rm", "-rf", pgpass, work_dir, f"{work_dir}.log"], sudo=True, check=False)
         ps.run(f"DROP ROLE IF EXISTS {pc.COPY_ROLE};", check=False)
 
 
@@ -173,6 +178,19 @@ def _pgcopydb_steps(log: str) -> list[str]:
     lines = log.splitlines()
     start = next((i for i, ln in enumerate(lines) if "Step" in ln and "Duration" in ln), None)
     return [ln.strip() for ln in lines[start:start + 16]] if start is not None else []
+
+
+def parallel_dump(settings, src, jobs: int) -> dict:
+    """Only timed: pg_dump -Fd -j on the source (the step a directory-format pipeline would change)."""
+    d = f"/var/tmp/bench-dumpfd-{uuid.uuid4().hex[:8]}"
+    try:
+        _, secs = timed(src.run, pc.parallel_dump_argv(settings.pg_bin, settings.database, d, jobs, settings.source_port),
+                        user="postgres", timeout=7200)
+        size = int(src.run(["du", "-sb", d], sudo=True).stdout.split()[0])
+    finally:
+        src.run(["rm", "-rf", d], sudo=True, check=False)
+    say(f"(e) pg_dump -Fd -j {jobs}: {secs}s, {size >> 20} MiB")
+    return {"dump_s": secs, "jobs": jobs, "bytes": size}
 
 
 # ---- (c) and (d) ------------------------------------------------------------------------------
@@ -207,7 +225,7 @@ def our_window(lab_name: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", required=True, help="local directory for the dumps fetched through this machine")
-    ap.add_argument("--skip", action="append", default=[], choices=["runbook", "pgcopydb", "ours", "window"])
+    ap.add_argument("--skip", action="append", default=[], choices=["runbook", "pgcopydb", "ours", "window", "dumpfd"])
     ap.add_argument("--drop-own-dbs", action="store_true", help=f"drop {pc.RUNBOOK_DB} and {pc.PGCOPYDB_DB} at the end")
     ap.add_argument("--json-out", help="write the results here too")
     args = ap.parse_args(argv)
@@ -227,17 +245,24 @@ def main(argv=None) -> int:
         db_bytes = int(Psql(src, settings.source_port).value(f"SELECT pg_database_size('{settings.database}');"))
         jobs = restore_jobs(int(tgt.run(["nproc"]).stdout.strip()))
         say(f"source {settings.database}: {db_bytes / 1024**3:.2f} GiB; parallelism {jobs}; checksumming the source")
-        expected = dataset.checksums(src, settings.source_port, settings.database)
+        copies = {"runbook", "pgcopydb", "ours"} - set(args.skip)
+        expected = dataset.checksums(src, settings.source_port, settings.database) if copies else {}
         out["meta"] = {"db_bytes": db_bytes, "jobs": jobs}
-        if "runbook" not in args.skip:
-            out["runbook"] = runbook_way(settings, src, tgt, work)
-            out["runbook"]["check"] = same_as_source(settings, src, tgt, pc.RUNBOOK_DB, expected)
-        if "pgcopydb" not in args.skip:
-            out["pgcopydb"] = pgcopydb_way(settings, src, tgt, jobs)
-            out["pgcopydb"]["check"] = same_as_source(settings, src, tgt, pc.PGCOPYDB_DB, expected)
-        if "ours" not in args.skip:
-            out["ours"] = our_restore(settings, work)
-            out["ours"]["check"] = same_as_source(settings, src, tgt, settings.database, expected)
+        for key, fn, db in (("runbook", lambda: runbook_way(settings, src, tgt, work), pc.RUNBOOK_DB),
+                            ("pgcopydb", lambda: pgcopydb_way(settings, src, tgt, jobs), pc.PGCOPYDB_DB),
+                            ("ours", lambda: our_restore(settings, work), settings.database)):
+            if key in args.skip:
+                continue
+            try:
+                out[key] = fn()
+                out[key]["check"] = same_as_source(settings, src, tgt, db, expected)
+            except Exception as exc:  # noqa: BLE001 - one peer failing must not hide the others' figures
+                msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+                say(f"({key}) failed: {msg[:400]}")
+                out[key] = {"error": msg[:1000], "check": {"ok": False, "differ": ["not completed"]}}
+            say(f"({key}) check against the source: {out[key]['check']}")
+        if "dumpfd" not in args.skip:
+            out["dumpfd"] = parallel_dump(settings, src, jobs)
         if args.drop_own_dbs:
             for db in (pc.RUNBOOK_DB, pc.PGCOPYDB_DB):
                 Psql(tgt, settings.pg_port).run(f"DROP DATABASE IF EXISTS {db};")
@@ -253,6 +278,7 @@ def main(argv=None) -> int:
 def summary(out: dict) -> str:
     a, b, c, d = (out.get(k) or {} for k in ("runbook", "pgcopydb", "ours", "window"))
     ok = lambda r: "" if (r.get("check") or {}).get("ok", True) else " (WRONG RESULT)"  # noqa: E731
+    a, b, c = (r if "error" not in r else {} for r in (a, b, c))
     e2e = {f"(a) runbook dump+transfer+restore{ok(a)}": sum(a[k] for k in ("dump_s", "transfer_s", "restore_s")) if a else None,
            f"(b) pgcopydb clone (+pre/post_restore){ok(b)}": b.get("total_s") if b else None,
            f"(c) ours dump+restore{ok(c)}": c["dump_s"] + c["restore_s"] if c else None}
@@ -263,6 +289,8 @@ def summary(out: dict) -> str:
                                                            "ours restore (upload..ANALYZE)": c["restore_s"],
                                                            "runbook transfer+restore": a["transfer_s"] + a["restore_s"]},
                                                           "ours dump")))
+    if out.get("dumpfd") and c:
+        text.append(f"(e) pg_dump -Fd -j {out['dumpfd']['jobs']}: {out['dumpfd']['dump_s']} s against our -Fc dump {c['dump_s']} s")
     if d:
         text.append(f"(d) our window (freeze -> switch, journal): {d.get('window_s')} s; writer-measured outage "
                     f"{d.get('writer_outage_s')} s; rehearsal {d.get('verdict')}; its 11 GB planning figure "

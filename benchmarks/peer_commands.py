@@ -30,6 +30,11 @@ def runbook_restore_steps(database: str, pg_bin: str, dump_file: str, port: int)
     ]
 
 
+def parallel_dump_argv(pg_bin: str, database: str, out_dir: str, jobs: int, port: int) -> list[str]:
+    """What the peers do faster: ``pg_dump -Fd -j N`` (one worker per table; chunks are tables)."""
+    return [f"{pg_bin}/pg_dump", "-Fd", "-j", str(int(jobs)), f"--file={out_dir}", "-p", str(port), database]
+
+
 # ---- (b) pgcopydb clone ----------------------------------------------------------------------
 def pgcopydb_clone_argv(source_uri: str, target_uri: str, work_dir: str, jobs: int) -> list[str]:
     """``pgcopydb clone`` with the parallelism our restore uses for tables, indexes and pg_restore.
@@ -55,9 +60,12 @@ def pgpass_line(host: str, port: int, database: str, user: str, password: str) -
     return ":".join(esc) + "\n"
 
 
-def pgcopydb_script(argv: list[str], pgpass_file: str) -> str:
-    """The bash line that runs pgcopydb as postgres with the password file; its last 60 lines of output."""
-    return f"set -o pipefail; export PGPASSFILE={shlex.quote(pgpass_file)}; {shlex.join(argv)} 2>&1 | tail -n 60"
+def pgcopydb_script(argv: list[str], pgpass_file: str, log_file: str) -> str:
+    """The bash line that runs pgcopydb as postgres with the password file: its errors and warnings,
+    then the last lines of its log (its summary table), and its exit status."""
+    log = shlex.quote(log_file)
+    return (f"export PGPASSFILE={shlex.quote(pgpass_file)}; {shlex.join(argv)} > {log} 2>&1; rc=$?; "
+            f"grep -E ' (ERROR|FATAL|WARN) ' {log} | head -n 40; echo ----; tail -n 30 {log}; exit $rc")
 
 
 def apt_options(state_dir: str, mirror: str, suite: str = "trixie") -> tuple[str, list[str]]:

@@ -29,8 +29,9 @@ def test_pgcopydb_gets_our_parallelism_everywhere_and_no_password():
         assert argv[argv.index(flag) + 1] == "2"
     assert argv[argv.index("--source") + 1] == "postgresql://bench_pgcopydb@10.0.0.11:5432/tracker"
     assert argv[argv.index("--target") + 1] == "postgresql://postgres@/bench_pgcopydb?host=/var/run/postgresql&port=5432"
-    line = pc.pgcopydb_script(argv, "/var/lib/postgresql/.pgpass x")
-    assert "PGPASSFILE='/var/lib/postgresql/.pgpass x'" in line and "pipefail" in line
+    line = pc.pgcopydb_script(argv, "/var/lib/postgresql/.pgpass x", "/data/w.log")
+    assert "PGPASSFILE='/var/lib/postgresql/.pgpass x'" in line and "> /data/w.log 2>&1" in line
+    assert line.endswith("exit $rc")
 
 
 def test_pgpass_escapes_colons_and_backslashes():
@@ -59,3 +60,8 @@ def test_window_is_freeze_start_to_switch_end_from_the_journal():
                {"phase": "switch", "event": "end", "start": 150.0, "end": 155.5}]
     assert pc.window_seconds(journal) == 55.5
     assert pc.window_seconds(journal[:2]) is None
+
+
+def test_the_parallel_dump_is_directory_format_with_jobs():
+    argv = pc.parallel_dump_argv("/b", "tracker", "/var/tmp/d", 2, 5432)
+    assert argv[:4] == ["/b/pg_dump", "-Fd", "-j", "2"] and "--file=/var/tmp/d" in argv and argv[-1] == "tracker"
