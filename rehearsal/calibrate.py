@@ -1,12 +1,13 @@
 """The rehearsal's calibration: the cutover's data phases measured again on a copy of another size.
 
-One cutover at one size cannot split a data phase into a fixed cost and a per-byte cost. So after
-the cutover (off its window, the writer stopped) the rehearsal generates a second tracker database
-on the source, ``tracker_calib``, shaped like the real one (hypertables with compressed chunks,
-PostGIS, continuous aggregates, indexes, privileges) at a different scale, and runs the same
-production code on it that the cutover's data phases run: the detached dump and its fetch, the
-restore (staging database renamed into place), and verify against the manifest and live against
-the source. Each phase's wall time is one more point for ``trackerdb.rehearse.fit``.
+One cutover at one size cannot split a data phase into a fixed cost and a per-byte cost. So the
+rehearsal generates a second tracker database on the source, ``tracker_calib``, shaped like the
+real one (hypertables with compressed chunks, PostGIS, continuous aggregates, indexes, privileges)
+at a different scale (``prepare``: in a thread while provisioning works on the target, joined before
+the cutover starts), and after the cutover (off its window, the writer stopped) runs the same
+production code on it that the cutover's data phases run (``calibrate``): the detached dump and its
+fetch, the restore (staging database renamed into place), and verify against the manifest and live
+against the source. Each phase's wall time is one more point for ``trackerdb.rehearse.fit``.
 
 Lab only: it refuses Settings that are not the lab's. It drops nothing: ``tracker_calib`` stays on
 both hosts (the lab goes down after the rehearsal); a lab that already holds the calibration copy
@@ -26,9 +27,9 @@ from trackerdb.errors import OpsError
 from trackerdb.remote import Remote
 
 CALIB_DB = "tracker_calib"
-#: ~330 MiB with the Timescale-licensed dataset (15x the default rehearsal's 22 MiB, a thirty-fourth of
-#: production): large enough that restore's per-byte cost shows (a ~100 MiB copy restores from cache
-#: and under-states it by half); generated while provisioning runs, measured in ~60 s on 2 cores.
+#: ~320 MiB with the Timescale-licensed dataset (15x the default rehearsal's 22 MiB, a 35th of
+#: production): far enough from the run's own size that the per-byte cost stands out of the timing
+#: noise (a 96 MiB copy left a +-72 % uncertainty, this one +-10 %); measured in ~77 s on 2 loaded cores.
 DEFAULT_SCALE = 100.0
 
 

@@ -14,7 +14,7 @@ from trackerdb.cli.common import elapsed_progress, ops_task, out
             "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
             "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
             "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
-            "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~330 MiB, ~60 s; 0 = none)",
+            "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, ~80 s; 0 = none)",
             "json": "print the result as JSON"})
 @ops_task
 def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8, calibrate=None, json=False):
