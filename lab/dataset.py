@@ -55,14 +55,14 @@ def _error_line(stderr: str) -> str:
 
 
 def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, timeout: float | None = None,
-        timescaledb_version: str | None = None) -> dict:
+        timescaledb_version: str | None = None, database: str = DB) -> dict:
     """Generate the dataset on ``remote`` (a trackerdb.remote.Remote or LocalHost) through psql.
 
     Returns ``{"rows": {table: n}, "bytes": pg_database_size, "seconds": float, "scale", "seed"}``.
     Raises OpsError if the tracker database already holds data (nothing changed then) or the
     counts differ from `expected_counts`.
     """
-    sql = generate_sql(scale, seed, timescaledb_version=timescaledb_version)
+    sql = generate_sql(scale, seed, timescaledb_version=timescaledb_version, database=database)
     started = time.monotonic()
     res = Psql(remote, port).run(sql, check=False, timeout=timeout)
     seconds = time.monotonic() - started
@@ -73,7 +73,7 @@ def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, tim
                            hint="the generator never drops data: use a fresh cluster, or drop that database yourself if it is disposable")
         raise HostError(f"{remote.name}: dataset generation failed (psql exit {res.exit_code}): {msg}",
                         hint="check that postgresql, postgis and timescaledb (in shared_preload_libraries) are installed and running")
-    rows = facts(remote, port)
+    rows = facts(remote, port, database)
     result = {"rows": rows["rows"], "bytes": rows["bytes"], "seconds": round(seconds, 2), "scale": scale, "seed": seed}
     expected = expected_counts(scale)
     if rows["rows"] != expected:
@@ -82,10 +82,10 @@ def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, tim
     return result
 
 
-def facts(remote, port: int = LAB_PORT) -> dict:
-    """Rows per generated table and pg_database_size of the tracker database."""
-    sql = f"{COUNT_SQL} UNION ALL SELECT 'bytes', pg_database_size('{DB}');"
-    res = Psql(remote, port).run(sql, DB)
+def facts(remote, port: int = LAB_PORT, database: str = DB) -> dict:
+    """Rows per generated table and pg_database_size of the tracker database (or ``database``)."""
+    sql = f"{COUNT_SQL} UNION ALL SELECT 'bytes', pg_database_size('{database}');"
+    res = Psql(remote, port).run(sql, database)
     out = dict(line.split("|") for line in res.stdout.strip().splitlines())
     return {"rows": {t: int(out[t]) for t in TABLES}, "bytes": int(out["bytes"])}
 

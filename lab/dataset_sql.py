@@ -31,13 +31,17 @@ from .dataset_shape import (  # noqa: F401
 
 
 def generate_sql(scale: float = 1.0, seed: int = 42, *, timescale_features: bool = True,
-                 timescaledb_version: str | None = None) -> str:
+                 timescaledb_version: str | None = None, database: str = DB) -> str:
     """The psql script (run as postgres: ``psql -X -v ON_ERROR_STOP=1 -d postgres``).
 
     ``timescale_features`` adds a block that creates a continuous aggregate and compression only
     when the server runs the Timescale-licensed edition; the Apache edition skips it at run time.
+    ``database`` names the database (the schema stays ``tracker``): the rehearsal's calibration copy
+    is generated next to the real one.
     """
     _check(scale, seed)
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
+        raise OpsError(f"database name {database!r} is not a plain lower-case identifier", hint="e.g. tracker_calib")
     sz = sizes(scale)
     rnd = _Rnd(seed)
     dkey, gkey, ekey = "g", "g + 500000000", "d.id::bigint * 100000 + n"
@@ -56,9 +60,9 @@ SET client_min_messages = warning;
 SET statement_timeout = 0;
 
 -- 1. Refuse a tracker database that already has relations (checked before any change).
-SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{DB}') AS tracker_db_exists \\gset
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{database}') AS tracker_db_exists \\gset
 \\if :tracker_db_exists
-\\c {DB}
+\\c {database}
 SET client_min_messages = warning;
 DO $check$
 DECLARE n bigint;
@@ -94,15 +98,15 @@ COMMENT ON ROLE {OWNER} IS 'Owner of the tracker database and the application lo
 COMMENT ON ROLE {READONLY} IS 'Read-only access to the tracker schema (grant it to reporting logins)';
 
 -- 3. The database.
-SELECT 'CREATE DATABASE {DB} OWNER {OWNER} ENCODING ''UTF8'' TEMPLATE template0'
-WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{DB}') \\gexec
-ALTER DATABASE {DB} OWNER TO {OWNER};
-REVOKE ALL ON DATABASE {DB} FROM PUBLIC;
-GRANT CONNECT, TEMPORARY ON DATABASE {DB} TO {OWNER};
-GRANT CONNECT ON DATABASE {DB} TO {READONLY};
-COMMENT ON DATABASE {DB} IS 'GPS tracker positions and events (generated dataset, scale {scale!r}, seed {seed})';
+SELECT 'CREATE DATABASE {database} OWNER {OWNER} ENCODING ''UTF8'' TEMPLATE template0'
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{database}') \\gexec
+ALTER DATABASE {database} OWNER TO {OWNER};
+REVOKE ALL ON DATABASE {database} FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {OWNER};
+GRANT CONNECT ON DATABASE {database} TO {READONLY};
+COMMENT ON DATABASE {database} IS 'GPS tracker positions and events (generated dataset, scale {scale!r}, seed {seed})';
 
-\\c {DB}
+\\c {database}
 SET client_min_messages = warning;
 SET statement_timeout = 0;
 SET timezone = 'UTC';
@@ -321,11 +325,11 @@ ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA tracker GRANT SELECT ON TABL
 ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA tracker GRANT SELECT ON SEQUENCES TO {READONLY};
 
 -- 9. Database-level settings (pg_dump without --create leaves these out).
-ALTER DATABASE {DB} SET timezone = 'UTC';
-ALTER DATABASE {DB} SET statement_timeout = '15min';
-ALTER DATABASE {DB} SET idle_in_transaction_session_timeout = '10min';
-ALTER DATABASE {DB} SET search_path = "$user", public, tracker;
-ALTER DATABASE {DB} SET tracker.app_name = 'tracker-api';
+ALTER DATABASE {database} SET timezone = 'UTC';
+ALTER DATABASE {database} SET statement_timeout = '15min';
+ALTER DATABASE {database} SET idle_in_transaction_session_timeout = '10min';
+ALTER DATABASE {database} SET search_path = "$user", public, tracker;
+ALTER DATABASE {database} SET tracker.app_name = 'tracker-api';
 {privileges_block()}
 ANALYZE tracker.devices, tracker.geofences, tracker.device_geofences,
         tracker.location_reports, tracker.device_events;

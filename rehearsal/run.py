@@ -125,16 +125,20 @@ class WriterProc:
 
 def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
                   progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None,
-                  volume_gb: int = DEFAULT_VOLUME_GB) -> dict:
+                  volume_gb: int = DEFAULT_VOLUME_GB, calibrate_scale: float | None = None) -> dict:
     """Run the rehearsal; returns {"passed", "verdict", "report_json", "report_html", "report"}.
 
     ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
-    written on the target after the switch.
+    written on the target after the switch. ``calibrate_scale`` (default ``calibrate.DEFAULT_SCALE``,
+    0 for none) is the scale of the calibration copy whose data phases give the projection's fit.
     """
-    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb)
+    from .calibrate import DEFAULT_SCALE as CAL_SCALE
+
+    cal = CAL_SCALE if calibrate_scale is None else float(calibrate_scale)
+    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb, cal)
 
 
-def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) -> dict:
+def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, cal_scale=0.0) -> dict:
     from trackerdb.settings import Settings, lab_name as _lab_name
 
     say = progress or (lambda m: print(m, flush=True))
@@ -149,6 +153,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
                     "journals": [], "errors": []}
     settings = None
     writer_ctl = None
+    cal_prep = None
     try:
         st = lab_api.status(name)
         if st.get("up"):
@@ -168,6 +173,10 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
             ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(
                 dataset.facts(src, settings.source_port)))
         result["sizes"] = {"source_db_bytes": ds["bytes"]}
+        if cal_scale > 0:
+            from .calibrate import Background, prepare
+
+            cal_prep = Background(prepare, settings, cal_scale, say=say)
         clock.step("lab.app-login", lab_app_login_on_source, settings)
         result["meta"]["dataset_rows"] = ds["rows"]
 
@@ -194,6 +203,10 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
             counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port, dataset.TABLES)
             return facts | {"rehearsal_counts": counts}
 
+        if cal_prep is not None:
+            started = time.time()
+            result["meta"]["calibration_copy"] = cal_prep.join()
+            say(f"[calibration] copy ready (waited {time.time() - started:.1f}s for it before the cutover)")
         if _writer_available():
             say("starting the live writer (lab/writer.py) through the switchable endpoint")
             writer_ctl = WriterProc(run_dir, say, env)
@@ -244,6 +257,13 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
             say("[cutover-finish] ending the rollback window: the capture slot is dropped")
             result["finish"] = lossless.finish(settings, journal_path, progress=say)
         result["journals"] += split_journal(_journal_records(journal_path))
+        if cal_scale > 0:
+            from .calibrate import calibrate
+
+            started = time.time()
+            say(f"[calibration] the data phases again on a scale-{cal_scale:g} copy (for the projection's fit)")
+            result["calibration"] = [calibrate(settings, run_dir, result["meta"]["calibration_copy"], say=say)]
+            say(f"[calibration] ok in {time.time() - started:.1f}s: {result['calibration'][0]['phases']}")
     except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
         if isinstance(exc, OpsError):
             result["errors"].append(exc.one_line())
@@ -264,6 +284,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb) ->
     finally:
         if writer_ctl is not None:
             writer_ctl.stop()
+        if cal_prep is not None and cal_prep.thread.is_alive():
+            cal_prep.thread.join()  # the lab is not taken down under a running generation
     result["finished"] = time.time()
     paths = write_reports(result, settings, say)
     if not keep_lab:

@@ -14,9 +14,10 @@ from trackerdb.cli.common import elapsed_progress, ops_task, out
             "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
             "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
             "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
+            "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, ~80 s; 0 = none)",
             "json": "print the result as JSON"})
 @ops_task
-def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8, json=False):
+def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8, calibrate=None, json=False):
     """Rehearse the cutover on the lab end to end and write report.json + report.html.
 
     Brings the lab up if it is not (the source gets the tracker dataset at --scale), then runs the
@@ -28,7 +29,8 @@ def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8
     from .run import run_rehearsal
 
     res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else elapsed_progress(),
-                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=int(volume_gb))
+                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=int(volume_gb),
+                        calibrate_scale=None if calibrate is None else float(calibrate))
     if json:
         print(_json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2, default=str))
     else:
@@ -37,7 +39,12 @@ def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8
             out.print(f"measured outage: {rep['outage']['duration_s']:.1f} s ({rep['outage']['source']})")
         if rep.get("projection"):
             p = rep["projection"]
-            out.print(f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the upper bound)")
+            if p.get("fit"):
+                out.print(f"planning outage at 11 GB: {p['planning_outage_s']:.0f} s +/- {p['uncertainty_s']:.0f} s "
+                          f"(fixed + per-byte fit, {p['fit']['sigmas']:g} sigma; linear range {p['floor_outage_s']:.0f}-"
+                          f"{p['projected_outage_s']:.0f} s)")
+            else:
+                out.print(f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the upper bound)")
         out.print(f"report: {res['report_html']}")
         out.print(f"report: {res['report_json']}")
         out.print(f"copy:   {res['copy_dir']}/report.html")

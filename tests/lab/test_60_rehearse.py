@@ -8,6 +8,7 @@ module always takes it down.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-NAME = "rehearse-ci"
+# the instance this module brings up; TRACKERDB_REHEARSE_LAB gives a developer's run its own name
+NAME = os.environ.get("TRACKERDB_REHEARSE_LAB", "rehearse-ci")
 SCALE = 0.5
 
 
@@ -67,6 +69,24 @@ def test_rehearsal_passes_and_writes_both_reports(rehearsal):
     html = Path(res["report_html"]).read_text()
     assert "outage" in html and "<svg" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html), "the report must be self-contained"
+
+
+def test_the_projection_is_fitted_over_two_sizes_of_the_same_data_phases(rehearsal):
+    res, _, _ = rehearsal
+    rep = res["report"]
+    cal = rep["calibration"]
+    assert len(cal) == 1 and cal[0]["db_bytes"] > 5 * rep["sizes"]["source_db_bytes"], cal
+    proj = rep["projection"]
+    fitted = {p["phase"]: p for p in proj["fit"]["phases"]}
+    assert set(fitted) == {"dump", "restore", "verify"}
+    for name, p in fitted.items():
+        sizes = sorted(x for x, _ in p["points"])
+        assert sizes == sorted([rep["sizes"]["source_db_bytes"], cal[0]["db_bytes"]]), name
+        assert p["fixed_s"] is not None and p["per_gib_s"] is not None, name
+    # the restore's own time grows with the copy's size (the calibration measured real work)
+    assert cal[0]["phases"]["restore"] > dict((x, y) for x, y in fitted["restore"]["points"])[rep["sizes"]["source_db_bytes"]]
+    assert 0 < proj["uncertainty_s"] < proj["planning_outage_s"] < proj["projected_outage_s"]
+    assert "planning outage at 11 GB" in Path(res["report_html"]).read_text()
 
 
 def test_row_counts_in_the_report_match_the_hosts(rehearsal):

@@ -248,3 +248,25 @@ def test_extension_version_is_pinned_when_given():
     assert "CREATE EXTENSION IF NOT EXISTS timescaledb VERSION '2.18.2';" in dataset.generate_sql(1, 42, timescaledb_version="2.18.2")
     with pytest.raises(OpsError, match="x.y.z"):
         dataset.generate_sql(1, 42, timescaledb_version="2.18'; DROP")
+
+
+def test_the_calibration_copy_gets_its_own_database_and_keeps_the_tracker_schema():
+    from lab.dataset_sql import generate_sql
+
+    sql = generate_sql(2.0, 42, database="tracker_calib")
+    assert "\\c tracker_calib" in sql and "CREATE DATABASE tracker_calib OWNER" in sql
+    assert "ALTER DATABASE tracker_calib SET search_path" in sql
+    assert "\\c tracker\n" not in sql and "DATABASE tracker " not in sql
+    assert "CREATE SCHEMA tracker AUTHORIZATION" in sql
+    # the default is byte-identical to naming the tracker database explicitly
+    assert generate_sql(2.0, 42) == generate_sql(2.0, 42, database="tracker")
+
+
+def test_a_database_name_that_is_not_a_plain_identifier_is_refused():
+    import pytest
+
+    from lab.dataset_sql import generate_sql
+    from trackerdb.errors import OpsError
+
+    with pytest.raises(OpsError, match="plain lower-case identifier"):
+        generate_sql(1.0, 42, database="x; DROP DATABASE tracker")

@@ -11,7 +11,8 @@ generically so that new phases or checks need no change here::
      "verification": [{"name", "ok", "observed", "expected", "evidence"}, ...],
      "counts": {"table": {"source": n, "target": n}, ...},
      "sizes": {"source_db_bytes": n, "dump_bytes": n},
-     "writer": {...}, "signoff": {"items": [...]}, "errors": ["..."]}
+     "writer": {...}, "signoff": {"items": [...]}, "errors": ["..."],
+     "calibration": [{"db_bytes": n, "phases": {"dump": s, "restore": s, "verify": s}}, ...]}  # optional
 
 Timestamps are epoch seconds or ISO 8601 strings. Nothing here touches a host or a file.
 """
@@ -22,6 +23,8 @@ import json
 import re
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
+
+from . import fit
 
 SCHEMA = 1
 #: The production tracker database (runbook: "~11 GB"), counted in binary units to err on the long side.
@@ -244,7 +247,7 @@ def throughput(phases: list[dict], sizes: dict, window: dict | None) -> dict:
 
 
 def project(phases: list[dict], window: dict | None, db_bytes: int | None,
-            prod_bytes: int = PROD_BYTES, cap_bps: float = GP3_BASELINE_BPS) -> dict | None:
+            prod_bytes: int = PROD_BYTES, cap_bps: float = GP3_BASELINE_BPS, calibration: list[dict] | None = None) -> dict | None:
     """Projected production outage as a range, from the phases inside the measured outage window.
 
     One rehearsal cannot split a data phase's time into a fixed cost and a per-byte cost, so:
@@ -252,6 +255,11 @@ def project(phases: list[dict], window: dict | None, db_bytes: int | None,
     - floor (``floor_outage_s``): a data phase's measured time is all fixed cost, plus the production
       bytes at the gp3 baseline, the fastest the data volume can take them.
     Other phases stay as measured. A larger ``--scale`` makes the upper bound tighter.
+
+    With ``calibration`` (the same data phases measured on a copy of another size, see
+    ``rehearsal/calibrate.py``), each data phase is fitted as fixed + per-byte cost (``fit``) and the
+    planning figure (``planning_outage_s``) is the fit at the production size, with a two-sigma
+    ``uncertainty_s``; the range above stays in the report for comparison.
     """
     if not window or not db_bytes or db_bytes <= 0:
         return None
@@ -284,7 +292,8 @@ def project(phases: list[dict], window: dict | None, db_bytes: int | None,
     upper += gap
     floor += gap
     small = db_bytes < prod_bytes / 100
-    return {
+    fitted = _fit_projection(rows, db_bytes, prod_bytes, cap_bps, calibration, gap)
+    return fitted | {
         "prod_bytes": prod_bytes,
         "measured_db_bytes": db_bytes,
         "scale_factor": round(ratio, 1),
@@ -292,11 +301,13 @@ def project(phases: list[dict], window: dict | None, db_bytes: int | None,
         "unaccounted_s": round(gap, 3),
         "projected_outage_s": round(upper, 1),
         "floor_outage_s": round(floor, 1),
-        "planning_outage_s": round(upper, 1),
-        "assumptions": [
+        "planning_outage_s": fitted.get("planning_outage_s", round(upper, 1)),
+        "method": fitted.get("method", "linear upper bound (no calibration)"),
+        "assumptions": fitted.get("assumptions", []) + [
             f"production tracker database = {human_bytes(prod_bytes)} (runbook: ~11 GB, counted in GiB to err long)",
             f"measured database = {human_bytes(db_bytes)} (pg_database_size on the source at the rehearsal)",
-            "upper bound (the window to book): dump, restore and verify grow linearly with database size, their "
+            ("linear range, for comparison only" if fitted else "upper bound (the window to book)")
+            + ": dump, restore and verify grow linearly with database size, their "
             "fixed start-up cost scaled too, which errs long; every other phase in the outage window is a fixed cost",
             f"floor: each data phase's measured time is fixed cost, plus the production bytes at the gp3 baseline "
             f"({human_bytes(cap_bps)}/s), the fastest the data volume allows",
@@ -304,8 +315,41 @@ def project(phases: list[dict], window: dict | None, db_bytes: int | None,
             "the VPC network and a t3.medium's CPU credits",
             "index builds and TimescaleDB chunk counts scale with the data as in the rehearsal dataset",
         ] + ([f"the rehearsal database is {ratio:.0f}x smaller than production, so fixed costs dominate the upper "
-              "bound: rehearse with a larger --scale to narrow the range"] if small else []),
+              "bound: rehearse with a larger --scale to narrow the range"] if small and not fitted else []),
     }
+
+
+def _fit_projection(rows: list[dict], db_bytes: int, prod_bytes: int, cap_bps: float, calibration, gap: float) -> dict:
+    """The fitted planning figure (fixed + per-byte cost per data phase), or {} without calibration."""
+    if not calibration:
+        return {}
+    measured = {r["phase"]: r["measured_s"] for r in rows if r["scales_with_data"]}
+    pts = fit.points_by_phase(measured, db_bytes, calibration)
+    fitted, fixed, fixed_var = [], gap, fit.point_sigma(gap) ** 2 if gap else 0.0
+    for r in rows:
+        if not r["scales_with_data"]:
+            fixed += r["measured_s"]
+            fixed_var += fit.point_sigma(r["measured_s"]) ** 2
+            continue
+        pp = fit.phase_projection(r["phase"], pts[r["phase"]], prod_bytes, cap_bps)
+        if pp is None:  # not calibrated: the linear upper bound, its whole range as the uncertainty
+            pp = {"phase": r["phase"], "points": [[int(x), round(y, 3)] for x, y in pts[r["phase"]]], "fixed_s": None,
+                  "per_gib_s": None, "projected_s": r["projected_s"], "n": len(pts[r["phase"]]), "capped": False,
+                  "sigma_s": round((r["projected_s"] - r["floor_s"]) / fit.SIGMAS, 1)}
+        fitted.append(pp)
+    total, sigma = fit.combine(fitted, fixed, fixed_var ** 0.5)
+    sizes = sorted({int(c["db_bytes"]) for c in calibration if c.get("db_bytes")})
+    return {"planning_outage_s": round(total, 1), "uncertainty_s": round(fit.SIGMAS * sigma, 1),
+            "method": "fit: fixed + per-byte cost per data phase", "fit": {"phases": fitted, "fixed_s": round(fixed, 1),
+                                                                        "sigmas": fit.SIGMAS},
+            "assumptions": [
+                f"planning figure: each data phase fitted as fixed + per-byte cost over its measured sizes ("
+                + ", ".join(human_bytes(b) for b in [db_bytes] + sizes) + ") and evaluated at the production size; "
+                f"other phases as measured; uncertainty {fit.SIGMAS:g} sigma from the fit (timing noise "
+                f"max({fit.NOISE_ABS_S:g} s, {fit.NOISE_REL:.0%}) per point, widened by residuals)",
+                "the fit assumes per-byte costs stay linear up to the production size (index builds are n log n, "
+                "and an 11 GB restore no longer fits the page cache the way a small copy does): a >= 2 GB "
+                "rehearsal checks that"]}
 
 
 # ---- tables ----------------------------------------------------------------------------------
@@ -355,7 +399,7 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
     checks = check_rows(result.get("verification"))
     sizes = dict(result.get("sizes") or {})
     thr = throughput(phases, sizes, window)
-    projection = project(phases, window, sizes.get("source_db_bytes"))
+    projection = project(phases, window, sizes.get("source_db_bytes"), calibration=result.get("calibration"))
     writer = dict(result.get("writer") or {})
 
     failures = [str(e) for e in (result.get("errors") or [])]
@@ -396,6 +440,7 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
         "sizes": sizes,
         "throughput": thr,
         "projection": projection,
+        "calibration": list(result.get("calibration") or []),
         "writer": writer,
         "signoff": {"items": signoff_rows(result.get("signoff"))},
     }
