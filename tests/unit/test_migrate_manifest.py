@@ -54,7 +54,7 @@ def test_dump_script_uses_one_exported_snapshot():
                       facts_sql=mf.facts_sql(True), facts_path="/tmp/f.json", out_file=None)
     assert "pg_export_snapshot()" in s and "SET TRANSACTION SNAPSHOT '$snapshot'" in s
     assert '--snapshot="$snapshot"' in s
-    assert "/usr/lib/postgresql/16/bin/pg_dump -Fc --snapshot" in s and "--no-owner" not in s and "--no-privileges" not in s
+    assert "/usr/lib/postgresql/16/bin/pg_dump -Fc --compress=lz4 --snapshot" in s and "--no-owner" not in s and "--no-privileges" not in s
     # the exporting transaction is committed only after pg_dump
     assert s.index("pg_dump -Fc") < s.index('echo "COMMIT;" >&$snap_in')
     assert "--file=" not in s

@@ -70,3 +70,16 @@ def test_owner_map_comes_from_config_and_defaults_to_none():
     with pytest.raises(ConfigError) as e:
         Settings.from_parts({"owner_map": [{"from": "postgres"}]}, prod_outputs())
     assert "owner_map entry 1" in e.value.one_line() and "\n" not in e.value.one_line()
+
+
+def test_dump_compression_defaults_to_lz4_and_refuses_what_pg_dump_would_not_take():
+    from trackerdb.errors import ConfigError
+    from trackerdb.migrate.dump import dump_script
+    s = Settings.from_parts({}, prod_outputs())
+    assert s.dump_compress == "lz4"
+    script = dump_script(pg_bin="/usr/lib/postgresql/16/bin", port=5432, database="tracker", facts_sql=[],
+                         facts_path="/tmp/f.json", out_file=None, compress=s.dump_compress)
+    assert " -Fc --compress=lz4 --snapshot=" in script
+    assert Settings.from_parts({"dump_compress": "gzip:6"}, prod_outputs()).dump_compress == "gzip:6"
+    with pytest.raises(ConfigError, match="not a pg_dump --compress method"):
+        Settings.from_parts({"dump_compress": "lz4; rm -rf /"}, prod_outputs())

@@ -39,7 +39,7 @@ PROBE_SQL = """SELECT json_build_object('server_version_num', current_setting('s
 
 
 def dump_script(*, pg_bin: str, port: int, database: str, facts_sql: list[str], facts_path: str,
-                out_file: str | None) -> str:
+                out_file: str | None, compress: str = "lz4") -> str:
     """The bash script run as postgres on the source. pg_dump writes to ``out_file`` or stdout."""
     psql = f"{shlex.quote(pg_bin + '/psql')} -X -q -v ON_ERROR_STOP=1 -At -p {port} -d {shlex.quote(database)}"
     sql = "\n".join(facts_sql)
@@ -58,7 +58,7 @@ COMMIT;
 TRACKERDB_EOSQL
 }} | {psql} > {shlex.quote(facts_path)}
 echo "trackerdb: snapshot $snapshot" >&2
-{shlex.quote(pg_bin + '/pg_dump')} -Fc --snapshot="$snapshot" -p {port} -d {shlex.quote(database)} {target}
+{shlex.quote(pg_bin + '/pg_dump')} -Fc --compress={shlex.quote(compress)} --snapshot="$snapshot" -p {port} -d {shlex.quote(database)} {target}
 echo "COMMIT;" >&$snap_in
 exec {{snap_in}}>&-
 wait
@@ -109,7 +109,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
         out_file = f"{dest_dir.rstrip('/')}/{dump_name}"
         host.run(["install", "-d", "-m", "0750", "-o", "postgres", "-g", "postgres", dest_dir], sudo=True)
         script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
-                             facts_path=facts_path, out_file=out_file)
+                             facts_path=facts_path, out_file=out_file, compress=settings.dump_compress)
         try:
             r = host.run(script, user="postgres", check=False)
             if not r.ok:
@@ -134,7 +134,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     dump_path = dest / dump_name
     partial = dest / (dump_name + ".partial")
     script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
-                         facts_path=facts_path, out_file=None)
+                         facts_path=facts_path, out_file=None, compress=settings.dump_compress)
     line = wrap(script, user="postgres")
     total = None
     try:

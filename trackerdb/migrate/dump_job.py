@@ -70,7 +70,8 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
                     "streaming through this session instead of a detached job")
                 return None
             script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
-                                 facts_path=f"{job.dir}/facts.json", out_file=out_file)
+                                 facts_path=f"{job.dir}/facts.json", out_file=out_file,
+                                 compress=settings.dump_compress)
             how = job.start("exec /bin/bash ./dump.bash\n", files={"dump.bash": script})
             say(f"dump: pg_dump detached on {host.name} ({how}) in {job.dir}")
 
