@@ -131,3 +131,15 @@ def test_command_switch_failure_is_one_line(tmp_path):
     sw = switch.make(S(mode="command", command="echo boom >&2; exit 3 # {old} {new}"))
     with pytest.raises(OpsError, match="exited 3: boom"):
         sw.apply("a", "b")
+
+
+def test_the_frozen_source_refreshes_its_aggregates_parents_first_in_a_writable_session():
+    from trackerdb.cutover import freeze as fz
+
+    sql = fz.refresh_caggs_sql(["tracker.location_reports_hourly", "tracker.location_reports_daily"])
+    lines = sql.splitlines()
+    assert lines[0] == "SET default_transaction_read_only = off;"
+    assert lines[1:] == ["CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);",
+                         "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);"]
+    assert "ORDER BY c.mat_hypertable_id" in fz.CAGGS_SQL
+    assert "BEGIN" not in sql  # CALL refresh_continuous_aggregate refuses a transaction block

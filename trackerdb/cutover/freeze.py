@@ -114,3 +114,33 @@ def unfreeze(remote, db: str, prior: str | None = None, port=None, end_sessions:
 def is_read_only(remote, db: str, port=None) -> bool:
     s = Psql(remote, port).json(facts_sql(db))["read_only_setting"]
     return bool(s) and s.split("=", 1)[-1].lower() in ("on", "true", "1")
+
+
+# ---- continuous aggregates brought up to date inside the freeze --------------------------------
+# Invalidations pending on the source at the freeze (late rows since its last policy refresh; the frozen
+# source's own policy cannot write) travel with the dump, and the target's refresh policy materializes
+# them as soon as its scheduler starts: the target's aggregates would then differ from the dump's and
+# verify would refuse the cutover. Refreshed here, by our own session, after the application's sessions
+# are gone and before the final dump, both sides hold the same materialization.
+CAGGS_SQL = """SELECT coalesce(json_agg(format('%I.%I', c.user_view_schema, c.user_view_name) ORDER BY c.mat_hypertable_id), '[]'::json)
+FROM _timescaledb_catalog.continuous_agg c;"""
+
+
+def refresh_caggs_sql(caggs: list[str]) -> str:
+    """Parents before children (hierarchical aggregates: a child's id is higher), each over its whole range,
+    in a session allowed to write while the database is read-only for everyone else."""
+    lines = ["SET default_transaction_read_only = off;"]
+    lines += [f"CALL refresh_continuous_aggregate({literal(c)}, NULL, NULL);" for c in caggs]
+    return "\n".join(lines) + "\n"
+
+
+def refresh_caggs(remote, db: str, port=None) -> list[str]:
+    """Refresh every continuous aggregate of ``db`` (none without TimescaleDB); returns their names."""
+    psql = Psql(remote, port)
+    has = psql.value("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb';", db)
+    if has == "0":
+        return []
+    caggs = psql.json(CAGGS_SQL, db) or []
+    if caggs:
+        psql.run(refresh_caggs_sql(caggs), db, timeout=3600)
+    return caggs

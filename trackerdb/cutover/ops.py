@@ -34,7 +34,9 @@ def dry_run_details(settings) -> list[str]:
 
     lines = [f"source: {fz.set_read_only_sql(settings.database)}",
              f"source: {fz.terminate_sql(settings.database, idle_only=False)}",
-             "source: record pg_current_wal_lsn() and the freeze time"]
+             "source: record pg_current_wal_lsn() and the freeze time",
+             "source: CALL refresh_continuous_aggregate(<each>, NULL, NULL), parents first, in our own session "
+             "(nothing left pending for the target's refresh policies)"]
     from . import lossless
 
     lines += lossless.dry_run_lines(settings)
