@@ -36,6 +36,11 @@ def jobs_base(home: str) -> str:
     return f"{home.rstrip('/')}/trackerdb-jobs"
 
 
+def home_of(host, user: str = "postgres") -> str:
+    """``user``'s home on ``host`` (the jobs live under postgres's); Debian's default when getent says nothing."""
+    return host.run(["sh", "-c", f"getent passwd {shlex.quote(user)} | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"
+
+
 def job_dir(base: str, name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"bad job name {name!r}")

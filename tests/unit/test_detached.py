@@ -158,4 +158,4 @@ def test_dump_job_is_named_by_the_cutover_and_fetch_resumes_at_the_offset(tmp_pa
     f.write_bytes(b"0123456789")
     line = dj2.fetch_line(str(f), 4).replace("sudo -n -- ", "")
     assert subprocess.run(["bash", "-c", line], capture_output=True).stdout == b"456789"
-    assert dj2.jobs_base("/var/lib/postgresql/") == "/var/lib/postgresql/trackerdb-jobs"
+    assert dj.jobs_base("/var/lib/postgresql/") == "/var/lib/postgresql/trackerdb-jobs"

@@ -160,7 +160,7 @@ class _Host:
 
 @pytest.fixture
 def failing_probe(monkeypatch):
-    monkeypatch.setattr(direct, "_home", lambda host, user="postgres": "/var/lib/postgresql")
+    monkeypatch.setattr(direct.detached, "home_of", lambda host, user="postgres": "/var/lib/postgresql")
     monkeypatch.setattr(direct, "ensure_trust", lambda *a, **k: [])
     monkeypatch.setattr(direct, "probe", lambda s, t: Probe("unreachable", "connect to host 172.31.7.8 port 22: Connection timed out"))
 

@@ -180,10 +180,6 @@ def probe_failure(probe: Probe, address: str) -> str:
 
 # ---- executor ---------------------------------------------------------------------------------
 
-def _home(host, user: str = "postgres") -> str:
-    return host.run(["sh", "-c", f"getent passwd {user} | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"
-
-
 def source_address(settings) -> str:
     return settings.transfer_source_address or settings.require_source().address
 
@@ -192,7 +188,7 @@ def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
     """Key on the target, the source's host key pinned there, the reader and the restricted key on the
     source. Idempotent; returns what changed."""
     changed = []
-    home_t = _home(tgt)
+    home_t = detached.home_of(tgt)
     if not tgt.exists(key_path(home_t)):
         tgt.run(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", f"{home_t}/.ssh"], sudo=True)
         tgt.run(keygen_command(home_t), user="postgres")
@@ -206,7 +202,7 @@ def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
     src.run(["install", "-d", "-m", "0755", "-o", "root", "-g", "root", READER_PATH.rsplit("/", 1)[0]], sudo=True)
     if src.write_file(READER_PATH, reader_script(source_jobs_base, settings.database), mode="0755", owner="root"):
         changed.append(f"reader {READER_PATH} on the source")
-    home_s = _home(src, SOURCE_USER)
+    home_s = detached.home_of(src, SOURCE_USER)
     src.run(["install", "-d", "-m", "0700", "-o", SOURCE_USER, "-g", SOURCE_USER, f"{home_s}/.ssh"], sudo=True)
     ak = f"{home_s}/.ssh/authorized_keys"
     text, ch = authorized_keys_merge(src.read_file(ak), authorized_key_line(pub, settings.outputs.get("private_ip") or tgt.spec.address))
@@ -218,7 +214,7 @@ def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
 
 def probe(settings, tgt) -> Probe:
     """Does the direct path work, end to end (network, host key, key, forced command)?"""
-    home = _home(tgt)
+    home = detached.home_of(tgt)
     r = tgt.run(ssh_argv(home, source_address(settings), ["probe"]), user="postgres", check=False, timeout=60)
     if r.ok and PROBE_OK not in r.stdout:
         return Probe("error", f"the source answered {r.stdout.strip()[:80]!r}, not the reader")
@@ -231,7 +227,7 @@ def pull(settings, tgt, key: str, remote_size: int, remote_sha: str, progress=No
     say = say or (lambda m: None)
     progress = progress or (lambda done, total: None)
     db = settings.database
-    home = _home(tgt)
+    home = detached.home_of(tgt)
     dest = upload_path(settings.data_mount, db, remote_sha)
     if _size(tgt, dest) == remote_size and _sha(tgt, dest) == remote_sha:
         say(f"dump: already on {tgt.name} ({dest}), SHA-256 matches")
@@ -301,7 +297,7 @@ def choose(settings, src, tgt, say=None) -> dict:
         return {"transfer": "relay", "why": why}
     address = source_address(settings)
     try:
-        changed = ensure_trust(settings, src, tgt, detached.jobs_base(_home(src)))
+        changed = ensure_trust(settings, src, tgt, detached.jobs_base(detached.home_of(src)))
         result = probe(settings, tgt)
     except OpsError as exc:
         changed, result = [], Probe("error", exc.one_line())

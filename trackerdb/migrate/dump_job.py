@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 
 from .. import detached
-from ..detached import jobs_base  # noqa: F401  (re-exported: callers and tests use dump_job.jobs_base)
 from ..errors import OpsError
 from ..remote import Remote, wrap
 from . import manifest as mf
@@ -53,8 +52,8 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         pg_bin = f"/usr/lib/postgresql/{major}/bin"
         with_ts = bool(info.get("timescaledb"))
         pg_dump_version = host.run([f"{pg_bin}/pg_dump", "--version"]).stdout.strip()
-        home = host.run(["sh", "-c", "getent passwd postgres | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"
-        job = detached.Job(host, jobs_base(home), f"dump-{key}")
+        home = detached.home_of(host)
+        job = detached.Job(host, detached.jobs_base(home), f"dump-{key}")
         out_file = f"{job.dir}/{db}.dump"
         st = job.status()
         if st.state == "done" and st.rc == 0 and host.exists(out_file):

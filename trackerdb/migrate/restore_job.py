@@ -24,10 +24,6 @@ ANALYZE_JOB = "analyze"
 
 # ---- pure builders ----------------------------------------------------------------------------
 
-def jobs_base(data_mount: str) -> str:
-    return f"{data_mount.rstrip('/')}/trackerdb-jobs"
-
-
 def job_name(kind: str, sha256: str) -> str:
     return f"{kind}-{sha256[:16]}"
 
@@ -88,7 +84,7 @@ def attachable(staging_marker: dict | None, sha256: str, status: detached.Status
 # ---- executors --------------------------------------------------------------------------------
 
 def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
-    out = remote.run(stale_tuning_line(jobs_base(settings.data_mount), tuning_file, settings.pg_bin, settings.pg_port),
+    out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin, settings.pg_port),
                      sudo=True).stdout.strip()
     if out == "removed":
         return Step("stale restore tuning", True, f"removed {tuning_file} left by a restore that is no longer running")
@@ -98,11 +94,11 @@ def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
 
 
 def restore_job(remote, settings, sha256: str) -> detached.Job:
-    return detached.Job(remote, jobs_base(settings.data_mount), job_name(RESTORE_JOB, sha256))
+    return detached.Job(remote, detached.jobs_base(settings.data_mount), job_name(RESTORE_JOB, sha256))
 
 
 def analyze_job(remote, settings, sha256: str, serial: bool = False) -> detached.Job:
-    return detached.Job(remote, jobs_base(settings.data_mount), job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
+    return detached.Job(remote, detached.jobs_base(settings.data_mount), job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
 
 
 def phase_results(job: detached.Job, phases: list[str]) -> dict[str, tuple[int | None, str]]:
