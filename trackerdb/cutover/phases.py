@@ -400,12 +400,9 @@ def verify(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.verify import run_verify
 
     result = {}
-    passes = [("manifest", {"manifest": None}), ("source", {"against_source": True})]
-    if path(ctx) == PATH_DELTA:
-        passes = passes[1:]  # the pre-copy's manifest is stale: live against the frozen source only
-    for label, kwargs in passes:
-        if label == "manifest":
-            kwargs = {"manifest": _manifest(ctx)}
+    # on the pre-copy path the pre-copy's manifest is stale: live against the frozen source only
+    for label in (["source"] if path(ctx) == PATH_DELTA else ["manifest", "source"]):
+        kwargs = {"manifest": _manifest(ctx)} if label == "manifest" else {"against_source": True}
         ctx.say(f"verify against the {label}")
         checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]

@@ -255,7 +255,7 @@ def item_rollback_window(f: dict) -> tuple[str, str]:
     slots = {s.get("slot"): s for s in w.get("slots") or []}
     cap, fin = w.get("capture") or {}, w.get("finish")
     journal = w.get("journal")
-    ours = cap.get("slot") if cap.get("lsn") or cap.get("slot") else None
+    ours = cap.get("slot")
     strays = sorted(s for s in slots if s != ours)
     if strays:
         listed = ", ".join(f"{s} ({_mib(slots[s].get('retained_bytes'))} WAL retained)" for s in strays)
