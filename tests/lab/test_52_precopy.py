@@ -226,6 +226,9 @@ def test_the_window_took_the_delta_path_resumed_after_a_kill(world):
     assert plan["chunk"].get("copy", 0) + plan["chunk"].get("new", 0) >= 4, plan
     assert plan["table"].get("copy", 0) >= 2 and plan["table"].get("unchanged", 0) >= 1, plan
     assert pre["sequences_set"] >= 1 and pre["large_objects_copied"] == 1 and pre["cagg_state_copied"] is True, pre
+    # the changed uncompressed chunks moved in part: only their differing slices (the equality test below proves the rest)
+    sliced = {**pre.get("slices_moved", {}), **st[ph.DELTA].facts.get("slices_moved", {})}
+    assert any(k.startswith("chunk tracker.location_reports [") and 0 < n < 64 for k, n in sliced.items()), (pre, st[ph.DELTA].facts)
     # 2b, in the window: the change made after 1a was found (and copied, then killed); the re-run found it done
     notes = [r["facts"]["progress"] for r in Journal(world["journal"]).records()
              if r["phase"] == ph.DELTA and r["event"] == "note" and "progress" in r["facts"]]

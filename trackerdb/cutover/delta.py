@@ -23,6 +23,7 @@ from ..errors import OpsError
 from ..migrate import schema_print as sp
 from ..psql import Psql
 from ..remote import Remote, wrap
+from . import delta_slices as ds
 from . import delta_sql as dq
 from . import freeze as fz
 
@@ -148,6 +149,7 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
     reread: dict = {}
     copied_keys: list[str] = []
     moved = [0]  # bytes of COPY text streamed
+    sliced: dict = {}  # chunk key -> slices moved (of ds.SLICES), for uncompressed chunks moved in part
     src_cat = src_items = None
     cache = {"source": dict((cached or {}).get("source") or {}), "target": dict((cached or {}).get("target") or {})}
     src_prints: dict = {}
@@ -212,10 +214,10 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
             keep.update(source=src_prints, target=tgt_prints, content=content_cache)
         if done or (not converge and rnd == 2):
             return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
-                    "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0],
+                    "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0], "slices_moved": sliced,
                     "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}
         t2 = time.monotonic()
-        copied_keys += _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved)
+        copied_keys += _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved, sliced)
         _apply_small(ctx, seqs, lo_copy, lo_drop, {int(lo["oid"]) for lo in tgt_cat.get("large_objects") or []},
                      dq.cagg_state_sql(src_cat, tgt_cat) if cagg_differs else [])
         timings["copy_s"] += time.monotonic() - t2
@@ -230,7 +232,7 @@ def _target(ctx):
     return Psql.target(ctx.remote("target"), ctx.settings)
 
 
-def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list) -> list[str]:
+def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, sliced: dict) -> list[str]:
     s = ctx.settings
     src, tgt = ctx.remote("source"), ctx.remote("target")
     src_psql, tgt_psql = Psql.source(src, s), _target(ctx)
@@ -239,14 +241,20 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list) 
     for key in plan.keys(dq.COPY, dq.CREATE):
         item, t = src_items[key], tgt_items.get(key)
         cols = item["columns"]
-        stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols)
-        out_argv = src_psql.argv(s.database) + ["-c", dq.copy_out_sql(item, cols)]
+        part = _differing_slices(ctx, key, item, t) if plan.actions[key] == dq.COPY and ds.sliceable(item, t) else None
+        if part is not None:
+            sliced[key] = sliced.get(key, 0) + len(part)
+            stmts, out_sql = ds.copy_in_statements(item, t, cols, part), ds.copy_out_sql(item, cols, part)
+        else:
+            stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols)
+            out_sql = dq.copy_out_sql(item, cols)
+        out_argv = src_psql.argv(s.database) + ["-c", out_sql]
         in_argv = tgt_psql.argv(s.database) + ["-1"] + [x for st in stmts for x in ("-c", st)]
         res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(in_argv, user="postgres"))
         if res.exit_code != 0 or code != 0:
             raise DeltaError(f"copying {key} failed: source exit {res.exit_code} {res.stderr.strip()[-300:]}; "
                              f"target exit {code} {err.strip()[-300:]}", hint="re-run `invoke cutover`: the delta starts again from fingerprints")
-        say(f"copied {key}: {res.bytes / 1048576:.1f} MiB")
+        say(f"copied {key}: {res.bytes / 1048576:.1f} MiB" + (f" ({len(part)} of {ds.SLICES} slices)" if part is not None else ""))
         moved[0] += res.bytes
         done.append(key)
     for key in plan.keys(dq.DROP, dq.COMPRESS, dq.DECOMPRESS):
@@ -254,6 +262,17 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list) 
         say(f"{plan.actions[key]} {key}")
         done.append(key)
     return done
+
+
+def _differing_slices(ctx, key: str, src: dict, tgt: dict) -> list[int] | None:
+    """The slices of an uncompressed chunk that differ (both hosts at once), or None: move it whole."""
+    sql = [dq.script([ds.slices_sql(key, it, src["columns"])]) for it in (src, tgt)]
+    got = _Hosts(ctx).run([("source", sql[0], False), ("target", sql[1], False)])
+    prints = [ds.parse(g) for g in got]
+    if any(p is None for p in prints):
+        return None
+    part = ds.differing(*prints)
+    return part if len(part) <= ds.MOST else None
 
 
 def _apply_small(ctx, seqs: dict, lo_copy: list[int], lo_drop: list[int], tgt_los: set[int], cagg_sql: list[str]) -> None:

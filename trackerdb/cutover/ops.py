@@ -161,7 +161,8 @@ def summary(journal: Journal) -> dict:
         "path": dfacts.get("path") or ("full" if states.get(ph.DUMP) else None),
         "path_reasons": dfacts.get("reasons") or [],
         "delta": {k: dfacts.get(k) for k in ("rounds", "plan", "tables_and_chunks", "timings", "sequences_set",
-                                              "large_objects_copied", "cagg_state_copied") if k in dfacts} or None,
+                                              "large_objects_copied", "cagg_state_copied", "bytes_copied", "slices_moved", "archive_wait_s")
+                  if k in dfacts} or None,
         "window_steps_s": window,
         "final_dump": (states[ph.FINAL_DUMP].facts.get("dump_path") or states[ph.FINAL_DUMP].facts.get("skipped"))
                       if ph.FINAL_DUMP in states else None,
