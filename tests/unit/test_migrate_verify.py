@@ -223,3 +223,61 @@ def test_cagg_content_is_compared_up_to_the_sources_watermark():
     behind["continuous_aggregates"][0].update(watermark=50, rows=10)  # less materialized than the source: not excused
     v._align_cagg_content(P(), "tracker", exp, behind)
     assert [c.name for c in v.compare_facts(exp, behind) if not c.ok] == ["continuous aggregate tracker.location_reports_hourly content"]
+
+
+def _fake_backrest(monkeypatch, answers):
+    import sys
+    import types
+
+    import trackerdb.backrest
+
+    calls = []
+
+    def check(settings, session=None):
+        calls.append(1)
+        return answers[min(len(calls), len(answers)) - 1]
+
+    fake = types.SimpleNamespace(check=check)
+    monkeypatch.setattr(trackerdb.backrest, "ops", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "trackerdb.backrest.ops", fake)
+    return calls
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def test_wal_check_waits_out_segments_left_behind_then_passes(monkeypatch):
+    from trackerdb.steps import Check
+
+    behind = [Check("archiver not failing", True), Check("repo2 last archived segment", False, "10 segments behind")]
+    calls = _fake_backrest(monkeypatch, [behind, behind, [Check("archiver not failing", True)]])
+    clock = _Clock()
+    c = v.wal_archiving_check(object(), True, catch_up_s=60, every_s=5, sleep=clock.sleep, clock=clock)
+    assert c.ok and len(calls) == 3 and "caught up after 10s" in c.observed
+
+
+def test_wal_check_fails_when_archiving_stays_behind_past_the_bound(monkeypatch):
+    from trackerdb.steps import Check
+
+    calls = _fake_backrest(monkeypatch, [[Check("repo3 last archived segment", False, "40 segments behind")]])
+    clock = _Clock()
+    c = v.wal_archiving_check(object(), True, catch_up_s=30, every_s=5, sleep=clock.sleep, clock=clock)
+    assert not c.ok and "still behind after 30s" in c.observed and len(calls) == 7
+
+
+def test_wal_check_never_waits_for_a_failing_archiver(monkeypatch):
+    from trackerdb.steps import Check
+
+    calls = _fake_backrest(monkeypatch, [[Check("repo2 last archived segment", False, "12 behind"),
+                                          Check("postgresql archiver is not failing", False, "failed 3")]])
+    clock = _Clock()
+    c = v.wal_archiving_check(object(), True, catch_up_s=300, every_s=5, sleep=clock.sleep, clock=clock)
+    assert not c.ok and len(calls) == 1 and clock.t == 0

@@ -22,6 +22,7 @@ from . import conf
 
 DROP_RE = re.compile(r"dropped WAL file '?([0-9A-F]{24})'? because archive queue exceeded (\S+)")
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+LAG_CHECK = "last archived segment"  # the per-repository lag check's name ends so (verify waits out only these)
 MAX_LAG_SEGMENTS = 3  # current segment is in progress; archive_timeout switches at least every 60 s
 
 ARCHIVER_SQL = (
@@ -119,7 +120,7 @@ def repo_checks(facts: dict, arch: dict, system_id: int, repo_names: dict[int, s
                             f"system id {f.system_id}", f"system id {system_id}"))
         lag = lag_segments(current, f.archive_max)
         checks.append(Check(
-            f"{name} last archived segment", lag is not None and 0 <= lag <= max_lag,
+            f"{name} {LAG_CHECK}", lag is not None and 0 <= lag <= max_lag,
             f"{f.archive_max or 'none'} (current {current}, {lag if lag is not None else '?'} segments behind)",
             f"at most {max_lag} segments behind", evidence="pgbackrest info archive max"))
         last = latest_backup(f.backups)

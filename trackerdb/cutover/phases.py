@@ -367,8 +367,10 @@ def restore(ctx: Ctx, resume: bool) -> dict:
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
                           progress=_step_progress(ctx), session=ctx.session, on_target=on_target, keep_upload=on_target)
     steps = getattr(outcome, "steps", [])
+    # a whole database's restore leaves archiving behind on a busy host: verify checks it, so wait
+    # (bounded) for it to catch up here, as the pre-copy path does after its big copies
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
-            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job")}
+            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job"), "archive_wait_s": wait_archived(ctx)}
 
 
 # ---- 5 verify ----------------------------------------------------------------------------------
