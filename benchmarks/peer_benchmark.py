@@ -5,10 +5,14 @@
         timescaledb, timescaledb_pre_restore(), one serial pg_restore, timescaledb_post_restore()
     (b) pgcopydb clone, Debian trixie's 0.17, on the target, with our restore's parallelism for tables,
         indexes and pg_restore. 0.17 has no TimescaleDB hooks of its own (upstream added them after
-        0.17), so the benchmark wraps it in timescaledb_pre_restore()/post_restore() as the runbook does
+        0.17), so the benchmark wraps it in timescaledb_pre_restore()/post_restore() as the runbook does;
+        the source's roles created on the target first (0.17's --roles breaks on pg_dumpall's \\restrict), and
+        from a PostgreSQL 17 source --skip-large-objects (0.17 stops at the first one there: upstream #915)
     (c) our restore (``run_restore``) of our dump (``run_dump_detached``, as the cutover's dump phase)
-    (d) our whole window: a rehearsal on the same lab (cutover under the live writer), freeze start ->
-        switch end from its journal, and the writer-measured outage; its report's projection too
+    (d) our whole window: after (c), whose restore is the pre-copy, one day of new data lands in today's
+        chunk and the live writer runs; then the cutover on the pre-copy path (benchmarks/precopy_window.py):
+        freeze start -> target writable from its journal, the writer-measured outage, and its projection to
+        11 GiB (an upper bound: everything before the switch scaled with the database)
 
 Every result is checked against the source table by table (row count and content checksum,
 ``lab.dataset.checksums``): a fast copy that is wrong is reported as wrong.
@@ -16,8 +20,9 @@ Every result is checked against the source table by table (row count and content
     TRACKERDB_ENV=lab TRACKERDB_LAB=bj2 .venv/bin/python benchmarks/peer_benchmark.py --work-dir /var/tmp/bench-bj2
 
 The lab must be up with a large dataset (``invoke lab.up --scale 720 --volume-gb 40``: 2.1 GiB). Lab only.
-Leaves the benchmark's own databases (bench_runbook, bench_pgcopydb) on the target unless
-``--drop-own-dbs``; drops its own role bench_pgcopydb on the source at the end. Not run in CI.
+Drops the benchmark's own databases (bench_runbook, bench_pgcopydb) on the target before (d) unless
+``--keep-own-dbs`` (then (d) is skipped: its backups would carry them); drops its own role bench_pgcopydb
+on the source at the end. Leaves the lab cut over by (d): bring it down afterwards. Not run in CI.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from benchmarks import peer_commands as pc  # noqa: E402
 from lab import dataset  # noqa: E402
 from lab.image import MIRROR  # noqa: E402
 from trackerdb.psql import Psql  # noqa: E402
-from trackerdb.remote import Remote  # noqa: E402
+from trackerdb.remote import Remote, wrap  # noqa: E402
 from trackerdb.secrets import Secret  # noqa: E402
 from trackerdb.settings import Settings  # noqa: E402
 
@@ -55,8 +60,12 @@ def timed(fn, *a, **kw):
 
 
 def same_as_source(settings, src, tgt, database: str, expected: dict) -> dict:
+    """Table by table (rows, content checksum), and the tracker schema's indexes (a copy without them is not done)."""
     got = dataset.checksums(tgt, settings.pg_port, database)
-    bad = [t for t in expected if expected[t] != got.get(t)]
+    bad = [t for t in expected if t != "indexes" and expected[t] != got.get(t)]
+    have = _index_count(Psql(tgt, settings.pg_port), database)
+    if have != expected.get("indexes"):
+        bad.append(f"indexes: {have} of {expected.get('indexes')}")
     return {"ok": not bad, "differ": bad}
 
 
@@ -150,27 +159,44 @@ def pgcopydb_way(settings, src, tgt, jobs: int) -> dict:
     work_dir = f"{settings.data_mount}/bench-pgcopydb-{uuid.uuid4().hex[:8]}"
     try:
         ps.run(f"DROP ROLE IF EXISTS {pc.COPY_ROLE}; CREATE ROLE {pc.COPY_ROLE} LOGIN SUPERUSER PASSWORD '{password}';")
-        tgt.write_file(pgpass, pc.pgpass_line(settings.source.address, settings.source_port, settings.database,
+        # any database: --roles runs pg_dumpall, which connects to postgres, not tracker
+        tgt.write_file(pgpass, pc.pgpass_line(settings.source.address, settings.source_port, "*",
                                               pc.COPY_ROLE, password), mode="0600", owner="postgres")
         tgt.run(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", work_dir], sudo=True)
         t0 = time.monotonic()
+        dump_roles, load_roles = pc.roles_copy_argvs(settings.pg_bin, settings.source_port, settings.pg_port)
+        res, code, _ = src.pipe_to(wrap(dump_roles, user="postgres"), tgt, wrap(load_roles, user="postgres"))
+        if res.exit_code != 0 or code != 0:
+            raise SystemExit(f"(b) copying the roles failed: source exit {res.exit_code}, target exit {code}")
+        t_roles = round(time.monotonic() - t0, 2)
         pt.run(f"CREATE DATABASE {pc.PGCOPYDB_DB};")
         pt.run("CREATE EXTENSION IF NOT EXISTS timescaledb;", pc.PGCOPYDB_DB)
         pt.run("SELECT timescaledb_pre_restore();", pc.PGCOPYDB_DB)
+        src_major = int(ps.value("SELECT current_setting('server_version_num')::int / 10000;"))
+        skip_lo = src_major >= pc.PGCOPYDB_LO_BROKEN_FROM
+        if skip_lo:
+            say(f"(b) source is PostgreSQL {src_major}: --skip-large-objects (0.17 cannot copy them from 17, upstream #915)")
         argv = pc.pgcopydb_clone_argv(pc.pg_uri(settings.source.address, settings.source_port, settings.database, pc.COPY_ROLE),
-                                      pc.socket_uri(pc.PGCOPYDB_DB, settings.pg_port), work_dir, jobs)
+                                      pc.socket_uri(pc.PGCOPYDB_DB, settings.pg_port), work_dir, jobs, skip_large_objects=skip_lo)
         line = f"export PATH={settings.pg_bin}:$PATH; " + pc.pgcopydb_script(argv, pgpass, f"{work_dir}.log")
         r = tgt.run(["bash", "-c", line], user="postgres", check=False, timeout=7200)
         t_clone = round(time.monotonic() - t0, 2)
-        pt.run("SELECT timescaledb_post_restore();", pc.PGCOPYDB_DB)
+        pt.run("SELECT timescaledb_post_restore();", pc.PGCOPYDB_DB, check=False)  # its log matters more
         total = round(time.monotonic() - t0, 2)
         tail = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][:80]
         say(f"(b) pgcopydb clone exit {r.exit_code} in {t_clone}s")
         return {"version": version, "clone_s": t_clone, "total_s": total, "exit": r.exit_code, "jobs": jobs,
+                "skipped_large_objects": skip_lo, "roles_s": t_roles, "indexes": _index_count(pt, pc.PGCOPYDB_DB),
                 "log_tail": tail, "steps": _pgcopydb_steps(r.stdout)}
     finally:
         tgt.run(["rm", "-rf", pgpass, work_dir, f"{work_dir}.log"], sudo=True, check=False)
         ps.run(f"DROP ROLE IF EXISTS {pc.COPY_ROLE};", check=False)
+
+
+def _index_count(psql, database: str) -> int:
+    """Indexes on the copy's own tables (a clone that stopped before post-data has none)."""
+    return int(psql.value("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n "
+                          "ON n.oid = c.relnamespace WHERE n.nspname = 'tracker';", database))
 
 
 def _pgcopydb_steps(log: str) -> list[str]:
@@ -206,27 +232,24 @@ def our_restore(settings, work: Path) -> dict:
             "steps": [f"{s.name}: {s.detail}" for s in out.steps if s.name.startswith("pg_restore")]}
 
 
-def our_window(lab_name: str) -> dict:
-    from rehearsal.run import run_rehearsal
-    from trackerdb.cutover.journal import Journal
+def our_window(work: Path) -> dict:
+    """(d): the cutover on the pre-copy path, right after (c) (our restore is the pre-copy: it records the
+    schema fingerprint), with one day of new data in today's chunk and the live writer running."""
+    from benchmarks.precopy_window import run_window
+    from tests.lab.fx_provision import load_lab_settings
+    from trackerdb.backrest import ops as backrest
 
-    res = run_rehearsal(lab_name=lab_name, progress=lambda m: say(f"(d) {m}"), keep_lab=True)
-    rep = res["report"]
-    journal = Journal(Path(rep["meta"]["journal"])).records() if rep["meta"].get("journal") else []
-    by = {p["phase"]: p["duration_s"] for p in rep["phases"] if p["group"] == "cutover"}
-    proj = rep.get("projection") or {}
-    return {"verdict": rep["verdict"], "failures": rep["failures"][:5],
-            "window_s": pc.window_seconds(journal), "writer_outage_s": (rep.get("outage") or {}).get("duration_s"),
-            "phases": {k: by.get(k) for k in ("freeze", "dump", "restore", "verify", "switch")},
-            "planning_outage_s": proj.get("planning_outage_s"), "uncertainty_s": proj.get("uncertainty_s"),
-            "report": res["report_json"]}
+    s = load_lab_settings()
+    say("(d) pgBackRest setup on the target (not timed: the cutover needs archiving)")
+    backrest.setup(s)
+    return run_window(s, work / "window", lead_s=60, day=True, say=lambda m: say(f"(d) {m}"))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", required=True, help="local directory for the dumps fetched through this machine")
     ap.add_argument("--skip", action="append", default=[], choices=["runbook", "pgcopydb", "ours", "window", "dumpfd"])
-    ap.add_argument("--drop-own-dbs", action="store_true", help=f"drop {pc.RUNBOOK_DB} and {pc.PGCOPYDB_DB} at the end")
+    ap.add_argument("--keep-own-dbs", action="store_true", help=f"keep {pc.RUNBOOK_DB} and {pc.PGCOPYDB_DB} (skips (d))")
     ap.add_argument("--json-out", help="write the results here too")
     args = ap.parse_args(argv)
     settings = Settings.load({})
@@ -234,7 +257,6 @@ def main(argv=None) -> int:
         raise SystemExit("peer_benchmark runs against the lab only (TRACKERDB_ENV=lab)")
     from trackerdb.migrate.toc import restore_jobs
     from trackerdb.provision.ops import provision
-    from trackerdb.settings import lab_name
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -247,6 +269,7 @@ def main(argv=None) -> int:
         say(f"source {settings.database}: {db_bytes / 1024**3:.2f} GiB; parallelism {jobs}; checksumming the source")
         copies = {"runbook", "pgcopydb", "ours"} - set(args.skip)
         expected = dataset.checksums(src, settings.source_port, settings.database) if copies else {}
+        expected["indexes"] = _index_count(Psql(src, settings.source_port), settings.database)
         out["meta"] = {"db_bytes": db_bytes, "jobs": jobs}
         for key, fn, db in (("runbook", lambda: runbook_way(settings, src, tgt, work), pc.RUNBOOK_DB),
                             ("pgcopydb", lambda: pgcopydb_way(settings, src, tgt, jobs), pc.PGCOPYDB_DB),
@@ -255,19 +278,33 @@ def main(argv=None) -> int:
                 continue
             try:
                 out[key] = fn()
-                out[key]["check"] = same_as_source(settings, src, tgt, db, expected)
             except Exception as exc:  # noqa: BLE001 - one peer failing must not hide the others' figures
                 msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
                 say(f"({key}) failed: {msg[:400]}")
                 out[key] = {"error": msg[:1000], "check": {"ok": False, "differ": ["not completed"]}}
+                continue
+            try:
+                out[key]["check"] = same_as_source(settings, src, tgt, db, expected)
+            except Exception as exc:  # noqa: BLE001 - a copy that cannot even be read is wrong, and its log is kept
+                msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+                out[key]["check"] = {"ok": False, "differ": [f"unreadable: {msg[:300]}"]}
+                for ln in [ln for ln in out[key].get("log_tail") or [] if " ERROR " in ln or " FATAL " in ln][:10]:
+                    say(f"({key}) {ln[:300]}")
             say(f"({key}) check against the source: {out[key]['check']}")
         if "dumpfd" not in args.skip:
             out["dumpfd"] = parallel_dump(settings, src, jobs)
-        if args.drop_own_dbs:
-            for db in (pc.RUNBOOK_DB, pc.PGCOPYDB_DB):
-                Psql(tgt, settings.pg_port).run(f"DROP DATABASE IF EXISTS {db};")
-    if "window" not in args.skip:
-        out["window"] = our_window(lab_name())
+        if not args.keep_own_dbs:
+            for db in (pc.RUNBOOK_DB, pc.PGCOPYDB_DB):  # the benchmark's own, never the tracker
+                Psql(tgt, settings.pg_port).run(f"DROP DATABASE IF EXISTS {db} WITH (FORCE);")
+    if "window" not in args.skip and not args.keep_own_dbs:
+        if "ours" in args.skip:
+            raise SystemExit("(d) needs (c): our restore is the pre-copy the window starts from")
+        try:
+            out["window"] = our_window(work)
+        except Exception as exc:  # noqa: BLE001 - the peers' figures still print
+            msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+            say(f"(d) failed: {msg[:400]}")
+            out["window"] = {"error": msg[:1000]}
     print(json.dumps(out, indent=2, default=str))
     print(summary(out))
     if args.json_out:
@@ -291,13 +328,18 @@ def summary(out: dict) -> str:
                                                           "ours dump")))
     if out.get("dumpfd") and c:
         text.append(f"(e) pg_dump -Fd -j {out['dumpfd']['jobs']}: {out['dumpfd']['dump_s']} s against our -Fc dump {c['dump_s']} s")
-    if d:
-        text.append(f"(d) our window (freeze -> switch, journal): {d.get('window_s')} s; writer-measured outage "
-                    f"{d.get('writer_outage_s')} s; rehearsal {d.get('verdict')}; its 11 GB planning figure "
-                    f"{d.get('planning_outage_s')} s +/- {d.get('uncertainty_s')} s")
-        if c and d.get("window_s"):
-            text.append(pc.format_table("our window vs the peers' full copy", pc.ratio_rows(
-                {"(d) our window": d["window_s"], **{k: v for k, v in e2e.items() if not k.startswith("(c)")}}, "(d) our window")))
+    if d and "error" not in d:
+        proj = d.get("projection") or {}
+        text.append(f"(d) our window on the pre-copy path ({(d.get('day') or {}).get('rows_today')} rows of new data in today's "
+                    f"chunk, writer running): {d.get('outage_s (journal: freeze start -> target in sync)')} s (journal), "
+                    f"writer-measured {(d.get('writer_outage') or {}).get('duration_s')} s; steps {d.get('window_steps_s')}; "
+                    f"projected to {proj.get('gib')} GiB: {proj.get('outage_s')} s ({proj.get('model')})")
+        if d.get("outage_s (journal: freeze start -> target in sync)"):
+            text.append(pc.format_table("the outage: our window against the peers' full copy (their outage)", pc.ratio_rows(
+                {"(d) our window": d["outage_s (journal: freeze start -> target in sync)"],
+                 **{k: v for k, v in e2e.items() if not k.startswith("(c)")}}, "(d) our window")))
+    elif d:
+        text.append(f"(d) our window: FAILED: {d['error'][:300]}")
     return "\n".join(text)
 
 

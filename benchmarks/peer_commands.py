@@ -36,14 +36,30 @@ def parallel_dump_argv(pg_bin: str, database: str, out_dir: str, jobs: int, port
 
 
 # ---- (b) pgcopydb clone ----------------------------------------------------------------------
-def pgcopydb_clone_argv(source_uri: str, target_uri: str, work_dir: str, jobs: int) -> list[str]:
+def pgcopydb_clone_argv(source_uri: str, target_uri: str, work_dir: str, jobs: int, skip_large_objects: bool = False) -> list[str]:
     """``pgcopydb clone`` with the parallelism our restore uses for tables, indexes and pg_restore.
 
+    Roles: ``roles_copy_argvs`` first (the runbook has no such step: its restore loses what names a role
+    the target lacks, e.g. a row-level security policy).
+    ``skip_large_objects``: from a PostgreSQL 17 source, 0.17 stops at the first large object (17's
+    pg_dump no longer puts their metadata in pre-data, so the target has none to open: upstream
+    dimitri/pgcopydb#915, fixed by #957 after 0.17); skipped, it gets through the rest.
     No password in here: libpq reads it from the PGPASSFILE the benchmark writes."""
     j = str(int(jobs))
     return ["pgcopydb", "clone", "--source", source_uri, "--target", target_uri, "--dir", work_dir,
             "--table-jobs", j, "--index-jobs", j, "--restore-jobs", j, "--large-objects-jobs", j,
-            "--no-owner", "--no-acl", "--skip-ext-comments", "--not-consistent"]
+            "--no-owner", "--no-acl", "--skip-ext-comments", "--not-consistent"] + (["--skip-large-objects"] if skip_large_objects else [])
+
+
+def roles_copy_argvs(pg_bin: str, source_port: int, target_port: int) -> tuple[list[str], list[str]]:
+    """The source's roles onto the target before the clone (what ``pgcopydb clone --roles`` does, which 0.17
+    cannot: it runs pg_dumpall's output as SQL, and pg_dumpall now starts with psql's ``\\restrict``).
+    Without passwords; psql without ON_ERROR_STOP (the roles the target has already stay as they are)."""
+    return ([f"{pg_bin}/pg_dumpall", "--roles-only", "--no-role-passwords", "-p", str(int(source_port))],
+            [f"{pg_bin}/psql", "-X", "-q", "-p", str(int(target_port)), "-d", "postgres"])
+
+
+PGCOPYDB_LO_BROKEN_FROM = 17  # the source's PostgreSQL major from which 0.17 cannot copy large objects
 
 
 def pg_uri(host: str, port: int, database: str, user: str) -> str:

@@ -65,3 +65,23 @@ def test_window_is_freeze_start_to_switch_end_from_the_journal():
 def test_the_parallel_dump_is_directory_format_with_jobs():
     argv = pc.parallel_dump_argv("/b", "tracker", "/var/tmp/d", 2, 5432)
     assert argv[:4] == ["/b/pg_dump", "-Fd", "-j", "2"] and "--file=/var/tmp/d" in argv and argv[-1] == "tracker"
+
+
+def test_the_window_projection_scales_every_step_before_the_switch_and_keeps_the_switchs_part():
+    from benchmarks.precopy_window import project
+
+    gib = 1024**3
+    p = project({"freeze": 2.0, "delta": 10.0, "verify": 8.0, "switch": 6.0}, 23.0, 2 * gib, target_gib=11)
+    assert p["ratio"] == 5.5
+    assert p["steps_s"] == {"freeze": 11.0, "delta": 55.0, "verify": 44.0, "switch (until in sync)": 3.0}
+    assert p["outage_s"] == 113.0
+    # the switch's TTL wait after the target is in sync is not outage: its part is never negative
+    assert project({"freeze": 1.0, "switch": 9.0}, 0.5, gib, target_gib=1)["outage_s"] == 1.0
+
+
+
+def test_pgcopydb_skips_large_objects_only_when_asked():
+    base = pc.pgcopydb_clone_argv("postgresql://u@h:5432/tracker", pc.socket_uri("b", 5432), "/w", 2)
+    assert "--skip-large-objects" not in base
+    assert pc.pgcopydb_clone_argv("postgresql://u@h:5432/tracker", pc.socket_uri("b", 5432), "/w", 2,
+                                  skip_large_objects=True) == base + ["--skip-large-objects"]
