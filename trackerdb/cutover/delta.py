@@ -242,13 +242,11 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
         item, t = src_items[key], tgt_items.get(key)
         cols = item["columns"]
         part = _differing_slices(ctx, key, item, t) if plan.actions[key] == dq.COPY and ds.sliceable(item, t) else None
+        where = None if part is None else ds.where(item, part)  # the source's bounds: the chunk matched by range
         if part is not None:
             sliced[key] = sliced.get(key, 0) + len(part)
-            stmts, out_sql = ds.copy_in_statements(item, t, cols, part), ds.copy_out_sql(item, cols, part)
-        else:
-            stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols)
-            out_sql = dq.copy_out_sql(item, cols)
-        out_argv = src_psql.argv(s.database) + ["-c", out_sql]
+        stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols, where)
+        out_argv = src_psql.argv(s.database) + ["-c", dq.copy_out_sql(item, cols, where)]
         in_argv = tgt_psql.argv(s.database) + ["-1"] + [x for st in stmts for x in ("-c", st)]
         res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(in_argv, user="postgres"))
         if res.exit_code != 0 or code != 0:

@@ -5,7 +5,8 @@ in every round, but only in its last minutes. Moving it whole puts its size into
 chunk took 77 s here); so an uncompressed chunk on both hosts is cut into ``SLICES`` equal sub-ranges
 of its time range, each fingerprinted on both hosts like a chunk (rows + digest, the same digest, so the
 slices' sums are the chunk's), and only the differing slices are deleted on the target and copied from
-the source, in one transaction. The next round compares the whole chunk again: that stays the proof.
+the source, in one transaction (``where`` handed to ``delta_sql``'s COPY builders). The next round
+compares the whole chunk again: that stays the proof.
 """
 
 from __future__ import annotations
@@ -73,17 +74,3 @@ def where(item: dict, buckets: list[int]) -> str:
     col, tt = f"t.{ident(item['time_column'])}", item["time_type"]
     parts = [f"({col} >= {_bound(bounds[a], tt)} AND {col} < {_bound(bounds[z + 1], tt)})" for a, z in _ranges(buckets)]
     return "(" + " OR ".join(parts) + ")" if parts else "false"
-
-
-def copy_out_sql(item: dict, columns: list[str], buckets: list[int]) -> str:
-    cols = ", ".join(ident(c) for c in columns)
-    return f"COPY (SELECT {cols} FROM ONLY {item['rel']} t WHERE {where(item, buckets)}) TO STDOUT"
-
-
-def copy_in_statements(src: dict, tgt: dict, columns: list[str], buckets: list[int]) -> list[str]:
-    """On the target, one transaction: triggers and foreign keys off, the slices' rows out, the source's in.
-    The bounds come from the source's item: the chunk matched by range, so they are the target's too."""
-    cols = ", ".join(ident(c) for c in columns)
-    return ["SET LOCAL session_replication_role = replica",
-            f"DELETE FROM ONLY {tgt['rel']} t WHERE {where(src, buckets)}",
-            f"COPY {tgt['rel']} ({cols}) FROM STDIN"]

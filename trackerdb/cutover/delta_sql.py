@@ -267,11 +267,13 @@ def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, c
 
 # ---- statements on the target -----------------------------------------------------------------
 
-def copy_out_sql(item: dict, columns: list[str]) -> str:
-    """On the source: the item's rows, as COPY text (a chunk's through its hypertable, decompressed)."""
+def copy_out_sql(item: dict, columns: list[str], where: str | None = None) -> str:
+    """On the source: the item's rows, as COPY text (a chunk's through its hypertable, decompressed).
+    ``where``: only a chunk's rows that match it (on ``t``: the slices ``delta_slices.where`` names)."""
     cols = ", ".join(ident(c) for c in columns)
     if item["kind"] == "chunk":
-        return f"COPY (SELECT {cols} FROM {item['ht_rel']} t WHERE {range_where(item)}) TO STDOUT"
+        part = f" AND {where}" if where else ""
+        return f"COPY (SELECT {cols} FROM {item['ht_rel']} t WHERE {range_where(item)}{part}) TO STDOUT"
     return f"COPY (SELECT {cols} FROM ONLY {item['rel']}) TO STDOUT"
 
 
@@ -285,11 +287,13 @@ def find_chunk_sql(ht_schema: str, ht_name: str, start: int, end: int) -> str:
             f"AND ds.range_start = {int(start)} AND ds.range_end = {int(end)}")
 
 
-def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict, columns: list[str]) -> list[str]:
+def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict, columns: list[str],
+                       where: str | None = None) -> list[str]:
     """On the target, one transaction: triggers and foreign keys off (``session_replication_role =
     replica``: the rows are the source's, already checked there), the old rows out, the source's in
     (COPY FROM STDIN), and a chunk compressed on the source compressed again. ``target_ht``: the
-    target's hypertable of a chunk (``schema``, ``name``)."""
+    target's hypertable of a chunk (``schema``, ``name``). ``where`` (a chunk uncompressed on both
+    hosts, ``COPY``): only the rows that match it go out and come in."""
     cols = ", ".join(ident(c) for c in columns)
     stmts = ["SET LOCAL session_replication_role = replica"]
     if src["kind"] == "table":
@@ -297,7 +301,7 @@ def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict
     if action == COPY:
         if tgt["compressed"]:
             stmts.append(f"SELECT decompress_chunk({literal(tgt['rel'])}::regclass, if_compressed => true)")
-        stmts += [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
+        stmts += [f"DELETE FROM ONLY {tgt['rel']}" + (f" t WHERE {where}" if where else ""), f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
         if src["compressed"]:
             stmts.append(f"SELECT compress_chunk({literal(tgt['rel'])}::regclass, if_not_compressed => true)")
         return stmts
