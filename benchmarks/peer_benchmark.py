@@ -53,6 +53,10 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _one_line(exc: Exception) -> str:
+    return exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+
+
 def timed(fn, *a, **kw):
     t = time.monotonic()
     out = fn(*a, **kw)
@@ -159,8 +163,7 @@ def pgcopydb_way(settings, src, tgt, jobs: int) -> dict:
     work_dir = f"{settings.data_mount}/bench-pgcopydb-{uuid.uuid4().hex[:8]}"
     try:
         ps.run(f"DROP ROLE IF EXISTS {pc.COPY_ROLE}; CREATE ROLE {pc.COPY_ROLE} LOGIN SUPERUSER PASSWORD '{password}';")
-        # any database: --roles runs pg_dumpall, which connects to postgres, not tracker
-        tgt.write_file(pgpass, pc.pgpass_line(settings.source.address, settings.source_port, "*",
+        tgt.write_file(pgpass, pc.pgpass_line(settings.source.address, settings.source_port, settings.database,
                                               pc.COPY_ROLE, password), mode="0600", owner="postgres")
         tgt.run(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", work_dir], sudo=True)
         t0 = time.monotonic()
@@ -279,14 +282,14 @@ def main(argv=None) -> int:
             try:
                 out[key] = fn()
             except Exception as exc:  # noqa: BLE001 - one peer failing must not hide the others' figures
-                msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+                msg = _one_line(exc)
                 say(f"({key}) failed: {msg[:400]}")
                 out[key] = {"error": msg[:1000], "check": {"ok": False, "differ": ["not completed"]}}
                 continue
             try:
                 out[key]["check"] = same_as_source(settings, src, tgt, db, expected)
             except Exception as exc:  # noqa: BLE001 - a copy that cannot even be read is wrong, and its log is kept
-                msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+                msg = _one_line(exc)
                 out[key]["check"] = {"ok": False, "differ": [f"unreadable: {msg[:300]}"]}
                 for ln in [ln for ln in out[key].get("log_tail") or [] if " ERROR " in ln or " FATAL " in ln][:10]:
                     say(f"({key}) {ln[:300]}")
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
         try:
             out["window"] = our_window(work)
         except Exception as exc:  # noqa: BLE001 - the peers' figures still print
-            msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+            msg = _one_line(exc)
             say(f"(d) failed: {msg[:400]}")
             out["window"] = {"error": msg[:1000]}
     print(json.dumps(out, indent=2, default=str))

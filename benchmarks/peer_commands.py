@@ -112,12 +112,3 @@ def format_table(title: str, rows: list[dict]) -> str:
         x = "" if r["ratio_to_ours"] is None else f"{r['ratio_to_ours']:.2f}"
         lines.append(f"  {r['name'].ljust(width)}  {s:>9}  {x:>7}")
     return "\n".join(lines)
-
-
-def window_seconds(journal: list[dict], start_phase: str = "freeze", end_phase: str = "switch") -> float | None:
-    """Freeze start -> switch end from a cutover journal's records (the outage by the journal's clock)."""
-    starts = [r.get("start") for r in journal if r.get("phase") == start_phase and isinstance(r.get("start"), (int, float))]
-    ends = [r.get("end") for r in journal if r.get("phase") == end_phase and isinstance(r.get("end"), (int, float))]
-    if not starts or not ends:
-        return None
-    return round(max(ends) - min(starts), 1)

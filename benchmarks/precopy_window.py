@@ -11,9 +11,9 @@ first ack on the target). Leaves the lab cut over (the source frozen): bring it 
 
 ``--day`` adds one day of new data after the pre-copy, the way production's day looks when the window
 opens at the end of it: the dataset's last (uncompressed) day, copied into today's chunk, the one the
-writer writes to. That chunk is changed until the freeze, so the window moves it whole; it is the
-worst case of a one-day-old pre-copy on 1-day chunks. The output then carries a projection of the
-window to another size (``--project-gib``, production's 11): everything in the window but the switch
+writer writes to. 1a moves that chunk before the outage; the writer changes it again until the freeze,
+so the window moves its differing slices (``trackerdb/cutover/delta_slices.py``). The output carries a
+projection of the outage to production's 11 GiB (``project``): everything in the window before the switch
 scaled with the database (the version scans, verify's counts, the cagg refresh and the hot chunk, whose
 size in the lab's data shape is one eighth of the reports); the switch as measured. An upper bound,
 not a fit: nothing in the window is assumed to be fixed cost that was not measured as such.

@@ -53,15 +53,6 @@ def test_ratio_rows_divide_by_ours_and_keep_a_failed_step_visible():
     assert "failed" in table and "2.00" in table
 
 
-def test_window_is_freeze_start_to_switch_end_from_the_journal():
-    journal = [{"phase": "freeze", "event": "begin", "start": 100.0},
-               {"phase": "freeze", "event": "end", "start": 100.0, "end": 101.0},
-               {"phase": "switch", "event": "begin", "start": 150.0},
-               {"phase": "switch", "event": "end", "start": 150.0, "end": 155.5}]
-    assert pc.window_seconds(journal) == 55.5
-    assert pc.window_seconds(journal[:2]) is None
-
-
 def test_the_parallel_dump_is_directory_format_with_jobs():
     argv = pc.parallel_dump_argv("/b", "tracker", "/var/tmp/d", 2, 5432)
     assert argv[:4] == ["/b/pg_dump", "-Fd", "-j", "2"] and "--file=/var/tmp/d" in argv and argv[-1] == "tracker"
