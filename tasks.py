@@ -26,5 +26,5 @@ ns = Collection(
     rehearse.signoff,
     Collection("backrest", backrest.setup, backrest.check, backrest.backup),
     Collection("infra", infra.check),
-    Collection("lab", lab_tasks.up, lab_tasks.down, lab_tasks.status, lab_tasks.reboot),
+    Collection("lab", lab_tasks.up, lab_tasks.down, lab_tasks.status, lab_tasks.reboot, lab_tasks.engine16),
 )

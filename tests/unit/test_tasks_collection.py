@@ -18,7 +18,7 @@ def test_root_collection_names_every_task():
     assert set(ns.task_names) == {
         "provision", "dump", "restore", "verify", "cutover", "rollback", "cutover-finish", "rehearse", "signoff",
         "backrest.setup", "backrest.check", "backrest.backup", "infra.check",
-        "lab.up", "lab.down", "lab.status", "lab.reboot"}
+        "lab.up", "lab.down", "lab.status", "lab.reboot", "lab.engine16"}
 
 
 def test_each_module_lists_the_tasks_the_root_uses():
