@@ -63,6 +63,7 @@ class StackConfig:
     shared_stanza: str
     # versions
     postgres_major: int
+    postgres_version: str  # exact minor, the source's (16.10): provisioning pins it
     postgis_version: str
     timescaledb_version: str
     ssh_port: int = field(default=22)
@@ -190,6 +191,11 @@ def load() -> StackConfig:
     cfg = pulumi.Config(PROJECT)
     aws_cfg = pulumi.Config("aws")
     region = _req(aws_cfg, "region")
+    major = _int(cfg, "postgresMajor")
+    postgres_version = str(_req(cfg, "postgresVersion", hint="the source's exact PostgreSQL version, e.g. 16.10"))
+    if not re.fullmatch(rf"{major}\.\d+", postgres_version):
+        raise ConfigError(f"config key {cfg.name}:postgresVersion must be {major}.<minor> (postgresMajor is {major}), "
+                          f"got {postgres_version!r}")
     repo_ip = str(_req(cfg, "repoHostIp"))
     try:
         ipaddress.IPv4Address(repo_ip)
@@ -245,7 +251,8 @@ def load() -> StackConfig:
         app_secret_name=str(_req(cfg, "appSecretName")),
         stanza=stanza,
         shared_stanza=shared,
-        postgres_major=_int(cfg, "postgresMajor"),
+        postgres_major=major,
+        postgres_version=postgres_version,
         postgis_version=str(_req(cfg, "postgisVersion")),
         timescaledb_version=str(_req(cfg, "timescaledbVersion")),
         direct_transfer=direct,

@@ -67,6 +67,7 @@ class Settings:
     database: str
     owner_role: str
     postgres_major: int
+    postgres_version: str  # exactly, e.g. "16.10" (the source's): provisioning pins and holds it
     postgis_version: str
     timescaledb_version: str
     package_source: str  # "pgdg" (production) or "debian" (the lab)
@@ -187,6 +188,7 @@ class Settings:
             database=cfg.get("database", "tracker"),
             owner_role=cfg.get("owner_role", "tracker"),
             postgres_major=int(o["postgres_major"]),
+            postgres_version=str(o["postgres_version"]),
             postgis_version=str(o["postgis_version"]),
             timescaledb_version=str(o["timescaledb_version"]),
             package_source=cfg.get("package_source", "pgdg"),
