@@ -103,32 +103,6 @@ def test_decode_outside_markers_compressed_storage_is_never_replayed():
     assert not d.changes and d.skipped == {"compressed chunk storage": 1}
 
 
-def test_decode_a_recompression_without_markers_moves_rows_and_is_never_replayed():
-    """Observed in the lab on 16.10 (TimescaleDB 2.18.2's compression policy on a partially compressed chunk,
-    run by the scheduler): recompress_chunk_segmentwise writes no markers. Replaying its DELETE would remove
-    on the source the row the application wrote into the compressed range after the switch."""
-    rows = tx("1250",  # the application's late row lands in the uncompressed part of a compressed chunk
-              "table _timescaledb_internal._hyper_1_3_chunk: INSERT: device_id[integer]:7 speed_kmh[real]:13.5",
-              "table _timescaledb_catalog.chunk: UPDATE: id[integer]:3 status[integer]:9", lsn="0/2A") + tx("1262",
-              # the policy's segment-wise recompression, as the slot showed it: no markers
-              "table _timescaledb_catalog.chunk: UPDATE: id[integer]:3 status[integer]:1",
-              "table _timescaledb_internal._hyper_1_3_chunk: DELETE: device_id[integer]:7 speed_kmh[real]:13.5",
-              "table _timescaledb_internal.compress_hyper_2_9_chunk: DELETE: (no-tuple-data)",
-              "table _timescaledb_internal.compress_hyper_2_9_chunk: INSERT: device_id[integer]:7", lsn="0/3B") + tx("1270",
-              # an ordinary user transaction afterwards is replayed as always
-              "table _timescaledb_internal._hyper_1_3_chunk: DELETE: device_id[integer]:7 speed_kmh[real]:13.5",
-              "table tracker.devices: UPDATE: id[integer]:5 name[text]:'n'", lsn="0/4C")
-    d = cp.decode(rows, CHUNKS)
-    assert [(c.op, c.table, c.lsn) for c in d.changes] == [
-        ("INSERT", "location_reports", "0/2A"), ("DELETE", "location_reports", "0/4C"), ("UPDATE", "devices", "0/4C")]
-    assert d.skipped == {"TimescaleDB internal table": 2, "compressed chunk storage": 2,
-                         "recompression (moves rows between storages)": 1}
-    # a user's own change to a plain table in such a transaction is still replayed; only chunk rows are moves
-    d = cp.decode(tx("9", "table tracker.devices: UPDATE: id[integer]:5 name[text]:'m'",
-                     "table _timescaledb_internal.compress_hyper_2_9_chunk: INSERT: device_id[integer]:7"), CHUNKS)
-    assert [(c.op, c.table) for c in d.changes] == [("UPDATE", "devices")]
-
-
 def test_decode_drops_an_uncommitted_tail_and_refuses_garbage():
     rows = tx("1", "table a.b: INSERT: x[integer]:1") + [("0/50", "2", "BEGIN 2"), ("0/51", "2", "table a.b: INSERT: x[integer]:2")]
     assert [c.new for c in cp.decode(rows).changes] == [{"x": "1"}]

@@ -20,10 +20,7 @@ logical messages ``::timescaledb-[de]compression-start/-end``
 (``timescaledb.enable_compression_wal_markers``, on by default, set explicitly by provisioning):
 changes between those markers only move rows between the compressed and uncompressed storage and
 are skipped; the user's own UPDATE/DELETE after a transparent decompression lies outside the
-markers and is replayed on the uncompressed chunk's hypertable. The exception without markers is the
-policy's segment-wise recompression (one transaction deleting a chunk's uncompressed rows and writing
-compressed batches): a transaction that writes compressed storage outside markers is a storage move and
-none of its chunk changes is replayed (see :mod:`decoding`). Changes to compressed chunks
+markers and is replayed on the uncompressed chunk's hypertable. Changes to compressed chunks
 (``compress_hyper_*``) and to TimescaleDB's internal tables (catalog, materialized cagg data) are
 never replayed: the source recomputes its own. TRUNCATE is not replayed; it is counted and named.
 

@@ -5,13 +5,6 @@ Names are printed by ``quote_identifier``, values by their type's output functio
 ``unchanged-toast-datum`` as words. Chunk changes map to their hypertable; TimescaleDB's
 compression/decompression marker spans, compressed chunks and internal tables are counted, not
 kept (see :mod:`trackerdb.cutover.capture` for why).
-
-TimescaleDB 2.18.2's segment-wise recompression (``recompress_chunk_segmentwise``, what the compression
-policy runs on a partially compressed chunk) writes no markers: it deletes the uncompressed rows of the
-chunk and writes compressed batches in one transaction. Seen in the lab on 16.10 (where the scheduler
-runs the policy), replaying those deletes would remove on the source the rows the application wrote into
-a compressed range after the switch. So a committed transaction that wrote compressed chunk storage
-outside any marker is a storage move: its chunk changes are counted, not kept.
 """
 
 from __future__ import annotations
@@ -34,7 +27,6 @@ class Change:
     new: dict | None = None
     lsn: str = ""
     xid: str = ""
-    chunk: bool = False          # written to a chunk table (mapped to its hypertable)
 
 
 @dataclass
@@ -204,26 +196,20 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
     out = Decoded()
     pending: list = []
     depth = 0
-    moved = False  # this transaction wrote compressed storage outside markers: a segment-wise recompression
     for row in rows:
         if len(row) != 3:
             raise ParseError(f"expected 3 fields (lsn, xid, data), got {len(row)}")
         lsn, xid, data = row
         if data.startswith("BEGIN"):
-            pending, depth, moved = [], 0, False
+            pending, depth = [], 0
             continue
         if data.startswith("COMMIT"):
-            if moved:
-                kept = [ch for ch in pending if not ch.chunk]
-                if len(kept) != len(pending):
-                    _bump(out.skipped, "recompression (moves rows between storages)", len(pending) - len(kept))
-                pending = kept
             for ch in pending:
                 ch.lsn = lsn
             out.changes.extend(pending)
             out.commits += 1
             out.last_commit_lsn = lsn
-            pending, depth, moved = [], 0, False
+            pending, depth = [], 0
             continue
         m = _MESSAGE.match(data)
         if m:
@@ -245,12 +231,11 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
         if mapped is None:
             if ch.schema.startswith("_timescaledb") and CHUNK_NAME.match(ch.table):
                 out.unmapped.append(f"{ch.schema}.{ch.table}")
-            storage = bool(COMPRESSED_CHUNK_NAME.match(ch.table) or
-                           (chunk_map.get("chunks", {}).get(f"{ch.schema}.{ch.table}") or {}).get("compressed_storage"))
-            moved |= storage and ch.op in ("INSERT", "UPDATE", "DELETE")
-            _bump(out.skipped, "compressed chunk storage" if storage else "TimescaleDB internal table")
+            reason = ("compressed chunk storage" if COMPRESSED_CHUNK_NAME.match(ch.table) or
+                      (chunk_map.get("chunks", {}).get(f"{ch.schema}.{ch.table}") or {}).get("compressed_storage")
+                      else "TimescaleDB internal table")
+            _bump(out.skipped, reason)
             continue
-        ch.chunk = (ch.schema, ch.table) != mapped
         ch.schema, ch.table = mapped
         if ch.op == "TRUNCATE":
             out.truncated.append(f"{ch.schema}.{ch.table}")
