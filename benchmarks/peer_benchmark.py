@@ -99,7 +99,7 @@ def runbook_way(settings, src, tgt, work: Path) -> dict:
     tgt.run(["chown", "postgres:postgres", remote_dump], sudo=True)
     t_transfer = round(time.monotonic() - t0, 2)
     say(f"(a) transfer through this machine: {t_transfer}s")
-    p = Psql(tgt, settings.pg_port, settings.pg_bin)
+    p = Psql(tgt, settings.pg_port, settings.pg_bin, pinned=False)
     steps, t_restore, failed = {}, 0.0, []
     for label, kind, what in pc.runbook_restore_steps(pc.RUNBOOK_DB, settings.pg_bin, remote_dump, settings.pg_port):
         t = time.monotonic()
@@ -157,8 +157,8 @@ def pgcopydb_way(settings, src, tgt, jobs: int) -> dict:
     secret = Secret(pc.COPY_ROLE, password)
     src.secrets.append(secret)
     tgt.secrets.append(secret)
-    ps = Psql(src, settings.source_port, settings.pg_bin)
-    pt = Psql(tgt, settings.pg_port, settings.pg_bin)
+    ps = Psql(src, settings.source_port, settings.pg_bin, pinned=False)
+    pt = Psql(tgt, settings.pg_port, settings.pg_bin, pinned=False)
     pgpass = "/var/lib/postgresql/.bench-pgcopydb.pgpass"
     work_dir = f"{settings.data_mount}/bench-pgcopydb-{uuid.uuid4().hex[:8]}"
     try:

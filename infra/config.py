@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 
 import pulumi
 
+# The value rules the tasks apply again to the stack outputs (trackerdb.settings.Settings.validate):
+# written once, in a pure standard-library module. infra imports trackerdb.inventory and this, nothing
+# else of trackerdb (docs/architecture.md); a duplicated rule would drift, an import of a pure module cannot.
+from trackerdb import inputs
+from trackerdb.inputs import TOO_WIDE, too_wide
+
 PROJECT = "tracker-timescale-host"
 
 
@@ -103,17 +109,12 @@ def _network(key: str, value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netw
         raise ConfigError(f"config key {key}: {value!r} is not a network in CIDR notation (like 10.0.1.0/24)") from None
 
 
-#: Narrowest prefix still treated as "the world or close to it", per family. An IPv4 /8 is 16 M
-#: addresses; IPv6 sites get a /48 and providers a /32 or shorter, so anything shorter than /32 is
-#: a provider-sized (or larger) block, not an application's network.
-TOO_WIDE = {4: 8, 6: 32}
-
-#: Stanza names go into IAM resource ARNs and s3:prefix patterns: no wildcards, slashes or variables.
-STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def too_wide(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return net.prefixlen < TOO_WIDE[net.version]
+def _rule(key: str, value, rule) -> str:
+    """``value`` if ``rule`` (trackerdb.inputs) accepts it, else a one-line ConfigError naming the key."""
+    problem = rule(value)
+    if problem is not None:
+        raise ConfigError(f"config key {PROJECT}:{key} {value!r} {problem}")
+    return value
 
 
 def _app_cidrs(values: list) -> tuple[str, ...]:
@@ -180,9 +181,7 @@ def _direct_transfer(cfg: pulumi.Config) -> tuple[bool, str]:
         raise ConfigError(f"missing required config key {PROJECT}:sourceCidr (directTransfer is true: the source "
                           f"host's private address as a /32, e.g. `pulumi config set sourceCidr 172.31.5.6/32`)")
     net = _network(f"{PROJECT}:sourceCidr", raw)
-    if net.version != 4 or net.prefixlen < 24:
-        raise ConfigError(f"config key {PROJECT}:sourceCidr {net} is too wide for SSH to one host; "
-                          f"give the source's address as a /32 (IPv4, /24 or longer)")
+    _rule("sourceCidr", str(net), inputs.source_network)
     return True, str(net)
 
 
@@ -196,11 +195,7 @@ def load() -> StackConfig:
     if not re.fullmatch(rf"{major}\.\d+", postgres_version):
         raise ConfigError(f"config key {cfg.name}:postgresVersion must be {major}.<minor> (postgresMajor is {major}), "
                           f"got {postgres_version!r}")
-    repo_ip = str(_req(cfg, "repoHostIp"))
-    try:
-        ipaddress.IPv4Address(repo_ip)
-    except ValueError:
-        raise ConfigError(f"config key {PROJECT}:repoHostIp {repo_ip!r} is not an IPv4 address") from None
+    repo_ip = _rule("repoHostIp", str(_req(cfg, "repoHostIp")), inputs.ipv4)
     app_sgs = tuple(cfg.get_object("appSecurityGroupIds") or ())
     for sg in app_sgs:
         if not str(sg).startswith("sg-"):
@@ -208,18 +203,12 @@ def load() -> StackConfig:
     stanza = str(_req(cfg, "stanza"))
     shared = str(_req(cfg, "sharedStanza"))
     for key, value in (("stanza", stanza), ("sharedStanza", shared)):
-        if not STANZA_RE.match(value):
-            raise ConfigError(
-                f"config key {PROJECT}:{key} {value!r} may hold only letters, digits, '.', '_' and '-' "
-                f"(it becomes part of the IAM policy's S3 prefixes)"
-            )
+        _rule(key, value, inputs.stanza)
     if stanza == shared:
         raise ConfigError(
             f"config key {PROJECT}:stanza {stanza!r} equals sharedStanza; the new cluster needs its own stanza"
         )
-    backup_path = str(_req(cfg, "backupPath"))
-    if not backup_path.startswith("/") or backup_path.strip("/") == "":
-        raise ConfigError(f"config key {PROJECT}:backupPath {backup_path!r} must be an absolute path below the bucket root")
+    backup_path = _rule("backupPath", str(_req(cfg, "backupPath")), inputs.abs_path)
     tags = {str(k): str(v) for k, v in (cfg.get_object("tags") or {}).items()}
     direct, source_cidr = _direct_transfer(cfg)
     name = str(_req(cfg, "name"))
@@ -240,21 +229,21 @@ def load() -> StackConfig:
         root_volume_size_gb=_int(cfg, "rootVolumeSizeGb"),
         data_volume_size_gb=_int(cfg, "dataVolumeSizeGb"),
         data_volume_device=str(_req(cfg, "dataVolumeDevice")),
-        data_mount=str(_req(cfg, "dataMount")),
-        repo_host_name=str(_req(cfg, "repoHostName")),
+        data_mount=_rule("dataMount", str(_req(cfg, "dataMount")), inputs.abs_path),
+        repo_host_name=_rule("repoHostName", str(_req(cfg, "repoHostName")), inputs.host_address),
         repo_host_ip=repo_ip,
-        repo_host_user=str(_req(cfg, "repoHostUser")),
-        repo_path=str(_req(cfg, "repoPath")),
-        backup_bucket=str(_req(cfg, "backupBucket")),
+        repo_host_user=_rule("repoHostUser", str(_req(cfg, "repoHostUser")), inputs.unix_user),
+        repo_path=_rule("repoPath", str(_req(cfg, "repoPath")), inputs.abs_path),
+        backup_bucket=_rule("backupBucket", str(_req(cfg, "backupBucket")), inputs.bucket),
         backup_path=backup_path,
-        cipher_secret_name=str(_req(cfg, "cipherSecretName")),
-        app_secret_name=str(_req(cfg, "appSecretName")),
+        cipher_secret_name=_rule("cipherSecretName", str(_req(cfg, "cipherSecretName")), inputs.secret_name),
+        app_secret_name=_rule("appSecretName", str(_req(cfg, "appSecretName")), inputs.secret_name),
         stanza=stanza,
         shared_stanza=shared,
         postgres_major=major,
         postgres_version=postgres_version,
-        postgis_version=str(_req(cfg, "postgisVersion")),
-        timescaledb_version=str(_req(cfg, "timescaledbVersion")),
+        postgis_version=_rule("postgisVersion", str(_req(cfg, "postgisVersion")), inputs.version),
+        timescaledb_version=_rule("timescaledbVersion", str(_req(cfg, "timescaledbVersion")), inputs.version),
         direct_transfer=direct,
         source_cidr=source_cidr,
     )

@@ -81,8 +81,10 @@ def _keygen(path: Path, comment: str) -> str:
 # ---- up ---------------------------------------------------------------------------------------
 def up(name: str, *, volume_gb: int = 2, scale: float = 1.0) -> dict:
     """Bring instance ``name`` up (reusing the cached image); returns ``status(name)``. Idempotent."""
-    preflight()
+    # The arguments first: a scale the dataset would refuse must not cost a lab (hosts, mounts, a loop device).
     check_name(name)
+    check_up_args(volume_gb=volume_gb, scale=scale)
+    preflight()
     with _instance_lock(name):
         st = State(name)
         if st["up"] and _healthy(st):
@@ -99,6 +101,19 @@ def up(name: str, *, volume_gb: int = 2, scale: float = 1.0) -> dict:
             raise
         progress(f"{name} is up in {time.monotonic() - t0:.1f}s")
     return status(name)
+
+
+MAX_VOLUME_GB = 1024  # sparse, but a loop device of more than 1 TiB is never what a lab needs
+
+
+def check_up_args(*, volume_gb, scale) -> None:
+    """``up``'s sizes, before anything is made: what the dataset and the loop device would refuse later."""
+    from .dataset_shape import _check as check_scale
+
+    if isinstance(volume_gb, bool) or not isinstance(volume_gb, int) or not 1 <= volume_gb <= MAX_VOLUME_GB:
+        raise LabError(f"lab data volume size {volume_gb!r} GB is not a whole number from 1 to {MAX_VOLUME_GB}",
+                       hint="use e.g. --volume-gb 2 (sparse)")
+    check_scale(scale)
 
 
 def _up(name: str, *, volume_gb: int, scale: float) -> None:

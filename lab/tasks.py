@@ -9,18 +9,22 @@ import json as _json
 
 from invoke import task
 
-from trackerdb.cli.common import ops_task, out
+from trackerdb.cli.common import number_flag, ops_task, out
 from trackerdb.settings import lab_name
 
+from .dataset_shape import MAX_SCALE
 
-@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "volume_gb": "size of the target's data volume (sparse)",
-            "scale": "tracker dataset scale on the source (1 = a few MB)", "json": "print lab.status as JSON when up"})
+
+@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "volume_gb": "size of the target's data volume in GB (sparse; default 2)",
+            "scale": "tracker dataset scale on the source (default 1 = a few MB)", "json": "print lab.status as JSON when up"})
 @ops_task
-def up(c, name=None, volume_gb=2, scale=1.0, json=False):
+def up(c, name=None, volume_gb=None, scale=None, json=False):
     """Bring the lab up: build or reuse the Debian trixie image, start target, source, repo and aws. Idempotent."""
     from . import api
 
-    st = api.up(name or lab_name(), volume_gb=int(volume_gb), scale=float(scale))
+    volume_gb = number_flag(volume_gb, "--volume-gb", 2, 1, api.MAX_VOLUME_GB, whole=True)
+    scale = number_flag(scale, "--scale", 1.0, 0.001, MAX_SCALE)
+    st = api.up(name or lab_name(), volume_gb=volume_gb, scale=scale)
     _print(st, json)
 
 

@@ -6,7 +6,8 @@ import json as _json
 
 from invoke import Exit, task
 
-from trackerdb.cli.common import elapsed_progress, ops_task, out
+from lab.dataset_shape import MAX_SCALE
+from trackerdb.cli.common import elapsed_progress, number_flag, ops_task, out
 
 
 @task(help={"scale": "dataset scale on the source (default 0.5: a few minutes on 2 cores); used when the lab comes up",
@@ -17,7 +18,7 @@ from trackerdb.cli.common import elapsed_progress, ops_task, out
             "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, ~80 s; 0 = none)",
             "json": "print the result as JSON"})
 @ops_task
-def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8, calibrate=None, json=False):
+def rehearse(c, scale=None, rollback=False, keep_lab=False, lab=None, volume_gb=None, calibrate=None, json=False):
     """Rehearse the cutover on the lab end to end and write report.json + report.html.
 
     Brings the lab up if it is not (the source gets the tracker dataset at --scale), then runs the
@@ -26,11 +27,20 @@ def rehearse(c, scale=0.5, rollback=False, keep_lab=False, lab=None, volume_gb=8
     copy under reports/<lab>/), prints both paths, and ends with PASS (exit 0) or FAIL (exit 1).
     Dry run: `invoke cutover --dry-run` shows the plan; a rehearsal only ever changes lab hosts.
     """
+    from trackerdb.settings import lab_name
+
+    from lab.api import MAX_VOLUME_GB
+
     from .run import run_rehearsal
 
-    res = run_rehearsal(float(scale), replay_rollback=rollback, lab_name=lab, progress=None if json else elapsed_progress(),
-                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=int(volume_gb),
-                        calibrate_scale=None if calibrate is None else float(calibrate))
+    # every flag checked before the lab is touched (a lab brought up for a scale the dataset refuses stays up)
+    scale = number_flag(scale, "--scale", 0.5, 0.001, MAX_SCALE)
+    volume_gb = number_flag(volume_gb, "--volume-gb", 8, 1, MAX_VOLUME_GB, whole=True)
+    calibrate = number_flag(calibrate, "--calibrate", None, 0, MAX_SCALE, example=100)
+    lab_name({"TRACKERDB_LAB": lab} if lab else None)
+    res = run_rehearsal(scale, replay_rollback=rollback, lab_name=lab, progress=None if json else elapsed_progress(),
+                        config=c.config.get("trackerdb", {}), keep_lab=keep_lab, volume_gb=volume_gb,
+                        calibrate_scale=calibrate)
     if json:
         print(_json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2, default=str))
     else:

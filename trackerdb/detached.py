@@ -12,6 +12,12 @@ with no terminal and no inherited descriptors (the lab's hosts have no systemd):
 SSH session ending (the operator's laptop sleeping, its network dropping, invoke killed) does not
 reach it. A re-run finds the job by its name and attaches to it instead of starting it over.
 
+Everything inside the job's directory happens as the job's user, never as root (issue 23): the
+directory and every file in it are the user's, so root reading, writing or evaluating any of it
+would hand that user root (``launched`` was once shell arithmetic run by root). Root only makes the
+jobs base (``safe_paths.ensure_dir``: no link followed) and launches the wrapper as the user. The
+status command prints facts; this side decides (``launched`` must be digits, nothing is evaluated).
+
 Pure builders (paths, scripts, the status command and its parser) are separate from ``Job``, the
 small executor.
 """
@@ -24,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import HostError
+from .safe_paths import ensure_dir
 
 STARTING_GRACE_S = 30  # between launching and the wrapper writing its pid
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,80}$")
@@ -65,31 +72,43 @@ def wrapper_text(d: str) -> str:
             "echo $rc > rc.tmp && mv rc.tmp rc\n")
 
 
+def prepare_line(d: str) -> str:
+    """Shell line (run as the job's user) that empties the job's directory: a fresh one, 0700."""
+    q = shlex.quote(d)
+    return f"rm -rf -- {q} && mkdir -m 0700 -- {q}"
+
+
+def launched_line(d: str) -> str:
+    """Shell line (run as the job's user) that records when we launched it (the starting grace)."""
+    return f"date +%s > {shlex.quote(d + '/launched')}"
+
+
 def start_line(d: str, name: str, user: str) -> str:
-    """Shell line (run as root) that starts ``wrapper.sh`` as ``user``, detached from this session."""
+    """Shell line (run as root) that starts ``wrapper.sh`` as ``user``, detached from this session.
+    It reads nothing in the job's directory: the wrapper is opened by the shell running as ``user``."""
     q = shlex.quote
     w = f"{d}/wrapper.sh"
     systemd = f"systemd-run --quiet --collect --unit {q(unit_name(name))} --uid {q(user)} --gid {q(user)} /bin/sh {q(w)}"
     plain = f"setsid -f runuser -u {q(user)} -- /bin/sh {q(w)} < /dev/null > /dev/null 2>&1"
-    return (f"date +%s > {q(d + '/launched')} && chown {q(user)} {q(d + '/launched')} && "
-            f"if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; "
+    return (f"if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; "
             f"then {systemd} && echo systemd; else {plain} && echo setsid; fi")
 
 
 def status_line(d: str) -> str:
-    """Prints ``absent`` | ``starting`` | ``running <pid>`` | ``done <rc>`` | ``dead``, then a second line
-    with the job's own ``phase`` (may be empty) and a third with ``started`` (epoch, may be empty)."""
+    """Run as the job's user. Prints ``absent`` | ``running <pid>`` | ``done <rc>`` | ``dead`` | ``nopid``,
+    then the job's ``phase`` (may be empty), ``started`` (may be empty), ``launched`` (as written, may be
+    empty) and the host's clock, one a line. Nothing read from the directory is evaluated: whether a
+    ``nopid`` job is still starting is :func:`parse_status`'s call."""
     q = shlex.quote
     return (f"d={q(d)}; "
             "if [ ! -d \"$d\" ]; then echo absent; "
-            "elif [ -f \"$d/rc\" ]; then echo \"done $(cat \"$d/rc\")\"; "
-            "elif [ -f \"$d/pid\" ] && p=$(cat \"$d/pid\") && grep -qas -- \"$d/wrapper.sh\" /proc/$p/cmdline; "
+            "elif [ -f \"$d/rc\" ]; then echo \"done $(head -n 1 \"$d/rc\")\"; "
+            "elif [ -f \"$d/pid\" ] && p=$(head -n 1 \"$d/pid\") && grep -qas -- \"$d/wrapper.sh\" \"/proc/$p/cmdline\"; "
             "then echo \"running $p\"; "
-            f"elif [ ! -f \"$d/pid\" ] && [ -f \"$d/launched\" ] && [ $(( $(date +%s) - $(cat \"$d/launched\") )) -lt {STARTING_GRACE_S} ]; "
-            "then echo starting; "
+            "elif [ ! -f \"$d/pid\" ]; then echo nopid; "
             "else echo dead; fi; "
-            "cat \"$d/phase\" 2>/dev/null | head -1 || true; echo; "
-            "cat \"$d/started\" 2>/dev/null || true; echo")
+            "for f in phase started launched; do printf '%s\\n' \"$(head -c 4096 \"$d/$f\" 2>/dev/null | head -n 1 | tr -d '\\r')\"; done; "
+            "date +%s")
 
 
 @dataclass
@@ -105,12 +124,22 @@ class Status:
         return self.state in ("starting", "running")
 
 
-def parse_status(stdout: str) -> Status:
+def _epoch(text: str) -> int | None:
+    """Whole seconds since the epoch, strictly: digits only (a job's user wrote it)."""
+    t = text.strip()
+    return int(t) if re.fullmatch(r"[0-9]{1,12}", t) else None
+
+
+def parse_status(stdout: str, grace_s: float = STARTING_GRACE_S) -> Status:
     lines = stdout.split("\n")
-    head = (lines[0] if lines else "").split()
+    line = lambda i: lines[i] if len(lines) > i else ""  # noqa: E731
+    head = line(0).split()
     state = head[0] if head else "dead"
-    phase = lines[1].strip() if len(lines) > 1 else ""
-    started = next((float(x) for x in lines[2:] if re.fullmatch(r"\d+(\.\d+)?", x.strip())), None)
+    phase = line(1).strip()
+    started = float(line(2).strip()) if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", line(2).strip()) else None
+    if state == "nopid":  # launched, no pid yet: starting within the grace, else it never started
+        launched, now = _epoch(line(3)), _epoch(line(4))
+        state = "starting" if launched is not None and now is not None and abs(now - launched) < grace_s else "dead"
     if state == "done":
         rc = int(head[1]) if len(head) > 1 and head[1].lstrip("-").isdigit() else 255
         return Status("done", rc=rc, phase=phase, started=started)
@@ -131,10 +160,10 @@ class Job:
         self.dir = job_dir(base, name)
 
     def status(self) -> Status:
-        return parse_status(self.remote.run(status_line(self.dir), sudo=True).stdout)
+        return parse_status(self.remote.run(status_line(self.dir), user=self.user).stdout)
 
     def read(self, filename: str) -> str:
-        return self.remote.read_file(f"{self.dir}/{filename}") or ""
+        return self.remote.read_file(f"{self.dir}/{filename}", user=self.user) or ""
 
     def start(self, script: str, env: dict[str, str] | None = None, files: dict[str, str] | None = None) -> str:
         """(Re)create the job's private directory and start it detached. Returns how (systemd|setsid)."""
@@ -142,18 +171,18 @@ class Job:
         if st.active:
             raise HostError(f"{self.remote.name}: job {self.name} is already running (pid {st.pid})",
                             hint="wait for it (re-run attaches to it) or stop it on the host")
-        q = shlex.quote
-        u = q(self.user)
-        self.remote.run(f"install -d -m 0700 -o {u} -g {u} {q(self.base)} && rm -rf {q(self.dir)} && "
-                        f"install -d -m 0700 -o {u} -g {u} {q(self.dir)}", sudo=True)
-        self.remote.write_file(f"{self.dir}/job.sh", script, mode="0700", owner=self.user)
-        self.remote.write_file(f"{self.dir}/wrapper.sh", wrapper_text(self.dir), mode="0700", owner=self.user)
+        u = self.user
+        ensure_dir(self.remote, self.base, "0700", u, u)  # root, refusing a link planted in the user's home
+        self.remote.run(prepare_line(self.dir), user=u)  # the rest as the user: nothing here is root's to touch
+        self.remote.write_file(f"{self.dir}/job.sh", script, mode="0700", owner=u, user=u)
+        self.remote.write_file(f"{self.dir}/wrapper.sh", wrapper_text(self.dir), mode="0700", owner=u, user=u)
         for fname, text in (files or {}).items():  # e.g. a bash script job.sh execs
-            self.remote.write_file(f"{self.dir}/{fname}", text, mode="0600", owner=self.user)
+            self.remote.write_file(f"{self.dir}/{fname}", text, mode="0600", owner=u, user=u)
         if env:  # secrets by file (0600), never argv
             body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
-            self.remote.write_file(f"{self.dir}/env", body, mode="0600", owner=self.user)
-        how = self.remote.run(start_line(self.dir, self.name, self.user), sudo=True).stdout.strip().splitlines()
+            self.remote.write_file(f"{self.dir}/env", body, mode="0600", owner=u, user=u)
+        self.remote.run(launched_line(self.dir), user=u)
+        how = self.remote.run(start_line(self.dir, self.name, u), sudo=True).stdout.strip().splitlines()
         return how[-1] if how else "setsid"
 
     def wait(self, progress=None, poll_s: float = 2.0, timeout_s: float | None = None) -> Status:

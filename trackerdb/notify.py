@@ -1,18 +1,27 @@
 """Phase notifications to a webhook in Slack-compatible JSON (``{"text": …, "blocks": […]}``).
 
 The webhook URL is a secret (it carries its token): config holds the *name* of a Secrets Manager
-secret (``trackerdb.notify.webhook_secret_name``), fetched once per run, masked everywhere. Posting
-is best effort: a webhook that is down, slow or refuses costs at most ``timeout_s`` and a warning
-line, never the cutover.
+secret (``trackerdb.notify.webhook_secret_name``), fetched once per run, masked everywhere. It must be
+``https://``: the token must not cross a network in clear (``notify.ca_file``: a CA bundle for a
+receiver with a private CA). A secret that holds anything else refuses the cutover before it starts.
+Posting is best effort: a webhook that is down, slow or refuses costs at most ``timeout_s`` and a
+warning line, never the cutover.
+
+Everything posted is scrubbed as the journal is (``secrets.scrub``: Secret objects, secret-named
+keys, every secret the session knows) and, since it leaves this machine, ``secrets.redact``
+(credentials in URLs, ``password=…``): an unexpected exception's text or a hook's last output line
+can carry either.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.request
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .secrets import redact, scrub
 
 ICONS = {"start": ":arrow_forward:", "ok": ":white_check_mark:", "failed": ":x:", "info": ":information_source:"}
 
@@ -40,38 +49,66 @@ def message(phase: str, event: str, title: str, *, environment: str = "", error:
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError("the notification webhook secret does not hold an http(s) URL",
+    """The webhook URL, if it is ``https://host/…``; never echoes the URL (it carries the token)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme.lower() not in ("https", "http") or not host:
+        raise ConfigError("the notification webhook secret does not hold an https:// URL",
                           hint="store the webhook URL (https://hooks.slack.com/services/…) as the secret's string")
+    if parts.scheme.lower() != "https":
+        raise ConfigError("the notification webhook secret holds an http:// URL: its token would cross the network in clear",
+                          hint="store the receiver's https:// URL as the secret's string (notify.ca_file for a private CA)")
     return url.strip()
+
+
+def scrub_payload(payload, secrets=()):
+    """What may be posted: the journal's scrubbing, then credential shapes redacted in every string."""
+    def walk(v):
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return redact(v) if isinstance(v, str) else v
+    return walk(scrub(payload, secrets))
 
 
 # ---- executor ---------------------------------------------------------------------------------
 
 class Notifier:
-    """Posts phase events; ``enabled`` only when a webhook secret is configured and readable."""
+    """Posts phase events; ``enabled`` only when a webhook secret is configured and readable.
 
-    def __init__(self, settings, say=None, timeout_s: float = 5.0, fetch=None):
+    A secret that cannot be read turns notifications off with a warning line; one that holds an
+    ``http://`` URL or no URL raises ``ConfigError`` (before the cutover starts: nothing changed).
+    ``secrets``: a callable returning the values to scrub at each post (the session's grow as phases
+    fetch them)."""
+
+    def __init__(self, settings, say=None, timeout_s: float = 5.0, fetch=None, secrets=None):
         self.say = say or (lambda msg: None)
         self.timeout_s = timeout_s
         self.environment = getattr(settings, "environment", "")
+        self.secrets = secrets or (lambda: ())
         self.secret = None
         self.sent = 0
         self.failed = 0
-        name = (getattr(settings, "notify", None) or {}).get("webhook_secret_name")
+        cfg = getattr(settings, "notify", None) or {}
+        name = cfg.get("webhook_secret_name")
         if not name:
             return
         from .errors import OpsError
 
+        self.context = _tls_context(cfg.get("ca_file"))
         if fetch is None:
             from .secrets import fetch_secret as fetch
         try:
-            self.secret = fetch(settings, name)
-            check_url(self.secret.reveal())
+            secret = fetch(settings, name)
         except OpsError as exc:
-            self.secret = None
             self.say(f"notifications off: {exc.one_line()}")
+            return
+        check_url(secret.reveal())
+        self.secret = secret
 
     @property
     def enabled(self) -> bool:
@@ -80,15 +117,19 @@ class Notifier:
     def phase(self, phase: str, event: str, title: str = "", **kw) -> bool:
         if not self.enabled:
             return False
-        return self.post(message(phase, event, title, environment=self.environment, **kw))
+        # scrubbed before ``message`` shortens the error: a cut could leave half a secret unmatched
+        kw = scrub_payload(kw, (self.secret, *self.secrets()))
+        return self.post(message(phase, event, scrub_payload(title, (self.secret, *self.secrets())),
+                                 environment=self.environment, **kw))
 
     def post(self, payload: dict) -> bool:
         url = self.secret.reveal()
-        data = json.dumps(payload).encode()
+        data = json.dumps(scrub_payload(payload, (self.secret, *self.secrets()))).encode()
         req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
         host = urlsplit(url).hostname or ""
         # a loopback receiver is never reached through a proxy from the environment
         handlers = [urllib.request.ProxyHandler({})] if host in ("localhost", "127.0.0.1", "::1") else []
+        handlers.append(urllib.request.HTTPSHandler(context=self.context))
         try:
             with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout_s) as r:
                 ok = 200 <= r.status < 300
@@ -103,3 +144,18 @@ class Notifier:
             self.failed += 1
             self.say(f"notification not delivered ({why}); the cutover goes on")
         return ok
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificate and host name verified: the system's CAs, or ``notify.ca_file`` alone."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    from pathlib import Path
+
+    if not isinstance(ca_file, str) or not Path(ca_file).is_file():
+        raise ConfigError(f"notify.ca_file {ca_file!r} is not a file",
+                          hint="the CA bundle (PEM) that signed the webhook receiver's certificate, or leave it unset")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError:
+        raise ConfigError(f"notify.ca_file {ca_file} is not a PEM CA bundle", hint="a PEM file of CA certificates") from None

@@ -3,6 +3,16 @@
 The SQL goes on stdin (never argv: it may carry a password verifier), ``ON_ERROR_STOP`` makes the
 first error fatal, ``-At`` gives bare values. The port is always passed: a host may run several
 clusters, and the default one is not necessarily ours.
+
+Every session is *pinned* (``PIN``, the first line on stdin, or the first ``-c`` of a stream):
+``search_path = pg_catalog, pg_temp`` and ``standard_conforming_strings = on``. We connect as the
+superuser to databases whose owner controls ``ALTER DATABASE … SET``, the ``public`` schema and a
+schema named like us (``"$user"``): without the pin a function or operator of theirs that matches
+better than pg_catalog's would run as superuser; ``sql.literal`` quotes for conforming strings.
+Our SQL therefore names every non-catalog object with its schema (``sql.qualified``; TimescaleDB's
+API through ``tsdb_api``). A script that reconnects (psql's ``connect`` command) leaves the pin
+behind: ours never do. ``pinned=False`` gives a session the database's own settings (lab checks reading the dataset as the
+application sees it; never an operation).
 """
 
 from __future__ import annotations
@@ -33,6 +43,21 @@ def psql_argv(database: str, port: int, pg_bin: str | None = None, variables: di
     return argv
 
 
+# one line, so psql's "psql:<stdin>:N:" still names the right line of the full script (see error())
+PIN = "SET search_path = pg_catalog, pg_temp; SET standard_conforming_strings = on;"
+
+
+def pinned_sql(sql: str) -> str:
+    """``sql`` as sent: ``PIN`` on the first line."""
+    return PIN + "\n" + sql
+
+
+def stream_argv(base: list[str], statements: list[str], single_transaction: bool = False) -> list[str]:
+    """psql ``base`` argv running ``statements`` as ``-c`` (stdin stays free for COPY data), ``PIN`` first;
+    ``single_transaction``: all in one (``-1``)."""
+    return base + (["-1"] if single_transaction else []) + [x for st in [PIN, *statements] for x in ("-c", st)]
+
+
 _STDIN_LINE = re.compile(r"psql:<stdin>:(\d+):")
 
 
@@ -43,7 +68,7 @@ def failing_statement(sql: str, stderr: str) -> str:
     m = _STDIN_LINE.search(stderr or "")
     if m and 0 < int(m.group(1)) <= len(lines) and lines[int(m.group(1)) - 1].strip():
         return lines[int(m.group(1)) - 1].strip()[:160]
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    first = next((ln.strip() for ln in lines if ln.strip() and ln.strip() != PIN), "")
     return first[:160]
 
 
@@ -65,12 +90,13 @@ def parse_json(stdout: str):
 class Psql:
     """psql on one host (a Remote or LocalHost), as postgres, on one port."""
 
-    def __init__(self, host, port: int, pg_bin: str | None = None):
+    def __init__(self, host, port: int, pg_bin: str | None = None, *, pinned: bool = True):
         if port is None:
             raise TypeError("Psql needs the cluster's port")
         self.host = host
         self.port = int(port)
         self.pg_bin = pg_bin
+        self.pinned = pinned
 
     @classmethod
     def target(cls, host, settings) -> "Psql":
@@ -83,16 +109,22 @@ class Psql:
         return cls(host, settings.source_port)
 
     def argv(self, database: str = "postgres", variables: dict | None = None) -> list[str]:
+        """The command line reading SQL from stdin (``run`` adds ``PIN`` to what it sends)."""
         return psql_argv(database, self.port, self.pg_bin, variables)
+
+    def stream(self, database: str, statements: list[str], single_transaction: bool = False) -> list[str]:
+        """The command line running ``statements`` (``-c``, always pinned) with stdin free for ``COPY … FROM STDIN``."""
+        return stream_argv(self.argv(database), statements, single_transaction)
 
     def run(self, sql: str, database: str = "postgres", check: bool = True, variables: dict | None = None, timeout=None,
             sensitive=()):
         """Run ``sql``; returns the host's Result. ``check`` raises PsqlError on a non-zero exit.
         ``sensitive``: values in ``sql`` that are not registered secrets (a password verifier) but must
         not appear in the error either."""
-        res = self.host.run(self.argv(database, variables), user="postgres", stdin=sql, check=False, timeout=timeout)
+        sent = pinned_sql(sql) if self.pinned else sql
+        res = self.host.run(self.argv(database, variables), user="postgres", stdin=sent, check=False, timeout=timeout)
         if check and not res.ok:
-            raise self.error(sql, database, res, sensitive)
+            raise self.error(sent, database, res, sensitive)
         return res
 
     def error(self, sql: str, database: str, res, sensitive=()) -> PsqlError:

@@ -223,22 +223,28 @@ class Remote:
     def exists(self, path: str) -> bool:
         return self.run(["test", "-e", path], sudo=True, check=False).ok
 
-    def read_file(self, path: str) -> str | None:
-        r = self.run(f"if [ -f {shlex.quote(path)} ]; then cat {shlex.quote(path)}; else exit 3; fi", sudo=True, check=False)
+    def read_file(self, path: str, *, user: str | None = None) -> str | None:
+        """``path``'s text, or None when there is no such file. With ``user`` it is read as that user
+        (a file in their home or directories: a link they planted reaches only what they may read)."""
+        q = shlex.quote(path)
+        r = self.run(f"if [ -f {q} ]; then cat {q}; else exit 3; fi", sudo=user is None, user=user, check=False)
         if r.exit_code == 3:
             return None
         if not r.ok:
-            raise HostError(self._describe_failure(r))
+            raise HostError(self._describe_failure(r), hint=None if user is None else
+                            f"{user} cannot read it: it must be {user}'s own file, not a link to somebody else's")
         return r.stdout
 
-    def write_file(self, path: str, content: str, *, mode: str = "0644", owner: str = "root", group: str | None = None) -> bool:
-        """Write ``content`` (via stdin, so secrets never hit argv) when it differs. Returns whether it changed."""
-        current = self.read_file(path)
+    def write_file(self, path: str, content: str, *, mode: str = "0644", owner: str = "root", group: str | None = None,
+                   user: str | None = None) -> bool:
+        """Write ``content`` (via stdin, so secrets never hit argv) when it differs. Returns whether it changed.
+        With ``user`` (then ``owner`` must be that user) the whole write runs as that user, never as root."""
+        current = self.read_file(path, user=user)
         if current == content:
-            stat = self.run(["stat", "-c", "%a %U %G", path], sudo=True).stdout.split()
+            stat = self.run(["stat", "-c", "%a %U %G", path], sudo=user is None, user=user).stdout.split()
             if stat == [mode.lstrip("0") or "0", owner, group or owner]:
                 return False
-        self.run(atomic_write_argv(path, mode, owner, group or owner), sudo=True, stdin=content)
+        self.run(atomic_write_argv(path, mode, owner, group or owner), sudo=user is None, user=user, stdin=content)
         return True
 
     def put(self, local: str, remote: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import OpsError
 
 
@@ -54,3 +56,44 @@ def mask(text: str, *secrets: Secret | str | None) -> str:
         if value:
             text = text.replace(value, "***")
     return text
+
+
+# Keys whose values are secrets wherever they appear in a structure (journal records, notifications).
+SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|cipher|credential|private_key", re.I)
+
+
+def scrub(value, secrets=()):
+    """A copy of ``value`` safe to write or send: no Secret objects, no secret-named keys, no secret
+    values inside strings. ``secrets`` are Secret objects or plain values (the session's, the journal's)."""
+    values = {v for v in (s.reveal() if isinstance(s, Secret) else s for s in secrets) if v}
+    return _scrub(value, tuple(sorted(values, key=len, reverse=True)))  # a longer secret before its substrings
+
+
+def _scrub(value, secrets: tuple[str, ...]):
+    if isinstance(value, Secret):
+        return "***"
+    if isinstance(value, dict):
+        return {str(k): ("***" if SECRET_KEY.search(str(k)) and v not in (None, "", False) else _scrub(v, secrets))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, str):
+        return mask(value, *secrets)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _scrub(str(value), secrets)
+
+
+# Credentials that an error text can carry without anyone having registered them as secrets: a URL's
+# user:password@, a libpq/DSN ``password=…``, an HTTP Authorization header.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@")
+_KV_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|passphrase|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)")
+_BEARER = re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic)\s+)\S+")
+
+
+def redact(text: str, *secrets: Secret | str | None) -> str:
+    """``mask`` plus the credential shapes above: for text that leaves this machine (a webhook)."""
+    text = mask(text, *secrets)
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = _KV_SECRET.sub(r"\1\2***", text)
+    return _BEARER.sub(r"\1***", text)

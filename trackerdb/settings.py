@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import inventory
+from . import inputs, inventory
 from .errors import ConfigError
 
 LAB_ROOT = "/var/lib/trackerdb-lab"
@@ -57,6 +57,8 @@ class HostSpec:
         if not d or not d.get("address"):
             return None
         fields = {k: d[k] for k in ("address", "user", "port", "key_file", "known_hosts", "proxy_command", "ssh_config") if d.get(k) is not None}
+        if "port" in fields:
+            fields["port"] = _int(f"trackerdb.{name}.port", fields["port"], 1, 65535)
         return cls(name=name, **fields)
 
 
@@ -187,13 +189,13 @@ class Settings:
             region=o["region"],
             database=cfg.get("database", "tracker"),
             owner_role=cfg.get("owner_role", "tracker"),
-            postgres_major=int(o["postgres_major"]),
+            postgres_major=_int("stack output postgres_major", o["postgres_major"], 10, 99),
             postgres_version=str(o["postgres_version"]),
             postgis_version=str(o["postgis_version"]),
             timescaledb_version=str(o["timescaledb_version"]),
             package_source=cfg.get("package_source", "pgdg"),
             data_volume_id=o["data_volume_id"],
-            data_volume_size_gb=int(o["data_volume_size_gb"]),
+            data_volume_size_gb=_int("stack output data_volume_size_gb", o["data_volume_size_gb"], 1, 65536),
             data_mount=o["data_mount"],
             fs_type=cfg.get("fs_type", "ext4"),
             backup_bucket=o["backup_bucket"],
@@ -205,25 +207,25 @@ class Settings:
             repo_host_user=o["repo_host_user"],
             repo_path=o["repo_path"],
             repo_host_key=repo_cfg.get("host_key"),
-            repo_writable=bool(repo_cfg.get("writable", False)),
+            repo_writable=_bool("trackerdb.repo.writable", repo_cfg.get("writable", False)),
             stanza=o["stanza"],
             shared_stanza=o["shared_stanza"],
-            app_cidrs=tuple(o["app_cidrs"]),
+            app_cidrs=tuple(o["app_cidrs"]) if isinstance(o["app_cidrs"], (list, tuple)) else (o["app_cidrs"],),
             target=target,
             source=HostSpec.from_dict("source", cfg.get("source")),
             repo=HostSpec.from_dict("repo", repo_cfg),
             aws_endpoint_url=cfg.get("aws_endpoint_url"),
             aws_ca_bundle=cfg.get("aws_ca_bundle"),
             s3_endpoint=cfg.get("s3_endpoint"),
-            s3_verify_tls=bool(cfg.get("s3_verify_tls", True)),
+            s3_verify_tls=_bool("trackerdb.s3_verify_tls", cfg.get("s3_verify_tls", True)),
             s3_uri_style=cfg.get("s3_uri_style"),
             s3_key_type=cfg.get("s3_key_type", "auto"),
             s3_credentials=cfg.get("s3_credentials"),
-            source_decommissioned=bool(cfg.get("source_decommissioned", False)),
+            source_decommissioned=_bool("trackerdb.source_decommissioned", cfg.get("source_decommissioned", False)),
             switch=dict(cfg.get("switch") or {}),
             state_dir=cfg.get("state_dir", "artifacts"),
-            pg_port=int(cfg.get("pg_port", 5432)),
-            source_pg_port=int(cfg["source_pg_port"]) if cfg.get("source_pg_port") else None,
+            pg_port=_int("trackerdb.pg_port", cfg.get("pg_port", 5432), 1, 65535),
+            source_pg_port=_int("trackerdb.source_pg_port", cfg["source_pg_port"], 1, 65535) if cfg.get("source_pg_port") else None,
             owner_map=_owner_map(cfg.get("owner_map")),
             tls_secret_name=cfg.get("tls_secret_name") or None,
             tls_ca_file=cfg.get("tls_ca_file") or None,
@@ -239,11 +241,65 @@ class Settings:
         return s
 
     def validate(self) -> None:
+        """Every value that reaches a host, one rule a line (trackerdb/inputs.py; infra/config.py applies the same).
+
+        Runs before any connection is made, so a hostile value is one line and no host is touched."""
+        o, v = self.outputs, inputs
+        _check("stack output environment", self.environment, v.environment)
+        _check("stack output region", self.region, v.region)
+        _check("stack output data_volume_id", self.data_volume_id, v.volume_id)
+        _check("stack output data_volume_size_gb", self.data_volume_size_gb, lambda x: v.integer(x, 1, 65536)[1])
+        _check("stack output data_mount", self.data_mount, v.abs_path)
+        _check("stack output backup_bucket", self.backup_bucket, v.bucket)
+        _check("stack output backup_path", self.backup_path, v.abs_path)
+        _check("stack output cipher_secret_name", self.cipher_secret_name, v.secret_name)
+        _check("stack output app_secret_name", self.app_secret_name, v.secret_name)
+        _check("stack output repo_host_name", self.repo_host_name, v.host_address)
+        _check("stack output repo_host_ip", self.repo_host_ip, v.ipv4)
+        _check("stack output repo_host_user", self.repo_host_user, v.unix_user)
+        _check("stack output repo_path", self.repo_path, v.abs_path)
+        _check("stack output stanza", self.stanza, v.stanza)
+        _check("stack output shared_stanza", self.shared_stanza, v.stanza)
+        _check("stack output postgres_major", self.postgres_major, lambda x: v.integer(x, 10, 99)[1])
+        _check("stack output postgres_version", self.postgres_version,
+               lambda x: v.version(x) or (None if str(x).split(".")[0] == str(self.postgres_major)
+                                          else f"is not a {self.postgres_major}.x version (postgres_major)"))
+        _check("stack output postgis_version", self.postgis_version, v.version)
+        _check("stack output timescaledb_version", self.timescaledb_version, v.version)
+        _check("stack output app_cidrs", list(self.app_cidrs), v.networks)
+        if o:  # what only the stack outputs hold (a Settings built in code may have none)
+            _check("stack output instance_id", o.get("instance_id"), v.instance_id)
+            _check("stack output private_ip", o.get("private_ip"), v.ipv4)
+            _check("stack output availability_zone", o.get("availability_zone"), v.availability_zone)
+            _check("stack output root_volume_size_gb", o.get("root_volume_size_gb"), lambda x: v.integer(x, 1, 65536)[1])
+            _check("stack output security_group_id", o.get("security_group_id"), v.security_group_id)
+            _check("stack output role_name", o.get("role_name"), v.iam_name)
+            _check("stack output instance_profile_name", o.get("instance_profile_name"), v.iam_name)
+            _check("stack output direct_transfer", o.get("direct_transfer"), v.boolean)
+            _check("stack output source_cidr", o.get("source_cidr"), v.optional(v.source_network))
+        _check("trackerdb.database", self.database, v.pg_name)
+        _check("trackerdb.owner_role", self.owner_role, v.pg_name)
+        _check("trackerdb.pg_port", self.pg_port, lambda x: v.port(x)[1])
+        _check("trackerdb.source_pg_port", self.source_pg_port, v.optional(lambda x: v.port(x)[1]))
+        _check("trackerdb.transfer_source_address", self.transfer_source_address, v.optional(v.host_address))
+        _check("trackerdb.repo.host_key", self.repo_host_key, v.optional(v.host_key))
+        _check("trackerdb.tls_secret_name", self.tls_secret_name, v.optional(v.secret_name))
+        _check("trackerdb.s3_endpoint", self.s3_endpoint, v.optional(v.endpoint))
+        _check("trackerdb.s3_uri_style", self.s3_uri_style, lambda x: None if x in (None, "host", "path") else "is not host or path")
+        _check("trackerdb.s3_key_type", self.s3_key_type, lambda x: None if x in ("auto", "shared", "web-id") else "is not auto, shared or web-id")
+        for spec in (self.target, self.source, self.repo):
+            if spec is not None:
+                _check(f"trackerdb.{spec.name}.address", spec.address, v.host_address)
+                _check(f"trackerdb.{spec.name}.user", spec.user, v.unix_user)
+                _check(f"trackerdb.{spec.name}.port", spec.port, lambda x: v.port(x)[1])
+        for i, m in enumerate(self.owner_map):
+            _check(f"trackerdb.owner_map entry {i + 1} 'from'", m.frm, v.pg_name)
+            _check(f"trackerdb.owner_map entry {i + 1} 'to'", m.to, v.pg_name)
         if self.package_source not in ("pgdg", "debian"):
             raise ConfigError(f"package_source {self.package_source!r} is not pgdg or debian", hint="set trackerdb.package_source")
         if self.fs_type not in ("ext4", "xfs"):
             raise ConfigError(f"fs_type {self.fs_type!r} is not ext4 or xfs", hint="set trackerdb.fs_type")
-        if not re.match(r"^(none|gzip|lz4|zstd)(:[0-9]{1,2})?$", self.dump_compress):
+        if not isinstance(self.dump_compress, str) or not re.match(r"^(none|gzip|lz4|zstd)(:[0-9]{1,2})?$", self.dump_compress):
             raise ConfigError(f"dump_compress {self.dump_compress!r} is not a pg_dump --compress method",
                               hint="use lz4 (the default), gzip, zstd or none, optionally with :LEVEL")
         if self.transfer not in ("direct", "relay"):
@@ -254,15 +310,6 @@ class Settings:
                 f"stanza {self.stanza!r} is the shared host's stanza",
                 hint="the new cluster has its own system identifier; give it its own stanza name",
             )
-        if not self.data_volume_id.startswith("vol-"):
-            raise ConfigError(f"data_volume_id {self.data_volume_id!r} is not an EBS volume id", hint="expected vol-…")
-        for cidr in self.app_cidrs:
-            try:
-                net = ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(f"app_cidrs entry {cidr!r} is not a network", hint="use CIDR notation like 10.0.1.0/24") from None
-            if net.prefixlen == 0:
-                raise ConfigError(f"app_cidrs entry {cidr} opens PostgreSQL to the world", hint="list the application's networks only")
 
     def require_source(self) -> HostSpec:
         if self.source is None:
@@ -273,6 +320,37 @@ class Settings:
         if self.repo is None:
             raise ConfigError("no repository host SSH access configured", hint="set trackerdb.repo.address")
         return self.repo
+
+
+def _check(key: str, value, rule) -> None:
+    """One rule of ``validate``: a ConfigError naming the key and its value in one line."""
+    problem = rule(value)
+    if problem is not None:
+        raise ConfigError(f"{key} {_show(value)} {problem}", hint=_hint(key))
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _hint(key: str) -> str:
+    if key.startswith("stack output"):
+        return ("fix the stack's config and re-run `pulumi up` (or `invoke lab.up`); "
+                "never edit the stack outputs by hand (TRACKERDB_STACK_OUTPUTS)")
+    return "fix it in invoke.yaml's trackerdb section or the settings overlay (TRACKERDB_SETTINGS)"
+
+
+def _int(key: str, value, lo: int, hi: int) -> int:
+    n, problem = inputs.integer(value, lo, hi)
+    if problem is not None:
+        raise ConfigError(f"{key} {_show(value)} {problem}", hint=_hint(key))
+    return n
+
+
+def _bool(key: str, value) -> bool:
+    _check(key, value, inputs.boolean)
+    return value
 
 
 def _owner_map(raw) -> tuple:

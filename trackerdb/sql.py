@@ -25,5 +25,7 @@ def qualified(schema: str, table: str) -> str:
 
 
 def literal(value: str) -> str:
-    """A quoted SQL string literal (standard_conforming_strings is on since 9.1)."""
+    """A quoted SQL string literal: backslashes are ordinary characters, which holds only with
+    standard_conforming_strings = on (every session ``psql.Psql`` opens sets it, whatever the
+    database's owner configured: ``psql.PIN``)."""
     return "'" + _text(value, "literal").replace("'", "''") + "'"

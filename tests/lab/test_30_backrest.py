@@ -151,7 +151,7 @@ def test_production_mode_waits_for_the_repository_side_and_a_rerun_picks_up(back
             assert "Waiting for the repository side" in res.stderr and pub in res.stderr
             assert r.read_file(ak) == without
             # the other team adds exactly the handed-over line; the re-run continues and changes nothing else
-            handed = next(ln for ln in waiting.waiting.splitlines() if ln.startswith("restrict ssh-"))
+            handed = next(ln for ln in waiting.waiting.splitlines() if ln.startswith("restrict,") and " ssh-" in ln)
             r.write_file(ak, without + handed + "\n", mode="0600", owner=s.repo_host_user)
             again = ops.setup(s)
             assert not again.waiting and not again.changed, [(x.name, x.detail) for x in again.steps if x.changed]

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.lab
 def target_state(settings) -> dict:
     """What a refused restore must not change: databases (name, oid, comment), conf.d, upload dir."""
     with Remote(settings.target) as t:
-        dbs = Psql(t, settings.pg_port).json(
+        dbs = Psql(t, settings.pg_port, pinned=False).json(
             "SELECT json_agg(json_build_object('name', datname, 'oid', oid, 'comment', shobj_description(oid, 'pg_database'))"
             " ORDER BY datname) FROM pg_database;")
         conf = t.run(f"ls -1 /etc/postgresql/{settings.postgres_major}/main/conf.d", sudo=True).stdout
@@ -71,7 +71,7 @@ def test_restore_then_verify_is_green(restored):
 
 def target_psql(s):
     t = Remote(s.target)
-    return t, Psql(t, s.pg_port)
+    return t, Psql(t, s.pg_port, pinned=False)
 
 
 def test_timescale_objects_restored_and_working(restored):
@@ -190,7 +190,7 @@ def test_counts_and_geometry_identical_on_both_sides(restored):
     s = restored["settings"]
     m = restored["dump"].manifest
     with Remote(s.source) as src, Remote(s.target) as tgt:
-        ps, pt = Psql(src, s.pg_port), Psql(tgt, s.pg_port)
+        ps, pt = Psql(src, s.pg_port, pinned=False), Psql(tgt, s.pg_port, pinned=False)
         geo = ps.json("SELECT coalesce(json_agg(json_build_object('s', f_table_schema, 't', f_table_name, 'c', f_geometry_column)), '[]') "
                       "FROM geometry_columns;", s.database)
         assert geo, "the dataset has geometry columns"
@@ -206,7 +206,7 @@ def test_counts_and_geometry_identical_on_both_sides(restored):
 def test_everything_in_tracker_schema_owned_by_tracker_and_extensions_untouched(restored):
     s = restored["settings"]
     with Remote(s.target) as t:
-        p = Psql(t, s.pg_port)
+        p = Psql(t, s.pg_port, pinned=False)
         owners = p.json("SELECT json_object_agg(c.relname, pg_get_userbyid(c.relowner)) FROM pg_class c "
                         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tracker';", s.database)
         ext_owner = p.value("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = '_timescaledb_catalog.hypertable'::regclass;", s.database)
@@ -293,7 +293,7 @@ def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
     dump = restored["dump"]
     staging = staging_name(s.database)
     t = Remote(s.target)
-    p = Psql(t, s.pg_port)
+    p = Psql(t, s.pg_port, pinned=False)
     old_oid = p.value(f"SELECT oid FROM pg_database WHERE datname = '{s.database}';")
     killed = {}
 

@@ -59,12 +59,12 @@ VIEW_ROWS_SQL = ("SET ROLE tracker_readonly; SELECT json_build_object('via_view'
 
 def both(settings, sql):
     with Remote(settings.source) as s, Remote(settings.target) as t:
-        return Psql(s, settings.pg_port).json(sql, settings.database), Psql(t, settings.pg_port).json(sql, settings.database)
+        return Psql(s, settings.pg_port, pinned=False).json(sql, settings.database), Psql(t, settings.pg_port, pinned=False).json(sql, settings.database)
 
 
 def on_target(settings, sql):
     with Remote(settings.target) as t:
-        Psql(t, settings.pg_port).run(sql, settings.database)
+        Psql(t, settings.pg_port, pinned=False).run(sql, settings.database)
 
 
 def test_owners_and_privileges_on_the_target_equal_the_source(restored):
@@ -151,7 +151,7 @@ def test_owner_map_is_explicit_applied_and_expected(restored):
 def test_a_manifest_taken_during_a_freeze_restores_writable(restored, tmp_path):
     s = restored["settings"]
     with Remote(s.source) as src:
-        src_psql = Psql(src, s.pg_port)
+        src_psql = Psql(src, s.pg_port, pinned=False)
         src_psql.run(fz.set_read_only_sql(s.database))
         try:
             art = run_dump(s, str(tmp_path))

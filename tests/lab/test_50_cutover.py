@@ -39,11 +39,11 @@ LAB_PORT = 5432  # the lab's clusters here (tests/lab/test_55_port.py runs the c
 
 
 def run_sql(remote, sql: str, database: str = "postgres", check: bool = True, timeout=None):
-    return Psql(remote, LAB_PORT).run(sql, database, check=check, timeout=timeout)
+    return Psql(remote, LAB_PORT, pinned=False).run(sql, database, check=check, timeout=timeout)
 
 
 def query_json(remote, sql: str, database: str = "postgres"):
-    return Psql(remote, LAB_PORT).json(sql, database)
+    return Psql(remote, LAB_PORT, pinned=False).json(sql, database)
 DEVICE = 1
 MEASURED: dict = {}
 PWNED = "/tmp/trackerdb-pwned"

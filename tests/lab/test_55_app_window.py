@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.server
 import json
 import shlex
+import ssl
 import sys
 import threading
 import time
@@ -31,6 +32,8 @@ from trackerdb.cutover.ops import run_cutover
 from trackerdb.psql import Psql
 from trackerdb.errors import PreflightError
 from trackerdb.remote import Remote
+
+from tests.tlsutil import tls_files
 
 from .test_50_cutover import ensure_app_password_on_source
 
@@ -54,9 +57,15 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def receiver():
+def receiver(tmp_path_factory):
+    """An HTTPS receiver on 127.0.0.1 (webhooks must be https://); its CA file is ``srv.ca_file``."""
     Receiver.events = []
+    ca, cert, key = tls_files(tmp_path_factory.mktemp("webhook-tls"))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.ca_file = ca
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield srv
@@ -151,13 +160,13 @@ def window(backrest_ready, receiver, tmp_path_factory):
 
     settings = backrest_ready
     ensure_app_password_on_source(settings)
-    url = f"http://127.0.0.1:{receiver.server_port}/services/LAB/HOOK/t0ken-{time.time_ns()}"
+    url = f"https://127.0.0.1:{receiver.server_port}/services/LAB/HOOK/t0ken-{time.time_ns()}"
     sm = client(settings, "secretsmanager")
     try:
         sm.create_secret(Name=WEBHOOK_SECRET, SecretString=url)
     except sm.exceptions.ResourceExistsException:
         sm.put_secret_value(SecretId=WEBHOOK_SECRET, SecretString=url)
-    res: dict = {"settings": settings, "url": url}
+    res: dict = {"settings": settings, "url": url, "ca_file": receiver.ca_file}
 
     # 1. a probe that never drains: stopped before the freeze, source untouched, nothing switched
     work1 = tmp_path_factory.mktemp("never")
@@ -168,7 +177,7 @@ def window(backrest_ready, receiver, tmp_path_factory):
                  else False, what="the writer's first ack")
         switch_before = sw.make(settings).current()
         s1 = settings.with_(application=app_config(work1, order1, never_drains=True),
-                            notify={"webhook_secret_name": WEBHOOK_SECRET})
+                            notify={"webhook_secret_name": WEBHOOK_SECRET, "ca_file": receiver.ca_file})
         j1 = work1 / "journal.jsonl"
         with pytest.raises(PreflightError) as e:
             run_cutover(s1, work1 / "dump", journal_path=j1, progress=print, full=True)
@@ -190,7 +199,7 @@ def window(backrest_ready, receiver, tmp_path_factory):
         tgt = settings.target.address
         app["health"][0]["run"] = (f"grep -q '\"event\": \"ack\"' {shlex.quote(str(work / 'writer.jsonl'))} && "
                                    f"grep '\"event\": \"ack\"' {shlex.quote(str(work / 'writer.jsonl'))} | grep -q '{tgt}'")
-        s2 = settings.with_(application=app, notify={"webhook_secret_name": WEBHOOK_SECRET})
+        s2 = settings.with_(application=app, notify={"webhook_secret_name": WEBHOOK_SECRET, "ca_file": receiver.ca_file})
         j2 = work / "journal.jsonl"
         # restore-time settings a SIGKILLed restore job could not remove: the cutover's preflight removes them
         tuning = f"/etc/postgresql/{settings.postgres_major}/main/conf.d/90-trackerdb-restore.conf"
@@ -265,7 +274,8 @@ def test_dry_run_shows_the_hooks(window):
     from trackerdb.cutover.ops import dry_run_details
 
     app = app_config(Path("/nonexistent"), Path("/nonexistent/order"))
-    lines = dry_run_details(window["settings"].with_(application=app, notify={"webhook_secret_name": WEBHOOK_SECRET}))
+    lines = dry_run_details(window["settings"].with_(application=app, notify={"webhook_secret_name": WEBHOOK_SECRET,
+                                                                               "ca_file": window["ca_file"]}))
     assert any(ln.startswith("app stop 2 worker: wait until `cat ") for ln in lines)
     assert any(ln.startswith("app start 1 worker:") for ln in lines)
     assert any(ln.startswith("health: TARGET_ACK -> exit 0") for ln in lines)

@@ -22,21 +22,25 @@ def test_missing_or_malformed_host_key_is_a_config_error(bad):
         ssh.known_hosts_line(s(bad))
 
 
+OURS = 'restrict,from="172.31.10.20",command="/usr/local/lib/trackerdb/pgbackrest-remote-only" ssh-ed25519 AAAAPUB'
+
+
+# security issue 23, item 4: `restrict` alone ran any command; the line is now ours exactly (from= + forced command)
 @pytest.mark.parametrize("current, changed, line", [
-    (None, True, "restrict ssh-ed25519 AAAAPUB postgres@target"),
-    ("ssh-rsa AAAAOTHER a@b\n", True, "restrict ssh-ed25519 AAAAPUB postgres@target"),
-    # the same key installed earlier without restrict: restricted now
-    ("ssh-ed25519 AAAAPUB postgres@target-old-comment\n", True, "restrict ssh-ed25519 AAAAPUB postgres@target-old-comment"),
-    # the repository side's own options are kept, restrict added
-    ('from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', True, 'restrict,from="10.0.0.1" ssh-ed25519 AAAAPUB c'),
-    ("restrict ssh-ed25519 AAAAPUB c\n", False, "restrict ssh-ed25519 AAAAPUB c"),
-    ('restrict,from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', False, 'restrict,from="10.0.0.1" ssh-ed25519 AAAAPUB c'),
+    (None, True, f"{OURS} postgres@target"),
+    ("ssh-rsa AAAAOTHER a@b\n", True, f"{OURS} postgres@target"),
+    # the same key installed earlier unrestricted or with `restrict` only: replaced by the forced-command line
+    ("ssh-ed25519 AAAAPUB postgres@target-old-comment\n", True, f"{OURS} postgres@target"),
+    ('from="10.0.0.1" ssh-ed25519 AAAAPUB c\n', True, f"{OURS} postgres@target"),
+    ("restrict ssh-ed25519 AAAAPUB c\n", True, f"{OURS} postgres@target"),
+    (f"{OURS} postgres@target\n", False, f"{OURS} postgres@target"),
 ])
 def test_authorized_keys_merge_is_idempotent_and_restricted(current, changed, line):
-    text, did = ssh.authorized_keys_merge(current, "ssh-ed25519 AAAAPUB postgres@target")
+    wanted = ssh.authorized_key_line(s(), "ssh-ed25519 AAAAPUB postgres@target")
+    text, did = ssh.authorized_keys_merge(current, wanted)
     assert did is changed and text.count("AAAAPUB") == 1
     assert line in text.splitlines()
-    again, did2 = ssh.authorized_keys_merge(text, "ssh-ed25519 AAAAPUB postgres@target")
+    again, did2 = ssh.authorized_keys_merge(text, wanted)
     assert (again, did2) == (text, False)
 
 
@@ -63,7 +67,7 @@ def test_errors_say_what_to_do():
 
 def test_handover_text_has_the_key_and_nothing_else_secret():
     text = ssh.handover_text(s(), "ssh-ed25519 AAAAPUB postgres@target")
-    assert "restrict ssh-ed25519 AAAAPUB postgres@target" in text.splitlines()
+    assert f"{OURS} postgres@target" in text.splitlines()
     assert "authorized_keys" in text and "re-run" in text
 
 

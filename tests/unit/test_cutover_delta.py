@@ -5,7 +5,7 @@ import pytest
 
 from trackerdb.cutover import delta_sql as dq
 
-HT = {"id": 1, "schema": "tracker", "name": "location_reports", "key": "tracker.location_reports", "dims": 1,
+HT = {"id": 1, "schema": "tracker", "name": "location_reports", "key": "tracker.location_reports", "owner": "tracker", "dims": 1,
       "time_column": "reported_at", "time_type": "timestamp with time zone", "columns": ["device_id", "reported_at", "speed"]}
 MAT = {"id": 5, "schema": "_timescaledb_internal", "name": "_materialized_hypertable_5", "key": "cagg tracker.hourly", "dims": 1,
        "time_column": "bucket", "time_type": "timestamp with time zone", "columns": ["bucket", "n"]}
@@ -14,12 +14,13 @@ MAT = {"id": 5, "schema": "_timescaledb_internal", "name": "_materialized_hypert
 def chunk(name, start, end, compressed=False, ht="tracker.location_reports", zname=None):
     return {"hypertable": ht, "schema": "_timescaledb_internal", "name": name, "start": start, "end": end,
             "compressed": compressed, "compressed_schema": "_timescaledb_internal" if compressed else None,
-            "compressed_name": zname or (f"compress_{name}" if compressed else None), "bytes": 100}
+            "compressed_name": zname or (f"compress_{name}" if compressed else None), "owner": "tracker", "bytes": 100}
 
 
 def catalog(chunks, tables=(), hts=(HT, MAT), seqs=(), los=(), state=None):
     return {"hypertables": list(hts), "chunks": list(chunks),
-            "tables": [{"schema": "tracker", "name": t, "columns": ["id", "name"], "bytes": 10} for t in tables],
+            "tables": [{"schema": "tracker", "name": t, "key": f"tracker.{t}", "owner": "tracker", "columns": ["id", "name"],
+                        "bytes": 10} for t in tables],
             "sequences": list(seqs), "large_objects": list(los), "cagg_state": state or {}}
 
 
@@ -100,12 +101,13 @@ def test_fingerprint_sql_reads_storage_of_a_compressed_chunk_and_rows_of_the_res
 
 
 def test_hostile_names_are_quoted():
-    t = {"hypertables": [], "chunks": [], "tables": [{"schema": "tracker", "name": "x\"; DROP TABLE y; --", "columns": ["a b"], "bytes": 1}]}
+    t = {"hypertables": [], "chunks": [], "tables": [{"schema": "tracker", "name": "x\"; DROP TABLE y; --", "columns": ["a b"], "bytes": 1,
+                                                      "key": 'tracker."x""; DROP TABLE y; --"', "owner": "tracker"}]}
     it = dq.items(t)
-    key = 'table tracker.x"; DROP TABLE y; --'
+    key = 'table tracker."x""; DROP TABLE y; --"'
     sql = dq.fingerprint_sql(key, it[key], ["a b"])
     assert '"tracker"."x""; DROP TABLE y; --"' in sql and 't."a b"' in sql
-    assert "'table tracker.x\"; DROP TABLE y; --'" in sql  # the key as a literal
+    assert "'table tracker.\"x\"\"; DROP TABLE y; --\"'" in sql  # the key as a literal
 
 
 def test_range_bounds_by_time_type_and_open_ends():
@@ -129,24 +131,27 @@ def test_copy_statements_one_transaction_replica_role_compression_kept():
     src = dq.items(catalog([chunk("a", 0, 100, compressed=True), chunk("n", 100, 200, compressed=True)], tables=["devices"]))
     tgt = dq.items(catalog([chunk("a", 0, 100, compressed=True)], tables=["devices"]))
     cols = ["device_id", "reported_at"]
-    stmts = dq.copy_in_statements(dq.COPY, src[K1], tgt[K1], HT, cols)
+    stmts = dq.copy_in_statements(dq.COPY, src[K1], tgt[K1], HT, cols, schema="public")
     assert stmts[0] == "SET LOCAL session_replication_role = replica"
-    assert stmts[1].startswith("""SELECT decompress_chunk('"_timescaledb_internal"."a"'::regclass""")
-    assert stmts[2:4] == ['DELETE FROM ONLY "_timescaledb_internal"."a"',
+    assert stmts[1].startswith("DO $trackerdb_guard$") and "'decompress_chunk', 'compress_chunk'" in stmts[1]
+    assert stmts[2:4] == ['SET LOCAL ROLE "tracker"', "SET LOCAL row_security = off"]
+    assert stmts[4].startswith("""SELECT "public".decompress_chunk('"_timescaledb_internal"."a"'::regclass""")
+    assert stmts[5:7] == ['DELETE FROM ONLY "_timescaledb_internal"."a"',
                           'COPY "_timescaledb_internal"."a" ("device_id", "reported_at") FROM STDIN']
-    assert stmts[4].startswith("""SELECT compress_chunk('"_timescaledb_internal"."a"'::regclass""")
-    new = dq.copy_in_statements(dq.CREATE, src[K2], None, HT, cols)
+    assert stmts[7].startswith("""SELECT "public".compress_chunk('"_timescaledb_internal"."a"'::regclass""")
+    new = dq.copy_in_statements(dq.CREATE, src[K2], None, HT, cols, schema="public")
     assert """_timescaledb_functions.create_chunk('"tracker"."location_reports"'::regclass, '{"reported_at": [100, 200]}'::jsonb""" in new[1]
     assert """to_regclass('"_timescaledb_internal"."n"') IS NULL THEN 'n'""" in new[1]
-    assert new[2] == 'COPY "tracker"."location_reports" ("device_id", "reported_at") FROM STDIN'
-    assert "compress_chunk(x.c" in new[3] and "ds.range_start = 100 AND ds.range_end = 200" in new[3]
+    assert new[2].startswith("DO $trackerdb_guard$") and new[3] == 'SET LOCAL ROLE "tracker"'
+    assert new[5] == 'COPY "tracker"."location_reports" ("device_id", "reported_at") FROM STDIN'
+    assert '"public".compress_chunk(x.c' in new[6] and "ds.range_start = 100 AND ds.range_end = 200" in new[6]
     table = dq.copy_in_statements(dq.COPY, src["table tracker.devices"], tgt["table tracker.devices"], None, ["id", "name"])
-    assert table == ["SET LOCAL session_replication_role = replica", 'DELETE FROM ONLY "tracker"."devices"',
-                     'COPY "tracker"."devices" ("id", "name") FROM STDIN']
+    assert table == ["SET LOCAL session_replication_role = replica", 'SET LOCAL ROLE "tracker"', "SET LOCAL row_security = off",
+                     'DELETE FROM ONLY "tracker"."devices"', 'COPY "tracker"."devices" ("id", "name") FROM STDIN']
     assert dq.copy_out_sql(src[K1], cols) == ('COPY (SELECT "device_id", "reported_at" FROM "tracker"."location_reports" t WHERE '
                                               '"reported_at" >= _timescaledb_functions.to_timestamp(0) AND "reported_at" < '
                                               '_timescaledb_functions.to_timestamp(100)) TO STDOUT')
-    assert dq.state_statements(dq.DROP, tgt[K1]) == ['DROP TABLE "_timescaledb_internal"."a"']
+    assert dq.state_statements(dq.DROP, tgt[K1]) == ["BEGIN", 'DROP TABLE "_timescaledb_internal"."a"', "COMMIT"]
     with pytest.raises(ValueError):
         dq.state_statements(dq.SAME, tgt[K1])
 
@@ -169,8 +174,8 @@ def test_sequences_large_objects():
     t = {"sequences": [{"schema": "tracker", "name": "a", "last_value": "7", "start_value": "1"},
                        {"schema": "tracker", "name": "b", "last_value": "2", "start_value": "5"},
                        {"schema": "tracker", "name": "c", "last_value": "3", "start_value": "1"}]}
-    assert dq.sequence_statements(s, t) == {"sequence tracker.a": """SELECT setval('"tracker"."a"', 10, true);""",
-                                            "sequence tracker.b": """SELECT setval('"tracker"."b"', 5, false);"""}
+    assert dq.sequence_statements(s, t) == {'sequence "tracker"."a"': """SELECT setval('"tracker"."a"', 10, true);""",
+                                            'sequence "tracker"."b"': """SELECT setval('"tracker"."b"', 5, false);"""}
     lo = {"oid": 1, "owner": "tracker", "acl": None, "md5": "x"}
     assert dq.large_object_diff({"large_objects": [lo, dict(lo, oid=2)]},
                                 {"large_objects": [dict(lo, md5="y"), dict(lo, oid=3)]}) == ([1, 2], [3])

@@ -58,15 +58,15 @@ def test_copy_moves_only_the_slices_in_one_replica_role_transaction():
     cols = ["device_id", "reported_at"]
     where = ds.where(src, [5])
     stmts = dq.copy_in_statements(dq.COPY, src, tgt, None, cols, where)
-    assert stmts[0] == "SET LOCAL session_replication_role = replica"
-    assert stmts[1].startswith('DELETE FROM ONLY "_timescaledb_internal"."b" t WHERE ((t."reported_at" >= ')
-    assert stmts[2] == 'COPY "_timescaledb_internal"."b" ("device_id", "reported_at") FROM STDIN'
-    assert len(stmts) == 3  # uncompressed on both hosts: nothing to decompress or compress again
+    assert stmts[:3] == ["SET LOCAL session_replication_role = replica", 'SET LOCAL ROLE "tracker"', "SET LOCAL row_security = off"]
+    assert stmts[3].startswith('DELETE FROM ONLY "_timescaledb_internal"."b" t WHERE ((t."reported_at" >= ')
+    assert stmts[4] == 'COPY "_timescaledb_internal"."b" ("device_id", "reported_at") FROM STDIN'
+    assert len(stmts) == 5  # uncompressed on both hosts: nothing to decompress or compress again
     out = dq.copy_out_sql(src, cols, where)
     assert out.startswith('COPY (SELECT "device_id", "reported_at" FROM "tracker"."location_reports" t WHERE "reported_at" >= ')
-    assert f" AND {where}) TO STDOUT" in out and where in stmts[1]  # the same rows out and in
+    assert f" AND {where}) TO STDOUT" in out and where in stmts[3]  # the same rows out and in
     # without slices, the builders are the whole chunk's
-    assert dq.copy_in_statements(dq.COPY, src, tgt, None, cols)[1] == 'DELETE FROM ONLY "_timescaledb_internal"."b"'
+    assert dq.copy_in_statements(dq.COPY, src, tgt, None, cols)[3] == 'DELETE FROM ONLY "_timescaledb_internal"."b"'
 
 
 def test_slice_prints_parse_and_a_missing_line_means_move_whole():

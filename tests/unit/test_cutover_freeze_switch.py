@@ -136,10 +136,14 @@ def test_command_switch_failure_is_one_line(tmp_path):
 def test_the_frozen_source_refreshes_its_aggregates_parents_first_in_a_writable_session():
     from trackerdb.cutover import freeze as fz
 
-    sql = fz.refresh_caggs_sql(["tracker.location_reports_hourly", "tracker.location_reports_daily"])
+    sql = fz.refresh_caggs_sql(["tracker.location_reports_hourly", "tracker.location_reports_daily"], "public")
     lines = sql.splitlines()
     assert lines[0] == "SET default_transaction_read_only = off;"
-    assert lines[1:] == ["CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);",
-                         "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);"]
+    assert lines[1].startswith("DO $trackerdb_guard$")  # impostors refused just before the calls
+    calls = [ln for ln in lines if ln.startswith("CALL")]
+    assert calls == ["CALL \"public\".refresh_continuous_aggregate('tracker.location_reports_hourly'::regclass, NULL, NULL);",
+                     "CALL \"public\".refresh_continuous_aggregate('tracker.location_reports_daily'::regclass, NULL, NULL);"]
+    for i in (i for i, ln in enumerate(lines) if ln.startswith("CALL")):  # each as the aggregate's owner
+        assert lines[i - 1].startswith("SELECT pg_catalog.set_config('role'") and lines[i + 1] == "RESET ROLE;"
     assert "ORDER BY c.mat_hypertable_id" in fz.CAGGS_SQL
-    assert "BEGIN" not in sql  # CALL refresh_continuous_aggregate refuses a transaction block
+    assert not any(ln.startswith(("BEGIN", "START")) for ln in lines)  # CALL refresh_continuous_aggregate refuses a transaction block  # CALL refresh_continuous_aggregate refuses a transaction block

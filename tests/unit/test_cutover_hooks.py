@@ -36,7 +36,7 @@ def test_bad_config_is_one_line_with_a_hint(raw, message):
 def test_config_parses_with_defaults():
     h = hk.parse_config({"stop": [{"name": "proxy", "run": "echo p"},
                                   {"name": "worker", "run": "echo w", "drain": {"probe": "echo 0", "every_s": 1}}],
-                         "start": [{"name": "worker", "run": "echo w"}], "health": ["http://127.0.0.1:1/health", "true"]})
+                         "start": [{"name": "worker", "run": "echo w"}], "health": ["http://127.0.0.1:1/health", {"run": "true"}]})
     assert [s.name for s in h.stop] == ["proxy", "worker"] and h.stop[1].drain.window_s == 120
     assert h.health[0].url and h.health[1].run == "true"
     lines = hk.dry_run_lines(h)
@@ -125,6 +125,7 @@ def test_a_probe_that_never_drains_stops_before_the_step_and_before_the_freeze(t
     class S:
         application = app
         notify: dict = {}
+        switch = {"mode": "command", "command": "true {old} {new}"}
         environment = "test"
         app_secret_name = cipher_secret_name = "x"
     monkeypatch.setattr(ops, "_add_secrets", lambda ctx, settings: None)
@@ -159,7 +160,7 @@ def test_health_waits_until_every_check_passes_and_fails_with_the_rollback_comma
         _Health.codes = [503, 503]
         url = f"http://127.0.0.1:{srv.server_port}/health"
         j = Journal(tmp_path / "j.jsonl")
-        app = {"health": [url, "true"], "health_every_s": 0.1, "health_timeout_s": 10}
+        app = {"health": [url, {"run": "true"}], "health_every_s": 0.1, "health_timeout_s": 10}
         facts = hk.health(Ctx(j, app), False)
         assert facts["attempts"] == 3 and facts["checks"][url] == "HTTP 200"
         _Health.codes = [503] * 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_stale_tuning_line_keeps_the_file_while_a_restore_job_runs(tmp_path):
     base = tmp_path / "jobs"
     tuning = tmp_path / "t.conf"
     tuning.write_text("x\n")
-    line = rj.stale_tuning_line(str(base), str(tuning), "/nonexistent", 5432).replace("runuser -u postgres -- ", "")
+    line = rj.stale_tuning_line(str(base), str(tuning), "/nonexistent", 5432)
     job = base / "restore-0123456789abcdef"
     job.mkdir(parents=True)
     (job / "wrapper.sh").write_text("sleep 20\n")
@@ -159,3 +160,35 @@ def test_dump_job_is_named_by_the_cutover_and_fetch_resumes_at_the_offset(tmp_pa
     line = dj2.fetch_line(str(f), 4).replace("sudo -n -- ", "")
     assert subprocess.run(["bash", "-c", line], capture_output=True).stdout == b"456789"
     assert dj.jobs_base("/var/lib/postgresql/") == "/var/lib/postgresql/trackerdb-jobs"
+
+
+def test_stale_tuning_line_reads_a_planted_pid_as_data_and_runs_as_postgres(tmp_path):
+    """A job's ``pid`` is written by the job's user: words, globs or substitutions in it are never run,
+    and the clean-up itself is postgres's (no sudo, no runuser): root never acts in postgres's directories."""
+    base = tmp_path / "jobs"
+    tuning = tmp_path / "t.conf"
+    tuning.write_text("x\n")
+    marker = tmp_path / "pwned"
+    job = base / "restore-0123456789abcdef"
+    job.mkdir(parents=True)
+    (job / "wrapper.sh").write_text("sleep 20\n")
+    line = rj.stale_tuning_line(str(base), str(tuning), "/nonexistent", 5432)
+    assert "runuser" not in line and "sudo" not in line
+    for planted in (f"$(touch {marker})", f"x[$(touch {marker})]", f"1 {job}/wrapper.sh", "* /etc/shadow"):
+        (job / "pid").write_text(planted + "\n")
+        tuning.write_text("x\n")
+        out = subprocess.run(["bash", "-c", line], capture_output=True, text=True).stdout.strip()
+        assert out == "removed" and not marker.exists(), planted
+
+
+def test_clear_stale_tuning_runs_as_postgres_not_root():
+    calls = []
+
+    class R:
+        def run(self, cmd, **kw):
+            calls.append(kw)
+            return SimpleNamespace(stdout="absent\n")
+
+    s = SimpleNamespace(data_mount="/var/lib/postgresql", pg_bin="/usr/lib/postgresql/16/bin", pg_port=5432)
+    rj.clear_stale_tuning(R(), s, "/etc/postgresql/16/main/conf.d/90-trackerdb-restore.conf")
+    assert calls == [{"user": "postgres"}]

@@ -1,11 +1,10 @@
 """Notifications: Slack-compatible payloads, every phase's start/end/failure posted in order by the
-cutover, the URL (a secret) never in the journal, and a failed post never fails the cutover."""
+cutover, the URL (a secret) never in the journal, and a failed post never fails the cutover. The
+receiver is HTTPS (an http:// webhook is refused: tests/unit/test_sec_notify.py)."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 
 import pytest
 
@@ -13,8 +12,9 @@ from trackerdb import notify as nt
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
-from trackerdb.errors import OpsError, VerifyError
+from trackerdb.errors import ConfigError, OpsError, VerifyError
 from trackerdb.secrets import Secret
+from tests.unit.test_sec_notify import Receiver, https_receiver  # noqa: F401  (the HTTPS receiver fixture)
 
 
 def test_message_is_slack_compatible_and_carries_error_and_rollback():
@@ -27,51 +27,38 @@ def test_message_is_slack_compatible_and_carries_error_and_rollback():
     json.dumps(m)
 
 
-@pytest.mark.parametrize("url", ["not a url", "ftp://x/y", "https:///tok3n"])
-def test_bad_webhook_url_turns_notifications_off_in_one_line(url):
-    lines = []
+@pytest.mark.parametrize("url", ["not a url", "ftp://x/y", "https:///tok3n", "http://hooks.example/tok3n"])
+def test_bad_webhook_url_is_refused_in_one_line(url):
     S = type("S", (), {"notify": {"webhook_secret_name": "hook"}, "environment": "lab"})
-    n = nt.Notifier(S(), say=lines.append, fetch=lambda s, name: Secret(name, url))
-    assert not n.enabled and lines and lines[0].startswith("notifications off: ") and url not in lines[0]
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    got: list = []
-    status = 200
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Receiver.got.append((self.path, json.loads(body)))
-        self.send_response(_Receiver.status)
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
+    with pytest.raises(ConfigError) as e:
+        nt.Notifier(S(), fetch=lambda s, name: Secret(name, url))
+    assert "https://" in e.value.one_line() and url not in e.value.one_line()
 
 
 @pytest.fixture
-def receiver():
-    _Receiver.got = []
-    _Receiver.status = 200
-    srv = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+def receiver(https_receiver):
+    srv, ca = https_receiver
+    srv.ca_file = ca
     yield srv
-    srv.shutdown()
 
 
-def _settings(url):
+_Receiver = Receiver
+
+
+def _settings(url, ca_file):
     class S:
-        notify = {"webhook_secret_name": "hook"}
+        notify = {"webhook_secret_name": "hook", "ca_file": ca_file}
         application: dict = {}
+        switch = {"mode": "command", "command": "true {old} {new}"}
         environment = "test"
         app_secret_name = cipher_secret_name = "x"
     return S(), url
 
 
-def _run(tmp_path, monkeypatch, url, funcs):
+def _run(tmp_path, monkeypatch, url, funcs, ca_file):
     monkeypatch.setattr(ops, "_add_secrets", lambda ctx, settings: None)
     monkeypatch.setattr("trackerdb.secrets.fetch_secret", lambda s, name: Secret(name, url))
-    s, _ = _settings(url)
+    s, _ = _settings(url, ca_file)
     return ops.run_cutover(s, tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs=funcs)
 
 
@@ -80,7 +67,7 @@ def _ok(ctx, resume):
 
 
 def test_every_phase_start_end_and_failure_posted_in_order(tmp_path, monkeypatch, receiver):
-    url = f"http://127.0.0.1:{receiver.server_port}/services/T000/B000/tok3n"
+    url = f"https://127.0.0.1:{receiver.server_port}/services/T000/B000/tok3n"
 
     def bad_verify(ctx, resume):
         raise VerifyError("verify against the manifest: 1 of 9 checks failed", hint="fix it")
@@ -88,7 +75,7 @@ def test_every_phase_start_end_and_failure_posted_in_order(tmp_path, monkeypatch
     funcs = {p: _ok for p in ph.PHASES}
     funcs[ph.VERIFY] = bad_verify
     with pytest.raises(OpsError):
-        _run(tmp_path, monkeypatch, url, funcs)
+        _run(tmp_path, monkeypatch, url, funcs, receiver.ca_file)
     events = [(b["trackerdb"]["phase"], b["trackerdb"]["event"]) for _, b in _Receiver.got]
     upto = ph.PHASES[:ph.PHASES.index(ph.VERIFY)]
     assert events == [e for p in upto for e in ((p, "start"), (p, "ok"))] + [(ph.VERIFY, "start"), (ph.VERIFY, "failed")]
@@ -101,12 +88,13 @@ def test_every_phase_start_end_and_failure_posted_in_order(tmp_path, monkeypatch
 
 def test_a_webhook_that_fails_never_fails_the_cutover(tmp_path, monkeypatch, receiver):
     _Receiver.status = 500
-    out = _run(tmp_path, monkeypatch, f"http://127.0.0.1:{receiver.server_port}/x", {p: _ok for p in ph.PHASES})
+    ca = receiver.ca_file
+    out = _run(tmp_path, monkeypatch, f"https://127.0.0.1:{receiver.server_port}/x", {p: _ok for p in ph.PHASES}, ca)
     assert out["complete"] and len(_Receiver.got) == 2 * len(ph.PHASES)
     # nobody listening at all
     port = receiver.server_port
     receiver.shutdown()
     receiver.server_close()
-    out = _run(tmp_path / "2", monkeypatch, f"http://127.0.0.1:{port}/x", {p: _ok for p in ph.PHASES})
+    out = _run(tmp_path / "2", monkeypatch, f"https://127.0.0.1:{port}/x", {p: _ok for p in ph.PHASES}, ca)
     assert out["complete"]
     assert Journal(tmp_path / "2" / "j.jsonl").state(ph.POST).status == "ok"

@@ -3,7 +3,7 @@
 import pytest
 
 from trackerdb.errors import HostError
-from trackerdb.psql import Psql, PsqlError, failing_statement, parse_json, psql_argv
+from trackerdb.psql import PIN, Psql, PsqlError, failing_statement, parse_json, psql_argv
 from trackerdb.remote import Result
 from trackerdb.secrets import Secret
 from trackerdb.sql import ident, literal, qualified
@@ -46,7 +46,7 @@ def test_sql_goes_on_stdin_as_postgres_never_argv():
     h = Host("1\n")
     Psql(h, 5433).run("SELECT 'secret-ish';", "tracker")
     cmd, kw = h.calls[0]
-    assert kw["stdin"] == "SELECT 'secret-ish';" and kw["user"] == "postgres"
+    assert kw["stdin"] == PIN + "\nSELECT 'secret-ish';" and kw["user"] == "postgres"
     assert not any("secret-ish" in a for a in cmd) and cmd[cmd.index("-p") + 1] == "5433"
 
 
@@ -74,7 +74,7 @@ def test_value_is_the_last_line():
 
 def test_error_names_the_failing_statement_and_psqls_whole_error_with_secrets_masked():
     sql = "SET log_statement = 'none';\nALTER ROLE tracker PASSWORD 'hunter2';\nSELECT 1;\n"
-    err = ('psql:<stdin>:2: ERROR:  role "tracker" does not exist\n'
+    err = ('psql:<stdin>:3: ERROR:  role "tracker" does not exist\n'  # line 1 is the pin
            "HINT:  create it first\n")
     h = Host(stderr=err, code=3, secrets=[Secret("app", "hunter2")])
     with pytest.raises(PsqlError) as e:

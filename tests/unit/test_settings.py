@@ -19,7 +19,7 @@ def test_settings_from_prod_outputs_derives_paths():
     "over, cfg, fragment",
     [
         ({"stanza": "tracker"}, {}, "shared host's stanza"),
-        ({"app_cidrs": ["0.0.0.0/0"]}, {}, "opens PostgreSQL to the world"),
+        ({"app_cidrs": ["0.0.0.0/0"]}, {}, "open PostgreSQL to the world"),
         ({"app_cidrs": ["not-a-net"]}, {}, "is not a network"),
         ({"data_volume_id": "disk-1"}, {}, "is not an EBS volume id"),
         ({}, {"package_source": "yum"}, "package_source"),

@@ -13,6 +13,7 @@ from typing import Callable
 from ..errors import HostError, PreflightError
 from ..psql import Psql
 from ..remote import Remote
+from ..safe_paths import ensure_dir
 from ..secrets import Secret, mask
 from ..session import connection
 from ..steps import Check, Outcome, Step
@@ -185,7 +186,7 @@ def _ssh_trust(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progr
     else:
         cmd = ssh.keygen_command(home, f"postgres@{settings.target.name}-{ssh.MARK}")
         if not dry_run:
-            t.run(["install", "-d", "-m", "0700", "-o", PG, "-g", PG, f"{home}/.ssh"], sudo=True)
+            ensure_dir(t, f"{home}/.ssh", "0700", PG)  # root, refusing a link planted in postgres's home
             t.run(cmd, user=PG)
         out.add(Step("postgres SSH key", True, f"created {key}", [shlex.join(cmd)]))
         if dry_run:
@@ -194,37 +195,70 @@ def _ssh_trust(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progr
     pubkey = t.run(["cat", key + ".pub"], user=PG).stdout.strip()
 
     kh_path = f"{home}/.ssh/known_hosts"
-    text, changed = ssh.merge_known_hosts(t.read_file(kh_path), settings)
+    # postgres's own file, read and rewritten as postgres: a link there reaches only what postgres may read
+    text, changed = ssh.merge_known_hosts(t.read_file(kh_path, user=PG), settings)
     if changed and not dry_run:
-        t.write_file(kh_path, text, mode="0644", owner=PG, group=PG)
+        t.write_file(kh_path, text, mode="0644", owner=PG, group=PG, user=PG)
     out.add(Step("repository host key pinned", changed, ssh.known_hosts_line(settings).strip()[:120]))
     if dry_run and changed:
         return True
 
+    writable = settings.repo_writable and settings.repo is not None
+    if writable:  # the lab: the repository host is ours to write
+        _say(progress, f"restricting postgres's key on {settings.repo.name} to pgBackRest's remote for {settings.stanza}")
+        user, script = settings.repo_host_user, ssh.remote_only_script(settings)
+        line = ssh.authorized_key_line(settings, pubkey)
+        with Remote(settings.repo) as rh:
+            # root's file in root's directory: the repository user must not be able to change its own forced command
+            installed = rh.read_file(ssh.REMOTE_ONLY_PATH)
+            serves = ssh.script_stanza(installed)
+            if serves not in (None, settings.stanza):
+                # moving the key to another stanza would open that stanza to it before anything could check whose it is
+                raise PreflightError(
+                    f"postgres's key on {settings.repo.name} is restricted to stanza {serves}; stanza {settings.stanza} cannot be read through it",
+                    hint=f"pointing the key at another stanza is the repository side's decision: remove {ssh.REMOTE_ONLY_PATH} there first")
+            if dry_run:
+                changed = installed != script
+            else:
+                rh.run(["install", "-d", "-m", "0755", "-o", "root", "-g", "root", ssh.REMOTE_ONLY_PATH.rsplit("/", 1)[0],
+                        ssh.REMOTE_ONLY_LOG.rsplit("/", 1)[0]], sudo=True)
+                changed = rh.write_file(ssh.REMOTE_ONLY_PATH, script, mode="0755", owner="root")
+                log = shlex.quote(ssh.REMOTE_ONLY_LOG)
+                rh.run(f"[ -e {log} ] || install -m 0640 -o {shlex.quote(user)} -g {shlex.quote(user)} /dev/null {log}", sudo=True)
+            out.add(Step("repository forced command", changed, ssh.REMOTE_ONLY_PATH))
+            # their authorized_keys is read and written as the repository user, never by root (a link they
+            # planted reaches only what they may write)
+            rhome = home_of(rh, user)
+            ak = ssh.authorized_keys_path(rhome)
+            new, changed = ssh.authorized_keys_merge(rh.read_file(ak, user=user), line)
+            if changed and not dry_run:
+                rh.run(["install", "-d", "-m", "0700", f"{rhome}/.ssh"], user=user)
+                rh.write_file(ak, new, mode="0600", owner=user, user=user)
+            out.add(Step("repository key restricted", changed,
+                         f'from="{ssh.target_ip(settings)}",command="{ssh.REMOTE_ONLY_PATH}" in {user}\'s authorized_keys on {settings.repo.name}'))
+        if dry_run and changed:
+            return True
+
     probe = ssh_probe(t, settings)
     if probe.state == "ok":
-        out.add(Step("repository accepts postgres's key", False, f"ssh {settings.repo_host_user}@{settings.repo_host_name} ok"))
-        return True
-    if probe.state != "refused-key":
-        raise ssh.probe_error(settings, probe)
-    if not (settings.repo_writable and settings.repo is not None):
-        out.add(Step("repository accepts postgres's key", False, "WAITING for the repository side: " + probe.detail))
+        answer = t.run(ssh.unrestricted_probe_command(settings), user=PG, check=False, timeout=60)
+        if not ssh.runs_any_command(answer.stdout):
+            out.add(Step("repository accepts postgres's key", False,
+                         f"ssh {settings.repo_host_user}@{settings.repo_host_name} ok; other commands refused"))
+            return True
+        if writable:
+            raise HostError(f"{settings.repo_host_name} accepts postgres's key without its forced command {ssh.REMOTE_ONLY_PATH}",
+                            hint=f"another line or an sshd AuthorizedKeysCommand grants that key: check {settings.repo_host_user}'s keys there")
+        out.add(Step("repository accepts postgres's key", False,
+                     "WAITING for the repository side: the key is accepted but runs ANY command as "
+                     f"{settings.repo_host_user}; it must be restricted to {ssh.REMOTE_ONLY_PATH}"))
         out.waiting = ssh.handover_text(settings, pubkey)
         return False
-    _say(progress, f"installing postgres's key on {settings.repo.name}")
-    if not dry_run:
-        with Remote(settings.repo) as rh:
-            rhome = home_of(rh, settings.repo_host_user)
-            ak = ssh.authorized_keys_path(rhome)
-            new, changed = ssh.authorized_keys_merge(rh.read_file(ak), pubkey)
-            if changed:
-                rh.run(["install", "-d", "-m", "0700", "-o", settings.repo_host_user, "-g", settings.repo_host_user, f"{rhome}/.ssh"], sudo=True)
-                rh.write_file(ak, new, mode="0600", owner=settings.repo_host_user)
-        probe = ssh_probe(t, settings)
-        if probe.state != "ok":
-            raise ssh.probe_error(settings, probe)
-    out.add(Step("repository accepts postgres's key", True, f"added to {settings.repo_host_user}'s authorized_keys on {settings.repo.name}"))
-    return True
+    if probe.state != "refused-key" or writable:
+        raise ssh.probe_error(settings, probe)
+    out.add(Step("repository accepts postgres's key", False, "WAITING for the repository side: " + probe.detail))
+    out.waiting = ssh.handover_text(settings, pubkey)
+    return False
 
 
 def _ca(t: Remote, settings, out: Outcome, dry_run: bool) -> None:
@@ -251,9 +285,9 @@ def _apply_config(t: Remote, settings, secret: Secret, out: Outcome, dry_run: bo
         want = f"{owner} {group} {mode.lstrip('0')}"
         if st.ok and st.stdout.strip() == want:
             continue
-        cmd = ["install", "-d", "-m", mode, "-o", owner, "-g", group, path]
+        cmd = ["install", "-d", "-m", mode, "-o", owner, "-g", group, path]  # what it amounts to
         if not dry_run:
-            t.run(cmd, sudo=True)
+            ensure_dir(t, path, mode, owner, group)  # the spool is on postgres's data mount: no link followed
         out.add(Step(f"directory {path}", True, want, [shlex.join(cmd)]))
     text = conf.render(settings, secret.reveal())
     current = t.read_file(conf.CONF_PATH)
@@ -270,9 +304,10 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
     path = conf.dropin_path(settings)
     text = conf.dropin_text(settings)
     confd = path.rsplit("/", 1)[0]
-    if not dry_run and not t.exists(confd):
-        t.run(["install", "-d", "-m", "0755", "-o", PG, "-g", PG, confd], sudo=True)
-    changed = (t.read_file(path) != text) if dry_run else t.write_file(path, text, mode="0644", owner=PG, group=PG)
+    if not dry_run:  # postgres owns the cluster's configuration directory: refuse a link there, follow none
+        ensure_dir(t, confd, "0755", PG)
+    # in postgres's directory, as postgres (a link there reaches only what postgres may read)
+    changed = (t.read_file(path, user=PG) != text) if dry_run else t.write_file(path, text, mode="0644", owner=PG, group=PG, user=PG)
     out.add(Step(path, changed, "archive_mode, archive_command, restore_command, archive_timeout", [text] if dry_run and changed else []))
     if dry_run:
         return

@@ -8,7 +8,7 @@ import sys
 from invoke import Exit, task
 
 from ..backrest import ops
-from .common import console, ops_task, out, print_checks, print_outcome, settings
+from .common import console, number_flag, ops_task, out, print_checks, print_outcome, settings
 
 WAITING_EXIT = 75  # EX_TEMPFAIL: nothing is wrong, the other team has a step to do
 
@@ -29,12 +29,13 @@ def setup(c, dry_run=False, json=False):
         raise Exit(code=WAITING_EXIT)
 
 
-@task(help={"json": "print the checks as JSON", "max_lag": "segments a repository may trail the current WAL"})
+@task(help={"json": "print the checks as JSON", "max_lag": "segments a repository may trail the current WAL (default 3)"})
 @ops_task
-def check(c, json=False, max_lag=3):
+def check(c, json=False, max_lag=None):
     """Archive health: config drift, the repository host over SSH, the archiver, the last segment
     in each repository, and any WAL pgBackRest dropped (archive-push-queue-max). Non-zero on any failure."""
-    results = ops.check(settings(c), max_lag=int(max_lag))
+    lag = number_flag(max_lag, "--max-lag", 3, 0, 1_000_000, whole=True)
+    results = ops.check(settings(c), max_lag=lag)
     if not print_checks("pgBackRest", results, json):
         raise Exit(code=1)
 

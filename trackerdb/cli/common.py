@@ -10,7 +10,8 @@ from invoke import Exit
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import OpsError
+from .. import inputs
+from ..errors import ConfigError, OpsError
 from ..settings import Settings
 from ..steps import Check, Outcome
 
@@ -20,6 +21,19 @@ out = Console(highlight=False, soft_wrap=True)
 
 def settings(c) -> Settings:
     return Settings.load(c.config.get("trackerdb", {}))
+
+
+def number_flag(value, flag: str, default, lo, hi, *, whole: bool = False, example=None):
+    """A number given on the command line, in [lo, hi]; ``default`` when the flag was not given.
+
+    Tasks declare numeric flags with a ``None`` default so invoke passes the text through: invoke's
+    own int()/float() cast would print its traceback for ``--scale abc``. Checked before anything runs."""
+    if value is None:
+        return default
+    n, problem = (inputs.integer if whole else inputs.number)(value, lo, hi)
+    if problem is not None:
+        raise ConfigError(f"{flag} {value!r} {problem}", hint=f"e.g. {flag} {example if example is not None else default}")
+    return n
 
 
 def ops_task(fn):

@@ -125,7 +125,8 @@ def rollback(c, replay=False, journal=None, json=False):
             "json": "print the result as JSON"})
 @ops_task
 def cutover_finish(c, journal=None, json=False):
-    """End of the rollback window: drop the change-capture slot on the target (issue 16).
+    """End of the rollback window: drop the change-capture slot on the target (issue 16) and remove the
+    direct transfer's trust (the source's forced-command key line and its reader; issue 23).
 
     From then on the target keeps no WAL for a rollback, and `invoke rollback` refuses: the journal
     records that rollback is no longer possible. Nothing else drops the slot. Safe to run again.
@@ -143,6 +144,10 @@ def cutover_finish(c, journal=None, json=False):
     out.print(f"slot {res['slot']}: {'dropped' if res['dropped'] else 'already gone'}"
               f"{'' if res['changed'] else ' (finished earlier)'}; rollback to the source is no longer possible "
               f"(since {res['finished_at']})")
+    trust = res.get("transfer_trust") or {}
+    removed = "; ".join(trust.get("removed") or [])
+    out.print(f"direct transfer trust: {'removed ' + removed if removed else 'none left'}"
+              f"{' (earlier)' if removed and not trust.get('changed') else ''}")
 
 
 TASKS = [cutover, rollback, cutover_finish]

@@ -47,10 +47,12 @@ def dump(c, local=False, out=None, on_host=None, json=False):
 
     Every run makes a new dump; the previous file is replaced only when the new one is complete.
     """
-    from ..migrate.dump import run_dump
+    from ..migrate.dump import check_on_host_dir, run_dump
 
     if out:
         paths.output_dir(out, "--out")
+    if on_host:  # the host's own facts are checked again there, before anything is created
+        check_on_host_dir(on_host)
     s = settings(c)
     dest = on_host or out or str(Path(s.state_dir) / "dump")
     prog, update = _bar("dump")

@@ -18,9 +18,12 @@ to chunk tables map to their hypertable. TimescaleDB 2.18 brackets every compres
 decompression (policy or transparent, DML into a compressed chunk's range) with transactional
 logical messages ``::timescaledb-[de]compression-start/-end``
 (``timescaledb.enable_compression_wal_markers``, on by default, set explicitly by provisioning):
-changes between those markers only move rows between the compressed and uncompressed storage and
-are skipped; the user's own UPDATE/DELETE after a transparent decompression lies outside the
-markers and is replayed on the uncompressed chunk's hypertable. Changes to compressed chunks
+changes to chunks between those markers only move rows between the compressed and uncompressed
+storage and are skipped; the user's own UPDATE/DELETE after a transparent decompression lies outside
+the markers and is replayed on the uncompressed chunk's hypertable. TimescaleDB writes the markers
+from C (``LogLogicalMessage``, tsl/src/compression/wal_utils.h), but any role may write the same
+message with ``pg_logical_emit_message``: a span therefore hides only changes in TimescaleDB's
+schemas, never a regular table's (those are replayed wherever they fall). Changes to compressed chunks
 (``compress_hyper_*``) and to TimescaleDB's internal tables (catalog, materialized cagg data) are
 never replayed: the source recomputes its own. TRUNCATE is not replayed; it is counted and named.
 
@@ -41,6 +44,7 @@ from .decoding import (Change, Decoded, ParseError, copy_rows, copy_unescape, co
                        parse_change, parse_tuple)
 from ..psql import Psql
 from ..sql import literal
+from ..tsdb_api import INTERNAL_SCHEMAS_RE
 
 PLUGIN = "test_decoding"
 JOURNAL_PHASE = "capture"
@@ -75,10 +79,11 @@ SELECT coalesce(json_agg(t ORDER BY t.schema, t.name), '[]'::json) FROM (
     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) AS has_ri_index
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-    AND n.nspname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)'
+    AND n.nspname !~ {INTERNAL_RE}
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 ) t;
 """
+IDENTITY_SQL = IDENTITY_SQL.replace("{INTERNAL_RE}", literal(INTERNAL_SCHEMAS_RE))
 
 
 def needs_identity(tables: list[dict]) -> list[str]:
@@ -102,7 +107,7 @@ DECLARE r record;
 BEGIN
   FOR r IN SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-        AND n.nspname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)'
+        AND n.nspname !~ {INTERNAL_RE}
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
         AND NOT (c.relreplident = 'f'
                  OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
@@ -115,6 +120,7 @@ END
 $trackerdb_identity$;
 SELECT coalesce(json_agg(schema || '.' || name ORDER BY schema, name), '[]'::json) FROM _trackerdb_identity;
 """
+SET_IDENTITY_PROGRAM = SET_IDENTITY_PROGRAM.replace("{INTERNAL_RE}", literal(INTERNAL_SCHEMAS_RE))
 
 
 def slot_facts_sql(slot: str) -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..tsdb_api import INTERNAL_SCHEMAS_RE
+
 MARK_PREFIX = "::timescaledb-"
-INTERNAL_SCHEMA = re.compile(r"^(pg_|_timescaledb|timescaledb_|information_schema$)")
+INTERNAL_SCHEMA = re.compile(INTERNAL_SCHEMAS_RE)  # TimescaleDB's and PostgreSQL's own, by exact name
 CHUNK_NAME = re.compile(r"^_hyper_(\d+)_(\d+)_chunk$")
 COMPRESSED_CHUNK_NAME = re.compile(r"^compress_hyper_\d+_\d+_chunk$")
 
@@ -189,8 +191,10 @@ _MESSAGE = re.compile(r"^message: transactional: (\d) prefix: (.*?), sz: (\d+) c
 def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
     """``(lsn, xid, data)`` rows from :func:`changes_copy_sql` into replayable changes.
 
-    Changes between TimescaleDB's compression/decompression markers, to compressed chunks and
-    to internal tables are counted in ``skipped``; chunk changes are renamed to their hypertable.
+    Changes to chunks and internal tables between TimescaleDB's compression/decompression markers, to
+    compressed chunks and to internal tables are counted in ``skipped`` (a marker span never hides a
+    change to a table outside TimescaleDB's schemas: any role can forge the markers); chunk changes
+    are renamed to their hypertable.
     A transaction's changes are kept only once its COMMIT is seen (peek stops at commit boundaries)."""
     chunk_map = chunk_map or {}
     out = Decoded()
@@ -224,7 +228,9 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
         if ch is None:
             raise ParseError(f"unexpected decoder line: {data[:80]!r}")
         ch.xid = xid or ""
-        if depth:
+        if depth and INTERNAL_SCHEMA.match(ch.schema):
+            # only TimescaleDB's own storage moves inside a span: any role can emit the marker
+            # (pg_logical_emit_message), so a span never hides a change to a table of ours
             _bump(out.skipped, "compression/decompression (moves rows between storages)")
             continue
         mapped = map_table(ch, chunk_map)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import tsdb_api as api
 from ..errors import OpsError
 from ..migrate import schema_print as sp
 from ..psql import Psql
@@ -237,6 +238,8 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
     src, tgt = ctx.remote("source"), ctx.remote("target")
     src_psql, tgt_psql = Psql.source(src, s), _target(ctx)
     hts = {h["key"]: h for h in tgt_cat.get("hypertables") or []}
+    # TimescaleDB's schema on the target, impostors refused before anything is written (tsdb_api)
+    api_schema = api.api_schema(tgt_psql, s.database, [api.COMPRESS, api.DECOMPRESS]) if hts else None
     done = []
     for key in plan.keys(dq.COPY, dq.CREATE):
         item, t = src_items[key], tgt_items.get(key)
@@ -245,9 +248,9 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
         where = None if part is None else ds.where(item, part)  # the source's bounds: the chunk matched by range
         if part is not None:
             sliced[key] = sliced.get(key, 0) + len(part)
-        stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols, where)
-        out_argv = src_psql.argv(s.database) + ["-c", dq.copy_out_sql(item, cols, where)]
-        in_argv = tgt_psql.argv(s.database) + ["-1"] + [x for st in stmts for x in ("-c", st)]
+        stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols, where, api_schema)
+        out_argv = src_psql.stream(s.database, [dq.copy_out_sql(item, cols, where)])
+        in_argv = tgt_psql.stream(s.database, stmts, single_transaction=True)
         res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(in_argv, user="postgres"))
         if res.exit_code != 0 or code != 0:
             raise DeltaError(f"copying {key} failed: source exit {res.exit_code} {res.stderr.strip()[-300:]}; "
@@ -256,7 +259,7 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
         moved[0] += res.bytes
         done.append(key)
     for key in plan.keys(dq.DROP, dq.COMPRESS, dq.DECOMPRESS):
-        tgt_psql.run("\n".join(st + ";" for st in dq.state_statements(plan.actions[key], tgt_items[key])), s.database)
+        tgt_psql.run("\n".join(st + ";" for st in dq.state_statements(plan.actions[key], tgt_items[key], api_schema)), s.database)
         say(f"{plan.actions[key]} {key}")
         done.append(key)
     return done

@@ -5,7 +5,9 @@ Items, matched between the hosts by *what they are*, never by name or id:
 - a chunk: ``chunk <hypertable key> [start, end)`` -- the hypertable key is ``schema.table``, or
   ``cagg schema.view`` for a continuous aggregate's materialization hypertable (its name carries an id);
   the range is the chunk's slice of the hypertable's (only) dimension, in TimescaleDB's internal units;
-- a regular table: ``table schema.name``; a sequence: ``sequence schema.name``; a large object: ``lo <oid>``;
+- a regular table: ``table schema.name``; a sequence: ``sequence "schema"."name"``; a large object: ``lo <oid>``.
+  Names in keys are quoted as ``format('%I.%I')`` quotes them (hypertables and tables: by the server), so
+  ``"a.b"."c"`` and ``"a"."b.c"`` are two items, never one;
 - the continuous aggregates' refresh state (invalidation threshold, watermark, both invalidation logs),
   with hypertable ids replaced by hypertable keys: ``cagg-state``.
 
@@ -15,6 +17,13 @@ first fingerprint is its storage (the compressed batches + the rows outside them
 copies batches verbatim, so equal storage is equal content; when storage differs (recompressed, or
 changed), both sides are compared again *by content*, rows read through the hypertable for the
 chunk's range (``content_sql``), and only a content difference is copied.
+
+Writes to the application's tables (DELETE, COPY, TimescaleDB's compress/decompress) run as the table's
+owner (``SET LOCAL ROLE``, after the superuser-only ``session_replication_role``, with ``row_security
+= off``: a policy that would filter them fails instead): index expressions and ALWAYS triggers are the
+owner's code and must not run as superuser. Catalog work that needs superuser (creating a chunk,
+renames, sequences, large objects, the refresh state) stays superuser's. TimescaleDB's API is called by
+its schema (``api_schema``), after ``tsdb_api``'s guard.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .. import tsdb_api as api
 from ..sql import ident, literal
 
 INT64_MIN, INT64_MAX = -9223372036854775808, 9223372036854775807
@@ -31,23 +41,26 @@ _HT_KEY = ("CASE WHEN ca.mat_hypertable_id IS NULL THEN format('%I.%I', h.schema
            "ELSE format('cagg %I.%I', ca.user_view_schema, ca.user_view_name) END")
 _COLS = ("(SELECT coalesce(json_agg(a.attname ORDER BY a.attnum), '[]'::json) FROM pg_attribute a WHERE a.attrelid = {rel} "
          "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')")
-_USER_NS = "n.nspname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)'"
+INTERNAL_RE = literal(api.INTERNAL_SCHEMAS_RE)
+_USER_NS = f"n.nspname !~ {INTERNAL_RE}"
 
 CATALOG_SQL = f"""SET search_path = pg_catalog, pg_temp;
 WITH ht AS (
   SELECT h.id, h.schema_name, h.table_name, {_HT_KEY} AS key,
+         (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = format('%I.%I', h.schema_name, h.table_name)::regclass) AS owner,
          (SELECT count(*) FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id) AS dims,
          (SELECT d.id FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id ORDER BY d.id LIMIT 1) AS dim_id
   FROM _timescaledb_catalog.hypertable h LEFT JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = h.id
   WHERE h.compression_state <> 2)
 SELECT json_build_object(
   'hypertables', (SELECT coalesce(json_agg(json_build_object('id', ht.id, 'schema', ht.schema_name, 'name', ht.table_name,
-      'key', ht.key, 'dims', ht.dims, 'time_column', d.column_name, 'time_type', d.column_type::regtype::text,
+      'key', ht.key, 'owner', ht.owner, 'dims', ht.dims, 'time_column', d.column_name, 'time_type', d.column_type::regtype::text,
       'columns', {_COLS.format(rel="format('%I.%I', ht.schema_name, ht.table_name)::regclass")}) ORDER BY ht.id), '[]'::json)
     FROM ht LEFT JOIN _timescaledb_catalog.dimension d ON d.id = ht.dim_id),
   'chunks', (SELECT coalesce(json_agg(json_build_object('hypertable', ht.key, 'schema', ch.schema_name, 'name', ch.table_name,
       'start', ds.range_start, 'end', ds.range_end, 'compressed', cz.id IS NOT NULL,
       'compressed_schema', cz.schema_name, 'compressed_name', cz.table_name,
+      'owner', pg_get_userbyid((SELECT c.relowner FROM pg_class c WHERE c.oid = format('%I.%I', ch.schema_name, ch.table_name)::regclass)),
       'bytes', pg_total_relation_size(format('%I.%I', ch.schema_name, ch.table_name)::regclass)
                + CASE WHEN cz.id IS NULL THEN 0 ELSE pg_total_relation_size(format('%I.%I', cz.schema_name, cz.table_name)::regclass) END)
       ORDER BY ch.id), '[]'::json)
@@ -57,13 +70,14 @@ SELECT json_build_object(
     LEFT JOIN _timescaledb_catalog.chunk cz ON cz.id = ch.compressed_chunk_id
     WHERE NOT ch.dropped AND NOT ch.osm_chunk),
   'tables', (SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname,
+      'key', format('%I.%I', n.nspname, c.relname), 'owner', pg_get_userbyid(c.relowner),
       'columns', {_COLS.format(rel='c.oid')}, 'bytes', pg_total_relation_size(c.oid)) ORDER BY n.nspname, c.relname), '[]'::json)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind = 'r' AND {_USER_NS} AND NOT EXISTS (SELECT 1 FROM ht WHERE ht.schema_name = n.nspname AND ht.table_name = c.relname)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')),
   'sequences', (SELECT coalesce(json_agg(json_build_object('schema', s.schemaname, 'name', s.sequencename,
       'last_value', s.last_value::text, 'start_value', s.start_value::text) ORDER BY s.schemaname, s.sequencename), '[]'::json)
-    FROM pg_sequences s WHERE s.schemaname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$)'),
+    FROM pg_sequences s WHERE s.schemaname !~ {INTERNAL_RE}),
   'large_objects', (SELECT coalesce(json_agg(json_build_object('oid', l.oid::bigint, 'owner', pg_get_userbyid(l.lomowner),
       'acl', l.lomacl::text, 'md5', md5(lo_get(l.oid))) ORDER BY l.oid), '[]'::json) FROM pg_largeobject_metadata l),
   'cagg_state', json_build_object(
@@ -98,14 +112,14 @@ def items(catalog: dict) -> dict[str, dict]:
     hts = {h["key"]: h for h in catalog.get("hypertables") or []}
     out: dict[str, dict] = {}
     for t in catalog.get("tables") or []:
-        out[f"table {t['schema']}.{t['name']}"] = {"kind": "table", "rel": f"{ident(t['schema'])}.{ident(t['name'])}",
-                                                    "columns": t["columns"], "bytes": t.get("bytes") or 0}
+        out[f"table {t['key']}"] = {"kind": "table", "rel": f"{ident(t['schema'])}.{ident(t['name'])}", "owner": t["owner"],
+                                    "columns": t["columns"], "bytes": t.get("bytes") or 0}
     for c in catalog.get("chunks") or []:
         h = hts[c["hypertable"]]
         out[chunk_key(c["hypertable"], c["start"], c["end"])] = {
             "kind": "chunk", "rel": f"{ident(c['schema'])}.{ident(c['name'])}", "hypertable": c["hypertable"],
             "schema": c["schema"], "name": c["name"], "compressed_schema": c.get("compressed_schema"),
-            "compressed_name": c.get("compressed_name"), "ht_schema": h["schema"], "ht_name": h["name"],
+            "compressed_name": c.get("compressed_name"), "owner": c["owner"], "ht_schema": h["schema"], "ht_name": h["name"],
             "ht_rel": f"{ident(h['schema'])}.{ident(h['name'])}", "columns": h["columns"], "time_column": h["time_column"],
             "time_type": h["time_type"], "start": int(c["start"]), "end": int(c["end"]), "compressed": bool(c["compressed"]),
             "compressed_rel": f"{ident(c['compressed_schema'])}.{ident(c['compressed_name'])}" if c["compressed"] else None,
@@ -287,44 +301,62 @@ def find_chunk_sql(ht_schema: str, ht_name: str, start: int, end: int) -> str:
             f"AND ds.range_start = {int(start)} AND ds.range_end = {int(end)}")
 
 
+def _as_owner(owner: str) -> list[str]:
+    """From here to the end of the transaction, as ``owner`` (the replication role set before stays)."""
+    return [f"SET LOCAL ROLE {ident(owner)}", "SET LOCAL row_security = off"]
+
+
+def _chunk_api(schema: str | None, routine: str, chunk: str) -> str:
+    if not schema:
+        raise ValueError(f"{routine} of {chunk}: TimescaleDB is not installed on the target")
+    flag = "if_not_compressed" if routine == api.COMPRESS else "if_compressed"
+    return f"SELECT {api.call(schema, routine, f'{chunk}, {flag} => true')}"
+
+
 def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict, columns: list[str],
-                       where: str | None = None) -> list[str]:
+                       where: str | None = None, schema: str | None = None) -> list[str]:
     """On the target, one transaction: triggers and foreign keys off (``session_replication_role =
-    replica``: the rows are the source's, already checked there), the old rows out, the source's in
-    (COPY FROM STDIN), and a chunk compressed on the source compressed again. ``target_ht``: the
-    target's hypertable of a chunk (``schema``, ``name``). ``where`` (a chunk uncompressed on both
-    hosts, ``COPY``): only the rows that match it go out and come in."""
+    replica``: the rows are the source's, already checked there), then as the table's owner the old rows
+    out, the source's in (COPY FROM STDIN), and a chunk compressed on the source compressed again.
+    ``target_ht``: the target's hypertable of a chunk (``schema``, ``name``, ``owner``). ``where`` (a
+    chunk uncompressed on both hosts, ``COPY``): only the rows that match it go out and come in.
+    ``schema``: TimescaleDB's (``tsdb_api.api_schema``), for compress/decompress (guarded first)."""
     cols = ", ".join(ident(c) for c in columns)
     stmts = ["SET LOCAL session_replication_role = replica"]
     if src["kind"] == "table":
-        return stmts + [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
+        return stmts + _as_owner(tgt["owner"]) + [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
+    uses = ([api.DECOMPRESS] if action == COPY and tgt["compressed"] else []) + ([api.COMPRESS] if src["compressed"] else [])
+    guard = [api.guard_sql(schema, uses)] if uses and schema else []
     if action == COPY:
+        stmts += guard + _as_owner(tgt["owner"])
         if tgt["compressed"]:
-            stmts.append(f"SELECT decompress_chunk({literal(tgt['rel'])}::regclass, if_compressed => true)")
+            stmts.append(_chunk_api(schema, api.DECOMPRESS, f"{literal(tgt['rel'])}::regclass"))
         stmts += [f"DELETE FROM ONLY {tgt['rel']}" + (f" t WHERE {where}" if where else ""), f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
         if src["compressed"]:
-            stmts.append(f"SELECT compress_chunk({literal(tgt['rel'])}::regclass, if_not_compressed => true)")
+            stmts.append(_chunk_api(schema, api.COMPRESS, f"{literal(tgt['rel'])}::regclass"))
         return stmts
-    # a chunk the target does not have: created with the source's range (and name, when free), filled through its hypertable
+    # a chunk the target does not have: created (superuser: catalog work) with the source's range (and name,
+    # when free), then filled through its hypertable as the hypertable's owner
     ht = f"{ident(target_ht['schema'])}.{ident(target_ht['name'])}"
     slices = json.dumps({target_ht["time_column"]: [int(src["start"]), int(src["end"])]})
     name = f"{ident(src['schema'])}.{ident(src['name'])}"
     stmts.append(f"SELECT _timescaledb_functions.create_chunk({literal(ht)}::regclass, {literal(slices)}::jsonb, {literal(src['schema'])}, "
                  f"CASE WHEN to_regclass({literal(name)}) IS NULL THEN {literal(src['name'])} END)")
-    stmts.append(f"COPY {ht} ({cols}) FROM STDIN")
+    stmts += guard + _as_owner(target_ht["owner"]) + [f"COPY {ht} ({cols}) FROM STDIN"]
     if src["compressed"]:
-        stmts.append(f"SELECT compress_chunk(x.c, if_not_compressed => true) FROM "
+        stmts.append(_chunk_api(schema, api.COMPRESS, "x.c") + " FROM "
                      f"({find_chunk_sql(target_ht['schema'], target_ht['name'], src['start'], src['end'])}) x")
     return stmts
 
 
-def state_statements(action: str, tgt: dict) -> list[str]:
+def state_statements(action: str, tgt: dict, schema: str | None = None) -> list[str]:
+    """One transaction. DROP as superuser (catalog work); compress/decompress as the chunk's owner."""
     if action == DROP:
-        return [f"DROP TABLE {tgt['rel']}"]
-    if action == COMPRESS:
-        return [f"SELECT compress_chunk({literal(tgt['rel'])}::regclass, if_not_compressed => true)"]
-    if action == DECOMPRESS:
-        return [f"SELECT decompress_chunk({literal(tgt['rel'])}::regclass, if_compressed => true)"]
+        return ["BEGIN", f"DROP TABLE {tgt['rel']}", "COMMIT"]
+    if action in (COMPRESS, DECOMPRESS):
+        routine = api.COMPRESS if action == COMPRESS else api.DECOMPRESS
+        return (["BEGIN", api.guard_sql(schema, [routine])] + _as_owner(tgt["owner"])
+                + [_chunk_api(schema, routine, f"{literal(tgt['rel'])}::regclass"), "COMMIT"])
     raise ValueError(action)
 
 
@@ -339,7 +371,7 @@ def sequence_statements(src_cat: dict, tgt_cat: dict) -> dict[str, str]:
         if t is not None and t.get("last_value") == s.get("last_value"):
             continue
         rel = literal(f"{ident(s['schema'])}.{ident(s['name'])}")
-        out[f"sequence {s['schema']}.{s['name']}"] = (
+        out[f"sequence {ident(s['schema'])}.{ident(s['name'])}"] = (
             f"SELECT setval({rel}, {int(s['last_value'])}, true);" if s.get("last_value") is not None
             else f"SELECT setval({rel}, {int(s['start_value'])}, false);")
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from .. import tsdb_api as api
 from ..errors import HostError
 from ..psql import Psql
 from ..sql import ident, literal
@@ -126,21 +127,27 @@ CAGGS_SQL = """SELECT coalesce(json_agg(format('%I.%I', c.user_view_schema, c.us
 FROM _timescaledb_catalog.continuous_agg c;"""
 
 
-def refresh_caggs_sql(caggs: list[str]) -> str:
+def refresh_caggs_sql(caggs: list[str], schema: str) -> str:
     """Parents before children (hierarchical aggregates: a child's id is higher), each over its whole range,
-    in a session allowed to write while the database is read-only for everyone else."""
-    lines = ["SET default_transaction_read_only = off;"]
-    lines += [f"CALL refresh_continuous_aggregate({literal(c)}, NULL, NULL);" for c in caggs]
+    in a session allowed to write while the database is read-only for everyone else. TimescaleDB's
+    procedure is called by its schema (``schema``, from ``tsdb_api.api_schema``), the guard just before:
+    this runs on the shared source, whose ``public`` the database's owner can write.
+    Each refresh runs as the aggregate's owner (``tsdb_api.as_owner_of_sql``), never as superuser."""
+    lines = ["SET default_transaction_read_only = off;", api.guard_sql(schema, [api.REFRESH]) + ";"]
+    for c in caggs:
+        lines += [api.as_owner_of_sql(c), f"CALL {api.call(schema, api.REFRESH, f'{literal(c)}::regclass, NULL, NULL')};",
+                  "RESET ROLE;"]
     return "\n".join(lines) + "\n"
 
 
 def refresh_caggs(remote, db: str, port=None) -> list[str]:
-    """Refresh every continuous aggregate of ``db`` (none without TimescaleDB); returns their names."""
+    """Refresh every continuous aggregate of ``db`` (none without TimescaleDB); returns their names.
+    ``tsdb_api.ApiImpostor`` (nothing refreshed) when a routine named like the procedure is not TimescaleDB's."""
     psql = Psql(remote, port)
-    has = psql.value("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb';", db)
-    if has == "0":
+    schema = api.api_schema(psql, db, [api.REFRESH])
+    if schema is None:
         return []
     caggs = psql.json(CAGGS_SQL, db) or []
     if caggs:
-        psql.run(refresh_caggs_sql(caggs), db, timeout=3600)
+        psql.run(refresh_caggs_sql(caggs, schema), db, timeout=3600)
     return caggs

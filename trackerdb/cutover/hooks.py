@@ -8,8 +8,12 @@ per platform:
   before the freeze: nothing frozen, nothing switched.
 - ``start``: ordered steps run after the switch (list them in the reverse of the stop order); a
   rollback of a cutover that stopped the application runs them too, after the source is back.
-- ``health``: HTTP URLs (2xx) or commands (exit 0) that must all pass, retried every
-  ``health_every_s`` up to ``health_timeout_s``, before the cutover reports success.
+- ``health``: HTTP URLs (2xx; a bare string is a URL) or commands (exit 0; only as ``run:``) that must
+  all pass, retried every ``health_every_s`` up to ``health_timeout_s``, before the cutover reports success.
+
+Every duration is a finite number of seconds up to a day (``every_s`` up to an hour): ``.inf`` or a
+typo's huge value would hold the window open forever. All of it is checked when the config is read,
+before anything runs.
 
 Commands run on the operator's machine with ``bash -c`` (where aws/kubectl/docker are configured),
 never with a secret in them (the config is not secret). Every step is journaled as it completes, so a
@@ -25,6 +29,7 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError, OpsError, PreflightError, VerifyError
 
@@ -77,14 +82,17 @@ class AppHooks:
         return not (self.stop or self.start or self.health)
 
 
-def _num(raw: dict, key: str, default: float, where: str, minimum: float = 0.0) -> float:
+DAY_S = 86400.0  # no wait, timeout or interval of the window is longer: a bigger one is a typo (or .inf)
+
+
+def _num(raw: dict, key: str, default: float, where: str, minimum: float = 0.0, maximum: float = DAY_S) -> float:
+    """A finite number in [minimum, maximum]: YAML's ``.inf``/``.nan``, ``yes`` and text are refused."""
     v = raw.get(key, default)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}.{key} must be a number, not {v!r}", hint=HINT) from None
-    if math.isnan(f) or f < minimum:
-        raise ConfigError(f"{where}.{key} must be >= {minimum}, not {v!r}", hint=HINT)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{where}.{key} must be a number, not {v!r}", hint=HINT)
+    f = float(v)
+    if not math.isfinite(f) or not minimum <= f <= maximum:
+        raise ConfigError(f"{where}.{key} must be a number from {minimum:g} to {maximum:g}, not {v!r}", hint=HINT)
     return f
 
 
@@ -108,20 +116,42 @@ def _step(raw, where: str) -> HookStep:
         unknown = set(d) - {"probe", "every_s", "threshold", "window_s", "timeout_s"}
         if unknown:
             raise ConfigError(f"{w} has unknown key(s) {', '.join(sorted(unknown))}", hint=HINT)
-        drain = Drain(d["probe"], _num(d, "every_s", 10, w, 0.1), _num(d, "threshold", 0, w, -1e18),
+        drain = Drain(d["probe"], _num(d, "every_s", 10, w, 0.1, 3600), _num(d, "threshold", 0, w, -1e15, 1e15),
                       _num(d, "window_s", 120, w), _num(d, "timeout_s", 900, w, 0.1))
     return HookStep(name.strip(), run, drain, _num(raw, "timeout_s", 600, where, 1))
 
 
+def _check_url(url, where: str) -> str:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        host = parts.hostname if parts else None
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host or url != url.strip():
+        raise ConfigError(f"{where}.url must be http:// or https:// with a host, not {url!r}",
+                          hint=HINT + "; a command is written {run: '<command>'}")
+    return url
+
+
 def _check(raw, where: str) -> HealthCheck:
+    """A URL (a bare string or ``url:``) or a command, only ever as ``run:``: a mistyped URL
+    (``htps://…``, ``app:8080/health``) must not become a shell command."""
     if isinstance(raw, str):
-        raw = {"url": raw} if raw.startswith(("http://", "https://")) else {"run": raw}
+        raw = {"url": raw}
     if not isinstance(raw, dict) or bool(raw.get("url")) == bool(raw.get("run")):
         raise ConfigError(f"{where} needs exactly one of url or run", hint=HINT)
-    url = raw.get("url")
-    if url and not str(url).startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.url must be http:// or https://, not {url!r}", hint=HINT)
-    return HealthCheck(str(raw.get("name") or url or raw.get("run")), url, raw.get("run"))
+    unknown = set(raw) - {"name", "url", "run"}
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}", hint=HINT)
+    url, run = raw.get("url"), raw.get("run")
+    if url:
+        url = _check_url(url, where)
+    elif not isinstance(run, str) or not run.strip():
+        raise ConfigError(f"{where}.run must be a command, not {run!r}", hint=HINT)
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"{where}.name must be text, not {name!r}", hint=HINT)
+    return HealthCheck(str(name or url or run), url, run)
 
 
 def parse_config(raw: dict | None) -> AppHooks:
@@ -144,7 +174,8 @@ def parse_config(raw: dict | None) -> AppHooks:
         if len(set(names)) != len(names):
             raise ConfigError(f"application.{label} has duplicate step names", hint="name each step once (the journal keys on it)")
     return AppHooks(stop, start, tuple(_check(c, f"application.health[{i}]") for i, c in enumerate(lists["health"])),
-                    _num(raw, "health_timeout_s", 300, "application", 0.1), _num(raw, "health_every_s", 5, "application", 0.1))
+                    _num(raw, "health_timeout_s", 300, "application", 0.1),
+                    _num(raw, "health_every_s", 5, "application", 0.1, 3600))
 
 
 def drain_verdict(samples: list[tuple[float, float]], threshold: float, window_s: float) -> str:

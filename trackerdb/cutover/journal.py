@@ -18,37 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OpsError
 from ..files import private_dir
-from ..secrets import Secret
-
-_SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|cipher|credential|private_key", re.I)
+from ..secrets import Secret, scrub  # noqa: F401  (scrub: the journal's and the notifications' one rule)
 
 SKIP, RUN, RESUME = "skip", "run", "resume"
-
-
-def scrub(value, secrets: tuple[str, ...] = ()):
-    """A copy of ``value`` that is safe to write: no Secret objects, no secret-named keys, no secret values."""
-    if isinstance(value, Secret):
-        return "***"
-    if isinstance(value, dict):
-        return {str(k): ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "", False) else scrub(v, secrets))
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v, secrets) for v in value]
-    if isinstance(value, str):
-        for s in secrets:
-            if s:
-                value = value.replace(s, "***")
-        return value
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return scrub(str(value), secrets)
 
 
 @dataclass

@@ -5,7 +5,8 @@
 - :func:`preflight_problems` / :func:`dry_run_lines`: wal_level and the tables without a usable key,
   known before the window.
 - :func:`export_changes` (rollback): every change since the slot, as a replay file (0600).
-- :func:`finish` (`invoke cutover-finish`): drops the slot, records that rollback is over.
+- :func:`finish` (`invoke cutover-finish`): drops the slot, records that rollback is over, and removes the
+  direct transfer's trust (the source's forced-command key line and reader, the target's key).
 - :func:`slot_checks`: retained WAL against the data volume's free space (backrest.check, signoff).
 """
 
@@ -166,7 +167,7 @@ def finish(settings, journal_path, progress=None) -> dict:
     say = progress or (lambda m: None)
     journal = Journal(journal_path)
     if finished(journal):
-        return {**finished(journal), "changed": False}
+        return {**finished(journal), "changed": False, "transfer_trust": end_transfer_trust(settings, journal, say)}
     rec = capture_facts(journal)
     if not rec.get("slot"):
         raise OpsError(f"journal {journal.path} records no rollback capture", hint="nothing to finish; check --journal")
@@ -185,7 +186,42 @@ def finish(settings, journal_path, progress=None) -> dict:
     journal.end(cp.FINISH_PHASE, "ok", facts)
     say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
         f"replay origin on the source: {facts['origin']}")
-    return {**facts, "changed": True}
+    return {**facts, "changed": True, "transfer_trust": end_transfer_trust(settings, journal, say)}
+
+
+TRUST_PHASE = "finish_transfer_trust"
+
+
+def end_transfer_trust(settings, journal: Journal, say) -> dict:
+    """Its own journaled step: the direct transfer's trust goes (``direct.remove_trust``). The preflight
+    installs it whichever way the dump then travels, so this always looks. Done once it succeeds; a
+    failure (the source unreachable) is journaled and raised, and a re-run tries again."""
+    from ..migrate import direct
+    from ..remote import Remote
+
+    st = journal.states().get(TRUST_PHASE)
+    if st is not None and st.done:
+        return {**st.facts, "changed": False}
+    with_source = settings.source is not None and not settings.source_decommissioned
+    journal.begin(TRUST_PHASE, {"source_checked": with_source})
+    try:
+        with Remote(settings.target) as tgt:
+            src = Remote(settings.source) if with_source else None
+            try:
+                removed = direct.remove_trust(settings, src, tgt)
+            finally:
+                if src is not None:
+                    src.close()
+    except OpsError as exc:
+        journal.end(TRUST_PHASE, "failed", error=exc.one_line())
+        raise HostError(f"the direct transfer's trust was not removed: {exc.message}",
+                        hint="the slot part is done and recorded; re-run `invoke cutover-finish` when the hosts answer "
+                             "(or set trackerdb.source_decommissioned if the source is gone)") from None
+    facts = {"removed": removed, "source_checked": with_source}
+    journal.end(TRUST_PHASE, "ok", facts)
+    say("direct transfer trust: " + ("removed " + "; ".join(removed) if removed else "none left")
+        + ("" if with_source else " (target only: no source configured)"))
+    return {**facts, "changed": bool(removed)}
 
 
 def _drop_origin(settings, slot: str) -> str:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import OpsError
+from ..secrets import redact
 from . import phases as ph
 from .journal import RESUME, RUN, SKIP, Journal, decide
 
@@ -51,10 +52,20 @@ def dry_run_details(settings) -> list[str]:
     from . import hooks
 
     lines += hooks.dry_run_lines(hooks.parse_config(getattr(settings, "application", None)))
+    lines.append(app_path_tls_line(settings))
     name = (getattr(settings, "notify", None) or {}).get("webhook_secret_name")
     lines.append(f"notify: every phase's start, end and failure to the webhook in secret {name!r}" if name
                  else "notify: no webhook configured (trackerdb.notify.webhook_secret_name)")
     return lines
+
+
+def app_path_tls_line(settings) -> str:
+    """How verify and phase 7 connect as the application (``tls.client_kwargs``), said before the window."""
+    ca = getattr(settings, "tls_ca_file", None)
+    if ca:
+        return f"app path checks (verify, phase 7): TLS sslmode=verify-full against tls_ca_file {ca} (server authenticated)"
+    return ("app path checks (verify, phase 7): TLS sslmode=require -- encrypted, but the server is NOT authenticated "
+            "(no tls_ca_file): set trackerdb.tls_ca_file to the CA bundle of the server certificate for verify-full")
 
 
 def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journal_path=None, funcs=None, clock=time.time,
@@ -65,6 +76,12 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
     journal_path = Path(journal_path) if journal_path else default_journal(settings)
     journal = Journal(journal_path, clock=clock)
     steps = plan(settings, journal)
+    from .hooks import parse_config
+    from . import switch as sw
+
+    # a bad config is refused before anything runs (never found in the switch phase with the source frozen)
+    parse_config(getattr(settings, "application", None))
+    sw.make(settings)
     if dry_run:
         return {"dry_run": True, "journal": str(journal_path), "plan": steps,
                 "details": path_lines(settings, journal, full, session) + dry_run_details(settings),
@@ -72,11 +89,9 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
     funcs = {**ph.FUNCS, **(funcs or {})}
     say = progress or (lambda msg: None)
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress, session=session, full=full)
-    from .hooks import parse_config
     from ..notify import Notifier
 
-    parse_config(getattr(settings, "application", None))  # a bad hooks config is refused before anything runs
-    notifier = Notifier(settings, say=say)
+    notifier = Notifier(settings, say=say, secrets=lambda: (*journal.secrets, *ctx.session.masked))
     if notifier.enabled:
         journal.add_secret(notifier.secret)
     try:
@@ -92,7 +107,9 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
             try:
                 facts = funcs[phase](ctx, action == RESUME) or {}
             except BaseException as exc:  # KeyboardInterrupt too: the journal must say it stopped
-                msg = exc.one_line() if isinstance(exc, OpsError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+                # scrubbed before it is shortened: a cut could leave half a secret that no mask matches
+                msg = exc.one_line() if isinstance(exc, OpsError) else \
+                    f"{type(exc).__name__}: {redact(str(exc), *journal.secrets, *ctx.session.masked)[:300]}"
                 journal.end(phase, "failed", error=msg)
                 notifier.phase(phase, "failed", ph.TITLES[phase], error=msg, rollback=rollback_command(journal_path),
                                elapsed_s=time.monotonic() - started)

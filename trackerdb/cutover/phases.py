@@ -140,8 +140,7 @@ def _archiving_and_secret_problems(ctx: Ctx) -> list[str]:
 
 def _restore_preflight(ctx: Ctx) -> dict:
     """What `restore` would refuse, checked now against the live source (restore's own preflight)."""
-    from ..migrate import manifest as mf
-    from ..migrate import restore as rs
+    from ..migrate import manifest as mf, privileges as pv, restore as rs
 
     s = ctx.settings
     try:
@@ -154,6 +153,8 @@ def _restore_preflight(ctx: Ctx) -> dict:
     # restore-time settings a killed restore left behind end here (kept while a restore job runs)
     ctx.say("restore tuning: " + rj.clear_stale_tuning(ctx.remote("target"), s, rs.tuning_path(s.postgres_major)).detail)
     pre = rs.preflight_from_source(s, facts, ctx.session, replace=True)
+    roles = ctx.session.psql("target").json(pv.TARGET_ROLES_SQL) if s.owner_map else []  # not after pg_restore
+    pre["problems"] += pv.owner_map_role_problems(s.owner_map, roles, pv.roles_the_restore_creates(facts, s.owner_role))
     return pre | {"source_size_bytes": facts["database"]["size_bytes"],
                   "source_rows": {f"{t['schema']}.{t['name']}": t["rows"] for t in facts.get("tables") or []}}
 

@@ -7,11 +7,14 @@ change, so a re-run or a rollback never mistakes the new value for the old one.
 Route53: UPSERT keeps the record's type and TTL; we wait for the change to be INSYNC and then wait
 out the TTL, after which no resolver may still hand out the old address.
 Command: ``settings.switch["command"]`` with ``{old}`` and ``{new}`` placeholders (shell-quoted),
-run locally; it must be idempotent (it runs again on resume and, swapped, on rollback).
+run locally; it must be idempotent (it runs again on resume and, swapped, on rollback). Only those
+two are substituted: any other brace (JSON, ``${VAR}``, ``{a,b}``) reaches the shell as written,
+and a ``{word}`` that looks like a mistyped placeholder is refused when the config is read.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import time
@@ -132,14 +135,34 @@ class Route53Switch:
         return facts
 
 
+PLACEHOLDERS = ("{old}", "{new}")
+# ``{word}`` not preceded by ``$`` (``${VAR}`` is the shell's): a placeholder, meant or mistyped
+_PLACEHOLDER = re.compile(r"(?<![$\\]){([A-Za-z_][A-Za-z0-9_]*)}")
+COMMAND_HINT = "e.g. switch.command: './repoint-app {old} {new}' (only {old} and {new} are replaced)"
+
+
+def check_template(template) -> str:
+    """``switch.command`` if it is a command with ``{new}`` and no placeholder other than ``{old}``/``{new}``."""
+    if not isinstance(template, str) or not template.strip() or "{new}" not in template:
+        raise ConfigError("switch.mode is command but switch.command is not set or has no {new} placeholder", hint=COMMAND_HINT)
+    unknown = sorted({m.group(0) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
+    if unknown:
+        raise ConfigError(f"switch.command has unknown placeholder(s) {', '.join(unknown)}", hint=COMMAND_HINT)
+    return template
+
+
+def substitute(template: str, old: str, new: str) -> str:
+    """``{old}``/``{new}`` -> shell-quoted values; nothing else in the template changes (one pass, so a
+    value that itself contains ``{new}`` is not substituted again)."""
+    values = {"{old}": shlex.quote(old), "{new}": shlex.quote(new)}
+    return re.sub(r"{old}|{new}", lambda m: values[m.group(0)], template)
+
+
 class CommandSwitch:
     mode = "command"
 
     def __init__(self, settings, runner=None):
-        self.template = (settings.switch or {}).get("command")
-        if not self.template or "{new}" not in self.template:
-            raise ConfigError("switch.mode is command but switch.command is not set or has no {new} placeholder",
-                              hint="e.g. switch.command: './repoint-app {old} {new}'")
+        self.template = check_template((settings.switch or {}).get("command"))
         self.settings = settings
         self.runner = runner or _run_local
 
@@ -153,7 +176,7 @@ class CommandSwitch:
         return old
 
     def command_line(self, old: str, new: str) -> str:
-        return self.template.format(old=shlex.quote(old), new=shlex.quote(new))
+        return substitute(self.template, old, new)
 
     def apply(self, old: str, new: str, progress=None) -> dict:
         line = self.command_line(old, new)

@@ -31,6 +31,7 @@ import time
 from .. import detached
 from ..backrest.ssh import Probe, parse_probe
 from ..errors import HostError
+from ..safe_paths import DigestMismatchError, adopt_file, ensure_dir
 from .restore_plan import upload_dir, upload_path
 
 READER_PATH = "/usr/local/lib/trackerdb/dump-read"
@@ -103,6 +104,42 @@ def authorized_keys_merge(current: str | None, line: str) -> tuple[str, bool]:
     if ours == [line]:
         return current or "", False
     return "".join(ln + "\n" for ln in kept + [line]), True
+
+
+def authorized_keys_without_ours(current: str | None) -> tuple[str, bool]:
+    """``authorized_keys`` without our transfer line(s) (marked ``trackerdb-transfer`` and forcing the
+    reader); every other line kept exactly. (text, whether it changed)."""
+    if not current:
+        return current or "", False
+    lines = current.splitlines(keepends=True)
+    kept = [ln for ln in lines if not _ours(ln)]
+    if len(kept) == len(lines):
+        return current, False
+    return "".join(kept), True
+
+
+def _ours(line: str) -> bool:
+    toks = line.split()
+    return bool(toks) and toks[-1] == MARK and f'command="{READER_PATH}"' in line
+
+
+def authorized_keys_path(home: str) -> str:
+    return f"{home.rstrip('/')}/.ssh/authorized_keys"
+
+
+def remove_reader_line() -> str:
+    """Shell line (root; ``/usr/local/lib/trackerdb`` is root's) that removes the reader and, when empty,
+    its directory; prints ``removed`` or ``absent``."""
+    q = shlex.quote
+    d = READER_PATH.rsplit("/", 1)[0]
+    return (f"if [ -e {q(READER_PATH)} ] || [ -L {q(READER_PATH)} ]; then rm -f -- {q(READER_PATH)} && "
+            f"{{ rmdir -- {q(d)} 2>/dev/null || true; }} && echo removed; else echo absent; fi")
+
+
+def remove_files_line(paths: list[str]) -> str:
+    """Shell line (run as the files' owner) that removes ``paths``; prints ``removed`` when any was there."""
+    q = " ".join(shlex.quote(p) for p in paths)
+    return f"n=0; for f in {q}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then rm -f -- \"$f\" && n=1; fi; done; [ $n = 1 ] && echo removed || echo absent"
 
 
 def known_hosts_line(address: str, host_key: str) -> str:
@@ -187,29 +224,56 @@ def source_address(settings) -> str:
 def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
     """Key on the target, the source's host key pinned there, the reader and the restricted key on the
     source. Idempotent; returns what changed."""
+    # Everything under postgres's home is read and written as postgres, never as root (issue 23):
+    # root makes only ~/.ssh (refusing a planted link) and the reader, in a root-owned directory.
     changed = []
+    pg = "postgres"
     home_t = detached.home_of(tgt)
     if not tgt.exists(key_path(home_t)):
-        tgt.run(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", f"{home_t}/.ssh"], sudo=True)
-        tgt.run(keygen_command(home_t), user="postgres")
+        ensure_dir(tgt, f"{home_t}/.ssh", "0700", pg)
+        tgt.run(keygen_command(home_t), user=pg)
         changed.append("transfer key made on the target")
-    pub = tgt.run(["cat", key_path(home_t) + ".pub"], sudo=True).stdout
+    pub = tgt.run(["cat", key_path(home_t) + ".pub"], user=pg).stdout
     # read over our own pinned connection to the source, never learnt from the network
     host_key = src.run(HOST_KEY_LINE, sudo=True, check=False).stdout
     if tgt.write_file(known_hosts_path(home_t), known_hosts_line(source_address(settings), host_key),
-                      mode="0644", owner="postgres"):
+                      mode="0644", owner=pg, user=pg):
         changed.append("source host key pinned on the target")
-    src.run(["install", "-d", "-m", "0755", "-o", "root", "-g", "root", READER_PATH.rsplit("/", 1)[0]], sudo=True)
+    ensure_dir(src, READER_PATH.rsplit("/", 1)[0], "0755", "root")
     if src.write_file(READER_PATH, reader_script(source_jobs_base, settings.database), mode="0755", owner="root"):
         changed.append(f"reader {READER_PATH} on the source")
     home_s = detached.home_of(src, SOURCE_USER)
-    src.run(["install", "-d", "-m", "0700", "-o", SOURCE_USER, "-g", SOURCE_USER, f"{home_s}/.ssh"], sudo=True)
-    ak = f"{home_s}/.ssh/authorized_keys"
-    text, ch = authorized_keys_merge(src.read_file(ak), authorized_key_line(pub, settings.outputs.get("private_ip") or tgt.spec.address))
+    ensure_dir(src, f"{home_s}/.ssh", "0700", SOURCE_USER)
+    ak = authorized_keys_path(home_s)
+    line = authorized_key_line(pub, settings.outputs.get("private_ip") or tgt.spec.address)
+    text, ch = authorized_keys_merge(src.read_file(ak, user=SOURCE_USER), line)
     if ch:
-        src.write_file(ak, text, mode="0600", owner=SOURCE_USER)
+        src.write_file(ak, text, mode="0600", owner=SOURCE_USER, user=SOURCE_USER)
         changed.append("restricted transfer key in the source's authorized_keys")
     return changed
+
+
+def remove_trust(settings, src, tgt) -> list[str]:
+    """The end of the direct transfer's trust (``cutover-finish``): our line in the source's
+    ``authorized_keys`` and the reader there, the key and the pinned host key on the target. Every
+    other key is left exactly as it was. Idempotent; returns what was removed. ``src`` may be None
+    (no source any more): the target's half still goes."""
+    removed = []
+    pg = "postgres"
+    if src is not None:
+        ak = authorized_keys_path(detached.home_of(src, SOURCE_USER))
+        current = src.read_file(ak, user=SOURCE_USER)
+        text, ch = authorized_keys_without_ours(current)
+        if ch:
+            src.write_file(ak, text, mode="0600", owner=SOURCE_USER, user=SOURCE_USER)
+            removed.append("the transfer key's line in the source's authorized_keys")
+        if src.run(remove_reader_line(), sudo=True).stdout.strip() == "removed":
+            removed.append(f"reader {READER_PATH} on the source")
+    home_t = detached.home_of(tgt)
+    files = [key_path(home_t), key_path(home_t) + ".pub", known_hosts_path(home_t)]
+    if tgt.run(remove_files_line(files), user=pg).stdout.strip() == "removed":
+        removed.append("transfer key and pinned source host key on the target")
+    return removed
 
 
 def probe(settings, tgt) -> Probe:
@@ -229,6 +293,8 @@ def pull(settings, tgt, key: str, remote_size: int, remote_sha: str, progress=No
     db = settings.database
     home = detached.home_of(tgt)
     dest = upload_path(settings.data_mount, db, remote_sha)
+    # sizes and hashes are read as postgres (the jobs base is postgres's; the upload directory is
+    # group-readable by postgres): root never opens what postgres could have linked (issue 23)
     if _size(tgt, dest) == remote_size and _sha(tgt, dest) == remote_sha:
         say(f"dump: already on {tgt.name} ({dest}), SHA-256 matches")
         return dest
@@ -241,7 +307,7 @@ def pull(settings, tgt, key: str, remote_size: int, remote_sha: str, progress=No
     else:
         have = max(_size(tgt, partial), 0)
         if have > remote_size:
-            tgt.run(["rm", "-f", partial], sudo=True)
+            tgt.run(["rm", "-f", partial], user="postgres")
             have = 0
         if have < remote_size:
             how = job.start(pull_script(home, source_address(settings), key, partial))
@@ -255,27 +321,32 @@ def pull(settings, tgt, key: str, remote_size: int, remote_sha: str, progress=No
     if _size(tgt, partial) != remote_size and not (st.state == "done" and st.rc == 0):
         raise HostError(f"the pull on {tgt.name} failed (job {st.state}, exit {st.rc}): {_last(job.read('log'))}",
                         hint="re-run: the pull continues from where it stopped")
-    size, sha = _size(tgt, partial), _sha(tgt, partial)
-    if size != remote_size or sha != remote_sha:
-        tgt.run(["rm", "-f", partial], sudo=True)
-        raise HostError(f"the pulled dump differs from the source's ({size} of {remote_size} bytes, SHA-256 "
-                        f"{'matches' if sha == remote_sha else 'differs'})", hint="the partial file was removed; re-run to pull it again")
+    size = _size(tgt, partial)
+    if size != remote_size:
+        tgt.run(["rm", "-f", partial], user="postgres")
+        raise HostError(f"the pulled dump differs from the source's ({size} of {remote_size} bytes)",
+                        hint="the partial file was removed; re-run to pull it again")
     user = tgt.spec.user
-    q = shlex.quote
-    # where restore reads it (its setgid upload directory: the SSH user writes, postgres reads)
-    tgt.run(f"install -d -m 2750 -o {q(user)} -g postgres {q(upload_dir(settings.data_mount))} && "
-            f"mv -f {q(partial)} {q(dest)} && chown {q(user)}:postgres {q(dest)} && chmod 0640 {q(dest)}", sudo=True)
+    # where restore reads it (its setgid upload directory: the SSH user writes, postgres reads). Root
+    # moves the entry and re-owns and hashes it through one descriptor, following no link: the bytes
+    # checked are the bytes re-owned (a check by name, then mv/chown/chmod, left a window between).
+    ensure_dir(tgt, upload_dir(settings.data_mount), "2750", user, "postgres")
+    try:
+        adopt_file(tgt, partial, dest, mode="0640", owner=user, group="postgres", sha256=remote_sha)
+    except DigestMismatchError:
+        raise HostError(f"the pulled dump differs from the source's ({size} of {remote_size} bytes, SHA-256 differs)",
+                        hint="the pulled file was removed; re-run to pull it again") from None
     return dest
 
 
 def _size(host, path: str) -> int:
-    """Bytes of ``path`` on ``host``; -1 when there is no such file."""
-    r = host.run(["stat", "-c", "%s", path], sudo=True, check=False)
+    """Bytes of ``path`` on ``host`` (read as postgres); -1 when there is no such file."""
+    r = host.run(["stat", "-L", "-c", "%s", path], user="postgres", check=False)
     return int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else -1
 
 
 def _sha(host, path: str) -> str:
-    r = host.run(["sha256sum", path], sudo=True, check=False, timeout=3600)
+    r = host.run(["sha256sum", path], user="postgres", check=False, timeout=3600)
     return r.stdout.split()[0] if r.ok and r.stdout.split() else ""
 
 

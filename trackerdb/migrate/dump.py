@@ -17,11 +17,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import HostError, OpsError
+from .. import inputs
+from ..errors import ConfigError, HostError, OpsError, PreflightError
 from ..remote import LocalHost, wrap
 from ..session import connection
 from . import manifest as mf
-from ..psql import Psql, parse_json
+from ..psql import PIN, Psql, parse_json
 
 
 @dataclass
@@ -40,7 +41,10 @@ PROBE_SQL = """SELECT json_build_object('server_version_num', current_setting('s
 
 def dump_script(*, pg_bin: str, port: int, database: str, facts_sql: list[str], facts_path: str,
                 out_file: str | None, compress: str = "lz4") -> str:
-    """The bash script run as postgres on the source. pg_dump writes to ``out_file`` or stdout."""
+    """The bash script run as postgres on the source. pg_dump writes to ``out_file`` or stdout. Both psql
+    sessions pin ``search_path`` and ``standard_conforming_strings`` first, as every session of ours does:
+    the facts are read as superuser on the shared source, never under the database owner's search_path
+    (and ``pg_get_viewdef`` then qualifies names exactly as verify's pinned sessions on the target do)."""
     psql = f"{shlex.quote(pg_bin + '/psql')} -X -q -v ON_ERROR_STOP=1 -At -p {port} -d {shlex.quote(database)}"
     sql = "\n".join(facts_sql)
     target = f"--file={shlex.quote(out_file)}" if out_file else ""
@@ -48,10 +52,10 @@ def dump_script(*, pg_bin: str, port: int, database: str, facts_sql: list[str], 
 umask 077
 coproc SNAP {{ {psql}; }}
 snap_in=${{SNAP[1]}}; snap_out=${{SNAP[0]}}
-echo "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_export_snapshot();" >&$snap_in
+echo "{PIN} BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_export_snapshot();" >&$snap_in
 read -r -t 120 snapshot <&$snap_out || {{ echo "trackerdb: could not export a snapshot" >&2; exit 1; }}
 case "$snapshot" in *[!0-9A-Fa-f-]*|"") echo "trackerdb: unexpected snapshot id" >&2; exit 1;; esac
-{{ echo "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '$snapshot';"
+{{ echo "{PIN} BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '$snapshot';"
   cat <<'TRACKERDB_EOSQL'
 {sql}
 COMMIT;
@@ -63,6 +67,97 @@ echo "COMMIT;" >&$snap_in
 exec {{snap_in}}>&-
 wait
 """
+
+
+# ---- --on-host: a directory on the shared source, made for postgres (never an existing one re-owned) ----
+#: Directories a dump must never be written into (or, for the trees, below): root runs mkdir/chown here.
+SYSTEM_DIRS = frozenset({"/", "/tmp", "/var/tmp", "/var", "/var/lib", "/var/lib/postgresql", "/var/log", "/var/backups",
+                         "/home", "/root", "/srv", "/opt", "/mnt", "/media", "/dev/shm", "/usr/local"})
+SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/proc", "/sys", "/dev", "/run",
+                "/var/run", "/var/lib/dpkg", "/var/lib/apt", "/var/cache", "/var/spool", "/var/mail")
+
+_DIR_FACTS = """p={path}
+if [ -L "$p" ]; then echo kind=symlink
+elif [ -d "$p" ]; then stat -c 'kind=directory owner=%U mode=%a' -- "$p"
+elif [ -e "$p" ]; then echo kind=other
+else echo kind=missing; fi
+parent=$(dirname -- "$p")
+if [ -d "$parent" ] && [ ! -L "$parent" ]; then echo parent=directory; else echo parent=missing; fi
+echo "resolved=$(realpath -m -- "$p")"
+"""
+
+
+def on_host_dir_problem(path) -> str | None:
+    """What is wrong with ``--on-host PATH`` before looking at the host (None: worth asking the host)."""
+    if (problem := inputs.abs_path(path)) is not None:
+        return problem
+    if path in SYSTEM_DIRS or any(path == t or path.startswith(t + "/") for t in SYSTEM_TREES):
+        return "is a system directory (or inside one); give a new directory of its own, e.g. /var/tmp/trackerdb-dump"
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["var", "lib", "postgresql"] and len(parts) > 3 and parts[3].isdigit():
+        return "is inside a PostgreSQL cluster's directory; give a new directory of its own, e.g. /var/tmp/trackerdb-dump"
+    return None
+
+
+def check_on_host_dir(path) -> str:
+    """``path`` when it may be given to ``--on-host``; a one-line ConfigError otherwise (no host needed)."""
+    if (problem := on_host_dir_problem(path)) is not None:
+        raise ConfigError(f"--on-host {path!r} {problem}",
+                          hint="name a directory that does not exist yet (its parent must); it is created for postgres, 0750")
+    return path
+
+
+def dir_facts_script(path: str) -> str:
+    """Read-only facts of ``path`` on the host (no link followed): kind, owner, mode, parent, resolved path."""
+    return _DIR_FACTS.format(path=shlex.quote(path))
+
+
+def parse_dir_facts(text: str) -> dict:
+    facts: dict = {}
+    for tok in text.split():
+        k, _, v = tok.partition("=")
+        facts[k] = v
+    return facts
+
+
+def on_host_dir_action(path: str, facts: dict, host: str = "source") -> str:
+    """``"create"`` (a new directory for postgres) or ``"reuse"`` (one postgres already owns), from the host's
+    facts; anything else is refused with nothing changed. An existing directory is never re-owned."""
+    where = f"--on-host {path} on {host}"
+    hint = "name a new directory (its parent must exist), e.g. /var/tmp/trackerdb-dump; nothing was changed"
+    if facts.get("resolved") != path:
+        raise PreflightError(f"{where}: a component is a symbolic link (it resolves to {facts.get('resolved')!r})", hint=hint)
+    kind = facts.get("kind")
+    if kind == "symlink":
+        raise PreflightError(f"{where} is a symbolic link", hint=hint)
+    if kind == "directory":
+        if facts.get("owner") != "postgres":
+            raise PreflightError(f"{where} is an existing directory owned by {facts.get('owner')!r}, not postgres; "
+                                 "it is never re-owned", hint=hint)
+        return "reuse"
+    if kind != "missing":
+        raise PreflightError(f"{where} exists and is not a directory", hint=hint)
+    if facts.get("parent") != "directory":
+        raise PreflightError(f"{where}: its parent directory does not exist (or is a link)", hint=hint)
+    return "create"
+
+
+def create_dir_command(path: str) -> list[str]:
+    """mkdir without -p (fails if anything appeared there since the facts were read), then chown the new one."""
+    return ["sh", "-c", 'mkdir -m 0750 -- "$1" && chown -h postgres:postgres -- "$1"', "sh", path]
+
+
+def prepare_on_host_dir(host, path: str) -> str:
+    """Check ``path`` on the host as facts, then create it only if it is new. Returns the action taken."""
+    check_on_host_dir(path)
+    facts = parse_dir_facts(host.run(dir_facts_script(path), sudo=True).stdout)
+    action = on_host_dir_action(path, facts, host.name)
+    if action == "create":
+        r = host.run(create_dir_command(path), sudo=True, check=False)
+        if not r.ok:
+            raise PreflightError(f"--on-host {path} on {host.name} could not be created: {_last_line(r.stderr)}",
+                                 hint="something appeared there meanwhile; name a new directory")
+    return action
 
 
 def parse_facts_file(text: str, with_timescaledb: bool) -> dict:
@@ -87,6 +182,8 @@ def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_hos
 
 
 def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifacts:
+    if on_host:
+        check_on_host_dir(dest_dir)
     db = settings.database
     port = settings.source_port
     probe = Psql(host, port)
@@ -106,8 +203,8 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     dump_name = f"{db}.dump"
 
     if on_host:
-        out_file = f"{dest_dir.rstrip('/')}/{dump_name}"
-        host.run(["install", "-d", "-m", "0750", "-o", "postgres", "-g", "postgres", dest_dir], sudo=True)
+        out_file = f"{dest_dir}/{dump_name}"
+        prepare_on_host_dir(host, dest_dir)
         script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
                              facts_path=facts_path, out_file=out_file, compress=settings.dump_compress)
         try:

@@ -18,6 +18,7 @@ import hashlib
 from .. import detached
 from ..errors import OpsError
 from ..remote import Remote, wrap
+from ..safe_paths import ensure_dir
 from . import manifest as mf
 from .dump import PROBE_SQL, DumpArtifacts, _consistency, _last_line, dump_script, dump_warnings, parse_facts_file
 from ..psql import Psql
@@ -30,9 +31,10 @@ def job_key(journal_path: str, frozen_at) -> str:
     return hashlib.sha256(f"{journal_path}|{frozen_at}".encode()).hexdigest()[:16]
 
 
-def fetch_line(path: str, offset: int) -> str:
-    """Shell line (root) that prints ``path`` from byte ``offset`` on (a resumed download)."""
-    return wrap(["tail", "-c", f"+{offset + 1}", path], sudo=True)
+def fetch_line(path: str, offset: int, user: str | None = None) -> str:
+    """Shell line that prints ``path`` from byte ``offset`` on (a resumed download): as ``user`` (the
+    job's, whose directory it is: a link there reaches only what that user may read), else as root."""
+    return wrap(["tail", "-c", f"+{offset + 1}", path], sudo=user is None, user=user)
 
 
 # ---- executor ---------------------------------------------------------------------------------
@@ -62,7 +64,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
             say(f"dump: attaching to the detached pg_dump running on {host.name} ({job.dir})")
         else:
             size = int(Psql(host, port).value(f"SELECT pg_database_size({mf_literal(db)});", db))
-            host.run(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", job.base], sudo=True)
+            ensure_dir(host, job.base, "0700", job.user)  # in postgres's home: no link followed as root
             avail = int(host.run(["df", "-B1", "--output=avail", job.base], sudo=True).stdout.split()[-1])
             if avail < size:
                 say(f"dump: {host.name} has {avail >> 20} MiB free, less than the database ({size >> 20} MiB): "
@@ -75,7 +77,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
             say(f"dump: pg_dump detached on {host.name} ({how}) in {job.dir}")
 
         def watch(phase, elapsed):
-            r = host.run(["stat", "-c", "%s", out_file], sudo=True, check=False)
+            r = host.run(["stat", "-c", "%s", out_file], user=job.user, check=False)
             progress(int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else 0, None)
 
         st = job.wait(progress=watch)
@@ -84,8 +86,9 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
             raise OpsError(f"pg_dump on {host.name} failed (job {st.state}, exit {st.rc}): {_last_line(log)}",
                            hint="nothing was changed on the source; fix the cause and re-run (the dump starts over)")
         facts = parse_facts_file(job.read("facts.json"), with_ts)
-        remote_size = int(host.run(["stat", "-c", "%s", out_file], sudo=True).stdout.strip())
-        remote_sha = host.run(["sha256sum", out_file], sudo=True, timeout=3600).stdout.split()[0]
+        # the job's files are read as its user, never as root (issue 23)
+        remote_size = int(host.run(["stat", "-L", "-c", "%s", out_file], user=job.user).stdout.strip())
+        remote_sha = host.run(["sha256sum", out_file], user=job.user, timeout=3600).stdout.split()[0]
 
         dest = private_dir(dest_dir)
         dump_path = dest / f"{db}.dump"
@@ -99,7 +102,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
                 doc["dump"]["transfer"] = f"direct: the target pulled it from the source ({on_target})"
                 manifest_path = mf.manifest_path_for(dump_path)
                 mf.write_manifest(doc, manifest_path)
-                host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], sudo=True, check=False)
+                host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], user=job.user, check=False)
                 return DumpArtifacts(on_target, str(manifest_path), doc, on_target=True)
         partial = dest / f"{db}.dump.{key}.partial"  # named by the job: a partial is always a prefix of this dump
         offset = partial.stat().st_size if partial.exists() else 0
@@ -108,7 +111,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
             offset = 0
         if offset < remote_size:
             with (_append_private(partial) if offset else open_private(partial)) as sink:
-                res = host.stream_stdout(fetch_line(out_file, offset), sink,
+                res = host.stream_stdout(fetch_line(out_file, offset, user=job.user), sink,
                                          progress=lambda d, t: progress(offset + d, remote_size), total=remote_size - offset)
             if res.exit_code != 0:
                 raise OpsError(f"fetching the dump from {host.name} failed: {_last_line(res.stderr)}",
@@ -126,7 +129,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         manifest_path = mf.manifest_path_for(dump_path)
         mf.write_manifest(doc, manifest_path)
         # the dump file is not left on the (shared) source; the job's log and status stay
-        host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], sudo=True, check=False)
+        host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], user=job.user, check=False)
         return DumpArtifacts(str(dump_path), str(manifest_path), doc)
     finally:
         host.close()

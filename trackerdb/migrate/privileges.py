@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PreflightError
 from ..steps import Check
 
 SYSTEM_SCHEMA_RE = r"^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)"
@@ -178,6 +178,35 @@ def parse_owner_map(raw) -> tuple[OwnerMapping, ...]:
     if len({m.frm for m in out}) != len(out):
         raise ConfigError("owner_map lists the same 'from' role twice", hint="one entry per role, with all its schemas")
     return tuple(out)
+
+
+OWNER_MAP_ROLE_HINT = ("create the role on the target (CREATE ROLE …) or fix owner_map in invoke.yaml; "
+                       "nothing was changed")
+#: the target's roles, for the owner_map check before a restore (the restore's own facts carry them too)
+TARGET_ROLES_SQL = "SELECT coalesce(json_agg(rolname ORDER BY rolname), '[]'::json) FROM pg_roles;"
+
+
+def roles_the_restore_creates(facts: dict, owner_role: str | None) -> set[str]:
+    """Roles a restore creates before pg_restore when the target lacks them: every role the dump's
+    owners, grants and policies name, and the database's owner role (``restore._restore_into_staging``)."""
+    return {r["name"] for r in facts.get("roles") or []} | ({owner_role} if owner_role else set())
+
+
+def owner_map_role_problems(mapping, target_roles, created=()) -> list[str]:
+    """One line per ``to`` role of ``mapping`` that will not exist when the mapping's ``ALTER … OWNER
+    TO`` runs (after the whole pg_restore): neither on the target now nor created by the restore.
+    A ``from`` role needs nothing: objects it owns come from the dump with their roles."""
+    have = set(target_roles or ()) | set(created or ())
+    return [f"owner_map entry {m.describe()}: role {m.to!r} does not exist on the target "
+            "(create it there, or fix owner_map)" for m in mapping if m.to not in have]
+
+
+def check_owner_map_roles(mapping, target_roles, facts: dict, owner_role: str | None) -> None:
+    """Before a restore changes anything (its ``owner_map`` step runs only after the whole pg_restore):
+    ``owner_map_role_problems`` as one ``PreflightError``."""
+    problems = owner_map_role_problems(mapping, target_roles, roles_the_restore_creates(facts, owner_role))
+    if problems:
+        raise PreflightError("; ".join(problems), hint=OWNER_MAP_ROLE_HINT)
 
 
 def _in_scope(obj: dict, m: OwnerMapping) -> bool:

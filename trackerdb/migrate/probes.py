@@ -15,6 +15,7 @@ comparison. Pure SQL builders here; ``run_probes`` is the executor.
 
 from __future__ import annotations
 
+from .. import tsdb_api as api
 from ..errors import OpsError
 from ..steps import Check
 from . import sqltext as sq
@@ -40,9 +41,12 @@ def chunk_sql(schema: str, table: str, compressed: bool) -> str:
 
 
 def compressed_insert_sql(ht: str, chunk: str, cols: str, tcol: str) -> str:
-    """A copy of one row of a compressed chunk, 1 microsecond later, inserted and read back; rolled back."""
+    """A copy of one row of a compressed chunk, 1 microsecond later, inserted and read back; rolled back.
+    As the hypertable's owner (the role is part of the rolled-back transaction): the owner's triggers
+    never fire as superuser."""
     t = sq.ident(tcol)
     return f"""BEGIN;
+{api.as_owner_of_sql(ht)}
 CREATE TEMP TABLE trackerdb_probe ON COMMIT DROP AS SELECT {cols} FROM {chunk} LIMIT 1;
 UPDATE trackerdb_probe SET {t} = {t} + interval '1 microsecond';
 INSERT INTO {ht} ({cols}) SELECT {cols} FROM trackerdb_probe;
@@ -62,27 +66,33 @@ def source_day_sql(ht: str, tcol: str, watermark: int) -> str:
 
 
 def probe_row_insert_sql(ht: str, cols: str, tcol: str, day: str) -> str:
-    """Insert (committed) a copy of the newest row of ``day``, 1 microsecond later; returns where it went."""
+    """Insert (committed) a copy of the newest row of ``day``, 1 microsecond later, as the hypertable's
+    owner; returns where it went."""
     t = sq.ident(tcol)
     d = sq.literal(day)
     return f"""BEGIN;
+{api.as_owner_of_sql(ht)}
 CREATE TEMP TABLE trackerdb_probe ON COMMIT DROP AS SELECT {cols} FROM {ht}
   WHERE {t} >= {d}::timestamptz AND {t} < {d}::timestamptz + interval '1 day' ORDER BY {t} DESC LIMIT 1;
 UPDATE trackerdb_probe SET {t} = {t} + interval '1 microsecond';
 WITH ins AS (INSERT INTO {ht} ({cols}) SELECT {cols} FROM trackerdb_probe RETURNING tableoid::regclass::text AS rel, ctid::text AS ctid)
 SELECT json_build_object('rel', rel, 'ctid', ctid) FROM ins;
 COMMIT;
+RESET ROLE;
 """
 
 
 def probe_row_delete_sql(rel: str, ctid: str) -> str:
     # rel comes from regclass::text (already quoted); ctid from the INSERT's RETURNING
-    return f"DELETE FROM {rel} WHERE ctid = {sq.literal(ctid)}::tid;"
+    return f"{api.as_owner_of_sql(rel)}\nDELETE FROM {rel} WHERE ctid = {sq.literal(ctid)}::tid;\nRESET ROLE;"
 
 
-def refresh_sql(cagg: str, day: str) -> str:
-    return (f"CALL refresh_continuous_aggregate({sq.literal(cagg)}, {sq.literal(day)}::timestamptz, "
-            f"{sq.literal(day)}::timestamptz + interval '1 day');")
+def refresh_sql(schema: str, cagg: str, day: str) -> str:
+    """TimescaleDB's procedure by its schema (``tsdb_api``), impostors refused just before the call, as the
+    aggregate's owner (its query runs with the caller's rights)."""
+    args = f"{sq.literal(cagg)}::regclass, {sq.literal(day)}::timestamptz, {sq.literal(day)}::timestamptz + interval '1 day'"
+    return (f"{api.guard_sql(schema, [api.REFRESH])};\n{api.as_owner_of_sql(cagg)}\n"
+            f"CALL {api.call(schema, api.REFRESH, args)};\nRESET ROLE;")
 
 
 def digest_sql(cagg_schema: str, cagg: str, time_column: str | None = None, day: str | None = None) -> str:
@@ -95,8 +105,10 @@ def digest_sql(cagg_schema: str, cagg: str, time_column: str | None = None, day:
             f"FROM {_rel(cagg_schema, cagg)} t{where};")
 
 
-def run_job_sql(job_id: int) -> str:
-    return f"CALL public.run_job({int(job_id)});"
+def run_job_sql(schema: str, job_id: int, owner: str | None = None) -> str:
+    """``run_job`` by its schema, as the job's owner (as the scheduler would run it), never as superuser."""
+    role = f"SET ROLE {sq.ident(owner)};\n" if owner else ""
+    return f"{api.guard_sql(schema, [api.RUN_JOB])};\n{role}CALL {api.call(schema, api.RUN_JOB, str(int(job_id)))};\nRESET ROLE;"
 
 
 def dependents(facts: dict, cagg: dict) -> list[dict]:
@@ -124,6 +136,10 @@ def _time_column(facts: dict, schema: str, table: str) -> str | None:
 def run_probes(psql, db: str, facts: dict) -> list[Check]:
     """All probes against ``db`` (facts: the target's, as collected)."""
     checks: list[Check] = []
+    try:
+        schema = api.api_schema(psql, db, [api.REFRESH, api.RUN_JOB]) if facts.get("continuous_aggregates") or facts.get("jobs") else None
+    except api.ApiImpostor as exc:
+        return [Check("TimescaleDB's API is TimescaleDB's", False, exc.one_line()[:300], "no impostor routine (nothing called)")]
     for h in facts.get("hypertables") or []:
         if not h.get("compressed_chunks"):
             continue
@@ -147,20 +163,20 @@ def run_probes(psql, db: str, facts: dict) -> list[Check]:
         on = (c.get("hypertable_schema"), c.get("hypertable_name"))
         if on not in hts or f"{on[0]}.{on[1]}" in mats:
             continue  # built on another aggregate: probed through its parent's chain
-        checks.append(_refresh_probe(psql, db, facts, c, dependents(facts, c)))
+        checks.append(_refresh_probe(psql, db, facts, c, dependents(facts, c), schema))
 
     for j in facts.get("jobs") or []:
         proc = (j.get("proc") or "").rsplit(".", 1)[-1]
         if proc not in PROBED_POLICIES:
             continue
         label = f"job {j['proc']}" + (f" on {j['hypertable']}" if j.get("hypertable") else "") + " runs (run_job)"
-        r = psql.run(run_job_sql(j["id"]), db, check=False)
+        r = psql.run(run_job_sql(schema, j["id"], j.get("owner")), db, check=False)
         err = (r.stderr or "").strip().splitlines()
         checks.append(Check(label, r.ok, "succeeded" if r.ok else (err[-1] if err else f"exit {r.exit_code}")[:200], "succeeds"))
     return checks
 
 
-def _refresh_probe(psql, db: str, facts: dict, cagg: dict, deps: list[dict]) -> Check:
+def _refresh_probe(psql, db: str, facts: dict, cagg: dict, deps: list[dict], schema: str) -> Check:
     name = f"{cagg['schema']}.{cagg['name']}"
     chain = [cagg] + deps
     label = f"continuous aggregate {name} refreshes new data" + (
@@ -171,7 +187,7 @@ def _refresh_probe(psql, db: str, facts: dict, cagg: dict, deps: list[dict]) -> 
 
     def refresh_all(day):
         for x in chain:  # parents first: a hierarchical aggregate reads its parent's materialization
-            psql.run(refresh_sql(f"{x['schema']}.{x['name']}", day), db)
+            psql.run(refresh_sql(schema, _rel(x["schema"], x["name"]), day), db)
 
     def digests():
         return [psql.value(digest_sql(x["schema"], x["name"], x.get("time_column"), day), db) for x in chain]

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import HostError, OpsError, PreflightError
+from ..safe_paths import ensure_dir
 from ..session import connection, scoped
 from ..steps import Outcome, Step
 from . import manifest as mf
@@ -39,6 +40,7 @@ from . import restore_job as rj
 from . import tsdb_restore as tr
 from ..files import sha256_file
 from ..psql import Psql
+from ..tsdb_api import POST_RESTORE, api_schema
 from .restore_plan import (  # noqa: F401  (re-exported: callers and tests use restore.<name>)
     MARKER,
     PHASES,
@@ -119,6 +121,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         tf = psql.json(TARGET_FACTS_SQL)
         check_versions(manifest, tf)
         check_locale(manifest, tf)
+        pv.check_owner_map_roles(settings.owner_map, tf.get("roles"), manifest["facts"], settings.owner_role)
         dbplan = check_databases(tf, db, replace)
         if not dry_run:
             out.add(rj.clear_stale_tuning(t, settings, tuning_path(settings.postgres_major)))
@@ -246,8 +249,7 @@ def _upload(t, local: str, remote: str, size: int, offset: int, say) -> int:
     """Append the rest of ``local`` to ``remote`` over SFTP. Returns the bytes sent by this run."""
     d = remote.rsplit("/", 1)[0]
     user = t.spec.user
-    # setgid dir owned by the SSH user, group postgres: we write, pg_restore (postgres) reads.
-    t.run(["install", "-d", "-m", "2750", "-o", user, "-g", "postgres", d], sudo=True)
+    ensure_dir(t, d, "2750", user, "postgres")  # setgid, ours, group postgres: pg_restore reads; no link followed
     if offset == 0:
         t.run(["rm", "-f", remote], sudo=True)
     if offset >= size:
@@ -282,10 +284,8 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
             out.add(Step("leftover staging", True, f"dropped our unfinished {staging} (state={dbplan['staging'].get('state')})"))
         psql.run(create_db_sql(staging, facts["database"], True) + "\n"
                  + f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(sha, 'loading'))};")
-        pre = []
-        if ts_version:
-            pre = [f"CREATE EXTENSION IF NOT EXISTS timescaledb VERSION {sq.literal(ts_version)};",
-                   "SELECT timescaledb_pre_restore();"]
+        pre = tr.pre_restore_sql(ts_version, tr.extension_schema(manifest["facts"])) if ts_version else []
+        if pre:
             psql.run("\n".join(pre), staging)
         out.add(Step("staging", True, f"{staging} created" + (", timescaledb_pre_restore()" if pre else ""), pre))
 
@@ -333,7 +333,7 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
 
     say("post restore", None, None)
     if ts_version:
-        psql.run("SELECT timescaledb_post_restore();", staging)
+        psql.run(tr.post_restore_sql(api_schema(psql, staging, [POST_RESTORE])), staging)
         # post_restore resets timescaledb.restoring and restarts the workers in one transaction; check
         # after its commit that no database-level "restoring" is left (see tsdb_restore, item 1)
         if psql.value(tr.restoring_left_sql(staging)) != "0":

@@ -66,12 +66,15 @@ def analyze_script(argv: list[str]) -> str:
 def stale_tuning_line(base: str, tuning_file: str, pg_bin: str, port: int) -> str:
     """Remove the restore-time settings file unless a restore job is running; print what was done.
 
-    Runs as root. A running job is one whose wrapper is alive (its pid's cmdline names it)."""
+    Runs as postgres, never as root: the job directories and ``conf.d`` are postgres's, so whatever a job
+    wrote there (its ``pid``) or linked there is read and removed with postgres's rights only. A running
+    job is one whose wrapper is alive (its pid, digits only, names the wrapper in its cmdline)."""
     q = shlex.quote
     return (f"for d in {q(base)}/{RESTORE_JOB}-*; do [ -d \"$d\" ] && [ ! -f \"$d/rc\" ] && [ -f \"$d/pid\" ] && "
-            "grep -qas -- \"$d/wrapper.sh\" /proc/$(cat \"$d/pid\")/cmdline && { echo running; exit 0; }; done; "
-            f"if [ -e {q(tuning_file)} ]; then rm -f {q(tuning_file)} && "
-            f"{{ runuser -u postgres -- {reload_cmd(pg_bin, port)} >/dev/null 2>&1; echo removed; }}; else echo absent; fi")
+            "p=$(head -c 20 \"$d/pid\") && case \"$p\" in ''|*[!0-9]*) false;; esac && "
+            "grep -qas -- \"$d/wrapper.sh\" \"/proc/$p/cmdline\" && { echo running; exit 0; }; done; "
+            f"if [ -e {q(tuning_file)} ] || [ -L {q(tuning_file)} ]; then rm -f {q(tuning_file)} && "
+            f"{{ {reload_cmd(pg_bin, port)} >/dev/null 2>&1; echo removed; }}; else echo absent; fi")
 
 
 def attachable(staging_marker: dict | None, sha256: str, status: detached.Status) -> bool:
@@ -85,7 +88,7 @@ def attachable(staging_marker: dict | None, sha256: str, status: detached.Status
 
 def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
     out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin, settings.pg_port),
-                     sudo=True).stdout.strip()
+                     user="postgres").stdout.strip()
     if out == "removed":
         return Step("stale restore tuning", True, f"removed {tuning_file} left by a restore that is no longer running")
     if out == "running":

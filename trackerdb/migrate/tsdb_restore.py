@@ -23,15 +23,40 @@ parsers (the restore runs them; unit-tested without a host).
    when extension isn't loaded" (upstream #1682/#1712) -- intermittently, depending on which of
    vacuumdb's parallel connections gets there first. Should the message still appear, the ANALYZE is
    repeated from a single connection (``is_extension_state_race``), which has no other backend to race.
+5. ``timescaledb_pre_restore()`` / ``timescaledb_post_restore()`` run as superuser in a database whose
+   owner wrote the dump: called by the extension's schema, after ``tsdb_api``'s guard, in a pinned
+   session (a ``postgres.timescaledb_post_restore()`` in the dump would otherwise win through
+   ``"$user"``). The extension is created in the schema it has on the source (the manifest's), never
+   in whatever the session's search_path would name first (pinned, that is pg_catalog).
 """
 
 from __future__ import annotations
 
+from .. import tsdb_api as api
 from . import sqltext as sq
 
 CACHE_SCHEMA = "_timescaledb_cache"
 SCHEDULER_BACKEND = "TimescaleDB Background Worker Scheduler"
 MIN_TIME = -9223372036854775808  # PG_INT64_MIN: TimescaleDB's "minus infinity" for internal time values
+
+
+def extension_schema(facts: dict) -> str:
+    """The schema TimescaleDB has on the source (the manifest's facts); ``public`` when not recorded."""
+    for e in facts.get("extensions") or []:
+        if e.get("name") == api.EXTENSION and e.get("schema"):
+            return e["schema"]
+    return "public"
+
+
+def pre_restore_sql(version: str, schema: str) -> list[str]:
+    """In the fresh staging database: the extension at the dump's version in its schema, then pre_restore."""
+    return [f"CREATE EXTENSION IF NOT EXISTS {api.EXTENSION} WITH SCHEMA {sq.ident(schema)} VERSION {sq.literal(version)};",
+            api.guard_sql(schema, [api.PRE_RESTORE]) + ";", f"SELECT {api.call(schema, api.PRE_RESTORE)};"]
+
+
+def post_restore_sql(schema: str) -> str:
+    """After pg_restore (``schema`` from ``tsdb_api.api_schema``, which refused impostors already)."""
+    return api.guard_sql(schema, [api.POST_RESTORE]) + f";\nSELECT {api.call(schema, api.POST_RESTORE)};"
 
 
 def restoring_left_sql(database: str) -> str:

@@ -20,6 +20,7 @@ from .. import tls
 from ..errors import HostError, PreflightError, VerifyError
 from ..psql import Psql
 from ..remote import Remote
+from ..safe_paths import ensure_dir
 from ..secrets import Secret, fetch_secret, mask
 from ..steps import Outcome, Step
 from . import apt, facts, pgconf, roles, volume
@@ -90,8 +91,17 @@ class Provisioner:
         self.out.add(st)
         return st
 
-    def file_step(self, name: str, path: str, content: str, mode: str = "0644", owner: str = "root", group: str | None = None) -> bool:
-        current = self.host.read_file(path)
+    def pg_user(self) -> str | None:
+        """``postgres`` once it exists: postgres owns /etc/postgresql/<major>/main, so what is in there is
+        read and written as postgres, never as root (a link postgres planted would otherwise be followed
+        by root: its target shown in the plan's diff or copied into postgresql.conf). Before the packages
+        make the user, nobody but root can have put anything there."""
+        return "postgres" if self.sh(["getent", "passwd", "postgres"], check=False).ok else None
+
+    def file_step(self, name: str, path: str, content: str, mode: str = "0644", owner: str = "root", group: str | None = None,
+                  user: str | None = None) -> bool:
+        """``path`` holds ``content``; with ``user`` (its owner) read and written as that user, never as root."""
+        current = self.host.read_file(path, user=user)
         if current == content:
             self.step(name, False, f"{path} up to date")
             return False
@@ -100,8 +110,8 @@ class Provisioner:
 
         def write():
             if current is None:
-                self.sh(["mkdir", "-p", posixpath.dirname(path)])
-            self.host.write_file(path, content, mode=mode, owner=owner, group=group)
+                self.host.run(["mkdir", "-p", posixpath.dirname(path)], sudo=user is None, user=user)
+            self.host.write_file(path, content, mode=mode, owner=owner, group=group, user=user)
 
         self.step(name, True, f"write {path}" + (" (new)" if current is None else ""), [f"write {path}\n{diff}"], write)
         return True
@@ -324,17 +334,18 @@ class Provisioner:
         t = pgconf.tune(f.mem_bytes, f.cores, s.data_volume_size_gb)
         want = pgconf.dropin_text(s, t, self.private_ip)
         path = pgconf.dropin_path(s)
-        old = self.host.read_file(path)
+        pg = self.pg_user()
+        old = self.host.read_file(path, user=pg)
         changed_keys = _changed_keys(old, want)
         main_conf = f"{pgconf.conf_dir(s)}/postgresql.conf"
-        current_main = self.host.read_file(main_conf)
+        current_main = self.host.read_file(main_conf, user=pg)
         if current_main is not None and not pgconf.includes_conf_d(current_main):
             # a cluster made without the packaged createcluster.conf lacks the include: add only that line
-            self.file_step("conf.d include", main_conf, current_main + "include_dir = 'conf.d'\n", owner="postgres")
+            self.file_step("conf.d include", main_conf, current_main + "include_dir = 'conf.d'\n", owner="postgres", user=pg)
             changed_keys = _changed_keys(None, want)
         tls_changed = self.server_certificate()
-        self.file_step("conf.d drop-in", path, want, owner="postgres")
-        hba_changed = self.file_step("pg_hba", pgconf.hba_path(s), pgconf.hba_text(s), mode="0640", owner="postgres")
+        self.file_step("conf.d drop-in", path, want, owner="postgres", user=pg)
+        hba_changed = self.file_step("pg_hba", pgconf.hba_path(s), pgconf.hba_text(s), mode="0640", owner="postgres", user=pg)
         # a new certificate at an unchanged path is read on reload (ssl settings are sighup since PG 10)
         return changed_keys, hba_changed or tls_changed
 
@@ -351,7 +362,8 @@ class Provisioner:
         cert, key = self._tls
         crt_path, key_path = tls.server_files(s)
         d = tls.server_dir(s)
-        have_cert, have_key = self.host.read_file(crt_path), self.host.read_file(key_path)
+        pg = self.pg_user()  # postgres's directory: read and written as postgres (see pg_user)
+        have_cert, have_key = self.host.read_file(crt_path, user=pg), self.host.read_file(key_path, user=pg)
         mode = self.sh(["stat", "-c", "%U:%G %a", d, key_path], check=False).stdout.split("\n")
         modes_ok = mode[:2] == ["postgres:postgres 700", "postgres:postgres 600"]
         if have_cert == cert and have_key == key.reveal() and modes_ok:
@@ -359,9 +371,9 @@ class Provisioner:
             return False
 
         def write():
-            self.sh(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", d])
-            self.host.write_file(key_path, key.reveal(), mode="0600", owner="postgres", group="postgres")
-            self.host.write_file(crt_path, cert, mode="0644", owner="postgres", group="postgres")
+            ensure_dir(self.host, d, "0700", "postgres")  # root, refusing a link postgres placed there
+            self.host.write_file(key_path, key.reveal(), mode="0600", owner="postgres", group="postgres", user=pg)
+            self.host.write_file(crt_path, cert, mode="0644", owner="postgres", group="postgres", user=pg)
 
         self.step("tls certificate", True,
                   f"install {crt_path} and {key_path} (mode 0600) from {s.tls_secret_name}",

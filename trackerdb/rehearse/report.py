@@ -388,6 +388,30 @@ def signoff_rows(signoff) -> list[dict]:
     return out
 
 
+_SSLMODE_REQUIRE = re.compile(r"\bsslmode=require\b")
+TLS_UNAUTHENTICATED = ("the application-path checks connected with sslmode=require: encrypted, but the server's "
+                       "certificate was not verified (no tls_ca_file), so a host presenting any certificate would "
+                       "have passed; set trackerdb.tls_ca_file for verify-full")
+
+
+def _texts(v):
+    if isinstance(v, dict):
+        for x in v.values():
+            yield from _texts(x)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _texts(x)
+    elif isinstance(v, str):
+        yield v
+
+
+def tls_notes(phases: list[dict], checks: list[dict]) -> list[str]:
+    """What the report must say about how the application's path was checked (from what was recorded:
+    phase 7's ``app_path.tls``, verify's TLS check), not from today's config."""
+    seen = [t for p in phases for t in _texts(p.get("facts"))] + [str(c.get("observed", "")) for c in checks]
+    return [TLS_UNAUTHENTICATED] if any(_SSLMODE_REQUIRE.search(t) for t in seen) else []
+
+
 # ---- the report ------------------------------------------------------------------------------
 def build_report(result: dict, generated_at: float | None = None) -> dict:
     """report.json's data: everything the HTML shows, plus the verdict and the reasons for it."""
@@ -430,6 +454,7 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
         "passed": passed,
         "verdict": "PASS" if passed else "FAIL",
         "failures": failures,
+        "notes": tls_notes(phases, checks),
         "meta": dict(result.get("meta") or {}),
         "phases": phases,
         "outage": window,

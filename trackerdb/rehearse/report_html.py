@@ -140,6 +140,8 @@ def render_html(report: dict) -> str:
         out.append("</table>")
     if r["failures"]:
         out.append('<ul class="fail">' + "".join(f"<li>{_e(f)}</li>" for f in r["failures"]) + "</ul>")
+    if r.get("notes"):
+        out.append('<ul class="human">' + "".join(f"<li>{_e(n)}</li>" for n in r["notes"]) + "</ul>")
 
     outage, proj, thr = r.get("outage"), r.get("projection"), r.get("throughput") or {}
     kpis = [
