@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import stat
+import sys
 import tarfile
 import time
 import zipfile
@@ -224,7 +225,10 @@ def fetch(dl: Path, inputs: tuple[Input, ...] = INPUTS) -> dict[str, Path]:
         f = dl / i.filename
         if not f.is_file():
             progress(f"fetching {i.name}: {' '.join(i.fetch)[:120]}")
-            run(list(i.fetch), cwd=dl, timeout=600)
+            argv = list(i.fetch)
+            if argv[0] == "pip":  # this interpreter's pip: a fresh machine has pip as a module, maybe not on PATH
+                argv = [sys.executable, "-m", "pip", *argv[1:]]
+            run(argv, cwd=dl, timeout=600)
         digest = tsdb.sha256_file(f) if f.is_file() else "missing"
         if digest != i.sha256:
             f.unlink(missing_ok=True)

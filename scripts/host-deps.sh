@@ -5,8 +5,11 @@
 #   util-linux           unshare, nsenter, losetup, mount      nginx-light TLS proxy in front of moto
 #   openssl              the lab CA                            apt-utils  apt-ftparchive (the target's flat repo)
 #   openssh-client       ssh-keygen                            e2fsprogs, xfsprogs  filesystem tools
+#   npm, curl            fetch the PostgreSQL 16.10 server (npm registry) and PostGIS's source (Debian's mirror)
 set -euo pipefail
-pkgs=(debootstrap iproute2 util-linux e2fsprogs xfsprogs nginx-light openssl apt-utils openssh-client chromium)
+pkgs=(debootstrap iproute2 util-linux e2fsprogs xfsprogs nginx-light openssl apt-utils openssh-client chromium curl)
+# npm: the machine's own when it has one (this image ships Node.js outside dpkg), else Debian's
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 if [ "$(id -u)" -ne 0 ]; then
   echo "host-deps: the lab needs root (namespaces, loop devices, mounts); run as root" >&2
   exit 1
