@@ -37,10 +37,11 @@ def test_builders_are_guarded_qualified_and_name_only_compression_policies():
     assert "j.proc_name = 'policy_compression' AND j.scheduled AND j.next_start IS DISTINCT FROM 'infinity'" in ch.scheduled_sql()
     q = ch.set_paused_sql("public", [1000, 1002], True)
     assert q.startswith("DO $trackerdb_guard$") and "ARRAY['alter_job']" in q
-    assert 'count("public".alter_job(j.job_id, next_start => \'infinity\'))' in q and "j.job_id IN (1000, 1002)" in q
+    assert 'LATERAL "public".alter_job(t.job_id, next_start => \'infinity\') a' in q and "j.job_id IN (1000, 1002)" in q
+    assert "WITH t AS MATERIALIZED" in q  # alter_job returns a set: called once per chosen job, never in an aggregate
     assert "scheduled =>" not in q  # scheduled and the interval stay as the source's (verify compares them)
     r = ch.set_paused_sql("public", [1000], False)
-    assert 'alter_job(j.job_id, next_start => now())' in r and "j.next_start = 'infinity'" in r
+    assert 'alter_job(t.job_id, next_start => now())' in r and "j.next_start = 'infinity'" in r
     assert "IN (NULL)" in ch.set_paused_sql("public", [], False)
     with pytest.raises(ValueError):
         ch.set_paused_sql("public", ["1; DROP TABLE x"], True)

@@ -41,8 +41,9 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
     ids = ", ".join(str(int(i)) for i in job_ids) or "NULL"
     to, unless = ("'infinity'", "j.next_start IS DISTINCT FROM 'infinity'") if paused else ("now()", "j.next_start = 'infinity'")
     return (f"{api.guard_sql(schema, [api.ALTER_JOB])};\n"
-            f"SELECT count({api.call(schema, api.ALTER_JOB, f'j.job_id, next_start => {to}')}) "
-            f"FROM timescaledb_information.jobs j WHERE j.job_id IN ({ids}) AND {unless};")
+            f"WITH t AS MATERIALIZED (SELECT j.job_id FROM timescaledb_information.jobs j "
+            f"WHERE j.job_id IN ({ids}) AND {unless}) "
+            f"SELECT count(*) FROM t, LATERAL {api.call(schema, api.ALTER_JOB, f't.job_id, next_start => {to}')} a;")
 
 
 def recorded(journal) -> dict:
