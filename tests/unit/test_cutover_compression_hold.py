@@ -18,10 +18,14 @@ class FakePsql:
         self.impostors = list(impostors)
         self.sql: list[str] = []
 
+    running: list = []
+
     def json(self, sql, db):
         self.sql.append(sql)
         if "'impostors'" in sql:
             return {"schema": "public", "impostors": self.impostors}
+        if "job_status = 'Running'" in sql:
+            return self.running.pop(0) if self.running else []
         return sorted(self.scheduled)
 
     def value(self, sql, db):
@@ -81,3 +85,26 @@ def test_an_impostor_alter_job_is_refused_before_anything_changes(tmp_path):
     with pytest.raises(ApiImpostor):
         ch.hold(p, "tracker", j, lambda m: None)
     assert p.scheduled == {1000, 1002} and not j.records()
+
+
+def test_a_run_under_way_is_waited_for_and_paused_again_after_it(tmp_path):
+    """A run that was going when paused sets its own next start when it ends: the pause is applied again
+    until a check finds nothing running, and only then may the capture start."""
+    j = Journal(tmp_path / "j.jsonl")
+    p, said, t = FakePsql(), [], [0.0]
+    p.running = [[1000], [1000], []]
+    ch.hold(p, "tracker", j, said.append, clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + 10))
+    pauses = [q for q in p.sql if "next_start => 'infinity'" in q]
+    assert len(pauses) == 3 and j.state(ch.PHASE).facts["waited_s"] == 20.0
+    assert any("waiting for compression job 1000" in m for m in said)
+
+
+def test_a_run_that_never_ends_stops_the_switch_before_the_capture(tmp_path):
+    from trackerdb.errors import HostError
+
+    j = Journal(tmp_path / "j.jsonl")
+    p, t = FakePsql(), [0.0]
+    p.running = [[1000]] * 100
+    with pytest.raises(HostError) as e:
+        ch.hold(p, "tracker", j, lambda m: None, clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + 60), wait_s=120)
+    assert "still running after 120s" in e.value.message and e.value.hint

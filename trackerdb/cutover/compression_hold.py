@@ -21,9 +21,11 @@ from __future__ import annotations
 import time
 
 from .. import tsdb_api as api
+from ..errors import HostError
 from ..sql import literal
 
 PHASE = "compression_hold"
+WAIT_S = 900.0  # a running compression job is waited for at most this long (it moves one chunk per transaction)
 POLICY = "policy_compression"
 
 
@@ -46,15 +48,22 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
             f"SELECT count(*) FROM t, LATERAL {api.call(schema, api.ALTER_JOB, f't.job_id, next_start => {to}')} a;")
 
 
+def running_sql(job_ids: list[int]) -> str:
+    """Which of ``job_ids`` run now (JSON list): TimescaleDB's own view says Running for an active worker."""
+    ids = ", ".join(str(int(i)) for i in job_ids) or "NULL"
+    return ("SELECT coalesce(json_agg(s.job_id ORDER BY s.job_id), '[]'::json) FROM timescaledb_information.job_stats s "
+            f"WHERE s.job_id IN ({ids}) AND s.job_status = 'Running';")
+
+
 def recorded(journal) -> dict:
     return journal.state(PHASE).facts or {}
 
 
 # ---- executors -------------------------------------------------------------------------------
 
-def hold(psql, database: str, journal, say) -> dict:
-    """Pause the target's compression policies (before the capture slot). Safe to re-run: the ids
-    already recorded stay held, policies scheduled since are added."""
+def hold(psql, database: str, journal, say, *, clock=time.monotonic, sleep=time.sleep, wait_s: float = WAIT_S) -> dict:
+    """Pause the target's compression policies (before the capture slot), once none of them is running.
+    Safe to re-run: the ids already recorded stay held, policies scheduled since are added."""
     rec = recorded(journal)
     schema = api.api_schema(psql, database, [api.ALTER_JOB])
     if schema is None:
@@ -65,10 +74,33 @@ def hold(psql, database: str, journal, say) -> dict:
         journal.note(PHASE, {"held": [], "released": False})
         return recorded(journal)
     journal.note(PHASE, {"held": ids, "released": False, "held_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    psql.value(set_paused_sql(schema, ids, True), database)
+    waited = _pause_when_idle(psql, database, schema, ids, say, clock, sleep, wait_s)
+    journal.note(PHASE, {"waited_s": round(waited, 1)})
     say(f"compression policies held until cutover-finish (job {', '.join(map(str, ids))}): a recompression in the "
         "rollback window would look like the application's deletes and inserts")
     return recorded(journal)
+
+
+def _pause_when_idle(psql, database, schema, ids, say, clock, sleep, wait_s) -> float:
+    """Pause, and again until a check finds none of ``ids`` running: a run already under way when paused
+    goes on (one transaction per chunk) and, when it ends, sets its own next start, undoing the pause.
+    Returns the seconds waited; HostError after ``wait_s``, before any slot exists."""
+    t0 = clock()
+    last_say = t0 - 15  # say it at once, then every 15 s
+    while True:
+        psql.value(set_paused_sql(schema, ids, True), database)
+        running = [int(i) for i in psql.json(running_sql(ids), database) or []]
+        if not running:
+            return clock() - t0
+        if clock() - t0 > wait_s:
+            raise HostError(f"target: compression job {', '.join(map(str, running))} still running after {wait_s:.0f}s; "
+                            "the rollback capture cannot start while it moves rows",
+                            hint="wait for it to end (timescaledb_information.job_stats) and re-run `invoke cutover`: "
+                                 "the switch has not happened, the source is still frozen and authoritative")
+        if clock() - last_say >= 15:
+            say(f"waiting for compression job {', '.join(map(str, running))} to finish its run before the capture starts")
+            last_say = clock()
+        sleep(1.0)
 
 
 def release(psql, database: str, journal, say) -> dict:

@@ -183,7 +183,7 @@ def finish(settings, journal_path, progress=None) -> dict:
     try:
         with Remote(settings.target) as tgt:
             dropped = cp.drop_slot(tgt, settings.database, rec["slot"], settings.pg_port)
-            hold.release(Psql.target(tgt, settings), settings.database, journal, say)
+            compression = hold.release(Psql.target(tgt, settings), settings.database, journal, say)
     except OpsError as exc:
         journal.end(cp.FINISH_PHASE, "failed", error=exc.one_line())
         raise
@@ -192,7 +192,7 @@ def finish(settings, journal_path, progress=None) -> dict:
     journal.end(cp.FINISH_PHASE, "ok", facts)
     say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
         f"replay origin on the source: {facts['origin']}")
-    return {**facts, "changed": True, "transfer_trust": end_transfer_trust(settings, journal, say)}
+    return {**facts, "changed": True, "compression": compression, "transfer_trust": end_transfer_trust(settings, journal, say)}
 
 
 TRUST_PHASE = "finish_transfer_trust"
