@@ -38,9 +38,9 @@ class FakePsql:
 
 
 def test_builders_are_guarded_qualified_and_name_only_compression_policies():
-    assert "j.proc_name = 'policy_compression' AND j.scheduled AND j.next_start IS DISTINCT FROM 'infinity'" in ch.scheduled_sql()
+    assert "j.proc_name = 'policy_compression' AND j.scheduled;" in ch.scheduled_sql()  # paused ones too (a 2nd window)
     q = ch.set_paused_sql("public", [1000, 1002], True)
-    assert q.startswith("DO $trackerdb_guard$") and "ARRAY['alter_job']" in q
+    assert q.startswith("SET default_transaction_read_only = off;\nDO $trackerdb_guard$") and "ARRAY['alter_job']" in q
     assert 'LATERAL "public".alter_job(t.job_id, next_start => \'infinity\') a' in q and "j.job_id IN (1000, 1002)" in q
     assert "WITH t AS MATERIALIZED" in q  # alter_job returns a set: called once per chosen job, never in an aggregate
     assert "scheduled =>" not in q  # scheduled and the interval stay as the source's (verify compares them)

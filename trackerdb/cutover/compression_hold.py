@@ -30,9 +30,11 @@ POLICY = "policy_compression"
 
 
 def scheduled_sql() -> str:
-    """The compression policies that would run (JSON list of job ids): scheduled and not paused."""
+    """The scheduled compression policies (JSON list of job ids), paused ones included: after a rollback the
+    target keeps the pause of the first window, and a second window on the same database takes those over
+    (its cutover-finish resumes them)."""
     return ("SELECT coalesce(json_agg(j.job_id ORDER BY j.job_id), '[]'::json) FROM timescaledb_information.jobs j "
-            f"WHERE j.proc_name = {literal(POLICY)} AND j.scheduled AND j.next_start IS DISTINCT FROM 'infinity';")
+            f"WHERE j.proc_name = {literal(POLICY)} AND j.scheduled;")
 
 
 def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
@@ -42,7 +44,10 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
     verify's and the schema fingerprint's comparison of jobs is not disturbed."""
     ids = ", ".join(str(int(i)) for i in job_ids) or "NULL"
     to, unless = ("'infinity'", "j.next_start IS DISTINCT FROM 'infinity'") if paused else ("now()", "j.next_start = 'infinity'")
-    return (f"{api.guard_sql(schema, [api.ALTER_JOB])};\n"
+    # our session only: after a rollback the target's database is read-only by default, and cutover-finish
+    # must still resume what the switch paused
+    return ("SET default_transaction_read_only = off;\n"
+            f"{api.guard_sql(schema, [api.ALTER_JOB])};\n"
             f"WITH t AS MATERIALIZED (SELECT j.job_id FROM timescaledb_information.jobs j "
             f"WHERE j.job_id IN ({ids}) AND {unless}) "
             f"SELECT count(*) FROM t, LATERAL {api.call(schema, api.ALTER_JOB, f't.job_id, next_start => {to}')} a;")
