@@ -71,6 +71,7 @@ outputs = {
     "stanza": cfg.stanza,
     "shared_stanza": cfg.shared_stanza,
     "postgres_major": cfg.postgres_major,
+    "postgres_version": cfg.postgres_version,
     "postgis_version": cfg.postgis_version,
     "timescaledb_version": cfg.timescaledb_version,
     "app_cidrs": list(cfg.app_cidrs),

@@ -8,6 +8,7 @@ stops ``pulumi up`` with one line naming the key. Nothing here falls back to a s
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 import pulumi
@@ -68,6 +69,7 @@ class StackConfig:
     shared_stanza: str
     # versions
     postgres_major: int
+    postgres_version: str  # exact minor, the source's (16.10): provisioning pins it
     postgis_version: str
     timescaledb_version: str
     ssh_port: int = field(default=22)
@@ -188,6 +190,11 @@ def load() -> StackConfig:
     cfg = pulumi.Config(PROJECT)
     aws_cfg = pulumi.Config("aws")
     region = _req(aws_cfg, "region")
+    major = _int(cfg, "postgresMajor")
+    postgres_version = str(_req(cfg, "postgresVersion", hint="the source's exact PostgreSQL version, e.g. 16.10"))
+    if not re.fullmatch(rf"{major}\.\d+", postgres_version):
+        raise ConfigError(f"config key {cfg.name}:postgresVersion must be {major}.<minor> (postgresMajor is {major}), "
+                          f"got {postgres_version!r}")
     repo_ip = _rule("repoHostIp", str(_req(cfg, "repoHostIp")), inputs.ipv4)
     app_sgs = tuple(cfg.get_object("appSecurityGroupIds") or ())
     for sg in app_sgs:
@@ -233,7 +240,8 @@ def load() -> StackConfig:
         app_secret_name=_rule("appSecretName", str(_req(cfg, "appSecretName")), inputs.secret_name),
         stanza=stanza,
         shared_stanza=shared,
-        postgres_major=_int(cfg, "postgresMajor"),
+        postgres_major=major,
+        postgres_version=postgres_version,
         postgis_version=_rule("postgisVersion", str(_req(cfg, "postgisVersion")), inputs.version),
         timescaledb_version=_rule("timescaledbVersion", str(_req(cfg, "timescaledbVersion")), inputs.version),
         direct_transfer=direct,

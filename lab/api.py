@@ -207,7 +207,7 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
     for role in SSH_ROLES:
         hosts.wait_port(st, role, n.ip(role), 22)
 
-    progress(f"{name}: source: creating the PostgreSQL 17 cluster")
+    progress(f"{name}: source: creating the PostgreSQL 16.10 cluster")
     source.create_cluster(st, n)
 
     aws.wait_ready(st, n)

@@ -1,15 +1,17 @@
-"""The base-image cache: a debootstrapped Debian trixie "bare" layer, TimescaleDB .debs built from the
-vendored upstream source, a "pg" overlay layer on top of bare, and a flat apt repository made from the
-packages the pg layer installed.
+"""The base-image cache: a debootstrapped Debian trixie "bare" layer, production's engine (PostgreSQL 16.10,
+PostGIS 3.5.2, TimescaleDB 2.18.2) as PGDG/Timescale-named .debs (lab/engine16.py), a "pg" overlay layer on
+top of bare, and a flat apt repository made from the packages the pg layer installed.
 
 Layout (shared, read-only once built; several lab instances use it at once)::
 
     /var/cache/trackerdb-lab/bare-<hash>/rootfs     minbase + sshd, sudo, python3, ...
-    /var/cache/trackerdb-lab/tsdb-<hash>/debs       timescaledb-2-{,loader-}postgresql-17_2.18.2~debian13 (hash: the tarball's SHA-256, ...)
-    /var/cache/trackerdb-lab/pg-<hash>/upper        overlay upper over bare: PostgreSQL 17, PostGIS, TimescaleDB 2.18.2, pgBackRest
+    /var/cache/trackerdb-lab-engine16/engine16-<hash>/debs   postgresql-16, postgresql-client-16 (16.10-1.pgdg13+1),
+                                                    postgresql-16-postgis-3{,-scripts} (3.5.2+dfsg-1.pgdg13+1),
+                                                    timescaledb-2-{,loader-}postgresql-16 (2.18.2~debian13)
+    /var/cache/trackerdb-lab/pg-<hash>/upper        overlay upper over bare: those six, pgBackRest, ssl-cert
     /var/cache/trackerdb-lab/pg-<hash>/apt          the .debs of that install + Packages/Release (the target's only apt source)
 
-The TimescaleDB build's compilers and headers live in a throw-away overlay: only the two .debs are kept,
+The engine build's compilers and headers live in a throw-away overlay: only the six .debs are kept,
 so neither the source host nor the target's apt repository carries build-only packages.
 
 Each directory's name is a hash of what went into it, so changing a package list builds a new layer.
@@ -23,17 +25,23 @@ import hashlib
 import os
 import shlex
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tsdb
 from .util import LabError, progress, retry, run
 
 CACHE = Path(os.environ.get("TRACKERDB_LAB_CACHE", "/var/cache/trackerdb-lab"))
 SUITE = "trixie"
 MIRROR = os.environ.get("TRACKERDB_LAB_MIRROR", "http://deb.debian.org/debian")
 BARE_PKGS = ("openssh-server", "sudo", "python3", "iproute2", "ca-certificates", "e2fsprogs", "xfsprogs", "procps", "less")
-PG_PKGS = ("postgresql-17", "postgresql-17-postgis-3", "pgbackrest")  # + TimescaleDB from the tsdb layer
+# production's engine from the engine16 repository, exactly at its versions (lab/engine16_debs.py), + Debian's
+PG_PKGS = ("postgresql-client-16=16.10-1.pgdg13+1", "postgresql-16=16.10-1.pgdg13+1",
+           "postgresql-16-postgis-3-scripts=3.5.2+dfsg-1.pgdg13+1", "postgresql-16-postgis-3=3.5.2+dfsg-1.pgdg13+1",
+           "timescaledb-2-loader-postgresql-16=2.18.2~debian13", "timescaledb-2-postgresql-16=2.18.2~debian13",
+           "pgbackrest", "ssl-cert")
+PG_MAJOR = 16
+ENGINE_REPO = "/tmp/engine16"  # where the pg build sees the engine's flat repository (inside the chroot)
 LAYOUT_VERSION = "1"  # bump when the build steps below change in a way that matters
 
 
@@ -50,34 +58,35 @@ class Image:
     bare: Path   # rootfs of the bare layer
     pg: Path     # overlay upper of the pg layer (lower = bare)
     apt: Path    # flat apt repository
-    tsdb: Path   # the TimescaleDB .debs built from source
+    engine: Path  # the engine16 .debs (a flat apt repository, lab/engine16.py)
 
     def lowerdir(self, layer: str) -> str:
         return str(self.bare) if layer == "bare" else f"{self.pg}:{self.bare}"
 
 
 def paths(cache: Path = CACHE) -> Image:
+    from . import engine16  # (engine16 imports this module's constants)
+
     bh = layer_hash(LAYOUT_VERSION, SUITE, BARE_PKGS)
-    th = layer_hash(LAYOUT_VERSION, bh, tsdb.SHA256, tsdb.PKG_VERSION, tsdb.BUILD_PKGS, tsdb.BOOTSTRAP_FLAGS,
-                    sorted(tsdb.control_env().items()))
-    ph = layer_hash(LAYOUT_VERSION, bh, PG_PKGS, th)
+    ph = layer_hash(LAYOUT_VERSION, bh, PG_PKGS, engine16.layer_key())
     return Image(bare=cache / f"bare-{bh}" / "rootfs", pg=cache / f"pg-{ph}" / "upper", apt=cache / f"pg-{ph}" / "apt",
-                 tsdb=cache / f"tsdb-{th}" / "debs")
+                 engine=engine16.paths().debs)
 
 
 def debootstrap_cmd(root: Path, mirror: str = MIRROR) -> list[str]:
     return ["debootstrap", "--variant=minbase", "--include=" + ",".join(BARE_PKGS), SUITE, str(root), mirror]
 
 
-def pg_build_script(bare: Path, tmp: Path, mirror: str = MIRROR, tsdb_debs: Path | None = None) -> str:
-    """Shell run in a private mount+pid namespace: install the pg packages (Debian's, plus the TimescaleDB
-    .debs in ``tsdb_debs``) into an overlay upper, keep every installed .deb for the flat repository."""
+def pg_build_script(bare: Path, tmp: Path, mirror: str = MIRROR, engine_debs: Path | None = None) -> str:
+    """Shell run in a private mount+pid namespace: install the pg packages (the engine from the flat repository
+    in ``engine_debs``, the rest from Debian) into an overlay upper, keep every installed .deb for the flat
+    repository the target installs from."""
     m = shlex.quote(str(tmp / "merged"))
     q = shlex.quote
-    pkgs = " ".join(PG_PKGS)
-    local = ""
-    if tsdb_debs is not None:
-        local = " " + " ".join(f"/tmp/tsdb/{p}_*.deb" for p in (tsdb.LOADER_PKG, tsdb.MAIN_PKG))
+    pkgs = " ".join(q(p) for p in PG_PKGS)
+    engine = ""
+    if engine_debs is not None:
+        engine = f"echo 'deb [trusted=yes] file:{ENGINE_REPO} ./' > {m}/etc/apt/sources.list.d/engine16.list\n"
     return f"""set -eu
 mount -t overlay overlay -o lowerdir={q(str(bare))},upperdir={q(str(tmp / 'upper'))},workdir={q(str(tmp / 'work'))} {m}
 mount -t proc proc {m}/proc
@@ -86,33 +95,34 @@ cp /etc/resolv.conf {m}/etc/resolv.conf
 echo 'deb {mirror} {SUITE} main' > {m}/etc/apt/sources.list
 rm -f {m}/etc/apt/sources.list.d/*
 printf '#!/bin/sh\\nexit 101\\n' > {m}/usr/sbin/policy-rc.d && chmod 755 {m}/usr/sbin/policy-rc.d
-{_copy_debs(tsdb_debs, m)}ok=
+{_copy_debs(engine_debs, m)}{engine}ok=
 for i in 1 2 3; do
-  # (sh -c: the local .debs' globs expand inside the chroot)
-  if chroot {m} apt-get -q update && chroot {m} env DEBIAN_FRONTEND=noninteractive sh -c "apt-get -q install -y \\
-       --no-install-recommends -o APT::Keep-Downloaded-Packages=true {pkgs}{local}"; then ok=1; break; fi
+  if chroot {m} apt-get -q update && chroot {m} env DEBIAN_FRONTEND=noninteractive apt-get -q install -y \\
+       --no-install-recommends -o APT::Keep-Downloaded-Packages=true {pkgs}; then ok=1; break; fi
   echo "apt failed (attempt $i/3), retrying" >&2; sleep $((i*5))
 done
 [ -n "$ok" ]
-chroot {m} pg_dropcluster --stop 17 main 2>/dev/null || true
-rm -f {m}/usr/sbin/policy-rc.d
+chroot {m} pg_dropcluster --stop {PG_MAJOR} main 2>/dev/null || true
+rm -f {m}/usr/sbin/policy-rc.d {m}/etc/apt/sources.list.d/engine16.list
 mkdir -p {q(str(tmp / 'apt'))}
 mv {m}/var/cache/apt/archives/*.deb {q(str(tmp / 'apt'))}/
-{_keep_debs(tsdb_debs, m, tmp / 'apt')}rm -rf {m}/var/lib/apt/lists/* {m}/var/cache/apt/*.bin
+{_keep_debs(engine_debs, m, tmp / 'apt')}rm -rf {m}/var/lib/apt/lists/* {m}/var/cache/apt/*.bin
 """
 
 
 def _copy_debs(debs: Path | None, m: str) -> str:
     if debs is None:
         return ""
-    return f"mkdir -p {m}/tmp/tsdb && cp {shlex.quote(str(debs))}/*.deb {m}/tmp/tsdb/\n"
+    q = shlex.quote
+    return f"mkdir -p {m}{ENGINE_REPO} && cp {q(str(debs))}/*.deb {q(str(debs))}/Packages {q(str(debs))}/Release {m}{ENGINE_REPO}/\n"
 
 
 def _keep_debs(debs: Path | None, m: str, apt: Path) -> str:
-    # apt installs local .debs without copying them to its archive cache: the flat repository takes them from here
+    # apt installs from a file: repository in place, without copying to its archive cache: the flat
+    # repository takes all six from here
     if debs is None:
         return ""
-    return f"mv {m}/tmp/tsdb/*.deb {shlex.quote(str(apt))}/ && rmdir {m}/tmp/tsdb\n"
+    return f"mv {m}{ENGINE_REPO}/*.deb {shlex.quote(str(apt))}/ && rm -rf {m}{ENGINE_REPO}\n"
 
 
 def _lock(cache: Path):
@@ -142,47 +152,16 @@ def _build_bare(final: Path) -> None:
     tmp.rename(top)
 
 
-def _build_tsdb(img: Image) -> None:
-    """TimescaleDB from the verified upstream tarball -> two .debs (see tsdb.py); ~1 min of compiling on 2 cores."""
-    import tarfile
-    import time
-
-    src = tsdb.tarball()
-    tsdb.verify_tarball(src)
-    top = img.tsdb.parent
-    tmp = top.with_name(top.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for d in ("upper", "work", "merged", "src", "debs"):
-        (tmp / d).mkdir(parents=True)
-    with tarfile.open(src, "r:xz") as tf:
-        tf.extractall(tmp / "src", filter="data")
-    progress(f"building TimescaleDB {tsdb.VERSION} from {src.name} (SHA-256 verified) into {tsdb.MAIN_PKG} and {tsdb.LOADER_PKG}")
-    t0 = time.monotonic()
-    script = tsdb.build_script(img.bare, tmp, MIRROR, SUITE) + tsdb.package_script(tmp)
-    run(["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--mount-proc", "sh", "-c", script],
-        timeout=2400, env=os.environ | tsdb.control_env())
-    debs = sorted(p.name for p in (tmp / "debs").glob("*.deb"))
-    if len(debs) != 2:
-        raise LabError(f"TimescaleDB build produced {debs or 'no .debs'}", hint=f"inspect {tmp}")
-    progress(f"TimescaleDB .debs built in {time.monotonic() - t0:.0f}s: {', '.join(debs)}")
-    for d in ("upper", "work", "merged", "src"):
-        run(["rm", "-rf", "--one-file-system", str(tmp / d)])
-    top.mkdir(parents=True, exist_ok=True)
-    if img.tsdb.exists():
-        shutil.rmtree(img.tsdb)
-    (tmp / "debs").rename(img.tsdb)
-    tmp.rmdir()
-
-
 def _build_pg(img: Image) -> None:
     top = img.pg.parent
     tmp = top.with_name(top.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for d in ("upper", "work", "merged"):
         (tmp / d).mkdir(parents=True)
-    progress(f"building the pg layer (postgresql-17, postgis, pgbackrest from Debian; TimescaleDB {tsdb.PKG_VERSION} from the tsdb layer)")
+    progress(f"building the pg layer (PostgreSQL 16.10, PostGIS 3.5.2, TimescaleDB 2.18.2 from {img.engine}; "
+             "pgBackRest from Debian)")
     run(["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--mount-proc", "sh", "-c",
-         pg_build_script(img.bare, tmp, tsdb_debs=img.tsdb)], timeout=1800)
+         pg_build_script(img.bare, tmp, engine_debs=img.engine)], timeout=1800)
     apt = tmp / "apt"
     (apt / "Packages").write_bytes(run(["apt-ftparchive", "packages", "."], cwd=apt).stdout)
     (apt / "Release").write_bytes(run(["apt-ftparchive", "release", "."], cwd=apt).stdout)
@@ -201,9 +180,14 @@ def ensure(cache: Path = CACHE) -> Image:
         if not (img.bare.parent / ".complete").exists():
             _build_bare(img.bare)
             (img.bare.parent / ".complete").write_text("ok\n")
-        if not (img.tsdb.parent / ".complete").exists():
-            _build_tsdb(img)
-            (img.tsdb.parent / ".complete").write_text("ok\n")
+        if not (img.pg.parent / ".complete").exists():
+            from . import engine16
+
+            t0 = time.monotonic()
+            built = engine16.build(lab_cache=cache)  # returns at once when its inputs are unchanged
+            if built != img.engine:
+                raise LabError(f"engine16 built {built}, expected {img.engine}", hint="check TRACKERDB_ENGINE16_CACHE")
+            progress(f"engine16 .debs ready in {time.monotonic() - t0:.1f}s: {img.engine}")
         if not (img.pg.parent / ".complete").exists():
             _build_pg(img)
             (img.pg.parent / ".complete").write_text("ok\n")

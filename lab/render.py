@@ -153,7 +153,7 @@ def pg_hba_extra(subnet: str) -> str:
     return f"host all all {subnet} scram-sha-256\n"
 
 
-def source_pgbackrest_conf(pg_major: int = 17, stanza: str = SHARED_STANZA, port: int = 5432) -> str:
+def source_pgbackrest_conf(pg_major: int = 16, stanza: str = SHARED_STANZA, port: int = 5432) -> str:
     return f"""[global]
 log-level-console=warn
 log-level-file=info

@@ -1,4 +1,4 @@
-"""The `source` host (the old shared server): a PostgreSQL 17 cluster with TimescaleDB 2.18.2 (community
+"""The `source` host (the old shared server): a PostgreSQL 16.10 cluster with PostGIS 3.5.2 and TimescaleDB 2.18.2 (community
 licence, as production) preloaded, archiving WAL through pgBackRest to the shared stanza on `repo`, the tracker
 dataset and an unrelated database."""
 
@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 
-from . import render, tsdb
+from . import engine16_debs, render, tsdb
 from .hosts import hexec, ids, write
 from .naming import Names
 from .state import State
 from .util import LabError, progress, retry
+
+MAJOR = engine16_debs.PG_MAJOR
 
 FLEET_SQL = """CREATE DATABASE fleet_archive;
 \\c fleet_archive
@@ -28,18 +30,18 @@ def prepare(root, n: Names, postgres_key_pub: str) -> None:
 
 
 def create_cluster(st: State, n: Names) -> None:
-    hexec(st, "source", "pg_createcluster --locale=C.UTF-8 17 main >/dev/null")
+    hexec(st, "source", f"pg_createcluster --locale=C.UTF-8 {MAJOR} main >/dev/null")
     root = st.dir / "hosts" / "source" / "root"
     uid, gid = ids(root, "postgres")
-    write(root, "/etc/postgresql/17/main/conf.d/lab.conf", render.pg_conf(n.ip("source")), 0o644, (uid, gid))
-    hba = root / "etc/postgresql/17/main/pg_hba.conf"
+    write(root, f"/etc/postgresql/{MAJOR}/main/conf.d/lab.conf", render.pg_conf(n.ip("source")), 0o644, (uid, gid))
+    hba = root / f"etc/postgresql/{MAJOR}/main/pg_hba.conf"
     with open(hba, "a") as f:
         f.write(render.pg_hba_extra(str(n.subnet)))
     for d in ("/var/log/pgbackrest", "/var/lib/pgbackrest", "/var/spool/pgbackrest"):
         p = root / d.lstrip("/")
         p.mkdir(parents=True, exist_ok=True)
         os.chown(p, uid, gid)
-    hexec(st, "source", "pg_ctlcluster 17 main start")
+    hexec(st, "source", f"pg_ctlcluster {MAJOR} main start")
 
 
 def set_port(st: State, port: int) -> None:
@@ -50,8 +52,8 @@ def set_port(st: State, port: int) -> None:
         raise LabError(f"source port {port} is not in 1024-65535", hint="e.g. 5433")
     root = st.dir / "hosts" / "source" / "root"
     write(root, "/etc/pgbackrest/pgbackrest.conf", render.source_pgbackrest_conf(port=port), 0o640, (0, ids(root, "postgres")[1]))
-    hexec(st, "source", f"sed -i -E 's/^#?port = [0-9]+/port = {port}/' /etc/postgresql/17/main/postgresql.conf "
-                        "&& pg_ctlcluster 17 main restart")
+    hexec(st, "source", f"sed -i -E 's/^#?port = [0-9]+/port = {port}/' /etc/postgresql/{MAJOR}/main/postgresql.conf "
+                        f"&& pg_ctlcluster {MAJOR} main restart")
     retry(lambda: hexec(st, "source", ["pg_isready", "-q", "-p", str(port)], timeout=10), what=f"source on port {port}",
           attempts=20, delay=0.5)
 
@@ -76,7 +78,7 @@ def check_edition(st: State, version: str = tsdb.VERSION) -> None:
     got = hexec(st, "source", ["psql", "-XAt", "-d", "tracker", "-c", EDITION_SQL], user="postgres").stdout.decode().strip()
     if got != f"{version} timescale":
         raise LabError(f"source: TimescaleDB in tracker is {got or 'missing'!r}, expected '{version} timescale'",
-                       hint="the pg layer must install the lab-built timescaledb-2-postgresql-17; remove the cache's pg-* layer and lab.up again")
+                       hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's pg-* layer and lab.up again")
 
 
 def stanza(st: State) -> None:

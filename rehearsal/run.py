@@ -163,11 +163,12 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale, volume_gb=volume_gb).get("hosts", {})),
                                           "volume_gb": volume_gb})
         settings = Settings.load(config or {}, env=env)
-        result["meta"] |= {"postgres": settings.postgres_major, "timescaledb": settings.timescaledb_version,
+        result["meta"] |= {"postgres": settings.postgres_version, "timescaledb": settings.timescaledb_version,
                            "postgis": settings.postgis_version}
         from trackerdb.rehearse.versions import load_rows
 
         result["meta"]["versions"] = load_rows({"postgres_major": settings.postgres_major,
+                                                "postgres_version": settings.postgres_version,
                                                 "timescaledb": settings.timescaledb_version, "postgis": settings.postgis_version})
         with Remote(settings.require_source()) as src:
             ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(

@@ -32,6 +32,7 @@ def prod_outputs(**over):
         "stanza": "tracker-dedicated",
         "shared_stanza": "tracker",
         "postgres_major": 16,
+        "postgres_version": "16.10",
         "postgis_version": "3.5.2",
         "timescaledb_version": "2.18.2",
         "app_cidrs": ["172.31.32.0/20"],

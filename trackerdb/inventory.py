@@ -38,6 +38,7 @@ OUTPUT_KEYS: dict[str, str] = {
     "stanza": "pgBackRest stanza of the new cluster (never the shared one)",
     "shared_stanza": "the shared host's stanza, which must never be touched",
     "postgres_major": "PostgreSQL major version",
+    "postgres_version": "PostgreSQL version, exactly (16.10: the source's; provisioning pins and holds it)",
     "postgis_version": "PostGIS version",
     "timescaledb_version": "TimescaleDB version (must equal the source's)",
     "app_cidrs": "networks the application connects from (pg_hba and the security group)",

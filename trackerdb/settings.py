@@ -69,6 +69,7 @@ class Settings:
     database: str
     owner_role: str
     postgres_major: int
+    postgres_version: str  # exactly, e.g. "16.10" (the source's): provisioning pins and holds it
     postgis_version: str
     timescaledb_version: str
     package_source: str  # "pgdg" (production) or "debian" (the lab)
@@ -189,6 +190,7 @@ class Settings:
             database=cfg.get("database", "tracker"),
             owner_role=cfg.get("owner_role", "tracker"),
             postgres_major=_int("stack output postgres_major", o["postgres_major"], 10, 99),
+            postgres_version=str(o["postgres_version"]),
             postgis_version=str(o["postgis_version"]),
             timescaledb_version=str(o["timescaledb_version"]),
             package_source=cfg.get("package_source", "pgdg"),
@@ -259,6 +261,9 @@ class Settings:
         _check("stack output stanza", self.stanza, v.stanza)
         _check("stack output shared_stanza", self.shared_stanza, v.stanza)
         _check("stack output postgres_major", self.postgres_major, lambda x: v.integer(x, 10, 99)[1])
+        _check("stack output postgres_version", self.postgres_version,
+               lambda x: v.version(x) or (None if str(x).split(".")[0] == str(self.postgres_major)
+                                          else f"is not a {self.postgres_major}.x version (postgres_major)"))
         _check("stack output postgis_version", self.postgis_version, v.version)
         _check("stack output timescaledb_version", self.timescaledb_version, v.version)
         _check("stack output app_cidrs", list(self.app_cidrs), v.networks)

@@ -33,7 +33,8 @@ COMPRESS = "compress_chunk"
 DECOMPRESS = "decompress_chunk"
 REFRESH = "refresh_continuous_aggregate"
 RUN_JOB = "run_job"
-ROUTINES = (PRE_RESTORE, POST_RESTORE, COMPRESS, DECOMPRESS, REFRESH, RUN_JOB)
+ALTER_JOB = "alter_job"
+ROUTINES = (PRE_RESTORE, POST_RESTORE, COMPRESS, DECOMPRESS, REFRESH, RUN_JOB, ALTER_JOB)
 
 
 class ApiImpostor(OpsError):

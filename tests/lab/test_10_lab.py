@@ -80,13 +80,17 @@ def test_target_installs_packages_only_from_the_lab_repo(hosts):
     assert sources.splitlines()[0] == "deb [trusted=yes] file:/srv/lab-apt ./" and sources.split()[-1] == "0"
     assert "default" not in t.run("ip route").stdout  # no route out of the lab
     t.run("apt-get -q update", sudo=True, timeout=120)
-    policy = t.run("apt-cache policy timescaledb-2-postgresql-17 timescaledb-2-loader-postgresql-17 postgresql-17-postgis-3 pgbackrest").stdout
-    assert "2.18.2~debian13" in policy and "3.5.2" in policy and "file:/srv/lab-apt" in policy
-    # the flat repository serves the lab-built TimescaleDB under Timescale's names, not Debian's Apache build,
-    # and nothing that only the build needed
+    policy = t.run("apt-cache policy postgresql-16 postgresql-client-16 timescaledb-2-postgresql-16 "
+                   "timescaledb-2-loader-postgresql-16 postgresql-16-postgis-3 pgbackrest").stdout
+    for v in ("16.10-1.pgdg13+1", "2.18.2~debian13", "3.5.2+dfsg-1.pgdg13+1", "file:/srv/lab-apt"):
+        assert v in policy, v
+    # the flat repository serves production's engine under PGDG's and Timescale's names, not Debian's
+    # PostgreSQL 17 or its Apache TimescaleDB, and nothing that only the build needed
     names = set(t.run("grep -h '^Package: ' /srv/lab-apt/Packages | cut -d' ' -f2").stdout.split())
-    assert {"timescaledb-2-postgresql-17", "timescaledb-2-loader-postgresql-17", "postgresql-17", "pgbackrest"} <= names
-    assert not names & {"postgresql-17-timescaledb", "postgresql-server-dev-17", "cmake", "gcc", "libssl-dev", "libkrb5-dev"}
+    assert {"postgresql-16", "postgresql-client-16", "postgresql-16-postgis-3", "postgresql-16-postgis-3-scripts",
+            "timescaledb-2-postgresql-16", "timescaledb-2-loader-postgresql-16", "pgbackrest"} <= names
+    assert not names & {"postgresql-17", "postgresql-17-timescaledb", "postgresql-server-dev-16", "postgresql-server-dev-17",
+                        "cmake", "gcc", "libssl-dev", "libkrb5-dev", "patchelf"}
 
 
 def test_source_runs_the_tracker_database(hosts):
@@ -97,7 +101,13 @@ def test_source_runs_the_tracker_database(hosts):
     lic = s.run(["psql", "-XAt", "-d", "tracker", "-c", "SHOW timescaledb.license"], user="postgres").stdout.strip()
     assert lic == "timescale"
     pkgs = s.run("dpkg-query -W -f '${Package}=${Version}\\n' 'timescaledb*'").stdout.split()
-    assert sorted(pkgs) == ["timescaledb-2-loader-postgresql-17=2.18.2~debian13", "timescaledb-2-postgresql-17=2.18.2~debian13"]
+    assert sorted(pkgs) == ["timescaledb-2-loader-postgresql-16=2.18.2~debian13", "timescaledb-2-postgresql-16=2.18.2~debian13"]
+    # production's engine, exactly: the server says 16.10 (TimescaleDB 2.18.2's scheduler fails on 16.16+)
+    ver = s.run(["psql", "-XAt", "-d", "tracker", "-c", "SELECT version()"], user="postgres").stdout
+    assert ver.startswith("PostgreSQL 16.10 "), ver
+    pkgs = s.run("dpkg-query -W -f '${Package}=${Version}\\n' 'postgresql-16*' 'postgresql-client-16'").stdout.split()
+    assert sorted(pkgs) == ["postgresql-16-postgis-3-scripts=3.5.2+dfsg-1.pgdg13+1", "postgresql-16-postgis-3=3.5.2+dfsg-1.pgdg13+1",
+                            "postgresql-16=16.10-1.pgdg13+1", "postgresql-client-16=16.10-1.pgdg13+1"]
     n = s.run(["psql", "-XAt", "-d", "fleet_archive", "-c", "SELECT count(*) FROM archived_trips"], user="postgres").stdout
     assert int(n) > 0
     owner = s.run(["psql", "-XAt", "-c", "SELECT rolsuper FROM pg_roles WHERE rolname = 'tracker'"], user="postgres").stdout.strip()
@@ -129,7 +139,7 @@ repo1-s3-key-secret=testing
 repo1-path={path}
 {extra}
 [labcheck]
-pg1-path=/var/lib/postgresql/17/main
+pg1-path=/var/lib/postgresql/16/main
 """
 
 

@@ -481,10 +481,23 @@ def test_cutover_finish_drops_the_slot_and_rollback_then_refuses(cutover_run):
     settings = cutover_run["settings"]
     journal = cutover_run["journal"]
     cap = Journal(journal).state("capture").facts
+    held = Journal(journal).state("compression_hold").facts
+    paused_sql = ("SELECT coalesce(json_agg(json_build_object('id', job_id, 'paused', next_start = 'infinity', 'scheduled', "
+                  "scheduled) ORDER BY job_id), '[]'::json) FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression';")
+    with Remote(settings.target) as t:
+        before = query_json(t, paused_sql, settings.database)
+    # while rollback was possible the scheduler could not recompress (its unmarked chunk writes would look like
+    # the application's in the capture): every compression policy paused, still scheduled as on the source
+    assert held["held"] and held["released"] is False, held
+    assert before and all(j["paused"] and j["scheduled"] for j in before if j["id"] in held["held"]), before
     r = subprocess.run([str(ROOT / ".venv/bin/invoke"), "cutover-finish", "--journal", str(journal)], cwd=ROOT,
                        env=_env(settings), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "no longer possible" in r.stdout
+    assert "no longer possible" in r.stdout and "compression policies resumed" in r.stdout
+    with Remote(settings.target) as t:
+        after = query_json(t, paused_sql, settings.database)
+    assert after and not any(j["paused"] for j in after) and all(j["scheduled"] for j in after), after
+    assert Journal(journal).state("compression_hold").facts["released"] is True
     with Remote(settings.target) as t:
         assert run_sql(t, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = {literal(cap['slot'])};").stdout.strip() == "0"
     fin = Journal(journal).state("finish")

@@ -192,3 +192,14 @@ def test_clear_stale_tuning_runs_as_postgres_not_root():
     s = SimpleNamespace(data_mount="/var/lib/postgresql", pg_bin="/usr/lib/postgresql/16/bin", pg_port=5432)
     rj.clear_stale_tuning(R(), s, "/etc/postgresql/16/main/conf.d/90-trackerdb-restore.conf")
     assert calls == [{"user": "postgres"}]
+
+
+def test_a_job_that_ends_between_the_two_looks_reads_as_done_not_dead(tmp_path):
+    """The wrapper writes rc and exits: a status line that found no rc, then no live pid, looks for rc again."""
+    d = tmp_path / "job"
+    d.mkdir()
+    (d / "pid").write_text("999999999\n")  # no such process: the wrapper is gone
+    (d / "rc").write_text("0\n")
+    line = dj.status_line(str(d)).replace('elif [ -f "$d/rc" ]; then echo "done', 'elif false; then echo "done', 1)
+    out = subprocess.run(["bash", "-c", line], capture_output=True, text=True).stdout
+    assert dj.parse_status(out).state == "done" and dj.parse_status(out).rc == 0

@@ -154,6 +154,7 @@ def test_exports_carry_the_runbook_values(prod):
     assert o["cipher_secret_name"] == "tracker/pgbackrest/cipher-pass" and not o["cipher_secret_name"].startswith("arn:")
     assert (o["stanza"], o["shared_stanza"]) == ("tracker-dedicated", "tracker")
     assert (o["postgres_major"], o["postgis_version"], o["timescaledb_version"]) == (16, "3.5.2", "2.18.2")
+    assert o["postgres_version"] == "16.10"  # exactly the source's minor (a string, never the float 16.1)
     assert o["repo_path"] == "/var/pg_backrest_data/repo3" and o["repo_host_user"] == "postgres"
     assert o["data_mount"] == "/var/lib/postgresql"
     # computed by the provider, not from config: the instance's AZ and the data volume's id
@@ -358,7 +359,8 @@ def test_ssm_managed_instance_core_attached(prod):
 
 # ---- config errors ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["vpcId", "subnetId", "appCidrs", "amiOwner", "amiNameFilter", "cipherSecretName"])
+@pytest.mark.parametrize("key", ["vpcId", "subnetId", "appCidrs", "amiOwner", "amiNameFilter", "cipherSecretName",
+                                 "postgresVersion"])
 def test_missing_required_key_fails_with_one_line_naming_it(key):
     with pytest.raises(pulumi.RunError) as err:
         run_program(drop=(f"{P}:{key}",))
@@ -389,6 +391,9 @@ def test_world_open_app_cidr_is_rejected(cidr):
     ({f"{P}:stanza": "tracker*"}, "may hold only letters"),
     ({f"{P}:stanza": "../tracker"}, "may hold only letters"),
     ({f"{P}:rootVolumeSizeGb": "big"}, "must be an integer"),
+    ({f"{P}:postgresVersion": "17.12"}, "postgresVersion must be 16.<minor>"),
+    ({f"{P}:postgresVersion": "16"}, "postgresVersion must be 16.<minor>"),
+    ({f"{P}:postgresVersion": "16.1O"}, "postgresVersion must be 16.<minor>"),
 ])
 def test_bad_config_is_rejected(over, needle):
     with pytest.raises(pulumi.RunError, match=needle):

@@ -34,7 +34,7 @@ def test_missing_tools_point_at_host_deps(monkeypatch):
 
 def test_cache_layers_are_keyed_by_their_package_lists(monkeypatch):
     a = image.paths(Path("/c"))
-    monkeypatch.setattr(image, "PG_PKGS", image.PG_PKGS + ("postgresql-17-pgaudit",))
+    monkeypatch.setattr(image, "PG_PKGS", image.PG_PKGS + ("postgresql-16-pgaudit",))
     b = image.paths(Path("/c"))
     assert a.bare == b.bare and a.pg != b.pg and a.apt != b.apt
     monkeypatch.setattr(image, "BARE_PKGS", image.BARE_PKGS + ("vim",))

@@ -56,7 +56,7 @@ def test_source_configs():
     conf = render.source_pgbackrest_conf()
     assert "repo3-host=pg-backrest.timescale.glimpse.internal" in conf
     assert "repo3-host-user=postgres" in conf and "repo3-path=/var/pg_backrest_data/repo3" in conf
-    assert "[tracker]" in conf and "pg1-path=/var/lib/postgresql/17/main" in conf
+    assert "[tracker]" in conf and "pg1-path=/var/lib/postgresql/16/main" in conf
     pg = render.pg_conf("10.201.7.11")
     assert "listen_addresses = 'localhost,10.201.7.11'" in pg
     assert "archive_command = 'pgbackrest --stanza=tracker archive-push %p'" in pg

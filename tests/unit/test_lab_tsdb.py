@@ -1,4 +1,5 @@
-"""TimescaleDB built from the vendored source: cache key, tarball check, packaging (pure parts of lab.tsdb / lab.image)."""
+"""The vendored TimescaleDB source and the pg layer over the engine16 .debs: cache keys, tarball check, the
+pg layer's install (pure parts of lab.tsdb / lab.image)."""
 
 from pathlib import Path
 
@@ -8,43 +9,41 @@ from lab import image, tsdb
 from lab.util import LabError
 
 
-def test_tsdb_layer_is_keyed_by_the_tarball_hash_and_feeds_the_pg_layer(monkeypatch):
+def test_pg_layer_is_keyed_by_the_engine_and_reads_its_repository(monkeypatch):
+    from lab import engine16
+
     a = image.paths(Path("/c"))
-    assert a.tsdb.parent.name.startswith("tsdb-") and a.tsdb.name == "debs"
-    monkeypatch.setattr(tsdb, "SHA256", "0" * 64)
+    assert a.engine == engine16.paths().debs and a.engine.parent.name.startswith("engine16-")
+    monkeypatch.setattr(tsdb, "SHA256", "0" * 64)  # the engine's key covers the TimescaleDB tarball
     b = image.paths(Path("/c"))
-    assert b.bare == a.bare and b.tsdb != a.tsdb and b.pg != a.pg and b.apt != a.apt
+    assert b.bare == a.bare and b.engine != a.engine and b.pg != a.pg and b.apt != a.apt
 
 
-def test_pg_layer_installs_the_built_debs_not_debians_timescaledb():
-    assert not [p for p in image.PG_PKGS if "timescaledb" in p]
-    s = image.pg_build_script(Path("/c/bare/rootfs"), Path("/c/pg.tmp"), mirror="http://m/debian", tsdb_debs=Path("/c/tsdb-x/debs"))
-    assert "cp /c/tsdb-x/debs/*.deb" in s
-    assert "/tmp/tsdb/timescaledb-2-loader-postgresql-17_*.deb /tmp/tsdb/timescaledb-2-postgresql-17_*.deb" in s
-    assert s.index("archives/*.deb /c/pg.tmp/apt/") < s.index("mv /c/pg.tmp/merged/tmp/tsdb/*.deb /c/pg.tmp/apt/")  # served by the flat repo
+def test_pg_layer_installs_productions_engine_exactly_from_the_engine_repository():
+    from lab import engine16_debs as debs
+
+    assert sorted(p.split("=")[0] for p in image.PG_PKGS if "=" in p) == sorted(debs.PACKAGES)
+    for p in image.PG_PKGS:
+        if "=" in p:
+            name, version = p.split("=")
+            assert version == debs.VERSIONS[name]  # 16.10-1.pgdg13+1, 3.5.2+dfsg-1.pgdg13+1, 2.18.2~debian13
+    assert {"pgbackrest", "ssl-cert"} <= set(image.PG_PKGS) and "postgresql-17" not in " ".join(image.PG_PKGS)
+    s = image.pg_build_script(Path("/c/bare/rootfs"), Path("/c/pg.tmp"), mirror="http://m/debian",
+                              engine_debs=Path("/c/engine16-x/debs"))
+    assert "cp /c/engine16-x/debs/*.deb /c/engine16-x/debs/Packages /c/engine16-x/debs/Release /c/pg.tmp/merged/tmp/engine16/" in s
+    assert "echo 'deb [trusted=yes] file:/tmp/engine16 ./' > /c/pg.tmp/merged/etc/apt/sources.list.d/engine16.list" in s
+    assert "postgresql-16=16.10-1.pgdg13+1" in s and "'timescaledb-2-postgresql-16=2.18.2~debian13'" in s
+    assert "pg_dropcluster --stop 16 main" in s
+    # apt installs a file: repository's .debs in place: the flat repository takes all six from there
+    assert s.index("archives/*.deb /c/pg.tmp/apt/") < s.index("mv /c/pg.tmp/merged/tmp/engine16/*.deb /c/pg.tmp/apt/")
+    assert "rm -f /c/pg.tmp/merged/usr/sbin/policy-rc.d /c/pg.tmp/merged/etc/apt/sources.list.d/engine16.list" in s
 
 
-def test_build_uses_the_measured_flags_and_keeps_build_packages_out_of_the_repo():
-    s = tsdb.build_script(Path("/c/bare"), Path("/c/t.tmp"), "http://m/debian", "trixie")
-    assert ("./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DGENERATE_DOWNGRADE_SCRIPT=OFF" in s)
-    assert "make -C build -j2" in s and "DESTDIR=/stage/all" in s
-    assert "Keep-Downloaded-Packages" not in s  # build deps are never kept as .debs
-    for p in ("postgresql-server-dev-17", "cmake", "gcc", "libssl-dev", "libkrb5-dev"):
-        assert p in s
-    p = tsdb.package_script(Path("/c/t.tmp"))
-    assert "/out/timescaledb-2-postgresql-17_2.18.2~debian13_$arch.deb" in p
-    assert "/out/timescaledb-2-loader-postgresql-17_2.18.2~debian13_$arch.deb" in p
-    assert "mv /stage/timescaledb-2-postgresql-17/usr/lib/postgresql/17/lib/timescaledb.so" in p
-
-
-def test_control_files_are_named_and_versioned_like_timescales_repository():
-    main = tsdb.control(tsdb.MAIN_PKG, "amd64", 12000)
-    assert "Package: timescaledb-2-postgresql-17\nVersion: 2.18.2~debian13\nArchitecture: amd64\n" in main
-    assert "Depends: postgresql-17, timescaledb-2-loader-postgresql-17 (= 2.18.2~debian13)\n" in main
-    loader = tsdb.control(tsdb.LOADER_PKG, "amd64", 100)
-    assert "Package: timescaledb-2-loader-postgresql-17\n" in loader and "Depends: postgresql-17\n" in loader
-    env = tsdb.control_env()
-    assert "@ARCH@" in env["CONTROL_MAIN"] and "Installed-Size: @KB@" in env["CONTROL_LOADER"]
+def test_the_tsdb_module_keeps_only_what_the_engine_build_reads():
+    for gone in ("PG_MAJOR", "BUILD_PKGS", "build_script", "package_script", "control_env", "MAIN_PKG", "LOADER_PKG"):
+        assert not hasattr(tsdb, gone)
+    assert tsdb.BOOTSTRAP_FLAGS == ("-DREGRESS_CHECKS=OFF", "-DTAP_CHECKS=OFF", "-DWARNINGS_AS_ERRORS=OFF",
+                                    "-DGENERATE_DOWNGRADE_SCRIPT=OFF")
 
 
 def test_tarball_must_match_the_pinned_sha256(tmp_path):
@@ -64,4 +63,6 @@ def test_tarball_must_match_the_pinned_sha256(tmp_path):
 def test_lab_stack_outputs_carry_productions_timescaledb_version():
     from lab.outputs import VERSIONS
 
-    assert VERSIONS["timescaledb_version"] == "2.18.2" == tsdb.VERSION
+    assert VERSIONS == {"postgres_major": 16, "postgres_version": "16.10", "postgis_version": "3.5.2",
+                        "timescaledb_version": "2.18.2"}
+    assert VERSIONS["timescaledb_version"] == tsdb.VERSION

@@ -11,11 +11,12 @@ from trackerdb.settings import Settings
 
 PROD = Settings.from_parts({}, prod_outputs())
 LAB = Settings.from_parts({"package_source": "debian"},
-                          prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.18.2"))
+                          prod_outputs(environment="lab", timescaledb_version="2.18.2"))
 
 MADISON_PROD = """\
 postgresql-16 | 16.10-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
 postgresql-16 | 16.9-0+deb12u1 | http://deb.debian.org/debian bookworm/main amd64 Packages
+postgresql-client-16 | 16.10-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
 postgresql-16-postgis-3 | 3.5.2+dfsg-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
 postgresql-16-postgis-3-scripts | 3.5.2+dfsg-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
 timescaledb-2-postgresql-16 | 2.19.0~debian12 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
@@ -27,11 +28,12 @@ ssl-cert | 1.1.2 | http://deb.debian.org/debian bookworm/main amd64 Packages
 """
 
 MADISON_LAB = """\
-postgresql-17 | 17.6-0+deb13u1 | file:/srv/repo ./ Packages
-postgresql-17-postgis-3 | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
-postgresql-17-postgis-3-scripts | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
-timescaledb-2-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
-timescaledb-2-loader-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
+postgresql-16 | 16.10-1.pgdg13+1 | file:/srv/repo ./ Packages
+postgresql-client-16 | 16.10-1.pgdg13+1 | file:/srv/repo ./ Packages
+postgresql-16-postgis-3 | 3.5.2+dfsg-1.pgdg13+1 | file:/srv/repo ./ Packages
+postgresql-16-postgis-3-scripts | 3.5.2+dfsg-1.pgdg13+1 | file:/srv/repo ./ Packages
+timescaledb-2-postgresql-16 | 2.18.2~debian13 | file:/srv/repo ./ Packages
+timescaledb-2-loader-postgresql-16 | 2.18.2~debian13 | file:/srv/repo ./ Packages
 pgbackrest | 2.55.1-1 | file:/srv/repo ./ Packages
 ssl-cert | 1.1.3 | file:/srv/repo ./ Packages
 """
@@ -53,8 +55,12 @@ def test_upstream_version_split(version, up, rest):
     (apt.PackageSpec("p", "2.18.2", "~debian12"), "2.18.20~debian12", False),
     (apt.PackageSpec("p", "3.5.2"), "3.5.2+dfsg-1", True),
     (apt.PackageSpec("p", "3.5.2"), "3.5.3+dfsg-1", False),
-    (apt.PackageSpec("p", "16"), "16.10-1.pgdg120+1", True),
-    (apt.PackageSpec("p", "16"), "17.6-0+deb13u1", False),
+    (apt.PackageSpec("p", "16.10"), "16.10-1.pgdg120+1", True),
+    (apt.PackageSpec("p", "16.10"), "16.10-1.pgdg13+1", True),
+    (apt.PackageSpec("p", "16.10"), "16.11-1.pgdg120+1", False),  # never "any 16 minor"
+    (apt.PackageSpec("p", "16.10"), "16.1-1.pgdg120+1", False),
+    (apt.PackageSpec("p", "16.10"), "16.100-1", False),
+    (apt.PackageSpec("p", "16.10"), "17.6-0+deb13u1", False),
     (apt.PackageSpec("p"), "whatever", True),
 ])
 def test_version_matches(spec, version, ok):
@@ -63,9 +69,11 @@ def test_version_matches(spec, version, ok):
 
 @pytest.mark.parametrize("settings, madison, expect", [
     (PROD, MADISON_PROD, {"timescaledb-2-postgresql-16": "2.18.2~debian12", "timescaledb-2-loader-postgresql-16": "2.18.2~debian12",
-                          "postgresql-16-postgis-3": "3.5.2+dfsg-1.pgdg120+1", "postgresql-16": "16.10-1.pgdg120+1"}),
-    (LAB, MADISON_LAB, {"timescaledb-2-postgresql-17": "2.18.2~debian13", "timescaledb-2-loader-postgresql-17": "2.18.2~debian13",
-                        "postgresql-17-postgis-3": "3.5.2+dfsg-1", "pgbackrest": "2.55.1-1"}),
+                          "postgresql-16-postgis-3": "3.5.2+dfsg-1.pgdg120+1", "postgresql-16": "16.10-1.pgdg120+1",
+                          "postgresql-client-16": "16.10-1.pgdg120+1"}),
+    (LAB, MADISON_LAB, {"timescaledb-2-postgresql-16": "2.18.2~debian13", "timescaledb-2-loader-postgresql-16": "2.18.2~debian13",
+                        "postgresql-16-postgis-3": "3.5.2+dfsg-1.pgdg13+1", "pgbackrest": "2.55.1-1",
+                        "postgresql-16": "16.10-1.pgdg13+1", "postgresql-client-16": "16.10-1.pgdg13+1"}),
 ])
 def test_resolve_picks_exact_versions(settings, madison, expect):
     os_id = "13" if settings.package_source == "debian" else "12"
@@ -76,7 +84,9 @@ def test_resolve_picks_exact_versions(settings, madison, expect):
 
 @pytest.mark.parametrize("settings, madison, fragment", [
     (PROD.with_(timescaledb_version="2.18.9"), MADISON_PROD, "timescaledb-2-postgresql-16 2.18.9~debian12"),
-    (LAB.with_(postgis_version="3.4.0"), MADISON_LAB, "postgresql-17-postgis-3 3.4.0 (apt offers: 3.5.2+dfsg-1)"),
+    (LAB.with_(postgis_version="3.4.0"), MADISON_LAB, "postgresql-16-postgis-3 3.4.0 (apt offers: 3.5.2+dfsg-1.pgdg13+1)"),
+    (PROD.with_(postgres_version="16.8"), MADISON_PROD, "postgresql-16 16.8 (apt offers: 16.10-1.pgdg120+1, 16.9-0+deb12u1)"),
+    (PROD, MADISON_PROD.replace("16.10-1.pgdg120+1", "16.11-1.pgdg120+1"), "postgresql-client-16 16.10 (apt offers: 16.11-1"),
     (LAB, MADISON_LAB.replace("pgbackrest", "pgbackrestx"), "pgbackrest any (apt offers: none)"),
 ])
 def test_missing_version_is_one_preflight_error(settings, madison, fragment):
@@ -94,8 +104,11 @@ def test_pin_file_pins_only_version_critical_packages_exactly():
     assert "Package: timescaledb-2-postgresql-16\nPin: version 2.18.2~debian12\nPin-Priority: 1001\n" in text
     assert "Package: timescaledb-2-loader-postgresql-16\nPin: version 2.18.2~debian12\n" in text
     assert "Package: postgresql-16-postgis-3\nPin: version 3.5.2+dfsg-1.pgdg120+1\n" in text
-    assert "Package: pgbackrest" not in text and "Package: postgresql-16\n" not in text
+    assert "Package: postgresql-16\nPin: version 16.10-1.pgdg120+1\n" in text
+    assert "Package: postgresql-client-16\nPin: version 16.10-1.pgdg120+1\n" in text
+    assert "Package: pgbackrest" not in text and "Package: ssl-cert" not in text
     cmd = apt.install_command(specs, chosen)
+    assert "postgresql-16=16.10-1.pgdg120+1" in cmd and "postgresql-client-16=16.10-1.pgdg120+1" in cmd
     assert "timescaledb-2-postgresql-16=2.18.2~debian12" in cmd and " pgbackrest" in cmd and "--no-install-recommends" in cmd
     assert "--force-confold" in cmd  # our createcluster.conf must survive the package's ucf
 
@@ -103,6 +116,9 @@ def test_pin_file_pins_only_version_critical_packages_exactly():
 @pytest.mark.parametrize("repo, codename, line", [
     (apt.PGDG, "bookworm", "deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main\n"),
     (apt.TIMESCALE, "bookworm", "deb [signed-by=/usr/share/keyrings/timescaledb.asc] https://packagecloud.io/timescale/timescaledb/debian/ bookworm main\n"),
+    # PGDG's archive repository: signed with PGDG's key (its keyring), its own suite
+    (apt.PGDG_ARCHIVE, "bookworm", "deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt-archive.postgresql.org/pub/repos/apt bookworm-pgdg-archive main\n"),
+    (apt.PGDG_ARCHIVE, "trixie", "deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt-archive.postgresql.org/pub/repos/apt trixie-pgdg-archive main\n"),
 ])
 def test_source_lines_are_signed_by_their_own_keyring(repo, codename, line):
     assert repo.source_line(codename) == line
@@ -190,11 +206,75 @@ def test_parse_dpkg_status_only_installed():
 
 def test_timescaledb_is_timescales_packaging_whatever_the_package_source():
     # the lab installs TimescaleDB through the production path: same names, version suffix, pin and hold
-    prod17 = PROD.with_(postgres_major=17)
-    lab = prod17.with_(package_source="debian")
+    lab = PROD.with_(package_source="debian")
     ts = lambda s: [p for p in apt.package_specs(s, "13") if "timescaledb" in p.name]
-    assert ts(prod17) == ts(lab) == [
-        apt.PackageSpec("timescaledb-2-postgresql-17", "2.18.2", "~debian13", pinned=True),
-        apt.PackageSpec("timescaledb-2-loader-postgresql-17", "2.18.2", "~debian13", pinned=True)]
+    assert ts(PROD) == ts(lab) == [
+        apt.PackageSpec("timescaledb-2-postgresql-16", "2.18.2", "~debian13", pinned=True),
+        apt.PackageSpec("timescaledb-2-loader-postgresql-16", "2.18.2", "~debian13", pinned=True)]
+    assert apt.package_specs(PROD, "13") == apt.package_specs(lab, "13")  # the whole list: only the source differs
     chosen = apt.resolve(apt.package_specs(LAB, "13"), apt.parse_madison(MADISON_LAB), "debian")
-    assert "timescaledb-2-postgresql-17=2.18.2~debian13" in apt.install_command(apt.package_specs(LAB, "13"), chosen)
+    cmd = apt.install_command(apt.package_specs(LAB, "13"), chosen)
+    assert "timescaledb-2-postgresql-16=2.18.2~debian13" in cmd and "postgresql-16=16.10-1.pgdg13+1" in cmd
+
+
+MADISON_PROD_16_16 = MADISON_PROD.replace("16.10-1.pgdg120+1", "16.16-1.pgdg120+1")
+MADISON_ARCHIVE = MADISON_PROD_16_16 + """\
+postgresql-16 | 16.10-1.pgdg120+1 | https://apt-archive.postgresql.org/pub/repos/apt bookworm-pgdg-archive/main amd64 Packages
+postgresql-client-16 | 16.10-1.pgdg120+1 | https://apt-archive.postgresql.org/pub/repos/apt bookworm-pgdg-archive/main amd64 Packages
+"""
+
+
+@pytest.mark.parametrize("settings, madison, want", [
+    (PROD, MADISON_PROD, []),  # the current repository still carries 16.10
+    (PROD, MADISON_PROD_16_16, ["postgresql-16", "postgresql-client-16"]),  # PGDG moved on to 16.16
+    (PROD, MADISON_PROD.replace("postgresql-client-16 |", "postgresql-clientx |"), ["postgresql-client-16"]),
+    (PROD, MADISON_ARCHIVE, []),  # once the archive is a source, it offers the exact version
+    (PROD.with_(timescaledb_version="2.18.9"), MADISON_PROD, []),  # never for Timescale's packages
+    (LAB, MADISON_LAB.replace("16.10-1", "16.16-1"), []),  # never for the lab's own repository
+])
+def test_pgdg_archive_only_when_the_current_repository_lacks_the_exact_minor(settings, madison, want):
+    source = settings.package_source
+    assert apt.archive_wanted(apt.package_specs(settings, "12"), apt.parse_madison(madison), source) == want
+
+
+def test_the_exact_minor_resolves_from_the_archive_and_names_where_it_comes_from():
+    specs = apt.package_specs(PROD, "12")
+    chosen = apt.resolve(specs, apt.parse_madison(MADISON_ARCHIVE), "pgdg")
+    assert chosen["postgresql-16"] == chosen["postgresql-client-16"] == "16.10-1.pgdg120+1"
+    text = apt.chosen_text(specs, chosen, apt.madison_origins(MADISON_ARCHIVE))
+    assert ("postgresql-16=16.10-1.pgdg120+1 (from https://apt-archive.postgresql.org/pub/repos/apt "
+            "bookworm-pgdg-archive)") in text
+    assert "timescaledb-2-postgresql-16=2.18.2~debian12 (from https://packagecloud.io/timescale/timescaledb/debian bookworm)" in text
+    assert "pgbackrest" not in text  # only the pinned ones are named
+
+
+@pytest.mark.parametrize("madison, key, where", [
+    (MADISON_PROD, ("postgresql-16", "16.10-1.pgdg120+1"), "https://apt.postgresql.org/pub/repos/apt bookworm-pgdg"),
+    (MADISON_PROD, ("postgresql-16", "16.9-0+deb12u1"), "http://deb.debian.org/debian bookworm"),
+    (MADISON_LAB, ("postgresql-16", "16.10-1.pgdg13+1"), "file:/srv/repo"),
+])
+def test_madison_origins(madison, key, where):
+    assert apt.madison_origins(madison)[key] == where
+
+
+@pytest.mark.parametrize("installed, drift", [
+    ({}, []),  # a fresh host: nothing installed, nothing to report
+    ({"postgresql-16": "16.10-1.pgdg120+1", "postgresql-client-16": "16.10-1.pgdg13+1"}, []),
+    ({"postgresql-16": "16.9-1.pgdg120+1"}, ["postgresql-16 16.9-1.pgdg120+1 (want 16.10)"]),
+    ({"postgresql-16": "16.16-1.pgdg120+1", "postgresql-client-16": "16.16-1.pgdg120+1"},
+     ["postgresql-16 16.16-1.pgdg120+1 (want 16.10)", "postgresql-client-16 16.16-1.pgdg120+1 (want 16.10)"]),
+    ({"timescaledb-2-postgresql-16": "2.19.0~debian12", "postgresql-16-postgis-3": "3.5.3+dfsg-1"}, []),  # re-pinned, not PostgreSQL
+])
+def test_an_installed_postgresql_minor_that_differs_is_reported(installed, drift):
+    assert apt.minor_drift(apt.package_specs(PROD, "12"), installed) == drift
+
+
+@pytest.mark.parametrize("settings, os_id, exact", [
+    (PROD, "12", {"postgresql-16": "16.10", "postgresql-client-16": "16.10", "timescaledb-2-postgresql-16": "2.18.2"}),
+    (LAB, "13", {"postgresql-16": "16.10", "postgresql-client-16": "16.10", "timescaledb-2-loader-postgresql-16": "2.18.2"}),
+])
+def test_postgresql_server_and_client_are_pinned_exactly_and_held(settings, os_id, exact):
+    specs = {s.name: s for s in apt.package_specs(settings, os_id)}
+    for name, want in exact.items():
+        assert specs[name].want == want and specs[name].pinned
+    assert specs["timescaledb-2-postgresql-16"].suffix == f"~debian{os_id}"

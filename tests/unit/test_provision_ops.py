@@ -6,19 +6,20 @@ import pytest
 
 from tests.conftest import prod_outputs
 from trackerdb.errors import PreflightError
-from trackerdb.provision import ops
+from trackerdb.provision import apt, ops
 from trackerdb.remote import Result
 from trackerdb.settings import Settings
 
 S = Settings.from_parts({"package_source": "debian"},
-                        prod_outputs(environment="lab", postgres_major=17, timescaledb_version="2.18.2",
+                        prod_outputs(environment="lab", timescaledb_version="2.18.2",
                                      data_volume_size_gb=2, private_ip="10.77.0.2"))
 DEV = "/dev/loop7"
-MADISON = """postgresql-17 | 17.6-0+deb13u1 | file:/srv/repo ./ Packages
-postgresql-17-postgis-3 | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
-postgresql-17-postgis-3-scripts | 3.5.2+dfsg-1 | file:/srv/repo ./ Packages
-timescaledb-2-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
-timescaledb-2-loader-postgresql-17 | 2.18.2~debian13 | file:/srv/repo ./ Packages
+MADISON = """postgresql-16 | 16.10-1.pgdg13+1 | file:/srv/repo ./ Packages
+postgresql-client-16 | 16.10-1.pgdg13+1 | file:/srv/repo ./ Packages
+postgresql-16-postgis-3 | 3.5.2+dfsg-1.pgdg13+1 | file:/srv/repo ./ Packages
+postgresql-16-postgis-3-scripts | 3.5.2+dfsg-1.pgdg13+1 | file:/srv/repo ./ Packages
+timescaledb-2-postgresql-16 | 2.18.2~debian13 | file:/srv/repo ./ Packages
+timescaledb-2-loader-postgresql-16 | 2.18.2~debian13 | file:/srv/repo ./ Packages
 pgbackrest | 2.55.1-1 | file:/srv/repo ./ Packages
 ssl-cert | 1.1.3 | file:/srv/repo ./ Packages
 """
@@ -120,7 +121,7 @@ def test_dry_run_on_a_bare_host_plans_everything_and_changes_nothing():
     outcome = ops.provision(S, dry_run=True, host=host)
     steps = {s.name: s for s in outcome.steps}
     assert steps["format data volume"].changed and "mkfs.ext4" in steps["format data volume"].commands[0]
-    assert steps["packages"].changed and "timescaledb-2-postgresql-17=2.18.2~debian13" in steps["packages"].commands[0]
+    assert steps["packages"].changed and "timescaledb-2-postgresql-16=2.18.2~debian13" in steps["packages"].commands[0]
     assert steps["cluster"].changed and steps["server"].changed and steps["role"].changed
     assert "create_main_cluster = false" in steps["createcluster.conf"].commands[0]
     assert host.writes == []
@@ -193,10 +194,10 @@ def test_tls_files_written_owner_only_and_then_left_alone():
     host = ScriptedHost()
     p = ops.Provisioner(s, host, ops.Outcome("t"), False, lambda m: None, "pw", BUNDLE[:1] + (ops.Secret(TLS_SECRET, BUNDLE[1]),))
     assert p.server_certificate() is True
-    assert host.writes == ["/etc/postgresql/17/main/tls/server.key", "/etc/postgresql/17/main/tls/server.crt"]
+    assert host.writes == ["/etc/postgresql/16/main/tls/server.key", "/etc/postgresql/16/main/tls/server.crt"]
     from trackerdb.safe_paths import ensure_dir_argv  # the directory is made without following a link (issue 23)
 
-    assert " ".join(ensure_dir_argv("/etc/postgresql/17/main/tls", "0700", "postgres", "postgres")) in host.ran
+    assert " ".join(ensure_dir_argv("/etc/postgresql/16/main/tls", "0700", "postgres", "postgres")) in host.ran
     host.answers.insert(0, ("stat -c %U:%G %a", 0, "postgres:postgres 700\npostgres:postgres 600\n"))
     host.writes.clear()
     assert p.server_certificate() is False and host.writes == []
@@ -215,6 +216,65 @@ def test_pgdg_dry_run_on_a_fresh_debian12_host_plans_sources_keys_and_pins():
     assert "timescaledb-2-postgresql-16=2.18.2~debian12*" in steps["packages"].commands[0]
     assert host.writes == [] and not [c for c in host.ran if CHANGING.search(c)]
 
+    # the dry run names the exact PostgreSQL version and where it would come from
+    assert "postgresql-16=16.10* " in steps["package versions"].detail or "postgresql-16=16.10*," in steps["package versions"].detail
+    assert "https://apt.postgresql.org/pub/repos/apt" in steps["package versions"].detail
+    assert "apt-archive.postgresql.org" in steps["package versions"].detail
+
+
+PGDG_MADISON = """postgresql-16 | 16.16-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+postgresql-client-16 | 16.16-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+postgresql-16-postgis-3 | 3.5.2+dfsg-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+postgresql-16-postgis-3-scripts | 3.5.2+dfsg-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+timescaledb-2-postgresql-16 | 2.18.2~debian12 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
+timescaledb-2-loader-postgresql-16 | 2.18.2~debian12 | https://packagecloud.io/timescale/timescaledb/debian bookworm/main amd64 Packages
+pgbackrest | 2.56.0-1.pgdg120+1 | https://apt.postgresql.org/pub/repos/apt bookworm-pgdg/main amd64 Packages
+ssl-cert | 1.1.2 | http://deb.debian.org/debian bookworm/main amd64 Packages
+"""
+
+
+def _pgdg_host(madison: str) -> ScriptedHost:
+    host = ScriptedHost(files={"/etc/fstab": "UUID=root / ext4 defaults 0 1\n", "/usr/share/keyrings/pgdg.asc": "k",
+                               "/usr/share/keyrings/timescaledb.asc": "k",
+                               "/etc/apt/sources.list.d/pgdg.list": apt.PGDG.source_line("bookworm"),
+                               "/etc/apt/sources.list.d/timescaledb.list": apt.TIMESCALE.source_line("bookworm")})
+    host.answers.insert(0, ("cat /etc/os-release", 0, 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'))
+    host.answers.insert(0, ("apt-cache madison", 0, madison))
+    host.answers.insert(0, ("dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n' ca-certificates", 0,
+                            "ca-certificates\t1\tii \ncurl\t1\tii \ngnupg\t1\tii \n"))
+    return host
+
+
+def test_pgdg_without_the_exact_minor_plans_its_archive_repository_and_contacts_nothing():
+    s = Settings.from_parts({"tls_secret_name": TLS_SECRET}, prod_outputs(data_volume_size_gb=2, private_ip="10.77.0.2"))
+    host = _pgdg_host(PGDG_MADISON)  # PGDG moved on to 16.16; the source runs 16.10
+    steps = {st.name: st for st in ops.provision(s, dry_run=True, host=host).steps}
+    assert steps["apt source pgdg-archive"].changed
+    assert ("deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt-archive.postgresql.org/pub/repos/apt "
+            "bookworm-pgdg-archive main") in steps["apt source pgdg-archive"].commands[0]
+    assert "postgresql-16=16.10*" in steps["package versions"].detail and "bookworm-pgdg-archive" in steps["package versions"].detail
+    assert host.writes == [] and not [c for c in host.ran if CHANGING.search(c) or "apt-get update" in c]
+
+
+def test_pgdg_with_the_exact_minor_adds_no_archive_and_names_the_source():
+    s = Settings.from_parts({"tls_secret_name": TLS_SECRET}, prod_outputs(data_volume_size_gb=2, private_ip="10.77.0.2"))
+    host = _pgdg_host(PGDG_MADISON.replace("16.16-1", "16.10-1"))
+    steps = {st.name: st for st in ops.provision(s, dry_run=True, host=host).steps}
+    assert "apt source pgdg-archive" not in steps
+    assert ("postgresql-16=16.10-1.pgdg120+1 (from https://apt.postgresql.org/pub/repos/apt bookworm-pgdg)"
+            in steps["package versions"].detail)
+
+
+@pytest.mark.parametrize("installed", ["postgresql-16\t16.16-1.pgdg13+1\tii \n", "postgresql-client-16\t16.9-1.pgdg13+1\thi \n"])
+def test_an_installed_postgresql_of_another_minor_is_reported_not_changed(installed):
+    host = ScriptedHost()
+    host.answers.insert(0, ("dpkg-query", 0, installed))
+    with pytest.raises(PreflightError) as e:
+        ops.provision(S, dry_run=False, host=host)
+    line = e.value.one_line()
+    assert "not the source's version" in line and "(want 16.10)" in line and "never changes" in line
+    assert not [c for c in host.ran if "apt-get install" in c]
+
 
 @pytest.mark.parametrize("changed_keys, hba_changed, postmaster, action", [
     ({"shared_buffers", "work_mem"}, False, "shared_buffers\nmax_connections\n", "restart"),
@@ -224,10 +284,10 @@ def test_pgdg_dry_run_on_a_fresh_debian12_host_plans_sources_keys_and_pins():
 ])
 def test_restart_only_for_restart_only_settings(changed_keys, hba_changed, postmaster, action):
     host = ScriptedHost()
-    host.answers.insert(0, ("pg_lsclusters", 0, "17 main 5432 online postgres /var/lib/postgresql/17/main /var/log/x.log\n"))
+    host.answers.insert(0, ("pg_lsclusters", 0, "16 main 5432 online postgres /var/lib/postgresql/16/main /var/log/x.log\n"))
     host.answers.insert(0, ("psql", 0, postmaster))
     p = ops.Provisioner(S, host, ops.Outcome("t"), False, lambda m: None, "pw")
     p.service(changed_keys, hba_changed)
     ctl = [c for c in host.ran if "pg_ctlcluster" in c]
-    assert ctl == ([f"pg_ctlcluster 17 main {action}"] if action else [])
+    assert ctl == ([f"pg_ctlcluster 16 main {action}"] if action else [])
     assert p.out.steps[-1].changed is bool(action)

@@ -369,11 +369,13 @@ def test_cutover_finish_removes_the_trust_as_a_journaled_idempotent_step(tmp_pat
     calls = []
     monkeypatch.setattr(remote, "Remote", R)
     monkeypatch.setattr(cp, "drop_slot", lambda *a: True)
+    monkeypatch.setattr(lossless.hold, "release", lambda *a: {})
     monkeypatch.setattr(lossless, "_drop_origin", lambda s, slot: "none")
     monkeypatch.setattr(direct, "remove_trust", lambda s, src, tgt: calls.append((src, tgt)) or ["reader", "line"])
     j = Journal(tmp_path / "journal.jsonl")
     j.note(cp.JOURNAL_PHASE, {"slot": "trackerdb_rollback_1", "lsn": "0/1"})
-    s = SimpleNamespace(target="T", source="S", source_decommissioned=False, database="tracker", pg_port=5432, source_port=5432)
+    s = SimpleNamespace(target="T", source="S", source_decommissioned=False, database="tracker", pg_port=5432, source_port=5432,
+                        pg_bin="/usr/lib/postgresql/16/bin")
     res = lossless.finish(s, j.path)
     assert res["transfer_trust"]["removed"] == ["reader", "line"] and res["transfer_trust"]["changed"]
     assert len(calls) == 1 and calls[0][0] is not None

@@ -144,6 +144,9 @@ def cutover_finish(c, journal=None, json=False):
     out.print(f"slot {res['slot']}: {'dropped' if res['dropped'] else 'already gone'}"
               f"{'' if res['changed'] else ' (finished earlier)'}; rollback to the source is no longer possible "
               f"(since {res['finished_at']})")
+    held = (res.get("compression") or {}).get("held") or []
+    if held:
+        out.print(f"compression policies resumed (job {', '.join(map(str, held))}; paused since the switch)")
     trust = res.get("transfer_trust") or {}
     removed = "; ".join(trust.get("removed") or [])
     out.print(f"direct transfer trust: {'removed ' + removed if removed else 'none left'}"

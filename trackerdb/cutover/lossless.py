@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import HostError, OpsError
 from ..files import write_private
 from . import capture as cp
+from . import compression_hold as hold
 from .journal import Journal
 from ..psql import Psql
 
@@ -62,7 +63,10 @@ def dry_run_lines(settings) -> list[str]:
     lines = [f"target (switch phase, before the switch): REPLICA IDENTITY FULL on {len(need)} table(s) without a "
              f"usable key (and their chunks): {', '.join(need) or 'none'}",
              f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in {settings.database}; "
-             "its LSN goes to the journal; dropped only by `invoke cutover-finish`"]
+             "its LSN goes to the journal; dropped only by `invoke cutover-finish`",
+             "target, before the slot: TimescaleDB's compression policies paused (alter_job next_start => 'infinity'), "
+             "recorded in the journal, resumed by `invoke cutover-finish` (a recompression in the rollback "
+             "window would look like the application's writes)"]
     return lines
 
 
@@ -79,6 +83,7 @@ def start_capture(ctx) -> dict:
     slot = recorded.get("slot") or cp.slot_name(time.time())
     if not recorded.get("slot"):
         journal.note(cp.JOURNAL_PHASE, {"slot": slot, "plugin": cp.PLUGIN, "database": s.database})  # before the change
+    hold.hold(Psql.target(tgt, s), s.database, journal, ctx.say)  # before the slot: see compression_hold
     identity = cp.prepare_identity(tgt, s.database, s.pg_port)
     if identity:
         ctx.say(f"REPLICA IDENTITY FULL on {len(identity)} table(s) without a key: {', '.join(identity)}")
@@ -178,6 +183,7 @@ def finish(settings, journal_path, progress=None) -> dict:
     try:
         with Remote(settings.target) as tgt:
             dropped = cp.drop_slot(tgt, settings.database, rec["slot"], settings.pg_port)
+            compression = hold.release(Psql.target(tgt, settings), settings.database, journal, say)
     except OpsError as exc:
         journal.end(cp.FINISH_PHASE, "failed", error=exc.one_line())
         raise
@@ -186,7 +192,7 @@ def finish(settings, journal_path, progress=None) -> dict:
     journal.end(cp.FINISH_PHASE, "ok", facts)
     say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
         f"replay origin on the source: {facts['origin']}")
-    return {**facts, "changed": True, "transfer_trust": end_transfer_trust(settings, journal, say)}
+    return {**facts, "changed": True, "compression": compression, "transfer_trust": end_transfer_trust(settings, journal, say)}
 
 
 TRUST_PHASE = "finish_transfer_trust"

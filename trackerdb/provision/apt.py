@@ -31,10 +31,11 @@ class AptRepo:
     url: str
     suite: str  # "{codename}" is filled in from /etc/os-release
     component: str = "main"
+    key_of: str | None = None  # another repository's keyring (PGDG's archive is signed with PGDG's key)
 
     @property
     def keyring(self) -> str:
-        return f"{KEYRING_DIR}/{self.name}.asc"
+        return f"{KEYRING_DIR}/{self.key_of or self.name}.asc"
 
     @property
     def list_file(self) -> str:
@@ -50,6 +51,16 @@ PGDG = AptRepo(
     fingerprint="B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8",
     url="https://apt.postgresql.org/pub/repos/apt",
     suite="{codename}-pgdg",
+)
+# PGDG's archive repository: every version PGDG ever published, where apt.postgresql.org keeps only the
+# current minor. Added only when the current repository no longer carries the source's exact version.
+PGDG_ARCHIVE = AptRepo(
+    name="pgdg-archive",
+    key_url=PGDG.key_url,
+    fingerprint=PGDG.fingerprint,
+    url="https://apt-archive.postgresql.org/pub/repos/apt",
+    suite="{codename}-pgdg-archive",
+    key_of=PGDG.name,
 )
 TIMESCALE = AptRepo(
     name="timescaledb",
@@ -87,6 +98,11 @@ def package_specs(settings, os_version_id: str = "12") -> list[PackageSpec]:
     packages come from differs (``repos``), never which ones, their pin or their hold.
     """
     major = settings.postgres_major
+    # exactly the source's minor (TimescaleDB 2.18.2's scheduler fails every job on 16.16 and later)
+    server = [
+        PackageSpec(f"postgresql-{major}", settings.postgres_version, pinned=True),
+        PackageSpec(f"postgresql-client-{major}", settings.postgres_version, pinned=True),
+    ]
     postgis = [
         PackageSpec(f"postgresql-{major}-postgis-3", settings.postgis_version, pinned=True),
         PackageSpec(f"postgresql-{major}-postgis-3-scripts", settings.postgis_version, pinned=True),
@@ -97,7 +113,7 @@ def package_specs(settings, os_version_id: str = "12") -> list[PackageSpec]:
         PackageSpec(f"timescaledb-2-loader-postgresql-{major}", settings.timescaledb_version, suffix, pinned=True),
     ]
     extra = [PackageSpec("pgbackrest"), PackageSpec("ssl-cert")]
-    return [PackageSpec(f"postgresql-{major}", str(major)), *postgis, *tsdb, *extra]
+    return [*server, *postgis, *tsdb, *extra]
 
 
 _UPSTREAM = re.compile(r"^(?:\d+:)?(\d+(?:\.\d+)*)(.*)$")
@@ -113,8 +129,6 @@ def version_matches(spec: PackageSpec, version: str) -> bool:
     num, rest = upstream(version)
     if spec.want is None:
         return True
-    if "." not in spec.want:  # a major version: PostgreSQL server packages take any minor
-        return num.split(".")[0] == spec.want
     return num == spec.want and rest.startswith(spec.suffix)
 
 
@@ -128,6 +142,46 @@ def parse_madison(text: str) -> dict[str, list[str]]:
             if parts[1] not in versions:
                 versions.append(parts[1])
     return out
+
+
+def madison_origins(text: str) -> dict[tuple[str, str], str]:
+    """``apt-cache madison`` lines -> {(pkg, version): "<repository URL> <suite>"} (where apt would get it)."""
+    out: dict[tuple[str, str], str] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 3 and parts[0] and parts[1]:
+            words = parts[2].split()  # "<url> <suite>/<component> <arch> Packages", or "<url> ./ Packages" (flat)
+            suite = words[1].rstrip("/").rsplit("/", 1)[0] if len(words) >= 2 else "."
+            where = words[0] if suite == "." else f"{words[0]} {suite}"
+            out.setdefault((parts[0], parts[1]), where)
+    return out
+
+
+def archive_wanted(specs: list[PackageSpec], available: dict[str, list[str]], source: str) -> list[str]:
+    """PGDG's packages whose exact version the current repository no longer offers (production only): the
+    reason to add PGDG's archive repository. Never for the lab's own repository, never for TimescaleDB's."""
+    if source != "pgdg":
+        return []
+    return [s.name for s in specs if s.pinned and s.name.startswith("postgresql-")
+            and not any(version_matches(s, v) for v in available.get(s.name, []))]
+
+
+def minor_drift(specs: list[PackageSpec], installed: dict[str, str]) -> list[str]:
+    """Installed PostgreSQL packages at another upstream version than the pinned one: provisioning reports
+    them and stops; it never moves a host's PostgreSQL minor by itself."""
+    return [f"{s.name} {installed[s.name]} (want {s.want})" for s in specs
+            if s.pinned and s.name.startswith("postgresql-") and "postgis" not in s.name
+            and s.name in installed and upstream(installed[s.name])[0] != s.want]
+
+
+def chosen_text(specs: list[PackageSpec], chosen: dict[str, str], origins: dict[tuple[str, str], str]) -> str:
+    """``pkg=version (from <repository> <suite>)`` for each pinned package (what ``provision --dry-run`` names)."""
+    out = []
+    for s in specs:
+        if s.pinned and s.name in chosen:
+            where = origins.get((s.name, chosen[s.name]))
+            out.append(f"{s.name}={chosen[s.name]}" + (f" (from {where})" if where else ""))
+    return ", ".join(out)
 
 
 def resolve(specs: list[PackageSpec], available: dict[str, list[str]], source: str) -> dict[str, str]:
@@ -144,7 +198,8 @@ def resolve(specs: list[PackageSpec], available: dict[str, list[str]], source: s
             missing.append(f"{spec.name} {want} (apt offers: {offered})")
     if missing:
         hint = ("check the versions in the stack config or the package source; "
-                + ("PGDG keeps only current versions (older ones are on its archive repository)" if source == "pgdg"
+                + ("PGDG keeps only current versions; its archive repository (apt-archive.postgresql.org) was "
+                    "consulted for PostgreSQL's" if source == "pgdg"
                    else "the host's apt sources must offer them"))
         raise PreflightError("package version not available: " + "; ".join(missing), hint=hint)
     return chosen

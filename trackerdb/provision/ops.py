@@ -214,10 +214,17 @@ class Provisioner:
         f = self.f
         f.specs = apt.package_specs(self.s, f.os.get("VERSION_ID", "12"))
         names = [p.name for p in f.specs]
+        drift = apt.minor_drift(f.specs, apt.parse_dpkg_status(self.sh(apt.dpkg_query_command(names)).stdout))
+        if drift:  # before any change: never an upgrade or downgrade of a running PostgreSQL by the way
+            raise PreflightError("PostgreSQL on the host is not the source's version: " + "; ".join(drift),
+                                 hint="provisioning never changes a host's PostgreSQL minor; upgrade or downgrade it "
+                                      "by hand (or set postgresVersion) after checking what runs there")
         if sources_pending:
             # dry run on a host without the repositories yet: apt cannot know their versions until they are added
             f.chosen = {p.name: f"{p.want}{p.suffix}*" if p.want else "candidate" for p in f.specs}
-            self.step("package versions", False, "checked against the repositories once they are added (dry run)")
+            self.step("package versions", False, apt.chosen_text(f.specs, f.chosen, {}) + " from " + ", ".join(
+                r.url for r in apt.repos(self.s.package_source)) + f" (else {apt.PGDG_ARCHIVE.url} for PostgreSQL's); "
+                "checked against the repositories once they are added (dry run)")
             return
         r = self.sh(apt.madison_command(names), check=False)
         available = apt.parse_madison(r.stdout)
@@ -225,9 +232,24 @@ class Provisioner:
             # apt's lists may be stale or absent on a fresh host; refreshing them changes no configuration
             self.say("refreshing apt lists")
             self.sh(apt.update_command(), timeout=600)
-            available = apt.parse_madison(self.sh(apt.madison_command(names), check=False).stdout)
+            r = self.sh(apt.madison_command(names), check=False)
+            available = apt.parse_madison(r.stdout)
+        old = apt.archive_wanted(f.specs, available, self.s.package_source)
+        if old:
+            # PGDG no longer carries the source's minor: its archive repository does (same signing key)
+            codename = f.os.get("VERSION_CODENAME", "bookworm")
+            repo = apt.PGDG_ARCHIVE
+            self.say(f"{', '.join(old)}: not on {apt.PGDG.url} at {self.s.postgres_version}; adding {repo.url}")
+            if self.file_step(f"apt source {repo.name}", repo.list_file, repo.source_line(codename)) and self.dry:
+                f.chosen = {p.name: f"{p.want}{p.suffix}*" if p.want else "candidate" for p in f.specs}
+                self.step("package versions", False, apt.chosen_text(f.specs, f.chosen, {}) + f" from {repo.url} "
+                          f"{repo.suite.format(codename=codename)} (dry run: checked once it is added)")
+                return
+            self.sh(apt.update_command(), timeout=600)
+            r = self.sh(apt.madison_command(names), check=False)
+            available = apt.parse_madison(r.stdout)
         f.chosen = apt.resolve(f.specs, available, self.s.package_source)
-        self.step("package versions", False, ", ".join(f"{n}={v}" for n, v in f.chosen.items() if any(s.pinned and s.name == n for s in f.specs)))
+        self.step("package versions", False, apt.chosen_text(f.specs, f.chosen, apt.madison_origins(r.stdout)))
 
     def prepare_volume(self) -> None:
         s, f = self.s, self.f
@@ -397,6 +419,10 @@ class Provisioner:
             raise VerifyError("installed versions differ from the settings: " + "; ".join(problems),
                               hint="check the package source and pins; the source and target must run the same versions")
         num = int(rows["server"])
+        if f"{num // 10000}.{num % 10000}" != s.postgres_version:
+            raise VerifyError(f"the server runs PostgreSQL {num // 10000}.{num % 10000}, the settings want "
+                              f"{s.postgres_version}", hint="check the package pins (apt-cache policy postgresql-"
+                                                            f"{s.postgres_major}) and restart the cluster")
         self.step("versions", False, f"PostgreSQL {num // 10000}.{num % 10000}, TimescaleDB {rows['timescaledb']}, PostGIS {rows['postgis']}")
 
     def role(self) -> None:

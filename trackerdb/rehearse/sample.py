@@ -31,7 +31,7 @@ def sample_result() -> dict:
         "title": "tracker cutover rehearsal (SAMPLE DATA)",
         "started": T0,
         "finished": T0 + 312.0,
-        "meta": {"environment": "lab", "lab": "sample", "scale": 2, "postgres": 17, "timescaledb": "2.19.3", "postgis": "3.5.2"},
+        "meta": {"environment": "lab", "lab": "sample", "scale": 2, "postgres": "16.10", "timescaledb": "2.18.2", "postgis": "3.5.2"},
         "journals": [
             {"label": "prepare", "entries": [
                 _e("lab.up", 0, 21.4), _e("dataset", 21.5, 64.0, rows=1_269_910),
