@@ -235,6 +235,6 @@ def test_known_limit_the_remote_protocol_is_not_confined_to_the_stanza(backrest_
                         user=PG, check=False, timeout=120)
         finally:
             t.run(["rm", "-f", wrapper], sudo=True)
-        assert res.ok and re.search(r"^17-1/[0-9A-F]{16}/[0-9A-F]{24}-[0-9a-f]{40}", res.stdout, re.M), res  # the shared stanza's WAL
+        assert res.ok and re.search(r"^[0-9]{2}-[0-9]+/[0-9A-F]{16}/[0-9A-F]{24}-[0-9a-f]{40}", res.stdout, re.M), res  # the shared stanza's WAL
         new = repo_log(r)[before:]
         assert new and all("ALLOWED: " in ln and f"--stanza={s.stanza} info:remote" in ln for ln in new), new
