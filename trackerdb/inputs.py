@@ -150,48 +150,25 @@ def abs_path(v) -> str | None:
     return None
 
 
-def instance_id(v) -> str | None:
-    return None if isinstance(v, str) and _INSTANCE_RE.match(v) else "is not an EC2 instance id (i- and 8 or 17 hex digits)"
+def _matching(rx: "re.Pattern[str]", problem: str) -> Rule:
+    """The rule for a text that must match ``rx`` whole (anchored patterns)."""
+    return lambda v: None if isinstance(v, str) and rx.match(v) else problem
 
 
-def volume_id(v) -> str | None:
-    return None if isinstance(v, str) and _VOLUME_RE.match(v) else "is not an EBS volume id (vol- and 8 or 17 hex digits)"
-
-
-def security_group_id(v) -> str | None:
-    return None if isinstance(v, str) and _SG_RE.match(v) else "is not a security group id (sg-...)"
-
-
-def region(v) -> str | None:
-    return None if isinstance(v, str) and _REGION_RE.match(v) else "is not an AWS region name (like eu-west-2)"
-
-
-def availability_zone(v) -> str | None:
-    return None if isinstance(v, str) and _AZ_RE.match(v) else "is not an availability zone (like eu-west-2a)"
+instance_id = _matching(_INSTANCE_RE, "is not an EC2 instance id (i- and 8 or 17 hex digits)")
+volume_id = _matching(_VOLUME_RE, "is not an EBS volume id (vol- and 8 or 17 hex digits)")
+security_group_id = _matching(_SG_RE, "is not a security group id (sg-...)")
+region = _matching(_REGION_RE, "is not an AWS region name (like eu-west-2)")
+availability_zone = _matching(_AZ_RE, "is not an availability zone (like eu-west-2a)")
+secret_name = _matching(_SECRET_RE, "is not a Secrets Manager name (letters, digits, /_+=.@-)")
+iam_name = _matching(_IAM_NAME_RE, "is not an IAM name")
+version = _matching(_VERSION_RE, "is not a version number (like 2.18.2)")
+environment = _matching(_ENV_RE, "is not an environment name (like prod or lab)")
+host_key = _matching(_HOST_KEY_RE, "is not one public key line ('ssh-ed25519 AAAA...')")
 
 
 def bucket(v) -> str | None:
     return None if isinstance(v, str) and _BUCKET_RE.match(v) and ".." not in v else "is not an S3 bucket name"
-
-
-def secret_name(v) -> str | None:
-    return None if isinstance(v, str) and _SECRET_RE.match(v) else "is not a Secrets Manager name (letters, digits, /_+=.@-)"
-
-
-def iam_name(v) -> str | None:
-    return None if isinstance(v, str) and _IAM_NAME_RE.match(v) else "is not an IAM name"
-
-
-def version(v) -> str | None:
-    return None if isinstance(v, str) and _VERSION_RE.match(v) else "is not a version number (like 2.18.2)"
-
-
-def environment(v) -> str | None:
-    return None if isinstance(v, str) and _ENV_RE.match(v) else "is not an environment name (like prod or lab)"
-
-
-def host_key(v) -> str | None:
-    return None if isinstance(v, str) and _HOST_KEY_RE.match(v) else "is not one public key line ('ssh-ed25519 AAAA...')"
 
 
 def boolean(v) -> str | None:

@@ -345,6 +345,22 @@ def test_trust_is_installed_and_removed_as_postgres_in_postgres_home():
     assert direct.remove_trust(s, src, tgt) == []  # idempotent
 
 
+class _NullRemote:
+    """A Remote that connects nowhere: cutover-finish's host work is replaced in these tests."""
+
+    def __init__(self, spec, secrets=()):
+        self.spec = spec
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        pass
+
+    def close(self):
+        pass
+
+
 def test_cutover_finish_removes_the_trust_as_a_journaled_idempotent_step(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
@@ -353,21 +369,8 @@ def test_cutover_finish_removes_the_trust_as_a_journaled_idempotent_step(tmp_pat
     from trackerdb.cutover.journal import Journal
     from trackerdb import remote
 
-    class R:
-        def __init__(self, spec, secrets=()):
-            self.spec = spec
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            pass
-
-        def close(self):
-            pass
-
     calls = []
-    monkeypatch.setattr(remote, "Remote", R)
+    monkeypatch.setattr(remote, "Remote", _NullRemote)
     monkeypatch.setattr(cp, "drop_slot", lambda *a: True)
     monkeypatch.setattr(lossless.hold, "release", lambda *a: {})
     monkeypatch.setattr(lossless, "_drop_origin", lambda s, slot: "none")
@@ -392,20 +395,7 @@ def test_a_failed_trust_removal_is_journaled_and_retried(tmp_path, monkeypatch):
     from trackerdb.cutover.journal import Journal
     from trackerdb import remote
 
-    class R:
-        def __init__(self, spec, secrets=()):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            pass
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(remote, "Remote", R)
+    monkeypatch.setattr(remote, "Remote", _NullRemote)
 
     def unreachable(s, src, tgt):
         raise HostError("source (10.0.0.4:22) is unreachable: TimeoutError", hint="check")

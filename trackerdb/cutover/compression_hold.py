@@ -29,6 +29,11 @@ WAIT_S = 900.0  # a running compression job is waited for at most this long (it 
 POLICY = "policy_compression"
 
 
+def _id_list(job_ids) -> str:
+    """SQL list of job ids (whole numbers only; ``NULL`` for none, which matches no job)."""
+    return ", ".join(str(int(i)) for i in job_ids) or "NULL"
+
+
 def scheduled_sql() -> str:
     """The scheduled compression policies (JSON list of job ids), paused ones included: after a rollback the
     target keeps the pause of the first window, and a second window on the same database takes those over
@@ -42,7 +47,7 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
     many it changed. Paused is ``next_start => 'infinity'``, resumed ``next_start => now()`` (TimescaleDB's
     own pause, tsl/test/sql/tsl_tables.sql): ``scheduled`` and the interval stay as the source's, so
     verify's and the schema fingerprint's comparison of jobs is not disturbed."""
-    ids = ", ".join(str(int(i)) for i in job_ids) or "NULL"
+    ids = _id_list(job_ids)
     to, unless = ("'infinity'", "j.next_start IS DISTINCT FROM 'infinity'") if paused else ("now()", "j.next_start = 'infinity'")
     # our session only: after a rollback the target's database is read-only by default, and cutover-finish
     # must still resume what the switch paused
@@ -55,7 +60,7 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
 
 def running_sql(job_ids: list[int]) -> str:
     """Which of ``job_ids`` run now (JSON list): TimescaleDB's own view says Running for an active worker."""
-    ids = ", ".join(str(int(i)) for i in job_ids) or "NULL"
+    ids = _id_list(job_ids)
     return ("SELECT coalesce(json_agg(s.job_id ORDER BY s.job_id), '[]'::json) FROM timescaledb_information.job_stats s "
             f"WHERE s.job_id IN ({ids}) AND s.job_status = 'Running';")
 
