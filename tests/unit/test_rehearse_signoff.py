@@ -20,8 +20,10 @@ def good_facts() -> dict:
     return {
         "instance": {"id": "i-0123", "state": "running", "type": "t3.medium", "az": "eu-west-2a"},
         "target_ssh": {"address": "172.31.10.20", "user": "admin", "hostname": "tracker-db", "uptime": "999 s"},
-        "installed": {"postgres_major": 16, "postgis": "3.5.2", "timescaledb": "2.18.2", "database": "tracker"},
-        "source_versions": {"postgres_major": 16, "postgis": "3.5.2", "timescaledb": "2.18.2", "database": "tracker"},
+        "installed": {"postgres_major": 16, "server_version_num": "160010", "postgis": "3.5.2", "timescaledb": "2.18.2",
+                      "database": "tracker"},
+        "source_versions": {"postgres_major": 16, "server_version_num": "160010", "postgis": "3.5.2",
+                            "timescaledb": "2.18.2", "database": "tracker"},
         "archiver": {"archive_mode": "on", "archive_command": "pgbackrest --stanza=tracker-dedicated archive-push %p",
                      "archived_count": 12, "last_archived_wal": "000000010000000000000010",
                      "last_archived_time": "2026-01-01T10:00:00+00:00", "failed_count": 1,
@@ -93,6 +95,9 @@ def _set(path, value):
     (_set(["installed", "postgres_major"], 17), "versions", "PostgreSQL 17"),
     (_set(["installed", "postgis"], None), "versions", "PostGIS not installed"),
     (_set(["source_versions", "timescaledb"], "2.17.0"), "versions", "source TimescaleDB 2.17.0"),
+    # a minor upgraded since (unattended-upgrades): the compatibility table names the break, on either host
+    (_set(["installed", "server_version_num"], "160016"), "versions", "target: PostgreSQL 16.16 with TimescaleDB 2.18.2 is a known-broken"),
+    (_set(["source_versions", "server_version_num"], "160005"), "versions", "source: PostgreSQL 16.5 with TimescaleDB 2.18.2"),
     (_set(["backrest"], {"error": "repository host unreachable"}), "backrest", "unreachable"),
     (_set(["backrest", "checks", 0, "ok"], False), "backrest", "1/2 backrest checks ok"),
     (_set(["backrest", "checks"], []), "backrest", "no checks"),

@@ -10,6 +10,7 @@ import re
 import shlex
 from typing import Callable
 
+from .. import compat
 from ..errors import HostError, PreflightError
 from ..psql import Psql
 from ..remote import Remote
@@ -353,6 +354,9 @@ def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS, session=None) -> list[Ch
         arch = psql_json(t, settings, ck.ARCHIVER_SQL)
         results += ck.archiver_checks(arch, settings)
         results += _rollback_slot_checks(t, settings)
+        # a minor upgraded later (by hand, by unattended-upgrades) is caught the day it happens
+        ok, seen, hint = compat.engine_verdict("target", psql_json(t, settings, compat.ENGINE_SQL))
+        results.append(Check("engine compatibility", ok, seen, compat.EXPECTED, evidence=hint))
         drops = ck.parse_drop_scan(t.run(ck.drop_scan_command(settings), sudo=True, check=False).stdout)
         try:
             facts = repo_facts(t, settings, secret)

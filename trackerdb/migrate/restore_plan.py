@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from .. import compat
 from ..errors import OpsError, PreflightError
 from ..psql import Psql
 from ..session import connection
@@ -111,10 +112,14 @@ def check_versions(manifest: dict, target: dict) -> None:
 
 
 def check_target_versions(versions: dict, target: dict) -> None:
-    """TimescaleDB exactly the source's, PostgreSQL the same major or newer, timescaledb preloaded,
-    the source's PostGIS installable."""
+    """No known-broken engine on either host (``compat``), TimescaleDB exactly the source's, PostgreSQL the
+    same major or newer, timescaledb preloaded, the source's PostGIS installable."""
     want = versions.get("timescaledb")
     have = target.get("timescaledb_default")
+    if target.get("server_version_num") and have:
+        compat.check("target", compat.pg_version_from_num(target["server_version_num"]), have)
+    if versions.get("postgresql") and want:
+        compat.check("source", versions["postgresql"], want)
     if want and have != want:
         raise PreflightError(
             f"TimescaleDB on the target is {have or 'not installed'}, the dump is from {want}",
@@ -217,7 +222,7 @@ def preflight_from_source(settings, source_facts: dict, session=None, replace: b
     compresses). Read-only. Returns ``{"problems": [one line each], ...facts}``."""
     versions = {"timescaledb": mf.extension_version(source_facts, "timescaledb"),
                 "postgis": mf.extension_version(source_facts, "postgis"),
-                "postgresql_major": mf.server_major(source_facts)}
+                "postgresql_major": mf.server_major(source_facts), "postgresql": source_facts.get("server_version")}
     db_bytes = source_facts["database"]["size_bytes"]
     with connection(settings, session) as (_, t):
         try:

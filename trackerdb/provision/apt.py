@@ -125,11 +125,17 @@ def upstream(version: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else ("", version)
 
 
+def same_version(want: str, num: str) -> bool:
+    """``num`` (an upstream version) is ``want``: exactly, or any minor of it when ``want`` is a bare major
+    ("17": the newest minor apt offers, which the compatibility gate then judges)."""
+    return num == want or ("." not in want and num.split(".")[0] == want)
+
+
 def version_matches(spec: PackageSpec, version: str) -> bool:
     num, rest = upstream(version)
     if spec.want is None:
         return True
-    return num == spec.want and rest.startswith(spec.suffix)
+    return same_version(spec.want, num) and rest.startswith(spec.suffix)
 
 
 def parse_madison(text: str) -> dict[str, list[str]]:
@@ -171,7 +177,7 @@ def minor_drift(specs: list[PackageSpec], installed: dict[str, str]) -> list[str
     them and stops; it never moves a host's PostgreSQL minor by itself."""
     return [f"{s.name} {installed[s.name]} (want {s.want})" for s in specs
             if s.pinned and s.name.startswith("postgresql-") and "postgis" not in s.name
-            and s.name in installed and upstream(installed[s.name])[0] != s.want]
+            and s.name in installed and not same_version(s.want or "", upstream(installed[s.name])[0])]
 
 
 def chosen_text(specs: list[PackageSpec], chosen: dict[str, str], origins: dict[tuple[str, str], str]) -> str:
@@ -203,6 +209,14 @@ def resolve(specs: list[PackageSpec], available: dict[str, list[str]], source: s
                    else "the host's apt sources must offer them"))
         raise PreflightError("package version not available: " + "; ".join(missing), hint=hint)
     return chosen
+
+
+def server_candidate(specs: list[PackageSpec], available: dict[str, list[str]], major: int) -> str | None:
+    """The ``postgresql-<major>`` version apt would install under the specs (newest matching), or None."""
+    spec = next((p for p in specs if p.name == f"postgresql-{major}"), None)
+    if spec is None:
+        return None
+    return next((v for v in available.get(spec.name, []) if version_matches(spec, v)), None)
 
 
 def pin_text(specs: list[PackageSpec], chosen: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
-from .. import tls
+from .. import compat, tls
 from ..errors import HostError, PreflightError, VerifyError
 from ..psql import Psql
 from ..remote import Remote
@@ -47,6 +47,8 @@ def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outc
     say = progress or (lambda msg: None)
     out = Outcome(f"provision {settings.target.name} ({settings.target.address})", dry_run=dry_run)
     tls.require_configured(settings)  # before anything is fetched or touched
+    # the configured pin: a known-broken engine is refused before the host is even reached
+    compat.check(f"{settings.target.name} (postgresVersion)", settings.postgres_version, settings.timescaledb_version)
     say("fetching the tracker role's password from Secrets Manager")
     secret = fetch_secret(settings, settings.app_secret_name)
     server_tls = None
@@ -248,6 +250,12 @@ class Provisioner:
             self.sh(apt.update_command(), timeout=600)
             r = self.sh(apt.madison_command(names), check=False)
             available = apt.parse_madison(r.stdout)
+        # what apt would install (a major-only pin takes the newest minor): a known-broken engine is refused
+        # before the install, and before a missing TimescaleDB build for it is reported
+        server = apt.server_candidate(f.specs, available, self.s.postgres_major)
+        if server:
+            compat.check(f"{self.s.target.name} (apt candidate postgresql-{self.s.postgres_major}={server})",
+                         apt.upstream(server)[0], self.s.timescaledb_version)
         f.chosen = apt.resolve(f.specs, available, self.s.package_source)
         self.step("package versions", False, apt.chosen_text(f.specs, f.chosen, apt.madison_origins(r.stdout)))
 
@@ -419,7 +427,8 @@ class Provisioner:
             raise VerifyError("installed versions differ from the settings: " + "; ".join(problems),
                               hint="check the package source and pins; the source and target must run the same versions")
         num = int(rows["server"])
-        if f"{num // 10000}.{num % 10000}" != s.postgres_version:
+        compat.check(f"{s.target.name} (running)", compat.pg_version_from_num(num), rows.get("timescaledb"))
+        if not apt.same_version(s.postgres_version, compat.pg_version_from_num(num)):
             raise VerifyError(f"the server runs PostgreSQL {num // 10000}.{num % 10000}, the settings want "
                               f"{s.postgres_version}", hint="check the package pins (apt-cache policy postgresql-"
                                                             f"{s.postgres_major}) and restart the cluster")

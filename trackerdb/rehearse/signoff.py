@@ -17,6 +17,8 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
+from .. import compat
+
 from .signoff_facts import DECISIONS_FILE, ROOT, _err, agreed_versions, declared_disks, gather, scan_text  # noqa: F401
 
 PASS, FAIL, HUMAN = "pass", "fail", "human"
@@ -89,7 +91,15 @@ def item_versions(f: dict, agreed: dict) -> tuple[str, str]:
     src = f.get("source_versions") or {}
     if src and not _err(src) and src.get("timescaledb") and str(src["timescaledb"]) != str(agreed["timescaledb"]):
         wrong.append(f"source TimescaleDB {src['timescaledb']} != agreed (restore needs the exact version)")
-    have = (f"target has PostgreSQL {inst.get('postgres_major')}, PostGIS {inst.get('postgis')}, "
+    # the engine against the compatibility table, on both hosts: a minor upgraded since the move is caught here
+    for where, f_ in (("target", inst), ("source", src if src and not _err(src) else {})):
+        if f_.get("server_version_num"):
+            ok, seen, _hint = compat.engine_verdict(where, f_)
+            if not ok:
+                wrong.append(seen)
+    pg = (compat.pg_version_from_num(inst["server_version_num"]) if inst.get("server_version_num")
+          else inst.get("postgres_major"))
+    have = (f"target has PostgreSQL {pg}, PostGIS {inst.get('postgis')}, "
             f"TimescaleDB {inst.get('timescaledb')} in {inst.get('database')}")
     if wrong:
         return FAIL, f"{agreed_txt}; mismatch: {', '.join(wrong)}; {have}"

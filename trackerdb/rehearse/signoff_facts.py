@@ -82,6 +82,7 @@ def _target_ssh(remote, settings) -> dict:
 
 
 VERSIONS_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
+                " 'server_version_num', current_setting('server_version_num'),"
                 " 'postgis', (SELECT extversion FROM pg_extension WHERE extname = 'postgis'),"
                 " 'timescaledb', (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),"
                 " 'database', current_database())")
@@ -94,6 +95,7 @@ def _psql_json(remote, sql: str, database: str, port: int):
 
 
 AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
+                 " 'server_version_num', current_setting('server_version_num'),"
                  " 'postgis', (SELECT default_version FROM pg_available_extensions WHERE name = 'postgis'),"
                  " 'timescaledb', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),"
                  " 'database', 'packages only (no tracker database yet)')")
