@@ -19,6 +19,7 @@ ns = Collection(
     migrate.dump,
     migrate.restore,
     migrate.verify,
+    migrate.prove_jobs,
     cutover.cutover,
     cutover.rollback,
     cutover.cutover_finish,

@@ -201,7 +201,8 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
         script = render.launch_script(str(roots[role]), role,
                                       loop=(Path(loop).name, major, minor) if role == "target" else None,
                                       by_id=by_id if role == "target" else None,
-                                      apt_repo=str(img.apt) if role == "target" else None)
+                                      apt_repo=str(img.apt) if role == "target" else None,
+                                      debian17_repo=str(img.debian17) if role == "target" and img.debian17 else None)
         hosts.launch(st, n, role, roots[role], script)
         st["launch"] = (st["launch"] or {}) | {role: script}
     for role in SSH_ROLES:

@@ -10,6 +10,8 @@ Layout (shared, read-only once built; several lab instances use it at once)::
                                                     timescaledb-2-{,loader-}postgresql-16 (2.18.2~debian13)
     /var/cache/trackerdb-lab/pg-<hash>/upper        overlay upper over bare: those six, pgBackRest, ssl-cert
     /var/cache/trackerdb-lab/pg-<hash>/apt          the .debs of that install + Packages/Release (the target's only apt source)
+    /var/cache/trackerdb-lab/debian17-<hash>/apt    Debian's postgresql-17, postgresql-client-17 (lab/debian17.py: listed
+                                                    by the engine gate's lab test only, never installed)
 
 The engine build's compilers and headers live in a throw-away overlay: only the six .debs are kept,
 so neither the source host nor the target's apt repository carries build-only packages.
@@ -59,18 +61,20 @@ class Image:
     pg: Path     # overlay upper of the pg layer (lower = bare)
     apt: Path    # flat apt repository
     engine: Path  # the engine16 .debs (a flat apt repository, lab/engine16.py)
+    debian17: Path | None = None  # Debian's PostgreSQL 17 .debs (a flat apt repository, lab/debian17.py)
 
     def lowerdir(self, layer: str) -> str:
         return str(self.bare) if layer == "bare" else f"{self.pg}:{self.bare}"
 
 
 def paths(cache: Path = CACHE) -> Image:
-    from . import engine16  # (engine16 imports this module's constants)
+    from . import debian17, engine16  # (both import this module's constants)
 
     bh = layer_hash(LAYOUT_VERSION, SUITE, BARE_PKGS)
     ph = layer_hash(LAYOUT_VERSION, bh, PG_PKGS, engine16.layer_key())
-    return Image(bare=cache / f"bare-{bh}" / "rootfs", pg=cache / f"pg-{ph}" / "upper", apt=cache / f"pg-{ph}" / "apt",
-                 engine=engine16.paths().debs)
+    bare = cache / f"bare-{bh}" / "rootfs"
+    return Image(bare=bare, pg=cache / f"pg-{ph}" / "upper", apt=cache / f"pg-{ph}" / "apt",
+                 engine=engine16.paths().debs, debian17=debian17.repo_path(bare, cache))
 
 
 def debootstrap_cmd(root: Path, mirror: str = MIRROR) -> list[str]:
@@ -191,6 +195,9 @@ def ensure(cache: Path = CACHE) -> Image:
         if not (img.pg.parent / ".complete").exists():
             _build_pg(img)
             (img.pg.parent / ".complete").write_text("ok\n")
+        from . import debian17
+
+        debian17.ensure(img.bare, cache)  # seconds: two .debs from the mirror, once
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

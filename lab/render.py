@@ -11,6 +11,10 @@ BY_ID_PREFIX = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_"
 REPO_PATH = "/var/pg_backrest_data/repo3"
 SHARED_STANZA = "tracker"
 LAB_APT = "/srv/lab-apt"
+# Debian's PostgreSQL 17 (lab/debian17.py), mounted in the target but no apt source of it: the engine
+# gate's lab test adds DEBIAN17_LIST for its duration
+LAB_APT_DEBIAN17 = "/srv/lab-apt-debian17"
+DEBIAN17_LIST = "/etc/apt/sources.list.d/lab-debian17.list"
 
 
 def host_aliases(n: Names, role: str) -> list[str]:
@@ -63,6 +67,10 @@ def apt_sources() -> str:
     return f"deb [trusted=yes] file:{LAB_APT} ./\n"
 
 
+def debian17_sources() -> str:
+    return f"deb [trusted=yes] file:{LAB_APT_DEBIAN17} ./\n"
+
+
 def sudoers(user: str = "admin") -> str:
     return f"{user} ALL=(ALL) NOPASSWD:ALL\n"
 
@@ -93,7 +101,7 @@ while True:
 
 
 def launch_script(root: str, role: str, *, loop: tuple[str, int, int] | None = None, by_id: str | None = None,
-                  apt_repo: str | None = None) -> str:
+                  apt_repo: str | None = None, debian17_repo: str | None = None) -> str:
     """Host-side shell run as PID 1 of fresh mount+pid+uts namespaces: private /dev, /proc, /sys, /run, then chroot.
 
     Every mount made here lives only in the host's mount namespace: it vanishes with the namespace.
@@ -124,10 +132,11 @@ def launch_script(root: str, role: str, *, loop: tuple[str, int, int] | None = N
             rel = by_id.lstrip("/").split("/", 1)[1]  # disk/by-id/nvme-...
             lines.append(f"mkdir -p {r}/dev/disk/by-id")
             lines.append(f"ln -s ../../{name} {r}/dev/{shlex.quote(rel)}")
-    if apt_repo:
-        lines.append(f"mkdir -p {r}{LAB_APT}")
-        lines.append(f"mount --bind {shlex.quote(apt_repo)} {r}{LAB_APT}")
-        lines.append(f"mount -o remount,bind,ro {r}{LAB_APT}")
+    for src, at in ((apt_repo, LAB_APT), (debian17_repo, LAB_APT_DEBIAN17)):
+        if src:
+            lines.append(f"mkdir -p {r}{at}")
+            lines.append(f"mount --bind {shlex.quote(src)} {r}{at}")
+            lines.append(f"mount -o remount,bind,ro {r}{at}")
     lines.append(f"hostname {shlex.quote(role)}")
     lines.append(f"exec chroot {r} /usr/bin/python3 /usr/local/sbin/lab-init")
     return "\n".join(lines) + "\n"

@@ -73,6 +73,22 @@ def lab_app_login_on_source(settings) -> dict:
     return {"role": settings.owner_role}
 
 
+def measured_versions(settings) -> list[dict]:
+    """The servers' and the client tools' versions as the hosts report them (the dump runs the source server's
+    own major's pg_dump, the restore ``settings.pg_bin``'s pg_restore): rows of the report's version table."""
+    from trackerdb.psql import Psql
+    from trackerdb.rehearse.versions import load_measured_rows
+
+    got = {}
+    with Remote(settings.require_source()) as src, Remote(settings.target) as tgt:
+        got["source_server"] = Psql.source(src, settings).value("SELECT current_setting('server_version');")
+        got["target_server"] = Psql.target(tgt, settings).value("SELECT current_setting('server_version');")
+        major = int(Psql.source(src, settings).value("SELECT current_setting('server_version_num');")) // 10000
+        got["pg_dump"] = src.run([f"/usr/lib/postgresql/{major}/bin/pg_dump", "--version"]).stdout.strip()
+        got["pg_restore"] = tgt.run([f"{settings.pg_bin}/pg_restore", "--version"]).stdout.strip()
+    return load_measured_rows(got)
+
+
 def _writer_available() -> bool:
     import importlib.util
 
@@ -186,6 +202,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
 
         clock.step("provision", provision, settings, progress=say)
         clock.step("backrest.setup", backrest.setup, settings, progress=say)
+        result["meta"]["versions"] += measured_versions(settings)
         result["journals"].append({"label": "prepare", "entries": clock.entries})
 
         # ---- the cutover, under a live writer --------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.fx_migrate import MEASURED
 from trackerdb.errors import HostError, PreflightError
 from trackerdb.migrate import restore as restore_mod
 from trackerdb.migrate.manifest import content_digest_sql, manifest_path_for
@@ -374,46 +375,53 @@ def test_dump_can_stay_on_the_source_host(provisioned):
             src.run(["rm", "-rf", d], sudo=True, check=False)
 
 
-JOB_PROCS = ("check_stale_devices", "policy_compression", "policy_refresh_continuous_aggregate")
+def test_the_scheduler_runs_every_job_after_the_restore(restored):
+    """What `invoke restore` runs once the scheduler started (``job_proof``): each scheduled job made due
+    through alter_job, run by TimescaleDB's scheduler itself (not CALL run_job) with success, its schedule
+    put back; retention deferred until after the switch. On PostgreSQL 17.12 (and 16.16+) TimescaleDB
+    2.18.2's scheduler failed every job ('cannot drop portal "" while it is being set up', fix #11015, never
+    in 2.18.x): the lab runs production's 16.10, where it works."""
+    from trackerdb.migrate import job_proof as jp
+
+    s, m = restored["settings"], restored["dump"].manifest
+    t, p = target_psql(s)
+    try:
+        assert p.value("SELECT version();", s.database).startswith("PostgreSQL 16.10 ")
+        before = {j["id"]: j["next_start"] for j in p.json(jp.jobs_sql(), s.database)}
+        t0 = time.monotonic()
+        checks, notes = jp.prove_on_target(s, defer=jp.BEFORE_SWITCH, expected=m["facts"]["jobs"])
+        took = time.monotonic() - t0
+        after = {j["id"]: j for j in p.json(jp.jobs_sql(), s.database)}
+    finally:
+        t.close()
+    assert all(c.ok for c in checks), [(c.name, c.observed) for c in checks if not c.ok]
+    ran = {c.name.split()[2].rsplit(".", 1)[-1] for c in checks if c.name.startswith("job ")}
+    assert ran == {"check_stale_devices", "policy_compression", "policy_refresh_continuous_aggregate"}, checks
+    assert [n for n in notes if "policy_retention" in n and "retention deferred" in n], notes
+    assert checks[0].name == "every job scheduled on the source is scheduled on the target" and checks[0].ok
+    # the scheduler's own record, and every schedule as it was
+    assert all(after[i]["last_status"] == "Success" for i in after if "retention" not in after[i]["proc"]), after
+    assert {i: after[i]["next_start"] for i in before} == before
+    MEASURED["job_proof_s"] = round(took, 1)
 
 
-def test_the_scheduler_runs_the_jobs_in_the_background_on_the_target(restored):
-    """The scheduler itself (not CALL run_job) runs the read-only user-defined action, the compression policy
-    and the continuous aggregates' refresh policies with last_run_status Success. On PostgreSQL 17.12 (and
-    16.16+) TimescaleDB 2.18.2's scheduler failed every job ('cannot drop portal "" while it is being set up',
-    fix #11015, never in 2.18.x): the lab runs production's 16.10, where it works."""
+def test_a_job_the_scheduler_fails_is_named_with_its_error(restored):
+    """Negative: the user-defined action given a config its procedure cannot cast ("soon" as an interval)
+    fails in the scheduler; the proof names the job and TimescaleDB's error, and puts the schedule back."""
+    from trackerdb.migrate import job_proof as jp
+
     s = restored["settings"]
     t, p = target_psql(s)
-    procs = ", ".join(f"'{x}'" for x in JOB_PROCS)
-    jobs = p.json(f"SELECT json_agg(json_build_object('id', j.job_id, 'proc', j.proc_name, 'next', j.next_start, "
-                  "'ok', coalesce(st.total_successes, 0)) ORDER BY j.job_id) FROM timescaledb_information.jobs j "
-                  f"LEFT JOIN timescaledb_information.job_stats st USING (job_id) WHERE j.proc_name IN ({procs});",
-                  s.database)
-    stats = lambda: {r["id"]: r for r in p.json(  # noqa: E731
-        "SELECT coalesce(json_agg(json_build_object('id', job_id, 'ok', total_successes, 'status', last_run_status)), "
-        "'[]') FROM timescaledb_information.job_stats;", s.database)}
+    uda = p.value("SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'check_stale_devices';", s.database)
     try:
-        assert sorted({j["proc"] for j in jobs}) == sorted(JOB_PROCS), jobs
-        version = p.value("SELECT version();", s.database)
-        assert version.startswith("PostgreSQL 16.10 "), version
-        for j in jobs:
-            p.run(f"SELECT alter_job({j['id']}, next_start => now());", s.database)
-        deadline = time.monotonic() + 120
-        done = {}
-        while time.monotonic() < deadline:
-            done = stats()
-            if all(done.get(j["id"], {}).get("ok", 0) > j["ok"] for j in jobs):
-                break
-            time.sleep(2)
-        errors = p.value("SELECT coalesce(string_agg(job_id || ': ' || err_message, '; '), '') FROM "
-                         "timescaledb_information.job_errors WHERE finish_time > now() - interval '10 minutes';", s.database)
+        p.run(f"SELECT alter_job({uda}, config => '{{\"stale_after\": \"soon\"}}');", s.database)
+        checks, _ = jp.prove_on_target(s, defer=jp.BEFORE_SWITCH, wait_s=120)
     finally:
-        for j in (j for j in jobs if j.get("next")):  # the schedules as they were (the target serves later tests)
-            p.run(f"SELECT alter_job({j['id']}, next_start => '{j['next']}'::timestamptz);", s.database, check=False)
+        p.run(f"SELECT alter_job({uda}, config => '{{\"stale_after\": \"1 day\"}}');", s.database)
         t.close()
-    for j in jobs:
-        got = done.get(j["id"], {})
-        assert got.get("status") == "Success" and got.get("ok", 0) > j["ok"], (j, got, errors)
+    bad = [c for c in checks if not c.ok]
+    assert len(bad) == 1 and f"job {uda} tracker.check_stale_devices" in bad[0].name, checks
+    assert "FAILED" in bad[0].observed and "soon" in bad[0].observed, bad[0].observed
 
 
 def test_both_ends_run_1610_and_each_uses_its_own_client_tools(restored):

@@ -45,3 +45,14 @@ def test_the_report_header_shows_the_versions_and_a_deviation_fails_it():
     res["meta"]["versions"][2].update(lab="2.19.3", status="DEVIATION")
     rep = R.build_report(res, generated_at=T0)
     assert rep["verdict"] == "FAIL" and "version TimescaleDB: lab 2.19.3 != production 2.18.2" in rep["failures"]
+
+
+def test_measured_rows_compare_what_runs_with_production():
+    from trackerdb.rehearse.versions import measured_rows
+
+    rows = measured_rows({"source_server": "16.10 (Debian 16.10-1.pgdg13+1)", "target_server": "16.10",
+                          "pg_dump": "pg_dump (PostgreSQL) 16.10", "pg_restore": "pg_restore (PostgreSQL) 17.12"},
+                         {"postgres_version": "16.10"})
+    assert [r["status"] for r in rows] == ["match", "match", "match", "DEVIATION"]
+    assert rows[3]["lab"] == "pg_restore (PostgreSQL) 17.12" and rows[3]["production"] == "16.10"
+    assert measured_rows({}, {"postgres_version": "16.10"})[0]["status"] == "DEVIATION"  # not measured is no match

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json as _json
 from pathlib import Path
 
-from invoke import task
+from invoke import Exit, task
 from rich.table import Table
 
 from . import paths
-from .common import elapsed_progress, ops_task, out, settings
+from .common import elapsed_progress, ops_task, out, print_checks, settings
 
 
 @task(help={"dry_run": "print the plan (phases to run, skip or resume; the SQL; the switch) and change nothing",
@@ -128,7 +128,9 @@ def cutover_finish(c, journal=None, json=False):
     """End of the rollback window: drop the change-capture slot on the target (issue 16) and remove the
     direct transfer's trust (the source's forced-command key line and its reader; issue 23).
 
-    From then on the target keeps no WAL for a rollback, and `invoke rollback` refuses: the journal
+    The compression policies held since the switch are resumed and, with every other job, proven in
+    TimescaleDB's scheduler (as `invoke prove-jobs`). From then on the target keeps no WAL for a rollback,
+    and `invoke rollback` refuses: the journal
     records that rollback is no longer possible. Nothing else drops the slot. Safe to run again.
     """
     from ..cutover.lossless import finish
@@ -151,6 +153,13 @@ def cutover_finish(c, journal=None, json=False):
     removed = "; ".join(trust.get("removed") or [])
     out.print(f"direct transfer trust: {'removed ' + removed if removed else 'none left'}"
               f"{' (earlier)' if removed and not trust.get('changed') else ''}")
+    if held:
+        # what the switch held is now proven by the scheduler too (the rest was, after the switch)
+        from ..migrate import job_proof as jp
+
+        checks, _notes = jp.prove_on_target(s, say=out.print)
+        if not print_checks(f"jobs on {s.target.name} after cutover-finish", checks, False):
+            raise Exit(code=1)
 
 
 TASKS = [cutover, rollback, cutover_finish]

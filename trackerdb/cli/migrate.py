@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke import Exit, task
 
 from . import paths
-from .common import console, ops_task, print_checks, print_outcome, settings
+from .common import console, number_flag, ops_task, print_checks, print_outcome, settings
 from .common import out as _stdout
 
 
@@ -66,7 +66,8 @@ def dump(c, local=False, out=None, on_host=None, json=False):
     if json:
         print(_json.dumps(summary, indent=2))
     else:
-        _stdout.print(f"dump: {art.dump_path} ({m['dump']['size_bytes']} bytes, sha256 {m['dump']['sha256'][:16]}…)")
+        _stdout.print(f"dump: {art.dump_path} ({m['dump']['size_bytes']} bytes, sha256 {m['dump']['sha256'][:16]}…) "
+                      f"by {m['dump'].get('pg_dump_version')}")
         _stdout.print(f"manifest: {art.manifest_path}; {len(summary['tables'])} tables, "
                   f"{len(m['facts']['hypertables'])} hypertables; {m['consistency']}")
         objects = (m["facts"].get("privileges") or {}).get("objects") or {}
@@ -104,6 +105,39 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
     print_outcome(outcome, json)
     for w in getattr(outcome, "stats", {}).get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}", markup=True)
+    started = any(st.name == "job scheduler" and st.changed for st in outcome.steps)
+    if started and not dry_run:
+        # the scheduler itself runs every job once (CALL run_job() works where the scheduler does not)
+        from ..migrate import job_proof as jp
+        from ..migrate.manifest import load_manifest, manifest_path_for
+
+        doc = load_manifest(manifest or manifest_path_for(Path(dump)))
+        checks, notes = jp.prove_on_target(s, defer=jp.BEFORE_SWITCH, expected=doc["facts"].get("jobs") or [],
+                                           say=lambda m: None if json else _stdout.print(m))
+        _jobs_result(f"jobs on {s.target.name} after the restore", checks, notes, json)
+
+
+def _jobs_result(title: str, checks, notes, as_json: bool) -> None:
+    if not as_json:
+        for n in notes:
+            _stdout.print(f"  {n}")
+    if not print_checks(title, checks, as_json, extra={"notes": notes}):
+        raise Exit(code=1)
+
+
+@task(help={"json": "print the checks as JSON", "wait": "seconds to wait for the scheduler's runs (default 300)"})
+@ops_task
+def prove_jobs(c, json=False, wait=None):
+    """Prove the target's TimescaleDB jobs run in the scheduler: make every scheduled job due through
+    TimescaleDB's alter_job, wait for the scheduler's runs, report each job's result (its error from
+    job_errors when it failed), put every schedule back as it was. Paused jobs (next_start infinity) are
+    named, never resumed. Exit 1 when a job failed, never ran or is paused."""
+    from ..migrate import job_proof as jp
+
+    s = settings(c)
+    wait_s = number_flag(wait, "--wait", jp.WAIT_S, 10, 3600)
+    checks, notes = jp.prove_on_target(s, say=lambda m: None if json else _stdout.print(m), wait_s=wait_s)
+    _jobs_result(f"jobs on {s.target.name}", checks, notes, json)
 
 
 @task(help={"manifest": "the dump's manifest to compare with (default: the one the last `invoke restore` used, "
@@ -135,4 +169,4 @@ def verify(c, manifest=None, against_source=False, no_backrest=False, json=False
         raise Exit(code=1)
 
 
-TASKS = [dump, restore, verify]
+TASKS = [dump, restore, verify, prove_jobs]

@@ -124,3 +124,25 @@ def release(psql, database: str, journal, say) -> dict:
     journal.note(PHASE, {"released": True, "released_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     say(f"compression policies resumed (job {', '.join(map(str, ids))}; {changed} changed)")
     return recorded(journal)
+
+
+def prove_jobs_after_switch(settings, journal, session, say) -> dict:
+    """The cutover's post-switch check: every job scheduled on the (frozen) source is scheduled on the
+    target, and the target's scheduler runs each with success; the compression policies this hold paused
+    are named, not run (``cutover-finish`` resumes them; ``invoke prove-jobs`` then proves them).
+    VerifyError naming every job that failed, never ran or is paused otherwise."""
+    from ..errors import VerifyError
+    from ..migrate import job_proof as jp
+
+    held = {int(i): "compression policy held for the rollback window (resumed by cutover-finish)"
+            for i in recorded(journal).get("held") or [] if not recorded(journal).get("released")}
+    expected = session.psql("source").json(jp.jobs_sql(), settings.database) or []
+    checks, notes = jp.prove_on_target(settings, skip=held, expected=expected, say=say, session=session)
+    for n in notes:
+        say(n)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise VerifyError("TimescaleDB jobs after the switch: " + "; ".join(f"{c.name}: {c.observed}" for c in bad),
+                          hint="the application runs on the target; read timescaledb_information.job_errors there, fix "
+                               "the cause, then re-run `invoke cutover` to finish")
+    return {"proven": [c.name for c in checks if c.name.startswith("job ")], "not_run": notes}

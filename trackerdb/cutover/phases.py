@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OpsError, PreflightError, VerifyError
+from . import compression_hold as ch
 from . import freeze as fz
 from . import hooks as hk
 from . import switch as sw
@@ -463,6 +464,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
         raise VerifyError("backrest.check failed after the cutover: " + "; ".join(f"{c.name}: {c.observed}" for c in bad),
                           hint="the application runs on the target; fix archiving, then re-run `invoke cutover` to finish")
     facts["backrest_check"] = "ok"
+    facts["jobs"] = ch.prove_jobs_after_switch(s, ctx.journal, ctx.session, ctx.say)
     return facts
 
 

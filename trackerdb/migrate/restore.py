@@ -325,7 +325,8 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
         # judged once: a re-run rebuilds staging instead of attaching to this result again
         psql.run(f"COMMENT ON DATABASE {sq.ident(staging)} IS {sq.literal(marker_comment(sha, 'failed'))};", check=False)
         raise
-    out.add(Step("pg_restore total", False, f"{time.time() - (st.started or started):.1f}s on the host"))
+    tool = t.run([f"{settings.pg_bin}/pg_restore", "--version"], check=False).stdout.strip()  # the client that ran
+    out.add(Step("pg_restore total", False, f"{time.time() - (st.started or started):.1f}s on the host ({tool})"))
     # the job's EXIT trap removed it; a job killed by SIGKILL could not
     t.run(["rm", "-f", tpath], sudo=True, check=False)
     out.add(Step("restore tuning removed", True, tpath))

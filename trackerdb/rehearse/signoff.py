@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .. import compat
+from ..migrate import job_proof as jp
 
 from .signoff_facts import DECISIONS_FILE, ROOT, _err, agreed_versions, declared_disks, gather, scan_text  # noqa: F401
 
@@ -53,6 +54,8 @@ ITEMS = [
     ("secrets", "Secrets and passwords are not stored in documentation"),
     # ours, after the runbook's lines: the lossless rollback's capture is ended on purpose, never left to grow
     ("rollback_window", "Rollback window is ended on purpose (invoke cutover-finish)"),
+    # the runbook's post-cutover "Timescale jobs are running", from the scheduler's own record
+    ("jobs", "Timescale jobs are running (run by the scheduler, not by a session)"),
 ]
 HUMAN_ITEMS = {
     "disk_approved": "a person approves the sizing (deployed sizes and the projected need are shown)",
@@ -291,6 +294,25 @@ def item_rollback_window(f: dict) -> tuple[str, str]:
     return PASS, f"journal {journal} records no change capture (the switch has not run) and no rollback slot is on the target"
 
 
+def item_jobs(f: dict) -> tuple[str, str]:
+    """Every job scheduled on the target has been run by TimescaleDB's scheduler with success, its last run
+    included (job_stats start empty on a restored database: these are the target's own runs), and every
+    job scheduled on the source is scheduled there."""
+    jobs, src = f.get("jobs"), f.get("source_jobs")
+    if not isinstance(jobs, list):
+        return FAIL, f"target jobs: {_err(jobs)}"
+    checks = jp.history_checks(jobs)
+    if isinstance(src, list):
+        checks.insert(0, jp.schedule_check(src, jobs))
+    if not checks:
+        return PASS, "no TimescaleDB jobs scheduled on the target" + ("" if isinstance(src, list) else " (source not read)")
+    bad = [c for c in checks if not c.ok]
+    text = "; ".join(f"{c.name}: {c.observed}" for c in (bad or checks)[:4])
+    more = len(bad or checks) - 4
+    return (FAIL if bad else PASS), (f"{len(checks) - len(bad)}/{len(checks)} ok; " + text
+                                     + (f" (+{more} more)" if more > 0 else ""))
+
+
 def item_human(key: str, decisions: dict, context: str = "") -> tuple[str, str]:
     d = decisions.get(key) if isinstance(decisions, dict) else None
     if isinstance(d, dict) and d.get("decision") and d.get("by"):
@@ -321,6 +343,7 @@ def evaluate(facts: dict, *, agreed: dict, declared: dict, is_lab: bool, now: fl
         "rollback_point": item_rollback_point(facts),
         "secrets": item_secrets(facts),
         "rollback_window": item_rollback_window(facts),
+        "jobs": item_jobs(facts),
     }
     return [Item(key, name, *results[key]) for key, name in ITEMS]
 

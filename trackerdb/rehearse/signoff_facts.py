@@ -118,6 +118,15 @@ ARCHIVER_SQL = ("SELECT json_build_object('archived_count', archived_count, 'las
                 " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM pg_stat_archiver")
 
 
+def _jobs(remote, settings, port: int):
+    """TimescaleDB's jobs and the scheduler's record of them (reads only); [] without the extension."""
+    from ..migrate.job_proof import jobs_sql
+
+    has = _psql_json(remote, "SELECT json_build_object('ts', EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'))",
+                     settings.database, port)
+    return _psql_json(remote, jobs_sql(), settings.database, port) if has.get("ts") else []
+
+
 def _archiver(remote, settings) -> dict:
     return _psql_json(remote, ARCHIVER_SQL, "postgres", settings.pg_port)
 
@@ -242,6 +251,7 @@ def gather(settings, progress=None, journal_path=None) -> dict:
             facts["installed"] = _safe(_installed, remote, settings) if reachable else gone
             facts["archiver"] = _safe(_archiver, remote, settings) if reachable else gone
             facts["data_mount"] = _safe(_data_mount, remote, settings) if reachable else gone
+            facts["jobs"] = _safe(_jobs, remote, settings, settings.pg_port) if reachable else gone
         finally:
             remote.close()
     if settings.source is not None and not settings.source_decommissioned:
@@ -252,6 +262,12 @@ def gather(settings, progress=None, journal_path=None) -> dict:
                 return _psql_json(r, VERSIONS_SQL, settings.database, settings.source_port)
 
         facts["source_versions"] = _safe(_src)
+
+        def _src_jobs():
+            with Remote(settings.source) as r:
+                return _jobs(r, settings, settings.source_port)
+
+        facts["source_jobs"] = _safe(_src_jobs)
     say("pgBackRest check")
     facts["backrest"] = _safe(_backrest, settings)
     facts["report"] = _safe(_report, settings)

@@ -37,3 +37,26 @@ def version_rows(lab: dict, production: dict) -> list[dict]:
 def load_rows(lab: dict, path: Path = PROD_STACK) -> list[dict]:
     text = path.read_text() if path.is_file() else ""
     return version_rows(lab, production_versions(text))
+
+
+#: measured on the hosts (rehearsal/run.py): what runs, not what the config says
+MEASURED = (("source_server", "PostgreSQL running on the source"), ("target_server", "PostgreSQL running on the target"),
+            ("pg_dump", "pg_dump the dump runs (source)"), ("pg_restore", "pg_restore the restore runs (target)"))
+
+
+def measured_rows(measured: dict, production: dict) -> list[dict]:
+    """One row per measured binary or server, its version text against production's PostgreSQL version
+    (the numeric version at the start of the text: "pg_dump (PostgreSQL) 16.10" -> 16.10)."""
+    want = production.get("postgres_version")
+    rows = []
+    for key, label in MEASURED:
+        text = str(measured.get(key) or "")
+        m = re.search(r"(\d+\.\d+)", text)
+        same = bool(m) and want is not None and m.group(1) == str(want)
+        rows.append({"name": label, "lab": text, "production": "" if want is None else str(want),
+                     "status": "match" if same else "DEVIATION", "note": "measured"})
+    return rows
+
+
+def load_measured_rows(measured: dict, path: Path = PROD_STACK) -> list[dict]:
+    return measured_rows(measured, production_versions(path.read_text() if path.is_file() else ""))
