@@ -29,9 +29,11 @@ class Scheduler:
             return {str(k): v for k, v in self.errors.items()}
         return [dict(j) for j in self.jobs.values()]
 
+    read_only = "off"
+
     def value(self, sql, db=None):
         self.sql.append(sql)
-        return "2026-12-06 10:00:00+00"
+        return self.read_only if "default_transaction_read_only" in sql else "2026-12-06 10:00:00+00"
 
     def run(self, sql, db=None, check=True):
         self.sql.append(sql)
@@ -118,3 +120,11 @@ def test_without_timescaledb_nothing_is_proven_or_changed():
 def test_history_checks_read_the_scheduler_record(j, ok, fragment):
     (c,) = jp.history_checks([j, job(1001, scheduled=False)])
     assert c.ok is ok and fragment in c.observed
+
+
+def test_a_read_only_database_fails_the_proof_and_nothing_is_made_due():
+    sched = Scheduler([job(1000)])
+    sched.read_only = "on"
+    checks, _ = _prove(sched)
+    assert len(checks) == 1 and not checks[0].ok and "read_only = on" in checks[0].observed
+    assert not any("next_start =>" in s for s in sched.sql)

@@ -153,8 +153,9 @@ def cutover_finish(c, journal=None, json=False):
     removed = "; ".join(trust.get("removed") or [])
     out.print(f"direct transfer trust: {'removed ' + removed if removed else 'none left'}"
               f"{' (earlier)' if removed and not trust.get('changed') else ''}")
-    if held:
-        # what the switch held is now proven by the scheduler too (the rest was, after the switch)
+    if held and not res.get("rolled_back"):
+        # what the switch held is now proven by the scheduler too (the rest was, after the switch); after a
+        # rollback the target is read-only and the source carries on: nothing to prove there
         from ..migrate import job_proof as jp
 
         checks, _notes = jp.prove_on_target(s, say=out.print)

@@ -192,7 +192,9 @@ def finish(settings, journal_path, progress=None) -> dict:
     journal.end(cp.FINISH_PHASE, "ok", facts)
     say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
         f"replay origin on the source: {facts['origin']}")
-    return {**facts, "changed": True, "compression": compression, "transfer_trust": end_transfer_trust(settings, journal, say)}
+    rolled_back = states.get("rollback") is not None and states["rollback"].done
+    return {**facts, "changed": True, "compression": compression, "rolled_back": rolled_back,
+            "transfer_trust": end_transfer_trust(settings, journal, say)}
 
 
 TRUST_PHASE = "finish_transfer_trust"

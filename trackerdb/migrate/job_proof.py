@@ -30,6 +30,9 @@ COMPRESSION = "policy_compression"
 EXPECTED = "run by the scheduler with success"
 
 
+READ_ONLY_SQL = "SELECT current_setting('default_transaction_read_only');"
+
+
 def _ids(job_ids) -> str:
     return ", ".join(str(int(i)) for i in job_ids) or "NULL"
 
@@ -152,6 +155,10 @@ def prove(psql, database: str, *, skip: dict[int, str] | None = None, defer: dic
     checks += paused
     if not todo:
         return checks, notes
+    if psql.value(READ_ONLY_SQL, database) == "on":
+        return checks + [Check(f"{database} lets the scheduler run its jobs", False,
+                               "default_transaction_read_only = on (frozen or rolled back): TimescaleDB's scheduler "
+                               "cannot write its job bookkeeping there, no job runs", "writable")], notes
     since = psql.value("SELECT now()::text;", database)
     say(f"making {len(todo)} TimescaleDB job(s) due and waiting for the scheduler's runs")
     t0, after = clock(), {}
