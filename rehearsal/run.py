@@ -274,6 +274,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
         if lossless.capture_facts(Journal(journal_path)).get("slot"):
             say("[cutover-finish] ending the rollback window: the capture slot is dropped")
             result["finish"] = lossless.finish(settings, journal_path, progress=say)
+            bad = [c for c in result["finish"].pop("jobs", None) or [] if not c.ok]
+            result["errors"] += [f"cutover-finish: {c.name}: {c.observed}" for c in bad]
         result["journals"] += split_journal(_journal_records(journal_path))
         if cal_scale > 0:
             from .calibrate import calibrate

@@ -424,6 +424,26 @@ def test_a_job_the_scheduler_fails_is_named_with_its_error(restored):
     assert "FAILED" in bad[0].observed and "soon" in bad[0].observed, bad[0].observed
 
 
+def test_invoke_restore_proves_the_jobs_through_the_scheduler(restored):
+    """The command line: `invoke restore` ends with the scheduler running every job (retention deferred),
+    each named with its result, and says which pg_restore ran."""
+    import subprocess
+
+    from tests.lab.fx_provision import ROOT, lab_env
+
+    d = restored["dump"]
+    r = subprocess.run([str(ROOT / ".venv/bin/invoke"), "restore", "--dump", str(d.dump_path), "--manifest",
+                        str(d.manifest_path), "--replace"], cwd=ROOT, env=dict(lab_env(), COLUMNS="400"),
+                       capture_output=True, text=True, timeout=900)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text[-3000:]
+    assert "jobs on target after the restore" in text and "pg_restore (PostgreSQL) 16.10" in text, text[-3000:]
+    ran = [ln for ln in text.splitlines() if "runs in the scheduler" in ln]
+    assert len(ran) == 3 and all(" ok " in ln and "succeeded at" in ln for ln in ran), ran
+    assert "retention deferred until after the switch" in text
+    assert "every job scheduled on the source is scheduled on the target" in text
+
+
 def test_both_ends_run_1610_and_each_uses_its_own_client_tools(restored):
     """Production's engine on both hosts: ``SELECT version()`` is 16.10 on the source and the restored target;
     the dump was written by the source's own pg_dump 16.10 (the server's major's bin dir) and the target's

@@ -297,6 +297,17 @@ def test_cutover_completes_after_three_kills_and_an_interrupted_switch(cutover_r
     assert s["rollback_command"].startswith("invoke rollback --journal ")
 
 
+def test_after_the_switch_the_scheduler_ran_every_job_but_the_held_compression(cutover_run):
+    """The post-switch phase's job proof: retention, both refresh policies and the user action run by
+    TimescaleDB's scheduler on the target with success; the compression policy held for the rollback window
+    is named, not run (cutover-finish resumes and proves it)."""
+    jobs = Journal(cutover_run["journal"]).state(ph.POST).facts["jobs"]
+    procs = sorted(n.split()[2].rsplit(".", 1)[-1] for n in jobs["proven"])
+    assert procs == ["check_stale_devices", "policy_refresh_continuous_aggregate", "policy_refresh_continuous_aggregate",
+                     "policy_retention"], jobs
+    assert [n for n in jobs["not_run"] if "policy_compression" in n and "held for the rollback window" in n], jobs
+
+
 def st_path(journal) -> tuple:
     f = Journal(journal).state(ph.DELTA).facts
     return f.get("path"), f.get("reasons")

@@ -141,7 +141,11 @@ def cutover_finish(c, journal=None, json=False):
     s = settings(c)
     res = finish(s, Path(journal) if journal else default_journal(s), progress=None if json else elapsed_progress())
     if json:
-        print(_json.dumps(res, indent=2, default=str))
+        jobs = res.get("jobs")
+        print(_json.dumps(res | {"jobs": None if jobs is None else [vars(c) | {"status": c.status} for c in jobs]},
+                          indent=2, default=str))
+        if jobs and not all(c.ok for c in jobs):
+            raise Exit(code=1)
         return
     out.print(f"slot {res['slot']}: {'dropped' if res['dropped'] else 'already gone'}"
               f"{'' if res['changed'] else ' (finished earlier)'}; rollback to the source is no longer possible "
@@ -153,13 +157,10 @@ def cutover_finish(c, journal=None, json=False):
     removed = "; ".join(trust.get("removed") or [])
     out.print(f"direct transfer trust: {'removed ' + removed if removed else 'none left'}"
               f"{' (earlier)' if removed and not trust.get('changed') else ''}")
-    if held and not res.get("rolled_back"):
-        # what the switch held is now proven by the scheduler too (the rest was, after the switch); after a
-        # rollback the target is read-only and the source carries on: nothing to prove there
-        from ..migrate import job_proof as jp
-
-        checks, _notes = jp.prove_on_target(s, say=out.print)
-        if not print_checks(f"jobs on {s.target.name} after cutover-finish", checks, False):
+    if res.get("jobs") is not None:
+        # what the switch held, proven by the scheduler once resumed (not after a rollback: the target is then
+        # read-only and the source carries on)
+        if not print_checks(f"jobs on {s.target.name} after cutover-finish", res["jobs"], False):
             raise Exit(code=1)
 
 

@@ -146,3 +146,12 @@ def prove_jobs_after_switch(settings, journal, session, say) -> dict:
                           hint="the application runs on the target; read timescaledb_information.job_errors there, fix "
                                "the cause, then re-run `invoke cutover` to finish")
     return {"proven": [c.name for c in checks if c.name.startswith("job ")], "not_run": notes}
+
+
+def prove_resumed(settings, say) -> list:
+    """After ``release`` (cutover-finish, no rollback): the resumed compression policies, and every other job,
+    run by the scheduler (``migrate.job_proof``). Returns the checks; the caller reports and judges them."""
+    from ..migrate import job_proof as jp
+
+    checks, _notes = jp.prove_on_target(settings, say=say)
+    return checks

@@ -193,8 +193,10 @@ def finish(settings, journal_path, progress=None) -> dict:
     say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
         f"replay origin on the source: {facts['origin']}")
     rolled_back = states.get("rollback") is not None and states["rollback"].done
-    return {**facts, "changed": True, "compression": compression, "rolled_back": rolled_back,
-            "transfer_trust": end_transfer_trust(settings, journal, say)}
+    trust = end_transfer_trust(settings, journal, say)
+    jobs = None if rolled_back or not (compression or {}).get("held") else hold.prove_resumed(settings, say)
+    return {**facts, "changed": True, "compression": compression, "rolled_back": rolled_back, "transfer_trust": trust,
+            "jobs": jobs}
 
 
 TRUST_PHASE = "finish_transfer_trust"
