@@ -439,7 +439,7 @@ def test_invoke_restore_proves_the_jobs_through_the_scheduler(restored):
     assert r.returncode == 0, text[-3000:]
     assert "jobs on target after the restore" in text and "pg_restore (PostgreSQL) 16.10" in text, text[-3000:]
     ran = [ln for ln in text.splitlines() if "runs in the scheduler" in ln]
-    assert len(ran) == 3 and all(" ok " in ln and "succeeded at" in ln for ln in ran), ran
+    assert len(ran) == 4 and all(" ok " in ln and "succeeded at" in ln for ln in ran), ran  # compression, 2 refreshes, UDA
     assert "retention deferred until after the switch" in text
     assert "every job scheduled on the source is scheduled on the target" in text
 

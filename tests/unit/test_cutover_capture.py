@@ -49,6 +49,25 @@ def test_parse_change(line, op, schema, table, old, new):
     assert (ch.op, ch.schema, ch.table, ch.old, ch.new) == (op, schema, table, old, new)
 
 
+def test_a_truncate_of_several_tables_and_a_type_name_with_brackets_parse():
+    """`TRUNCATE a, b` (and CASCADE) is one decoder line naming every table; a quoted type name may hold ']:'."""
+    ch = cp.parse_change('table tracker.a, tracker."b c", public.d: TRUNCATE: cascade')
+    assert (ch.op, ch.schema, ch.table, ch.also) == ("TRUNCATE", "tracker", "a", [("tracker", "b c"), ("public", "d")])
+    ch = cp.parse_change('table tracker.t: INSERT: k[tracker."odd]:type"]:\'v\' a[text[]]:\'{x}\' n[integer]:1')
+    assert ch.new == {"k": "v", "a": "{x}", "n": "1"}
+    with pytest.raises(cp.ParseError, match="several tables"):
+        cp.parse_change("table tracker.a, tracker.b: INSERT: id[integer]:1")
+
+
+def test_decode_lists_every_table_a_truncate_names_and_keeps_going():
+    rows = tx("12", "table tracker.devices, _timescaledb_internal._hyper_1_3_chunk, tracker.device_geofences: TRUNCATE: "
+                    "(no-flags)", "table tracker.devices: INSERT: id[integer]:7", lsn="0/4C")
+    d = cp.decode(rows, CHUNKS)
+    assert d.truncated == ["tracker.devices", "tracker.location_reports", "tracker.device_geofences"]
+    assert d.skipped == {"TRUNCATE (not replayed)": 3}
+    assert [(c.op, c.table) for c in d.changes] == [("INSERT", "devices")]
+
+
 @pytest.mark.parametrize("line", [
     "table tracker.devices: MERGE: id[integer]:1",
     "table tracker.devices: INSERT: id[integer:1",

@@ -29,6 +29,7 @@ class Change:
     new: dict | None = None
     lsn: str = ""
     xid: str = ""
+    also: list = field(default_factory=list)  # TRUNCATE only: the other (schema, table) the line names
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _ident(s: str, i: int) -> tuple[str, int]:
     """An identifier as quote_identifier printed it, starting at ``s[i]``."""
     if s.startswith('"', i):
         return _quoted(s, i, '"', "identifier")
-    m = re.compile(r"[^.\[\s:\"]+").match(s, i)
+    m = re.compile(r"[^.,\[\s:\"]+").match(s, i)  # unquoted names are lowercase letters, digits, _ and $
     if not m:
         raise ParseError(f"identifier expected at {i}")
     return m.group(0), m.end()
@@ -131,6 +132,27 @@ def _value(s: str, i: int) -> tuple[str | None, int, bool]:
     return tok, j, False
 
 
+def _type_end(s: str, i: int, column: str) -> int:
+    """The index of the ``:`` after a column's ``[type]`` starting at ``s[i]``: brackets nest (``text[]``), a
+    quoted type name (``"my]:type"``) is skipped whole."""
+    depth = 0
+    while i < len(s):
+        c = s[i]
+        if c == '"':
+            _, i = _quoted(s, i, '"', "type name")
+            continue
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if depth == 0:
+                if not s.startswith(":", i + 1):
+                    raise ParseError(f"':' expected after the type of column {column!r}")
+                return i + 1
+        i += 1
+    raise ParseError(f"type of column {column!r} not terminated")
+
+
 def parse_tuple(s: str, i: int = 0, stop: str | None = None) -> tuple[dict, int]:
     """``col[type]:value col[type]:value ...`` until the end of ``s`` or the keyword ``stop``.
     Unchanged TOAST values are left out (the replay keeps what the source has)."""
@@ -144,10 +166,8 @@ def parse_tuple(s: str, i: int = 0, stop: str | None = None) -> tuple[dict, int]
         name, i = _ident(s, i)
         if not s.startswith("[", i):
             raise ParseError(f"'[' expected after column {name!r}")
-        j = s.find("]:", i)
-        if j < 0:
-            raise ParseError(f"type of column {name!r} not terminated")
-        val, i, unchanged = _value(s, j + 2)
+        j = _type_end(s, i, name)
+        val, i, unchanged = _value(s, j + 1)
         if not unchanged:
             cols[name] = val
     return cols, i
@@ -162,6 +182,13 @@ def parse_change(data: str) -> Change | None:
     if not data.startswith(".", i):
         raise ParseError("'.' expected after the schema")
     table, i = _ident(data, i + 1)
+    also = []
+    while data.startswith(", ", i):  # TRUNCATE a, b (and CASCADE's tables) is one line naming them all
+        s2, i = _ident(data, i + 2)
+        if not data.startswith(".", i):
+            raise ParseError("'.' expected after the schema")
+        t2, i = _ident(data, i + 1)
+        also.append((s2, t2))
     if not data.startswith(": ", i):
         raise ParseError("': ' expected after the table")
     rest = data[i + 2:]
@@ -169,7 +196,9 @@ def parse_change(data: str) -> Change | None:
     op = op.rstrip(":")
     if op not in ("INSERT", "UPDATE", "DELETE", "TRUNCATE"):
         raise ParseError(f"unknown operation {op!r}")
-    ch = Change(op, schema, table)
+    if also and op != "TRUNCATE":
+        raise ParseError(f"{op} names several tables")
+    ch = Change(op, schema, table, also=also)
     if op == "TRUNCATE" or body == "(no-tuple-data)":
         return ch
     if op == "INSERT":
@@ -232,6 +261,9 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
         if ch is None:
             raise ParseError(f"unexpected decoder line: {data[:80]!r}")
         ch.xid = xid or ""
+        if ch.op == "TRUNCATE":
+            _truncate(out, [ch] + [Change("TRUNCATE", s_, t_) for s_, t_ in ch.also], chunk_map)
+            continue
         if depth and INTERNAL_SCHEMA.match(ch.schema):
             # only TimescaleDB's own storage moves inside a span: any role can emit the marker
             # (pg_logical_emit_message), so a span never hides a change to a table of ours
@@ -247,12 +279,20 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
             _bump(out.skipped, reason)
             continue
         ch.schema, ch.table = mapped
-        if ch.op == "TRUNCATE":
-            out.truncated.append(f"{ch.schema}.{ch.table}")
-            _bump(out.skipped, "TRUNCATE (not replayed)")
-            continue
         pending.append(ch)
     return out
+
+
+def _truncate(out: Decoded, changes: list, chunk_map: dict) -> None:
+    """A TRUNCATE is not replayed: each user table it names is listed (the rollback warns), TimescaleDB's
+    own storage is counted."""
+    for ch in changes:
+        mapped = map_table(ch, chunk_map)
+        if mapped is None:
+            _bump(out.skipped, "TRUNCATE of TimescaleDB storage")
+            continue
+        out.truncated.append(f"{mapped[0]}.{mapped[1]}")
+        _bump(out.skipped, "TRUNCATE (not replayed)")
 
 
 def _bump(d: dict, key: str, n: int = 1) -> None:
