@@ -4,8 +4,12 @@ The webhook URL is a secret (it carries its token): config holds the *name* of a
 secret (``trackerdb.notify.webhook_secret_name``), fetched once per run, masked everywhere. It must be
 ``https://``: the token must not cross a network in clear (``notify.ca_file``: a CA bundle for a
 receiver with a private CA). A secret that holds anything else refuses the cutover before it starts.
-Posting is best effort: a webhook that is down, slow or refuses costs at most ``timeout_s`` and a
-warning line, never the cutover.
+Posting is best effort and off the cutover's path: ``phase`` queues the message and returns, one
+sender thread posts them in order (each post bounded by ``timeout_s`` per socket operation). After a
+post gets no answer at all, the queued start/ok messages are dropped and only failures are still tried
+(the webhook is down: the one message that matters is the failure, with its rollback command). ``close`` waits for the
+queue at most ``timeout_s`` in all: a webhook that is down, hangs or refuses costs the whole cutover at
+most that, and a warning line naming what was not delivered, never the cutover.
 
 Everything posted is scrubbed as the journal is (``secrets.scrub``: Secret objects, secret-named
 keys, every secret the session knows) and, since it leaves this machine, ``secrets.redact``
@@ -16,7 +20,11 @@ can carry either.
 from __future__ import annotations
 
 import json
+import queue
 import ssl
+import threading
+import time
+import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -93,6 +101,10 @@ class Notifier:
         self.secret = None
         self.sent = 0
         self.failed = 0
+        self.dropped = 0
+        self.unreachable = False  # a post got no answer at all (down, hanging, refused, TLS): the breaker
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
         cfg = getattr(settings, "notify", None) or {}
         name = cfg.get("webhook_secret_name")
         if not name:
@@ -115,12 +127,47 @@ class Notifier:
         return self.secret is not None
 
     def phase(self, phase: str, event: str, title: str = "", **kw) -> bool:
+        """Queue one phase event (scrubbed now, posted by the sender thread); False when notifications are off."""
         if not self.enabled:
             return False
         # scrubbed before ``message`` shortens the error: a cut could leave half a secret unmatched
         kw = scrub_payload(kw, (self.secret, *self.secrets()))
-        return self.post(message(phase, event, scrub_payload(title, (self.secret, *self.secrets())),
-                                 environment=self.environment, **kw))
+        payload = message(phase, event, scrub_payload(title, (self.secret, *self.secrets())),
+                          environment=self.environment, **kw)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._send_all, name="trackerdb-notify", daemon=True)
+            self._thread.start()
+        self._queue.put((event, payload))
+        return True
+
+    def _send_all(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                event, payload = item
+                if self.unreachable and event != "failed":
+                    self.dropped += 1  # the webhook is down: keep the queue for the failures
+                    continue
+                self.post(payload)
+            finally:
+                self._queue.task_done()
+
+    def close(self, budget_s: float | None = None) -> dict:
+        """Wait for the queue at most ``budget_s`` (default ``timeout_s``) in all; what is left is reported."""
+        if self._thread is None:
+            return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped, "undelivered": 0}
+        deadline = time.monotonic() + (self.timeout_s if budget_s is None else budget_s)
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self._queue.unfinished_tasks
+        self._queue.put(None)  # the sender ends after what it is posting now
+        self._thread = None
+        if left or self.dropped:
+            self.say(f"notifications: {left + self.dropped} not delivered (webhook down or too slow); "
+                     "the cutover did not wait for them")
+        return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped, "undelivered": left}
 
     def post(self, payload: dict) -> bool:
         url = self.secret.reveal()
@@ -136,6 +183,8 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001 - a failed post never fails the cutover
             ok = False
             why = type(exc).__name__
+            # no answer at all: only failures are still worth a try (an HTTP error status answered at once)
+            self.unreachable = not isinstance(exc, urllib.error.HTTPError)
         else:
             why = f"HTTP {r.status}"
         if ok:

@@ -98,3 +98,78 @@ def test_a_webhook_that_fails_never_fails_the_cutover(tmp_path, monkeypatch, rec
     out = _run(tmp_path / "2", monkeypatch, f"https://127.0.0.1:{port}/x", {p: _ok for p in ph.PHASES}, ca)
     assert out["complete"]
     assert Journal(tmp_path / "2" / "j.jsonl").state(ph.POST).status == "ok"
+
+
+@pytest.fixture
+def hanging_receiver(tmp_path):
+    """(port, CA file, received): a real HTTPS endpoint that completes TLS, reads the request and never answers
+    (the webhook that "accepts the connection and never answers")."""
+    import socket
+    import ssl
+    import threading
+
+    from tests.tlsutil import tls_files
+
+    ca, cert, key = tls_files(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    lsock = socket.create_server(("127.0.0.1", 0))
+    held, stop, received = [], threading.Event(), []
+
+    def serve():
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            try:
+                tls = ctx.wrap_socket(conn, server_side=True)
+                tls.settimeout(2)
+                received.append(tls.recv(65536))
+                held.append(tls)  # kept open, never answered
+            except OSError:
+                conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield lsock.getsockname()[1], ca, received
+    stop.set()
+    t.join(5)
+    for s in held:
+        s.close()
+    lsock.close()
+
+
+def test_a_webhook_that_hangs_costs_the_whole_cutover_at_most_its_timeout(tmp_path, monkeypatch, hanging_receiver):
+    """README: "a webhook that is down costs at most 5 s". 13 phases, 26 events, a receiver that takes every
+    request and never answers: the cutover completes within the notifier's 5 s budget (plus the stand-in
+    phases' own time), the first post is really sent, and the rest is named as not delivered."""
+    import time
+
+    port, ca, received = hanging_receiver
+    lines = []
+    monkeypatch.setattr(ops, "_add_secrets", lambda ctx, settings: None)
+    monkeypatch.setattr("trackerdb.secrets.fetch_secret", lambda s, name: Secret(name, f"https://127.0.0.1:{port}/hook"))
+    s, _ = _settings("", ca)
+    t0 = time.monotonic()
+    out = ops.run_cutover(s, tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs={p: _ok for p in ph.PHASES},
+                          progress=lines.append)
+    took = time.monotonic() - t0
+    assert out["complete"]
+    assert took < 5.0 + 2.0, took  # the budget, plus the stand-in run's own second or so
+    assert received and received[0].startswith(b"POST /hook")
+    assert any("not delivered" in ln and "did not wait" in ln for ln in lines), lines[-5:]
+
+
+def test_after_a_post_got_no_answer_only_failures_are_still_posted(https_receiver):
+    """The breaker: once the webhook did not answer at all, queued start/ok events are dropped, a failure is
+    still tried (the one message with the rollback command)."""
+    srv, ca = https_receiver
+    n = nt.Notifier(_settings("", ca)[0], fetch=lambda s, name: Secret(name, f"https://127.0.0.1:{srv.server_port}/x"))
+    n.unreachable = True  # as after a post that timed out
+    for ev in ("ok", "start", "failed"):
+        n.phase("verify", ev, "t")
+    res = n.close()
+    assert [b["trackerdb"]["event"] for _, b in Receiver.got] == ["failed"]
+    assert res["dropped"] == 2 and res["sent"] == 1

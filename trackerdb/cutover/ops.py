@@ -120,6 +120,7 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
             notifier.phase(phase, "ok", ph.TITLES[phase], elapsed_s=time.monotonic() - started)
             say(f"[{phase}] ok in {time.monotonic() - started:.1f}s")
     finally:
+        notifier.close()  # at most its timeout for what is still queued
         ctx.close()
     return summary(journal)
 
