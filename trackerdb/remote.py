@@ -343,16 +343,21 @@ class Remote:
             chan.close()
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def pipe_to(self, line: str, dest: "Remote", dest_line: str, progress=None) -> tuple[StreamResult, int, str]:
+    def pipe_to(self, line: str, dest: "Remote", dest_line: str, progress=None, header: bytes = b"",
+                trailer: bytes = b"") -> tuple[StreamResult, int, str]:
         """Run ``line`` here and ``dest_line`` on ``dest``, this command's stdout streamed into that one's
-        stdin (a COPY between two hosts, through this process, never a file). Returns (this side's
-        StreamResult, dest's exit code, dest's stderr + stdout)."""
+        stdin (a COPY between two hosts, through this process, never a file). ``header`` goes to dest
+        first; ``trailer`` last, and **only** when this command exited 0 and dest took every byte: a
+        receiver whose COMMIT is in the trailer never commits a stream cut short (a stream cut on a row
+        boundary is valid COPY data). Returns (this side's StreamResult, dest's exit code, dest's output)."""
         h = hashlib.sha256()
         n = 0
         src, dst = self._channel(line), dest._channel(dest_line)
         err, derr = bytearray(), bytearray()
         broken = False
         try:
+            if header:
+                dst.sendall(header)
             while not broken:
                 select.select([src], [], [], 1.0)
                 got = False
@@ -384,6 +389,8 @@ class Remote:
                     break
             code = -1 if broken and not src.exit_status_ready() else src.recv_exit_status()
             try:
+                if trailer and code == 0 and not broken:
+                    dst.sendall(trailer)
                 dst.shutdown_write()
             except OSError:
                 pass

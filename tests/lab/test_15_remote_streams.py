@@ -8,7 +8,7 @@ import io
 import pytest
 
 from trackerdb.errors import HostError
-from trackerdb.remote import Remote
+from trackerdb.remote import Remote, wrap
 
 from .test_10_lab import spec
 
@@ -76,3 +76,29 @@ def test_pipe_to_streams_one_commands_stdout_into_anothers_stdin(target):
     assert got == want == res.sha256
     res, code, err = target.pipe_to("head -c 100000 /dev/zero", target, "head -c 10 > /dev/null; echo 'ERROR: nope' >&2; exit 3")
     assert code == 3 and "ERROR: nope" in err
+
+
+@pytest.mark.parametrize("sender_rc, rows", [(1, 0), (0, 3)])
+def test_a_copy_whose_sender_fails_commits_nothing(lab_settings, sender_rc, rows):
+    """The pre-copy window's receiver (``delta_sql.copy_in_script``): a sender that stops on a row boundary
+    and fails (exit 1 after three whole rows, valid COPY data) leaves the table as it was, because the COMMIT
+    travels in the trailer only after a sender that succeeded. With the old receiver (psql -1 -c COPY) the
+    same stream committed its prefix (reproduced by the issue: 3 of 1000 rows)."""
+    from trackerdb.cutover import delta_sql as dq
+    from trackerdb.psql import Psql
+
+    s = lab_settings
+    with Remote(s.require_source()) as src:
+        p = Psql.source(src, s)
+        p.run("DROP TABLE IF EXISTS public.trackerdb_stream_probe; CREATE TABLE public.trackerdb_stream_probe (x int); "
+              "INSERT INTO public.trackerdb_stream_probe VALUES (42);")
+        try:
+            header, trailer = dq.copy_in_script(["DELETE FROM ONLY public.trackerdb_stream_probe",
+                                                 "COPY public.trackerdb_stream_probe (x) FROM STDIN"])
+            res, code, err = src.pipe_to(f"printf '1\\n2\\n3\\n'; exit {sender_rc}", src,
+                                         wrap(p.argv("postgres"), user="postgres"), header=header, trailer=trailer)
+            assert res.exit_code == sender_rc and code == 0, err
+            got = p.value("SELECT string_agg(x::text, ',' ORDER BY x) FROM public.trackerdb_stream_probe;")
+            assert got == ("42" if rows == 0 else "1,2,3"), got
+        finally:
+            p.run("DROP TABLE IF EXISTS public.trackerdb_stream_probe;")

@@ -201,3 +201,15 @@ def test_cagg_state_compared_by_hypertable_keys_and_written_with_the_targets_ids
     assert stmts[0] == "DELETE FROM _timescaledb_catalog.continuous_aggs_invalidation_threshold;"
     with pytest.raises(ValueError, match="no hypertable"):
         dq.cagg_state_sql(src, catalog([], hts=[HT]))
+
+
+def test_the_receiver_script_commits_only_in_its_trailer():
+    """The COPY's transaction is opened by the header and committed by the trailer, which ``pipe_to`` sends
+    only after a complete stream: a cut stream (valid COPY data on a row boundary) is never committed."""
+    stmts = ["SET LOCAL session_replication_role = replica", "SET LOCAL ROLE \"o\"", "DELETE FROM ONLY a.b",
+             "COPY a.b (x) FROM STDIN", "SELECT public.compress_chunk('a.b'::regclass)"]
+    header, trailer = dq.copy_in_script(stmts)
+    h, t = header.decode().splitlines(), trailer.decode().splitlines()
+    assert h[0].startswith("SET search_path = pg_catalog") and h[1] == "BEGIN;" and h[-1] == "COPY a.b (x) FROM STDIN;"
+    assert "COMMIT" not in header.decode()
+    assert t == ["\\.", "SELECT public.compress_chunk('a.b'::regclass);", "COMMIT;"]

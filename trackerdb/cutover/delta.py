@@ -250,8 +250,11 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
             sliced[key] = sliced.get(key, 0) + len(part)
         stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols, where, api_schema)
         out_argv = src_psql.stream(s.database, [dq.copy_out_sql(item, cols, where)])
-        in_argv = tgt_psql.stream(s.database, stmts, single_transaction=True)
-        res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(in_argv, user="postgres"))
+        # the receiver reads its script and the rows from one stdin; its COMMIT travels only after the
+        # source's COPY ended well (a cut stream is valid COPY data: the transaction must not commit it)
+        header, trailer = dq.copy_in_script(stmts)
+        res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(tgt_psql.argv(s.database), user="postgres"),
+                                     header=header, trailer=trailer)
         if res.exit_code != 0 or code != 0:
             raise DeltaError(f"copying {key} failed: source exit {res.exit_code} {res.stderr.strip()[-300:]}; "
                              f"target exit {code} {err.strip()[-300:]}", hint="re-run `invoke cutover`: the delta starts again from fingerprints")

@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass, field
 
 from .. import tsdb_api as api
+from ..psql import PIN
 from ..sql import ident, literal
 
 INT64_MIN, INT64_MAX = -9223372036854775808, 9223372036854775807
@@ -311,6 +312,17 @@ def _chunk_api(schema: str | None, routine: str, chunk: str) -> str:
         raise ValueError(f"{routine} of {chunk}: TimescaleDB is not installed on the target")
     flag = "if_not_compressed" if routine == api.COMPRESS else "if_compressed"
     return f"SELECT {api.call(schema, routine, f'{chunk}, {flag} => true')}"
+
+
+def copy_in_script(stmts: list[str]) -> tuple[bytes, bytes]:
+    """``copy_in_statements`` as a psql script around the COPY rows, for ``Remote.pipe_to``: (header, trailer).
+    The header pins the session and opens the transaction up to ``COPY … FROM STDIN``; the trailer ends
+    the rows (``\\.``), runs what follows the COPY and commits. Sent only after a complete stream, so a
+    sender that fails leaves psql at end of input inside an open transaction, which the server rolls back."""
+    at = next(i for i, st in enumerate(stmts) if st.startswith("COPY ") and st.endswith(" FROM STDIN"))
+    head = [PIN, "BEGIN;"] + [st + ";" for st in stmts[: at + 1]]
+    tail = ["\\."] + [st + ";" for st in stmts[at + 1:]] + ["COMMIT;"]
+    return ("\n".join(head) + "\n").encode(), ("\n".join(tail) + "\n").encode()
 
 
 def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict, columns: list[str],
