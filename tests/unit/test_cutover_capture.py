@@ -125,8 +125,10 @@ def test_decode_outside_markers_compressed_storage_is_never_replayed():
 def test_decode_drops_an_uncommitted_tail_and_refuses_garbage():
     rows = tx("1", "table a.b: INSERT: x[integer]:1") + [("0/50", "2", "BEGIN 2"), ("0/51", "2", "table a.b: INSERT: x[integer]:2")]
     assert [c.new for c in cp.decode(rows).changes] == [{"x": "1"}]
-    with pytest.raises(cp.ParseError):
+    with pytest.raises(cp.ParseError, match=r"^at LSN 0/11: unexpected decoder line 'something else'"):
         cp.decode(tx("3", "something else"))
+    with pytest.raises(cp.ParseError, match=r"^at LSN 0/11: unknown operation 'MERGE'"):
+        cp.decode(tx("4", "table a.b: MERGE: x[integer]:1"))
     with pytest.raises(cp.ParseError):
         cp.decode([("0/1", "BEGIN 3")])
 

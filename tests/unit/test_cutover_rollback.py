@@ -225,3 +225,24 @@ def test_a_failed_replay_leaves_the_application_on_a_writable_database(tmp_path,
     assert steps[-2:] == [("freeze", "source"), ("unfreeze", "target")]
     assert "application stays on the target, which is writable again" in ei.value.one_line()
     assert Journal(j.path).state(rb.ROLLBACK).status == "failed"
+
+
+def test_a_record_the_decoder_cannot_read_falls_back_loudly_to_the_heuristic_export(tmp_path, monkeypatch):
+    """Issue 28: the decoder's failure names the LSN and what it could not read; the rollback goes on with the
+    heuristic export (said as a warning), never a traceback."""
+    from trackerdb.cutover import lossless as ll
+    from trackerdb.cutover.decoding import ParseError
+
+    calls: list = []
+    _fake_hosts(monkeypatch, calls, fail_replay=False)
+    monkeypatch.setattr(ll, "capture_problem", lambda journal, tgt, settings: ({"slot": "trackerdb_rollback_1"}, None))
+
+    def unreadable(*a, **kw):
+        raise ParseError("at LSN 0/5A: unknown operation 'MERGE' in 'table a.b: MERGE: …'")
+
+    monkeypatch.setattr(ll, "export_changes", unreadable)
+    said: list = []
+    res = rb.run_rollback(Settings2(), _journal_after_switch(tmp_path).path, replay=True, progress=said.append)
+    assert ("export",) in calls  # the heuristic export ran
+    assert "decoder could not read a record: at LSN 0/5A: unknown operation 'MERGE'" in res["capture_problem"]
+    assert "CHANGE CAPTURE UNAVAILABLE" in res["warning"] and any("WARNING" in s and "0/5A" in s for s in said)

@@ -257,9 +257,12 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
                 elif prefix.endswith("-end"):
                     depth = max(0, depth - 1)
             continue
-        ch = parse_change(data)
+        try:
+            ch = parse_change(data)
+        except ParseError as exc:
+            raise ParseError(f"at LSN {lsn}: {exc} in {data[:80]!r}") from None
         if ch is None:
-            raise ParseError(f"unexpected decoder line: {data[:80]!r}")
+            raise ParseError(f"at LSN {lsn}: unexpected decoder line {data[:80]!r}")
         ch.xid = xid or ""
         if ch.op == "TRUNCATE":
             _truncate(out, [ch] + [Change("TRUNCATE", s_, t_) for s_, t_ in ch.also], chunk_map)

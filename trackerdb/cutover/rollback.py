@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import OpsError
 from . import freeze as fz
+from .decoding import ParseError
 from . import lossless as ll
 from . import phases as ph
 from . import switch as sw
@@ -251,8 +252,11 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
             # every committed change since the slot (issue 16); the heuristic export only when it cannot be read
             cap, why = ll.capture_problem(journal, tgt, settings)
             if cap is not None:
-                facts.update(ll.export_changes(settings, journal, tgt, cap, out_dir, say))
-            else:
+                try:
+                    facts.update(ll.export_changes(settings, journal, tgt, cap, out_dir, say))
+                except ParseError as exc:  # a record the decoder cannot read: named, then the heuristic export
+                    cap, why = None, f"the decoder could not read a record: {exc}"
+            if cap is None:
                 facts["capture_problem"] = why
                 say("WARNING: " + ll.FALLBACK_WARNING.format(why=why))
                 facts.update(export_rows(settings, journal, tgt, tables, freeze_st.facts["frozen_at"], source_max, out_dir, say))
