@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import OpsError
 from ..secrets import redact
+from . import binding as bd
 from . import phases as ph
 from .journal import RESUME, RUN, SKIP, Journal, decide
 
@@ -75,6 +76,7 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
     journal that chose a path keeps it)."""
     journal_path = Path(journal_path) if journal_path else default_journal(settings)
     journal = Journal(journal_path, clock=clock)
+    bd.check(journal.path, journal.state(ph.PREFLIGHT).facts.get(bd.KEY), settings)  # before anything is read or reached
     steps = plan(settings, journal)
     from .hooks import parse_config
     from . import switch as sw
@@ -116,6 +118,8 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
                 if isinstance(exc, OpsError) and phase != ph.PREFLIGHT:
                     exc.hint = (exc.hint + "; " if exc.hint else "") + f"re-run to resume, or {rollback_command(journal_path)}"
                 raise
+            if phase == ph.PREFLIGHT:
+                facts = {**facts, bd.KEY: bd.binding(settings)}
             journal.end(phase, "ok", facts)
             notifier.phase(phase, "ok", ph.TITLES[phase], elapsed_s=time.monotonic() - started)
             say(f"[{phase}] ok in {time.monotonic() - started:.1f}s")

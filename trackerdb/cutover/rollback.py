@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..errors import OpsError
+from . import binding as bd
 from . import freeze as fz
 from .decoding import ParseError
 from . import lossless as ll
@@ -29,6 +30,7 @@ from . import phases as ph
 from . import switch as sw
 from ..files import write_private
 from .journal import Journal
+from .journal import PhaseState as ph_state
 from ..psql import Psql
 from ..sql import ident, literal, qualified
 
@@ -206,6 +208,7 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     if settings.source_decommissioned:
         raise OpsError("the source is decommissioned (settings.source_decommissioned): there is nothing to roll back to",
                        hint="restore from the target's pgBackRest backups instead")
+    bd.check(journal.path, (states.get(ph.PREFLIGHT) or ph_state(ph.PREFLIGHT)).facts.get(bd.KEY), settings)
     freeze_st = states.get(ph.FREEZE)
     if freeze_st is None or "prior_read_only" not in freeze_st.facts:
         raise OpsError(f"journal {journal.path} shows no freeze of the source: nothing to roll back",

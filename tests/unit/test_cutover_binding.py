@@ -1,0 +1,50 @@
+"""A cutover journal is bound to its environment: a resumed cutover and a rollback refuse another's."""
+
+import pytest
+
+from tests.conftest import prod_outputs
+from trackerdb.cutover import binding as bd
+from trackerdb.cutover import ops
+from trackerdb.cutover import phases as ph
+from trackerdb.cutover import rollback as rb
+from trackerdb.cutover.journal import Journal
+from trackerdb.errors import PreflightError
+from trackerdb.settings import Settings
+
+LAB = Settings.from_parts({"package_source": "debian", "source": {"address": "10.77.0.3"}, "source_pg_port": 5432},
+                          prod_outputs(environment="lab", private_ip="10.77.0.2"))
+
+
+def _journal(tmp_path, settings, *phases):
+    j = Journal(tmp_path / "j.jsonl")
+    for phase in (ph.PREFLIGHT, *phases):
+        j.begin(phase)
+        j.end(phase, "ok", {bd.KEY: bd.binding(settings)} if phase == ph.PREFLIGHT else
+              {"prior_read_only": None, "frozen_at": "2026-01-01T00:00:00Z"})
+    return j
+
+
+def test_the_binding_names_the_move():
+    b = bd.binding(LAB)
+    assert b["environment"] == "lab" and b["database"] == LAB.database
+    assert b["target"] == f"10.77.0.2:{LAB.pg_port}" or b["target"].endswith(f":{LAB.pg_port}")
+    assert b["source"] == f"{LAB.source.address}:{LAB.source_port}"
+
+
+def test_another_environments_journal_is_refused_by_a_resumed_cutover_and_by_rollback(tmp_path):
+    other = LAB.with_(source_pg_port=LAB.source_port + 1)
+    j = _journal(tmp_path, other, ph.FREEZE)
+    with pytest.raises(PreflightError) as e:
+        ops.run_cutover(LAB, tmp_path / "d", journal_path=j.path)
+    line = e.value.one_line()
+    assert "belongs to another cutover" in line and f":{LAB.source_port + 1}' recorded" in line
+    before = j.path.read_text()
+    with pytest.raises(PreflightError, match="belongs to another cutover"):
+        rb.run_rollback(LAB, j.path)
+    assert j.path.read_text() == before  # nothing written: no rollback began
+
+
+def test_the_same_environment_and_a_journal_without_a_binding_pass():
+    bd.check("j", bd.binding(LAB), LAB)
+    bd.check("j", None, LAB)
+    assert bd.differences({"a": 1}, {"a": 1}) == []
