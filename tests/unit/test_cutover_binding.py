@@ -48,3 +48,25 @@ def test_the_same_environment_and_a_journal_without_a_binding_pass():
     bd.check("j", bd.binding(LAB), LAB)
     bd.check("j", None, LAB)
     assert bd.differences({"a": 1}, {"a": 1}) == []
+
+
+def test_a_source_thawed_since_the_freeze_stops_the_window_before_the_switch(monkeypatch, tmp_path):
+    """The delta, the dump and the switch re-check the source's freeze first: thawed by hand, the window
+    stops with one line before anything of theirs runs."""
+    from trackerdb.cutover import freeze as fz
+
+    monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: False)
+
+    class Ctx:
+        settings = LAB
+
+        def remote(self, which):
+            assert which == "source"
+            return object()
+
+    for phase in (ph.delta, ph.dump, ph.switch):
+        with pytest.raises(PreflightError, match="no longer read-only") as e:
+            phase(Ctx(), False)
+        assert "the switch has not happened" in e.value.hint
+    monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: True)
+    fz.require_frozen(object(), "tracker")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from .. import tsdb_api as api
-from ..errors import HostError
+from ..errors import HostError, PreflightError
 from ..psql import Psql
 from ..sql import ident, literal
 
@@ -110,6 +110,15 @@ def unfreeze(remote, db: str, prior: str | None = None, port=None, end_sessions:
     if end_sessions and changed:
         terminated = int(Psql(remote, port).run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
     return {"host": remote.name, "database": db, "changed": changed, "sessions_terminated": terminated}
+
+
+def require_frozen(remote, db: str, port=None) -> None:
+    """Before the delta, the dump and the switch: the source is still read-only. Thawed by hand since the
+    freeze (or by anything else), the window stops here, before the switch, with the source authoritative."""
+    if not is_read_only(remote, db, port):
+        raise PreflightError(f"{db} on the source is no longer read-only: it was made writable after this cutover froze it",
+                             hint="writes may have landed since the freeze: find who thawed it, then re-run `invoke "
+                                  "cutover` from a new journal (or `invoke rollback` with this one); the switch has not happened")
 
 
 def is_read_only(remote, db: str, port=None) -> bool:

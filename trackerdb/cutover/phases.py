@@ -110,7 +110,6 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
         problems.append(f"the application already points at {new} ({switcher.describe()})")
     problems += _archiving_and_secret_problems(ctx)
     from . import lossless
-
     problems += lossless.preflight_problems(tgt, s)
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
@@ -269,7 +268,7 @@ def wait_archived(ctx: Ctx, timeout_s: float = ARCHIVE_WAIT_S, every_s: float = 
 
 def delta(ctx: Ctx, resume: bool) -> dict:
     from . import delta as dl
-
+    fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)
     recorded = ctx.facts(DELTA)
     if recorded.get("path") == PATH_FULL:  # decided: a full path stays full
         choice = {k: recorded[k] for k in ("path", "reasons") if k in recorded}
@@ -292,6 +291,7 @@ def delta(ctx: Ctx, resume: bool) -> dict:
 
 # ---- 3 dump ------------------------------------------------------------------------------------
 def dump(ctx: Ctx, resume: bool) -> dict:
+    fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)
     if path(ctx) == PATH_DELTA:
         return {"deferred": "pre-copy path: the final full dump is taken after the switch (phase 8)"}
     return _final_dump(ctx)
@@ -306,9 +306,8 @@ def final_dump(ctx: Ctx, resume: bool) -> dict:
 
 
 def _final_dump(ctx: Ctx) -> dict:
-    from ..migrate.dump import run_dump
-
     from ..files import private_dir, write_private
+    from ..migrate.dump import run_dump
 
     from ..migrate.dump_job import job_key, run_dump_detached
 
@@ -424,6 +423,7 @@ def verify(ctx: Ctx, resume: bool) -> dict:
 
 # ---- 6 switch ----------------------------------------------------------------------------------
 def switch(ctx: Ctx, resume: bool) -> dict:
+    fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)  # never a thawed source
     switcher = ctx.session.switcher
     recorded = ctx.facts(SWITCH)
     if "old" not in recorded:
