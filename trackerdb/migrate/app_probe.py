@@ -21,8 +21,11 @@ from . import sqltext as sq
 TEMP_TABLE = "trackerdb_verify_probe"
 
 # in the application role's own session: current_user is the role whose privileges decide
+# est_rows: the planner's estimate, a hypertable's (or partitioned table's) summed over its chunks (pg_inherits)
 WRITABLE_SQL = f"""SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname,
-         'est_rows', greatest(c.reltuples, 0)::bigint) ORDER BY n.nspname, c.relname), '[]'::json)
+         'est_rows', (greatest(c.reltuples, 0) + coalesce((SELECT sum(greatest(k.reltuples, 0)) FROM pg_catalog.pg_inherits i
+                      JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid WHERE i.inhparent = c.oid), 0))::bigint)
+         ORDER BY n.nspname, c.relname), '[]'::json)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname !~ '{INTERNAL_SCHEMAS_RE}'
    AND pg_catalog.has_schema_privilege(current_user, n.oid, 'USAGE')
