@@ -203,3 +203,56 @@ def test_job_owner_checks():
     assert not c.ok and c.name == "job _timescaledb_functions.policy_compression on tracker.device_events owner"
     assert c.observed == "source: tracker, target: postgres"
     assert pv.job_owner_checks({"jobs": [job]}, {"jobs": []}) == []
+
+
+# ---- TimescaleDB's own schemas (issue 25) -----------------------------------------------------
+
+TSDB = {
+    "schema _timescaledb_internal": {"kind": "schema", "name": "_timescaledb_internal", "schema": "_timescaledb_internal",
+                                     "owner": "postgres", "acl": ["=U/postgres", "postgres=UC/postgres", "reporting=U/postgres"]},
+    "default privileges for role postgres in schema _timescaledb_catalog on tables": {
+        "kind": "default privileges", "name": "for role postgres in schema _timescaledb_catalog on tables",
+        "schema": "_timescaledb_catalog", "acl": ["reporting=r/postgres"]},
+    "table _timescaledb_catalog.hypertable": {"kind": "table", "name": "_timescaledb_catalog.hypertable",
+                                              "schema": "_timescaledb_catalog", "owner": "postgres", "extension_member": True,
+                                              "acl": ["=r/postgres", "postgres=arwdDxt/postgres", "reporting=r/postgres"]},
+}
+
+
+def test_capture_reads_timescaledbs_schemas_and_member_grants_against_pg_init_privs():
+    sql = pv.PRIVILEGES_SQL
+    assert pv.TSDB_SCHEMA_RE in sql and "pg_init_privs" in sql and "'extension_member', true" in sql
+    import re
+    for name in ("_timescaledb_catalog", "_timescaledb_internal", "_timescaledb_functions", "_timescaledb_config",
+                 "_timescaledb_cache", "_timescaledb_debug", "timescaledb_information", "timescaledb_experimental"):
+        assert re.match(pv.TSDB_SCHEMA_RE, name), name
+    for name in ("_timescaledb_mine", "tracker", "timescaledb_informationx", "public"):
+        assert not re.match(pv.TSDB_SCHEMA_RE, name), name
+
+
+@pytest.mark.parametrize("key,change,source,tgt", [
+    # the issue's finding: a default privilege inside TimescaleDB's catalog schema missing on the target
+    ("default privileges for role postgres in schema _timescaledb_catalog on tables", lambda o: o.pop(
+        "default privileges for role postgres in schema _timescaledb_catalog on tables"), "acl={reporting=r/postgres}", "absent"),
+    ("schema _timescaledb_internal", lambda o: o["schema _timescaledb_internal"].update(acl=["=U/postgres", "postgres=UC/postgres"]),
+     "acl={=U/postgres,postgres=UC/postgres,reporting=U/postgres}", "acl={=U/postgres,postgres=UC/postgres}"),
+    # a member listed only where its ACL is not the extension's own: absent means "as the extension made it"
+    ("table _timescaledb_catalog.hypertable", lambda o: o.pop("table _timescaledb_catalog.hypertable"),
+     "owner=postgres acl={=r/postgres,postgres=arwdDxt/postgres,reporting=r/postgres}", "the extension's initial privileges"),
+])
+def test_a_privilege_in_timescaledbs_schemas_missing_on_the_target_is_named(key, change, source, tgt):
+    want = {"objects": dict(OBJECTS, **TSDB), "roles": []}
+    have = copy.deepcopy(want)
+    change(have["objects"])
+    bad = failed(want, have)
+    assert [c.name for c in bad] == [f"owner/privileges of {key}", "owners and privileges equal to the source"]
+    assert bad[0].observed == f"source: {source}, target: {tgt}"
+    assert failed(want, copy.deepcopy(want)) == []
+
+
+def test_owner_map_never_touches_timescaledbs_own_schemas_or_members():
+    objs = dict(OBJECTS, **TSDB)
+    mapping = pv.parse_owner_map([{"from": "postgres", "to": "tracker"}])
+    changed = pv.mapped_objects(objs, mapping)
+    assert "schema _timescaledb_internal" not in changed and "table _timescaledb_catalog.hypertable" not in changed
+    assert "function reporting.maintenance_window()" in changed

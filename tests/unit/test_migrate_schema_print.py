@@ -71,3 +71,25 @@ def test_a_frozen_target_is_not_a_precopy_to_write_into():
     assert sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=off") == []
     out = sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=on")
     assert len(out) == 1 and "is read-only" in out[0] and "invoke restore" in out[0]
+
+
+def test_privileges_in_timescaledbs_schemas_are_schema_not_data():
+    # issue 25: a default privilege or grant set in TimescaleDB's schemas after the pre-copy must send the
+    # window to the full path (the delta moves rows, never privileges); chunks still follow their data
+    objs = dict(PRIV["privileges"]["objects"])
+    tsdb = {
+        "schema _timescaledb_internal": {"kind": "schema", "name": "_timescaledb_internal", "schema": "_timescaledb_internal",
+                                         "owner": "postgres", "acl": ["postgres=UC/postgres"]},
+        "default privileges for role postgres in schema _timescaledb_internal on tables": {
+            "kind": "default privileges", "name": "x", "schema": "_timescaledb_internal", "acl": ["reporting=r/postgres"]},
+        "function _timescaledb_internal.f()": {"kind": "function", "name": "x", "schema": "_timescaledb_internal",
+                                               "owner": "postgres", "acl": ["reporting=X/postgres"], "extension_member": True},
+    }
+    d = sp.schema_doc(BASE, {"privileges": {"objects": dict(objs, **tsdb)}})
+    assert sorted(p.split(" {")[0] for p in d["privileges"]) == sorted(["table tracker.devices", *tsdb])
+    rec = sp.precopy_record("tracker", IDENT, d, None)
+    revoked = dict(tsdb, **{"default privileges for role postgres in schema _timescaledb_internal on tables": dict(
+        tsdb["default privileges for role postgres in schema _timescaledb_internal on tables"], acl=[])})
+    changed = sp.schema_doc(BASE, {"privileges": {"objects": dict(objs, **revoked)}})
+    reasons = sp.guard(rec, "tracker", IDENT, changed, d)
+    assert len(reasons) == 1 and "in schema _timescaledb_internal on tables" in reasons[0]

@@ -146,3 +146,32 @@ def test_restore_phases_create_every_table_before_the_catalog_data_then_load_the
     assert "--section=pre-data" in cmd and cmd[-1] == "/f"
     cmd = toc.pg_restore_cmd("/b", "db", "/f", list_file="/l", jobs=4, sections=data.sections)
     assert cmd.count("--section=data") == 1 and "--section=post-data" in cmd
+
+
+# Lines as `pg_restore -l` printed them for the lab's source with privileges set inside TimescaleDB's schemas
+# (issue 25): schema and member ACLs sit next to their objects (pre-data), default ACLs after post-data.
+TSDB_ACL_TOC = TOC + """5271; 0 0 ACL - SCHEMA _timescaledb_internal postgres
+5278; 0 0 ACL _timescaledb_functions FUNCTION cagg_watermark(hypertable_id integer) postgres
+5282; 0 0 ACL _timescaledb_catalog TABLE hypertable postgres
+3620; 826 19532 DEFAULT ACL _timescaledb_catalog DEFAULT PRIVILEGES FOR SEQUENCES postgres
+3619; 826 19531 DEFAULT ACL _timescaledb_catalog DEFAULT PRIVILEGES FOR TABLES postgres
+3621; 826 19533 DEFAULT ACL _timescaledb_internal DEFAULT PRIVILEGES FOR TABLES postgres
+"""
+
+
+def test_default_acls_in_the_catalog_schema_are_restored_with_the_post_data():
+    # the serial catalog phase restores --section=data only: a DEFAULT ACL listed there was skipped
+    s = toc.split_toc(TSDB_ACL_TOC)
+    schema, catalog, data = toc.restore_phases(s, 2)
+    ids = lambda lines: [ln.split(";")[0] for ln in lines]  # noqa: E731
+    assert ids(catalog.lines) == ["4200", "4201", "4380"]
+    assert {"3619", "3620", "3621"} <= set(ids(data.lines)) and "post-data" in data.sections
+    assert {"5271", "5278", "5282"} <= set(ids(schema.lines))
+    # every kept entry is in the list of the phase that restores its section: pre-data in `schema`,
+    # every other entry in `data` unless it is catalog data (then in `catalog`)
+    for e in toc.parse_toc(TSDB_ACL_TOC):
+        if e.line in s.excluded:
+            continue
+        assert e.line in schema.lines
+        assert (e.line in catalog.lines) != (e.line in data.lines), e.line
+        assert (e.line in catalog.lines) == (e.schema == "_timescaledb_catalog" and e.type in ("TABLE DATA", "SEQUENCE SET"))

@@ -101,7 +101,7 @@ def test_server_checks():
                      "timescale job scheduler running"]
 
 
-def test_probe_table_prefers_biggest_hypertable_with_rows():
+def test_probe_table_prefers_biggest_hypertable_with_rows():  # (with the target's answer: test_migrate_app_probe)
     assert v.probe_table(BASE) == ("tracker", "location_reports")
     empty = mutate(lambda o: o["tables"][1].update(rows=0))
     assert v.probe_table(empty) == ("tracker", "devices")

@@ -18,6 +18,7 @@ from . import compression_hold as ch
 from . import freeze as fz
 from . import hooks as hk
 from . import switch as sw
+from .app_path import app_path_check  # noqa: F401  (post() calls it; tests import it from here)
 from .journal import Journal
 from ..psql import Psql
 from ..session import Session
@@ -466,34 +467,6 @@ def post(ctx: Ctx, resume: bool) -> dict:
     facts["backrest_check"] = "ok"
     facts["jobs"] = ch.prove_jobs_after_switch(s, ctx.journal, ctx.session, ctx.say)
     return facts
-
-
-def app_path_check(settings, endpoint: str, timeout: float = 10, session=None) -> dict:
-    """Connect as the application does (endpoint, app role, password from Secrets Manager, TLS) and
-    prove it reaches a writable primary: read recent rows, take a transaction id (refused when read-only).
-    The session must be TLS by the server's own account (``pg_stat_ssl``), not only the client's."""
-    import psycopg
-
-    from .. import tls
-    from ..secrets import fetch_secret
-
-    client_tls = tls.client_kwargs(settings)
-    secret = session.secret(settings.app_secret_name) if session else fetch_secret(settings, settings.app_secret_name)
-    try:
-        with psycopg.connect(host=endpoint, port=settings.pg_port, dbname=settings.database, user=settings.owner_role,
-                             password=secret.reveal(), connect_timeout=int(timeout), **client_tls) as conn:
-            session = tls.session_tls(conn)  # VerifyError when the server sees no TLS
-            row = conn.execute("SELECT inet_server_addr()::text, pg_is_in_recovery(), current_setting('transaction_read_only')").fetchone()
-            with conn.transaction(force_rollback=True):
-                xid = conn.execute("SELECT txid_current()").fetchone()[0]
-    except psycopg.Error as exc:
-        raise VerifyError(f"the application's path ({endpoint}) fails: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                          .replace(secret.reveal(), "***"), hint="check pg_hba/listen_addresses on the target and the switch") from None
-    if row[1] or row[2] != "off":
-        raise VerifyError(f"{endpoint} reaches a read-only server (in recovery={row[1]}, read_only={row[2]})",
-                          hint="the switch points at the wrong host, or the target is still frozen")
-    return {"endpoint": endpoint, "server_addr": row[0], "writable": True, "probe_xid": int(xid),
-            "tls": f"{session} (sslmode={client_tls['sslmode']})"}
 
 
 FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,

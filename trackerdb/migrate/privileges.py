@@ -20,10 +20,16 @@ TimescaleDB: chunks, compressed chunks and materialization hypertables live in
 ``_timescaledb_internal`` and get owner and grants from their hypertable; they are compared too,
 chunk by chunk (the catalog restore keeps their names), so a grant that did not propagate shows.
 The extension's own schemas and objects (``_timescaledb_catalog``, ``_timescaledb_config``,
-``_timescaledb_functions``, …) are extension members created by ``CREATE EXTENSION`` on the target,
-not restored from the dump: they are not compared. Likewise extension-member functions and types
-(PostGIS's hundreds in ``public``); extension-member *relations* in the application's schemas
-(``spatial_ref_sys``, ``geometry_columns``) are compared, because a grant on them is the DBA's.
+``_timescaledb_functions``, …) are extension members created by ``CREATE EXTENSION`` on the target;
+what the DBA changed in them comes with the dump and is compared (issue 25): each of TimescaleDB's
+schemas (owner, ACL: ``GRANT USAGE ON SCHEMA _timescaledb_internal TO reporting``), default ACLs in
+them (like every default ACL), and the extension's member tables, views, sequences and functions
+there whose ACL differs from ``pg_init_privs`` (what pg_dump emits: ``GRANT SELECT ON
+_timescaledb_catalog.hypertable …``); a member as the extension created it is not listed, so a
+grant missing on either side shows as "the extension's initial privileges". Extension-member
+functions and types elsewhere (PostGIS's hundreds in ``public``) are not compared; extension-member
+*relations* in the application's schemas (``spatial_ref_sys``, ``geometry_columns``) are, because a
+grant on them is the DBA's.
 Comparing ACL text: a pre-17 source restored on 17+ leaves MAINTAIN (``m``) out on both sides.
 
 ``owner_map`` changes owners of schemas, relations, routines, types and large objects owned by its
@@ -41,8 +47,12 @@ from ..steps import Check
 
 SYSTEM_SCHEMA_RE = r"^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)"
 INTERNAL_SCHEMA = "_timescaledb_internal"
+# TimescaleDB's own schemas (the TimescaleDB part of ``tsdb_api.INTERNAL_SCHEMAS_RE``): their ACLs and
+# the DBA's grants on their members are compared (module docstring)
+TSDB_SCHEMA_RE = r"^(_timescaledb_(catalog|internal|config|cache|functions|debug)|timescaledb_(information|experimental))$"
 
 _EXT = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
+_MEMBER = "EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
 
 
 def _acl(expr: str, kind: str | None = None, owner: str | None = None) -> str:
@@ -52,6 +62,17 @@ def _acl(expr: str, kind: str | None = None, owner: str | None = None) -> str:
 
 
 _REL_ACL_KIND = "(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::\"char\""
+_REL_KIND = ("CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table' WHEN 'v' THEN 'view' "
+             "WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END")
+
+
+def _acl_changed(expr: str, kind: str, owner: str, catalog: str, oid: str) -> str:
+    """SQL: the object's ACL differs from the one its extension created (``pg_init_privs``, NULL = acldefault)."""
+    def items(acl):
+        return f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(coalesce({acl}, acldefault({kind}, {owner}))) a)"
+    init = (f"(SELECT ip.initprivs FROM pg_init_privs ip WHERE ip.classoid = '{catalog}'::regclass "
+            f"AND ip.objoid = {oid} AND ip.objsubid = 0)")
+    return f"{items(expr)} IS DISTINCT FROM {items(init)}"
 
 # One document; run with search_path = pg_catalog so every name (regprocedure, policy expressions)
 # comes out schema-qualified whatever the database's search_path says.
@@ -60,14 +81,27 @@ WITH ns AS (
   SELECT n.oid, n.nspname FROM pg_namespace n
   WHERE n.nspname !~ '{SYSTEM_SCHEMA_RE}' AND {_EXT.format(c='pg_namespace', o='n.oid')}),
 rel_ns AS (SELECT oid, nspname FROM ns UNION ALL SELECT oid, nspname FROM pg_namespace WHERE nspname = '{INTERNAL_SCHEMA}'),
+tsdb_ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname ~ '{TSDB_SCHEMA_RE}'),
 objs AS (
   SELECT 'schema' AS kind, quote_ident(n.nspname) AS name, n.nspname AS schema, n.nspowner AS owner,
          json_build_object('owner', pg_get_userbyid(n.nspowner), 'acl', {_acl('n.nspacl', "'n'", 'n.nspowner')}) AS v
-    FROM pg_namespace n JOIN ns ON ns.oid = n.oid
+    FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns UNION ALL SELECT oid FROM tsdb_ns)
   UNION ALL
-  SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table' WHEN 'v' THEN 'view'
-                        WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END,
-         quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relowner,
+  SELECT {_REL_KIND}, quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relowner,
+         json_build_object('owner', pg_get_userbyid(c.relowner), 'acl', {_acl('c.relacl', _REL_ACL_KIND, 'c.relowner')},
+                           'extension_member', true)
+    FROM pg_class c JOIN tsdb_ns n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+      AND {_MEMBER.format(c='pg_class', o='c.oid')}
+      AND {_acl_changed('c.relacl', _REL_ACL_KIND, 'c.relowner', 'pg_class', 'c.oid')}
+  UNION ALL
+  SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' ELSE 'function' END,
+         p.oid::regprocedure::text, n.nspname, p.proowner,
+         json_build_object('owner', pg_get_userbyid(p.proowner), 'acl', {_acl('p.proacl', "'f'", 'p.proowner')},
+                           'extension_member', true)
+    FROM pg_proc p JOIN tsdb_ns n ON n.oid = p.pronamespace
+    WHERE {_MEMBER.format(c='pg_proc', o='p.oid')} AND {_acl_changed('p.proacl', "'f'", 'p.proowner', 'pg_proc', 'p.oid')}
+  UNION ALL
+  SELECT {_REL_KIND}, quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relowner,
          json_build_object('owner', pg_get_userbyid(c.relowner),
                            'acl', {_acl('c.relacl', _REL_ACL_KIND, 'c.relowner')},
                            'rls', c.relrowsecurity, 'rls_forced', c.relforcerowsecurity,
@@ -120,6 +154,9 @@ objs AS (
 role_refs(oid) AS (
   SELECT owner FROM objs WHERE owner IS NOT NULL
   UNION SELECT (aclexplode(n.nspacl)).grantee FROM pg_namespace n JOIN ns ON ns.oid = n.oid WHERE n.nspacl IS NOT NULL
+  UNION SELECT (aclexplode(n.nspacl)).grantee FROM pg_namespace n JOIN tsdb_ns t ON t.oid = n.oid WHERE n.nspacl IS NOT NULL
+  UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN tsdb_ns n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL
+  UNION SELECT (aclexplode(p.proacl)).grantee FROM pg_proc p JOIN tsdb_ns n ON n.oid = p.pronamespace WHERE p.proacl IS NOT NULL
   UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN rel_ns n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL
   UNION SELECT (aclexplode(a.attacl)).grantee FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         JOIN rel_ns n ON n.oid = c.relnamespace WHERE a.attacl IS NOT NULL
@@ -139,7 +176,7 @@ SELECT json_build_object('privileges', json_build_object(
 # What a value is made of, in the order differences are printed.
 ATTRS = ("owner", "acl", "rls", "rls_forced", "security_definer", "config", "command", "permissive", "roles", "using",
          "with_check")
-META = ("kind", "name", "schema", "owned_by_column")
+META = ("kind", "name", "schema", "owned_by_column", "extension_member")
 
 
 # ---- the explicit owner mapping -----------------------------------------------------------------
@@ -212,6 +249,8 @@ def check_owner_map_roles(mapping, target_roles, facts: dict, owner_role: str | 
 def _in_scope(obj: dict, m: OwnerMapping) -> bool:
     if obj.get("owner") != m.frm or obj.get("kind") in ("database", "default privileges", "column", "policy"):
         return False
+    if obj.get("extension_member") or (obj.get("kind") == "schema" and re.match(TSDB_SCHEMA_RE, obj.get("name") or "")):
+        return False  # TimescaleDB's own: the extension's, never the application's
     if not m.schemas:
         return True
     schema = obj.get("schema")
@@ -293,9 +332,10 @@ def _order(obj: dict) -> tuple:
 
 # ---- comparison ---------------------------------------------------------------------------------
 
-def _value_text(obj: dict | None, attrs) -> str:
+def _value_text(obj: dict | None, attrs, other: dict | None = None) -> str:
     if obj is None:
-        return "absent"
+        # an extension member is listed only where its ACL is not the extension's own
+        return "the extension's initial privileges" if (other or {}).get("extension_member") else "absent"
     parts = []
     for a in attrs:
         v = obj.get(a)
@@ -316,7 +356,7 @@ def diff_objects(expected: dict, observed: dict) -> list[tuple[str, str, str]]:
             attrs = [a for a in ATTRS if (a in want or a in have) and want.get(a) != have.get(a)]
             if not attrs:
                 continue
-        out.append((key, _value_text(want, attrs), _value_text(have, attrs)))
+        out.append((key, _value_text(want, attrs, have), _value_text(have, attrs, want)))
     return out
 
 

@@ -3,7 +3,8 @@
 The pre-copy path of the cutover (``cutover/delta.py``) moves only rows. It is sound only while the
 schema is the one the pre-copy restored: tables, columns and their types, defaults, indexes,
 constraints, triggers, views, routines, owners, ACLs and policies (the manifest's privileges
-capture, minus chunks and large objects, which follow their data), hypertables and their
+capture, minus chunks and large objects, which follow their data; with TimescaleDB's own schemas'
+ACLs and default ACLs), hypertables and their
 dimensions, compression settings, continuous aggregates, jobs and extension versions.
 
 ``invoke restore`` records the restored target's fingerprint (``record_precopy``) in the state
@@ -94,9 +95,18 @@ def schema_doc(base: dict, privileges: dict | None) -> dict:
     doc = {k: sorted(v, key=canonical) if isinstance(v, list) else v for k, v in (base or {}).items()}
     objs = ((privileges or {}).get("privileges", privileges or {}) or {}).get("objects") or {}
     doc["privileges"] = sorted(f"{k} {canonical({a: v for a, v in o.items() if a not in ('kind', 'name', 'schema')})}"
-                               for k, o in objs.items()
-                               if o.get("schema") != pv.INTERNAL_SCHEMA and not str(o.get("kind", "")).startswith("large object"))
+                               for k, o in objs.items() if not _follows_data(o))
     return doc
+
+
+def _follows_data(obj: dict) -> bool:
+    """Chunks and large objects (the delta moves them with their rows). ``_timescaledb_internal``'s own
+    ACL, default privileges in it and grants on the extension's members there are schema: a change on
+    the source after the pre-copy sends the window to the full path, where the restore carries it."""
+    if str(obj.get("kind", "")).startswith("large object"):
+        return True
+    return (obj.get("schema") == pv.INTERNAL_SCHEMA and obj.get("kind") not in ("schema", "default privileges")
+            and not obj.get("extension_member"))
 
 
 def digest(doc: dict) -> str:

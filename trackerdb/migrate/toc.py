@@ -21,7 +21,16 @@ So the restore runs in three phases (``restore_phases``), which keeps what the p
 2. ``catalog``: the ``_timescaledb_catalog`` data (and its sequences), serially: every regclass
    now resolves;
 3. ``data``: everything else, ``--section=data --section=post-data`` with ``--jobs``: table data,
-   then indexes, constraints and triggers in parallel.
+   then indexes, constraints and triggers in parallel, then (pg_restore's last pass) ACLs and
+   default ACLs.
+
+Only the catalog's *data* entries go to the ``catalog`` list; its other entries go with the rest.
+pg_dump puts ``ALTER DEFAULT PRIVILEGES … IN SCHEMA _timescaledb_catalog`` (``DEFAULT ACL
+_timescaledb_catalog …``) after the post-data boundary: in a list restored with ``--section=data``
+it was silently skipped (measured: the default privileges set in ``_timescaledb_catalog`` were
+missing on the target while the same ones in ``_timescaledb_internal`` arrived). ACLs of the
+extension's schemas and of its member tables and functions (pg_dump emits the difference from
+``pg_init_privs``) sit next to their objects in pre-data and are restored in phase 1.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from ..errors import PreflightError
 
 CATALOG_SCHEMA = "_timescaledb_catalog"
+CATALOG_DATA_TYPES = ("TABLE DATA", "SEQUENCE SET")  # what the serial catalog phase loads
 # TOC data entries that must not be restored (see module docstring).
 EXCLUDED_TOC = [re.compile(r"^\d+; \d+ \d+ TABLE DATA _timescaledb_catalog metadata \S+$")]
 
@@ -101,7 +111,7 @@ def parse_toc(text: str) -> list[TocEntry]:
 
 @dataclass
 class TocSplit:
-    catalog: list[str] = field(default_factory=list)   # _timescaledb_catalog: serially, before other data
+    catalog: list[str] = field(default_factory=list)   # _timescaledb_catalog data: serially, before other data
     rest: list[str] = field(default_factory=list)      # everything else: with --jobs
     kept: list[str] = field(default_factory=list)      # catalog + rest in the archive's order (for pre-data)
     excluded: list[str] = field(default_factory=list)  # documented as must-not-restore
@@ -117,7 +127,7 @@ def split_toc(text: str) -> TocSplit:
             split.excluded.append(e.line)
             continue
         split.kept.append(e.line)
-        if e.schema == CATALOG_SCHEMA:
+        if e.schema == CATALOG_SCHEMA and e.type in CATALOG_DATA_TYPES:
             split.catalog.append(e.line)
         else:
             split.rest.append(e.line)

@@ -12,6 +12,7 @@ import time
 from ..errors import OpsError
 from ..session import scoped
 from ..steps import Check
+from . import app_probe
 from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
@@ -282,25 +283,15 @@ def _align_cagg_content(psql, db: str, expected: dict, observed: dict) -> None:
             c.update(rows=got.get("rows"), digest=got.get("digest"), content_cutoff=w["watermark"])
 
 
-def probe_table(facts: dict) -> tuple[str, str] | None:
-    """The table the login probe writes to: the biggest hypertable, else the biggest table with rows."""
-    rows = {(t["schema"], t["name"]): t["rows"] for t in facts.get("tables") or []}
-    hts = [(h["schema"], h["name"]) for h in facts.get("hypertables") or [] if rows.get((h["schema"], h["name"]))]
-    pool = hts or [k for k, v in rows.items() if v]
-    return max(pool, key=lambda k: rows.get(k, 0)) if pool else None
-
-
-def _time_column(facts: dict, table: tuple[str, str]) -> str | None:
-    for h in facts.get("hypertables") or []:
-        if (h["schema"], h["name"]) == table:
-            for d in h.get("dimensions") or []:
-                if d.get("type") == "Time" and d.get("time_interval"):
-                    return d["column"]
-    return None
+def probe_table(facts: dict, writable: list[dict] | None = None) -> tuple[str, str] | None:
+    """The table the login probe writes to: the biggest hypertable with rows the application role may
+    write (``writable``: ``app_probe.WRITABLE_SQL``'s answer on the target), else the biggest such table."""
+    return app_probe.choose(facts, writable)
 
 
 def app_login_check(settings, facts: dict, session=None) -> Check:
-    """The application role logs in over the network (TCP, its password, TLS) and writes a row, rolled back.
+    """The application role logs in over the network (TCP, its password, TLS) and writes a row, rolled back,
+    only where the target says that role may (``app_probe``: INSERT on the table, else a temporary table).
 
     TLS is demanded from both ends: libpq refuses a server without it (``require``/``verify-full``,
     never ``prefer``), and the server must report our own session as TLS in ``pg_stat_ssl``.
@@ -311,13 +302,11 @@ def app_login_check(settings, facts: dict, session=None) -> Check:
     from ..secrets import fetch_secret, mask
 
     name = f"{settings.owner_role} logs in over the network and writes"
-    target = probe_table(facts)
     try:
         secret = session.secret(settings.app_secret_name) if session else fetch_secret(settings, settings.app_secret_name)
     except OpsError as exc:
         return Check(name, False, exc.one_line(), "login + write")
     host = settings.target.address
-    latest = None
     try:
         client_tls = tls.client_kwargs(settings)
     except OpsError as exc:
@@ -331,29 +320,7 @@ def app_login_check(settings, facts: dict, session=None) -> Check:
             except OpsError as exc:
                 return Check(name, False, exc.one_line(), "login + write over TLS")
             with conn.cursor() as cur:
-                if target is None:
-                    cur.execute("CREATE TEMP TABLE trackerdb_verify_probe (x int)")
-                    cur.execute("INSERT INTO trackerdb_verify_probe VALUES (1)")
-                    evidence = "temp table insert (no table with rows)"
-                else:
-                    rel = f"{sq.ident(target[0])}.{sq.ident(target[1])}"
-                    cur.execute("SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
-                                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
-                                (f"{target[0]}.{target[1]}",))
-                    cols = cur.fetchone()[0]
-                    tcol = _time_column(facts, target)
-                    if tcol:  # runbook §6: recent historical queries work (as the application role)
-                        cur.execute(f"SELECT max({sq.ident(tcol)})::text FROM {rel} "
-                                    f"WHERE {sq.ident(tcol)} > (SELECT max({sq.ident(tcol)}) FROM {rel}) - interval '1 day'")
-                        latest = cur.fetchone()[0]
-                    try:
-                        cur.execute(f"INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {rel} LIMIT 1")
-                        evidence = f"inserted {cur.rowcount} row into {target[0]}.{target[1]}, rolled back"
-                    except psycopg.errors.UniqueViolation:
-                        # the heap insert happened and was refused at the unique index: privileges and write path ok
-                        evidence = f"insert into {target[0]}.{target[1]} reached its unique index (duplicate of a copied row), rolled back"
-            if latest:
-                evidence += f"; latest row {latest}"
+                evidence = app_probe.write_probe(cur, facts, settings.owner_role)
             conn.rollback()  # the probe row never persists
         return Check(name, True, f"{host}:{settings.pg_port} ({session}, sslmode={client_tls['sslmode']}); {evidence}",
                      "login + write over TLS")
