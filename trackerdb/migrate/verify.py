@@ -258,10 +258,10 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         if app_login:
             checks.append(app_login_check(settings, expected or observed, sess))
         if probes:
-            # after the comparison: a policy run may legitimately materialize or compress more afterwards
+            # after the comparison; the probes write nothing that outlives them (caggs: read-only checks)
             from .probes import run_probes
 
-            checks += run_probes(psql, db, observed)
+            checks += run_probes(psql, db, observed, expected, label)
         checks.append(wal_archiving_check(settings, expect_backrest, sess, catch_up_s=ARCHIVE_CATCH_UP_S))
     finally:
         if owned:
