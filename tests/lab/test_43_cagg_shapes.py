@@ -225,3 +225,23 @@ def test_a_changed_bucket_fails_naming_the_aggregate(shapes):
         assert not bad.ok and "1 with other values; first at bucket 2024-03-02 05:00:00" in bad.observed, bad
         assert by_name["continuous aggregate shapes.readings_weekly buckets equal its query"].ok
         assert not [c for c in verify(s, m) if not c.ok], "put back"
+
+
+def test_a_write_like_the_old_probe_is_seen_by_the_snapshot_and_fails_the_refresh_state(shapes):
+    """What the refresh probe used to do (a row inserted and deleted, committed) leaves an invalidation the
+    source does not have: the snapshot above sees it, and verify names the aggregates whose next refresh
+    would differ from the source's. Last in the module: the teardown drops the schema on both hosts."""
+    s, m = shapes["settings"], shapes["manifest"]
+    with Remote(s.target) as t:
+        p = psql_on(t, s.pg_port)
+        before = p.json(SNAPSHOT_SQL, s.database)
+        p.run("INSERT INTO shapes.counters VALUES (6500, 1, 0, 'probe'); DELETE FROM shapes.counters WHERE label = 'probe';",
+              s.database)
+        after = p.json(SNAPSHOT_SQL, s.database)
+    assert before["_timescaledb_catalog.continuous_aggs_hypertable_invalidation_log"] != \
+        after["_timescaledb_catalog.continuous_aggs_hypertable_invalidation_log"]
+    by_name = {c.name: c for c in verify(s, m)}
+    for cagg in ("shapes.counters_minmax", "shapes.counters_firstlast"):
+        c = by_name[f"continuous aggregate {cagg} refresh state"]
+        assert not c.ok and "pending here, not on the manifest: [6500 .. 6500]" in c.observed, c
+        assert by_name[f"continuous aggregate {cagg} buckets equal its query"].ok  # the raw rows are the same again
