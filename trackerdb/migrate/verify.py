@@ -271,7 +271,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
 
 def _align_cagg_content(psql, db: str, expected: dict, observed: dict) -> None:
     """Compare a continuous aggregate's content up to the source's watermark: a refresh on the target
-    (a policy, or verify's own probes) legitimately materializes newer buckets after the restore."""
+    (a policy run after the restore) legitimately materializes newer buckets."""
     want = {f"{c['schema']}.{c['name']}": c for c in expected.get("continuous_aggregates") or []}
     for c in observed.get("continuous_aggregates") or []:
         w = want.get(f"{c['schema']}.{c['name']}")
