@@ -98,7 +98,7 @@ def _stop(ctx, resume):
 
 def _chunks(remote, database: str = "tracker") -> dict:
     """{chunk key: (chunk name, compressed, compressed chunk name)} of the raw hypertables on one host (the
-    continuous aggregates' may legitimately grow on the target once it serves: verify's probes refresh them)."""
+    continuous aggregates' may legitimately grow on the target once it serves: its refresh policies run there)."""
     cat = query_json(remote, dq.CATALOG_SQL, database=database)
     return {k: (v["name"], v["compressed"], v["compressed_name"]) for k, v in dq.items(cat).items()
             if v["kind"] == "chunk" and not v["hypertable"].startswith("cagg ")}

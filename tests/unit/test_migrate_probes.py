@@ -1,5 +1,7 @@
 """The working-object probes: pure SQL builders and which objects get probed."""
 
+import pytest
+
 from trackerdb.migrate import probes as p
 
 FACTS = {
@@ -25,68 +27,46 @@ def test_compressed_insert_is_rolled_back_and_reads_back():
     assert '"reported_at" = "reported_at" + interval \'1 microsecond\'' in sql and "INSERT INTO tracker.location_reports" in sql
 
 
-def test_refresh_probe_row_is_removed_by_ctid_and_windows_are_a_day():
-    ins = p.probe_row_insert_sql("tracker.location_reports", "device_id, reported_at", "reported_at", "2024-01-08 00:00:00+00")
-    assert "RETURNING tableoid::regclass::text AS rel, ctid::text AS ctid" in ins and 'ORDER BY "reported_at" DESC LIMIT 1' in ins
-    assert "\"reported_at\" < '2024-01-08 00:00:00+00'::timestamptz + interval '1 day'" in ins and ins.rstrip().endswith("COMMIT;\nRESET ROLE;")
-    day = p.source_day_sql("tracker.location_reports", "reported_at", 1704758400000000)
-    assert "< date_trunc('day', _timescaledb_functions.to_timestamp(1704758400000000))" in day
-    assert p.probe_row_delete_sql("_timescaledb_internal._hyper_1_8_chunk", "(3,7)").splitlines()[1:] == \
-        ["DELETE FROM _timescaledb_internal._hyper_1_8_chunk WHERE ctid = '(3,7)'::tid;", "RESET ROLE;"]
-    r = p.refresh_sql("public", "tracker.h", "2024-01-08 00:00:00+00")
-    assert r.startswith("DO $trackerdb_guard$")
-    assert r.splitlines()[-1] == "RESET ROLE;" and "set_config('role'" in r.splitlines()[1]
-    assert r.splitlines()[2] == ("CALL \"public\".refresh_continuous_aggregate('tracker.h'::regclass, '2024-01-08 00:00:00+00'::timestamptz, "
-                                  "'2024-01-08 00:00:00+00'::timestamptz + interval '1 day');")
-
-
-def test_hierarchical_aggregates_are_refreshed_after_their_parent():
-    assert [c["name"] for c in p.dependents(FACTS, FACTS["continuous_aggregates"][0])] == ["d"]
-    assert p.dependents(FACTS, FACTS["continuous_aggregates"][1]) == []
+@pytest.mark.parametrize("time_type, step", [("timestamp with time zone", "interval '1 microsecond'"),
+                                             ("timestamp without time zone", "interval '1 microsecond'"),
+                                             ("date", "1"), ("integer", "1"), ("bigint", "1"), ("smallint", "1")])
+def test_the_copied_row_moves_one_step_of_its_time_type(time_type, step):
+    """An integer or date time column never gets an interval added (an SQL error, or the same date)."""
+    sql = p.compressed_insert_sql("s.counters", "_timescaledb_internal._hyper_9_1_chunk", "t, v", "t", time_type)
+    assert f'SET "t" = "t" + {step};' in sql
 
 
 class Recorder:
+    """A Psql stand-in: answers each kind of query, records everything sent."""
+
     def __init__(self):
         self.sql = []
 
     def value(self, sql, db):
         self.sql.append(sql)
-        if "date_trunc('day', max(" in sql:
-            return "2024-01-08 00:00:00+00"
-        return "_timescaledb_internal._hyper_1_8_chunk" if "chunks" in sql else "1:2" if "md5" in sql else "device_id, reported_at"
+        if "format_type" in sql:
+            return "timestamp with time zone"
+        return "_timescaledb_internal._hyper_1_8_chunk" if "chunks" in sql else "device_id, reported_at"
 
     def json(self, sql, db):
         self.sql.append(sql)
-        if "'impostors'" in sql:
-            return {"schema": "public", "impostors": []}
-        return {"read_back": 1, "at": "t"} if "ROLLBACK" in sql else {"rel": "r", "ctid": "(0,1)", "day": "2024-01-08 00:00:00+00"}
+        if "'caggs'" in sql:
+            return {"caggs": [], "state": []}
+        return {"read_back": 1, "at": "t"}
 
     def run(self, sql, db, check=True):
-        from trackerdb.remote import Result
-
-        self.sql.append(sql)
-        return Result(sql, 0, "", "")
+        raise AssertionError("the probes run no script outside a rolled-back or read-only transaction")
 
 
-def test_only_compression_and_refresh_policies_are_run_and_each_check_names_its_object():
+def test_probes_write_nothing_that_outlives_them_and_run_no_job():
+    """No refresh, no run_job, no committed insert: the compressed insert is rolled back, the caggs are read."""
     rec = Recorder()
     checks = p.run_probes(rec, "tracker", FACTS)
-    names = [c.name for c in checks]
-    assert names[0] == "insert into a compressed chunk of tracker.location_reports"
-    assert names[1] == "continuous aggregate tracker.h refreshes new data (and tracker.d)"
-    assert names[2:] == ["job _timescaledb_functions.policy_compression on tracker.location_reports runs (run_job)",
-                         "job _timescaledb_functions.policy_refresh_continuous_aggregate on x runs (run_job)"]
-    calls = [ln for s in rec.sql for ln in s.splitlines() if ln.startswith("CALL")]
-    assert 'CALL "public".run_job(1000);' in calls and not any("(1001)" in c or "(1004)" in c for c in calls)
-    assert not checks[1].ok  # the recorder's digests never change: a refresh that shows nothing fails
-    deletes = [ln for s in rec.sql for ln in s.splitlines() if ln.startswith("DELETE")]
-    assert deletes == ["DELETE FROM r WHERE ctid = '(0,1)'::tid;"]  # the probe row is always removed
-    # every write of the probes runs as the table's owner, never as superuser (the owner's triggers fire)
-    writes = [s for s in rec.sql if "INSERT INTO" in s or "DELETE FROM" in s]
-    assert writes and all("set_config('role', pg_catalog.pg_get_userbyid(c.relowner)" in s for s in writes)
-
-
-def test_refresh_probe_compares_only_the_probed_day_when_the_time_column_is_known():
-    q = p.digest_sql("tracker", "location_reports_daily", "day", "2024-01-08 00:00:00+00")
-    assert "WHERE \"day\" >= '2024-01-08 00:00:00+00'::timestamptz AND \"day\" < '2024-01-08 00:00:00+00'::timestamptz + interval '1 day'" in q
-    assert "WHERE" not in p.digest_sql("tracker", "x")
+    assert [c.name for c in checks] == ["insert into a compressed chunk of tracker.location_reports"]
+    sent = "\n".join(rec.sql)
+    assert "run_job" not in sent and "refresh_continuous_aggregate" not in sent and "COMMIT;\nRESET ROLE" not in sent
+    writes = [s for s in rec.sql if "INSERT INTO" in s]
+    assert len(writes) == 1 and writes[0].rstrip().endswith("ROLLBACK;")
+    assert "set_config('role', pg_catalog.pg_get_userbyid(c.relowner)" in writes[0]  # as the table's owner
+    cagg_reads = [s for s in rec.sql if "'caggs'" in s]
+    assert len(cagg_reads) == 1 and cagg_reads[0].startswith("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;")

@@ -94,17 +94,12 @@ def test_restore_creates_the_extension_in_its_source_schema_and_calls_pre_and_po
     assert post[1] == 'SELECT "public".timescaledb_post_restore();'
 
 
-def test_the_freeze_and_the_probes_call_refresh_and_run_job_qualified_after_the_guard():
+def test_the_freeze_calls_refresh_qualified_after_the_guard():
     sql = fz.refresh_caggs_sql(["tracker.h"], "public").splitlines()
     assert sql[1].startswith("DO $trackerdb_guard$")
     assert sql[2] == ("SELECT pg_catalog.set_config('role', pg_catalog.pg_get_userbyid(c.relowner)::pg_catalog.text, false) "
                       "FROM pg_catalog.pg_class c WHERE c.oid = 'tracker.h'::pg_catalog.regclass;")  # as the aggregate's owner
     assert sql[3:] == ["CALL \"public\".refresh_continuous_aggregate('tracker.h'::regclass, NULL, NULL);", "RESET ROLE;"]
-    probe = pb.refresh_sql("public", '"tracker"."h"', "2024-01-08").splitlines()
-    assert probe[0].startswith("DO $trackerdb_guard$") and "set_config('role'" in probe[1] and probe[3] == "RESET ROLE;"
-    assert probe[2].startswith("CALL \"public\".refresh_continuous_aggregate('\"tracker\".\"h\"'::regclass, '2024-01-08'::timestamptz")
-    assert pb.run_job_sql("public", 1000, "tracker").splitlines()[1:] == ['SET ROLE "tracker";', 'CALL "public".run_job(1000);',
-                                                                         "RESET ROLE;"]
 
 
 def test_the_freeze_refreshes_nothing_when_an_impostor_is_there():
@@ -119,18 +114,20 @@ def test_the_freeze_refreshes_nothing_when_an_impostor_is_there():
     assert not any("CALL" in (stdin or "") for _, stdin in h.calls)
 
 
-def test_probes_report_an_impostor_as_a_failed_check_and_call_nothing():
+def test_probes_call_no_timescaledb_routine_for_jobs():
+    """Jobs are proven by the scheduler (job_proof), never by run_job from verify: nothing is sent for them."""
     class P:
         sql: list = []
 
         def json(self, sql, db):
             self.sql.append(sql)
-            return {"schema": "public", "impostors": ["public.run_job(integer,text)"]}
+            return {}
+
+        value = run = json
 
     p = P()
-    checks = pb.run_probes(p, "tracker", {"jobs": [{"id": 1, "proc": "_timescaledb_functions.policy_compression"}]})
-    assert len(checks) == 1 and not checks[0].ok and "public.run_job(integer,text)" in checks[0].observed
-    assert len(p.sql) == 1
+    assert pb.run_probes(p, "tracker", {"jobs": [{"id": 1, "proc": "_timescaledb_functions.policy_compression"}]}) == []
+    assert p.sql == []
 
 
 # ---- the delta: DML as the table's owner, TimescaleDB's API qualified --------------------------------

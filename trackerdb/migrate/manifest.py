@@ -7,6 +7,8 @@ turn psql's output into the manifest dict. ``collect_facts`` is the small execut
 Why each fact is here:
 - versions: pg_restore of a TimescaleDB dump needs *exactly* the same TimescaleDB version;
 - tables + exact row counts, hypertables (dimensions, chunk counts), caggs, jobs: what verify compares;
+- caggs' refresh state (watermark, invalidation threshold, pending invalidations; ``cagg_check``): verify
+  compares the target's with it;
 - sequences: after restore each must be at least the source's value or the next insert collides;
 - roles: must exist before restore (and ownership/grants refer to them);
 - database settings (``ALTER DATABASE … SET``) and database grants (``datacl``): ``pg_dump`` without
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from ..errors import PreflightError
 from . import privileges as pv
+from .cagg_check import REFRESH_STATE_SQL
 
 # 2: the dump carries owners and ACLs (no --no-owner/--no-privileges) and the manifest captures them.
 MANIFEST_FORMAT = 2
@@ -193,7 +196,8 @@ SELECT json_build_object(
       'schedule_interval', j.schedule_interval::text, 'scheduled', j.scheduled, 'owner', j.owner::text,
       'config', j.config)
       ORDER BY j.job_id), '[]'::json)
-    FROM timescaledb_information.jobs j WHERE j.job_id >= 1000)
+    FROM timescaledb_information.jobs j WHERE j.job_id >= 1000),
+  'cagg_refresh_state', {REFRESH_STATE_SQL}
 );
 """
 

@@ -259,10 +259,10 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         if app_login:
             checks.append(app_login_check(settings, expected or observed, sess))
         if probes:
-            # after the comparison: a policy run may legitimately materialize or compress more afterwards
+            # after the comparison; the probes write nothing that outlives them (caggs: read-only checks)
             from .probes import run_probes
 
-            checks += run_probes(psql, db, observed)
+            checks += run_probes(psql, db, observed, expected, label)
         checks.append(wal_archiving_check(settings, expect_backrest, sess, catch_up_s=ARCHIVE_CATCH_UP_S))
     finally:
         if owned:
@@ -272,7 +272,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
 
 def _align_cagg_content(psql, db: str, expected: dict, observed: dict) -> None:
     """Compare a continuous aggregate's content up to the source's watermark: a refresh on the target
-    (a policy, or verify's own probes) legitimately materializes newer buckets after the restore."""
+    (a policy run after the restore) legitimately materializes newer buckets."""
     want = {f"{c['schema']}.{c['name']}": c for c in expected.get("continuous_aggregates") or []}
     for c in observed.get("continuous_aggregates") or []:
         w = want.get(f"{c['schema']}.{c['name']}")
