@@ -15,6 +15,7 @@ from ..steps import Check
 from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
+from .content import content_checks
 from ..psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
 
@@ -255,6 +256,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         else:
             _align_cagg_content(psql, db, expected, observed)
             checks += compare_facts(expected, observed, label, settings.owner_map)
+            checks += content_checks(settings, sess, expected, against_source)  # digests: frozen source only
         if app_login:
             checks.append(app_login_check(settings, expected or observed, sess))
         if probes:
