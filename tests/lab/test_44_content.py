@@ -6,13 +6,17 @@ aggregates' invalidation log) and the source unfrozen, whatever happens."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from trackerdb.cutover import delta as dl
 from trackerdb.cutover import freeze as fz
 from trackerdb.migrate import content as ct
 from trackerdb.migrate.verify import run_verify
 from trackerdb.psql import Psql
 from trackerdb.remote import Remote
+from trackerdb.session import Session
 
 pytestmark = pytest.mark.lab
 
@@ -42,13 +46,19 @@ def _content_failures(s) -> dict:
     return {"failed": failed, "content": content}
 
 
+def _reusing(s, sess, kept) -> dict:
+    """The content checks as the cutover's verify runs them on the pre-copy path: the delta's prints reused
+    where both hosts' tuple versions are unchanged, the rest digested."""
+    return {c.name: c for c in ct.content_checks(s, sess, {"frozen": {"marker": "cutover"}}, True, kept)}
+
+
 def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(frozen, restored):
     s, db = frozen, frozen.database
     t = Remote(s.target)
     p = Psql(t, s.pg_port, pinned=False)  # the dataset's own search_path: TimescaleDB's API unqualified
     chunk = p.json("SELECT json_build_object('schema', chunk_schema, 'name', chunk_name, 'start', range_start::text, "
-                   "'end', range_end::text, 'day', to_char(range_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')) FROM timescaledb_information.chunks WHERE hypertable_schema = 'tracker' "
-                   "AND hypertable_name = 'location_reports' AND is_compressed ORDER BY range_start DESC LIMIT 1;", db)
+                   "'end', range_end::text, 'day', to_char(range_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')) "
+                   "FROM timescaledb_information.chunks WHERE hypertable_schema = 'tracker' AND hypertable_name = 'location_reports' AND is_compressed ORDER BY range_start DESC LIMIT 1;", db)
     assert chunk, "the lab's dataset has compressed chunks"
     in_range = f"reported_at >= '{chunk['start']}' AND reported_at < '{chunk['end']}'"
     row = p.json("SELECT json_build_object('device', device_id, 'at', reported_at::text, 'sat', satellites) "
@@ -58,6 +68,7 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
     where_row = f"device_id = {int(row['device'])} AND reported_at = '{row['at']}'::timestamptz"
     # replica: no trigger runs (TimescaleDB's invalidation trigger neither): the change is the rows' alone
     replica = "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL TimeZone = 'UTC';"
+    sess = Session(s)
     try:
         clean = _content_failures(s)
         assert clean["content"][ct.CONTENT].ok, clean["content"][ct.CONTENT]
@@ -65,6 +76,9 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
         assert clean["content"]["table tracker.geofences content"].ok
         assert clean["content"]["hypertable tracker.location_reports content"].ok
         baseline = set(clean["failed"])
+        kept = dl.fingerprint_all(SimpleNamespace(settings=s, session=sess))  # the pre-copy path's prints, before the change
+        before = _reusing(s, sess, kept)
+        assert all(c.ok for c in before.values()) and "0 digested now" in before[ct.CONTENT].observed, before[ct.CONTENT]
 
         # the same number of rows, one value changed in each
         p.run(f"{replica} UPDATE tracker.geofences SET active = NOT active WHERE id = {int(fence['id'])}; "
@@ -81,6 +95,12 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
         assert f"range [{chunk['day']}" in ht.observed, ht
         n_rows = ht.observed.split(": ")[-1].split(" rows")[0]
         assert f"{n_rows} rows" in ht.expected  # same count, another digest
+        # prints taken before the change are never trusted for what was written since: read again, found
+        reused = _reusing(s, sess, kept)
+        assert {n for n, c in reused.items() if not c.ok} == {ct.CONTENT, "table tracker.geofences content",
+                                                              "hypertable tracker.location_reports content"}
+        assert "2 digested now" in reused[ct.CONTENT].observed, reused[ct.CONTENT]
+        assert f"(chunk {chunk['name']})" in reused["hypertable tracker.location_reports content"].observed
         # against the manifest: counts only, and said so
         on_manifest = {c.name: c for c in run_verify(s, manifest=restored["dump"].manifest, expect_backrest=False,
                                                       app_login=False, probes=False)}
@@ -92,6 +112,7 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
         undone = _content_failures(s)
         assert set(undone["failed"]) == baseline, undone["failed"]
         assert undone["content"][ct.CONTENT].ok
+        assert all(c.ok for c in _reusing(s, sess, kept).values())
     finally:
         # the target as it was: the chunk compressed again (an UPDATE leaves it partly compressed), no invalidation added
         p.run(f"SELECT compress_chunk('{chunk['schema']}.{chunk['name']}'::regclass);", db)
@@ -102,3 +123,4 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
         assert p.json(INVALIDATIONS, db) == log_before
         assert p.value(f"SELECT is_compressed FROM timescaledb_information.chunks WHERE chunk_name = '{chunk['name']}';", db) == "t"
         t.close()
+        sess.close()

@@ -155,7 +155,7 @@ def test_without_a_frozen_source_verify_says_it_compared_counts_only_and_reads_n
 def test_a_host_that_cannot_be_read_fails_the_content_check_in_one_line(monkeypatch):
     from trackerdb.errors import HostError
 
-    def boom(settings, session):
+    def boom(settings, session, reuse=None):
         raise HostError("source: psql (port 5432, database tracker) failed at `SELECT …`: ERROR: canceled", hint="h")
 
     monkeypatch.setattr(ct, "digests", boom)
@@ -169,9 +169,9 @@ def test_against_the_frozen_source_every_item_is_checked_and_the_head_says_how(m
     lo = [{"oid": 7, "md5": "a"}]
     prints = {K1: pr(3, "11"), DEV: pr(2, "33")}
 
-    def fake(settings, session, target_prints=prints, los=lo):
+    def fake(settings, session, reuse=None, target_prints=prints, los=lo):
         return {"source": src, "target": src, "plan": ct.plan(src, src), "catalogs": (catalog([], los=lo), catalog([], los=los)),
-                "prints": {"source": prints, "target": target_prints}, "timings": {"digests_s": 1.5, "source_s": 1.2, "target_s": 1.4}}
+                "prints": {"source": prints, "target": target_prints}, "reused": 0, "timings": {"digests_s": 1.5, "source_s": 1.2, "target_s": 1.4}}
 
     monkeypatch.setattr(ct, "digests", fake)
     checks = ct.content_checks(None, None, {"frozen": {"marker": "cutover"}}, against_source=True)
@@ -179,6 +179,32 @@ def test_against_the_frozen_source_every_item_is_checked_and_the_head_says_how(m
                                         "large objects content"]
     assert all(c.ok for c in checks)
     assert checks[0].observed.startswith("3 of 3 equal; live, frozen source and target read in parallel: 2 tables/chunk ranges in 1.5 s")
-    monkeypatch.setattr(ct, "digests", lambda s, x: fake(s, x, target_prints={K1: pr(3, "12"), DEV: pr(2, "33")}))
+    monkeypatch.setattr(ct, "digests", lambda s, x, r=None: fake(s, x, target_prints={K1: pr(3, "12"), DEV: pr(2, "33")}))
     bad = ct.content_checks(None, None, {"frozen": {"marker": "cutover"}}, against_source=True)
     assert [c.name for c in bad if not c.ok] == [ct.CONTENT, "hypertable tracker.location_reports content"]
+
+
+def vp(n, d, v):
+    return {"n": n, "d": d, "v": v}
+
+
+def test_the_delta_prints_are_reused_only_where_both_hosts_tuple_versions_are_unchanged():
+    keys = ["a", "b", "c", "d", "e"]
+    kept = {"source": {"a": vp(1, "x", "s1"), "b": vp(2, "y", "s2"), "c": vp(0, "storage 1/2:3", "s3"), "d": vp(0, "storage 4/5:6", "s4"),
+                       "e": vp(5, "z", "s5")},
+            "target": {"a": vp(1, "x", "t1"), "b": vp(2, "y", "t2"), "c": vp(0, "storage 1/2:999", "t3"), "d": vp(0, "storage 4/5:7", "t4"),
+                       "e": vp(5, "zz", "t5")},
+            # c: storage differs, its content prints (through the hypertable) are from the same versions; d: they are stale
+            "content": {"c": [vp(9, "cc", "s3"), vp(9, "cc", "t3")], "d": [vp(9, "dd", "s4"), vp(9, "dd", "old")]}}
+    now = {"source": {k: {"v": f"s{i}"} for i, k in enumerate(keys, 1)},
+           "target": {k: {"v": f"t{i}"} for i, k in enumerate(keys, 1)}}
+    now["target"]["b"] = {"v": "t2-written-since"}
+    src, tgt, again = ct.reuse_prints(keys, kept, now)
+    assert set(src) == set(tgt) == {"a", "c"}
+    assert (src["a"], tgt["a"]) == (kept["source"]["a"], kept["target"]["a"])
+    assert (src["c"], tgt["c"]) == (vp(9, "cc", "s3"), vp(9, "cc", "t3"))
+    # b written since; d's content prints stale; e differs: a difference is always read again, by content
+    assert again == ["b", "d", "e"]
+    # nothing kept for a key, or no version read now: read again
+    assert ct.reuse_prints(["a"], {"source": {}, "target": {}}, now)[2] == ["a"]
+    assert ct.reuse_prints(["a"], kept, {"source": {}, "target": now["target"]})[2] == ["a"]

@@ -126,10 +126,11 @@ def compare(src_items: dict, tgt_items: dict, planned: dict, src_prints: dict, t
                 why.append((f"{have}: {_print_text(tgt_prints[k])}", f"{want}: {_print_text(src_prints[k])}"))
         unit = "chunk range(s)" if noun.startswith("hypertable") else "table"
         if not bad:
-            rows = sum(src_prints[k]["n"] for k in keys)
             one = src_prints[keys[0]] if len(keys) == 1 else None
-            text = (f"{one['n']} rows, digest {one['d']}" if one and unit == "table"
-                    else f"{len(keys)} {unit} equal, {rows} rows")
+            by_storage = sum(str(src_prints[k]["d"]).startswith("storage ") for k in keys)  # reused delta prints
+            rows = (f", {sum(src_prints[k]['n'] for k in keys)} rows" if not by_storage
+                    else f" ({by_storage} compressed by their batches)")
+            text = f"{one['n']} rows, digest {one['d']}" if one and unit == "table" else f"{len(keys)} {unit} equal{rows}"
             checks.append(Check(f"{noun} content", True, text, text, how))
             continue
         more = f" (+{len(bad) - SHOW} more)" if len(bad) > SHOW else ""
@@ -183,9 +184,34 @@ class Hosts:
             return [f.result() for f in [pool.submit(self._one, *j) for j in jobs]]
 
 
-def digests(settings, session) -> dict:
-    """Both hosts' catalogs, then every comparable item's print on both hosts in parallel. Returns
-    ``{"source": items, "target": items, "plan", "prints": {host: {key: print}}, "catalogs", "timings"}``."""
+def reuse_prints(keys: list[str], kept: dict, versions: dict) -> tuple[dict, dict, list[str]]:
+    """The pre-copy path's last delta round, reused where it still holds. ``kept``: its prints
+    (``{"source", "target": {key: print}, "content": {key: [source, target]}}``), each with the tuple versions
+    ``v`` it was read from; ``versions``: ``{host: {key: {"v"}}}`` read now. An item whose versions on both
+    hosts are the prints' keeps them (a compressed chunk whose storage differs: its content prints, read
+    through the hypertable, when they are from the same versions); every other item is read again.
+    Returns (source prints, target prints, keys to read)."""
+    src, tgt, again = {}, {}, []
+    for k in keys:
+        s, t = (kept.get("source") or {}).get(k), (kept.get("target") or {}).get(k)
+        vs, vt = (versions.get("source") or {}).get(k, {}).get("v"), (versions.get("target") or {}).get(k, {}).get("v")
+        if not s or not t or vs is None or vt is None or s.get("v") != vs or t.get("v") != vt:
+            again.append(k)
+            continue
+        if (s["n"], s["d"]) != (t["n"], t["d"]):
+            c = (kept.get("content") or {}).get(k) or [None, None]
+            if not (c[0] and c[1] and c[0].get("v") == vs and c[1].get("v") == vt):
+                again.append(k)  # a difference is never taken from a storage print: read by content now
+                continue
+            s, t = c[0], c[1]
+        src[k], tgt[k] = s, t
+    return src, tgt, again
+
+
+def digests(settings, session, reuse: dict | None = None) -> dict:
+    """Both hosts' catalogs, then every comparable item's print on both hosts in parallel (with ``reuse``,
+    the delta's prints: only the tuple versions are read, and the items written since are digested). Returns
+    ``{"source": items, "target": items, "plan", "prints": {host: {key: print}}, "catalogs", "timings", "reused"}``."""
     hosts = Hosts(settings, session)
     t0 = time.monotonic()
     src_cat, tgt_cat = hosts.run([("source", dq.CATALOG_SQL, True), ("target", dq.CATALOG_SQL, True)])
@@ -193,31 +219,44 @@ def digests(settings, session) -> dict:
     planned = plan(si, ti)
     t1 = time.monotonic()
     hosts.elapsed.clear()
-    jobs = [(w, digest_script(planned["read"], items, planned["columns"]), False) for w, items in (("source", si), ("target", ti))]
-    out_src, out_tgt = hosts.run(jobs) if planned["read"] else ("", "")
+    prints: dict = {"source": {}, "target": {}}
+    read = planned["read"]
+    if reuse and read:
+        out = hosts.run([(w, dq.script([dq.version_sql(k, items[k]) for k in read]), False) for w, items in (("source", si), ("target", ti))])
+        prints["source"], prints["target"], read = reuse_prints(read, reuse, {"source": dq.parse_prints(out[0]),
+                                                                             "target": dq.parse_prints(out[1])})
+    if read:
+        out = hosts.run([(w, digest_script(read, items, planned["columns"]), False) for w, items in (("source", si), ("target", ti))])
+        prints["source"].update(dq.parse_prints(out[0]))
+        prints["target"].update(dq.parse_prints(out[1]))
     t2 = time.monotonic()
-    return {"source": si, "target": ti, "plan": planned, "catalogs": (src_cat, tgt_cat),
-            "prints": {"source": dq.parse_prints(out_src), "target": dq.parse_prints(out_tgt)},
+    return {"source": si, "target": ti, "plan": planned, "catalogs": (src_cat, tgt_cat), "prints": prints,
+            "reused": len(planned["read"]) - len(read),
             "timings": {"catalogs_s": round(t1 - t0, 2), "digests_s": round(t2 - t1, 2),
                         **{f"{w}_s": round(v, 2) for w, v in hosts.elapsed.items()}}}
 
 
-def content_checks(settings, session, expected: dict | None, against_source: bool) -> list[Check]:
-    """Verify's content checks: digests on both hosts when the expected side is the frozen live source;
-    otherwise one check saying that only row counts were compared, and why."""
+def content_checks(settings, session, expected: dict | None, against_source: bool, reuse: dict | None = None) -> list[Check]:
+    """Verify's content checks: digests on both hosts when the expected side is the frozen live source
+    (``reuse``: the pre-copy path's last delta prints, see ``reuse_prints``); otherwise one check saying that
+    only row counts were compared, and why."""
     if not against_source:
         return [not_compared("the expected side is the dump's manifest, which carries row counts, not digests")]
     if not (expected or {}).get("frozen"):
         return [not_compared("the source is live and not frozen (it may still change)")]
     try:
-        got = digests(settings, session)
+        got = digests(settings, session, reuse)
     except OpsError as exc:  # one failing check naming the host and statement, like every other read of verify's
         return [Check(CONTENT, False, exc.one_line()[:300], "every table, chunk range and large object equal", "frozen source")]
     tm = got["timings"]
-    how = (f"live, frozen source and target read in parallel: {len(got['plan']['read'])} tables/chunk ranges in "
-           f"{tm['digests_s']} s (source {tm.get('source_s', 0)} s, target {tm.get('target_s', 0)} s)")
-    checks = compare(got["source"], got["target"], got["plan"], got["prints"]["source"], got["prints"]["target"], how)
-    checks += large_object_checks(*got["catalogs"], how)
+    n, reused = len(got["plan"]["read"]), got["reused"]
+    how = (f"live, frozen source and target read in parallel: {n} tables/chunk ranges in "
+           f"{tm['digests_s']} s (source {tm.get('source_s', 0)} s, target {tm.get('target_s', 0)} s)"
+           + (f"; {reused} of them by the pre-copy delta's last prints (tuple versions unchanged since), "
+              f"{n - reused} digested now" if reuse is not None else ""))
+    each = "digests, frozen source vs target"
+    checks = compare(got["source"], got["target"], got["plan"], got["prints"]["source"], got["prints"]["target"], each)
+    checks += large_object_checks(*got["catalogs"], each)
     n_bad = sum(not c.ok for c in checks)
     head = Check(CONTENT, n_bad == 0, f"{len(checks) - n_bad} of {len(checks)} equal; {how}",
                  "every table, chunk range and large object equal", "frozen source")
