@@ -15,7 +15,9 @@ which the cutover's verify phase runs; the freeze's marker says so). A manifest 
 dump's snapshot would have to read the whole database once more, serially, before ``pg_dump`` (measured in
 ``benchmarks/content_digest.py``), and the window's verify against the frozen source reads both hosts in
 parallel instead. Verify against a manifest (or an unfrozen source) therefore compares row counts only,
-and its ``content`` check says so.
+and its ``content`` check says so. On the pre-copy path the window's verify reuses the delta's last round
+of prints where both hosts' tuple versions say nothing was written since (``reuse_prints``): the rest, and
+every difference, is digested again.
 
 Each host is read by its own psql over its own SSH connection, both at once (two threads); the sessions
 pin the text forms a row's digest depends on (time zone, date and interval styles, float digits, bytea).
