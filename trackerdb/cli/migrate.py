@@ -148,9 +148,11 @@ def prove_jobs(c, json=False, wait=None):
 @ops_task
 def verify(c, manifest=None, against_source=False, no_backrest=False, json=False):
     """Verify the target: PostgreSQL up, timescaledb preloaded, extension versions, hypertables, continuous
-    aggregates, jobs, exact row counts, sequences, database settings and grants, every object's owner,
-    ACL, RLS flags, policies, SECURITY DEFINER and settings (each difference named with both values), the
-    application role's network login and a rolled-back write, WAL archiving. Exit 1 on any failure.
+    aggregates, jobs, exact row counts, content digests of every table and chunk range (with --against-source on
+    the frozen source: both hosts read at once; a manifest has no digests, the check says so), sequences,
+    database settings and grants, every object's owner, ACL, RLS flags, policies, SECURITY DEFINER and
+    settings (each difference named with both values), the application role's network login and a
+    rolled-back write, WAL archiving. Exit 1 on any failure.
     """
     from ..migrate.manifest import find_manifest, load_manifest
     from ..migrate.verify import run_verify

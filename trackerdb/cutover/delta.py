@@ -16,8 +16,10 @@ its fingerprint. Safe to re-run after a kill: every round starts from fresh fing
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from .. import tsdb_api as api
 from ..errors import OpsError
@@ -227,6 +229,24 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
     raise DeltaError(f"the target still differs from the frozen source after {MAX_ROUNDS} rounds",
                      hint="something else writes to the target's tracker; find it, then re-run `invoke cutover` "
                           "(or `invoke cutover --full` with a new --journal)")
+
+
+def run_delta_kept(ctx, **kw) -> dict:
+    """``run_delta``, its last round's prints written beside the journal: verify reuses them where the tuple
+    versions are still the same (``migrate/content.reuse_prints``) instead of reading every item again."""
+    from ..files import write_private
+
+    keep: dict = {}
+    facts = run_delta(ctx, keep=keep, **kw)
+    path = ctx.journal.path.with_name(ctx.journal.path.stem + ".delta-prints.json")
+    write_private(path, json.dumps(keep))
+    return {**facts, "prints_file": str(path)}
+
+
+def kept_prints(facts: dict) -> dict | None:
+    """The prints ``run_delta_kept`` wrote (None without them: verify then digests every item)."""
+    pf = (facts or {}).get("prints_file")
+    return json.loads(Path(pf).read_text()) if pf and Path(pf).is_file() else None
 
 
 def _target(ctx):

@@ -1,9 +1,8 @@
 """The seven cutover phases. Each is ``fn(ctx, resume: bool) -> facts`` and safe to call again.
 
-``ctx`` carries Settings, the journal, the dump directory, progress and the facts of earlier
-phases. A phase that changes something notes what it needs for a safe re-run (or a rollback)
-in the journal *before* the change. The executors of other areas (dump, restore, verify,
-pgBackRest) are imported when used, so this module loads without them.
+``ctx`` carries Settings, the journal, the dump directory, progress and the facts of earlier phases. A phase
+that changes something notes what it needs for a safe re-run (or a rollback) in the journal *before* the
+change. The executors of other areas (dump, restore, verify, pgBackRest) are imported when used.
 """
 
 from __future__ import annotations
@@ -284,7 +283,7 @@ def delta(ctx: Ctx, resume: bool) -> dict:
     pf = ctx.facts(PREPARE).get("prints_file")
     if pf and Path(pf).is_file():
         cached = json.loads(Path(pf).read_text())
-    facts = dl.run_delta(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
+    facts = dl.run_delta_kept(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
     if (facts.get("bytes_copied") or 0) >= ARCHIVE_WAIT_AFTER_BYTES:
         facts["archive_wait_s"] = wait_archived(ctx)
     return {**choice, **facts}
@@ -402,11 +401,12 @@ def _is_our_freeze(check) -> bool:
 
 def verify(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.verify import run_verify
+    from .delta import kept_prints  # the pre-copy path's last prints: verify reads again only what was written since
 
     result = {}
     # on the pre-copy path the pre-copy's manifest is stale: live against the frozen source only
     for label in (["source"] if path(ctx) == PATH_DELTA else ["manifest", "source"]):
-        kwargs = {"manifest": _manifest(ctx)} if label == "manifest" else {"against_source": True}
+        kwargs = {"manifest": _manifest(ctx)} if label == "manifest" else {"against_source": True, "content_reuse": kept_prints(ctx.facts(DELTA))}
         ctx.say(f"verify against the {label}")
         checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]

@@ -16,6 +16,7 @@ from . import app_probe
 from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
+from .content import content_checks
 from ..psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
 
@@ -219,9 +220,10 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
 # ---- executor -------------------------------------------------------------------------------
 
 def run_verify(settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
-               app_login: bool = True, probes: bool = True, session=None) -> list:
+               app_login: bool = True, probes: bool = True, session=None, content_reuse: dict | None = None) -> list:
     """All checks against the target. Expected facts: the manifest, or live from the source.
-    ``session``: the task's (its connections and secrets); a new one otherwise."""
+    ``session``: the task's (its connections and secrets); a new one otherwise. ``content_reuse``: the
+    pre-copy path's last delta prints (``content.reuse_prints``)."""
     db = settings.database
     checks: list[Check] = []
     sess, owned = scoped(settings, session)
@@ -256,6 +258,7 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         else:
             _align_cagg_content(psql, db, expected, observed)
             checks += compare_facts(expected, observed, label, settings.owner_map)
+            checks += content_checks(settings, sess, expected, against_source, content_reuse)  # digests: frozen source only
         if app_login:
             checks.append(app_login_check(settings, expected or observed, sess))
         if probes:
