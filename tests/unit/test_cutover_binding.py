@@ -27,7 +27,7 @@ def _journal(tmp_path, settings, *phases):
 def test_the_binding_names_the_move():
     b = bd.binding(LAB)
     assert b["environment"] == "lab" and b["database"] == LAB.database
-    assert b["target"] == f"10.77.0.2:{LAB.pg_port}" or b["target"].endswith(f":{LAB.pg_port}")
+    assert "target" not in b  # the target is the stack's instance (its address may be overridden to reach it)
     assert b["source"] == f"{LAB.source.address}:{LAB.source_port}"
 
 

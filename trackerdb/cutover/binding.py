@@ -1,7 +1,7 @@
 """A cutover journal is bound to the environment it was started in.
 
-The preflight records what identifies the move (environment, the stack's instance, the source's and the
-target's address and port, the database); a resumed cutover and ``invoke rollback`` refuse a journal whose
+The preflight records what identifies the move (environment, the stack's instance, the source's address
+and port, the database; the target is the stack's instance: its address may be overridden to reach it); a resumed cutover and ``invoke rollback`` refuse a journal whose
 record differs, naming each difference: a journal copied from another environment (or the lab) must
 never drive this one's switch, freeze or replay (``rollback --journal <another's>`` in command-switch mode
 would point the application at that journal's ``old``). Pure.
@@ -23,7 +23,6 @@ def binding(settings) -> dict:
     return {"environment": str(getattr(settings, "environment", "") or ""),
             "instance_id": str(outputs.get("instance_id") or ""),
             "source": at(getattr(settings, "source", None), getattr(settings, "source_port", None)),
-            "target": at(getattr(settings, "target", None), getattr(settings, "pg_port", None)),
             "database": str(getattr(settings, "database", "") or "")}
 
 

@@ -301,6 +301,24 @@ BEGIN
     EXECUTE format('SELECT setval(%1$L, m) FROM (SELECT max(%2$I) AS m FROM %3$s) s WHERE m > (SELECT last_value FROM %4$s)',
                    col.seq, col.attname, col.rel, col.seq);
   END LOOP;
+  -- continuous aggregates: TimescaleDB's invalidation trigger is an ordinary trigger, which
+  -- session_replication_role = replica keeps from firing, so the replayed rows' time range is logged here
+  -- as the trigger would have (one range per hypertable with aggregates): the next refresh recomputes it
+  IF to_regclass('_timescaledb_catalog.continuous_agg') IS NOT NULL THEN
+    FOR col IN SELECT DISTINCT ON (h.id) h.id, h.schema_name, h.table_name, d.column_name, d.column_type
+                 FROM _timescaledb_catalog.hypertable h JOIN _timescaledb_catalog.dimension d ON d.hypertable_id = h.id
+                WHERE EXISTS (SELECT 1 FROM _timescaledb_catalog.continuous_agg a WHERE a.raw_hypertable_id = h.id)
+                  AND to_regclass(format('%I.%I', h.schema_name, h.table_name)) = ANY (touched)
+                ORDER BY h.id, d.id LOOP
+      EXECUTE format('INSERT INTO _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log '
+                     '(hypertable_id, lowest_modified_value, greatest_modified_value) '
+                     'SELECT $1, min(_timescaledb_functions.time_to_internal(v)), max(_timescaledb_functions.time_to_internal(v)) '
+                     'FROM (SELECT (x->>%L)::%s AS v FROM _trackerdb_changes c, LATERAL (VALUES (c.old_row), (c.new_row)) r(x) '
+                     'WHERE c.nspname = $2 AND c.relname = $3 AND x ? %L) q HAVING count(v) > 0',
+                     col.column_name, col.column_type, col.column_name)
+        USING col.id, col.schema_name, col.table_name;
+    END LOOP;
+  END IF;
   IF last IS NOT NULL THEN
     -- committed with this transaction or not at all: the next replay starts after it
     PERFORM pg_replication_origin_xact_setup(last, clock_timestamp());
