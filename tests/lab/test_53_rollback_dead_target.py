@@ -1,4 +1,6 @@
 """Rollback with the target gone (issue 28, item 3), after a real pre-copy window on the default path.
+Runs after test_52 (whose rollback and finish leave the source serving, no capture slot) or on its own;
+it ends the same way, for test_55.
 
 The window switches the application to the target and a change lands there. Then the target's address is
 made unreachable for real (a blackhole route to it on this machine, the one that runs the tool): `invoke
