@@ -195,9 +195,9 @@ def resolve(specs: list[PackageSpec], available: dict[str, list[str]], source: s
     chosen: dict[str, str] = {}
     missing: list[str] = []
     for spec in specs:
-        versions = [v for v in available.get(spec.name, []) if version_matches(spec, v)]
-        if versions:
-            chosen[spec.name] = versions[0]  # madison lists the newest first
+        version = candidate(spec, available)
+        if version:
+            chosen[spec.name] = version
         else:
             offered = ", ".join(available.get(spec.name, [])[:4]) or "none"
             want = f"{spec.want}{spec.suffix}" if spec.want else "any"
@@ -211,12 +211,15 @@ def resolve(specs: list[PackageSpec], available: dict[str, list[str]], source: s
     return chosen
 
 
-def server_candidate(specs: list[PackageSpec], available: dict[str, list[str]], major: int) -> str | None:
-    """The ``postgresql-<major>`` version apt would install under the specs (newest matching), or None."""
-    spec = next((p for p in specs if p.name == f"postgresql-{major}"), None)
-    if spec is None:
-        return None
+def candidate(spec: PackageSpec, available: dict[str, list[str]]) -> str | None:
+    """The newest version apt offers that matches ``spec`` (madison lists the newest first), or None."""
     return next((v for v in available.get(spec.name, []) if version_matches(spec, v)), None)
+
+
+def server_candidate(specs: list[PackageSpec], available: dict[str, list[str]], major: int) -> str | None:
+    """The ``postgresql-<major>`` version apt would install under the specs, or None."""
+    spec = next((p for p in specs if p.name == f"postgresql-{major}"), None)
+    return None if spec is None else candidate(spec, available)
 
 
 def pin_text(specs: list[PackageSpec], chosen: dict[str, str]) -> str:
