@@ -1,10 +1,12 @@
-"""provision -> backrest -> cutover -> rollback with both clusters on a non-default port (5433).
+"""provision -> backrest -> cutover -> rollback with each cluster on its own non-default port.
 
-The source's cluster is moved to 5433 (the lab records it as ``source_pg_port`` in its settings) and
-the target is provisioned with ``pg_port: 5433``. Every step must reach the cluster on that port:
-the freeze on the source, the dump, restore and verify on the target, the application's path after
-the switch, the rollback. Observed on the hosts: which ports the clusters listen on, the source's
-read-only flag read on 5433, the row counts on both sides, Route53 back at the source.
+The source's cluster is moved to 5434 (the lab records it as ``source_pg_port`` in its settings) and
+the target is provisioned with ``pg_port: 5433``: different ports, so a step that reaches one host on
+the other's port fails here (the cutover's detached dump once read the source on the target's port).
+Every step must reach each cluster on its own port: the freeze on the source, the dump, restore and
+verify on the target, the application's path after the switch, the rollback. Observed on the hosts:
+which ports the clusters listen on, the source's read-only flag read on 5434, the row counts on both
+sides, Route53 back at the source.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from trackerdb.sql import ident, literal
 from .fx_provision import load_lab_settings
 
 pytestmark = [pytest.mark.lab]
-PORT = 5433
+PORT = 5433  # the target's
+SOURCE_PORT = 5434
 
 
 def listening(remote) -> set[int]:
@@ -56,9 +59,9 @@ def moved():
     require_lab_host()
     try:
         lab_api.up(NAME)
-        lab_api.set_source_port(NAME, PORT)
+        lab_api.set_source_port(NAME, SOURCE_PORT)
         loaded = load_lab_settings(NAME)
-        assert loaded.source_port == PORT and loaded.source_pg_port == PORT  # the lab's setting reaches Settings
+        assert loaded.source_port == SOURCE_PORT and loaded.source_pg_port == SOURCE_PORT  # the lab's setting reaches Settings
         yield dataclasses.replace(loaded, pg_port=PORT)
     finally:
         lab_api.down(NAME)
@@ -76,13 +79,13 @@ def cut_over(moved, tmp_path_factory):
     backrest.setup(s)
     secret = fetch_secret(s, s.app_secret_name)
     with Remote(s.require_source(), secrets=[secret]) as src:  # the application logs in on the old host today
-        Psql(src, PORT).run(f"ALTER ROLE {ident(s.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+        Psql(src, SOURCE_PORT).run(f"ALTER ROLE {ident(s.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
     work = tmp_path_factory.mktemp("port")
     journal = work / "journal.jsonl"
-    summary = run_cutover(s, work / "dump", journal_path=journal, full=True)  # the full path on another port
+    summary = run_cutover(s, work / "dump", journal_path=journal, full=True)  # the full path, each host on its own port
     with Remote(s.require_source()) as src, Remote(s.target) as tgt:
-        after_cutover = {"source_read_only": fz.is_read_only(src, s.database, port=PORT),
-                         "source_counts": table_counts(src, s.database, PORT, TABLES),
+        after_cutover = {"source_read_only": fz.is_read_only(src, s.database, port=SOURCE_PORT),
+                         "source_counts": table_counts(src, s.database, SOURCE_PORT, TABLES),
                          "target_counts": table_counts(tgt, s.database, PORT, TABLES),
                          "target_listening": listening(tgt), "target_clusters": clusters(tgt),
                          "source_listening": listening(src)}
@@ -92,13 +95,13 @@ def cut_over(moved, tmp_path_factory):
 def test_both_clusters_listen_only_on_the_configured_port(cut_over):
     assert cut_over["target_listening"] == {PORT}, cut_over["target_listening"]
     assert set(cut_over["target_clusters"].values()) == {PORT}
-    assert cut_over["source_listening"] == {PORT}
+    assert cut_over["source_listening"] == {SOURCE_PORT}
 
 
 def test_cutover_completes_against_the_clusters_on_that_port(cut_over):
     summary = cut_over["summary"]
     assert summary["complete"] and summary["verification"] == "ok", json.dumps(summary, default=str)[:2000]
-    # the freeze reached the source's cluster on 5433 (on 5432 nothing listens any more)
+    # the freeze reached the source's cluster on 5434 (on 5432 nothing listens any more)
     assert cut_over["source_read_only"] is True
     assert cut_over["target_counts"] == cut_over["source_counts"] and sum(cut_over["source_counts"].values()) > 0
     post = Journal(cut_over["journal"]).facts()["post"]
@@ -109,8 +112,8 @@ def test_rollback_makes_the_source_on_that_port_writable_and_points_back(cut_ove
     s = cut_over["settings"]
     facts = run_rollback(s, cut_over["journal"])
     with Remote(s.require_source()) as src:
-        assert fz.is_read_only(src, s.database, port=PORT) is False
-        assert Psql(src, PORT).value("SELECT current_setting('port');") == str(PORT)
+        assert fz.is_read_only(src, s.database, port=SOURCE_PORT) is False
+        assert Psql(src, SOURCE_PORT).value("SELECT current_setting('port');") == str(SOURCE_PORT)
     assert facts["source"]["changed"] is True
     from trackerdb.cutover import switch
 

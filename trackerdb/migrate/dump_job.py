@@ -46,7 +46,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
     progress = progress or (lambda done, total: None)
     from ..files import open_private, private_dir
 
-    db, port = settings.database, settings.pg_port
+    db, port = settings.database, settings.source_port  # the source's cluster (pg_port is the target's)
     host = Remote(settings.require_source())
     try:
         info = Psql(host, port).json(PROBE_SQL, db)
