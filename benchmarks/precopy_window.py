@@ -31,22 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lab import changes  # noqa: E402
 from lab import writer as lw  # noqa: E402
 from trackerdb.errors import OpsError  # noqa: E402
 
 PRODUCTION_GIB = 11.0
 WRITER_DEVICE = 1
-# the dataset's last day (uncompressed), into today's chunk: every device but the writer's (no key collision)
-DAY_SQL = f"""SET TIME ZONE 'UTC';
-INSERT INTO tracker.location_reports
-  (device_id, reported_at, received_at, geog, speed_kmh, heading, altitude_m, accuracy_m, battery_pct, satellites, ignition)
-SELECT device_id, reported_at + s.shift, received_at + s.shift, geog, speed_kmh, heading, altitude_m, accuracy_m,
-       battery_pct, satellites, ignition
-FROM tracker.location_reports,
-     (SELECT date_trunc('day', now()) - (SELECT date_trunc('day', max(reported_at)) FROM tracker.location_reports
-                                          WHERE reported_at < date_trunc('day', now())) AS shift) AS s
-WHERE reported_at >= date_trunc('day', now()) - s.shift AND reported_at < date_trunc('day', now()) - s.shift + interval '1 day'
-  AND device_id <> {WRITER_DEVICE};"""
+# the dataset's last (uncompressed) day, into today's chunk: every device but the writer's (no key collision)
+DAY_SQL = changes.day_sql(WRITER_DEVICE)
 
 
 def project(window_steps: dict, outage_s: float, db_bytes: int, target_gib: float = PRODUCTION_GIB) -> dict:

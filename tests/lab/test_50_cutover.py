@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import writer as lw
-from lab import dataset
+from lab import changes, dataset
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
@@ -57,24 +57,7 @@ HOSTILE_TARGET_ONLY = f"new\n\\! id > {PWNED}\n"
 # of a composite-key table, an update of a key-less hypertable outside the compressed range.
 MUTATION_CHUNK_COMPRESSED = """SELECT bool_and(is_compressed) FROM timescaledb_information.chunks
   WHERE hypertable_name = 'location_reports' AND range_start = '2024-01-02 00:00:00+00';"""
-MUTATIONS = """
-INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-VALUES (7, '2024-01-08 06:00:00+00', now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
-       (7, '2024-01-02 12:00:00+00', now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false);
-UPDATE tracker.location_reports SET speed_kmh = 123.25
-  WHERE (device_id, reported_at) = (SELECT device_id, reported_at FROM tracker.location_reports
-                                    WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
-                                    ORDER BY reported_at LIMIT 1);
-DELETE FROM tracker.location_reports
-  WHERE (device_id, reported_at) = (SELECT device_id, reported_at FROM tracker.location_reports
-                                    WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
-                                    ORDER BY reported_at LIMIT 1);
-UPDATE tracker.devices SET name = 'renamed after the switch', metadata = metadata || '{"moved": true}' WHERE id = 2;
-DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id FROM tracker.device_geofences
-                                                                     ORDER BY 1, 2 LIMIT 1);
-UPDATE tracker.device_events SET payload = payload || '{"corrected": true}'
-  WHERE id = (SELECT max(id) FROM tracker.device_events WHERE occurred_at >= '2024-01-07');
-"""
+MUTATIONS = changes.target_changes()
 
 
 class Killed(Exception):

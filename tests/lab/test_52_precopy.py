@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import dataset
+from lab import changes, dataset
 from trackerdb.cutover import delta as dl
 from trackerdb.cutover import delta_sql as dq
 from trackerdb.cutover import hooks as hk
@@ -40,44 +40,7 @@ NEW_DAY = f"2024-03-01 10:00:00+00'::timestamptz + interval '{RUN % 280} days"
 
 
 def mutations() -> str:
-    at = f"interval '{RUN} microseconds'"
-    return f"""
--- a compressed old chunk (2024-01-02): an update, a delete, an insert
-UPDATE tracker.location_reports SET speed_kmh = 77.5
-  WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
-    AND reported_at = (SELECT min(reported_at) FROM tracker.location_reports WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03');
-DELETE FROM tracker.location_reports
-  WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
-    AND reported_at = (SELECT min(reported_at) FROM tracker.location_reports WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03');
-INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-VALUES (7, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false),
--- the newest chunk, and a chunk that did not exist
-       (7, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
-       (3, '{NEW_DAY}', now(), ST_SetSRID(ST_MakePoint(2.35, 48.85), 4326)::geography, 40, 180, 90, 9, true);
--- an uncompressed old chunk (2024-01-07): an update and a delete; then the source compresses it
-UPDATE tracker.location_reports SET heading = 1
-  WHERE device_id = 3 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08'
-    AND reported_at = (SELECT min(reported_at) FROM tracker.location_reports WHERE device_id = 3 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08');
-DELETE FROM tracker.location_reports
-  WHERE device_id = 4 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08'
-    AND reported_at = (SELECT min(reported_at) FROM tracker.location_reports WHERE device_id = 4 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08');
-SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('tracker.location_reports',
-    newer_than => timestamptz '2024-01-07', older_than => timestamptz '2024-01-08 00:00:01') c;
--- the other hypertable: an update in a compressed chunk, an insert through its sequence
-UPDATE tracker.device_events SET payload = payload || '{{"corrected": {RUN}}}'
-  WHERE occurred_at < '2024-01-02' AND id = (SELECT min(id) FROM tracker.device_events WHERE occurred_at < '2024-01-02');
-INSERT INTO tracker.device_events (device_id, occurred_at, event_type, payload)
-VALUES (2, '2024-01-09 01:00:00+00'::timestamptz + {at}, 'ignition_on', '{{"late": true}}');
--- regular tables: an update, a delete of a foreign key's child row, an insert through a serial
-UPDATE tracker.devices SET name = 'renamed before the window {RUN}', metadata = metadata || '{{"moved": true}}' WHERE id = 2;
-DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id FROM tracker.device_geofences
-                                                                     ORDER BY 1, 2 LIMIT 1);
-INSERT INTO tracker.geofences (name, kind, area, boundary, created_at)
-SELECT 'late depot {RUN}', 'depot', area, boundary, now() FROM tracker.geofences ORDER BY id LIMIT 1;
--- a sequence advanced on its own, a large object written
-SELECT nextval('tracker.devices_id_seq');
-SELECT lo_put(424242, 0, convert_to('FW{RUN}', 'UTF8'));
-"""
+    return changes.source_changes(RUN)
 
 
 LATE = """UPDATE tracker.location_reports SET battery_pct = 1
