@@ -93,3 +93,28 @@ def test_privileges_in_timescaledbs_schemas_are_schema_not_data():
     changed = sp.schema_doc(BASE, {"privileges": {"objects": dict(objs, **revoked)}})
     reasons = sp.guard(rec, "tracker", IDENT, changed, d)
     assert len(reasons) == 1 and "in schema _timescaledb_internal on tables" in reasons[0]
+
+
+def test_a_frozen_target_after_a_completed_rollback_is_a_precopy_the_window_writes_through(tmp_path):
+    from trackerdb.cutover import freeze as fz
+
+    rec = sp.precopy_record("tracker", IDENT, doc(), None)
+    rec["rolled_back"] = {"journal": "/j.jsonl", "how": "every change replayed from the capture"}
+    assert sp.guard(rec, "tracker", IDENT, doc(), doc(), target_read_only="default_transaction_read_only=on") == []
+    # only our own sessions write through the freeze: the connecting role's per-database setting
+    assert fz.our_writes_sql("tracker", True) == 'ALTER ROLE CURRENT_USER IN DATABASE "tracker" SET default_transaction_read_only = off;'
+    assert fz.our_writes_sql("tracker", False).endswith("RESET default_transaction_read_only;")
+
+
+def test_a_rollback_is_noted_only_on_the_record_of_that_database(tmp_path):
+    import json
+
+    rec = sp.precopy_record("tracker", IDENT, doc(), None)
+    sp.record_path(tmp_path).write_text(json.dumps(rec))
+    other = dict(IDENT, database_oid=IDENT["database_oid"] + 1)
+    assert sp.note_rollback(tmp_path, "tracker", other, "/j", "how") is False  # another database now: not this pre-copy
+    assert sp.note_rollback(tmp_path, "elsewhere", IDENT, "/j", "how") is False
+    assert "rolled_back" not in sp.load_record(tmp_path)
+    assert sp.note_rollback(tmp_path, "tracker", IDENT, "/j", "replayed") is True
+    assert sp.load_record(tmp_path)["rolled_back"]["journal"] == "/j"
+    assert sp.note_rollback(tmp_path / "none", "tracker", IDENT, "/j", "how") is False  # no pre-copy recorded

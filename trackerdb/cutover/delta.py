@@ -83,8 +83,11 @@ def choose_path(ctx, full: bool) -> dict:
     reasons = sp.guard(record, s.database, ident, sp.schema_doc(s_base, s_priv), sp.schema_doc(t_base, t_priv),
                        target_read_only=t_state.get("read_only_setting"))
     reasons += dq.unsupported(s_cat)
-    return {"path": "full" if reasons else "delta", "reasons": reasons, "schema_digest": record.get("schema_digest"),
-            "precopy_recorded_at": record.get("recorded_at")}
+    out = {"path": "full" if reasons else "delta", "reasons": reasons, "schema_digest": record.get("schema_digest"),
+           "precopy_recorded_at": record.get("recorded_at")}
+    if not reasons and sp.frozen(t_state.get("read_only_setting")):  # left frozen by a completed rollback
+        out["through_freeze"] = record["rolled_back"]
+    return out
 
 
 # ---- fingerprints ---------------------------------------------------------------------------------

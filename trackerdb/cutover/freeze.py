@@ -55,6 +55,15 @@ def restore_read_only_sql(db: str, prior: str | None) -> str:
     return unmark + f"ALTER DATABASE {ident(db)} SET default_transaction_read_only = on;"
 
 
+def our_writes_sql(db: str, allow: bool) -> str:
+    """Writes through a freeze for our own sessions only: the connecting superuser's per-database setting
+    overrides the database's, so the application's sessions stay read-only (run from another database:
+    ALTER ROLE is refused in a read-only transaction)."""
+    if allow:
+        return f"ALTER ROLE CURRENT_USER IN DATABASE {ident(db)} SET default_transaction_read_only = off;"
+    return f"ALTER ROLE CURRENT_USER IN DATABASE {ident(db)} RESET default_transaction_read_only;"
+
+
 def terminate_sql(db: str, idle_only: bool) -> str:
     """Terminate the database's client sessions (only idle ones while in-flight work may finish)."""
     cond = " AND state = 'idle'" if idle_only else ""
@@ -110,6 +119,31 @@ def unfreeze(remote, db: str, prior: str | None = None, port=None, end_sessions:
     if end_sessions and changed:
         terminated = int(Psql(remote, port).run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
     return {"host": remote.name, "database": db, "changed": changed, "sessions_terminated": terminated}
+
+
+def write_through(remote, db: str, port=None, allow: bool = True) -> None:
+    """``our_writes_sql`` on ``remote`` (a target a completed rollback froze: the pre-copy path writes into it
+    while the application's sessions stay refused; the switch takes the override away with the freeze)."""
+    Psql(remote, port).run(our_writes_sql(db, allow))
+
+
+def write_through_rolled_back(remote, db: str, port, rolled_back: dict, say) -> None:
+    """A target left frozen by a completed rollback (``schema_print.note_rollback``): the pre-copy path's copies
+    write through the freeze; the application's sessions stay refused until ``thaw_rolled_back``."""
+    say(f"the target's {db} is frozen by the rollback of {rolled_back.get('journal')} ({rolled_back.get('how')}): "
+        "the copies write through the freeze; the application's sessions stay refused until the window's copies are done")
+    write_through(remote, db, port)
+
+
+def thaw_rolled_back(remote, db: str, port, say) -> dict | None:
+    """After 2b (and again at the switch, for a resumed window): a target still frozen (the pre-copy path from a
+    rolled-back cutover), now equal to the frozen source, becomes writable, as a first window's target is
+    (verify's application check writes there). None when it was not frozen."""
+    if not is_read_only(remote, db, port=port):
+        return None
+    say(f"the target's {db} was frozen by a rollback: writable again, the write-through override removed")
+    write_through(remote, db, port, allow=False)
+    return unfreeze(remote, db, prior=None, port=port)
 
 
 def require_frozen(remote, db: str, port=None) -> None:

@@ -236,6 +236,7 @@ def prepare(ctx: Ctx, resume: bool) -> dict:
     if choice["path"] == PATH_FULL:
         ctx.say("the window will take the FULL DUMP PATH: " + "; ".join(choice["reasons"]))
         return {"path_expected": PATH_FULL, "reasons": choice["reasons"]}
+    _through_freeze(ctx, choice)
     ctx.say("fingerprinting every chunk and table on both hosts and copying what differs already (before the outage)")
     keep: dict = {}
     facts = dl.run_delta(ctx, converge=False, keep=keep)
@@ -244,6 +245,16 @@ def prepare(ctx: Ctx, resume: bool) -> dict:
         facts["archive_wait_s"] = wait_archived(ctx)  # the copies' WAL archived before the outage, not during verify
     return {"path_expected": PATH_DELTA, "prints_file": str(prints_path(ctx)), "before_the_freeze": facts,
             "items": {w: len(p) for w, p in keep.items()}, "elapsed_s": round(time.monotonic() - t0, 2)}
+
+
+def _through_freeze(ctx: Ctx, choice: dict) -> None:
+    if choice.get("through_freeze"):
+        fz.write_through_rolled_back(ctx.remote("target"), ctx.settings.database, ctx.settings.pg_port,
+                                     choice["through_freeze"], ctx.say)
+
+
+def _thaw_target(ctx: Ctx) -> dict | None:
+    return fz.thaw_rolled_back(ctx.remote("target"), ctx.settings.database, ctx.settings.pg_port, ctx.say)
 
 
 ARCHIVE_WAIT_S = 900
@@ -279,11 +290,15 @@ def delta(ctx: Ctx, resume: bool) -> dict:
         ctx.say("FULL DUMP PATH (not the pre-copy path): " + "; ".join(choice["reasons"]))
         return choice
     ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
+    _through_freeze(ctx, choice)
     cached = None
     pf = ctx.facts(PREPARE).get("prints_file")
     if pf and Path(pf).is_file():
         cached = json.loads(Path(pf).read_text())
     facts = dl.run_delta_kept(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
+    thawed = _thaw_target(ctx)  # equal to the frozen source now: writable, as a target on the pre-copy path always is
+    if thawed:
+        facts["target_thawed"] = thawed
     if (facts.get("bytes_copied") or 0) >= ARCHIVE_WAIT_AFTER_BYTES:
         facts["archive_wait_s"] = wait_archived(ctx)
     return {**choice, **facts}
@@ -436,8 +451,11 @@ def switch(ctx: Ctx, resume: bool) -> dict:
     from . import lossless
 
     capture = lossless.start_capture(ctx)  # before the application can write to the target (issue 16)
+    thawed = _thaw_target(ctx)
     ctx.say(f"switching {switcher.describe()}: {old} -> {new}")
     facts = switcher.apply(old, new, progress=ctx.say)
+    if thawed:
+        facts["target_thawed"] = thawed
     facts["capture"] = {"slot": capture["slot"], "lsn": capture["lsn"]}
     return facts
 

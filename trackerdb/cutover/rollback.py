@@ -288,6 +288,8 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
             switcher = sw.make(settings)
             say(f"switching {switcher.describe()} back: {new} -> {old}")
             facts["switch"] = switcher.apply(new, old, progress=say)
+        _note_reusable(settings, tgt, facts, switched, cap is not None and replay, target_ok and tfacts.get("exists"),
+                       journal.path, say)
     except BaseException as exc:
         facts_undo = _undo(undo, src if undo else None, tgt if undo else None, settings, say)
         journal.end(ROLLBACK, "failed", facts={"undone": facts_undo},
@@ -307,6 +309,22 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
     if started:
         facts["application_started"] = started["done"]
     return facts
+
+
+def _note_reusable(settings, tgt, facts: dict, switched: bool, replayed: bool, target_there: bool, journal_path,
+                   say) -> None:
+    """Every change the target took is back on the source (replayed from the capture), or it took none: the
+    frozen target stays a valid pre-copy for the next window (``schema_print.note_rollback``)."""
+    from ..migrate import schema_print as sp
+
+    if not target_there or (switched and not (replayed and facts.get("export_file"))):
+        return
+    db = settings.database
+    fz.write_through(tgt, db, settings.pg_port, allow=False)  # a window abandoned before its switch left it
+    how = "every change replayed from the capture" if switched else "never switched: nothing written there"
+    if sp.note_rollback(settings.state_dir, db, Psql(tgt, settings.pg_port).json(sp.identity_sql(db)), str(journal_path), how):
+        facts["reusable_precopy"] = how
+        say(f"the target's {db} stays a pre-copy for the next window ({how}): `invoke cutover` can take the pre-copy path")
 
 
 def _undo(undo: list, src, tgt, settings, say) -> list[str]:

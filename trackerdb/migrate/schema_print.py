@@ -174,10 +174,30 @@ def load_record(state_dir) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("format") == FORMAT else None
 
 
+def frozen(read_only_setting: str | None) -> bool:
+    return bool(read_only_setting) and read_only_setting.split("=", 1)[-1].lower() in ("on", "true", "1", "yes")
+
+
+def note_rollback(state_dir, database: str, identity: dict, journal: str, how: str) -> bool:
+    """A completed rollback (every change the target took carried back to the source, or none taken) leaves
+    the target a valid pre-copy, frozen: the next window may take the pre-copy path from it (the delta makes
+    it equal to the source again). Recorded only for the database the record is of; True when recorded."""
+    from ..files import write_private
+
+    rec = load_record(state_dir)
+    if rec is None or rec.get("database") != database or rec.get("identity") != identity:
+        return False
+    rec["rolled_back"] = {"journal": journal, "how": how,
+                          "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    write_private(record_path(state_dir), json.dumps(rec, indent=1, sort_keys=True) + "\n")
+    return True
+
+
 def guard(record: dict | None, database: str, target_identity: dict, source_doc: dict, target_doc: dict,
           target_read_only: str | None = None) -> list[str]:
     """Why the pre-copy path may NOT be taken (empty: it may). Pure. ``target_read_only``: the target
-    database's own ``default_transaction_read_only`` setting (a rolled-back cutover leaves it frozen)."""
+    database's own ``default_transaction_read_only`` setting (a rolled-back cutover leaves it frozen: the
+    pre-copy path writes through that freeze only after a completed rollback, ``note_rollback``)."""
     if record is None:
         return ["no pre-copy is recorded (run `invoke restore` and `invoke verify` before the window)"]
     if record.get("database") != database:
@@ -185,8 +205,9 @@ def guard(record: dict | None, database: str, target_identity: dict, source_doc:
     if record.get("identity") != target_identity:
         return [f"the target's {database} is not the recorded pre-copy (identity {target_identity}, recorded {record.get('identity')})"]
     reasons = []
-    if target_read_only and target_read_only.split("=", 1)[-1].lower() in ("on", "true", "1", "yes"):
-        reasons.append(f"the target's {database} is read-only ({target_read_only}; a rolled-back cutover freezes it): "
+    if frozen(target_read_only) and not record.get("rolled_back"):
+        reasons.append(f"the target's {database} is read-only ({target_read_only}; a rolled-back cutover freezes it) and "
+                       "no completed rollback recorded that every change it took is back on the source: "
                        "`invoke restore` for a fresh pre-copy")
     want = record.get("schema") or {}
     if digest(source_doc) != record.get("schema_digest"):
