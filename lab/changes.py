@@ -42,7 +42,8 @@ def _first(device: int, day: str, column: str = "reported_at") -> str:
             f"AND reported_at >= '{day}' AND reported_at < '{day}'::date + 1)")
 
 
-def source_changes(run: int) -> str:
+def source_changes(run: int, late_device: int = 7) -> str:
+    """``late_device``: the device of the inserted rows (one the dataset has: scale 1 has 12, scale 0.5 six)."""
     at = f"interval '{int(run)} microseconds'"
     new_day = f"2024-03-01 10:00:00+00'::timestamptz + interval '{int(run) % 280} days"
     return f"""
@@ -52,9 +53,9 @@ UPDATE tracker.location_reports SET speed_kmh = 77.5
 DELETE FROM tracker.location_reports
   WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03' AND reported_at = {_first(6, '2024-01-02')};
 INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-VALUES (7, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false),
+VALUES ({int(late_device)}, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false),
 -- the newest chunk, and a chunk that did not exist
-       (7, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
+       ({int(late_device)}, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
        (3, '{new_day}', now(), ST_SetSRID(ST_MakePoint(2.35, 48.85), 4326)::geography, 40, 180, 90, 9, true);
 -- an uncompressed old chunk (2024-01-07): an update and a delete; then the source compresses it
 UPDATE tracker.location_reports SET heading = 1
@@ -80,12 +81,12 @@ SELECT lo_put({LARGE_OBJECT}, 0, convert_to('FW{int(run)}', 'UTF8'));
 """
 
 
-def target_changes(run: int = 0) -> str:
+def target_changes(run: int = 0, late_device: int = 7) -> str:
     at = f"interval '{int(run)} microseconds'"
     return f"""
 INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-VALUES (7, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
-       (7, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false);
+VALUES ({int(late_device)}, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
+       ({int(late_device)}, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false);
 UPDATE tracker.location_reports SET speed_kmh = 123.25
   WHERE (device_id, reported_at) = (SELECT device_id, reported_at FROM tracker.location_reports
                                     WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'

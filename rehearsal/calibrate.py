@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from lab import dataset
+from lab import changes, dataset
 from lab import tsdb
 from trackerdb.errors import OpsError
 from trackerdb.remote import Remote
@@ -128,3 +128,66 @@ def calibrate(settings, run_dir: Path, prepared: dict, say=None) -> dict:
     return {"database": CALIB_DB, "scale": prepared["scale"], "db_bytes": int(db_bytes),
             "dump_bytes": art.manifest["dump"]["size_bytes"], "generated_s": prepared["generated_s"],
             "phases": {k: round(v, 3) for k, v in phases.items()}, "rows": sum(counts["source"].values())}
+
+
+#: rows the live writer adds between the pre-copy's last round (1a) and the freeze, at its ~20 rows/s
+WRITER_ROWS = 400
+
+
+def calibrate_window(settings, run_dir: Path, say=None) -> dict:
+    """The pre-copy window's data phases on the restored calibration copy, as the window runs them: a day
+    of new data on the source, 1a's round (``prepare``: fingerprint both hosts, copy what differs), the
+    writer's rows since, the freeze, 2b (``delta``: only what changed since 1a, by tuple versions) and
+    verify against the frozen copy (reusing 2b's prints). The copy is frozen only for 2b and verify and
+    made writable again. ``{"phases": {"prepare", "delta", "verify"}, "rows_today", "bytes_copied"}``."""
+    from trackerdb.cutover import delta as dl
+    from trackerdb.cutover import freeze as fz
+    from trackerdb.cutover.journal import Journal
+    from trackerdb.cutover.phases import Ctx
+    from trackerdb.migrate.verify import run_verify
+    from trackerdb.psql import Psql
+
+    say = say or (lambda m: None)
+    cs = dataclasses.replace(settings, database=CALIB_DB)
+    out_dir = Path(run_dir) / "calibration"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, float] = {}
+    ctx = Ctx(cs, Journal(out_dir / "window.jsonl"), out_dir / "window-dump", progress=say)
+    with Remote(settings.require_source()) as src:
+        psql = Psql(src, settings.source_port, pinned=False)  # the application's SQL: PostGIS types by name
+        say(f"calibration: a day of new data on {CALIB_DB}, then the pre-copy window's data phases")
+        psql.run(changes.day_sql(changes.WRITER_DEVICE), CALIB_DB, timeout=3600)
+        try:
+            t = time.time()
+            keep: dict = {}
+            dl.run_delta(ctx, converge=False, keep=keep)
+            phases["prepare"] = time.time() - t
+            psql.run(_writer_rows_sql(WRITER_ROWS), CALIB_DB)
+            prior = fz.freeze(src, CALIB_DB, grace_s=5, port=settings.source_port).get("prior_read_only")
+            try:
+                t = time.time()
+                facts = dl.run_delta_kept(ctx, cached=keep)
+                phases["delta"] = time.time() - t
+                t = time.time()
+                checks = run_verify(cs, against_source=True, app_login=False, session=ctx.session,
+                                    content_reuse=dl.kept_prints(facts))
+                phases["verify"] = time.time() - t
+            finally:
+                fz.unfreeze(src, CALIB_DB, prior=prior, port=settings.source_port)
+        finally:
+            ctx.close()
+    failed = [f"{c.name}: {c.observed}" for c in checks if not c.ok]
+    if failed:
+        raise OpsError(f"calibration window on {CALIB_DB} did not verify: {'; '.join(failed[:3])}",
+                       hint="the measurement is void; the cutover itself was judged on its own")
+    return {"phases": {k: round(v, 3) for k, v in phases.items()}, "bytes_copied": facts.get("bytes_copied"),
+            "rounds": facts.get("rounds")}
+
+
+def _writer_rows_sql(n: int) -> str:
+    """``n`` rows of the writer's device in today's chunk, as the live writer adds them (one per instant)."""
+    return f"""INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
+SELECT {changes.WRITER_DEVICE}, date_trunc('day', now()) + g * interval '1 millisecond' + interval '1 microsecond' * (extract(epoch FROM now())::bigint % 1000),
+       now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 10, 90, 50, 7, true
+FROM generate_series(1, {int(n)}) g ON CONFLICT DO NOTHING;"""
+

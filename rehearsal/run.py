@@ -21,6 +21,9 @@ from pathlib import Path
 from lab import api as lab_api
 from lab import dataset
 from lab import writer as lab_writer
+
+from . import windows
+from trackerdb.cutover import phases as ph
 from trackerdb.errors import OpsError
 from trackerdb.rehearse.ops import (_flat, _journal_facts, _journal_records, _outcome_facts, acked_rows_on_target,
                                     rollback_check, split_journal, table_counts, verification_rows, write_reports,
@@ -33,6 +36,8 @@ DEFAULT_SCALE = 0.5  # a few minutes on 2 cores
 #: restore reserves max_wal_size (at least 1 GB) as free space on top of the data, and the cutover's
 #: preflight sizes that reserve for a 50 GB volume; 8 GB leaves room for both and for larger --scale.
 DEFAULT_VOLUME_GB = 8
+#: microseconds: this run's changed rows never collide with an earlier run's on a reused lab
+RUN = int(time.time() * 1e6) % 10_000_000
 
 
 class _Clock:
@@ -98,13 +103,13 @@ def _writer_available() -> bool:
 class WriterProc:
     """``python -m lab.writer`` as a child process (ours, stopped by its stop file, then by PID)."""
 
-    def __init__(self, run_dir: Path, say, env: dict, interval: float = 0.05):
+    def __init__(self, run_dir: Path, say, env: dict, interval: float = 0.05, name: str = "writer"):
         import subprocess
         import sys
 
-        self.log = run_dir / "writer.jsonl"
+        self.log = run_dir / f"{name}.jsonl"
         self.say = say
-        self.err = open(run_dir / "writer.stderr", "w")
+        self.err = open(run_dir / f"{name}.stderr", "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "lab.writer", "--log", str(self.log), "--seconds", "7200",
                                       "--interval", str(interval)], cwd=str(ROOT), env=dict(env),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err)
@@ -141,20 +146,87 @@ class WriterProc:
 
 def run_rehearsal(scale: float = DEFAULT_SCALE, replay_rollback: bool = False, lab_name: str | None = None,
                   progress=None, config: dict | None = None, keep_lab: bool = True, rollback: bool | None = None,
-                  volume_gb: int = DEFAULT_VOLUME_GB, calibrate_scale: float | None = None) -> dict:
+                  volume_gb: int = DEFAULT_VOLUME_GB, calibrate_scale: float | None = None, full: bool = False,
+                  drill: bool = True) -> dict:
     """Run the rehearsal; returns {"passed", "verdict", "report_json", "report_html", "report"}.
 
-    ``replay_rollback`` (or ``rollback``) adds the second pass: rollback with replay of the rows
-    written on the target after the switch. ``calibrate_scale`` (default ``calibrate.DEFAULT_SCALE``,
-    0 for none) is the scale of the calibration copy whose data phases give the projection's fit.
+    By default the runbook's order on the pre-copy path: the pre-copy before the window, new data under
+    the live writer, the window on its default (delta) path, the rollback drill and a second window
+    (``drill=False``: the first window only). ``full``: the full dump path instead (no pre-copy, no
+    drill); ``replay_rollback`` (or ``rollback``) then adds a rollback with replay after it.
+    ``calibrate_scale`` (default ``calibrate.DEFAULT_SCALE``, 0 for none) is the scale of the
+    calibration copy whose data phases give the projection's fit.
     """
     from .calibrate import DEFAULT_SCALE as CAL_SCALE
 
     cal = CAL_SCALE if calibrate_scale is None else float(calibrate_scale)
-    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb, cal)
+    return _run(scale, bool(replay_rollback or rollback), lab_name, progress, config, keep_lab, volume_gb, cal,
+                full=bool(full), drill=bool(drill) and not full)
 
 
-def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, cal_scale=0.0) -> dict:
+def _start_writer(run_dir: Path, say, env: dict, result: dict, name: str):
+    if not _writer_available():
+        result["meta"]["live_writer"] = "not available in this checkout (lab/writer.py)"
+        return None
+    say(f"starting the live writer (lab/writer.py) through the switchable endpoint ({name})")
+    proc = WriterProc(run_dir, say, env, name=name)
+    if not proc.wait_first_ack():
+        result["errors"].append(f"the live writer ({name}) never got a write acknowledged before the cutover")
+    return proc
+
+
+def _stop_writer(proc, settings, journal_path: Path, result: dict, key: str = "writer") -> list[dict]:
+    """Stop the writer (a few writes on the target first) and record what it saw in ``result[key]``."""
+
+    if proc is None:
+        return []
+    time.sleep(2)  # a few writes on the target after the cutover completes
+    records = proc.stop()
+    sw = _journal_facts(journal_path).get(ph.SWITCH) or {}
+    result[key] = writer_facts(records, sw.get("old"), sw.get("new"))
+    measured = lab_writer.outage(records, sw.get("new")) if sw.get("new") else None
+    if key == "writer" and measured and measured.get("end"):
+        result["outage"] = measured
+    acks = [r for r in records if r.get("event") == "ack"]
+    if acks and sw.get("new"):
+        with Remote(settings.target) as tgt:
+            found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port)
+        result[key] |= {"on_target": found, "lost": len(acks) - found}
+    return records
+
+
+def _counts_row(label: str, counts: dict) -> dict:
+    differ = sorted(t for t, c in counts.items() if c.get("source") != c.get("target"))
+    return {"name": f"{label}: row counts, source vs target right after verify", "ok": bool(counts) and not differ,
+            "observed": "equal in " + str(len(counts)) + " tables" if not differ else "differ: " + ", ".join(differ),
+            "expected": "equal", "evidence": "counted on both hosts before the switch"}
+
+
+def _every_ack_on_target(settings, acks: list[dict]) -> dict:
+    """After the last window: every write any endpoint acknowledged, across all three switches, on the target."""
+    with Remote(settings.target) as tgt:
+        found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port) if acks else 0
+    return {"acknowledged": len(acks), "on_target": found, "lost": len(acks) - found,
+            "switches": "first window, rollback, second window"}
+
+
+def _window(settings, run_dir: Path, journal_path: Path, say, full: bool, counts: dict) -> dict:
+    """``invoke cutover`` (its default path unless ``full``); the row counts on both hosts taken right after
+    verify, before the switch lets writes reach the target, into ``counts``."""
+    from trackerdb.cutover import ops as cutover
+
+    def verify_then_count(ctx, resume):
+        facts = ph.verify(ctx, resume)
+        counts["source"] = table_counts(ctx.remote("source"), settings.database, settings.source_port, dataset.TABLES)
+        counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port, dataset.TABLES)
+        return facts | {"rehearsal_counts": counts}
+
+    return cutover.run_cutover(settings, run_dir / journal_path.stem, progress=say, journal_path=journal_path,
+                               funcs={ph.VERIFY: verify_then_count}, full=full)
+
+
+def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, cal_scale=0.0, full=False,
+         drill=True) -> dict:
     from trackerdb.settings import Settings, lab_name as _lab_name
 
     say = progress or (lambda m: print(m, flush=True))
@@ -165,7 +237,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
     env["TRACKERDB_LAB"] = name
     clock = _Clock(say)
     result: dict = {"title": f"tracker cutover rehearsal (lab {name}, scale {scale:g})", "started": time.time(),
-                    "meta": {"environment": "lab", "lab": name, "scale": scale, "rollback": do_rollback},
+                    "meta": {"environment": "lab", "lab": name, "scale": scale, "rollback": do_rollback, "drill": drill,
+                             "run": RUN},
                     "journals": [], "errors": []}
     settings = None
     writer_ctl = None
@@ -187,7 +260,8 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
                                                 "postgres_version": settings.postgres_version,
                                                 "timescaledb": settings.timescaledb_version, "postgis": settings.postgis_version})
         with Remote(settings.require_source()) as src:
-            ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"]})(
+            ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"],
+                                                                  "devices": f["rows"]["tracker.devices"]})(
                 dataset.facts(src, settings.source_port)))
         result["sizes"] = {"source_db_bytes": ds["bytes"]}
         if cal_scale > 0:
@@ -196,6 +270,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             cal_prep = Background(prepare, settings, cal_scale, say=say)
         clock.step("lab.app-login", lab_app_login_on_source, settings)
         result["meta"]["dataset_rows"] = ds["rows"]
+        late = min(7, int(ds["devices"]))  # the changes' inserted rows go to a device the dataset has
 
         from trackerdb.backrest import ops as backrest
         from trackerdb.provision.ops import provision
@@ -205,60 +280,75 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
         result["meta"]["versions"] += measured_versions(settings)
         result["journals"].append({"label": "prepare", "entries": clock.entries})
 
-        # ---- the cutover, under a live writer --------------------------------------------------
+        # ---- runbook §3-4 before the window, then the window(s) under a live writer ---------------
         run_dir = Path(settings.state_dir) / "rehearsal" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
         journal_path = run_dir / "journal.jsonl"
         result["meta"]["journal"] = str(journal_path)
-        counts: dict = {}
-        from trackerdb.cutover import ops as cutover
-        from trackerdb.cutover import phases as ph
-
-        def verify_then_count(ctx, resume):
-            facts = ph.verify(ctx, resume)
-            # the moment that matters: source frozen, target restored and verified, no write reached it yet
-            counts["source"] = table_counts(ctx.remote("source"), settings.database, settings.source_port, dataset.TABLES)
-            counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port, dataset.TABLES)
-            return facts | {"rehearsal_counts": counts}
-
+        result["meta"]["path"] = "full" if full else "pre-copy (delta)"
+        if not full:
+            before = _Clock(say)
+            result["precopy"] = windows.precopy(settings, run_dir, before)
+            result["journals"].append({"label": "pre-copy", "entries": before.entries})
         if cal_prep is not None:
             started = time.time()
             result["meta"]["calibration_copy"] = cal_prep.join()
             say(f"[calibration] copy ready (waited {time.time() - started:.1f}s for it before the cutover)")
-        if _writer_available():
-            say("starting the live writer (lab/writer.py) through the switchable endpoint")
-            writer_ctl = WriterProc(run_dir, say, env)
-            if not writer_ctl.wait_first_ack():
-                result["errors"].append("the live writer never got a write acknowledged before the cutover")
-        else:
-            result["meta"]["live_writer"] = "not available in this checkout (lab/writer.py)"
-        try:
-            # the full dump path: the rehearsal measures it (the pre-copy path: benchmarks/precopy_window.py)
-            summary = cutover.run_cutover(settings, run_dir / "dump", progress=say, journal_path=journal_path,
-                                          funcs={ph.VERIFY: verify_then_count}, full=True)
-        finally:
-            if writer_ctl is not None:
-                time.sleep(2)  # a few writes on the target after the cutover completes
-                records = writer_ctl.stop()
-                writer_ctl = None
-                sw_facts = (_journal_facts(journal_path).get(ph.SWITCH) or {})
-                result["writer"] = writer_facts(records, sw_facts.get("old"), sw_facts.get("new"))
-                measured = lab_writer.outage(records, sw_facts.get("new")) if sw_facts.get("new") else None
-                if measured and measured.get("end"):
-                    result["outage"] = measured
-                acks = [r for r in records if r.get("event") == "ack"]
-                if acks and sw_facts.get("new"):
-                    with Remote(settings.target) as tgt:
-                        found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port)
-                    result["writer"] |= {"on_target": found, "lost": len(acks) - found}
+        writer_ctl = _start_writer(run_dir, say, env, result, "writer")
+        if not full:
+            data = _Clock(say)
+            result["new_data"] = data.step("source.new-data", windows.new_data, settings, RUN, late)
+            result["journals"].append({"label": "before the window", "entries": data.entries})
+        summary = _window(settings, run_dir, journal_path, say, full, counts := {})
         result["cutover_summary"] = summary
         result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}
         result["verification"] = verification_rows(summary, _journal_records(journal_path))
         dump_bytes = ((_journal_facts(journal_path).get(ph.DUMP) or {}).get("size_bytes"))
         if dump_bytes:
             result["sizes"]["dump_bytes"] = dump_bytes
+        acks_all: list[dict] = []
+        if drill:
+            windows.wait_acks(writer_ctl, 10, settings.target.address)
+            data = _Clock(say)
+            data.step("target.app-changes", windows.drill_changes, settings, RUN, late)
+            windows.wait_acks(writer_ctl, 20, settings.target.address)
+            result["journals"].append({"label": "rollback drill", "entries": data.entries})
+        records = _stop_writer(writer_ctl, settings, journal_path, result)
+        writer_ctl = None
+        acks_all += [r for r in records if r.get("event") == "ack"]
+        result["windows"] = [windows.window_facts("first window", summary, records, result["writer"].get("lost"))]
 
-        if do_rollback:
+        if drill:
+            from trackerdb.cutover.rollback import run_rollback
+
+            say("[rollback drill] the first attempt is rolled back: the target's changes replayed on the source")
+            rb = run_rollback(settings, journal_path, replay=True, progress=say, out_dir=run_dir)
+            result["rollback"] = _flat(rb) | {"exported": rb.get("exported"), "replayed": rb.get("replayed")}
+            on_target = [r for r in records if r.get("event") == "ack" and r.get("endpoint") == settings.target.address]
+            result["drill"] = windows.drill_checks(settings, rb, on_target)
+            result["verification"] += result["drill"]
+            result["journals"] += [g | {"label": "first window " + g["label"]} for g in split_journal(_journal_records(journal_path))]
+            # ---- the team tries again: a second window from the rolled-back state -------------------
+            journal_path = run_dir / "journal-second.jsonl"
+            result["meta"]["journal_second"] = str(journal_path)
+            writer_ctl = _start_writer(run_dir, say, env, result, "writer-second")
+            say("[second window] the cutover again, on its default path from the rolled-back state")
+            summary2 = _window(settings, run_dir, journal_path, say, False, counts2 := {})
+            records2 = _stop_writer(writer_ctl, settings, journal_path, result, key="writer_second")
+            writer_ctl = None
+            acks_all += [r for r in records2 if r.get("event") == "ack"]
+            result["windows"].append(windows.window_facts("second window", summary2, records2,
+                                                          result["writer_second"].get("lost")))
+            result["verification"] += [r | {"name": "second window: " + r["name"]}
+                                       for r in verification_rows(summary2, _journal_records(journal_path))]
+            # the report's counts and writer are the last window's (what the target serves); the first's kept beside
+            first = result.pop("counts")
+            result["counts"] = {t: {"source": counts2["source"].get(t), "target": counts2["target"].get(t)}
+                                for t in counts2.get("source", {})}
+            result["counts_first"] = first
+            result["verification"].append(_counts_row("first window", first))
+            result["writer_first"], result["writer"] = result.pop("writer", {}), result.pop("writer_second", {})
+        elif do_rollback:
             from trackerdb.cutover.rollback import run_rollback
 
             say("[rollback] second pass: rollback with replay")
@@ -276,14 +366,26 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             result["finish"] = lossless.finish(settings, journal_path, progress=say)
             bad = [c for c in result["finish"].pop("jobs", None) or [] if not c.ok]
             result["errors"] += [f"cutover-finish: {c.name}: {c.observed}" for c in bad]
-        result["journals"] += split_journal(_journal_records(journal_path))
+        if drill:
+            result["writer_all"] = _every_ack_on_target(settings, acks_all)
+            result["journals"] += [g | {"label": "second window " + g["label"]} for g in split_journal(_journal_records(journal_path))]
+            if result["writer_all"]["lost"]:
+                result["errors"].append(f"{result['writer_all']['lost']} of {result['writer_all']['acknowledged']} "
+                                        "acknowledged writes are not on the target after the second window")
+        else:
+            result["journals"] += split_journal(_journal_records(journal_path))
         if cal_scale > 0:
             from .calibrate import calibrate
 
             started = time.time()
             say(f"[calibration] the data phases again on a scale-{cal_scale:g} copy (for the projection's fit)")
-            result["calibration"] = [calibrate(settings, run_dir, result["meta"]["calibration_copy"], say=say)]
-            say(f"[calibration] ok in {time.time() - started:.1f}s: {result['calibration'][0]['phases']}")
+            cal = calibrate(settings, run_dir, result["meta"]["calibration_copy"], say=say)
+            if not full:  # the window's own phases at the second size; the full path's stay as the fallback's
+                from .calibrate import calibrate_window
+
+                cal = cal | {"fallback_phases": cal["phases"]} | calibrate_window(settings, run_dir, say=say)
+            result["calibration"] = [cal]
+            say(f"[calibration] ok in {time.time() - started:.1f}s: {cal['phases']}")
     except Exception as exc:  # noqa: BLE001 - a rehearsal that breaks still reports FAIL, with the reason
         if isinstance(exc, OpsError):
             result["errors"].append(exc.one_line())
@@ -299,7 +401,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
         if not any(g["label"] == "prepare" for g in result["journals"]):
             result["journals"].append({"label": "prepare", "entries": clock.entries})
         jp = result["meta"].get("journal")
-        if jp and Path(jp).exists() and not any(g["label"] == "cutover" for g in result["journals"]):
+        if jp and Path(jp).exists() and not any("cutover" in g["label"] for g in result["journals"]):
             result["journals"] += split_journal(_journal_records(Path(jp)))
     finally:
         if writer_ctl is not None:

@@ -77,16 +77,59 @@ def test_the_projection_is_fitted_over_two_sizes_of_the_same_data_phases(rehears
     cal = rep["calibration"]
     assert len(cal) == 1 and cal[0]["db_bytes"] > 5 * rep["sizes"]["source_db_bytes"], cal
     proj = rep["projection"]
-    fitted = {p["phase"]: p for p in proj["fit"]["phases"]}
-    assert set(fitted) == {"dump", "restore", "verify"}
+    # the pre-copy window's data phases, fitted over this run and the calibration copy's window
+    fitted = {p["phase"]: p for p in proj["fit"]["phases"] if p["n"] > 1}
+    assert set(fitted) == {"delta", "verify"}, proj["fit"]["phases"]
     for name, p in fitted.items():
         sizes = sorted(x for x, _ in p["points"])
         assert sizes == sorted([rep["sizes"]["source_db_bytes"], cal[0]["db_bytes"]]), name
         assert p["fixed_s"] is not None and p["per_gib_s"] is not None, name
-    # the restore's own time grows with the copy's size (the calibration measured real work)
-    assert cal[0]["phases"]["restore"] > dict((x, y) for x, y in fitted["restore"]["points"])[rep["sizes"]["source_db_bytes"]]
+    # 2b's own time grows with the copy's size (the calibration measured real work)
+    assert cal[0]["phases"]["delta"] > dict((x, y) for x, y in fitted["delta"]["points"])[rep["sizes"]["source_db_bytes"]]
     assert 0 < proj["uncertainty_s"] < proj["planning_outage_s"] < proj["projected_outage_s"]
     assert "planning outage at 11 GB" in Path(res["report_html"]).read_text()
+    # the full path's figure stays, as the fallback's: dump, restore and verify over the pre-copy and the copy
+    fb = rep["fallback_projection"]
+    assert {p["phase"] for p in fb["phases"]} == {"dump", "restore", "verify"} and fb["outage_s"] > proj["planning_outage_s"]
+
+
+def _runs(rep) -> Path:
+    return Path(rep["meta"]["journal"]).parent
+
+
+def test_the_window_took_the_precopy_path_and_the_drill_replayed_every_change(rehearsal):
+    """From the hosts and the files on disk (the journals, the writer's logs), not the report."""
+    from lab import writer as lw
+    from trackerdb.cutover.journal import Journal
+    from trackerdb.rehearse.ops import acked_rows_on_target
+
+    res, settings, _ = rehearsal
+    rep = res["report"]
+    run = _runs(rep)
+    for jp in (rep["meta"]["journal"], rep["meta"]["journal_second"]):
+        delta = Journal(jp).facts()["delta"]
+        assert delta["path"] == "delta" and delta["tables_and_chunks"]["compared"] > 0, delta
+        assert "deferred" in Journal(jp).facts()["dump"], "the window dumped: the full path"
+    with _remote(settings.source) as src, _remote(settings.target) as tgt:
+        # no window restored a database: only the pre-copy's restore made the target's tracker
+        dbs = _psql(tgt, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database "
+                         "WHERE datname LIKE 'tracker%' AND datname NOT LIKE 'tracker_calib%'").split(",")
+        assert dbs == ["tracker"], dbs
+        # the drill's changes on the target reached the source (the replay), then stayed through the second window
+        for host in (src, tgt):
+            assert _psql(host, "SELECT name FROM tracker.devices WHERE id = 2", db=settings.database) == "renamed after the switch"
+            assert _psql(host, "SELECT speed_kmh FROM tracker.location_reports WHERE device_id = 5 AND reported_at >= '2024-01-02' "
+                               "AND reported_at < '2024-01-03' ORDER BY reported_at LIMIT 1", db=settings.database) == "123.25"
+        first = lw.load(run / "writer.jsonl")
+        second = lw.load(run / "writer-second.jsonl")
+        on_target_first = [r for r in first if r["event"] == "ack" and r["endpoint"] == settings.target.address]
+        assert on_target_first, "no write reached the target in the first window"
+        # every write the target acknowledged in the first window is on the source (replayed) ...
+        assert acked_rows_on_target(src, settings.database, on_target_first, 5432) == len(on_target_first)
+        # ... and every write acknowledged anywhere, across the three switches, is on the target at the end
+        acks = [r for r in first + second if r["event"] == "ack"]
+        assert acked_rows_on_target(tgt, settings.database, acks, 5432) == len(acks) > len(on_target_first)
+    assert any(r["event"] == "ack" and r["endpoint"] == settings.source.address for r in second), "no write after the rollback"
 
 
 def test_row_counts_in_the_report_match_the_hosts(rehearsal):
@@ -116,8 +159,11 @@ def test_the_timeline_phases_really_ran(rehearsal):
     rep = res["report"]
     phases = {(p["group"], p["phase"]): p for p in rep["phases"]}
     for key in [("prepare", "provision"), ("prepare", "backrest.setup")] + [
-            ("cutover", p) for p in ("preflight", "freeze", "dump", "restore", "verify", "switch", "post")]:
+            ("pre-copy", f"precopy.{p}") for p in ("dump", "restore", "verify")] + [
+            (f"{w} window cutover", p) for w in ("first", "second")
+            for p in ("preflight", "prepare", "freeze", "delta", "verify", "switch", "post")]:
         assert phases[key]["state"] == "ok", key
+    assert phases[("first window rollback", "rollback")]["state"] == "ok"
     # the report's cutover times are the journal's on disk
     from trackerdb.cutover.phases import PHASES
 
@@ -125,8 +171,8 @@ def test_the_timeline_phases_really_ran(rehearsal):
     for name, st in journal.states().items():
         if name not in PHASES:  # bookkeeping such as the rollback capture's slot record is not a phase
             continue
-        assert phases[("cutover", name)]["start"] == pytest.approx(st.start)
-        assert phases[("cutover", name)]["end"] == pytest.approx(st.end)
+        assert phases[("first window cutover", name)]["start"] == pytest.approx(st.start)
+        assert phases[("first window cutover", name)]["end"] == pytest.approx(st.end)
     with _remote(settings.source) as src, _remote(settings.target) as tgt:
         # freeze: the source database is read-only
         ro = src.run(["psql", "-XAtc", f"SELECT setdatabase FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
@@ -142,7 +188,7 @@ def test_the_timeline_phases_really_ran(rehearsal):
         fulls = [b for s in info for b in s.get("backup", []) if b.get("type") == "full"]
         assert fulls
         # ... taken inside the post phase by the host's own clock (not the report's say-so)
-        post = phases[("cutover", "post")]
+        post = phases[("first window cutover", "post")]
         assert any(post["start"] - 5 <= b["timestamp"]["start"] <= b["timestamp"]["stop"] <= post["end"] + 5 for b in fulls), \
             ([b["timestamp"] for b in fulls], post["start"], post["end"])
     # switch: the application's record resolves to the target's own address (from the inventory, not the report)
@@ -150,8 +196,8 @@ def test_the_timeline_phases_really_ran(rehearsal):
     # the outage window is measured and lies between the freeze and the end of the switch (+ reconnect)
     out = rep["outage"]
     assert out["duration_s"] > 0
-    assert out["start"] >= phases[("cutover", "freeze")]["start"] - 1
-    assert out["end"] <= phases[("cutover", "switch")]["end"] + 30
+    assert out["start"] >= phases[("first window cutover", "freeze")]["start"] - 1
+    assert out["end"] <= phases[("first window cutover", "switch")]["end"] + 30
 
 
 def _signoff(settings):

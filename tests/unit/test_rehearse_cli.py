@@ -64,10 +64,31 @@ def test_rehearse_ends_with_the_verdict_and_paths(monkeypatch, capsys, passed, c
     monkeypatch.setattr(ops, "run_rehearsal", fake_run)
     if code:
         with pytest.raises(Exit) as e:
-            rehearsal_cli.rehearse(Context(), scale=0.25, rollback=True, lab="x")
+            rehearsal_cli.rehearse(Context(), scale=0.25, rollback=True, lab="x", full=True)
         assert e.value.code == code
     else:
-        rehearsal_cli.rehearse(Context(), scale=0.25, rollback=True, lab="x")
+        rehearsal_cli.rehearse(Context(), scale=0.25, rollback=True, lab="x", full=True)
     out = capsys.readouterr().out
     assert f"REHEARSAL {'PASS' if passed else 'FAIL'}" in out and "/s/report.html" in out and "/s/report.json" in out
     assert seen["scale"] == 0.25 and seen["replay_rollback"] is True and seen["lab_name"] == "x" and seen["keep_lab"] is False
+    assert seen["full"] is True
+
+
+def test_rehearse_takes_the_precopy_path_with_the_drill_by_default_and_refuses_rollback_without_full(monkeypatch, capsys):
+    from rehearsal import run as ops
+
+    seen = {}
+
+    def fake_run(scale, **kw):
+        seen.update(kw)
+        return {"passed": True, "verdict": "PASS", "failures": [], "report_json": "/s/report.json",
+                "report_html": "/s/report.html", "copy_dir": "/r", "report": {"outage": None, "projection": None}}
+
+    monkeypatch.setattr(ops, "run_rehearsal", fake_run)
+    rehearsal_cli.rehearse(Context(), lab="x")
+    assert seen["full"] is False and seen["drill"] is True
+    seen.clear()
+    with pytest.raises(Exit) as e:
+        rehearsal_cli.rehearse(Context(), rollback=True, lab="x")
+    assert e.value.code == 1 and not seen  # refused before anything ran
+    assert "--rollback goes with --full" in capsys.readouterr().err

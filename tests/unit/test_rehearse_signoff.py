@@ -223,3 +223,40 @@ def test_before_any_cutover_there_is_nothing_to_end_unless_a_slot_is_there():
     f["rollback_window"]["slots"] = [{"slot": SLOT, "retained_bytes": 0}]
     by, _ = _eval(f)
     assert by["rollback_window"].status == S.FAIL and "does not record" in by["rollback_window"].evidence
+
+
+def _precopy_report(drill_ok: bool = True) -> dict:
+    """A report of the default rehearsal: the pre-copy group, the windows and the rollback drill's checks."""
+    rep = copy.deepcopy(good_facts()["report"])
+    for p in rep["phases"]:
+        if p["group"] == "cutover":
+            p["group"] = "first window cutover"
+    rep["phases"] += [{"group": "pre-copy", "phase": f"precopy.{n}", "state": "ok", "duration_s": d}
+                      for n, d in (("dump", 1.1), ("restore", 11.4), ("verify", 4.4))]
+    rep["windows"] = [{"window": "first window", "path": "delta", "outage_writer_s": 12.0},
+                      {"window": "second window", "path": "delta", "outage_writer_s": 11.0}]
+    rep["verification"]["checks"] += [
+        {"name": "rollback drill: the changes captured on the target were replayed on the source", "ok": True,
+         "observed": "exported 861, replayed 861", "expected": "", "evidence": ""},
+        {"name": "rollback drill: source and target equal by content after the replay", "ok": drill_ok,
+         "observed": "equal" if drill_ok else "differ: tracker.devices", "expected": "", "evidence": ""}]
+    rep["verification"]["ok"] = drill_ok
+    return rep
+
+
+def test_restore_and_rollback_items_cite_the_precopy_the_windows_and_the_drill():
+    f = good_facts()
+    f["report"] = _precopy_report()
+    by, _ = _eval(f)
+    assert by["restore"].status == S.PASS, by["restore"].evidence
+    assert "restore 11.4 s, verify 4.4 s (the pre-copy before the window)" in by["restore"].evidence
+    assert "second window: delta path" in by["restore"].evidence
+    assert by["logical_backup"].status == S.PASS and "dump in 1.1 s (the pre-copy before the window)" in by["logical_backup"].evidence
+    assert by["rollback_point"].status == S.PASS and "rehearsed: rollback drill: exported 861, replayed 861" in by["rollback_point"].evidence
+
+
+def test_a_failed_rollback_drill_fails_the_rollback_decision_point_item():
+    f = good_facts()
+    f["report"] = _precopy_report(drill_ok=False)
+    by, _ = _eval(f)
+    assert by["rollback_point"].status == S.FAIL and "differ: tracker.devices" in by["rollback_point"].evidence

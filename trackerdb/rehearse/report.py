@@ -24,7 +24,7 @@ import re
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 
-from . import fit
+from . import fit, paths
 
 SCHEMA = 1
 #: The production tracker database (runbook: "~11 GB"), counted in binary units to err on the long side.
@@ -39,7 +39,7 @@ RUNNING_OUTCOMES = {"", "start", "started", "running", "begin", "in-progress", "
 # the application's own stop (hooks) starts the outage when it runs before the freeze
 _OUTAGE_START = re.compile(r"^app_stop$|freeze|stop[_ -]?writes|read[_ -]?only", re.I)
 _OUTAGE_END = re.compile(r"switch", re.I)
-_SCALES = re.compile(r"dump|restore|verify|transfer|copy|upload|download|load", re.I)
+_SCALES = re.compile(r"dump|restore|verify|transfer|copy|upload|download|load|delta", re.I)
 _TRANSFER = re.compile(r"transfer|copy|upload|download", re.I)
 _RESTORE = re.compile(r"restore|load", re.I)
 _DUMP = re.compile(r"dump", re.I)
@@ -164,7 +164,8 @@ def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
             "duration_s": None if start is None or end is None else round(end - start, 3),
             "outcome": r["outcome"] or ("ended" if end is not None else "not finished"),
             "state": state,
-            "scales_with_data": bool(_SCALES.search(r["phase"])),
+            # a data phase that moved nothing (the pre-copy path's deferred dump, skipped restore) is a fixed cost
+            "scales_with_data": bool(_SCALES.search(r["phase"])) and not {"deferred", "skipped"} & set(r["facts"] or {}),
             "attempts": r["attempts"],
             "facts": r["facts"],
         })
@@ -440,6 +441,11 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
         failures.append(f"the live writer lost {writer['lost']} acknowledged rows")
     if window is None:
         failures.append("no outage window found (no freeze -> switch in the journal)")
+    failures += paths.failures(result)
+    fallback = None
+    if projection and projection.get("fit"):
+        fallback = paths.fallback_projection(phases, result.get("calibration"), sizes.get("source_db_bytes"),
+                                             projection["prod_bytes"], projection["fit"]["fixed_s"], GP3_BASELINE_BPS)
     versions = list((result.get("meta") or {}).get("versions") or [])
     failures += [f"version {v['name']}: lab {v['lab'] or '?'} != production {v['production'] or '?'}"
                  for v in versions if v.get("status") == "DEVIATION"]
@@ -467,6 +473,11 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
         "projection": projection,
         "calibration": list(result.get("calibration") or []),
         "writer": writer,
+        "writer_all": dict(result.get("writer_all") or {}),
+        "windows": paths.window_rows(result),
+        "precopy": dict(result.get("precopy") or {}),
+        "new_data": dict(result.get("new_data") or {}),
+        "fallback_projection": fallback,
         "signoff": {"items": signoff_rows(result.get("signoff"))},
     }
 

@@ -156,6 +156,7 @@ def render_html(report: dict) -> str:
     out.append('<div class="kpis">' + "".join(
         f'<div class="kpi"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>' for a, b, c in kpis) + "</div>")
 
+    out += _windows_section(r)
     out.append("<h2>Timeline</h2>")
     out.append(timeline_svg(r["phases"], outage))
     out.append("<table><tr><th>run</th><th>phase</th><th>start</th><th>duration</th><th>outcome</th><th>in outage</th><th>facts</th></tr>")
@@ -209,6 +210,10 @@ def render_html(report: dict) -> str:
     else:
         out.append('<p class="fail">no projection: the outage window or the measured database size is missing</p>')
 
+    fb = r.get("fallback_projection")
+    if fb:
+        out.append(f"<p>The fallback's figure: <b>{_e(human_seconds(fb['outage_s']))} ± {_e(human_seconds(fb['uncertainty_s']))}</b> "
+                   f"at 11 GB on the full dump path ({_e(fb['basis'])}).</p>")
     out.append("<h2>Signoff checklist</h2>")
     items = r["signoff"]["items"]
     if items:
@@ -253,4 +258,35 @@ def _fit_section(proj: dict) -> list[str]:
                    f"<td class=num>{_e(per)}</td><td class=num>{_e(human_seconds(p['projected_s']))} ± "
                    f"{_e(human_seconds(f['sigmas'] * p['sigma_s']))}{_e(cap)}</td></tr>")
     out.append("</table>")
+    return out
+
+
+def _windows_section(r: dict) -> list[str]:
+    """The path each window took and why, 2b's work, both outages, the writer's acknowledgements."""
+    rows = r.get("windows") or []
+    if not rows:
+        return []
+    out = ["<h2>Path and windows</h2>"]
+    pre = r.get("precopy") or {}
+    if pre:
+        out.append(f"<p>Pre-copy before the window (runbook §3-4): dump {_e(human_bytes(pre.get('dump_bytes')))}, restored, "
+                   f"{_e(pre.get('checks'))} checks against its manifest. New data on the source after it: "
+                   f"{_e(_n((r.get('new_data') or {}).get('rows_today')))} rows in today's chunk, "
+                   f"{_e((r.get('new_data') or {}).get('other_changes', ''))}.</p>")
+    out.append("<table><tr><th>window</th><th>path</th><th>why</th><th>compared</th><th>moved</th><th>bytes</th>"
+               "<th>rounds</th><th>slices</th><th>archiving wait</th><th>outage (writer)</th><th>outage (journal)</th>"
+               "<th>acks</th><th>lost</th></tr>")
+    for w in rows:
+        out.append(f"<tr><td>{_e(w['window'])}</td><td>{_e(w['path'])}</td><td class=muted>{_e(w['why'])}</td>"
+                   f"<td class=num>{_e(_n(w['compared']))}</td><td class=num>{_e(_n(w['moved']))}</td>"
+                   f"<td class=num>{_e(human_bytes(w['bytes_copied']))}</td><td class=num>{_e(_n(w['rounds']))}</td>"
+                   f"<td class=num>{_e(_n(w['slices']))}</td><td class=num>{_e(human_seconds(w['archive_wait_s']))}</td>"
+                   f"<td class=num>{_e(human_seconds(w['outage_writer_s']))}</td>"
+                   f"<td class=num>{_e(human_seconds(w['outage_journal_s']))}</td><td class=num>{_e(_n(w['acks']))}</td>"
+                   f"{_status_cell(not w['lost'])}</tr>")
+    out.append("</table>")
+    every = r.get("writer_all") or {}
+    if every:
+        out.append(f"<p>Across {_e(every.get('switches'))}: {_e(_n(every.get('acknowledged')))} writes acknowledged, "
+                   f"{_e(_n(every.get('on_target')))} on the target at the end, <b>{_e(_n(every.get('lost')))} lost</b>.</p>")
     return out

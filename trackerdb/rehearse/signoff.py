@@ -143,8 +143,35 @@ def _report_problem(rep: dict, now: float, max_age_s: float) -> str | None:
     return None
 
 
-def _phase(rep: dict, name: str) -> dict | None:
-    return next((p for p in rep.get("phases") or [] if p.get("phase") == name and p.get("group") == "cutover"), None)
+#: the report's groups of the (first) cutover window: "cutover" (--full, older reports) or the drill's names
+_WINDOW_GROUPS = ("cutover", "first window cutover")
+
+
+def _phase(rep: dict, name: str, groups=_WINDOW_GROUPS) -> dict | None:
+    return next((p for p in rep.get("phases") or [] if p.get("phase") == name and p.get("group") in groups), None)
+
+
+def _did(rep: dict, name: str) -> tuple[dict | None, str]:
+    """The phase that did the work: the pre-copy's (runbook §3-4, before the window) when the rehearsal took
+    the pre-copy path, else the window's own (the full path)."""
+    pre = _phase(rep, f"precopy.{name}", ("pre-copy",))
+    return (pre, "the pre-copy before the window") if pre else (_phase(rep, name), "the window (full path)")
+
+
+def _windows_text(rep: dict) -> str:
+    rows = rep.get("windows") or []
+    return "; ".join(f"{w.get('window')}: {w.get('path')} path, outage {w.get('outage_writer_s')} s as the writer saw it"
+                     for w in rows)
+
+
+def _drill_text(rep: dict) -> str | None:
+    drill = [c for c in (rep.get("verification") or {}).get("checks") or [] if str(c.get("name", "")).startswith("rollback drill")]
+    if not drill:
+        return None
+    bad = [c for c in drill if not c.get("ok")]
+    if bad:
+        return "FAILED: " + "; ".join(f"{c['name']}: {c['observed']}" for c in bad)
+    return "rollback drill: " + "; ".join(str(c.get("observed")) for c in drill)
 
 
 def item_logical_backup(f: dict, now: float, max_age_s: float) -> tuple[str, str]:
@@ -152,12 +179,15 @@ def item_logical_backup(f: dict, now: float, max_age_s: float) -> tuple[str, str
     problem = _report_problem(rep, now, max_age_s)
     if problem:
         return FAIL, problem
-    dump = _phase(rep, "dump")
+    dump, where = _did(rep, "dump")
     if not dump or dump.get("state") != "ok":
         return FAIL, f"rehearsal {rep['path']} has no successful dump phase"
     thr = (rep.get("throughput") or {}).get("transfer") or {}
+    final = _phase(rep, "final_dump")
     return PASS, (f"rehearsal {rep['path']} PASS, {(now - rep['mtime']) / 3600:.1f} h ago: dump in {dump.get('duration_s')} s"
-                  + (f", {thr.get('bytes')} bytes" if thr.get("bytes") else ""))
+                  f" ({where})" + (f", {thr.get('bytes')} bytes" if thr.get("bytes") else "")
+                  + (f"; the window's final dump after the switch in {final.get('duration_s')} s"
+                     if final and final.get("state") == "ok" and final.get("duration_s") else ""))
 
 
 def item_restore(f: dict, now: float, max_age_s: float) -> tuple[str, str]:
@@ -165,15 +195,17 @@ def item_restore(f: dict, now: float, max_age_s: float) -> tuple[str, str]:
     problem = _report_problem(rep, now, max_age_s)
     if problem:
         return FAIL, problem
-    restore, verify = _phase(rep, "restore"), _phase(rep, "verify")
+    (restore, where), (verify, _) = _did(rep, "restore"), _did(rep, "verify")
     counts = rep.get("counts") or {}
     ver = rep.get("verification") or {}
     if not restore or restore.get("state") != "ok" or not verify or verify.get("state") != "ok":
         return FAIL, f"rehearsal {rep['path']} lacks a successful restore and verify"
     if not counts.get("ok") or not ver.get("ok"):
         return FAIL, f"rehearsal {rep['path']}: verification ok={ver.get('ok')}, row counts ok={counts.get('ok')}"
-    return PASS, (f"rehearsal {rep['path']}: restore {restore.get('duration_s')} s, verify {verify.get('duration_s')} s, "
-                  f"{len(ver.get('checks') or [])} checks ok, {counts.get('target_total')} rows match the source")
+    windows = _windows_text(rep)
+    return PASS, (f"rehearsal {rep['path']}: restore {restore.get('duration_s')} s, verify {verify.get('duration_s')} s "
+                  f"({where}), {len(ver.get('checks') or [])} checks ok, {counts.get('target_total')} rows match the source"
+                  + (f"; {windows}" if windows else ""))
 
 
 def item_wal(f: dict) -> tuple[str, str]:
@@ -235,7 +267,11 @@ def item_rollback_point(f: dict) -> tuple[str, str]:
     text = p.get("decision_point") or ""
     if "decision point" not in text.lower() or "rollback" not in text.lower():
         return FAIL, "the cutover plan does not print a rollback decision point"
-    return PASS, f"`invoke cutover --dry-run` prints ({p.get('phases')} phases): {text[:240]}"
+    drill = _drill_text(f.get("report") or {})
+    if drill and drill.startswith("FAILED"):
+        return FAIL, f"the rehearsal's {drill}"
+    return PASS, (f"`invoke cutover --dry-run` prints ({p.get('phases')} phases): {text[:240]}"
+                  + (f"; rehearsed: {drill}" if drill else ""))
 
 
 def item_secrets(f: dict) -> tuple[str, str]:
