@@ -104,6 +104,9 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
         journal.add_secret(notifier.secret)
     try:
         _add_secrets(ctx, settings)
+        recorded = journal.state(ph.PREFLIGHT).facts.get(bd.KEY) or {}
+        if recorded.get(bd.SYSTEM_ID):  # resumed: the target answering must be the cluster the preflight saw
+            bd.check_target(journal.path, recorded, bd.target_system_identifier(ctx.session.psql("target")))
         for phase, action in decide(ph.PHASES, journal.states()):
             if action == SKIP:
                 say(f"[{phase}] done earlier: skipped")
@@ -125,7 +128,8 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
                     exc.hint = (exc.hint + "; " if exc.hint else "") + f"re-run to resume, or {rollback_command(journal_path)}"
                 raise
             if phase == ph.PREFLIGHT:
-                facts = {**facts, bd.KEY: bd.binding(settings)}
+                sysid = facts.pop(bd.SYSTEM_ID, None)
+                facts = {**facts, bd.KEY: {**bd.binding(settings), **({bd.SYSTEM_ID: sysid} if sysid else {})}}
             journal.end(phase, "ok", facts)
             notifier.phase(phase, "ok", ph.TITLES[phase], elapsed_s=time.monotonic() - started)
             say(f"[{phase}] ok in {time.monotonic() - started:.1f}s")

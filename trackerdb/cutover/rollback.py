@@ -228,6 +228,10 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
         # 1. stop writes on the target (a dead target must not block the way back)
         target_ok = True
         try:
+            # the cluster this journal's preflight saw, or none of its business (a dead target is checked when it answers)
+            bound = (states.get(ph.PREFLIGHT) or ph_state(ph.PREFLIGHT)).facts.get(bd.KEY) or {}
+            if bound.get(bd.SYSTEM_ID):
+                bd.check_target(journal.path, bound, bd.target_system_identifier(Psql(tgt, port)))
             tfacts = Psql(tgt, port).json(fz.facts_sql(db))
             if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
@@ -235,6 +239,8 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
                 facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, port=port, progress=say)
                 if not was_read_only:
                     undo.append(("target", tf["prior_read_only"]))
+        except bd.BindingError:
+            raise
         except OpsError as exc:
             target_ok, tfacts = False, {"exists": False}
             facts["target_unreachable"] = exc.one_line()
