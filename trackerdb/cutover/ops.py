@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .. import limits
 from ..errors import OpsError
 from ..secrets import redact
 from . import binding as bd
@@ -116,12 +117,14 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
             journal.begin(phase, {"resumed": action == RESUME})
             notifier.phase(phase, "start", ph.TITLES[phase] + (" (resumed)" if action == RESUME else ""))
             try:
-                facts = funcs[phase](ctx, action == RESUME) or {}
+                with limits.phase(limits.for_phase(settings, phase) if phase in limits.DEFAULTS else None):
+                    facts = funcs[phase](ctx, action == RESUME) or {}
             except BaseException as exc:  # KeyboardInterrupt too: the journal must say it stopped
                 # scrubbed before it is shortened: a cut could leave half a secret that no mask matches
                 msg = exc.one_line() if isinstance(exc, OpsError) else \
                     f"{type(exc).__name__}: {redact(str(exc), *journal.secrets, *ctx.session.masked)[:300]}"
-                journal.end(phase, "failed", error=msg)
+                journal.end(phase, "failed", facts={"limit_hit": exc.limit} if isinstance(exc, limits.TimeLimitError) else None,
+                            error=msg)
                 notifier.phase(phase, "failed", ph.TITLES[phase], error=msg, rollback=rollback_command(journal_path),
                                elapsed_s=time.monotonic() - started)
                 if isinstance(exc, OpsError) and phase != ph.PREFLIGHT:

@@ -31,6 +31,7 @@ from . import switch as sw
 from ..files import write_private
 from .journal import Journal
 from .journal import PhaseState as ph_state
+from .. import limits
 from ..psql import Psql
 from ..sql import ident, literal, qualified
 
@@ -202,6 +203,13 @@ def _count_lines(copy_data: str) -> int:
 
 # ---- executor --------------------------------------------------------------------------------
 def run_rollback(settings, journal_path, replay: bool = False, progress=None, out_dir=None) -> dict:
+    """Roll back the cutover of ``journal_path`` (see the module's steps); every SQL session runs with the
+    rollback's time limits (``limits.ROLLBACK``)."""
+    with limits.phase(limits.for_phase(settings, limits.ROLLBACK)):
+        return _rollback(settings, journal_path, replay, progress, out_dir)
+
+
+def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
     say = progress or (lambda m: None)
     journal = Journal(journal_path)
     states = journal.states()
@@ -296,7 +304,8 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
             facts["switch"] = switcher.apply(new, old, progress=say)
     except BaseException as exc:
         facts_undo = _undo(undo, src if undo else None, tgt if undo else None, settings, say)
-        journal.end(ROLLBACK, "failed", facts={"undone": facts_undo},
+        journal.end(ROLLBACK, "failed", facts={"undone": facts_undo, **({"limit_hit": exc.limit} if isinstance(
+                        exc, limits.TimeLimitError) else {})},
                     error=exc.one_line() if isinstance(exc, OpsError) else type(exc).__name__)
         if isinstance(exc, OpsError) and facts_undo:
             exc.hint = ((exc.hint + "; ") if exc.hint else "") + (
