@@ -83,6 +83,26 @@ def failing_statement(sql: str, stderr: str) -> str:
     return first[:160]
 
 
+_LINE_TEXT = re.compile(r"^LINE \d+: (.*)$", re.M)
+
+
+def blocked_statement(sql: str, stderr: str) -> str:
+    """The statement a cancelled script was running: the line psql names, else the statement around the line
+    PostgreSQL quotes (``LINE n: …``), else the script without its pinned line."""
+    if _STDIN_LINE.search(stderr or ""):
+        return failing_statement(sql, stderr)
+    lines = sql.splitlines()
+    m = _LINE_TEXT.search(stderr or "")
+    text = m.group(1).strip().removeprefix("...").removesuffix("...").strip() if m else ""
+    for i, ln in enumerate(lines):
+        if text and text in ln:
+            start = i
+            while start > 0 and not lines[start - 1].rstrip().endswith(";"):
+                start -= 1
+            return "\n".join(lines[start:i + 1])
+    return "\n".join(ln for ln in lines if not ln.startswith(PIN))
+
+
 def parse_json(stdout: str):
     """A JSON value from psql -At output. The value may span lines (json_agg puts each element on its own
     line) and earlier statements may print before it (SET, a SELECT's value): the longest tail of the
@@ -138,7 +158,7 @@ class Psql:
         if check and not res.ok:
             which = limits.hit(res.stderr or res.stdout) if lim is not None else None
             if which:
-                raise self.limit_error(lim, which, database, failing_statement(sent, res.stderr), res)
+                raise self.limit_error(lim, which, database, blocked_statement(sent, res.stderr), res)
             raise self.error(sent, database, res, sensitive)
         return res
 

@@ -273,3 +273,17 @@ def test_stop_line_ends_the_wrapper_and_its_children_and_leaves_a_reused_pid_alo
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("stderr, kind", [
+    # psql on stdin names no line; PostgreSQL quotes the statement's line (measured in the lab)
+    ("ERROR:  canceling statement due to lock timeout\nLINE 2:  (SELECT count(*) FROM tracker.devices));\n", "SELECT"),
+    ("psql:<stdin>:5: ERROR:  canceling statement due to lock timeout\n", "DELETE"),
+    ("ERROR:  canceling statement due to lock timeout\n", "SELECT"),
+])
+def test_the_blocked_statement_is_found_in_a_script_that_starts_with_settings(stderr, kind):
+    from trackerdb.psql import blocked_statement
+
+    sent = (pin_line() + "\nSET LOCAL x = 1;\nSELECT json_build_object('n',\n (SELECT count(*) FROM tracker.devices));\n"
+            "DELETE FROM ONLY tracker.a;\n")
+    assert limits.statement_kind(blocked_statement(sent, stderr)) == kind

@@ -25,7 +25,7 @@ from .. import limits
 from .. import tsdb_api as api
 from ..errors import OpsError
 from ..migrate import schema_print as sp
-from ..psql import Psql, failing_statement
+from ..psql import Psql, blocked_statement
 from ..remote import Remote, wrap
 from . import delta_slices as ds
 from . import delta_sql as dq
@@ -297,7 +297,7 @@ def _limit_hit(database: str, *sides) -> None:
     for psql, err, script in sides:
         which = limits.hit(err) if lim is not None else None
         if which:
-            raise psql.limit_error(lim, which, database, failing_statement(script, err))
+            raise psql.limit_error(lim, which, database, blocked_statement(script, err))
 
 
 def _differing_slices(ctx, key: str, src: dict, tgt: dict) -> list[int] | None:
