@@ -31,10 +31,11 @@ def reported(err: bytes | bytearray) -> tuple[int | None, bytes]:
 
 
 def end_line(pid: int) -> list[str]:
-    """Run as root: TERM to ``pid``'s children, then to ``pid`` itself (sudo passes it on to the command it runs)."""
+    """Run as root: TERM to ``pid`` and every process under it, all collected before any is signalled
+    (a shell's child outlives its parent, re-parented: ended here too)."""
     p = str(int(pid))
-    return ["sh", "-c", f"for c in $(cat /proc/{p}/task/*/children 2>/dev/null); do kill -TERM \"$c\"; done; "
-                        f"kill -TERM {p} 2>/dev/null; true"]
+    return ["sh", "-c", "tree() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do tree \"$c\"; done; echo \"$1\"; }; "
+                        f"kill -TERM $(tree {p}) 2>/dev/null; true"]
 
 
 def end_reported(chan, err: bytearray, host, chunk: int = 65536) -> int | None:
