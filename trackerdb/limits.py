@@ -93,6 +93,14 @@ def for_phase(settings, phase: str) -> Limits:
     return Limits(phase, lock, stmt)
 
 
+def plan_line(settings) -> str:
+    """The limits each window phase will run with (the dry run's line)."""
+    got = parse(getattr(settings, "window_limits", None))
+    return ("time limits (lock_timeout/statement_timeout per phase): "
+            + ", ".join(f"{p} {lock}s/{stmt}s" for p, (lock, stmt) in got.items())
+            + f"; streams {STREAM_DEADLINE_S}s, detached jobs {JOB_DEADLINE_S}s")
+
+
 def set_sql(lim: Limits | None) -> str:
     """The session settings of ``lim`` on one line ('' without limits). Only integers and a phase name
     from ``DEFAULTS`` are formatted into it."""

@@ -287,3 +287,11 @@ def test_the_blocked_statement_is_found_in_a_script_that_starts_with_settings(st
     sent = (pin_line() + "\nSET LOCAL x = 1;\nSELECT json_build_object('n',\n (SELECT count(*) FROM tracker.devices));\n"
             "DELETE FROM ONLY tracker.a;\n")
     assert limits.statement_kind(blocked_statement(sent, stderr)) == kind
+
+
+def test_the_dry_run_says_the_limits_each_phase_will_run_with():
+    line = limits.plan_line(FakeSettings())
+    assert "freeze 10s/1800s" in line and "switch 3s/300s" in line and "streams 3600s, detached jobs 10800s" in line
+    from trackerdb.cutover import ops as o
+
+    assert line in o.dry_run_details(FakeSettings())

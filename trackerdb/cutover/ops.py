@@ -55,6 +55,7 @@ def dry_run_details(settings) -> list[str]:
 
     lines += hooks.dry_run_lines(hooks.parse_config(getattr(settings, "application", None)))
     lines.append(app_path_tls_line(settings))
+    lines.append(limits.plan_line(settings))
     lines.append("verify (phase 5): every table and chunk range digested on the frozen source and the target at once; "
                  "the pre-copy path re-reads only what was written since the delta's last prints (about 37 s at 11 GB "
                  "measured), the full path reads both databases whole inside the window (0.85-1.3x pg_dump's time "
