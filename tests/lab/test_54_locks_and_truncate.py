@@ -12,6 +12,9 @@ same command resumes and the window completes.
 After the switch the application runs ``TRUNCATE a, b`` and ``TRUNCATE parent CASCADE`` on the target, with
 inserts after each. ``invoke rollback --replay`` reads every record of the capture slot (no fallback to the
 heuristic export) and the source ends equal to the target for those four tables.
+
+The journal's binding holds the target cluster's system identifier; a copy of the journal whose identifier
+is another cluster's is refused by `invoke cutover` and `invoke rollback` in one line, changing nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 import pytest
 
 from trackerdb import limits
+from trackerdb.cutover import binding as bd
+from trackerdb.cutover import freeze as fz
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover import hooks as hk
 from trackerdb.cutover.journal import Journal
@@ -176,3 +181,20 @@ def test_truncates_in_the_rollback_window_are_read_and_carried_back(world):
     assert tgt["tracker.t54_a"] == [{"id": RUN, "v": "after the truncate"}] and tgt["tracker.t54_b"] == []
     assert tgt["tracker.t54_child"] == [{"id": 70, "parent_id": 7}]
     assert src == tgt
+
+
+def test_the_binding_holds_the_targets_system_identifier_and_another_clusters_journal_is_refused(world, tmp_path):
+    s, journal = world["settings"], world["journal"]
+    recorded = Journal(journal).state(ph.PREFLIGHT).facts[bd.KEY][bd.SYSTEM_ID]
+    with Remote(s.target) as tgt:
+        assert run_sql(tgt, bd.SYSTEM_ID_SQL).stdout.strip() == recorded
+    other = tmp_path / "other-cluster.jsonl"  # the window's journal up to its rollback, naming another cluster
+    kept = [ln for ln in journal.read_text().splitlines(keepends=True) if '"phase": "rollback"' not in ln]
+    other.write_text("".join(kept).replace(f'"{bd.SYSTEM_ID}": "{recorded}"', f'"{bd.SYSTEM_ID}": "7000000000000000001"'))
+    assert "7000000000000000001" in other.read_text() and recorded not in other.read_text()
+    for run in (lambda: run_cutover(s, tmp_path / "d", journal_path=other), lambda: run_rollback(s, other, replay=True)):
+        with pytest.raises(bd.BindingError) as e:
+            run()
+        assert f"another target cluster: system identifier 7000000000000000001 recorded, {recorded} now" in e.value.one_line()
+    with Remote(s.source) as src:  # the rollback refused before it touched anything: the source still serves
+        assert not fz.is_read_only(src, s.database, s.source_port)
