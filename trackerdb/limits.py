@@ -21,11 +21,12 @@ Chosen numbers, and why:
   wait longer than that is a session that will not let go); 30 s for the delta and verify, whose writes
   and reads may queue behind the target's own TimescaleDB jobs (a refresh policy holds a materialization
   for seconds in the lab).
-- ``statement_timeout``: 30 min for the data phases (delta, verify, rollback: one COPY, one digest, one
-  replay), above the whole database's digest at 11 GB (3.5-9 min measured for both databases, README) so
-  only a stuck statement reaches it; 30 min for the freeze too (it refreshes every continuous aggregate
-  over its whole range in one statement each); 5 min for the switch (the capture slot waits only for the
-  transactions running on the target, which serves nobody yet).
+- ``statement_timeout``: 30 min for the data phases (delta, verify: one COPY, one digest), above the whole
+  database's digest at 11 GB (3.5-9 min measured for both databases, README) so only a stuck statement
+  reaches it; 30 min for the freeze too (it refreshes every continuous aggregate over its whole range in
+  one statement each); 5 min for the switch (the capture slot waits only for the transactions running on
+  the target, which serves nobody yet); 4 h for the rollback, whose slot read and replay are one statement
+  each and grow with how long the target served before the decision (nothing measured them at scale).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .errors import ConfigError, HostError
 
 FREEZE, DELTA, VERIFY, SWITCH, ROLLBACK = "freeze", "delta", "verify", "switch", "rollback"
 # phase: (lock_timeout_s, statement_timeout_s)
-DEFAULTS = {FREEZE: (10, 1800), DELTA: (30, 1800), VERIFY: (30, 1800), SWITCH: (10, 300), ROLLBACK: (10, 1800)}
+DEFAULTS = {FREEZE: (10, 1800), DELTA: (30, 1800), VERIFY: (30, 1800), SWITCH: (10, 300), ROLLBACK: (10, 14400)}
 LOCK, STATEMENT = "lock_timeout", "statement_timeout"
 MAX_S = 24 * 3600
 

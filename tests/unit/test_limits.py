@@ -51,7 +51,8 @@ def test_defaults_and_overrides_per_phase():
     assert limits.parse(None) == limits.DEFAULTS
     got = limits.parse({"delta": {"lock_timeout_s": 5}, "switch": {"statement_timeout_s": 60}})
     assert got["delta"] == (5, limits.DEFAULTS["delta"][1]) and got["switch"] == (limits.DEFAULTS["switch"][0], 60)
-    assert all(lock <= 30 and stmt <= 1800 for lock, stmt in limits.DEFAULTS.values())
+    assert all(lock <= 30 and stmt <= 1800 for p, (lock, stmt) in limits.DEFAULTS.items() if p != limits.ROLLBACK)
+    assert limits.DEFAULTS[limits.ROLLBACK] == (10, 4 * 3600)
 
 
 @pytest.mark.parametrize("raw, says", [
