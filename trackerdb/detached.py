@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import HostError
+from .limits import JOB_DEADLINE_S
 from .safe_paths import ensure_dir
 
 STARTING_GRACE_S = 30  # between launching and the wrapper writing its pid
@@ -113,6 +114,20 @@ def status_line(d: str) -> str:
             "date +%s")
 
 
+def stop_line(d: str, name: str, pid: int, user: str) -> str:
+    """Shell line (run as root) that ends a running job: its systemd unit, else every process of ``user`` in
+    the session ``setsid`` gave the wrapper (``pid``, which must still run this job's wrapper: a pid
+    reused by something else is left alone)."""
+    q = shlex.quote
+    p = str(int(pid))
+    return (f"if [ -d /run/systemd/system ] && systemctl is-active --quiet {q(unit_name(name))} 2>/dev/null; "
+            f"then systemctl stop {q(unit_name(name))}; "
+            f"elif grep -qas -- {q(d + '/wrapper.sh')} /proc/{p}/cmdline; then "
+            f"sid=$(awk '{{print $6}}' /proc/{p}/stat); "
+            f"for q in /proc/[0-9]*; do [ \"$(awk '{{print $6}}' $q/stat 2>/dev/null)\" = \"$sid\" ] && "
+            f"[ \"$(stat -c %U $q)\" = {q(user)} ] && kill -TERM \"${{q#/proc/}}\" 2>/dev/null; done; fi; true")
+
+
 @dataclass
 class Status:
     state: str            # absent | starting | running | done | dead
@@ -187,9 +202,15 @@ class Job:
         how = self.remote.run(start_line(self.dir, self.name, u), sudo=True).stdout.strip().splitlines()
         return how[-1] if how else "setsid"
 
-    def wait(self, progress=None, poll_s: float = 2.0, timeout_s: float | None = None) -> Status:
+    def stop(self, pid: int) -> None:
+        """End the job's processes (``stop_line``)."""
+        self.remote.run(stop_line(self.dir, self.name, pid, self.user), sudo=True, check=False, timeout=60)
+
+    def wait(self, progress=None, poll_s: float = 2.0, timeout_s: float | None = JOB_DEADLINE_S) -> Status:
         """Poll until the job is done (or dead); ``progress(phase, elapsed_s)`` on every phase change
-        and at most every 30 s. The SSH connection may drop in between: each poll is its own command."""
+        and at most every 30 s. The SSH connection may drop in between: each poll is its own command.
+        ``timeout_s`` (default ``limits.JOB_DEADLINE_S``, counted by this machine's clock from this call): past it
+        the job's processes are ended (``stop``) and a HostError names the job; None waits for ever."""
         t0 = time.monotonic()
         last_phase, last_say = None, 0.0
         while True:
@@ -204,6 +225,9 @@ class Job:
                 progress(st.phase, (time.time() - st.started) if st.started else 0.0)
                 last_phase, last_say = st.phase, now
             if timeout_s is not None and now - t0 > timeout_s:
-                raise HostError(f"{self.remote.name}: job {self.name} still running after {timeout_s:.0f}s",
-                                hint="it keeps running on the host; re-run to attach to it again")
+                if st.pid is not None:
+                    self.stop(st.pid)
+                raise HostError(f"{self.remote.name}: job {self.name} (phase {st.phase or '?'}, pid {st.pid}) still running "
+                                f"after its deadline of {timeout_s:.0f}s: its processes were ended",
+                                hint=f"find why it stalled in {self.dir}/log on the host, then re-run (it starts again)")
             time.sleep(poll_s)

@@ -13,6 +13,10 @@ Our SQL therefore names every non-catalog object with its schema (``sql.qualifie
 API through ``tsdb_api``). A script that reconnects (psql's ``connect`` command) leaves the pin
 behind: ours never do. ``pinned=False`` gives a session the database's own settings (lab checks reading the dataset as the
 application sees it; never an operation).
+
+Inside a window phase (``limits.phase``) the pinned line also carries that phase's ``lock_timeout``,
+``statement_timeout`` and ``application_name`` (``pin_line``); a statement cancelled by either is a
+``limits.TimeLimitError`` naming the sessions that held locks in the database right then.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json as _json
 import re
 
+from . import limits
 from .errors import HostError
 from .remote import error_text
 from .secrets import mask
@@ -47,15 +52,21 @@ def psql_argv(database: str, port: int, pg_bin: str | None = None, variables: di
 PIN = "SET search_path = pg_catalog, pg_temp; SET standard_conforming_strings = on;"
 
 
+def pin_line() -> str:
+    """``PIN``, with the running window phase's time limits after it (``limits.active``), on one line."""
+    extra = limits.set_sql(limits.active())
+    return PIN + (" " + extra if extra else "")
+
+
 def pinned_sql(sql: str) -> str:
-    """``sql`` as sent: ``PIN`` on the first line."""
-    return PIN + "\n" + sql
+    """``sql`` as sent: ``pin_line()`` on the first line."""
+    return pin_line() + "\n" + sql
 
 
 def stream_argv(base: list[str], statements: list[str], single_transaction: bool = False) -> list[str]:
-    """psql ``base`` argv running ``statements`` as ``-c`` (stdin stays free for COPY data), ``PIN`` first;
-    ``single_transaction``: all in one (``-1``)."""
-    return base + (["-1"] if single_transaction else []) + [x for st in [PIN, *statements] for x in ("-c", st)]
+    """psql ``base`` argv running ``statements`` as ``-c`` (stdin stays free for COPY data), ``pin_line()``
+    first; ``single_transaction``: all in one (``-1``)."""
+    return base + (["-1"] if single_transaction else []) + [x for st in [pin_line(), *statements] for x in ("-c", st)]
 
 
 _STDIN_LINE = re.compile(r"psql:<stdin>:(\d+):")
@@ -68,8 +79,28 @@ def failing_statement(sql: str, stderr: str) -> str:
     m = _STDIN_LINE.search(stderr or "")
     if m and 0 < int(m.group(1)) <= len(lines) and lines[int(m.group(1)) - 1].strip():
         return lines[int(m.group(1)) - 1].strip()[:160]
-    first = next((ln.strip() for ln in lines if ln.strip() and ln.strip() != PIN), "")
+    first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(PIN)), "")
     return first[:160]
+
+
+_LINE_TEXT = re.compile(r"^LINE \d+: (.*)$", re.M)
+
+
+def blocked_statement(sql: str, stderr: str) -> str:
+    """The statement a cancelled script was running: the line psql names, else the statement around the line
+    PostgreSQL quotes (``LINE n: …``), else the script without its pinned line."""
+    if _STDIN_LINE.search(stderr or ""):
+        return failing_statement(sql, stderr)
+    lines = sql.splitlines()
+    m = _LINE_TEXT.search(stderr or "")
+    text = m.group(1).strip().removeprefix("...").removesuffix("...").strip() if m else ""
+    for i, ln in enumerate(lines):
+        if text and text in ln:
+            start = i
+            while start > 0 and not lines[start - 1].rstrip().endswith(";"):
+                start -= 1
+            return "\n".join(lines[start:i + 1])
+    return "\n".join(ln for ln in lines if not ln.startswith(PIN))
 
 
 def parse_json(stdout: str):
@@ -122,10 +153,30 @@ class Psql:
         ``sensitive``: values in ``sql`` that are not registered secrets (a password verifier) but must
         not appear in the error either."""
         sent = pinned_sql(sql) if self.pinned else sql
+        lim = limits.active() if self.pinned else None
         res = self.host.run(self.argv(database, variables), user="postgres", stdin=sent, check=False, timeout=timeout)
         if check and not res.ok:
+            which = limits.hit(res.stderr or res.stdout) if lim is not None else None
+            if which:
+                raise self.limit_error(lim, which, database, blocked_statement(sent, res.stderr), res)
             raise self.error(sent, database, res, sensitive)
         return res
+
+    def blockers(self, database: str) -> list[dict] | None:
+        """The sessions holding locks in ``database`` now (``limits.BLOCKERS_SQL``); None when unreadable."""
+        try:
+            res = self.host.run(self.argv(database), user="postgres", check=False, timeout=60,
+                                stdin=PIN + " SET lock_timeout = '2s'; SET statement_timeout = '20s';\n" + limits.BLOCKERS_SQL)
+            return parse_json(res.stdout) if res.ok else None
+        except (OSError, ValueError, HostError):
+            return None
+
+    def limit_error(self, lim, which: str, database: str, statement: str, res=None) -> "limits.TimeLimitError":
+        """The one line for a statement cancelled by its window limit, naming who held locks in ``database``."""
+        err = limits.error(lim, which, f"{self.host.name} port {self.port}", database, statement, self.blockers(database), res)
+        err.message = mask(err.message, *getattr(self.host, "secrets", ()))
+        err.args = (err.message,)
+        return err
 
     def error(self, sql: str, database: str, res, sensitive=()) -> PsqlError:
         secrets = [*getattr(self.host, "secrets", ()), *sensitive]

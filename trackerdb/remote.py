@@ -21,8 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import pids
 from .errors import HostError
 from .files import pump
+from .limits import STREAM_DEADLINE_S
 from .secrets import mask
 from .settings import HostSpec
 
@@ -344,21 +346,25 @@ class Remote:
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
     def pipe_to(self, line: str, dest: "Remote", dest_line: str, progress=None, header: bytes = b"",
-                trailer: bytes = b"") -> tuple[StreamResult, int, str]:
+                trailer: bytes = b"", deadline_s: float | None = STREAM_DEADLINE_S) -> tuple[StreamResult, int, str]:
         """Run ``line`` here and ``dest_line`` on ``dest``, this command's stdout streamed into that one's
         stdin (a COPY between two hosts, through this process, never a file). ``header`` goes to dest
         first; ``trailer`` last, and **only** when this command exited 0 and dest took every byte: a
         receiver whose COMMIT is in the trailer never commits a stream cut short (a stream cut on a row
-        boundary is valid COPY data). Returns (this side's StreamResult, dest's exit code, dest's output)."""
+        boundary is valid COPY data). Returns (this side's StreamResult, dest's exit code, dest's output).
+        Past ``deadline_s`` both commands are ended by their pids and a HostError names the stream (``pids``)."""
         h = hashlib.sha256()
         n = 0
-        src, dst = self._channel(line), dest._channel(dest_line)
+        end_at = pids.deadline(deadline_s)
+        src, dst = self._channel(pids.reporting(line)), dest._channel(pids.reporting(dest_line))
         err, derr = bytearray(), bytearray()
         broken = False
+
         try:
             if header:
                 dst.sendall(header)
             while not broken:
+                pids.check(end_at, (src, err, self), (dst, derr, dest), n)
                 select.select([src], [], [], 1.0)
                 got = False
                 while src.recv_ready() and not broken:
@@ -395,6 +401,7 @@ class Remote:
             except OSError:
                 pass
             while not dst.exit_status_ready() or dst.recv_ready() or dst.recv_stderr_ready():
+                pids.check(end_at, (src, err, self), (dst, derr, dest), n)
                 select.select([dst], [], [], 1.0)
                 while dst.recv_ready():
                     derr += dst.recv(CHUNK)
@@ -407,7 +414,8 @@ class Remote:
         finally:
             src.close()
             dst.close()
-        return StreamResult(code, n, h.hexdigest(), err.decode(errors="replace")), dcode, derr.decode(errors="replace")
+        err_b, derr_b = pids.reported(err)[1], pids.reported(derr)[1]
+        return StreamResult(code, n, h.hexdigest(), err_b.decode(errors="replace")), dcode, derr_b.decode(errors="replace")
 
     def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
                     chunk: int = CHUNK) -> int:

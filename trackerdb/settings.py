@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import inputs, inventory
+from . import inputs, inventory, limits
 from .errors import ConfigError
 
 LAB_ROOT = "/var/lib/trackerdb-lab"
@@ -126,6 +126,8 @@ class Settings:
     transfer_source_address: str | None = None
     application: dict = field(default_factory=dict, compare=False)
     notify: dict = field(default_factory=dict, compare=False)
+    # lock_timeout / statement_timeout per window phase over trackerdb/limits.py's DEFAULTS
+    window_limits: dict = field(default_factory=dict, compare=False)
     outputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived ---------------------------------------------------------------------------
@@ -235,6 +237,7 @@ class Settings:
             transfer_source_address=cfg.get("transfer_source_address") or None,
             application=dict(cfg.get("application") or {}),
             notify=dict(cfg.get("notify") or {}),
+            window_limits=cfg.get("window_limits") or {},
             outputs=o,
         )
         s.validate()
@@ -295,6 +298,7 @@ class Settings:
         for i, m in enumerate(self.owner_map):
             _check(f"trackerdb.owner_map entry {i + 1} 'from'", m.frm, v.pg_name)
             _check(f"trackerdb.owner_map entry {i + 1} 'to'", m.to, v.pg_name)
+        limits.parse(self.window_limits)  # ConfigError naming the phase and key
         if self.package_source not in ("pgdg", "debian"):
             raise ConfigError(f"package_source {self.package_source!r} is not pgdg or debian", hint="set trackerdb.package_source")
         if self.fs_type not in ("ext4", "xfs"):

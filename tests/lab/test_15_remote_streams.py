@@ -102,3 +102,23 @@ def test_a_copy_whose_sender_fails_commits_nothing(lab_settings, sender_rc, rows
             assert got == ("42" if rows == 0 else "1,2,3"), got
         finally:
             p.run("DROP TABLE IF EXISTS public.trackerdb_stream_probe;")
+
+
+def test_a_stream_past_its_deadline_is_ended_on_both_hosts_by_pid(target):
+    """issue 28, item 6: a stream whose sender never ends (a stuck COPY) stops at its deadline; the two
+    commands we started are ended on the host by their pids (and what they started), one line says so."""
+    import re
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(HostError) as e:
+        target.pipe_to("sleep 300; echo never", target, wrap("sleep 301; cat > /dev/null", sudo=True), deadline_s=3)
+    took = time.monotonic() - t0
+    line = e.value.one_line()
+    assert "stream still running after its deadline of 3s (0 bytes moved): ended pid(s)" in line and took < 15, (line, took)
+    ended = [int(p) for p in re.findall(r"\d+", line.split("ended pid(s)")[1].split("(hint")[0])]
+    assert len(ended) == 2
+    time.sleep(1)
+    alive = target.run("ps -eo pid=,args= | grep -E 'sleep 30[01]' | grep -v grep || true").stdout
+    assert "sleep 300" not in alive and "sleep 301" not in alive, alive
+    assert all(not target.exists(f"/proc/{p}/cmdline") for p in ended)

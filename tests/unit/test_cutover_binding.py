@@ -70,3 +70,44 @@ def test_a_source_thawed_since_the_freeze_stops_the_window_before_the_switch(mon
         assert "the switch has not happened" in e.value.hint
     monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: True)
     fz.require_frozen(object(), "tracker")
+
+
+CMD = LAB.with_(switch={"mode": "command", "command": "true {old} {new}"})
+
+
+def test_a_journal_resumed_against_another_target_cluster_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The preflight records the target's system identifier; a resumed cutover reads the one answering now."""
+    monkeypatch.setattr(ops, "_add_secrets", lambda ctx, s: None)
+    j = _journal(tmp_path, LAB)
+    j.note(ph.PREFLIGHT, {bd.KEY: {**bd.binding(LAB), bd.SYSTEM_ID: "7390000000000000001"}})
+    monkeypatch.setattr(bd, "target_system_identifier", lambda psql: "7390000000000000002")
+    ran = []
+    with pytest.raises(bd.BindingError) as e:
+        ops.run_cutover(CMD, tmp_path / "d", journal_path=j.path, funcs={p: (lambda ctx, r: ran.append(1)) for p in ph.PHASES})
+    line = e.value.one_line()
+    assert "another target cluster" in line and "7390000000000000001 recorded, 7390000000000000002 now" in line
+    assert "new --journal" in line and ran == []
+    monkeypatch.setattr(bd, "target_system_identifier", lambda psql: "7390000000000000001")
+    ops.run_cutover(CMD, tmp_path / "d", journal_path=j.path, funcs={p: (lambda ctx, r: {}) for p in ph.PHASES})
+
+
+def test_check_target_accepts_the_same_cluster_an_old_journal_and_a_silent_target():
+    bd.check_target("j", {bd.SYSTEM_ID: "1"}, "1")
+    bd.check_target("j", {}, "2")  # a journal from before the identifier was recorded
+    bd.check_target("j", {bd.SYSTEM_ID: "1"}, None)  # the target does not answer: checked when it does
+    with pytest.raises(bd.BindingError, match="1 recorded, 2 now"):
+        bd.check_target("j", {bd.SYSTEM_ID: "1"}, "2")
+    # the settings check ignores the identifier (it needs the target)
+    bd.check("j", {**bd.binding(LAB), bd.SYSTEM_ID: "1"}, LAB)
+
+
+def test_the_preflight_records_the_identifier_in_the_binding(tmp_path, monkeypatch):
+    monkeypatch.setattr(ops, "_add_secrets", lambda ctx, s: None)
+    def pre(ctx, resume):
+        return {bd.SYSTEM_ID: "7390000000000000009", "other": 1}
+
+    stop = {p: (lambda ctx, r: (_ for _ in ()).throw(KeyboardInterrupt())) for p in ph.PHASES if p != ph.PREFLIGHT}
+    with pytest.raises(KeyboardInterrupt):
+        ops.run_cutover(CMD, tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs={ph.PREFLIGHT: pre, **stop})
+    facts = Journal(tmp_path / "j.jsonl").state(ph.PREFLIGHT).facts
+    assert facts[bd.KEY][bd.SYSTEM_ID] == "7390000000000000009" and bd.SYSTEM_ID not in {k for k in facts if k != bd.KEY}

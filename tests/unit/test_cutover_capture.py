@@ -59,13 +59,32 @@ def test_a_truncate_of_several_tables_and_a_type_name_with_brackets_parse():
         cp.parse_change("table tracker.a, tracker.b: INSERT: id[integer]:1")
 
 
-def test_decode_lists_every_table_a_truncate_names_and_keeps_going():
+def test_decode_keeps_a_truncate_of_the_applications_tables_as_one_change_and_keeps_going():
+    """`TRUNCATE a, b` (or CASCADE's list) is one replayed change naming every table in order; a chunk named
+    alone (not its hypertable's TRUNCATE) is not carried back and is named."""
     rows = tx("12", "table tracker.devices, _timescaledb_internal._hyper_1_3_chunk, tracker.device_geofences: TRUNCATE: "
-                    "(no-flags)", "table tracker.devices: INSERT: id[integer]:7", lsn="0/4C")
+                    "cascade", "table tracker.devices: INSERT: id[integer]:7", lsn="0/4C")
     d = cp.decode(rows, CHUNKS)
-    assert d.truncated == ["tracker.devices", "tracker.location_reports", "tracker.device_geofences"]
-    assert d.skipped == {"TRUNCATE (not replayed)": 3}
-    assert [(c.op, c.table) for c in d.changes] == [("INSERT", "devices")]
+    assert [(c.op, c.table, c.lsn) for c in d.changes] == [("TRUNCATE", "devices", "0/4C"), ("INSERT", "devices", "0/4C")]
+    assert d.changes[0].new == {"tables": [["tracker", "devices"], ["tracker", "device_geofences"]]}
+    assert d.truncated == ["tracker.location_reports"] and d.skipped == {"TRUNCATE (not replayed)": 1}
+    assert cp.counts(d.changes)["tracker.devices"] == {"insert": 1, "update": 0, "delete": 0, "truncate": 1}
+    line = cp.change_lines(d.changes)[0].split("\t")
+    assert line[2:5] == ["TRUNCATE", "tracker", "devices"] and '"tables"' in line[6]
+
+
+def test_a_hypertables_truncate_covers_its_chunks():
+    rows = tx("13", "table tracker.location_reports, _timescaledb_internal._hyper_1_3_chunk: TRUNCATE: (no-flags)", lsn="0/5D")
+    d = cp.decode(rows, CHUNKS)
+    assert [(c.op, c.table) for c in d.changes] == [("TRUNCATE", "location_reports")]
+    assert d.truncated == [] and d.skipped == {"TRUNCATE of TimescaleDB storage": 1}
+
+
+def test_the_replay_program_truncates_every_named_table_at_once_hypertables_with_their_chunks():
+    p = cp.REPLAY_PROGRAM
+    assert "EXECUTE 'TRUNCATE ' || sql" in p and "jsonb_array_elements(c.new_row->'tables')" in p
+    assert "THEN '' ELSE 'ONLY ' END" in p and "_timescaledb_catalog.hypertable" in p
+    assert p.index("IF c.op = 'TRUNCATE'") < p.index("keyj := coalesce")  # before any row identity is needed
 
 
 @pytest.mark.parametrize("line", [

@@ -12,6 +12,12 @@ from __future__ import annotations
 from ..errors import PreflightError
 
 KEY = "binding"
+SYSTEM_ID = "system_identifier"
+SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_control_system();"
+
+
+class BindingError(PreflightError):
+    """The journal belongs to another cutover (environment or target cluster)."""
 
 
 def binding(settings) -> dict:
@@ -32,11 +38,29 @@ def differences(recorded: dict, current: dict) -> list[str]:
 
 
 def check(journal_path, recorded: dict | None, settings) -> None:
-    """PreflightError when ``recorded`` (the journal's preflight facts' binding) is another environment's.
-    A journal from before bindings were recorded has none: accepted."""
+    """BindingError when ``recorded`` (the journal's preflight facts' binding) is another environment's.
+    A journal from before bindings were recorded has none: accepted. The target's system identifier is
+    ``check_target``'s (it needs the target)."""
     if not recorded:
         return
-    diff = differences(recorded, binding(settings))
+    diff = differences({k: v for k, v in recorded.items() if k != SYSTEM_ID}, binding(settings))
     if diff:
-        raise PreflightError(f"journal {journal_path} belongs to another cutover: {'; '.join(diff)}",
+        raise BindingError(f"journal {journal_path} belongs to another cutover: {'; '.join(diff)}",
                              hint="use this environment's own journal (--journal), or a new one; nothing was changed")
+
+
+def target_system_identifier(psql) -> str:
+    """The target cluster's system identifier (``psql``: the target's ``Psql``)."""
+    return psql.value(SYSTEM_ID_SQL)
+
+
+def check_target(journal_path, recorded: dict | None, system_identifier: str | None) -> None:
+    """BindingError when the journal recorded another target cluster than the one answering now.
+    Nothing recorded (a journal from before) or nothing read (the target does not answer): accepted."""
+    was = (recorded or {}).get(SYSTEM_ID)
+    if not was or not system_identifier or str(was) == str(system_identifier):
+        return
+    raise BindingError(f"journal {journal_path} belongs to another target cluster: system identifier {was} recorded, "
+                       f"{system_identifier} now",
+                       hint="the target was rebuilt (initdb) or is another host: start a new cutover with a new "
+                            "--journal; nothing was changed")

@@ -25,7 +25,9 @@ from C (``LogLogicalMessage``, tsl/src/compression/wal_utils.h), but any role ma
 message with ``pg_logical_emit_message``: a span therefore hides only changes in TimescaleDB's
 schemas, never a regular table's (those are replayed wherever they fall). Changes to compressed chunks
 (``compress_hyper_*``) and to TimescaleDB's internal tables (catalog, materialized cagg data) are
-never replayed: the source recomputes its own. TRUNCATE is not replayed; it is counted and named.
+never replayed: the source recomputes its own. A TRUNCATE of the application's tables (``TRUNCATE a, b``,
+and CASCADE's, which the decoder names one by one) is replayed as one TRUNCATE of them all, in commit
+order; a chunk truncated on its own (a compression) is not, and is counted and named.
 
 Replay: the same program text for every export; changes travel as COPY data (names, rows as JSON
 of the values' text forms), the server quotes every name with ``format('%I')``; each change runs
@@ -215,7 +217,7 @@ DO $trackerdb_replay$
 DECLARE
   origin text; done pg_lsn; last pg_lsn; c record; rel regclass; owner name; pk text[]; tcol name;
   keyj jsonb; newj jsonb; cond text; cols text; vals text; n bigint; sql text;
-  skipped bigint := 0; col record; touched regclass[] := '{}';
+  skipped bigint := 0; col record; touched regclass[] := '{}'; hts text[];
 BEGIN
   -- as a logical replication subscriber applies: the decoded rows already carry what the target's
   -- triggers did (updated_at, cascades arrive as their own changes), so the source's ordinary and
@@ -237,6 +239,30 @@ BEGIN
       CONTINUE;
     END IF;
     SELECT pg_get_userbyid(k.relowner) INTO owner FROM pg_class k WHERE k.oid = rel;
+    IF c.op = 'TRUNCATE' THEN
+      -- every table the target's TRUNCATE named, in one statement (foreign keys among them hold); a
+      -- hypertable with its chunks, any other table ONLY (the decoder named each inheritance child itself)
+      IF EXISTS (SELECT 1 FROM jsonb_array_elements(c.new_row->'tables') x
+                  WHERE to_regclass(format('%I.%I', x->>0, x->>1)) IS NULL) THEN
+        INSERT INTO _trackerdb_replay_result SELECT x->>0, x->>1, 'truncate', 1, true
+          FROM jsonb_array_elements(c.new_row->'tables') x WHERE to_regclass(format('%I.%I', x->>0, x->>1)) IS NULL;
+        CONTINUE;
+      END IF;
+      IF hts IS NULL THEN
+        hts := '{}';
+        IF to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL THEN
+          EXECUTE 'SELECT coalesce(array_agg(format(''%I.%I'', schema_name, table_name)), ''{}'') FROM _timescaledb_catalog.hypertable'
+            INTO hts;
+        END IF;
+      END IF;
+      SELECT string_agg(CASE WHEN format('%I.%I', x->>0, x->>1) = ANY (hts) THEN '' ELSE 'ONLY ' END
+                        || format('%I.%I', x->>0, x->>1), ', ') INTO sql FROM jsonb_array_elements(c.new_row->'tables') x;
+      EXECUTE format('SET LOCAL ROLE %I', owner);
+      EXECUTE 'TRUNCATE ' || sql;
+      RESET ROLE;
+      INSERT INTO _trackerdb_replay_result SELECT x->>0, x->>1, 'truncate', 1, false FROM jsonb_array_elements(c.new_row->'tables') x;
+      CONTINUE;
+    END IF;
     SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk FROM pg_index i
       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = rel AND i.indisprimary;
     tcol := NULL;

@@ -30,6 +30,7 @@ class Change:
     lsn: str = ""
     xid: str = ""
     also: list = field(default_factory=list)  # TRUNCATE only: the other (schema, table) the line names
+    # a replayed TRUNCATE's ``new`` is {"tables": [[schema, table], ...]}: every table, the first included
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Decoded:
     commits: int = 0
     last_commit_lsn: str | None = None
     skipped: dict = field(default_factory=dict)        # reason -> count
-    truncated: list = field(default_factory=list)      # tables a TRUNCATE named (not replayed)
+    truncated: list = field(default_factory=list)      # hypertables whose chunks a TRUNCATE named alone (not replayed)
     unmapped: list = field(default_factory=list)       # chunk-like internal tables with no hypertable
 
 
@@ -265,7 +266,10 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
             raise ParseError(f"at LSN {lsn}: unexpected decoder line {data[:80]!r}")
         ch.xid = xid or ""
         if ch.op == "TRUNCATE":
-            _truncate(out, [ch] + [Change("TRUNCATE", s_, t_) for s_, t_ in ch.also], chunk_map)
+            replayed = _truncate(out, [(ch.schema, ch.table), *ch.also], chunk_map)
+            if replayed:  # one change naming them all: replayed as one TRUNCATE (foreign keys among them hold)
+                pending.append(Change("TRUNCATE", *replayed[0], new={"tables": [list(t) for t in replayed]},
+                                      also=replayed[1:]))
             continue
         if depth and INTERNAL_SCHEMA.match(ch.schema):
             # only TimescaleDB's own storage moves inside a span: any role can emit the marker
@@ -286,16 +290,22 @@ def decode(rows: list[tuple], chunk_map: dict | None = None) -> Decoded:
     return out
 
 
-def _truncate(out: Decoded, changes: list, chunk_map: dict) -> None:
-    """A TRUNCATE is not replayed: each user table it names is listed (the rollback warns), TimescaleDB's
-    own storage is counted."""
-    for ch in changes:
-        mapped = map_table(ch, chunk_map)
-        if mapped is None:
+def _truncate(out: Decoded, names: list, chunk_map: dict) -> list[tuple[str, str]]:
+    """The tables of one TRUNCATE line that are replayed: the application's own (regular tables and
+    hypertables), never TimescaleDB's storage. A chunk is counted (its hypertable's TRUNCATE covers it);
+    a chunk truncated alone (a compression empties the uncompressed chunk that way) is named as not
+    carried back when it is not inside a marker span (the rollback warns)."""
+    user = [(s_, t_) for s_, t_ in names if not INTERNAL_SCHEMA.match(s_)]
+    for s_, t_ in names:
+        if not INTERNAL_SCHEMA.match(s_):
+            continue
+        mapped = map_table(Change("TRUNCATE", s_, t_), chunk_map)
+        if mapped is None or mapped in user:
             _bump(out.skipped, "TRUNCATE of TimescaleDB storage")
             continue
         out.truncated.append(f"{mapped[0]}.{mapped[1]}")
         _bump(out.skipped, "TRUNCATE (not replayed)")
+    return user
 
 
 def _bump(d: dict, key: str, n: int = 1) -> None:
@@ -321,5 +331,5 @@ def counts(changes: list[Change]) -> dict:
     out: dict = {}
     for ch in changes:
         t = out.setdefault(f"{ch.schema}.{ch.table}", {"insert": 0, "update": 0, "delete": 0})
-        t[ch.op.lower()] += 1
+        t[ch.op.lower()] = t.get(ch.op.lower(), 0) + 1
     return out

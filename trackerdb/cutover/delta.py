@@ -21,10 +21,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import limits
 from .. import tsdb_api as api
 from ..errors import OpsError
 from ..migrate import schema_print as sp
-from ..psql import Psql
+from ..psql import Psql, blocked_statement
 from ..remote import Remote, wrap
 from . import delta_slices as ds
 from . import delta_sql as dq
@@ -279,6 +280,7 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
         res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(tgt_psql.argv(s.database), user="postgres"),
                                      header=header, trailer=trailer)
         if res.exit_code != 0 or code != 0:
+            _limit_hit(s.database, (tgt_psql, err, header.decode(errors="replace")), (src_psql, res.stderr, "COPY"))
             raise DeltaError(f"copying {key} failed: source exit {res.exit_code} {res.stderr.strip()[-300:]}; "
                              f"target exit {code} {err.strip()[-300:]}", hint="re-run `invoke cutover`: the delta starts again from fingerprints")
         say(f"copied {key}: {res.bytes / 1048576:.1f} MiB" + (f" ({len(part)} of {ds.SLICES} slices)" if part is not None else ""))
@@ -289,6 +291,16 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
         say(f"{plan.actions[key]} {key}")
         done.append(key)
     return done
+
+
+def _limit_hit(database: str, *sides) -> None:
+    """A side of a copy cancelled by its window time limit: that one line (``limits``), not a copy failure.
+    ``sides``: ``(psql, its error output, the script it ran)``."""
+    lim = limits.active()
+    for psql, err, script in sides:
+        which = limits.hit(err) if lim is not None else None
+        if which:
+            raise psql.limit_error(lim, which, database, blocked_statement(script, err))
 
 
 def _differing_slices(ctx, key: str, src: dict, tgt: dict) -> list[int] | None:

@@ -32,7 +32,7 @@ import json
 from dataclasses import dataclass, field
 
 from .. import tsdb_api as api
-from ..psql import PIN
+from ..psql import pin_line
 from ..sql import ident, literal
 
 INT64_MIN, INT64_MAX = -9223372036854775808, 9223372036854775807
@@ -320,7 +320,7 @@ def copy_in_script(stmts: list[str]) -> tuple[bytes, bytes]:
     the rows (``\\.``), runs what follows the COPY and commits. Sent only after a complete stream, so a
     sender that fails leaves psql at end of input inside an open transaction, which the server rolls back."""
     at = next(i for i, st in enumerate(stmts) if st.startswith("COPY ") and st.endswith(" FROM STDIN"))
-    head = [PIN, "BEGIN;"] + [st + ";" for st in stmts[: at + 1]]
+    head = [pin_line(), "BEGIN;"] + [st + ";" for st in stmts[: at + 1]]
     tail = ["\\."] + [st + ";" for st in stmts[at + 1:]] + ["COMMIT;"]
     return ("\n".join(head) + "\n").encode(), ("\n".join(tail) + "\n").encode()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .. import limits
 from ..errors import OpsError
 from ..secrets import redact
 from . import binding as bd
@@ -54,6 +55,7 @@ def dry_run_details(settings) -> list[str]:
 
     lines += hooks.dry_run_lines(hooks.parse_config(getattr(settings, "application", None)))
     lines.append(app_path_tls_line(settings))
+    lines.append(limits.plan_line(settings))
     lines.append("verify (phase 5): every table and chunk range digested on the frozen source and the target at once; "
                  "the pre-copy path re-reads only what was written since the delta's last prints (about 37 s at 11 GB "
                  "measured), the full path reads both databases whole inside the window (0.85-1.3x pg_dump's time "
@@ -104,6 +106,9 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
         journal.add_secret(notifier.secret)
     try:
         _add_secrets(ctx, settings)
+        recorded = journal.state(ph.PREFLIGHT).facts.get(bd.KEY) or {}
+        if recorded.get(bd.SYSTEM_ID):  # resumed: the target answering must be the cluster the preflight saw
+            bd.check_target(journal.path, recorded, bd.target_system_identifier(ctx.session.psql("target")))
         for phase, action in decide(ph.PHASES, journal.states()):
             if action == SKIP:
                 say(f"[{phase}] done earlier: skipped")
@@ -113,19 +118,22 @@ def run_cutover(settings, dump_dir, dry_run: bool = False, progress=None, journa
             journal.begin(phase, {"resumed": action == RESUME})
             notifier.phase(phase, "start", ph.TITLES[phase] + (" (resumed)" if action == RESUME else ""))
             try:
-                facts = funcs[phase](ctx, action == RESUME) or {}
+                with limits.phase(limits.for_phase(settings, phase) if phase in limits.DEFAULTS else None):
+                    facts = funcs[phase](ctx, action == RESUME) or {}
             except BaseException as exc:  # KeyboardInterrupt too: the journal must say it stopped
                 # scrubbed before it is shortened: a cut could leave half a secret that no mask matches
                 msg = exc.one_line() if isinstance(exc, OpsError) else \
                     f"{type(exc).__name__}: {redact(str(exc), *journal.secrets, *ctx.session.masked)[:300]}"
-                journal.end(phase, "failed", error=msg)
+                journal.end(phase, "failed", facts={"limit_hit": exc.limit} if isinstance(exc, limits.TimeLimitError) else None,
+                            error=msg)
                 notifier.phase(phase, "failed", ph.TITLES[phase], error=msg, rollback=rollback_command(journal_path),
                                elapsed_s=time.monotonic() - started)
                 if isinstance(exc, OpsError) and phase != ph.PREFLIGHT:
                     exc.hint = (exc.hint + "; " if exc.hint else "") + f"re-run to resume, or {rollback_command(journal_path)}"
                 raise
             if phase == ph.PREFLIGHT:
-                facts = {**facts, bd.KEY: bd.binding(settings)}
+                sysid = facts.pop(bd.SYSTEM_ID, None)
+                facts = {**facts, bd.KEY: {**bd.binding(settings), **({bd.SYSTEM_ID: sysid} if sysid else {})}}
             journal.end(phase, "ok", facts)
             notifier.phase(phase, "ok", ph.TITLES[phase], elapsed_s=time.monotonic() - started)
             say(f"[{phase}] ok in {time.monotonic() - started:.1f}s")

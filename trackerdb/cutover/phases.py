@@ -117,8 +117,10 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
 
     transfer = direct.choose(s, src, tgt, ctx.say)  # the final dump host to host, or through this machine
     ctx.say(rollback_decision_point(ctx.journal.path))
+    from . import binding as bd
+
     return {"source_tracker_sessions": sfacts["sessions"], "switch_current": current, "switch_new": new,
-            "transfer": transfer, **restore_pre}
+            "transfer": transfer, **restore_pre, bd.SYSTEM_ID: bd.target_system_identifier(ctx.session.psql("target"))}
 
 
 def _archiving_and_secret_problems(ctx: Ctx) -> list[str]:

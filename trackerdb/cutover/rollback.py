@@ -31,6 +31,7 @@ from . import switch as sw
 from ..files import write_private
 from .journal import Journal
 from .journal import PhaseState as ph_state
+from .. import limits
 from ..psql import Psql
 from ..sql import ident, literal, qualified
 
@@ -202,6 +203,13 @@ def _count_lines(copy_data: str) -> int:
 
 # ---- executor --------------------------------------------------------------------------------
 def run_rollback(settings, journal_path, replay: bool = False, progress=None, out_dir=None) -> dict:
+    """Roll back the cutover of ``journal_path`` (see the module's steps); every SQL session runs with the
+    rollback's time limits (``limits.ROLLBACK``)."""
+    with limits.phase(limits.for_phase(settings, limits.ROLLBACK)):
+        return _rollback(settings, journal_path, replay, progress, out_dir)
+
+
+def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
     say = progress or (lambda m: None)
     journal = Journal(journal_path)
     states = journal.states()
@@ -228,6 +236,10 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
         # 1. stop writes on the target (a dead target must not block the way back)
         target_ok = True
         try:
+            # the cluster this journal's preflight saw, or none of its business (a dead target is checked when it answers)
+            bound = (states.get(ph.PREFLIGHT) or ph_state(ph.PREFLIGHT)).facts.get(bd.KEY) or {}
+            if bound.get(bd.SYSTEM_ID):
+                bd.check_target(journal.path, bound, bd.target_system_identifier(Psql(tgt, port)))
             tfacts = Psql(tgt, port).json(fz.facts_sql(db))
             if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
@@ -235,6 +247,8 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
                 facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, port=port, progress=say)
                 if not was_read_only:
                     undo.append(("target", tf["prior_read_only"]))
+        except bd.BindingError:
+            raise
         except OpsError as exc:
             target_ok, tfacts = False, {"exists": False}
             facts["target_unreachable"] = exc.one_line()
@@ -292,7 +306,8 @@ def run_rollback(settings, journal_path, replay: bool = False, progress=None, ou
                        journal.path, say)
     except BaseException as exc:
         facts_undo = _undo(undo, src if undo else None, tgt if undo else None, settings, say)
-        journal.end(ROLLBACK, "failed", facts={"undone": facts_undo},
+        journal.end(ROLLBACK, "failed", facts={"undone": facts_undo, **({"limit_hit": exc.limit} if isinstance(
+                        exc, limits.TimeLimitError) else {})},
                     error=exc.one_line() if isinstance(exc, OpsError) else type(exc).__name__)
         if isinstance(exc, OpsError) and facts_undo:
             exc.hint = ((exc.hint + "; ") if exc.hint else "") + (

@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+from .. import limits
 from ..cutover import delta_sql as dq
 from ..errors import OpsError
 from ..psql import Psql
@@ -57,8 +58,10 @@ def digest_sql(key: str, item: dict, columns: list[str]) -> str:
 
 
 def digest_script(keys: list[str], items: dict, columns: dict[str, list[str]]) -> str:
-    """The script one host runs: the pinned text forms, then one line per item."""
-    return dq.script([SESSION_SQL] + [digest_sql(k, items[k], columns[k]) for k in keys])
+    """The script one host runs: the pinned text forms, then one line per item. SESSION_SQL lifts a
+    database's own statement_timeout; inside a window phase its limit is set again after it."""
+    again = limits.set_sql(limits.active())
+    return dq.script([SESSION_SQL + (" " + again if again else "")] + [digest_sql(k, items[k], columns[k]) for k in keys])
 
 
 def plan(src_items: dict, tgt_items: dict) -> dict:
