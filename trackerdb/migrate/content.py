@@ -33,7 +33,7 @@ from ..cutover import delta_sql as dq
 from ..errors import OpsError
 from ..psql import Psql
 from ..remote import Remote
-from ..steps import Check
+from ..steps import Check, note
 
 CONTENT = "content compared by digest"
 SHOW = 4  # differences named per check (the count says how many more)
@@ -154,10 +154,11 @@ def large_object_checks(src_cat: dict, tgt_cat: dict, how: str) -> list[Check]:
                   ", ".join(f"{o} {want.get(o) or 'absent'}" for o in bad[:SHOW]) if bad else f"{len(want)} large object(s)", how)]
 
 
-def not_compared(why: str) -> Check:
-    """Said, not hidden: which comparison verify did instead of digests (row counts only)."""
-    return Check(CONTENT, True, f"not compared: {why}; tables compared by row count only",
-                 "digests need the frozen source (verify --against-source inside the cutover's freeze)", "row counts")
+def not_compared(why: str, needs: str = "digests need the frozen source (verify --against-source inside the cutover's freeze) "
+                                         "or a manifest with digests (`invoke dump`)") -> Check:
+    """Said, not hidden, and not counted as a passing check (a check that cannot fail is none): which
+    comparison verify did instead of digests (row counts only)."""
+    return note(CONTENT, f"not compared: {why}; tables compared by row count only", needs, "row counts")
 
 
 # ---- executor -------------------------------------------------------------------------------------
@@ -243,7 +244,8 @@ def content_checks(settings, session, expected: dict | None, against_source: boo
     (``reuse``: the pre-copy path's last delta prints, see ``reuse_prints``); otherwise one check saying that
     only row counts were compared, and why."""
     if not against_source:
-        return [not_compared("the expected side is the dump's manifest, which carries row counts, not digests")]
+        return [not_compared("the expected side is a manifest without digests (a dump from before they were taken, "
+                             "or the cutover's own dump, whose verify digests the frozen source)")]
     if not (expected or {}).get("frozen"):
         return [not_compared("the source is live and not frozen (it may still change)")]
     try:
