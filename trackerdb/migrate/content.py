@@ -10,14 +10,13 @@ and not on the other digests the same. The continuous aggregates' materializatio
 the aggregate checks (a refresh on the target legitimately materializes more); large objects are compared
 by the md5 the catalog already reads.
 
-When the two sides can be compared: only live against a *frozen* source (``verify --against-source``,
-which the cutover's verify phase runs; the freeze's marker says so). A manifest carries no digests: the
-dump's snapshot would have to read the whole database once more, serially, before ``pg_dump`` (measured in
-``benchmarks/content_digest.py``), and the window's verify against the frozen source reads both hosts in
-parallel instead. Verify against a manifest (or an unfrozen source) therefore compares row counts only,
-and its ``content`` check says so. On the pre-copy path the window's verify reuses the delta's last round
-of prints where both hosts' tuple versions say nothing was written since (``reuse_prints``): the rest, and
-every difference, is digested again.
+When the two sides can be compared: live against a *frozen* source (``verify --against-source``, which the
+cutover's verify phase runs; the freeze's marker says so), or against a manifest whose dump took the same
+prints in its snapshot (``dump_digests``: ``invoke dump``, runbook step 4; only the target is read then).
+A manifest without them (an older dump, the cutover's own dump, ``--no-digests``) or an unfrozen source:
+row counts only, and a note (not a passing check) says so. On the pre-copy path the window's verify reuses
+the delta's last round of prints where both hosts' tuple versions say nothing was written since
+(``reuse_prints``): the rest, and every difference, is digested again.
 
 Each host is read by its own psql over its own SSH connection, both at once (two threads); the sessions
 pin the text forms a row's digest depends on (time zone, date and interval styles, float digits, bytea).

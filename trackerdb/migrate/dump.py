@@ -265,6 +265,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool 
             host.run(["rm", "-f", *tmp_files], sudo=True, check=False)
         doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_name, dump_size=size,
                                 dump_sha256=sha, pg_dump_version=pg_dump_version, consistency=_consistency(stderr))
+        doc["dump"]["timings"] = dd.timings(stderr)  # the script's own: pg_dump, and the digest session's
         if content:
             doc[dd.SECTION] = content
         manifest_path = str(mf.manifest_path_for(out_file))
@@ -300,6 +301,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool 
     doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_name, dump_size=res.bytes,
                             dump_sha256=res.sha256, pg_dump_version=pg_dump_version, consistency=_consistency(res.stderr))
     doc["dump"]["warnings"] = dump_warnings(res.stderr)
+    doc["dump"]["timings"] = dd.timings(res.stderr)  # the script's own: pg_dump, and the digest session's
     if content:
         doc[dd.SECTION] = content
     manifest_path = mf.manifest_path_for(dump_path)
