@@ -13,8 +13,8 @@ On the same items (every regular table and every hypertable chunk range, ``migra
   reads before the outage (not timed against the window, shown for scale);
 - **digests reusing the delta's prints, nothing written since** (the cutover's verify on the pre-copy path):
   the tuple versions of every item on both hosts, no item digested;
-- **digest, source alone**: the same on the source only, one session (what computing the digests inside
-  the dump's snapshot would add to the dump, which reads its facts serially before ``pg_dump`` starts);
+- **digest, source alone**: the same on the source only, one session (what the dump's digests would add if
+  they ran serially; ``invoke dump`` runs them alongside ``pg_dump``, see ``--dumps``);
 - **pg_dump**: ``pg_dump -Fc`` with the dump's ``--compress`` (``dump_compress``: lz4 in production, gzip in
   the lab) of the database to /dev/null on the source (the dump's own work);
 - **``invoke dump`` without / with digests** (``--dumps``): the whole dump (facts, pg_dump, fetch, manifest) with
