@@ -13,10 +13,14 @@ On the same items (every regular table and every hypertable chunk range, ``migra
   reads before the outage (not timed against the window, shown for scale);
 - **digests reusing the delta's prints, nothing written since** (the cutover's verify on the pre-copy path):
   the tuple versions of every item on both hosts, no item digested;
-- **digest, source alone**: the same on the source only, one session (what computing the digests inside
-  the dump's snapshot would add to the dump, which reads its facts serially before ``pg_dump`` starts);
+- **digest, source alone**: the same on the source only, one session (what the dump's digests would add if
+  they ran serially; ``invoke dump`` runs them alongside ``pg_dump``, see ``--dumps``);
 - **pg_dump**: ``pg_dump -Fc`` with the dump's ``--compress`` (``dump_compress``: lz4 in production, gzip in
-  the lab) of the database to /dev/null on the source (the dump's own work).
+  the lab) of the database to /dev/null on the source (the dump's own work);
+- **``invoke dump`` without / with digests** (``--dumps``): the whole dump (facts, pg_dump, fetch, manifest) with
+  ``digests=False`` (the cutover's own dump), with the digests in a session of their own on the dump's snapshot
+  *alongside* pg_dump (what ``invoke dump`` does), and with them *before* pg_dump (what they would add serially);
+  each with the dump script's own timings of pg_dump and of the digest session.
 
 Prints each time, its ratio to pg_dump's, and a linear projection to 11 GiB (time x 11 GiB / database
 size): an upper bound for the fixed parts (catalog reads), a plain scale-up for the rest.
@@ -69,9 +73,35 @@ def prepare(settings, where: str) -> None:
     print(f"prepared: dump {s}s, restore {r}s", file=sys.stderr)
 
 
+def time_dumps(settings, where: str) -> dict:
+    """``invoke dump`` three ways, in this order each time: no digests, digests alongside pg_dump, digests before it.
+    Each: wall time, and the dump script's own pg_dump / digest-session times (``dump_digests.timings``)."""
+    import shutil
+
+    from trackerdb.migrate.dump import run_dump
+
+    out = {}
+    for name, kw in (("no digests (the cutover's dump)", {"digests": False}),
+                     ("digests alongside pg_dump (invoke dump)", {"digests": True, "overlap": True}),
+                     ("digests before pg_dump (serial)", {"digests": True, "overlap": False})):
+        d = Path(where) / "bench-dump"
+        art, wall = timed(lambda: run_dump(settings, str(d), **kw))
+        sec = art.manifest.get("content") or {}
+        out[name] = {"wall_s": wall, **(art.manifest["dump"].get("timings") or {}), "items": len(sec.get("prints") or {}),
+                     "not_digested": len(sec.get("not_digested") or {})}
+        shutil.rmtree(d, ignore_errors=True)
+    base = out["no digests (the cutover's dump)"]["wall_s"]
+    for v in out.values():
+        v["ratio_to_no_digests"] = round(v["wall_s"] / base, 2) if base else None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepare", metavar="DIR", help="dump the source into DIR and restore it on the target first")
+    ap.add_argument("--dumps", metavar="DIR", help="also time `invoke dump` without digests, with them alongside pg_dump "
+                                                   "and with them before pg_dump (dumps written into DIR, removed after)")
+    ap.add_argument("--dumps-only", action="store_true", help="with --dumps: only the three dumps")
     args = ap.parse_args(argv)
     import yaml
 
@@ -79,6 +109,10 @@ def main(argv=None) -> int:
     settings = Settings.load(cfg)
     if args.prepare:
         prepare(settings, args.prepare)
+    dumps = time_dumps(settings, args.dumps) if args.dumps else None
+    if dumps is not None and args.dumps_only:
+        print(json.dumps(dumps, indent=2))
+        return 0
     db = settings.database
     with Session(settings) as sess:
         hosts = ct.Hosts(settings, sess)
@@ -107,7 +141,8 @@ def main(argv=None) -> int:
               "equal_reusing": all(c.ok for c in ct.compare(si, ti, again["plan"], again["prints"]["source"], again["prints"]["target"], "")),
               "timings_s": times, "digest_parts_s": got["timings"],
               "ratio_to_pg_dump": {k: round(v / dump_s, 2) if dump_s else None for k, v in times.items()},
-              "projection_11_gib_s": {k: round(v * ratio, 1) for k, v in times.items()}, "scale_factor": round(ratio, 1)}
+              "projection_11_gib_s": {k: round(v * ratio, 1) for k, v in times.items()}, "scale_factor": round(ratio, 1),
+              "dumps": dumps}
     print(json.dumps(result, indent=2))
     print(f"{db_bytes / 1048576:.0f} MiB, {len(keys)} tables/chunk ranges: " + "; ".join(
         f"{k} {v}s ({result['ratio_to_pg_dump'][k]}x pg_dump) -> {result['projection_11_gib_s'][k]}s at {PRODUCTION_GIB:.0f} GiB"

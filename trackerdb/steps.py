@@ -28,10 +28,12 @@ class Check:
     observed: str = ""
     expected: str = ""
     evidence: str = ""
+    # a note: said in the output, never counted as a passing check (e.g. "content not compared by digest")
+    note: bool = False
 
     @property
     def status(self) -> str:
-        return "ok" if self.ok else "FAIL"
+        return "note" if self.note and self.ok else ("ok" if self.ok else "FAIL")
 
 
 class Outcome:
@@ -64,5 +66,12 @@ class Outcome:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def note(name: str, observed: str, expected: str = "", evidence: str = "") -> Check:
+    """What a reader must know and no check proves: shown with its message, not counted as passed."""
+    return Check(name, True, observed, expected, evidence, note=True)
+
+
 def checks_to_dict(checks: list[Check]) -> dict:
-    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) | {"status": c.status} for c in checks]}
+    return {"ok": all(c.ok for c in checks), "passed": sum(c.ok and not c.note for c in checks),
+            "checks": [asdict(c) | {"status": c.status} for c in checks if not c.note],
+            "notes": [asdict(c) | {"status": c.status} for c in checks if c.note]}

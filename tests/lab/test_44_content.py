@@ -1,7 +1,8 @@
 """Verify compares content, not only counts (issue 25, item 1): a same-count UPDATE of one row on the target,
 in a regular table and in a compressed chunk's range of a hypertable, fails verify against the frozen source
-naming the table and the chunk range; undone, verify passes again. Verify against the manifest says that it
-compared row counts only. The target is put back as it was (row values, chunk compression, the continuous
+and against the dump's manifest (its digests, taken in the dump's snapshot: runbook step 4, before any
+window), naming the table and the chunk range; undone, verify passes again. A manifest without digests (an
+older dump) verifies by row counts, with a note that is not counted as a passing check. The target is put back as it was (row values, chunk compression, the continuous
 aggregates' invalidation log) and the source unfrozen, whatever happens."""
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def _content_failures(s) -> dict:
     return {"failed": failed, "content": content}
 
 
+def _on_manifest(s, manifest) -> dict:
+    """``invoke verify`` after ``invoke restore``: against the dump's manifest."""
+    return {c.name: c for c in run_verify(s, manifest=manifest, expect_backrest=False, app_login=False, probes=False)}
+
+
 def _reusing(s, sess, kept) -> dict:
     """The content checks as the cutover's verify runs them on the pre-copy path: the delta's prints reused
     where both hosts' tuple versions are unchanged, the rest digested."""
@@ -78,6 +84,17 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
         assert clean["content"]["table tracker.geofences content"].ok
         assert clean["content"]["hypertable tracker.location_reports content"].ok
         baseline = set(clean["failed"])
+        manifest = restored["dump"].manifest
+        assert manifest.get("content", {}).get("prints"), "the dump took digests in its snapshot"
+        m_clean = _on_manifest(s, manifest)
+        for name in (ct.CONTENT, "table tracker.geofences content", "hypertable tracker.location_reports content"):
+            assert m_clean[name].ok and not m_clean[name].note, m_clean[name]
+        assert "digests taken in the dump's snapshot" in m_clean[ct.CONTENT].observed, m_clean[ct.CONTENT]
+        m_baseline = {n for n, c in m_clean.items() if not c.ok}
+        # an older manifest (no digests): counts only, said in a note that is not a passing check
+        old = {k: v for k, v in manifest.items() if k != "content"}
+        noted = _on_manifest(s, old)[ct.CONTENT]
+        assert noted.note and noted.status == "note" and noted.observed.startswith("not compared: the expected side is a manifest without digests")
         kept = dl.fingerprint_all(SimpleNamespace(settings=s, session=sess))  # the pre-copy path's prints, before the change
         before = _reusing(s, sess, kept)
         # the prints are reused for what nobody wrote since (the target's scheduler may have rewritten a few
@@ -106,10 +123,15 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
                                                               "hypertable tracker.location_reports content"}
         assert "2 digested now" in reused[ct.CONTENT].observed, reused[ct.CONTENT]
         assert f"(chunk {chunk['name']})" in reused["hypertable tracker.location_reports content"].observed
-        # against the manifest: counts only, and said so
-        on_manifest = {c.name: c for c in run_verify(s, manifest=restored["dump"].manifest, expect_backrest=False,
-                                                      app_login=False, probes=False)}
-        assert on_manifest[ct.CONTENT].observed.startswith("not compared: the expected side is the dump's manifest")
+        # against the dump's manifest (step 4, before any window): its digests find the same two, named
+        on_manifest = _on_manifest(s, manifest)
+        m_new = {n for n, c in on_manifest.items() if not c.ok} - m_baseline
+        assert m_new == {ct.CONTENT, "table tracker.geofences content", "hypertable tracker.location_reports content"}, m_new
+        assert not [n for n in m_new if n.endswith(" rows")]
+        assert on_manifest["table tracker.geofences content"].observed.startswith("1 of 1 differ: table tracker.geofences: ")
+        m_ht = on_manifest["hypertable tracker.location_reports content"]
+        assert m_ht.observed.startswith("1 of ") and f"(chunk {chunk['name']})" in m_ht.observed and f"range [{chunk['day']}" in m_ht.observed, m_ht
+        assert f"{n_rows} rows" in m_ht.expected, m_ht
     finally:
         p.run(f"{replica} UPDATE tracker.geofences SET active = {'true' if fence['active'] else 'false'} WHERE id = {int(fence['id'])}; "
               f"UPDATE tracker.location_reports SET satellites = {int(row['sat'])} WHERE {where_row}; COMMIT;", db)
@@ -117,6 +139,7 @@ def test_a_same_count_update_on_the_target_fails_verify_naming_table_and_chunk(f
         undone = _content_failures(s)
         assert set(undone["failed"]) == baseline, undone["failed"]
         assert undone["content"][ct.CONTENT].ok
+        assert {n for n, c in _on_manifest(s, manifest).items() if not c.ok} == m_baseline
         assert all(c.ok for c in _reusing(s, sess, kept).values())
     finally:
         # the target as it was: the chunk compressed again (an UPDATE leaves it partly compressed), no invalidation added

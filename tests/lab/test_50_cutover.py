@@ -328,6 +328,13 @@ def test_final_dump_says_it_was_frozen_and_verify_compared_privileges(cutover_ru
     for label in ("manifest", "source"):
         assert v[label]["privileges"]["ok"] is True, v[label]
         assert v[label]["privileges"]["observed"].endswith("objects compared, 0 differ")
+    # content: the window's own dump takes no digests (a note, not a pass); the frozen source is digested, and the
+    # phase says on which path that happened and its projected cost at the source's size
+    assert v["manifest"]["content"]["note"] and v["manifest"]["content"]["observed"].startswith("not compared: "), v["manifest"]
+    assert v["source"]["content"]["ok"] and not v["source"]["content"]["note"], v["source"]
+    assert "frozen source and target read in parallel" in v["source"]["content"]["observed"]
+    assert v["content_path"].startswith("content (verify, phase 5): FULL path") and " GiB" in v["content_path"], v["content_path"]
+    assert "content" not in json.loads(Path(st[ph.DUMP].facts["source_manifest_path"]).read_text())  # no digests in the window
     m = json.loads(Path(st[ph.DUMP].facts["source_manifest_path"]).read_text())
     assert m["facts"]["frozen"]["read_only_setting"] == "default_transaction_read_only=on"
     assert not any("read_only" in x for vals in m["facts"]["db_settings"].values() for x in vals)

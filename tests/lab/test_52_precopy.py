@@ -202,6 +202,8 @@ def test_the_window_took_the_delta_path_resumed_after_a_kill(world):
     assert d["content_reread"]["round 1"]["source"] < d["tables_and_chunks"]["compared"], d
     assert "deferred" in st[ph.DUMP].facts and "skipped" in st[ph.RESTORE].facts
     assert "manifest" not in st[ph.VERIFY].facts and st[ph.VERIFY].facts["source"]["failed"] == []  # live only
+    assert st[ph.VERIFY].facts["source"]["content"]["ok"], st[ph.VERIFY].facts["source"]
+    assert st[ph.VERIFY].facts["content_path"].startswith("content (verify, phase 5): pre-copy path"), st[ph.VERIFY].facts
     fd = st[ph.FINAL_DUMP].facts
     assert fd["off_critical_path"] and st[ph.FINAL_DUMP].start > st[ph.SWITCH].end
     if fd.get("dump_on_target"):  # the direct transfer left it on the target (the only copy)

@@ -179,6 +179,8 @@ def test_dry_run_names_the_path_and_why(tmp_path):
                                  "(run `invoke restore` and `invoke verify` before the window)")
     out = ops.run_cutover(FakeSettings(), tmp_path / "d", dry_run=True, journal_path=tmp_path / "j.jsonl", full=True)
     assert out["details"][0] == "path: FULL DUMP -- --full was given"
+    # and where the content is compared on that path, at what projected cost (the size unreadable here: said so)
+    assert out["details"][1].startswith("content (verify, phase 5): FULL path") and "size unknown" in out["details"][1]
 
 
 def test_summary_reports_the_delta_path_and_the_window_steps(tmp_path):

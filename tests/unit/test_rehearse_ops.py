@@ -121,3 +121,14 @@ def test_privilege_comparison_is_its_own_verification_row():
     assert ok["ok"] and ok["observed"] == "49 objects compared, 0 differ" and ok["expected"] == "0 differ"
     bad = rows["owners and privileges equal to the frozen source (live)"]
     assert not bad["ok"] and bad["evidence"] == diff
+
+
+def test_the_content_comparison_is_its_own_row_with_its_path_and_projected_cost():
+    rec = [{"phase": "verify", "event": "end", "facts": {
+        "manifest": {"checks": 30, "failed": [], "content": {"ok": True, "note": True, "observed": "not compared: …"}},
+        "source": {"checks": 30, "failed": [], "content": {"ok": True, "note": False, "observed": "9 of 9 equal; live, frozen …"}},
+        "content_path": "content (verify, phase 5): FULL path -- … projected 3.5-9 min for 11.00 GiB"}}]
+    rows = {r["name"]: r for r in ops.verification_rows({}, rec)}
+    assert "content compared by digest (dump manifest)" not in rows  # a note is not a passing row
+    row = rows["content compared by digest (frozen source)"]
+    assert row["ok"] and row["observed"].startswith("9 of 9 equal") and "FULL path" in row["expected"]

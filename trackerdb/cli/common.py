@@ -98,9 +98,12 @@ def print_checks(title: str, checks: list[Check], as_json: bool, extra: dict | N
     for col in ("check", "status", "observed", "expected"):
         table.add_column(col, overflow="fold")
     for c in checks:
-        table.add_row(c.name, "[green]ok[/]" if c.ok else "[bold red]FAIL[/]", c.observed, c.expected)
+        status = "[yellow]note[/]" if c.note and c.ok else ("[green]ok[/]" if c.ok else "[bold red]FAIL[/]")
+        table.add_row(c.name, status, c.observed, c.expected)
     out.print(table)
-    out.print(f"{sum(c.ok for c in checks)}/{len(checks)} checks passed")
+    counted = [c for c in checks if not c.note]  # a note is said, never counted as a passing check
+    notes = len(checks) - len(counted)
+    out.print(f"{sum(c.ok for c in counted)}/{len(counted)} checks passed" + (f"; {notes} note(s) above" if notes else ""))
     return ok
 
 

@@ -37,13 +37,15 @@ def _bar(label: str):
 @task(help={"local": "run pg_dump on this machine (you are on the old host) instead of over SSH",
             "out": "local directory for tracker.dump + tracker.manifest.json (default: <state_dir>/dump)",
             "on_host": "leave the dump on the source host in this directory instead of streaming it here",
+            "no_digests": "leave out the content digests (verify after restore then compares row counts only, with a note)",
             "json": "print the manifest summary as JSON"})
 @ops_task
-def dump(c, local=False, out=None, on_host=None, json=False):
+def dump(c, local=False, out=None, on_host=None, no_digests=False, json=False):
     """Dump the tracker database on the old host (pg_dump -Fc with owners and ACLs, the source's major)
     and write the manifest beside it (versions, exact row counts, hypertables, jobs, sequences, roles,
     database settings and grants, every object's owner/ACL/RLS/policy, size, SHA-256), read in the
-    dump's own snapshot.
+    dump's own snapshot, and the content digest of every table and chunk range, read in that snapshot by a
+    session of its own while pg_dump runs (verify after restore compares them with the target's).
 
     Every run makes a new dump; the previous file is replaced only when the new one is complete.
     """
@@ -57,12 +59,14 @@ def dump(c, local=False, out=None, on_host=None, json=False):
     dest = on_host or out or str(Path(s.state_dir) / "dump")
     prog, update = _bar("dump")
     with (contextlib.nullcontext() if json else prog):
-        art = run_dump(s, dest, local=local, progress=None if json else update, on_host=bool(on_host))
+        art = run_dump(s, dest, local=local, progress=None if json else update, on_host=bool(on_host), digests=not no_digests)
     m = art.manifest
     summary = {"dump": art.dump_path, "manifest": art.manifest_path, "on_host": art.on_host,
                "size_bytes": m["dump"]["size_bytes"], "sha256": m["dump"]["sha256"], "versions": m["versions"],
                "tables": {f"{t['schema']}.{t['name']}": t["rows"] for t in m["facts"]["tables"]},
-               "consistency": m["consistency"], "frozen": m["facts"].get("frozen")}
+               "consistency": m["consistency"], "frozen": m["facts"].get("frozen"), "timings": m["dump"].get("timings"),
+               "digests": len((m.get("content") or {}).get("prints") or {}),
+               "not_digested": (m.get("content") or {}).get("not_digested")}
     if json:
         print(_json.dumps(summary, indent=2))
     else:
@@ -70,6 +74,11 @@ def dump(c, local=False, out=None, on_host=None, json=False):
                       f"by {m['dump'].get('pg_dump_version')}")
         _stdout.print(f"manifest: {art.manifest_path}; {len(summary['tables'])} tables, "
                   f"{len(m['facts']['hypertables'])} hypertables; {m['consistency']}")
+        t = m["dump"].get("timings") or {}
+        _stdout.print(f"content: {summary['digests']} tables/chunk ranges digested in the dump's snapshot"
+                      + (f" ({t.get('digests_s')} s, alongside pg_dump's {t.get('pg_dump_s')} s)" if "digests_s" in t else "")
+                      + (f"; {len(summary['not_digested'])} not digested (compared by row count)" if summary["not_digested"] else "")
+                      if m.get("content") else "content: no digests (--no-digests): verify after restore compares row counts only")
         objects = (m["facts"].get("privileges") or {}).get("objects") or {}
         _stdout.print(f"privileges: {len(objects)} objects' owners and ACLs recorded")
         if m["facts"].get("frozen"):
@@ -148,8 +157,9 @@ def prove_jobs(c, json=False, wait=None):
 @ops_task
 def verify(c, manifest=None, against_source=False, no_backrest=False, json=False):
     """Verify the target: PostgreSQL up, timescaledb preloaded, extension versions, hypertables, continuous
-    aggregates, jobs, exact row counts, content digests of every table and chunk range (with --against-source on
-    the frozen source: both hosts read at once; a manifest has no digests, the check says so), sequences,
+    aggregates, jobs, exact row counts, content digests of every table and chunk range (against the manifest's,
+    taken in the dump's snapshot; with --against-source on the frozen source: both hosts read at once; a manifest
+    without digests or a live source: row counts, and a note says so), sequences,
     database settings and grants, every object's owner, ACL, RLS flags, policies, SECURITY DEFINER and
     settings (each difference named with both values), the application role's network login and a
     rolled-back write, WAL archiving. Exit 1 on any failure.

@@ -9,6 +9,7 @@ from .. import limits
 from ..errors import OpsError
 from ..secrets import redact
 from . import binding as bd
+from . import content_cost as cc
 from . import phases as ph
 from .journal import RESUME, RUN, SKIP, Journal, decide
 
@@ -56,10 +57,8 @@ def dry_run_details(settings) -> list[str]:
     lines += hooks.dry_run_lines(hooks.parse_config(getattr(settings, "application", None)))
     lines.append(app_path_tls_line(settings))
     lines.append(limits.plan_line(settings))
-    lines.append("verify (phase 5): every table and chunk range digested on the frozen source and the target at once; "
-                 "the pre-copy path re-reads only what was written since the delta's last prints (about 37 s at 11 GB "
-                 "measured), the full path reads both databases whole inside the window (0.85-1.3x pg_dump's time "
-                 "measured: 3.5-9 min at 11 GB)")
+    lines.append("verify (phase 5): every table and chunk range digested on the frozen source and the target at once "
+                 "(its path and projected cost: the `content` line above)")
     lines += ["jobs (phase 7): every scheduled TimescaleDB job made due and run by the scheduler; compression held "
               "until cutover-finish, which resumes and proves it"]
     name = (getattr(settings, "notify", None) or {}).get("webhook_secret_name")
@@ -152,17 +151,19 @@ def path_lines(settings, journal: Journal, full: bool, session=None) -> list[str
 
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path("."), session=session)
     try:
+        size = ph.source_size(ctx)
         choice = dl.choose_path(ctx, full)
     except OpsError as exc:
-        return [f"path: cannot tell now ({exc.one_line()}); phase 2b decides after the freeze"]
+        return [f"path: cannot tell now ({exc.one_line()}); phase 2b decides after the freeze", cc.line(None, size)]
     finally:
         if session is None:
             ctx.close()
     if choice["path"] == ph.PATH_DELTA:
         return [f"path: pre-copy (delta) -- the schema is the one recorded at the pre-copy ({choice.get('precopy_recorded_at')}); "
                 "the window moves only the chunks and tables whose fingerprints differ; the final full dump follows the switch "
-                "(phase 8). Checked again after the freeze."]
-    return ["path: FULL DUMP -- " + "; ".join(choice["reasons"])]
+                "(phase 8). Checked again after the freeze.", cc.line("delta", size)]
+    return ["path: FULL DUMP -- " + "; ".join(choice["reasons"]), cc.line("full", size)]
+
 
 
 def _add_secrets(ctx, settings) -> None:

@@ -335,7 +335,8 @@ def _final_dump(ctx: Ctx) -> dict:
     art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say,
                             transfer=transfer)
     if art is None:
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"), session=ctx.session)
+        # no digests in the window's dump: its verify digests the frozen source and the target anyway
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"), session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -416,7 +417,19 @@ def _is_our_freeze(check) -> bool:
     return all(READ_ONLY_SETTING in m for m in missing)
 
 
+def source_size(ctx) -> int | None:
+    """The source database's size (what the content comparison's cost scales with); None when unreadable."""
+    from ..sql import literal
+
+    try:
+        return int(ctx.session.psql("source").value(f"SELECT pg_database_size({literal(ctx.settings.database)});",
+                                                    ctx.settings.database))
+    except Exception:  # noqa: BLE001 - only a projection depends on it: "size unknown" is said instead
+        return None
+
+
 def verify(ctx: Ctx, resume: bool) -> dict:
+    from ..migrate.content import CONTENT
     from ..migrate.verify import run_verify
     from .delta import kept_prints  # the pre-copy path's last prints: verify reads again only what was written since
 
@@ -431,11 +444,17 @@ def verify(ctx: Ctx, resume: bool) -> dict:
         priv = next((c for c in checks if c.name == "owners and privileges equal to the source"), None)
         if priv is not None:  # its own row in the rehearsal report
             result[label]["privileges"] = {"ok": priv.ok, "observed": priv.observed}
+        head = next((c for c in checks if c.name == CONTENT), None)
+        if head is not None:  # where the content was compared, and how long it took: the report's own row
+            result[label]["content"] = {"ok": head.ok, "note": head.note, "observed": head.observed}
         if bad:
             raise VerifyError(f"verify against the {label}: {len(bad)} of {len(checks)} checks failed: "
                               + "; ".join(result[label]["failed"][:5]),
                               hint="the application still points at the frozen source: fix and re-run `invoke cutover`, "
                                    f"or `invoke rollback --journal {ctx.journal.path}`")
+    from .content_cost import line
+
+    result["content_path"] = line(path(ctx), source_size(ctx))
     return result
 
 

@@ -10,14 +10,13 @@ and not on the other digests the same. The continuous aggregates' materializatio
 the aggregate checks (a refresh on the target legitimately materializes more); large objects are compared
 by the md5 the catalog already reads.
 
-When the two sides can be compared: only live against a *frozen* source (``verify --against-source``,
-which the cutover's verify phase runs; the freeze's marker says so). A manifest carries no digests: the
-dump's snapshot would have to read the whole database once more, serially, before ``pg_dump`` (measured in
-``benchmarks/content_digest.py``), and the window's verify against the frozen source reads both hosts in
-parallel instead. Verify against a manifest (or an unfrozen source) therefore compares row counts only,
-and its ``content`` check says so. On the pre-copy path the window's verify reuses the delta's last round
-of prints where both hosts' tuple versions say nothing was written since (``reuse_prints``): the rest, and
-every difference, is digested again.
+When the two sides can be compared: live against a *frozen* source (``verify --against-source``, which the
+cutover's verify phase runs; the freeze's marker says so), or against a manifest whose dump took the same
+prints in its snapshot (``dump_digests``: ``invoke dump``, runbook step 4; only the target is read then).
+A manifest without them (an older dump, the cutover's own dump, ``--no-digests``) or an unfrozen source:
+row counts only, and a note (not a passing check) says so. On the pre-copy path the window's verify reuses
+the delta's last round of prints where both hosts' tuple versions say nothing was written since
+(``reuse_prints``): the rest, and every difference, is digested again.
 
 Each host is read by its own psql over its own SSH connection, both at once (two threads); the sessions
 pin the text forms a row's digest depends on (time zone, date and interval styles, float digits, bytea).
@@ -34,7 +33,7 @@ from ..cutover import delta_sql as dq
 from ..errors import OpsError
 from ..psql import Psql
 from ..remote import Remote
-from ..steps import Check
+from ..steps import Check, note
 
 CONTENT = "content compared by digest"
 SHOW = 4  # differences named per check (the count says how many more)
@@ -157,10 +156,11 @@ def large_object_checks(src_cat: dict, tgt_cat: dict, how: str) -> list[Check]:
                   ", ".join(f"{o} {want.get(o) or 'absent'}" for o in bad[:SHOW]) if bad else f"{len(want)} large object(s)", how)]
 
 
-def not_compared(why: str) -> Check:
-    """Said, not hidden: which comparison verify did instead of digests (row counts only)."""
-    return Check(CONTENT, True, f"not compared: {why}; tables compared by row count only",
-                 "digests need the frozen source (verify --against-source inside the cutover's freeze)", "row counts")
+def not_compared(why: str, needs: str = "digests need the frozen source (verify --against-source inside the cutover's freeze) "
+                                         "or a manifest with digests (`invoke dump`)") -> Check:
+    """Said, not hidden, and not counted as a passing check (a check that cannot fail is none): which
+    comparison verify did instead of digests (row counts only)."""
+    return note(CONTENT, f"not compared: {why}; tables compared by row count only", needs, "row counts")
 
 
 # ---- executor -------------------------------------------------------------------------------------
@@ -246,7 +246,8 @@ def content_checks(settings, session, expected: dict | None, against_source: boo
     (``reuse``: the pre-copy path's last delta prints, see ``reuse_prints``); otherwise one check saying that
     only row counts were compared, and why."""
     if not against_source:
-        return [not_compared("the expected side is the dump's manifest, which carries row counts, not digests")]
+        return [not_compared("the expected side is a manifest without digests (a dump from before they were taken, "
+                             "or the cutover's own dump, whose verify digests the frozen source)")]
     if not (expected or {}).get("frozen"):
         return [not_compared("the source is live and not frozen (it may still change)")]
     try:

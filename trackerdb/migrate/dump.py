@@ -21,6 +21,8 @@ from .. import inputs
 from ..errors import ConfigError, HostError, OpsError, PreflightError
 from ..remote import LocalHost, wrap
 from ..session import connection
+from ..cutover import delta_sql as dq
+from . import dump_digests as dd
 from . import manifest as mf
 from ..psql import PIN, Psql, parse_json
 
@@ -40,14 +42,35 @@ PROBE_SQL = """SELECT json_build_object('server_version_num', current_setting('s
 
 
 def dump_script(*, pg_bin: str, port: int, database: str, facts_sql: list[str], facts_path: str,
-                out_file: str | None, compress: str = "lz4") -> str:
+                out_file: str | None, compress: str = "lz4", digest_sql: str | None = None,
+                digests_path: str | None = None, overlap: bool = True) -> str:
     """The bash script run as postgres on the source. pg_dump writes to ``out_file`` or stdout. Both psql
     sessions pin ``search_path`` and ``standard_conforming_strings`` first, as every session of ours does:
     the facts are read as superuser on the shared source, never under the database owner's search_path
-    (and ``pg_get_viewdef`` then qualifies names exactly as verify's pinned sessions on the target do)."""
+    (and ``pg_get_viewdef`` then qualifies names exactly as verify's pinned sessions on the target do).
+
+    With ``digest_sql`` (``dump_digests.snapshot_script``) a third session adopts the snapshot and writes the
+    content digests to ``digests_path`` while pg_dump runs (``overlap``; else before pg_dump starts, to measure
+    what it would add); its failure fails the dump. Both report their time on stderr (``trackerdb: … ms``)."""
     psql = f"{shlex.quote(pg_bin + '/psql')} -X -q -v ON_ERROR_STOP=1 -At -p {port} -d {shlex.quote(database)}"
     sql = "\n".join(facts_sql)
     target = f"--file={shlex.quote(out_file)}" if out_file else ""
+    digests = wait_digests = ""
+    if digest_sql:
+        if not digests_path:
+            raise ValueError("digest_sql needs digests_path")
+        digests = f"""t_digests=$(date +%s%N)
+{{ echo "{PIN} BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '$snapshot';"
+  cat <<'TRACKERDB_EOSQL'
+{digest_sql}
+COMMIT;
+TRACKERDB_EOSQL
+}} | {{ {psql} > {shlex.quote(digests_path)} && echo "trackerdb: digests $(( ($(date +%s%N) - t_digests) / 1000000 )) ms" >&2; }} &
+digests_pid=$!
+"""
+        wait_digests = 'wait "$digests_pid"\n'  # set -e: its failure fails the dump, psql's error the last line
+    before_dump = digests + (wait_digests if not overlap else "")
+    after_dump = wait_digests if overlap else ""
     return f"""set -euo pipefail
 umask 077
 coproc SNAP {{ {psql}; }}
@@ -62,8 +85,10 @@ COMMIT;
 TRACKERDB_EOSQL
 }} | {psql} > {shlex.quote(facts_path)}
 echo "trackerdb: snapshot $snapshot" >&2
+{before_dump}t_dump=$(date +%s%N)
 {shlex.quote(pg_bin + '/pg_dump')} -Fc --compress={shlex.quote(compress)} --snapshot="$snapshot" -p {port} -d {shlex.quote(database)} {target}
-echo "COMMIT;" >&$snap_in
+echo "trackerdb: pg_dump $(( ($(date +%s%N) - t_dump) / 1000000 )) ms" >&2
+{after_dump}echo "COMMIT;" >&$snap_in
 exec {{snap_in}}>&-
 wait
 """
@@ -168,20 +193,37 @@ def parse_facts_file(text: str, with_timescaledb: bool) -> dict:
     return mf.merge_facts(docs[0], docs[1] if with_timescaledb else None, docs[-1])
 
 
-def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False, session=None) -> DumpArtifacts:
+def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False, session=None,
+             digests: bool = True, overlap: bool = True) -> DumpArtifacts:
     """Dump ``settings.database`` on the source (SSH, or this machine with ``local``).
 
     ``dest_dir`` is a local directory (stream), or with ``on_host`` a directory on the source.
-    ``progress(done_bytes, total_bytes_or_None)`` is called while the dump streams.
+    ``progress(done_bytes, total_bytes_or_None)`` is called while the dump streams. ``digests``: the
+    manifest carries every table's and chunk range's content digest, read in the dump's snapshot while
+    pg_dump runs (``dump_digests``; ``overlap=False``: before pg_dump, to measure what they would add).
     """
     if local:
         with LocalHost("source") as host:
-            return _dump(settings, host, dest_dir, progress, False)
+            return _dump(settings, host, dest_dir, progress, False, digests, overlap)
     with connection(settings, session, "source") as (_, host):
-        return _dump(settings, host, dest_dir, progress, on_host)
+        return _dump(settings, host, dest_dir, progress, on_host, digests, overlap)
 
 
-def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifacts:
+def _digest_plan(probe, db: str, with_ts: bool, digests: bool, tmp: str) -> dict:
+    """The digest session's script and output path (``{}`` without digests): planned from the catalog read now."""
+    if not (digests and with_ts):
+        return {}
+    catalog = probe.json(dq.CATALOG_SQL, db)
+    return {"catalog": catalog, "digest_sql": dd.snapshot_script(catalog), "digests_path": f"{tmp}/trackerdb-digests-{uuid.uuid4().hex}.json"}
+
+
+def _content(host, plan: dict, stderr: str) -> dict | None:
+    if not plan:
+        return None
+    return dd.section(host.read_file(plan["digests_path"]) or "", plan["catalog"], dd.timings(stderr))
+
+
+def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool = True, overlap: bool = True) -> DumpArtifacts:
     if on_host:
         check_on_host_dir(dest_dir)
     db = settings.database
@@ -201,12 +243,15 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     with_ts = bool(info.get("timescaledb"))
     facts_path = f"/tmp/trackerdb-facts-{uuid.uuid4().hex}.json"
     dump_name = f"{db}.dump"
+    dplan = _digest_plan(probe, db, with_ts, digests, "/tmp")
+    extra = {"digest_sql": dplan.get("digest_sql"), "digests_path": dplan.get("digests_path"), "overlap": overlap}
+    tmp_files = [facts_path] + ([dplan["digests_path"]] if dplan else [])
 
     if on_host:
         out_file = f"{dest_dir}/{dump_name}"
         prepare_on_host_dir(host, dest_dir)
         script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
-                             facts_path=facts_path, out_file=out_file, compress=settings.dump_compress)
+                             facts_path=facts_path, out_file=out_file, compress=settings.dump_compress, **extra)
         try:
             r = host.run(script, user="postgres", check=False)
             if not r.ok:
@@ -215,10 +260,14 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
             sha = host.run(["sha256sum", out_file], sudo=True).stdout.split()[0]
             facts = parse_facts_file(host.read_file(facts_path) or "", with_ts)
             stderr = r.stderr
+            content = _content(host, dplan, stderr)
         finally:
-            host.run(["rm", "-f", facts_path], sudo=True, check=False)
+            host.run(["rm", "-f", *tmp_files], sudo=True, check=False)
         doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_name, dump_size=size,
                                 dump_sha256=sha, pg_dump_version=pg_dump_version, consistency=_consistency(stderr))
+        doc["dump"]["timings"] = dd.timings(stderr)  # the script's own: pg_dump, and the digest session's
+        if content:
+            doc[dd.SECTION] = content
         manifest_path = str(mf.manifest_path_for(out_file))
         import json
 
@@ -231,7 +280,7 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
     dump_path = dest / dump_name
     partial = dest / (dump_name + ".partial")
     script = dump_script(pg_bin=pg_bin, port=port, database=db, facts_sql=mf.facts_sql(with_ts),
-                         facts_path=facts_path, out_file=None, compress=settings.dump_compress)
+                         facts_path=facts_path, out_file=None, compress=settings.dump_compress, **extra)
     line = wrap(script, user="postgres")
     total = None
     try:
@@ -242,15 +291,19 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool) -> DumpArtifac
                            hint="nothing was changed on the source; fix the cause and re-run")
         facts_text = host.read_file(facts_path)
         facts = parse_facts_file(facts_text or "", with_ts)
+        content = _content(host, dplan, res.stderr)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     finally:
-        host.run(["rm", "-f", facts_path], sudo=True, check=False)
+        host.run(["rm", "-f", *tmp_files], sudo=True, check=False)
     partial.replace(dump_path)
     doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_name, dump_size=res.bytes,
                             dump_sha256=res.sha256, pg_dump_version=pg_dump_version, consistency=_consistency(res.stderr))
     doc["dump"]["warnings"] = dump_warnings(res.stderr)
+    doc["dump"]["timings"] = dd.timings(res.stderr)  # the script's own: pg_dump, and the digest session's
+    if content:
+        doc[dd.SECTION] = content
     manifest_path = mf.manifest_path_for(dump_path)
     mf.write_manifest(doc, manifest_path)
     return DumpArtifacts(str(dump_path), str(manifest_path), doc)

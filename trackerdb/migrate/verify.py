@@ -13,6 +13,7 @@ from ..errors import OpsError
 from ..session import scoped
 from ..steps import Check
 from . import app_probe
+from . import dump_digests as dd
 from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
@@ -258,7 +259,11 @@ def run_verify(settings, manifest: dict | None = None, against_source: bool = Fa
         else:
             _align_cagg_content(psql, db, expected, observed)
             checks += compare_facts(expected, observed, label, settings.owner_map)
-            checks += content_checks(settings, sess, expected, against_source, content_reuse)  # digests: frozen source only
+            dumped = None if against_source else (manifest or {}).get(dd.SECTION)
+            if dumped:  # digests taken in the dump's snapshot, compared with the target's
+                checks += dd.manifest_content_checks(settings, sess, dumped)
+            else:  # the frozen source: both hosts digested; a manifest without digests or a live source: a note
+                checks += content_checks(settings, sess, expected, against_source, content_reuse)
         if app_login:
             checks.append(app_login_check(settings, expected or observed, sess))
         if probes:

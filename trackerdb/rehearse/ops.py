@@ -101,6 +101,13 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
             rows.append({"name": f"verify against the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
                          "ok": not failed, "observed": f"{v[label].get('checks')} checks, {len(failed)} failed",
                          "expected": "0 failed", "evidence": "; ".join(failed[:5]) or "trackerdb.migrate.verify"})
+            content = v[label].get("content")
+            # where the content was compared and what it cost; a note (the window's own dump takes no digests) is no row
+            if isinstance(content, dict) and not content.get("note"):
+                rows.append({"name": f"content compared by digest ({'dump manifest' if label == 'manifest' else 'frozen source'})",
+                             "ok": bool(content.get("ok")), "observed": str(content.get("observed"))[:300],
+                             "expected": str(v.get("content_path") or "every table and chunk range equal")[:300],
+                             "evidence": "trackerdb.migrate.content"})
             priv = v[label].get("privileges")
             if isinstance(priv, dict):
                 rows.append({"name": f"owners and privileges equal to the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
