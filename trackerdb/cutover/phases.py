@@ -16,6 +16,7 @@ from ..errors import OpsError, PreflightError, VerifyError
 from . import compression_hold as ch
 from . import freeze as fz
 from . import hooks as hk
+from . import progress as pg
 from . import switch as sw
 from .app_path import app_path_check  # noqa: F401  (post() calls it; tests import it from here)
 from .journal import Journal
@@ -187,35 +188,6 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
     return facts
 
 
-def _bytes_progress(ctx: Ctx, label: str, every_s: float = 5.0):
-    """Byte/step progress from the migrate area: every new step, and at most one line every few seconds."""
-    last = {"t": 0.0, "label": None}
-
-    def report(done=None, total=None):
-        now = time.monotonic()
-        if label == last["label"] and now - last["t"] < every_s and not (total and done == total):
-            return
-        last["t"], last["label"] = now, label
-        if isinstance(done, (int, float)) and total:
-            ctx.say(f"{label}: {done / 1048576:.1f}/{total / 1048576:.1f} MiB ({100 * done / total:.0f}%)")
-        elif isinstance(done, (int, float)) and done:
-            ctx.say(f"{label}: {done / 1048576:.1f} MiB")
-        else:
-            ctx.say(label)
-    return report
-
-
-def _step_progress(ctx: Ctx):
-    reporters: dict = {}
-
-    def report(what, done=None, total=None):
-        key = str(what)
-        if key not in reporters:
-            reporters[key] = _bytes_progress(ctx, key)
-        reporters[key](done, total)
-    return report
-
-
 # ---- 2b delta (the pre-copy path) -----------------------------------------------------------------
 def path(ctx: Ctx) -> str:
     """The path this cutover took: ``delta`` once phase 2b chose it, else ``full`` (journals without 2b too)."""
@@ -332,11 +304,11 @@ def _final_dump(ctx: Ctx) -> dict:
     # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
     key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
     transfer = (ctx.facts(PREFLIGHT).get("transfer") or {}).get("transfer", "relay")  # decided and probed in preflight
-    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=_bytes_progress(ctx, "dump"), say=ctx.say,
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"), say=ctx.say,
                             transfer=transfer)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=_bytes_progress(ctx, "dump"), session=ctx.session, digests=False)
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"), session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -384,7 +356,7 @@ def restore(ctx: Ctx, resume: bool) -> dict:
     # a dump the direct transfer left on the target stays there after the restore (the only copy)
     on_target = bool(d.get("dump_on_target"))
     outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
-                          progress=_step_progress(ctx), session=ctx.session, on_target=on_target, keep_upload=on_target)
+                          progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target, keep_upload=on_target)
     steps = getattr(outcome, "steps", [])
     # a whole database's restore leaves archiving behind on a busy host: verify checks it, so wait
     # (bounded) for it to catch up here, as the pre-copy path does after its big copies
