@@ -171,6 +171,17 @@ def test_replay_script_is_a_fixed_program_and_names_travel_only_as_copy_data():
     assert "%I" in cp.REPLAY_PROGRAM and "SET LOCAL ROLE" in cp.REPLAY_PROGRAM
 
 
+def test_a_change_the_source_cannot_apply_aborts_naming_its_row():
+    """Every abort of the replay names the change, its table and the row (its key, or its logged identity,
+    cut at 300 characters): the operator must find that row on both hosts (lab: tests/lab/test_54_kills.py)."""
+    raises = [ln.strip() for ln in cp.REPLAY_PROGRAM.splitlines() if "RAISE EXCEPTION" in ln and "expected 1" in ln]
+    assert len(raises) == 2, raises
+    for ln in raises:
+        fmt, args = ln.split("', ", 1)
+        assert fmt.count("%") == args.replace("keyj::text, 300", "").count(",") + 1, ln  # one argument per placeholder
+        assert args.rstrip(";").endswith("left(keyj::text, 300)"), ln
+
+
 def test_replay_result_counts_and_missing_tables():
     res = cp.replay_result({"already_applied": 3, "applied": [
         {"table": "tracker.devices", "op": "update", "n": 2, "missing": False},

@@ -299,13 +299,13 @@ BEGIN
                      c.nspname, c.relname, cols, vals, cond) USING newj;
       GET DIAGNOSTICS n = ROW_COUNT;
       IF n <> 1 THEN
-        RAISE EXCEPTION 'change % (UPDATE) on %.%: % row(s) on the source match the target''s key, expected 1', c.seq, c.nspname, c.relname, n;
+        RAISE EXCEPTION 'change % (UPDATE) on %.%: % row(s) on the source match the target''s key %, expected 1', c.seq, c.nspname, c.relname, n, left(keyj::text, 300);
       END IF;
     ELSE
       EXECUTE format('DELETE FROM %I.%I t WHERE %s', c.nspname, c.relname, cond);
       GET DIAGNOSTICS n = ROW_COUNT;
       IF n = 0 OR (pk IS NOT NULL AND n <> 1) THEN
-        RAISE EXCEPTION 'change % (%) on %.%: % row(s) on the source match the target''s row, expected 1', c.seq, c.op, c.nspname, c.relname, n;
+        RAISE EXCEPTION 'change % (%) on %.%: % row(s) on the source match the target''s row %, expected 1', c.seq, c.op, c.nspname, c.relname, n, left(keyj::text, 300);
       END IF;
       sql := format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM (SELECT $1 AS j) r',
                     c.nspname, c.relname, cols, vals);
