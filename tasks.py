@@ -20,6 +20,7 @@ ns = Collection(
     migrate.restore,
     migrate.verify,
     migrate.prove_jobs,
+    migrate.drop_kept_aside,
     cutover.cutover,
     cutover.rollback,
     cutover.cutover_finish,

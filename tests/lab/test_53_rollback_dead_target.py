@@ -1,5 +1,6 @@
 """Rollback with the target gone (issue 28, item 3), after a real pre-copy window on the default path.
 Runs after test_52 (whose rollback and finish leave the source serving, no capture slot) or on its own;
+the slot stays while the export is deferred and the completed rollback ends it (issue 27);
 it ends the same way, for test_55.
 
 The window switches the application to the target and a change lands there. Then the target's address is
@@ -88,11 +89,17 @@ def test_rollback_with_the_target_unreachable_then_stopped_then_back(switched):
     second = run_rollback(s, journal, replay=True, progress=print)
     assert second["exported_rows"] is None and "the target was unreachable" in second["warning"], second
     assert _source_state(s) == (s.source.address, False)
+    assert "capture_end" not in second  # the export is deferred: the slot must stay (issue 27)
 
     with Remote(s.target) as tgt:
         tgt.run(["pg_ctlcluster", str(s.postgres_major), "main", "start"], sudo=True)
     third = run_rollback(s, journal, replay=True, progress=print)
     assert third.get("capture") == "logical decoding" and third["exported_rows"] >= 1, third
+    assert third["capture_end"]["dropped"] is True, third  # every change exported and replayed: the slot ended
+    with Remote(s.target) as tgt:
+        left = run_sql(tgt, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
+                            f"'{third['capture_end']['slot']}';").stdout.strip()
+    assert left == "0", left
     with Remote(s.source) as src:
         name = run_sql(src, f"SELECT name FROM tracker.devices WHERE id = {switched['device']};", "tracker").stdout.strip()
     assert name == MARK, name  # the change made on the target reached the source

@@ -131,7 +131,8 @@ def cutover_finish(c, journal=None, json=False):
     The compression policies held since the switch are resumed and, with every other job, proven in
     TimescaleDB's scheduler (as `invoke prove-jobs`). From then on the target keeps no WAL for a rollback,
     and `invoke rollback` refuses: the journal
-    records that rollback is no longer possible. Nothing else drops the slot. Safe to run again.
+    records that rollback is no longer possible. Otherwise only a rollback that exported every change (and a later
+    restore or cutover preflight, when a journal shows that) ends the slot. Safe to run again.
     """
     from ..cutover.lossless import finish
     from ..cutover.ops import default_journal

@@ -101,12 +101,15 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
     Re-run after any failure: the upload continues, the staging database is rebuilt, tracker is only
     ever the complete restore.
     """
+    from ..cutover.leftover import before_restore
     from ..migrate.restore import run_restore
 
     paths.input_file(dump, "--dump")
     if manifest:
         paths.input_file(manifest, "--manifest")
     s = settings(c)
+    # an earlier window's rollback slot would retain all the WAL this restore writes (issue 27)
+    before_restore(s, dry_run=dry_run, say=lambda m: None if json else _stdout.print(m))
     prog, update = _bar("restore")
     with (contextlib.nullcontext() if json else prog):
         outcome = run_restore(s, dump, manifest_path=manifest, replace=replace, dry_run=dry_run,
@@ -181,4 +184,29 @@ def verify(c, manifest=None, against_source=False, no_backrest=False, json=False
         raise Exit(code=1)
 
 
-TASKS = [dump, restore, verify, prove_jobs]
+@task(help={"database": "the exact name of the kept-aside database to drop (<database>_replaced_<time>)",
+            "dry_run": "check and say what would be dropped; change nothing",
+            "json": "print the result as JSON"})
+@ops_task
+def drop_kept_aside(c, database, dry_run=False, json=False):
+    """Drop one database a restore kept aside (<database>_replaced_<time>): a person names it, never automatic.
+
+    Refuses (one line, nothing changed) the live database, a name that is not a kept-aside database of it,
+    a database with sessions, and one a replication slot still uses. Journaled in
+    <state_dir>/kept-aside.jsonl. A refused restore ("the data volume has … free") names each candidate
+    with its age and size.
+    """
+    from ..errors import ConfigError
+    from ..inputs import pg_name
+    from ..migrate.kept_aside import drop_kept_aside as run_drop
+
+    problem = pg_name(database)
+    if problem:
+        raise ConfigError(f"--database {database!r} {problem}", hint="give the kept-aside database's exact name")
+    s = settings(c)
+    res = run_drop(s, database, dry_run=dry_run, progress=None if json else _stdout.print)
+    if json:
+        print(_json.dumps(res, indent=2))
+
+
+TASKS = [dump, restore, verify, prove_jobs, drop_kept_aside]

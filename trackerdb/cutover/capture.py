@@ -11,7 +11,8 @@ binary protocol that needs a publication and a replication-protocol client.
 Lifecycle: the cutover's switch phase sets ``REPLICA IDENTITY FULL`` on tables without a usable
 key, then creates the slot (its name is noted in the journal *before*, its start LSN after), and
 only then switches. The slot is only ever *peeked*, never consumed: every rollback decodes
-everything since the switch. ``invoke cutover-finish`` drops it; nothing else does.
+everything since the switch. ``invoke cutover-finish`` drops it, and so do a rollback that exported every
+change, the next restore and the next cutover's preflight once a journal shows its window over (``leftover``).
 
 What is replayed: committed INSERT/UPDATE/DELETE on the tracker database's own tables. Changes
 to chunk tables map to their hypertable. TimescaleDB 2.18 brackets every compression and

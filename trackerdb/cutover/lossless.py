@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import HostError, OpsError
+from .. import capture_registry as registry
 from ..files import write_private
 from . import capture as cp
 from . import compression_hold as hold
@@ -63,7 +64,7 @@ def dry_run_lines(settings) -> list[str]:
     lines = [f"target (switch phase, before the switch): REPLICA IDENTITY FULL on {len(need)} table(s) without a "
              f"usable key (and their chunks): {', '.join(need) or 'none'}",
              f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in {settings.database}; "
-             "its LSN goes to the journal; dropped only by `invoke cutover-finish`",
+             "its LSN goes to the journal; dropped by `invoke cutover-finish`, or once a rollback exported every change",
              "target, before the slot: TimescaleDB's compression policies paused (alter_job next_start => 'infinity'), "
              "recorded in the journal, resumed by `invoke cutover-finish` (a recompression in the rollback "
              "window would look like the application's writes)"]
@@ -83,6 +84,7 @@ def start_capture(ctx) -> dict:
     slot = recorded.get("slot") or cp.slot_name(time.time())
     if not recorded.get("slot"):
         journal.note(cp.JOURNAL_PHASE, {"slot": slot, "plugin": cp.PLUGIN, "database": s.database})  # before the change
+    registry.register(s.state_dir, slot, journal.path)  # a later restore or window finds this journal by the slot
     hold.hold(Psql.target(tgt, s), s.database, journal, ctx.say)  # before the slot: see compression_hold
     identity = cp.prepare_identity(tgt, s.database, s.pg_port)
     if identity:

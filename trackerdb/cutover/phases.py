@@ -110,8 +110,10 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     if current is not None and current == new:
         problems.append(f"the application already points at {new} ({switcher.describe()})")
     problems += _archiving_and_secret_problems(ctx)
-    from . import lossless
+    from . import leftover, lossless
     problems += lossless.preflight_problems(tgt, s)
+    # an earlier window's capture slot: ended when its journal shows that window over, else named (issue 27)
+    problems += leftover.sweep(s, tgt, "cutover preflight", ctx.say, own_journal=ctx.journal.path)["refused"]
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
     from ..migrate import direct

@@ -25,6 +25,7 @@ from ..errors import OpsError
 from . import binding as bd
 from . import freeze as fz
 from .decoding import ParseError
+from . import leftover as lo
 from . import lossless as ll
 from . import phases as ph
 from . import switch as sw
@@ -264,8 +265,12 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             keyed = [t for t in keyed if there.get(f"{t['schema']}.{t['name']}")]
             source_max = Psql(src, sport).json(maxima_sql(keyed), db) or {}
             journal.note(ROLLBACK, {"source_max": source_max})
-        cap = None
-        if switched and tfacts["exists"]:
+        cap, prior = None, lo.ended_export(states)
+        if switched and prior:  # exported by an earlier run, then its slot ended: that file holds every change
+            cap = prior
+            facts.update(prior)
+            say(f"the capture slot was ended after its export: using {prior['export_file']}")
+        elif switched and tfacts["exists"]:
             # every committed change since the slot (issue 16); the heuristic export only when it cannot be read
             cap, why = ll.capture_problem(journal, tgt, settings)
             if cap is not None:
@@ -317,6 +322,8 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
     finally:
         ctx.close()
     journal.end(ROLLBACK, "ok", facts)
+    if cap is not None and facts.get("capture") == "logical decoding" and not lo.ended_export(journal.states()):
+        facts["capture_end"] = lo.after_rollback(settings, journal, say)  # every change exported: the slot goes
     from .hooks import rollback_start
 
     # the application this cutover stopped comes back only now, pointing at the writable source

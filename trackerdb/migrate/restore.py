@@ -63,6 +63,7 @@ from .restore_plan import (  # noqa: F401  (re-exported: callers and tests use r
     replaced_name,
     restore_tuning,
     restore_wal_mb,
+    space_report,
     staging_name,
     tuning_path,
     tuning_text,
@@ -74,7 +75,6 @@ UPLOAD_CHUNK = 1 << 20
 
 
 # ---- executor ---------------------------------------------------------------------------------
-
 def run_restore(settings, dump_path: str, manifest_path: str | None = None, replace: bool = False, progress=None,
                 dry_run: bool = False, keep_upload: bool = False, session=None, on_target: bool = False) -> Outcome:
     """Restore ``dump_path`` (with its manifest) onto the target as ``settings.database``.
@@ -142,7 +142,7 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         attach = not ready and rj.attachable(dbplan["staging"], sha, job_status)
         avail = toc.parse_df_avail(t.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
         need = 0 if ready else check_space(manifest, avail, uploaded, settings.data_volume_size_gb,
-                                           reclaim=reclaimable_bytes(tf, db))
+                                           reclaim=reclaimable_bytes(tf, db), report=space_report(settings, psql))
         out.add(Step("preflight", False,
                      f"TimescaleDB {manifest['versions'].get('timescaledb')} matches; {toc.human_bytes(avail)} free >= "
                      f"{toc.human_bytes(need)} needed; TOC {split.entries} entries ({len(split.catalog)} catalog, "

@@ -11,6 +11,7 @@ from .. import compat
 from ..errors import OpsError, PreflightError
 from ..psql import Psql
 from ..session import connection
+from . import kept_aside as ka
 from . import manifest as mf
 from . import sqltext as sq
 from . import toc
@@ -184,19 +185,27 @@ def reclaimable_bytes(target: dict, db: str) -> int:
     return int(staging.get("size") or 0)
 
 
-def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0) -> int:
+def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0, report=None) -> int:
     return check_free_space(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], avail, uploaded,
-                            volume_gb, reclaim)
+                            volume_gb, reclaim, report)
 
 
-def check_free_space(db_bytes: int, dump_bytes: int, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0) -> int:
+def check_free_space(db_bytes: int, dump_bytes: int, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0,
+                     report=None) -> int:
+    """``report()``: what holds space on the target, one line each with the command that releases it
+    (``kept_aside.space_report``); read only when the space is short, and named in the refusal's hint."""
     need = toc.space_needed(db_bytes, dump_bytes, uploaded, restore_wal_mb(volume_gb) << 20)
     if avail + reclaim < need:
         extra = f" (+{toc.human_bytes(reclaim)} held by our unfinished staging database)" if reclaim else ""
         raise PreflightError(
             f"the data volume has {toc.human_bytes(avail)} free{extra}, the restore needs about {toc.human_bytes(need)}",
-            hint="grow the EBS data volume (and the filesystem) or free space, then re-run")
+            hint=ka.holders_hint(report() if report else []))
     return need
+
+
+def space_report(settings, psql: Psql):
+    """The target's space holders for :func:`check_free_space` (``kept_aside.space_report``)."""
+    return lambda: ka.space_report(settings, psql)
 
 
 def preflight_target(settings, session=None) -> dict:
@@ -224,21 +233,22 @@ def preflight_from_source(settings, source_facts: dict, session=None, replace: b
                 "postgis": mf.extension_version(source_facts, "postgis"),
                 "postgresql_major": mf.server_major(source_facts), "postgresql": source_facts.get("server_version")}
     db_bytes = source_facts["database"]["size_bytes"]
+    problems, plan = [], {}
     with connection(settings, session) as (_, t):
+        psql = Psql.target(t, settings)
         try:
-            tf = Psql.target(t, settings).json(TARGET_FACTS_SQL)
+            tf = psql.json(TARGET_FACTS_SQL)
         except OpsError as exc:
             raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
                                  hint="run `invoke provision` (nothing was changed)") from None
         avail = toc.parse_df_avail(t.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
-    problems, plan = [], {}
-    for check in (lambda: check_target_versions(versions, tf), lambda: check_target_locale(source_facts["database"], tf),
-                  lambda: plan.update(check_databases(tf, settings.database, replace=replace)),
-                  lambda: check_free_space(db_bytes, db_bytes // 2, avail, 0, settings.data_volume_size_gb,
-                                           reclaimable_bytes(tf, settings.database))):
-        try:
-            check()
-        except OpsError as exc:
-            problems.append(exc.one_line())
+        for check in (lambda: check_target_versions(versions, tf), lambda: check_target_locale(source_facts["database"], tf),
+                      lambda: plan.update(check_databases(tf, settings.database, replace=replace)),
+                      lambda: check_free_space(db_bytes, db_bytes // 2, avail, 0, settings.data_volume_size_gb,
+                                               reclaimable_bytes(tf, settings.database), space_report(settings, psql))):
+            try:
+                check()
+            except OpsError as exc:
+                problems.append(exc.one_line())
     return {"problems": problems, "timescaledb": versions["timescaledb"], "target_free_bytes": avail,
             "target_has_tracker": plan.get("tracker_exists")}

@@ -322,6 +322,10 @@ def item_rollback_window(f: dict) -> tuple[str, str]:
         return HUMAN, (f"rollback window open: {state}slot {ours} since {cap.get('created_at') or cap.get('lsn')}, "
                        f"{_mib(sl.get('retained_bytes'))} WAL retained (wal_status {sl.get('wal_status')}); when the "
                        f"application owners accept the cutover: `invoke cutover-finish --journal {journal}`")
+    end = w.get("capture_end")
+    if ours and end:
+        return PASS, (f"rolled back; slot {ours} ended at {end.get('ended_at')} by {end.get('by')} (journal {journal}): "
+                      f"{end.get('why')}")
     if ours:
         return FAIL, (f"journal {journal} records capture slot {ours}, which is gone from the target without "
                       "`invoke cutover-finish`: a rollback could no longer carry the target's changes back")

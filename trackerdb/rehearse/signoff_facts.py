@@ -221,8 +221,10 @@ def _rollback_window(settings, journal_path=None) -> dict:
     if out["exists"]:
         states = Journal(path).states()
         cap, fin, rb = states.get(cp.JOURNAL_PHASE), states.get(cp.FINISH_PHASE), states.get("rollback")
+        end = states.get("capture_end")  # the slot ended after a rollback's export (cutover/leftover.py)
         out |= {"capture": dict(cap.facts) if cap is not None else {},
                 "finish": dict(fin.facts) if fin is not None and fin.done else None,
+                "capture_end": dict(end.facts) if end is not None and end.done else None,
                 "rolled_back": bool(rb is not None and rb.done)}
     with Remote(settings.target) as tgt:
         out["slots"] = cp.watched_slots(tgt, settings.pg_port)
