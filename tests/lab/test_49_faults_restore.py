@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
