@@ -182,6 +182,8 @@ def window(backrest_ready, lab, tmp_path_factory):
     src_meta = ps.json(cc.meta_sql(), s.database)
     res["cagg_checks"] = {"source": cc.run_cagg_checks(ps, s.database),
                           "target": cc.run_cagg_checks(pt, s.database, expected={"cagg_refresh_state": src_meta["state"]})}
+    MEASURED.update(pending_at_freeze=res["pending_at_freeze"], late_rows=res["late_rows"],
+                    window_steps_s=res["summary"]["window_steps_s"], outage_s=res["summary"]["outage_s"])
     print("\nMEASURED", json.dumps(MEASURED))
     print("ERRORS", json.dumps({"volume_full": res["full"]["error"], "api": res["api"]["error"]}))
     yield res
