@@ -34,17 +34,61 @@ def make_ca(d: Path, ip: str) -> None:
     (d / "ca.key").chmod(0o600)
 
 
+def _nginx_cmd(st: State, n: Names) -> list[str]:
+    aws = st.dir / "aws"
+    return ["ip", "netns", "exec", n.netns("aws"), "nginx", "-c", str(aws / "nginx.conf"), "-e", str(aws / "nginx-error.log"),
+            "-g", "daemon off;"]
+
+
+def _spawn(st: State, label: str, cmd: list[str]) -> int:
+    log = open(st.dir / "aws" / f"{label}.log", "ab")
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=MOTO_ENV)
+    st.add_pid("aws", p.pid, proc_start_time(p.pid))
+    return p.pid
+
+
 def start(st: State, n: Names) -> None:
     aws = st.dir / "aws"
     aws.mkdir(parents=True, exist_ok=True)
     (aws / "nginx.conf").write_text(render.nginx_conf(str(aws), n.ip("aws"), f"127.0.0.1:{MOTO_PORT}"))
-    ns = ["ip", "netns", "exec", n.netns("aws")]
     moto = str(Path(sys.executable).with_name("moto_server"))
-    for label, cmd in (("moto", ns + [moto, "-H", "127.0.0.1", "-p", str(MOTO_PORT)]),
-                       ("nginx", ns + ["nginx", "-c", str(aws / "nginx.conf"), "-e", str(aws / "nginx-error.log"), "-g", "daemon off;"])):
-        log = open(aws / f"{label}.log", "ab")
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=MOTO_ENV)
-        st.add_pid("aws", p.pid, proc_start_time(p.pid))
+    _spawn(st, "moto", ["ip", "netns", "exec", n.netns("aws"), moto, "-H", "127.0.0.1", "-p", str(MOTO_PORT)])
+    _spawn(st, "nginx", _nginx_cmd(st, n))
+
+
+def front_pids(st: State) -> list[int]:
+    """The running TLS front's (nginx master's) PIDs among this instance's aws processes (moto's are not)."""
+    found = []
+    for e in (st.data.get("pids") or {}).get("aws", []):
+        pid = e["pid"]
+        try:  # nginx rewrites its title ("nginx: master process nginx -c …"): match the bytes, not argv[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith(b"nginx") and proc_start_time(pid) == e.get("start"):
+            found.append(pid)
+    return found
+
+
+def kill_front(st: State) -> list[int]:
+    """SIGKILL the TLS front's process group (master and workers: a worker outliving its master keeps
+    serving): the AWS APIs refuse connections; moto, behind it, keeps its state. Returns the PIDs killed."""
+    import signal
+
+    pids = front_pids(st)
+    for pid in pids:
+        os.killpg(pid, signal.SIGKILL)  # started with its own session: its group is its PID
+    deadline = time.monotonic() + 10
+    while front_pids(st) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def restart_front(st: State, n: Names) -> int:
+    """The TLS front started again (after ``kill_front``), answering before this returns."""
+    pid = _spawn(st, "nginx", _nginx_cmd(st, n))
+    wait_ready(st, n)
+    return pid
 
 
 def client(st: State, n: Names, service: str):

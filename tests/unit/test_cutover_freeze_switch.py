@@ -147,3 +147,24 @@ def test_the_frozen_source_refreshes_its_aggregates_parents_first_in_a_writable_
         assert lines[i - 1].startswith("SELECT pg_catalog.set_config('role'") and lines[i + 1] == "RESET ROLE;"
     assert "ORDER BY c.mat_hypertable_id" in fz.CAGGS_SQL
     assert not any(ln.startswith(("BEGIN", "START")) for ln in lines)  # CALL refresh_continuous_aggregate refuses a transaction block  # CALL refresh_continuous_aggregate refuses a transaction block
+
+
+def test_route53_api_failing_at_the_change_is_one_line_and_the_record_is_whole(zone):
+    """The API refusing the change itself (botocore's own event hook raises where the request would be
+    sent): an OpsError in one line, the record still the old value; a re-run once it answers switches."""
+    from botocore.exceptions import EndpointConnectionError
+
+    r53, zid = zone
+    sw = switch.make(S(mode="route53", zone_id=zid, record_name="db.tracker.lab.internal"), sleep=lambda s: None)
+
+    def refuse(**kw):
+        raise EndpointConnectionError(endpoint_url="https://route53.amazonaws.com/")
+
+    sw.client.meta.events.register("before-send.route53.ChangeResourceRecordSets", refuse)
+    with pytest.raises(OpsError) as e:
+        sw.apply("10.0.0.1", "10.0.0.2")
+    line = e.value.one_line()
+    assert "cannot change Route53 record" in line and "EndpointConnectionError" in line and "\n" not in line, line
+    assert _value(r53, zid) == [("A", 7, ["10.0.0.1"])]
+    sw.client.meta.events.unregister("before-send.route53.ChangeResourceRecordSets", refuse)
+    assert sw.apply("10.0.0.1", "10.0.0.2")["changed"] and _value(r53, zid) == [("A", 7, ["10.0.0.2"])]

@@ -203,3 +203,19 @@ def test_a_job_that_ends_between_the_two_looks_reads_as_done_not_dead(tmp_path):
     line = dj.status_line(str(d)).replace('elif [ -f "$d/rc" ]; then echo "done', 'elif false; then echo "done', 1)
     out = subprocess.run(["bash", "-c", line], capture_output=True, text=True).stdout
     assert dj.parse_status(out).state == "done" and dj.parse_status(out).rc == 0
+
+
+def test_a_restore_job_without_exit_status_on_a_full_volume_says_the_volume_is_full():
+    """Found by the lab's full-volume fault: the job's directory is on the data volume, so the job could not
+    write its log or ``rc``, and the error said "killed?" with no output."""
+    from types import SimpleNamespace
+
+    t = SimpleNamespace(name="target")
+    s = SimpleNamespace(database="tracker", data_mount="/var/lib/postgresql")
+    assert rj.df_avail("    Avail\n4096\n") == 4096 and rj.df_avail("") is None and rj.df_avail("Avail\n-\n") is None
+    full = rj.dead_job_error(t, s, "restore", "(no output)", 4096).one_line()
+    assert "data volume /var/lib/postgresql is full (4096 bytes free" in full and "killed" not in full, full
+    assert "'tracker' was not touched" in full and "\n" not in full
+    killed = rj.dead_job_error(t, s, "restore", "pg_restore: processing item 12", 5 << 30).one_line()
+    assert "ended without an exit status (killed?)" in killed and "processing item 12" in killed
+    assert "killed?" in rj.dead_job_error(t, s, "restore", "x", None).one_line()  # free space unknown: as before

@@ -116,7 +116,7 @@ def test_ssh_from_the_target_is_pinned_and_never_prompts():
 
 def test_pull_script_appends_from_the_partial_size_and_refuses_bad_keys():
     script = direct.pull_script("/var/lib/postgresql", "172.31.7.8", KEY, "/var/lib/postgresql/trackerdb-jobs/x.partial")
-    assert f'read dump-{KEY} "$off" >> "$p"' in script and "stat -c %s" in script
+    assert f'read dump-{KEY} "$off" >&9' in script and "stat -c %s" in script and "flock 9" in script
     with pytest.raises(ValueError):
         direct.pull_script("/h", "1.2.3.4", "../../etc", "/p")
     with pytest.raises(ValueError):
@@ -190,3 +190,50 @@ def test_dry_run_says_where_the_bytes_go_and_what_a_failure_does():
     assert 'restrict,from="172.31.10.20",command="/usr/local/lib/trackerdb/dump-read"' in lines[0]
     assert "postgres@172.31.7.8:22" in lines[1] and lines[1].endswith("fall back to the relay, loudly")
     assert direct.dry_run_lines(_settings({"transfer": "direct"}))[1].endswith("refuse the cutover")
+
+
+def test_a_pull_killed_by_its_pid_leaves_a_writer_and_the_rerun_waits_for_it(tmp_path):
+    """The pull script for real (sh, flock; ``ssh`` stood in by a slow reader of a local file): the first
+    job's shell SIGKILLed mid-transfer leaves its ``ssh`` appending; a re-run started at once must not
+    append beside it. The partial ends as exactly the source's bytes."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    src = tmp_path / "dump"
+    src.write_bytes(os.urandom(64 * 1024))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # the reader's contract: bytes from the offset (the last argument) on; slow, 4 KiB every 20 ms
+    (fake / "ssh").write_text(f"""#!/usr/bin/env python3
+import sys, time
+off = int(sys.argv[-1])
+data = open({str(src)!r}, 'rb').read()[off:]
+for i in range(0, len(data), 4096):
+    sys.stdout.buffer.write(data[i:i + 4096]); sys.stdout.buffer.flush(); time.sleep(0.02)
+""")
+    (fake / "ssh").chmod(0o755)
+    partial = tmp_path / "x.partial"
+    script = direct.pull_script("/h", "10.0.0.1", KEY, str(partial))
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
+    first = subprocess.Popen(["sh", "-c", script], cwd=tmp_path, env=env, start_new_session=True)
+    while not partial.exists() or partial.stat().st_size < 16 * 1024:
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)  # the job's PID only: its ssh goes on appending
+    first.wait()
+    assert partial.stat().st_size < src.stat().st_size
+    again = subprocess.run(["sh", "-c", script], cwd=tmp_path, env=env, timeout=60)
+    assert again.returncode == 0
+    assert partial.read_bytes() == src.read_bytes()
+    os.killpg(first.pid, signal.SIGKILL) if _group_alive(first.pid) else None
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False

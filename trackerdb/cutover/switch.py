@@ -86,6 +86,18 @@ class Route53Switch:
                 return {"type": rs["Type"], "ttl": int(rs.get("TTL", 0)), "values": [r["Value"] for r in rs.get("ResourceRecords", [])]}
         raise OpsError(f"{self.describe()} does not exist", hint="create it pointing at the old host, or fix switch.record_name")
 
+    def _call(self, what: str, fn, **kwargs) -> dict:
+        """One Route53 write or poll; the API failing (refused, unreachable, throttled) is one line. A single-value
+        UPSERT is atomic: the record is either the old value or the new one, and a re-run reads which."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise OpsError(f"cannot {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                           hint="the record holds one value, old or new, never half; re-run once the Route53 API "
+                                "answers (the switch resumes and reads which)") from None
+
     def current(self) -> str:
         rec = self.record()
         values = rec["values"]
@@ -106,8 +118,8 @@ class Route53Switch:
             raise OpsError(f"{self.describe()} is {now_value}, neither the recorded old value {old} nor the new {new}",
                            hint="someone changed it during the window; find out why before switching")
         if now_value != new:
-            resp = self.client.change_resource_record_sets(
-                HostedZoneId=self.zone_id, ChangeBatch=self.change_batch(rec, new, f"trackerdb cutover: {old} -> {new}"))
+            resp = self._call(f"change {self.describe()} to {new}", self.client.change_resource_record_sets,
+                              HostedZoneId=self.zone_id, ChangeBatch=self.change_batch(rec, new, f"trackerdb cutover: {old} -> {new}"))
             change_id = resp["ChangeInfo"]["Id"]
             facts["change_id"] = change_id
             deadline = self.clock() + self.timeout_s
@@ -119,7 +131,7 @@ class Route53Switch:
                 if progress:
                     progress(f"Route53 change {change_id} is {status}")
                 self.sleep(self.poll_s)
-                status = self.client.get_change(Id=change_id)["ChangeInfo"]["Status"]
+                status = self._call(f"read Route53 change {change_id}", self.client.get_change, Id=change_id)["ChangeInfo"]["Status"]
             facts["changed"] = True
         else:
             facts["changed"] = False

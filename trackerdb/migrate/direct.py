@@ -174,12 +174,18 @@ def pull_script(home: str, address: str, key: str, partial: str, port: int = 22)
         raise ValueError(f"bad job key {key!r}")
     q = shlex.quote
     ssh = shlex.join(ssh_argv(home, address, ["read", f"dump-{key}"], port=port))
+    # One writer at a time: the lock is on the partial's open file, which the ssh inherits. A job killed by
+    # its PID leaves its ssh running and appending (the wrapper's death does not reach its children); a
+    # re-run started meanwhile waits for that writer to end, then continues from the size it left.
     return f"""set -eu
 umask 077
 p={q(partial)}
-off=$(stat -c %s "$p" 2>/dev/null || echo 0)
+exec 9>>"$p"
+echo "waiting for an earlier pull still writing" > phase
+flock 9
+off=$(stat -c %s "$p")
 echo "pull from byte $off" > phase
-{ssh} "$off" >> "$p"
+{ssh} "$off" >&9
 echo pulled > phase
 """
 

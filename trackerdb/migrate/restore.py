@@ -317,8 +317,7 @@ def _restore_into_staging(settings, t, psql: Psql, manifest, split, remote_dump,
     out.stats["restore_job"] = {"attached": attach, "started": st.started, "dir": job.dir}
     if st.state == "dead":
         t.run(["rm", "-f", tpath], sudo=True, check=False)
-        raise HostError(f"the restore job on {t.name} ended without an exit status (killed?); log: {_last(job.read('log'))}",
-                        hint=f"{db!r} was not touched; re-run to start the staging restore over")
+        raise rj.dead_job_error(t, settings, "restore", _last(job.read("log")), rj.volume_free(t, settings.data_mount))
     try:
         warnings = _judge_phases(t, job, st, phases, cmds, db, out)
     except HostError:

@@ -16,13 +16,38 @@ from __future__ import annotations
 import shlex
 
 from .. import detached
+from ..errors import HostError
 from ..steps import Step
 
 RESTORE_JOB = "restore"
 ANALYZE_JOB = "analyze"
 
 
+# a job's directory is on the data volume: with less than this free, a job that left no exit status is
+# taken to have been unable to write it (pg_restore, the log and the wrapper's ``rc`` all fail there)
+FULL_BELOW = 64 << 20
+
+
 # ---- pure builders ----------------------------------------------------------------------------
+
+def df_avail(stdout: str) -> int | None:
+    """Bytes a non-root user may still write, from ``df -B1 --output=avail <path>``; None when unreadable."""
+    tail = stdout.split()[-1:] if stdout else []
+    return int(tail[0]) if tail and tail[0].isdigit() else None
+
+
+def dead_job_error(t, settings, what: str, last_log: str, free: int | None) -> HostError:
+    """A job that ended without an exit status: killed, or, on a full data volume, unable to write one."""
+    db, mount = settings.database, settings.data_mount
+    if free is not None and free < FULL_BELOW:
+        return HostError(f"the {what} job on {t.name} stopped without an exit status: the data volume {mount} is full "
+                         f"({free} bytes free; the job could not write its log or status there)",
+                         hint=f"{db!r} was not touched; free space on {mount} or grow the volume, then re-run "
+                              "(the staging restore starts over)")
+    return HostError(f"the {what} job on {t.name} ended without an exit status (killed?); log: {last_log}",
+                     hint=f"{db!r} was not touched; re-run to start the staging restore over")
+
+
 
 def job_name(kind: str, sha256: str) -> str:
     return f"{kind}-{sha256[:16]}"
@@ -111,3 +136,8 @@ def phase_results(job: detached.Job, phases: list[str]) -> dict[str, tuple[int |
         rc = job.read(rc_file(phase)).strip()
         res[phase] = (int(rc) if rc.lstrip("-").isdigit() else None, job.read(stderr_file(phase)))
     return res
+
+
+def volume_free(t, mount: str) -> int | None:
+    r = t.run(["df", "-B1", "--output=avail", mount], check=False)
+    return df_avail(r.stdout) if r.ok else None
