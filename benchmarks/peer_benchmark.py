@@ -239,7 +239,7 @@ def our_window(work: Path) -> dict:
     """(d): the cutover on the pre-copy path, right after (c) (our restore is the pre-copy: it records the
     schema fingerprint), with one day of new data in today's chunk and the live writer running."""
     from benchmarks.precopy_window import run_window
-    from tests.lab.fx_provision import load_lab_settings
+    from lab.client import load_lab_settings
     from trackerdb.backrest import ops as backrest
 
     s = load_lab_settings()

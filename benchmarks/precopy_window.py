@@ -54,7 +54,7 @@ def project(window_steps: dict, outage_s: float, db_bytes: int, target_gib: floa
 
 
 def add_day(settings, say) -> dict:
-    from tests.lab.test_50_cutover import query_json, run_sql
+    from lab.client import query_json, run_sql
     from trackerdb.remote import Remote
 
     with Remote(settings.source) as src:
@@ -70,8 +70,7 @@ def add_day(settings, say) -> dict:
 def run_window(s, work: Path, *, lead_s: float = 60, full: bool = False, changes: bool = False, day: bool = False,
                say=print) -> dict:
     """The measured window (see the module's doc). Raises OpsError when the cutover refuses."""
-    from tests.lab.fx_provision import lab_env
-    from tests.lab.test_50_cutover import ensure_app_password_on_source
+    from lab.client import ensure_app_password_on_source, lab_env
     from trackerdb.cutover.ops import run_cutover
     from trackerdb.psql import Psql
     from trackerdb.remote import Remote
@@ -82,11 +81,10 @@ def run_window(s, work: Path, *, lead_s: float = 60, full: bool = False, changes
     ensure_app_password_on_source(s)
     extra = {"day": add_day(s, say)} if day else {}
     if changes:
-        from tests.lab.test_50_cutover import run_sql
-        from tests.lab.test_52_precopy import mutations
+        from lab.client import run_sql
 
         with Remote(s.source) as src:
-            run_sql(src, mutations(), database="tracker")
+            run_sql(src, changes.source_changes(stamp % 10_000_000), database="tracker")
         say("the lab test's changes applied on the source")
     writer = subprocess.Popen([sys.executable, "-m", "lab.writer", "--log", str(log), "--seconds", "3600", "--interval", "0.05",
                                "--device", str(WRITER_DEVICE)], cwd=ROOT, env=lab_env(), stdout=subprocess.DEVNULL,
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         "compressed and uncompressed chunks, regular tables, a new chunk, a sequence, a large object")
     p.add_argument("--day", action="store_true", help="one day of new data in today's chunk after the pre-copy (see above)")
     a = p.parse_args(argv)
-    from tests.lab.fx_provision import load_lab_settings
+    from lab.client import load_lab_settings
 
     s = load_lab_settings()
     if not s.is_lab:

@@ -7,26 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from lab.client import lab_env, load_lab_settings  # noqa: F401  (the fixtures' and the modules' names)
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURED: dict = {}
-
-
-def lab_env(name: str | None = None) -> dict:
-    from trackerdb.settings import lab_name
-
-    env = dict(os.environ, TRACKERDB_ENV="lab", TRACKERDB_LAB=name or lab_name())
-    env.pop("TRACKERDB_SETTINGS", None)
-    return env
-
-
-def load_lab_settings(name: str | None = None):
-    """Settings exactly as `TRACKERDB_ENV=lab invoke ...` builds them (invoke.yaml + the lab overlay)."""
-    from trackerdb.settings import Settings
-
-    cfg = (yaml.safe_load((ROOT / "invoke.yaml").read_text()) or {}).get("trackerdb", {})
-    return Settings.load(cfg, env=lab_env(name))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ import pytest
 
 from lab import writer as lw
 from lab import changes, dataset
+from lab.client import LAB_PORT, ensure_app_password_on_source, query_json, run_sql  # noqa: F401  (modules import them from here)
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
@@ -35,15 +36,6 @@ pytestmark = [
     pytest.mark.lab,
 ]
 ROOT = Path(__file__).resolve().parents[2]
-LAB_PORT = 5432  # the lab's clusters here (tests/lab/test_55_port.py runs the cutover on another port)
-
-
-def run_sql(remote, sql: str, database: str = "postgres", check: bool = True, timeout=None):
-    return Psql(remote, LAB_PORT, pinned=False).run(sql, database, check=check, timeout=timeout)
-
-
-def query_json(remote, sql: str, database: str = "postgres"):
-    return Psql(remote, LAB_PORT, pinned=False).json(sql, database)
 DEVICE = 1
 MEASURED: dict = {}
 PWNED = "/tmp/trackerdb-pwned"
@@ -117,16 +109,6 @@ def counts(remote) -> dict:
       UNION ALL SELECT 'device_geofences', count(*) FROM tracker.device_geofences
       UNION ALL SELECT 'location_reports', count(*) FROM tracker.location_reports
       UNION ALL SELECT 'device_events', count(*) FROM tracker.device_events) x;""", database="tracker")
-
-
-def ensure_app_password_on_source(settings) -> None:
-    """The old host is where the application logs in today: its `tracker` role has the password
-    from Secrets Manager (the dataset generator leaves it unset). Sent on stdin, never argv."""
-    from trackerdb.secrets import fetch_secret
-
-    secret = fetch_secret(settings, settings.app_secret_name)
-    with Remote(settings.source, secrets=[secret]) as s:
-        run_sql(s, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
 
 
 def kill_cutover_when(settings, journal: Path, work: Path, condition, timeout: float = 600) -> float:
