@@ -3,7 +3,7 @@
 A task builds it, hands it to the operations it calls and closes it at the end. Every secret the
 session fetches is registered for masking on every Remote it opened or will open (they share one
 list), so an error raised by any connection can never carry a value another part of the task
-fetched. The application switcher (Route53 or a command) is built once.
+fetched. The application switcher (Route53 or a command) is kept here once the cutover builds it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Session:
         self._remotes: dict[str, Remote] = {}
         self._secrets: dict[str, Secret] = {}
         self.masked: list = []  # shared by every Remote of this session
-        self._switcher = None
+        self.switcher = None  # the application's switcher, built once by the cutover (cutover.switch.of)
 
     # ---- hosts -----------------------------------------------------------------------------
     def spec(self, which: str):
@@ -71,15 +71,6 @@ class Session:
     @property
     def secrets(self) -> list[Secret]:
         return list(self._secrets.values())
-
-    # ---- the application switch ---------------------------------------------------------------
-    @property
-    def switcher(self):
-        if self._switcher is None:
-            from .cutover import switch as sw
-
-            self._switcher = sw.make(self.settings)
-        return self._switcher
 
     # ---- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -358,7 +358,7 @@ def _bool(key: str, value) -> bool:
 
 
 def _owner_map(raw) -> tuple:
-    from .migrate.privileges import parse_owner_map
+    from .owner_map import parse_owner_map
 
     return parse_owner_map(raw)
 

@@ -155,7 +155,7 @@ def window(backrest_ready, lab, tmp_path_factory):
             killed.extend(aws.kill_front(st))
 
     session = Session(s)
-    session.switcher.client.meta.events.register("before-send.route53.ChangeResourceRecordSets", kill_front)
+    sw.of(session).client.meta.events.register("before-send.route53.ChangeResourceRecordSets", kill_front)
     t1 = time.monotonic()
     try:
         with pytest.raises(OpsError) as e2:

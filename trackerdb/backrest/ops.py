@@ -369,8 +369,7 @@ def check(settings, max_lag: int = ck.MAX_LAG_SEGMENTS, session=None) -> list[Ch
 
 def _rollback_slot_checks(t, settings) -> list[Check]:
     """A rollback capture slot holds WAL on the data volume until `invoke cutover-finish` (issue 16)."""
-    from ..cutover.capture import FAIL_SHARE, WARN_SHARE
-    from ..cutover.lossless import slot_checks
+    from ..slot_watch import FAIL_SHARE, WARN_SHARE, slot_checks
     from ..errors import OpsError
 
     try:

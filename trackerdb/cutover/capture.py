@@ -47,6 +47,7 @@ from .decoding import (Change, Decoded, ParseError, copy_rows, copy_unescape, co
                        parse_change, parse_tuple)
 from ..psql import Psql
 from ..sql import literal
+from ..slot_watch import FAIL_SHARE, SLOTS_SQL, WARN_SHARE, retained_check, watched_slots  # noqa: F401  (the capture's)
 from ..tsdb_api import INTERNAL_SCHEMAS_RE
 
 PLUGIN = "test_decoding"
@@ -54,8 +55,6 @@ JOURNAL_PHASE = "capture"
 FINISH_PHASE = "finish"
 SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 OPTIONS = ("'include-xids', '1', 'include-timestamp', '1', 'skip-empty-xacts', '1'")
-#: retained WAL above this share of the data volume's free space is a warning; above FAIL a failure
-WARN_SHARE, FAIL_SHARE = 0.25, 0.5
 
 
 def slot_name(stamp: float) -> str:
@@ -141,11 +140,6 @@ def slot_facts_sql(slot: str) -> str:
 
 
 #: every slot of ours on the host (for the watch in backrest.check / signoff)
-SLOTS_SQL = r"""SELECT coalesce(json_agg(json_build_object('slot', slot_name, 'database', database, 'wal_status', wal_status,
-  'retained_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint) ORDER BY slot_name), '[]'::json)
-FROM pg_replication_slots WHERE slot_name LIKE 'trackerdb\_rollback\_%';"""
-
-
 def create_slot_sql(slot: str) -> str:
     return (f"SELECT json_build_object('lsn', lsn::text) FROM "
             f"pg_create_logical_replication_slot({literal(check_slot(slot))}, {literal(PLUGIN)});")
@@ -386,22 +380,6 @@ def replay_result(result: dict) -> dict:
     return {"applied": applied, "missing_on_source": missing, "already_applied": int(result.get("already_applied") or 0)}
 
 
-def retained_check(retained_bytes: int | None, free_bytes: int | None) -> tuple[str, str]:
-    """``(level, text)`` for a slot's retained WAL against the data volume's free space."""
-    if retained_bytes is None:
-        return "fail", "slot retains no WAL (restart_lsn lost): rollback cannot carry changes back"
-    mib = retained_bytes / 1048576
-    if not free_bytes:
-        return "warn", f"{mib:.1f} MiB WAL retained; free space unknown"
-    share = retained_bytes / free_bytes
-    text = f"{mib:.1f} MiB WAL retained = {100 * share:.1f}% of {free_bytes / 1073741824:.1f} GiB free on the data volume"
-    if share >= FAIL_SHARE:
-        return "fail", text + " (end the rollback window: invoke cutover-finish)"
-    if share >= WARN_SHARE:
-        return "warn", text + " (plan the end of the rollback window: invoke cutover-finish)"
-    return "ok", text
-
-
 # ---- executors -------------------------------------------------------------------------------
 def slot_facts(remote, db: str, slot: str, port=None) -> dict:
     return Psql(remote, port).json(slot_facts_sql(slot), db)
@@ -448,5 +426,3 @@ def drop_origin(remote, slot: str, port=None) -> int:
     return int(Psql(remote, port).json(drop_origin_sql(slot))["dropped"])
 
 
-def watched_slots(remote, port=None) -> list[dict]:
-    return Psql(remote, port).json(SLOTS_SQL) or []

@@ -251,19 +251,4 @@ def _drop_origin(settings, slot: str) -> str:
 
 
 # ---- the watch -------------------------------------------------------------------------------
-def slot_checks(remote, settings) -> list[tuple[str, str, str]]:
-    """``(name, level, observed)`` per trackerdb rollback slot on the host; retained WAL against free space."""
-    slots = cp.watched_slots(remote, settings.pg_port)
-    if not slots:
-        return []
-    try:
-        from ..migrate import toc
-
-        free = toc.parse_df_avail(remote.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
-    except (OpsError, ValueError, HostError):
-        free = None
-    out = []
-    for sl in slots:
-        level, text = cp.retained_check(sl["retained_bytes"], free)
-        out.append((f"rollback slot {sl['slot']} retained WAL", level, text))
-    return out
+from ..slot_watch import slot_checks  # noqa: E402,F401  (backrest.check and signoff read it from here too)

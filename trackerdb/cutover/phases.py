@@ -101,7 +101,7 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     restore_pre = _restore_preflight(ctx)
     problems += restore_pre.pop("problems", [])
     try:
-        switcher = ctx.session.switcher
+        switcher = sw.of(ctx.session)
         current = switcher.current()
     except OpsError as exc:
         problems.append(f"application switch: {exc.one_line()}")
@@ -435,7 +435,7 @@ def verify(ctx: Ctx, resume: bool) -> dict:
 # ---- 6 switch ----------------------------------------------------------------------------------
 def switch(ctx: Ctx, resume: bool) -> dict:
     fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)  # never a thawed source
-    switcher = ctx.session.switcher
+    switcher = sw.of(ctx.session)
     recorded = ctx.facts(SWITCH)
     if "old" not in recorded:
         old = switcher.current()
@@ -462,7 +462,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
     facts: dict = {}
     endpoint = ctx.facts(SWITCH).get("new") or sw.new_value(s)
     if s.switch.get("mode", "route53") == "route53":
-        endpoint = ctx.session.switcher.current()  # what the application resolves now
+        endpoint = sw.of(ctx.session).current()  # what the application resolves now
     facts["app_path"] = app_path_check(s, endpoint, session=ctx.session)
     if not recorded.get("backup_done"):
         from ..backrest import ops as backrest

@@ -35,6 +35,13 @@ def old_value_hint(settings) -> str | None:
     return settings.switch.get("old") or (settings.source.address if settings.source else None)
 
 
+def of(session):
+    """The session's switcher, built once (a boto3 client per task, whatever the phases that use it)."""
+    if session.switcher is None:
+        session.switcher = make(session.settings)
+    return session.switcher
+
+
 def make(settings, sleep=time.sleep, clock=time.monotonic):
     mode = (settings.switch or {}).get("mode") or "route53"
     if mode == "route53":
