@@ -38,7 +38,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trackerdb.cutover import delta as dl  # noqa: E402
-from trackerdb.cutover import delta_sql as dq  # noqa: E402
+from trackerdb.migrate import delta_sql as dq  # noqa: E402
 from trackerdb.migrate import content as ct  # noqa: E402
 from trackerdb.psql import Psql  # noqa: E402
 from trackerdb.session import Session  # noqa: E402

@@ -84,7 +84,7 @@ def test_a_copy_whose_sender_fails_commits_nothing(lab_settings, sender_rc, rows
     and fails (exit 1 after three whole rows, valid COPY data) leaves the table as it was, because the COMMIT
     travels in the trailer only after a sender that succeeded. With the old receiver (psql -1 -c COPY) the
     same stream committed its prefix (reproduced by the issue: 3 of 1000 rows)."""
-    from trackerdb.cutover import delta_sql as dq
+    from trackerdb.migrate import delta_sql as dq
     from trackerdb.psql import Psql
 
     s = lab_settings

@@ -18,7 +18,7 @@ import pytest
 
 from trackerdb import tsdb_api as api
 from trackerdb.cutover import delta as dl
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 from trackerdb.cutover import freeze as fz
 from trackerdb.cutover import phases as ph
 from trackerdb.migrate.dump import run_dump

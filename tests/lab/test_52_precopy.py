@@ -21,7 +21,7 @@ import pytest
 
 from lab import changes, dataset
 from trackerdb.cutover import delta as dl
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 from trackerdb.cutover import hooks as hk
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph

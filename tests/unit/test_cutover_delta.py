@@ -3,7 +3,7 @@ as a plan, and the statements that carry the plan out."""
 
 import pytest
 
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 
 HT = {"id": 1, "schema": "tracker", "name": "location_reports", "key": "tracker.location_reports", "owner": "tracker", "dims": 1,
       "time_column": "reported_at", "time_type": "timestamp with time zone", "columns": ["device_id", "reported_at", "speed"]}

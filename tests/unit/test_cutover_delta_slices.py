@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trackerdb.cutover import delta_slices as ds
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 
 from .test_cutover_delta import catalog, chunk
 

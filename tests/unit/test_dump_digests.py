@@ -4,7 +4,7 @@ comparison against it, and the dump script's plumbing (a third session on the sn
 import json
 import subprocess
 
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 from trackerdb.migrate import content as ct
 from trackerdb.migrate import dump as d
 from trackerdb.migrate import dump_digests as dd

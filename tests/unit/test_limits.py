@@ -15,7 +15,7 @@ from tests.conftest import prod_outputs
 from trackerdb import detached as dj
 from trackerdb import limits, pids
 from trackerdb.cutover import delta as dl
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal

@@ -1,6 +1,6 @@
 """Verify's content comparison, pure parts: what is read on each host, the SQL, and how differences are named."""
 
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 from trackerdb.migrate import content as ct
 from trackerdb.steps import Check
 

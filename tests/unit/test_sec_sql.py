@@ -9,7 +9,7 @@ import pytest
 
 from trackerdb import tsdb_api as api
 from trackerdb.cutover import decoding as dc
-from trackerdb.cutover import delta_sql as dq
+from trackerdb.migrate import delta_sql as dq
 from trackerdb.cutover import freeze as fz
 from trackerdb.migrate import probes as pb
 from trackerdb.migrate import tsdb_restore as tr

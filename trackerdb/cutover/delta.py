@@ -28,7 +28,7 @@ from ..migrate import schema_print as sp
 from ..psql import Psql, blocked_statement
 from ..remote import Remote, wrap
 from . import delta_slices as ds
-from . import delta_sql as dq
+from ..migrate import delta_sql as dq
 from . import freeze as fz
 
 PARTS = 2  # sessions per host for fingerprints (the hosts run at the same time)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..sql import ident, literal
-from .delta_sql import INT64_MAX, INT64_MIN, _bound, _digest
+from ..migrate.delta_sql import INT64_MAX, INT64_MIN, _bound, _digest
 
 SLICES = 64
 MOST = SLICES // 2  # more slices than this differ: the whole chunk moves (one DELETE, one COPY)

@@ -1,7 +1,7 @@
 """Content, not only counts: a digest of every regular table and of every hypertable chunk's range, read on
 the source and the target at the same time, compared, each difference named.
 
-What is read (the pre-copy path's prints, ``cutover/delta_sql.py``, reused): both hosts' catalogs
+What is read (the pre-copy path's prints, ``migrate/delta_sql.py``, reused): both hosts' catalogs
 (``CATALOG_SQL``) give the items, matched by what they are -- ``table schema.name``, ``chunk
 schema.hypertable [start, end)`` -- never by name or id. Each item's print is rows + the sum of the first
 60 bits of md5 of every row's text (order-independent, streaming), over the source's columns in the
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 from .. import limits
-from ..cutover import delta_sql as dq
+from . import delta_sql as dq
 from ..errors import OpsError
 from ..psql import Psql
 from ..remote import Remote

@@ -21,7 +21,7 @@ from .. import inputs
 from ..errors import ConfigError, HostError, OpsError, PreflightError
 from ..remote import LocalHost, wrap
 from ..session import connection
-from ..cutover import delta_sql as dq
+from . import delta_sql as dq
 from . import dump_digests as dd
 from . import manifest as mf
 from ..psql import PIN, Psql, parse_json

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 
-from ..cutover import delta_sql as dq
+from . import delta_sql as dq
 from ..errors import OpsError
 from ..steps import Check, note
 from . import content as ct
