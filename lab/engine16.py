@@ -167,7 +167,6 @@ def build_script(bare: Path, tmp: Path, symlinks: list[str], mirror: str = MIRRO
     q = shlex.quote
     m = q(str(tmp / "merged"))
     L = debs.LIBDIR
-    log = "/out/build.log"
     nice = " ".join(NICE)
     tsdb_flags = " ".join(q(f) for f in TSDB_FLAGS)
     configure = " ".join(q(f) for f in POSTGIS_CONFIGURE)

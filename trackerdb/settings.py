@@ -8,7 +8,6 @@ Layers, later wins:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re

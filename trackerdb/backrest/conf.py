@@ -146,7 +146,7 @@ def redact(text: str) -> str:
 def probe_env(settings, cipher_pass: str) -> list[str]:
     """The desired configuration as PGBACKREST_* variables, for commands that must not depend on
     what is (or is not yet) in the host's config file. Sent on stdin, never argv."""
-    env = [f"PGBACKREST_CONFIG=/dev/null", f"PGBACKREST_STANZA={settings.stanza}",
+    env = ["PGBACKREST_CONFIG=/dev/null", f"PGBACKREST_STANZA={settings.stanza}",
            "PGBACKREST_LOG_LEVEL_FILE=off", "PGBACKREST_LOG_LEVEL_CONSOLE=warn"]
     skip = {"log-level-console", "log-level-file"}
     for k, v in global_options(settings, cipher_pass) + stanza_options(settings):

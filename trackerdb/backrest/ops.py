@@ -328,7 +328,7 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
     wrong = [k for k, v in conf.dropin_settings(settings).items() if k in arch and arch[k] != v]
     if wrong:
         raise HostError(f"PostgreSQL does not use {path}: {', '.join(f'{k}={arch[k]!r}' for k in wrong)}",
-                        hint=f"postgresql.conf must contain include_dir = 'conf.d' and nothing later may override these settings")
+                        hint="postgresql.conf must contain include_dir = 'conf.d' and nothing later may override these settings")
 
 
 # ---- check ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ..secrets import redact
 from . import binding as bd
 from . import content_cost as cc
 from . import phases as ph
-from .journal import RESUME, RUN, SKIP, Journal, decide
+from .journal import RESUME, SKIP, Journal, decide
 
 
 def default_journal(settings) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import shlex
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from .. import inputs
 from ..errors import ConfigError, HostError, OpsError, PreflightError

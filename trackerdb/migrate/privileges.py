@@ -40,7 +40,6 @@ default privileges, columns or policies.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from ..errors import ConfigError, PreflightError
 from ..steps import Check

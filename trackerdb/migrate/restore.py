@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import HostError, OpsError, PreflightError
 from ..safe_paths import ensure_dir
-from ..session import connection, scoped
+from ..session import scoped
 from ..steps import Outcome, Step
 from . import manifest as mf
 from . import ownership
@@ -111,7 +111,6 @@ def run_restore(settings, dump_path: str, manifest_path: str | None = None, repl
         out.add(Step("dump file", False, f"custom archive {header['archive_version']}, {toc.human_bytes(size)}, sha256 ok"))
 
     db = settings.database
-    staging = staging_name(db)
     sess, owned = scoped(settings, session)
     t = sess.remote("target")
     psql = Psql.target(t, settings)

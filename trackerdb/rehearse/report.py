@@ -344,7 +344,7 @@ def _fit_projection(rows: list[dict], db_bytes: int, prod_bytes: int, cap_bps: f
             "method": "fit: fixed + per-byte cost per data phase", "fit": {"phases": fitted, "fixed_s": round(fixed, 1),
                                                                         "sigmas": fit.SIGMAS},
             "assumptions": [
-                f"planning figure: each data phase fitted as fixed + per-byte cost over its measured sizes ("
+                "planning figure: each data phase fitted as fixed + per-byte cost over its measured sizes ("
                 + ", ".join(human_bytes(b) for b in [db_bytes] + sizes) + ") and evaluated at the production size; "
                 f"other phases as measured; uncertainty {fit.SIGMAS:g} sigma from the fit (timing noise "
                 f"max({fit.NOISE_ABS_S:g} s, {fit.NOISE_REL:.0%}) per point, widened by residuals)",

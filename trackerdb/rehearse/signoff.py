@@ -13,7 +13,6 @@ automatic item fails, 2 when every automatic item passes and human decisions are
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 
