@@ -193,17 +193,35 @@ def _gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+def _children(pid: int, n: int, timeout: float = 15.0) -> list[int]:
+    """The process's children once ``n`` of them run (a loaded machine may take a while to fork them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if len(kids) >= n or time.monotonic() > deadline:
+            return kids
+        time.sleep(0.05)
+
+
+def _all_gone(pids_: list[int], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not all(_gone(c) for c in pids_):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_a_stream_command_reports_its_pid_and_is_ended_with_what_it_started_by_that_pid():
     p = subprocess.Popen(["sh", "-c", pids.reporting("sleep 300; echo never")], stderr=subprocess.PIPE)
     first = p.stderr.readline()
     pid, rest = pids.reported(first + b"other\n")
     assert pid == p.pid and rest == b"other\n"
-    time.sleep(0.3)
-    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    children = _children(pid, 1)
     assert children, "bash runs the compound line's sleep as its child"
     subprocess.run(pids.end_line(pid), check=True)
     p.wait(timeout=10)
-    assert all(_gone(c) for c in children)
+    assert _all_gone(children)
 
 
 def test_an_overdue_stream_ends_both_commands_by_pid_and_names_the_stream():
@@ -263,14 +281,12 @@ def test_stop_line_ends_the_wrapper_and_its_children_and_leaves_a_reused_pid_alo
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # not the wrapper: never ended
     p = subprocess.Popen(["/bin/sh", str(d / "wrapper.sh")], start_new_session=True)
     try:
-        time.sleep(0.3)
-        children = [int(c) for c in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+        children = _children(p.pid, 2)
         subprocess.run(["sh", "-c", dj.stop_line(str(d), "x", other.pid, me)], check=True)
         assert not _gone(other.pid)
         subprocess.run(["sh", "-c", dj.stop_line(str(d), "x", p.pid, me)], check=True)
         p.wait(timeout=10)
-        time.sleep(0.2)
-        assert len(children) == 2 and all(_gone(c) for c in children)
+        assert len(children) == 2 and _all_gone(children)
     finally:
         other.kill()
         other.wait()
