@@ -94,7 +94,11 @@ def test_restore_script_removes_the_tuning_file_when_the_job_is_terminated(tmp_p
     import time
 
     p = subprocess.Popen(["/bin/sh", str(tmp_path / "job.sh")], cwd=tmp_path, start_new_session=True)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 15  # until the step runs (its trap is set by then), however loaded the machine
+    while time.monotonic() < deadline and not any(
+            b"sleep" in Path(f"/proc/{c}/cmdline").read_bytes()
+            for c in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split() if Path(f"/proc/{c}").exists()):
+        time.sleep(0.05)
     assert tuning.exists()
     os.killpg(p.pid, signal.SIGTERM)  # as `systemctl stop` or a kill of the job's process group would
     p.wait(timeout=10)
