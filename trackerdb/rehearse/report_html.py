@@ -213,7 +213,7 @@ def render_html(report: dict) -> str:
     fb = r.get("fallback_projection")
     if fb:
         out.append(f"<p>The fallback's figure: <b>{_e(human_seconds(fb['outage_s']))} ± {_e(human_seconds(fb['uncertainty_s']))}</b> "
-                   f"at 11 GB on the full dump path ({_e(fb['basis'])}).</p>")
+                   f"at 11 GB: {_e(fb['basis'])}.</p>")
     out.append("<h2>Signoff checklist</h2>")
     items = r["signoff"]["items"]
     if items:
