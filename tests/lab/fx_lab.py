@@ -8,6 +8,12 @@ import platform
 
 import pytest
 
+#: The session lab's data volume (a sparse loop file: only what is written takes space). Every module that
+#: restores keeps the previous tracker aside (restore never drops one), and each restore reserves max_wal_size
+#: (1 GB) as free space on top of the data: the lab's default 2 GB ran out after a dozen restores (test_54's
+#: modules were refused "the data volume has 1.1 GiB free, the restore needs about 1.1 GiB").
+SESSION_VOLUME_GB = 6
+
 
 def require_lab_host() -> None:
     """The lab tests are the project's evidence: a machine that cannot run them fails, it does not skip
@@ -29,7 +35,7 @@ def lab():
     os.environ["TRACKERDB_LAB"] = name
     os.environ["TRACKERDB_ENV"] = "lab"
     try:
-        status = api.up(name)
+        status = api.up(name, volume_gb=SESSION_VOLUME_GB)
         assert status["up"], status
         yield status
     finally:
