@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 
@@ -83,7 +84,7 @@ class StackConfig:
         return self.backup_path.strip("/")
 
 
-def _req(cfg: pulumi.Config, key: str, getter: str = "get", hint: str = "") -> object:
+def _req(cfg: pulumi.Config, key: str, getter: str = "get", hint: str = "") -> Any:
     value = getattr(cfg, getter)(key)
     if value is None or value == "" or value == []:
         extra = f" ({hint})" if hint else ""

@@ -16,6 +16,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from trackerdb.settings import LAB_ROOT
 
@@ -223,7 +224,10 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
     from trackerdb.remote import Remote
     from trackerdb.settings import HostSpec
 
-    with Remote(HostSpec.from_dict("source", overlay["source"])) as rs:
+    spec = HostSpec.from_dict("source", overlay["source"])
+    if spec is None:
+        raise LabError("the settings overlay names no source host", hint="run lab.down and lab.up")
+    with Remote(spec) as rs:
         result = source.fill(st, n, rs, scale)
     st["dataset"] = {k: result[k] for k in ("rows", "bytes", "seconds", "scale", "seed")}
     source.stanza(st)
@@ -275,7 +279,7 @@ def _init_alive(st: State, role: str) -> bool:
 def _port_open(st: State, role: str, port: int) -> bool:
     if not st["subnet"]:
         return False
-    ip = Names(st.name, ipaddress.ip_network(st["subnet"])).ip(role)
+    ip = Names(st.name, ipaddress.IPv4Network(st["subnet"])).ip(role)
     try:
         with socket.create_connection((ip, port), timeout=1):
             return True
@@ -296,7 +300,7 @@ def reboot(name: str, role: str = "target", timeout: float = 60) -> dict:
         script = (st["launch"] or {}).get(role)
         if not st["up"] or not script:
             raise LabError(f"lab {name} is not up (or was started by an older version)", hint="run lab.up first")
-        n = Names(name, ipaddress.ip_network(st["subnet"]))
+        n = Names(name, ipaddress.IPv4Network(st["subnet"]))
         t0 = time.monotonic()
         hosts.hexec(st, role, "if [ -x /etc/init.d/postgresql ]; then /etc/init.d/postgresql stop; fi", check=False, timeout=120)
         kill_and_wait([e["pid"] for e in st["pids"].get(role, [])])
@@ -326,7 +330,7 @@ def down(name: str) -> dict:
 
 
 def _our_pids(st: State, n: Names) -> set[int]:
-    pids = set()
+    pids: set[int] = set()
     ours = set(hosts.netns_list())
     for role in ROLES:
         if n.netns(role) in ours:
@@ -364,7 +368,7 @@ def _our_loops(st: State) -> list[str]:
 
 def _down(name: str) -> dict:
     st = State(name)
-    n = Names(name, ipaddress.ip_network(st["subnet"] or "10.255.255.0/24"))
+    n = Names(name, ipaddress.IPv4Network(st["subnet"] or "10.255.255.0/24"))
     report = {"killed": 0, "unmounted": 0, "loops": 0, "netns": 0, "links": 0}
     for _ in range(3):  # processes can fork while we kill; repeat until none
         pids = _our_pids(st, n)
@@ -393,9 +397,9 @@ def _down(name: str) -> dict:
         run(["ip", "link", "del", n.bridge], check=False)
         report["links"] += 1
     progress(f"{name}: loop device, namespaces and links removed")
-    left = leftovers(name)
-    if left:
-        raise LabError(f"{name}: lab.down left {left}", hint="inspect and remove by hand; then re-run lab.down")
+    remaining = leftovers(name)
+    if remaining:
+        raise LabError(f"{name}: lab.down left {remaining}", hint="inspect and remove by hand; then re-run lab.down")
     if st.dir.exists():
         for p in st.dir.iterdir():
             if p.name == "artifacts":  # journals and reports outlive the lab; an empty one goes
@@ -414,8 +418,8 @@ def _down(name: str) -> dict:
 def leftovers(name: str) -> dict:
     """What of instance ``name`` still exists on the machine (empty when down is complete)."""
     st = State(name)
-    n = Names(name, ipaddress.ip_network(st["subnet"] or "10.255.255.0/24"))
-    left = {}
+    n = Names(name, ipaddress.IPv4Network(st["subnet"] or "10.255.255.0/24"))
+    left: dict[str, list] = {}
     ns = [x for x in hosts.netns_list() if x in {n.netns(r) for r in ROLES}]
     if ns:
         left["netns"] = ns
@@ -445,9 +449,9 @@ def status(name: str) -> dict:
            "known_hosts": f"{d}/known_hosts", "key_file": f"{d}/id_ed25519", "ca_bundle": f"{d}/ca.crt", "hosts": {}}
     if not st["subnet"]:
         return res
-    n = Names(name, ipaddress.ip_network(st["subnet"]))
+    n = Names(name, ipaddress.IPv4Network(st["subnet"]))
     for role in ROLES:
-        h = {"address": n.ip(role), "netns": n.netns(role), "names": render.host_aliases(n, role),
+        h: dict[str, Any] = {"address": n.ip(role), "netns": n.netns(role), "names": render.host_aliases(n, role),
              "services": {svc: _port_open(st, role, port) for svc, port in _services(st, role).items()}}
         if role in SSH_ROLES:
             h |= {"user": "admin", "key_file": f"{d}/id_ed25519", "known_hosts": f"{d}/known_hosts", "init_pid": st.init(role)}

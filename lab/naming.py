@@ -6,6 +6,8 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
+from trackerdb.settings import LAB_NAME_RE as _NAME_RE  # one rule for the lab and the tasks
+
 from .util import LabError
 
 ROLES = ("target", "source", "repo", "aws")
@@ -13,7 +15,6 @@ HOST_OCTET = {"target": 10, "source": 11, "repo": 12, "aws": 13}
 SSH_ROLES = ("target", "source", "repo")
 REPO_NAME = "pg-backrest.timescale.glimpse.internal"
 AWS_NAME = "aws.lab.internal"
-from trackerdb.settings import LAB_NAME_RE as _NAME_RE  # one rule for the lab and the tasks
 
 
 def check_name(name: str) -> str:
@@ -31,7 +32,7 @@ def subnet_for(name: str, taken=(), salt_max: int = 64) -> ipaddress.IPv4Network
     taken = [ipaddress.ip_network(t, strict=False) for t in taken]
     for salt in range(salt_max):
         d = _digest(name, salt)
-        net = ipaddress.ip_network(f"10.{200 + d[0] % 50}.{d[1]}.0/24")
+        net = ipaddress.IPv4Network(f"10.{200 + d[0] % 50}.{d[1]}.0/24")
         if not any(net.overlaps(t) for t in taken):
             return net
     raise LabError(f"no free lab subnet for {name!r}", hint="run lab.down on unused instances")

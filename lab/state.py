@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from trackerdb.settings import LAB_ROOT
 
@@ -13,7 +14,7 @@ class State:
         self.name = name
         self.dir = Path(root) / name
         self.file = self.dir / "state.json"
-        self.data = json.loads(self.file.read_text()) if self.file.is_file() else {"name": name, "pids": {}, "init": {}}
+        self.data: dict[str, Any] = json.loads(self.file.read_text()) if self.file.is_file() else {"name": name, "pids": {}, "init": {}}
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

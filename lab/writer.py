@@ -21,6 +21,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
 INSERT = """INSERT INTO tracker.location_reports
   (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
@@ -46,13 +50,13 @@ class Log:
         self.f.close()
 
 
-def resolve(settings) -> str:
+def resolve(settings: Settings) -> str:
     from trackerdb.cutover.switch import Route53Switch
 
     return Route53Switch(settings).current()
 
 
-def run(settings, log_path: Path, seconds: float, count: int | None, interval: float, device: int) -> dict:
+def run(settings: Settings, log_path: Path, seconds: float, count: int | None, interval: float, device: int) -> dict:
     import psycopg
 
     from trackerdb.secrets import fetch_secret
@@ -78,6 +82,7 @@ def run(settings, log_path: Path, seconds: float, count: int | None, interval: f
                 seq += 1
                 row = conn.execute(INSERT, {"device": device, "lon": -0.1 + (seq % 1000) * 1e-4, "lat": 51.5,
                                             "speed": float(seq % 120), "heading": seq % 360}).fetchone()
+                assert row is not None, "INSERT ... RETURNING gave no row"
                 acked += 1
                 log.write(event="ack", seq=seq, device=device, reported_at=row[0], server=row[1], endpoint=endpoint)
             except Exception as exc:  # noqa: BLE001 - every failure is a refused write, recorded

@@ -34,8 +34,16 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import ConfigError, HostError
+
+
+class WithLimits(Protocol):
+    """What this module reads of Settings (a protocol, not the class: settings.py imports this module)."""
+
+    window_limits: dict
+
 
 FREEZE, DELTA, VERIFY, SWITCH, ROLLBACK = "freeze", "delta", "verify", "switch", "rollback"
 # phase: (lock_timeout_s, statement_timeout_s)
@@ -89,12 +97,12 @@ _HINT = ("e.g. window_limits: {delta: {lock_timeout_s: 30, statement_timeout_s: 
          + ", ".join(DEFAULTS) + " (invoke.yaml's trackerdb section or the settings overlay)")
 
 
-def for_phase(settings, phase: str) -> Limits:
+def for_phase(settings: WithLimits, phase: str) -> Limits:
     lock, stmt = parse(getattr(settings, "window_limits", None)).get(phase, DEFAULTS[phase])
     return Limits(phase, lock, stmt)
 
 
-def plan_line(settings) -> str:
+def plan_line(settings: WithLimits) -> str:
     """The limits each window phase will run with (the dry run's line)."""
     got = parse(getattr(settings, "window_limits", None))
     return ("time limits (lock_timeout/statement_timeout per phase): "

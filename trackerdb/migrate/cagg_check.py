@@ -224,6 +224,11 @@ def _covered(ranges, by) -> bool:
     return all(any(lo >= a and hi <= b for a, b in cover) for lo, hi in ranges)
 
 
+def _or_min(value: int | None) -> int:
+    """A watermark or threshold; none yet counts as the lowest internal time."""
+    return MIN_INTERNAL if value is None else value
+
+
 def state_checks(expected: list[dict], observed: list[dict], source_label: str = "source") -> list[Check]:
     """Each aggregate's refresh state on the target against the source's (see the module's doc)."""
     want = {s["cagg"]: s for s in expected or []}
@@ -241,8 +246,7 @@ def state_checks(expected: list[dict], observed: list[dict], source_label: str =
         if same:
             out.append(Check(label, True, f"equal: {state_text(g)}", expect))
             continue
-        lo = MIN_INTERNAL
-        behind = [k for k in ("watermark", "threshold") if (g.get(k) if g.get(k) is not None else lo) < (w.get(k) if w.get(k) is not None else lo)]
+        behind = [k for k in ("watermark", "threshold") if _or_min(g.get(k)) < _or_min(w.get(k))]
         allowed = list(wp)
         parent = w.get("parent")
         while parent and parent in want:  # a parent's refresh on the target invalidates its children

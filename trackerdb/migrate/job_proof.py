@@ -19,10 +19,14 @@ Pure builders first; the executor takes a ``Psql`` on the target.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .. import tsdb_api as api
 from ..sql import literal
 from ..steps import Check
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 WAIT_S = 300.0
 RETENTION = "policy_retention"
@@ -87,13 +91,14 @@ def plan(jobs: list[dict], skip: dict[int, str], defer: dict[str, str] | None = 
     (id -> why) and ``defer`` (procedure name -> why); one paused with ``next_start = infinity`` by someone
     else is not resumed behind their back: it fails, named (a pause is a decision)."""
     todo, notes, paused = [], [], []
+    defer = defer or {}
     for j in jobs:
         proc = str(j.get("proc", "")).rsplit(".", 1)[-1]
         if not j.get("scheduled"):
             notes.append(f"{label(j)}: not scheduled (as on the source)")
         elif j["id"] in skip:
             notes.append(f"{label(j)}: {skip[j['id']]}")
-        elif proc in (defer or {}):
+        elif proc in defer:
             notes.append(f"{label(j)}: {defer[proc]}")
         elif j.get("next_start") == "infinity":
             paused.append(Check(f"{label(j)} runs in the scheduler", False, "paused (next_start = infinity): never runs",
@@ -182,7 +187,7 @@ BEFORE_SWITCH = {RETENTION: "retention deferred until after the switch (made due
                             "the source's own schedule, and verify compares the data)"}
 
 
-def prove_on_target(settings, *, skip=None, defer=None, expected=None, say=lambda m: None, session=None,
+def prove_on_target(settings: Settings, *, skip=None, defer=None, expected=None, say=lambda m: None, session=None,
                     wait_s: float = WAIT_S) -> tuple[list[Check], list[str]]:
     """:func:`prove` on the target's ``settings.database`` over the session's connection."""
     from ..psql import Psql

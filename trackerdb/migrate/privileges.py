@@ -317,7 +317,7 @@ def diff_objects(expected: dict, observed: dict) -> list[tuple[str, str, str]]:
     for key in sorted(set(expected) | set(observed)):
         want, have = expected.get(key), observed.get(key)
         if want is None or have is None:
-            attrs = [a for a in ATTRS if a in (want or have)]
+            attrs = [a for a in ATTRS if a in (want or have or {})]
         else:
             attrs = [a for a in ATTRS if (a in want or a in have) and want.get(a) != have.get(a)]
             if not attrs:

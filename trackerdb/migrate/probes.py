@@ -86,6 +86,9 @@ def run_probes(psql, db: str, facts: dict, expected: dict | None = None, source_
             chunk = psql.value(chunk_sql(h["schema"], h["name"], True), db)
             cols = psql.value(columns_sql(h["schema"], h["name"]), db)
             tcol = _time_column(facts, h["schema"], h["name"])
+            if tcol is None:
+                checks.append(Check(label, False, "no time dimension in the facts", "insert succeeds and reads back (rolled back)"))
+                continue
             ttype = psql.value(time_type_sql(h["schema"], h["name"], tcol), db)
             res = psql.json(compressed_insert_sql(_rel(h["schema"], h["name"]), chunk, cols, tcol, ttype), db)
             ok = bool(res) and int(res.get("read_back") or 0) >= 1

@@ -52,7 +52,7 @@ def measured_rows(measured: dict, production: dict) -> list[dict]:
     for key, label in MEASURED:
         text = str(measured.get(key) or "")
         m = re.search(r"(\d+\.\d+)", text)
-        same = bool(m) and want is not None and m.group(1) == str(want)
+        same = m is not None and want is not None and m.group(1) == str(want)
         rows.append({"name": label, "lab": text, "production": "" if want is None else str(want),
                      "status": "match" if same else "DEVIATION", "note": "measured"})
     return rows
