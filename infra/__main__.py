@@ -79,6 +79,8 @@ outputs = {
     "source_cidr": cfg.source_cidr,
 }
 if set(outputs) != set(OUTPUT_KEYS):  # the inventory shape is a contract with every task and the lab
-    raise config.ConfigError(f"exports differ from trackerdb.inventory.OUTPUT_KEYS: {sorted(set(outputs) ^ set(OUTPUT_KEYS))}")
+    raise config.ConfigError(
+        f"exports differ from trackerdb.inventory.OUTPUT_KEYS: {sorted(set(outputs) ^ set(OUTPUT_KEYS))}"
+    )
 for key, value in outputs.items():
     pulumi.export(key, value)

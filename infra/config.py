@@ -200,7 +200,9 @@ def load() -> StackConfig:
     app_sgs = tuple(cfg.get_object("appSecurityGroupIds") or ())
     for sg in app_sgs:
         if not str(sg).startswith("sg-"):
-            raise ConfigError(f"config key {PROJECT}:appSecurityGroupIds entry {sg!r} is not a security group id (sg-...)")
+            raise ConfigError(
+                f"config key {PROJECT}:appSecurityGroupIds entry {sg!r} is not a security group id (sg-...)"
+            )
     stanza = str(_req(cfg, "stanza"))
     shared = str(_req(cfg, "sharedStanza"))
     for key, value in (("stanza", stanza), ("sharedStanza", shared)):
@@ -220,8 +222,16 @@ def load() -> StackConfig:
         name=name,
         tags={"Name": name, "Project": PROJECT, "Environment": environment, "ManagedBy": "pulumi", **tags},
         vpc_id=str(_req(cfg, "vpcId", hint="the VPC of the new database host")),
-        subnet_id=str(_req(cfg, "subnetId", hint="a private subnet with a route to the repository host and the S3 gateway endpoint")),
-        app_cidrs=_app_cidrs(_req(cfg, "appCidrs", "get_object", hint="the application's networks; pg_hba and the security group use them")),
+        subnet_id=str(
+            _req(
+                cfg, "subnetId", hint="a private subnet with a route to the repository host and the S3 gateway endpoint"
+            )
+        ),
+        app_cidrs=_app_cidrs(
+            _req(
+                cfg, "appCidrs", "get_object", hint="the application's networks; pg_hba and the security group use them"
+            )
+        ),
         app_security_group_ids=app_sgs,
         extra_egress=_extra_egress(cfg.get_object("extraEgress") or []),
         instance_type=str(_req(cfg, "instanceType")),

@@ -58,7 +58,7 @@ def s3_policy(bucket: str, prefix: str, stanza: str) -> dict:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {   # `pgbackrest info` enumerates stanza directories (common prefixes only, one level)
+            {  # `pgbackrest info` enumerates stanza directories (common prefixes only, one level)
                 "Sid": "ListStanzaNames",
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
@@ -75,7 +75,13 @@ def s3_policy(bucket: str, prefix: str, stanza: str) -> dict:
             {
                 "Sid": "ObjectsOfOurStanza",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject"],
+                "Action": [
+                    "s3:GetObject",
+                    "s3:GetObjectVersion",
+                    "s3:PutObject",
+                    "s3:PutObjectTagging",
+                    "s3:DeleteObject",
+                ],
                 "Resource": [f"{bucket_arn}/{archive}*", f"{bucket_arn}/{backup}*"],
             },
         ],

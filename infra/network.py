@@ -83,8 +83,14 @@ class DatabaseNetwork(pulumi.ComponentResource):
         # through the operator). Egress only: nothing may connect in; the source's own firewall must let
         # this host's address in on 22 (not ours to declare). Already covered when the source is the repo host.
         if args.source_cidr and args.source_cidr != repo_cidr:
-            egress("ssh-source", cidr_ipv4=args.source_cidr, ip_protocol="tcp", from_port=args.ssh_port,
-                   to_port=args.ssh_port, description="SSH to the source host: the final dump, host to host (directTransfer)")
+            egress(
+                "ssh-source",
+                cidr_ipv4=args.source_cidr,
+                ip_protocol="tcp",
+                from_port=args.ssh_port,
+                to_port=args.ssh_port,
+                description="SSH to the source host: the final dump, host to host (directTransfer)",
+            )
 
         for i, e in enumerate(args.extra_egress):
             family = {"cidr_ipv6": e.cidr} if ":" in e.cidr else {"cidr_ipv4": e.cidr}

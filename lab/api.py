@@ -26,13 +26,32 @@ from .outputs import settings_overlay, stack_outputs
 from .state import State
 from .util import LabError, alive, kill_and_wait, out, proc_start_time, progress, run
 
-TOOLS = ("debootstrap", "ip", "unshare", "nsenter", "losetup", "nginx", "openssl", "apt-ftparchive", "ssh-keygen", "mount", "chroot")
-SERVICES = {"target": {"sshd": 22}, "source": {"sshd": 22, "postgresql": 5432}, "repo": {"sshd": 22}, "aws": {"https": 443}}
+TOOLS = (
+    "debootstrap",
+    "ip",
+    "unshare",
+    "nsenter",
+    "losetup",
+    "nginx",
+    "openssl",
+    "apt-ftparchive",
+    "ssh-keygen",
+    "mount",
+    "chroot",
+)
+SERVICES = {
+    "target": {"sshd": 22},
+    "source": {"sshd": 22, "postgresql": 5432},
+    "repo": {"sshd": 22},
+    "aws": {"https": 443},
+}
 
 
 def preflight() -> None:
     if platform.system() != "Linux":
-        raise LabError("the lab needs Linux (network namespaces, overlayfs, loop devices)", hint="run it on a Linux machine or VM")
+        raise LabError(
+            "the lab needs Linux (network namespaces, overlayfs, loop devices)", hint="run it on a Linux machine or VM"
+        )
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, overlay mounts, loop devices)",
                        hint="run as root, e.g. sudo -E .venv/bin/invoke lab.up")
@@ -191,9 +210,13 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
     sshd.mkdir(parents=True, exist_ok=True)
     os.chown(sshd, uid, gid)
     os.chmod(sshd, 0o700)
-    hosts.write(s, "/var/lib/postgresql/.ssh/id_ed25519", (st.dir / "keys/source_postgres").read_text(), 0o600, (uid, gid))
+    hosts.write(
+        s, "/var/lib/postgresql/.ssh/id_ed25519", (st.dir / "keys/source_postgres").read_text(), 0o600, (uid, gid)
+    )
     hosts.write(s, "/var/lib/postgresql/.ssh/id_ed25519.pub", src_pg_pub + "\n", 0o644, (uid, gid))
-    hosts.write(s, "/var/lib/postgresql/.ssh/known_hosts", render.known_hosts(n, {"repo": host_keys["repo"]}), 0o644, (uid, gid))
+    hosts.write(
+        s, "/var/lib/postgresql/.ssh/known_hosts", render.known_hosts(n, {"repo": host_keys["repo"]}), 0o644, (uid, gid)
+    )
     source.prepare(s, n, src_pg_pub)
 
     progress(f"{name}: starting aws (moto + nginx TLS) and the hosts' sshd")
@@ -302,7 +325,9 @@ def reboot(name: str, role: str = "target", timeout: float = 60) -> dict:
             raise LabError(f"lab {name} is not up (or was started by an older version)", hint="run lab.up first")
         n = Names(name, ipaddress.IPv4Network(st["subnet"]))
         t0 = time.monotonic()
-        hosts.hexec(st, role, "if [ -x /etc/init.d/postgresql ]; then /etc/init.d/postgresql stop; fi", check=False, timeout=120)
+        hosts.hexec(
+            st, role, "if [ -x /etc/init.d/postgresql ]; then /etc/init.d/postgresql stop; fi", check=False, timeout=120
+        )
         kill_and_wait([e["pid"] for e in st["pids"].get(role, [])])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and out(["ip", "netns", "pids", n.netns(role)]).strip():
@@ -454,11 +479,19 @@ def status(name: str) -> dict:
         h: dict[str, Any] = {"address": n.ip(role), "netns": n.netns(role), "names": render.host_aliases(n, role),
              "services": {svc: _port_open(st, role, port) for svc, port in _services(st, role).items()}}
         if role in SSH_ROLES:
-            h |= {"user": "admin", "key_file": f"{d}/id_ed25519", "known_hosts": f"{d}/known_hosts", "init_pid": st.init(role)}
+            h |= {
+                "user": "admin",
+                "key_file": f"{d}/id_ed25519",
+                "known_hosts": f"{d}/known_hosts",
+                "init_pid": st.init(role),
+            }
         else:
             h |= {"endpoint_url": f"https://{n.ip(role)}", "ca_bundle": f"{d}/ca.crt"}
         res["hosts"][role] = h
-    res["hosts"]["target"] |= {"data_volume": st["loop"], "data_volume_by_id": render.BY_ID_PREFIX + n.volume_id.replace("-", "")}
+    res["hosts"]["target"] |= {
+        "data_volume": st["loop"],
+        "data_volume_by_id": render.BY_ID_PREFIX + n.volume_id.replace("-", ""),
+    }
     res["dataset"] = st["dataset"]
     res["up"] = bool(st["up"]) and all(all(h["services"].values()) for h in res["hosts"].values())
     return res

@@ -24,20 +24,67 @@ MOTO_ENV = dict(os.environ, S3_IGNORE_SUBDOMAIN_BUCKETNAME="true")
 def make_ca(d: Path, ip: str) -> None:
     """A lab CA (ca.crt/ca.key) and a server cert for nginx with SANs for the aws name and IP."""
     d.mkdir(parents=True, exist_ok=True)
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
-         "-subj", "/CN=trackerdb lab CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt")])
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=trackerdb lab CA",
+            "-keyout",
+            str(d / "ca.key"),
+            "-out",
+            str(d / "ca.crt"),
+        ]
+    )
     run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-subj", f"/CN={AWS_NAME}", "-keyout", str(d / "aws" / "server.key"), "-out", str(d / "aws" / "server.csr")])
     (d / "aws" / "server.ext").write_text(render.server_cert_ext(ip))
-    run(["openssl", "x509", "-req", "-in", str(d / "aws" / "server.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
-         "-CAcreateserial", "-days", "30", "-extfile", str(d / "aws" / "server.ext"), "-out", str(d / "aws" / "server.crt")])
+    run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(d / "aws" / "server.csr"),
+            "-CA",
+            str(d / "ca.crt"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            str(d / "aws" / "server.ext"),
+            "-out",
+            str(d / "aws" / "server.crt"),
+        ]
+    )
     (d / "ca.key").chmod(0o600)
 
 
 def _nginx_cmd(st: State, n: Names) -> list[str]:
     aws = st.dir / "aws"
-    return ["ip", "netns", "exec", n.netns("aws"), "nginx", "-c", str(aws / "nginx.conf"), "-e", str(aws / "nginx-error.log"),
-            "-g", "daemon off;"]
+    return [
+        "ip",
+        "netns",
+        "exec",
+        n.netns("aws"),
+        "nginx",
+        "-c",
+        str(aws / "nginx.conf"),
+        "-e",
+        str(aws / "nginx-error.log"),
+        "-g",
+        "daemon off;",
+    ]
 
 
 def _spawn(st: State, label: str, cmd: list[str]) -> int:

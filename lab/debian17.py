@@ -56,7 +56,9 @@ mv {m}{DL}/*.deb {q(str(tmp / 'apt'))}/
 def layer_key(bare: Path) -> str:
     """``bare``: the bare layer's rootfs (its directory name carries the bare layer's hash). The mirror is
     not part of the key, as for the bare layer; the script is (with placeholder paths)."""
-    return layer_hash(LAYOUT_VERSION, bare.parent.name, SUITE, PKGS, build_script(Path("/bare"), Path("/tmp"), "MIRROR"))
+    return layer_hash(
+        LAYOUT_VERSION, bare.parent.name, SUITE, PKGS, build_script(Path("/bare"), Path("/tmp"), "MIRROR")
+    )
 
 
 def repo_path(bare: Path, cache: Path) -> Path:
@@ -82,7 +84,9 @@ def build(bare: Path, apt: Path, mirror: str = MIRROR) -> None:
         run(["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--mount-proc", "sh", "-c",
              build_script(bare, tmp, mirror)], timeout=600)
 
-    progress(f"building the debian17 layer ({', '.join(PKGS)} from {SUITE} on {mirror}, for the engine gate's lab test)")
+    progress(
+        f"building the debian17 layer ({', '.join(PKGS)} from {SUITE} on {mirror}, for the engine gate's lab test)"
+    )
     retry(attempt, what="debian17 download")
     repo = tmp / "apt"
     check_debs([p.name for p in repo.iterdir()])

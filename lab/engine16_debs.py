@@ -97,8 +97,12 @@ def control(pkg: str, arch: str, installed_kb: int) -> str:
 
 def control_env(arch_placeholder: str = "@ARCH@", kb_placeholder: str = "@KB@") -> dict[str, str]:
     """Control texts keyed ``CONTROL_<n>`` (n = index in PACKAGES) with placeholders the pack script fills in."""
-    return {f"CONTROL_{i}": control(p, arch_placeholder, 0).replace("Installed-Size: 0", f"Installed-Size: {kb_placeholder}")
-            for i, p in enumerate(PACKAGES)}
+    return {
+        f"CONTROL_{i}": control(p, arch_placeholder, 0).replace(
+            "Installed-Size: 0", f"Installed-Size: {kb_placeholder}"
+        )
+        for i, p in enumerate(PACKAGES)
+    }
 
 
 _HEAD = "#!/bin/sh\nset -e\n"
@@ -187,7 +191,9 @@ def pack_script(out: str) -> str:
         d = f"/pkg/{p}"
         name = deb_name(p, "$arch")
         lines.append(f"mkdir -p {d}/DEBIAN")
-        lines.append(f"printf '%s' \"$CONTROL_{i}\" | sed \"s/@ARCH@/$arch/; s/@KB@/$(du -sk {d} | cut -f1)/\" > {d}/DEBIAN/control")
+        lines.append(
+            f'printf \'%s\' "$CONTROL_{i}" | sed "s/@ARCH@/$arch/; s/@KB@/$(du -sk {d} | cut -f1)/" > {d}/DEBIAN/control'
+        )
         for kind, fn in MAINT_SCRIPTS:
             if fn(p):
                 f = f"{d}/DEBIAN/{kind.lower()}"

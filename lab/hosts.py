@@ -56,7 +56,17 @@ def mount_overlay(lowerdir: str, hostdir: Path) -> Path:
     for d in (root, upper, work):
         d.mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(root):
-        run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowerdir},upperdir={upper},workdir={work}", str(root)])
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lowerdir},upperdir={upper},workdir={work}",
+                str(root),
+            ]
+        )
     return root
 
 
@@ -84,7 +94,9 @@ def ids(root: Path, user: str) -> tuple[int, int]:
 def ensure_user(root: Path, user: str, pubkeys: list[str], *, sudo: bool) -> None:
     if chroot(root, "id", "-u", user, check=False).returncode != 0:
         chroot(root, "useradd", "-m", "-s", "/bin/bash", user)
-    chroot(root, "usermod", "-p", "*", "-s", "/bin/bash", user)  # not locked ("!"): sshd without PAM refuses locked accounts
+    chroot(
+        root, "usermod", "-p", "*", "-s", "/bin/bash", user
+    )  # not locked ("!"): sshd without PAM refuses locked accounts
     uid, gid = ids(root, user)
     home = chroot(root, "sh", "-c", f"getent passwd {shlex.quote(user)} | cut -d: -f6").stdout.decode().strip()
     ssh = root / home.lstrip("/") / ".ssh"
@@ -144,7 +156,16 @@ def nsenter_cmd(init_pid: int, cmd: list[str] | str, user: str | None = None) ->
     return ["nsenter", "-t", str(init_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w"] + inner
 
 
-def hexec(st: State, role: str, cmd, *, user: str | None = None, input: str | None = None, check: bool = True, timeout: float = 600):
+def hexec(
+    st: State,
+    role: str,
+    cmd,
+    *,
+    user: str | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 600,
+):
     init = st.init(role)
     if not init:
         raise LabError(f"{role} is not running")

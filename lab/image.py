@@ -36,7 +36,17 @@ from .util import LabError, progress, retry, run
 CACHE = Path(os.environ.get("TRACKERDB_LAB_CACHE", "/var/cache/trackerdb-lab"))
 SUITE = "trixie"
 MIRROR = os.environ.get("TRACKERDB_LAB_MIRROR", "http://deb.debian.org/debian")
-BARE_PKGS = ("openssh-server", "sudo", "python3", "iproute2", "ca-certificates", "e2fsprogs", "xfsprogs", "procps", "less")
+BARE_PKGS = (
+    "openssh-server",
+    "sudo",
+    "python3",
+    "iproute2",
+    "ca-certificates",
+    "e2fsprogs",
+    "xfsprogs",
+    "procps",
+    "less",
+)
 # production's engine from the engine16 repository, exactly at its versions (lab/engine16_debs.py), + Debian's
 PG_PKGS = ("postgresql-client-16=16.10-1.pgdg13+1", "postgresql-16=16.10-1.pgdg13+1",
            "postgresql-16-postgis-3-scripts=3.5.2+dfsg-1.pgdg13+1", "postgresql-16-postgis-3=3.5.2+dfsg-1.pgdg13+1",
@@ -144,12 +154,20 @@ def _build_bare(final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rootfs").mkdir(parents=True)
         # in a private mount namespace: debootstrap's /proc and /sys mounts vanish even if it dies
-        run(["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--"] + debootstrap_cmd(tmp / "rootfs"), timeout=1200)
+        run(
+            ["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--"]
+            + debootstrap_cmd(tmp / "rootfs"),
+            timeout=1200,
+        )
 
     progress(f"building the bare layer (debootstrap {SUITE} minbase from {MIRROR})")
     retry(attempt, what="debootstrap")
     r = tmp / "rootfs"
-    for p in list((r / "etc/ssh").glob("ssh_host_*")) + list((r / "var/lib/apt/lists").glob("*_*")) + list((r / "var/cache/apt/archives").glob("*.deb")):
+    for p in (
+        list((r / "etc/ssh").glob("ssh_host_*"))
+        + list((r / "var/lib/apt/lists").glob("*_*"))
+        + list((r / "var/cache/apt/archives").glob("*.deb"))
+    ):
         p.unlink()
     if top.exists():
         shutil.rmtree(top)

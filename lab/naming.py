@@ -19,7 +19,10 @@ AWS_NAME = "aws.lab.internal"
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name or ""):
-        raise LabError(f"lab instance name {name!r} is not valid", hint="use 1-31 lowercase letters, digits or '-' (e.g. TRACKERDB_LAB=devlab)")
+        raise LabError(
+            f"lab instance name {name!r} is not valid",
+            hint="use 1-31 lowercase letters, digits or '-' (e.g. TRACKERDB_LAB=devlab)",
+        )
     return name
 
 

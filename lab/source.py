@@ -23,7 +23,9 @@ INSERT INTO archived_trips SELECT g, 'van-' || g, timestamptz '2020-01-01' + g *
 
 def prepare(root, n: Names, postgres_key_pub: str) -> None:
     """Files written before the host starts (the cluster itself is created inside the running host)."""
-    write(root, "/etc/pgbackrest/pgbackrest.conf", render.source_pgbackrest_conf(), 0o640, (0, ids(root, "postgres")[1]))
+    write(
+        root, "/etc/pgbackrest/pgbackrest.conf", render.source_pgbackrest_conf(), 0o640, (0, ids(root, "postgres")[1])
+    )
     conf = root / "etc/pgbackrest.conf"
     if conf.exists():
         conf.unlink()  # one config file: /etc/pgbackrest/pgbackrest.conf
@@ -51,7 +53,13 @@ def set_port(st: State, port: int) -> None:
     if not 1024 <= port <= 65535:
         raise LabError(f"source port {port} is not in 1024-65535", hint="e.g. 5433")
     root = st.dir / "hosts" / "source" / "root"
-    write(root, "/etc/pgbackrest/pgbackrest.conf", render.source_pgbackrest_conf(port=port), 0o640, (0, ids(root, "postgres")[1]))
+    write(
+        root,
+        "/etc/pgbackrest/pgbackrest.conf",
+        render.source_pgbackrest_conf(port=port),
+        0o640,
+        (0, ids(root, "postgres")[1]),
+    )
     hexec(st, "source", f"sed -i -E 's/^#?port = [0-9]+/port = {port}/' /etc/postgresql/{MAJOR}/main/postgresql.conf "
                         f"&& pg_ctlcluster {MAJOR} main restart")
     retry(lambda: hexec(st, "source", ["pg_isready", "-q", "-p", str(port)], timeout=10), what=f"source on port {port}",
@@ -65,7 +73,9 @@ def fill(st: State, n: Names, remote_source, scale: float) -> dict:
     progress(f"source: generating the tracker dataset (scale {scale}, TimescaleDB {tsdb.VERSION})")
     result = dataset.run(remote_source, scale=scale, timescaledb_version=tsdb.VERSION)
     check_edition(st)
-    hexec(st, "source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], user="postgres", input=FLEET_SQL)
+    hexec(
+        st, "source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], user="postgres", input=FLEET_SQL
+    )
     return result
 
 
@@ -75,17 +85,27 @@ EDITION_SQL = ("SELECT extversion || ' ' || current_setting('timescaledb.license
 
 def check_edition(st: State, version: str = tsdb.VERSION) -> None:
     """The source must run production's TimescaleDB: exactly ``version`` under the community licence."""
-    got = hexec(st, "source", ["psql", "-XAt", "-d", "tracker", "-c", EDITION_SQL], user="postgres").stdout.decode().strip()
+    got = (
+        hexec(st, "source", ["psql", "-XAt", "-d", "tracker", "-c", EDITION_SQL], user="postgres")
+        .stdout.decode()
+        .strip()
+    )
     if got != f"{version} timescale":
-        raise LabError(f"source: TimescaleDB in tracker is {got or 'missing'!r}, expected '{version} timescale'",
-                       hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's pg-* layer and lab.up again")
+        raise LabError(
+            f"source: TimescaleDB in tracker is {got or 'missing'!r}, expected '{version} timescale'",
+            hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's pg-* layer and lab.up again",
+        )
 
 
 def stanza(st: State) -> None:
     progress("source: pgbackrest stanza-create + check for the shared stanza `tracker`")
     # PostgreSQL is already archiving (and failing until the stanza exists), so an archive-push can hold the
     # stanza lock on repo for a moment (pgBackRest error 050): both commands are safe to repeat.
-    retry(lambda: hexec(st, "source", ["pgbackrest", "--stanza=tracker", "stanza-create"], user="postgres", timeout=120),
-          what="shared stanza-create", attempts=4, delay=2.0)
+    retry(
+        lambda: hexec(st, "source", ["pgbackrest", "--stanza=tracker", "stanza-create"], user="postgres", timeout=120),
+        what="shared stanza-create",
+        attempts=4,
+        delay=2.0,
+    )
     retry(lambda: hexec(st, "source", ["pgbackrest", "--stanza=tracker", "check"], user="postgres", timeout=180),
           what="shared stanza check", attempts=3, delay=2.0)

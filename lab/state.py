@@ -14,7 +14,9 @@ class State:
         self.name = name
         self.dir = Path(root) / name
         self.file = self.dir / "state.json"
-        self.data: dict[str, Any] = json.loads(self.file.read_text()) if self.file.is_file() else {"name": name, "pids": {}, "init": {}}
+        self.data: dict[str, Any] = (
+            json.loads(self.file.read_text()) if self.file.is_file() else {"name": name, "pids": {}, "init": {}}
+        )
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,14 @@ from trackerdb.settings import lab_name
 from .dataset_shape import MAX_SCALE
 
 
-@task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "volume_gb": "size of the target's data volume in GB (sparse; default 2)",
-            "scale": "tracker dataset scale on the source (default 1 = a few MB)", "json": "print lab.status as JSON when up"})
+@task(
+    help={
+        "name": "lab instance (default $TRACKERDB_LAB or lab0)",
+        "volume_gb": "size of the target's data volume in GB (sparse; default 2)",
+        "scale": "tracker dataset scale on the source (default 1 = a few MB)",
+        "json": "print lab.status as JSON when up",
+    }
+)
 @ops_task
 def up(c, name=None, volume_gb=None, scale=None, json=False):
     """Bring the lab up: build or reuse the Debian trixie image, start target, source, repo and aws. Idempotent."""

@@ -17,7 +17,12 @@ from .util import LabError
 
 VERSION = "2.18.2"
 SHA256 = "391f9def399283094c013e2b56971dffc0dc2a54a5de1b376322ff68d5ca298b"  # ../shared/vendor/README.md
-BOOTSTRAP_FLAGS = ("-DREGRESS_CHECKS=OFF", "-DTAP_CHECKS=OFF", "-DWARNINGS_AS_ERRORS=OFF", "-DGENERATE_DOWNGRADE_SCRIPT=OFF")
+BOOTSTRAP_FLAGS = (
+    "-DREGRESS_CHECKS=OFF",
+    "-DTAP_CHECKS=OFF",
+    "-DWARNINGS_AS_ERRORS=OFF",
+    "-DGENERATE_DOWNGRADE_SCRIPT=OFF",
+)
 
 _DEFAULT_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "vendor" / f"timescaledb-{VERSION}.tar.xz"
 
@@ -41,5 +46,7 @@ def verify_tarball(path: Path, want: str = SHA256) -> None:
                        hint="the lab builds TimescaleDB from ../shared/vendor (or set TRACKERDB_TSDB_TARBALL)")
     got = sha256_file(path)
     if got != want:
-        raise LabError(f"TimescaleDB source {path} has SHA-256 {got[:16]}…, expected {want[:16]}…",
-                       hint="restore the upstream tarball listed in shared/vendor/README.md; never build from an unverified one")
+        raise LabError(
+            f"TimescaleDB source {path} has SHA-256 {got[:16]}…, expected {want[:16]}…",
+            hint="restore the upstream tarball listed in shared/vendor/README.md; never build from an unverified one",
+        )

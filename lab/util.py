@@ -29,7 +29,9 @@ def run(cmd: list[str], *, check: bool = True, input: str | bytes | None = None,
     data = input.encode() if isinstance(input, str) else input
     p = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, env=env, cwd=cwd)
     if check and p.returncode != 0:
-        tail = (p.stderr.decode(errors="replace").strip() or p.stdout.decode(errors="replace").strip()).splitlines()[-3:]
+        tail = (p.stderr.decode(errors="replace").strip() or p.stdout.decode(errors="replace").strip()).splitlines()[
+            -3:
+        ]
         raise LabError(f"`{' '.join(cmd)[:200]}` exited {p.returncode}: {' | '.join(tail)[:400]}")
     return p
 

@@ -72,7 +72,9 @@ def run(settings: Settings, log_path: Path, seconds: float, count: int | None, i
     conn, endpoint = None, None
     log.write(event="start", pid=os.getpid(), device=device)
     try:
-        while not stopping and time.monotonic() < deadline and (count is None or acked < count) and not stop_file.exists():
+        while (
+            not stopping and time.monotonic() < deadline and (count is None or acked < count) and not stop_file.exists()
+        ):
             try:
                 if conn is None:
                     endpoint = resolve(settings)
@@ -127,8 +129,13 @@ def outage(records: list[dict], new_endpoint: str) -> dict | None:
                       and r["t"] >= first_refused["t"]), None)
     if first_new is None:
         return {"start": first_refused["t"], "end": None, "duration_s": None}
-    return {"start": first_refused["t"], "end": first_new["t"], "duration_s": round(first_new["t"] - first_refused["t"], 3),
-            "source": "writer", "detail": "first refused write -> first write acknowledged by the target"}
+    return {
+        "start": first_refused["t"],
+        "end": first_new["t"],
+        "duration_s": round(first_new["t"] - first_refused["t"], 3),
+        "source": "writer",
+        "detail": "first refused write -> first write acknowledged by the target",
+    }
 
 
 def main(argv=None) -> int:

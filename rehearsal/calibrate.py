@@ -53,8 +53,10 @@ def prepare(settings: Settings, scale: float = DEFAULT_SCALE, say=None) -> dict:
         if _exists(src, settings.source_port):
             have = dataset.facts(src, settings.source_port, CALIB_DB)
             if have["rows"] != dataset.expected_counts(scale):
-                raise OpsError(f"{CALIB_DB} on the source holds another calibration scale ({sum(have['rows'].values())} rows)",
-                               hint=f"rehearse with the scale it was made with, or drop {CALIB_DB} on the lab's source yourself")
+                raise OpsError(
+                    f"{CALIB_DB} on the source holds another calibration scale ({sum(have['rows'].values())} rows)",
+                    hint=f"rehearse with the scale it was made with, or drop {CALIB_DB} on the lab's source yourself",
+                )
             say(f"calibration: reusing {CALIB_DB} on the source (scale {scale:g})")
         else:
             say(f"calibration: generating {CALIB_DB} on the source (scale {scale:g}), while the target is prepared")
@@ -120,7 +122,9 @@ def calibrate(settings: Settings, run_dir: Path, prepared: dict, say=None) -> di
     failed = []
     # the application's login check is left out: pg_hba lets the application into tracker only
     for kwargs in ({"manifest": art.manifest}, {"against_source": True}):
-        failed += [f"{c.name}: {c.observed} != {c.expected}" for c in run_verify(cs, app_login=False, **kwargs) if not c.ok]
+        failed += [
+            f"{c.name}: {c.observed} != {c.expected}" for c in run_verify(cs, app_login=False, **kwargs) if not c.ok
+        ]
     # the rehearsal's verify phase also counts the rows on both hosts
     with Remote(settings.require_source()) as s_host, Remote(settings.target) as t_host:
         counts = {"source": table_counts(s_host, CALIB_DB, settings.source_port, dataset.TABLES),

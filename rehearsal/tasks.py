@@ -11,16 +11,20 @@ from trackerdb.errors import OpsError
 from trackerdb.cli.common import elapsed_progress, number_flag, ops_task, out
 
 
-@task(help={"scale": "dataset scale on the source (default 0.5: a few minutes on 2 cores); used when the lab comes up",
-            "rollback": "with --full: roll back after the cutover and replay the rows written on the target",
-            "full": "rehearse the full dump path (the fallback) instead of the pre-copy path: no pre-copy, no drill",
-            "rollback_drill": "after the first window: the application's changes on the target, rollback --replay, "
-                              "a second window (default on; --no-rollback-drill skips them)",
-            "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
-            "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
-            "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
-            "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, ~80 s; 0 = none)",
-            "json": "print the result as JSON"})
+@task(
+    help={
+        "scale": "dataset scale on the source (default 0.5: a few minutes on 2 cores); used when the lab comes up",
+        "rollback": "with --full: roll back after the cutover and replay the rows written on the target",
+        "full": "rehearse the full dump path (the fallback) instead of the pre-copy path: no pre-copy, no drill",
+        "rollback_drill": "after the first window: the application's changes on the target, rollback --replay, "
+        "a second window (default on; --no-rollback-drill skips them)",
+        "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
+        "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
+        "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
+        "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, ~80 s; 0 = none)",
+        "json": "print the result as JSON",
+    }
+)
 @ops_task
 def rehearse(c, scale=None, rollback=False, keep_lab=False, lab=None, volume_gb=None, calibrate=None, json=False,
              full=False, rollback_drill=True):
@@ -61,11 +65,15 @@ def rehearse(c, scale=None, rollback=False, keep_lab=False, lab=None, volume_gb=
         if rep.get("projection"):
             p = rep["projection"]
             if p.get("fit"):
-                out.print(f"planning outage at 11 GB: {p['planning_outage_s']:.0f} s +/- {p['uncertainty_s']:.0f} s "
-                          f"(fixed + per-byte fit, {p['fit']['sigmas']:g} sigma; linear range {p['floor_outage_s']:.0f}-"
-                          f"{p['projected_outage_s']:.0f} s)")
+                out.print(
+                    f"planning outage at 11 GB: {p['planning_outage_s']:.0f} s +/- {p['uncertainty_s']:.0f} s "
+                    f"(fixed + per-byte fit, {p['fit']['sigmas']:g} sigma; linear range {p['floor_outage_s']:.0f}-"
+                    f"{p['projected_outage_s']:.0f} s)"
+                )
             else:
-                out.print(f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the upper bound)")
+                out.print(
+                    f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the upper bound)"
+                )
         out.print(f"report: {res['report_html']}")
         out.print(f"report: {res['report_json']}")
         out.print(f"copy:   {res['copy_dir']}/report.html")

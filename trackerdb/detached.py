@@ -46,7 +46,10 @@ def jobs_base(home: str) -> str:
 
 def home_of(host, user: str = "postgres") -> str:
     """``user``'s home on ``host`` (the jobs live under postgres's); Debian's default when getent says nothing."""
-    return host.run(["sh", "-c", f"getent passwd {shlex.quote(user)} | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"
+    return (
+        host.run(["sh", "-c", f"getent passwd {shlex.quote(user)} | cut -d: -f6"]).stdout.strip()
+        or "/var/lib/postgresql"
+    )
 
 
 def job_dir(base: str, name: str) -> str:
@@ -89,7 +92,9 @@ def start_line(d: str, name: str, user: str) -> str:
     It reads nothing in the job's directory: the wrapper is opened by the shell running as ``user``."""
     q = shlex.quote
     w = f"{d}/wrapper.sh"
-    systemd = f"systemd-run --quiet --collect --unit {q(unit_name(name))} --uid {q(user)} --gid {q(user)} /bin/sh {q(w)}"
+    systemd = (
+        f"systemd-run --quiet --collect --unit {q(unit_name(name))} --uid {q(user)} --gid {q(user)} /bin/sh {q(w)}"
+    )
     plain = f"setsid -f runuser -u {q(user)} -- /bin/sh {q(w)} < /dev/null > /dev/null 2>&1"
     return (f"if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; "
             f"then {systemd} && echo systemd; else {plain} && echo setsid; fi")
@@ -101,17 +106,19 @@ def status_line(d: str) -> str:
     empty) and the host's clock, one a line. Nothing read from the directory is evaluated: whether a
     ``nopid`` job is still starting is :func:`parse_status`'s call."""
     q = shlex.quote
-    return (f"d={q(d)}; "
-            "if [ ! -d \"$d\" ]; then echo absent; "
-            "elif [ -f \"$d/rc\" ]; then echo \"done $(head -n 1 \"$d/rc\")\"; "
-            "elif [ -f \"$d/pid\" ] && p=$(head -n 1 \"$d/pid\") && grep -qas -- \"$d/wrapper.sh\" \"/proc/$p/cmdline\"; "
-            "then echo \"running $p\"; "
-            "elif [ ! -f \"$d/pid\" ]; then echo nopid; "
-            # the wrapper may have written rc and exited between the first test and the pid's: look again
-            "elif [ -f \"$d/rc\" ]; then echo \"done $(head -n 1 \"$d/rc\")\"; "
-            "else echo dead; fi; "
-            "for f in phase started launched; do printf '%s\\n' \"$(head -c 4096 \"$d/$f\" 2>/dev/null | head -n 1 | tr -d '\\r')\"; done; "
-            "date +%s")
+    return (
+        f"d={q(d)}; "
+        'if [ ! -d "$d" ]; then echo absent; '
+        'elif [ -f "$d/rc" ]; then echo "done $(head -n 1 "$d/rc")"; '
+        'elif [ -f "$d/pid" ] && p=$(head -n 1 "$d/pid") && grep -qas -- "$d/wrapper.sh" "/proc/$p/cmdline"; '
+        'then echo "running $p"; '
+        'elif [ ! -f "$d/pid" ]; then echo nopid; '
+        # the wrapper may have written rc and exited between the first test and the pid's: look again
+        'elif [ -f "$d/rc" ]; then echo "done $(head -n 1 "$d/rc")"; '
+        "else echo dead; fi; "
+        "for f in phase started launched; do printf '%s\\n' \"$(head -c 4096 \"$d/$f\" 2>/dev/null | head -n 1 | tr -d '\\r')\"; done; "
+        "date +%s"
+    )
 
 
 def stop_line(d: str, name: str, pid: int, user: str) -> str:
@@ -161,7 +168,9 @@ def parse_status(stdout: str, grace_s: float = STARTING_GRACE_S) -> Status:
         rc = int(head[1]) if len(head) > 1 and head[1].lstrip("-").isdigit() else 255
         return Status("done", rc=rc, phase=phase, started=started)
     if state == "running":
-        return Status("running", pid=int(head[1]) if len(head) > 1 and head[1].isdigit() else None, phase=phase, started=started)
+        return Status(
+            "running", pid=int(head[1]) if len(head) > 1 and head[1].isdigit() else None, phase=phase, started=started
+        )
     if state in ("absent", "starting"):
         return Status(state, phase=phase, started=started)
     return Status("dead", phase=phase, started=started)
@@ -227,7 +236,9 @@ class Job:
             if timeout_s is not None and now - t0 > timeout_s:
                 if st.pid is not None:
                     self.stop(st.pid)
-                raise HostError(f"{self.remote.name}: job {self.name} (phase {st.phase or '?'}, pid {st.pid}) still running "
-                                f"after its deadline of {timeout_s:.0f}s: its processes were ended",
-                                hint=f"find why it stalled in {self.dir}/log on the host, then re-run (it starts again)")
+                raise HostError(
+                    f"{self.remote.name}: job {self.name} (phase {st.phase or '?'}, pid {st.pid}) still running "
+                    f"after its deadline of {timeout_s:.0f}s: its processes were ended",
+                    hint=f"find why it stalled in {self.dir}/log on the host, then re-run (it starts again)",
+                )
             time.sleep(poll_s)

@@ -73,7 +73,9 @@ class Expected:
         }
         rules |= {Rule("ingress", "tcp", 5432, 5432, "cidr", str(ipaddress.ip_network(c))) for c in o["app_cidrs"]}
         rules |= {Rule("ingress", "tcp", 5432, 5432, "sg", sg) for sg in self.app_security_group_ids}
-        rules |= {Rule("egress", p, port, port, "cidr", str(ipaddress.ip_network(c))) for p, port, c in self.extra_egress}
+        rules |= {
+            Rule("egress", p, port, port, "cidr", str(ipaddress.ip_network(c))) for p, port, c in self.extra_egress
+        }
         if o.get("direct_transfer") and o.get("source_cidr"):  # the target pulls the final dump from the source
             rules.add(Rule("egress", "tcp", 22, 22, "cidr", str(ipaddress.ip_network(o["source_cidr"]))))
         return rules
@@ -88,7 +90,9 @@ def parse_extra_egress(text: str) -> tuple[tuple[str, int, str], ...]:
             port, _, proto = rest.partition("/")
             out.append((proto or "tcp", int(port), str(ipaddress.ip_network(cidr))))
         except ValueError:
-            raise ConfigError(f"--extra-egress entry {item!r} is not CIDR:PORT[/udp]", hint="e.g. 10.0.0.0/16:443") from None
+            raise ConfigError(
+                f"--extra-egress entry {item!r} is not CIDR:PORT[/udp]", hint="e.g. 10.0.0.0/16:443"
+            ) from None
     return tuple(out)
 
 
@@ -108,16 +112,31 @@ def check_instance(facts: dict, exp: Expected) -> list[Check]:
     return [
         _c("instance exists", True, f"{inst['id']} ({inst['state']})", o["instance_id"]),
         _c("instance running", inst["state"] == "running", inst["state"], "running"),
-        _c("instance type", inst["type"] == exp.runbook["instance_type"], inst["type"], exp.runbook["instance_type"], "runbook: staging's type"),
+        _c(
+            "instance type",
+            inst["type"] == exp.runbook["instance_type"],
+            inst["type"],
+            exp.runbook["instance_type"],
+            "runbook: staging's type",
+        ),
         _c("instance private IP", inst["private_ip"] == o["private_ip"], inst["private_ip"], o["private_ip"]),
         _c("instance availability zone", inst["az"] == o["availability_zone"], inst["az"], o["availability_zone"]),
         _c("instance has no public IP", not inst.get("public_ip"), inst.get("public_ip") or "none", "none"),
         _c("IMDSv2 required", md.get("http_tokens") == "required", md.get("http_tokens"), "required"),
         _c("IMDS hop limit", md.get("hop_limit") == 1, md.get("hop_limit"), 1),
-        _c("instance profile", profile_arn.endswith("/" + o["instance_profile_name"]), profile_arn or "none",
-           f".../instance-profile/{o['instance_profile_name']}"),
-        _c("instance security groups", sorted(inst.get("security_group_ids", [])) == [o["security_group_id"]],
-           ",".join(sorted(inst.get("security_group_ids", []))), o["security_group_id"], "any other group would add rules"),
+        _c(
+            "instance profile",
+            profile_arn.endswith("/" + o["instance_profile_name"]),
+            profile_arn or "none",
+            f".../instance-profile/{o['instance_profile_name']}",
+        ),
+        _c(
+            "instance security groups",
+            sorted(inst.get("security_group_ids", [])) == [o["security_group_id"]],
+            ",".join(sorted(inst.get("security_group_ids", []))),
+            o["security_group_id"],
+            "any other group would add rules",
+        ),
     ]
 
 
@@ -130,8 +149,12 @@ def _volume_checks(label: str, vol: dict | None, size: int, inst: dict) -> list[
         _c(f"{label} volume size", vol["size"] == size, f"{vol['size']} GB", f"{size} GB"),
         _c(f"{label} volume type", vol["type"] == RUNBOOK["volume_type"], vol["type"], RUNBOOK["volume_type"]),
         _c(f"{label} volume encrypted", vol["encrypted"] is True, vol["encrypted"], True),
-        _c(f"{label} volume attached", attached, ",".join(f"{a.get('instance_id')}:{a.get('state')}" for a in vol.get("attachments", [])) or "detached",
-           f"{inst.get('id')}:attached"),
+        _c(
+            f"{label} volume attached",
+            attached,
+            ",".join(f"{a.get('instance_id')}:{a.get('state')}" for a in vol.get("attachments", [])) or "detached",
+            f"{inst.get('id')}:attached",
+        ),
         _c(f"{label} volume availability zone", vol["az"] == inst.get("az"), vol["az"], inst.get("az")),
     ]
 
@@ -193,7 +216,9 @@ def _list_findings(st: dict, bucket_arn: str, exp: Expected) -> list[str]:
         one_level = op == "StringEquals" and _as_list(kv.get("s3:delimiter", [])) == ["/"]
         for prefix in _as_list(kv["s3:prefix"]):
             if not (any(prefix.startswith(o) for o in ours) or (prefix == names_prefix and one_level)):
-                problems.append(f"s3:ListBucket with s3:prefix {prefix!r} ({op}) reaches beyond stanza {exp.outputs['stanza']}")
+                problems.append(
+                    f"s3:ListBucket with s3:prefix {prefix!r} ({op}) reaches beyond stanza {exp.outputs['stanza']}"
+                )
     if not prefixes_seen:
         problems.append(f"s3:ListBucket on {resources} without an s3:prefix condition")
     return problems
@@ -201,7 +226,10 @@ def _list_findings(st: dict, bucket_arn: str, exp: Expected) -> list[str]:
 
 def stanza_prefixes(exp: Expected) -> tuple[str, str]:
     """Where pgBackRest keeps our stanza under repo2's path (its repository layout)."""
-    return f"{exp.backup_prefix}/archive/{exp.outputs['stanza']}/", f"{exp.backup_prefix}/backup/{exp.outputs['stanza']}/"
+    return (
+        f"{exp.backup_prefix}/archive/{exp.outputs['stanza']}/",
+        f"{exp.backup_prefix}/backup/{exp.outputs['stanza']}/",
+    )
 
 
 def policy_findings(statements: list[dict], exp: Expected, secret_arns: dict[str, str]) -> list[Check]:
@@ -248,14 +276,30 @@ def policy_findings(statements: list[dict], exp: Expected, secret_arns: dict[str
     rw = {f"{p}*": [a for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
                     if allowed(statements, Request(a, f"{bucket_arn}/{p}probe"))] for p in ours}
     return [
-        _c("role policies no broader than declared", not problems, "; ".join(problems) or "scoped",
-           f"stanza {exp.outputs['stanza']}'s S3 prefixes + the cipher secret only"),
-        _c("role may list its stanza", can_list, "yes" if can_list else "no",
-           f"s3:ListBucket on {bucket_arn} with s3:prefix {ours[0]}, {ours[1]} and {exp.backup_prefix}/backup/ (delimiter /)"),
-        _c("role may read/write its stanza's objects", all(len(v) == 3 for v in rw.values()),
-           "; ".join(f"{k}: {','.join(v) or 'none'}" for k, v in rw.items()), f"get/put/delete on {', '.join(object_arns)}"),
-        _c("role may read the cipher secret", bool(cipher_arn) and cipher_arn in granted_secrets,
-           "granted" if cipher_arn in granted_secrets else "not granted", f"GetSecretValue on {exp.outputs['cipher_secret_name']}"),
+        _c(
+            "role policies no broader than declared",
+            not problems,
+            "; ".join(problems) or "scoped",
+            f"stanza {exp.outputs['stanza']}'s S3 prefixes + the cipher secret only",
+        ),
+        _c(
+            "role may list its stanza",
+            can_list,
+            "yes" if can_list else "no",
+            f"s3:ListBucket on {bucket_arn} with s3:prefix {ours[0]}, {ours[1]} and {exp.backup_prefix}/backup/ (delimiter /)",
+        ),
+        _c(
+            "role may read/write its stanza's objects",
+            all(len(v) == 3 for v in rw.values()),
+            "; ".join(f"{k}: {','.join(v) or 'none'}" for k, v in rw.items()),
+            f"get/put/delete on {', '.join(object_arns)}",
+        ),
+        _c(
+            "role may read the cipher secret",
+            bool(cipher_arn) and cipher_arn in granted_secrets,
+            "granted" if cipher_arn in granted_secrets else "not granted",
+            f"GetSecretValue on {exp.outputs['cipher_secret_name']}",
+        ),
     ]
 
 
@@ -265,13 +309,30 @@ def check_iam(facts: dict, exp: Expected) -> list[Check]:
     if iam.get("error"):
         return [_c("IAM readable", False, iam["error"], o["role_name"])]
     principals = [s.get("Principal") for s in (iam.get("assume_policy") or {}).get("Statement", [])]
-    statements = [st for doc in (iam.get("inline_policies") or {}).values() for st in _as_list(doc.get("Statement", []))]
+    statements = [
+        st for doc in (iam.get("inline_policies") or {}).values() for st in _as_list(doc.get("Statement", []))
+    ]
     attached = sorted(iam.get("attached_policies") or [])
     return [
-        _c("instance profile role", iam.get("profile_roles") == [o["role_name"]], ",".join(iam.get("profile_roles") or []) or "none", o["role_name"]),
-        _c("role assumable by EC2 only", principals == [{"Service": "ec2.amazonaws.com"}], principals, "ec2.amazonaws.com"),
-        _c("role managed policies", attached == [SSM_CORE_ARN], ",".join(attached) or "none", SSM_CORE_ARN,
-           "SSM Session Manager instead of open SSH; anything else is broader than declared"),
+        _c(
+            "instance profile role",
+            iam.get("profile_roles") == [o["role_name"]],
+            ",".join(iam.get("profile_roles") or []) or "none",
+            o["role_name"],
+        ),
+        _c(
+            "role assumable by EC2 only",
+            principals == [{"Service": "ec2.amazonaws.com"}],
+            principals,
+            "ec2.amazonaws.com",
+        ),
+        _c(
+            "role managed policies",
+            attached == [SSM_CORE_ARN],
+            ",".join(attached) or "none",
+            SSM_CORE_ARN,
+            "SSM Session Manager instead of open SSH; anything else is broader than declared",
+        ),
         *policy_findings(statements, exp, facts.get("secret_arns") or {}),
     ]
 
@@ -282,7 +343,9 @@ def check_reachable(facts: dict, exp: Expected) -> list[Check]:
     checks = [_c("backup bucket reachable", bucket.get("ok"), bucket.get("detail", "not checked"), o["backup_bucket"])]
     for key in ("cipher_secret_name", "app_secret_name"):
         s = (facts.get("secrets") or {}).get(o[key]) or {}
-        checks.append(_c(f"secret {o[key]} exists", s.get("ok"), s.get("detail", "not checked"), "described (value not read)"))
+        checks.append(
+            _c(f"secret {o[key]} exists", s.get("ok"), s.get("detail", "not checked"), "described (value not read)")
+        )
     return checks
 
 
@@ -331,13 +394,17 @@ def gather(settings: Settings, outputs: dict | None = None, make_client=None) ->
     try:
         res = ec2.describe_instances(InstanceIds=[o["instance_id"]])["Reservations"]
     except NoCredentialsError:
-        raise HostError("no AWS credentials found", hint="configure the default chain (AWS_PROFILE, aws sso login)") from None
+        raise HostError(
+            "no AWS credentials found", hint="configure the default chain (AWS_PROFILE, aws sso login)"
+        ) from None
     except (ClientError, BotoCoreError) as exc:
         res, facts["instance_error"] = [], _err(exc)
     if res and res[0]["Instances"]:
         i = res[0]["Instances"][0]
         md = i.get("MetadataOptions", {})
-        root = [b["Ebs"]["VolumeId"] for b in i.get("BlockDeviceMappings", []) if b["DeviceName"] == i.get("RootDeviceName")]
+        root = [
+            b["Ebs"]["VolumeId"] for b in i.get("BlockDeviceMappings", []) if b["DeviceName"] == i.get("RootDeviceName")
+        ]
         facts["instance"] = {
             "id": i["InstanceId"], "state": i["State"]["Name"], "type": i["InstanceType"],
             "private_ip": i.get("PrivateIpAddress"), "public_ip": i.get("PublicIpAddress"),
@@ -355,8 +422,14 @@ def gather(settings: Settings, outputs: dict | None = None, make_client=None) ->
     try:
         for v in ec2.describe_volumes(VolumeIds=vol_ids)["Volumes"]:
             facts["volumes"][v["VolumeId"]] = {
-                "size": v["Size"], "type": v["VolumeType"], "encrypted": v["Encrypted"], "az": v["AvailabilityZone"],
-                "attachments": [{"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]} for a in v.get("Attachments", [])],
+                "size": v["Size"],
+                "type": v["VolumeType"],
+                "encrypted": v["Encrypted"],
+                "az": v["AvailabilityZone"],
+                "attachments": [
+                    {"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]}
+                    for a in v.get("Attachments", [])
+                ],
             }
     except ClientError as exc:  # one missing id fails the whole call: read them one by one
         for vid in vol_ids:
@@ -364,8 +437,16 @@ def gather(settings: Settings, outputs: dict | None = None, make_client=None) ->
                 v = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
             except ClientError:
                 continue
-            facts["volumes"][vid] = {"size": v["Size"], "type": v["VolumeType"], "encrypted": v["Encrypted"], "az": v["AvailabilityZone"],
-                                     "attachments": [{"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]} for a in v.get("Attachments", [])]}
+            facts["volumes"][vid] = {
+                "size": v["Size"],
+                "type": v["VolumeType"],
+                "encrypted": v["Encrypted"],
+                "az": v["AvailabilityZone"],
+                "attachments": [
+                    {"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]}
+                    for a in v.get("Attachments", [])
+                ],
+            }
         facts["volumes_error"] = _err(exc)
     try:
         sg = ec2.describe_security_groups(GroupIds=[o["security_group_id"]])["SecurityGroups"][0]
@@ -374,7 +455,9 @@ def gather(settings: Settings, outputs: dict | None = None, make_client=None) ->
     except ClientError as exc:
         facts["sg_rules"], facts["sg_error"] = set(), _err(exc)
     try:
-        pls = ec2.describe_managed_prefix_lists(Filters=[{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{settings.region}.s3"]}])
+        pls = ec2.describe_managed_prefix_lists(
+            Filters=[{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{settings.region}.s3"]}]
+        )
         facts["s3_prefix_list_id"] = next((p["PrefixListId"] for p in pls["PrefixLists"]), None)
     except ClientError:
         facts["s3_prefix_list_id"] = None
@@ -403,7 +486,9 @@ def _gather_iam(iam, o: dict) -> dict:
         role = iam.get_role(RoleName=o["role_name"])["Role"]
         names = iam.list_role_policies(RoleName=o["role_name"])["PolicyNames"]
         inline = {n: iam.get_role_policy(RoleName=o["role_name"], PolicyName=n)["PolicyDocument"] for n in names}
-        attached = [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=o["role_name"])["AttachedPolicies"]]
+        attached = [
+            p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=o["role_name"])["AttachedPolicies"]
+        ]
     except ClientError as exc:
         return {"error": _err(exc)}
     return {

@@ -62,7 +62,10 @@ def load(path: str | Path | None = None, stack: str = "prod") -> dict:
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"stack outputs file {p} does not exist", hint="run `pulumi stack output --json > stack-outputs.json` or `invoke lab.up`")
+            raise ConfigError(
+                f"stack outputs file {p} does not exist",
+                hint="run `pulumi stack output --json > stack-outputs.json` or `invoke lab.up`",
+            )
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
@@ -73,5 +76,7 @@ def load(path: str | Path | None = None, stack: str = "prod") -> dict:
                           hint="set trackerdb.stack_outputs in invoke.yaml or TRACKERDB_STACK_OUTPUTS")
     proc = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ConfigError(f"`pulumi stack output` failed: {proc.stderr.strip().splitlines()[-1:]}", hint="run `pulumi up` first")
+        raise ConfigError(
+            f"`pulumi stack output` failed: {proc.stderr.strip().splitlines()[-1:]}", hint="run `pulumi up` first"
+        )
     return validate(json.loads(proc.stdout), f"pulumi stack {stack}")

@@ -82,7 +82,9 @@ def parse(raw) -> dict[str, tuple[int, int]]:
         if phase not in DEFAULTS:
             raise ConfigError(f"trackerdb.window_limits has an unknown phase {phase!r:.40}", hint=_HINT)
         if not isinstance(v, dict) or set(v) - {"lock_timeout_s", "statement_timeout_s"}:
-            raise ConfigError(f"trackerdb.window_limits.{phase} {v!r:.80} is not {{lock_timeout_s, statement_timeout_s}}", hint=_HINT)
+            raise ConfigError(
+                f"trackerdb.window_limits.{phase} {v!r:.80} is not {{lock_timeout_s, statement_timeout_s}}", hint=_HINT
+            )
         lock, stmt = out[phase]
         for key in v:
             n = v[key]
@@ -117,8 +119,10 @@ def set_sql(lim: Limits | None) -> str:
         return ""
     if lim.phase not in DEFAULTS:
         raise ValueError(f"unknown phase {lim.phase!r}")
-    return (f"SET lock_timeout = '{int(lim.lock_timeout_s)}s'; SET statement_timeout = '{int(lim.statement_timeout_s)}s'; "
-            f"SET application_name = 'trackerdb-{lim.phase}';")
+    return (
+        f"SET lock_timeout = '{int(lim.lock_timeout_s)}s'; SET statement_timeout = '{int(lim.statement_timeout_s)}s'; "
+        f"SET application_name = 'trackerdb-{lim.phase}';"
+    )
 
 
 _active: Limits | None = None
@@ -186,8 +190,11 @@ def blockers_text(rows: list[dict] | None) -> str:
         return "the sessions holding locks could not be read"
     if not rows:
         return "no other session holds a lock there now (it ended, or the statement was slow on its own)"
-    shown = [f"pid {r.get('pid')} (user {r.get('user')}, application_name {r.get('app')!r}, {r.get('state')}, "
-             f"query started {r.get('query_start')} UTC, query {r.get('query')!r}, holds {r.get('modes')})" for r in rows[:3]]
+    shown = [
+        f"pid {r.get('pid')} (user {r.get('user')}, application_name {r.get('app')!r}, {r.get('state')}, "
+        f"query started {r.get('query_start')} UTC, query {r.get('query')!r}, holds {r.get('modes')})"
+        for r in rows[:3]
+    ]
     more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
     return "held by " + "; ".join(shown) + more
 
@@ -208,11 +215,22 @@ def error(lim: Limits, which: str, where: str, database: str, statement: str, bl
     seconds = lim.of(which)
     msg = (f"phase {lim.phase}: a {kind} statement on {where} (database {database}) hit {which} {seconds}s; "
            f"{blockers_text(blockers)}")
-    hint = ("end or ask the owner of the session(s) named (SELECT pg_terminate_backend(<pid>) on that host), then re-run: "
-            "the phase resumes" if which == LOCK else
-            "look at the host's load and that statement; raise trackerdb.window_limits."
-            f"{lim.phase}.statement_timeout_s if it is legitimately that slow, then re-run: the phase resumes")
-    limit = {"phase": lim.phase, "limit": which, "seconds": seconds, "host": where, "database": database,
-             "statement": kind, "blockers": [{k: r.get(k) for k in ("pid", "user", "app", "state", "query_start", "query")}
-                                             for r in (blockers or [])[:3]]}
+    hint = (
+        "end or ask the owner of the session(s) named (SELECT pg_terminate_backend(<pid>) on that host), then re-run: "
+        "the phase resumes"
+        if which == LOCK
+        else "look at the host's load and that statement; raise trackerdb.window_limits."
+        f"{lim.phase}.statement_timeout_s if it is legitimately that slow, then re-run: the phase resumes"
+    )
+    limit = {
+        "phase": lim.phase,
+        "limit": which,
+        "seconds": seconds,
+        "host": where,
+        "database": database,
+        "statement": kind,
+        "blockers": [
+            {k: r.get(k) for k in ("pid", "user", "app", "state", "query_start", "query")} for r in (blockers or [])[:3]
+        ],
+    }
     return TimeLimitError(msg, hint, limit=limit, result=result)

@@ -34,12 +34,16 @@ def parse_owner_map(raw) -> tuple[OwnerMapping, ...]:
     for i, m in enumerate(raw):
         if not isinstance(m, dict) or not isinstance(m.get("from"), str) or not isinstance(m.get("to"), str) \
                 or not m["from"] or not m["to"]:
-            raise ConfigError(f"owner_map entry {i + 1} needs a 'from' and a 'to' role", hint="e.g. {from: postgres, to: tracker}")
+            raise ConfigError(
+                f"owner_map entry {i + 1} needs a 'from' and a 'to' role", hint="e.g. {from: postgres, to: tracker}"
+            )
         if m["from"] == m["to"]:
             raise ConfigError(f"owner_map entry {i + 1} maps {m['from']} to itself", hint="remove it")
         schemas = m.get("schemas") or []
         if not isinstance(schemas, list) or not all(isinstance(s, str) and s for s in schemas):
-            raise ConfigError(f"owner_map entry {i + 1}: schemas must be a list of schema names", hint="e.g. schemas: [tracker]")
+            raise ConfigError(
+                f"owner_map entry {i + 1}: schemas must be a list of schema names", hint="e.g. schemas: [tracker]"
+            )
         out.append(OwnerMapping(m["from"], m["to"], tuple(schemas)))
     if len({m.frm for m in out}) != len(out):
         raise ConfigError("owner_map lists the same 'from' role twice", hint="one entry per role, with all its schemas")

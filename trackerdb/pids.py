@@ -34,8 +34,12 @@ def end_line(pid: int) -> list[str]:
     """Run as root: TERM to ``pid`` and every process under it, all collected before any is signalled
     (a shell's child outlives its parent, re-parented: ended here too)."""
     p = str(int(pid))
-    return ["sh", "-c", "tree() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do tree \"$c\"; done; echo \"$1\"; }; "
-                        f"kill -TERM $(tree {p}) 2>/dev/null; true"]
+    return [
+        "sh",
+        "-c",
+        'tree() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do tree "$c"; done; echo "$1"; }; '
+        f"kill -TERM $(tree {p}) 2>/dev/null; true",
+    ]
 
 
 def end_reported(chan, err: bytearray, host, chunk: int = 65536) -> int | None:
@@ -60,10 +64,12 @@ def overdue(sender: tuple, receiver: tuple, deadline_s: float, moved: int) -> Ho
     """Both commands of a stream past its deadline ended (each ``(channel, stderr so far, host)``); the
     error to raise, naming the stream."""
     ended = [end_reported(*sender), end_reported(*receiver)]
-    return HostError(f"{sender[2].name} -> {receiver[2].name}: stream still running after its deadline of "
-                     f"{deadline_s:.0f}s ({moved} bytes moved): ended pid(s) {', '.join(str(p) for p in ended if p) or 'none'}",
-                     hint="the receiver committed nothing (its COMMIT follows a complete stream); find why it stalled "
-                          "(locks, load, network), then re-run")
+    return HostError(
+        f"{sender[2].name} -> {receiver[2].name}: stream still running after its deadline of "
+        f"{deadline_s:.0f}s ({moved} bytes moved): ended pid(s) {', '.join(str(p) for p in ended if p) or 'none'}",
+        hint="the receiver committed nothing (its COMMIT follows a complete stream); find why it stalled "
+        "(locks, load, network), then re-run",
+    )
 
 
 def deadline(seconds: float | None) -> tuple[float, float] | None:

@@ -46,7 +46,9 @@ def fetch_secret(settings: Settings, name: str) -> Secret:
             ) from None
         raise OpsError(f"cannot read secret {name!r}: {code}", hint="check IAM permissions") from None
     except BotoCoreError as exc:
-        raise OpsError(f"cannot reach Secrets Manager: {type(exc).__name__}", hint="check AWS credentials and endpoint") from None
+        raise OpsError(
+            f"cannot reach Secrets Manager: {type(exc).__name__}", hint="check AWS credentials and endpoint"
+        ) from None
     value = resp.get("SecretString")
     if not value:
         raise OpsError(f"secret {name!r} has no string value", hint="store the passphrase as a SecretString")
@@ -91,7 +93,9 @@ def _scrub(value, secrets: tuple[str, ...]):
 # Credentials that an error text can carry without anyone having registered them as secrets: a URL's
 # user:password@, a libpq/DSN ``password=…``, an HTTP Authorization header.
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@")
-_KV_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|passphrase|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)")
+_KV_SECRET = re.compile(
+    r"(?i)\b(password|passwd|pwd|passphrase|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)"
+)
 _BEARER = re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic)\s+)\S+")
 
 

@@ -59,7 +59,11 @@ def parse_bundle(name: str, text: str) -> tuple[str, str]:
         doc = json.loads(text)
     except ValueError:
         raise ConfigError(f"TLS secret {name!r} is not JSON", hint=BUNDLE_HINT) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("certificate"), str) or not isinstance(doc.get("private_key"), str):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("certificate"), str)
+        or not isinstance(doc.get("private_key"), str)
+    ):
         raise ConfigError(f"TLS secret {name!r} needs string keys certificate and private_key", hint=BUNDLE_HINT)
     cert, key = doc["certificate"].strip() + "\n", doc["private_key"].strip() + "\n"
     from cryptography import x509

@@ -50,12 +50,14 @@ def _names(routines) -> str:
 
 def _impostors(routines) -> str:
     """Rows: ``regprocedure`` text of every impostor (``e``: the extension's pg_extension row)."""
-    return ("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text AS r FROM pg_catalog.pg_proc p "
-            f"WHERE p.proname = ANY ({_names(routines)}) "
-            "AND p.pronamespace IN (e.extnamespace, 'pg_catalog'::pg_catalog.regnamespace) "
-            "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass "
-            "AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass "
-            "AND d.refobjid = e.oid AND d.deptype = 'e')")
+    return (
+        "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text AS r FROM pg_catalog.pg_proc p "
+        f"WHERE p.proname = ANY ({_names(routines)}) "
+        "AND p.pronamespace IN (e.extnamespace, 'pg_catalog'::pg_catalog.regnamespace) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass "
+        "AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass "
+        "AND d.refobjid = e.oid AND d.deptype = 'e')"
+    )
 
 
 def facts_sql(routines) -> str:
@@ -82,15 +84,17 @@ def schema_of(facts: dict, database: str) -> str | None:
 
 def guard_sql(schema: str, routines) -> str:
     """A statement that fails, naming them, if impostors exist now or the extension moved from ``schema``."""
-    return ("DO $trackerdb_guard$ DECLARE bad text; BEGIN "
-            f"SELECT string_agg(x.r, ', ') INTO bad FROM pg_catalog.pg_extension e, LATERAL ({_impostors(routines)}) x "
-            f"WHERE e.extname = {literal(EXTENSION)}; "
-            "IF bad IS NOT NULL THEN RAISE EXCEPTION 'trackerdb refuses to call TimescaleDB''s API: % is not part of the "
-            "timescaledb extension', bad; END IF; "
-            f"IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-            f"WHERE e.extname = {literal(EXTENSION)} AND n.nspname = {literal(schema)}) THEN "
-            f"RAISE EXCEPTION 'trackerdb: timescaledb is not in schema %', {literal(schema)}; END IF; "
-            "END $trackerdb_guard$")
+    return (
+        "DO $trackerdb_guard$ DECLARE bad text; BEGIN "
+        f"SELECT string_agg(x.r, ', ') INTO bad FROM pg_catalog.pg_extension e, LATERAL ({_impostors(routines)}) x "
+        f"WHERE e.extname = {literal(EXTENSION)}; "
+        "IF bad IS NOT NULL THEN RAISE EXCEPTION 'trackerdb refuses to call TimescaleDB''s API: % is not part of the "
+        "timescaledb extension', bad; END IF; "
+        f"IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+        f"WHERE e.extname = {literal(EXTENSION)} AND n.nspname = {literal(schema)}) THEN "
+        f"RAISE EXCEPTION 'trackerdb: timescaledb is not in schema %', {literal(schema)}; END IF; "
+        "END $trackerdb_guard$"
+    )
 
 
 def as_owner_of_sql(relation: str) -> str:

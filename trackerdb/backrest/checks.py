@@ -68,8 +68,10 @@ def drop_scan_command(settings: Settings) -> str:
     pglogs = f"/var/log/postgresql/postgresql-{settings.postgres_major}-main.log*"
     brlogs = f"{conf.LOG_PATH}/{shlex.quote(settings.stanza)}-archive-push*.log*"
     oks = f"{conf.spool_path(settings)}/archive/{shlex.quote(settings.stanza)}/out/*.ok"
-    return (f"for f in {pglogs} {brlogs} {oks}; do [ -f \"$f\" ] || continue; "
-            f"case \"$f\" in *.gz) zcat -- \"$f\";; *) cat -- \"$f\";; esac | grep -a 'dropped WAL file' | sed \"s|^|$f: |\"; done; true")
+    return (
+        f'for f in {pglogs} {brlogs} {oks}; do [ -f "$f" ] || continue; '
+        f'case "$f" in *.gz) zcat -- "$f";; *) cat -- "$f";; esac | grep -a \'dropped WAL file\' | sed "s|^|$f: |"; done; true'
+    )
 
 
 def parse_drop_scan(text: str) -> list[Drop]:
@@ -98,12 +100,16 @@ def archiver_checks(arch: dict, settings: Settings) -> list[Check]:
         checks.append(Check(f"postgresql {key}", arch.get(key) == want[key], str(arch.get(key)), want[key]))
     failing = bool(arch.get("last_failed_time")) and (not arch.get("last_archived_time")
                                                       or arch["last_failed_time"] > arch["last_archived_time"])
-    checks.append(Check(
-        "postgresql archiver is not failing", not failing,
-        f"archived {arch.get('archived_count')}, last {arch.get('last_archived_wal')} at {arch.get('last_archived_time')}; "
-        f"failed {arch.get('failed_count')}, last {arch.get('last_failed_wal')} at {arch.get('last_failed_time')}",
-        "last success newer than last failure",
-        evidence="pg_stat_archiver"))
+    checks.append(
+        Check(
+            "postgresql archiver is not failing",
+            not failing,
+            f"archived {arch.get('archived_count')}, last {arch.get('last_archived_wal')} at {arch.get('last_archived_time')}; "
+            f"failed {arch.get('failed_count')}, last {arch.get('last_failed_wal')} at {arch.get('last_failed_time')}",
+            "last success newer than last failure",
+            evidence="pg_stat_archiver",
+        )
+    )
     return checks
 
 
@@ -118,7 +124,9 @@ def repo_checks(facts: dict, arch: dict, system_id: int, repo_names: dict[int, s
             checks.append(Check(f"{name} listed by pgbackrest info", False, "missing", f"repo{key}"))
             continue
         if f.state != "present":
-            checks.append(Check(f"{name} stanza readable", False, f"{f.code}: {' '.join(f.message.split())[:200]}", "ok"))
+            checks.append(
+                Check(f"{name} stanza readable", False, f"{f.code}: {' '.join(f.message.split())[:200]}", "ok")
+            )
             continue
         checks.append(Check(f"{name} stanza belongs to this cluster", f.system_id == system_id,
                             f"system id {f.system_id}", f"system id {system_id}"))

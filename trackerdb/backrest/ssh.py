@@ -106,7 +106,17 @@ PGBACKREST_BIN = "/usr/bin/pgbackrest"
 #: the ``<command>:remote`` roles pgBackRest 2.55 starts on a repository host from the database host for what
 #: we run (captured from $SSH_ORIGINAL_COMMAND in the lab). Not stanza-delete/-upgrade (never on purpose), not
 #: repo-ls/repo-get (arbitrary paths in the repository).
-REMOTE_COMMANDS = ("archive-get", "archive-push", "backup", "check", "expire", "info", "restore", "stanza-create", "verify")
+REMOTE_COMMANDS = (
+    "archive-get",
+    "archive-push",
+    "backup",
+    "check",
+    "expire",
+    "info",
+    "restore",
+    "stanza-create",
+    "verify",
+)
 LOG_LEVELS = ("off", "error", "warn", "info", "detail", "debug", "trace")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9_.,:+@/-]*")
@@ -135,9 +145,13 @@ def remote_only_script(settings: Settings, pgbackrest: str = PGBACKREST_BIN, log
     every other request is refused and logged (syslog auth + REMOTE_ONLY_LOG)."""
     stanza, path, key = settings.stanza, settings.repo_path.rstrip("/") or "/", 3
     if not _SAFE_NAME.fullmatch(stanza):
-        raise ConfigError(f"stanza {stanza!r} has characters the forced command cannot match literally", hint="use [A-Za-z0-9_.-]")
+        raise ConfigError(
+            f"stanza {stanza!r} has characters the forced command cannot match literally", hint="use [A-Za-z0-9_.-]"
+        )
     if not _SAFE_PATH.fullmatch(path) or "/../" in path + "/":
-        raise ConfigError(f"repository path {path!r} is not a plain absolute path", hint="check the stack output repo_path")
+        raise ConfigError(
+            f"repository path {path!r} is not a plain absolute path", hint="check the stack output repo_path"
+        )
     for p in (pgbackrest, log):
         if not _SAFE_PATH.fullmatch(p):
             raise ConfigError(f"{p!r} is not a plain absolute path", hint="an absolute path")
@@ -271,8 +285,18 @@ def parse_probe(exit_code: int, stderr: str) -> Probe:
         return Probe("refused-key", f"the forced command {REMOTE_ONLY_PATH} is not installed on the repository host")
     if "permission denied" in low:
         return Probe("refused-key", _last(err))
-    if any(s in low for s in ("timed out", "no route to host", "connection refused", "could not resolve",
-                              "name or service not known", "network is unreachable", "temporary failure in name resolution")):
+    if any(
+        s in low
+        for s in (
+            "timed out",
+            "no route to host",
+            "connection refused",
+            "could not resolve",
+            "name or service not known",
+            "network is unreachable",
+            "temporary failure in name resolution",
+        )
+    ):
         return Probe("unreachable", _last(err))
     return Probe("error", _last(err) or f"ssh exited {exit_code}")
 
@@ -298,18 +322,25 @@ def _last(text: str) -> str:
 def probe_error(settings: Settings, probe: Probe) -> HostError:
     where = f"{settings.repo_host_user}@{settings.repo_host_name}"
     if probe.state == "host-key-mismatch":
-        return HostError(f"the repository host {where} presents a host key that differs from the pinned one ({probe.detail})",
-                         hint="do not proceed: verify the host's key out of band before changing repo.host_key")
+        return HostError(
+            f"the repository host {where} presents a host key that differs from the pinned one ({probe.detail})",
+            hint="do not proceed: verify the host's key out of band before changing repo.host_key",
+        )
     if probe.state == "unknown-host-key":
         return HostError(f"the repository host {where} could not be verified against the pinned key ({probe.detail})",
                          hint="check repo.host_key (type and value) and repo_host_name")
     if probe.state == "refused-key":
-        return HostError(f"the repository host {where} refuses postgres's key ({probe.detail})",
-                         hint="the repository side has not installed the key yet: re-run backrest.setup for the exact line to hand over")
+        return HostError(
+            f"the repository host {where} refuses postgres's key ({probe.detail})",
+            hint="the repository side has not installed the key yet: re-run backrest.setup for the exact line to hand over",
+        )
     if probe.state == "unreachable":
         return HostError(f"the repository host {where} is unreachable ({probe.detail})",
                          hint="check the repository host, DNS and the security group's SSH rule to it")
-    return HostError(f"SSH to the repository host {where} failed: {probe.detail}", hint="run the ssh command as postgres by hand to see why")
+    return HostError(
+        f"SSH to the repository host {where} failed: {probe.detail}",
+        hint="run the ssh command as postgres by hand to see why",
+    )
 
 
 def handover_text(settings: Settings, pubkey: str) -> str:

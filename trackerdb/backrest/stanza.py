@@ -41,7 +41,11 @@ class RepoFact:
 
     @property
     def state(self) -> str:
-        return "absent" if self.code == ST_MISSING_PATH else ("present" if self.code in (ST_OK, ST_NO_BACKUP) else "unreadable")
+        return (
+            "absent"
+            if self.code == ST_MISSING_PATH
+            else ("present" if self.code in (ST_OK, ST_NO_BACKUP) else "unreadable")
+        )
 
 
 def parse_info(text: str, stanza: str) -> dict[int, RepoFact]:
@@ -49,7 +53,9 @@ def parse_info(text: str, stanza: str) -> dict[int, RepoFact]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        raise HostError("pgbackrest info did not return JSON", hint="run `pgbackrest info` as postgres on the target") from None
+        raise HostError(
+            "pgbackrest info did not return JSON", hint="run `pgbackrest info` as postgres on the target"
+        ) from None
     entry = next((s for s in data if s.get("name") == stanza), None)
     if entry is None:
         raise HostError(f"pgbackrest info has no entry for stanza {stanza!r}")
@@ -74,12 +80,18 @@ def parse_info(text: str, stanza: str) -> dict[int, RepoFact]:
     for b in entry.get("backup", []):
         key = int(b.get("database", {}).get("repo-key", 1))
         if key in facts:
-            facts[key].backups.append({
-                "label": b.get("label"), "type": b.get("type"),
-                "start": b.get("timestamp", {}).get("start"), "stop": b.get("timestamp", {}).get("stop"),
-                "archive_start": b.get("archive", {}).get("start"), "archive_stop": b.get("archive", {}).get("stop"),
-                "size": b.get("info", {}).get("size"), "repo_size": b.get("info", {}).get("repository", {}).get("delta"),
-            })
+            facts[key].backups.append(
+                {
+                    "label": b.get("label"),
+                    "type": b.get("type"),
+                    "start": b.get("timestamp", {}).get("start"),
+                    "stop": b.get("timestamp", {}).get("stop"),
+                    "archive_start": b.get("archive", {}).get("start"),
+                    "archive_stop": b.get("archive", {}).get("stop"),
+                    "size": b.get("info", {}).get("size"),
+                    "repo_size": b.get("info", {}).get("repository", {}).get("delta"),
+                }
+            )
     return facts
 
 
@@ -94,12 +106,17 @@ def controldata_command(settings: Settings) -> list[str]:
     return [f"{settings.pg_bin}/pg_controldata", settings.cluster_dir]
 
 
-def decide(facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: dict[int, str] | None = None) -> list[int]:
+def decide(
+    facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: dict[int, str] | None = None
+) -> list[int]:
     """Repositories that still need stanza-create ([] = nothing to do). Raises when any is foreign."""
     names = repo_names or {}
     missing_keys = [k for k in conf.REPOS if k not in facts]
     if missing_keys:
-        raise HostError(f"pgbackrest info does not list repo{missing_keys[0]}", hint="the configuration on the host is not the one we render")
+        raise HostError(
+            f"pgbackrest info does not list repo{missing_keys[0]}",
+            hint="the configuration on the host is not the one we render",
+        )
     todo = []
     for key in sorted(facts):
         f = facts[key]
@@ -109,7 +126,8 @@ def decide(facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: 
         elif f.state == "unreadable" and f.code == ST_MISSING_DATA:
             raise PreflightError(
                 f"stanza {stanza!r} on {where} exists but is incomplete ({f.message}); refusing to create over it",
-                hint="someone else may own this stanza name: choose another stanza name; never stanza-delete it automatically")
+                hint="someone else may own this stanza name: choose another stanza name; never stanza-delete it automatically",
+            )
         elif f.state == "unreadable" and not looks_like_cipher_error(f):
             raise HostError(
                 f"cannot read {where}: {_short(f.message)}",
@@ -117,15 +135,18 @@ def decide(facts: dict[int, RepoFact], system_id: int, stanza: str, repo_names: 
         elif f.state == "unreadable":
             raise PreflightError(
                 f"stanza {stanza!r} on {where} cannot be read with our settings ({_short(f.message)}); it may belong to another cluster",
-                hint="if the repository is unreachable fix that first; otherwise choose another stanza name (never stanza-upgrade/-delete someone else's)")
+                hint="if the repository is unreachable fix that first; otherwise choose another stanza name (never stanza-upgrade/-delete someone else's)",
+            )
         elif f.cipher_mismatch:
             raise PreflightError(
                 f"stanza {stanza!r} on {where} exists with other encryption settings (system id {f.system_id}, ours {system_id})",
-                hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or stanza-delete someone else's stanza")
+                hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or stanza-delete someone else's stanza",
+            )
         elif f.system_id != system_id:
             raise PreflightError(
                 f"stanza {stanza!r} on {where} belongs to another cluster (system id {f.system_id}, ours {system_id})",
-                hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or stanza-delete someone else's stanza")
+                hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or stanza-delete someone else's stanza",
+            )
     return todo
 
 

@@ -29,7 +29,9 @@ def setup(c, dry_run=False, json=False):
         raise Exit(code=WAITING_EXIT)
 
 
-@task(help={"json": "print the checks as JSON", "max_lag": "segments a repository may trail the current WAL (default 3)"})
+@task(
+    help={"json": "print the checks as JSON", "max_lag": "segments a repository may trail the current WAL (default 3)"}
+)
 @ops_task
 def check(c, json=False, max_lag=None):
     """Archive health: config drift, the repository host over SSH, the archiver, the last segment

@@ -32,7 +32,9 @@ def number_flag(value, flag: str, default, lo, hi, *, whole: bool = False, examp
         return default
     n, problem = (inputs.integer if whole else inputs.number)(value, lo, hi)
     if problem is not None:
-        raise ConfigError(f"{flag} {value!r} {problem}", hint=f"e.g. {flag} {example if example is not None else default}")
+        raise ConfigError(
+            f"{flag} {value!r} {problem}", hint=f"e.g. {flag} {example if example is not None else default}"
+        )
     return n
 
 
@@ -48,8 +50,12 @@ def ops_task(fn):
             raise Exit(code=1) from None
         except OSError as exc:  # a path the checks could not foresee (a full disk, a vanished directory)
             where = f" {exc.filename}" if exc.filename else ""
-            console.print(f"[bold red]error:[/]{where}: {exc.strerror or exc} (hint: check that path and the local disk; "
-                          "re-run the same command to continue)", markup=True, soft_wrap=True)
+            console.print(
+                f"[bold red]error:[/]{where}: {exc.strerror or exc} (hint: check that path and the local disk; "
+                "re-run the same command to continue)",
+                markup=True,
+                soft_wrap=True,
+            )
             raise Exit(code=1) from None
         except KeyboardInterrupt:
             console.print("interrupted; re-run the same command to continue where it stopped")
@@ -103,7 +109,9 @@ def print_checks(title: str, checks: list[Check], as_json: bool, extra: dict | N
     out.print(table)
     counted = [c for c in checks if not c.note]  # a note is said, never counted as a passing check
     notes = len(checks) - len(counted)
-    out.print(f"{sum(c.ok for c in counted)}/{len(counted)} checks passed" + (f"; {notes} note(s) above" if notes else ""))
+    out.print(
+        f"{sum(c.ok for c in counted)}/{len(counted)} checks passed" + (f"; {notes} note(s) above" if notes else "")
+    )
     return ok
 
 

@@ -34,11 +34,15 @@ def _bar(label: str):
     return prog, update
 
 
-@task(help={"local": "run pg_dump on this machine (you are on the old host) instead of over SSH",
-            "out": "local directory for tracker.dump + tracker.manifest.json (default: <state_dir>/dump)",
-            "on_host": "leave the dump on the source host in this directory instead of streaming it here",
-            "no_digests": "leave out the content digests (verify after restore then compares row counts only, with a note)",
-            "json": "print the manifest summary as JSON"})
+@task(
+    help={
+        "local": "run pg_dump on this machine (you are on the old host) instead of over SSH",
+        "out": "local directory for tracker.dump + tracker.manifest.json (default: <state_dir>/dump)",
+        "on_host": "leave the dump on the source host in this directory instead of streaming it here",
+        "no_digests": "leave out the content digests (verify after restore then compares row counts only, with a note)",
+        "json": "print the manifest summary as JSON",
+    }
+)
 @ops_task
 def dump(c, local=False, out=None, on_host=None, no_digests=False, json=False):
     """Dump the tracker database on the old host (pg_dump -Fc with owners and ACLs, the source's major)
@@ -59,7 +63,9 @@ def dump(c, local=False, out=None, on_host=None, no_digests=False, json=False):
     dest = on_host or out or str(Path(s.state_dir) / "dump")
     prog, update = _bar("dump")
     with (contextlib.nullcontext() if json else prog):
-        art = run_dump(s, dest, local=local, progress=None if json else update, on_host=bool(on_host), digests=not no_digests)
+        art = run_dump(
+            s, dest, local=local, progress=None if json else update, on_host=bool(on_host), digests=not no_digests
+        )
     m = art.manifest
     summary = {"dump": art.dump_path, "manifest": art.manifest_path, "on_host": art.on_host,
                "size_bytes": m["dump"]["size_bytes"], "sha256": m["dump"]["sha256"], "versions": m["versions"],
@@ -75,10 +81,17 @@ def dump(c, local=False, out=None, on_host=None, no_digests=False, json=False):
         _stdout.print(f"manifest: {art.manifest_path}; {len(summary['tables'])} tables, "
                   f"{len(m['facts']['hypertables'])} hypertables; {m['consistency']}")
         t = m["dump"].get("timings") or {}
-        _stdout.print(f"content: {summary['digests']} tables/chunk ranges digested in the dump's snapshot"
-                      + (f" ({t.get('digests_s')} s, alongside pg_dump's {t.get('pg_dump_s')} s)" if "digests_s" in t else "")
-                      + (f"; {len(summary['not_digested'])} not digested (compared by row count)" if summary["not_digested"] else "")
-                      if m.get("content") else "content: no digests (--no-digests): verify after restore compares row counts only")
+        _stdout.print(
+            f"content: {summary['digests']} tables/chunk ranges digested in the dump's snapshot"
+            + (f" ({t.get('digests_s')} s, alongside pg_dump's {t.get('pg_dump_s')} s)" if "digests_s" in t else "")
+            + (
+                f"; {len(summary['not_digested'])} not digested (compared by row count)"
+                if summary["not_digested"]
+                else ""
+            )
+            if m.get("content")
+            else "content: no digests (--no-digests): verify after restore compares row counts only"
+        )
         objects = (m["facts"].get("privileges") or {}).get("objects") or {}
         _stdout.print(f"privileges: {len(objects)} objects' owners and ACLs recorded")
         if m["facts"].get("frozen"):

@@ -25,8 +25,10 @@ def _nearest_existing(p: Path) -> Path:
 def _refuse_pseudo(p: Path, flag: str) -> None:
     a = p.absolute()
     if any(a == q or q in a.parents for q in _PSEUDO):
-        raise ConfigError(f"{flag} {p} is inside {next(q for q in _PSEUDO if a == q or q in a.parents)}, a kernel filesystem",
-                          hint=f"give {flag} a path on a real disk (e.g. under the state directory)")
+        raise ConfigError(
+            f"{flag} {p} is inside {next(q for q in _PSEUDO if a == q or q in a.parents)}, a kernel filesystem",
+            hint=f"give {flag} a path on a real disk (e.g. under the state directory)",
+        )
 
 
 def _writable_parent(p: Path, flag: str, what: str) -> None:
@@ -44,9 +46,13 @@ def output_file(path: str | Path, flag: str) -> Path:
     p = Path(path)
     _refuse_pseudo(p, flag)
     if p.is_dir():
-        raise ConfigError(f"{flag} {p} is a directory; a file is expected", hint=f"name a file, e.g. {flag} {p / 'journal.jsonl'}")
+        raise ConfigError(
+            f"{flag} {p} is a directory; a file is expected", hint=f"name a file, e.g. {flag} {p / 'journal.jsonl'}"
+        )
     if p.exists() and not os.access(p, os.R_OK | os.W_OK):
-        raise ConfigError(f"{flag} {p} is not readable and writable by this user", hint="fix its permissions or choose another file")
+        raise ConfigError(
+            f"{flag} {p} is not readable and writable by this user", hint="fix its permissions or choose another file"
+        )
     _writable_parent(p, flag, "file")
     return p
 

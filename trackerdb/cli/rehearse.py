@@ -10,8 +10,12 @@ from rich.table import Table
 from .common import elapsed_progress, ops_task, out, settings
 
 
-@task(help={"json": "print the checklist as JSON",
-            "journal": "the cutover's journal, whose rollback window must be ended (default: <state_dir>/cutover/journal.jsonl)"})
+@task(
+    help={
+        "json": "print the checklist as JSON",
+        "journal": "the cutover's journal, whose rollback window must be ended (default: <state_dir>/cutover/journal.jsonl)",
+    }
+)
 @ops_task
 def signoff(c, json=False, journal=None):
     """The runbook's Signoff Checklist as checks against the configured environment (read-only).
@@ -39,7 +43,9 @@ def signoff(c, json=False, journal=None):
         for col in ("item", "status", "evidence"):
             table.add_column(col, overflow="fold")
         for i in items:
-            status = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]"}.get(i.status, "[yellow]needs human decision[/]")
+            status = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]"}.get(
+                i.status, "[yellow]needs human decision[/]"
+            )
             table.add_row(i.name, status, i.evidence)
         out.print(table)
         out.print(summary_line(items), markup=False)

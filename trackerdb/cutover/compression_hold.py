@@ -52,7 +52,9 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
     own pause, tsl/test/sql/tsl_tables.sql): ``scheduled`` and the interval stay as the source's, so
     verify's and the schema fingerprint's comparison of jobs is not disturbed."""
     ids = _id_list(job_ids)
-    to, unless = ("'infinity'", "j.next_start IS DISTINCT FROM 'infinity'") if paused else ("now()", "j.next_start = 'infinity'")
+    to, unless = (
+        ("'infinity'", "j.next_start IS DISTINCT FROM 'infinity'") if paused else ("now()", "j.next_start = 'infinity'")
+    )
     # our session only: after a rollback the target's database is read-only by default, and cutover-finish
     # must still resume what the switch paused
     return ("SET default_transaction_read_only = off;\n"
@@ -65,8 +67,10 @@ def set_paused_sql(schema: str, job_ids: list[int], paused: bool) -> str:
 def running_sql(job_ids: list[int]) -> str:
     """Which of ``job_ids`` run now (JSON list): TimescaleDB's own view says Running for an active worker."""
     ids = _id_list(job_ids)
-    return ("SELECT coalesce(json_agg(s.job_id ORDER BY s.job_id), '[]'::json) FROM timescaledb_information.job_stats s "
-            f"WHERE s.job_id IN ({ids}) AND s.job_status = 'Running';")
+    return (
+        "SELECT coalesce(json_agg(s.job_id ORDER BY s.job_id), '[]'::json) FROM timescaledb_information.job_stats s "
+        f"WHERE s.job_id IN ({ids}) AND s.job_status = 'Running';"
+    )
 
 
 def recorded(journal) -> dict:
@@ -107,12 +111,16 @@ def _pause_when_idle(psql, database, schema, ids, say, clock, sleep, wait_s) -> 
         if not running:
             return clock() - t0
         if clock() - t0 > wait_s:
-            raise HostError(f"target: compression job {', '.join(map(str, running))} still running after {wait_s:.0f}s; "
-                            "the rollback capture cannot start while it moves rows",
-                            hint="wait for it to end (timescaledb_information.job_stats) and re-run `invoke cutover`: "
-                                 "the switch has not happened, the source is still frozen and authoritative")
+            raise HostError(
+                f"target: compression job {', '.join(map(str, running))} still running after {wait_s:.0f}s; "
+                "the rollback capture cannot start while it moves rows",
+                hint="wait for it to end (timescaledb_information.job_stats) and re-run `invoke cutover`: "
+                "the switch has not happened, the source is still frozen and authoritative",
+            )
         if clock() - last_say >= 15:
-            say(f"waiting for compression job {', '.join(map(str, running))} to finish its run before the capture starts")
+            say(
+                f"waiting for compression job {', '.join(map(str, running))} to finish its run before the capture starts"
+            )
             last_say = clock()
         sleep(1.0)
 

@@ -69,7 +69,9 @@ def choose(facts: dict | None, writable: list[dict] | None = None) -> tuple[str,
 def not_writable(facts: dict | None, writable: list[dict]) -> list[tuple[str, str]]:
     """Hypertables with rows the role may not write (named in the evidence: the probe went elsewhere)."""
     ok = {_key(w) for w in writable}
-    return [k for k in candidates(facts) if k in {_key(h) for h in (facts or {}).get("hypertables") or []} and k not in ok]
+    return [
+        k for k in candidates(facts) if k in {_key(h) for h in (facts or {}).get("hypertables") or []} and k not in ok
+    ]
 
 
 def time_column(facts: dict | None, table: tuple[str, str]) -> str | None:

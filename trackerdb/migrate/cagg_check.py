@@ -140,8 +140,12 @@ def _source(rel: str, meta: dict, watermark: int, sample: list[str] | None) -> s
     if sample is None:
         return f"SELECT * FROM {rel} WHERE {col} < {from_internal(watermark, typ)}"
     # one bounded read per bucket: TimescaleDB turns time_bucket(w, t) >= x / <= x into a range on t
-    return "\n    UNION ALL ".join(f"SELECT * FROM {rel} WHERE {col} >= {literal(b)}::{typ} AND {col} <= {literal(b)}::{typ}"
-                                   for b in sample) or f"SELECT * FROM {rel} WHERE false"
+    return (
+        "\n    UNION ALL ".join(
+            f"SELECT * FROM {rel} WHERE {col} >= {literal(b)}::{typ} AND {col} <= {literal(b)}::{typ}" for b in sample
+        )
+        or f"SELECT * FROM {rel} WHERE false"
+    )
 
 
 def compare_sql(meta: dict, watermark: int, pending: list[tuple[int, int]], sample: list[str] | None = None) -> str:
@@ -158,9 +162,14 @@ def compare_sql(meta: dict, watermark: int, pending: list[tuple[int, int]], samp
     def side(rel):
         return f"SELECT {b} AS b, {key} AS k, {farr} AS f FROM (\n    {_source(rel, meta, watermark, sample)}) t WHERE {keep}"
 
-    same = " AND ".join(
-        f"coalesce(mm.f[{i}] = rr.f[{i}] OR abs(mm.f[{i}] - rr.f[{i}]) <= {TOLERANCE[c['type']]} * greatest(abs(mm.f[{i}]), abs(rr.f[{i}])), "
-        f"mm.f[{i}] IS NULL AND rr.f[{i}] IS NULL)" for i, c in enumerate(floats, 1)) or "true"
+    same = (
+        " AND ".join(
+            f"coalesce(mm.f[{i}] = rr.f[{i}] OR abs(mm.f[{i}] - rr.f[{i}]) <= {TOLERANCE[c['type']]} * greatest(abs(mm.f[{i}]), abs(rr.f[{i}])), "
+            f"mm.f[{i}] IS NULL AND rr.f[{i}] IS NULL)"
+            for i, c in enumerate(floats, 1)
+        )
+        or "true"
+    )
     return f"""WITH m AS ({side(meta['view'])}),
 r AS ({side(meta['direct'])}),
 mm AS (SELECT m.*, row_number() OVER (PARTITION BY m.k ORDER BY m.f) AS n FROM m),
@@ -178,9 +187,11 @@ SELECT json_build_object('materialized', (SELECT count(*) FROM m), 'raw', (SELEC
 def sample_sql(meta: dict, watermark: int, pending: list[tuple[int, int]], size: int) -> str:
     """The sampled buckets: materialized, compared ones only, first ``size`` in md5 order of their text."""
     col = ident(meta["bucket_column"])
-    return (f"SELECT coalesce(json_agg(s.b ORDER BY s.b), '[]'::json) FROM (SELECT DISTINCT t.{col}::text AS b, md5(t.{col}::text) AS h "
-            f"FROM {meta['view']} t WHERE t.{col} < {from_internal(watermark, meta['bucket_type'])} AND {keep_sql(meta, pending)} "
-            f"ORDER BY h LIMIT {int(size)}) s;")
+    return (
+        f"SELECT coalesce(json_agg(s.b ORDER BY s.b), '[]'::json) FROM (SELECT DISTINCT t.{col}::text AS b, md5(t.{col}::text) AS h "
+        f"FROM {meta['view']} t WHERE t.{col} < {from_internal(watermark, meta['bucket_type'])} AND {keep_sql(meta, pending)} "
+        f"ORDER BY h LIMIT {int(size)}) s;"
+    )
 
 
 # ---- pure helpers on the refresh state ----------------------------------------------------------------
@@ -206,7 +217,11 @@ def internal_text(value, time_type: str | None) -> str:
     if time_type in INT_TYPES:
         return str(v)
     t = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=v)
-    return t.date().isoformat() if time_type == "date" else t.strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0").rstrip(".") + "+00"
+    return (
+        t.date().isoformat()
+        if time_type == "date"
+        else t.strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0").rstrip(".") + "+00"
+    )
 
 
 def _ranges_text(ranges, time_type) -> str:
@@ -259,9 +274,21 @@ def state_checks(expected: list[dict], observed: list[dict], source_label: str =
         allowed = [(max(MIN_INTERNAL, a - slack), min(MAX_INTERNAL, b + slack)) for a, b in allowed]
         outside = [r for r in gp if not _covered([r], allowed)]
         ok = not behind and not outside
-        why = "; ".join(x for x in ((f"{' and '.join(behind)} behind the {source_label}'s" if behind else ""),
-                                    (f"pending here, not on the {source_label}: {_ranges_text(outside, g.get('time_type'))}" if outside else "")) if x)
-        out.append(Check(label, ok, f"{state_text(g)}" + (f" ({why})" if why else " (ahead: refreshed on the target)"), expect))
+        why = "; ".join(
+            x
+            for x in (
+                (f"{' and '.join(behind)} behind the {source_label}'s" if behind else ""),
+                (
+                    f"pending here, not on the {source_label}: {_ranges_text(outside, g.get('time_type'))}"
+                    if outside
+                    else ""
+                ),
+            )
+            if x
+        )
+        out.append(
+            Check(label, ok, f"{state_text(g)}" + (f" ({why})" if why else " (ahead: refreshed on the target)"), expect)
+        )
     extra = sorted(set(have) - set(want))
     if extra:
         out.append(Check("continuous aggregates' refresh state: none unexpected", False, ", ".join(extra), "none"))
@@ -279,7 +306,9 @@ def plan(meta: dict, full_bytes: int = FULL_BYTES) -> str:
     return "all" if int(meta.get("raw_bytes") or 0) <= full_bytes else "sample"
 
 
-def content_check(psql, db: str, meta: dict, pending, full_bytes: int = FULL_BYTES, sample_size: int = SAMPLE_BUCKETS) -> Check:
+def content_check(
+    psql, db: str, meta: dict, pending, full_bytes: int = FULL_BYTES, sample_size: int = SAMPLE_BUCKETS
+) -> Check:
     """One aggregate: the comparison, read-only, as the aggregate's owner."""
     from ..errors import OpsError
 
@@ -302,9 +331,12 @@ def content_check(psql, db: str, meta: dict, pending, full_bytes: int = FULL_BYT
     except OpsError as exc:
         return Check(label, False, exc.one_line()[:300], expected)
     t = meta["bucket_type"]
-    scope = (f"all {res.get('buckets')} bucket(s)" if sample is None else
-             f"a sample of {len(sample)} bucket(s) (first {sample_size} in md5 order; raw side {int(meta.get('raw_bytes') or 0) >> 20} MiB)"
-             + (f": {', '.join(sample[:3])}{' …' if len(sample) > 3 else ''}" if sample else ""))
+    scope = (
+        f"all {res.get('buckets')} bucket(s)"
+        if sample is None
+        else f"a sample of {len(sample)} bucket(s) (first {sample_size} in md5 order; raw side {int(meta.get('raw_bytes') or 0) >> 20} MiB)"
+        + (f": {', '.join(sample[:3])}{' …' if len(sample) > 3 else ''}" if sample else "")
+    )
     scope += f" below the watermark {internal_text(wm, t)}"
     notes = []
     if ranges:

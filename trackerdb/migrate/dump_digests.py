@@ -43,14 +43,18 @@ def snapshot_script(catalog: dict) -> str:
     line of output), then one print per comparable item of ``catalog`` (the plan, read before the snapshot)."""
     items = ct.comparable_items(catalog)
     keys = sorted(items)
-    return dq.script([ct.SESSION_SQL, dq.CATALOG_SQL.strip()] + [ct.digest_sql(k, items[k], items[k]["columns"]) for k in keys])
+    return dq.script(
+        [ct.SESSION_SQL, dq.CATALOG_SQL.strip()] + [ct.digest_sql(k, items[k], items[k]["columns"]) for k in keys]
+    )
 
 
 def section(stdout: str, planned: dict, timings: dict | None = None) -> dict:
     """The manifest's ``content`` section from the digest session's output and the catalog it was planned from."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     if not lines or not lines[0].lstrip().startswith("{"):
-        raise OpsError("the dump's digest session printed no catalog", hint="re-run `invoke dump`; see the source's log")
+        raise OpsError(
+            "the dump's digest session printed no catalog", hint="re-run `invoke dump`; see the source's log"
+        )
     snap = json.loads(lines[0])
     prints = dq.parse_prints("\n".join(lines[1:]))
     plan_items, snap_items = ct.comparable_items(planned), ct.comparable_items(snap)
@@ -100,16 +104,24 @@ def checks_against(dumped: dict, tgt_catalog: dict, tgt_prints: dict, planned: t
     checks += ct.large_object_checks(dumped["catalog"], tgt_catalog, each)
     n_bad = sum(not c.ok for c in checks)
     dump_s = (dumped.get("timings") or {}).get("digests_s")
-    how = (f"manifest: digests taken in the dump's snapshot{f' ({dump_s} s, alongside pg_dump)' if dump_s is not None else ''}; "
-           f"target read: {len(pl['read'])} tables/chunk ranges in {read_s} s")
+    how = (
+        f"manifest: digests taken in the dump's snapshot{f' ({dump_s} s, alongside pg_dump)' if dump_s is not None else ''}; "
+        f"target read: {len(pl['read'])} tables/chunk ranges in {read_s} s"
+    )
     out = [Check(ct.CONTENT, n_bad == 0, f"{len(checks) - n_bad} of {len(checks)} equal; {how}",
                  "every table, chunk range and large object equal", "manifest digests")] + checks
     skip = dumped.get("not_digested") or {}
     if skip:
         named = "; ".join(f"{k}: {why}" for k, why in sorted(skip.items())[:ct.SHOW])
-        out.append(note(f"{ct.CONTENT}: not digested by the dump",
-                        f"{len(skip)} compared by row count only: {named}" + (f" (+{len(skip) - ct.SHOW} more)" if len(skip) > ct.SHOW else ""),
-                        "every item digested in the dump's snapshot", "manifest"))
+        out.append(
+            note(
+                f"{ct.CONTENT}: not digested by the dump",
+                f"{len(skip)} compared by row count only: {named}"
+                + (f" (+{len(skip) - ct.SHOW} more)" if len(skip) > ct.SHOW else ""),
+                "every item digested in the dump's snapshot",
+                "manifest",
+            )
+        )
     return out
 
 
@@ -130,5 +142,13 @@ def manifest_content_checks(settings: Settings, session, dumped: dict) -> list[C
         if pl["read"]:
             prints = dq.parse_prints(hosts.run([("target", ct.digest_script(pl["read"], ti, pl["columns"]), False)])[0])
     except OpsError as exc:
-        return [Check(ct.CONTENT, False, exc.one_line()[:300], "every table, chunk range and large object equal", "manifest digests")]
+        return [
+            Check(
+                ct.CONTENT,
+                False,
+                exc.one_line()[:300],
+                "every table, chunk range and large object equal",
+                "manifest digests",
+            )
+        ]
     return checks_against(dumped, tgt_cat, prints, planned, round(time.monotonic() - t0, 2))

@@ -43,13 +43,15 @@ def _ids(job_ids) -> str:
 
 def jobs_sql() -> str:
     """Every job of the database with its scheduler record (JSON list)."""
-    return ("SELECT coalesce(json_agg(json_build_object('id', j.job_id, 'proc', j.proc_schema || '.' || j.proc_name, "
-            "'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL ELSE j.hypertable_schema || '.' || j.hypertable_name END, "
-            "'scheduled', j.scheduled, 'next_start', j.next_start, 'interval', j.schedule_interval::text, "
-            "'successes', coalesce(s.total_successes, 0), 'failures', coalesce(s.total_failures, 0), "
-            "'last_status', s.last_run_status, 'last_success', s.last_successful_finish, 'job_status', s.job_status) "
-            "ORDER BY j.job_id), '[]'::json) FROM timescaledb_information.jobs j "
-            "LEFT JOIN timescaledb_information.job_stats s USING (job_id) WHERE j.job_id >= 1000;")
+    return (
+        "SELECT coalesce(json_agg(json_build_object('id', j.job_id, 'proc', j.proc_schema || '.' || j.proc_name, "
+        "'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL ELSE j.hypertable_schema || '.' || j.hypertable_name END, "
+        "'scheduled', j.scheduled, 'next_start', j.next_start, 'interval', j.schedule_interval::text, "
+        "'successes', coalesce(s.total_successes, 0), 'failures', coalesce(s.total_failures, 0), "
+        "'last_status', s.last_run_status, 'last_success', s.last_successful_finish, 'job_status', s.job_status) "
+        "ORDER BY j.job_id), '[]'::json) FROM timescaledb_information.jobs j "
+        "LEFT JOIN timescaledb_information.job_stats s USING (job_id) WHERE j.job_id >= 1000;"
+    )
 
 
 def set_next_start_sql(schema: str, next_starts: dict[int, str | None]) -> str:
@@ -80,13 +82,17 @@ def _key(j: dict) -> tuple:
 def schedule_check(expected: list[dict], jobs: list[dict]) -> Check:
     """Every job scheduled on the source is scheduled on the target (by procedure and hypertable)."""
     have = {_key(j) for j in jobs if j.get("scheduled")}
-    missing = sorted(f"{p}" + (f" on {h}" if h else "") for p, h in {_key(j) for j in expected if j.get("scheduled")} - have)
+    missing = sorted(
+        f"{p}" + (f" on {h}" if h else "") for p, h in {_key(j) for j in expected if j.get("scheduled")} - have
+    )
     return Check("every job scheduled on the source is scheduled on the target", not missing,
                  f"not scheduled on the target: {', '.join(missing)}" if missing else f"{len(have)} scheduled",
                  "the source's scheduled jobs")
 
 
-def plan(jobs: list[dict], skip: dict[int, str], defer: dict[str, str] | None = None) -> tuple[list[dict], list[str], list[Check]]:
+def plan(
+    jobs: list[dict], skip: dict[int, str], defer: dict[str, str] | None = None
+) -> tuple[list[dict], list[str], list[Check]]:
     """(the jobs to make due, one note per job left alone, failed checks): scheduled ones, less ``skip``
     (id -> why) and ``defer`` (procedure name -> why); one paused with ``next_start = infinity`` by someone
     else is not resumed behind their back: it fails, named (a pause is a decision)."""
@@ -101,8 +107,15 @@ def plan(jobs: list[dict], skip: dict[int, str], defer: dict[str, str] | None = 
         elif proc in defer:
             notes.append(f"{label(j)}: {defer[proc]}")
         elif j.get("next_start") == "infinity":
-            paused.append(Check(f"{label(j)} runs in the scheduler", False, "paused (next_start = infinity): never runs",
-                                EXPECTED, evidence="resume it with alter_job(id, next_start => now()) if the pause is not wanted"))
+            paused.append(
+                Check(
+                    f"{label(j)} runs in the scheduler",
+                    False,
+                    "paused (next_start = infinity): never runs",
+                    EXPECTED,
+                    evidence="resume it with alter_job(id, next_start => now()) if the pause is not wanted",
+                )
+            )
         else:
             todo.append(j)
     return todo, notes, paused
@@ -139,16 +152,27 @@ def history_checks(jobs: list[dict]) -> list[Check]:
             out.append(Check(f"{label(j)} runs in the scheduler", False, "paused (next_start = infinity)", EXPECTED))
             continue
         ok = bool(j.get("successes")) and j.get("last_status") == "Success"
-        seen = (f"last run {j.get('last_status') or 'never'}; {j.get('successes')} successes, {j.get('failures')} failures"
-                + (f"; last success {j['last_success']}" if j.get("last_success") else ""))
+        seen = (
+            f"last run {j.get('last_status') or 'never'}; {j.get('successes')} successes, {j.get('failures')} failures"
+            + (f"; last success {j['last_success']}" if j.get("last_success") else "")
+        )
         out.append(Check(f"{label(j)} runs in the scheduler", ok, seen, EXPECTED))
     return out
 
 
 # ---- executor ----------------------------------------------------------------------------------
-def prove(psql, database: str, *, skip: dict[int, str] | None = None, defer: dict[str, str] | None = None,
-          expected: list[dict] | None = None,
-          say=lambda m: None, wait_s: float = WAIT_S, clock=time.monotonic, sleep=time.sleep) -> tuple[list[Check], list[str]]:
+def prove(
+    psql,
+    database: str,
+    *,
+    skip: dict[int, str] | None = None,
+    defer: dict[str, str] | None = None,
+    expected: list[dict] | None = None,
+    say=lambda m: None,
+    wait_s: float = WAIT_S,
+    clock=time.monotonic,
+    sleep=time.sleep,
+) -> tuple[list[Check], list[str]]:
     """Make the jobs due, wait for the scheduler's runs, put the schedules back. Returns (checks, notes).
     Nothing without TimescaleDB; ``tsdb_api.ApiImpostor`` (nothing changed) for an impostor ``alter_job``."""
     schema = api.api_schema(psql, database, [api.ALTER_JOB])

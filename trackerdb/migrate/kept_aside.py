@@ -89,9 +89,14 @@ def holders(facts: dict, db: str, now: datetime, journals: dict) -> list[str]:
     """What holds space on the target, each with the one command that releases it (largest first)."""
     items = [(k["size"], f"{k['name']} (kept aside {age_text(k['age_s'])} ago, {toc.human_bytes(k['size'])}): "
                          f"`{drop_command(k['name'])}`") for k in kept_aside(facts.get("databases") or [], db, now)]
-    items += [(int(s.get("retained_bytes") or 0),
-               f"slot {s['slot']} on {s.get('database') or 'the cluster'} ({toc.human_bytes(int(s.get('retained_bytes') or 0))} "
-               f"WAL retained): `{slot_command(s['slot'], journals)}`") for s in facts.get("slots") or []]
+    items += [
+        (
+            int(s.get("retained_bytes") or 0),
+            f"slot {s['slot']} on {s.get('database') or 'the cluster'} ({toc.human_bytes(int(s.get('retained_bytes') or 0))} "
+            f"WAL retained): `{slot_command(s['slot'], journals)}`",
+        )
+        for s in facts.get("slots") or []
+    ]
     return [text for _, text in sorted(items, key=lambda i: -i[0])]
 
 
@@ -105,7 +110,9 @@ def check_drop(name: str, db: str, facts: dict, now: datetime) -> dict:
     kept = {k["name"]: k for k in kept_aside(facts.get("databases") or [], db, now)}
     names = ", ".join(kept) or "none"
     if name == db:
-        raise PreflightError(f"{name} is the live database: refused", hint=f"only a kept-aside database can be dropped ({names})")
+        raise PreflightError(
+            f"{name} is the live database: refused", hint=f"only a kept-aside database can be dropped ({names})"
+        )
     if name not in kept:
         why = "is not a kept-aside database" if kept_at(name, db) is None else "does not exist on the target"
         raise PreflightError(f"{name} {why} of {db}: refused", hint=f"name one exactly: {names}")
@@ -115,10 +122,14 @@ def check_drop(name: str, db: str, facts: dict, now: datetime) -> dict:
                              hint="sessions are never terminated for you: end them, then re-run")
     slots = [s for s in facts.get("slots") or [] if s.get("database") == name]
     if slots:
-        listed = "; ".join(f"slot {s['slot']} ({toc.human_bytes(int(s.get('retained_bytes') or 0))} WAL retained)" for s in slots)
-        raise PreflightError(f"{name} is used by {listed}: refused",
-                             hint="end the slot first (`invoke restore` or the cutover's preflight ends one whose rollback "
-                                  "window is over; else `invoke cutover-finish --journal <its journal>`)")
+        listed = "; ".join(
+            f"slot {s['slot']} ({toc.human_bytes(int(s.get('retained_bytes') or 0))} WAL retained)" for s in slots
+        )
+        raise PreflightError(
+            f"{name} is used by {listed}: refused",
+            hint="end the slot first (`invoke restore` or the cutover's preflight ends one whose rollback "
+            "window is over; else `invoke cutover-finish --journal <its journal>`)",
+        )
     return k
 
 
@@ -144,7 +155,9 @@ def _journal(state_dir, record: dict) -> None:
 
 def space_report(settings: Settings, psql: Psql, now: datetime | None = None) -> list[str]:
     """The lines of :func:`holders` for the target, read now."""
-    return holders(read_facts(psql), settings.database, now or datetime.now(timezone.utc), reg.journals(settings.state_dir))
+    return holders(
+        read_facts(psql), settings.database, now or datetime.now(timezone.utc), reg.journals(settings.state_dir)
+    )
 
 
 def drop_kept_aside(settings: Settings, name: str, dry_run: bool = False, progress=None, session=None) -> dict:
@@ -156,13 +169,29 @@ def drop_kept_aside(settings: Settings, name: str, dry_run: bool = False, progre
         what = f"{name} (kept aside {kept['kept_at']}, {toc.human_bytes(kept['size'])})"
         if dry_run:
             say(f"would drop {what}: {drop_sql(name)}")
-            return {"database": name, "size": kept["size"], "kept_at": kept["kept_at"], "dropped": False, "dry_run": True}
-        _journal(settings.state_dir, {"event": "begin", "database": name, "size": kept["size"], "kept_at": kept["kept_at"],
-                                      "target": settings.target.name})
+            return {
+                "database": name,
+                "size": kept["size"],
+                "kept_at": kept["kept_at"],
+                "dropped": False,
+                "dry_run": True,
+            }
+        _journal(
+            settings.state_dir,
+            {
+                "event": "begin",
+                "database": name,
+                "size": kept["size"],
+                "kept_at": kept["kept_at"],
+                "target": settings.target.name,
+            },
+        )
         try:
             psql.run(drop_sql(name))
         except OpsError as exc:
-            _journal(settings.state_dir, {"event": "end", "outcome": "failed", "database": name, "error": exc.one_line()})
+            _journal(
+                settings.state_dir, {"event": "end", "outcome": "failed", "database": name, "error": exc.one_line()}
+            )
             raise
         _journal(settings.state_dir, {"event": "end", "outcome": "ok", "database": name, "freed_bytes": kept["size"]})
     say(f"dropped {what}")

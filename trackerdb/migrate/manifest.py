@@ -132,8 +132,10 @@ SELECT json_build_object(
 # count(*) / an order-independent content checksum of any relation, in one plain query (no PL/pgSQL):
 # the checksum sums the first 60 bits of md5(row::text), so it streams at any size (see dataset.checksum_sql)
 _COUNT = "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', {s}, {n}), false, true, '')))[1]::text::bigint"
-_DIGEST = ("(xpath('/row/d/text()', query_to_xml(format('SELECT coalesce(sum((''x'' || left(md5(t::text), 15))::bit(60)::bigint), 0) "
-           "AS d FROM %I.%I t', {s}, {n}), false, true, '')))[1]::text")
+_DIGEST = (
+    "(xpath('/row/d/text()', query_to_xml(format('SELECT coalesce(sum((''x'' || left(md5(t::text), 15))::bit(60)::bigint), 0) "
+    "AS d FROM %I.%I t', {s}, {n}), false, true, '')))[1]::text"
+)
 
 # a continuous aggregate's materialized content: the rows below its watermark (what a refresh has written;
 # a real-time aggregate's rows above it are the raw table's, compared as such)
@@ -146,9 +148,15 @@ def cagg_content_sql(schema: str, name: str, time_column: str | None, watermark:
     """rows + checksum of a continuous aggregate below ``watermark`` (another side's watermark, when they differ)."""
     from .sqltext import ident, literal  # noqa: F401
 
-    where = f" WHERE {ident(time_column)} < _timescaledb_functions.to_timestamp({int(watermark)})" if time_column and watermark is not None else ""
-    return (f"SELECT json_build_object('rows', count(*), 'digest', coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)::text) "
-            f"FROM {ident(schema)}.{ident(name)} t{where};")
+    where = (
+        f" WHERE {ident(time_column)} < _timescaledb_functions.to_timestamp({int(watermark)})"
+        if time_column and watermark is not None
+        else ""
+    )
+    return (
+        f"SELECT json_build_object('rows', count(*), 'digest', coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)::text) "
+        f"FROM {ident(schema)}.{ident(name)} t{where};"
+    )
 
 
 TIMESCALE_FACTS_SQL = f"""
@@ -236,7 +244,9 @@ def normalise(facts: dict) -> dict:
         if vals:
             settings[key] = vals
     if isinstance(facts.get("db_settings"), dict):
-        settings = {k: [s for s in v if s.split("=", 1)[0] not in SKIP_DB_SETTINGS] for k, v in facts["db_settings"].items()}
+        settings = {
+            k: [s for s in v if s.split("=", 1)[0] not in SKIP_DB_SETTINGS] for k, v in facts["db_settings"].items()
+        }
         settings = {k: v for k, v in settings.items() if v}
     frozen = _frozen(settings)
     if frozen:
@@ -322,9 +332,15 @@ REQUIRED_KEYS = ("format", "versions", "dump", "facts")
 
 def validate_manifest(doc, where: str = "manifest") -> dict:
     if not isinstance(doc, dict) or any(k not in doc for k in REQUIRED_KEYS):
-        raise PreflightError(f"{where} is not a trackerdb dump manifest", hint="use the .manifest.json that `invoke dump` wrote beside the dump")
+        raise PreflightError(
+            f"{where} is not a trackerdb dump manifest",
+            hint="use the .manifest.json that `invoke dump` wrote beside the dump",
+        )
     if doc["format"] != MANIFEST_FORMAT:
-        raise PreflightError(f"{where} has format {doc['format']}, expected {MANIFEST_FORMAT}", hint="re-run `invoke dump` with this version of the tool")
+        raise PreflightError(
+            f"{where} has format {doc['format']}, expected {MANIFEST_FORMAT}",
+            hint="re-run `invoke dump` with this version of the tool",
+        )
     dump = doc["dump"]
     if not re.fullmatch(r"[0-9a-f]{64}", str(dump.get("sha256", ""))) or not isinstance(dump.get("size_bytes"), int):
         raise PreflightError(f"{where} has no valid dump size/sha256", hint="re-run `invoke dump`")
@@ -340,11 +356,16 @@ def manifest_path_for(dump_path: str | Path) -> Path:
 def load_manifest(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise PreflightError(f"manifest {p} does not exist", hint="pass --manifest, or keep the manifest `invoke dump` wrote beside the dump")
+        raise PreflightError(
+            f"manifest {p} does not exist",
+            hint="pass --manifest, or keep the manifest `invoke dump` wrote beside the dump",
+        )
     try:
         doc = json.loads(p.read_text())
     except ValueError:
-        raise PreflightError(f"manifest {p} is not JSON", hint="use the .manifest.json that `invoke dump` wrote") from None
+        raise PreflightError(
+            f"manifest {p} is not JSON", hint="use the .manifest.json that `invoke dump` wrote"
+        ) from None
     return validate_manifest(doc, str(p))
 
 
@@ -397,7 +418,11 @@ def content_digest_sql(schema: str, table: str, geometry_columns: list[str] | No
     rel = f"{ident(schema)}.{ident(table)}"
     if geometry_columns:
         expr = " || '|' || ".join(f"coalesce(ST_AsText({ident(c)}), '<null>')" for c in geometry_columns)
-        return (f"SELECT json_build_object('md5', md5(coalesce(string_agg(x, E'\\n' ORDER BY x), '')), 'rows', count(*)) "
-                f"FROM (SELECT t::text || '#' || {expr} AS x FROM {rel} t) s;")
-    return (f"SELECT json_build_object('md5', md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')), 'rows', count(*)) "
-            f"FROM {rel} t;")
+        return (
+            f"SELECT json_build_object('md5', md5(coalesce(string_agg(x, E'\\n' ORDER BY x), '')), 'rows', count(*)) "
+            f"FROM (SELECT t::text || '#' || {expr} AS x FROM {rel} t) s;"
+        )
+    return (
+        f"SELECT json_build_object('md5', md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')), 'rows', count(*)) "
+        f"FROM {rel} t;"
+    )

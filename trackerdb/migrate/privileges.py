@@ -48,7 +48,9 @@ SYSTEM_SCHEMA_RE = r"^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit
 INTERNAL_SCHEMA = "_timescaledb_internal"
 # TimescaleDB's own schemas (the TimescaleDB part of ``tsdb_api.INTERNAL_SCHEMAS_RE``): their ACLs and
 # the DBA's grants on their members are compared (module docstring)
-TSDB_SCHEMA_RE = r"^(_timescaledb_(catalog|internal|config|cache|functions|debug)|timescaledb_(information|experimental))$"
+TSDB_SCHEMA_RE = (
+    r"^(_timescaledb_(catalog|internal|config|cache|functions|debug)|timescaledb_(information|experimental))$"
+)
 
 _EXT = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
 _MEMBER = "EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
@@ -68,7 +70,10 @@ _REL_KIND = ("CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned ta
 def _acl_changed(expr: str, kind: str, owner: str, catalog: str, oid: str) -> str:
     """SQL: the object's ACL differs from the one its extension created (``pg_init_privs``, NULL = acldefault)."""
     def items(acl):
-        return f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(coalesce({acl}, acldefault({kind}, {owner}))) a)"
+        return (
+            f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(coalesce({acl}, acldefault({kind}, {owner}))) a)"
+        )
+
     init = (f"(SELECT ip.initprivs FROM pg_init_privs ip WHERE ip.classoid = '{catalog}'::regclass "
             f"AND ip.objoid = {oid} AND ip.objsubid = 0)")
     return f"{items(expr)} IS DISTINCT FROM {items(init)}"
@@ -254,10 +259,21 @@ def apply_owner_map(objects: dict, mapping) -> dict:
     return out
 
 
-_ALTER = {"schema": "SCHEMA", "table": "TABLE", "partitioned table": "TABLE", "view": "VIEW",
-          "materialized view": "MATERIALIZED VIEW", "sequence": "SEQUENCE", "foreign table": "FOREIGN TABLE",
-          "function": "FUNCTION", "procedure": "PROCEDURE", "aggregate": "AGGREGATE", "type": "TYPE", "domain": "DOMAIN",
-          "large object": "LARGE OBJECT"}
+_ALTER = {
+    "schema": "SCHEMA",
+    "table": "TABLE",
+    "partitioned table": "TABLE",
+    "view": "VIEW",
+    "materialized view": "MATERIALIZED VIEW",
+    "sequence": "SEQUENCE",
+    "foreign table": "FOREIGN TABLE",
+    "function": "FUNCTION",
+    "procedure": "PROCEDURE",
+    "aggregate": "AGGREGATE",
+    "type": "TYPE",
+    "domain": "DOMAIN",
+    "large object": "LARGE OBJECT",
+}
 _CATALOG_NAME = re.compile(r'^[^;]+$')
 
 
@@ -334,7 +350,9 @@ def without_privilege(objects: dict, letter: str) -> dict:
     added: a 16 -> 17 restore grants it to every owner, and nothing on 16 can show it)."""
     out = {}
     for key, obj in objects.items():
-        is_rel = obj.get("kind") in _RELATION_KINDS or (obj.get("kind") == "default privileges" and key.endswith(" on tables"))
+        is_rel = obj.get("kind") in _RELATION_KINDS or (
+            obj.get("kind") == "default privileges" and key.endswith(" on tables")
+        )
         if is_rel and obj.get("acl"):
             items = []
             for a in obj["acl"]:
@@ -369,8 +387,10 @@ def compare_privileges(expected: dict | None, observed: dict | None, source_labe
     if ignore_maintain:
         want, have = without_privilege(want, "m"), without_privilege(have, "m")
     diffs = diff_objects(want, have)
-    checks = [Check(f"owner/privileges of {key}", False, f"source: {s}, target: {t}", "equal to the source", source_label)
-              for key, s, t in diffs]
+    checks = [
+        Check(f"owner/privileges of {key}", False, f"source: {s}, target: {t}", "equal to the source", source_label)
+        for key, s, t in diffs
+    ]
     mapped = len(mapped_objects(want_raw, mapping))
     note = f"; {mapped} owner(s) changed on purpose by owner_map" if mapped else ""
     checks.append(Check("owners and privileges equal to the source", not diffs,

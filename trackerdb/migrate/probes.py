@@ -24,8 +24,10 @@ def _rel(schema: str, name: str) -> str:
 
 
 def columns_sql(schema: str, table: str) -> str:
-    return ("SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
-            f"WHERE attrelid = {sq.literal(_rel(schema, table))}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';")
+    return (
+        "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+        f"WHERE attrelid = {sq.literal(_rel(schema, table))}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';"
+    )
 
 
 def chunk_sql(schema: str, table: str, compressed: bool) -> str:
@@ -46,7 +48,9 @@ def step(time_type: str) -> str:
     return "interval '1 microsecond'" if time_type.startswith("timestamp") else "1"
 
 
-def compressed_insert_sql(ht: str, chunk: str, cols: str, tcol: str, time_type: str = "timestamp with time zone") -> str:
+def compressed_insert_sql(
+    ht: str, chunk: str, cols: str, tcol: str, time_type: str = "timestamp with time zone"
+) -> str:
     """A copy of one row of a compressed chunk, one step later (``step``), inserted and read back; rolled back.
     As the hypertable's owner (the role is part of the rolled-back transaction): the owner's triggers
     never fire as superuser."""
@@ -87,13 +91,25 @@ def run_probes(psql, db: str, facts: dict, expected: dict | None = None, source_
             cols = psql.value(columns_sql(h["schema"], h["name"]), db)
             tcol = _time_column(facts, h["schema"], h["name"])
             if tcol is None:
-                checks.append(Check(label, False, "no time dimension in the facts", "insert succeeds and reads back (rolled back)"))
+                checks.append(
+                    Check(
+                        label, False, "no time dimension in the facts", "insert succeeds and reads back (rolled back)"
+                    )
+                )
                 continue
             ttype = psql.value(time_type_sql(h["schema"], h["name"], tcol), db)
             res = psql.json(compressed_insert_sql(_rel(h["schema"], h["name"]), chunk, cols, tcol, ttype), db)
             ok = bool(res) and int(res.get("read_back") or 0) >= 1
-            checks.append(Check(label, ok, f"row at {res.get('at')} in {chunk} read back {res.get('read_back')}x, rolled back"
-                                if res else "no result", "insert succeeds and reads back (rolled back)"))
+            checks.append(
+                Check(
+                    label,
+                    ok,
+                    f"row at {res.get('at')} in {chunk} read back {res.get('read_back')}x, rolled back"
+                    if res
+                    else "no result",
+                    "insert succeeds and reads back (rolled back)",
+                )
+            )
         except OpsError as exc:
             checks.append(Check(label, False, exc.one_line()[:200], "insert succeeds and reads back (rolled back)"))
     if facts.get("continuous_aggregates"):

@@ -31,7 +31,9 @@ PRECOPY_RECORD = "precopy.json"
 FORMAT = 1
 
 _USER = f"n.nspname !~ '{pv.SYSTEM_SCHEMA_RE}'"
-_NOT_EXT = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
+_NOT_EXT = (
+    "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{c}'::regclass AND d.objid = {o} AND d.deptype = 'e')"
+)
 
 SCHEMA_SQL = f"""SET search_path = pg_catalog, pg_temp;
 SELECT json_build_object(
@@ -145,7 +147,9 @@ def identity_sql(database: str) -> str:
             f"'database_oid', (SELECT oid::bigint FROM pg_database WHERE datname = {sq.literal(database)}));")
 
 
-def precopy_record(database: str, identity: dict, doc: dict, dump_sha256: str | None, recorded_at: str | None = None) -> dict:
+def precopy_record(
+    database: str, identity: dict, doc: dict, dump_sha256: str | None, recorded_at: str | None = None
+) -> dict:
     return {"format": FORMAT, "database": database, "identity": identity, "schema_digest": digest(doc), "schema": doc,
             "dump_sha256": dump_sha256,
             "recorded_at": recorded_at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -179,7 +183,11 @@ def load_record(state_dir) -> dict | None:
 
 
 def frozen(read_only_setting: str | None) -> bool:
-    return read_only_setting is not None and read_only_setting != "" and read_only_setting.split("=", 1)[-1].lower() in ("on", "true", "1", "yes")
+    return (
+        read_only_setting is not None
+        and read_only_setting != ""
+        and read_only_setting.split("=", 1)[-1].lower() in ("on", "true", "1", "yes")
+    )
 
 
 def note_rollback(state_dir, database: str, identity: dict, journal: str, how: str) -> bool:
@@ -207,12 +215,16 @@ def guard(record: dict | None, database: str, target_identity: dict, source_doc:
     if record.get("database") != database:
         return [f"the recorded pre-copy is of database {record.get('database')!r}, not {database!r}"]
     if record.get("identity") != target_identity:
-        return [f"the target's {database} is not the recorded pre-copy (identity {target_identity}, recorded {record.get('identity')})"]
+        return [
+            f"the target's {database} is not the recorded pre-copy (identity {target_identity}, recorded {record.get('identity')})"
+        ]
     reasons = []
     if frozen(target_read_only) and not record.get("rolled_back"):
-        reasons.append(f"the target's {database} is read-only ({target_read_only}; a rolled-back cutover freezes it) and "
-                       "no completed rollback recorded that every change it took is back on the source: "
-                       "`invoke restore` for a fresh pre-copy")
+        reasons.append(
+            f"the target's {database} is read-only ({target_read_only}; a rolled-back cutover freezes it) and "
+            "no completed rollback recorded that every change it took is back on the source: "
+            "`invoke restore` for a fresh pre-copy"
+        )
     want = record.get("schema") or {}
     if digest(source_doc) != record.get("schema_digest"):
         reasons.append("the source's schema changed since the pre-copy: " + " | ".join(differences(want, source_doc)))

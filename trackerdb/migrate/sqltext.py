@@ -50,7 +50,9 @@ def guc_assignment(entry: str) -> str:
         raise PreflightError(f"database setting {entry!r} is not name=value", hint="fix the manifest's db_settings")
     name, value = entry.split("=", 1)
     if not _GUC_NAME.fullmatch(name):
-        raise PreflightError(f"database setting name {name!r} is not a valid parameter name", hint="fix the manifest's db_settings")
+        raise PreflightError(
+            f"database setting name {name!r} is not a valid parameter name", hint="fix the manifest's db_settings"
+        )
     if name.lower() in LIST_GUCS:
         parts = split_guc_list(value)
         rendered = ", ".join(literal(p) for p in parts) if parts else "''"
@@ -82,7 +84,10 @@ def db_grants_sql(database: str, grants: list[dict], acl_is_default: bool) -> li
         if priv not in DB_PRIVILEGES:
             raise PreflightError(f"database privilege {priv!r} is unknown", hint="fix the manifest's db_grants")
         who = "PUBLIC" if g["grantee"] == "PUBLIC" else ident(g["grantee"])
-        stmts.append(f"GRANT {priv} ON DATABASE {ident(database)} TO {who}" + (" WITH GRANT OPTION;" if g.get("grantable") else ";"))
+        stmts.append(
+            f"GRANT {priv} ON DATABASE {ident(database)} TO {who}"
+            + (" WITH GRANT OPTION;" if g.get("grantable") else ";")
+        )
     return stmts
 
 
@@ -122,7 +127,9 @@ def object_grants_sql(grants: list[dict]) -> list[str]:
         if priv not in OBJECT_PRIVILEGES.get(kind, ()):
             raise PreflightError(f"privilege {priv!r} on {kind!r} is unknown", hint="fix the manifest's object_grants")
         if ";" in g["name"]:
-            raise PreflightError(f"object name {g['name']!r} is not a catalog name", hint="fix the manifest's object_grants")
+            raise PreflightError(
+                f"object name {g['name']!r} is not a catalog name", hint="fix the manifest's object_grants"
+            )
         stmts.append(f"GRANT {priv} ON {kind} {g['name']} TO {_grantee(g['grantee'])}"
                      + (" WITH GRANT OPTION;" if g.get("grantable") else ";"))
     return stmts
@@ -135,7 +142,9 @@ def default_acl_sql(entries: list[dict]) -> list[str]:
         objects = DEFAULT_ACL_OBJECTS.get(e["objtype"])
         priv = e["privilege"].upper()
         if objects is None or not re.fullmatch(r"[A-Z]+", priv):
-            raise PreflightError(f"default privilege {priv!r} on {e['objtype']!r} is unknown", hint="fix the manifest's default_acls")
+            raise PreflightError(
+                f"default privilege {priv!r} on {e['objtype']!r} is unknown", hint="fix the manifest's default_acls"
+            )
         scope = f" IN SCHEMA {ident(e['schema'])}" if e.get("schema") else ""
         stmts.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(e['role'])}{scope} GRANT {priv} ON {objects} "
                      f"TO {_grantee(e['grantee'])}" + (" WITH GRANT OPTION;" if e.get("grantable") else ";"))

@@ -66,7 +66,9 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
     want_t = {(t["schema"], t["name"]): t["rows"] for t in expected.get("tables") or []}
     for key, rows in sorted(want_t.items()):
         got = have_t.get(key)
-        checks.append(Check(f"table {key[0]}.{key[1]} rows", got == rows, "missing" if got is None else str(got), str(rows)))
+        checks.append(
+            Check(f"table {key[0]}.{key[1]} rows", got == rows, "missing" if got is None else str(got), str(rows))
+        )
     extra = sorted(set(have_t) - set(want_t))
     checks.append(Check("no unexpected tables", not extra, ", ".join(f"{s}.{n}" for s, n in extra) or "none", "none"))
 
@@ -99,13 +101,19 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
     for j in expected.get("jobs") or []:
         got = have_j.get((j["proc"], j.get("hypertable")))
         label = f"job {j['proc']}" + (f" on {j['hypertable']}" if j.get("hypertable") else "")
-        ok = got is not None and got.get("scheduled") == j.get("scheduled") and got.get("schedule_interval") == j.get("schedule_interval")
+        ok = (
+            got is not None
+            and got.get("scheduled") == j.get("scheduled")
+            and got.get("schedule_interval") == j.get("schedule_interval")
+        )
         checks.append(Check(f"{label} scheduled", ok, "missing" if got is None else
                             f"scheduled={got.get('scheduled')} every {got.get('schedule_interval')}",
                             f"scheduled={j.get('scheduled')} every {j.get('schedule_interval')}"))
         if got is not None and ("config" in j or "owner" in j):
             want_d, have_d = _job_definition(j), _job_definition(got)
-            checks.append(Check(f"{label} definition", want_d == have_d, _diff_text(have_d, want_d), _diff_text(want_d, have_d)))
+            checks.append(
+                Check(f"{label} definition", want_d == have_d, _diff_text(have_d, want_d), _diff_text(want_d, have_d))
+            )
 
     have_q = {(s["schema"], s["name"]): s["last_value"] for s in observed.get("sequences") or []}
     for s in expected.get("sequences") or []:
@@ -117,21 +125,38 @@ def compare_facts(expected: dict, observed: dict, source_label: str = "manifest"
     want_set = expected.get("db_settings") or {}
     have_set = observed.get("db_settings") or {}
     missing = [f"{r or '*'}: {v}" for r, vals in want_set.items() for v in vals if v not in (have_set.get(r) or [])]
-    checks.append(Check("database settings present", not missing, "missing: " + "; ".join(missing) if missing else "all present",
-                        "; ".join(f"{r or '*'}: {v}" for r, vals in want_set.items() for v in vals) or "none"))
+    checks.append(
+        Check(
+            "database settings present",
+            not missing,
+            "missing: " + "; ".join(missing) if missing else "all present",
+            "; ".join(f"{r or '*'}: {v}" for r, vals in want_set.items() for v in vals) or "none",
+        )
+    )
     want_db, have_db = expected.get("database") or {}, observed.get("database") or {}
     if not want_db.get("acl_is_default", True):
         want_g = {(g["grantee"], g["privilege"]) for g in expected.get("db_grants") or []}
         have_g = {(g["grantee"], g["privilege"]) for g in observed.get("db_grants") or []}
         missing_g = sorted(want_g - have_g)
-        checks.append(Check("database grants present", not missing_g and not have_db.get("acl_is_default", True),
-                            "missing: " + ", ".join(f"{p} to {g}" for g, p in missing_g) if missing_g else "all present",
-                            ", ".join(f"{p} to {g}" for g, p in sorted(want_g))))
+        checks.append(
+            Check(
+                "database grants present",
+                not missing_g and not have_db.get("acl_is_default", True),
+                "missing: " + ", ".join(f"{p} to {g}" for g, p in missing_g) if missing_g else "all present",
+                ", ".join(f"{p} to {g}" for g, p in sorted(want_g)),
+            )
+        )
     else:
         checks.append(Check("database grants present", True, "default ACL", "default ACL"))
     if want_db.get("owner"):
-        checks.append(Check("database owner", have_db.get("owner") == want_db["owner"], _fmt(have_db.get("owner")), want_db["owner"]))
-    gap = pv.maintain_gap(expected.get("server_version_num", 0) // 10000, observed.get("server_version_num", 0) // 10000)
+        checks.append(
+            Check(
+                "database owner", have_db.get("owner") == want_db["owner"], _fmt(have_db.get("owner")), want_db["owner"]
+            )
+        )
+    gap = pv.maintain_gap(
+        expected.get("server_version_num", 0) // 10000, observed.get("server_version_num", 0) // 10000
+    )
     checks += pv.compare_privileges(expected.get("privileges"), observed.get("privileges"), source_label, mapping, gap)
     checks += pv.job_owner_checks(expected, observed)
     return checks
@@ -144,13 +169,23 @@ def _compression_checks(name: str, want: dict, got: dict) -> list[Check]:
     out = []
     for key, label in (("compressed_chunks", "compressed chunks"), ("uncompressed_chunks", "uncompressed chunks"),
                        ("rows", "rows through the hypertable"), ("compressed_rows", "rows in compressed chunks")):
-        out.append(Check(f"hypertable {name} {label}", got.get(key) == want.get(key), _fmt(got.get(key)), _fmt(want.get(key))))
+        out.append(
+            Check(f"hypertable {name} {label}", got.get(key) == want.get(key), _fmt(got.get(key)), _fmt(want.get(key)))
+        )
     want_r, have_r = want.get("compressed_chunk_rows") or {}, got.get("compressed_chunk_rows") or {}
     differ = sorted(c for c in set(want_r) | set(have_r) if want_r.get(c) != have_r.get(c))
-    out.append(Check(f"hypertable {name} compressed chunk rows", not differ,
-                     "differ: " + ", ".join(f"{c} {_fmt(have_r.get(c)) or 'missing'}" for c in differ[:4]) if differ
-                     else f"{len(have_r)} chunk(s) equal",
-                     ", ".join(f"{c} {_fmt(want_r.get(c)) or 'absent'}" for c in differ[:4]) if differ else f"{len(want_r)} chunk(s)"))
+    out.append(
+        Check(
+            f"hypertable {name} compressed chunk rows",
+            not differ,
+            "differ: " + ", ".join(f"{c} {_fmt(have_r.get(c)) or 'missing'}" for c in differ[:4])
+            if differ
+            else f"{len(have_r)} chunk(s) equal",
+            ", ".join(f"{c} {_fmt(want_r.get(c)) or 'absent'}" for c in differ[:4])
+            if differ
+            else f"{len(want_r)} chunk(s)",
+        )
+    )
     return out
 
 
@@ -158,16 +193,32 @@ def _cagg_checks(name: str, want: dict, got: dict) -> list[Check]:
     if "definition" not in want:
         return []
     out = [
-        Check(f"continuous aggregate {name} definition", _norm_sql(got.get("definition")) == _norm_sql(want.get("definition")),
-              "same" if _norm_sql(got.get("definition")) == _norm_sql(want.get("definition")) else _fmt(got.get("definition"))[:200],
-              "as on the source"),
-        Check(f"continuous aggregate {name} materialized_only", got.get("materialized_only") == want.get("materialized_only"),
-              _fmt(got.get("materialized_only")), _fmt(want.get("materialized_only"))),
-        Check(f"continuous aggregate {name} refresh policy", got.get("refresh_policy") == want.get("refresh_policy"),
-              _policy_text(got.get("refresh_policy")), _policy_text(want.get("refresh_policy"))),
-        Check(f"continuous aggregate {name} content", (got.get("rows"), got.get("digest")) == (want.get("rows"), want.get("digest")),
-              f"{_fmt(got.get('rows'))} rows, checksum {_fmt(got.get('digest'))}",
-              f"{_fmt(want.get('rows'))} rows, checksum {_fmt(want.get('digest'))}"),
+        Check(
+            f"continuous aggregate {name} definition",
+            _norm_sql(got.get("definition")) == _norm_sql(want.get("definition")),
+            "same"
+            if _norm_sql(got.get("definition")) == _norm_sql(want.get("definition"))
+            else _fmt(got.get("definition"))[:200],
+            "as on the source",
+        ),
+        Check(
+            f"continuous aggregate {name} materialized_only",
+            got.get("materialized_only") == want.get("materialized_only"),
+            _fmt(got.get("materialized_only")),
+            _fmt(want.get("materialized_only")),
+        ),
+        Check(
+            f"continuous aggregate {name} refresh policy",
+            got.get("refresh_policy") == want.get("refresh_policy"),
+            _policy_text(got.get("refresh_policy")),
+            _policy_text(want.get("refresh_policy")),
+        ),
+        Check(
+            f"continuous aggregate {name} content",
+            (got.get("rows"), got.get("digest")) == (want.get("rows"), want.get("digest")),
+            f"{_fmt(got.get('rows'))} rows, checksum {_fmt(got.get('digest'))}",
+            f"{_fmt(want.get('rows'))} rows, checksum {_fmt(want.get('digest'))}",
+        ),
     ]
     return out
 
@@ -179,8 +230,10 @@ def _norm_sql(text) -> str:
 def _policy_text(p) -> str:
     if not p:
         return "none"
-    return (f"every {p.get('schedule_interval')}, start_offset {p.get('start_offset')}, end_offset {p.get('end_offset')}, "
-            f"scheduled={p.get('scheduled')}")
+    return (
+        f"every {p.get('schedule_interval')}, start_offset {p.get('start_offset')}, end_offset {p.get('end_offset')}, "
+        f"scheduled={p.get('scheduled')}"
+    )
 
 
 def _job_definition(j: dict) -> dict:
@@ -202,7 +255,9 @@ def _dims_text(h: dict) -> str:
     return "; ".join(f"{c} {t} {ti or ii or np or ''}".strip() for c, t, ti, ii, np in _dims(h))
 
 
-def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool, ts_expected: bool, jobs_expected: int) -> list[Check]:
+def server_checks(
+    server: dict, db: str, staging_exists: bool, tuning_left: bool, ts_expected: bool, jobs_expected: int
+) -> list[Check]:
     checks = [Check("postgresql up", True, server.get("version", ""), "answers queries")]
     spl = server.get("shared_preload_libraries", "")
     checks.append(Check("timescaledb in shared_preload_libraries", "timescaledb" in spl, spl, "contains timescaledb"))
@@ -213,7 +268,9 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
                             names[db].get("comment") or "no marker", "no trackerdb staging marker"))
     checks.append(Check("timescaledb restore mode off", not server.get("restoring"),
                         ", ".join(server.get("restoring") or []) or "off", "off (timescaledb_post_restore ran)"))
-    checks.append(Check("no staging database left", not staging_exists, "present" if staging_exists else "none", "none"))
+    checks.append(
+        Check("no staging database left", not staging_exists, "present" if staging_exists else "none", "none")
+    )
     checks.append(Check("restore-time settings removed", not tuning_left, "present" if tuning_left else "none", "none"))
     if ts_expected:
         n = int(server.get("schedulers") or 0)
@@ -224,8 +281,16 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
 
 # ---- executor -------------------------------------------------------------------------------
 
-def run_verify(settings: Settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
-               app_login: bool = True, probes: bool = True, session=None, content_reuse: dict | None = None) -> list:
+def run_verify(
+    settings: Settings,
+    manifest: dict | None = None,
+    against_source: bool = False,
+    expect_backrest: bool = True,
+    app_login: bool = True,
+    probes: bool = True,
+    session=None,
+    content_reuse: dict | None = None,
+) -> list:
     """All checks against the target. Expected facts: the manifest, or live from the source.
     ``session``: the task's (its connections and secrets); a new one otherwise. ``content_reuse``: the
     pre-copy path's last delta prints (``content.reuse_prints``)."""
@@ -315,7 +380,9 @@ def app_login_check(settings: Settings, facts: dict, session=None) -> Check:
 
     name = f"{settings.owner_role} logs in over the network and writes"
     try:
-        secret = session.secret(settings.app_secret_name) if session else fetch_secret(settings, settings.app_secret_name)
+        secret = (
+            session.secret(settings.app_secret_name) if session else fetch_secret(settings, settings.app_secret_name)
+        )
     except OpsError as exc:
         return Check(name, False, exc.one_line(), "login + write")
     host = settings.target.address
@@ -341,8 +408,15 @@ def app_login_check(settings: Settings, facts: dict, session=None) -> Check:
         return Check(name, False, msg[:200], "login + write")
 
 
-def wal_archiving_check(settings: Settings, expect_backrest: bool, session=None, catch_up_s: float = 0.0, every_s: float = 5.0,
-                        sleep=time.sleep, clock=time.monotonic) -> Check:
+def wal_archiving_check(
+    settings: Settings,
+    expect_backrest: bool,
+    session=None,
+    catch_up_s: float = 0.0,
+    every_s: float = 5.0,
+    sleep=time.sleep,
+    clock=time.monotonic,
+) -> Check:
     """pgBackRest's checks on the target, as one. With ``catch_up_s``: when the only failures are
     segments not archived yet (a big copy or a VACUUM after it left archiving behind), poll until they
     are, for at most that long; a failing archiver, a foreign stanza or dropped WAL fail at once."""
@@ -366,7 +440,10 @@ def wal_archiving_check(settings: Settings, expect_backrest: bool, session=None,
             break
         sleep(every_s)
     caught_up = f" (archiving caught up after {waited:.0f}s)" if waited >= every_s and not bad else ""
-    return Check("WAL archiving healthy (pgBackRest)", not bad,
-                 ("; ".join(f"{c.name}: {c.observed}" for c in bad)[:300] or f"{len(sub)} backrest checks ok{caught_up}")
-                 + (f" (still behind after {waited:.0f}s)" if bad and waited >= every_s else ""),
-                 "backrest check passes" + (f" (segments archived within {catch_up_s:.0f}s)" if catch_up_s else ""))
+    return Check(
+        "WAL archiving healthy (pgBackRest)",
+        not bad,
+        ("; ".join(f"{c.name}: {c.observed}" for c in bad)[:300] or f"{len(sub)} backrest checks ok{caught_up}")
+        + (f" (still behind after {waited:.0f}s)" if bad and waited >= every_s else ""),
+        "backrest check passes" + (f" (segments archived within {catch_up_s:.0f}s)" if catch_up_s else ""),
+    )

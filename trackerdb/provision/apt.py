@@ -265,8 +265,10 @@ def key_install_command(repo: AptRepo) -> str:
     q = shlex.quote
     check = ""
     if repo.fingerprint:
-        check = (f" && [ \"$(gpg --show-keys --with-colons \"$tmp\" 2>/dev/null | {PRIMARY_FPRS})\" = {q(repo.fingerprint)} ]"
-                 f" || {{ echo 'signing key fingerprint mismatch for {repo.name}' >&2; rm -f \"$tmp\"; exit 5; }}")
+        check = (
+            f' && [ "$(gpg --show-keys --with-colons "$tmp" 2>/dev/null | {PRIMARY_FPRS})" = {q(repo.fingerprint)} ]'
+            f" || {{ echo 'signing key fingerprint mismatch for {repo.name}' >&2; rm -f \"$tmp\"; exit 5; }}"
+        )
     return (f"tmp=$(mktemp) && curl -fsSL --retry 3 {q(repo.key_url)} -o \"$tmp\"{check}"
             f" && install -m 0644 -o root -g root \"$tmp\" {q(repo.keyring)} && rm -f \"$tmp\"")
 

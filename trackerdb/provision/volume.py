@@ -38,7 +38,9 @@ def parse_blkid(text: str) -> Probe:
         if "=" in line:
             k, v = line.split("=", 1)
             kv[k.strip()] = v.strip()
-    return Probe(fstype=kv.get("TYPE", ""), uuid=kv.get("UUID", ""), label=kv.get("LABEL", ""), pttype=kv.get("PTTYPE", ""))
+    return Probe(
+        fstype=kv.get("TYPE", ""), uuid=kv.get("UUID", ""), label=kv.get("LABEL", ""), pttype=kv.get("PTTYPE", "")
+    )
 
 
 def parse_lsblk_serial(text: str) -> str:

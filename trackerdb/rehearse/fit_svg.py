@@ -63,9 +63,11 @@ def fit_svg(phases: list[dict], prod_bytes: int, width: int = 720, height: int =
                 seg.append(f"{X(b):.1f},{Y(p['fixed_s'] + p['per_gib_s'] * b / 1024**3):.1f}")
             out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{" ".join(seg)}"/>')
         sig = p.get("sigma_s") or 0
-        out.append(f'<line x1="{X(prod_bytes):.1f}" y1="{Y(p["projected_s"] - 2 * sig):.1f}" x2="{X(prod_bytes):.1f}" '
-                   f'y2="{Y(p["projected_s"] + 2 * sig):.1f}" stroke="{c}" stroke-width="3" opacity="0.5"/>'
-                   f'<rect x="{X(prod_bytes) - 4:.1f}" y="{Y(p["projected_s"]) - 4:.1f}" width="8" height="8" fill="{c}"/>')
+        out.append(
+            f'<line x1="{X(prod_bytes):.1f}" y1="{Y(p["projected_s"] - 2 * sig):.1f}" x2="{X(prod_bytes):.1f}" '
+            f'y2="{Y(p["projected_s"] + 2 * sig):.1f}" stroke="{c}" stroke-width="3" opacity="0.5"/>'
+            f'<rect x="{X(prod_bytes) - 4:.1f}" y="{Y(p["projected_s"]) - 4:.1f}" width="8" height="8" fill="{c}"/>'
+        )
         for x, y in p["points"]:
             out.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="4" fill="{c}"><title>{escape(p["phase"])}: '
                        f'{escape(_fmt_bytes(x))} in {y:.1f} s</title></circle>')

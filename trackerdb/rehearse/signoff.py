@@ -109,7 +109,9 @@ def item_versions(f: dict, agreed: dict) -> tuple[str, str]:
             f"TimescaleDB {inst.get('timescaledb')} in {inst.get('database')}")
     if wrong:
         return FAIL, f"{agreed_txt}; mismatch: {', '.join(wrong)}; {have}"
-    return PASS, f"{agreed_txt}; {have}" + (f"; source TimescaleDB {src['timescaledb']}" if src.get("timescaledb") else "")
+    return PASS, f"{agreed_txt}; {have}" + (
+        f"; source TimescaleDB {src['timescaledb']}" if src.get("timescaledb") else ""
+    )
 
 
 def _checks_text(checks: list[dict], limit: int = 4) -> str:
@@ -129,8 +131,12 @@ def item_backrest(f: dict) -> tuple[str, str]:
     ok = all(c.get("ok") for c in checks)
     prefix = f"{sum(bool(c.get('ok')) for c in checks)}/{len(checks)} backrest checks ok"
     # a rollback capture slot's retained WAL is always shown (it grows until `invoke cutover-finish`)
-    slots = [f"{c.get('name')}: {c.get('observed')}" for c in checks if str(c.get("name", "")).startswith("rollback slot")]
-    return (PASS if ok else FAIL), f"{prefix}; {_checks_text(checks)}" + "".join(f"; {x}" for x in slots if x not in _checks_text(checks))
+    slots = [
+        f"{c.get('name')}: {c.get('observed')}" for c in checks if str(c.get("name", "")).startswith("rollback slot")
+    ]
+    return (PASS if ok else FAIL), f"{prefix}; {_checks_text(checks)}" + "".join(
+        f"; {x}" for x in slots if x not in _checks_text(checks)
+    )
 
 
 def _report_problem(rep: dict, now: float, max_age_s: float) -> str | None:
@@ -163,12 +169,18 @@ def _did(rep: dict, name: str) -> tuple[dict | None, str]:
 
 def _windows_text(rep: dict) -> str:
     rows = rep.get("windows") or []
-    return "; ".join(f"{w.get('window')}: {w.get('path')} path, outage {w.get('outage_writer_s')} s as the writer saw it"
-                     for w in rows)
+    return "; ".join(
+        f"{w.get('window')}: {w.get('path')} path, outage {w.get('outage_writer_s')} s as the writer saw it"
+        for w in rows
+    )
 
 
 def _drill_text(rep: dict) -> str | None:
-    drill = [c for c in (rep.get("verification") or {}).get("checks") or [] if str(c.get("name", "")).startswith("rollback drill")]
+    drill = [
+        c
+        for c in (rep.get("verification") or {}).get("checks") or []
+        if str(c.get("name", "")).startswith("rollback drill")
+    ]
     if not drill:
         return None
     bad = [c for c in drill if not c.get("ok")]
@@ -187,10 +199,16 @@ def item_logical_backup(f: dict, now: float, max_age_s: float) -> tuple[str, str
         return FAIL, f"rehearsal {rep['path']} has no successful dump phase"
     thr = (rep.get("throughput") or {}).get("transfer") or {}
     final = _phase(rep, "final_dump")
-    return PASS, (f"rehearsal {rep['path']} PASS, {(now - rep['mtime']) / 3600:.1f} h ago: dump in {dump.get('duration_s')} s"
-                  f" ({where})" + (f", {thr.get('bytes')} bytes" if thr.get("bytes") else "")
-                  + (f"; the window's final dump after the switch in {final.get('duration_s')} s"
-                     if final and final.get("state") == "ok" and final.get("duration_s") else ""))
+    return PASS, (
+        f"rehearsal {rep['path']} PASS, {(now - rep['mtime']) / 3600:.1f} h ago: dump in {dump.get('duration_s')} s"
+        f" ({where})"
+        + (f", {thr.get('bytes')} bytes" if thr.get("bytes") else "")
+        + (
+            f"; the window's final dump after the switch in {final.get('duration_s')} s"
+            if final and final.get("state") == "ok" and final.get("duration_s")
+            else ""
+        )
+    )
 
 
 def item_restore(f: dict, now: float, max_age_s: float) -> tuple[str, str]:
@@ -206,9 +224,11 @@ def item_restore(f: dict, now: float, max_age_s: float) -> tuple[str, str]:
     if not counts.get("ok") or not ver.get("ok"):
         return FAIL, f"rehearsal {rep['path']}: verification ok={ver.get('ok')}, row counts ok={counts.get('ok')}"
     windows = _windows_text(rep)
-    return PASS, (f"rehearsal {rep['path']}: restore {restore.get('duration_s')} s, verify {verify.get('duration_s')} s "
-                  f"({where}), {len(ver.get('checks') or [])} checks ok, {counts.get('target_total')} rows match the source"
-                  + (f"; {windows}" if windows else ""))
+    return PASS, (
+        f"rehearsal {rep['path']}: restore {restore.get('duration_s')} s, verify {verify.get('duration_s')} s "
+        f"({where}), {len(ver.get('checks') or [])} checks ok, {counts.get('target_total')} rows match the source"
+        + (f"; {windows}" if windows else "")
+    )
 
 
 def item_wal(f: dict) -> tuple[str, str]:
@@ -223,15 +243,22 @@ def item_wal(f: dict) -> tuple[str, str]:
         problems.append(f"archive_command is {cmd or 'empty'!r} (not pgBackRest)")
     if not a.get("last_archived_time"):
         problems.append("nothing archived yet")
-    failing = bool(a.get("last_failed_time")) and (not a.get("last_archived_time") or a["last_failed_time"] > a["last_archived_time"])
+    failing = bool(a.get("last_failed_time")) and (
+        not a.get("last_archived_time") or a["last_failed_time"] > a["last_archived_time"]
+    )
     if failing:
-        problems.append(f"last failure {a.get('last_failed_wal')} at {a.get('last_failed_time')} is newer than the last success")
+        problems.append(
+            f"last failure {a.get('last_failed_wal')} at {a.get('last_failed_time')} is newer than the last success"
+        )
     pending = a.get("ready_files")
     if isinstance(pending, int) and pending > 3:
         problems.append(f"{pending} WAL files waiting in archive_status (.ready)")
-    seen = (f"archived {a.get('archived_count')}, last {a.get('last_archived_wal')} at {a.get('last_archived_time')}; "
-            f"failed {a.get('failed_count')}" + (f", last at {a.get('last_failed_time')}" if a.get("last_failed_time") else "")
-            + (f"; {pending} .ready" if isinstance(pending, int) else ""))
+    seen = (
+        f"archived {a.get('archived_count')}, last {a.get('last_archived_wal')} at {a.get('last_archived_time')}; "
+        f"failed {a.get('failed_count')}"
+        + (f", last at {a.get('last_failed_time')}" if a.get("last_failed_time") else "")
+        + (f"; {pending} .ready" if isinstance(pending, int) else "")
+    )
     if problems:
         return FAIL, "; ".join(problems) + f" ({seen})"
     return PASS, f"archive_mode {a.get('archive_mode')}, pgBackRest archive_command; {seen}"
@@ -242,7 +269,9 @@ def item_disk(f: dict, declared: dict, is_lab: bool) -> tuple[str, str]:
     m = f.get("data_mount") or {}
     problems = []
     if not is_lab and (root_gb != PROD_ROOT_GB or data_gb != PROD_DATA_GB):
-        problems.append(f"stack declares {root_gb} GB OS + {data_gb} GB data, runbook requires {PROD_ROOT_GB} + {PROD_DATA_GB}")
+        problems.append(
+            f"stack declares {root_gb} GB OS + {data_gb} GB data, runbook requires {PROD_ROOT_GB} + {PROD_DATA_GB}"
+        )
     if _err(m):
         problems.append(f"data mount: {_err(m)}")
     else:
@@ -254,8 +283,11 @@ def item_disk(f: dict, declared: dict, is_lab: bool) -> tuple[str, str]:
         size = m.get("size_bytes")
         if m.get("mounted") and data_gb and size is not None and size < 0.85 * data_gb * 1e9:
             problems.append(f"mounted filesystem is {size / 1e9:.1f} GB, the volume is declared {data_gb} GB")
-    where = (f"{declared.get('mount')} <- {m.get('device')} ({(m.get('size_bytes') or 0) / 1e9:.1f} GB fs, {m.get('fstype')})"
-             if isinstance(m, dict) and m.get("mounted") else "")
+    where = (
+        f"{declared.get('mount')} <- {m.get('device')} ({(m.get('size_bytes') or 0) / 1e9:.1f} GB fs, {m.get('fstype')})"
+        if isinstance(m, dict) and m.get("mounted")
+        else ""
+    )
     scope = ("lab: sizes as the lab declares them" if is_lab else "production")
     text = f"{scope}: declared {root_gb} GB OS + {data_gb} GB data" + (f"; {where}" if where else "")
     if problems:
@@ -311,14 +343,20 @@ def item_rollback_window(f: dict) -> tuple[str, str]:
     strays = sorted(s for s in slots if s != ours)
     if strays:
         listed = ", ".join(f"{s} ({_mib(slots[s].get('retained_bytes'))} WAL retained)" for s in strays)
-        return FAIL, (f"rollback slot(s) on the target that journal {journal} does not record: {listed}; find the cutover "
-                      "journal that made them and run `invoke cutover-finish --journal <it>`")
+        return FAIL, (
+            f"rollback slot(s) on the target that journal {journal} does not record: {listed}; find the cutover "
+            "journal that made them and run `invoke cutover-finish --journal <it>`"
+        )
     if fin:
         if ours in slots:
-            return FAIL, (f"journal {journal} says the rollback window ended at {fin.get('finished_at')}, but slot {ours} is "
-                          "still on the target: re-run `invoke cutover-finish`")
-        return PASS, (f"rollback window ended at {fin.get('finished_at')} (journal {journal}): slot {fin.get('slot')} dropped, "
-                      "rollback to the source is no longer possible")
+            return FAIL, (
+                f"journal {journal} says the rollback window ended at {fin.get('finished_at')}, but slot {ours} is "
+                "still on the target: re-run `invoke cutover-finish`"
+            )
+        return PASS, (
+            f"rollback window ended at {fin.get('finished_at')} (journal {journal}): slot {fin.get('slot')} dropped, "
+            "rollback to the source is no longer possible"
+        )
     if ours and ours in slots:
         sl = slots[ours]
         state = "the cutover was rolled back; " if w.get("rolled_back") else ""
@@ -327,14 +365,19 @@ def item_rollback_window(f: dict) -> tuple[str, str]:
                        f"application owners accept the cutover: `invoke cutover-finish --journal {journal}`")
     end = w.get("capture_end")
     if ours and end:
-        return PASS, (f"rolled back; slot {ours} ended at {end.get('ended_at')} by {end.get('by')} (journal {journal}): "
-                      f"{end.get('why')}")
+        return PASS, (
+            f"rolled back; slot {ours} ended at {end.get('ended_at')} by {end.get('by')} (journal {journal}): "
+            f"{end.get('why')}"
+        )
     if ours:
         return FAIL, (f"journal {journal} records capture slot {ours}, which is gone from the target without "
                       "`invoke cutover-finish`: a rollback could no longer carry the target's changes back")
     if not w.get("exists"):
         return PASS, f"no cutover journal at {journal} and no rollback slot on the target: nothing to end yet"
-    return PASS, f"journal {journal} records no change capture (the switch has not run) and no rollback slot is on the target"
+    return (
+        PASS,
+        f"journal {journal} records no change capture (the switch has not run) and no rollback slot is on the target",
+    )
 
 
 def item_jobs(f: dict) -> tuple[str, str]:
@@ -348,7 +391,9 @@ def item_jobs(f: dict) -> tuple[str, str]:
     if isinstance(src, list):
         checks.insert(0, jp.schedule_check(src, jobs))
     if not checks:
-        return PASS, "no TimescaleDB jobs scheduled on the target" + ("" if isinstance(src, list) else " (source not read)")
+        return PASS, "no TimescaleDB jobs scheduled on the target" + (
+            "" if isinstance(src, list) else " (source not read)"
+        )
     bad = [c for c in checks if not c.ok]
     text = "; ".join(f"{c.name}: {c.observed}" for c in (bad or checks)[:4])
     more = len(bad or checks) - 4
@@ -359,7 +404,10 @@ def item_jobs(f: dict) -> tuple[str, str]:
 def item_human(key: str, decisions: dict, context: str = "") -> tuple[str, str]:
     d = decisions.get(key) if isinstance(decisions, dict) else None
     if isinstance(d, dict) and d.get("decision") and d.get("by"):
-        return PASS, f"human decision recorded: {d['decision']} (by {d['by']}{', ' + str(d['at']) if d.get('at') else ''})"
+        return (
+            PASS,
+            f"human decision recorded: {d['decision']} (by {d['by']}{', ' + str(d['at']) if d.get('at') else ''})",
+        )
     return HUMAN, f"needs human decision: {HUMAN_ITEMS[key]}" + (f"; {context}" if context else "")
 
 
@@ -408,7 +456,11 @@ def summary_line(items: list[Item]) -> str:
         line += f"; FAILED: {'; '.join(fails)}"
     if human:
         line += f"; needs human decision (not a pass): {'; '.join(human)}"
-    verdict = "SIGNOFF COMPLETE" if not fails and not human else ("SIGNOFF FAILED" if fails else "SIGNOFF PENDING HUMAN DECISIONS")
+    verdict = (
+        "SIGNOFF COMPLETE"
+        if not fails and not human
+        else ("SIGNOFF FAILED" if fails else "SIGNOFF PENDING HUMAN DECISIONS")
+    )
     return f"{verdict}: {line}"
 
 
@@ -419,4 +471,6 @@ def to_dict(items: list[Item]) -> dict:
 
 def run_signoff(settings: Settings, progress=None, now: float | None = None, journal=None) -> list[Item]:
     facts = gather(settings, progress, journal_path=journal)
-    return evaluate(facts, agreed=agreed_versions(settings), declared=declared_disks(settings), is_lab=settings.is_lab, now=now)
+    return evaluate(
+        facts, agreed=agreed_versions(settings), declared=declared_disks(settings), is_lab=settings.is_lab, now=now
+    )

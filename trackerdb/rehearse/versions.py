@@ -29,8 +29,15 @@ def version_rows(lab: dict, production: dict) -> list[dict]:
     for key, label, _cfg in KEYS:
         have, want = lab.get(key), production.get(key)
         same = have is not None and str(have) == str(want)
-        rows.append({"name": label, "lab": "" if have is None else str(have), "production": "" if want is None else str(want),
-                     "status": "match" if same else "DEVIATION", "note": ""})
+        rows.append(
+            {
+                "name": label,
+                "lab": "" if have is None else str(have),
+                "production": "" if want is None else str(want),
+                "status": "match" if same else "DEVIATION",
+                "note": "",
+            }
+        )
     return rows
 
 
@@ -40,8 +47,12 @@ def load_rows(lab: dict, path: Path = PROD_STACK) -> list[dict]:
 
 
 #: measured on the hosts (rehearsal/run.py): what runs, not what the config says
-MEASURED = (("source_server", "PostgreSQL running on the source"), ("target_server", "PostgreSQL running on the target"),
-            ("pg_dump", "pg_dump the dump runs (source)"), ("pg_restore", "pg_restore the restore runs (target)"))
+MEASURED = (
+    ("source_server", "PostgreSQL running on the source"),
+    ("target_server", "PostgreSQL running on the target"),
+    ("pg_dump", "pg_dump the dump runs (source)"),
+    ("pg_restore", "pg_restore the restore runs (target)"),
+)
 
 
 def measured_rows(measured: dict, production: dict) -> list[dict]:
