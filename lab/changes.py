@@ -25,13 +25,15 @@ LARGE_OBJECT = 424242
 def day_sql(writer_device: int = WRITER_DEVICE) -> str:
     return f"""SET TIME ZONE 'UTC';
 INSERT INTO tracker.location_reports
-  (device_id, reported_at, received_at, geog, speed_kmh, heading, altitude_m, accuracy_m, battery_pct, satellites, ignition)
+  (device_id, reported_at, received_at, geog, speed_kmh, heading, altitude_m, accuracy_m, battery_pct, satellites,
+      ignition)
 SELECT device_id, reported_at + s.shift, received_at + s.shift, geog, speed_kmh, heading, altitude_m, accuracy_m,
        battery_pct, satellites, ignition
 FROM tracker.location_reports,
      (SELECT date_trunc('day', now()) - (SELECT date_trunc('day', max(reported_at)) FROM tracker.location_reports
                                           WHERE reported_at < date_trunc('day', now())) AS shift) AS s
-WHERE reported_at >= date_trunc('day', now()) - s.shift AND reported_at < date_trunc('day', now()) - s.shift + interval '1 day'
+WHERE reported_at >= date_trunc('day', now()) - s.shift AND reported_at < date_trunc('day', now()) - s.shift + interval
+    '1 day'
   AND device_id <> {int(writer_device)};"""
 
 
@@ -49,29 +51,39 @@ def source_changes(run: int, late_device: int = 7) -> str:
     return f"""
 -- a compressed old chunk (2024-01-02): an update, a delete, an insert
 UPDATE tracker.location_reports SET speed_kmh = 77.5
-  WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03' AND reported_at = {_first(5, '2024-01-02')};
+  WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
+      AND reported_at = {_first(5, '2024-01-02')};
 DELETE FROM tracker.location_reports
-  WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03' AND reported_at = {_first(6, '2024-01-02')};
-INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-VALUES ({int(late_device)}, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false),
+  WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
+      AND reported_at = {_first(6, '2024-01-02')};
+INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct,
+    satellites, ignition)
+VALUES ({int(late_device)}, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5),
+    4326)::geography, 13.5, 91, 51, 8, false),
 -- the newest chunk, and a chunk that did not exist
-       ({int(late_device)}, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
+       ({int(late_device)}, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5),
+           4326)::geography, 12.5, 90, 50, 7, true),
        (3, '{new_day}', now(), ST_SetSRID(ST_MakePoint(2.35, 48.85), 4326)::geography, 40, 180, 90, 9, true);
 -- an uncompressed old chunk (2024-01-07): an update and a delete; then the source compresses it
 UPDATE tracker.location_reports SET heading = 1
-  WHERE device_id = 3 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08' AND reported_at = {_first(3, '2024-01-07')};
+  WHERE device_id = 3 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08'
+      AND reported_at = {_first(3, '2024-01-07')};
 DELETE FROM tracker.location_reports
-  WHERE device_id = 4 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08' AND reported_at = {_first(4, '2024-01-07')};
+  WHERE device_id = 4 AND reported_at >= '2024-01-07' AND reported_at < '2024-01-08'
+      AND reported_at = {_first(4, '2024-01-07')};
 SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('tracker.location_reports',
     newer_than => timestamptz '2024-01-07', older_than => timestamptz '2024-01-08 00:00:01') c;
 -- the other hypertable: an update in a compressed chunk, an insert through its sequence
 UPDATE tracker.device_events SET payload = payload || '{{"corrected": {int(run)}}}'
-  WHERE occurred_at < '2024-01-02' AND id = (SELECT min(id) FROM tracker.device_events WHERE occurred_at < '2024-01-02');
+  WHERE occurred_at < '2024-01-02' AND id = (SELECT min(id) FROM tracker.device_events
+      WHERE occurred_at < '2024-01-02');
 INSERT INTO tracker.device_events (device_id, occurred_at, event_type, payload)
 VALUES (2, '2024-01-09 01:00:00+00'::timestamptz + {at}, 'ignition_on', '{{"late": true}}');
 -- regular tables: an update, a delete of a foreign key's child row, an insert through a serial
-UPDATE tracker.devices SET name = 'renamed before the window {int(run)}', metadata = metadata || '{{"moved": true}}' WHERE id = 2;
-DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id FROM tracker.device_geofences
+UPDATE tracker.devices SET name = 'renamed before the window {int(run)}', metadata = metadata || '{{"moved": true}}'
+    WHERE id = 2;
+DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id
+    FROM tracker.device_geofences
                                                                      ORDER BY 1, 2 LIMIT 1);
 INSERT INTO tracker.geofences (name, kind, area, boundary, created_at)
 SELECT 'late depot {int(run)}', 'depot', area, boundary, now() FROM tracker.geofences ORDER BY id LIMIT 1;
@@ -84,9 +96,12 @@ SELECT lo_put({LARGE_OBJECT}, 0, convert_to('FW{int(run)}', 'UTF8'));
 def target_changes(run: int = 0, late_device: int = 7) -> str:
     at = f"interval '{int(run)} microseconds'"
     return f"""
-INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-VALUES ({int(late_device)}, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 12.5, 90, 50, 7, true),
-       ({int(late_device)}, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 13.5, 91, 51, 8, false);
+INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct,
+    satellites, ignition)
+VALUES ({int(late_device)}, '2024-01-08 06:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5),
+    4326)::geography, 12.5, 90, 50, 7, true),
+       ({int(late_device)}, '2024-01-02 12:00:00+00'::timestamptz + {at}, now(), ST_SetSRID(ST_MakePoint(13.4, 52.5),
+           4326)::geography, 13.5, 91, 51, 8, false);
 UPDATE tracker.location_reports SET speed_kmh = 123.25
   WHERE (device_id, reported_at) = (SELECT device_id, reported_at FROM tracker.location_reports
                                     WHERE device_id = 5 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
@@ -96,7 +111,8 @@ DELETE FROM tracker.location_reports
                                     WHERE device_id = 6 AND reported_at >= '2024-01-02' AND reported_at < '2024-01-03'
                                     ORDER BY reported_at LIMIT 1);
 UPDATE tracker.devices SET name = 'renamed after the switch', metadata = metadata || '{{"moved": true}}' WHERE id = 2;
-DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id FROM tracker.device_geofences
+DELETE FROM tracker.device_geofences WHERE (device_id, geofence_id) = (SELECT device_id, geofence_id
+    FROM tracker.device_geofences
                                                                      ORDER BY 1, 2 LIMIT 1);
 UPDATE tracker.device_events SET payload = payload || '{{"corrected": true}}'
   WHERE id = (SELECT max(id) FROM tracker.device_events WHERE occurred_at >= '2024-01-07');

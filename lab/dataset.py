@@ -71,11 +71,13 @@ def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, tim
         if REFUSAL in msg:
             raise OpsError(
                 f"{remote.name}: {msg}",
-                hint="the generator never drops data: use a fresh cluster, or drop that database yourself if it is disposable",
+                hint="the generator never drops data: use a fresh cluster, or drop that database yourself if it is "
+                     "disposable",
             )
         raise HostError(
             f"{remote.name}: dataset generation failed (psql exit {res.exit_code}): {msg}",
-            hint="check that postgresql, postgis and timescaledb (in shared_preload_libraries) are installed and running",
+            hint="check that postgresql, postgis and timescaledb (in shared_preload_libraries) are installed and "
+                 "running",
         )
     rows = facts(remote, port, database)
     result = {"rows": rows["rows"], "bytes": rows["bytes"], "seconds": round(seconds, 2), "scale": scale, "seed": seed}

@@ -118,7 +118,8 @@ SELECT d.id,
 FROM tracker.devices d
 CROSS JOIN generate_series({n0}, {n1}) AS n
 CROSS JOIN LATERAL (
-    SELECT timestamptz '{BASE_TIME}' + make_interval(secs => n * {REPORT_INTERVAL_S} + floor({rnd(key, 10)} * {REPORT_INTERVAL_S - 1})) AS ts,
+    SELECT timestamptz '{BASE_TIME}' + make_interval(secs => n * {REPORT_INTERVAL_S} + floor({rnd(key, 10)} *
+        {REPORT_INTERVAL_S - 1})) AS ts,
            2 * pi() * (n::float8 / {REPORTS_PER_DAY} + d.id * 0.137) AS angle,
            {rnd(key, 20)} < 0.3 AS parked
 ) t;"""

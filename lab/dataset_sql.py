@@ -204,13 +204,15 @@ SELECT g,
        lpad((350000000000000 + g * 7919)::text, 15, '0'),
        'Vehicle ' || g,
        ({models})[1 + floor({rnd(dkey, 1)} * {len(MODELS)})::int],
-       format('%s.%s.%s', 1 + floor({rnd(dkey, 2)} * 3)::int, floor({rnd(dkey, 3)} * 10)::int, floor({rnd(dkey, 4)} * 40)::int),
+       format('%s.%s.%s', 1 + floor({rnd(dkey, 2)} * 3)::int, floor({rnd(dkey, 3)} * 10)::int, floor({rnd(dkey, 4)} *
+           40)::int),
        (CASE WHEN {rnd(dkey, 5)} < 0.85 THEN 'active' WHEN {rnd(dkey, 5)} < 0.93 THEN 'inactive'
              WHEN {rnd(dkey, 5)} < 0.97 THEN 'maintenance' ELSE 'retired' END)::tracker.device_status,
        p.lon, p.lat, p.radius,
        ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
        jsonb_build_object('fleet', 'fleet-' || (1 + g % 17), 'plate', 'TR-' || lpad((g * 37 % 100000)::text, 5, '0'),
-                          'sim', jsonb_build_object('iccid', '8901' || lpad((g * 104729)::text, 15, '0'), 'apn', 'iot.example')),
+                          'sim', jsonb_build_object('iccid', '8901' || lpad((g * 104729)::text, 15, '0'), 'apn',
+                              'iot.example')),
        timestamptz '{BASE_TIME}' - make_interval(days => 30 + floor({rnd(dkey, 6)} * 700)::int),
        timestamptz '{BASE_TIME}'
 FROM generate_series(1, {sz.devices}) AS g
@@ -244,14 +246,17 @@ CROSS JOIN LATERAL (VALUES (a.f1), (a.f1 % {sz.geofences} + 1)) AS v (f);
 INSERT INTO tracker.device_events (id, device_id, occurred_at, event_type, payload)
 SELECT (d.id - 1)::bigint * {EVENTS_PER_DEVICE} + n + 1,
        d.id,
-       timestamptz '{BASE_TIME}' + make_interval(secs => n * {EVENT_INTERVAL_S} + floor({rnd(ekey, 51)} * {EVENT_INTERVAL_S - 1})),
+       timestamptz '{BASE_TIME}' + make_interval(secs => n * {EVENT_INTERVAL_S} + floor({rnd(ekey, 51)} *
+           {EVENT_INTERVAL_S - 1})),
        e.type,
        jsonb_build_object('seq', n, 'firmware', d.firmware)
          || CASE e.type
               WHEN 'low_battery' THEN jsonb_build_object('battery_pct', floor({rnd(ekey, 52)} * 15)::int)
               WHEN 'harsh_braking' THEN jsonb_build_object('decel_ms2', round((3 + {rnd(ekey, 53)} * 6)::numeric, 2))
-              WHEN 'geofence_enter' THEN jsonb_build_object('geofence_id', 1 + floor({rnd(ekey, 54)} * {sz.geofences})::int)
-              WHEN 'geofence_exit' THEN jsonb_build_object('geofence_id', 1 + floor({rnd(ekey, 54)} * {sz.geofences})::int)
+              WHEN 'geofence_enter' THEN jsonb_build_object('geofence_id', 1 + floor({rnd(ekey, 54)} *
+                  {sz.geofences})::int)
+              WHEN 'geofence_exit' THEN jsonb_build_object('geofence_id', 1 + floor({rnd(ekey, 54)} *
+                  {sz.geofences})::int)
               WHEN 'sos' THEN jsonb_build_object('acknowledged', {rnd(ekey, 55)} < 0.5, 'note', 'driver pressed SOS')
               ELSE '{{}}'::jsonb END
 FROM tracker.devices d
@@ -303,7 +308,8 @@ BEGIN
     RETURN total;
 END
 $fn$;
-COMMENT ON FUNCTION tracker.track_length_m(integer, timestamptz, timestamptz) IS 'Distance in metres a device drove in [p_from, p_to)';
+COMMENT ON FUNCTION tracker.track_length_m(integer, timestamptz, timestamptz)
+    IS 'Distance in metres a device drove in [p_from, p_to)';
 
 CREATE FUNCTION tracker.touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
@@ -394,7 +400,8 @@ RESET ROLE;
 CREATE VIEW {s}.visible_notes AS SELECT id, device_id, severity, note FROM {s}.device_notes;
 ALTER VIEW {s}.visible_notes OWNER TO {r};
 GRANT SELECT ON {s}.visible_notes TO {READONLY};
-CREATE FUNCTION {s}.maintenance_window() RETURNS text LANGUAGE sql IMMUTABLE AS $fn$ SELECT 'sun 02:00-04:00'::text $fn$;
+CREATE FUNCTION {s}.maintenance_window() RETURNS text LANGUAGE sql IMMUTABLE
+    AS $fn$ SELECT 'sun 02:00-04:00'::text $fn$;
 ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA {s} GRANT SELECT ON TABLES TO {r};
 """
 
@@ -454,7 +461,8 @@ COMMENT ON PROCEDURE {UDA}(integer, jsonb) IS 'User-defined action: count active
 
 -- policies last, so the scheduler never races the compression and refreshes above
 SELECT add_compression_policy('tracker.location_reports',
-    compress_after => date_trunc('hour', now() - timestamptz '{COMPRESS_BEFORE}'), schedule_interval => interval '12 hours');
+    compress_after => date_trunc('hour', now() - timestamptz '{COMPRESS_BEFORE}'), schedule_interval => interval
+        '12 hours');
 SELECT add_retention_policy('tracker.device_events', drop_after => interval '{RETENTION}');
 SELECT add_continuous_aggregate_policy('tracker.location_reports_hourly',
     start_offset => NULL, end_offset => interval '1 hour', schedule_interval => interval '1 hour');

@@ -1,4 +1,5 @@
-"""The `source` host (the old shared server): a PostgreSQL 16.10 cluster with PostGIS 3.5.2 and TimescaleDB 2.18.2 (community
+"""The `source` host (the old shared server): a PostgreSQL 16.10 cluster with PostGIS 3.5.2 and TimescaleDB 2.18.2
+    (community
 licence, as production) preloaded, archiving WAL through pgBackRest to the shared stanza on `repo`, the tracker
 dataset and an unrelated database."""
 
@@ -17,7 +18,8 @@ MAJOR = engine16_debs.PG_MAJOR
 FLEET_SQL = """CREATE DATABASE fleet_archive;
 \\c fleet_archive
 CREATE TABLE archived_trips (id bigint PRIMARY KEY, vehicle text NOT NULL, closed_at timestamptz NOT NULL);
-INSERT INTO archived_trips SELECT g, 'van-' || g, timestamptz '2020-01-01' + g * interval '1 day' FROM generate_series(1, 5) g;
+INSERT INTO archived_trips SELECT g, 'van-' || g, timestamptz '2020-01-01' + g * interval '1 day'
+    FROM generate_series(1, 5) g;
 """
 
 
@@ -93,7 +95,8 @@ def check_edition(st: State, version: str = tsdb.VERSION) -> None:
     if got != f"{version} timescale":
         raise LabError(
             f"source: TimescaleDB in tracker is {got or 'missing'!r}, expected '{version} timescale'",
-            hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's pg-* layer and lab.up again",
+            hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's pg-* layer and "
+                 "lab.up again",
         )
 
 

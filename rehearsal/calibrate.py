@@ -194,8 +194,10 @@ def calibrate_window(settings: Settings, run_dir: Path, say=None) -> dict:
 
 def _writer_rows_sql(n: int) -> str:
     """``n`` rows of the writer's device in today's chunk, as the live writer adds them (one per instant)."""
-    return f"""INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
-SELECT {changes.WRITER_DEVICE}, date_trunc('day', now()) + g * interval '1 millisecond' + interval '1 microsecond' * (extract(epoch FROM now())::bigint % 1000),
+    return f"""INSERT INTO tracker.location_reports (device_id, reported_at, received_at, geog, speed_kmh, heading,
+        battery_pct, satellites, ignition)
+SELECT {changes.WRITER_DEVICE}, date_trunc('day', now()) + g * interval '1 millisecond' + interval '1 microsecond' *
+    (extract(epoch FROM now())::bigint % 1000),
        now(), ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326)::geography, 10, 90, 50, 7, true
 FROM generate_series(1, {int(n)}) g ON CONFLICT DO NOTHING;"""
 

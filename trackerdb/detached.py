@@ -116,7 +116,8 @@ def status_line(d: str) -> str:
         # the wrapper may have written rc and exited between the first test and the pid's: look again
         'elif [ -f "$d/rc" ]; then echo "done $(head -n 1 "$d/rc")"; '
         "else echo dead; fi; "
-        "for f in phase started launched; do printf '%s\\n' \"$(head -c 4096 \"$d/$f\" 2>/dev/null | head -n 1 | tr -d '\\r')\"; done; "
+        "for f in phase started launched; do printf '%s\\n' \"$(head -c 4096 \"$d/$f\" 2>/dev/null | head -n 1 | tr -d "
+        "'\\r')\"; done; "
         "date +%s"
     )
 

@@ -70,7 +70,8 @@ def drop_scan_command(settings: Settings) -> str:
     oks = f"{conf.spool_path(settings)}/archive/{shlex.quote(settings.stanza)}/out/*.ok"
     return (
         f'for f in {pglogs} {brlogs} {oks}; do [ -f "$f" ] || continue; '
-        f'case "$f" in *.gz) zcat -- "$f";; *) cat -- "$f";; esac | grep -a \'dropped WAL file\' | sed "s|^|$f: |"; done; true'
+        'case "$f" in *.gz) zcat -- "$f";; *) cat -- "$f";; esac | grep -a \'dropped WAL file\' | sed "s|^|$f: |"; '
+        'done; true'
     )
 
 
@@ -104,7 +105,8 @@ def archiver_checks(arch: dict, settings: Settings) -> list[Check]:
         Check(
             "postgresql archiver is not failing",
             not failing,
-            f"archived {arch.get('archived_count')}, last {arch.get('last_archived_wal')} at {arch.get('last_archived_time')}; "
+            f"archived {arch.get('archived_count')}, last {arch.get('last_archived_wal')} at "
+            f"{arch.get('last_archived_time')}; "
             f"failed {arch.get('failed_count')}, last {arch.get('last_failed_wal')} at {arch.get('last_failed_time')}",
             "last success newer than last failure",
             evidence="pg_stat_archiver",

@@ -49,7 +49,8 @@ def parse_host_key(line: str | None) -> tuple[str, str]:
     if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
         raise ConfigError(
             "the repository host's public key is not configured (repo.host_key)",
-            hint="set trackerdb.repo.host_key to the line from /etc/ssh/ssh_host_ed25519_key.pub on the repository host, obtained out of band",
+            hint="set trackerdb.repo.host_key to the line from /etc/ssh/ssh_host_ed25519_key.pub on the repository "
+                 "host, obtained out of band",
         )
     return parts[0], parts[1]
 
@@ -83,7 +84,8 @@ def merge_known_hosts(current: str | None, settings: Settings) -> tuple[str, boo
         if names & set(parts[0].split(",")) and parts[1] == ktype and parts[2] != kb64:
             raise HostError(
                 f"postgres's known_hosts already pins a different {ktype} key for {settings.repo_host_name}",
-                hint="the repository host was rebuilt or Settings hold the wrong key: verify the key out of band, then fix repo.host_key or remove the stale line",
+                hint="the repository host was rebuilt or Settings hold the wrong key: verify the key out of band, then "
+                     "fix repo.host_key or remove the stale line",
             )
     if wanted in lines or wanted.rstrip("\n") in [ln.rstrip("\n") for ln in lines]:
         return "".join(lines), False
@@ -332,7 +334,8 @@ def probe_error(settings: Settings, probe: Probe) -> HostError:
     if probe.state == "refused-key":
         return HostError(
             f"the repository host {where} refuses postgres's key ({probe.detail})",
-            hint="the repository side has not installed the key yet: re-run backrest.setup for the exact line to hand over",
+            hint="the repository side has not installed the key yet: re-run backrest.setup for the exact line to hand "
+                 "over",
         )
     if probe.state == "unreachable":
         return HostError(f"the repository host {where} is unreachable ({probe.detail})",
@@ -351,7 +354,8 @@ def handover_text(settings: Settings, pubkey: str) -> str:
         f"1. Install this forced command as {REMOTE_ONLY_PATH}, owned by root, mode 0755 (its directory root-owned\n"
         f"   and not writable by {user}). It lets this key run only pgBackRest's remote for stanza {settings.stanza}\n"
         f"   (archive-push/-get, backup, check, info, stanza-create, restore, expire, verify) with --repo3-path=\n"
-        f"   {settings.repo_path}; everything else (a shell, `id`, `rm`, another stanza such as {settings.shared_stanza})\n"
+        f"   {settings.repo_path}; everything else (a shell, `id`, `rm`, another stanza such as "
+        f"{settings.shared_stanza})\n"
         f"   is refused and logged to syslog (auth, tag {REMOTE_ONLY_TAG}) and {REMOTE_ONLY_LOG}:\n\n"
         f"----- {REMOTE_ONLY_PATH} -----\n{remote_only_script(settings)}----- end -----\n\n"
         f"2. Optionally, for the file log: install -d -m 0755 -o root -g root {REMOTE_ONLY_LOG.rsplit('/', 1)[0]} &&\n"

@@ -88,7 +88,8 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
         )
     out.print("window steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in (summary.get("window_steps_s") or {}).items()))
     out.print(
-        f"outage (writes refused): {summary['outage_s']}s (until the TTL was waited out: {summary['outage_until_ttl_waited_s']}s)"
+        f"outage (writes refused): {summary['outage_s']}s (until the TTL was waited out: "
+        f"{summary['outage_until_ttl_waited_s']}s)"
     )
     out.print(f"final WAL position on the source: {summary['final_lsn']}; frozen at {summary['frozen_at']}")
     sw = summary.get("switch") or {}

@@ -13,7 +13,8 @@ from .common import elapsed_progress, ops_task, out, settings
 @task(
     help={
         "json": "print the checklist as JSON",
-        "journal": "the cutover's journal, whose rollback window must be ended (default: <state_dir>/cutover/journal.jsonl)",
+        "journal": "the cutover's journal, whose rollback window must be ended (default: "
+                   "<state_dir>/cutover/journal.jsonl)",
     }
 )
 @ops_task

@@ -35,16 +35,19 @@ def line(path: str | None, db_bytes: int | None) -> str:
     cost = _span(*projected_s(path or "full", db_bytes)) if db_bytes is not None else "cost unknown"
     if path == "delta":
         return (
-            f"content (verify, phase 5): pre-copy path -- both hosts' tuple versions read, only what was written since the "
-            f"delta's last prints digested again; projected {cost} for {size} inside the window (measured: about 37 s at 11 GiB)"
+            "content (verify, phase 5): pre-copy path -- both hosts' tuple versions read, "
+            "only what was written since the delta's last prints digested again; "
+            f"projected {cost} for {size} inside the window (measured: about 37 s at 11 GiB)"
         )
     if path == "full":
         return (
-            f"content (verify, phase 5): FULL path -- every table and chunk range digested on the frozen source and the target "
-            f"at once, inside the window: projected {cost} for {size} (measured: 3.5-9 min at 11 GiB, 0.5-1.3x pg_dump's time); "
+            "content (verify, phase 5): FULL path -- every table and chunk range digested "
+            "on the frozen source and the target at once, inside the window: "
+            f"projected {cost} for {size} (measured: 3.5-9 min at 11 GiB, 0.5-1.3x pg_dump's time); "
             "the window's dump takes no digests (this verify reads the frozen source itself)"
         )
     return (
-        f"content (verify, phase 5): the path is decided after the freeze; pre-copy {_span(*projected_s('delta', db_bytes or 0))}, "
+        "content (verify, phase 5): the path is decided after the freeze; pre-copy "
+        f"{_span(*projected_s('delta', db_bytes or 0))}, "
         f"full {_span(*projected_s('full', db_bytes or 0))} for {size}"
     )

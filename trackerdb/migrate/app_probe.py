@@ -23,7 +23,8 @@ TEMP_TABLE = "trackerdb_verify_probe"
 # in the application role's own session: current_user is the role whose privileges decide
 # est_rows: the planner's estimate, a hypertable's (or partitioned table's) summed over its chunks (pg_inherits)
 WRITABLE_SQL = f"""SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname,
-         'est_rows', (greatest(c.reltuples, 0) + coalesce((SELECT sum(greatest(k.reltuples, 0)) FROM pg_catalog.pg_inherits i
+         'est_rows', (greatest(c.reltuples, 0) + coalesce((SELECT sum(greatest(k.reltuples, 0))
+             FROM pg_catalog.pg_inherits i
                       JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid WHERE i.inhparent = c.oid), 0))::bigint)
          ORDER BY n.nspname, c.relname), '[]'::json)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -121,5 +122,6 @@ def write_probe(cur, facts: dict | None, role: str) -> str:
         evidence = f"inserted {cur.rowcount} row into {name} (INSERT granted to {role}), rolled back"
     except psycopg.errors.UniqueViolation:
         # the heap insert happened and was refused at the unique index: privileges and write path ok
-        evidence = f"insert into {name} (INSERT granted to {role}) reached its unique index (duplicate of a copied row), rolled back"
+        evidence = (f"insert into {name} (INSERT granted to {role}) reached its unique index (duplicate of a copied "
+                    "row), rolled back")
     return evidence + note + (f"; latest row {latest}" if latest else "")

@@ -53,16 +53,20 @@ REFRESH_STATE_SQL = f"""(SELECT coalesce(json_agg(json_build_object(
     'time_type', (SELECT format_type(d.column_type, NULL) FROM {_CAT}.dimension d
                   WHERE d.hypertable_id = ca.mat_hypertable_id AND d.interval_length IS NOT NULL ORDER BY d.id LIMIT 1),
     'bucket_width', (SELECT CASE WHEN bf.bucket_width ~ '^[0-9]+$' THEN bf.bucket_width::bigint
-                                 ELSE {_TSF}.interval_to_usec(bf.bucket_width::interval) * CASE WHEN bf.bucket_fixed_width THEN 1 ELSE 2 END END
+                                 ELSE {_TSF}.interval_to_usec(bf.bucket_width::interval) * CASE
+                                     WHEN bf.bucket_fixed_width THEN 1 ELSE 2 END END
                      FROM {_CAT}.continuous_aggs_bucket_function bf WHERE bf.mat_hypertable_id = ca.mat_hypertable_id),
-    'watermark', (SELECT w.watermark FROM {_CAT}.continuous_aggs_watermark w WHERE w.mat_hypertable_id = ca.mat_hypertable_id),
-    'threshold', (SELECT t.watermark FROM {_CAT}.continuous_aggs_invalidation_threshold t WHERE t.hypertable_id = ca.raw_hypertable_id),
+    'watermark', (SELECT w.watermark FROM {_CAT}.continuous_aggs_watermark w
+        WHERE w.mat_hypertable_id = ca.mat_hypertable_id),
+    'threshold', (SELECT t.watermark FROM {_CAT}.continuous_aggs_invalidation_threshold t
+        WHERE t.hypertable_id = ca.raw_hypertable_id),
     'pending', (SELECT coalesce(json_agg(json_build_array(l.lo, l.hi) ORDER BY l.lo, l.hi), '[]'::json) FROM (
         SELECT h.lowest_modified_value AS lo, h.greatest_modified_value AS hi
           FROM {_CAT}.continuous_aggs_hypertable_invalidation_log h WHERE h.hypertable_id = ca.raw_hypertable_id
         UNION ALL
         SELECT m.lowest_modified_value, m.greatest_modified_value
-          FROM {_CAT}.continuous_aggs_materialization_invalidation_log m WHERE m.materialization_id = ca.mat_hypertable_id) l))
+          FROM {_CAT}.continuous_aggs_materialization_invalidation_log m
+              WHERE m.materialization_id = ca.mat_hypertable_id) l))
     ORDER BY ca.user_view_schema, ca.user_view_name), '[]'::json)
   FROM {_CAT}.continuous_agg ca)"""
 
@@ -70,20 +74,25 @@ _AGGS_SQL = f"""(SELECT coalesce(json_agg(json_build_object(
     'cagg', ca.user_view_schema || '.' || ca.user_view_name,
     'view', format('%I.%I', ca.user_view_schema, ca.user_view_name),
     'direct', format('%I.%I', ca.direct_view_schema, ca.direct_view_name),
-    'raw', (SELECT format('%I.%I', h.schema_name, h.table_name) FROM {_CAT}.hypertable h WHERE h.id = ca.raw_hypertable_id),
+    'raw', (SELECT format('%I.%I', h.schema_name, h.table_name) FROM {_CAT}.hypertable h
+        WHERE h.id = ca.raw_hypertable_id),
     'hierarchical', ca.parent_mat_hypertable_id IS NOT NULL, 'materialized_only', ca.materialized_only,
     'bucket_column', d.column_name, 'bucket_type', format_type(d.column_type, NULL),
     'bucket_width', bf.bucket_width,
     'integer_now', (SELECT format('%I.%I', rd.integer_now_func_schema, rd.integer_now_func) FROM {_CAT}.dimension rd
                     WHERE rd.hypertable_id = ca.raw_hypertable_id AND rd.integer_now_func IS NOT NULL LIMIT 1),
-    'columns', (SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, NULL)) ORDER BY a.attnum)
+    'columns', (SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, NULL))
+        ORDER BY a.attnum)
                 FROM pg_attribute a WHERE a.attrelid = format('%I.%I', ca.user_view_schema, ca.user_view_name)::regclass
                   AND a.attnum > 0 AND NOT a.attisdropped),
-    'watermark', (SELECT w.watermark FROM {_CAT}.continuous_aggs_watermark w WHERE w.mat_hypertable_id = ca.mat_hypertable_id),
-    'raw_bytes', (SELECT coalesce(sum(pg_total_relation_size(format('%I.%I', ch.schema_name, ch.table_name)::regclass)), 0)
+    'watermark', (SELECT w.watermark FROM {_CAT}.continuous_aggs_watermark w
+        WHERE w.mat_hypertable_id = ca.mat_hypertable_id),
+    'raw_bytes', (SELECT coalesce(sum(pg_total_relation_size(format('%I.%I', ch.schema_name, ch.table_name)::regclass)),
+        0)
                   FROM {_CAT}.chunk ch WHERE NOT ch.dropped AND ch.hypertable_id IN (
                     SELECT h.id FROM {_CAT}.hypertable h WHERE h.id = ca.raw_hypertable_id
-                    UNION SELECT h.compressed_hypertable_id FROM {_CAT}.hypertable h WHERE h.id = ca.raw_hypertable_id)))
+                    UNION SELECT h.compressed_hypertable_id FROM {_CAT}.hypertable h
+                        WHERE h.id = ca.raw_hypertable_id)))
     ORDER BY ca.user_view_schema, ca.user_view_name), '[]'::json)
   FROM {_CAT}.continuous_agg ca
   JOIN {_CAT}.dimension d ON d.hypertable_id = ca.mat_hypertable_id AND d.interval_length IS NOT NULL
@@ -160,11 +169,13 @@ def compare_sql(meta: dict, watermark: int, pending: list[tuple[int, int]], samp
     b = f"t.{ident(meta['bucket_column'])}::text"
 
     def side(rel):
-        return f"SELECT {b} AS b, {key} AS k, {farr} AS f FROM (\n    {_source(rel, meta, watermark, sample)}) t WHERE {keep}"
+        return (f"SELECT {b} AS b, {key} AS k, {farr} AS f FROM (\n"
+                f"    {_source(rel, meta, watermark, sample)}) t WHERE {keep}")
 
     same = (
         " AND ".join(
-            f"coalesce(mm.f[{i}] = rr.f[{i}] OR abs(mm.f[{i}] - rr.f[{i}]) <= {TOLERANCE[c['type']]} * greatest(abs(mm.f[{i}]), abs(rr.f[{i}])), "
+            f"coalesce(mm.f[{i}] = rr.f[{i}] OR abs(mm.f[{i}] - rr.f[{i}]) <= {TOLERANCE[c['type']]} * "
+            f"greatest(abs(mm.f[{i}]), abs(rr.f[{i}])), "
             f"mm.f[{i}] IS NULL AND rr.f[{i}] IS NULL)"
             for i, c in enumerate(floats, 1)
         )
@@ -188,8 +199,10 @@ def sample_sql(meta: dict, watermark: int, pending: list[tuple[int, int]], size:
     """The sampled buckets: materialized, compared ones only, first ``size`` in md5 order of their text."""
     col = ident(meta["bucket_column"])
     return (
-        f"SELECT coalesce(json_agg(s.b ORDER BY s.b), '[]'::json) FROM (SELECT DISTINCT t.{col}::text AS b, md5(t.{col}::text) AS h "
-        f"FROM {meta['view']} t WHERE t.{col} < {from_internal(watermark, meta['bucket_type'])} AND {keep_sql(meta, pending)} "
+        f"SELECT coalesce(json_agg(s.b ORDER BY s.b), '[]'::json) FROM (SELECT DISTINCT t.{col}::text AS b, "
+        f"md5(t.{col}::text) AS h "
+        f"FROM {meta['view']} t WHERE t.{col} < {from_internal(watermark, meta['bucket_type'])} AND "
+        f"{keep_sql(meta, pending)} "
         f"ORDER BY h LIMIT {int(size)}) s;"
     )
 
@@ -334,7 +347,8 @@ def content_check(
     scope = (
         f"all {res.get('buckets')} bucket(s)"
         if sample is None
-        else f"a sample of {len(sample)} bucket(s) (first {sample_size} in md5 order; raw side {int(meta.get('raw_bytes') or 0) >> 20} MiB)"
+        else f"a sample of {len(sample)} bucket(s) (first {sample_size} in md5 order; raw side "
+             f"{int(meta.get('raw_bytes') or 0) >> 20} MiB)"
         + (f": {', '.join(sample[:3])}{' …' if len(sample) > 3 else ''}" if sample else "")
     )
     scope += f" below the watermark {internal_text(wm, t)}"

@@ -105,7 +105,8 @@ def checks_against(dumped: dict, tgt_catalog: dict, tgt_prints: dict, planned: t
     n_bad = sum(not c.ok for c in checks)
     dump_s = (dumped.get("timings") or {}).get("digests_s")
     how = (
-        f"manifest: digests taken in the dump's snapshot{f' ({dump_s} s, alongside pg_dump)' if dump_s is not None else ''}; "
+        "manifest: digests taken in the dump's "
+        f"snapshot{f' ({dump_s} s, alongside pg_dump)' if dump_s is not None else ''}; "
         f"target read: {len(pl['read'])} tables/chunk ranges in {read_s} s"
     )
     out = [Check(ct.CONTENT, n_bad == 0, f"{len(checks) - n_bad} of {len(checks)} equal; {how}",

@@ -45,7 +45,8 @@ def jobs_sql() -> str:
     """Every job of the database with its scheduler record (JSON list)."""
     return (
         "SELECT coalesce(json_agg(json_build_object('id', j.job_id, 'proc', j.proc_schema || '.' || j.proc_name, "
-        "'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL ELSE j.hypertable_schema || '.' || j.hypertable_name END, "
+        "'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL ELSE j.hypertable_schema || '.' || "
+        "j.hypertable_name END, "
         "'scheduled', j.scheduled, 'next_start', j.next_start, 'interval', j.schedule_interval::text, "
         "'successes', coalesce(s.total_successes, 0), 'failures', coalesce(s.total_failures, 0), "
         "'last_status', s.last_run_status, 'last_success', s.last_successful_finish, 'job_status', s.job_status) "

@@ -92,7 +92,8 @@ def holders(facts: dict, db: str, now: datetime, journals: dict) -> list[str]:
     items += [
         (
             int(s.get("retained_bytes") or 0),
-            f"slot {s['slot']} on {s.get('database') or 'the cluster'} ({toc.human_bytes(int(s.get('retained_bytes') or 0))} "
+            f"slot {s['slot']} on {s.get('database') or 'the cluster'} "
+            f"({toc.human_bytes(int(s.get('retained_bytes') or 0))} "
             f"WAL retained): `{slot_command(s['slot'], journals)}`",
         )
         for s in facts.get("slots") or []

@@ -85,15 +85,18 @@ SELECT json_build_object(
         'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]'::json)
     FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database()),
   'object_grants', (SELECT coalesce(json_agg(json_build_object('kind', x.kind, 'name', x.name, 'grantee', x.grantee,
-      'privilege', x.privilege, 'grantable', x.grantable) ORDER BY x.kind, x.name, x.grantee, x.privilege), '[]'::json) FROM (
-      SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind, format('%I.%I', n.nspname, c.relname) AS name,
+      'privilege', x.privilege, 'grantable', x.grantable) ORDER BY x.kind, x.name, x.grantee, x.privilege), '[]'::json)
+          FROM (
+      SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind, format('%I.%I', n.nspname, c.relname)
+          AS name,
              CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
              a.privilege_type AS privilege, a.is_grantable AS grantable
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
         WHERE c.relacl IS NOT NULL AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
           AND {_USER_NS} AND {_NOT_EXT_MEMBER.format(cat='pg_class', obj='c.oid')}
       UNION ALL
-      SELECT 'SCHEMA', format('%I', n.nspname), CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+      SELECT 'SCHEMA', format('%I', n.nspname), CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+          ELSE pg_get_userbyid(a.grantee) END,
              a.privilege_type, a.is_grantable
         FROM pg_namespace n, aclexplode(n.nspacl) a
         WHERE n.nspacl IS NOT NULL AND a.grantee <> n.nspowner AND {_USER_NS}
@@ -103,7 +106,8 @@ SELECT json_build_object(
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a
         WHERE p.proacl IS NOT NULL AND p.prokind <> 'a' AND a.grantee <> p.proowner
           AND {_USER_NS} AND {_NOT_EXT_MEMBER.format(cat='pg_proc', obj='p.oid')}) x),
-  'default_acls', (SELECT coalesce(json_agg(json_build_object('role', pg_get_userbyid(d.defaclrole), 'schema', n.nspname,
+  'default_acls', (SELECT coalesce(json_agg(json_build_object('role', pg_get_userbyid(d.defaclrole), 'schema',
+      n.nspname,
       'objtype', d.defaclobjtype, 'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
       'privilege', a.privilege_type, 'grantable', a.is_grantable)
       ORDER BY pg_get_userbyid(d.defaclrole), n.nspname, d.defaclobjtype, a.grantee, a.privilege_type), '[]'::json)
@@ -120,7 +124,8 @@ SELECT json_build_object(
         UNION SELECT unnest(pol.polroles) FROM pg_policy pol
         UNION SELECT da.defaclrole FROM pg_default_acl da
         UNION SELECT d.datdba FROM pg_database d WHERE d.datname = current_database()
-        UNION SELECT (aclexplode(d.datacl)).grantee FROM pg_database d WHERE d.datname = current_database() AND d.datacl IS NOT NULL
+        UNION SELECT (aclexplode(d.datacl)).grantee FROM pg_database d WHERE d.datname = current_database() AND d.datacl
+            IS NOT NULL
         UNION SELECT s.setrole FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
               WHERE d.datname = current_database())
     SELECT coalesce(json_agg(json_build_object('name', r.rolname, 'login', r.rolcanlogin, 'superuser', r.rolsuper)
@@ -131,9 +136,11 @@ SELECT json_build_object(
 
 # count(*) / an order-independent content checksum of any relation, in one plain query (no PL/pgSQL):
 # the checksum sums the first 60 bits of md5(row::text), so it streams at any size (see dataset.checksum_sql)
-_COUNT = "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', {s}, {n}), false, true, '')))[1]::text::bigint"
+_COUNT = ("(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', {s}, {n}), false, true, "
+          "'')))[1]::text::bigint")
 _DIGEST = (
-    "(xpath('/row/d/text()', query_to_xml(format('SELECT coalesce(sum((''x'' || left(md5(t::text), 15))::bit(60)::bigint), 0) "
+    "(xpath('/row/d/text()', query_to_xml(format('SELECT coalesce(sum((''x'' || left(md5(t::text), "
+    "15))::bit(60)::bigint), 0) "
     "AS d FROM %I.%I t', {s}, {n}), false, true, '')))[1]::text"
 )
 
@@ -154,7 +161,8 @@ def cagg_content_sql(schema: str, name: str, time_column: str | None, watermark:
         else ""
     )
     return (
-        f"SELECT json_build_object('rows', count(*), 'digest', coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)::text) "
+        "SELECT json_build_object('rows', count(*), 'digest', coalesce(sum(('x' || left(md5(t::text), "
+        "15))::bit(60)::bigint), 0)::text) "
         f"FROM {ident(schema)}.{ident(name)} t{where};"
     )
 
@@ -164,14 +172,17 @@ SELECT json_build_object(
   'hypertables', (SELECT coalesce(json_agg(json_build_object('schema', h.hypertable_schema, 'name', h.hypertable_name,
       'num_chunks', h.num_chunks, 'compression_enabled', h.compression_enabled,
       'rows', {_COUNT.format(s='h.hypertable_schema', n='h.hypertable_name')},
-      'compressed_chunks', (SELECT count(*) FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
+      'compressed_chunks', (SELECT count(*) FROM timescaledb_information.chunks ch
+          WHERE ch.hypertable_schema = h.hypertable_schema
                             AND ch.hypertable_name = h.hypertable_name AND ch.is_compressed),
-      'uncompressed_chunks', (SELECT count(*) FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
+      'uncompressed_chunks', (SELECT count(*) FROM timescaledb_information.chunks ch
+          WHERE ch.hypertable_schema = h.hypertable_schema
                               AND ch.hypertable_name = h.hypertable_name AND NOT ch.is_compressed),
       'compressed_rows', (SELECT coalesce(sum({_COUNT.format(s='ch.chunk_schema', n='ch.chunk_name')}), 0)
                           FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
                             AND ch.hypertable_name = h.hypertable_name AND ch.is_compressed),
-      'compressed_chunk_rows', (SELECT coalesce(json_object_agg(ch.chunk_name, {_COUNT.format(s='ch.chunk_schema', n='ch.chunk_name')}), '{{}}'::json)
+      'compressed_chunk_rows', (SELECT coalesce(json_object_agg(ch.chunk_name,
+          {_COUNT.format(s='ch.chunk_schema', n='ch.chunk_name')}), '{{}}'::json)
                                 FROM timescaledb_information.chunks ch WHERE ch.hypertable_schema = h.hypertable_schema
                                   AND ch.hypertable_name = h.hypertable_name AND ch.is_compressed),
       'dimensions', (SELECT coalesce(json_agg(json_build_object('column', d.column_name, 'type', d.dimension_type,
@@ -191,16 +202,19 @@ SELECT json_build_object(
       'refresh_policy', (SELECT json_build_object('schedule_interval', j.schedule_interval::text,
             'start_offset', j.config->'start_offset', 'end_offset', j.config->'end_offset', 'scheduled', j.scheduled)
           FROM timescaledb_information.jobs j
-          WHERE j.proc_name = 'policy_refresh_continuous_aggregate' AND j.hypertable_schema = a.materialization_hypertable_schema
+          WHERE j.proc_name = 'policy_refresh_continuous_aggregate'
+              AND j.hypertable_schema = a.materialization_hypertable_schema
             AND j.hypertable_name = a.materialization_hypertable_name LIMIT 1))
       ORDER BY a.view_schema, a.view_name), '[]'::json)
     FROM timescaledb_information.continuous_aggregates a
-    JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name
+    JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema
+        AND ca.user_view_name = a.view_name
     CROSS JOIN LATERAL (SELECT _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id) AS wm,
         (SELECT d.column_name FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = ca.mat_hypertable_id
            AND d.column_type = 'timestamptz'::regtype ORDER BY d.id LIMIT 1) AS tcol) cw),
   'jobs', (SELECT coalesce(json_agg(json_build_object('id', j.job_id, 'proc', j.proc_schema || '.' || j.proc_name,
-      'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL ELSE j.hypertable_schema || '.' || j.hypertable_name END,
+      'hypertable', CASE WHEN j.hypertable_name IS NULL THEN NULL
+          ELSE j.hypertable_schema || '.' || j.hypertable_name END,
       'schedule_interval', j.schedule_interval::text, 'scheduled', j.scheduled, 'owner', j.owner::text,
       'config', j.config)
       ORDER BY j.job_id), '[]'::json)
@@ -423,6 +437,7 @@ def content_digest_sql(schema: str, table: str, geometry_columns: list[str] | No
             f"FROM (SELECT t::text || '#' || {expr} AS x FROM {rel} t) s;"
         )
     return (
-        f"SELECT json_build_object('md5', md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')), 'rows', count(*)) "
+        "SELECT json_build_object('md5', md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')), 'rows', "
+        "count(*)) "
         f"FROM {rel} t;"
     )

@@ -84,7 +84,8 @@ PRIVILEGES_SQL = f"""SET search_path = pg_catalog, pg_temp;
 WITH ns AS (
   SELECT n.oid, n.nspname FROM pg_namespace n
   WHERE n.nspname !~ '{SYSTEM_SCHEMA_RE}' AND {_EXT.format(c='pg_namespace', o='n.oid')}),
-rel_ns AS (SELECT oid, nspname FROM ns UNION ALL SELECT oid, nspname FROM pg_namespace WHERE nspname = '{INTERNAL_SCHEMA}'),
+rel_ns AS (SELECT oid, nspname FROM ns UNION ALL SELECT oid, nspname FROM pg_namespace
+    WHERE nspname = '{INTERNAL_SCHEMA}'),
 tsdb_ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname ~ '{TSDB_SCHEMA_RE}'),
 objs AS (
   SELECT 'schema' AS kind, quote_ident(n.nspname) AS name, n.nspname AS schema, n.nspowner AS owner,
@@ -103,7 +104,8 @@ objs AS (
          json_build_object('owner', pg_get_userbyid(p.proowner), 'acl', {_acl('p.proacl', "'f'", 'p.proowner')},
                            'extension_member', true)
     FROM pg_proc p JOIN tsdb_ns n ON n.oid = p.pronamespace
-    WHERE {_MEMBER.format(c='pg_proc', o='p.oid')} AND {_acl_changed('p.proacl', "'f'", 'p.proowner', 'pg_proc', 'p.oid')}
+    WHERE {_MEMBER.format(c='pg_proc', o='p.oid')} AND
+        {_acl_changed('p.proacl', "'f'", 'p.proowner', 'pg_proc', 'p.oid')}
   UNION ALL
   SELECT {_REL_KIND}, quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relowner,
          json_build_object('owner', pg_get_userbyid(c.relowner),
@@ -115,7 +117,8 @@ objs AS (
     FROM pg_class c JOIN rel_ns n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
       AND (n.nspname <> '{INTERNAL_SCHEMA}' OR {_EXT.format(c='pg_class', o='c.oid')})
   UNION ALL
-  SELECT 'column', quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_ident(a.attname), n.nspname, NULL,
+  SELECT 'column', quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_ident(a.attname), n.nspname,
+      NULL,
          json_build_object('acl', {_acl('a.attacl')})
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN rel_ns n ON n.oid = c.relnamespace
     WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
@@ -130,7 +133,8 @@ objs AS (
          n.nspname, t.typowner,
          json_build_object('owner', pg_get_userbyid(t.typowner), 'acl', {_acl('t.typacl', "'T'", 't.typowner')})
     FROM pg_type t JOIN ns n ON n.oid = t.typnamespace LEFT JOIN pg_class c ON c.oid = t.typrelid
-    WHERE (t.typtype IN ('d', 'e', 'r') OR (t.typtype = 'c' AND c.relkind = 'c')) AND {_EXT.format(c='pg_type', o='t.oid')}
+    WHERE (t.typtype IN ('d', 'e', 'r') OR (t.typtype = 'c' AND c.relkind = 'c'))
+        AND {_EXT.format(c='pg_type', o='t.oid')}
   UNION ALL
   SELECT 'large object', l.oid::text, NULL, l.lomowner,
          json_build_object('owner', pg_get_userbyid(l.lomowner), 'acl', {_acl('l.lomacl', "'L'", 'l.lomowner')})
@@ -147,33 +151,44 @@ objs AS (
          n.nspname, NULL, json_build_object('acl', {_acl('da.defaclacl')})
     FROM pg_default_acl da LEFT JOIN pg_namespace n ON n.oid = da.defaclnamespace
   UNION ALL
-  SELECT 'policy', quote_ident(pol.polname) || ' on ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, NULL,
-         json_build_object('command', CASE pol.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+  SELECT 'policy', quote_ident(pol.polname) || ' on ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+      n.nspname, NULL,
+         json_build_object('command', CASE pol.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w'
+             THEN 'UPDATE'
                                                       WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
                            'permissive', pol.polpermissive,
                            'roles', (SELECT json_agg(x ORDER BY x) FROM (SELECT CASE WHEN r = 0 THEN 'PUBLIC'
                                      ELSE pg_get_userbyid(r)::text END AS x FROM unnest(pol.polroles) r) q),
-                           'using', pg_get_expr(pol.polqual, pol.polrelid), 'with_check', pg_get_expr(pol.polwithcheck, pol.polrelid))
+                           'using', pg_get_expr(pol.polqual, pol.polrelid), 'with_check', pg_get_expr(pol.polwithcheck,
+                               pol.polrelid))
     FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid JOIN rel_ns n ON n.oid = c.relnamespace),
 role_refs(oid) AS (
   SELECT owner FROM objs WHERE owner IS NOT NULL
   UNION SELECT (aclexplode(n.nspacl)).grantee FROM pg_namespace n JOIN ns ON ns.oid = n.oid WHERE n.nspacl IS NOT NULL
-  UNION SELECT (aclexplode(n.nspacl)).grantee FROM pg_namespace n JOIN tsdb_ns t ON t.oid = n.oid WHERE n.nspacl IS NOT NULL
-  UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN tsdb_ns n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL
-  UNION SELECT (aclexplode(p.proacl)).grantee FROM pg_proc p JOIN tsdb_ns n ON n.oid = p.pronamespace WHERE p.proacl IS NOT NULL
-  UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN rel_ns n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL
+  UNION SELECT (aclexplode(n.nspacl)).grantee FROM pg_namespace n JOIN tsdb_ns t ON t.oid = n.oid WHERE n.nspacl
+      IS NOT NULL
+  UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN tsdb_ns n ON n.oid = c.relnamespace WHERE c.relacl
+      IS NOT NULL
+  UNION SELECT (aclexplode(p.proacl)).grantee FROM pg_proc p JOIN tsdb_ns n ON n.oid = p.pronamespace WHERE p.proacl
+      IS NOT NULL
+  UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN rel_ns n ON n.oid = c.relnamespace WHERE c.relacl
+      IS NOT NULL
   UNION SELECT (aclexplode(a.attacl)).grantee FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         JOIN rel_ns n ON n.oid = c.relnamespace WHERE a.attacl IS NOT NULL
-  UNION SELECT (aclexplode(p.proacl)).grantee FROM pg_proc p JOIN ns n ON n.oid = p.pronamespace WHERE p.proacl IS NOT NULL
-  UNION SELECT (aclexplode(t.typacl)).grantee FROM pg_type t JOIN ns n ON n.oid = t.typnamespace WHERE t.typacl IS NOT NULL
+  UNION SELECT (aclexplode(p.proacl)).grantee FROM pg_proc p JOIN ns n ON n.oid = p.pronamespace WHERE p.proacl
+      IS NOT NULL
+  UNION SELECT (aclexplode(t.typacl)).grantee FROM pg_type t JOIN ns n ON n.oid = t.typnamespace WHERE t.typacl
+      IS NOT NULL
   UNION SELECT (aclexplode(l.lomacl)).grantee FROM pg_largeobject_metadata l WHERE l.lomacl IS NOT NULL
   UNION SELECT da.defaclrole FROM pg_default_acl da
   UNION SELECT (aclexplode(da.defaclacl)).grantee FROM pg_default_acl da
   UNION SELECT unnest(pol.polroles) FROM pg_policy pol)
 SELECT json_build_object('privileges', json_build_object(
   'objects', (SELECT coalesce(json_object_agg(kind || CASE WHEN name = '' THEN '' ELSE ' ' || name END,
-                 v::jsonb || jsonb_build_object('kind', kind, 'name', name, 'schema', schema)), '{{}}'::json) FROM objs),
-  'roles', (SELECT coalesce(json_agg(json_build_object('name', r.rolname, 'login', r.rolcanlogin, 'superuser', r.rolsuper)
+                 v::jsonb || jsonb_build_object('kind', kind, 'name', name, 'schema', schema)), '{{}}'::json)
+                     FROM objs),
+  'roles', (SELECT coalesce(json_agg(json_build_object('name', r.rolname, 'login', r.rolcanlogin, 'superuser',
+      r.rolsuper)
                  ORDER BY r.rolname), '[]'::json) FROM pg_roles r WHERE r.oid IN (SELECT oid FROM role_refs))));
 """
 

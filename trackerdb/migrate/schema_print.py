@@ -37,11 +37,13 @@ _NOT_EXT = (
 
 SCHEMA_SQL = f"""SET search_path = pg_catalog, pg_temp;
 SELECT json_build_object(
-  'extensions', (SELECT coalesce(json_agg(e.extname || ' ' || e.extversion ORDER BY e.extname), '[]'::json) FROM pg_extension e),
+  'extensions', (SELECT coalesce(json_agg(e.extname || ' ' || e.extversion ORDER BY e.extname), '[]'::json)
+      FROM pg_extension e),
   'relations', (SELECT coalesce(json_agg(format('%s %I.%I', c.relkind::text, n.nspname, c.relname)
                   || coalesce(' ' || pg_get_partkeydef(c.oid), '') ORDER BY n.nspname, c.relname), '[]'::json)
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {_USER} AND {_NOT_EXT.format(c='pg_class', o='c.oid')}),
+      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {_USER}
+          AND {_NOT_EXT.format(c='pg_class', o='c.oid')}),
   'columns', (SELECT coalesce(json_agg(format('%I.%I.%I %s%s%s%s%s', n.nspname, c.relname, a.attname,
                   format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END,
                   coalesce(' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid), ''),
@@ -55,37 +57,49 @@ SELECT json_build_object(
   'indexes', (SELECT coalesce(json_agg(pg_get_indexdef(i.indexrelid) ORDER BY 1), '[]'::json)
       FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE {_USER} AND {_NOT_EXT.format(c='pg_class', o='c.oid')}),
-  'constraints', (SELECT coalesce(json_agg(format('%I.%I %I %s', n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid))
+  'constraints', (SELECT coalesce(json_agg(format('%I.%I %I %s', n.nspname, c.relname, k.conname,
+      pg_get_constraintdef(k.oid))
                   ORDER BY 1), '[]'::json)
       FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE {_USER} AND {_NOT_EXT.format(c='pg_class', o='c.oid')}),
   'triggers', (SELECT coalesce(json_agg(pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text ORDER BY 1), '[]'::json)
       FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE NOT t.tgisinternal AND {_USER}),
-  'views', (SELECT coalesce(json_agg(format('%I.%I %s', n.nspname, c.relname, md5(pg_get_viewdef(c.oid))) ORDER BY 1), '[]'::json)
+  'views', (SELECT coalesce(json_agg(format('%I.%I %s', n.nspname, c.relname, md5(pg_get_viewdef(c.oid)))
+      ORDER BY 1), '[]'::json)
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm') AND {_USER}),
-  'routines', (SELECT coalesce(json_agg(p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid)) ORDER BY 1), '[]'::json)
+  'routines', (SELECT coalesce(json_agg(p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid))
+      ORDER BY 1), '[]'::json)
       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
       WHERE p.prokind IN ('f', 'p') AND {_USER} AND {_NOT_EXT.format(c='pg_proc', o='p.oid')}),
-  'sequences', (SELECT coalesce(json_agg(format('%I.%I %s %s %s %s %s %s', s.schemaname, s.sequencename, s.data_type::text,
+  'sequences', (SELECT coalesce(json_agg(format('%I.%I %s %s %s %s %s %s', s.schemaname, s.sequencename,
+      s.data_type::text,
                   s.start_value, s.increment_by, s.min_value, s.max_value, s.cycle) ORDER BY 1), '[]'::json)
       FROM pg_sequences s WHERE s.schemaname !~ '{pv.SYSTEM_SCHEMA_RE}'),
   'database', (SELECT json_build_object('owner', pg_get_userbyid(d.datdba), 'acl', d.datacl::text,
                   'settings', (SELECT json_agg(c ORDER BY c) FROM pg_db_role_setting s, unnest(s.setconfig) c
-                               WHERE s.setdatabase = d.oid AND c !~ '^(timescaledb[.]restoring|default_transaction_read_only|trackerdb[.]frozen)='))
+                               WHERE s.setdatabase = d.oid AND c !~
+                                   '^(timescaledb[.]restoring|default_transaction_read_only|trackerdb[.]frozen)='))
       FROM pg_database d WHERE d.datname = current_database()),
   'hypertables', (SELECT coalesce(json_agg(format('%I.%I %s', h.schema_name, h.table_name,
-                  (SELECT string_agg(format('%s %s %s %s', d.column_name, d.column_type::regtype, d.interval_length, d.num_slices),
-                                     ', ' ORDER BY d.id) FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id))
+                  (SELECT string_agg(format('%s %s %s %s', d.column_name, d.column_type::regtype, d.interval_length,
+                      d.num_slices),
+                                     ', ' ORDER BY d.id) FROM _timescaledb_catalog.dimension d
+                                         WHERE d.hypertable_id = h.id))
                   ORDER BY 1), '[]'::json)
       FROM _timescaledb_catalog.hypertable h WHERE h.schema_name !~ '{pv.SYSTEM_SCHEMA_RE}'),
   'compression', (SELECT coalesce(json_agg(format('%s %s %s %s %s', s.hypertable_schema, s.hypertable_name, s.attname,
-                  s.segmentby_column_index, s.orderby_column_index) || ' ' || s.orderby_asc || ' ' || s.orderby_nullsfirst
+                  s.segmentby_column_index, s.orderby_column_index) || ' ' || s.orderby_asc || ' ' ||
+                      s.orderby_nullsfirst
                   ORDER BY 1), '[]'::json) FROM timescaledb_information.compression_settings s),
-  'caggs', (SELECT coalesce(json_agg(format('%I.%I %s %s %s', a.view_schema, a.view_name, a.materialized_only, a.compression_enabled,
-                  md5(a.view_definition)) ORDER BY 1), '[]'::json) FROM timescaledb_information.continuous_aggregates a),
-  'jobs', (SELECT coalesce(json_agg(format('%s.%s %s %s %s %s %s', j.proc_schema, j.proc_name, j.hypertable_schema, j.hypertable_name,
-                  j.schedule_interval, j.scheduled, j.owner) || ' ' || coalesce(j.config::text, '') ORDER BY 1), '[]'::json)
+  'caggs', (SELECT coalesce(json_agg(format('%I.%I %s %s %s', a.view_schema, a.view_name, a.materialized_only,
+      a.compression_enabled,
+                  md5(a.view_definition)) ORDER BY 1), '[]'::json)
+                      FROM timescaledb_information.continuous_aggregates a),
+  'jobs', (SELECT coalesce(json_agg(format('%s.%s %s %s %s %s %s', j.proc_schema, j.proc_name, j.hypertable_schema,
+      j.hypertable_name,
+                  j.schedule_interval, j.scheduled, j.owner) || ' ' || coalesce(j.config::text, '')
+                      ORDER BY 1), '[]'::json)
       FROM timescaledb_information.jobs j WHERE j.job_id >= 1000)
 );
 """
@@ -216,7 +230,8 @@ def guard(record: dict | None, database: str, target_identity: dict, source_doc:
         return [f"the recorded pre-copy is of database {record.get('database')!r}, not {database!r}"]
     if record.get("identity") != target_identity:
         return [
-            f"the target's {database} is not the recorded pre-copy (identity {target_identity}, recorded {record.get('identity')})"
+            f"the target's {database} is not the recorded pre-copy (identity {target_identity}, recorded "
+            f"{record.get('identity')})"
         ]
     reasons = []
     if frozen(target_read_only) and not record.get("rolled_back"):

@@ -30,8 +30,10 @@ ARCHIVE_CATCH_UP_S = 300  # verify waits this long for segments left behind (not
 SERVER_SQL = """SELECT json_build_object(
   'version', current_setting('server_version'),
   'shared_preload_libraries', current_setting('shared_preload_libraries'),
-  'databases', (SELECT json_agg(json_build_object('name', datname, 'comment', shobj_description(oid, 'pg_database'))) FROM pg_database),
-  'restoring', (SELECT coalesce(json_agg(c), '[]'::json) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase,
+  'databases', (SELECT json_agg(json_build_object('name', datname, 'comment', shobj_description(oid, 'pg_database')))
+      FROM pg_database),
+  'restoring', (SELECT coalesce(json_agg(c), '[]'::json) FROM pg_db_role_setting s JOIN pg_database d
+      ON d.oid = s.setdatabase,
                 unnest(s.setconfig) c WHERE c LIKE 'timescaledb.restoring=%%' AND d.datname = %(db)s),
   'schedulers', (SELECT count(*) FROM pg_stat_activity WHERE datname = %(db)s
                  AND backend_type = 'TimescaleDB Background Worker Scheduler')

@@ -85,7 +85,8 @@ def item_ec2(f: dict, is_lab: bool) -> tuple[str, str]:
 
 def item_versions(f: dict, agreed: dict) -> tuple[str, str]:
     inst = f.get("installed") or {}
-    agreed_txt = f"agreed PostgreSQL {agreed['postgres_major']}, PostGIS {agreed['postgis']}, TimescaleDB {agreed['timescaledb']}"
+    agreed_txt = (f"agreed PostgreSQL {agreed['postgres_major']}, PostGIS {agreed['postgis']}, TimescaleDB "
+                  f"{agreed['timescaledb']}")
     if _err(inst):
         return FAIL, f"{agreed_txt}; target: {_err(inst)}"
     wrong = []
@@ -148,7 +149,8 @@ def _report_problem(rep: dict, now: float, max_age_s: float) -> str | None:
     if age > max_age_s:
         return f"report {rep.get('path')} is {age / 86400:.1f} days old (limit {max_age_s / 86400:.0f}); rehearse again"
     if not rep.get("passed"):
-        return f"rehearsal report {rep.get('path')} says {rep.get('verdict')}: {'; '.join((rep.get('failures') or [])[:3])}"
+        return (f"rehearsal report {rep.get('path')} says {rep.get('verdict')}: "
+                f"{'; '.join((rep.get('failures') or [])[:3])}")
     return None
 
 
@@ -284,7 +286,8 @@ def item_disk(f: dict, declared: dict, is_lab: bool) -> tuple[str, str]:
         if m.get("mounted") and data_gb and size is not None and size < 0.85 * data_gb * 1e9:
             problems.append(f"mounted filesystem is {size / 1e9:.1f} GB, the volume is declared {data_gb} GB")
     where = (
-        f"{declared.get('mount')} <- {m.get('device')} ({(m.get('size_bytes') or 0) / 1e9:.1f} GB fs, {m.get('fstype')})"
+        f"{declared.get('mount')} <- {m.get('device')} ({(m.get('size_bytes') or 0) / 1e9:.1f} GB fs, "
+        f"{m.get('fstype')})"
         if isinstance(m, dict) and m.get("mounted")
         else ""
     )
@@ -316,7 +319,8 @@ def item_secrets(f: dict) -> tuple[str, str]:
     hits = s.get("hits") or []
     fetched = s.get("secrets_checked") or []
     missing = s.get("secrets_unavailable") or []
-    base = f"scanned {s.get('files')} tracked files for {len(fetched)} secret values ({', '.join(fetched) or 'none'}) and common patterns"
+    base = (f"scanned {s.get('files')} tracked files for {len(fetched)} secret values ({', '.join(fetched) or 'none'}) "
+            "and common patterns")
     if hits:
         shown = ", ".join(f"{h['path']}:{h['line']} ({h['kind']})" for h in hits[:6])
         return FAIL, f"{len(hits)} finding(s): {shown}" + (" …" if len(hits) > 6 else "") + f"; {base}"
