@@ -153,9 +153,10 @@ def normalize_script(stage: str) -> str:
     """Move what ``make install DESTDIR=stage`` put under the pg_config paths (lib/postgresql, share/postgresql,
     both symlinks on the real system) to the Debian paths, so no package ships a path through a symlink."""
     s = shlex.quote(stage)
-    return f"""if [ -d {s}{LIBDIR}/lib/postgresql ]; then mkdir -p {s}{LIBDIR}/lib && cp -a {s}{LIBDIR}/lib/postgresql/. {s}{LIBDIR}/lib/ && rm -rf {s}{LIBDIR}/lib/postgresql; fi
-if [ -d {s}{LIBDIR}/share/postgresql ]; then mkdir -p {s}{SHAREDIR} && cp -a {s}{LIBDIR}/share/postgresql/. {s}{SHAREDIR}/ && rm -rf {s}{LIBDIR}/share; fi
-"""
+    return (f"if [ -d {s}{LIBDIR}/lib/postgresql ]; then mkdir -p {s}{LIBDIR}/lib"
+            f" && cp -a {s}{LIBDIR}/lib/postgresql/. {s}{LIBDIR}/lib/ && rm -rf {s}{LIBDIR}/lib/postgresql; fi\n"
+            f"if [ -d {s}{LIBDIR}/share/postgresql ]; then mkdir -p {s}{SHAREDIR}"
+            f" && cp -a {s}{LIBDIR}/share/postgresql/. {s}{SHAREDIR}/ && rm -rf {s}{LIBDIR}/share; fi\n")
 
 
 def split_script() -> str:
@@ -192,7 +193,8 @@ def pack_script(out: str) -> str:
         name = deb_name(p, "$arch")
         lines.append(f"mkdir -p {d}/DEBIAN")
         lines.append(
-            f'printf \'%s\' "$CONTROL_{i}" | sed "s/@ARCH@/$arch/; s/@KB@/$(du -sk {d} | cut -f1)/" > {d}/DEBIAN/control'
+            f'printf \'%s\' "$CONTROL_{i}"'
+            f' | sed "s/@ARCH@/$arch/; s/@KB@/$(du -sk {d} | cut -f1)/" > {d}/DEBIAN/control'
         )
         for kind, fn in MAINT_SCRIPTS:
             if fn(p):

@@ -9,9 +9,11 @@ Layout (shared, read-only once built; several lab instances use it at once)::
                                                     postgresql-16-postgis-3{,-scripts} (3.5.2+dfsg-1.pgdg13+1),
                                                     timescaledb-2-{,loader-}postgresql-16 (2.18.2~debian13)
     /var/cache/trackerdb-lab/pg-<hash>/upper        overlay upper over bare: those six, pgBackRest, ssl-cert
-    /var/cache/trackerdb-lab/pg-<hash>/apt          the .debs of that install + Packages/Release (the target's only apt source)
-    /var/cache/trackerdb-lab/debian17-<hash>/apt    Debian's postgresql-17, postgresql-client-17 (lab/debian17.py: listed
-                                                    by the engine gate's lab test only, never installed)
+    /var/cache/trackerdb-lab/pg-<hash>/apt          the .debs of that install + Packages/Release
+                                                    (the target's only apt source)
+    /var/cache/trackerdb-lab/debian17-<hash>/apt    Debian's postgresql-17, postgresql-client-17
+                                                    (lab/debian17.py: listed by the engine gate's lab test only,
+                                                    never installed)
 
 The engine build's compilers and headers live in a throw-away overlay: only the six .debs are kept,
 so neither the source host nor the target's apt repository carries build-only packages.
@@ -128,7 +130,8 @@ def _copy_debs(debs: Path | None, m: str) -> str:
     if debs is None:
         return ""
     q = shlex.quote
-    return f"mkdir -p {m}{ENGINE_REPO} && cp {q(str(debs))}/*.deb {q(str(debs))}/Packages {q(str(debs))}/Release {m}{ENGINE_REPO}/\n"
+    return (f"mkdir -p {m}{ENGINE_REPO}"
+            f" && cp {q(str(debs))}/*.deb {q(str(debs))}/Packages {q(str(debs))}/Release {m}{ENGINE_REPO}/\n")
 
 
 def _keep_debs(debs: Path | None, m: str, apt: Path) -> str:

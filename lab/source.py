@@ -1,7 +1,6 @@
 """The `source` host (the old shared server): a PostgreSQL 16.10 cluster with PostGIS 3.5.2 and TimescaleDB 2.18.2
-    (community
-licence, as production) preloaded, archiving WAL through pgBackRest to the shared stanza on `repo`, the tracker
-dataset and an unrelated database."""
+(community licence, as production) preloaded, archiving WAL through pgBackRest to the shared stanza on `repo`, the
+tracker dataset and an unrelated database."""
 
 from __future__ import annotations
 

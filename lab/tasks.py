@@ -37,7 +37,7 @@ def up(c, name=None, volume_gb=None, scale=None, json=False):
 @task(help={"name": "lab instance (default $TRACKERDB_LAB or lab0)", "json": "print what was removed as JSON"})
 @ops_task
 def down(c, name=None, json=False):
-    """Remove everything the lab instance made (processes by PID, mounts, loop device, namespaces, bridge). Idempotent."""
+    """Remove all the lab instance made (processes by PID, mounts, loop device, namespaces, bridge). Idempotent."""
     from . import api
 
     report = api.down(name or lab_name())

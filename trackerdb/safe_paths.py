@@ -60,7 +60,8 @@ def opendir(path, create=False):
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # Linux says ENOTDIR for O_NOFOLLOW|O_DIRECTORY on a link
                 lst = os.stat(comp, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISLNK(lst.st_mode):
-                    refuse(walked + " is a symlink (owned by uid %d) in a directory uid %d can write: root does not follow it"
+                    refuse(walked + " is a symlink (owned by uid %d) in a directory uid %d can write: "
+                                    "root does not follow it"
                            % (lst.st_uid, st.st_uid))
                 refuse(walked + " is not a directory")
             raise

@@ -176,7 +176,8 @@ req=${{SSH_ORIGINAL_COMMAND-}}
 client=${{SSH_CLIENT:-?}}
 client=${{client%% *}}
 note() {{
-    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) {REMOTE_ONLY_TAG}[$$] from=$client $1: $(printf '%s' "$req" | tr -c '[:print:]' '?' | cut -c1-800)"
+    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) {REMOTE_ONLY_TAG}[$$] from=$client $1: \
+$(printf '%s' "$req" | tr -c '[:print:]' '?' | cut -c1-800)"
     logger -p auth.notice -t {REMOTE_ONLY_TAG} -- "$line" 2>/dev/null || :
     printf '%s\\n' "$line" >> "$LOG" 2>/dev/null || :
 }}
@@ -223,7 +224,8 @@ for a do
     esac
 done
 [ "$stanzas" -eq 1 ] || refuse "not exactly one --stanza=$STANZA"
-[ "$rtype" -eq 1 ] && [ "$repo" -eq 1 ] && [ "$rpath" -eq 1 ] || refuse "missing --remote-type=repo, --repo={key} or --repo{key}-path={path}"
+[ "$rtype" -eq 1 ] && [ "$repo" -eq 1 ] && [ "$rpath" -eq 1 ] || \
+refuse "missing --remote-type=repo, --repo={key} or --repo{key}-path={path}"
 note ALLOWED
 exec "$PGBACKREST" "$@"
 """

@@ -1,10 +1,11 @@
 """A cutover journal is bound to the environment it was started in.
 
 The preflight records what identifies the move (environment, the stack's instance, the source's address
-and port, the database; the target is the stack's instance: its address may be overridden to reach it); a resumed cutover and ``invoke rollback`` refuse a journal whose
-record differs, naming each difference: a journal copied from another environment (or the lab) must
-never drive this one's switch, freeze or replay (``rollback --journal <another's>`` in command-switch mode
-would point the application at that journal's ``old``). Pure.
+and port, the database; the target is the stack's instance: its address may be overridden to reach it); a
+resumed cutover and ``invoke rollback`` refuse a journal whose record differs, naming each difference: a
+journal copied from another environment (or the lab) must never drive this one's switch, freeze or replay
+(``rollback --journal <another's>`` in command-switch mode would point the application at that journal's
+``old``). Pure.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 ``pgdg`` (production): apt.postgresql.org for PostgreSQL/PostGIS and Timescale's packagecloud
 repository for TimescaleDB, each with its own ``signed-by`` keyring, so neither key can sign the
 other's packages. ``debian`` (the lab): whatever apt sources the host already has (the lab's flat
-repository, which serves TimescaleDB under Timescale's package names). The code path is the same: resolve the exact versions apt offers, fail before any change if one is missing, pin the
-version-critical packages at exactly that version and hold them.
+repository, which serves TimescaleDB under Timescale's package names). The code path is the same:
+resolve the exact versions apt offers, fail before any change if one is missing, pin the version-critical
+packages at exactly that version and hold them.
 """
 
 from __future__ import annotations
