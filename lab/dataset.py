@@ -71,8 +71,8 @@ def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, tim
         if REFUSAL in msg:
             raise OpsError(
                 f"{remote.name}: {msg}",
-                hint="the generator never drops data: use a fresh cluster, or drop that database yourself if it is "
-                     "disposable",
+                hint="the generator never drops data: use a fresh cluster, or drop that database yourself "
+                     "if it is disposable",
             )
         raise HostError(
             f"{remote.name}: dataset generation failed (psql exit {res.exit_code}): {msg}",

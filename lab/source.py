@@ -94,8 +94,8 @@ def check_edition(st: State, version: str = tsdb.VERSION) -> None:
     if got != f"{version} timescale":
         raise LabError(
             f"source: TimescaleDB in tracker is {got or 'missing'!r}, expected '{version} timescale'",
-            hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's pg-* layer and "
-                 "lab.up again",
+            hint=f"the pg layer must install the lab-built {engine16_debs.TSDB}; remove the cache's "
+                 "pg-* layer and lab.up again",
         )
 
 

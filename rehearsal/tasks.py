@@ -21,8 +21,8 @@ from trackerdb.cli.common import elapsed_progress, number_flag, ops_task, out
         "keep_lab": "leave the lab up afterwards (needed for `invoke signoff` against it)",
         "lab": "lab instance name (default $TRACKERDB_LAB or lab0)",
         "volume_gb": "size of the lab's data volume when the rehearsal brings the lab up (default 8; sparse)",
-        "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, ~80 s; 0 = "
-                     "none)",
+        "calibrate": "calibration copy's dataset scale for the fixed + per-byte fit (default 100: ~320 MiB, "
+                     "~80 s; 0 = none)",
         "json": "print the result as JSON",
     }
 )
@@ -73,8 +73,8 @@ def rehearse(c, scale=None, rollback=False, keep_lab=False, lab=None, volume_gb=
                 )
             else:
                 out.print(
-                    f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s (book the "
-                    "upper bound)"
+                    f"projected outage at 11 GB: {p['floor_outage_s']:.0f}-{p['projected_outage_s']:.0f} s "
+                    "(book the upper bound)"
                 )
         out.print(f"report: {res['report_html']}")
         out.print(f"report: {res['report_json']}")

@@ -286,8 +286,8 @@ def policy_findings(statements: list[dict], exp: Expected, secret_arns: dict[str
             "role may list its stanza",
             can_list,
             "yes" if can_list else "no",
-            f"s3:ListBucket on {bucket_arn} with s3:prefix {ours[0]}, {ours[1]} and {exp.backup_prefix}/backup/ "
-            "(delimiter /)",
+            f"s3:ListBucket on {bucket_arn} with s3:prefix {ours[0]}, {ours[1]} "
+            f"and {exp.backup_prefix}/backup/ (delimiter /)",
         ),
         _c(
             "role may read/write its stanza's objects",

@@ -54,8 +54,8 @@ def _impostors(routines) -> str:
         "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text AS r FROM pg_catalog.pg_proc p "
         f"WHERE p.proname = ANY ({_names(routines)}) "
         "AND p.pronamespace IN (e.extnamespace, 'pg_catalog'::pg_catalog.regnamespace) "
-        "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
-        "'pg_catalog.pg_proc'::pg_catalog.regclass "
+        "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
+        "WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass "
         "AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass "
         "AND d.refobjid = e.oid AND d.deptype = 'e')"
     )
@@ -92,8 +92,7 @@ def guard_sql(schema: str, routines) -> str:
         "IF bad IS NOT NULL THEN RAISE EXCEPTION 'trackerdb refuses to call TimescaleDB''s API: % is not part of the "
         "timescaledb extension', bad; END IF; "
         "IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = "
-        "e.extnamespace "
-        f"WHERE e.extname = {literal(EXTENSION)} AND n.nspname = {literal(schema)}) THEN "
+        f"e.extnamespace WHERE e.extname = {literal(EXTENSION)} AND n.nspname = {literal(schema)}) THEN "
         f"RAISE EXCEPTION 'trackerdb: timescaledb is not in schema %', {literal(schema)}; END IF; "
         "END $trackerdb_guard$"
     )

@@ -336,8 +336,8 @@ def probe_error(settings: Settings, probe: Probe) -> HostError:
     if probe.state == "refused-key":
         return HostError(
             f"the repository host {where} refuses postgres's key ({probe.detail})",
-            hint="the repository side has not installed the key yet: re-run backrest.setup for the exact line to hand "
-                 "over",
+            hint="the repository side has not installed the key yet: re-run backrest.setup for "
+                 "the exact line to hand over",
         )
     if probe.state == "unreachable":
         return HostError(f"the repository host {where} is unreachable ({probe.detail})",

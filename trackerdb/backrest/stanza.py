@@ -126,8 +126,8 @@ def decide(
         elif f.state == "unreadable" and f.code == ST_MISSING_DATA:
             raise PreflightError(
                 f"stanza {stanza!r} on {where} exists but is incomplete ({f.message}); refusing to create over it",
-                hint="someone else may own this stanza name: choose another stanza name; never stanza-delete it "
-                     "automatically",
+                hint="someone else may own this stanza name: choose another stanza name; "
+                     "never stanza-delete it automatically",
             )
         elif f.state == "unreadable" and not looks_like_cipher_error(f):
             raise HostError(
@@ -135,15 +135,15 @@ def decide(
                 hint="the repository is unreachable or misconfigured (network, TLS, credentials); nothing was changed")
         elif f.state == "unreadable":
             raise PreflightError(
-                f"stanza {stanza!r} on {where} cannot be read with our settings ({_short(f.message)}); it may belong "
-                "to another cluster",
+                f"stanza {stanza!r} on {where} cannot be read with our settings ({_short(f.message)}); "
+                "it may belong to another cluster",
                 hint="if the repository is unreachable fix that first; otherwise choose another stanza name (never "
                      "stanza-upgrade/-delete someone else's)",
             )
         elif f.cipher_mismatch:
             raise PreflightError(
-                f"stanza {stanza!r} on {where} exists with other encryption settings (system id {f.system_id}, ours "
-                f"{system_id})",
+                f"stanza {stanza!r} on {where} exists with other encryption settings (system id "
+                f"{f.system_id}, ours {system_id})",
                 hint="the new cluster needs its own stanza name (setting `stanza`); never stanza-upgrade or "
                      "stanza-delete someone else's stanza",
             )

@@ -119,8 +119,8 @@ def _pause_when_idle(psql, database, schema, ids, say, clock, sleep, wait_s) -> 
             )
         if clock() - last_say >= 15:
             say(
-                f"waiting for compression job {', '.join(map(str, running))} to finish its run before the capture "
-                "starts"
+                f"waiting for compression job {', '.join(map(str, running))} to finish its "
+                "run before the capture starts"
             )
             last_say = clock()
         sleep(1.0)

@@ -122,6 +122,6 @@ def write_probe(cur, facts: dict | None, role: str) -> str:
         evidence = f"inserted {cur.rowcount} row into {name} (INSERT granted to {role}), rolled back"
     except psycopg.errors.UniqueViolation:
         # the heap insert happened and was refused at the unique index: privileges and write path ok
-        evidence = (f"insert into {name} (INSERT granted to {role}) reached its unique index (duplicate of a copied "
-                    "row), rolled back")
+        evidence = (f"insert into {name} (INSERT granted to {role}) reached its unique index (duplicate "
+                    "of a copied row), rolled back")
     return evidence + note + (f"; latest row {latest}" if latest else "")

@@ -202,8 +202,7 @@ def sample_sql(meta: dict, watermark: int, pending: list[tuple[int, int]], size:
         f"SELECT coalesce(json_agg(s.b ORDER BY s.b), '[]'::json) FROM (SELECT DISTINCT t.{col}::text AS b, "
         f"md5(t.{col}::text) AS h "
         f"FROM {meta['view']} t WHERE t.{col} < {from_internal(watermark, meta['bucket_type'])} AND "
-        f"{keep_sql(meta, pending)} "
-        f"ORDER BY h LIMIT {int(size)}) s;"
+        f"{keep_sql(meta, pending)} ORDER BY h LIMIT {int(size)}) s;"
     )
 
 

@@ -140,8 +140,7 @@ _COUNT = ("(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FRO
           "'')))[1]::text::bigint")
 _DIGEST = (
     "(xpath('/row/d/text()', query_to_xml(format('SELECT coalesce(sum((''x'' || left(md5(t::text), "
-    "15))::bit(60)::bigint), 0) "
-    "AS d FROM %I.%I t', {s}, {n}), false, true, '')))[1]::text"
+    "15))::bit(60)::bigint), 0) AS d FROM %I.%I t', {s}, {n}), false, true, '')))[1]::text"
 )
 
 # a continuous aggregate's materialized content: the rows below its watermark (what a refresh has written;
@@ -162,8 +161,7 @@ def cagg_content_sql(schema: str, name: str, time_column: str | None, watermark:
     )
     return (
         "SELECT json_build_object('rows', count(*), 'digest', coalesce(sum(('x' || left(md5(t::text), "
-        "15))::bit(60)::bigint), 0)::text) "
-        f"FROM {ident(schema)}.{ident(name)} t{where};"
+        f"15))::bit(60)::bigint), 0)::text) FROM {ident(schema)}.{ident(name)} t{where};"
     )
 
 
@@ -438,6 +436,5 @@ def content_digest_sql(schema: str, table: str, geometry_columns: list[str] | No
         )
     return (
         "SELECT json_build_object('md5', md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')), 'rows', "
-        "count(*)) "
-        f"FROM {rel} t;"
+        f"count(*)) FROM {rel} t;"
     )

@@ -26,8 +26,8 @@ def _rel(schema: str, name: str) -> str:
 def columns_sql(schema: str, table: str) -> str:
     return (
         "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
-        f"WHERE attrelid = {sq.literal(_rel(schema, table))}::regclass AND attnum > 0 AND NOT attisdropped AND "
-        "attgenerated = '';"
+        f"WHERE attrelid = {sq.literal(_rel(schema, table))}::regclass AND attnum > 0 AND "
+        "NOT attisdropped AND attgenerated = '';"
     )
 
 

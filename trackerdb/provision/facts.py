@@ -87,8 +87,7 @@ def dir_listing(path: str) -> str:
 VERSIONS_SQL = (
     "SELECT 'server', current_setting('server_version_num') UNION ALL "
     "SELECT name, coalesce(default_version, '') FROM pg_available_extensions WHERE name IN ('timescaledb', 'postgis') "
-    "UNION ALL "
-    "SELECT 'data_directory', current_setting('data_directory') UNION ALL "
+    "UNION ALL SELECT 'data_directory', current_setting('data_directory') UNION ALL "
     "SELECT 'shared_preload_libraries', current_setting('shared_preload_libraries');\n"
 )
 PENDING_RESTART_SQL = "SELECT name FROM pg_settings WHERE pending_restart;\n"

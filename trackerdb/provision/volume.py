@@ -99,8 +99,8 @@ def decide(probe: Probe, fs_type: str, device: str, *, mounted_here: bool, in_fs
         return "adopt"
     shown = ", ".join(sorted(listing or [])[:5]) or "unknown"
     raise PreflightError(
-        f"data volume {device} has a foreign {probe.fstype} filesystem with data (label {probe.label or 'none'!r}; "
-        f"{shown})",
+        f"data volume {device} has a foreign {probe.fstype} filesystem with "
+        f"data (label {probe.label or 'none'!r}; {shown})",
         hint="never reformatted: attach an empty volume, or move its data away and wipe it by hand",
     )
 

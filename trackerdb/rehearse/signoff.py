@@ -286,8 +286,8 @@ def item_disk(f: dict, declared: dict, is_lab: bool) -> tuple[str, str]:
         if m.get("mounted") and data_gb and size is not None and size < 0.85 * data_gb * 1e9:
             problems.append(f"mounted filesystem is {size / 1e9:.1f} GB, the volume is declared {data_gb} GB")
     where = (
-        f"{declared.get('mount')} <- {m.get('device')} ({(m.get('size_bytes') or 0) / 1e9:.1f} GB fs, "
-        f"{m.get('fstype')})"
+        f"{declared.get('mount')} <- {m.get('device')} ({(m.get('size_bytes') or 0) / 1e9:.1f} "
+        f"GB fs, {m.get('fstype')})"
         if isinstance(m, dict) and m.get("mounted")
         else ""
     )
