@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from .. import tsdb_api as api
 from ..psql import pin_line
 from ..sql import ident, literal
+from .delta_types import Action, ChunkKey, Item, Print, as_print, key_kind
 
 INT64_MIN, INT64_MAX = -9223372036854775808, 9223372036854775807
 CAGG_STATE = "cagg-state"
@@ -99,7 +100,7 @@ SELECT json_build_object(
 
 
 def chunk_key(hypertable_key: str, start: int, end: int) -> str:
-    return f"chunk {hypertable_key} [{start}, {end})"
+    return str(ChunkKey(hypertable_key, int(start), int(end)))
 
 
 def unsupported(catalog: dict) -> list[str]:
@@ -108,23 +109,23 @@ def unsupported(catalog: dict) -> list[str]:
             for h in catalog.get("hypertables") or [] if int(h.get("dims") or 0) != 1]
 
 
-def items(catalog: dict) -> dict[str, dict]:
+def items(catalog: dict) -> dict[str, Item]:
     """Every chunk and regular table of one host's catalog, by its matching key."""
     hts = {h["key"]: h for h in catalog.get("hypertables") or []}
-    out: dict[str, dict] = {}
+    out: dict[str, Item] = {}
     for t in catalog.get("tables") or []:
-        out[f"table {t['key']}"] = {"kind": "table", "rel": f"{ident(t['schema'])}.{ident(t['name'])}", "owner": t["owner"],
-                                    "columns": t["columns"], "bytes": t.get("bytes") or 0}
+        out[f"table {t['key']}"] = Item(kind="table", rel=f"{ident(t['schema'])}.{ident(t['name'])}", owner=t["owner"],
+                                        columns=t["columns"], bytes=t.get("bytes") or 0)
     for c in catalog.get("chunks") or []:
         h = hts[c["hypertable"]]
-        out[chunk_key(c["hypertable"], c["start"], c["end"])] = {
-            "kind": "chunk", "rel": f"{ident(c['schema'])}.{ident(c['name'])}", "hypertable": c["hypertable"],
-            "schema": c["schema"], "name": c["name"], "compressed_schema": c.get("compressed_schema"),
-            "compressed_name": c.get("compressed_name"), "owner": c["owner"], "ht_schema": h["schema"], "ht_name": h["name"],
-            "ht_rel": f"{ident(h['schema'])}.{ident(h['name'])}", "columns": h["columns"], "time_column": h["time_column"],
-            "time_type": h["time_type"], "start": int(c["start"]), "end": int(c["end"]), "compressed": bool(c["compressed"]),
-            "compressed_rel": f"{ident(c['compressed_schema'])}.{ident(c['compressed_name'])}" if c["compressed"] else None,
-            "bytes": c.get("bytes") or 0}
+        zrel = f"{ident(c['compressed_schema'])}.{ident(c['compressed_name'])}" if c["compressed"] else None
+        out[chunk_key(c["hypertable"], c["start"], c["end"])] = Item(
+            kind="chunk", rel=f"{ident(c['schema'])}.{ident(c['name'])}", hypertable=c["hypertable"],
+            schema=c["schema"], name=c["name"], compressed_schema=c.get("compressed_schema"),
+            compressed_name=c.get("compressed_name"), owner=c["owner"], ht_schema=h["schema"], ht_name=h["name"],
+            ht_rel=f"{ident(h['schema'])}.{ident(h['name'])}", columns=h["columns"], time_column=h["time_column"],
+            time_type=h["time_type"], start=int(c["start"]), end=int(c["end"]), compressed=bool(c["compressed"]),
+            compressed_rel=zrel, bytes=c.get("bytes") or 0)
     return out
 
 
@@ -140,12 +141,12 @@ def _bound(internal: int, time_type: str) -> str:
 
 def range_where(item: dict) -> str:
     """The chunk's range as a condition on its hypertable's time column."""
-    col = ident(item["time_column"])
+    col = ident(item.time_column)
     conds = []
-    if item["start"] != INT64_MIN:
-        conds.append(f"{col} >= {_bound(item['start'], item['time_type'])}")
-    if item["end"] != INT64_MAX:
-        conds.append(f"{col} < {_bound(item['end'], item['time_type'])}")
+    if item.start != INT64_MIN:
+        conds.append(f"{col} >= {_bound(item.start, item.time_type)}")
+    if item.end != INT64_MAX:
+        conds.append(f"{col} < {_bound(item.end, item.time_type)}")
     return " AND ".join(conds) or "true"
 
 
@@ -167,9 +168,9 @@ def _version(alias: str) -> str:
 
 
 def version_expr(item: dict) -> str:
-    heap = f"(SELECT {_version('t')} FROM ONLY {item['rel']} t)"
-    if item["kind"] == "chunk" and item["compressed"]:
-        return f"{heap} || '/' || (SELECT {_version('z')} FROM {item['compressed_rel']} z) || ' ' || {literal(item['compressed_rel'])}"
+    heap = f"(SELECT {_version('t')} FROM ONLY {item.rel} t)"
+    if item.kind == "chunk" and item.compressed:
+        return f"{heap} || '/' || (SELECT {_version('z')} FROM {item.compressed_rel} z) || ' ' || {literal(item.compressed_rel)}"
     return heap
 
 
@@ -177,13 +178,13 @@ def fingerprint_sql(key: str, item: dict, columns: list[str]) -> str:
     """One line of JSON ``{"k", "n", "d", "v"}``: rows and digest of a table or uncompressed chunk; for a
     compressed chunk its storage (batches + rows outside them, ``d`` = ``storage rows-digest/batches:digest``);
     ``v``: the tuple versions the digest was read from, in the same scan (compared only with the same host's)."""
-    if item["kind"] == "chunk" and item["compressed"]:
-        zrel = item["compressed_rel"]
+    if item.kind == "chunk" and item.compressed:
+        zrel = item.compressed_rel
         return (f"SELECT json_build_object('k', {literal(key)}, 'n', h.n, 'd', 'storage ' || h.d || '/' || z.n || ':' || z.d, "
                 f"'v', h.v || '/' || z.v || ' ' || {literal(zrel)})::text "
-                f"FROM (SELECT count(*) AS n, {_digest(columns)} AS d, {_version('t')} AS v FROM ONLY {item['rel']} t) h, "
+                f"FROM (SELECT count(*) AS n, {_digest(columns)} AS d, {_version('t')} AS v FROM ONLY {item.rel} t) h, "
                 f"(SELECT count(*) AS n, {_digest([], 'z')} AS d, {_version('z')} AS v FROM {zrel} z) z;")
-    return _line(key, "count(*)", _digest(columns), f"ONLY {item['rel']} t", _version("t"))
+    return _line(key, "count(*)", _digest(columns), f"ONLY {item.rel} t", _version("t"))
 
 
 def version_sql(key: str, item: dict) -> str:
@@ -193,7 +194,7 @@ def version_sql(key: str, item: dict) -> str:
 
 def content_sql(key: str, item: dict, columns: list[str]) -> str:
     """A chunk's rows read through its hypertable for its range (compressed or not: the same rows, the same digest)."""
-    return _line(key, "count(*)", _digest(columns), f"{item['ht_rel']} t WHERE {range_where(item)}", version_expr(item))
+    return _line(key, "count(*)", _digest(columns), f"{item.ht_rel} t WHERE {range_where(item)}", version_expr(item))
 
 
 def script(lines: list[str]) -> str:
@@ -223,54 +224,59 @@ def split_balanced(keys: list[str], weight: dict[str, int], parts: int) -> list[
 
 # ---- the plan ---------------------------------------------------------------------------------
 
-COPY, CREATE, DROP, COMPRESS, DECOMPRESS, SAME = "copy", "new", "drop", "compress", "decompress", "unchanged"
+COPY, CREATE, DROP, COMPRESS = Action.COPY, Action.CREATE, Action.DROP, Action.COMPRESS
+DECOMPRESS, SAME = Action.DECOMPRESS, Action.SAME
+
+PrintLike = Print | dict  # a print, or its JSON form (``delta_types.Print.from_json``)
 
 
 @dataclass
 class Plan:
-    actions: dict = field(default_factory=dict)  # key -> action
-    recheck: list = field(default_factory=list)  # keys whose storage differs: compare by content first
+    actions: dict[str, Action] = field(default_factory=dict)  # key -> action
+    recheck: list[str] = field(default_factory=list)  # keys whose storage differs: compare by content first
 
-    def keys(self, *actions) -> list[str]:
+    def keys(self, *actions: Action) -> list[str]:
         return sorted(k for k, a in self.actions.items() if a in actions)
 
-    def counts(self) -> dict:
-        out: dict = {}
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{kind: {action: n}}`` (plain strings: this goes to the journal)."""
+        out: dict[str, dict[str, int]] = {}
         for k, a in self.actions.items():
-            kind = k.split(" ", 1)[0]
-            out.setdefault(kind, {}).setdefault(a, 0)
-            out[kind][a] += 1
+            kind = out.setdefault(key_kind(k), {})
+            kind[a.value] = kind.get(a.value, 0) + 1
         return out
 
 
-def _nd(p):
-    return None if p is None else (p["n"], p["d"])
+def _nd(p: PrintLike | None) -> tuple[int | None, str | None] | None:
+    q = as_print(p)
+    return None if q is None else (q.n, q.d)
 
 
-def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, content: dict | None = None) -> Plan:
+def diff(src_items: dict[str, Item], src_prints: dict[str, PrintLike], tgt_items: dict[str, Item],
+         tgt_prints: dict[str, PrintLike], content: dict | None = None) -> Plan:
     """The plan that makes the target's chunks and tables equal to the source's. ``content``:
     ``{key: (source print, target print)}`` by content, for keys whose storage fingerprints differed."""
     plan = Plan()
     content = content or {}
     for key, s in src_items.items():
         t = tgt_items.get(key)
-        sp, tp = src_prints.get(key), tgt_prints.get(key)
+        sp, tp = as_print(src_prints.get(key)), as_print(tgt_prints.get(key))
         if t is None:
-            plan.actions[key] = SAME if sp is not None and sp["n"] == 0 else CREATE  # an empty chunk holds nothing to move
+            plan.actions[key] = SAME if sp is not None and sp.n == 0 else CREATE  # an empty chunk holds nothing to move
             continue
-        if sp is not None and tp is not None and (sp["n"], sp["d"]) == (tp["n"], tp["d"]):
+        if sp is not None and sp.same_content(tp):
             same = True
         elif key in content:
             same = _nd(content[key][0]) == _nd(content[key][1])
-        elif s["kind"] == "chunk" and (s["compressed"] or t["compressed"]):
+        elif s.kind == "chunk" and (s.compressed or t.compressed):
             plan.recheck.append(key)
             continue
         else:
             same = False
         if not same:
             plan.actions[key] = COPY
-        elif s["kind"] == "chunk" and s["compressed"] != t["compressed"]:
-            plan.actions[key] = COMPRESS if s["compressed"] else DECOMPRESS
+        elif s.kind == "chunk" and s.compressed != t.compressed:
+            plan.actions[key] = COMPRESS if s.compressed else DECOMPRESS
         else:
             plan.actions[key] = SAME
     for key in tgt_items:
@@ -286,10 +292,10 @@ def copy_out_sql(item: dict, columns: list[str], where: str | None = None) -> st
     """On the source: the item's rows, as COPY text (a chunk's through its hypertable, decompressed).
     ``where``: only a chunk's rows that match it (on ``t``: the slices ``delta_slices.where`` names)."""
     cols = ", ".join(ident(c) for c in columns)
-    if item["kind"] == "chunk":
+    if item.kind == "chunk":
         part = f" AND {where}" if where else ""
-        return f"COPY (SELECT {cols} FROM {item['ht_rel']} t WHERE {range_where(item)}{part}) TO STDOUT"
-    return f"COPY (SELECT {cols} FROM ONLY {item['rel']}) TO STDOUT"
+        return f"COPY (SELECT {cols} FROM {item.ht_rel} t WHERE {range_where(item)}{part}) TO STDOUT"
+    return f"COPY (SELECT {cols} FROM ONLY {item.rel}) TO STDOUT"
 
 
 def find_chunk_sql(ht_schema: str, ht_name: str, start: int, end: int) -> str:
@@ -335,40 +341,40 @@ def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict
     ``schema``: TimescaleDB's (``tsdb_api.api_schema``), for compress/decompress (guarded first)."""
     cols = ", ".join(ident(c) for c in columns)
     stmts = ["SET LOCAL session_replication_role = replica"]
-    if src["kind"] == "table":
-        return stmts + _as_owner(tgt["owner"]) + [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
-    uses = ([api.DECOMPRESS] if action == COPY and tgt["compressed"] else []) + ([api.COMPRESS] if src["compressed"] else [])
+    if src.kind == "table":
+        return stmts + _as_owner(tgt.owner) + [f"DELETE FROM ONLY {tgt.rel}", f"COPY {tgt.rel} ({cols}) FROM STDIN"]
+    uses = ([api.DECOMPRESS] if action == COPY and tgt.compressed else []) + ([api.COMPRESS] if src.compressed else [])
     guard = [api.guard_sql(schema, uses)] if uses and schema else []
     if action == COPY:
-        stmts += guard + _as_owner(tgt["owner"])
-        if tgt["compressed"]:
-            stmts.append(_chunk_api(schema, api.DECOMPRESS, f"{literal(tgt['rel'])}::regclass"))
-        stmts += [f"DELETE FROM ONLY {tgt['rel']}" + (f" t WHERE {where}" if where else ""), f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
-        if src["compressed"]:
-            stmts.append(_chunk_api(schema, api.COMPRESS, f"{literal(tgt['rel'])}::regclass"))
+        stmts += guard + _as_owner(tgt.owner)
+        if tgt.compressed:
+            stmts.append(_chunk_api(schema, api.DECOMPRESS, f"{literal(tgt.rel)}::regclass"))
+        stmts += [f"DELETE FROM ONLY {tgt.rel}" + (f" t WHERE {where}" if where else ""), f"COPY {tgt.rel} ({cols}) FROM STDIN"]
+        if src.compressed:
+            stmts.append(_chunk_api(schema, api.COMPRESS, f"{literal(tgt.rel)}::regclass"))
         return stmts
     # a chunk the target does not have: created (superuser: catalog work) with the source's range (and name,
     # when free), then filled through its hypertable as the hypertable's owner
     ht = f"{ident(target_ht['schema'])}.{ident(target_ht['name'])}"
-    slices = json.dumps({target_ht["time_column"]: [int(src["start"]), int(src["end"])]})
-    name = f"{ident(src['schema'])}.{ident(src['name'])}"
-    stmts.append(f"SELECT _timescaledb_functions.create_chunk({literal(ht)}::regclass, {literal(slices)}::jsonb, {literal(src['schema'])}, "
-                 f"CASE WHEN to_regclass({literal(name)}) IS NULL THEN {literal(src['name'])} END)")
+    slices = json.dumps({target_ht["time_column"]: [int(src.start), int(src.end)]})
+    name = f"{ident(src.schema)}.{ident(src.name)}"
+    stmts.append(f"SELECT _timescaledb_functions.create_chunk({literal(ht)}::regclass, {literal(slices)}::jsonb, {literal(src.schema)}, "
+                 f"CASE WHEN to_regclass({literal(name)}) IS NULL THEN {literal(src.name)} END)")
     stmts += guard + _as_owner(target_ht["owner"]) + [f"COPY {ht} ({cols}) FROM STDIN"]
-    if src["compressed"]:
+    if src.compressed:
         stmts.append(_chunk_api(schema, api.COMPRESS, "x.c") + " FROM "
-                     f"({find_chunk_sql(target_ht['schema'], target_ht['name'], src['start'], src['end'])}) x")
+                     f"({find_chunk_sql(target_ht['schema'], target_ht['name'], src.start, src.end)}) x")
     return stmts
 
 
 def state_statements(action: str, tgt: dict, schema: str | None = None) -> list[str]:
     """One transaction. DROP as superuser (catalog work); compress/decompress as the chunk's owner."""
     if action == DROP:
-        return ["BEGIN", f"DROP TABLE {tgt['rel']}", "COMMIT"]
+        return ["BEGIN", f"DROP TABLE {tgt.rel}", "COMMIT"]
     if action in (COMPRESS, DECOMPRESS):
         routine = api.COMPRESS if action == COMPRESS else api.DECOMPRESS
-        return (["BEGIN", api.guard_sql(schema, [routine])] + _as_owner(tgt["owner"])
-                + [_chunk_api(schema, routine, f"{literal(tgt['rel'])}::regclass"), "COMMIT"])
+        return (["BEGIN", api.guard_sql(schema, [routine])] + _as_owner(tgt.owner)
+                + [_chunk_api(schema, routine, f"{literal(tgt.rel)}::regclass"), "COMMIT"])
     raise ValueError(action)
 
 
@@ -449,12 +455,12 @@ def rename_statements(src_items: dict, tgt_items: dict) -> list[str]:
     moves = []
     for key, s in src_items.items():
         t = tgt_items.get(key)
-        if s["kind"] != "chunk" or t is None:
+        if s.kind != "chunk" or t is None:
             continue
-        if t["name"] != s["name"]:
-            moves.append((t["schema"], t["name"], s["name"]))
-        if s["compressed"] and t["compressed"] and t["compressed_name"] != s["compressed_name"]:
-            moves.append((t["compressed_schema"], t["compressed_name"], s["compressed_name"]))
+        if t.name != s.name:
+            moves.append((t.schema, t.name, s.name))
+        if s.compressed and t.compressed and t.compressed_name != s.compressed_name:
+            moves.append((t.compressed_schema, t.compressed_name, s.compressed_name))
     first = [f"ALTER TABLE {ident(sch)}.{ident(old)} RENAME TO {ident(f'trackerdb_rename_{i}')};" for i, (sch, old, _) in enumerate(moves)]
     second = [f"ALTER TABLE {ident(sch)}.{ident(f'trackerdb_rename_{i}')} RENAME TO {ident(new)};" for i, (sch, _, new) in enumerate(moves)]
     return first + second
