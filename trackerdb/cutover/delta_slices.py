@@ -41,8 +41,10 @@ def _bucket(item: Item) -> str:
 
 def slices_sql(key: str, item: Item, columns: list[str]) -> str:
     """One line of JSON ``{"k", "s": {slice: [rows, digest]}}`` of the chunk's rows (slice 0 .. SLICES-1)."""
-    return (f"SELECT json_build_object('k', {literal(key)}, 's', coalesce(json_object_agg(x.b, json_build_array(x.n, x.d)), '{{}}'))::text "
-            f"FROM (SELECT {_bucket(item)} AS b, count(*) AS n, {_digest(columns)} AS d FROM ONLY {item.rel} t GROUP BY 1) x;")
+    return (f"SELECT json_build_object('k', {literal(key)}, 's', coalesce(json_object_agg(x.b, json_build_array(x.n, "
+            f"x.d)), '{{}}'))::text "
+            f"FROM (SELECT {_bucket(item)} AS b, count(*) AS n, {_digest(columns)} AS d FROM ONLY {item.rel} t GROUP "
+            "BY 1) x;")
 
 
 def parse(stdout: str) -> dict | None:

@@ -78,6 +78,20 @@ class Item:
     compressed_rel: str | None = None
 
     @property
+    def zrel(self) -> str:
+        """A compressed chunk's compressed relation."""
+        if self.compressed_rel is None:
+            raise ValueError(f"{self.rel} is not compressed")
+        return self.compressed_rel
+
+    def zpart(self, name: str) -> str:
+        """``compressed_schema`` or ``compressed_name`` of a compressed chunk."""
+        value = getattr(self, name) if name in ("compressed_schema", "compressed_name") else None
+        if value is None:
+            raise ValueError(f"{self.rel} has no {name}")
+        return str(value)
+
+    @property
     def chunk_key(self) -> ChunkKey | None:
         return ChunkKey(self.hypertable, self.start, self.end) if self.kind == "chunk" else None
 
