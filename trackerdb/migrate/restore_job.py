@@ -85,7 +85,8 @@ def restore_script(phases: list[tuple[str, list[str]]], tuning_file: str, pg_bin
 
 
 def analyze_script(argv: list[str]) -> str:
-    return f"echo analyze > phase\n{shlex.join(argv)} 2> {stderr_file('analyze')}\nrc=$?\necho $rc > {rc_file('analyze')}\nexit $rc\n"
+    return (f"echo analyze > phase\n{shlex.join(argv)} 2> {stderr_file('analyze')}\nrc=$?\n"
+            f"echo $rc > {rc_file('analyze')}\nexit $rc\n")
 
 
 def stale_tuning_line(base: str, tuning_file: str, pg_bin: str, port: int) -> str:
@@ -112,7 +113,8 @@ def attachable(staging_marker: dict | None, sha256: str, status: detached.Status
 # ---- executors --------------------------------------------------------------------------------
 
 def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
-    out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin, settings.pg_port),
+    out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin,
+                                       settings.pg_port),
                      user="postgres").stdout.strip()
     if out == "removed":
         return Step("stale restore tuning", True, f"removed {tuning_file} left by a restore that is no longer running")
@@ -126,7 +128,8 @@ def restore_job(remote, settings, sha256: str) -> detached.Job:
 
 
 def analyze_job(remote, settings, sha256: str, serial: bool = False) -> detached.Job:
-    return detached.Job(remote, detached.jobs_base(settings.data_mount), job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
+    return detached.Job(remote, detached.jobs_base(settings.data_mount),
+                        job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
 
 
 def phase_results(job: detached.Job, phases: list[str]) -> dict[str, tuple[int | None, str]]:
