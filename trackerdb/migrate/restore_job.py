@@ -14,10 +14,14 @@ restore finds them and attaches instead of starting over.
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 from .. import detached
 from ..errors import HostError
 from ..steps import Step
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 RESTORE_JOB = "restore"
 ANALYZE_JOB = "analyze"
@@ -36,7 +40,7 @@ def df_avail(stdout: str) -> int | None:
     return int(tail[0]) if tail and tail[0].isdigit() else None
 
 
-def dead_job_error(t, settings, what: str, last_log: str, free: int | None) -> HostError:
+def dead_job_error(t, settings: Settings, what: str, last_log: str, free: int | None) -> HostError:
     """A job that ended without an exit status: killed, or, on a full data volume, unable to write one."""
     db, mount = settings.database, settings.data_mount
     if free is not None and free < FULL_BELOW:
@@ -112,7 +116,7 @@ def attachable(staging_marker: dict | None, sha256: str, status: detached.Status
 
 # ---- executors --------------------------------------------------------------------------------
 
-def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
+def clear_stale_tuning(remote, settings: Settings, tuning_file: str) -> Step:
     out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin,
                                        settings.pg_port),
                      user="postgres").stdout.strip()
@@ -123,11 +127,11 @@ def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
     return Step("stale restore tuning", False, "none left behind")
 
 
-def restore_job(remote, settings, sha256: str) -> detached.Job:
+def restore_job(remote, settings: Settings, sha256: str) -> detached.Job:
     return detached.Job(remote, detached.jobs_base(settings.data_mount), job_name(RESTORE_JOB, sha256))
 
 
-def analyze_job(remote, settings, sha256: str, serial: bool = False) -> detached.Job:
+def analyze_job(remote, settings: Settings, sha256: str, serial: bool = False) -> detached.Job:
     return detached.Job(remote, detached.jobs_base(settings.data_mount),
                         job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
 

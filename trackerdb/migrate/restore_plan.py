@@ -6,6 +6,7 @@ read-only preflights the cutover runs before it freezes the source. Builders are
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .. import compat
 from ..errors import OpsError, PreflightError
@@ -15,6 +16,9 @@ from . import kept_aside as ka
 from . import manifest as mf
 from . import sqltext as sq
 from . import toc
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 MARKER = "trackerdb:restore-staging"
 TUNING_NAME = "90-trackerdb-restore.conf"
@@ -210,12 +214,12 @@ def check_free_space(db_bytes: int, dump_bytes: int, avail: int, uploaded: int, 
     return need
 
 
-def space_report(settings, psql: Psql):
+def space_report(settings: Settings, psql: Psql):
     """The target's space holders for :func:`check_free_space` (``kept_aside.space_report``)."""
     return lambda: ka.space_report(settings, psql)
 
 
-def preflight_target(settings, session=None) -> dict:
+def preflight_target(settings: Settings, session=None) -> dict:
     """The refusals that need no dump (used by the cutover before it freezes the source): the target
     answers, TimescaleDB there is the configured version, no foreign staging database is in the way."""
     with connection(settings, session) as (_, t):
@@ -233,7 +237,7 @@ def preflight_target(settings, session=None) -> dict:
     return {"timescaledb": want, "tracker_exists": settings.database in dbs}
 
 
-def preflight_from_source(settings, source_facts: dict, session=None, replace: bool = True) -> dict:
+def preflight_from_source(settings: Settings, source_facts: dict, session=None, replace: bool = True) -> dict:
     """What a restore of a dump of ``source_facts`` (the live source's, as ``manifest.collect_facts``
     reads them) would refuse, before the dump exists: TimescaleDB/PostGIS/PostgreSQL versions,
     locale, the target's databases, free space (the dump taken as half the database: custom format
