@@ -141,7 +141,7 @@ def test_the_delta_refuses_a_compress_chunk_impostor_and_compresses_nothing(plan
         chunk = t.value("SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
                         "WHERE hypertable_name = 'location_reports' AND NOT is_compressed ORDER BY range_start LIMIT 1;", s.database)
         assert chunk
-        stmts = dq.state_statements(dq.COMPRESS, {"rel": chunk, "owner": s.owner_role}, "public")
+        stmts = dq.state_statements(dq.COMPRESS, dq.Item(kind="chunk", rel=chunk, owner=s.owner_role, columns=[]), "public")
         with pytest.raises(PsqlError, match=r"refuses to call TimescaleDB's API: public\.compress_chunk\(regclass,boolean\)"):
             t.run("\n".join(st + ";" for st in stmts), s.database)  # the guard in the script itself
         assert ran(t) == []

@@ -219,7 +219,7 @@ def test_source_and_target_equal_by_content(world):
     src, tgt = world["checksums"]
     assert src == tgt, {k: (src[k], tgt.get(k)) for k in src if src[k] != tgt.get(k)}
     c = world["content"]
-    rows = {w: {k: (c[w][k]["n"], c[w][k]["d"]) for k in world["raw_keys"]} for w in ("source", "target")}
+    rows = {w: {k: (c[w][k].n, c[w][k].d) for k in world["raw_keys"]} for w in ("source", "target")}
     assert world["raw_keys"] and rows["source"] == rows["target"]  # the versions ("v") are each host's own
     assert world["sequences"][0] == world["sequences"][1] and world["lo"][0] == world["lo"][1]
     assert world["late_on_target"] == "1", "the change made after the fingerprints before the outage was not moved"

@@ -1,6 +1,8 @@
 """The pre-copy path's pure parts: items from a catalog, fingerprint SQL, the diff of two hosts' prints
 as a plan, and the statements that carry the plan out."""
 
+from dataclasses import replace
+
 import pytest
 
 from trackerdb.migrate import delta_sql as dq
@@ -111,12 +113,12 @@ def test_hostile_names_are_quoted():
 
 
 def test_range_bounds_by_time_type_and_open_ends():
-    item = {"time_column": "t", "time_type": "bigint", "start": 10, "end": 20}
+    item = dq.Item(kind="chunk", rel="c", owner="o", columns=[], time_column="t", time_type="bigint", start=10, end=20)
     assert dq.range_where(item) == '"t" >= 10 AND "t" < 20'
-    assert dq.range_where(dict(item, start=dq.INT64_MIN)) == '"t" < 20'
-    assert dq.range_where(dict(item, start=dq.INT64_MIN, end=dq.INT64_MAX)) == "true"
-    assert "to_date(5)" in dq.range_where(dict(item, time_type="date", start=5))
-    assert "to_timestamp_without_timezone(5)" in dq.range_where(dict(item, time_type="timestamp without time zone", start=5))
+    assert dq.range_where(replace(item, start=dq.INT64_MIN)) == '"t" < 20'
+    assert dq.range_where(replace(item, start=dq.INT64_MIN, end=dq.INT64_MAX)) == "true"
+    assert "to_date(5)" in dq.range_where(replace(item, time_type="date", start=5))
+    assert "to_timestamp_without_timezone(5)" in dq.range_where(replace(item, time_type="timestamp without time zone", start=5))
 
 
 def test_parse_prints_and_split_balanced():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from trackerdb.cutover import delta_slices as ds
 from trackerdb.migrate import delta_sql as dq
 
@@ -22,7 +24,7 @@ def test_only_an_uncompressed_chunk_on_both_hosts_of_a_finite_wide_range_is_cut(
     assert not ds.sliceable(_items()[0], None)  # a new chunk: created whole
     assert not ds.sliceable(*_items(end=ds.SLICES - 1))
     src, tgt = _items()
-    assert not ds.sliceable(dict(src, start=dq.INT64_MIN), tgt)
+    assert not ds.sliceable(replace(src, start=dq.INT64_MIN), tgt)
     table = dq.items(catalog([], tables=["devices"]))["table tracker.devices"]
     assert not ds.sliceable(table, table)
 

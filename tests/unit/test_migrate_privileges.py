@@ -167,11 +167,16 @@ def test_owner_map_plan_is_shown():
 
 
 def test_restore_dry_run_lists_the_mapping_and_settings_last():
+    from pathlib import Path
     from types import SimpleNamespace
+
+    from trackerdb.migrate.restore_ctx import RestoreOutcome
 
     s = SimpleNamespace(database="tracker", postgres_major=17, owner_map=MAP)
     manifest = {"facts": {"roles": [], "privileges": DOC, "db_settings": {"": ["default_transaction_read_only=on"]}}}
-    plan = list(restore._plan(s, manifest, {"staging": None, "tracker_exists": False}, "/x", 0, 10, False, False, set()))
+    ctx = restore.RestoreCtx(s, restore.LocalDump(Path("/x.dump")), restore.RestoreOptions(), RestoreOutcome("t"), print,
+                             manifest=manifest, dbplan={"staging": None, "tracker_exists": False}, remote_dump="/x", size=10)
+    plan = list(restore._plan(ctx))
     names = [n for n, _ in plan]
     assert "owner map" in names and "read-only source" in names
     assert any("database settings last" in d for _, d in plan)

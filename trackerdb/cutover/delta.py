@@ -29,6 +29,7 @@ from ..psql import Psql, blocked_statement
 from ..remote import Remote, wrap
 from . import delta_slices as ds
 from ..migrate import delta_sql as dq
+from ..migrate.delta_types import Item, Print, prints_from_json, prints_to_json
 from . import freeze as fz
 
 PARTS = 2  # sessions per host for fingerprints (the hosts run at the same time)
@@ -80,7 +81,8 @@ def choose_path(ctx, full: bool) -> dict:
     s_base, s_priv, t_base, t_priv, ident, s_cat, t_state = hosts.run([
         ("source", sp.SCHEMA_SQL, True), ("source", sp.pv.PRIVILEGES_SQL, True),
         ("target", sp.SCHEMA_SQL, True), ("target", sp.pv.PRIVILEGES_SQL, True),
-        ("target", sp.identity_sql(s.database), True), ("source", dq.CATALOG_SQL, True), ("target", fz.facts_sql(s.database), True)])
+        ("target", sp.identity_sql(s.database), True), ("source", dq.CATALOG_SQL, True),
+        ("target", fz.facts_sql(s.database), True)])
     reasons = sp.guard(record, s.database, ident, sp.schema_doc(s_base, s_priv), sp.schema_doc(t_base, t_priv),
                        target_read_only=t_state.get("read_only_setting"))
     reasons += dq.unsupported(s_cat)
@@ -93,11 +95,12 @@ def choose_path(ctx, full: bool) -> dict:
 
 # ---- fingerprints ---------------------------------------------------------------------------------
 
-def _columns(key: str, src_items: dict, items: dict) -> list[str]:
-    return (src_items.get(key) or items[key])["columns"]
+def _columns(key: str, src_items: dict[str, Item], items: dict[str, Item]) -> list[str]:
+    return (src_items.get(key) or items[key]).columns
 
 
-def _jobs(which: str, items: dict, src_items: dict, keys=None, kind: str = "print") -> list[tuple[str, str, bool]]:
+def _jobs(which: str, items: dict[str, Item], src_items: dict[str, Item], keys: list[str] | None = None,
+          kind: str = "print") -> list[tuple[str, str, bool]]:
     keys = list(items) if keys is None else [k for k in keys if k in items]
     if kind == "version":
         def build(k):
@@ -107,17 +110,21 @@ def _jobs(which: str, items: dict, src_items: dict, keys=None, kind: str = "prin
 
         def build(k):
             return fn(k, items[k], _columns(k, src_items, items))
-    groups = dq.split_balanced(keys, {k: items[k]["bytes"] for k in keys}, PARTS)
+    groups = dq.split_balanced(keys, {k: items[k].bytes for k in keys}, PARTS)
     return [(which, dq.script([build(k) for k in g]), False) for g in groups]
 
 
-def _prints(hosts: _Hosts, per_host: dict[str, list]) -> dict[str, dict]:
+def _prints(hosts: _Hosts, per_host: dict[str, list]) -> dict[str, dict[str, Print]]:
     """``{host: jobs}`` all at once -> ``{host: {key: print}}``."""
     jobs = [j for js in per_host.values() for j in js]
-    out: dict[str, dict] = {w: {} for w in per_host}
+    out: dict[str, dict[str, Print]] = {w: {} for w in per_host}
     for (which, _, _), res in zip(jobs, hosts.run(jobs)):
-        out[which].update(dq.parse_prints(res))
+        out[which].update({k: Print.from_json(p) for k, p in dq.parse_prints(res).items()})
     return out
+
+
+def _v(p: Print | None) -> str | None:
+    return None if p is None else p.v
 
 
 def fingerprint_all(ctx) -> dict:
@@ -126,16 +133,22 @@ def fingerprint_all(ctx) -> dict:
     hosts = _Hosts(ctx)
     src_cat, tgt_cat = hosts.run([("source", dq.CATALOG_SQL, True), ("target", dq.CATALOG_SQL, True)])
     si, ti = dq.items(src_cat), dq.items(tgt_cat)
-    return _prints(hosts, {"source": _jobs("source", si, si), "target": _jobs("target", ti, si)})
+    got = _prints(hosts, {"source": _jobs("source", si, si), "target": _jobs("target", ti, si)})
+    return {w: {k: p.to_json() for k, p in ps.items()} for w, ps in got.items()}
 
 
-def _current(hosts: _Hosts, wanted: dict[str, tuple[dict, dict, dict]]) -> tuple[dict, dict]:
+Wanted = dict[str, tuple[dict[str, Item], dict[str, Item], dict[str, Print]]]
+
+
+def _current(hosts: _Hosts, wanted: Wanted) -> tuple[dict[str, dict[str, Print]], dict[str, int]]:
     """``{host: (items, src_items, cached prints)}`` -> (prints now, number re-read per host): tuple
     versions of every item (a cheap scan); the content only where they differ from the cached print's."""
     vers = _prints(hosts, {w: _jobs(w, it, si, kind="version") for w, (it, si, _) in wanted.items()})
-    reuse, redo = {}, {}
+    reuse: dict[str, dict[str, Print]] = {}
+    redo: dict[str, list[str]] = {}
     for w, (it, si, cached) in wanted.items():
-        reuse[w] = {k: cached[k] for k in it if k in cached and cached[k].get("v") is not None and cached[k]["v"] == vers[w].get(k, {}).get("v")}
+        reuse[w] = {k: cached[k] for k in it
+                    if k in cached and cached[k].v is not None and cached[k].v == _v(vers[w].get(k))}
         redo[w] = [k for k in it if k not in reuse[w]]
     fresh = _prints(hosts, {w: _jobs(w, wanted[w][0], wanted[w][1], redo[w]) for w in wanted if redo[w]})
     return {w: {**reuse[w], **fresh.get(w, {})} for w in wanted}, {w: len(redo[w]) for w in wanted}
@@ -157,14 +170,16 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
     copied_keys: list[str] = []
     moved = [0]  # bytes of COPY text streamed
     sliced: dict = {}  # chunk key -> slices moved (of ds.SLICES), for uncompressed chunks moved in part
-    src_cat = src_items = None
-    cache = {"source": dict((cached or {}).get("source") or {}), "target": dict((cached or {}).get("target") or {})}
-    src_prints: dict = {}
-    src_content: dict = {}
-    content_cache = dict((cached or {}).get("content") or {})  # key -> [source print, target print] by content
+    src_cat: dict = {}
+    src_items: dict[str, Item] = {}
+    kept = prints_from_json(cached)  # the prints file's JSON (or a ``keep`` of this run) -> Prints, in one place
+    cache: dict[str, dict[str, Print]] = {"source": kept["source"], "target": kept["target"]}
+    src_prints: dict[str, Print] = {}
+    src_content: dict[str, Print] = {}
+    content_cache: dict[str, list] = kept["content"]  # key -> [source print, target print] by content
     for rnd in range(1, MAX_ROUNDS + 1):
         t0 = time.monotonic()
-        if src_cat is None:
+        if rnd == 1:
             src_cat, tgt_cat = hosts.run([("source", dq.CATALOG_SQL, True), ("target", dq.CATALOG_SQL, True)])
             src_items = dq.items(src_cat)
         else:
@@ -175,7 +190,7 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
             _target(ctx).run("BEGIN;\n" + "\n".join(renames) + "\nCOMMIT;", ctx.settings.database)
             tgt_cat = hosts.run([("target", dq.CATALOG_SQL, True)])[0]
             tgt_items = dq.items(tgt_cat)
-        wanted = {"target": (tgt_items, src_items, cache["target"])}
+        wanted: Wanted = {"target": (tgt_items, src_items, cache["target"])}
         if not src_prints:
             wanted["source"] = (src_items, src_items, cache["source"])
         now, n_redo = _current(hosts, wanted)
@@ -189,10 +204,10 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
             # a content print stays valid while the tuple versions it was read from are the ones now
             for k in plan.recheck:
                 old = content_cache.get(k)
-                if old and k not in src_content and old[0] and old[0].get("v") == src_prints.get(k, {}).get("v"):
+                if old and k not in src_content and old[0] and old[0].v == _v(src_prints.get(k)):
                     src_content[k] = old[0]
             tgt_content = {k: content_cache[k][1] for k in plan.recheck if content_cache.get(k) and content_cache[k][1]
-                           and content_cache[k][1].get("v") == tgt_prints.get(k, {}).get("v")}
+                           and content_cache[k][1].v == _v(tgt_prints.get(k))}
             need_src = [k for k in plan.recheck if k not in src_content]
             need_tgt = [k for k in plan.recheck if k not in tgt_content]
             got = _prints(hosts, {"source": _jobs("source", src_items, src_items, need_src, kind="content"),
@@ -212,16 +227,18 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
                                               for kind, c in sorted(counts.items()))
             + f"; {len(seqs)} sequence(s), {len(lo_copy) + len(lo_drop)} large object(s) differ"
             + ("; refresh state differs" if cagg_differs else ""))
-        note({"round": rnd, "plan": counts, "to_do": len(todo) + len(seqs) + len(lo_copy) + len(lo_drop) + int(cagg_differs)})
+        note({"round": rnd, "plan": counts,
+              "to_do": len(todo) + len(seqs) + len(lo_copy) + len(lo_drop) + int(cagg_differs)})
         if rnd == 1:
             totals = {"plan": counts, "sequences_set": len(seqs), "large_objects_copied": len(lo_copy) + len(lo_drop),
                       "cagg_state_copied": cagg_differs}
         done = not todo and not seqs and not lo_copy and not lo_drop and not cagg_differs
         if keep is not None:
-            keep.update(source=src_prints, target=tgt_prints, content=content_cache)
+            keep.update(prints_to_json({"source": src_prints, "target": tgt_prints, "content": content_cache}))
         if done or (not converge and rnd == 2):
             return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
-                    "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0], "slices_moved": sliced,
+                    "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0],
+                    "slices_moved": sliced,
                     "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}
         t2 = time.monotonic()
         copied_keys += _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved, sliced)
@@ -267,27 +284,31 @@ def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, 
     done = []
     for key in plan.keys(dq.COPY, dq.CREATE):
         item, t = src_items[key], tgt_items.get(key)
-        cols = item["columns"]
+        cols = item.columns
         part = _differing_slices(ctx, key, item, t) if plan.actions[key] == dq.COPY and ds.sliceable(item, t) else None
         where = None if part is None else ds.where(item, part)  # the source's bounds: the chunk matched by range
         if part is not None:
             sliced[key] = sliced.get(key, 0) + len(part)
-        stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.get("hypertable")), cols, where, api_schema)
+        stmts = dq.copy_in_statements(plan.actions[key], item, t, hts.get(item.hypertable), cols, where, api_schema)
         out_argv = src_psql.stream(s.database, [dq.copy_out_sql(item, cols, where)])
         # the receiver reads its script and the rows from one stdin; its COMMIT travels only after the
         # source's COPY ended well (a cut stream is valid COPY data: the transaction must not commit it)
         header, trailer = dq.copy_in_script(stmts)
-        res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt, wrap(tgt_psql.argv(s.database), user="postgres"),
+        res, code, err = src.pipe_to(wrap(out_argv, user="postgres"), tgt,
+                                     wrap(tgt_psql.argv(s.database), user="postgres"),
                                      header=header, trailer=trailer)
         if res.exit_code != 0 or code != 0:
             _limit_hit(s.database, (tgt_psql, err, header.decode(errors="replace")), (src_psql, res.stderr, "COPY"))
             raise DeltaError(f"copying {key} failed: source exit {res.exit_code} {res.stderr.strip()[-300:]}; "
-                             f"target exit {code} {err.strip()[-300:]}", hint="re-run `invoke cutover`: the delta starts again from fingerprints")
-        say(f"copied {key}: {res.bytes / 1048576:.1f} MiB" + (f" ({len(part)} of {ds.SLICES} slices)" if part is not None else ""))
+                             f"target exit {code} {err.strip()[-300:]}",
+                             hint="re-run `invoke cutover`: the delta starts again from fingerprints")
+        say(f"copied {key}: {res.bytes / 1048576:.1f} MiB"
+            + (f" ({len(part)} of {ds.SLICES} slices)" if part is not None else ""))
         moved[0] += res.bytes
         done.append(key)
     for key in plan.keys(dq.DROP, dq.COMPRESS, dq.DECOMPRESS):
-        tgt_psql.run("\n".join(st + ";" for st in dq.state_statements(plan.actions[key], tgt_items[key], api_schema)), s.database)
+        tgt_psql.run("\n".join(st + ";" for st in dq.state_statements(plan.actions[key], tgt_items[key], api_schema)),
+                     s.database)
         say(f"{plan.actions[key]} {key}")
         done.append(key)
     return done
@@ -303,18 +324,19 @@ def _limit_hit(database: str, *sides) -> None:
             raise psql.limit_error(lim, which, database, blocked_statement(script, err))
 
 
-def _differing_slices(ctx, key: str, src: dict, tgt: dict) -> list[int] | None:
+def _differing_slices(ctx, key: str, src: Item, tgt: Item) -> list[int] | None:
     """The slices of an uncompressed chunk that differ (both hosts at once), or None: move it whole."""
-    sql = [dq.script([ds.slices_sql(key, it, src["columns"])]) for it in (src, tgt)]
+    sql = [dq.script([ds.slices_sql(key, it, src.columns)]) for it in (src, tgt)]
     got = _Hosts(ctx).run([("source", sql[0], False), ("target", sql[1], False)])
-    prints = [ds.parse(g) for g in got]
-    if any(p is None for p in prints):
+    src_slices, tgt_slices = (ds.parse(g) for g in got)
+    if src_slices is None or tgt_slices is None:
         return None
-    part = ds.differing(*prints)
+    part = ds.differing(src_slices, tgt_slices)
     return part if len(part) <= ds.MOST else None
 
 
-def _apply_small(ctx, seqs: dict, lo_copy: list[int], lo_drop: list[int], tgt_los: set[int], cagg_sql: list[str]) -> None:
+def _apply_small(ctx, seqs: dict, lo_copy: list[int], lo_drop: list[int], tgt_los: set[int],
+                 cagg_sql: list[str]) -> None:
     s = ctx.settings
     tgt, src = _target(ctx), Psql.source(ctx.remote("source"), s)
     stmts = list(seqs.values())

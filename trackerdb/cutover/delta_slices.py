@@ -15,33 +15,36 @@ import json
 
 from ..sql import ident, literal
 from ..migrate.delta_sql import INT64_MAX, INT64_MIN, _bound, _digest
+from ..migrate.delta_types import Item
 
 SLICES = 64
 MOST = SLICES // 2  # more slices than this differ: the whole chunk moves (one DELETE, one COPY)
 
 
-def sliceable(src: dict, tgt: dict | None) -> bool:
+def sliceable(src: Item, tgt: Item | None) -> bool:
     """An uncompressed chunk of one finite range on both hosts, wide enough to cut."""
-    return (tgt is not None and src["kind"] == "chunk" and tgt["kind"] == "chunk" and not src["compressed"]
-            and not tgt["compressed"] and src["start"] != INT64_MIN and src["end"] != INT64_MAX
-            and src["end"] - src["start"] >= SLICES)
+    return (tgt is not None and src.kind == "chunk" and tgt.kind == "chunk" and not src.compressed
+            and not tgt.compressed and src.start != INT64_MIN and src.end != INT64_MAX
+            and src.end - src.start >= SLICES)
 
 
-def cuts(item: dict, n: int = SLICES) -> list[int]:
+def cuts(item: Item, n: int = SLICES) -> list[int]:
     """The ``n - 1`` interior cut points of the chunk's range, in TimescaleDB's internal units."""
-    start, end = int(item["start"]), int(item["end"])
+    start, end = item.start, item.end
     return [start + (end - start) * i // n for i in range(1, n)]
 
 
-def _bucket(item: dict) -> str:
-    arr = ", ".join(_bound(c, item["time_type"]) for c in cuts(item))
-    return f"width_bucket(t.{ident(item['time_column'])}, ARRAY[{arr}])"
+def _bucket(item: Item) -> str:
+    arr = ", ".join(_bound(c, item.time_type) for c in cuts(item))
+    return f"width_bucket(t.{ident(item.time_column)}, ARRAY[{arr}])"
 
 
-def slices_sql(key: str, item: dict, columns: list[str]) -> str:
+def slices_sql(key: str, item: Item, columns: list[str]) -> str:
     """One line of JSON ``{"k", "s": {slice: [rows, digest]}}`` of the chunk's rows (slice 0 .. SLICES-1)."""
-    return (f"SELECT json_build_object('k', {literal(key)}, 's', coalesce(json_object_agg(x.b, json_build_array(x.n, x.d)), '{{}}'))::text "
-            f"FROM (SELECT {_bucket(item)} AS b, count(*) AS n, {_digest(columns)} AS d FROM ONLY {item['rel']} t GROUP BY 1) x;")
+    return (f"SELECT json_build_object('k', {literal(key)}, 's', coalesce(json_object_agg(x.b, json_build_array(x.n, "
+            f"x.d)), '{{}}'))::text "
+            f"FROM (SELECT {_bucket(item)} AS b, count(*) AS n, {_digest(columns)} AS d FROM ONLY {item.rel} t GROUP "
+            "BY 1) x;")
 
 
 def parse(stdout: str) -> dict | None:
@@ -68,9 +71,9 @@ def _ranges(buckets: list[int]) -> list[tuple[int, int]]:
     return [(a, z) for a, z in out]
 
 
-def where(item: dict, buckets: list[int]) -> str:
+def where(item: Item, buckets: list[int]) -> str:
     """The differing slices as range conditions on the time column (an index can serve them)."""
-    bounds = [int(item["start"]), *cuts(item), int(item["end"])]
-    col, tt = f"t.{ident(item['time_column'])}", item["time_type"]
+    bounds = [item.start, *cuts(item), item.end]
+    col, tt = f"t.{ident(item.time_column)}", item.time_type
     parts = [f"({col} >= {_bound(bounds[a], tt)} AND {col} < {_bound(bounds[z + 1], tt)})" for a, z in _ranges(buckets)]
     return "(" + " OR ".join(parts) + ")" if parts else "false"

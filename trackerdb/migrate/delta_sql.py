@@ -30,76 +30,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from .. import tsdb_api as api
 from ..psql import pin_line
 from ..sql import ident, literal
+from .delta_catalog import CATALOG_SQL as CATALOG_SQL  # what each host holds: one JSON document
+from .delta_types import Action, ChunkKey, Item, Print, as_print, key_kind
 
 INT64_MIN, INT64_MAX = -9223372036854775808, 9223372036854775807
 CAGG_STATE = "cagg-state"
-
-_HT_KEY = ("CASE WHEN ca.mat_hypertable_id IS NULL THEN format('%I.%I', h.schema_name, h.table_name) "
-           "ELSE format('cagg %I.%I', ca.user_view_schema, ca.user_view_name) END")
-_COLS = ("(SELECT coalesce(json_agg(a.attname ORDER BY a.attnum), '[]'::json) FROM pg_attribute a WHERE a.attrelid = {rel} "
-         "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')")
-INTERNAL_RE = literal(api.INTERNAL_SCHEMAS_RE)
-_USER_NS = f"n.nspname !~ {INTERNAL_RE}"
-
-CATALOG_SQL = f"""SET search_path = pg_catalog, pg_temp;
-WITH ht AS (
-  SELECT h.id, h.schema_name, h.table_name, {_HT_KEY} AS key,
-         (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = format('%I.%I', h.schema_name, h.table_name)::regclass) AS owner,
-         (SELECT count(*) FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id) AS dims,
-         (SELECT d.id FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id ORDER BY d.id LIMIT 1) AS dim_id
-  FROM _timescaledb_catalog.hypertable h LEFT JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = h.id
-  WHERE h.compression_state <> 2)
-SELECT json_build_object(
-  'hypertables', (SELECT coalesce(json_agg(json_build_object('id', ht.id, 'schema', ht.schema_name, 'name', ht.table_name,
-      'key', ht.key, 'owner', ht.owner, 'dims', ht.dims, 'time_column', d.column_name, 'time_type', d.column_type::regtype::text,
-      'columns', {_COLS.format(rel="format('%I.%I', ht.schema_name, ht.table_name)::regclass")}) ORDER BY ht.id), '[]'::json)
-    FROM ht LEFT JOIN _timescaledb_catalog.dimension d ON d.id = ht.dim_id),
-  'chunks', (SELECT coalesce(json_agg(json_build_object('hypertable', ht.key, 'schema', ch.schema_name, 'name', ch.table_name,
-      'start', ds.range_start, 'end', ds.range_end, 'compressed', cz.id IS NOT NULL,
-      'compressed_schema', cz.schema_name, 'compressed_name', cz.table_name,
-      'owner', pg_get_userbyid((SELECT c.relowner FROM pg_class c WHERE c.oid = format('%I.%I', ch.schema_name, ch.table_name)::regclass)),
-      'bytes', pg_total_relation_size(format('%I.%I', ch.schema_name, ch.table_name)::regclass)
-               + CASE WHEN cz.id IS NULL THEN 0 ELSE pg_total_relation_size(format('%I.%I', cz.schema_name, cz.table_name)::regclass) END)
-      ORDER BY ch.id), '[]'::json)
-    FROM _timescaledb_catalog.chunk ch JOIN ht ON ht.id = ch.hypertable_id
-    JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id = ch.id AND cc.dimension_slice_id IS NOT NULL
-    JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = cc.dimension_slice_id AND ds.dimension_id = ht.dim_id
-    LEFT JOIN _timescaledb_catalog.chunk cz ON cz.id = ch.compressed_chunk_id
-    WHERE NOT ch.dropped AND NOT ch.osm_chunk),
-  'tables', (SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname,
-      'key', format('%I.%I', n.nspname, c.relname), 'owner', pg_get_userbyid(c.relowner),
-      'columns', {_COLS.format(rel='c.oid')}, 'bytes', pg_total_relation_size(c.oid)) ORDER BY n.nspname, c.relname), '[]'::json)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'r' AND {_USER_NS} AND NOT EXISTS (SELECT 1 FROM ht WHERE ht.schema_name = n.nspname AND ht.table_name = c.relname)
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')),
-  'sequences', (SELECT coalesce(json_agg(json_build_object('schema', s.schemaname, 'name', s.sequencename,
-      'last_value', s.last_value::text, 'start_value', s.start_value::text) ORDER BY s.schemaname, s.sequencename), '[]'::json)
-    FROM pg_sequences s WHERE s.schemaname !~ {INTERNAL_RE}),
-  'large_objects', (SELECT coalesce(json_agg(json_build_object('oid', l.oid::bigint, 'owner', pg_get_userbyid(l.lomowner),
-      'acl', l.lomacl::text, 'md5', md5(lo_get(l.oid))) ORDER BY l.oid), '[]'::json) FROM pg_largeobject_metadata l),
-  'cagg_state', json_build_object(
-    'thresholds', (SELECT coalesce(json_agg(json_build_object('id', t.hypertable_id, 'watermark', t.watermark::text)), '[]'::json)
-                   FROM _timescaledb_catalog.continuous_aggs_invalidation_threshold t),
-    'watermarks', (SELECT coalesce(json_agg(json_build_object('id', w.mat_hypertable_id, 'watermark', w.watermark::text)), '[]'::json)
-                   FROM _timescaledb_catalog.continuous_aggs_watermark w),
-    'hypertable_log', (SELECT coalesce(json_agg(json_build_object('id', l.hypertable_id, 'low', l.lowest_modified_value::text,
-                         'high', l.greatest_modified_value::text)), '[]'::json)
-                       FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log l),
-    'materialization_log', (SELECT coalesce(json_agg(json_build_object('id', l.materialization_id,
-                              'low', l.lowest_modified_value::text, 'high', l.greatest_modified_value::text)), '[]'::json)
-                            FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log l))
-);
-"""
 
 # ---- items ------------------------------------------------------------------------------------
 
 
 def chunk_key(hypertable_key: str, start: int, end: int) -> str:
-    return f"chunk {hypertable_key} [{start}, {end})"
+    return str(ChunkKey(hypertable_key, int(start), int(end)))
 
 
 def unsupported(catalog: dict) -> list[str]:
@@ -108,23 +54,23 @@ def unsupported(catalog: dict) -> list[str]:
             for h in catalog.get("hypertables") or [] if int(h.get("dims") or 0) != 1]
 
 
-def items(catalog: dict) -> dict[str, dict]:
+def items(catalog: dict) -> dict[str, Item]:
     """Every chunk and regular table of one host's catalog, by its matching key."""
     hts = {h["key"]: h for h in catalog.get("hypertables") or []}
-    out: dict[str, dict] = {}
+    out: dict[str, Item] = {}
     for t in catalog.get("tables") or []:
-        out[f"table {t['key']}"] = {"kind": "table", "rel": f"{ident(t['schema'])}.{ident(t['name'])}", "owner": t["owner"],
-                                    "columns": t["columns"], "bytes": t.get("bytes") or 0}
+        out[f"table {t['key']}"] = Item(kind="table", rel=f"{ident(t['schema'])}.{ident(t['name'])}", owner=t["owner"],
+                                        columns=t["columns"], bytes=t.get("bytes") or 0)
     for c in catalog.get("chunks") or []:
         h = hts[c["hypertable"]]
-        out[chunk_key(c["hypertable"], c["start"], c["end"])] = {
-            "kind": "chunk", "rel": f"{ident(c['schema'])}.{ident(c['name'])}", "hypertable": c["hypertable"],
-            "schema": c["schema"], "name": c["name"], "compressed_schema": c.get("compressed_schema"),
-            "compressed_name": c.get("compressed_name"), "owner": c["owner"], "ht_schema": h["schema"], "ht_name": h["name"],
-            "ht_rel": f"{ident(h['schema'])}.{ident(h['name'])}", "columns": h["columns"], "time_column": h["time_column"],
-            "time_type": h["time_type"], "start": int(c["start"]), "end": int(c["end"]), "compressed": bool(c["compressed"]),
-            "compressed_rel": f"{ident(c['compressed_schema'])}.{ident(c['compressed_name'])}" if c["compressed"] else None,
-            "bytes": c.get("bytes") or 0}
+        zrel = f"{ident(c['compressed_schema'])}.{ident(c['compressed_name'])}" if c["compressed"] else None
+        out[chunk_key(c["hypertable"], c["start"], c["end"])] = Item(
+            kind="chunk", rel=f"{ident(c['schema'])}.{ident(c['name'])}", hypertable=c["hypertable"],
+            schema=c["schema"], name=c["name"], compressed_schema=c.get("compressed_schema"),
+            compressed_name=c.get("compressed_name"), owner=c["owner"], ht_schema=h["schema"], ht_name=h["name"],
+            ht_rel=f"{ident(h['schema'])}.{ident(h['name'])}", columns=h["columns"], time_column=h["time_column"],
+            time_type=h["time_type"], start=int(c["start"]), end=int(c["end"]), compressed=bool(c["compressed"]),
+            compressed_rel=zrel, bytes=c.get("bytes") or 0)
     return out
 
 
@@ -138,14 +84,14 @@ def _bound(internal: int, time_type: str) -> str:
     return str(int(internal))
 
 
-def range_where(item: dict) -> str:
+def range_where(item: Item) -> str:
     """The chunk's range as a condition on its hypertable's time column."""
-    col = ident(item["time_column"])
+    col = ident(item.time_column)
     conds = []
-    if item["start"] != INT64_MIN:
-        conds.append(f"{col} >= {_bound(item['start'], item['time_type'])}")
-    if item["end"] != INT64_MAX:
-        conds.append(f"{col} < {_bound(item['end'], item['time_type'])}")
+    if item.start != INT64_MIN:
+        conds.append(f"{col} >= {_bound(item.start, item.time_type)}")
+    if item.end != INT64_MAX:
+        conds.append(f"{col} < {_bound(item.end, item.time_type)}")
     return " AND ".join(conds) or "true"
 
 
@@ -166,34 +112,36 @@ def _version(alias: str) -> str:
     return f"coalesce(sum(hashtextextended({alias}.ctid::text || {alias}.xmin::text, 0)), 0)::text"
 
 
-def version_expr(item: dict) -> str:
-    heap = f"(SELECT {_version('t')} FROM ONLY {item['rel']} t)"
-    if item["kind"] == "chunk" and item["compressed"]:
-        return f"{heap} || '/' || (SELECT {_version('z')} FROM {item['compressed_rel']} z) || ' ' || {literal(item['compressed_rel'])}"
+def version_expr(item: Item) -> str:
+    heap = f"(SELECT {_version('t')} FROM ONLY {item.rel} t)"
+    if item.kind == "chunk" and item.compressed:
+        zrel = item.zrel
+        return f"{heap} || '/' || (SELECT {_version('z')} FROM {zrel} z) || ' ' || {literal(zrel)}"
     return heap
 
 
-def fingerprint_sql(key: str, item: dict, columns: list[str]) -> str:
+def fingerprint_sql(key: str, item: Item, columns: list[str]) -> str:
     """One line of JSON ``{"k", "n", "d", "v"}``: rows and digest of a table or uncompressed chunk; for a
     compressed chunk its storage (batches + rows outside them, ``d`` = ``storage rows-digest/batches:digest``);
     ``v``: the tuple versions the digest was read from, in the same scan (compared only with the same host's)."""
-    if item["kind"] == "chunk" and item["compressed"]:
-        zrel = item["compressed_rel"]
-        return (f"SELECT json_build_object('k', {literal(key)}, 'n', h.n, 'd', 'storage ' || h.d || '/' || z.n || ':' || z.d, "
+    if item.kind == "chunk" and item.compressed:
+        zrel = item.zrel
+        return (f"SELECT json_build_object('k', {literal(key)}, 'n', h.n, 'd', 'storage ' || h.d || '/' || z.n || "
+                "':' || z.d, "
                 f"'v', h.v || '/' || z.v || ' ' || {literal(zrel)})::text "
-                f"FROM (SELECT count(*) AS n, {_digest(columns)} AS d, {_version('t')} AS v FROM ONLY {item['rel']} t) h, "
+                f"FROM (SELECT count(*) AS n, {_digest(columns)} AS d, {_version('t')} AS v FROM ONLY {item.rel} t) h, "
                 f"(SELECT count(*) AS n, {_digest([], 'z')} AS d, {_version('z')} AS v FROM {zrel} z) z;")
-    return _line(key, "count(*)", _digest(columns), f"ONLY {item['rel']} t", _version("t"))
+    return _line(key, "count(*)", _digest(columns), f"ONLY {item.rel} t", _version("t"))
 
 
-def version_sql(key: str, item: dict) -> str:
+def version_sql(key: str, item: Item) -> str:
     """One line ``{"k", "v"}``: only the tuple versions (a scan without reading the rows' content)."""
     return f"SELECT json_build_object('k', {literal(key)}, 'v', {version_expr(item)})::text;"
 
 
-def content_sql(key: str, item: dict, columns: list[str]) -> str:
+def content_sql(key: str, item: Item, columns: list[str]) -> str:
     """A chunk's rows read through its hypertable for its range (compressed or not: the same rows, the same digest)."""
-    return _line(key, "count(*)", _digest(columns), f"{item['ht_rel']} t WHERE {range_where(item)}", version_expr(item))
+    return _line(key, "count(*)", _digest(columns), f"{item.ht_rel} t WHERE {range_where(item)}", version_expr(item))
 
 
 def script(lines: list[str]) -> str:
@@ -223,54 +171,59 @@ def split_balanced(keys: list[str], weight: dict[str, int], parts: int) -> list[
 
 # ---- the plan ---------------------------------------------------------------------------------
 
-COPY, CREATE, DROP, COMPRESS, DECOMPRESS, SAME = "copy", "new", "drop", "compress", "decompress", "unchanged"
+COPY, CREATE, DROP, COMPRESS = Action.COPY, Action.CREATE, Action.DROP, Action.COMPRESS
+DECOMPRESS, SAME = Action.DECOMPRESS, Action.SAME
+
+PrintLike = Print | dict  # a print, or its JSON form (``delta_types.Print.from_json``)
 
 
 @dataclass
 class Plan:
-    actions: dict = field(default_factory=dict)  # key -> action
-    recheck: list = field(default_factory=list)  # keys whose storage differs: compare by content first
+    actions: dict[str, Action] = field(default_factory=dict)  # key -> action
+    recheck: list[str] = field(default_factory=list)  # keys whose storage differs: compare by content first
 
-    def keys(self, *actions) -> list[str]:
+    def keys(self, *actions: Action) -> list[str]:
         return sorted(k for k, a in self.actions.items() if a in actions)
 
-    def counts(self) -> dict:
-        out: dict = {}
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{kind: {action: n}}`` (plain strings: this goes to the journal)."""
+        out: dict[str, dict[str, int]] = {}
         for k, a in self.actions.items():
-            kind = k.split(" ", 1)[0]
-            out.setdefault(kind, {}).setdefault(a, 0)
-            out[kind][a] += 1
+            kind = out.setdefault(key_kind(k), {})
+            kind[a.value] = kind.get(a.value, 0) + 1
         return out
 
 
-def _nd(p):
-    return None if p is None else (p["n"], p["d"])
+def _nd(p: PrintLike | None) -> tuple[int | None, str | None] | None:
+    q = as_print(p)
+    return None if q is None else (q.n, q.d)
 
 
-def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, content: dict | None = None) -> Plan:
+def diff(src_items: Mapping[str, Item], src_prints: Mapping[str, PrintLike], tgt_items: Mapping[str, Item],
+         tgt_prints: Mapping[str, PrintLike], content: Mapping | None = None) -> Plan:
     """The plan that makes the target's chunks and tables equal to the source's. ``content``:
     ``{key: (source print, target print)}`` by content, for keys whose storage fingerprints differed."""
     plan = Plan()
     content = content or {}
     for key, s in src_items.items():
         t = tgt_items.get(key)
-        sp, tp = src_prints.get(key), tgt_prints.get(key)
+        sp, tp = as_print(src_prints.get(key)), as_print(tgt_prints.get(key))
         if t is None:
-            plan.actions[key] = SAME if sp is not None and sp["n"] == 0 else CREATE  # an empty chunk holds nothing to move
+            plan.actions[key] = SAME if sp is not None and sp.n == 0 else CREATE  # an empty chunk holds nothing to move
             continue
-        if sp is not None and tp is not None and (sp["n"], sp["d"]) == (tp["n"], tp["d"]):
+        if sp is not None and sp.same_content(tp):
             same = True
         elif key in content:
             same = _nd(content[key][0]) == _nd(content[key][1])
-        elif s["kind"] == "chunk" and (s["compressed"] or t["compressed"]):
+        elif s.kind == "chunk" and (s.compressed or t.compressed):
             plan.recheck.append(key)
             continue
         else:
             same = False
         if not same:
             plan.actions[key] = COPY
-        elif s["kind"] == "chunk" and s["compressed"] != t["compressed"]:
-            plan.actions[key] = COMPRESS if s["compressed"] else DECOMPRESS
+        elif s.kind == "chunk" and s.compressed != t.compressed:
+            plan.actions[key] = COMPRESS if s.compressed else DECOMPRESS
         else:
             plan.actions[key] = SAME
     for key in tgt_items:
@@ -282,14 +235,14 @@ def diff(src_items: dict, src_prints: dict, tgt_items: dict, tgt_prints: dict, c
 
 # ---- statements on the target -----------------------------------------------------------------
 
-def copy_out_sql(item: dict, columns: list[str], where: str | None = None) -> str:
+def copy_out_sql(item: Item, columns: list[str], where: str | None = None) -> str:
     """On the source: the item's rows, as COPY text (a chunk's through its hypertable, decompressed).
     ``where``: only a chunk's rows that match it (on ``t``: the slices ``delta_slices.where`` names)."""
     cols = ", ".join(ident(c) for c in columns)
-    if item["kind"] == "chunk":
+    if item.kind == "chunk":
         part = f" AND {where}" if where else ""
-        return f"COPY (SELECT {cols} FROM {item['ht_rel']} t WHERE {range_where(item)}{part}) TO STDOUT"
-    return f"COPY (SELECT {cols} FROM ONLY {item['rel']}) TO STDOUT"
+        return f"COPY (SELECT {cols} FROM {item.ht_rel} t WHERE {range_where(item)}{part}) TO STDOUT"
+    return f"COPY (SELECT {cols} FROM ONLY {item.rel}) TO STDOUT"
 
 
 def find_chunk_sql(ht_schema: str, ht_name: str, start: int, end: int) -> str:
@@ -307,9 +260,14 @@ def _as_owner(owner: str) -> list[str]:
     return [f"SET LOCAL ROLE {ident(owner)}", "SET LOCAL row_security = off"]
 
 
-def _chunk_api(schema: str | None, routine: str, chunk: str) -> str:
+def _need_schema(schema: str | None, routine: str, chunk: str) -> str:
     if not schema:
         raise ValueError(f"{routine} of {chunk}: TimescaleDB is not installed on the target")
+    return schema
+
+
+def _chunk_api(schema: str | None, routine: str, chunk: str) -> str:
+    schema = _need_schema(schema, routine, chunk)
     flag = "if_not_compressed" if routine == api.COMPRESS else "if_compressed"
     return f"SELECT {api.call(schema, routine, f'{chunk}, {flag} => true')}"
 
@@ -325,7 +283,13 @@ def copy_in_script(stmts: list[str]) -> tuple[bytes, bytes]:
     return ("\n".join(head) + "\n").encode(), ("\n".join(tail) + "\n").encode()
 
 
-def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict, columns: list[str],
+def _existing(tgt: Item | None, action: Action, src: Item) -> Item:
+    if tgt is None:
+        raise ValueError(f"{action} of {src.rel}: the target has no such item")
+    return tgt
+
+
+def copy_in_statements(action: Action, src: Item, tgt: Item | None, target_ht: dict | None, columns: list[str],
                        where: str | None = None, schema: str | None = None) -> list[str]:
     """On the target, one transaction: triggers and foreign keys off (``session_replication_role =
     replica``: the rows are the source's, already checked there), then as the table's owner the old rows
@@ -335,40 +299,47 @@ def copy_in_statements(action: str, src: dict, tgt: dict | None, target_ht: dict
     ``schema``: TimescaleDB's (``tsdb_api.api_schema``), for compress/decompress (guarded first)."""
     cols = ", ".join(ident(c) for c in columns)
     stmts = ["SET LOCAL session_replication_role = replica"]
-    if src["kind"] == "table":
-        return stmts + _as_owner(tgt["owner"]) + [f"DELETE FROM ONLY {tgt['rel']}", f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
-    uses = ([api.DECOMPRESS] if action == COPY and tgt["compressed"] else []) + ([api.COMPRESS] if src["compressed"] else [])
+    if src.kind == "table":
+        t = _existing(tgt, action, src)
+        return stmts + _as_owner(t.owner) + [f"DELETE FROM ONLY {t.rel}", f"COPY {t.rel} ({cols}) FROM STDIN"]
+    uses = ([api.DECOMPRESS] if action == COPY and tgt is not None and tgt.compressed else []) + (
+        [api.COMPRESS] if src.compressed else [])
     guard = [api.guard_sql(schema, uses)] if uses and schema else []
     if action == COPY:
-        stmts += guard + _as_owner(tgt["owner"])
-        if tgt["compressed"]:
-            stmts.append(_chunk_api(schema, api.DECOMPRESS, f"{literal(tgt['rel'])}::regclass"))
-        stmts += [f"DELETE FROM ONLY {tgt['rel']}" + (f" t WHERE {where}" if where else ""), f"COPY {tgt['rel']} ({cols}) FROM STDIN"]
-        if src["compressed"]:
-            stmts.append(_chunk_api(schema, api.COMPRESS, f"{literal(tgt['rel'])}::regclass"))
+        tgt = _existing(tgt, action, src)
+        stmts += guard + _as_owner(tgt.owner)
+        if tgt.compressed:
+            stmts.append(_chunk_api(schema, api.DECOMPRESS, f"{literal(tgt.rel)}::regclass"))
+        stmts += [f"DELETE FROM ONLY {tgt.rel}" + (f" t WHERE {where}" if where else ""),
+                  f"COPY {tgt.rel} ({cols}) FROM STDIN"]
+        if src.compressed:
+            stmts.append(_chunk_api(schema, api.COMPRESS, f"{literal(tgt.rel)}::regclass"))
         return stmts
+    if target_ht is None:
+        raise ValueError(f"{action} of {src.rel}: the target has no hypertable {src.hypertable}")
     # a chunk the target does not have: created (superuser: catalog work) with the source's range (and name,
     # when free), then filled through its hypertable as the hypertable's owner
     ht = f"{ident(target_ht['schema'])}.{ident(target_ht['name'])}"
-    slices = json.dumps({target_ht["time_column"]: [int(src["start"]), int(src["end"])]})
-    name = f"{ident(src['schema'])}.{ident(src['name'])}"
-    stmts.append(f"SELECT _timescaledb_functions.create_chunk({literal(ht)}::regclass, {literal(slices)}::jsonb, {literal(src['schema'])}, "
-                 f"CASE WHEN to_regclass({literal(name)}) IS NULL THEN {literal(src['name'])} END)")
+    slices = json.dumps({target_ht["time_column"]: [int(src.start), int(src.end)]})
+    name = f"{ident(src.schema)}.{ident(src.name)}"
+    stmts.append(f"SELECT _timescaledb_functions.create_chunk({literal(ht)}::regclass, {literal(slices)}::jsonb, "
+                 f"{literal(src.schema)}, "
+                 f"CASE WHEN to_regclass({literal(name)}) IS NULL THEN {literal(src.name)} END)")
     stmts += guard + _as_owner(target_ht["owner"]) + [f"COPY {ht} ({cols}) FROM STDIN"]
-    if src["compressed"]:
+    if src.compressed:
         stmts.append(_chunk_api(schema, api.COMPRESS, "x.c") + " FROM "
-                     f"({find_chunk_sql(target_ht['schema'], target_ht['name'], src['start'], src['end'])}) x")
+                     f"({find_chunk_sql(target_ht['schema'], target_ht['name'], src.start, src.end)}) x")
     return stmts
 
 
-def state_statements(action: str, tgt: dict, schema: str | None = None) -> list[str]:
+def state_statements(action: Action, tgt: Item, schema: str | None = None) -> list[str]:
     """One transaction. DROP as superuser (catalog work); compress/decompress as the chunk's owner."""
     if action == DROP:
-        return ["BEGIN", f"DROP TABLE {tgt['rel']}", "COMMIT"]
+        return ["BEGIN", f"DROP TABLE {tgt.rel}", "COMMIT"]
     if action in (COMPRESS, DECOMPRESS):
         routine = api.COMPRESS if action == COMPRESS else api.DECOMPRESS
-        return (["BEGIN", api.guard_sql(schema, [routine])] + _as_owner(tgt["owner"])
-                + [_chunk_api(schema, routine, f"{literal(tgt['rel'])}::regclass"), "COMMIT"])
+        return (["BEGIN", api.guard_sql(_need_schema(schema, routine, tgt.rel), [routine])] + _as_owner(tgt.owner)
+                + [_chunk_api(schema, routine, f"{literal(tgt.rel)}::regclass"), "COMMIT"])
     raise ValueError(action)
 
 
@@ -401,12 +372,15 @@ def large_object_sql(oid: int, data_b64: str, owner: str, acl_grants: list[tuple
     stmts = [f"SELECT lo_unlink({int(oid)});"] if exists else []
     stmts.append(f"SELECT lo_from_bytea({int(oid)}, decode({literal(data_b64)}, 'base64'));")
     stmts.append(f"ALTER LARGE OBJECT {int(oid)} OWNER TO {ident(owner)};")
-    stmts += [f"GRANT {priv} ON LARGE OBJECT {int(oid)} TO {'PUBLIC' if g == 'PUBLIC' else ident(g)};" for g, priv in acl_grants]
+    stmts += [f"GRANT {priv} ON LARGE OBJECT {int(oid)} TO {'PUBLIC' if g == 'PUBLIC' else ident(g)};" for g,
+              priv in acl_grants]
     return "\n".join(stmts)
 
 
-LO_DATA_SQL = ("SELECT json_build_object('data', encode(lo_get({oid}), 'base64'), 'owner', pg_get_userbyid(l.lomowner), "
-               "'grants', (SELECT coalesce(json_agg(json_build_array(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+LO_DATA_SQL = ("SELECT json_build_object('data', encode(lo_get({oid}), 'base64'), 'owner', "
+               "pg_get_userbyid(l.lomowner), "
+               "'grants', (SELECT coalesce(json_agg(json_build_array(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE "
+               "pg_get_userbyid(a.grantee) END, "
                "a.privilege_type)), '[]'::json) FROM aclexplode(l.lomacl) a WHERE a.grantee <> l.lomowner)) "
                "FROM pg_largeobject_metadata l WHERE l.oid = {oid};")
 
@@ -443,18 +417,20 @@ def cagg_state_sql(src_cat: dict, tgt_cat: dict) -> list[str]:
     return stmts
 
 
-def rename_statements(src_items: dict, tgt_items: dict) -> list[str]:
+def rename_statements(src_items: Mapping[str, Item], tgt_items: Mapping[str, Item]) -> list[str]:
     """Matched chunks (and their compressed chunks) get the source's names: verify compares chunks'
     grants and rows by name. Two steps (temporary names first), so names may swap without collisions."""
     moves = []
     for key, s in src_items.items():
         t = tgt_items.get(key)
-        if s["kind"] != "chunk" or t is None:
+        if s.kind != "chunk" or t is None:
             continue
-        if t["name"] != s["name"]:
-            moves.append((t["schema"], t["name"], s["name"]))
-        if s["compressed"] and t["compressed"] and t["compressed_name"] != s["compressed_name"]:
-            moves.append((t["compressed_schema"], t["compressed_name"], s["compressed_name"]))
-    first = [f"ALTER TABLE {ident(sch)}.{ident(old)} RENAME TO {ident(f'trackerdb_rename_{i}')};" for i, (sch, old, _) in enumerate(moves)]
-    second = [f"ALTER TABLE {ident(sch)}.{ident(f'trackerdb_rename_{i}')} RENAME TO {ident(new)};" for i, (sch, _, new) in enumerate(moves)]
+        if t.name != s.name:
+            moves.append((t.schema, t.name, s.name))
+        if s.compressed and t.compressed and t.compressed_name != s.compressed_name:
+            moves.append((t.zpart("compressed_schema"), t.zpart("compressed_name"), s.zpart("compressed_name")))
+    first = [f"ALTER TABLE {ident(sch)}.{ident(old)} RENAME TO {ident(f'trackerdb_rename_{i}')};" for i,
+             (sch, old, _) in enumerate(moves)]
+    second = [f"ALTER TABLE {ident(sch)}.{ident(f'trackerdb_rename_{i}')} RENAME TO {ident(new)};" for i,
+              (sch, _, new) in enumerate(moves)]
     return first + second

@@ -27,12 +27,16 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from typing import TYPE_CHECKING
 
 from .. import detached
 from ..backrest.ssh import Probe, parse_probe
 from ..errors import HostError
 from ..safe_paths import DigestMismatchError, adopt_file, ensure_dir
 from .restore_plan import upload_dir, upload_path
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 READER_PATH = "/usr/local/lib/trackerdb/dump-read"
 SOURCE_USER = "postgres"  # owns the dump job's files on the source
@@ -84,7 +88,8 @@ def authorized_key_line(pubkey: str, target_ip: str) -> str:
     """The source's ``authorized_keys`` entry: only the reader, only from the target, nothing forwarded."""
     parts = pubkey.split()
     if len(parts) < 2 or not parts[0].startswith("ssh-"):
-        raise HostError("the target's transfer key is not an OpenSSH public key", hint="remove it on the target; re-run")
+        raise HostError("the target's transfer key is not an OpenSSH public key",
+                        hint="remove it on the target; re-run")
     if not re.fullmatch(r"[0-9A-Fa-f:.]+", target_ip):
         raise HostError(f"target address {target_ip!r} is not an IP address", hint="check the stack output private_ip")
     return f'restrict,from="{target_ip}",command="{READER_PATH}" {parts[0]} {parts[1]} {MARK}'
@@ -139,13 +144,15 @@ def remove_reader_line() -> str:
 def remove_files_line(paths: list[str]) -> str:
     """Shell line (run as the files' owner) that removes ``paths``; prints ``removed`` when any was there."""
     q = " ".join(shlex.quote(p) for p in paths)
-    return f"n=0; for f in {q}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then rm -f -- \"$f\" && n=1; fi; done; [ $n = 1 ] && echo removed || echo absent"
+    return (f"n=0; for f in {q}; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then rm -f -- \"$f\" && n=1; fi; done; "
+            "[ $n = 1 ] && echo removed || echo absent")
 
 
 def known_hosts_line(address: str, host_key: str) -> str:
     parts = host_key.split()
     if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-")):
-        raise HostError("the source's host key could not be read", hint="check /etc/ssh/ssh_host_ed25519_key.pub on the source")
+        raise HostError("the source's host key could not be read",
+                        hint="check /etc/ssh/ssh_host_ed25519_key.pub on the source")
     return f"{address} {parts[0]} {parts[1]}\n"
 
 
@@ -153,7 +160,8 @@ def ssh_argv(home: str, address: str, request: list[str], port: int = 22, timeou
     """ssh from the target's postgres to the source's reader: pinned host key, our key only, no prompts."""
     return ["ssh", "-T", "-i", key_path(home), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts_path(home)}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "PasswordAuthentication=no", "-o", f"ConnectTimeout={timeout}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "PasswordAuthentication=no", "-o",
+            f"ConnectTimeout={timeout}",
             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-p", str(port),
             f"{SOURCE_USER}@{address}", "--", *request]
 
@@ -195,10 +203,11 @@ def relay_warning(reason: str) -> str:
             "(the dump crosses the operator's link twice)")
 
 
-def dry_run_lines(settings) -> list[str]:
+def dry_run_lines(settings: Settings) -> list[str]:
     """What the cutover will do with the final dump's bytes (no host is touched)."""
     if getattr(settings, "transfer", "relay") == "relay":  # settings without the key: the relay
-        why = "trackerdb.transfer: relay" if getattr(settings, "transfer_explicit", False) else "stack output direct_transfer is false"
+        why = "trackerdb.transfer: relay" if getattr(settings, "transfer_explicit",
+                                                     False) else "stack output direct_transfer is false"
         return [f"dump: relay: source -> this machine -> target ({why})"]
     address = source_address(settings) if settings.source else "<source>"
     target_ip = settings.outputs.get("private_ip") or settings.target.address
@@ -211,23 +220,26 @@ def dry_run_lines(settings) -> list[str]:
 
 
 def probe_failure(probe: Probe, address: str) -> str:
-    hints = {"unreachable": "is the security group's egress SSH rule to the source (directTransfer/sourceCidr) deployed, "
+    hints = {"unreachable": "is the security group's egress SSH rule to the source (directTransfer/sourceCidr) "
+                            "deployed, "
                             "and does the source's firewall let the target in on 22?",
-             "refused-key": "the source refuses the transfer key: is the entry in postgres's authorized_keys (the preflight "
+             "refused-key": "the source refuses the transfer key: is the entry in postgres's authorized_keys (the "
+                            "preflight "
                             "installs it), and does the source's sshd let postgres log in (AllowUsers/AllowGroups; a "
                             "'!'-locked account without UsePAM)?",
              "host-key-mismatch": "the source's host key differs from the one pinned on the target",
              "unknown-host-key": "the source's host key is not pinned on the target"}
-    return f"target -> {SOURCE_USER}@{address}:22 {probe.state}: {probe.detail or 'no detail'} ({hints.get(probe.state, 'see ssh')})"
+    return (f"target -> {SOURCE_USER}@{address}:22 {probe.state}: {probe.detail or 'no detail'} "
+            f"({hints.get(probe.state, 'see ssh')})")
 
 
 # ---- executor ---------------------------------------------------------------------------------
 
-def source_address(settings) -> str:
+def source_address(settings: Settings) -> str:
     return settings.transfer_source_address or settings.require_source().address
 
 
-def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
+def ensure_trust(settings: Settings, src, tgt, source_jobs_base: str) -> list[str]:
     """Key on the target, the source's host key pinned there, the reader and the restricted key on the
     source. Idempotent; returns what changed."""
     # Everything under postgres's home is read and written as postgres, never as root (issue 23):
@@ -259,7 +271,7 @@ def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
     return changed
 
 
-def remove_trust(settings, src, tgt) -> list[str]:
+def remove_trust(settings: Settings, src, tgt) -> list[str]:
     """The end of the direct transfer's trust (``cutover-finish``): our line in the source's
     ``authorized_keys`` and the reader there, the key and the pinned host key on the target. Every
     other key is left exactly as it was. Idempotent; returns what was removed. ``src`` may be None
@@ -282,7 +294,7 @@ def remove_trust(settings, src, tgt) -> list[str]:
     return removed
 
 
-def probe(settings, tgt) -> Probe:
+def probe(settings: Settings, tgt) -> Probe:
     """Does the direct path work, end to end (network, host key, key, forced command)?"""
     home = detached.home_of(tgt)
     r = tgt.run(ssh_argv(home, source_address(settings), ["probe"]), user="postgres", check=False, timeout=60)
@@ -291,7 +303,8 @@ def probe(settings, tgt) -> Probe:
     return parse_probe(r.exit_code, r.stderr)
 
 
-def pull(settings, tgt, key: str, remote_size: int, remote_sha: str, progress=None, say=None, poll_s: float = 1.0) -> str:
+def pull(settings: Settings, tgt, key: str, remote_size: int, remote_sha: str, progress=None, say=None,
+         poll_s: float = 1.0) -> str:
     """The target pulls the source's dump of job ``key``; returns its path on the target (``upload_path``),
     size and SHA-256 checked. Attaches to a pull already running."""
     say = say or (lambda m: None)
@@ -361,7 +374,7 @@ def _last(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def choose(settings, src, tgt, say=None) -> dict:
+def choose(settings: Settings, src, tgt, say=None) -> dict:
     """The cutover preflight's decision: ``{"transfer": "direct"|"relay", "why": ...}``. A direct path
     that fails its probe falls back to the relay loudly, or, when ``trackerdb.transfer: direct`` was
     set explicitly, is refused (one line + hint)."""
@@ -385,6 +398,7 @@ def choose(settings, src, tgt, say=None) -> dict:
     reason = probe_failure(result, address)
     if settings.transfer_explicit:
         raise PreflightError(f"direct transfer refused: {reason}",
-                             hint="fix that path, or set trackerdb.transfer: relay to send the dump through this machine")
+                             hint="fix that path, or set trackerdb.transfer: relay to send the dump through this "
+                                  "machine")
     say(relay_warning(reason))
     return {"transfer": "relay", "why": reason}

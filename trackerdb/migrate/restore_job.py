@@ -14,10 +14,14 @@ restore finds them and attaches instead of starting over.
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 from .. import detached
 from ..errors import HostError
 from ..steps import Step
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 RESTORE_JOB = "restore"
 ANALYZE_JOB = "analyze"
@@ -36,7 +40,7 @@ def df_avail(stdout: str) -> int | None:
     return int(tail[0]) if tail and tail[0].isdigit() else None
 
 
-def dead_job_error(t, settings, what: str, last_log: str, free: int | None) -> HostError:
+def dead_job_error(t, settings: Settings, what: str, last_log: str, free: int | None) -> HostError:
     """A job that ended without an exit status: killed, or, on a full data volume, unable to write one."""
     db, mount = settings.database, settings.data_mount
     if free is not None and free < FULL_BELOW:
@@ -85,7 +89,8 @@ def restore_script(phases: list[tuple[str, list[str]]], tuning_file: str, pg_bin
 
 
 def analyze_script(argv: list[str]) -> str:
-    return f"echo analyze > phase\n{shlex.join(argv)} 2> {stderr_file('analyze')}\nrc=$?\necho $rc > {rc_file('analyze')}\nexit $rc\n"
+    return (f"echo analyze > phase\n{shlex.join(argv)} 2> {stderr_file('analyze')}\nrc=$?\n"
+            f"echo $rc > {rc_file('analyze')}\nexit $rc\n")
 
 
 def stale_tuning_line(base: str, tuning_file: str, pg_bin: str, port: int) -> str:
@@ -111,8 +116,9 @@ def attachable(staging_marker: dict | None, sha256: str, status: detached.Status
 
 # ---- executors --------------------------------------------------------------------------------
 
-def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
-    out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin, settings.pg_port),
+def clear_stale_tuning(remote, settings: Settings, tuning_file: str) -> Step:
+    out = remote.run(stale_tuning_line(detached.jobs_base(settings.data_mount), tuning_file, settings.pg_bin,
+                                       settings.pg_port),
                      user="postgres").stdout.strip()
     if out == "removed":
         return Step("stale restore tuning", True, f"removed {tuning_file} left by a restore that is no longer running")
@@ -121,12 +127,13 @@ def clear_stale_tuning(remote, settings, tuning_file: str) -> Step:
     return Step("stale restore tuning", False, "none left behind")
 
 
-def restore_job(remote, settings, sha256: str) -> detached.Job:
+def restore_job(remote, settings: Settings, sha256: str) -> detached.Job:
     return detached.Job(remote, detached.jobs_base(settings.data_mount), job_name(RESTORE_JOB, sha256))
 
 
-def analyze_job(remote, settings, sha256: str, serial: bool = False) -> detached.Job:
-    return detached.Job(remote, detached.jobs_base(settings.data_mount), job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
+def analyze_job(remote, settings: Settings, sha256: str, serial: bool = False) -> detached.Job:
+    return detached.Job(remote, detached.jobs_base(settings.data_mount),
+                        job_name(ANALYZE_JOB + ("-serial" if serial else ""), sha256))
 
 
 def phase_results(job: detached.Job, phases: list[str]) -> dict[str, tuple[int | None, str]]:

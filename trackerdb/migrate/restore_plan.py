@@ -6,6 +6,7 @@ read-only preflights the cutover runs before it freezes the source. Builders are
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .. import compat
 from ..errors import OpsError, PreflightError
@@ -15,6 +16,9 @@ from . import kept_aside as ka
 from . import manifest as mf
 from . import sqltext as sq
 from . import toc
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 MARKER = "trackerdb:restore-staging"
 TUNING_NAME = "90-trackerdb-restore.conf"
@@ -89,7 +93,8 @@ def tuning_text(values: dict[str, str]) -> str:
 
 def create_db_sql(name: str, facts_db: dict, owner_exists: bool) -> str:
     owner = f" OWNER {sq.ident(facts_db['owner'])}" if owner_exists and facts_db.get("owner") else ""
-    return (f"CREATE DATABASE {sq.ident(name)}{owner} TEMPLATE template0 ENCODING {sq.literal(facts_db.get('encoding', 'UTF8'))} "
+    return (f"CREATE DATABASE {sq.ident(name)}{owner} TEMPLATE template0 ENCODING "
+            f"{sq.literal(facts_db.get('encoding', 'UTF8'))} "
             f"LC_COLLATE {sq.literal(facts_db['collate'])} LC_CTYPE {sq.literal(facts_db['ctype'])};")
 
 
@@ -97,8 +102,10 @@ TARGET_FACTS_SQL = """SELECT json_build_object(
   'server_version_num', current_setting('server_version_num')::int,
   'shared_preload_libraries', current_setting('shared_preload_libraries'),
   'timescaledb_default', (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
-  'postgis_available', (SELECT coalesce(json_agg(version), '[]'::json) FROM pg_available_extension_versions WHERE name = 'postgis'),
-  'databases', (SELECT coalesce(json_agg(json_build_object('name', d.datname, 'comment', shobj_description(d.oid, 'pg_database'),
+  'postgis_available', (SELECT coalesce(json_agg(version), '[]'::json) FROM pg_available_extension_versions
+                        WHERE name = 'postgis'),
+  'databases', (SELECT coalesce(json_agg(json_build_object('name', d.datname,
+      'comment', shobj_description(d.oid, 'pg_database'),
       'size', pg_database_size(d.oid),
       'sessions', (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'
                    AND a.pid <> pg_backend_pid()))), '[]'::json) FROM pg_database d),
@@ -159,14 +166,16 @@ def check_databases(target: dict, db: str, replace: bool) -> dict:
     """Existing tracker / staging databases -> what to do. Raises when it must not go on."""
     dbs = {d["name"]: d for d in target.get("databases") or []}
     staging = staging_name(db)
-    plan = {"tracker_exists": db in dbs, "staging": None}
+    plan: dict = {"tracker_exists": db in dbs, "staging": None}
     if db in dbs:
         if not replace:
             raise PreflightError(f"database {db!r} already exists on the target",
-                                 hint="pass --replace to keep it renamed as tracker_replaced_<time> and restore a new one")
+                                 hint="pass --replace to keep it renamed as tracker_replaced_<time> and restore a "
+                                      "new one")
         if dbs[db]["sessions"]:
             raise PreflightError(f"database {db!r} has {dbs[db]['sessions']} client session(s)",
-                                 hint="stop the application (and other clients) first; sessions are never terminated for you")
+                                 hint="stop the application (and other clients) first; sessions are never terminated "
+                                      "for you")
     if staging in dbs:
         marker = parse_marker(dbs[staging].get("comment"))
         if marker is None:
@@ -186,7 +195,8 @@ def reclaimable_bytes(target: dict, db: str) -> int:
 
 
 def check_space(manifest: dict, avail: int, uploaded: int, volume_gb: int = 50, reclaim: int = 0, report=None) -> int:
-    return check_free_space(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], avail, uploaded,
+    return check_free_space(manifest["facts"]["database"]["size_bytes"], manifest["dump"]["size_bytes"], avail,
+                            uploaded,
                             volume_gb, reclaim, report)
 
 
@@ -198,33 +208,36 @@ def check_free_space(db_bytes: int, dump_bytes: int, avail: int, uploaded: int, 
     if avail + reclaim < need:
         extra = f" (+{toc.human_bytes(reclaim)} held by our unfinished staging database)" if reclaim else ""
         raise PreflightError(
-            f"the data volume has {toc.human_bytes(avail)} free{extra}, the restore needs about {toc.human_bytes(need)}",
+            f"the data volume has {toc.human_bytes(avail)} free{extra}, "
+            f"the restore needs about {toc.human_bytes(need)}",
             hint=ka.holders_hint(report() if report else []))
     return need
 
 
-def space_report(settings, psql: Psql):
+def space_report(settings: Settings, psql: Psql):
     """The target's space holders for :func:`check_free_space` (``kept_aside.space_report``)."""
     return lambda: ka.space_report(settings, psql)
 
 
-def preflight_target(settings, session=None) -> dict:
+def preflight_target(settings: Settings, session=None) -> dict:
     """The refusals that need no dump (used by the cutover before it freezes the source): the target
     answers, TimescaleDB there is the configured version, no foreign staging database is in the way."""
     with connection(settings, session) as (_, t):
         tf = Psql.target(t, settings).json(TARGET_FACTS_SQL)
     want = settings.timescaledb_version
     if tf.get("timescaledb_default") != want:
-        raise PreflightError(f"TimescaleDB on the target is {tf.get('timescaledb_default') or 'not installed'}, expected {want}",
+        raise PreflightError(f"TimescaleDB on the target is {tf.get('timescaledb_default') or 'not installed'}, "
+                             f"expected {want}",
                              hint="run `invoke provision` (it installs the pinned version)")
     dbs = {d["name"]: d for d in tf.get("databases") or []}
     staging = staging_name(settings.database)
     if staging in dbs and parse_marker(dbs[staging].get("comment")) is None:
-        raise PreflightError(f"database {staging!r} exists and is not marked as ours", hint="rename or remove it yourself")
+        raise PreflightError(f"database {staging!r} exists and is not marked as ours",
+                             hint="rename or remove it yourself")
     return {"timescaledb": want, "tracker_exists": settings.database in dbs}
 
 
-def preflight_from_source(settings, source_facts: dict, session=None, replace: bool = True) -> dict:
+def preflight_from_source(settings: Settings, source_facts: dict, session=None, replace: bool = True) -> dict:
     """What a restore of a dump of ``source_facts`` (the live source's, as ``manifest.collect_facts``
     reads them) would refuse, before the dump exists: TimescaleDB/PostGIS/PostgreSQL versions,
     locale, the target's databases, free space (the dump taken as half the database: custom format
@@ -242,7 +255,8 @@ def preflight_from_source(settings, source_facts: dict, session=None, replace: b
             raise PreflightError(f"PostgreSQL on the target does not answer: {exc.message}",
                                  hint="run `invoke provision` (nothing was changed)") from None
         avail = toc.parse_df_avail(t.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout)
-        for check in (lambda: check_target_versions(versions, tf), lambda: check_target_locale(source_facts["database"], tf),
+        for check in (lambda: check_target_versions(versions, tf),
+                      lambda: check_target_locale(source_facts["database"], tf),
                       lambda: plan.update(check_databases(tf, settings.database, replace=replace)),
                       lambda: check_free_space(db_bytes, db_bytes // 2, avail, 0, settings.data_volume_size_gb,
                                                reclaimable_bytes(tf, settings.database), space_report(settings, psql))):

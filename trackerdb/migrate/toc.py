@@ -68,7 +68,8 @@ def parse_archive_header(head: bytes) -> dict:
     """The first bytes of a pg_dump archive: magic, archive version, format. Raises on anything else."""
     if len(head) < 11 or head[:5] != b"PGDMP":
         raise PreflightError("the file is not a pg_dump archive (no PGDMP header)",
-                             hint="pass the custom-format file `invoke dump` wrote (pg_dump -Fc), not a SQL script or another file")
+                             hint="pass the custom-format file `invoke dump` wrote (pg_dump -Fc), not a SQL script "
+                                  "or another file")
     vmaj, vmin, vrev, int_size, off_size, fmt = head[5], head[6], head[7], head[8], head[9], head[10]
     fmt_name = ARCHIVE_FORMATS.get(fmt, f"format {fmt}")
     if fmt_name != "custom":
@@ -134,7 +135,8 @@ def split_toc(text: str) -> TocSplit:
             if e.type == "TABLE DATA":
                 split.table_data += 1
     if split.entries == 0:
-        raise PreflightError("the dump's table of contents is empty", hint="re-run `invoke dump`; the file may be truncated at the start")
+        raise PreflightError("the dump's table of contents is empty",
+                             hint="re-run `invoke dump`; the file may be truncated at the start")
     return split
 
 
@@ -195,7 +197,8 @@ ALLOWLIST = [
     Allowed(
         "timescaledb-metadata-exported-uuid",
         re.compile(r"^TOC entry \d+; \d+ \d+ TABLE DATA _timescaledb_catalog metadata \S+$"),
-        re.compile(r'^COPY failed for table "metadata": ERROR:  duplicate key value violates unique constraint "metadata_pkey"$'),
+        re.compile(r'^COPY failed for table "metadata": ERROR:  duplicate key value violates unique constraint '
+                   r'"metadata_pkey"$'),
         "the target's extension already has its own metadata row (Timescale docs: 'The metadata table'); "
         "only reached when the TOC entry is not excluded",
     ),
@@ -261,7 +264,8 @@ def parse_df_avail(stdout: str) -> int:
     try:
         return int(lines[-1])
     except (IndexError, ValueError):
-        raise PreflightError(f"cannot read free space from df output {stdout!r}", hint="is the data volume mounted?") from None
+        raise PreflightError(f"cannot read free space from df output {stdout!r}",
+                             hint="is the data volume mounted?") from None
 
 
 def human_bytes(n: float) -> str:

@@ -50,7 +50,8 @@ def extension_schema(facts: dict) -> str:
 
 def pre_restore_sql(version: str, schema: str) -> list[str]:
     """In the fresh staging database: the extension at the dump's version in its schema, then pre_restore."""
-    return [f"CREATE EXTENSION IF NOT EXISTS {api.EXTENSION} WITH SCHEMA {sq.ident(schema)} VERSION {sq.literal(version)};",
+    return [f"CREATE EXTENSION IF NOT EXISTS {api.EXTENSION} WITH SCHEMA {sq.ident(schema)} VERSION "
+            f"{sq.literal(version)};",
             api.guard_sql(schema, [api.PRE_RESTORE]) + ";", f"SELECT {api.call(schema, api.PRE_RESTORE)};"]
 
 
@@ -90,12 +91,14 @@ def cagg_repairs(state: list[dict]) -> list[str]:
     for c in state:
         if not c["threshold"] and c["raw_hypertable_id"] not in raw_done:
             raw_done.add(c["raw_hypertable_id"])
-            stmts.append("INSERT INTO _timescaledb_catalog.continuous_aggs_invalidation_threshold (hypertable_id, watermark) "
+            stmts.append("INSERT INTO _timescaledb_catalog.continuous_aggs_invalidation_threshold (hypertable_id, "
+                         "watermark) "
                          f"VALUES ({int(c['raw_hypertable_id'])}, {MIN_TIME}) ON CONFLICT DO NOTHING;")
         if not c["watermark"]:
             mat = int(c["mat_hypertable_id"])
             stmts.append("INSERT INTO _timescaledb_catalog.continuous_aggs_watermark (mat_hypertable_id, watermark) "
-                         f"VALUES ({mat}, _timescaledb_functions.cagg_watermark_materialized({mat})) ON CONFLICT DO NOTHING;")
+                         f"VALUES ({mat}, _timescaledb_functions.cagg_watermark_materialized({mat})) ON CONFLICT DO "
+                         "NOTHING;")
     return stmts
 
 
