@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import HostError, OpsError
 from .psql import Psql
+from .settings import Settings
 
 #: retained WAL above this share of the data volume's free space is a warning; above FAIL a failure
 WARN_SHARE, FAIL_SHARE = 0.25, 0.5
@@ -32,17 +33,19 @@ def retained_check(retained_bytes: int | None, free_bytes: int | None) -> tuple[
     return "ok", text
 
 
-def watched_slots(remote, port=None) -> list[dict]:
-    return Psql(remote, port).json(SLOTS_SQL) or []
+def watched_slots(psql: Psql) -> list[dict]:
+    """Our rollback slots on ``psql``'s cluster."""
+    return psql.json(SLOTS_SQL) or []
 
 
-def slot_checks(remote, settings) -> list[tuple[str, str, str]]:
-    """``(name, level, observed)`` per trackerdb rollback slot on the host; retained WAL against free space."""
-    slots = watched_slots(remote, settings.pg_port)
+def slot_checks(psql: Psql, settings: Settings) -> list[tuple[str, str, str]]:
+    """``(name, level, observed)`` per trackerdb rollback slot on the target's cluster (``psql``); retained WAL
+    against the free space of its host's data volume."""
+    slots = watched_slots(psql)
     if not slots:
         return []
     try:
-        lines = [ln for ln in remote.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout.split() if ln.strip()]
+        lines = [ln for ln in psql.host.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout.split() if ln.strip()]
         free = int(lines[-1])
     except (OpsError, ValueError, HostError, IndexError):
         free = None

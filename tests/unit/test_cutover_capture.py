@@ -294,26 +294,23 @@ def test_replay_runs_as_a_subscriber_would():
 
 
 def test_dry_run_lists_the_tables_that_get_replica_identity_full(monkeypatch):
-    import trackerdb.remote as remote_mod
+    import trackerdb.session as session_mod
 
     class FakeRemote:
         def __init__(self, *a, **k):
             pass
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
+        def close(self):
+            pass
 
     tables = [{"schema": "tracker", "name": "devices", "replident": "d", "has_pk": True, "has_ri_index": False},
               {"schema": "tracker", "name": "location_reports", "replident": "d", "has_pk": False, "has_ri_index": False}]
-    monkeypatch.setattr(remote_mod, "Remote", FakeRemote)
+    monkeypatch.setattr(session_mod, "Remote", FakeRemote)
     class FakePsql:
         def json(self, sql, database="postgres", timeout=None):
             return tables if sql == cp.IDENTITY_SQL else None
 
-    monkeypatch.setattr(ll.Psql, "source", classmethod(lambda cls, remote, settings: FakePsql()))
+    monkeypatch.setattr(session_mod, "source_cluster", lambda host, settings: FakePsql())
 
     class S:
         database, pg_port, source_port = "tracker", 5432, 5432

@@ -12,11 +12,10 @@ from typing import Callable
 
 from .. import compat
 from ..errors import HostError, PreflightError
-from ..psql import Psql
 from ..remote import Remote
 from ..safe_paths import ensure_dir
 from ..secrets import Secret, mask
-from ..session import connection
+from ..session import connect, connection, target_cluster
 from ..steps import Check, Outcome, Step
 from . import checks as ck
 from . import conf, ssh, stanza
@@ -59,7 +58,7 @@ def system_id(t: Remote, settings) -> int:
 
 def psql_json(t: Remote, settings, sql: str) -> dict:
     try:
-        return Psql.target(t, settings).json(sql)
+        return target_cluster(t, settings).json(sql)
     except HostError as exc:
         raise HostError(f"PostgreSQL on the target did not answer: {exc.message}",
                         hint=f"is the cluster running? pg_ctlcluster {settings.postgres_major} main status") from None
@@ -209,7 +208,7 @@ def _ssh_trust(t: Remote, settings, out: Outcome, dry_run: bool, progress: Progr
         _say(progress, f"restricting postgres's key on {settings.repo.name} to pgBackRest's remote for {settings.stanza}")
         user, script = settings.repo_host_user, ssh.remote_only_script(settings)
         line = ssh.authorized_key_line(settings, pubkey)
-        with Remote(settings.repo) as rh:
+        with connect(settings.repo) as rh:
             # root's file in root's directory: the repository user must not be able to change its own forced command
             installed = rh.read_file(ssh.REMOTE_ONLY_PATH)
             serves = ssh.script_stanza(installed)
@@ -315,7 +314,7 @@ def _apply_dropin(t: Remote, settings, out: Outcome, dry_run: bool, progress: Pr
     ctl = ["pg_ctlcluster", str(settings.postgres_major), "main"]
     if changed:
         t.run(ctl + ["reload"], sudo=True)
-    pg = Psql.target(t, settings)
+    pg = target_cluster(t, settings)
     pending = pg.run("SELECT count(*) FROM pg_settings WHERE pending_restart;", check=False).stdout.strip()
     mode = pg.run("SHOW archive_mode;", check=False).stdout.strip()
     if mode != "on" or (changed and pending not in ("", "0")):
@@ -373,7 +372,7 @@ def _rollback_slot_checks(t, settings) -> list[Check]:
     from ..errors import OpsError
 
     try:
-        rows = slot_checks(t, settings)
+        rows = slot_checks(target_cluster(t, settings), settings)
     except OpsError as exc:
         return [Check("rollback slots readable", False, exc.one_line(), "pg_replication_slots")]
     return [Check(name, level != "fail", ("WARNING: " if level == "warn" else "") + text,

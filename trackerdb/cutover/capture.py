@@ -380,49 +380,48 @@ def replay_result(result: dict) -> dict:
     return {"applied": applied, "missing_on_source": missing, "already_applied": int(result.get("already_applied") or 0)}
 
 
-# ---- executors -------------------------------------------------------------------------------
-def slot_facts(remote, db: str, slot: str, port=None) -> dict:
-    return Psql(remote, port).json(slot_facts_sql(slot), db)
+# ---- executors (each takes the target's ``Psql``, or the source's for its replay origin) -------------
+def slot_facts(psql: Psql, db: str, slot: str) -> dict:
+    return psql.json(slot_facts_sql(slot), db)
 
 
-def prepare_identity(remote, db: str, port=None) -> list[str]:
+def prepare_identity(psql: Psql, db: str) -> list[str]:
     """REPLICA IDENTITY FULL where needed; returns the tables it was set on."""
-    return Psql(remote, port).json(SET_IDENTITY_PROGRAM, db) or []
+    return psql.json(SET_IDENTITY_PROGRAM, db) or []
 
 
-def ensure_slot(remote, db: str, slot: str, port=None) -> dict:
+def ensure_slot(psql: Psql, db: str, slot: str) -> dict:
     """The slot, created if missing (a re-run after a kill finds it). Refuses when wal_level is not logical."""
-    f = slot_facts(remote, db, slot, port)
+    name = psql.host.name
+    f = slot_facts(psql, db, slot)
     if f["wal_level"] != "logical":
-        raise HostError(f"{remote.name}: wal_level is {f['wal_level']}, logical decoding needs 'logical'",
+        raise HostError(f"{name}: wal_level is {f['wal_level']}, logical decoding needs 'logical'",
                         hint="run `invoke provision` (it sets wal_level = logical and restarts, outside the window)")
     if f["exists"]:
         if f["slot"]["plugin"] != PLUGIN or f["slot"]["database"] != db:
-            raise HostError(f"{remote.name}: slot {slot} exists for {f['slot']['plugin']}/{f['slot']['database']}",
+            raise HostError(f"{name}: slot {slot} exists for {f['slot']['plugin']}/{f['slot']['database']}",
                             hint="it is not this cutover's: inspect pg_replication_slots")
         return {"slot": slot, "lsn": f["slot"]["confirmed_flush_lsn"], "created": False}
-    lsn = Psql(remote, port).json(create_slot_sql(slot), db)["lsn"]
+    lsn = psql.json(create_slot_sql(slot), db)["lsn"]
     return {"slot": slot, "lsn": lsn, "created": True}
 
 
-def read_changes(remote, db: str, slot: str, upto_lsn: str, port=None) -> Decoded:
-    data = Psql(remote, port).run(changes_copy_sql(slot, upto_lsn), db, timeout=3600).stdout
+def read_changes(psql: Psql, db: str, slot: str, upto_lsn: str) -> Decoded:
+    data = psql.run(changes_copy_sql(slot, upto_lsn), db, timeout=3600).stdout
     try:
-        chunk_map = Psql(remote, port).json(CHUNK_MAP_SQL, db) if _has_timescaledb(remote, db, port) else {}
+        chunk_map = psql.json(CHUNK_MAP_SQL, db) if _has_timescaledb(psql, db) else {}
     except OpsError:
         chunk_map = {}
     return decode(copy_rows(data), chunk_map)
 
 
-def _has_timescaledb(remote, db, port) -> bool:
-    return Psql(remote, port).run("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL;", db).stdout.strip() == "t"
+def _has_timescaledb(psql: Psql, db: str) -> bool:
+    return psql.run("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL;", db).stdout.strip() == "t"
 
 
-def drop_slot(remote, db: str, slot: str, port=None) -> int:
-    return int(Psql(remote, port).json(drop_slot_sql(slot), db)["dropped"])
+def drop_slot(psql: Psql, db: str, slot: str) -> int:
+    return int(psql.json(drop_slot_sql(slot), db)["dropped"])
 
 
-def drop_origin(remote, slot: str, port=None) -> int:
-    return int(Psql(remote, port).json(drop_origin_sql(slot))["dropped"])
-
-
+def drop_origin(psql: Psql, slot: str) -> int:
+    return int(psql.json(drop_origin_sql(slot))["dropped"])

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from .. import capture_registry as reg
 from ..errors import OpsError
+from ..psql import Psql
+from ..session import Session
+from ..settings import Settings
 from . import capture as cp
 from .journal import Journal
 
@@ -101,12 +104,12 @@ def journal_of(state_dir, slot: str, registry: dict | None = None) -> Path | Non
     return None
 
 
-def end_slot(journal: Journal, tgt, settings, slot: dict, by: str, why: str, say) -> dict:
+def end_slot(journal: Journal, tgt: Psql, settings: Settings, slot: dict, by: str, why: str, say) -> dict:
     """Drop ``slot``, journaled in its own journal before and after; said once."""
     journal.begin(END_PHASE, {"slot": slot["slot"], "database": slot.get("database"), "by": by, "why": why,
                               "retained_bytes": slot.get("retained_bytes")})
     try:
-        dropped = cp.drop_slot(tgt, "postgres", slot["slot"], settings.pg_port)
+        dropped = cp.drop_slot(tgt, "postgres", slot["slot"])
     except OpsError as exc:
         journal.end(END_PHASE, "failed", error=exc.one_line())
         raise
@@ -118,14 +121,14 @@ def end_slot(journal: Journal, tgt, settings, slot: dict, by: str, why: str, say
             "journal": str(journal.path), "why": why, **facts}
 
 
-def sweep(settings, tgt, by: str, say=None, own_journal=None, dry_run: bool = False) -> dict:
-    """End every trackerdb rollback slot on the target whose window a journal shows over; return the others'
+def sweep(settings: Settings, tgt: Psql, by: str, say=None, own_journal=None, dry_run: bool = False) -> dict:
+    """End every trackerdb rollback slot on the target's cluster (``tgt``) whose window a journal shows over; return the others'
     one-line refusals (the caller refuses). ``own_journal``'s slot is the caller's own: never touched."""
     say = say or (lambda m: None)
     registry = reg.journals(settings.state_dir)
     own = Path(own_journal).resolve() if own_journal else None
     ended, refused = [], []
-    for sl in cp.watched_slots(tgt, settings.pg_port):
+    for sl in cp.watched_slots(tgt):
         path = journal_of(settings.state_dir, sl["slot"], registry)
         if path is not None and own is not None and path.resolve() == own:
             continue
@@ -143,16 +146,15 @@ def sweep(settings, tgt, by: str, say=None, own_journal=None, dry_run: bool = Fa
     return {"ended": ended, "refused": refused}
 
 
-def after_rollback(settings, journal: Journal, say) -> dict:
+def after_rollback(settings: Settings, journal: Journal, say) -> dict:
     """The rollback's own end of its slot, once every change was exported. Never fails the rollback: a target
     that stopped answering leaves the slot for the next restore or cutover preflight (said)."""
-    from ..remote import Remote
-
     slot = journal.state(cp.JOURNAL_PHASE).facts.get("slot")
     why = f"rolled back; every change exported to {journal.state('rollback').facts.get('export_file')}"
     try:
-        with Remote(settings.target) as tgt:
-            found = [s for s in cp.watched_slots(tgt, settings.pg_port) if s["slot"] == slot]
+        with Session(settings) as sess:
+            tgt = sess.psql("target")
+            found = [s for s in cp.watched_slots(tgt) if s["slot"] == slot]
             if not found:
                 journal.begin(END_PHASE, {"slot": slot, "by": "rollback", "why": why})
                 journal.end(END_PHASE, "ok", {"dropped": False, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -163,13 +165,12 @@ def after_rollback(settings, journal: Journal, say) -> dict:
         return {"slot": slot, "dropped": False, "error": exc.one_line()}
 
 
-def before_restore(settings, dry_run: bool = False, say=None) -> dict:
+def before_restore(settings: Settings, dry_run: bool = False, say=None) -> dict:
     """`invoke restore`'s first step: earlier windows' slots ended or named (PreflightError, nothing restored)."""
     from ..errors import PreflightError
-    from ..remote import Remote
 
-    with Remote(settings.target) as tgt:
-        res = sweep(settings, tgt, "restore", say, dry_run=dry_run)
+    with Session(settings) as sess:
+        res = sweep(settings, sess.psql("target"), "restore", say, dry_run=dry_run)
     if res["refused"]:
         raise PreflightError("; ".join(res["refused"]), hint="nothing was restored: resolve the slot(s) named, then re-run")
     return res

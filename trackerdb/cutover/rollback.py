@@ -34,6 +34,7 @@ from .journal import Journal
 from .journal import PhaseState as ph_state
 from .. import limits
 from ..psql import Psql
+from ..settings import Settings
 from ..sql import ident, literal, qualified
 
 ROLLBACK = "rollback"
@@ -230,8 +231,8 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
     journal.begin(ROLLBACK, {"replay": replay})
     undo: list = []  # what this run changed before the switch back, undone if a later step fails
     try:
-        db, port, sport = settings.database, settings.pg_port, settings.source_port
-        src, tgt = ctx.remote("source"), ctx.remote("target")
+        db = settings.database
+        src, tgt = ctx.psql("source"), ctx.psql("target")  # each cluster on its own port
         switch_st = states.get(ph.SWITCH)
         switched = switch_st is not None and "old" in switch_st.facts
         # 1. stop writes on the target (a dead target must not block the way back)
@@ -240,12 +241,12 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             # the cluster this journal's preflight saw, or none of its business (a dead target is checked when it answers)
             bound = (states.get(ph.PREFLIGHT) or ph_state(ph.PREFLIGHT)).facts.get(bd.KEY) or {}
             if bound.get(bd.SYSTEM_ID):
-                bd.check_target(journal.path, bound, bd.target_system_identifier(Psql(tgt, port)))
-            tfacts = Psql(tgt, port).json(fz.facts_sql(db))
+                bd.check_target(journal.path, bound, bd.target_system_identifier(tgt))
+            tfacts = tgt.json(fz.facts_sql(db))
             if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
-                was_read_only = fz.is_read_only(tgt, db, port=port)
-                facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, port=port, progress=say)
+                was_read_only = fz.is_read_only(tgt, db)
+                facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, progress=say)
                 if not was_read_only:
                     undo.append(("target", tf["prior_read_only"]))
         except bd.BindingError:
@@ -255,15 +256,15 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             facts["target_unreachable"] = exc.one_line()
             say(f"target unreachable, going on without it: {exc.one_line()}")
         # 2. what the target received after the switch, read while both sides are frozen
-        tables = Psql(tgt, port).json(tables_sql(), db) if (switched and tfacts["exists"]) else []
+        tables = tgt.json(tables_sql(), db) if (switched and tfacts["exists"]) else []
         recorded = journal.state(ROLLBACK).facts
         if "source_max" in recorded:
             source_max = recorded["source_max"]
         else:
             keyed = [t for t in tables if t.get("int_key") and not t.get("time_column")]
-            there = Psql(src, sport).json(existing_sql(keyed), db) or {}
+            there = src.json(existing_sql(keyed), db) or {}
             keyed = [t for t in keyed if there.get(f"{t['schema']}.{t['name']}")]
-            source_max = Psql(src, sport).json(maxima_sql(keyed), db) or {}
+            source_max = src.json(maxima_sql(keyed), db) or {}
             journal.note(ROLLBACK, {"source_max": source_max})
         cap, prior = None, lo.ended_export(states)
         if switched and prior:  # exported by an earlier run, then its slot ended: that file holds every change
@@ -292,15 +293,15 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             facts["note"] = "the application was never switched: no rows can have been written on the target"
         # 3. the source writable again; 4. the rows replayed there, before any client can reach it
         say(f"making {db} on the source writable again")
-        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"], port=sport)
+        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"])
         if facts["source"]["changed"]:
             undo.append(("source", None))
         if replay and cap is not None and facts.get("export_file"):
             say(f"replaying {facts['exported_rows']} change(s) on the source in commit order, as their tables' owners, in one transaction")
-            facts.update(ll.replay_changes(src, facts["export_file"], db, sport))
+            facts.update(ll.replay_changes(src, facts["export_file"], db))
         elif replay and facts.get("exported_rows"):
             say(f"replaying {facts['exported_rows']} row(s) on the source as their tables' owners, in one transaction")
-            facts.update(replay_export(src, facts["export_file"], db, sport))
+            facts.update(replay_export(src, facts["export_file"], db))
         # 5. only now the application back to the recorded old value: it never points at a read-only database
         if switched:
             old, new = switch_st.facts["old"], switch_st.facts["new"]
@@ -333,7 +334,7 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
     return facts
 
 
-def _note_reusable(settings, tgt, facts: dict, switched: bool, replayed: bool, target_there: bool, journal_path,
+def _note_reusable(settings: Settings, tgt: Psql, facts: dict, switched: bool, replayed: bool, target_there: bool, journal_path,
                    say) -> None:
     """Every change the target took is back on the source (replayed from the capture), or it took none: the
     frozen target stays a valid pre-copy for the next window (``schema_print.note_rollback``)."""
@@ -342,23 +343,23 @@ def _note_reusable(settings, tgt, facts: dict, switched: bool, replayed: bool, t
     if not target_there or (switched and not (replayed and facts.get("export_file"))):
         return
     db = settings.database
-    fz.write_through(tgt, db, settings.pg_port, allow=False)  # a window abandoned before its switch left it
+    fz.write_through(tgt, db, allow=False)  # a window abandoned before its switch left it
     how = "every change replayed from the capture" if switched else "never switched: nothing written there"
-    if sp.note_rollback(settings.state_dir, db, Psql(tgt, settings.pg_port).json(sp.identity_sql(db)), str(journal_path), how):
+    if sp.note_rollback(settings.state_dir, db, tgt.json(sp.identity_sql(db)), str(journal_path), how):
         facts["reusable_precopy"] = how
         say(f"the target's {db} stays a pre-copy for the next window ({how}): `invoke cutover` can take the pre-copy path")
 
 
-def _undo(undo: list, src, tgt, settings, say) -> list[str]:
+def _undo(undo: list, src: Psql | None, tgt: Psql | None, settings: Settings, say) -> list[str]:
     """Put back what this run changed before the switch back: the target writable, the source frozen."""
     done = []
     for which, prior in reversed(undo):
         try:
             if which == "target":
-                fz.unfreeze(tgt, settings.database, prior=prior, port=settings.pg_port)
+                fz.unfreeze(tgt, settings.database, prior=prior)
                 done.append("target writable again")
             else:
-                fz.freeze(src, settings.database, grace_s=5, port=settings.source_port)
+                fz.freeze(src, settings.database, grace_s=5)
                 done.append("source read-only again")
             say(f"undone: {done[-1]}")
         except OpsError as exc:  # report, keep undoing the rest
@@ -366,9 +367,9 @@ def _undo(undo: list, src, tgt, settings, say) -> list[str]:
     return done
 
 
-def replay_export(src, export_file: str, db: str, port) -> dict:
-    """Run the export file on the source; returns per-table counts from the replay program."""
-    result = Psql(src, port).json(Path(export_file).read_text(), db, timeout=3600) or []
+def replay_export(src: Psql, export_file: str, db: str) -> dict:
+    """Run the export file on the source's cluster; returns per-table counts from the replay program."""
+    result = src.json(Path(export_file).read_text(), db, timeout=3600) or []
     replayed = {r["table"]: r["inserted"] for r in result if r["inserted"]}
     missing = [r["table"] for r in result if r["missing"]]
     out = {"replayed": replayed,
@@ -382,7 +383,7 @@ def replay_export(src, export_file: str, db: str, port) -> dict:
     return out
 
 
-def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, say) -> dict:
+def export_rows(settings: Settings, journal, tgt: Psql, tables, frozen_at, source_max, out_dir, say) -> dict:
     manifest_counts = {}
     dump_facts = journal.state(ph.DUMP).facts
     if not dump_facts.get("row_counts"):  # the pre-copy path takes its final dump after the switch (phase 8)
@@ -391,7 +392,7 @@ def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, 
         manifest_counts = dump_facts["row_counts"]
     rows, counts, how, skipped = [], {}, {}, []
     seq = 0
-    live = _counts(tgt, settings.database, tables, settings.pg_port)
+    live = _counts(tgt, settings.database, tables)
     for t in tables:
         fq = f"{t['schema']}.{t['name']}"
         where, why = selection(t, frozen_at, source_max, manifest_counts)
@@ -399,7 +400,7 @@ def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, 
             if live.get(fq, 0) <= manifest_counts.get(fq, 0):
                 continue
             where = "true"
-        data = Psql(tgt, settings.pg_port).run(export_sql(t, where), settings.database, timeout=3600).stdout
+        data = tgt.run(export_sql(t, where), settings.database, timeout=3600).stdout
         lines, seq = replay_rows(seq, t, data)
         if lines:
             counts[fq], how[fq] = len(lines), why
@@ -413,9 +414,9 @@ def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, 
             "warning": "updates and deletes made on the target after the switch are not carried back"}
 
 
-def _counts(remote, db: str, tables: list[dict], port=None) -> dict:
+def _counts(psql: Psql, db: str, tables: list[dict]) -> dict:
     if not tables:
         return {}
     parts = ", ".join(f"{literal(t['schema'] + '.' + t['name'])}, (SELECT count(*) FROM {qualified(t['schema'], t['name'])})"
                       for t in tables)
-    return Psql(remote, port).json(f"SELECT json_build_object({parts});", db) or {}
+    return psql.json(f"SELECT json_build_object({parts});", db) or {}

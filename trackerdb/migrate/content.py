@@ -31,8 +31,8 @@ from datetime import datetime, timedelta, timezone
 from .. import limits
 from . import delta_sql as dq
 from ..errors import OpsError
-from ..psql import Psql
-from ..remote import Remote
+from ..session import Session
+from ..settings import Settings
 from ..steps import Check, note
 
 CONTENT = "content compared by digest"
@@ -168,20 +168,17 @@ def not_compared(why: str, needs: str = "digests need the frozen source (verify 
 class Hosts:
     """psql on the source and on the target at once, each its own SSH connection (one thread per host)."""
 
-    def __init__(self, settings, session):
+    def __init__(self, settings: Settings, session: Session):
         self.settings, self.session = settings, session
         self.elapsed: dict[str, float] = {}
 
     def _one(self, which: str, sql: str, as_json: bool):
-        r = Remote(self.session.spec(which))
-        r.secrets = self.session.masked
         t0 = time.monotonic()
         try:
-            psql = Psql.source(r, self.settings) if which == "source" else Psql.target(r, self.settings)
-            return psql.json(sql, self.settings.database) if as_json else psql.run(sql, self.settings.database).stdout
+            with self.session.own(which) as psql:  # its own connection, the session's secrets masked
+                return psql.json(sql, self.settings.database) if as_json else psql.run(sql, self.settings.database).stdout
         finally:
             self.elapsed[which] = self.elapsed.get(which, 0.0) + time.monotonic() - t0
-            r.close()
 
     def run(self, jobs: list[tuple[str, str, bool]]) -> list:
         """``[(host, sql, as_json)]`` all at once; results in order."""

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from .. import inputs
 from ..errors import ConfigError, HostError, OpsError, PreflightError
 from ..remote import LocalHost, wrap
-from ..session import connection
+from ..session import connection, source_cluster
+from ..settings import Settings
 from . import delta_sql as dq
 from . import dump_digests as dd
 from . import manifest as mf
@@ -203,9 +204,9 @@ def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_hos
     """
     if local:
         with LocalHost("source") as host:
-            return _dump(settings, host, dest_dir, progress, False, digests, overlap)
-    with connection(settings, session, "source") as (_, host):
-        return _dump(settings, host, dest_dir, progress, on_host, digests, overlap)
+            return _dump(settings, source_cluster(host, settings), dest_dir, progress, False, digests, overlap)
+    with connection(settings, session, "source") as (sess, _):
+        return _dump(settings, sess.psql("source"), dest_dir, progress, on_host, digests, overlap)
 
 
 def _digest_plan(probe, db: str, with_ts: bool, digests: bool, tmp: str) -> dict:
@@ -222,12 +223,13 @@ def _content(host, plan: dict, stderr: str) -> dict | None:
     return dd.section(host.read_file(plan["digests_path"]) or "", plan["catalog"], dd.timings(stderr))
 
 
-def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool = True, overlap: bool = True) -> DumpArtifacts:
+def _dump(settings: Settings, probe: Psql, dest_dir: str, progress, on_host: bool, digests: bool = True,
+          overlap: bool = True) -> DumpArtifacts:
+    """The dump through ``probe``, the source's cluster (on the source's port, never the target's)."""
     if on_host:
         check_on_host_dir(dest_dir)
     db = settings.database
-    port = settings.source_port
-    probe = Psql(host, port)
+    host, port = probe.host, probe.port
     try:
         info = probe.json(PROBE_SQL, db)
     except HostError as exc:

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import compat, tls
 from ..errors import HostError, PreflightError, VerifyError
-from ..psql import Psql
-from ..remote import Remote
+from ..session import connect, target_cluster
 from ..safe_paths import ensure_dir
 from ..secrets import Secret, fetch_secret, mask
 from ..steps import Outcome, Step
@@ -56,7 +55,7 @@ def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outc
         say("fetching PostgreSQL's certificate and key from Secrets Manager")
         cert, key = tls.parse_bundle(settings.tls_secret_name, fetch_secret(settings, settings.tls_secret_name).reveal())
         server_tls = (cert, Secret(settings.tls_secret_name, key))
-    remote = host or Remote(settings.target, secrets=[secret] + ([server_tls[1]] if server_tls else []))
+    remote = host or connect(settings.target, [secret] + ([server_tls[1]] if server_tls else []))
     try:
         Provisioner(settings, remote, out, dry_run, say, secret.reveal(), server_tls).run()
     finally:
@@ -82,7 +81,7 @@ class Provisioner:
         return self.host.run(cmd, sudo=True, **kw)
 
     def pg(self, sql: str, check: bool = True):
-        return Psql.target(self.host, self.s).run(sql, check=check)
+        return target_cluster(self.host, self.s).run(sql, check=check)
 
     def step(self, name: str, changed: bool, detail: str, commands=(), apply=None) -> Step:
         shown = [mask(c if isinstance(c, str) else shlex.join(c), self._password) for c in commands]
@@ -447,8 +446,8 @@ class Provisioner:
         sql = roles.role_sql(s.owner_role, verifier, create=not exists)
         what = "create" if not exists else "update password of"
         self.step("role", True, f"{what} {s.owner_role} (password from {s.app_secret_name}, sent as a SCRAM verifier on stdin)",
-                  [f"{shlex.join(Psql.target(self.host, s).argv())} <<< '{'CREATE' if not exists else 'ALTER'} ROLE ... PASSWORD ***'"],
-                  lambda: Psql.target(self.host, s).run(sql, sensitive=(verifier,)))
+                  [f"{shlex.join(target_cluster(self.host, s).argv())} <<< '{'CREATE' if not exists else 'ALTER'} ROLE ... PASSWORD ***'"],
+                  lambda: target_cluster(self.host, s).run(sql, sensitive=(verifier,)))
 
     def verify_placement(self) -> None:
         s = self.s

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..errors import OpsError
+from ..psql import Psql
 from . import report as rp
 from .report_html import render_html
 
@@ -38,14 +39,12 @@ def _flat(facts: dict) -> dict:
     return {k: v for k, v in (facts or {}).items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
-def table_counts(remote, database: str, port: int, tables) -> dict[str, int]:
-    """count(*) of each of ``tables`` on one host (read-only; works on a frozen source)."""
-    from ..psql import Psql
-
+def table_counts(psql: Psql, database: str, tables) -> dict[str, int]:
+    """count(*) of each of ``tables`` on one cluster (read-only; works on a frozen source)."""
     TABLES = tuple(tables)
 
     sql = "SELECT json_build_object(" + ", ".join(f"'{t}', (SELECT count(*) FROM {t})" for t in TABLES) + ")"
-    return {k: int(v) for k, v in (Psql(remote, port).json(sql, database) or {}).items()}
+    return {k: int(v) for k, v in (psql.json(sql, database) or {}).items()}
 
 
 def split_journal(records: list[dict]) -> list[dict]:
@@ -71,9 +70,8 @@ ACKED_ON_TARGET_SQL = ("SELECT json_build_object('found', count(*)) FROM tracker
                        "WHERE device_id = {device} AND reported_at = ANY({arr}::timestamptz[])")
 
 
-def acked_rows_on_target(remote, database: str, acks: list[dict], port: int) -> int:
-    """How many of the writer's acknowledged rows the target holds (each ack's device and reported_at)."""
-    from ..psql import Psql
+def acked_rows_on_target(psql: Psql, database: str, acks: list[dict]) -> int:
+    """How many of the writer's acknowledged rows a cluster holds (each ack's device and reported_at)."""
     from ..sql import literal
 
     found = 0
@@ -82,7 +80,7 @@ def acked_rows_on_target(remote, database: str, acks: list[dict], port: int) -> 
         by_device.setdefault(int(a.get("device", 1)), []).append(str(a["reported_at"]))
     for device, stamps in by_device.items():
         arr = literal("{" + ",".join('"' + s + '"' for s in stamps) + "}")
-        found += int((Psql(remote, port).json(ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database) or {}).get("found", 0))
+        found += int((psql.json(ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database) or {}).get("found", 0))
     return found
 
 

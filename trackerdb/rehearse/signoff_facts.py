@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import OpsError
+from ..psql import Psql
+from ..session import Session, cluster
+from ..settings import Settings
 
 
 def _err(fact) -> str | None:
@@ -88,10 +91,8 @@ VERSIONS_SQL = ("SELECT json_build_object('postgres_major', current_setting('ser
                 " 'database', current_database())")
 
 
-def _psql_json(remote, sql: str, database: str, port: int):
-    from ..psql import Psql
-
-    return Psql(remote, port).json(sql, database)
+def _psql_json(psql: Psql, sql: str, database: str):
+    return psql.json(sql, database)
 
 
 AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
@@ -101,13 +102,13 @@ AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('se
                  " 'database', 'packages only (no tracker database yet)')")
 
 
-def _installed(remote, settings) -> dict:
+def _installed(psql: Psql, settings: Settings) -> dict:
     """Versions in the tracker database when it exists, else what the installed packages provide."""
     try:
-        got = _psql_json(remote, VERSIONS_SQL, settings.database, settings.pg_port)
+        got = _psql_json(psql, VERSIONS_SQL, settings.database)
     except OpsError:
         got = None
-    avail = _psql_json(remote, AVAILABLE_SQL, "postgres", settings.pg_port)
+    avail = _psql_json(psql, AVAILABLE_SQL, "postgres")
     return got if got and got.get("timescaledb") else avail
 
 
@@ -118,17 +119,17 @@ ARCHIVER_SQL = ("SELECT json_build_object('archived_count', archived_count, 'las
                 " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM pg_stat_archiver")
 
 
-def _jobs(remote, settings, port: int):
+def _jobs(psql: Psql, settings: Settings):
     """TimescaleDB's jobs and the scheduler's record of them (reads only); [] without the extension."""
     from ..migrate.job_proof import jobs_sql
 
-    has = _psql_json(remote, "SELECT json_build_object('ts', EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'))",
-                     settings.database, port)
-    return _psql_json(remote, jobs_sql(), settings.database, port) if has.get("ts") else []
+    has = _psql_json(psql, "SELECT json_build_object('ts', EXISTS (SELECT 1 FROM pg_extension "
+                           "WHERE extname = 'timescaledb'))", settings.database)
+    return _psql_json(psql, jobs_sql(), settings.database) if has.get("ts") else []
 
 
-def _archiver(remote, settings) -> dict:
-    return _psql_json(remote, ARCHIVER_SQL, "postgres", settings.pg_port)
+def _archiver(psql: Psql, settings: Settings) -> dict:
+    return _psql_json(psql, ARCHIVER_SQL, "postgres")
 
 
 def _data_mount(remote, settings) -> dict:
@@ -214,7 +215,6 @@ def _rollback_window(settings, journal_path=None) -> dict:
     from ..cutover import capture as cp
     from ..cutover.journal import Journal
     from ..cutover.ops import default_journal
-    from ..remote import Remote
 
     path = Path(journal_path) if journal_path else default_journal(settings)
     out: dict = {"journal": str(path), "exists": path.is_file()}
@@ -226,48 +226,48 @@ def _rollback_window(settings, journal_path=None) -> dict:
                 "finish": dict(fin.facts) if fin is not None and fin.done else None,
                 "capture_end": dict(end.facts) if end is not None and end.done else None,
                 "rolled_back": bool(rb is not None and rb.done)}
-    with Remote(settings.target) as tgt:
-        out["slots"] = cp.watched_slots(tgt, settings.pg_port)
+    with Session(settings) as sess:
+        out["slots"] = cp.watched_slots(cluster(sess.remote("target"), settings.pg_port))
     return out
 
 
 def gather(settings, progress=None, journal_path=None) -> dict:
     """Read every fact the checklist needs. Reads only; nothing on any host changes."""
-    from ..remote import Remote
-
     say = progress or (lambda m: None)
     facts: dict = {}
     if not settings.is_lab:
         say("describing the instance")
         facts["instance"] = _safe(_fetch_instance, settings)
     say(f"SSH to the target {settings.target.address}")
+    sess = Session(settings)
     try:
-        remote = Remote(settings.target)
+        remote = sess.remote("target")
     except Exception as exc:  # noqa: BLE001
         remote, facts["target_ssh"] = None, {"error": str(exc)[:200]}
     if remote is not None:
         try:
+            tp = cluster(remote, settings.pg_port)
             facts["target_ssh"] = _safe(_target_ssh, remote, settings)
             reachable = not _err(facts["target_ssh"])
             gone = {"error": "target not reachable over SSH"}
-            facts["installed"] = _safe(_installed, remote, settings) if reachable else gone
-            facts["archiver"] = _safe(_archiver, remote, settings) if reachable else gone
+            facts["installed"] = _safe(_installed, tp, settings) if reachable else gone
+            facts["archiver"] = _safe(_archiver, tp, settings) if reachable else gone
             facts["data_mount"] = _safe(_data_mount, remote, settings) if reachable else gone
-            facts["jobs"] = _safe(_jobs, remote, settings, settings.pg_port) if reachable else gone
+            facts["jobs"] = _safe(_jobs, tp, settings) if reachable else gone
         finally:
-            remote.close()
+            sess.close()
     if settings.source is not None and not settings.source_decommissioned:
         say("source versions")
 
         def _src():
-            with Remote(settings.source) as r:
-                return _psql_json(r, VERSIONS_SQL, settings.database, settings.source_port)
+            with sess.own("source") as sp:
+                return _psql_json(sp, VERSIONS_SQL, settings.database)  # the source cluster, on its port
 
         facts["source_versions"] = _safe(_src)
 
         def _src_jobs():
-            with Remote(settings.source) as r:
-                return _jobs(r, settings, settings.source_port)
+            with sess.own("source") as sp:
+                return _jobs(sp, settings)
 
         facts["source_jobs"] = _safe(_src_jobs)
     say("pgBackRest check")
