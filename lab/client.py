@@ -11,6 +11,7 @@ import yaml
 
 from trackerdb.psql import Psql
 from trackerdb.session import cluster, connect
+from trackerdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the lab's clusters (tests/lab/test_55_port.py moves them to other ports on its own instance)
@@ -48,12 +49,12 @@ def query_json(remote, sql: str, database: str = "postgres"):
     return app_psql(remote).json(sql, database)
 
 
-def ensure_app_password_on_source(settings) -> None:
+def ensure_app_password_on_source(settings: Settings) -> None:
     """The old host is where the application logs in today: its `tracker` role has the password
     from Secrets Manager (the dataset generator leaves it unset). Sent on stdin, never argv."""
     from trackerdb.secrets import fetch_secret
     from trackerdb.sql import ident, literal
 
     secret = fetch_secret(settings, settings.app_secret_name)
-    with connect(settings.source, [secret]) as s:
+    with connect(settings.require_source(), [secret]) as s:
         run_sql(s, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")

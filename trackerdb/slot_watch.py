@@ -12,7 +12,8 @@ from .settings import Settings
 #: retained WAL above this share of the data volume's free space is a warning; above FAIL a failure
 WARN_SHARE, FAIL_SHARE = 0.25, 0.5
 
-SLOTS_SQL = r"""SELECT coalesce(json_agg(json_build_object('slot', slot_name, 'database', database, 'wal_status', wal_status,
+SLOTS_SQL = r"""SELECT coalesce(json_agg(json_build_object('slot', slot_name, 'database', database, 'wal_status',
+  wal_status,
   'retained_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint) ORDER BY slot_name), '[]'::json)
 FROM pg_replication_slots WHERE slot_name LIKE 'trackerdb\_rollback\_%';"""
 
@@ -25,7 +26,8 @@ def retained_check(retained_bytes: int | None, free_bytes: int | None) -> tuple[
     if not free_bytes:
         return "warn", f"{mib:.1f} MiB WAL retained; free space unknown"
     share = retained_bytes / free_bytes
-    text = f"{mib:.1f} MiB WAL retained = {100 * share:.1f}% of {free_bytes / 1073741824:.1f} GiB free on the data volume"
+    text = (f"{mib:.1f} MiB WAL retained = {100 * share:.1f}% of {free_bytes / 1073741824:.1f} GiB free "
+            "on the data volume")
     if share >= FAIL_SHARE:
         return "fail", text + " (end the rollback window: invoke cutover-finish)"
     if share >= WARN_SHARE:
@@ -45,7 +47,8 @@ def slot_checks(psql: Psql, settings: Settings) -> list[tuple[str, str, str]]:
     if not slots:
         return []
     try:
-        lines = [ln for ln in psql.host.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout.split() if ln.strip()]
+        out = psql.host.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout
+        lines = [ln for ln in out.split() if ln.strip()]
         free = int(lines[-1])
     except (OpsError, ValueError, HostError, IndexError):
         free = None

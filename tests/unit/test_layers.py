@@ -67,8 +67,10 @@ def test_no_module_is_over_500_lines():
 
 def test_no_import_cycles_in_the_production_package():
     """Module-level and lazy imports alike: a cycle means two concerns were not separated."""
-    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in modules("trackerdb")}
-    graph = {m: {i for i in imports_of(p) if i in mods and i != m and not m.startswith(i + ".")} for m, p in mods.items()}
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in modules("trackerdb")}
+    graph = {m: {i for i in imports_of(p) if i in mods and i != m and not m.startswith(i + ".")}
+             for m, p in mods.items()}
     seen, stack, cycles = set(), [], []
 
     def visit(m):
@@ -131,7 +133,8 @@ def rank_violations(paths) -> dict[str, list[str]]:
 def test_every_unit_of_the_package_has_a_rank():
     units = {p.stem if p.parent.name == "trackerdb" else p.parent.relative_to(ROOT / "trackerdb").parts[0]
              for p in modules("trackerdb")} - {"__init__"}
-    assert not units - set(RANKS), f"give these a rank in RANKS (and docs/architecture.md): {sorted(units - set(RANKS))}"
+    missing = sorted(units - set(RANKS))
+    assert not missing, f"give these a rank in RANKS (and docs/architecture.md): {missing}"
 
 
 def test_no_module_imports_from_a_higher_rank_inside_the_package():
@@ -144,7 +147,8 @@ def test_the_rank_check_sees_a_lazy_import_upwards():
     f = ROOT / "trackerdb" / "migrate" / "_rank_probe.py"
     f.write_text("def f():\n    from ..cutover import phases\n")
     try:
-        assert rank_violations([f]) == {"trackerdb/migrate/_rank_probe.py": ["trackerdb.cutover", "trackerdb.cutover.phases"]}
+        want = {"trackerdb/migrate/_rank_probe.py": ["trackerdb.cutover", "trackerdb.cutover.phases"]}
+        assert rank_violations([f]) == want
     finally:
         f.unlink()
 
@@ -208,7 +212,8 @@ def test_the_construction_check_sees_every_way_to_make_one():
     f.write_text("from ..psql import Psql\nfrom .. import remote\n\n\ndef f(h, s):\n"
                  "    remote.Remote(s.target)\n    Psql(h, 5432).run('SELECT 1')\n    return Psql.source(h, s)\n")
     try:
-        assert construction_violations([f]) == {"trackerdb/cutover/_make_probe.py": ["6: Remote(", "7: Psql(", "8: Psql.source("]}
+        want = {"trackerdb/cutover/_make_probe.py": ["6: Remote(", "7: Psql(", "8: Psql.source("]}
+        assert construction_violations([f]) == want
         assert construction_violations([ROOT / "trackerdb" / "session.py"]) == {}
     finally:
         f.unlink()

@@ -98,7 +98,8 @@ def freeze(psql: Psql, db: str, grace_s: float = 15.0, poll_s: float = 0.5, prog
             break
         time.sleep(0.25)
     else:
-        raise HostError(f"{remote.name}: {after['writing']} write transaction(s) still open in {db} after terminating its sessions",
+        raise HostError(f"{remote.name}: {after['writing']} write transaction(s) still open in {db} after "
+                        "terminating its sessions",
                         hint="inspect pg_stat_activity on the host; re-run to continue")
     return {
         "host": remote.name,
@@ -132,7 +133,8 @@ def write_through_rolled_back(psql: Psql, db: str, rolled_back: dict, say) -> No
     """A target left frozen by a completed rollback (``schema_print.note_rollback``): the pre-copy path's copies
     write through the freeze; the application's sessions stay refused until ``thaw_rolled_back``."""
     say(f"the target's {db} is frozen by the rollback of {rolled_back.get('journal')} ({rolled_back.get('how')}): "
-        "the copies write through the freeze; the application's sessions stay refused until the window's copies are done")
+        "the copies write through the freeze; the application's sessions stay refused until the window's "
+        "copies are done")
     write_through(psql, db)
 
 
@@ -151,9 +153,11 @@ def require_frozen(psql: Psql, db: str) -> None:
     """Before the delta, the dump and the switch: the source is still read-only. Thawed by hand since the
     freeze (or by anything else), the window stops here, before the switch, with the source authoritative."""
     if not is_read_only(psql, db):
-        raise PreflightError(f"{db} on the source is no longer read-only: it was made writable after this cutover froze it",
+        raise PreflightError(f"{db} on the source is no longer read-only: it was made writable after this "
+                             "cutover froze it",
                              hint="writes may have landed since the freeze: find who thawed it, then re-run `invoke "
-                                  "cutover` from a new journal (or `invoke rollback` with this one); the switch has not happened")
+                                  "cutover` from a new journal (or `invoke rollback` with this one); the switch "
+                                  "has not happened")
 
 
 def is_read_only(psql: Psql, db: str) -> bool:
@@ -167,7 +171,8 @@ def is_read_only(psql: Psql, db: str) -> bool:
 # them as soon as its scheduler starts: the target's aggregates would then differ from the dump's and
 # verify would refuse the cutover. Refreshed here, by our own session, after the application's sessions
 # are gone and before the final dump, both sides hold the same materialization.
-CAGGS_SQL = """SELECT coalesce(json_agg(format('%I.%I', c.user_view_schema, c.user_view_name) ORDER BY c.mat_hypertable_id), '[]'::json)
+CAGGS_SQL = """SELECT coalesce(json_agg(format('%I.%I', c.user_view_schema, c.user_view_name)
+  ORDER BY c.mat_hypertable_id), '[]'::json)
 FROM _timescaledb_catalog.continuous_agg c;"""
 
 
@@ -179,8 +184,8 @@ def refresh_caggs_sql(caggs: list[str], schema: str) -> str:
     Each refresh runs as the aggregate's owner (``tsdb_api.as_owner_of_sql``), never as superuser."""
     lines = ["SET default_transaction_read_only = off;", api.guard_sql(schema, [api.REFRESH]) + ";"]
     for c in caggs:
-        lines += [api.as_owner_of_sql(c), f"CALL {api.call(schema, api.REFRESH, f'{literal(c)}::regclass, NULL, NULL')};",
-                  "RESET ROLE;"]
+        call = api.call(schema, api.REFRESH, f"{literal(c)}::regclass, NULL, NULL")
+        lines += [api.as_owner_of_sql(c), f"CALL {call};", "RESET ROLE;"]
     return "\n".join(lines) + "\n"
 
 

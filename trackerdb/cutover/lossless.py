@@ -54,7 +54,7 @@ def preflight_problems(tgt: Psql) -> list[str]:
     return problems
 
 
-def dry_run_lines(settings) -> list[str]:
+def dry_run_lines(settings: Settings) -> list[str]:
     """Read-only: which tables will get REPLICA IDENTITY FULL (the target gets the source's tables)."""
     try:
         with Session(settings) as sess:
@@ -64,8 +64,9 @@ def dry_run_lines(settings) -> list[str]:
     need = cp.needs_identity(tables)
     lines = [f"target (switch phase, before the switch): REPLICA IDENTITY FULL on {len(need)} table(s) without a "
              f"usable key (and their chunks): {', '.join(need) or 'none'}",
-             f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in {settings.database}; "
-             "its LSN goes to the journal; dropped by `invoke cutover-finish`, or once a rollback exported every change",
+             f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in "
+             f"{settings.database}; its LSN goes to the journal; dropped by `invoke cutover-finish`, "
+             "or once a rollback exported every change",
              "target, before the slot: TimescaleDB's compression policies paused (alter_job next_start => 'infinity'), "
              "recorded in the journal, resumed by `invoke cutover-finish` (a recompression in the rollback "
              "window would look like the application's writes)"]
@@ -99,7 +100,7 @@ def start_capture(ctx) -> dict:
 
 
 # ---- rollback --------------------------------------------------------------------------------
-def capture_problem(journal: Journal, tgt: Psql | None, settings: Settings) -> tuple[dict | None, str | None]:
+def capture_problem(journal: Journal, tgt: Psql, settings: Settings) -> tuple[dict | None, str | None]:
     """``(slot facts, None)`` when the capture can be read (``tgt``: the target's cluster), else ``(None, why not)``."""
     rec = capture_facts(journal)
     if not rec.get("lsn"):
@@ -132,7 +133,8 @@ def export_changes(settings: Settings, journal: Journal, tgt: Psql, cap: dict, o
     path = out / f"rollback-changes-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sql"
     write_private(path, cp.replay_script(cp.origin_name(cap["slot"]), decoded.changes))
     per_table = cp.counts(decoded.changes)
-    summary = {"capture": "logical decoding", "slot": cap["slot"], "from_lsn": cap["lsn"], "upto_lsn": cap["current_lsn"],
+    summary = {"capture": "logical decoding", "slot": cap["slot"], "from_lsn": cap["lsn"],
+               "upto_lsn": cap["current_lsn"],
                "slot_retained_bytes": cap["retained_bytes"], "export_file": str(path), "changes": per_table,
                "exported": {t: sum(v.values()) for t, v in per_table.items()}, "exported_rows": len(decoded.changes),
                "transactions": decoded.commits, "last_commit_lsn": decoded.last_commit_lsn, "skipped": decoded.skipped,
@@ -142,10 +144,12 @@ def export_changes(settings: Settings, journal: Journal, tgt: Psql, cap: dict, o
     if decoded.truncated:
         warnings.append(f"TRUNCATE on {', '.join(sorted(set(decoded.truncated)))} was NOT carried back")
     if decoded.unmapped:
-        warnings.append(f"changes to chunks with no known hypertable were NOT carried back: {', '.join(sorted(set(decoded.unmapped)))}")
+        warnings.append("changes to chunks with no known hypertable were NOT carried back: "
+                        f"{', '.join(sorted(set(decoded.unmapped)))}")
     if warnings:
         summary["warning"] = "; ".join(warnings)
-    say(f"decoded {len(decoded.changes)} change(s) in {decoded.commits} transaction(s) from slot {cap['slot']} to {path}")
+    say(f"decoded {len(decoded.changes)} change(s) in {decoded.commits} transaction(s) from slot "
+        f"{cap['slot']} to {path}")
     return summary
 
 
@@ -157,7 +161,8 @@ def replay_changes(src: Psql, export_file: str, db: str) -> dict:
     if res["missing_on_source"]:
         missing = sorted(res["missing_on_source"])
         out["missing_on_source"] = missing
-        out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their changes were NOT carried back "
+        out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their changes were "
+                                  "NOT carried back "
                                   f"and stay in {export_file}: create the tables on the source and re-run")
     return out
 
@@ -172,8 +177,9 @@ def finish(settings: Settings, journal_path, progress=None) -> dict:
     """Drop the slot and record that rollback is no longer possible."""
     say = progress or (lambda m: None)
     journal = Journal(journal_path)
-    if finished(journal):
-        return {**finished(journal), "changed": False, "transfer_trust": end_transfer_trust(settings, journal, say)}
+    done = finished(journal)
+    if done:
+        return {**done, "changed": False, "transfer_trust": end_transfer_trust(settings, journal, say)}
     rec = capture_facts(journal)
     if not rec.get("slot"):
         raise OpsError(f"journal {journal.path} records no rollback capture", hint="nothing to finish; check --journal")
@@ -190,9 +196,11 @@ def finish(settings: Settings, journal_path, progress=None) -> dict:
         journal.end(cp.FINISH_PHASE, "failed", error=exc.one_line())
         raise
     facts = {"slot": rec["slot"], "dropped": bool(dropped), "rollback_possible": False,
-             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "origin": _drop_origin(settings, rec["slot"])}
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                          time.gmtime()), "origin": _drop_origin(settings, rec["slot"])}
     journal.end(cp.FINISH_PHASE, "ok", facts)
-    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
+    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no "
+        "longer possible; "
         f"replay origin on the source: {facts['origin']}")
     rolled_back = states.get("rollback") is not None and states["rollback"].done
     trust = end_transfer_trust(settings, journal, say)

@@ -101,11 +101,13 @@ def run_dump_detached(settings: Settings, dest_dir: str, key: str, progress=None
 
         dest = private_dir(dest_dir)
         dump_path = dest / f"{db}.dump"
-        common = dict(source_host=host.name, database=db, pg_dump_version=pg_dump_version, consistency=_consistency(log))
+        common = dict(source_host=host.name, database=db, pg_dump_version=pg_dump_version,
+                      consistency=_consistency(log))
         if transfer == "direct":
             on_target = _pull_direct(settings, sess, key, remote_size, remote_sha, progress, say)
             if on_target:
-                doc = mf.build_manifest(facts, dump_file=dump_path.name, dump_size=remote_size, dump_sha256=remote_sha, **common)
+                doc = mf.build_manifest(facts, dump_file=dump_path.name, dump_size=remote_size, dump_sha256=remote_sha,
+                                        **common)
                 doc["dump"]["warnings"] = dump_warnings(log)
                 doc["dump"]["detached_job"] = job.dir
                 doc["dump"]["transfer"] = f"direct: the target pulled it from the source ({on_target})"
@@ -121,7 +123,8 @@ def run_dump_detached(settings: Settings, dest_dir: str, key: str, progress=None
         if offset < remote_size:
             with (_append_private(partial) if offset else open_private(partial)) as sink:
                 res = host.stream_stdout(fetch_line(out_file, offset, user=job.user), sink,
-                                         progress=lambda d, t: progress(offset + d, remote_size), total=remote_size - offset)
+                                         progress=lambda d, t: progress(offset + d, remote_size),
+                                         total=remote_size - offset)
             if res.exit_code != 0:
                 raise OpsError(f"fetching the dump from {host.name} failed: {_last_line(res.stderr)}",
                                hint="re-run: the download continues where it stopped")

@@ -24,6 +24,7 @@ from ..errors import OpsError
 from ..psql import Psql
 from . import report as rp
 from .report_html import render_html
+from ..settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +89,7 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
     """The cutover's verification, as table rows: each verify pass, plus the post-cutover checks."""
     from ..cutover import phases as ph
 
-    states = {}
+    states: dict = {}
     for r in records:
         states.setdefault(r.get("phase"), {}).update(r.get("facts") or {})
     rows = []
@@ -96,19 +97,22 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
     for label in ("manifest", "source"):
         if label in v and isinstance(v[label], dict):
             failed = v[label].get("failed") or []
-            rows.append({"name": f"verify against the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
+            rows.append({"name": "verify against the "
+                                 f"{'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
                          "ok": not failed, "observed": f"{v[label].get('checks')} checks, {len(failed)} failed",
                          "expected": "0 failed", "evidence": "; ".join(failed[:5]) or "trackerdb.migrate.verify"})
             content = v[label].get("content")
             # where the content was compared and what it cost; a note (the window's own dump takes no digests) is no row
             if isinstance(content, dict) and not content.get("note"):
-                rows.append({"name": f"content compared by digest ({'dump manifest' if label == 'manifest' else 'frozen source'})",
+                rows.append({"name": "content compared by digest "
+                                     f"({'dump manifest' if label == 'manifest' else 'frozen source'})",
                              "ok": bool(content.get("ok")), "observed": str(content.get("observed"))[:300],
                              "expected": str(v.get("content_path") or "every table and chunk range equal")[:300],
                              "evidence": "trackerdb.migrate.content"})
             priv = v[label].get("privileges")
             if isinstance(priv, dict):
-                rows.append({"name": f"owners and privileges equal to the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
+                rows.append({"name": "owners and privileges equal to the "
+                                     f"{'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
                              "ok": bool(priv.get("ok")), "observed": str(priv.get("observed")), "expected": "0 differ",
                              "evidence": "; ".join(f for f in failed if f.startswith("owner/privileges of "))[:300]
                                          or "trackerdb.migrate.privileges, object by object"})
@@ -121,8 +125,8 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
         rows.append({"name": "backrest.check after the cutover", "ok": post["backrest_check"] == "ok",
                      "observed": str(post["backrest_check"]), "expected": "ok", "evidence": "phase post"})
     if summary.get("verification") and not rows:
-        rows.append({"name": "cutover verify phase", "ok": summary["verification"] == "ok", "observed": summary["verification"],
-                     "expected": "ok", "evidence": "cutover summary"})
+        rows.append({"name": "cutover verify phase", "ok": summary["verification"] == "ok",
+                     "observed": summary["verification"], "expected": "ok", "evidence": "cutover summary"})
     return rows
 
 
@@ -149,7 +153,7 @@ def _journal_facts(path: Path) -> dict:
     return Journal(path).facts() if Path(path).exists() else {}
 
 
-def write_reports(result: dict, settings, say) -> dict:
+def write_reports(result: dict, settings: Settings, say) -> dict:
     """Write report.json/html to the state dir, run signoff against the fresh report, write again, copy out."""
     state_dir = Path(settings.state_dir) if settings else Path("artifacts")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +190,8 @@ def _write(state_dir: Path, rep: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Rebuild report.json/html from a saved rehearsal-result.json: ``python -m trackerdb.rehearse.ops RESULT OUT_DIR``."""
+    """Rebuild report.json/html from a saved rehearsal-result.json:
+    ``python -m trackerdb.rehearse.ops RESULT OUT_DIR``."""
     if len(argv) != 3:
         print(main.__doc__)
         return 2

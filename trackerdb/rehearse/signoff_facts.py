@@ -65,7 +65,7 @@ def _safe(fn, *args, **kw):
         return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
 
 
-def _fetch_instance(settings) -> dict:
+def _fetch_instance(settings: Settings) -> dict:
     from ..aws import client
 
     resp = client(settings, "ec2").describe_instances(InstanceIds=[settings.outputs["instance_id"]])
@@ -77,7 +77,7 @@ def _fetch_instance(settings) -> dict:
             "az": i.get("Placement", {}).get("AvailabilityZone")}
 
 
-def _target_ssh(remote, settings) -> dict:
+def _target_ssh(remote, settings: Settings) -> dict:
     res = remote.run("hostname; cut -d' ' -f1 /proc/uptime", timeout=30)
     lines = res.stdout.split()
     return {"address": settings.target.address, "user": settings.target.user, "hostname": lines[0] if lines else "?",
@@ -113,10 +113,12 @@ def _installed(psql: Psql, settings: Settings) -> dict:
 
 
 ARCHIVER_SQL = ("SELECT json_build_object('archived_count', archived_count, 'last_archived_wal', last_archived_wal,"
-                " 'last_archived_time', last_archived_time, 'failed_count', failed_count, 'last_failed_wal', last_failed_wal,"
+                " 'last_archived_time', last_archived_time, 'failed_count', failed_count, 'last_failed_wal', "
+                "last_failed_wal,"
                 " 'last_failed_time', last_failed_time, 'archive_mode', current_setting('archive_mode'),"
                 " 'archive_command', current_setting('archive_command'),"
-                " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM pg_stat_archiver")
+                " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM "
+                "pg_stat_archiver")
 
 
 def _jobs(psql: Psql, settings: Settings):
@@ -132,34 +134,35 @@ def _archiver(psql: Psql, settings: Settings) -> dict:
     return _psql_json(psql, ARCHIVER_SQL, "postgres")
 
 
-def _data_mount(remote, settings) -> dict:
+def _data_mount(remote, settings: Settings) -> dict:
     import shlex
 
     mount, by_id = settings.data_mount, settings.data_volume_by_id
-    res = remote.run(f"findmnt -J -b -o TARGET,SOURCE,FSTYPE,SIZE --mountpoint {shlex.quote(mount)}", check=False, timeout=30)
+    res = remote.run(f"findmnt -J -b -o TARGET,SOURCE,FSTYPE,SIZE --mountpoint {shlex.quote(mount)}", check=False,
+                     timeout=30)
     vol = remote.run(f"readlink -f {shlex.quote(by_id)}", check=False, timeout=30).stdout.strip()
-    vol = vol if vol and vol != by_id and remote.run(f"test -b {shlex.quote(vol)}", check=False).exit_code == 0 else None
+    is_block = bool(vol) and vol != by_id and remote.run(f"test -b {shlex.quote(vol)}", check=False).exit_code == 0
+    vol = vol if is_block else None
     if res.exit_code != 0 or not res.stdout.strip():
         return {"mounted": False, "volume_device": vol}
     fs = (json.loads(res.stdout).get("filesystems") or [{}])[0]
     dev = fs.get("source") or ""
-    real = remote.run(f"readlink -f {shlex.quote(dev)}", check=False, timeout=30).stdout.strip() if dev.startswith("/") else dev
-    return {"mounted": True, "device": real, "volume_device": vol, "fstype": fs.get("fstype"), "size_bytes": int(fs.get("size") or 0)}
+    real = dev
+    if dev.startswith("/"):
+        real = remote.run(f"readlink -f {shlex.quote(dev)}", check=False, timeout=30).stdout.strip()
+    return {"mounted": True, "device": real, "volume_device": vol, "fstype": fs.get("fstype"),
+            "size_bytes": int(fs.get("size") or 0)}
 
 
-def _backrest(settings) -> dict:
+def _backrest(settings: Settings) -> dict:
     try:
         from ..backrest import ops as brops
     except ImportError:
         return {"error": "trackerdb.backrest.ops is not available in this checkout"}
-    result = brops.check(settings)
-    checks = result if isinstance(result, list) else (result.get("checks") if isinstance(result, dict) else getattr(result, "checks", None))
-    if checks is None:
-        return {"error": f"backrest check returned {type(result).__name__}"}
-    return {"checks": [asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c) for c in checks]}
+    return {"checks": [asdict(c) for c in brops.check(settings)]}  # a list of steps.Check (dataclasses)
 
 
-def _report(settings) -> dict:
+def _report(settings: Settings) -> dict:
     path = Path(settings.state_dir) / "report.json"
     if not path.is_file():
         return {"path": str(path), "exists": False}
@@ -167,7 +170,7 @@ def _report(settings) -> dict:
     return data | {"path": str(path), "exists": True, "mtime": path.stat().st_mtime}
 
 
-def _cutover_plan(settings) -> dict:
+def _cutover_plan(settings: Settings) -> dict:
     try:
         from ..cutover import ops as cops
     except ImportError:
@@ -177,7 +180,7 @@ def _cutover_plan(settings) -> dict:
     return {"decision_point": plan.get("rollback_decision_point") or "", "phases": len(plan.get("plan") or [])}
 
 
-def _secret_scan(settings, root: Path = ROOT) -> dict:
+def _secret_scan(settings: Settings, root: Path = ROOT) -> dict:
     from ..secrets import fetch_secret
 
     values, unavailable = {}, []
@@ -201,16 +204,16 @@ def _secret_scan(settings, root: Path = ROOT) -> dict:
             continue
         hits += scan_text(rel, text, values)
     values.clear()
-    return {"files": len(files), "hits": hits, "secrets_checked": sorted(set([settings.cipher_secret_name, settings.app_secret_name]) - set(unavailable)),
-            "secrets_unavailable": unavailable}
+    checked = sorted({settings.cipher_secret_name, settings.app_secret_name} - set(unavailable))
+    return {"files": len(files), "hits": hits, "secrets_checked": checked, "secrets_unavailable": unavailable}
 
 
-def _decisions(settings) -> dict:
+def _decisions(settings: Settings) -> dict:
     p = Path(settings.state_dir) / DECISIONS_FILE
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _rollback_window(settings, journal_path=None) -> dict:
+def _rollback_window(settings: Settings, journal_path=None) -> dict:
     """The cutover journal's capture and finish records, and the rollback slots on the target."""
     from ..cutover import capture as cp
     from ..cutover.journal import Journal
@@ -231,7 +234,7 @@ def _rollback_window(settings, journal_path=None) -> dict:
     return out
 
 
-def gather(settings, progress=None, journal_path=None) -> dict:
+def gather(settings: Settings, progress=None, journal_path=None) -> dict:
     """Read every fact the checklist needs. Reads only; nothing on any host changes."""
     say = progress or (lambda m: None)
     facts: dict = {}
@@ -283,10 +286,11 @@ def gather(settings, progress=None, journal_path=None) -> dict:
     return facts
 
 
-def agreed_versions(settings) -> dict:
-    return {"postgres_major": settings.postgres_major, "postgis": settings.postgis_version, "timescaledb": settings.timescaledb_version}
+def agreed_versions(settings: Settings) -> dict:
+    return {"postgres_major": settings.postgres_major, "postgis": settings.postgis_version,
+            "timescaledb": settings.timescaledb_version}
 
 
-def declared_disks(settings) -> dict:
+def declared_disks(settings: Settings) -> dict:
     return {"root_gb": int(settings.outputs.get("root_volume_size_gb") or 0), "data_gb": settings.data_volume_size_gb,
             "mount": settings.data_mount, "by_id": settings.data_volume_by_id}
