@@ -244,13 +244,13 @@ def _up(name: str, *, volume_gb: int, scale: float) -> None:
     overlay = settings_overlay(n, str(st.dir), repo_host_key=host_keys["repo"], zone_id=seeded["zone_id"])
     (st.dir / "settings.json").write_text(render.to_json(overlay))
 
-    from trackerdb.remote import Remote
+    from trackerdb.session import connect
     from trackerdb.settings import HostSpec
 
     spec = HostSpec.from_dict("source", overlay["source"])
     if spec is None:
         raise LabError("the settings overlay names no source host", hint="run lab.down and lab.up")
-    with Remote(spec) as rs:
+    with connect(spec) as rs:
         result = source.fill(st, n, rs, scale)
     st["dataset"] = {k: result[k] for k in ("rows", "bytes", "seconds", "scale", "seed")}
     source.stanza(st)

@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 
 from trackerdb.psql import Psql
+from trackerdb.session import cluster, connect
+from trackerdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the lab's clusters (tests/lab/test_55_port.py moves them to other ports on its own instance)
@@ -33,21 +35,26 @@ def load_lab_settings(name: str | None = None):
     return Settings.load(cfg, env=lab_env(name))
 
 
+def app_psql(remote, port: int = LAB_PORT) -> Psql:
+    """psql on ``remote``'s cluster at ``port`` with the database's own settings (not pinned): the dataset as the
+    application sees it (PostGIS types by name). The lab's one maker of a cluster (``trackerdb.session.cluster``)."""
+    return cluster(remote, port, pinned=False)
+
+
 def run_sql(remote, sql: str, database: str = "postgres", check: bool = True, timeout=None):
-    return Psql(remote, LAB_PORT, pinned=False).run(sql, database, check=check, timeout=timeout)
+    return app_psql(remote).run(sql, database, check=check, timeout=timeout)
 
 
 def query_json(remote, sql: str, database: str = "postgres"):
-    return Psql(remote, LAB_PORT, pinned=False).json(sql, database)
+    return app_psql(remote).json(sql, database)
 
 
-def ensure_app_password_on_source(settings) -> None:
+def ensure_app_password_on_source(settings: Settings) -> None:
     """The old host is where the application logs in today: its `tracker` role has the password
     from Secrets Manager (the dataset generator leaves it unset). Sent on stdin, never argv."""
-    from trackerdb.remote import Remote
     from trackerdb.secrets import fetch_secret
     from trackerdb.sql import ident, literal
 
     secret = fetch_secret(settings, settings.app_secret_name)
-    with Remote(settings.source, secrets=[secret]) as s:
+    with connect(settings.require_source(), [secret]) as s:
         run_sql(s, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")

@@ -31,7 +31,7 @@ import sys
 import time
 
 from trackerdb.errors import HostError, OpsError
-from trackerdb.psql import Psql
+from .client import app_psql
 
 from .dataset_shape import *  # noqa: F401,F403  (the dataset's names: TABLES, DB, expected_counts, ...)
 from .dataset_shape import DB, REFUSAL, TABLES, expected_counts
@@ -64,7 +64,7 @@ def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, tim
     """
     sql = generate_sql(scale, seed, timescaledb_version=timescaledb_version, database=database)
     started = time.monotonic()
-    res = Psql(remote, port, pinned=False).run(sql, check=False, timeout=timeout)
+    res = app_psql(remote, port).run(sql, check=False, timeout=timeout)
     seconds = time.monotonic() - started
     if not res.ok:
         msg = _error_line(res.stderr)
@@ -91,7 +91,7 @@ def run(remote, scale: float = 1.0, seed: int = 42, *, port: int = LAB_PORT, tim
 def facts(remote, port: int = LAB_PORT, database: str = DB) -> dict:
     """Rows per generated table and pg_database_size of the tracker database (or ``database``)."""
     sql = f"{COUNT_SQL} UNION ALL SELECT 'bytes', pg_database_size('{database}');"
-    res = Psql(remote, port, pinned=False).run(sql, database)
+    res = app_psql(remote, port).run(sql, database)
     out = dict(line.split("|") for line in res.stdout.strip().splitlines())
     return {"rows": {t: int(out[t]) for t in TABLES}, "bytes": int(out["bytes"])}
 
@@ -111,7 +111,7 @@ def checksum_sql() -> str:
 
 def checksums(remote, port: int = LAB_PORT, database: str = DB) -> dict[str, dict]:
     """``{table: {"rows": n, "checksum": "..."}}`` of the generated tables in ``database`` on ``remote``."""
-    res = Psql(remote, port, pinned=False).run(checksum_sql() + ";", database)
+    res = app_psql(remote, port).run(checksum_sql() + ";", database)
     out = {}
     for line in res.stdout.strip().splitlines():
         table, n, checksum = line.split("|")

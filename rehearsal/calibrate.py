@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from lab import changes, dataset
 from lab import tsdb
 from trackerdb.errors import OpsError
-from trackerdb.remote import Remote
+from trackerdb.session import cluster, connect, source_cluster
 
 if TYPE_CHECKING:
     from trackerdb.settings import Settings
@@ -38,9 +38,7 @@ DEFAULT_SCALE = 100.0
 
 
 def _exists(src, port: int) -> bool:
-    from trackerdb.psql import Psql
-
-    return Psql(src, port).value(f"SELECT count(*) FROM pg_database WHERE datname = '{CALIB_DB}';") != "0"
+    return cluster(src, port).value(f"SELECT count(*) FROM pg_database WHERE datname = '{CALIB_DB}';") != "0"
 
 
 def prepare(settings: Settings, scale: float = DEFAULT_SCALE, say=None) -> dict:
@@ -48,7 +46,7 @@ def prepare(settings: Settings, scale: float = DEFAULT_SCALE, say=None) -> dict:
     say = say or (lambda m: None)
     if not settings.is_lab:
         raise OpsError("the calibration copy is generated on the lab's source only", hint="set TRACKERDB_ENV=lab")
-    with Remote(settings.require_source()) as src:
+    with connect(settings.require_source()) as src:
         started = time.time()
         if _exists(src, settings.source_port):
             have = dataset.facts(src, settings.source_port, CALIB_DB)
@@ -126,9 +124,9 @@ def calibrate(settings: Settings, run_dir: Path, prepared: dict, say=None) -> di
             f"{c.name}: {c.observed} != {c.expected}" for c in run_verify(cs, app_login=False, **kwargs) if not c.ok
         ]
     # the rehearsal's verify phase also counts the rows on both hosts
-    with Remote(settings.require_source()) as s_host, Remote(settings.target) as t_host:
-        counts = {"source": table_counts(s_host, CALIB_DB, settings.source_port, dataset.TABLES),
-                  "target": table_counts(t_host, CALIB_DB, settings.pg_port, dataset.TABLES)}
+    with connect(settings.require_source()) as s_host, connect(settings.target) as t_host:
+        counts = {"source": table_counts(cluster(s_host, settings.source_port), CALIB_DB, dataset.TABLES),
+                  "target": table_counts(cluster(t_host, settings.pg_port), CALIB_DB, dataset.TABLES)}
     phases["verify"] = time.time() - t
     if failed or counts["source"] != counts["target"]:
         raise OpsError(f"calibration copy {CALIB_DB} did not verify: {'; '.join(failed[:3]) or 'row counts differ'}",
@@ -153,7 +151,7 @@ def calibrate_window(settings: Settings, run_dir: Path, say=None) -> dict:
     from trackerdb.cutover.journal import Journal
     from trackerdb.cutover.phases import Ctx
     from trackerdb.migrate.verify import run_verify
-    from trackerdb.psql import Psql
+    from lab.client import app_psql
 
     say = say or (lambda m: None)
     cs = dataclasses.replace(settings, database=CALIB_DB)
@@ -161,8 +159,8 @@ def calibrate_window(settings: Settings, run_dir: Path, say=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     phases: dict[str, float] = {}
     ctx = Ctx(cs, Journal(out_dir / "window.jsonl"), out_dir / "window-dump", progress=say)
-    with Remote(settings.require_source()) as src:
-        psql = Psql(src, settings.source_port, pinned=False)  # the application's SQL: PostGIS types by name
+    with connect(settings.require_source()) as src:
+        psql = app_psql(src, settings.source_port)  # the application's SQL: PostGIS types by name
         say(f"calibration: a day of new data on {CALIB_DB}, then the pre-copy window's data phases")
         psql.run(changes.day_sql(changes.WRITER_DEVICE), CALIB_DB, timeout=3600)
         try:
@@ -171,7 +169,7 @@ def calibrate_window(settings: Settings, run_dir: Path, say=None) -> dict:
             dl.run_delta(ctx, converge=False, keep=keep)
             phases["prepare"] = time.time() - t
             psql.run(_writer_rows_sql(WRITER_ROWS), CALIB_DB)
-            prior = fz.freeze(src, CALIB_DB, grace_s=5, port=settings.source_port).get("prior_read_only")
+            prior = fz.freeze(source_cluster(src, settings), CALIB_DB, grace_s=5).get("prior_read_only")
             try:
                 t = time.time()
                 facts = dl.run_delta_kept(ctx, cached=keep)
@@ -181,7 +179,7 @@ def calibrate_window(settings: Settings, run_dir: Path, say=None) -> dict:
                                     content_reuse=dl.kept_prints(facts))
                 phases["verify"] = time.time() - t
             finally:
-                fz.unfreeze(src, CALIB_DB, prior=prior, port=settings.source_port)
+                fz.unfreeze(source_cluster(src, settings), CALIB_DB, prior=prior)
         finally:
             ctx.close()
     failed = [f"{c.name}: {c.observed}" for c in checks if not c.ok]

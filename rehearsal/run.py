@@ -28,7 +28,7 @@ from trackerdb.errors import OpsError
 from trackerdb.rehearse.ops import (_flat, _journal_facts, _journal_records, _outcome_facts, acked_rows_on_target,
                                     rollback_check, split_journal, table_counts, verification_rows, write_reports,
                                     writer_facts)
-from trackerdb.remote import Remote
+from trackerdb.session import cluster, connect, source_cluster, target_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.5  # a few minutes on 2 cores
@@ -67,28 +67,25 @@ def lab_app_login_on_source(settings) -> dict:
     the password from Secrets Manager (the dataset generator leaves it unset). SQL on stdin, masked."""
     if not settings.is_lab:
         raise OpsError("refusing to set a role password outside the lab", hint="production's source already has it")
-    from trackerdb.psql import Psql
-    from trackerdb.remote import Remote
     from trackerdb.secrets import fetch_secret
     from trackerdb.sql import ident, literal
 
     secret = fetch_secret(settings, settings.app_secret_name)
-    with Remote(settings.require_source(), secrets=[secret]) as src:
-        Psql.source(src, settings).run(f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+    with connect(settings.require_source(), [secret]) as src:
+        source_cluster(src, settings).run(f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
     return {"role": settings.owner_role}
 
 
 def measured_versions(settings) -> list[dict]:
     """The servers' and the client tools' versions as the hosts report them (the dump runs the source server's
     own major's pg_dump, the restore ``settings.pg_bin``'s pg_restore): rows of the report's version table."""
-    from trackerdb.psql import Psql
     from trackerdb.rehearse.versions import load_measured_rows
 
     got = {}
-    with Remote(settings.require_source()) as src, Remote(settings.target) as tgt:
-        got["source_server"] = Psql.source(src, settings).value("SELECT current_setting('server_version');")
-        got["target_server"] = Psql.target(tgt, settings).value("SELECT current_setting('server_version');")
-        major = int(Psql.source(src, settings).value("SELECT current_setting('server_version_num');")) // 10000
+    with connect(settings.require_source()) as src, connect(settings.target) as tgt:
+        got["source_server"] = source_cluster(src, settings).value("SELECT current_setting('server_version');")
+        got["target_server"] = target_cluster(tgt, settings).value("SELECT current_setting('server_version');")
+        major = int(source_cluster(src, settings).value("SELECT current_setting('server_version_num');")) // 10000
         got["pg_dump"] = src.run([f"/usr/lib/postgresql/{major}/bin/pg_dump", "--version"]).stdout.strip()
         got["pg_restore"] = tgt.run([f"{settings.pg_bin}/pg_restore", "--version"]).stdout.strip()
     return load_measured_rows(got)
@@ -189,8 +186,8 @@ def _stop_writer(proc, settings, journal_path: Path, result: dict, key: str = "w
         result["outage"] = measured
     acks = [r for r in records if r.get("event") == "ack"]
     if acks and sw.get("new"):
-        with Remote(settings.target) as tgt:
-            found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port)
+        with connect(settings.target) as tgt:
+            found = acked_rows_on_target(cluster(tgt, settings.pg_port), settings.database, acks)
         result[key] |= {"on_target": found, "lost": len(acks) - found}
     return records
 
@@ -204,8 +201,8 @@ def _counts_row(label: str, counts: dict) -> dict:
 
 def _every_ack_on_target(settings, acks: list[dict]) -> dict:
     """After the last window: every write any endpoint acknowledged, across all three switches, on the target."""
-    with Remote(settings.target) as tgt:
-        found = acked_rows_on_target(tgt, settings.database, acks, settings.pg_port) if acks else 0
+    with connect(settings.target) as tgt:
+        found = acked_rows_on_target(cluster(tgt, settings.pg_port), settings.database, acks) if acks else 0
     return {"acknowledged": len(acks), "on_target": found, "lost": len(acks) - found,
             "switches": "first window, rollback, second window"}
 
@@ -217,8 +214,8 @@ def _window(settings, run_dir: Path, journal_path: Path, say, full: bool, counts
 
     def verify_then_count(ctx, resume):
         facts = ph.verify(ctx, resume)
-        counts["source"] = table_counts(ctx.remote("source"), settings.database, settings.source_port, dataset.TABLES)
-        counts["target"] = table_counts(ctx.remote("target"), settings.database, settings.pg_port, dataset.TABLES)
+        counts["source"] = table_counts(ctx.psql("source"), settings.database, dataset.TABLES)
+        counts["target"] = table_counts(cluster(ctx.remote("target"), settings.pg_port), settings.database, dataset.TABLES)
         return facts | {"rehearsal_counts": counts}
 
     return cutover.run_cutover(settings, run_dir / journal_path.stem, progress=say, journal_path=journal_path,
@@ -259,7 +256,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
         result["meta"]["versions"] = load_rows({"postgres_major": settings.postgres_major,
                                                 "postgres_version": settings.postgres_version,
                                                 "timescaledb": settings.timescaledb_version, "postgis": settings.postgis_version})
-        with Remote(settings.require_source()) as src:
+        with connect(settings.require_source()) as src:
             ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"],
                                                                   "devices": f["rows"]["tracker.devices"]})(
                 dataset.facts(src, settings.source_port)))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from lab import changes, dataset
 from trackerdb.errors import OpsError
-from trackerdb.psql import Psql
-from trackerdb.remote import Remote
+from lab.client import app_psql
+from trackerdb.session import cluster, connect
 
 
 def precopy(settings, run_dir: Path, clock) -> dict:
@@ -53,8 +53,8 @@ def _verified(checks) -> dict:
 
 def new_data(settings, run: int, late_device: int) -> dict:
     """A day of new rows and the other changes on the source after the pre-copy (the writer runs meanwhile)."""
-    with Remote(settings.require_source()) as src:
-        psql = Psql(src, settings.source_port, pinned=False)  # the application's SQL: PostGIS types by name
+    with connect(settings.require_source()) as src:
+        psql = app_psql(src, settings.source_port)  # the application's SQL: PostGIS types by name
         t = time.monotonic()
         psql.run(changes.day_sql(changes.WRITER_DEVICE), settings.database, timeout=3600)
         day_s = time.monotonic() - t
@@ -81,8 +81,8 @@ def wait_acks(writer, n: int, endpoint: str, timeout: float = 90) -> int:
 
 def drill_changes(settings, run: int, late_device: int) -> dict:
     """The application's changes on the target after the switch, besides the writer's appends."""
-    with Remote(settings.target) as tgt:
-        Psql(tgt, settings.pg_port, pinned=False).run(changes.target_changes(run + 1, late_device), settings.database, timeout=600)
+    with connect(settings.target) as tgt:
+        app_psql(tgt, settings.pg_port).run(changes.target_changes(run + 1, late_device), settings.database, timeout=600)
     return {"changes": "2 late rows, an update and a delete inside a compressed chunk, a keyed update, "
                        "a composite-key delete, an update of the key-less hypertable (lab/changes.py)"}
 
@@ -90,12 +90,12 @@ def drill_changes(settings, run: int, late_device: int) -> dict:
 def acked_found(remote, settings, acks: list[dict], port: int) -> int:
     from trackerdb.rehearse.ops import acked_rows_on_target
 
-    return acked_rows_on_target(remote, settings.database, acks, port) if acks else 0
+    return acked_rows_on_target(cluster(remote, port), settings.database, acks) if acks else 0
 
 
 def drill_checks(settings, rb: dict, acked_on_target: list[dict]) -> list[dict]:
     """After ``rollback --replay``: every change the target took is on the source, and both are equal by content."""
-    with Remote(settings.require_source()) as src, Remote(settings.target) as tgt:
+    with connect(settings.require_source()) as src, connect(settings.target) as tgt:
         on_source = acked_found(src, settings, acked_on_target, settings.source_port)
         s_sums = dataset.checksums(src, settings.source_port, settings.database)
         t_sums = dataset.checksums(tgt, settings.pg_port, settings.database)

@@ -11,8 +11,8 @@ schema named like us (``"$user"``): without the pin a function or operator of th
 better than pg_catalog's would run as superuser; ``sql.literal`` quotes for conforming strings.
 Our SQL therefore names every non-catalog object with its schema (``sql.qualified``; TimescaleDB's
 API through ``tsdb_api``). A script that reconnects (psql's ``connect`` command) leaves the pin
-behind: ours never do. ``pinned=False`` gives a session the database's own settings (lab checks reading the dataset as the
-application sees it; never an operation).
+behind: ours never do. ``pinned=False`` gives a session the database's own settings (lab checks reading
+the dataset as the application sees it; never an operation).
 
 Inside a window phase (``limits.phase``) the pinned line also carries that phase's ``lock_timeout``,
 ``statement_timeout`` and ``application_name`` (``pin_line``); a statement cancelled by either is a
@@ -28,6 +28,7 @@ from . import limits
 from .errors import HostError
 from .remote import error_text
 from .secrets import mask
+from .settings import Settings
 
 
 class PsqlError(HostError):
@@ -130,12 +131,12 @@ class Psql:
         self.pinned = pinned
 
     @classmethod
-    def target(cls, host, settings) -> "Psql":
+    def target(cls, host, settings: Settings) -> "Psql":
         """The target cluster, with the client tools of its server's major version."""
         return cls(host, settings.pg_port, settings.pg_bin)
 
     @classmethod
-    def source(cls, host, settings) -> "Psql":
+    def source(cls, host, settings: Settings) -> "Psql":
         """The source cluster (its own client tools, on its own port)."""
         return cls(host, settings.source_port)
 
@@ -165,15 +166,16 @@ class Psql:
     def blockers(self, database: str) -> list[dict] | None:
         """The sessions holding locks in ``database`` now (``limits.BLOCKERS_SQL``); None when unreadable."""
         try:
-            res = self.host.run(self.argv(database), user="postgres", check=False, timeout=60,
-                                stdin=PIN + " SET lock_timeout = '2s'; SET statement_timeout = '20s';\n" + limits.BLOCKERS_SQL)
+            sql = PIN + " SET lock_timeout = '2s'; SET statement_timeout = '20s';\n" + limits.BLOCKERS_SQL
+            res = self.host.run(self.argv(database), user="postgres", check=False, timeout=60, stdin=sql)
             return parse_json(res.stdout) if res.ok else None
         except (OSError, ValueError, HostError):
             return None
 
     def limit_error(self, lim, which: str, database: str, statement: str, res=None) -> "limits.TimeLimitError":
         """The one line for a statement cancelled by its window limit, naming who held locks in ``database``."""
-        err = limits.error(lim, which, f"{self.host.name} port {self.port}", database, statement, self.blockers(database), res)
+        err = limits.error(lim, which, f"{self.host.name} port {self.port}", database, statement,
+                           self.blockers(database), res)
         err.message = mask(err.message, *getattr(self.host, "secrets", ()))
         err.args = (err.message,)
         return err
@@ -199,6 +201,7 @@ class Psql:
         try:
             return parse_json(res.stdout)
         except ValueError:
-            raise PsqlError(mask(f"{self.host.name}: psql returned something that is not JSON: {res.stdout.strip()[:200]}",
+            raise PsqlError(mask(f"{self.host.name}: psql returned something that is not JSON: "
+                                 f"{res.stdout.strip()[:200]}",
                                  *getattr(self.host, "secrets", ())),
                             hint=f"is the right PostgreSQL cluster on port {self.port}?", result=res) from None

@@ -82,11 +82,11 @@ def wrap(cmd: str | list[str], *, sudo: bool = False, user: str | None = None, c
     return line
 
 
-# Root writes files into directories other users may write (postgres owns conf.d and its home): a
-# temp file made there by name could be swapped for a symlink between creation and chown/chmod/write.
-# This writer opens the directory once, creates the temp file O_EXCL|O_NOFOLLOW relative to it, sets
-# owner and mode on the open descriptor, fsyncs and renames within the same directory: root never
-# follows a link another user placed, and readers see the old or the new file, never half of one.
+# Root writes files into directories other users may write (postgres owns conf.d and its home): a temp file made there
+# by name could be swapped for a symlink between creation and chown/chmod/write. This writer opens the directory once,
+# creates the temp file O_EXCL|O_NOFOLLOW relative to it, sets owner and mode on the open descriptor, fsyncs and
+# renames within the same directory: root never follows a link another user placed, and readers see the old or the new
+# file, never half of one.
 _ATOMIC_WRITE = r"""
 import os, pwd, grp, secrets, sys
 path, mode, owner, group = sys.argv[1], int(sys.argv[2], 8), sys.argv[3], sys.argv[4]
@@ -153,8 +153,9 @@ class Remote:
         connect_kwargs = {"allow_agent": False, "look_for_keys": spec.key_file is None, "banner_timeout": self._timeout}
         if spec.key_file:
             connect_kwargs["key_filename"] = spec.key_file
-        gateway = paramiko.ProxyCommand(spec.proxy_command.replace("%h", spec.address).replace("%p", str(spec.port))) if spec.proxy_command else None
-        conn = Connection(spec.address, user=spec.user, port=spec.port, config=config, connect_kwargs=connect_kwargs, gateway=gateway)
+        proxy = (spec.proxy_command or "").replace("%h", spec.address).replace("%p", str(spec.port))
+        conn = Connection(spec.address, user=spec.user, port=spec.port, config=config, connect_kwargs=connect_kwargs,
+                          gateway=paramiko.ProxyCommand(proxy) if proxy else None)
         client = conn.client
         # Fabric auto-adds unknown keys and reads ~/.ssh/known_hosts; we trust only the pinned file.
         client._system_host_keys.clear()
@@ -166,7 +167,8 @@ class Remote:
         except paramiko.BadHostKeyException:
             raise HostError(
                 f"host key of {spec.name} ({spec.address}) does not match the pinned key in {spec.known_hosts}",
-                hint="the host was replaced or this is not the host you think: verify the key out of band before updating known_hosts",
+                hint="the host was replaced or this is not the host you think: verify the key out of band before "
+                     "updating known_hosts",
             ) from None
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
@@ -174,7 +176,8 @@ class Remote:
                     f"host key of {spec.name} ({spec.address}) is not in {spec.known_hosts}; refusing an unknown host",
                     hint="add the host's key to that file from a trusted source (the lab or the EC2 console output)",
                 ) from None
-            raise HostError(f"SSH to {spec.name} ({spec.address}) failed: {exc}", hint="check the user and key") from None
+            raise HostError(f"SSH to {spec.name} ({spec.address}) failed: {exc}",
+                            hint="check the user and key") from None
         except (socket.timeout, TimeoutError, OSError) as exc:
             raise HostError(f"{spec.name} ({spec.address}:{spec.port}) is unreachable: {exc.__class__.__name__}",
                             hint="check the address, security group and ProxyCommand/bastion") from None
@@ -197,15 +200,12 @@ class Remote:
             check: bool = True, timeout: float | None = None, cwd: str | None = None, echo: bool = False) -> Result:
         line = wrap(cmd, sudo=sudo, user=user, cwd=cwd)
         conn = self._connect()
-        in_stream = None
-        if stdin is not None:
-            in_stream = _ChunkedIn(stdin if isinstance(stdin, str) else stdin.decode())
-        else:
-            in_stream = False
+        in_stream = _ChunkedIn(stdin if isinstance(stdin, str) else stdin.decode()) if stdin is not None else False
         try:
             r = conn.run(line, hide=not echo, warn=True, in_stream=in_stream, timeout=timeout, pty=False)
         except Exception as exc:  # invoke's CommandTimedOut, paramiko transport errors
-            raise HostError(f"{self.name}: {mask(line, *self.secrets)[:200]} did not complete: {exc.__class__.__name__}",
+            raise HostError(f"{self.name}: {mask(line, *self.secrets)[:200]} did not complete: "
+                            f"{exc.__class__.__name__}",
                             hint="the connection dropped or the command timed out; re-run to continue") from None
         res = Result(line, r.exited, r.stdout, r.stderr)
         if check and not res.ok:
@@ -213,8 +213,8 @@ class Remote:
         return res
 
     def _describe_failure(self, res: Result) -> str:
-        return mask(f"{self.name}: `{res.command[:160]}` exited {res.exit_code}: {error_text(res.stderr or res.stdout)}",
-                    *self.secrets)
+        what = error_text(res.stderr or res.stdout)
+        return mask(f"{self.name}: `{res.command[:160]}` exited {res.exit_code}: {what}", *self.secrets)
 
     @staticmethod
     def _hint_for(res: Result) -> str | None:
@@ -409,13 +409,14 @@ class Remote:
                     derr += dst.recv_stderr(CHUNK)
             dcode = dst.recv_exit_status()
         except (OSError, EOFError) as exc:
-            raise HostError(f"{self.name} -> {dest.name}: stream interrupted ({exc.__class__.__name__}) after {n} bytes",
+            raise HostError(f"{self.name} -> {dest.name}: stream interrupted ({exc.__class__.__name__}) "
+                            f"after {n} bytes",
                             hint="re-run the same command") from None
         finally:
             src.close()
             dst.close()
-        err_b, derr_b = pids.reported(err)[1], pids.reported(derr)[1]
-        return StreamResult(code, n, h.hexdigest(), err_b.decode(errors="replace")), dcode, derr_b.decode(errors="replace")
+        err_t, derr_t = (pids.reported(e)[1].decode(errors="replace") for e in (err, derr))
+        return StreamResult(code, n, h.hexdigest(), err_t), dcode, derr_t
 
     def append_file(self, local: str, remote: str, offset: int, size: int | None = None, progress=None,
                     chunk: int = CHUNK) -> int:
@@ -471,7 +472,7 @@ class LocalHost(Remote):
         h = hashlib.sha256()
         with tempfile.TemporaryFile() as err:
             p = subprocess.Popen(["bash", "-c", line], stdout=subprocess.PIPE, stderr=err)
-            n = pump(p.stdout, lambda data: (sink.write(data), h.update(data)), CHUNK, progress, total=total)
+            n = pump(p.stdout, lambda data: [w(data) for w in (sink.write, h.update)], CHUNK, progress, total=total)
             code = p.wait()
             err.seek(0)
             return StreamResult(code, n, h.hexdigest(), err.read().decode(errors="replace"))

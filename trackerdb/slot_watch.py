@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from .errors import HostError, OpsError
 from .psql import Psql
+from .settings import Settings
 
 #: retained WAL above this share of the data volume's free space is a warning; above FAIL a failure
 WARN_SHARE, FAIL_SHARE = 0.25, 0.5
 
-SLOTS_SQL = r"""SELECT coalesce(json_agg(json_build_object('slot', slot_name, 'database', database, 'wal_status', wal_status,
+SLOTS_SQL = r"""SELECT coalesce(json_agg(json_build_object('slot', slot_name, 'database', database, 'wal_status',
+  wal_status,
   'retained_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint) ORDER BY slot_name), '[]'::json)
 FROM pg_replication_slots WHERE slot_name LIKE 'trackerdb\_rollback\_%';"""
 
@@ -24,7 +26,8 @@ def retained_check(retained_bytes: int | None, free_bytes: int | None) -> tuple[
     if not free_bytes:
         return "warn", f"{mib:.1f} MiB WAL retained; free space unknown"
     share = retained_bytes / free_bytes
-    text = f"{mib:.1f} MiB WAL retained = {100 * share:.1f}% of {free_bytes / 1073741824:.1f} GiB free on the data volume"
+    text = (f"{mib:.1f} MiB WAL retained = {100 * share:.1f}% of {free_bytes / 1073741824:.1f} GiB free "
+            "on the data volume")
     if share >= FAIL_SHARE:
         return "fail", text + " (end the rollback window: invoke cutover-finish)"
     if share >= WARN_SHARE:
@@ -32,17 +35,20 @@ def retained_check(retained_bytes: int | None, free_bytes: int | None) -> tuple[
     return "ok", text
 
 
-def watched_slots(remote, port=None) -> list[dict]:
-    return Psql(remote, port).json(SLOTS_SQL) or []
+def watched_slots(psql: Psql) -> list[dict]:
+    """Our rollback slots on ``psql``'s cluster."""
+    return psql.json(SLOTS_SQL) or []
 
 
-def slot_checks(remote, settings) -> list[tuple[str, str, str]]:
-    """``(name, level, observed)`` per trackerdb rollback slot on the host; retained WAL against free space."""
-    slots = watched_slots(remote, settings.pg_port)
+def slot_checks(psql: Psql, settings: Settings) -> list[tuple[str, str, str]]:
+    """``(name, level, observed)`` per trackerdb rollback slot on the target's cluster (``psql``); retained WAL
+    against the free space of its host's data volume."""
+    slots = watched_slots(psql)
     if not slots:
         return []
     try:
-        lines = [ln for ln in remote.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout.split() if ln.strip()]
+        out = psql.host.run(["df", "-B1", "--output=avail", settings.data_mount]).stdout
+        lines = [ln for ln in out.split() if ln.strip()]
         free = int(lines[-1])
     except (OpsError, ValueError, HostError, IndexError):
         free = None

@@ -19,7 +19,7 @@ from trackerdb.migrate import content as ct
 from trackerdb.migrate.verify import run_verify
 from trackerdb.psql import Psql
 from trackerdb.remote import Remote
-from trackerdb.session import Session
+from trackerdb.session import Session, cluster
 
 pytestmark = pytest.mark.lab
 
@@ -32,11 +32,11 @@ def frozen(restored):
     """The lab's source frozen as the cutover freezes it (the marker included), unfrozen at the end."""
     s = restored["settings"]
     src = Remote(s.require_source())
-    facts = fz.freeze(src, s.database, grace_s=2, port=s.source_port)
+    facts = fz.freeze(cluster(src, s.source_port), s.database, grace_s=2)
     try:
         yield s
     finally:
-        fz.unfreeze(src, s.database, facts["prior_read_only"], port=s.source_port)
+        fz.unfreeze(cluster(src, s.source_port), s.database, facts["prior_read_only"])
         src.close()
 
 

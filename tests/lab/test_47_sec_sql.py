@@ -25,6 +25,7 @@ from trackerdb.migrate.dump import run_dump
 from trackerdb.migrate.restore import run_restore
 from trackerdb.psql import Psql, PsqlError
 from trackerdb.remote import Remote
+from trackerdb.session import cluster
 
 pytestmark = pytest.mark.lab
 
@@ -118,7 +119,7 @@ def test_the_freeze_refresh_refuses_the_public_overload_and_runs_nothing(planted
     s = planted["settings"]
     with Remote(s.source) as src:
         with pytest.raises(api.ApiImpostor) as e:
-            fz.refresh_caggs(src, s.database, port=s.source_port)
+            fz.refresh_caggs(cluster(src, s.source_port), s.database)
         assert "public.refresh_continuous_aggregate(text,text,text)" in e.value.one_line()
         assert "\n" not in e.value.one_line()
         sp = Psql.source(src, s)
@@ -128,7 +129,7 @@ def test_the_freeze_refresh_refuses_the_public_overload_and_runs_nothing(planted
     with Remote(s.target) as tgt:
         tp = Psql.target(tgt, s)
         tp.run("DROP PROCEDURE public.refresh_continuous_aggregate(text, text, text);", s.database)
-        assert len(fz.refresh_caggs(tgt, s.database, port=s.pg_port)) >= 2
+        assert len(fz.refresh_caggs(cluster(tgt, s.pg_port), s.database)) >= 2
         assert ran(tp) == []
 
 

@@ -25,6 +25,7 @@ from trackerdb.cutover.lossless import finish
 from trackerdb.cutover.ops import run_cutover
 from trackerdb.cutover.rollback import run_rollback
 from trackerdb.remote import Remote
+from trackerdb.session import cluster
 
 from .test_50_cutover import ensure_app_password_on_source, run_sql
 
@@ -64,7 +65,7 @@ def _blackhole(ip: str, on: bool) -> None:
 
 def _source_state(s) -> tuple[str, bool]:
     with Remote(s.source) as src:
-        return sw.make(s).current(), fz.is_read_only(src, s.database, s.source_port)
+        return sw.make(s).current(), fz.is_read_only(cluster(src, s.source_port), s.database)
 
 
 def test_rollback_with_the_target_unreachable_then_stopped_then_back(switched):

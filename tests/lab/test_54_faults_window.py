@@ -40,7 +40,7 @@ from trackerdb.errors import OpsError
 from trackerdb.migrate import cagg_check as cc
 from trackerdb.psql import Psql
 from trackerdb.remote import Remote
-from trackerdb.session import Session
+from trackerdb.session import cluster, Session
 
 from .test_49_faults_restore import avail_bytes, fill, unfill
 from .test_50_cutover import ensure_app_password_on_source, run_sql
@@ -141,7 +141,7 @@ def window(backrest_ready, lab, tmp_path_factory):
         res["full"] = {"error": e1.value.one_line(), "filled": seen.get("filled"), "left": seen.get("left"),
                        "target_day_rows_before": seen.get("target_day_rows"), "target_day_rows_after": int(value(tgt, DAY_ROWS)),
                        "target_hourly_before": seen.get("target_hourly"), "target_hourly_after": json.loads(value(tgt, HOURLY)),
-                       "source_day_rows": int(value(src, DAY_ROWS)), "source_frozen": fz.is_read_only(src, s.database, s.source_port),
+                       "source_day_rows": int(value(src, DAY_ROWS)), "source_frozen": fz.is_read_only(cluster(src, s.source_port), s.database),
                        "record": sw.make(s).current(), "target_answers": value(tgt, "SELECT 1;")}
     finally:
         unfill(tgt, s.data_mount)
@@ -161,7 +161,7 @@ def window(backrest_ready, lab, tmp_path_factory):
         with pytest.raises(OpsError) as e2:
             run_cutover(s, work / "d", journal_path=journal, progress=print, session=session)
         res["api"] = {"error": e2.value.one_line(), "killed": killed, "front_left": aws.front_pids(st),
-                      "source_frozen": fz.is_read_only(src, s.database, s.source_port)}
+                      "source_frozen": fz.is_read_only(cluster(src, s.source_port), s.database)}
     finally:
         MEASURED["api_down_run_s"] = round(time.monotonic() - t1, 1)
         if not aws.front_pids(st):

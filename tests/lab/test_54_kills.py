@@ -44,6 +44,7 @@ from trackerdb.cutover.ops import run_cutover
 from trackerdb.cutover.rollback import run_rollback
 from trackerdb.remote import Remote
 from trackerdb.sql import literal
+from trackerdb.session import cluster
 
 from .test_50_cutover import (ROOT, _env, _norm, ensure_app_password_on_source, query_json, reports_after, run_sql,
                               start_writer, stop_writer, wait_acks)
@@ -389,8 +390,8 @@ def test_a_replay_that_cannot_apply_a_row_aborts_whole_and_the_application_stays
     assert "application stays on the target" in lines[0], lines[0]
     with Remote(s.source) as src, Remote(s.target) as tgt:
         assert run_sql(src, f"SELECT name FROM tracker.devices WHERE id = {other};", "tracker").stdout.strip() != f"replayable {RUN}"
-        assert fz.is_read_only(src, s.database, s.source_port) is True  # frozen again: nothing writes there
-        assert fz.is_read_only(tgt, s.database, s.pg_port) is False  # the application's database, writable
+        assert fz.is_read_only(cluster(src, s.source_port), s.database) is True  # frozen again: nothing writes there
+        assert fz.is_read_only(cluster(tgt, s.pg_port), s.database) is False  # the application's database, writable
         assert sw.make(s).current() == s.target.address
         assert run_sql(tgt, f"SELECT name FROM tracker.devices WHERE id = {probe};", "tracker").stdout.strip() == f"changed on the target {RUN}"
     assert Journal(journal).state("rollback").status == "failed"
@@ -405,6 +406,6 @@ def test_a_replay_that_cannot_apply_a_row_aborts_whole_and_the_application_stays
     assert r2.returncode == 0, (r2.stdout + r2.stderr)[-3000:]
     with Remote(s.source) as src:
         names = run_sql(src, f"SELECT name FROM tracker.devices WHERE id IN ({other}, {probe}) ORDER BY id;", "tracker").stdout.split("\n")
-        assert fz.is_read_only(src, s.database, s.source_port) is False
+        assert fz.is_read_only(cluster(src, s.source_port), s.database) is False
     assert f"replayable {RUN}" in "\n".join(names) and f"changed on the target {RUN}" in "\n".join(names), names
     assert sw.make(s).current() == s.source.address

@@ -35,6 +35,7 @@ from trackerdb.cutover.lossless import finish
 from trackerdb.cutover.ops import run_cutover
 from trackerdb.cutover.rollback import run_rollback
 from trackerdb.remote import Remote
+from trackerdb.session import cluster
 
 from .test_50_cutover import ensure_app_password_on_source, query_json, run_sql
 
@@ -197,4 +198,4 @@ def test_the_binding_holds_the_targets_system_identifier_and_another_clusters_jo
             run()
         assert f"another target cluster: system identifier 7000000000000000001 recorded, {recorded} now" in e.value.one_line()
     with Remote(s.source) as src:  # the rollback refused before it touched anything: the source still serves
-        assert not fz.is_read_only(src, s.database, s.source_port)
+        assert not fz.is_read_only(cluster(src, s.source_port), s.database)

@@ -35,6 +35,7 @@ from trackerdb.migrate import toc
 from trackerdb.migrate.restore_plan import restore_wal_mb
 from trackerdb.psql import Psql
 from trackerdb.remote import Remote
+from trackerdb.session import cluster
 
 from .test_50_cutover import ensure_app_password_on_source, query_json, run_sql
 
@@ -106,7 +107,7 @@ def windows(backrest_ready, tmp_path_factory):
     st = Journal(j2).states()
     sw.make(s).apply(st["switch"].facts["new"], st["switch"].facts["old"])
     with Remote(s.source) as src:
-        fz.unfreeze(src, s.database, prior=st["freeze"].facts["prior_read_only"], port=s.source_port)
+        fz.unfreeze(cluster(src, s.source_port), s.database, prior=st["freeze"].facts["prior_read_only"])
     print("issue 27 lab timings:", TIMES)
 
 

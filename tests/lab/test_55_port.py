@@ -26,6 +26,7 @@ from trackerdb.psql import Psql
 from trackerdb.rehearse.ops import table_counts
 from trackerdb.remote import Remote
 from trackerdb.sql import ident, literal
+from trackerdb.session import cluster
 
 from .fx_provision import load_lab_settings
 
@@ -84,9 +85,9 @@ def cut_over(moved, tmp_path_factory):
     journal = work / "journal.jsonl"
     summary = run_cutover(s, work / "dump", journal_path=journal, full=True)  # the full path, each host on its own port
     with Remote(s.require_source()) as src, Remote(s.target) as tgt:
-        after_cutover = {"source_read_only": fz.is_read_only(src, s.database, port=SOURCE_PORT),
-                         "source_counts": table_counts(src, s.database, SOURCE_PORT, TABLES),
-                         "target_counts": table_counts(tgt, s.database, PORT, TABLES),
+        after_cutover = {"source_read_only": fz.is_read_only(cluster(src, SOURCE_PORT), s.database),
+                         "source_counts": table_counts(cluster(src, SOURCE_PORT), s.database, TABLES),
+                         "target_counts": table_counts(cluster(tgt, PORT), s.database, TABLES),
                          "target_listening": listening(tgt), "target_clusters": clusters(tgt),
                          "source_listening": listening(src)}
     return {"settings": s, "journal": journal, "summary": summary, **after_cutover}
@@ -112,7 +113,7 @@ def test_rollback_makes_the_source_on_that_port_writable_and_points_back(cut_ove
     s = cut_over["settings"]
     facts = run_rollback(s, cut_over["journal"])
     with Remote(s.require_source()) as src:
-        assert fz.is_read_only(src, s.database, port=SOURCE_PORT) is False
+        assert fz.is_read_only(cluster(src, SOURCE_PORT), s.database) is False
         assert Psql(src, SOURCE_PORT).value("SELECT current_setting('port');") == str(SOURCE_PORT)
     assert facts["source"]["changed"] is True
     from trackerdb.cutover import switch

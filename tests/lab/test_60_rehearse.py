@@ -55,8 +55,9 @@ def _remote(spec):
 def _counts(remote, db):
     from lab.dataset import TABLES
     from trackerdb.rehearse.ops import table_counts
+    from trackerdb.session import cluster
 
-    return table_counts(remote, db, 5432, TABLES)  # the lab clusters' port
+    return table_counts(cluster(remote, 5432), db, TABLES)  # the lab clusters' port
 
 
 def test_rehearsal_passes_and_writes_both_reports(rehearsal):
@@ -102,6 +103,7 @@ def test_the_window_took_the_precopy_path_and_the_drill_replayed_every_change(re
     from lab import writer as lw
     from trackerdb.cutover.journal import Journal
     from trackerdb.rehearse.ops import acked_rows_on_target
+    from trackerdb.session import cluster
 
     res, settings, _ = rehearsal
     rep = res["report"]
@@ -125,10 +127,10 @@ def test_the_window_took_the_precopy_path_and_the_drill_replayed_every_change(re
         on_target_first = [r for r in first if r["event"] == "ack" and r["endpoint"] == settings.target.address]
         assert on_target_first, "no write reached the target in the first window"
         # every write the target acknowledged in the first window is on the source (replayed) ...
-        assert acked_rows_on_target(src, settings.database, on_target_first, 5432) == len(on_target_first)
+        assert acked_rows_on_target(cluster(src, 5432), settings.database, on_target_first) == len(on_target_first)
         # ... and every write acknowledged anywhere, across the three switches, is on the target at the end
         acks = [r for r in first + second if r["event"] == "ack"]
-        assert acked_rows_on_target(tgt, settings.database, acks, 5432) == len(acks) > len(on_target_first)
+        assert acked_rows_on_target(cluster(tgt, 5432), settings.database, acks) == len(acks) > len(on_target_first)
     assert any(r["event"] == "ack" and r["endpoint"] == settings.source.address for r in second), "no write after the rollback"
 
 

@@ -55,12 +55,12 @@ def test_a_source_thawed_since_the_freeze_stops_the_window_before_the_switch(mon
     stops with one line before anything of theirs runs."""
     from trackerdb.cutover import freeze as fz
 
-    monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: False)
+    monkeypatch.setattr(fz, "is_read_only", lambda psql, db: False)
 
     class Ctx:
         settings = LAB
 
-        def remote(self, which):
+        def psql(self, which):
             assert which == "source"
             return object()
 
@@ -68,7 +68,7 @@ def test_a_source_thawed_since_the_freeze_stops_the_window_before_the_switch(mon
         with pytest.raises(PreflightError, match="no longer read-only") as e:
             phase(Ctx(), False)
         assert "the switch has not happened" in e.value.hint
-    monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: True)
+    monkeypatch.setattr(fz, "is_read_only", lambda psql, db: True)
     fz.require_frozen(object(), "tracker")
 
 

@@ -1,6 +1,7 @@
 """Change capture: the test_decoding parser, chunk mapping, marker handling and the replay script's shape."""
 
 import json
+import re
 
 import pytest
 
@@ -174,7 +175,8 @@ def test_replay_script_is_a_fixed_program_and_names_travel_only_as_copy_data():
 def test_a_change_the_source_cannot_apply_aborts_naming_its_row():
     """Every abort of the replay names the change, its table and the row (its key, or its logged identity,
     cut at 300 characters): the operator must find that row on both hosts (lab: tests/lab/test_54_kills.py)."""
-    raises = [ln.strip() for ln in cp.REPLAY_PROGRAM.splitlines() if "RAISE EXCEPTION" in ln and "expected 1" in ln]
+    statements = [" ".join(st.split()) for st in re.findall(r"RAISE EXCEPTION [^;]*;", cp.REPLAY_PROGRAM)]
+    raises = [st for st in statements if "expected 1" in st]  # each statement on one line (the program wraps them)
     assert len(raises) == 2, raises
     for ln in raises:
         fmt, args = ln.split("', ", 1)
@@ -294,26 +296,23 @@ def test_replay_runs_as_a_subscriber_would():
 
 
 def test_dry_run_lists_the_tables_that_get_replica_identity_full(monkeypatch):
-    import trackerdb.remote as remote_mod
+    import trackerdb.session as session_mod
 
     class FakeRemote:
         def __init__(self, *a, **k):
             pass
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
+        def close(self):
+            pass
 
     tables = [{"schema": "tracker", "name": "devices", "replident": "d", "has_pk": True, "has_ri_index": False},
               {"schema": "tracker", "name": "location_reports", "replident": "d", "has_pk": False, "has_ri_index": False}]
-    monkeypatch.setattr(remote_mod, "Remote", FakeRemote)
+    monkeypatch.setattr(session_mod, "Remote", FakeRemote)
     class FakePsql:
         def json(self, sql, database="postgres", timeout=None):
             return tables if sql == cp.IDENTITY_SQL else None
 
-    monkeypatch.setattr(ll.Psql, "source", classmethod(lambda cls, remote, settings: FakePsql()))
+    monkeypatch.setattr(session_mod, "source_cluster", lambda host, settings: FakePsql())
 
     class S:
         database, pg_port, source_port = "tracker", 5432, 5432

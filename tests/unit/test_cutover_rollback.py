@@ -166,25 +166,25 @@ def _fake_hosts(monkeypatch, calls, fail_replay):
         def close(self):
             pass
 
-    monkeypatch.setattr(ph.Ctx, "remote", lambda self, which: R(which))
     class P:
-        def __init__(self, remote, port):
-            self.remote, self.port = remote, port
+        def __init__(self, host, port):
+            self.host, self.port = host, port
 
         def json(self, sql, database="postgres", timeout=None):
-            calls.append(("query", self.remote.name, self.port))
+            calls.append(("query", self.host.name, self.port))
             return {"exists": True} if "pg_database" in sql else []
 
-    monkeypatch.setattr(rb, "Psql", P)
-    monkeypatch.setattr(fz, "is_read_only", lambda remote, db, port=None: False)
-    monkeypatch.setattr(fz, "freeze", lambda remote, db, grace_s=5, port=None, progress=None:
-                        calls.append(("freeze", remote.name, port)) or {"prior_read_only": None})
-    monkeypatch.setattr(fz, "unfreeze", lambda remote, db, prior=None, port=None:
-                        calls.append(("unfreeze", remote.name, port)) or {"changed": True})
+    monkeypatch.setattr(ph.Ctx, "psql", lambda self, which: P(R(which), self.settings.pg_port if which == "target"
+                                                                  else self.settings.source_port))
+    monkeypatch.setattr(fz, "is_read_only", lambda psql, db: False)
+    monkeypatch.setattr(fz, "freeze", lambda psql, db, grace_s=5, progress=None:
+                        calls.append(("freeze", psql.host.name, psql.port)) or {"prior_read_only": None})
+    monkeypatch.setattr(fz, "unfreeze", lambda psql, db, prior=None:
+                        calls.append(("unfreeze", psql.host.name, psql.port)) or {"changed": True})
     monkeypatch.setattr(rb, "export_rows", lambda *a: calls.append(("export",)) or {"export_file": "x.sql", "exported_rows": 3})
 
-    def replay(src, f, db, port):
-        calls.append(("replay", src.name, port))
+    def replay(src, f, db):
+        calls.append(("replay", src.host.name, src.port))
         if fail_replay:
             raise OpsError("source: replay failed: ERROR: boom")
         return {"replayed": {"tracker.t": 3}}

@@ -5,6 +5,7 @@ import json
 from trackerdb.cutover.journal import Journal
 from trackerdb.rehearse import ops
 from trackerdb.rehearse.report import build_report
+from trackerdb.session import cluster
 
 
 class _Clock:
@@ -97,7 +98,7 @@ def test_acked_rows_query_quotes_timestamps():
 
     r = FakeRemote()
     acks = [{"device": 1, "reported_at": "2026-01-01 00:00:00.1+00"}, {"device": 1, "reported_at": "2026-01-01 00:00:00.2+00"}]
-    assert ops.acked_rows_on_target(r, "tracker", acks, 5432) == 2
+    assert ops.acked_rows_on_target(cluster(r, 5432), "tracker", acks) == 2
     assert "'{\"2026-01-01 00:00:00.1+00\",\"2026-01-01 00:00:00.2+00\"}'::timestamptz[]" in r.sql[0]
 
 

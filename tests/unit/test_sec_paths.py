@@ -367,10 +367,11 @@ def test_cutover_finish_removes_the_trust_as_a_journaled_idempotent_step(tmp_pat
     from trackerdb.cutover import capture as cp
     from trackerdb.cutover import lossless
     from trackerdb.cutover.journal import Journal
-    from trackerdb import remote
+    from trackerdb import remote, session
 
     calls = []
     monkeypatch.setattr(remote, "Remote", _NullRemote)
+    monkeypatch.setattr(session, "Remote", _NullRemote)
     monkeypatch.setattr(cp, "drop_slot", lambda *a: True)
     monkeypatch.setattr(lossless.hold, "release", lambda *a: {})
     monkeypatch.setattr(lossless, "_drop_origin", lambda s, slot: "none")
@@ -378,7 +379,7 @@ def test_cutover_finish_removes_the_trust_as_a_journaled_idempotent_step(tmp_pat
     j = Journal(tmp_path / "journal.jsonl")
     j.note(cp.JOURNAL_PHASE, {"slot": "trackerdb_rollback_1", "lsn": "0/1"})
     s = SimpleNamespace(target="T", source="S", source_decommissioned=False, database="tracker", pg_port=5432, source_port=5432,
-                        pg_bin="/usr/lib/postgresql/16/bin")
+                        pg_bin="/usr/lib/postgresql/16/bin", require_source=lambda: "S")
     res = lossless.finish(s, j.path)
     assert res["transfer_trust"]["removed"] == ["reader", "line"] and res["transfer_trust"]["changed"]
     assert len(calls) == 1 and calls[0][0] is not None
@@ -393,16 +394,17 @@ def test_a_failed_trust_removal_is_journaled_and_retried(tmp_path, monkeypatch):
 
     from trackerdb.cutover import lossless
     from trackerdb.cutover.journal import Journal
-    from trackerdb import remote
+    from trackerdb import remote, session
 
     monkeypatch.setattr(remote, "Remote", _NullRemote)
+    monkeypatch.setattr(session, "Remote", _NullRemote)
 
     def unreachable(s, src, tgt):
         raise HostError("source (10.0.0.4:22) is unreachable: TimeoutError", hint="check")
 
     monkeypatch.setattr(direct, "remove_trust", unreachable)
     j = Journal(tmp_path / "journal.jsonl")
-    s = SimpleNamespace(target="T", source="S", source_decommissioned=False)
+    s = SimpleNamespace(target="T", source="S", source_decommissioned=False, require_source=lambda: "S")
     with pytest.raises(HostError) as e:
         lossless.end_transfer_trust(s, j, lambda m: None)
     assert "trust was not removed" in e.value.one_line() and "re-run" in e.value.one_line()

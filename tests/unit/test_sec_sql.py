@@ -15,6 +15,7 @@ from trackerdb.migrate import probes as pb
 from trackerdb.migrate import tsdb_restore as tr
 from trackerdb.psql import PIN, Psql
 from trackerdb.remote import Result
+from trackerdb.session import cluster
 
 
 class Host:
@@ -110,7 +111,7 @@ def test_the_freeze_refreshes_nothing_when_an_impostor_is_there():
 
     h = Host(answer)
     with pytest.raises(api.ApiImpostor, match=r"public\.refresh_continuous_aggregate\(text,text,text\)"):
-        fz.refresh_caggs(h, "tracker", port=5432)
+        fz.refresh_caggs(cluster(h, 5432), "tracker")
     assert not any("CALL" in (stdin or "") for _, stdin in h.calls)
 
 

@@ -82,7 +82,8 @@ SELECT coalesce(json_agg(t ORDER BY t.schema, t.name), '[]'::json) FROM (
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
     AND n.nspname !~ {INTERNAL_RE}
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+      AND d.deptype = 'e')
 ) t;
 """
 IDENTITY_SQL = IDENTITY_SQL.replace("{INTERNAL_RE}", literal(INTERNAL_SCHEMAS_RE))
@@ -101,7 +102,8 @@ def needs_identity(tables: list[dict]) -> list[str]:
 
 # Fixed program: the same tables as IDENTITY_SQL that lack a usable identity get REPLICA IDENTITY
 # FULL; names are quoted by the server. TimescaleDB refuses it on a chunk and carries a hypertable's
-# setting to its chunks itself (existing and new ones; the lab test reads the chunks' relreplident). Prints one JSON list of what it changed.
+# setting to its chunks itself (existing and new ones; the lab test reads the chunks' relreplident).
+# Prints one JSON list of what it changed.
 SET_IDENTITY_PROGRAM = r"""
 CREATE TEMP TABLE _trackerdb_identity (schema text, name text);
 DO $trackerdb_identity$
@@ -110,10 +112,13 @@ BEGIN
   FOR r IN SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
         AND n.nspname !~ {INTERNAL_RE}
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+          AND d.deptype = 'e')
         AND NOT (c.relreplident = 'f'
-                 OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
-                 OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
+                 OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                   AND i.indisprimary))
+                 OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                   AND i.indisreplident)))
   LOOP
     EXECUTE format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', r.nspname, r.relname);
     INSERT INTO _trackerdb_identity VALUES (r.nspname, r.relname);
@@ -207,7 +212,8 @@ def change_lines(changes: list[Change]) -> list[str]:
 # their text form). A change whose row is not on the source (or an INSERT that collides) aborts
 # everything: the source and the target disagree about a row, and that is for a person to decide.
 # Without a key, an UPDATE is a DELETE + INSERT and duplicates are kept (n matched, n-1 put back).
-REPLAY_PROGRAM = r"""CREATE TEMP TABLE _trackerdb_replay_result (nspname text, relname text, op text, n bigint, missing boolean) ON COMMIT DROP;
+REPLAY_PROGRAM = r"""CREATE TEMP TABLE _trackerdb_replay_result (nspname text, relname text, op text, n bigint,
+  missing boolean) ON COMMIT DROP;
 DO $trackerdb_replay$
 DECLARE
   origin text; done pg_lsn; last pg_lsn; c record; rel regclass; owner name; pk text[]; tcol name;
@@ -246,24 +252,30 @@ BEGIN
       IF hts IS NULL THEN
         hts := '{}';
         IF to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL THEN
-          EXECUTE 'SELECT coalesce(array_agg(format(''%I.%I'', schema_name, table_name)), ''{}'') FROM _timescaledb_catalog.hypertable'
+          EXECUTE 'SELECT coalesce(array_agg(format(''%I.%I'', schema_name, table_name)), ''{}'') '
+                  'FROM _timescaledb_catalog.hypertable'
             INTO hts;
         END IF;
       END IF;
       SELECT string_agg(CASE WHEN format('%I.%I', x->>0, x->>1) = ANY (hts) THEN '' ELSE 'ONLY ' END
-                        || format('%I.%I', x->>0, x->>1), ', ') INTO sql FROM jsonb_array_elements(c.new_row->'tables') x;
+                        || format('%I.%I', x->>0, x->>1), ', ') INTO sql
+                          FROM jsonb_array_elements(c.new_row->'tables') x;
       EXECUTE format('SET LOCAL ROLE %I', owner);
       EXECUTE 'TRUNCATE ' || sql;
       RESET ROLE;
-      INSERT INTO _trackerdb_replay_result SELECT x->>0, x->>1, 'truncate', 1, false FROM jsonb_array_elements(c.new_row->'tables') x;
+      INSERT INTO _trackerdb_replay_result SELECT x->>0, x->>1, 'truncate', 1, false
+        FROM jsonb_array_elements(c.new_row->'tables') x;
       CONTINUE;
     END IF;
     SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk FROM pg_index i
-      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = rel AND i.indisprimary;
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = rel
+        AND i.indisprimary;
     tcol := NULL;
     IF to_regclass('_timescaledb_catalog.dimension') IS NOT NULL THEN
-      EXECUTE 'SELECT d.column_name FROM _timescaledb_catalog.dimension d JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id '
-              'WHERE h.schema_name = $1 AND h.table_name = $2 ORDER BY d.id LIMIT 1' INTO tcol USING c.nspname, c.relname;
+      EXECUTE 'SELECT d.column_name FROM _timescaledb_catalog.dimension d '
+              'JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id '
+              'WHERE h.schema_name = $1 AND h.table_name = $2 ORDER BY d.id LIMIT 1' INTO tcol USING c.nspname,
+                c.relname;
     END IF;
     keyj := coalesce(c.old_row, c.new_row);
     IF pk IS NOT NULL THEN
@@ -273,14 +285,17 @@ BEGIN
     -- equality for keys, time dimensions and plain scalar types, text form through the source's type otherwise
     SELECT string_agg(CASE WHEN keyj->>a.attname::text IS NULL THEN format('t.%1$I IS NULL', a.attname)
                            WHEN a.attname::text = ANY (coalesce(pk, '{}')) OR a.attname = tcol
-                                OR a.atttypid = ANY ('{int2,int4,int8,text,varchar,bool,timestamptz,timestamp,date,uuid,numeric}'::regtype[])
-                           THEN format('t.%1$I = %2$L::%3$s', a.attname, keyj->>a.attname::text, format_type(a.atttypid, NULL))
+                                OR a.atttypid = ANY
+                                  ('{int2,int4,int8,text,varchar,bool,timestamptz,timestamp,date,uuid,numeric}'::regtype[])
+                           THEN format('t.%1$I = %2$L::%3$s', a.attname, keyj->>a.attname::text,
+                             format_type(a.atttypid, NULL))
                            ELSE format('t.%1$I::text = (%2$L::%3$s)::text', a.attname, keyj->>a.attname::text,
                                        format_type(a.atttypid, a.atttypmod)) END, ' AND ' ORDER BY a.attnum)
       INTO cond FROM pg_attribute a
       WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND keyj ? a.attname::text;
     newj := CASE WHEN pk IS NULL THEN coalesce(c.old_row, '{}') || coalesce(c.new_row, '{}') ELSE c.new_row END;
-    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum), string_agg(format('(r.j->>%L)::%s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum), string_agg(format('(r.j->>%L)::%s', a.attname,
+      format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
       INTO cols, vals FROM pg_attribute a
       WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' AND newj ? a.attname::text;
     EXECUTE format('SET LOCAL ROLE %I', owner);
@@ -294,13 +309,15 @@ BEGIN
                      c.nspname, c.relname, cols, vals, cond) USING newj;
       GET DIAGNOSTICS n = ROW_COUNT;
       IF n <> 1 THEN
-        RAISE EXCEPTION 'change % (UPDATE) on %.%: % row(s) on the source match the target''s key %, expected 1', c.seq, c.nspname, c.relname, n, left(keyj::text, 300);
+        RAISE EXCEPTION 'change % (UPDATE) on %.%: % row(s) on the source match the target''s key %, expected 1',
+          c.seq, c.nspname, c.relname, n, left(keyj::text, 300);
       END IF;
     ELSE
       EXECUTE format('DELETE FROM %I.%I t WHERE %s', c.nspname, c.relname, cond);
       GET DIAGNOSTICS n = ROW_COUNT;
       IF n = 0 OR (pk IS NOT NULL AND n <> 1) THEN
-        RAISE EXCEPTION 'change % (%) on %.%: % row(s) on the source match the target''s row %, expected 1', c.seq, c.op, c.nspname, c.relname, n, left(keyj::text, 300);
+        RAISE EXCEPTION 'change % (%) on %.%: % row(s) on the source match the target''s row %, expected 1', c.seq,
+          c.op, c.nspname, c.relname, n, left(keyj::text, 300);
       END IF;
       sql := format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM (SELECT $1 AS j) r',
                     c.nspname, c.relname, cols, vals);
@@ -316,10 +333,12 @@ BEGIN
     INSERT INTO _trackerdb_replay_result VALUES (c.nspname, c.relname, lower(c.op), 1, false);
   END LOOP;
   -- serial and identity sequences past the highest replayed key
-  FOR col IN SELECT a.attrelid::regclass AS rel, a.attname, pg_get_serial_sequence(a.attrelid::regclass::text, a.attname) AS seq
+  FOR col IN SELECT a.attrelid::regclass AS rel, a.attname, pg_get_serial_sequence(a.attrelid::regclass::text,
+    a.attname) AS seq
                FROM pg_attribute a WHERE a.attrelid = ANY (touched) AND a.attnum > 0 AND NOT a.attisdropped LOOP
     CONTINUE WHEN col.seq IS NULL;
-    EXECUTE format('SELECT setval(%1$L, m) FROM (SELECT max(%2$I) AS m FROM %3$s) s WHERE m > (SELECT last_value FROM %4$s)',
+    EXECUTE format('SELECT setval(%1$L, m) FROM (SELECT max(%2$I) AS m FROM %3$s) s '
+                   'WHERE m > (SELECT last_value FROM %4$s)',
                    col.seq, col.attname, col.rel, col.seq);
   END LOOP;
   -- continuous aggregates: TimescaleDB's invalidation trigger is an ordinary trigger, which
@@ -333,8 +352,10 @@ BEGIN
                 ORDER BY h.id, d.id LOOP
       EXECUTE format('INSERT INTO _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log '
                      '(hypertable_id, lowest_modified_value, greatest_modified_value) '
-                     'SELECT $1, min(_timescaledb_functions.time_to_internal(v)), max(_timescaledb_functions.time_to_internal(v)) '
-                     'FROM (SELECT (x->>%L)::%s AS v FROM _trackerdb_changes c, LATERAL (VALUES (c.old_row), (c.new_row)) r(x) '
+                     'SELECT $1, min(_timescaledb_functions.time_to_internal(v)), '
+                     'max(_timescaledb_functions.time_to_internal(v)) '
+                     'FROM (SELECT (x->>%L)::%s AS v FROM _trackerdb_changes c, '
+                     'LATERAL (VALUES (c.old_row), (c.new_row)) r(x) '
                      'WHERE c.nspname = $2 AND c.relname = $3 AND x ? %L) q HAVING count(v) > 0',
                      col.column_name, col.column_type, col.column_name)
         USING col.id, col.schema_name, col.table_name;
@@ -347,12 +368,15 @@ BEGIN
 END
 $trackerdb_replay$;
 SELECT json_build_object('already_applied', (SELECT sum(n) FROM _trackerdb_replay_result WHERE op = 'already_applied'),
-  'applied', (SELECT coalesce(json_agg(json_build_object('table', nspname || '.' || relname, 'op', op, 'n', n, 'missing', missing)), '[]'::json)
-              FROM (SELECT nspname, relname, op, missing, sum(n) AS n FROM _trackerdb_replay_result WHERE op <> 'already_applied'
+  'applied', (SELECT coalesce(json_agg(json_build_object('table', nspname || '.' || relname, 'op', op, 'n', n,
+    'missing', missing)), '[]'::json)
+              FROM (SELECT nspname, relname, op, missing, sum(n) AS n FROM _trackerdb_replay_result
+                WHERE op <> 'already_applied'
                     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3) r));
 """
 
-REPLAY_HEADER = """-- trackerdb rollback export: every change committed on the target after the switch (logical decoding).
+REPLAY_HEADER = """-- trackerdb rollback export: every change committed on the target after the switch
+-- (logical decoding).
 -- Replayed by `invoke rollback --replay` (or: psql -X -d <database> -f <this file>, as a superuser) in one transaction.
 -- Names and rows are data (COPY blocks); applied changes advance a replication origin, so a second run changes nothing.
 """
@@ -377,52 +401,52 @@ def replay_result(result: dict) -> dict:
     for r in result.get("applied") or []:
         target = missing if r["missing"] else applied
         target.setdefault(r["table"], {})[r["op"]] = r["n"]
-    return {"applied": applied, "missing_on_source": missing, "already_applied": int(result.get("already_applied") or 0)}
+    return {"applied": applied, "missing_on_source": missing,
+            "already_applied": int(result.get("already_applied") or 0)}
 
 
-# ---- executors -------------------------------------------------------------------------------
-def slot_facts(remote, db: str, slot: str, port=None) -> dict:
-    return Psql(remote, port).json(slot_facts_sql(slot), db)
+# ---- executors (each takes the target's ``Psql``, or the source's for its replay origin) -------------
+def slot_facts(psql: Psql, db: str, slot: str) -> dict:
+    return psql.json(slot_facts_sql(slot), db)
 
 
-def prepare_identity(remote, db: str, port=None) -> list[str]:
+def prepare_identity(psql: Psql, db: str) -> list[str]:
     """REPLICA IDENTITY FULL where needed; returns the tables it was set on."""
-    return Psql(remote, port).json(SET_IDENTITY_PROGRAM, db) or []
+    return psql.json(SET_IDENTITY_PROGRAM, db) or []
 
 
-def ensure_slot(remote, db: str, slot: str, port=None) -> dict:
+def ensure_slot(psql: Psql, db: str, slot: str) -> dict:
     """The slot, created if missing (a re-run after a kill finds it). Refuses when wal_level is not logical."""
-    f = slot_facts(remote, db, slot, port)
+    name = psql.host.name
+    f = slot_facts(psql, db, slot)
     if f["wal_level"] != "logical":
-        raise HostError(f"{remote.name}: wal_level is {f['wal_level']}, logical decoding needs 'logical'",
+        raise HostError(f"{name}: wal_level is {f['wal_level']}, logical decoding needs 'logical'",
                         hint="run `invoke provision` (it sets wal_level = logical and restarts, outside the window)")
     if f["exists"]:
         if f["slot"]["plugin"] != PLUGIN or f["slot"]["database"] != db:
-            raise HostError(f"{remote.name}: slot {slot} exists for {f['slot']['plugin']}/{f['slot']['database']}",
+            raise HostError(f"{name}: slot {slot} exists for {f['slot']['plugin']}/{f['slot']['database']}",
                             hint="it is not this cutover's: inspect pg_replication_slots")
         return {"slot": slot, "lsn": f["slot"]["confirmed_flush_lsn"], "created": False}
-    lsn = Psql(remote, port).json(create_slot_sql(slot), db)["lsn"]
+    lsn = psql.json(create_slot_sql(slot), db)["lsn"]
     return {"slot": slot, "lsn": lsn, "created": True}
 
 
-def read_changes(remote, db: str, slot: str, upto_lsn: str, port=None) -> Decoded:
-    data = Psql(remote, port).run(changes_copy_sql(slot, upto_lsn), db, timeout=3600).stdout
+def read_changes(psql: Psql, db: str, slot: str, upto_lsn: str) -> Decoded:
+    data = psql.run(changes_copy_sql(slot, upto_lsn), db, timeout=3600).stdout
     try:
-        chunk_map = Psql(remote, port).json(CHUNK_MAP_SQL, db) if _has_timescaledb(remote, db, port) else {}
+        chunk_map = psql.json(CHUNK_MAP_SQL, db) if _has_timescaledb(psql, db) else {}
     except OpsError:
         chunk_map = {}
     return decode(copy_rows(data), chunk_map)
 
 
-def _has_timescaledb(remote, db, port) -> bool:
-    return Psql(remote, port).run("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL;", db).stdout.strip() == "t"
+def _has_timescaledb(psql: Psql, db: str) -> bool:
+    return psql.run("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL;", db).stdout.strip() == "t"
 
 
-def drop_slot(remote, db: str, slot: str, port=None) -> int:
-    return int(Psql(remote, port).json(drop_slot_sql(slot), db)["dropped"])
+def drop_slot(psql: Psql, db: str, slot: str) -> int:
+    return int(psql.json(drop_slot_sql(slot), db)["dropped"])
 
 
-def drop_origin(remote, slot: str, port=None) -> int:
-    return int(Psql(remote, port).json(drop_origin_sql(slot))["dropped"])
-
-
+def drop_origin(psql: Psql, slot: str) -> int:
+    return int(psql.json(drop_origin_sql(slot))["dropped"])

@@ -26,7 +26,7 @@ from .. import tsdb_api as api
 from ..errors import OpsError
 from ..migrate import schema_print as sp
 from ..psql import Psql, blocked_statement
-from ..remote import Remote, wrap
+from ..remote import wrap
 from . import delta_slices as ds
 from ..migrate import delta_sql as dq
 from ..migrate.delta_types import Item, Print, prints_from_json, prints_to_json
@@ -47,17 +47,9 @@ class _Hosts:
         self.ctx = ctx
         self.db = ctx.settings.database
 
-    def _psql(self, which: str):
-        r = Remote(self.ctx.session.spec(which))
-        r.secrets = self.ctx.session.masked
-        return r, (Psql.source(r, self.ctx.settings) if which == "source" else Psql.target(r, self.ctx.settings))
-
     def _one(self, which: str, sql: str, as_json: bool):
-        r, psql = self._psql(which)
-        try:
+        with self.ctx.session.own(which) as psql:  # its own connection, the session's secrets masked
             return psql.json(sql, self.db) if as_json else psql.run(sql, self.db).stdout
-        finally:
-            r.close()
 
     def run(self, jobs: list[tuple[str, str, bool]]) -> list:
         """``[(host, sql, as_json)]`` at once; results in order."""
@@ -270,14 +262,14 @@ def kept_prints(facts: dict) -> dict | None:
     return json.loads(Path(pf).read_text()) if pf and Path(pf).is_file() else None
 
 
-def _target(ctx):
-    return Psql.target(ctx.remote("target"), ctx.settings)
+def _target(ctx) -> Psql:
+    return ctx.psql("target")
 
 
 def _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved: list, sliced: dict) -> list[str]:
     s = ctx.settings
     src, tgt = ctx.remote("source"), ctx.remote("target")
-    src_psql, tgt_psql = Psql.source(src, s), _target(ctx)
+    src_psql, tgt_psql = ctx.psql("source"), _target(ctx)
     hts = {h["key"]: h for h in tgt_cat.get("hypertables") or []}
     # TimescaleDB's schema on the target, impostors refused before anything is written (tsdb_api)
     api_schema = api.api_schema(tgt_psql, s.database, [api.COMPRESS, api.DECOMPRESS]) if hts else None
@@ -338,7 +330,7 @@ def _differing_slices(ctx, key: str, src: Item, tgt: Item) -> list[int] | None:
 def _apply_small(ctx, seqs: dict, lo_copy: list[int], lo_drop: list[int], tgt_los: set[int],
                  cagg_sql: list[str]) -> None:
     s = ctx.settings
-    tgt, src = _target(ctx), Psql.source(ctx.remote("source"), s)
+    tgt, src = _target(ctx), ctx.psql("source")
     stmts = list(seqs.values())
     for oid in lo_copy:
         d = src.json(dq.LO_DATA_SQL.format(oid=int(oid)), s.database)

@@ -6,8 +6,8 @@ start read-only at once; running transactions get a grace period to commit, then
 are terminated (a terminated transaction rolls back, so its client never saw an acknowledgement).
 The final WAL position and the server's clock are recorded after no write transaction remains.
 
-Builders return SQL text (unit-tested); ``freeze``/``unfreeze`` run them through psql on ``port``
-(required, never defaulted: the cluster we freeze must be the one we dump).
+Builders return SQL text (unit-tested); ``freeze``/``unfreeze`` run them through a ``Psql`` (the session's
+for the cluster: its port is the one we dump from, never defaulted).
 """
 
 from __future__ import annotations
@@ -72,32 +72,34 @@ def terminate_sql(db: str, idle_only: bool) -> str:
             f"WHERE datname = {literal(db)} AND pid <> pg_backend_pid() AND backend_type = 'client backend'{cond};")
 
 
-def freeze(remote, db: str, grace_s: float = 15.0, poll_s: float = 0.5, port=None, progress=None) -> dict:
+def freeze(psql: Psql, db: str, grace_s: float = 15.0, poll_s: float = 0.5, progress=None) -> dict:
     """Make ``db`` read-only, end its sessions, wait for write transactions; returns the facts."""
-    before = Psql(remote, port).json(facts_sql(db))
+    remote = psql.host
+    before = psql.json(facts_sql(db))
     if not before["exists"]:
         raise HostError(f"{remote.name}: database {db!r} does not exist", hint="check trackerdb.database and the host")
     if before["in_recovery"]:
         raise HostError(f"{remote.name} is a standby (in recovery)", hint="freeze the primary")
-    Psql(remote, port).run(set_read_only_sql(db))
+    psql.run(set_read_only_sql(db))
     terminated = 0
     deadline = time.monotonic() + grace_s
     while True:
-        terminated += int(Psql(remote, port).run(terminate_sql(db, idle_only=True)).stdout.strip() or 0)
-        now = Psql(remote, port).json(facts_sql(db))
+        terminated += int(psql.run(terminate_sql(db, idle_only=True)).stdout.strip() or 0)
+        now = psql.json(facts_sql(db))
         if now["writing"] == 0 or time.monotonic() >= deadline:
             break
         if progress:
             progress(f"waiting for {now['writing']} write transaction(s) on {db} to finish")
         time.sleep(poll_s)
-    terminated += int(Psql(remote, port).run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
+    terminated += int(psql.run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
     for _ in range(40):
-        after = Psql(remote, port).json(facts_sql(db))
+        after = psql.json(facts_sql(db))
         if after["writing"] == 0:
             break
         time.sleep(0.25)
     else:
-        raise HostError(f"{remote.name}: {after['writing']} write transaction(s) still open in {db} after terminating its sessions",
+        raise HostError(f"{remote.name}: {after['writing']} write transaction(s) still open in {db} after "
+                        "terminating its sessions",
                         hint="inspect pg_stat_activity on the host; re-run to continue")
     return {
         "host": remote.name,
@@ -109,54 +111,57 @@ def freeze(remote, db: str, grace_s: float = 15.0, poll_s: float = 0.5, port=Non
     }
 
 
-def unfreeze(remote, db: str, prior: str | None = None, port=None, end_sessions: bool = True) -> dict:
+def unfreeze(psql: Psql, db: str, prior: str | None = None, end_sessions: bool = True) -> dict:
     """Undo ``freeze``: the setting goes back to ``prior``; sessions opened read-only reconnect writable."""
-    before = Psql(remote, port).json(facts_sql(db))
+    before = psql.json(facts_sql(db))
     changed = before["read_only_setting"] is not None and before["read_only_setting"] != prior
     if changed:
-        Psql(remote, port).run(restore_read_only_sql(db, prior))
+        psql.run(restore_read_only_sql(db, prior))
     terminated = 0
     if end_sessions and changed:
-        terminated = int(Psql(remote, port).run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
-    return {"host": remote.name, "database": db, "changed": changed, "sessions_terminated": terminated}
+        terminated = int(psql.run(terminate_sql(db, idle_only=False)).stdout.strip() or 0)
+    return {"host": psql.host.name, "database": db, "changed": changed, "sessions_terminated": terminated}
 
 
-def write_through(remote, db: str, port=None, allow: bool = True) -> None:
-    """``our_writes_sql`` on ``remote`` (a target a completed rollback froze: the pre-copy path writes into it
+def write_through(psql: Psql, db: str, allow: bool = True) -> None:
+    """``our_writes_sql`` on ``psql``'s cluster (a target a completed rollback froze: the pre-copy path writes into it
     while the application's sessions stay refused; the switch takes the override away with the freeze)."""
-    Psql(remote, port).run(our_writes_sql(db, allow))
+    psql.run(our_writes_sql(db, allow))
 
 
-def write_through_rolled_back(remote, db: str, port, rolled_back: dict, say) -> None:
+def write_through_rolled_back(psql: Psql, db: str, rolled_back: dict, say) -> None:
     """A target left frozen by a completed rollback (``schema_print.note_rollback``): the pre-copy path's copies
     write through the freeze; the application's sessions stay refused until ``thaw_rolled_back``."""
     say(f"the target's {db} is frozen by the rollback of {rolled_back.get('journal')} ({rolled_back.get('how')}): "
-        "the copies write through the freeze; the application's sessions stay refused until the window's copies are done")
-    write_through(remote, db, port)
+        "the copies write through the freeze; the application's sessions stay refused until the window's "
+        "copies are done")
+    write_through(psql, db)
 
 
-def thaw_rolled_back(remote, db: str, port, say) -> dict | None:
+def thaw_rolled_back(psql: Psql, db: str, say) -> dict | None:
     """After 2b (and again at the switch, for a resumed window): a target still frozen (the pre-copy path from a
     rolled-back cutover), now equal to the frozen source, becomes writable, as a first window's target is
     (verify's application check writes there). None when it was not frozen."""
-    if not is_read_only(remote, db, port=port):
+    if not is_read_only(psql, db):
         return None
     say(f"the target's {db} was frozen by a rollback: writable again, the write-through override removed")
-    write_through(remote, db, port, allow=False)
-    return unfreeze(remote, db, prior=None, port=port)
+    write_through(psql, db, allow=False)
+    return unfreeze(psql, db, prior=None)
 
 
-def require_frozen(remote, db: str, port=None) -> None:
+def require_frozen(psql: Psql, db: str) -> None:
     """Before the delta, the dump and the switch: the source is still read-only. Thawed by hand since the
     freeze (or by anything else), the window stops here, before the switch, with the source authoritative."""
-    if not is_read_only(remote, db, port):
-        raise PreflightError(f"{db} on the source is no longer read-only: it was made writable after this cutover froze it",
+    if not is_read_only(psql, db):
+        raise PreflightError(f"{db} on the source is no longer read-only: it was made writable after this "
+                             "cutover froze it",
                              hint="writes may have landed since the freeze: find who thawed it, then re-run `invoke "
-                                  "cutover` from a new journal (or `invoke rollback` with this one); the switch has not happened")
+                                  "cutover` from a new journal (or `invoke rollback` with this one); the switch "
+                                  "has not happened")
 
 
-def is_read_only(remote, db: str, port=None) -> bool:
-    s = Psql(remote, port).json(facts_sql(db))["read_only_setting"]
+def is_read_only(psql: Psql, db: str) -> bool:
+    s = psql.json(facts_sql(db))["read_only_setting"]
     return bool(s) and s.split("=", 1)[-1].lower() in ("on", "true", "1")
 
 
@@ -166,7 +171,8 @@ def is_read_only(remote, db: str, port=None) -> bool:
 # them as soon as its scheduler starts: the target's aggregates would then differ from the dump's and
 # verify would refuse the cutover. Refreshed here, by our own session, after the application's sessions
 # are gone and before the final dump, both sides hold the same materialization.
-CAGGS_SQL = """SELECT coalesce(json_agg(format('%I.%I', c.user_view_schema, c.user_view_name) ORDER BY c.mat_hypertable_id), '[]'::json)
+CAGGS_SQL = """SELECT coalesce(json_agg(format('%I.%I', c.user_view_schema, c.user_view_name)
+  ORDER BY c.mat_hypertable_id), '[]'::json)
 FROM _timescaledb_catalog.continuous_agg c;"""
 
 
@@ -178,15 +184,14 @@ def refresh_caggs_sql(caggs: list[str], schema: str) -> str:
     Each refresh runs as the aggregate's owner (``tsdb_api.as_owner_of_sql``), never as superuser."""
     lines = ["SET default_transaction_read_only = off;", api.guard_sql(schema, [api.REFRESH]) + ";"]
     for c in caggs:
-        lines += [api.as_owner_of_sql(c), f"CALL {api.call(schema, api.REFRESH, f'{literal(c)}::regclass, NULL, NULL')};",
-                  "RESET ROLE;"]
+        call = api.call(schema, api.REFRESH, f"{literal(c)}::regclass, NULL, NULL")
+        lines += [api.as_owner_of_sql(c), f"CALL {call};", "RESET ROLE;"]
     return "\n".join(lines) + "\n"
 
 
-def refresh_caggs(remote, db: str, port=None) -> list[str]:
+def refresh_caggs(psql: Psql, db: str) -> list[str]:
     """Refresh every continuous aggregate of ``db`` (none without TimescaleDB); returns their names.
     ``tsdb_api.ApiImpostor`` (nothing refreshed) when a routine named like the procedure is not TimescaleDB's."""
-    psql = Psql(remote, port)
     schema = api.api_schema(psql, db, [api.REFRESH])
     if schema is None:
         return []

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from .. import capture_registry as reg
 from ..errors import OpsError
+from ..psql import Psql
+from ..session import Session
+from ..settings import Settings
 from . import capture as cp
 from .journal import Journal
 
@@ -56,7 +59,8 @@ def verdict(slot: str, states: dict, journal: str) -> tuple[str, str, str | None
         if f.get("exported_rows") is None:
             return OPEN, (f"journal {journal}: rolled back, but the export of the target's changes was deferred "
                           "(the target did not answer)"), rollback
-        return OPEN, (f"journal {journal}: rolled back without reading it ({f.get('capture_problem') or 'no capture export'})"
+        return OPEN, (f"journal {journal}: rolled back without reading it "
+                      f"({f.get('capture_problem') or 'no capture export'})"
                       ), finish
     if rb is not None:
         return OPEN, f"journal {journal}: its rollback did not complete ({rb.error or rb.status})", rollback
@@ -69,7 +73,8 @@ def refusal(slot: dict, why: str, command: str | None) -> str:
     cmd = command or "find the cutover journal that made it and run `invoke cutover-finish --journal <it>`"
     if command:
         cmd = f"`{cmd}`"
-    return (f"rollback slot {slot['slot']} on database {slot.get('database')} retains {_mib(slot.get('retained_bytes'))} "
+    return (f"rollback slot {slot['slot']} on database {slot.get('database')} retains "
+            f"{_mib(slot.get('retained_bytes'))} "
             f"of WAL and stays ({why}): {cmd}")
 
 
@@ -101,75 +106,80 @@ def journal_of(state_dir, slot: str, registry: dict | None = None) -> Path | Non
     return None
 
 
-def end_slot(journal: Journal, tgt, settings, slot: dict, by: str, why: str, say) -> dict:
+def end_slot(journal: Journal, tgt: Psql, settings: Settings, slot: dict, by: str, why: str, say) -> dict:
     """Drop ``slot``, journaled in its own journal before and after; said once."""
     journal.begin(END_PHASE, {"slot": slot["slot"], "database": slot.get("database"), "by": by, "why": why,
                               "retained_bytes": slot.get("retained_bytes")})
     try:
-        dropped = cp.drop_slot(tgt, "postgres", slot["slot"], settings.pg_port)
+        dropped = cp.drop_slot(tgt, "postgres", slot["slot"])
     except OpsError as exc:
         journal.end(END_PHASE, "failed", error=exc.one_line())
         raise
     facts = {"dropped": bool(dropped), "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     journal.end(END_PHASE, "ok", facts)
-    say(f"ended rollback slot {slot['slot']} on database {slot.get('database')} ({_mib(slot.get('retained_bytes'))} WAL "
+    say(f"ended rollback slot {slot['slot']} on database {slot.get('database')} "
+        f"({_mib(slot.get('retained_bytes'))} WAL "
         f"released): {why}")
     return {"slot": slot["slot"], "database": slot.get("database"), "retained_bytes": slot.get("retained_bytes"),
             "journal": str(journal.path), "why": why, **facts}
 
 
-def sweep(settings, tgt, by: str, say=None, own_journal=None, dry_run: bool = False) -> dict:
-    """End every trackerdb rollback slot on the target whose window a journal shows over; return the others'
-    one-line refusals (the caller refuses). ``own_journal``'s slot is the caller's own: never touched."""
+def sweep(settings: Settings, tgt: Psql, by: str, say=None, own_journal=None, dry_run: bool = False) -> dict:
+    """End every trackerdb rollback slot on the target's cluster (``tgt``) whose window a journal shows over;
+    return the others' one-line refusals (the caller refuses). ``own_journal``'s slot is the caller's own:
+    never touched."""
     say = say or (lambda m: None)
     registry = reg.journals(settings.state_dir)
     own = Path(own_journal).resolve() if own_journal else None
     ended, refused = [], []
-    for sl in cp.watched_slots(tgt, settings.pg_port):
+    for sl in cp.watched_slots(tgt):
         path = journal_of(settings.state_dir, sl["slot"], registry)
         if path is not None and own is not None and path.resolve() == own:
             continue
         if path is None:
-            kind, why, cmd = UNKNOWN, f"no journal in {reg.path(settings.state_dir)} or {Path(settings.state_dir) / 'cutover'} records it", None
+            where = f"{reg.path(settings.state_dir)} or {Path(settings.state_dir) / 'cutover'}"
+            kind, why, cmd = UNKNOWN, f"no journal in {where} records it", None
         else:
             kind, why, cmd = verdict(sl["slot"], Journal(path).states(), str(path))
-        if kind != OVER:
+        if kind != OVER or path is None:  # no journal: UNKNOWN, never OVER
             refused.append(refusal(sl, why, cmd))
         elif dry_run:
-            say(f"would end rollback slot {sl['slot']} on database {sl.get('database')} ({_mib(sl.get('retained_bytes'))} WAL): {why}")
+            say(f"would end rollback slot {sl['slot']} on database {sl.get('database')} "
+                f"({_mib(sl.get('retained_bytes'))} WAL): {why}")
             ended.append({"slot": sl["slot"], "dry_run": True, "why": why})
         else:
             ended.append(end_slot(Journal(path), tgt, settings, sl, by, why, say))
     return {"ended": ended, "refused": refused}
 
 
-def after_rollback(settings, journal: Journal, say) -> dict:
+def after_rollback(settings: Settings, journal: Journal, say) -> dict:
     """The rollback's own end of its slot, once every change was exported. Never fails the rollback: a target
     that stopped answering leaves the slot for the next restore or cutover preflight (said)."""
-    from ..remote import Remote
-
     slot = journal.state(cp.JOURNAL_PHASE).facts.get("slot")
     why = f"rolled back; every change exported to {journal.state('rollback').facts.get('export_file')}"
     try:
-        with Remote(settings.target) as tgt:
-            found = [s for s in cp.watched_slots(tgt, settings.pg_port) if s["slot"] == slot]
+        with Session(settings) as sess:
+            tgt = sess.psql("target")
+            found = [s for s in cp.watched_slots(tgt) if s["slot"] == slot]
             if not found:
                 journal.begin(END_PHASE, {"slot": slot, "by": "rollback", "why": why})
-                journal.end(END_PHASE, "ok", {"dropped": False, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                journal.end(END_PHASE, "ok",
+                            {"dropped": False, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                 return {"slot": slot, "dropped": False}
             return end_slot(journal, tgt, settings, found[0], "rollback", why, say)
     except OpsError as exc:
-        say(f"WARNING: rollback slot {slot} not ended ({exc.one_line()}): the next `invoke restore` or cutover preflight ends it")
+        say(f"WARNING: rollback slot {slot} not ended ({exc.one_line()}): the next `invoke restore` or cutover "
+            "preflight ends it")
         return {"slot": slot, "dropped": False, "error": exc.one_line()}
 
 
-def before_restore(settings, dry_run: bool = False, say=None) -> dict:
+def before_restore(settings: Settings, dry_run: bool = False, say=None) -> dict:
     """`invoke restore`'s first step: earlier windows' slots ended or named (PreflightError, nothing restored)."""
     from ..errors import PreflightError
-    from ..remote import Remote
 
-    with Remote(settings.target) as tgt:
-        res = sweep(settings, tgt, "restore", say, dry_run=dry_run)
+    with Session(settings) as sess:
+        res = sweep(settings, sess.psql("target"), "restore", say, dry_run=dry_run)
     if res["refused"]:
-        raise PreflightError("; ".join(res["refused"]), hint="nothing was restored: resolve the slot(s) named, then re-run")
+        raise PreflightError("; ".join(res["refused"]),
+                             hint="nothing was restored: resolve the slot(s) named, then re-run")
     return res

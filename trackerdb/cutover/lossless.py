@@ -23,6 +23,8 @@ from . import capture as cp
 from . import compression_hold as hold
 from .journal import Journal
 from ..psql import Psql
+from ..session import Session
+from ..settings import Settings
 
 
 def capture_facts(journal: Journal) -> dict:
@@ -35,10 +37,11 @@ def finished(journal: Journal) -> dict | None:
 
 
 # ---- before the window -----------------------------------------------------------------------
-def preflight_problems(tgt, settings) -> list[str]:
-    """What would stop the capture in the window: wal_level needs a restart, so it must be logical now."""
+def preflight_problems(tgt: Psql) -> list[str]:
+    """What would stop the capture in the window (``tgt``: the target's cluster): wal_level needs a restart,
+    so it must be logical now."""
     try:
-        f = Psql(tgt, settings.pg_port).json(cp.slot_facts_sql("trackerdb_rollback_probe"))
+        f = tgt.json(cp.slot_facts_sql("trackerdb_rollback_probe"))
     except OpsError as exc:
         return [f"rollback capture: {exc.one_line()}"]
     problems = []
@@ -51,20 +54,19 @@ def preflight_problems(tgt, settings) -> list[str]:
     return problems
 
 
-def dry_run_lines(settings) -> list[str]:
+def dry_run_lines(settings: Settings) -> list[str]:
     """Read-only: which tables will get REPLICA IDENTITY FULL (the target gets the source's tables)."""
-    from ..remote import Remote
-
     try:
-        with Remote(settings.require_source()) as src:
-            tables = Psql.source(src, settings).json(cp.IDENTITY_SQL, settings.database) or []
+        with Session(settings) as sess:
+            tables = sess.psql("source").json(cp.IDENTITY_SQL, settings.database) or []
     except (OpsError, AttributeError) as exc:  # AttributeError: settings without a source (nothing to list)
         return [f"capture: cannot list the source's tables: {exc.one_line() if isinstance(exc, OpsError) else exc}"]
     need = cp.needs_identity(tables)
     lines = [f"target (switch phase, before the switch): REPLICA IDENTITY FULL on {len(need)} table(s) without a "
              f"usable key (and their chunks): {', '.join(need) or 'none'}",
-             f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in {settings.database}; "
-             "its LSN goes to the journal; dropped by `invoke cutover-finish`, or once a rollback exported every change",
+             f"target: pg_create_logical_replication_slot('trackerdb_rollback_<time>', '{cp.PLUGIN}') in "
+             f"{settings.database}; its LSN goes to the journal; dropped by `invoke cutover-finish`, "
+             "or once a rollback exported every change",
              "target, before the slot: TimescaleDB's compression policies paused (alter_job next_start => 'infinity'), "
              "recorded in the journal, resumed by `invoke cutover-finish` (a recompression in the rollback "
              "window would look like the application's writes)"]
@@ -75,21 +77,21 @@ def dry_run_lines(settings) -> list[str]:
 def start_capture(ctx) -> dict:
     """Replica identity, then the slot, before the application can write to the target. Safe to re-run."""
     s, journal = ctx.settings, ctx.journal
-    tgt = ctx.remote("target")
+    tgt = ctx.psql("target")
     recorded = capture_facts(journal)
     if recorded.get("lsn"):
-        f = cp.slot_facts(tgt, s.database, recorded["slot"], s.pg_port)
+        f = cp.slot_facts(tgt, s.database, recorded["slot"])
         if f["exists"]:
             return recorded
     slot = recorded.get("slot") or cp.slot_name(time.time())
     if not recorded.get("slot"):
         journal.note(cp.JOURNAL_PHASE, {"slot": slot, "plugin": cp.PLUGIN, "database": s.database})  # before the change
     registry.register(s.state_dir, slot, journal.path)  # a later restore or window finds this journal by the slot
-    hold.hold(Psql.target(tgt, s), s.database, journal, ctx.say)  # before the slot: see compression_hold
-    identity = cp.prepare_identity(tgt, s.database, s.pg_port)
+    hold.hold(tgt, s.database, journal, ctx.say)  # before the slot: see compression_hold
+    identity = cp.prepare_identity(tgt, s.database)
     if identity:
         ctx.say(f"REPLICA IDENTITY FULL on {len(identity)} table(s) without a key: {', '.join(identity)}")
-    made = cp.ensure_slot(tgt, s.database, slot, s.pg_port)
+    made = cp.ensure_slot(tgt, s.database, slot)
     facts = {"slot": slot, "plugin": cp.PLUGIN, "database": s.database, "lsn": made["lsn"],
              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "replica_identity_full": identity}
     journal.note(cp.JOURNAL_PHASE, facts)
@@ -98,13 +100,13 @@ def start_capture(ctx) -> dict:
 
 
 # ---- rollback --------------------------------------------------------------------------------
-def capture_problem(journal: Journal, tgt, settings) -> tuple[dict | None, str | None]:
-    """``(slot facts, None)`` when the capture can be read, else ``(None, why not)``."""
+def capture_problem(journal: Journal, tgt: Psql, settings: Settings) -> tuple[dict | None, str | None]:
+    """``(slot facts, None)`` when the capture can be read (``tgt``: the target's cluster), else ``(None, why not)``."""
     rec = capture_facts(journal)
     if not rec.get("lsn"):
         return None, "the journal records no change capture (a cutover from before it, or the slot was never created)"
     try:
-        f = cp.slot_facts(tgt, settings.database, rec["slot"], settings.pg_port)
+        f = cp.slot_facts(tgt, settings.database, rec["slot"])
     except OpsError as exc:
         return None, f"cannot read slot {rec['slot']}: {exc.one_line()}"
     if not f["exists"]:
@@ -123,15 +125,16 @@ def _lsn(text: str) -> int:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
-def export_changes(settings, journal: Journal, tgt, cap: dict, out_dir, say) -> dict:
+def export_changes(settings: Settings, journal: Journal, tgt: Psql, cap: dict, out_dir, say) -> dict:
     """Every change the target committed since the slot, decoded, into a 0600 replay file."""
     started = time.monotonic()
-    decoded = cp.read_changes(tgt, settings.database, cap["slot"], cap["current_lsn"], settings.pg_port)
+    decoded = cp.read_changes(tgt, settings.database, cap["slot"], cap["current_lsn"])
     out = Path(out_dir) if out_dir else journal.path.parent
     path = out / f"rollback-changes-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sql"
     write_private(path, cp.replay_script(cp.origin_name(cap["slot"]), decoded.changes))
     per_table = cp.counts(decoded.changes)
-    summary = {"capture": "logical decoding", "slot": cap["slot"], "from_lsn": cap["lsn"], "upto_lsn": cap["current_lsn"],
+    summary = {"capture": "logical decoding", "slot": cap["slot"], "from_lsn": cap["lsn"],
+               "upto_lsn": cap["current_lsn"],
                "slot_retained_bytes": cap["retained_bytes"], "export_file": str(path), "changes": per_table,
                "exported": {t: sum(v.values()) for t, v in per_table.items()}, "exported_rows": len(decoded.changes),
                "transactions": decoded.commits, "last_commit_lsn": decoded.last_commit_lsn, "skipped": decoded.skipped,
@@ -141,22 +144,25 @@ def export_changes(settings, journal: Journal, tgt, cap: dict, out_dir, say) -> 
     if decoded.truncated:
         warnings.append(f"TRUNCATE on {', '.join(sorted(set(decoded.truncated)))} was NOT carried back")
     if decoded.unmapped:
-        warnings.append(f"changes to chunks with no known hypertable were NOT carried back: {', '.join(sorted(set(decoded.unmapped)))}")
+        warnings.append("changes to chunks with no known hypertable were NOT carried back: "
+                        f"{', '.join(sorted(set(decoded.unmapped)))}")
     if warnings:
         summary["warning"] = "; ".join(warnings)
-    say(f"decoded {len(decoded.changes)} change(s) in {decoded.commits} transaction(s) from slot {cap['slot']} to {path}")
+    say(f"decoded {len(decoded.changes)} change(s) in {decoded.commits} transaction(s) from slot "
+        f"{cap['slot']} to {path}")
     return summary
 
 
-def replay_changes(src, export_file: str, db: str, port) -> dict:
+def replay_changes(src: Psql, export_file: str, db: str) -> dict:
     started = time.monotonic()
-    res = cp.replay_result(Psql(src, port).json(Path(export_file).read_text(), db, timeout=3600) or {})
+    res = cp.replay_result(src.json(Path(export_file).read_text(), db, timeout=3600) or {})
     out = {"replayed": {t: sum(v.values()) for t, v in res["applied"].items()}, "replayed_changes": res["applied"],
            "already_applied": res["already_applied"], "replay_s": round(time.monotonic() - started, 2)}
     if res["missing_on_source"]:
         missing = sorted(res["missing_on_source"])
         out["missing_on_source"] = missing
-        out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their changes were NOT carried back "
+        out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their changes were "
+                                  "NOT carried back "
                                   f"and stay in {export_file}: create the tables on the source and re-run")
     return out
 
@@ -167,14 +173,13 @@ FALLBACK_WARNING = ("CHANGE CAPTURE UNAVAILABLE ({why}): falling back to the heu
 
 
 # ---- end of the window -----------------------------------------------------------------------
-def finish(settings, journal_path, progress=None) -> dict:
+def finish(settings: Settings, journal_path, progress=None) -> dict:
     """Drop the slot and record that rollback is no longer possible."""
-    from ..remote import Remote
-
     say = progress or (lambda m: None)
     journal = Journal(journal_path)
-    if finished(journal):
-        return {**finished(journal), "changed": False, "transfer_trust": end_transfer_trust(settings, journal, say)}
+    done = finished(journal)
+    if done:
+        return {**done, "changed": False, "transfer_trust": end_transfer_trust(settings, journal, say)}
     rec = capture_facts(journal)
     if not rec.get("slot"):
         raise OpsError(f"journal {journal.path} records no rollback capture", hint="nothing to finish; check --journal")
@@ -183,16 +188,19 @@ def finish(settings, journal_path, progress=None) -> dict:
         raise OpsError("a rollback is in progress in this journal", hint="let it finish (or re-run it) first")
     journal.begin(cp.FINISH_PHASE, {"slot": rec["slot"]})
     try:
-        with Remote(settings.target) as tgt:
-            dropped = cp.drop_slot(tgt, settings.database, rec["slot"], settings.pg_port)
-            compression = hold.release(Psql.target(tgt, settings), settings.database, journal, say)
+        with Session(settings) as sess:
+            tgt = sess.psql("target")
+            dropped = cp.drop_slot(tgt, settings.database, rec["slot"])
+            compression = hold.release(tgt, settings.database, journal, say)
     except OpsError as exc:
         journal.end(cp.FINISH_PHASE, "failed", error=exc.one_line())
         raise
     facts = {"slot": rec["slot"], "dropped": bool(dropped), "rollback_possible": False,
-             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "origin": _drop_origin(settings, rec["slot"])}
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                          time.gmtime()), "origin": _drop_origin(settings, rec["slot"])}
     journal.end(cp.FINISH_PHASE, "ok", facts)
-    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no longer possible; "
+    say(f"slot {rec['slot']} {'dropped' if dropped else 'was already gone'}; rollback to the source is no "
+        "longer possible; "
         f"replay origin on the source: {facts['origin']}")
     rolled_back = states.get("rollback") is not None and states["rollback"].done
     trust = end_transfer_trust(settings, journal, say)
@@ -204,12 +212,11 @@ def finish(settings, journal_path, progress=None) -> dict:
 TRUST_PHASE = "finish_transfer_trust"
 
 
-def end_transfer_trust(settings, journal: Journal, say) -> dict:
+def end_transfer_trust(settings: Settings, journal: Journal, say) -> dict:
     """Its own journaled step: the direct transfer's trust goes (``direct.remove_trust``). The preflight
     installs it whichever way the dump then travels, so this always looks. Done once it succeeds; a
     failure (the source unreachable) is journaled and raised, and a re-run tries again."""
     from ..migrate import direct
-    from ..remote import Remote
 
     st = journal.states().get(TRUST_PHASE)
     if st is not None and st.done:
@@ -217,13 +224,9 @@ def end_transfer_trust(settings, journal: Journal, say) -> dict:
     with_source = settings.source is not None and not settings.source_decommissioned
     journal.begin(TRUST_PHASE, {"source_checked": with_source})
     try:
-        with Remote(settings.target) as tgt:
-            src = Remote(settings.source) if with_source else None
-            try:
-                removed = direct.remove_trust(settings, src, tgt)
-            finally:
-                if src is not None:
-                    src.close()
+        with Session(settings) as sess:
+            tgt = sess.remote("target")
+            removed = direct.remove_trust(settings, sess.remote("source") if with_source else None, tgt)
     except OpsError as exc:
         journal.end(TRUST_PHASE, "failed", error=exc.one_line())
         raise HostError(f"the direct transfer's trust was not removed: {exc.message}",
@@ -236,15 +239,13 @@ def end_transfer_trust(settings, journal: Journal, say) -> dict:
     return {**facts, "changed": bool(removed)}
 
 
-def _drop_origin(settings, slot: str) -> str:
+def _drop_origin(settings: Settings, slot: str) -> str:
     """The source's replay origin (a replay's bookkeeping, no WAL held) goes too, when the source answers."""
-    from ..remote import Remote
-
     if settings.source is None or settings.source_decommissioned:
         return "not checked (no source configured)"
     try:
-        with Remote(settings.source) as src:
-            n = cp.drop_origin(src, slot, settings.source_port)
+        with Session(settings) as sess:
+            n = cp.drop_origin(sess.psql("source"), slot)
     except OpsError as exc:
         return f"left in place (source unreachable: {exc.one_line()}; it holds no WAL)"
     return "dropped" if n else "none (no replay ran)"

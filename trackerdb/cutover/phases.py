@@ -74,6 +74,10 @@ class Ctx:
     def remote(self, which: str):
         return self.session.remote(which)
 
+    def psql(self, which: str) -> Psql:
+        """The session's psql on the source's or the target's cluster (on that cluster's port)."""
+        return self.session.psql(which)
+
     def close(self) -> None:
         self.session.close()
 
@@ -111,9 +115,9 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
         problems.append(f"the application already points at {new} ({switcher.describe()})")
     problems += _archiving_and_secret_problems(ctx)
     from . import leftover, lossless
-    problems += lossless.preflight_problems(tgt, s)
+    problems += lossless.preflight_problems(ctx.psql("target"))
     # an earlier window's capture slot: ended when its journal shows that window over, else named (issue 27)
-    problems += leftover.sweep(s, tgt, "cutover preflight", ctx.say, own_journal=ctx.journal.path)["refused"]
+    problems += leftover.sweep(s, ctx.psql("target"), "cutover preflight", ctx.say, own_journal=ctx.journal.path)["refused"]
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
     from ..migrate import direct
@@ -175,11 +179,11 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
         ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": src.name})
         recorded = ctx.facts(FREEZE)
     ctx.say(f"making {s.database} on the source read-only and ending its sessions")
-    facts = fz.freeze(src, s.database, port=s.source_port, progress=ctx.say)
+    facts = fz.freeze(ctx.psql("source"), s.database, progress=ctx.say)
     facts["prior_read_only"] = recorded["prior_read_only"]
     if not str(recorded["prior_read_only"] or "").endswith("=on"):  # a source read-only by itself is not written to
         started = time.monotonic()
-        facts["caggs_refreshed"] = fz.refresh_caggs(src, s.database, port=s.source_port)
+        facts["caggs_refreshed"] = fz.refresh_caggs(ctx.psql("source"), s.database)
         if facts["caggs_refreshed"]:
             ctx.say(f"continuous aggregates refreshed on the frozen source in {time.monotonic() - started:.1f}s "
                     f"(nothing left pending for the target's policies): {', '.join(facts['caggs_refreshed'])}")
@@ -225,12 +229,12 @@ def prepare(ctx: Ctx, resume: bool) -> dict:
 
 def _through_freeze(ctx: Ctx, choice: dict) -> None:
     if choice.get("through_freeze"):
-        fz.write_through_rolled_back(ctx.remote("target"), ctx.settings.database, ctx.settings.pg_port,
+        fz.write_through_rolled_back(ctx.psql("target"), ctx.settings.database,
                                      choice["through_freeze"], ctx.say)
 
 
 def _thaw_target(ctx: Ctx) -> dict | None:
-    return fz.thaw_rolled_back(ctx.remote("target"), ctx.settings.database, ctx.settings.pg_port, ctx.say)
+    return fz.thaw_rolled_back(ctx.psql("target"), ctx.settings.database, ctx.say)
 
 
 ARCHIVE_WAIT_S = 900
@@ -255,7 +259,7 @@ def wait_archived(ctx: Ctx, timeout_s: float = ARCHIVE_WAIT_S, every_s: float = 
 
 def delta(ctx: Ctx, resume: bool) -> dict:
     from . import delta as dl
-    fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)
+    fz.require_frozen(ctx.psql("source"), ctx.settings.database)
     recorded = ctx.facts(DELTA)
     if recorded.get("path") == PATH_FULL:  # decided: a full path stays full
         choice = {k: recorded[k] for k in ("path", "reasons") if k in recorded}
@@ -282,7 +286,7 @@ def delta(ctx: Ctx, resume: bool) -> dict:
 
 # ---- 3 dump ------------------------------------------------------------------------------------
 def dump(ctx: Ctx, resume: bool) -> dict:
-    fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)
+    fz.require_frozen(ctx.psql("source"), ctx.settings.database)
     if path(ctx) == PATH_DELTA:
         return {"deferred": "pre-copy path: the final full dump is taken after the switch (phase 8)"}
     return _final_dump(ctx)
@@ -307,7 +311,7 @@ def _final_dump(ctx: Ctx) -> dict:
     key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
     transfer = (ctx.facts(PREFLIGHT).get("transfer") or {}).get("transfer", "relay")  # decided and probed in preflight
     art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"), say=ctx.say,
-                            transfer=transfer)
+                            transfer=transfer, session=ctx.session)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
         art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"), session=ctx.session, digests=False)
@@ -434,7 +438,7 @@ def verify(ctx: Ctx, resume: bool) -> dict:
 
 # ---- 6 switch ----------------------------------------------------------------------------------
 def switch(ctx: Ctx, resume: bool) -> dict:
-    fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)  # never a thawed source
+    fz.require_frozen(ctx.psql("source"), ctx.settings.database)  # never a thawed source
     switcher = sw.of(ctx.session)
     recorded = ctx.facts(SWITCH)
     if "old" not in recorded:

@@ -34,6 +34,7 @@ from .journal import Journal
 from .journal import PhaseState as ph_state
 from .. import limits
 from ..psql import Psql
+from ..settings import Settings
 from ..sql import ident, literal, qualified
 
 ROLLBACK = "rollback"
@@ -44,7 +45,8 @@ SELECT coalesce(json_agg(t ORDER BY t.schema, t.name), '[]'::json) FROM (
   SELECT n.nspname AS schema, c.relname AS name,
     (SELECT d.column_name FROM timescaledb_information.dimensions d
       WHERE d.hypertable_schema = n.nspname AND d.hypertable_name = c.relname AND d.dimension_number = 1
-        AND d.column_type IN ('timestamp with time zone'::regtype, 'timestamp without time zone'::regtype, 'date'::regtype)) AS time_column,
+        AND d.column_type IN ('timestamp with time zone'::regtype, 'timestamp without time zone'::regtype,
+          'date'::regtype)) AS time_column,
     (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         AND a.atttypid = 'timestamptz'::regtype AND a.attname = ANY (%(insert_cols)s)) AS insert_time_columns,
@@ -57,7 +59,8 @@ SELECT coalesce(json_agg(t ORDER BY t.schema, t.name), '[]'::json) FROM (
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
     AND n.nspname !~ '^(pg_|_timescaledb|timescaledb_|information_schema$|toolkit_experimental$|_prom)'
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+      AND d.deptype = 'e')
 ) t;
 """
 
@@ -71,27 +74,31 @@ def existing_sql(tables: list[dict]) -> str:
     """Which of ``tables`` exist on the host (a table created on the target after the switch may not)."""
     if not tables:
         return "SELECT '{}'::json;"
-    rows = ", ".join(f"({literal(t['schema'] + '.' + t['name'])}, {literal(qualified(t['schema'], t['name']))})" for t in tables)
+    rows = ", ".join(f"({literal(t['schema'] + '.' + t['name'])}, {literal(qualified(t['schema'], t['name']))})"
+                     for t in tables)
     return f"SELECT json_object_agg(k, to_regclass(q) IS NOT NULL) FROM (VALUES {rows}) v(k, q);"
 
 
 def maxima_sql(tables: list[dict]) -> str:
     """Source's maximum of each table's integer key, read while the source is still frozen."""
-    parts = [f"{literal(t['schema'] + '.' + t['name'])}, (SELECT max({ident(t['int_key'])}) FROM {qualified(t['schema'], t['name'])})"
+    parts = [f"{literal(t['schema'] + '.' + t['name'])}, (SELECT max({ident(t['int_key'])}) FROM "
+             f"{qualified(t['schema'], t['name'])})"
              for t in tables if t.get("int_key") and not t.get("time_column")]
     return f"SELECT json_build_object({', '.join(parts)});" if parts else "SELECT '{}'::json;"
 
 
-def selection(table: dict, frozen_at: str, source_max: dict, manifest_counts: dict) -> tuple[str | None, str]:
+def selection(table: dict, frozen_at: str, source_max: dict, manifest_counts: dict) -> tuple[str, str]:
     """The WHERE clause that selects rows written on the target after the switch, and why."""
     fq = f"{table['schema']}.{table['name']}"
     if table.get("time_column"):
-        cols = [table["time_column"]] + [c for c in (table.get("insert_time_columns") or []) if c != table["time_column"]]
+        cols = [table["time_column"]] + [c for c in (table.get("insert_time_columns") or [])
+                                         if c != table["time_column"]]
         cond = " OR ".join(f"{ident(c)} > {literal(frozen_at)}::timestamptz" for c in cols)
         return cond, f"time > freeze ({', '.join(cols)})"
     if table.get("int_key"):
         mx = source_max.get(fq)
-        return (f"{ident(table['int_key'])} > {int(mx)}" if mx is not None else "true"), f"{table['int_key']} > source max {mx}"
+        cond = f"{ident(table['int_key'])} > {int(mx)}" if mx is not None else "true"
+        return cond, f"{table['int_key']} > source max {mx}"
     if table.get("insert_time_columns"):
         cond = " OR ".join(f"{ident(c)} > {literal(frozen_at)}::timestamptz" for c in table["insert_time_columns"])
         return cond, "insert time > freeze"
@@ -129,29 +136,35 @@ def replay_rows(seq0: int, table: dict, copy_lines: str) -> tuple[list[str], int
 # otherwise by comparing whole rows (on the hypertable's time column first). Serial and identity
 # sequences are moved past the highest replayed key. A table that does not exist on the source is
 # not created: it is listed in the result (``missing``) and its rows stay in this file.
-REPLAY_PROGRAM = r"""CREATE TEMP TABLE _trackerdb_replay_result (nspname text, relname text, rows bigint, inserted bigint, missing boolean) ON COMMIT DROP;
+REPLAY_PROGRAM = r"""CREATE TEMP TABLE _trackerdb_replay_result (nspname text, relname text, rows bigint,
+  inserted bigint, missing boolean) ON COMMIT DROP;
 DO $trackerdb_replay$
 DECLARE
   r record; rel regclass; owner name; rs text[]; n bigint; tcol name; uniq boolean;
   target_cols text; select_cols text; sql text; col record;
 BEGIN
-  FOR r IN SELECT nspname, relname, min(seq) AS first_seq, count(*) AS rows FROM _trackerdb_replay GROUP BY 1, 2 ORDER BY 3 LOOP
+  FOR r IN SELECT nspname, relname, min(seq) AS first_seq, count(*) AS rows FROM _trackerdb_replay GROUP BY 1, 2
+    ORDER BY 3 LOOP
     rel := to_regclass(format('%I.%I', r.nspname, r.relname));
     IF rel IS NULL THEN
       INSERT INTO _trackerdb_replay_result VALUES (r.nspname, r.relname, r.rows, 0, true);
       CONTINUE;
     END IF;
-    SELECT array_agg(row_text ORDER BY seq) INTO rs FROM _trackerdb_replay WHERE nspname = r.nspname AND relname = r.relname;
+    SELECT array_agg(row_text ORDER BY seq) INTO rs FROM _trackerdb_replay WHERE nspname = r.nspname
+      AND relname = r.relname;
     SELECT pg_get_userbyid(c.relowner) INTO owner FROM pg_class c WHERE c.oid = rel;
     SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
            string_agg(format('(s.v).%I', a.attname), ', ' ORDER BY a.attnum)
       INTO target_cols, select_cols
       FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
-    uniq := EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = rel AND i.indisunique AND i.indimmediate AND i.indpred IS NULL);
+    uniq := EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = rel AND i.indisunique AND i.indimmediate
+      AND i.indpred IS NULL);
     tcol := NULL;
     IF to_regclass('_timescaledb_catalog.dimension') IS NOT NULL THEN
-      EXECUTE 'SELECT d.column_name FROM _timescaledb_catalog.dimension d JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id '
-              'WHERE h.schema_name = $1 AND h.table_name = $2 ORDER BY d.id LIMIT 1' INTO tcol USING r.nspname, r.relname;
+      EXECUTE 'SELECT d.column_name FROM _timescaledb_catalog.dimension d '
+              'JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id '
+              'WHERE h.schema_name = $1 AND h.table_name = $2 ORDER BY d.id LIMIT 1' INTO tcol USING r.nspname,
+                r.relname;
     END IF;
     sql := format('INSERT INTO %1$I.%2$I (%3$s) OVERRIDING SYSTEM VALUE SELECT %4$s FROM '
                   '(SELECT x::%1$I.%2$I AS v FROM unnest($1::text[]) AS x OFFSET 0) s',
@@ -159,10 +172,12 @@ BEGIN
     IF uniq THEN
       sql := sql || ' ON CONFLICT DO NOTHING';
     ELSIF tcol IS NOT NULL THEN
-      sql := sql || format(' WHERE NOT EXISTS (SELECT 1 FROM %1$I.%2$I t WHERE t.%3$I = (s.v).%3$I AND (t.*)::text = (s.v)::text)',
+      sql := sql ||
+        format(' WHERE NOT EXISTS (SELECT 1 FROM %1$I.%2$I t WHERE t.%3$I = (s.v).%3$I AND (t.*)::text = (s.v)::text)',
                            r.nspname, r.relname, tcol);
     ELSE
-      sql := sql || format(' WHERE NOT EXISTS (SELECT 1 FROM %1$I.%2$I t WHERE (t.*)::text = (s.v)::text)', r.nspname, r.relname);
+      sql := sql || format(' WHERE NOT EXISTS (SELECT 1 FROM %1$I.%2$I t WHERE (t.*)::text = (s.v)::text)', r.nspname,
+        r.relname);
     END IF;
     EXECUTE format('SET LOCAL ROLE %I', owner);
     EXECUTE sql USING rs;
@@ -193,7 +208,8 @@ def replay_script(rows: list[str]) -> str:
     """The whole export file: fixed program text around COPY data lines from :func:`replay_rows`."""
     data = "".join(ln + "\n" for ln in rows)
     return (REPLAY_HEADER + "\\set ON_ERROR_STOP on\nBEGIN;\n"
-            "CREATE TEMP TABLE _trackerdb_replay (seq bigint, nspname text, relname text, row_text text) ON COMMIT DROP;\n"
+            "CREATE TEMP TABLE _trackerdb_replay (seq bigint, nspname text, relname text, row_text text) ON "
+            "COMMIT DROP;\n"
             "COPY _trackerdb_replay (seq, nspname, relname, row_text) FROM STDIN;\n"
             f"{data}\\.\n{REPLAY_PROGRAM}COMMIT;\n")
 
@@ -203,49 +219,52 @@ def _count_lines(copy_data: str) -> int:
 
 
 # ---- executor --------------------------------------------------------------------------------
-def run_rollback(settings, journal_path, replay: bool = False, progress=None, out_dir=None) -> dict:
+def run_rollback(settings: Settings, journal_path, replay: bool = False, progress=None, out_dir=None) -> dict:
     """Roll back the cutover of ``journal_path`` (see the module's steps); every SQL session runs with the
     rollback's time limits (``limits.ROLLBACK``)."""
     with limits.phase(limits.for_phase(settings, limits.ROLLBACK)):
         return _rollback(settings, journal_path, replay, progress, out_dir)
 
 
-def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
+def _rollback(settings: Settings, journal_path, replay: bool, progress, out_dir) -> dict:
     say = progress or (lambda m: None)
     journal = Journal(journal_path)
     states = journal.states()
     if settings.source_decommissioned:
-        raise OpsError("the source is decommissioned (settings.source_decommissioned): there is nothing to roll back to",
-                       hint="restore from the target's pgBackRest backups instead")
+        raise OpsError("the source is decommissioned (settings.source_decommissioned): "
+                       "there is nothing to roll back to", hint="restore from the target's pgBackRest backups instead")
     bd.check(journal.path, (states.get(ph.PREFLIGHT) or ph_state(ph.PREFLIGHT)).facts.get(bd.KEY), settings)
     freeze_st = states.get(ph.FREEZE)
     if freeze_st is None or "prior_read_only" not in freeze_st.facts:
         raise OpsError(f"journal {journal.path} shows no freeze of the source: nothing to roll back",
                        hint="the source was never changed; if a cutover is running, use its --journal")
-    if ll.finished(journal):
-        raise OpsError(f"journal {journal.path} records the end of the rollback window ({ll.finished(journal).get('finished_at')}): "
-                       "the change capture was dropped", hint="rollback is no longer possible; restore from backups instead")
+    ended = ll.finished(journal)
+    if ended:
+        raise OpsError(f"journal {journal.path} records the end of the rollback window ({ended.get('finished_at')}): "
+                       "the change capture was dropped",
+                       hint="rollback is no longer possible; restore from backups instead")
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path("."), progress=progress)
     facts: dict = {"replay": replay}
     journal.begin(ROLLBACK, {"replay": replay})
     undo: list = []  # what this run changed before the switch back, undone if a later step fails
     try:
-        db, port, sport = settings.database, settings.pg_port, settings.source_port
-        src, tgt = ctx.remote("source"), ctx.remote("target")
+        db = settings.database
+        src, tgt = ctx.psql("source"), ctx.psql("target")  # each cluster on its own port
         switch_st = states.get(ph.SWITCH)
         switched = switch_st is not None and "old" in switch_st.facts
         # 1. stop writes on the target (a dead target must not block the way back)
         target_ok = True
         try:
-            # the cluster this journal's preflight saw, or none of its business (a dead target is checked when it answers)
+            # the cluster this journal's preflight saw, or none of its business (a dead target is checked when it
+            # answers)
             bound = (states.get(ph.PREFLIGHT) or ph_state(ph.PREFLIGHT)).facts.get(bd.KEY) or {}
             if bound.get(bd.SYSTEM_ID):
-                bd.check_target(journal.path, bound, bd.target_system_identifier(Psql(tgt, port)))
-            tfacts = Psql(tgt, port).json(fz.facts_sql(db))
+                bd.check_target(journal.path, bound, bd.target_system_identifier(tgt))
+            tfacts = tgt.json(fz.facts_sql(db))
             if tfacts["exists"] and states.get(ph.RESTORE) is not None:
                 say(f"making {db} on the target read-only")
-                was_read_only = fz.is_read_only(tgt, db, port=port)
-                facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, port=port, progress=say)
+                was_read_only = fz.is_read_only(tgt, db)
+                facts["target_freeze"] = tf = fz.freeze(tgt, db, grace_s=5, progress=say)
                 if not was_read_only:
                     undo.append(("target", tf["prior_read_only"]))
         except bd.BindingError:
@@ -255,15 +274,15 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             facts["target_unreachable"] = exc.one_line()
             say(f"target unreachable, going on without it: {exc.one_line()}")
         # 2. what the target received after the switch, read while both sides are frozen
-        tables = Psql(tgt, port).json(tables_sql(), db) if (switched and tfacts["exists"]) else []
+        tables = tgt.json(tables_sql(), db) if (switched and tfacts["exists"]) else []
         recorded = journal.state(ROLLBACK).facts
         if "source_max" in recorded:
             source_max = recorded["source_max"]
         else:
             keyed = [t for t in tables if t.get("int_key") and not t.get("time_column")]
-            there = Psql(src, sport).json(existing_sql(keyed), db) or {}
+            there = src.json(existing_sql(keyed), db) or {}
             keyed = [t for t in keyed if there.get(f"{t['schema']}.{t['name']}")]
-            source_max = Psql(src, sport).json(maxima_sql(keyed), db) or {}
+            source_max = src.json(maxima_sql(keyed), db) or {}
             journal.note(ROLLBACK, {"source_max": source_max})
         cap, prior = None, lo.ended_export(states)
         if switched and prior:  # exported by an earlier run, then its slot ended: that file holds every change
@@ -281,7 +300,8 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             if cap is None:
                 facts["capture_problem"] = why
                 say("WARNING: " + ll.FALLBACK_WARNING.format(why=why))
-                facts.update(export_rows(settings, journal, tgt, tables, freeze_st.facts["frozen_at"], source_max, out_dir, say))
+                facts.update(export_rows(settings, journal, tgt, tables, freeze_st.facts["frozen_at"], source_max,
+                                         out_dir, say))
                 facts["warning"] = ll.FALLBACK_WARNING.format(why=why)
         elif switched and not target_ok:
             facts["exported_rows"] = None
@@ -292,17 +312,18 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
             facts["note"] = "the application was never switched: no rows can have been written on the target"
         # 3. the source writable again; 4. the rows replayed there, before any client can reach it
         say(f"making {db} on the source writable again")
-        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"], port=sport)
+        facts["source"] = fz.unfreeze(src, db, prior=freeze_st.facts["prior_read_only"])
         if facts["source"]["changed"]:
             undo.append(("source", None))
         if replay and cap is not None and facts.get("export_file"):
-            say(f"replaying {facts['exported_rows']} change(s) on the source in commit order, as their tables' owners, in one transaction")
-            facts.update(ll.replay_changes(src, facts["export_file"], db, sport))
+            say(f"replaying {facts['exported_rows']} change(s) on the source in commit order, as their tables' owners, "
+                "in one transaction")
+            facts.update(ll.replay_changes(src, facts["export_file"], db))
         elif replay and facts.get("exported_rows"):
             say(f"replaying {facts['exported_rows']} row(s) on the source as their tables' owners, in one transaction")
-            facts.update(replay_export(src, facts["export_file"], db, sport))
+            facts.update(replay_export(src, facts["export_file"], db))
         # 5. only now the application back to the recorded old value: it never points at a read-only database
-        if switched:
+        if switched and switch_st is not None:
             old, new = switch_st.facts["old"], switch_st.facts["new"]
             switcher = sw.make(settings)
             say(f"switching {switcher.describe()} back: {new} -> {old}")
@@ -333,8 +354,8 @@ def _rollback(settings, journal_path, replay: bool, progress, out_dir) -> dict:
     return facts
 
 
-def _note_reusable(settings, tgt, facts: dict, switched: bool, replayed: bool, target_there: bool, journal_path,
-                   say) -> None:
+def _note_reusable(settings: Settings, tgt: Psql, facts: dict, switched: bool, replayed: bool, target_there: bool,
+                   journal_path, say) -> None:
     """Every change the target took is back on the source (replayed from the capture), or it took none: the
     frozen target stays a valid pre-copy for the next window (``schema_print.note_rollback``)."""
     from ..migrate import schema_print as sp
@@ -342,23 +363,24 @@ def _note_reusable(settings, tgt, facts: dict, switched: bool, replayed: bool, t
     if not target_there or (switched and not (replayed and facts.get("export_file"))):
         return
     db = settings.database
-    fz.write_through(tgt, db, settings.pg_port, allow=False)  # a window abandoned before its switch left it
+    fz.write_through(tgt, db, allow=False)  # a window abandoned before its switch left it
     how = "every change replayed from the capture" if switched else "never switched: nothing written there"
-    if sp.note_rollback(settings.state_dir, db, Psql(tgt, settings.pg_port).json(sp.identity_sql(db)), str(journal_path), how):
+    if sp.note_rollback(settings.state_dir, db, tgt.json(sp.identity_sql(db)), str(journal_path), how):
         facts["reusable_precopy"] = how
-        say(f"the target's {db} stays a pre-copy for the next window ({how}): `invoke cutover` can take the pre-copy path")
+        say(f"the target's {db} stays a pre-copy for the next window ({how}): `invoke cutover` can take "
+            "the pre-copy path")
 
 
-def _undo(undo: list, src, tgt, settings, say) -> list[str]:
+def _undo(undo: list, src: Psql | None, tgt: Psql | None, settings: Settings, say) -> list[str]:
     """Put back what this run changed before the switch back: the target writable, the source frozen."""
     done = []
     for which, prior in reversed(undo):
         try:
-            if which == "target":
-                fz.unfreeze(tgt, settings.database, prior=prior, port=settings.pg_port)
+            if which == "target" and tgt is not None:
+                fz.unfreeze(tgt, settings.database, prior=prior)
                 done.append("target writable again")
-            else:
-                fz.freeze(src, settings.database, grace_s=5, port=settings.source_port)
+            elif which == "source" and src is not None:
+                fz.freeze(src, settings.database, grace_s=5)
                 done.append("source read-only again")
             say(f"undone: {done[-1]}")
         except OpsError as exc:  # report, keep undoing the rest
@@ -366,15 +388,15 @@ def _undo(undo: list, src, tgt, settings, say) -> list[str]:
     return done
 
 
-def replay_export(src, export_file: str, db: str, port) -> dict:
-    """Run the export file on the source; returns per-table counts from the replay program."""
-    result = Psql(src, port).json(Path(export_file).read_text(), db, timeout=3600) or []
+def replay_export(src: Psql, export_file: str, db: str) -> dict:
+    """Run the export file on the source's cluster; returns per-table counts from the replay program."""
+    result = src.json(Path(export_file).read_text(), db, timeout=3600) or []
     replayed = {r["table"]: r["inserted"] for r in result if r["inserted"]}
     missing = [r["table"] for r in result if r["missing"]]
-    out = {"replayed": replayed,
-           # rows the source already had (an earlier replay) or that collide with a key the source handed
+    out: dict = {"replayed": replayed,
+                 # rows the source already had (an earlier replay) or that collide with a key the source handed
            # out itself: listed, never silently merged
-           "not_replayed": {r["table"]: r["rows"] - r["inserted"] for r in result if r["rows"] != r["inserted"]}}
+                 "not_replayed": {r["table"]: r["rows"] - r["inserted"] for r in result if r["rows"] != r["inserted"]}}
     if missing:
         out["missing_on_source"] = missing
         out["warning_missing"] = (f"{len(missing)} table(s) exist only on the target; their rows were NOT carried back "
@@ -382,16 +404,19 @@ def replay_export(src, export_file: str, db: str, port) -> dict:
     return out
 
 
-def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, say) -> dict:
+def export_rows(settings: Settings, journal, tgt: Psql, tables, frozen_at, source_max, out_dir, say) -> dict:
     manifest_counts = {}
     dump_facts = journal.state(ph.DUMP).facts
     if not dump_facts.get("row_counts"):  # the pre-copy path takes its final dump after the switch (phase 8)
         dump_facts = journal.state(ph.FINAL_DUMP).facts
     if dump_facts.get("row_counts"):
         manifest_counts = dump_facts["row_counts"]
-    rows, counts, how, skipped = [], {}, {}, []
+    rows: list[str] = []
+    counts: dict[str, int] = {}
+    how: dict[str, str] = {}
+    skipped: list[str] = []
     seq = 0
-    live = _counts(tgt, settings.database, tables, settings.pg_port)
+    live = _counts(tgt, settings.database, tables)
     for t in tables:
         fq = f"{t['schema']}.{t['name']}"
         where, why = selection(t, frozen_at, source_max, manifest_counts)
@@ -399,7 +424,7 @@ def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, 
             if live.get(fq, 0) <= manifest_counts.get(fq, 0):
                 continue
             where = "true"
-        data = Psql(tgt, settings.pg_port).run(export_sql(t, where), settings.database, timeout=3600).stdout
+        data = tgt.run(export_sql(t, where), settings.database, timeout=3600).stdout
         lines, seq = replay_rows(seq, t, data)
         if lines:
             counts[fq], how[fq] = len(lines), why
@@ -413,9 +438,10 @@ def export_rows(settings, journal, tgt, tables, frozen_at, source_max, out_dir, 
             "warning": "updates and deletes made on the target after the switch are not carried back"}
 
 
-def _counts(remote, db: str, tables: list[dict], port=None) -> dict:
+def _counts(psql: Psql, db: str, tables: list[dict]) -> dict:
     if not tables:
         return {}
-    parts = ", ".join(f"{literal(t['schema'] + '.' + t['name'])}, (SELECT count(*) FROM {qualified(t['schema'], t['name'])})"
+    parts = ", ".join(f"{literal(t['schema'] + '.' + t['name'])}, (SELECT count(*) FROM "
+                      f"{qualified(t['schema'], t['name'])})"
                       for t in tables)
-    return Psql(remote, port).json(f"SELECT json_build_object({parts});", db) or {}
+    return psql.json(f"SELECT json_build_object({parts});", db) or {}

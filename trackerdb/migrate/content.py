@@ -31,8 +31,8 @@ from datetime import datetime, timedelta, timezone
 from .. import limits
 from . import delta_sql as dq
 from ..errors import OpsError
-from ..psql import Psql
-from ..remote import Remote
+from ..session import Session
+from ..settings import Settings
 from ..steps import Check, note
 
 CONTENT = "content compared by digest"
@@ -40,14 +40,16 @@ SHOW = 4  # differences named per check (the count says how many more)
 
 # Every text form that enters ``row::text`` pinned alike on both hosts (a server's own defaults may differ).
 SESSION_SQL = ("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; "
-               "SET extra_float_digits = 1; SET bytea_output = 'hex'; SET statement_timeout = 0; SET lc_monetary = 'C';")
+               "SET extra_float_digits = 1; SET bytea_output = 'hex'; SET statement_timeout = 0; "
+               "SET lc_monetary = 'C';")
 
 
 # ---- pure: what to read and how ------------------------------------------------------------------
 
 def comparable_items(catalog: dict) -> dict[str, dict]:
     """A host's tables and chunks (``delta_sql.items``) minus the continuous aggregates' materializations."""
-    return {k: v for k, v in dq.items(catalog).items() if not (v["kind"] == "chunk" and v["hypertable"].startswith("cagg "))}
+    return {k: v for k, v in dq.items(catalog).items()
+            if not (v["kind"] == "chunk" and v["hypertable"].startswith("cagg "))}
 
 
 def digest_sql(key: str, item: dict, columns: list[str]) -> str:
@@ -60,7 +62,8 @@ def digest_script(keys: list[str], items: dict, columns: dict[str, list[str]]) -
     """The script one host runs: the pinned text forms, then one line per item. SESSION_SQL lifts a
     database's own statement_timeout; inside a window phase its limit is set again after it."""
     again = limits.set_sql(limits.active())
-    return dq.script([SESSION_SQL + (" " + again if again else "")] + [digest_sql(k, items[k], columns[k]) for k in keys])
+    return dq.script([SESSION_SQL + (" " + again if again else "")]
+                     + [digest_sql(k, items[k], columns[k]) for k in keys])
 
 
 def plan(src_items: dict, tgt_items: dict) -> dict:
@@ -97,7 +100,8 @@ def label(key: str, item: dict | None) -> str:
     """How a difference is named: ``table "s"."t"``, or the hypertable's chunk range with its chunk's name."""
     if item is None or item["kind"] != "chunk":
         return key
-    return (f"{item['hypertable']} range [{_when(item['start'], item['time_type'])}, {_when(item['end'], item['time_type'])}) "
+    return (f"{item['hypertable']} range [{_when(item['start'], item['time_type'])}, "
+            f"{_when(item['end'], item['time_type'])}) "
             f"(chunk {item['name']})")
 
 
@@ -105,14 +109,15 @@ def _print_text(p: dict | None) -> str:
     return "absent" if p is None else f"{p['n']} rows, digest {p['d']}"
 
 
-def compare(src_items: dict, tgt_items: dict, planned: dict, src_prints: dict, tgt_prints: dict, how: str) -> list[Check]:
+def compare(src_items: dict, tgt_items: dict, planned: dict, src_prints: dict, tgt_prints: dict,
+            how: str) -> list[Check]:
     """One check per regular table, one per hypertable (its chunk ranges), one for every item that could
     not be read; each difference named with both sides' rows and digests. ``how`` says what was compared."""
     groups: dict[str, list[str]] = {}
     for key in sorted(set(src_items) | set(tgt_items)):
         it = src_items.get(key) or tgt_items[key]
-        groups.setdefault(f"table {key.split(' ', 1)[1]}" if it["kind"] == "table" else f"hypertable {it['hypertable']}",
-                          []).append(key)
+        group = f"table {key.split(' ', 1)[1]}" if it["kind"] == "table" else f"hypertable {it['hypertable']}"
+        groups.setdefault(group, []).append(key)
     checks = []
     for noun, keys in sorted(groups.items()):
         bad, why = [], []
@@ -134,13 +139,17 @@ def compare(src_items: dict, tgt_items: dict, planned: dict, src_prints: dict, t
             by_storage = sum(str(src_prints[k]["d"]).startswith("storage ") for k in keys)  # reused delta prints
             rows = (f", {sum(src_prints[k]['n'] for k in keys)} rows" if not by_storage
                     else f" ({by_storage} compressed by their batches)")
-            text = f"{one['n']} rows, digest {one['d']}" if one and unit == "table" else f"{len(keys)} {unit} equal{rows}"
+            if one and unit == "table":
+                text = f"{one['n']} rows, digest {one['d']}"
+            else:
+                text = f"{len(keys)} {unit} equal{rows}"
             checks.append(Check(f"{noun} content", True, text, text, how))
             continue
         more = f" (+{len(bad) - SHOW} more)" if len(bad) > SHOW else ""
         checks.append(Check(f"{noun} content", False,
                             f"{len(bad)} of {len(keys)} differ: " + "; ".join(o for o, _ in why[:SHOW]) + more,
-                            "; ".join(e for _, e in why[:SHOW] if e) or "present on both hosts with the same columns", how))
+                            "; ".join(e for _, e in why[:SHOW] if e) or "present on both hosts with the same columns",
+                            how))
     return checks
 
 
@@ -151,13 +160,19 @@ def large_object_checks(src_cat: dict, tgt_cat: dict, how: str) -> list[Check]:
     bad = sorted(o for o in set(want) | set(have) if want.get(o) != have.get(o))
     if not want and not have:
         return []
-    return [Check("large objects content", not bad,
-                  f"{len(bad)} differ: " + ", ".join(f"{o} {have.get(o) or 'missing'}" for o in bad[:SHOW]) if bad else f"{len(want)} equal (md5)",
-                  ", ".join(f"{o} {want.get(o) or 'absent'}" for o in bad[:SHOW]) if bad else f"{len(want)} large object(s)", how)]
+    if bad:
+        observed = f"{len(bad)} differ: " + ", ".join(f"{o} {have.get(o) or 'missing'}" for o in bad[:SHOW])
+        expected = ", ".join(f"{o} {want.get(o) or 'absent'}" for o in bad[:SHOW])
+    else:
+        observed, expected = f"{len(want)} equal (md5)", f"{len(want)} large object(s)"
+    return [Check("large objects content", not bad, observed, expected, how)]
 
 
-def not_compared(why: str, needs: str = "digests need the frozen source (verify --against-source inside the cutover's freeze) "
-                                         "or a manifest with digests (`invoke dump`)") -> Check:
+NEEDS = ("digests need the frozen source (verify --against-source inside the cutover's freeze) "
+         "or a manifest with digests (`invoke dump`)")
+
+
+def not_compared(why: str, needs: str = NEEDS) -> Check:
     """Said, not hidden, and not counted as a passing check (a check that cannot fail is none): which
     comparison verify did instead of digests (row counts only)."""
     return note(CONTENT, f"not compared: {why}; tables compared by row count only", needs, "row counts")
@@ -168,20 +183,18 @@ def not_compared(why: str, needs: str = "digests need the frozen source (verify 
 class Hosts:
     """psql on the source and on the target at once, each its own SSH connection (one thread per host)."""
 
-    def __init__(self, settings, session):
+    def __init__(self, settings: Settings, session: Session):
         self.settings, self.session = settings, session
         self.elapsed: dict[str, float] = {}
 
     def _one(self, which: str, sql: str, as_json: bool):
-        r = Remote(self.session.spec(which))
-        r.secrets = self.session.masked
         t0 = time.monotonic()
         try:
-            psql = Psql.source(r, self.settings) if which == "source" else Psql.target(r, self.settings)
-            return psql.json(sql, self.settings.database) if as_json else psql.run(sql, self.settings.database).stdout
+            with self.session.own(which) as psql:  # its own connection, the session's secrets masked
+                db = self.settings.database
+                return psql.json(sql, db) if as_json else psql.run(sql, db).stdout
         finally:
             self.elapsed[which] = self.elapsed.get(which, 0.0) + time.monotonic() - t0
-            r.close()
 
     def run(self, jobs: list[tuple[str, str, bool]]) -> list:
         """``[(host, sql, as_json)]`` all at once; results in order."""
@@ -213,7 +226,7 @@ def reuse_prints(keys: list[str], kept: dict, versions: dict) -> tuple[dict, dic
     return src, tgt, again
 
 
-def digests(settings, session, reuse: dict | None = None) -> dict:
+def digests(settings: Settings, session, reuse: dict | None = None) -> dict:
     """Both hosts' catalogs, then every comparable item's print on both hosts in parallel (with ``reuse``,
     the delta's prints: only the tuple versions are read, and the items written since are digested). Returns
     ``{"source": items, "target": items, "plan", "prints": {host: {key: print}}, "catalogs", "timings", "reused"}``."""
@@ -227,11 +240,13 @@ def digests(settings, session, reuse: dict | None = None) -> dict:
     prints: dict = {"source": {}, "target": {}}
     read = planned["read"]
     if reuse and read:
-        out = hosts.run([(w, dq.script([dq.version_sql(k, items[k]) for k in read]), False) for w, items in (("source", si), ("target", ti))])
-        prints["source"], prints["target"], read = reuse_prints(read, reuse, {"source": dq.parse_prints(out[0]),
-                                                                             "target": dq.parse_prints(out[1])})
+        out = hosts.run([(w, dq.script([dq.version_sql(k, items[k]) for k in read]), False)
+                         for w, items in (("source", si), ("target", ti))])
+        now = {"source": dq.parse_prints(out[0]), "target": dq.parse_prints(out[1])}
+        prints["source"], prints["target"], read = reuse_prints(read, reuse, now)
     if read:
-        out = hosts.run([(w, digest_script(read, items, planned["columns"]), False) for w, items in (("source", si), ("target", ti))])
+        out = hosts.run([(w, digest_script(read, items, planned["columns"]), False)
+                         for w, items in (("source", si), ("target", ti))])
         prints["source"].update(dq.parse_prints(out[0]))
         prints["target"].update(dq.parse_prints(out[1]))
     t2 = time.monotonic()
@@ -241,7 +256,8 @@ def digests(settings, session, reuse: dict | None = None) -> dict:
                         **{f"{w}_s": round(v, 2) for w, v in hosts.elapsed.items()}}}
 
 
-def content_checks(settings, session, expected: dict | None, against_source: bool, reuse: dict | None = None) -> list[Check]:
+def content_checks(settings: Settings, session, expected: dict | None, against_source: bool,
+                   reuse: dict | None = None) -> list[Check]:
     """Verify's content checks: digests on both hosts when the expected side is the frozen live source
     (``reuse``: the pre-copy path's last delta prints, see ``reuse_prints``); otherwise one check saying that
     only row counts were compared, and why."""
@@ -253,7 +269,8 @@ def content_checks(settings, session, expected: dict | None, against_source: boo
     try:
         got = digests(settings, session, reuse)
     except OpsError as exc:  # one failing check naming the host and statement, like every other read of verify's
-        return [Check(CONTENT, False, exc.one_line()[:300], "every table, chunk range and large object equal", "frozen source")]
+        return [Check(CONTENT, False, exc.one_line()[:300], "every table, chunk range and large object equal",
+                      "frozen source")]
     tm = got["timings"]
     n, reused = len(got["plan"]["read"]), got["reused"]
     how = (f"live, frozen source and target read in parallel: {n} tables/chunk ranges in "
@@ -262,7 +279,8 @@ def content_checks(settings, session, expected: dict | None, against_source: boo
               f"{n - reused} digested now" if reuse is not None else ""))
     each = "digests, frozen source vs target"
     checks = compare(got["source"], got["target"], got["plan"], got["prints"]["source"], got["prints"]["target"], each)
-    checks += large_object_checks(*got["catalogs"], each)
+    src_cat, tgt_cat = got["catalogs"]
+    checks += large_object_checks(src_cat, tgt_cat, each)
     n_bad = sum(not c.ok for c in checks)
     head = Check(CONTENT, n_bad == 0, f"{len(checks) - n_bad} of {len(checks)} equal; {how}",
                  "every table, chunk range and large object equal", "frozen source")

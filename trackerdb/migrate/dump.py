@@ -15,11 +15,13 @@ from __future__ import annotations
 import shlex
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from .. import inputs
 from ..errors import ConfigError, HostError, OpsError, PreflightError
 from ..remote import LocalHost, wrap
-from ..session import connection
+from ..session import connection, source_cluster
+from ..settings import Settings
 from . import delta_sql as dq
 from . import dump_digests as dd
 from . import manifest as mf
@@ -64,7 +66,8 @@ def dump_script(*, pg_bin: str, port: int, database: str, facts_sql: list[str], 
 {digest_sql}
 COMMIT;
 TRACKERDB_EOSQL
-}} | {{ {psql} > {shlex.quote(digests_path)} && echo "trackerdb: digests $(( ($(date +%s%N) - t_digests) / 1000000 )) ms" >&2; }} &
+}} | {{ {psql} > {shlex.quote(digests_path)} &&
+  echo "trackerdb: digests $(( ($(date +%s%N) - t_digests) / 1000000 )) ms" >&2; }} &
 digests_pid=$!
 """
         wait_digests = 'wait "$digests_pid"\n'  # set -e: its failure fails the dump, psql's error the last line
@@ -85,7 +88,8 @@ TRACKERDB_EOSQL
 }} | {psql} > {shlex.quote(facts_path)}
 echo "trackerdb: snapshot $snapshot" >&2
 {before_dump}t_dump=$(date +%s%N)
-{shlex.quote(pg_bin + '/pg_dump')} -Fc --compress={shlex.quote(compress)} --snapshot="$snapshot" -p {port} -d {shlex.quote(database)} {target}
+{shlex.quote(pg_bin + '/pg_dump')} -Fc --compress={shlex.quote(compress)} --snapshot="$snapshot" \\
+  -p {port} -d {shlex.quote(database)} {target}
 echo "trackerdb: pg_dump $(( ($(date +%s%N) - t_dump) / 1000000 )) ms" >&2
 {after_dump}echo "COMMIT;" >&$snap_in
 exec {{snap_in}}>&-
@@ -119,7 +123,8 @@ def on_host_dir_problem(path) -> str | None:
         return "is a system directory (or inside one); give a new directory of its own, e.g. /var/tmp/trackerdb-dump"
     parts = path.strip("/").split("/")
     if parts[:3] == ["var", "lib", "postgresql"] and len(parts) > 3 and parts[3].isdigit():
-        return "is inside a PostgreSQL cluster's directory; give a new directory of its own, e.g. /var/tmp/trackerdb-dump"
+        return ("is inside a PostgreSQL cluster's directory; give a new directory of its own, "
+                "e.g. /var/tmp/trackerdb-dump")
     return None
 
 
@@ -127,7 +132,8 @@ def check_on_host_dir(path) -> str:
     """``path`` when it may be given to ``--on-host``; a one-line ConfigError otherwise (no host needed)."""
     if (problem := on_host_dir_problem(path)) is not None:
         raise ConfigError(f"--on-host {path!r} {problem}",
-                          hint="name a directory that does not exist yet (its parent must); it is created for postgres, 0750")
+                          hint="name a directory that does not exist yet (its parent must); it is created for "
+                               "postgres, 0750")
     return path
 
 
@@ -150,7 +156,8 @@ def on_host_dir_action(path: str, facts: dict, host: str = "source") -> str:
     where = f"--on-host {path} on {host}"
     hint = "name a new directory (its parent must exist), e.g. /var/tmp/trackerdb-dump; nothing was changed"
     if facts.get("resolved") != path:
-        raise PreflightError(f"{where}: a component is a symbolic link (it resolves to {facts.get('resolved')!r})", hint=hint)
+        raise PreflightError(f"{where}: a component is a symbolic link (it resolves to {facts.get('resolved')!r})",
+                             hint=hint)
     kind = facts.get("kind")
     if kind == "symlink":
         raise PreflightError(f"{where} is a symbolic link", hint=hint)
@@ -192,7 +199,7 @@ def parse_facts_file(text: str, with_timescaledb: bool) -> dict:
     return mf.merge_facts(docs[0], docs[1] if with_timescaledb else None, docs[-1])
 
 
-def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False, session=None,
+def run_dump(settings: Settings, dest_dir: str, local: bool = False, progress=None, on_host: bool = False, session=None,
              digests: bool = True, overlap: bool = True) -> DumpArtifacts:
     """Dump ``settings.database`` on the source (SSH, or this machine with ``local``).
 
@@ -203,9 +210,9 @@ def run_dump(settings, dest_dir: str, local: bool = False, progress=None, on_hos
     """
     if local:
         with LocalHost("source") as host:
-            return _dump(settings, host, dest_dir, progress, False, digests, overlap)
-    with connection(settings, session, "source") as (_, host):
-        return _dump(settings, host, dest_dir, progress, on_host, digests, overlap)
+            return _dump(settings, source_cluster(host, settings), dest_dir, progress, False, digests, overlap)
+    with connection(settings, session, "source") as (sess, _):
+        return _dump(settings, sess.psql("source"), dest_dir, progress, on_host, digests, overlap)
 
 
 def _digest_plan(probe, db: str, with_ts: bool, digests: bool, tmp: str) -> dict:
@@ -213,7 +220,8 @@ def _digest_plan(probe, db: str, with_ts: bool, digests: bool, tmp: str) -> dict
     if not (digests and with_ts):
         return {}
     catalog = probe.json(dq.CATALOG_SQL, db)
-    return {"catalog": catalog, "digest_sql": dd.snapshot_script(catalog), "digests_path": f"{tmp}/trackerdb-digests-{uuid.uuid4().hex}.json"}
+    return {"catalog": catalog, "digest_sql": dd.snapshot_script(catalog),
+            "digests_path": f"{tmp}/trackerdb-digests-{uuid.uuid4().hex}.json"}
 
 
 def _content(host, plan: dict, stderr: str) -> dict | None:
@@ -222,12 +230,13 @@ def _content(host, plan: dict, stderr: str) -> dict | None:
     return dd.section(host.read_file(plan["digests_path"]) or "", plan["catalog"], dd.timings(stderr))
 
 
-def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool = True, overlap: bool = True) -> DumpArtifacts:
+def _dump(settings: Settings, probe: Psql, dest_dir: str, progress, on_host: bool, digests: bool = True,
+          overlap: bool = True) -> DumpArtifacts:
+    """The dump through ``probe``, the source's cluster (on the source's port, never the target's)."""
     if on_host:
         check_on_host_dir(dest_dir)
     db = settings.database
-    port = settings.source_port
-    probe = Psql(host, port)
+    host, port = probe.host, probe.port
     try:
         info = probe.json(PROBE_SQL, db)
     except HostError as exc:
@@ -243,7 +252,8 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool 
     facts_path = f"/tmp/trackerdb-facts-{uuid.uuid4().hex}.json"
     dump_name = f"{db}.dump"
     dplan = _digest_plan(probe, db, with_ts, digests, "/tmp")
-    extra = {"digest_sql": dplan.get("digest_sql"), "digests_path": dplan.get("digests_path"), "overlap": overlap}
+    extra: dict[str, Any] = {"digest_sql": dplan.get("digest_sql"), "digests_path": dplan.get("digests_path"),
+                             "overlap": overlap}
     tmp_files = [facts_path] + ([dplan["digests_path"]] if dplan else [])
 
     if on_host:
@@ -254,7 +264,8 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool 
         try:
             r = host.run(script, user="postgres", check=False)
             if not r.ok:
-                raise OpsError(f"pg_dump on {host.name} failed: {_last_line(r.stderr)}", hint="see the message; nothing was changed")
+                raise OpsError(f"pg_dump on {host.name} failed: {_last_line(r.stderr)}",
+                               hint="see the message; nothing was changed")
             size = int(host.run(["stat", "-c", "%s", out_file], sudo=True).stdout.strip())
             sha = host.run(["sha256sum", out_file], sudo=True).stdout.split()[0]
             facts = parse_facts_file(host.read_file(facts_path) or "", with_ts)
@@ -298,14 +309,15 @@ def _dump(settings, host, dest_dir: str, progress, on_host: bool, digests: bool 
         host.run(["rm", "-f", *tmp_files], sudo=True, check=False)
     partial.replace(dump_path)
     doc = mf.build_manifest(facts, source_host=host.name, database=db, dump_file=dump_name, dump_size=res.bytes,
-                            dump_sha256=res.sha256, pg_dump_version=pg_dump_version, consistency=_consistency(res.stderr))
+                            dump_sha256=res.sha256, pg_dump_version=pg_dump_version,
+                            consistency=_consistency(res.stderr))
     doc["dump"]["warnings"] = dump_warnings(res.stderr)
     doc["dump"]["timings"] = dd.timings(res.stderr)  # the script's own: pg_dump, and the digest session's
     if content:
         doc[dd.SECTION] = content
-    manifest_path = mf.manifest_path_for(dump_path)
-    mf.write_manifest(doc, manifest_path)
-    return DumpArtifacts(str(dump_path), str(manifest_path), doc)
+    local_manifest = mf.manifest_path_for(dump_path)
+    mf.write_manifest(doc, local_manifest)
+    return DumpArtifacts(str(dump_path), str(local_manifest), doc)
 
 
 def dump_warnings(stderr: str) -> list[str]:

@@ -14,14 +14,16 @@ session as before (said in the progress).
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 
 from .. import detached
 from ..errors import OpsError
-from ..remote import Remote, wrap
+from ..remote import wrap
 from ..safe_paths import ensure_dir
 from . import manifest as mf
 from .dump import PROBE_SQL, DumpArtifacts, _consistency, _last_line, dump_script, dump_warnings, parse_facts_file
-from ..psql import Psql
+from ..session import Session, scoped
+from ..settings import Settings
 from ..files import sha256_file
 
 
@@ -39,17 +41,24 @@ def fetch_line(path: str, offset: int, user: str | None = None) -> str:
 
 # ---- executor ---------------------------------------------------------------------------------
 
-def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None, transfer: str = "relay") -> DumpArtifacts | None:
+def run_dump_detached(settings: Settings, dest_dir: str, key: str, progress=None, say=None, transfer: str = "relay",
+                      session: Session | None = None) -> DumpArtifacts | None:
     """Dump on the source as a detached job and fetch it (``relay``) or have the target pull it
-    (``direct``). None when the source has no room for the dump file (the caller streams instead)."""
+    (``direct``). None when the source has no room for the dump file (the caller streams instead).
+    The source's cluster is the session's (``session``, else a new one): on the source's port, over a
+    connection of its own that masks the session's secrets."""
     say = say or (lambda m: None)
     progress = progress or (lambda done, total: None)
     from ..files import open_private, private_dir
 
-    db, port = settings.database, settings.source_port  # the source's cluster (pg_port is the target's)
-    host = Remote(settings.require_source())
+    stack = ExitStack()
+    sess, owned = scoped(settings, session)
+    if owned:
+        stack.callback(sess.close)
+    src = stack.enter_context(sess.own("source"))
+    db, port, host = settings.database, src.port, src.host  # the source's cluster (pg_port is the target's)
     try:
-        info = Psql(host, port).json(PROBE_SQL, db)
+        info = src.json(PROBE_SQL, db)
         major = int(info["server_version_num"]) // 10000
         pg_bin = f"/usr/lib/postgresql/{major}/bin"
         with_ts = bool(info.get("timescaledb"))
@@ -63,7 +72,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         elif st.active:
             say(f"dump: attaching to the detached pg_dump running on {host.name} ({job.dir})")
         else:
-            size = int(Psql(host, port).value(f"SELECT pg_database_size({mf_literal(db)});", db))
+            size = int(src.value(f"SELECT pg_database_size({mf_literal(db)});", db))
             ensure_dir(host, job.base, "0700", job.user)  # in postgres's home: no link followed as root
             avail = int(host.run(["df", "-B1", "--output=avail", job.base], sudo=True).stdout.split()[-1])
             if avail < size:
@@ -92,11 +101,13 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
 
         dest = private_dir(dest_dir)
         dump_path = dest / f"{db}.dump"
-        common = dict(source_host=host.name, database=db, pg_dump_version=pg_dump_version, consistency=_consistency(log))
+        common = dict(source_host=host.name, database=db, pg_dump_version=pg_dump_version,
+                      consistency=_consistency(log))
         if transfer == "direct":
-            on_target = _pull_direct(settings, key, remote_size, remote_sha, progress, say)
+            on_target = _pull_direct(settings, sess, key, remote_size, remote_sha, progress, say)
             if on_target:
-                doc = mf.build_manifest(facts, dump_file=dump_path.name, dump_size=remote_size, dump_sha256=remote_sha, **common)
+                doc = mf.build_manifest(facts, dump_file=dump_path.name, dump_size=remote_size, dump_sha256=remote_sha,
+                                        **common)
                 doc["dump"]["warnings"] = dump_warnings(log)
                 doc["dump"]["detached_job"] = job.dir
                 doc["dump"]["transfer"] = f"direct: the target pulled it from the source ({on_target})"
@@ -112,7 +123,8 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         if offset < remote_size:
             with (_append_private(partial) if offset else open_private(partial)) as sink:
                 res = host.stream_stdout(fetch_line(out_file, offset, user=job.user), sink,
-                                         progress=lambda d, t: progress(offset + d, remote_size), total=remote_size - offset)
+                                         progress=lambda d, t: progress(offset + d, remote_size),
+                                         total=remote_size - offset)
             if res.exit_code != 0:
                 raise OpsError(f"fetching the dump from {host.name} failed: {_last_line(res.stderr)}",
                                hint="re-run: the download continues where it stopped")
@@ -132,23 +144,21 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
         host.run(["rm", "-f", out_file, f"{job.dir}/facts.json"], user=job.user, check=False)
         return DumpArtifacts(str(dump_path), str(manifest_path), doc)
     finally:
-        host.close()
+        stack.close()
 
 
-def _pull_direct(settings, key: str, size: int, sha: str, progress, say) -> str | None:
+def _pull_direct(settings: Settings, sess: Session, key: str, size: int, sha: str, progress, say) -> str | None:
     """The target pulls the dump host to host; its path there, or None (said loudly) to relay instead."""
     from . import direct
 
-    tgt = Remote(settings.target)
     try:
-        path = direct.pull(settings, tgt, key, size, sha, progress=lambda d, t: progress(d, t), say=say)
-        say(f"dump: {size >> 20} MiB on {tgt.name} host to host, SHA-256 matches the source's")
-        return path
+        with sess.own("target") as tgt:
+            path = direct.pull(settings, tgt.host, key, size, sha, progress=lambda d, t: progress(d, t), say=say)
+            say(f"dump: {size >> 20} MiB on {tgt.host.name} host to host, SHA-256 matches the source's")
+            return path
     except OpsError as exc:
         say(direct.relay_warning(exc.one_line()))
         return None
-    finally:
-        tgt.close()
 
 
 def _append_private(path):

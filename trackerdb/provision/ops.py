@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from .. import compat, tls
 from ..errors import HostError, PreflightError, VerifyError
-from ..psql import Psql
-from ..remote import Remote
+from ..session import connect, target_cluster
 from ..safe_paths import ensure_dir
 from ..secrets import Secret, fetch_secret, mask
 from ..steps import Outcome, Step
 from . import apt, facts, pgconf, roles, volume
+from ..settings import Settings
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Facts:
     specs: list = field(default_factory=list)
 
 
-def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outcome:
+def provision(settings: Settings, dry_run: bool = False, progress=None, host=None) -> Outcome:
     """Bring the target to the runbook's target state. ``host`` is for tests (a Remote-like object)."""
     say = progress or (lambda msg: None)
     out = Outcome(f"provision {settings.target.name} ({settings.target.address})", dry_run=dry_run)
@@ -54,9 +54,10 @@ def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outc
     server_tls = None
     if settings.tls_secret_name:
         say("fetching PostgreSQL's certificate and key from Secrets Manager")
-        cert, key = tls.parse_bundle(settings.tls_secret_name, fetch_secret(settings, settings.tls_secret_name).reveal())
+        bundle = fetch_secret(settings, settings.tls_secret_name).reveal()
+        cert, key = tls.parse_bundle(settings.tls_secret_name, bundle)
         server_tls = (cert, Secret(settings.tls_secret_name, key))
-    remote = host or Remote(settings.target, secrets=[secret] + ([server_tls[1]] if server_tls else []))
+    remote = host or connect(settings.target, [secret] + ([server_tls[1]] if server_tls else []))
     try:
         Provisioner(settings, remote, out, dry_run, say, secret.reveal(), server_tls).run()
     finally:
@@ -66,7 +67,7 @@ def provision(settings, dry_run: bool = False, progress=None, host=None) -> Outc
 
 
 class Provisioner:
-    def __init__(self, settings, host, out: Outcome, dry_run: bool, say, password: str,
+    def __init__(self, settings: Settings, host, out: Outcome, dry_run: bool, say, password: str,
                  server_tls: tuple[str, Secret] | None = None):
         self.s = settings
         self.host = host
@@ -82,7 +83,7 @@ class Provisioner:
         return self.host.run(cmd, sudo=True, **kw)
 
     def pg(self, sql: str, check: bool = True):
-        return Psql.target(self.host, self.s).run(sql, check=check)
+        return target_cluster(self.host, self.s).run(sql, check=check)
 
     def step(self, name: str, changed: bool, detail: str, commands=(), apply=None) -> Step:
         shown = [mask(c if isinstance(c, str) else shlex.join(c), self._password) for c in commands]
@@ -100,7 +101,8 @@ class Provisioner:
         make the user, nobody but root can have put anything there."""
         return "postgres" if self.sh(["getent", "passwd", "postgres"], check=False).ok else None
 
-    def file_step(self, name: str, path: str, content: str, mode: str = "0644", owner: str = "root", group: str | None = None,
+    def file_step(self, name: str, path: str, content: str, mode: str = "0644", owner: str = "root",
+                  group: str | None = None,
                   user: str | None = None) -> bool:
         """``path`` holds ``content``; with ``user`` (its owner) read and written as that user, never as root."""
         current = self.host.read_file(path, user=user)
@@ -158,8 +160,10 @@ class Provisioner:
         self.say(f"looking for data volume {s.data_volume_id}")
         r = self.sh(facts.resolve_device(s.data_volume_by_id), check=False)
         if not r.ok or not r.stdout.strip():
-            raise PreflightError(f"data volume {s.data_volume_id} not found on {s.target.name}: no {s.data_volume_by_id}",
-                                 hint="check data_volume_id in the stack outputs and that the volume is attached to this instance")
+            raise PreflightError(f"data volume {s.data_volume_id} not found on {s.target.name}: no "
+                                 f"{s.data_volume_by_id}",
+                                 hint="check data_volume_id in the stack outputs and that the volume is attached "
+                                      "to this instance")
         f.device = r.stdout.strip()
         volume.check_size(int(self.sh(facts.size_bytes(f.device)).stdout.strip()), s.data_volume_size_gb, f.device)
         sr = self.sh(facts.serial(f.device), check=False)
@@ -172,7 +176,8 @@ class Provisioner:
         mnt = volume.parse_findmnt(self.sh(facts.findmnt(s.data_mount), check=False).stdout)
         f.mounted_here = volume.mount_is_device(mnt, f.device, f.majmin)
         if mnt and not f.mounted_here:
-            raise PreflightError(f"{s.data_mount} is already a mount of {mnt.get('source')}, not the data volume {f.device}",
+            raise PreflightError(f"{s.data_mount} is already a mount of {mnt.get('source')}, not the data "
+                                 f"volume {f.device}",
                                  hint="unmount it (and fix /etc/fstab) by hand after checking what it is")
         f.fstab = self.host.read_file("/etc/fstab") or ""
         in_fstab = bool(f.probe.uuid) and f"UUID={f.probe.uuid} " in f.fstab
@@ -180,12 +185,14 @@ class Provisioner:
         if f.probe.fstype and f.probe.label != volume.LABEL and not f.mounted_here and not in_fstab:
             peek = self.sh(volume.peek_command(f.probe.fstype, f.device), check=False)
             listing = peek.stdout.split() if peek.ok else ["(unreadable)"]
-        f.volume_action = volume.decide(f.probe, s.fs_type, f.device, mounted_here=f.mounted_here, in_fstab=in_fstab, listing=listing)
+        f.volume_action = volume.decide(f.probe, s.fs_type, f.device, mounted_here=f.mounted_here, in_fstab=in_fstab,
+                                        listing=listing)
         if not f.mounted_here:
             existing = self.sh(facts.dir_listing(s.data_mount)).stdout.split()
             if existing:
                 raise PreflightError(f"{s.data_mount} is not mounted but holds files ({', '.join(existing[:5])})",
-                                     hint="something wrote to the root disk there (a package's cluster?): move it away by hand first")
+                                     hint="something wrote to the root disk there (a package's cluster?): move it "
+                                          "away by hand first")
         # fstab conflicts are errors too: find them before changing anything
         if f.probe.uuid:
             volume.fstab_update(f.fstab, f.probe.uuid, s.data_mount, s.fs_type)
@@ -207,7 +214,8 @@ class Provisioner:
             has_key = self.host.exists(repo.keyring)
             self.step(f"keyring {repo.name}", not has_key, repo.keyring, [apt.key_install_command(repo)],
                       lambda repo=repo: self.sh(apt.key_install_command(repo), timeout=120))
-            changed |= self.file_step(f"apt source {repo.name}", repo.list_file, repo.source_line(codename)) or not has_key
+            listed = self.file_step(f"apt source {repo.name}", repo.list_file, repo.source_line(codename))
+            changed |= listed or not has_key
         if changed and not self.dry:
             self.sh(apt.update_command(), timeout=600)
         return changed
@@ -267,12 +275,14 @@ class Provisioner:
             self.step("xfsprogs", True, "install xfsprogs", [cmd], lambda: self.sh(cmd, timeout=600))
         if f.volume_action == "mkfs":
             self.step("format data volume", True, f"{dev} has no filesystem: mkfs {s.fs_type} label {volume.LABEL}",
-                      [volume.mkfs_command(s.fs_type, dev)], lambda: self.sh(volume.mkfs_command(s.fs_type, dev), timeout=900))
+                      [volume.mkfs_command(s.fs_type, dev)],
+                      lambda: self.sh(volume.mkfs_command(s.fs_type, dev), timeout=900))
         elif f.volume_action == "adopt":
             self.step("label data volume", True, f"empty {s.fs_type} on {dev}: label it {volume.LABEL}",
                       [volume.label_command(s.fs_type, dev)], lambda: self.sh(volume.label_command(s.fs_type, dev)))
         else:
-            self.step("format data volume", False, f"{dev} already has our {f.probe.fstype} filesystem (never reformatted)")
+            self.step("format data volume", False, f"{dev} already has our {f.probe.fstype} filesystem "
+                                                   "(never reformatted)")
         if f.volume_action != "use" and not self.dry:
             f.probe = volume.parse_blkid(self.sh(facts.blkid(dev)).stdout)
         uuid = f.probe.uuid or "<uuid after mkfs>"
@@ -297,7 +307,8 @@ class Provisioner:
         self.file_step("apt pins", apt.PIN_FILE, apt.pin_text(f.specs, f.chosen))
         names = [p.name for p in f.specs]
         installed = apt.parse_dpkg_status(self.sh(apt.dpkg_query_command(names)).stdout)
-        todo = [p.name for p in f.specs if p.name not in installed or (p.pinned and installed[p.name] != f.chosen[p.name])]
+        todo = [p.name for p in f.specs
+                if p.name not in installed or (p.pinned and installed[p.name] != f.chosen[p.name])]
         cmd = apt.install_command(f.specs, f.chosen)
         self.step("packages", bool(todo), f"install {' '.join(todo)}" if todo else "installed at the pinned versions",
                   [cmd], lambda: self.sh(cmd, timeout=1800))
@@ -310,12 +321,14 @@ class Provisioner:
             return
         st = self.sh(["stat", "-c", "%U:%G", s.data_mount]).stdout.strip()
         cmd2 = ["chown", "postgres:postgres", s.data_mount]
-        self.step("data mount owner", st != "postgres:postgres", f"{s.data_mount} owned by {st}", [cmd2], lambda: self.sh(cmd2))
+        self.step("data mount owner", st != "postgres:postgres", f"{s.data_mount} owned by {st}", [cmd2],
+                  lambda: self.sh(cmd2))
 
     # ---- cluster ---------------------------------------------------------------------------
     def clusters(self) -> list[dict]:
         r = self.sh("command -v pg_lsclusters >/dev/null && pg_lsclusters -h || true")
-        return [c for c in facts.parse_lsclusters(r.stdout) if c["version"] == str(self.s.postgres_major) and c["cluster"] == "main"]
+        return [c for c in facts.parse_lsclusters(r.stdout)
+                if c["version"] == str(self.s.postgres_major) and c["cluster"] == "main"]
 
     def cluster_exists(self) -> bool:
         return bool(self.clusters())
@@ -326,7 +339,8 @@ class Provisioner:
         if found:
             if found[0]["datadir"].rstrip("/") != s.cluster_dir:
                 raise HostError(f"cluster {s.postgres_major}/main exists at {found[0]['datadir']}, not {s.cluster_dir}",
-                                hint="it is not on the data volume: inspect and move it by hand (never dropped automatically)")
+                                hint="it is not on the data volume: inspect and move it by hand (never dropped "
+                                     "automatically)")
             self.step("cluster", False, f"{s.postgres_major}/main at {s.cluster_dir}")
             return
         cmd = pgconf.createcluster_command(s)
@@ -335,7 +349,8 @@ class Provisioner:
             self.require_mount()  # the guard the runbook is about: never a cluster on the root disk
             self.sh(cmd, timeout=600)
 
-        self.step("cluster", True, f"create {s.postgres_major}/main at {s.cluster_dir} (after checking the mount)", [cmd], create)
+        self.step("cluster", True, f"create {s.postgres_major}/main at {s.cluster_dir} (after checking the mount)",
+                  [cmd], create)
 
     def configure(self) -> tuple[set, bool]:
         s, f = self.s, self.f
@@ -349,11 +364,13 @@ class Provisioner:
         current_main = self.host.read_file(main_conf, user=pg)
         if current_main is not None and not pgconf.includes_conf_d(current_main):
             # a cluster made without the packaged createcluster.conf lacks the include: add only that line
-            self.file_step("conf.d include", main_conf, current_main + "include_dir = 'conf.d'\n", owner="postgres", user=pg)
+            self.file_step("conf.d include", main_conf, current_main + "include_dir = 'conf.d'\n", owner="postgres",
+                           user=pg)
             changed_keys = _changed_keys(None, want)
         tls_changed = self.server_certificate()
         self.file_step("conf.d drop-in", path, want, owner="postgres", user=pg)
-        hba_changed = self.file_step("pg_hba", pgconf.hba_path(s), pgconf.hba_text(s), mode="0640", owner="postgres", user=pg)
+        hba_changed = self.file_step("pg_hba", pgconf.hba_path(s), pgconf.hba_text(s), mode="0640", owner="postgres",
+                                     user=pg)
         # a new certificate at an unchanged path is read on reload (ssl settings are sighup since PG 10)
         return changed_keys, hba_changed or tls_changed
 
@@ -385,7 +402,8 @@ class Provisioner:
 
         self.step("tls certificate", True,
                   f"install {crt_path} and {key_path} (mode 0600) from {s.tls_secret_name}",
-                  [f"install -d -m 0700 {d}", f"write {key_path} (0600, content not shown)", f"write {crt_path}"], write)
+                  [f"install -d -m 0700 {d}", f"write {key_path} (0600, content not shown)", f"write {crt_path}"],
+                  write)
         return True
 
     def service(self, changed_keys: set, hba_changed: bool) -> None:
@@ -402,7 +420,8 @@ class Provisioner:
             restart_keys = changed_keys & set(rows)
         if restart_keys:
             cmd = pgconf.ctl_command(s, "restart")
-            self.step("server", True, f"restart for {', '.join(sorted(restart_keys))}", [cmd], lambda: self.sh(cmd, timeout=300))
+            self.step("server", True, f"restart for {', '.join(sorted(restart_keys))}", [cmd],
+                      lambda: self.sh(cmd, timeout=300))
         elif changed_keys or hba_changed:
             cmd = pgconf.ctl_command(s, "reload")
             self.step("server", True, "reload", [cmd], lambda: self.sh(cmd, timeout=120))
@@ -425,14 +444,17 @@ class Provisioner:
             problems.append("timescaledb is not in shared_preload_libraries")
         if problems:
             raise VerifyError("installed versions differ from the settings: " + "; ".join(problems),
-                              hint="check the package source and pins; the source and target must run the same versions")
+                              hint="check the package source and pins; "
+                                   "the source and target must run the same versions")
         num = int(rows["server"])
         compat.check(f"{s.target.name} (running)", compat.pg_version_from_num(num), rows.get("timescaledb"))
         if not apt.same_version(s.postgres_version, compat.pg_version_from_num(num)):
             raise VerifyError(f"the server runs PostgreSQL {num // 10000}.{num % 10000}, the settings want "
-                              f"{s.postgres_version}", hint="check the package pins (apt-cache policy postgresql-"
-                                                            f"{s.postgres_major}) and restart the cluster")
-        self.step("versions", False, f"PostgreSQL {num // 10000}.{num % 10000}, TimescaleDB {rows['timescaledb']}, PostGIS {rows['postgis']}")
+                              f"{s.postgres_version}",
+                              hint=f"check the package pins (apt-cache policy postgresql-{s.postgres_major}) "
+                                   "and restart the cluster")
+        self.step("versions", False, f"PostgreSQL {num // 10000}.{num % 10000}, TimescaleDB {rows['timescaledb']}, "
+                                     f"PostGIS {rows['postgis']}")
 
     def role(self) -> None:
         s = self.s
@@ -446,15 +468,18 @@ class Provisioner:
         verifier = roles.scram_verifier(self._password)
         sql = roles.role_sql(s.owner_role, verifier, create=not exists)
         what = "create" if not exists else "update password of"
-        self.step("role", True, f"{what} {s.owner_role} (password from {s.app_secret_name}, sent as a SCRAM verifier on stdin)",
-                  [f"{shlex.join(Psql.target(self.host, s).argv())} <<< '{'CREATE' if not exists else 'ALTER'} ROLE ... PASSWORD ***'"],
-                  lambda: Psql.target(self.host, s).run(sql, sensitive=(verifier,)))
+        self.step("role", True, f"{what} {s.owner_role} (password from {s.app_secret_name}, sent as a SCRAM "
+                                "verifier on stdin)",
+                  [f"{shlex.join(target_cluster(self.host, s).argv())} <<< '{'CREATE' if not exists else 'ALTER'} ROLE "
+                   "... PASSWORD ***'"],
+                  lambda: target_cluster(self.host, s).run(sql, sensitive=(verifier,)))
 
     def verify_placement(self) -> None:
         s = self.s
         rows = facts.parse_kv_rows(self.pg(facts.VERSIONS_SQL).stdout)
         if rows.get("data_directory", "").rstrip("/") != s.cluster_dir:
-            raise VerifyError(f"data_directory is {rows.get('data_directory')}, not {s.cluster_dir}", hint="inspect the cluster")
+            raise VerifyError(f"data_directory is {rows.get('data_directory')}, not {s.cluster_dir}",
+                              hint="inspect the cluster")
         self.require_mount()
         self.step("placement", False, f"data_directory {s.cluster_dir} on {self.f.device} mounted at {s.data_mount}")
 

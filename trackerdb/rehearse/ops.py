@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 from ..errors import OpsError
+from ..psql import Psql
 from . import report as rp
 from .report_html import render_html
+from ..settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,14 +40,12 @@ def _flat(facts: dict) -> dict:
     return {k: v for k, v in (facts or {}).items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
-def table_counts(remote, database: str, port: int, tables) -> dict[str, int]:
-    """count(*) of each of ``tables`` on one host (read-only; works on a frozen source)."""
-    from ..psql import Psql
-
+def table_counts(psql: Psql, database: str, tables) -> dict[str, int]:
+    """count(*) of each of ``tables`` on one cluster (read-only; works on a frozen source)."""
     TABLES = tuple(tables)
 
     sql = "SELECT json_build_object(" + ", ".join(f"'{t}', (SELECT count(*) FROM {t})" for t in TABLES) + ")"
-    return {k: int(v) for k, v in (Psql(remote, port).json(sql, database) or {}).items()}
+    return {k: int(v) for k, v in (psql.json(sql, database) or {}).items()}
 
 
 def split_journal(records: list[dict]) -> list[dict]:
@@ -71,9 +71,8 @@ ACKED_ON_TARGET_SQL = ("SELECT json_build_object('found', count(*)) FROM tracker
                        "WHERE device_id = {device} AND reported_at = ANY({arr}::timestamptz[])")
 
 
-def acked_rows_on_target(remote, database: str, acks: list[dict], port: int) -> int:
-    """How many of the writer's acknowledged rows the target holds (each ack's device and reported_at)."""
-    from ..psql import Psql
+def acked_rows_on_target(psql: Psql, database: str, acks: list[dict]) -> int:
+    """How many of the writer's acknowledged rows a cluster holds (each ack's device and reported_at)."""
     from ..sql import literal
 
     found = 0
@@ -82,7 +81,7 @@ def acked_rows_on_target(remote, database: str, acks: list[dict], port: int) -> 
         by_device.setdefault(int(a.get("device", 1)), []).append(str(a["reported_at"]))
     for device, stamps in by_device.items():
         arr = literal("{" + ",".join('"' + s + '"' for s in stamps) + "}")
-        found += int((Psql(remote, port).json(ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database) or {}).get("found", 0))
+        found += int((psql.json(ACKED_ON_TARGET_SQL.format(device=device, arr=arr), database) or {}).get("found", 0))
     return found
 
 
@@ -90,7 +89,7 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
     """The cutover's verification, as table rows: each verify pass, plus the post-cutover checks."""
     from ..cutover import phases as ph
 
-    states = {}
+    states: dict = {}
     for r in records:
         states.setdefault(r.get("phase"), {}).update(r.get("facts") or {})
     rows = []
@@ -98,19 +97,22 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
     for label in ("manifest", "source"):
         if label in v and isinstance(v[label], dict):
             failed = v[label].get("failed") or []
-            rows.append({"name": f"verify against the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
+            rows.append({"name": "verify against the "
+                                 f"{'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
                          "ok": not failed, "observed": f"{v[label].get('checks')} checks, {len(failed)} failed",
                          "expected": "0 failed", "evidence": "; ".join(failed[:5]) or "trackerdb.migrate.verify"})
             content = v[label].get("content")
             # where the content was compared and what it cost; a note (the window's own dump takes no digests) is no row
             if isinstance(content, dict) and not content.get("note"):
-                rows.append({"name": f"content compared by digest ({'dump manifest' if label == 'manifest' else 'frozen source'})",
+                rows.append({"name": "content compared by digest "
+                                     f"({'dump manifest' if label == 'manifest' else 'frozen source'})",
                              "ok": bool(content.get("ok")), "observed": str(content.get("observed"))[:300],
                              "expected": str(v.get("content_path") or "every table and chunk range equal")[:300],
                              "evidence": "trackerdb.migrate.content"})
             priv = v[label].get("privileges")
             if isinstance(priv, dict):
-                rows.append({"name": f"owners and privileges equal to the {'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
+                rows.append({"name": "owners and privileges equal to the "
+                                     f"{'dump manifest' if label == 'manifest' else 'frozen source (live)'}",
                              "ok": bool(priv.get("ok")), "observed": str(priv.get("observed")), "expected": "0 differ",
                              "evidence": "; ".join(f for f in failed if f.startswith("owner/privileges of "))[:300]
                                          or "trackerdb.migrate.privileges, object by object"})
@@ -123,8 +125,8 @@ def verification_rows(summary: dict, records: list[dict]) -> list[dict]:
         rows.append({"name": "backrest.check after the cutover", "ok": post["backrest_check"] == "ok",
                      "observed": str(post["backrest_check"]), "expected": "ok", "evidence": "phase post"})
     if summary.get("verification") and not rows:
-        rows.append({"name": "cutover verify phase", "ok": summary["verification"] == "ok", "observed": summary["verification"],
-                     "expected": "ok", "evidence": "cutover summary"})
+        rows.append({"name": "cutover verify phase", "ok": summary["verification"] == "ok",
+                     "observed": summary["verification"], "expected": "ok", "evidence": "cutover summary"})
     return rows
 
 
@@ -151,7 +153,7 @@ def _journal_facts(path: Path) -> dict:
     return Journal(path).facts() if Path(path).exists() else {}
 
 
-def write_reports(result: dict, settings, say) -> dict:
+def write_reports(result: dict, settings: Settings, say) -> dict:
     """Write report.json/html to the state dir, run signoff against the fresh report, write again, copy out."""
     state_dir = Path(settings.state_dir) if settings else Path("artifacts")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +190,8 @@ def _write(state_dir: Path, rep: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Rebuild report.json/html from a saved rehearsal-result.json: ``python -m trackerdb.rehearse.ops RESULT OUT_DIR``."""
+    """Rebuild report.json/html from a saved rehearsal-result.json:
+    ``python -m trackerdb.rehearse.ops RESULT OUT_DIR``."""
     if len(argv) != 3:
         print(main.__doc__)
         return 2

@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import OpsError
+from ..psql import Psql
+from ..session import Session, cluster
+from ..settings import Settings
 
 
 def _err(fact) -> str | None:
@@ -62,7 +65,7 @@ def _safe(fn, *args, **kw):
         return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
 
 
-def _fetch_instance(settings) -> dict:
+def _fetch_instance(settings: Settings) -> dict:
     from ..aws import client
 
     resp = client(settings, "ec2").describe_instances(InstanceIds=[settings.outputs["instance_id"]])
@@ -74,7 +77,7 @@ def _fetch_instance(settings) -> dict:
             "az": i.get("Placement", {}).get("AvailabilityZone")}
 
 
-def _target_ssh(remote, settings) -> dict:
+def _target_ssh(remote, settings: Settings) -> dict:
     res = remote.run("hostname; cut -d' ' -f1 /proc/uptime", timeout=30)
     lines = res.stdout.split()
     return {"address": settings.target.address, "user": settings.target.user, "hostname": lines[0] if lines else "?",
@@ -88,10 +91,8 @@ VERSIONS_SQL = ("SELECT json_build_object('postgres_major', current_setting('ser
                 " 'database', current_database())")
 
 
-def _psql_json(remote, sql: str, database: str, port: int):
-    from ..psql import Psql
-
-    return Psql(remote, port).json(sql, database)
+def _psql_json(psql: Psql, sql: str, database: str):
+    return psql.json(sql, database)
 
 
 AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('server_version_num')::int / 10000,"
@@ -101,64 +102,67 @@ AVAILABLE_SQL = ("SELECT json_build_object('postgres_major', current_setting('se
                  " 'database', 'packages only (no tracker database yet)')")
 
 
-def _installed(remote, settings) -> dict:
+def _installed(psql: Psql, settings: Settings) -> dict:
     """Versions in the tracker database when it exists, else what the installed packages provide."""
     try:
-        got = _psql_json(remote, VERSIONS_SQL, settings.database, settings.pg_port)
+        got = _psql_json(psql, VERSIONS_SQL, settings.database)
     except OpsError:
         got = None
-    avail = _psql_json(remote, AVAILABLE_SQL, "postgres", settings.pg_port)
+    avail = _psql_json(psql, AVAILABLE_SQL, "postgres")
     return got if got and got.get("timescaledb") else avail
 
 
 ARCHIVER_SQL = ("SELECT json_build_object('archived_count', archived_count, 'last_archived_wal', last_archived_wal,"
-                " 'last_archived_time', last_archived_time, 'failed_count', failed_count, 'last_failed_wal', last_failed_wal,"
+                " 'last_archived_time', last_archived_time, 'failed_count', failed_count, 'last_failed_wal', "
+                "last_failed_wal,"
                 " 'last_failed_time', last_failed_time, 'archive_mode', current_setting('archive_mode'),"
                 " 'archive_command', current_setting('archive_command'),"
-                " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM pg_stat_archiver")
+                " 'ready_files', (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')) FROM "
+                "pg_stat_archiver")
 
 
-def _jobs(remote, settings, port: int):
+def _jobs(psql: Psql, settings: Settings):
     """TimescaleDB's jobs and the scheduler's record of them (reads only); [] without the extension."""
     from ..migrate.job_proof import jobs_sql
 
-    has = _psql_json(remote, "SELECT json_build_object('ts', EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'))",
-                     settings.database, port)
-    return _psql_json(remote, jobs_sql(), settings.database, port) if has.get("ts") else []
+    has = _psql_json(psql, "SELECT json_build_object('ts', EXISTS (SELECT 1 FROM pg_extension "
+                           "WHERE extname = 'timescaledb'))", settings.database)
+    return _psql_json(psql, jobs_sql(), settings.database) if has.get("ts") else []
 
 
-def _archiver(remote, settings) -> dict:
-    return _psql_json(remote, ARCHIVER_SQL, "postgres", settings.pg_port)
+def _archiver(psql: Psql, settings: Settings) -> dict:
+    return _psql_json(psql, ARCHIVER_SQL, "postgres")
 
 
-def _data_mount(remote, settings) -> dict:
+def _data_mount(remote, settings: Settings) -> dict:
     import shlex
 
     mount, by_id = settings.data_mount, settings.data_volume_by_id
-    res = remote.run(f"findmnt -J -b -o TARGET,SOURCE,FSTYPE,SIZE --mountpoint {shlex.quote(mount)}", check=False, timeout=30)
+    res = remote.run(f"findmnt -J -b -o TARGET,SOURCE,FSTYPE,SIZE --mountpoint {shlex.quote(mount)}", check=False,
+                     timeout=30)
     vol = remote.run(f"readlink -f {shlex.quote(by_id)}", check=False, timeout=30).stdout.strip()
-    vol = vol if vol and vol != by_id and remote.run(f"test -b {shlex.quote(vol)}", check=False).exit_code == 0 else None
+    is_block = bool(vol) and vol != by_id and remote.run(f"test -b {shlex.quote(vol)}", check=False).exit_code == 0
+    vol = vol if is_block else None
     if res.exit_code != 0 or not res.stdout.strip():
         return {"mounted": False, "volume_device": vol}
     fs = (json.loads(res.stdout).get("filesystems") or [{}])[0]
     dev = fs.get("source") or ""
-    real = remote.run(f"readlink -f {shlex.quote(dev)}", check=False, timeout=30).stdout.strip() if dev.startswith("/") else dev
-    return {"mounted": True, "device": real, "volume_device": vol, "fstype": fs.get("fstype"), "size_bytes": int(fs.get("size") or 0)}
+    real = dev
+    if dev.startswith("/"):
+        real = remote.run(f"readlink -f {shlex.quote(dev)}", check=False, timeout=30).stdout.strip()
+    return {"mounted": True, "device": real, "volume_device": vol, "fstype": fs.get("fstype"),
+            "size_bytes": int(fs.get("size") or 0)}
 
 
-def _backrest(settings) -> dict:
+def _backrest(settings: Settings) -> dict:
     try:
         from ..backrest import ops as brops
     except ImportError:
         return {"error": "trackerdb.backrest.ops is not available in this checkout"}
-    result = brops.check(settings)
-    checks = result if isinstance(result, list) else (result.get("checks") if isinstance(result, dict) else getattr(result, "checks", None))
-    if checks is None:
-        return {"error": f"backrest check returned {type(result).__name__}"}
-    return {"checks": [asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c) for c in checks]}
+    return {"checks": [asdict(c) for c in brops.check(settings)]}  # a list of steps.Check (dataclasses)
 
 
-def _report(settings) -> dict:
+def _report(settings: Settings) -> dict:
     path = Path(settings.state_dir) / "report.json"
     if not path.is_file():
         return {"path": str(path), "exists": False}
@@ -166,7 +170,7 @@ def _report(settings) -> dict:
     return data | {"path": str(path), "exists": True, "mtime": path.stat().st_mtime}
 
 
-def _cutover_plan(settings) -> dict:
+def _cutover_plan(settings: Settings) -> dict:
     try:
         from ..cutover import ops as cops
     except ImportError:
@@ -176,7 +180,7 @@ def _cutover_plan(settings) -> dict:
     return {"decision_point": plan.get("rollback_decision_point") or "", "phases": len(plan.get("plan") or [])}
 
 
-def _secret_scan(settings, root: Path = ROOT) -> dict:
+def _secret_scan(settings: Settings, root: Path = ROOT) -> dict:
     from ..secrets import fetch_secret
 
     values, unavailable = {}, []
@@ -200,21 +204,20 @@ def _secret_scan(settings, root: Path = ROOT) -> dict:
             continue
         hits += scan_text(rel, text, values)
     values.clear()
-    return {"files": len(files), "hits": hits, "secrets_checked": sorted(set([settings.cipher_secret_name, settings.app_secret_name]) - set(unavailable)),
-            "secrets_unavailable": unavailable}
+    checked = sorted({settings.cipher_secret_name, settings.app_secret_name} - set(unavailable))
+    return {"files": len(files), "hits": hits, "secrets_checked": checked, "secrets_unavailable": unavailable}
 
 
-def _decisions(settings) -> dict:
+def _decisions(settings: Settings) -> dict:
     p = Path(settings.state_dir) / DECISIONS_FILE
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _rollback_window(settings, journal_path=None) -> dict:
+def _rollback_window(settings: Settings, journal_path=None) -> dict:
     """The cutover journal's capture and finish records, and the rollback slots on the target."""
     from ..cutover import capture as cp
     from ..cutover.journal import Journal
     from ..cutover.ops import default_journal
-    from ..remote import Remote
 
     path = Path(journal_path) if journal_path else default_journal(settings)
     out: dict = {"journal": str(path), "exists": path.is_file()}
@@ -226,48 +229,48 @@ def _rollback_window(settings, journal_path=None) -> dict:
                 "finish": dict(fin.facts) if fin is not None and fin.done else None,
                 "capture_end": dict(end.facts) if end is not None and end.done else None,
                 "rolled_back": bool(rb is not None and rb.done)}
-    with Remote(settings.target) as tgt:
-        out["slots"] = cp.watched_slots(tgt, settings.pg_port)
+    with Session(settings) as sess:
+        out["slots"] = cp.watched_slots(cluster(sess.remote("target"), settings.pg_port))
     return out
 
 
-def gather(settings, progress=None, journal_path=None) -> dict:
+def gather(settings: Settings, progress=None, journal_path=None) -> dict:
     """Read every fact the checklist needs. Reads only; nothing on any host changes."""
-    from ..remote import Remote
-
     say = progress or (lambda m: None)
     facts: dict = {}
     if not settings.is_lab:
         say("describing the instance")
         facts["instance"] = _safe(_fetch_instance, settings)
     say(f"SSH to the target {settings.target.address}")
+    sess = Session(settings)
     try:
-        remote = Remote(settings.target)
+        remote = sess.remote("target")
     except Exception as exc:  # noqa: BLE001
         remote, facts["target_ssh"] = None, {"error": str(exc)[:200]}
     if remote is not None:
         try:
+            tp = cluster(remote, settings.pg_port)
             facts["target_ssh"] = _safe(_target_ssh, remote, settings)
             reachable = not _err(facts["target_ssh"])
             gone = {"error": "target not reachable over SSH"}
-            facts["installed"] = _safe(_installed, remote, settings) if reachable else gone
-            facts["archiver"] = _safe(_archiver, remote, settings) if reachable else gone
+            facts["installed"] = _safe(_installed, tp, settings) if reachable else gone
+            facts["archiver"] = _safe(_archiver, tp, settings) if reachable else gone
             facts["data_mount"] = _safe(_data_mount, remote, settings) if reachable else gone
-            facts["jobs"] = _safe(_jobs, remote, settings, settings.pg_port) if reachable else gone
+            facts["jobs"] = _safe(_jobs, tp, settings) if reachable else gone
         finally:
-            remote.close()
+            sess.close()
     if settings.source is not None and not settings.source_decommissioned:
         say("source versions")
 
         def _src():
-            with Remote(settings.source) as r:
-                return _psql_json(r, VERSIONS_SQL, settings.database, settings.source_port)
+            with sess.own("source") as sp:
+                return _psql_json(sp, VERSIONS_SQL, settings.database)  # the source cluster, on its port
 
         facts["source_versions"] = _safe(_src)
 
         def _src_jobs():
-            with Remote(settings.source) as r:
-                return _jobs(r, settings, settings.source_port)
+            with sess.own("source") as sp:
+                return _jobs(sp, settings)
 
         facts["source_jobs"] = _safe(_src_jobs)
     say("pgBackRest check")
@@ -283,10 +286,11 @@ def gather(settings, progress=None, journal_path=None) -> dict:
     return facts
 
 
-def agreed_versions(settings) -> dict:
-    return {"postgres_major": settings.postgres_major, "postgis": settings.postgis_version, "timescaledb": settings.timescaledb_version}
+def agreed_versions(settings: Settings) -> dict:
+    return {"postgres_major": settings.postgres_major, "postgis": settings.postgis_version,
+            "timescaledb": settings.timescaledb_version}
 
 
-def declared_disks(settings) -> dict:
+def declared_disks(settings: Settings) -> dict:
     return {"root_gb": int(settings.outputs.get("root_volume_size_gb") or 0), "data_gb": settings.data_volume_size_gb,
             "mount": settings.data_mount, "by_id": settings.data_volume_by_id}
