@@ -159,8 +159,7 @@ def test_the_rank_check_sees_a_lazy_import_upwards():
 MAKERS = {"trackerdb/session.py"}
 #: modules of other parts of issue 26 still calling the ``Psql.target``/``Psql.source`` shorthands; each goes to
 #: ``session.target_cluster``/``source_cluster`` (or the session's ``psql``) and leaves this set, which only shrinks
-SHORTHANDS_LEFT = {"trackerdb/cutover/phases.py", "trackerdb/migrate/job_proof.py", "trackerdb/migrate/kept_aside.py",
-                   "trackerdb/migrate/restore.py", "trackerdb/migrate/restore_plan.py", "trackerdb/migrate/verify.py"}
+SHORTHANDS_LEFT = {"trackerdb/cutover/phases.py"}
 
 
 def _name(node) -> str | None:

@@ -215,9 +215,8 @@ BEFORE_SWITCH = {RETENTION: "retention deferred until after the switch (made due
 def prove_on_target(settings: Settings, *, skip=None, defer=None, expected=None, say=lambda m: None, session=None,
                     wait_s: float = WAIT_S) -> tuple[list[Check], list[str]]:
     """:func:`prove` on the target's ``settings.database`` over the session's connection."""
-    from ..psql import Psql
-    from ..session import connection
+    from ..session import connection, target_cluster
 
     with connection(settings, session) as (_, t):
-        return prove(Psql.target(t, settings), settings.database, skip=skip, defer=defer, expected=expected,
+        return prove(target_cluster(t, settings), settings.database, skip=skip, defer=defer, expected=expected,
                      say=say, wait_s=wait_s)

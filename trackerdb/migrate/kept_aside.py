@@ -22,7 +22,7 @@ from .. import capture_registry as reg
 from ..errors import OpsError, PreflightError
 from ..files import private_dir
 from ..psql import Psql
-from ..session import connection
+from ..session import connection, target_cluster
 from ..sql import ident
 from . import toc
 
@@ -165,7 +165,7 @@ def drop_kept_aside(settings: Settings, name: str, dry_run: bool = False, progre
     """Drop the kept-aside database ``name`` (a person named it); journaled; refuses as :func:`check_drop`."""
     say = progress or (lambda m: None)
     with connection(settings, session) as (_, t):
-        psql = Psql.target(t, settings)
+        psql = target_cluster(t, settings)
         kept = check_drop(name, settings.database, read_facts(psql), datetime.now(timezone.utc))
         what = f"{name} (kept aside {kept['kept_at']}, {toc.human_bytes(kept['size'])})"
         if dry_run:

@@ -28,8 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import PreflightError
-from ..psql import Psql
-from ..session import scoped
+from ..session import scoped, target_cluster
 from ..steps import Outcome, Step
 from . import manifest as mf
 from . import privileges as pv
@@ -101,7 +100,7 @@ def restore(settings: Settings, source: DumpSource, manifest_path: str | None = 
     rsrc.check_dump(ctx)  # no host yet
     sess, owned = scoped(settings, session)
     ctx.t = sess.remote("target")
-    ctx.psql = Psql.target(ctx.t, settings)
+    ctx.psql = target_cluster(ctx.t, settings)
     try:
         preflight(ctx)
         for name in stage_names(ctx.source, ctx.opts, ready=ctx.ready, attach=ctx.attach):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import compat
 from ..errors import OpsError, PreflightError
 from ..psql import Psql
-from ..session import connection
+from ..session import connection, target_cluster
 from . import kept_aside as ka
 from . import manifest as mf
 from . import sqltext as sq
@@ -223,7 +223,7 @@ def preflight_target(settings: Settings, session=None) -> dict:
     """The refusals that need no dump (used by the cutover before it freezes the source): the target
     answers, TimescaleDB there is the configured version, no foreign staging database is in the way."""
     with connection(settings, session) as (_, t):
-        tf = Psql.target(t, settings).json(TARGET_FACTS_SQL)
+        tf = target_cluster(t, settings).json(TARGET_FACTS_SQL)
     want = settings.timescaledb_version
     if tf.get("timescaledb_default") != want:
         raise PreflightError(f"TimescaleDB on the target is {tf.get('timescaledb_default') or 'not installed'}, "
@@ -248,7 +248,7 @@ def preflight_from_source(settings: Settings, source_facts: dict, session=None, 
     db_bytes = source_facts["database"]["size_bytes"]
     problems, plan = [], {}
     with connection(settings, session) as (_, t):
-        psql = Psql.target(t, settings)
+        psql = target_cluster(t, settings)
         try:
             tf = psql.json(TARGET_FACTS_SQL)
         except OpsError as exc:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import OpsError
-from ..session import scoped
+from ..session import scoped, target_cluster
 from ..steps import Check
 from . import app_probe
 from . import dump_digests as dd
@@ -19,7 +19,6 @@ from . import manifest as mf
 from . import privileges as pv
 from . import sqltext as sq
 from .content import content_checks
-from ..psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
 
 if TYPE_CHECKING:
@@ -301,7 +300,7 @@ def run_verify(
     sess, owned = scoped(settings, session)
     t = sess.remote("target")
     try:
-        psql = Psql.target(t, settings)
+        psql = target_cluster(t, settings)
         try:
             server = psql.json(server_sql(db))
         except OpsError as exc:
