@@ -221,7 +221,7 @@ def test_run_restore_refuses_a_missing_owner_map_role_before_anything_runs(tmp_p
     mp = tmp_path / "tracker.manifest.json"
     mp.write_text(json.dumps(manifest()))
     remote, psql = FakeRemote(), FakePsql(target())
-    monkeypatch.setattr(rs, "Psql", SimpleNamespace(target=lambda t, s: psql))
+    monkeypatch.setattr(rs, "target_cluster", lambda t, s: psql)
     session = SimpleNamespace(remote=lambda which: remote)
     s = SimpleNamespace(database="tracker", target=SimpleNamespace(name="target"), pg_bin="/usr/lib/postgresql/16/bin",
                         owner_map=MAP, owner_role="tracker", postgres_major=16, data_mount="/var/lib/postgresql",
