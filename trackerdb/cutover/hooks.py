@@ -35,11 +35,6 @@ from ..errors import ConfigError, OpsError, PreflightError, VerifyError
 
 APP_STOP, APP_START, HEALTH = "app_stop", "app_start", "health"
 ROLLBACK_START = "rollback_app_start"
-TITLES = {
-    APP_STOP: "stop the application (configured steps, each after its drain probe), before the freeze",
-    APP_START: "start the application against the target (configured steps)",
-    HEALTH: "application health checks pass",
-}
 HINT = "see trackerdb.application in invoke.yaml (README: Application hooks)"
 
 

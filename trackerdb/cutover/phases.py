@@ -1,15 +1,15 @@
-"""The seven cutover phases. Each is ``fn(ctx, resume: bool) -> facts`` and safe to call again.
+"""The thirteen cutover phases, in one table (``TABLE``, runbook order; ``table.Phase`` says what a row holds).
 
-``ctx`` carries Settings, the journal, the dump directory, progress and the facts of earlier phases. A phase
-that changes something notes what it needs for a safe re-run (or a rollback) in the journal *before* the
-change. The executors of other areas (dump, restore, verify, pgBackRest) are imported when used.
+Each phase is ``fn(ctx, resume: bool) -> facts`` and safe to call again. ``ctx`` (``context.Ctx``) carries
+Settings, the journal, the dump directory, progress and the typed facts of earlier phases (``facts.py``). A
+phase that changes something notes what it needs for a safe re-run (or a rollback) in the journal *before*
+the change. The executors of other areas (dump, restore, verify, pgBackRest) are imported when used.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OpsError, PreflightError, VerifyError
@@ -18,71 +18,20 @@ from . import freeze as fz
 from . import hooks as hk
 from . import progress as pg
 from . import switch as sw
-from .app_path import app_path_check  # noqa: F401  (post() calls it; tests import it from here)
-from .journal import Journal
+from .app_path import app_path_check
+from . import context as cx
+from .context import Ctx, rollback_decision_point
+from . import facts as fc
+from .facts import CopyPath, Dump
+from .table import Phase
 from ..psql import Psql
-from ..session import Session
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
 PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
-PHASES = [PREFLIGHT, PREPARE, APP_STOP, FREEZE, DELTA, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST, FINAL_DUMP]
-PATH_DELTA, PATH_FULL = "delta", "full"
-DESTRUCTIVE = {FREEZE, DELTA, RESTORE, SWITCH}
-TITLES = {
-    PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
-    FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
-    PREPARE: "1a pre-copy path: fingerprints of every chunk and table on both hosts, and a first copy of what differs, before the outage",
-    DELTA: "2b pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of every chunk and table)",
-    DUMP: "3 final dump with manifest (full path; the pre-copy path takes it in phase 8)",
-    RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
-    VERIFY: "5 verify against the manifest and live against the frozen source",
-    SWITCH: "6 switch the application to the target",
-    POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
-    FINAL_DUMP: "8 pre-copy path: the final full dump for safety, from the still-frozen source, after the switch",
-    APP_STOP: "1b " + hk.TITLES[hk.APP_STOP],
-    APP_START: "6b " + hk.TITLES[hk.APP_START],
-    HEALTH: "6c " + hk.TITLES[hk.HEALTH],
-}
+PATH_DELTA, PATH_FULL = CopyPath.DELTA, CopyPath.FULL
 READ_ONLY_SETTING = "default_transaction_read_only"
-
-
-@dataclass
-class Ctx:
-    settings: object
-    journal: Journal
-    dump_dir: Path
-    progress: object = None
-    session: Session = None  # the task's: one connection per host, each secret fetched once
-    full: bool = False  # --full: the full dump path whatever the pre-copy
-
-    def __post_init__(self):
-        if self.session is None:
-            self.session = Session(self.settings)
-
-    @property
-    def secrets(self) -> list:
-        return self.session.secrets
-
-    def say(self, msg: str) -> None:
-        if self.progress:
-            self.progress(msg)
-
-    def facts(self, phase: str) -> dict:
-        return self.journal.state(phase).facts
-
-    def remote(self, which: str):
-        return self.session.remote(which)
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def rollback_decision_point(journal_path) -> str:
-    return ("ROLLBACK DECISION POINT: until phase 6 (switch) completes, rollback only makes the source writable again "
-            "(nothing was written anywhere else). After the switch, rollback also exports the rows written on the "
-            "target and can replay them on the source. Decide before the source is decommissioned. "
-            f"Command: invoke rollback --journal {journal_path}   (add --replay to apply the exported rows)")
+__all__ = ["Ctx", "app_path_check", "rollback_decision_point"]  # imported from here by post(), tests, the rehearsal
 
 
 # ---- 1 preflight -------------------------------------------------------------------------------
@@ -168,32 +117,32 @@ def _restore_preflight(ctx: Ctx) -> dict:
 def freeze(ctx: Ctx, resume: bool) -> dict:
     s = ctx.settings
     src = ctx.remote("source")
-    recorded = ctx.facts(FREEZE)
-    if "prior_read_only" not in recorded:
+    recorded = cx.freeze_facts(ctx)
+    if not recorded.recorded:
         before = Psql.source(src, s).json(fz.facts_sql(s.database))
         # written before the change: a re-run must restore *this* value, not the frozen one
         ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": src.name})
-        recorded = ctx.facts(FREEZE)
+        recorded = cx.freeze_facts(ctx)
     ctx.say(f"making {s.database} on the source read-only and ending its sessions")
     facts = fz.freeze(src, s.database, port=s.source_port, progress=ctx.say)
-    facts["prior_read_only"] = recorded["prior_read_only"]
-    if not str(recorded["prior_read_only"] or "").endswith("=on"):  # a source read-only by itself is not written to
+    facts["prior_read_only"] = recorded.prior_read_only
+    if not recorded.source_was_read_only:  # a source read-only by itself is not written to
         started = time.monotonic()
         facts["caggs_refreshed"] = fz.refresh_caggs(src, s.database, port=s.source_port)
         if facts["caggs_refreshed"]:
             ctx.say(f"continuous aggregates refreshed on the frozen source in {time.monotonic() - started:.1f}s "
                     f"(nothing left pending for the target's policies): {', '.join(facts['caggs_refreshed'])}")
-    if resume and recorded.get("frozen_at"):
+    if resume and recorded.frozen_at:
         facts["refrozen_at"] = facts["frozen_at"]
-        facts["frozen_at"] = recorded["frozen_at"]
+        facts["frozen_at"] = recorded.frozen_at
     ctx.say(f"source frozen at {facts['frozen_at']}, WAL {facts['lsn']}, {facts['sessions_terminated']} session(s) ended")
     return facts
 
 
 # ---- 2b delta (the pre-copy path) -----------------------------------------------------------------
-def path(ctx: Ctx) -> str:
+def path(ctx: Ctx) -> CopyPath:
     """The path this cutover took: ``delta`` once phase 2b chose it, else ``full`` (journals without 2b too)."""
-    return ctx.facts(DELTA).get("path") or PATH_FULL
+    return cx.path_choice(ctx).path
 
 
 def prints_path(ctx: Ctx) -> Path:
@@ -268,7 +217,7 @@ def delta(ctx: Ctx, resume: bool) -> dict:
     ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
     _through_freeze(ctx, choice)
     cached = None
-    pf = ctx.facts(PREPARE).get("prints_file")
+    pf = fc.PathChoice.from_json(ctx.facts(PREPARE)).prints_file
     if pf and Path(pf).is_file():
         cached = json.loads(Path(pf).read_text())
     facts = dl.run_delta_kept(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
@@ -304,22 +253,22 @@ def _final_dump(ctx: Ctx) -> dict:
 
     private_dir(ctx.dump_dir)
     # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
-    key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
-    transfer = (ctx.facts(PREFLIGHT).get("transfer") or {}).get("transfer", "relay")  # decided and probed in preflight
+    frozen = cx.freeze_facts(ctx)
+    key = job_key(str(ctx.journal.path), frozen.frozen_at)
+    transfer = cx.transfer(ctx)  # decided and probed in preflight
     art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"), say=ctx.say,
                             transfer=transfer)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
         art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"), session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
-    adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
+    adjusted = cutover_manifest(manifest, frozen.prior_read_only)
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
     write_private(adj_path, json.dumps(adjusted, indent=2, sort_keys=True))
     counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("facts", {}).get("tables", [])}
-    return {"dump_path": str(art.dump_path), "manifest_path": str(adj_path), "source_manifest_path": str(art.manifest_path),
-            "sha256": manifest.get("dump", {}).get("sha256"), "size_bytes": manifest.get("dump", {}).get("size_bytes"),
-            "dump_on_target": bool(getattr(art, "on_target", False)), "transfer": manifest.get("dump", {}).get("transfer"),
-            "row_counts": counts}
+    made = manifest.get("dump", {})
+    return Dump(str(art.dump_path), str(adj_path), str(art.manifest_path), made.get("sha256"), made.get("size_bytes"),
+                bool(getattr(art, "on_target", False)), made.get("transfer"), counts).to_json()
 
 
 def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
@@ -347,7 +296,7 @@ def restore(ctx: Ctx, resume: bool) -> dict:
 
     if path(ctx) == PATH_DELTA:
         return {"skipped": "pre-copy path: the target's tracker was brought up to date in phase 2b"}
-    d = ctx.facts(DUMP)
+    d = cx.dump_facts(ctx)
     if resume:
         # Killed mid-restore: if the target already holds exactly this dump's data, the restore
         # finished and only the journal's end record is missing; otherwise restore again (the
@@ -356,8 +305,8 @@ def restore(ctx: Ctx, resume: bool) -> dict:
         if failed is not None and not failed:
             return {"resumed": "target already matches this dump's manifest"}
     # a dump the direct transfer left on the target stays there after the restore (the only copy)
-    on_target = bool(d.get("dump_on_target"))
-    outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
+    on_target = d.dump_on_target
+    outcome = run_restore(ctx.settings, d.dump_path, manifest_path=d.manifest_path, replace=True,
                           progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target, keep_upload=on_target)
     steps = getattr(outcome, "steps", [])
     # a whole database's restore leaves archiving behind on a busy host: verify checks it, so wait
@@ -368,7 +317,11 @@ def restore(ctx: Ctx, resume: bool) -> dict:
 
 # ---- 5 verify ----------------------------------------------------------------------------------
 def _manifest(ctx: Ctx) -> dict:
-    return json.loads(Path(ctx.facts(DUMP)["manifest_path"]).read_text())
+    manifest_path = cx.dump_facts(ctx).manifest_path
+    if manifest_path is None:
+        raise VerifyError("the journal records no final dump manifest (phase 3)",
+                          hint="re-run `invoke cutover` with the same --journal; it resumes at the dump")
+    return json.loads(Path(manifest_path).read_text())
 
 
 def _verify_failures(ctx: Ctx, against_source: bool):
@@ -436,13 +389,13 @@ def verify(ctx: Ctx, resume: bool) -> dict:
 def switch(ctx: Ctx, resume: bool) -> dict:
     fz.require_frozen(ctx.remote("source"), ctx.settings.database, ctx.settings.source_port)  # never a thawed source
     switcher = sw.of(ctx.session)
-    recorded = ctx.facts(SWITCH)
-    if "old" not in recorded:
+    recorded = cx.switch_facts(ctx)
+    if not recorded.recorded:
         old = switcher.current()
         new = sw.new_value(ctx.settings)
-        ctx.journal.note(SWITCH, {"mode": switcher.mode, "old": old, "new": new})  # before the change
+        ctx.journal.note(SWITCH, fc.Switch(True, switcher.mode, old, new).to_note())  # before the change
     else:
-        old, new = recorded["old"], recorded["new"]
+        old, new = recorded.old, recorded.new
     from . import lossless
 
     capture = lossless.start_capture(ctx)  # before the application can write to the target (issue 16)
@@ -460,7 +413,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
     s = ctx.settings
     recorded = ctx.facts(POST)
     facts: dict = {}
-    endpoint = ctx.facts(SWITCH).get("new") or sw.new_value(s)
+    endpoint = cx.switch_facts(ctx).new or sw.new_value(s)
     if s.switch.get("mode", "route53") == "route53":
         endpoint = sw.of(ctx.session).current()  # what the application resolves now
     facts["app_path"] = app_path_check(s, endpoint, session=ctx.session)
@@ -482,5 +435,30 @@ def post(ctx: Ctx, resume: bool) -> dict:
     return facts
 
 
-FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
-         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post, PREPARE: prepare, DELTA: delta, FINAL_DUMP: final_dump}
+# ---- the table, in runbook order --------------------------------------------------------------------
+TABLE: tuple[Phase, ...] = (
+    Phase(PREFLIGHT, "1", "preflight: everything restore and verify would refuse, before any outage", preflight,
+          alone=True),
+    Phase(PREPARE, "1a", "pre-copy path: fingerprints of every chunk and table on both hosts, and a first copy of "
+          "what differs, before the outage", prepare, alone=True),
+    Phase(APP_STOP, "1b", "stop the application (configured steps, each after its drain probe), before the freeze",
+          hk.app_stop),
+    Phase(FREEZE, "2", "freeze: source tracker read-only, sessions ended, final WAL position recorded", freeze,
+          destructive=True),
+    Phase(DELTA, "2b", "pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of "
+          "every chunk and table)", delta, destructive=True, reads=(PREPARE,)),
+    Phase(DUMP, "3", "final dump with manifest (full path; the pre-copy path takes it in phase 8)", dump,
+          reads=(PREFLIGHT, FREEZE, DELTA)),
+    Phase(RESTORE, "4", "restore on the target (staging database, renamed into place; an existing tracker is kept "
+          "renamed)", restore, destructive=True, reads=(DELTA, DUMP)),
+    Phase(VERIFY, "5", "verify against the manifest and live against the frozen source", verify, reads=(DELTA, DUMP)),
+    Phase(SWITCH, "6", "switch the application to the target", switch, destructive=True),
+    Phase(APP_START, "6b", "start the application against the target (configured steps)", hk.app_start),
+    Phase(HEALTH, "6c", "application health checks pass", hk.health),
+    Phase(POST, "7", "post-cutover: verify through the application's path, first full backup, backrest check", post,
+          reads=(SWITCH,)),
+    Phase(FINAL_DUMP, "8", "pre-copy path: the final full dump for safety, from the still-frozen source, after the "
+          "switch", final_dump, reads=(PREFLIGHT, FREEZE, DELTA)),
+)
+PHASES = [p.id for p in TABLE]  # the ids in order (the journal's resume plan)
+BY_ID = {p.id: p for p in TABLE}
