@@ -45,7 +45,8 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
     dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
-    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(), journal_path=journal_path,
+    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(),
+                          journal_path=journal_path,
                           full=full)
     if json:
         print(_json.dumps(summary, indent=2, default=str))
@@ -75,15 +76,17 @@ def _print_summary(summary: dict) -> None:
     for col in ("phase", "status", "elapsed", "attempts"):
         table.add_column(col)
     for name, p in summary["phases"].items():
-        table.add_row(name, p["status"], f"{p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "-", str(p["attempts"]))
+        table.add_row(name, p["status"], f"{p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "-",
+                      str(p["attempts"]))
     out.print(table)
     out.print(f"path: {summary['path']}" + "".join(f"; {r}" for r in summary.get("path_reasons") or []))
     if summary.get("delta"):
         d = summary["delta"]
-        out.print(f"pre-copy delta: {d.get('tables_and_chunks')}, per kind {d.get('plan')}, {d.get('rounds')} round(s), "
-                  f"timings {d.get('timings')}")
+        out.print(f"pre-copy delta: {d.get('tables_and_chunks')}, per kind {d.get('plan')}, "
+                  f"{d.get('rounds')} round(s), timings {d.get('timings')}")
     out.print("window steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in (summary.get("window_steps_s") or {}).items()))
-    out.print(f"outage (writes refused): {summary['outage_s']}s (until the TTL was waited out: {summary['outage_until_ttl_waited_s']}s)")
+    out.print(f"outage (writes refused): {summary['outage_s']}s "
+              f"(until the TTL was waited out: {summary['outage_until_ttl_waited_s']}s)")
     out.print(f"final WAL position on the source: {summary['final_lsn']}; frozen at {summary['frozen_at']}")
     sw = summary.get("switch") or {}
     out.print(f"application: {sw.get('old')} -> {sw.get('new')} ({sw.get('mode')})")
@@ -121,10 +124,12 @@ def rollback(c, replay=False, journal=None, json=False):
     if res.get("export_file"):
         out.print(f"exported to {res['export_file']}" + ("" if replay else " (apply with --replay)"))
     if res.get("changes"):
-        out.print(f"captured changes per table (insert/update/delete): {res['changes']}; skipped: {res.get('skipped', {})}")
+        out.print(f"captured changes per table (insert/update/delete): {res['changes']}; "
+                  f"skipped: {res.get('skipped', {})}")
     if replay:
         out.print(f"replayed on the source: {res.get('replayed_changes') or res.get('replayed', {})}; "
-                  f"already applied earlier: {res.get('already_applied', 0)}; not replayed: {res.get('not_replayed', {})}")
+                  f"already applied earlier: {res.get('already_applied', 0)}; "
+                  f"not replayed: {res.get('not_replayed', {})}")
     if res.get("warning_missing"):
         out.print(f"WARNING: {res['warning_missing']}")
     if res.get("warning"):
@@ -182,8 +187,10 @@ def _phase_help() -> str:
 
 
 @task(help={"name": _phase_help(),
-            "dry_run": "print what the phase would do (run, skip or resume; destructive; what it reads) and change nothing",
-            "journal": "the cutover's journal (default: <state_dir>/cutover/journal.jsonl); `invoke cutover` resumes after it",
+            "dry_run": "print what the phase would do (run, skip or resume; destructive; what it reads) "
+                       "and change nothing",
+            "journal": "the cutover's journal (default: <state_dir>/cutover/journal.jsonl); "
+                       "`invoke cutover` resumes after it",
             "dump_dir": "where a dump goes (default: the journal's directory)",
             "json": "print the summary as JSON",
             "full": "take the full dump path (as `invoke cutover --full`): the pre-copy round then copies nothing"})

@@ -78,8 +78,10 @@ class Dump:
     @classmethod
     def from_json(cls, facts: dict) -> Dump:
         size = facts.get("size_bytes")
-        return cls(_str(facts.get("dump_path")), _str(facts.get("manifest_path")), _str(facts.get("source_manifest_path")),
-                   _str(facts.get("sha256")), int(size) if size is not None else None, bool(facts.get("dump_on_target")),
+        return cls(_str(facts.get("dump_path")), _str(facts.get("manifest_path")),
+                   _str(facts.get("source_manifest_path")),
+                   _str(facts.get("sha256")), int(size) if size is not None else None,
+                   bool(facts.get("dump_on_target")),
                    _str(facts.get("transfer")), dict(facts.get("row_counts") or {}), _str(facts.get("deferred")),
                    _str(facts.get("skipped")), bool(facts.get("off_critical_path")))
 

@@ -76,7 +76,8 @@ def app_path_tls_line(settings: Settings) -> str:
     """How verify and phase 7 connect as the application (``tls.client_kwargs``), said before the window."""
     ca = getattr(settings, "tls_ca_file", None)
     if ca:
-        return f"app path checks (verify, phase 7): TLS sslmode=verify-full against tls_ca_file {ca} (server authenticated)"
+        return (f"app path checks (verify, phase 7): TLS sslmode=verify-full against tls_ca_file {ca} "
+                "(server authenticated)")
     return ("app path checks (verify, phase 7): TLS sslmode=require -- encrypted, but the server is NOT authenticated "
             "(no tls_ca_file): set trackerdb.tls_ca_file to the CA bundle of the server certificate for verify-full")
 
@@ -97,7 +98,8 @@ def run_cutover(settings: Settings, dump_dir, dry_run: bool = False, progress: C
         tb.find(ph.TABLE, only)  # an unknown name: refused before any file is read
     journal_path = Path(journal_path) if journal_path else default_journal(settings)
     journal = Journal(journal_path, clock=clock)
-    bd.check(journal.path, journal.state(ph.PREFLIGHT).facts.get(bd.KEY), settings)  # before anything is read or reached
+    # before anything is read or reached
+    bd.check(journal.path, journal.state(ph.PREFLIGHT).facts.get(bd.KEY), settings)
     if only is not None:
         only = tb.alone(ph.TABLE, only, {p: st.done for p, st in journal.states().items()}).id
     steps = plan(settings, journal, only)
@@ -113,7 +115,8 @@ def run_cutover(settings: Settings, dump_dir, dry_run: bool = False, progress: C
                 "rollback_decision_point": ph.rollback_decision_point(journal_path)}
     funcs = {p.id: p.fn for p in ph.TABLE} | dict(funcs or {})
     say = progress or (lambda msg: None)
-    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress, session=session, full=full)
+    ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path(dump_dir), progress=progress, session=session,
+                 full=full)
     from ..notify import Notifier
 
     notifier = Notifier(settings, say=say, secrets=lambda: (*journal.secrets, *ctx.session.masked))
@@ -144,12 +147,14 @@ def run_cutover(settings: Settings, dump_dir, dry_run: bool = False, progress: C
                 # scrubbed before it is shortened: a cut could leave half a secret that no mask matches
                 msg = exc.one_line() if isinstance(exc, OpsError) else \
                     f"{type(exc).__name__}: {redact(str(exc), *journal.secrets, *ctx.session.masked)[:300]}"
-                journal.end(phase, "failed", facts={"limit_hit": exc.limit} if isinstance(exc, limits.TimeLimitError) else None,
+                journal.end(phase, "failed",
+                            facts={"limit_hit": exc.limit} if isinstance(exc, limits.TimeLimitError) else None,
                             error=msg)
                 notifier.phase(phase, "failed", title, error=msg, rollback=rollback_command(journal_path),
                                elapsed_s=time.monotonic() - started)
                 if isinstance(exc, OpsError) and phase != ph.PREFLIGHT:
-                    exc.hint = (exc.hint + "; " if exc.hint else "") + f"re-run to resume, or {rollback_command(journal_path)}"
+                    exc.hint = ((exc.hint + "; " if exc.hint else "")
+                                + f"re-run to resume, or {rollback_command(journal_path)}")
                 raise
             if phase == ph.PREFLIGHT:
                 sysid = facts.pop(bd.SYSTEM_ID, None)
@@ -167,7 +172,8 @@ def path_lines(settings: Settings, journal: Journal, full: bool, session=None) -
     """Which path the window takes and why (the dry run's first lines; reads only)."""
     recorded = journal.state(ph.DELTA).facts
     if recorded.get("path"):
-        return [f"path: {recorded['path']} (recorded by this journal)" + "".join(f"; {r}" for r in recorded.get("reasons") or [])]
+        reasons = "".join(f"; {r}" for r in recorded.get("reasons") or [])
+        return [f"path: {recorded['path']} (recorded by this journal)" + reasons]
     from . import delta as dl
 
     ctx = ph.Ctx(settings=settings, journal=journal, dump_dir=Path("."), session=session)
@@ -180,9 +186,11 @@ def path_lines(settings: Settings, journal: Journal, full: bool, session=None) -
         if session is None:
             ctx.close()
     if choice["path"] == ph.PATH_DELTA:
-        return [f"path: pre-copy (delta) -- the schema is the one recorded at the pre-copy ({choice.get('precopy_recorded_at')}); "
-                "the window moves only the chunks and tables whose fingerprints differ; the final full dump follows the switch "
-                "(phase 8). Checked again after the freeze.", cc.line(ph.PATH_DELTA, size)]
+        return ["path: pre-copy (delta) -- the schema is the one recorded at the pre-copy "
+                f"({choice.get('precopy_recorded_at')}); the window moves only the chunks and tables whose "
+                "fingerprints differ; the final full dump follows the switch (phase 8). "
+                "Checked again after the freeze.",
+                cc.line(ph.PATH_DELTA, size)]
     return ["path: FULL DUMP -- " + "; ".join(choice["reasons"]), cc.line(ph.PATH_FULL, size)]
 
 
@@ -218,12 +226,14 @@ def summary(journal: Journal) -> dict:
         app_outage = _span(stop_st.start, back_st.end)
     delta_st = states.get(ph.DELTA)
     dfacts = delta_st.facts if delta_st else {}
-    window = {p: timings.get(p) for p in (ph.FREEZE, ph.DELTA, ph.DUMP, ph.RESTORE, ph.VERIFY, ph.SWITCH) if timings.get(p) is not None}
+    in_window = (ph.FREEZE, ph.DELTA, ph.DUMP, ph.RESTORE, ph.VERIFY, ph.SWITCH)
+    window = {p: timings.get(p) for p in in_window if timings.get(p) is not None}
     return {
         "path": dfacts.get("path") or (ph.PATH_FULL if states.get(ph.DUMP) else None),
         "path_reasons": dfacts.get("reasons") or [],
         "delta": {k: dfacts.get(k) for k in ("rounds", "plan", "tables_and_chunks", "timings", "sequences_set",
-                                              "large_objects_copied", "cagg_state_copied", "bytes_copied", "slices_moved", "archive_wait_s")
+                                              "large_objects_copied", "cagg_state_copied", "bytes_copied",
+                                              "slices_moved", "archive_wait_s")
                   if k in dfacts} or None,
         "window_steps_s": window,
         "final_dump": (states[ph.FINAL_DUMP].facts.get("dump_path") or states[ph.FINAL_DUMP].facts.get("skipped"))

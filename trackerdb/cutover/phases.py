@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import OpsError, PreflightError, VerifyError
 from . import compression_hold as ch
@@ -26,7 +27,8 @@ from .facts import CopyPath, Dump
 from .table import Phase
 from ..psql import Psql
 
-PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
+PREFLIGHT, FREEZE, DUMP, RESTORE = "preflight", "freeze", "dump", "restore"
+VERIFY, SWITCH, POST = "verify", "switch", "post"
 PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
 PATH_DELTA, PATH_FULL = CopyPath.DELTA, CopyPath.FULL
@@ -39,7 +41,8 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     s = ctx.settings
     problems: list[str] = []
     if s.source_decommissioned:
-        raise PreflightError("settings say the source is decommissioned: a cutover needs it", hint="this cutover is already done")
+        raise PreflightError("settings say the source is decommissioned: a cutover needs it",
+                             hint="this cutover is already done")
     src, tgt = ctx.remote("source"), ctx.remote("target")
     sfacts = Psql.source(src, s).json(fz.facts_sql(s.database))
     if not sfacts["exists"]:
@@ -88,7 +91,8 @@ def _archiving_and_secret_problems(ctx: Ctx) -> list[str]:
         problems.append(f"application password: {exc.one_line()}")
     wal = vf.wal_archiving_check(s, True, ctx.session)
     if not wal.ok:
-        problems.append(f"pgBackRest on the target: {wal.observed} (`invoke backrest.setup`, then `invoke backrest.check`)")
+        problems.append(f"pgBackRest on the target: {wal.observed} "
+                        "(`invoke backrest.setup`, then `invoke backrest.check`)")
     return problems
 
 
@@ -101,11 +105,13 @@ def _restore_preflight(ctx: Ctx) -> dict:
         facts = mf.collect_facts(ctx.session.psql("source"), s.database)
     except OpsError as exc:
         raise PreflightError(f"cannot read {s.database} on the source: {exc.message}",
-                             hint="check trackerdb.source and that PostgreSQL runs there (nothing was changed)") from None
+                             hint="check trackerdb.source and that PostgreSQL runs there "
+                                  "(nothing was changed)") from None
     from ..migrate import restore_job as rj
 
     # restore-time settings a killed restore left behind end here (kept while a restore job runs)
-    ctx.say("restore tuning: " + rj.clear_stale_tuning(ctx.remote("target"), s, rs.tuning_path(s.postgres_major)).detail)
+    ctx.say("restore tuning: " + rj.clear_stale_tuning(ctx.remote("target"), s,
+                                                       rs.tuning_path(s.postgres_major)).detail)
     pre = rs.preflight_from_source(s, facts, ctx.session, replace=True)
     roles = ctx.session.psql("target").json(pv.TARGET_ROLES_SQL) if s.owner_map else []  # not after pg_restore
     pre["problems"] += pv.owner_map_role_problems(s.owner_map, roles, pv.roles_the_restore_creates(facts, s.owner_role))
@@ -135,7 +141,8 @@ def freeze(ctx: Ctx, resume: bool) -> dict:
     if resume and recorded.frozen_at:
         facts["refrozen_at"] = facts["frozen_at"]
         facts["frozen_at"] = recorded.frozen_at
-    ctx.say(f"source frozen at {facts['frozen_at']}, WAL {facts['lsn']}, {facts['sessions_terminated']} session(s) ended")
+    ctx.say(f"source frozen at {facts['frozen_at']}, WAL {facts['lsn']}, "
+            f"{facts['sessions_terminated']} session(s) ended")
     return facts
 
 
@@ -197,7 +204,8 @@ def wait_archived(ctx: Ctx, timeout_s: float = ARCHIVE_WAIT_S, every_s: float = 
             return round(time.monotonic() - t0, 1)
         if time.monotonic() - t0 > timeout_s:
             raise VerifyError(f"WAL archiving on the target did not catch up within {timeout_s:.0f}s: {c.observed}",
-                              hint="check pgBackRest on the target (`invoke backrest.check`), then re-run `invoke cutover`")
+                              hint="check pgBackRest on the target (`invoke backrest.check`), "
+                                   "then re-run `invoke cutover`")
         ctx.say(f"waiting for WAL archiving to catch up on the target: {str(c.observed)[:160]}")
         time.sleep(every_s)
 
@@ -214,7 +222,8 @@ def delta(ctx: Ctx, resume: bool) -> dict:
     if choice["path"] == PATH_FULL:
         ctx.say("FULL DUMP PATH (not the pre-copy path): " + "; ".join(choice["reasons"]))
         return choice
-    ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
+    ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; "
+            "moving only what changed")
     _through_freeze(ctx, choice)
     cached = None
     pf = fc.PathChoice.from_json(ctx.facts(PREPARE)).prints_file
@@ -256,11 +265,13 @@ def _final_dump(ctx: Ctx) -> dict:
     frozen = cx.freeze_facts(ctx)
     key = job_key(str(ctx.journal.path), frozen.frozen_at)
     transfer = cx.transfer(ctx)  # decided and probed in preflight
-    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"), say=ctx.say,
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"),
+                            say=ctx.say,
                             transfer=transfer)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"), session=ctx.session, digests=False)
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"),
+                       session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, frozen.prior_read_only)
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -278,7 +289,8 @@ def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
     settings = doc.get("facts", {}).get("db_settings")
     if isinstance(settings, dict):
         for role, values in list(settings.items()):
-            kept = [v for v in values if not (role == "" and v.split("=", 1)[0] == READ_ONLY_SETTING and prior_read_only is None)]
+            kept = [v for v in values
+                    if not (role == "" and v.split("=", 1)[0] == READ_ONLY_SETTING and prior_read_only is None)]
             if kept:
                 settings[role] = kept
             else:
@@ -306,13 +318,18 @@ def restore(ctx: Ctx, resume: bool) -> dict:
             return {"resumed": "target already matches this dump's manifest"}
     # a dump the direct transfer left on the target stays there after the restore (the only copy)
     on_target = d.dump_on_target
+    if d.dump_path is None:
+        raise OpsError("the journal records no final dump to restore (phase 3)",
+                       hint="re-run `invoke cutover` with the same --journal: it resumes at the dump")
     outcome = run_restore(ctx.settings, d.dump_path, manifest_path=d.manifest_path, replace=True,
-                          progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target, keep_upload=on_target)
+                          progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target,
+                          keep_upload=on_target)
     steps = getattr(outcome, "steps", [])
     # a whole database's restore leaves archiving behind on a busy host: verify checks it, so wait
     # (bounded) for it to catch up here, as the pre-copy path does after its big copies
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
-            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job"), "archive_wait_s": wait_archived(ctx)}
+            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job"),
+            "archive_wait_s": wait_archived(ctx)}
 
 
 # ---- 5 verify ----------------------------------------------------------------------------------
@@ -328,7 +345,8 @@ def _verify_failures(ctx: Ctx, against_source: bool):
     from ..migrate.verify import run_verify
 
     try:
-        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx), against_source=against_source,
+        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx),
+                            against_source=against_source,
                             session=ctx.session)
     except OpsError:
         return None
@@ -360,10 +378,11 @@ def verify(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.verify import run_verify
     from .delta import kept_prints  # the pre-copy path's last prints: verify reads again only what was written since
 
-    result = {}
+    result: dict[str, Any] = {}
     # on the pre-copy path the pre-copy's manifest is stale: live against the frozen source only
     for label in (["source"] if path(ctx) == PATH_DELTA else ["manifest", "source"]):
-        kwargs = {"manifest": _manifest(ctx)} if label == "manifest" else {"against_source": True, "content_reuse": kept_prints(ctx.facts(DELTA))}
+        kwargs = ({"manifest": _manifest(ctx)} if label == "manifest"
+                  else {"against_source": True, "content_reuse": kept_prints(ctx.facts(DELTA))})
         ctx.say(f"verify against the {label}")
         checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
@@ -377,7 +396,8 @@ def verify(ctx: Ctx, resume: bool) -> dict:
         if bad:
             raise VerifyError(f"verify against the {label}: {len(bad)} of {len(checks)} checks failed: "
                               + "; ".join(result[label]["failed"][:5]),
-                              hint="the application still points at the frozen source: fix and re-run `invoke cutover`, "
+                              hint="the application still points at the frozen source: "
+                                   "fix and re-run `invoke cutover`, "
                                    f"or `invoke rollback --journal {ctx.journal.path}`")
     from .content_cost import line
 
@@ -428,8 +448,10 @@ def post(ctx: Ctx, resume: bool) -> dict:
     res = backrest.check(s, session=ctx.session)
     bad = [c for c in res if hasattr(c, "ok") and not c.ok] if isinstance(res, list) else []
     if bad:
-        raise VerifyError("backrest.check failed after the cutover: " + "; ".join(f"{c.name}: {c.observed}" for c in bad),
-                          hint="the application runs on the target; fix archiving, then re-run `invoke cutover` to finish")
+        raise VerifyError("backrest.check failed after the cutover: "
+                          + "; ".join(f"{c.name}: {c.observed}" for c in bad),
+                          hint="the application runs on the target; fix archiving, "
+                               "then re-run `invoke cutover` to finish")
     facts["backrest_check"] = "ok"
     facts["jobs"] = ch.prove_jobs_after_switch(s, ctx.journal, ctx.session, ctx.say)
     return facts

@@ -66,7 +66,8 @@ def alone(table: tuple[Phase, ...], name: str, done: Mapping[str, bool]) -> Phas
     if before:
         first = before[0]
         how = f"`invoke cutover-phase {first.id}`" if first.alone else "`invoke cutover`"
-        raise OpsError(f"phase {p.id} ({p.step}) follows {first.id} ({first.step}), which this journal has not completed",
+        raise OpsError(f"phase {p.id} ({p.step}) follows {first.id} ({first.step}), "
+                       "which this journal has not completed",
                        hint=f"run {how} first (same --journal); nothing was changed")
     return p
 
