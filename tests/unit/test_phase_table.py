@@ -178,3 +178,17 @@ def test_the_rehearsal_hooks_in_through_after_not_the_test_seam():
     for path in (ROOT / "rehearsal").rglob("*.py"):
         assert "funcs=" not in path.read_text(), f"{path} replaces a phase through the test seam"
     assert "after={ph.VERIFY: count_after_verify}" in (ROOT / "rehearsal" / "run.py").read_text()
+
+
+def test_the_report_names_cutover_phases_by_their_runbook_step():
+    from trackerdb.rehearse import report, report_html
+
+    entries = [{"phase": "delta", "event": "begin", "start": 1.0}, {"phase": "delta", "event": "end", "start": 1.0,
+                                                                     "end": 3.0, "outcome": "ok", "facts": {}},
+               {"phase": "lab.up", "start": 0.5, "end": 0.9, "outcome": "ok"}]
+    phases, _ = report.build_phases([{"label": "cutover", "entries": entries}])
+    by = {p["phase"]: p for p in phases}
+    assert (by["delta"]["step"], by["delta"]["title"]) == ("2b", ph.BY_ID["delta"].title)
+    assert by["lab.up"]["step"] is None
+    svg = report_html.timeline_svg(phases, None)
+    assert "cutover / 2b delta" in svg and "cutover / lab.up" in svg
