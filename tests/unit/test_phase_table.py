@@ -79,6 +79,8 @@ def test_other_hand_offs_default_what_an_older_journal_lacks():
     fr = fc.Freeze.from_json({"prior_read_only": None, "host": "src"})
     assert fr.recorded and fr.prior_read_only is None and not fr.source_was_read_only
     assert not fc.Freeze.from_json({}).recorded
+    assert fc.Prepare.from_json({"path_expected": "delta", "prints_file": "/p"}) == fc.Prepare(fc.CopyPath.DELTA, "/p")
+    assert fc.Prepare.from_json({}) == fc.Prepare()
     assert fc.Freeze.from_json({"prior_read_only": "default_transaction_read_only=on"}).source_was_read_only
     sw = fc.Switch.from_json({"mode": "command", "old": "a", "new": "b", "insync_at": 5})
     assert sw.recorded and (sw.old, sw.new, sw.insync_at) == ("a", "b", 5.0) and not fc.Switch.from_json({}).recorded

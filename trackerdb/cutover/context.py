@@ -12,7 +12,7 @@ from ..settings import Settings
 from . import facts as fc
 from .journal import Journal
 
-PREFLIGHT, FREEZE, DUMP, DELTA, SWITCH = "preflight", "freeze", "dump", "delta", "switch"
+PREFLIGHT, PREPARE, FREEZE, DUMP, DELTA, SWITCH = "preflight", "prepare", "freeze", "dump", "delta", "switch"
 
 
 class Ctx:
@@ -51,6 +51,10 @@ class HasFacts(Protocol):
 
 def transfer(ctx: HasFacts) -> str:
     return fc.Transfer.from_preflight(ctx.facts(PREFLIGHT)).transfer
+
+
+def prepare_facts(ctx: HasFacts) -> fc.Prepare:
+    return fc.Prepare.from_json(ctx.facts(PREPARE))
 
 
 def freeze_facts(ctx: HasFacts) -> fc.Freeze:

@@ -111,6 +111,19 @@ class PathChoice:
 
 
 @dataclass(frozen=True)
+class Prepare:
+    """Phase 1a: the path the window expects, and the prints its first round kept for phase 2b."""
+
+    path_expected: CopyPath | None = None
+    prints_file: str | None = None
+
+    @classmethod
+    def from_json(cls, facts: dict) -> Prepare:
+        expected = facts.get("path_expected")
+        return cls(CopyPath(expected) if expected else None, _str(facts.get("prints_file")))
+
+
+@dataclass(frozen=True)
 class Switch:
     """Phase 6: the application's endpoint before and after (``old``/``new`` noted before the change)."""
 

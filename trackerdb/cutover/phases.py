@@ -33,7 +33,6 @@ PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
 PATH_DELTA, PATH_FULL = CopyPath.DELTA, CopyPath.FULL
 READ_ONLY_SETTING = "default_transaction_read_only"
-__all__ = ["Ctx", "app_path_check", "rollback_decision_point"]  # imported from here by post(), tests, the rehearsal
 
 
 # ---- 1 preflight -------------------------------------------------------------------------------
@@ -226,7 +225,7 @@ def delta(ctx: Ctx, resume: bool) -> dict:
             "moving only what changed")
     _through_freeze(ctx, choice)
     cached = None
-    pf = fc.PathChoice.from_json(ctx.facts(PREPARE)).prints_file
+    pf = cx.prepare_facts(ctx).prints_file
     if pf and Path(pf).is_file():
         cached = json.loads(Path(pf).read_text())
     facts = dl.run_delta_kept(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
