@@ -34,7 +34,8 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
     Otherwise, or with --full, the full dump path, said loudly.
 
     Every phase is journaled; an interrupted run resumes where it stopped and never repeats a
-    completed phase. Ends with the outage, the timings and the rollback command.
+    completed phase. Ends with the outage, the timings and the rollback command. Phases 1 and 1a
+    also run on their own before the window: `invoke cutover-phase preflight` (then `prepare`).
     """
     from ..cutover.ops import default_journal, run_cutover
 
