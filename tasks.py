@@ -22,6 +22,7 @@ ns = Collection(
     migrate.prove_jobs,
     migrate.drop_kept_aside,
     cutover.cutover,
+    cutover.cutover_phase,
     cutover.rollback,
     cutover.cutover_finish,
     rehearsal_tasks.rehearse,

@@ -24,6 +24,7 @@ from lab import writer as lab_writer
 
 from . import windows
 from trackerdb.cutover import phases as ph
+from trackerdb.cutover.facts import Dump, Switch
 from trackerdb.errors import OpsError
 from trackerdb.rehearse.ops import (_flat, _journal_facts, _journal_records, _outcome_facts, acked_rows_on_target,
                                     rollback_check, split_journal, table_counts, verification_rows, write_reports,
@@ -179,13 +180,13 @@ def _stop_writer(proc, settings, journal_path: Path, result: dict, key: str = "w
         return []
     time.sleep(2)  # a few writes on the target after the cutover completes
     records = proc.stop()
-    sw = _journal_facts(journal_path).get(ph.SWITCH) or {}
-    result[key] = writer_facts(records, sw.get("old"), sw.get("new"))
-    measured = lab_writer.outage(records, sw.get("new")) if sw.get("new") else None
+    sw = Switch.from_json(_journal_facts(journal_path).get(ph.SWITCH) or {})
+    result[key] = writer_facts(records, sw.old, sw.new)
+    measured = lab_writer.outage(records, sw.new) if sw.new else None
     if key == "writer" and measured and measured.get("end"):
         result["outage"] = measured
     acks = [r for r in records if r.get("event") == "ack"]
-    if acks and sw.get("new"):
+    if acks and sw.new:
         with connect(settings.target) as tgt:
             found = acked_rows_on_target(cluster(tgt, settings.pg_port), settings.database, acks)
         result[key] |= {"on_target": found, "lost": len(acks) - found}
@@ -212,14 +213,13 @@ def _window(settings, run_dir: Path, journal_path: Path, say, full: bool, counts
     verify, before the switch lets writes reach the target, into ``counts``."""
     from trackerdb.cutover import ops as cutover
 
-    def verify_then_count(ctx, resume):
-        facts = ph.verify(ctx, resume)
+    def count_after_verify(ctx, facts: dict) -> dict:
         counts["source"] = table_counts(ctx.psql("source"), settings.database, dataset.TABLES)
-        counts["target"] = table_counts(cluster(ctx.remote("target"), settings.pg_port), settings.database, dataset.TABLES)
-        return facts | {"rehearsal_counts": counts}
+        counts["target"] = table_counts(ctx.psql("target"), settings.database, dataset.TABLES)
+        return {"rehearsal_counts": counts}
 
     return cutover.run_cutover(settings, run_dir / journal_path.stem, progress=say, journal_path=journal_path,
-                               funcs={ph.VERIFY: verify_then_count}, full=full)
+                               after={ph.VERIFY: count_after_verify}, full=full)
 
 
 def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, cal_scale=0.0, full=False,
@@ -300,7 +300,7 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
         result["cutover_summary"] = summary
         result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}
         result["verification"] = verification_rows(summary, _journal_records(journal_path))
-        dump_bytes = ((_journal_facts(journal_path).get(ph.DUMP) or {}).get("size_bytes"))
+        dump_bytes = Dump.from_json(_journal_facts(journal_path).get(ph.DUMP) or {}).size_bytes
         if dump_bytes:
             result["sizes"]["dump_bytes"] = dump_bytes
         acks_all: list[dict] = []

@@ -123,8 +123,10 @@ def window_facts(label: str, summary: dict, records: list[dict], lost: int | Non
     """One window as the report shows it: the path and why, the delta's work, the outage both ways."""
     from lab import writer as lab_writer
 
-    sw = summary.get("switch") or {}
-    measured = lab_writer.outage(records, sw.get("new")) if sw.get("new") else None
+    from trackerdb.cutover.facts import Switch
+
+    sw = Switch.from_json(summary.get("switch") or {})
+    measured = lab_writer.outage(records, sw.new) if sw.new else None
     d = summary.get("delta") or {}
     return {"label": label, "path": summary.get("path"), "reasons": summary.get("path_reasons") or [],
             "outage_journal_s": summary.get("outage_s"), "outage_writer_s": (measured or {}).get("duration_s"),

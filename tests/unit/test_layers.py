@@ -159,7 +159,7 @@ def test_the_rank_check_sees_a_lazy_import_upwards():
 MAKERS = {"trackerdb/session.py"}
 #: modules of other parts of issue 26 still calling the ``Psql.target``/``Psql.source`` shorthands; each goes to
 #: ``session.target_cluster``/``source_cluster`` (or the session's ``psql``) and leaves this set, which only shrinks
-SHORTHANDS_LEFT = {"trackerdb/cutover/phases.py"}
+SHORTHANDS_LEFT: set[str] = set()
 
 
 def _name(node) -> str | None:

@@ -188,7 +188,7 @@ def test_unexpected_exceptions_and_hook_output_are_scrubbed_in_what_is_posted(tm
     app = {"stop": [{"name": "proxy", "run": f"echo 'login failed for postgresql://tracker:{APP_PW}@db'; "
                                              f"echo 'retry with {APP_PW}' >&2; exit 3"}]}
     with pytest.raises(OpsError) as e:
-        _run(tmp_path / "2", monkeypatch, url, {ph.PREFLIGHT: preflight, ph.APP_STOP: ph.FUNCS[ph.APP_STOP]},
+        _run(tmp_path / "2", monkeypatch, url, {ph.PREFLIGHT: preflight, ph.APP_STOP: ph.BY_ID[ph.APP_STOP].fn},
              ca_file=ca, application=app)
     assert "application step 'proxy' failed (exit 3)" in e.value.message
     failed = Receiver.got[-1][1]

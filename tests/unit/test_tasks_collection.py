@@ -16,7 +16,7 @@ def load_ns():
 def test_root_collection_names_every_task():
     ns = load_ns()
     assert set(ns.task_names) == {
-        "provision", "dump", "restore", "verify", "prove-jobs", "drop-kept-aside", "cutover", "rollback", "cutover-finish", "rehearse", "signoff",
+        "provision", "dump", "restore", "verify", "prove-jobs", "drop-kept-aside", "cutover", "cutover-phase", "rollback", "cutover-finish", "rehearse", "signoff",
         "backrest.setup", "backrest.check", "backrest.backup", "infra.check",
         "lab.up", "lab.down", "lab.status", "lab.reboot", "lab.engine16"}
 

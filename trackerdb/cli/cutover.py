@@ -34,7 +34,8 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
     Otherwise, or with --full, the full dump path, said loudly.
 
     Every phase is journaled; an interrupted run resumes where it stopped and never repeats a
-    completed phase. Ends with the outage, the timings and the rollback command.
+    completed phase. Ends with the outage, the timings and the rollback command. Phases 1 and 1a
+    also run on their own before the window: `invoke cutover-phase preflight` (then `prepare`).
     """
     from ..cutover.ops import default_journal, run_cutover
 
@@ -45,52 +46,48 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
     dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
-    summary = run_cutover(
-        s,
-        dump_dir,
-        dry_run=dry_run,
-        progress=None if json else elapsed_progress(),
-        journal_path=journal_path,
-        full=full,
-    )
+    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(),
+                          journal_path=journal_path,
+                          full=full)
     if json:
         print(_json.dumps(summary, indent=2, default=str))
         return
     if dry_run:
-        table = Table(title=f"cutover plan (dry run: nothing changed) — journal {summary['journal']}")
-        for col in ("phase", "action", "what"):
-            table.add_column(col, overflow="fold")
-        for st in summary["plan"]:
-            table.add_row(
-                st["phase"],
-                st["action"] + (" (destructive)" if st["destructive"] and st["action"] != "skip" else ""),
-                st["what"],
-            )
-        out.print(table)
-        for line in summary["details"]:
-            out.print(f"  {line}")
-        out.print(summary["rollback_decision_point"])
+        _print_plan(summary)
         return
+    _print_summary(summary)
+
+
+def _print_plan(summary: dict) -> None:
+    """The dry run: one row per phase of the table (its runbook step and title), then the concrete changes."""
+    table = Table(title=f"cutover plan (dry run: nothing changed) — journal {summary['journal']}")
+    for col in ("phase", "action", "what"):
+        table.add_column(col, overflow="fold")
+    for st in summary["plan"]:
+        destructive = " (destructive)" if st["destructive"] and st["action"] != "skip" else ""
+        table.add_row(st["phase"], st["action"] + destructive, st["what"])
+    out.print(table)
+    for line in summary["details"]:
+        out.print(f"  {line}")
+    out.print(summary["rollback_decision_point"])
+
+
+def _print_summary(summary: dict) -> None:
     table = Table(title="cutover")
     for col in ("phase", "status", "elapsed", "attempts"):
         table.add_column(col)
     for name, p in summary["phases"].items():
-        table.add_row(
-            name, p["status"], f"{p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "-", str(p["attempts"])
-        )
+        table.add_row(name, p["status"], f"{p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "-",
+                      str(p["attempts"]))
     out.print(table)
     out.print(f"path: {summary['path']}" + "".join(f"; {r}" for r in summary.get("path_reasons") or []))
     if summary.get("delta"):
         d = summary["delta"]
-        out.print(
-            f"pre-copy delta: {d.get('tables_and_chunks')}, per kind {d.get('plan')}, {d.get('rounds')} round(s), "
-            f"timings {d.get('timings')}"
-        )
+        out.print(f"pre-copy delta: {d.get('tables_and_chunks')}, per kind {d.get('plan')}, "
+                  f"{d.get('rounds')} round(s), timings {d.get('timings')}")
     out.print("window steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in (summary.get("window_steps_s") or {}).items()))
-    out.print(
-        f"outage (writes refused): {summary['outage_s']}s (until the TTL was waited out: "
-        f"{summary['outage_until_ttl_waited_s']}s)"
-    )
+    out.print(f"outage (writes refused): {summary['outage_s']}s "
+              f"(until the TTL was waited out: {summary['outage_until_ttl_waited_s']}s)")
     out.print(f"final WAL position on the source: {summary['final_lsn']}; frozen at {summary['frozen_at']}")
     sw = summary.get("switch") or {}
     out.print(f"application: {sw.get('old')} -> {sw.get('new')} ({sw.get('mode')})")
@@ -128,14 +125,12 @@ def rollback(c, replay=False, journal=None, json=False):
     if res.get("export_file"):
         out.print(f"exported to {res['export_file']}" + ("" if replay else " (apply with --replay)"))
     if res.get("changes"):
-        out.print(
-            f"captured changes per table (insert/update/delete): {res['changes']}; skipped: {res.get('skipped', {})}"
-        )
+        out.print(f"captured changes per table (insert/update/delete): {res['changes']}; "
+                  f"skipped: {res.get('skipped', {})}")
     if replay:
-        out.print(
-            f"replayed on the source: {res.get('replayed_changes') or res.get('replayed', {})}; "
-            f"already applied earlier: {res.get('already_applied', 0)}; not replayed: {res.get('not_replayed', {})}"
-        )
+        out.print(f"replayed on the source: {res.get('replayed_changes') or res.get('replayed', {})}; "
+                  f"already applied earlier: {res.get('already_applied', 0)}; "
+                  f"not replayed: {res.get('not_replayed', {})}")
     if res.get("warning_missing"):
         out.print(f"WARNING: {res['warning_missing']}")
     if res.get("warning"):
@@ -186,4 +181,54 @@ def cutover_finish(c, journal=None, json=False):
             raise Exit(code=1)
 
 
-TASKS = [cutover, rollback, cutover_finish]
+def _phase_help() -> str:
+    from ..cutover.phases import TABLE
+
+    return "the phase's id or runbook step; on its own: " + ", ".join(f"{p.id} ({p.step})" for p in TABLE if p.alone)
+
+
+@task(help={"name": _phase_help(),
+            "dry_run": "print what the phase would do (run, skip or resume; destructive; what it reads) "
+                       "and change nothing",
+            "journal": "the cutover's journal (default: <state_dir>/cutover/journal.jsonl); "
+                       "`invoke cutover` resumes after it",
+            "dump_dir": "where a dump goes (default: the journal's directory)",
+            "json": "print the summary as JSON",
+            "full": "take the full dump path (as `invoke cutover --full`): the pre-copy round then copies nothing"})
+@ops_task
+def cutover_phase(c, name, dry_run=False, journal=None, dump_dir=None, json=False, full=False):
+    """One phase of the cutover on its own, journaled as the cutover journals it (runbook steps 1 and 1a).
+
+    Only the phases before the outage run on their own (preflight, the pre-copy's first round), and only
+    when every earlier phase is done in the journal; `invoke cutover` with the same journal then skips
+    them. The phases of the window run only inside `invoke cutover`. Any other name is refused, listing the
+    valid ones; nothing is changed.
+    """
+    from ..cutover import phases as ph
+    from ..cutover import table as tb
+    from ..cutover.ops import default_journal, run_cutover
+
+    phase = tb.find(ph.TABLE, name)  # an unknown name: refused before the configuration is read
+    if not phase.alone:
+        tb.alone(ph.TABLE, phase.id, {})
+    if journal:
+        paths.output_file(journal, "--journal")
+    if dump_dir:
+        paths.output_dir(dump_dir, "--dump-dir")
+    s = settings(c)
+    journal_path = Path(journal) if journal else default_journal(s)
+    summary = run_cutover(s, Path(dump_dir) if dump_dir else journal_path.parent, dry_run=dry_run,
+                          progress=None if json else elapsed_progress(), journal_path=journal_path, full=full,
+                          only=phase.id)
+    if json:
+        print(_json.dumps(summary, indent=2, default=str))
+    elif dry_run:
+        _print_plan(summary)
+    else:
+        p = summary["phases"][phase.id]
+        out.print(f"{phase.step} {phase.id}: {p['status']}"
+                  + (f" in {p['elapsed_s']:.1f}s" if p["elapsed_s"] is not None else "")
+                  + f"; journal {summary['journal']} (`invoke cutover` with it resumes after this phase)")
+
+
+TASKS = [cutover, cutover_phase, rollback, cutover_finish]

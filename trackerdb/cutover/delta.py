@@ -28,6 +28,7 @@ from ..migrate import schema_print as sp
 from ..psql import Psql, blocked_statement
 from ..remote import wrap
 from . import delta_slices as ds
+from .facts import CopyPath
 from ..migrate import delta_sql as dq
 from ..migrate.delta_types import Item, Print, prints_from_json, prints_to_json
 from . import freeze as fz
@@ -64,12 +65,12 @@ class _Hosts:
 def choose_path(ctx, full: bool) -> dict:
     """``{"path": "delta"|"full", "reasons": [...]}``: the pre-copy path only when every check holds."""
     if full:
-        return {"path": "full", "reasons": ["--full was given"]}
+        return {"path": CopyPath.FULL, "reasons": ["--full was given"]}
     s = ctx.settings
     hosts = _Hosts(ctx)
     record = sp.load_record(s.state_dir)
     if record is None:
-        return {"path": "full", "reasons": sp.guard(None, s.database, {}, {}, {})}
+        return {"path": CopyPath.FULL, "reasons": sp.guard(None, s.database, {}, {}, {})}
     s_base, s_priv, t_base, t_priv, ident, s_cat, t_state = hosts.run([
         ("source", sp.SCHEMA_SQL, True), ("source", sp.pv.PRIVILEGES_SQL, True),
         ("target", sp.SCHEMA_SQL, True), ("target", sp.pv.PRIVILEGES_SQL, True),
@@ -78,7 +79,7 @@ def choose_path(ctx, full: bool) -> dict:
     reasons = sp.guard(record, s.database, ident, sp.schema_doc(s_base, s_priv), sp.schema_doc(t_base, t_priv),
                        target_read_only=t_state.get("read_only_setting"))
     reasons += dq.unsupported(s_cat)
-    out = {"path": "full" if reasons else "delta", "reasons": reasons, "schema_digest": record.get("schema_digest"),
+    out = {"path": CopyPath.FULL if reasons else CopyPath.DELTA, "reasons": reasons, "schema_digest": record.get("schema_digest"),
            "precopy_recorded_at": record.get("recorded_at")}
     if not reasons and sp.frozen(t_state.get("read_only_setting")):  # left frozen by a completed rollback
         out["through_freeze"] = record["rolled_back"]
@@ -228,7 +229,7 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
         if keep is not None:
             keep.update(prints_to_json({"source": src_prints, "target": tgt_prints, "content": content_cache}))
         if done or (not converge and rnd == 2):
-            return {"path": "delta", "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
+            return {"path": CopyPath.DELTA, "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
                     "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0],
                     "slices_moved": sliced,
                     "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}

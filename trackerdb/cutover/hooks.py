@@ -28,18 +28,16 @@ import math
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, OpsError, PreflightError, VerifyError
+from ..settings import Settings
+from .journal import Journal
 
 APP_STOP, APP_START, HEALTH = "app_stop", "app_start", "health"
 ROLLBACK_START = "rollback_app_start"
-TITLES = {
-    APP_STOP: "stop the application (configured steps, each after its drain probe), before the freeze",
-    APP_START: "start the application against the target (configured steps)",
-    HEALTH: "application health checks pass",
-}
 HINT = "see trackerdb.application in invoke.yaml (README: Application hooks)"
 
 
@@ -172,7 +170,8 @@ def parse_config(raw: dict | None) -> AppHooks:
     for label, steps in (("stop", stop), ("start", start)):
         names = [s.name for s in steps]
         if len(set(names)) != len(names):
-            raise ConfigError(f"application.{label} has duplicate step names", hint="name each step once (the journal keys on it)")
+            raise ConfigError(f"application.{label} has duplicate step names",
+                              hint="name each step once (the journal keys on it)")
     return AppHooks(stop, start, tuple(_check(c, f"application.health[{i}]") for i, c in enumerate(lists["health"])),
                     _num(raw, "health_timeout_s", 300, "application", 0.1),
                     _num(raw, "health_every_s", 5, "application", 0.1, 3600))
@@ -214,12 +213,13 @@ def dry_run_lines(hooks: AppHooks) -> list[str]:
         if s.drain:
             d = s.drain
             lines.append(f"app stop {i} {s.name}: wait until `{d.probe}` <= {d.threshold:g}, not rising over "
-                         f"{d.window_s:g}s (sampled every {d.every_s:g}s, give up after {d.timeout_s:g}s: nothing frozen)")
+                         f"{d.window_s:g}s (sampled every {d.every_s:g}s, "
+                         f"give up after {d.timeout_s:g}s: nothing frozen)")
         lines.append(f"app stop {i} {s.name}: {s.run}")
     for i, s in enumerate(hooks.start, 1):
         lines.append(f"app start {i} {s.name}: {s.run}")
     for c in hooks.health:
-        lines.append(f"health: {'GET ' + c.url + ' -> 2xx' if c.url else c.run + ' -> exit 0'}"
+        lines.append(f"health: {f'GET {c.url} -> 2xx' if c.url else f'{c.run} -> exit 0'}"
                      f" (within {hooks.health_timeout_s:g}s)")
     if not hooks.empty and hooks.start:
         lines.append("rollback: after the source is writable again and switched back, start steps in order")
@@ -231,7 +231,8 @@ def dry_run_lines(hooks: AppHooks) -> list[str]:
 def run_command(cmd: str, timeout_s: float) -> tuple[int, str]:
     """``bash -c cmd`` on this machine -> (exit status, last output line). Timeout -> 124."""
     try:
-        p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=timeout_s,
+                           stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return 124, f"timed out after {timeout_s:g}s"
     lines = [ln for ln in (p.stdout + "\n" + p.stderr).splitlines() if ln.strip()]
@@ -240,6 +241,8 @@ def run_command(cmd: str, timeout_s: float) -> tuple[int, str]:
 
 def wait_drained(step: HookStep, say, clock=time.monotonic, sleep=time.sleep) -> list[tuple[float, float]]:
     d = step.drain
+    if d is None:  # no probe: nothing to wait for
+        return []
     t0 = clock()
     samples: list[tuple[float, float]] = []
     while True:
@@ -318,6 +321,8 @@ def check_once(c: HealthCheck, timeout_s: float = 10.0) -> tuple[bool, str]:
                 return 200 <= r.status < 300, f"HTTP {r.status}"
         except Exception as exc:  # noqa: BLE001 - any failure is "not healthy yet"
             return False, f"{type(exc).__name__}: {str(exc)[:120]}"
+    if c.run is None:  # parse_config gives every check a url or a command
+        return False, "neither a url nor a command"
     rc, last = run_command(c.run, timeout_s)
     return rc == 0, f"exit {rc}" + (f": {last}" if last else "")
 
@@ -348,9 +353,9 @@ def health(ctx, resume: bool, clock=time.monotonic, sleep=time.sleep) -> dict:
 
 @dataclass
 class _RollbackCtx:
-    settings: object
-    journal: object
-    progress: object = None
+    settings: Settings
+    journal: Journal
+    progress: Callable[[str], None] | None = None
     notes: dict = field(default_factory=dict)
 
     def say(self, msg: str) -> None:
@@ -361,7 +366,7 @@ class _RollbackCtx:
         return self.journal.state(phase).facts
 
 
-def rollback_start(settings, journal, progress=None) -> dict | None:
+def rollback_start(settings: Settings, journal: Journal, progress: Callable[[str], None] | None = None) -> dict | None:
     """On rollback: if this cutover stopped the application, start it again (the start steps, in
     order) once the source is writable and the application points back at it. Journaled under its
     own phase, so a repeated rollback does not start anything twice."""
@@ -392,7 +397,8 @@ def timeline_rows(phase: str, facts: dict) -> list[dict]:
         start = st.get("started")
         if st.get("drain_samples") is not None and st.get("drained_at") and start:
             last = st["drain_samples"][-1][1] if st["drain_samples"] else None
-            rows.append({"phase": f"{phase}: {name} drain (last {last:g})" if last is not None else f"{phase}: {name} drain",
+            label = f"{phase}: {name} drain (last {last:g})" if last is not None else f"{phase}: {name} drain"
+            rows.append({"phase": label,
                          "start": start, "end": st["drained_at"], "outcome": "ok"})
             start = st["drained_at"]
         if start and st.get("end"):

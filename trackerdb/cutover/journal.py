@@ -132,7 +132,8 @@ class Journal:
             except json.JSONDecodeError:
                 if i == len(lines) - 1:  # a torn last line from a kill mid-write: ignore it
                     continue
-                raise OpsError(f"journal {self.path} line {i + 1} is not JSON", hint="the journal is damaged; inspect it") from None
+                raise OpsError(f"journal {self.path} line {i + 1} is not JSON",
+                               hint="the journal is damaged; inspect it") from None
         return out
 
     def states(self) -> dict[str, PhaseState]:
@@ -160,12 +161,14 @@ class Journal:
 
     def begin(self, phase: str, facts: dict | None = None) -> dict:
         now = self.clock()
-        return self._append({"phase": phase, "event": "begin", "start": now, "end": None, "outcome": "started", "facts": facts or {}})
+        return self._append({"phase": phase, "event": "begin", "start": now, "end": None, "outcome": "started",
+                             "facts": facts or {}})
 
     def note(self, phase: str, facts: dict) -> dict:
         """Facts learned mid-phase, written *before* the change they protect (e.g. a record's old value)."""
         now = self.clock()
-        return self._append({"phase": phase, "event": "note", "start": now, "end": None, "outcome": "started", "facts": facts})
+        return self._append({"phase": phase, "event": "note", "start": now, "end": None, "outcome": "started",
+                             "facts": facts})
 
     def end(self, phase: str, outcome: str = "ok", facts: dict | None = None, error: str | None = None) -> dict:
         now = self.clock()

@@ -1,16 +1,17 @@
-"""The seven cutover phases. Each is ``fn(ctx, resume: bool) -> facts`` and safe to call again.
+"""The thirteen cutover phases, in one table (``TABLE``, runbook order; ``table.Phase`` says what a row holds).
 
-``ctx`` carries Settings, the journal, the dump directory, progress and the facts of earlier phases. A phase
-that changes something notes what it needs for a safe re-run (or a rollback) in the journal *before* the
-change. The executors of other areas (dump, restore, verify, pgBackRest) are imported when used.
+Each phase is ``fn(ctx, resume: bool) -> facts`` and safe to call again. ``ctx`` (``context.Ctx``) carries
+Settings, the journal, the dump directory, progress and the typed facts of earlier phases (``facts.py``). A
+phase that changes something notes what it needs for a safe re-run (or a rollback) in the journal *before*
+the change. The executors of other areas (dump, restore, verify, pgBackRest) are imported when used.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import OpsError, PreflightError, VerifyError
 from . import compression_hold as ch
@@ -18,75 +19,19 @@ from . import freeze as fz
 from . import hooks as hk
 from . import progress as pg
 from . import switch as sw
-from .app_path import app_path_check  # noqa: F401  (post() calls it; tests import it from here)
-from .journal import Journal
-from ..psql import Psql
-from ..session import Session
+from .app_path import app_path_check
+from . import context as cx
+from .context import Ctx, rollback_decision_point
+from . import facts as fc
+from .facts import CopyPath, Dump
+from .table import Phase
 
-PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
+PREFLIGHT, FREEZE, DUMP, RESTORE = "preflight", "freeze", "dump", "restore"
+VERIFY, SWITCH, POST = "verify", "switch", "post"
 PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
-PHASES = [PREFLIGHT, PREPARE, APP_STOP, FREEZE, DELTA, DUMP, RESTORE, VERIFY, SWITCH, APP_START, HEALTH, POST, FINAL_DUMP]
-PATH_DELTA, PATH_FULL = "delta", "full"
-DESTRUCTIVE = {FREEZE, DELTA, RESTORE, SWITCH}
-TITLES = {
-    PREFLIGHT: "1 preflight: everything restore and verify would refuse, before any outage",
-    FREEZE: "2 freeze: source tracker read-only, sessions ended, final WAL position recorded",
-    PREPARE: "1a pre-copy path: fingerprints of every chunk and table on both hosts, and a first copy of what differs, before the outage",
-    DELTA: "2b pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of every chunk and table)",
-    DUMP: "3 final dump with manifest (full path; the pre-copy path takes it in phase 8)",
-    RESTORE: "4 restore on the target (staging database, renamed into place; an existing tracker is kept renamed)",
-    VERIFY: "5 verify against the manifest and live against the frozen source",
-    SWITCH: "6 switch the application to the target",
-    POST: "7 post-cutover: verify through the application's path, first full backup, backrest check",
-    FINAL_DUMP: "8 pre-copy path: the final full dump for safety, from the still-frozen source, after the switch",
-    APP_STOP: "1b " + hk.TITLES[hk.APP_STOP],
-    APP_START: "6b " + hk.TITLES[hk.APP_START],
-    HEALTH: "6c " + hk.TITLES[hk.HEALTH],
-}
+PATH_DELTA, PATH_FULL = CopyPath.DELTA, CopyPath.FULL
 READ_ONLY_SETTING = "default_transaction_read_only"
-
-
-@dataclass
-class Ctx:
-    settings: object
-    journal: Journal
-    dump_dir: Path
-    progress: object = None
-    session: Session = None  # the task's: one connection per host, each secret fetched once
-    full: bool = False  # --full: the full dump path whatever the pre-copy
-
-    def __post_init__(self):
-        if self.session is None:
-            self.session = Session(self.settings)
-
-    @property
-    def secrets(self) -> list:
-        return self.session.secrets
-
-    def say(self, msg: str) -> None:
-        if self.progress:
-            self.progress(msg)
-
-    def facts(self, phase: str) -> dict:
-        return self.journal.state(phase).facts
-
-    def remote(self, which: str):
-        return self.session.remote(which)
-
-    def psql(self, which: str) -> Psql:
-        """The session's psql on the source's or the target's cluster (on that cluster's port)."""
-        return self.session.psql(which)
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def rollback_decision_point(journal_path) -> str:
-    return ("ROLLBACK DECISION POINT: until phase 6 (switch) completes, rollback only makes the source writable again "
-            "(nothing was written anywhere else). After the switch, rollback also exports the rows written on the "
-            "target and can replay them on the source. Decide before the source is decommissioned. "
-            f"Command: invoke rollback --journal {journal_path}   (add --replay to apply the exported rows)")
 
 
 # ---- 1 preflight -------------------------------------------------------------------------------
@@ -94,9 +39,10 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     s = ctx.settings
     problems: list[str] = []
     if s.source_decommissioned:
-        raise PreflightError("settings say the source is decommissioned: a cutover needs it", hint="this cutover is already done")
+        raise PreflightError("settings say the source is decommissioned: a cutover needs it",
+                             hint="this cutover is already done")
     src, tgt = ctx.remote("source"), ctx.remote("target")
-    sfacts = Psql.source(src, s).json(fz.facts_sql(s.database))
+    sfacts = ctx.psql("source").json(fz.facts_sql(s.database))
     if not sfacts["exists"]:
         raise PreflightError(f"source has no database {s.database!r}", hint="check trackerdb.source")
     if sfacts["read_only_setting"] and sfacts["read_only_setting"].endswith("=on"):
@@ -143,7 +89,8 @@ def _archiving_and_secret_problems(ctx: Ctx) -> list[str]:
         problems.append(f"application password: {exc.one_line()}")
     wal = vf.wal_archiving_check(s, True, ctx.session)
     if not wal.ok:
-        problems.append(f"pgBackRest on the target: {wal.observed} (`invoke backrest.setup`, then `invoke backrest.check`)")
+        problems.append(f"pgBackRest on the target: {wal.observed} "
+                        "(`invoke backrest.setup`, then `invoke backrest.check`)")
     return problems
 
 
@@ -156,11 +103,13 @@ def _restore_preflight(ctx: Ctx) -> dict:
         facts = mf.collect_facts(ctx.session.psql("source"), s.database)
     except OpsError as exc:
         raise PreflightError(f"cannot read {s.database} on the source: {exc.message}",
-                             hint="check trackerdb.source and that PostgreSQL runs there (nothing was changed)") from None
+                             hint="check trackerdb.source and that PostgreSQL runs there "
+                                  "(nothing was changed)") from None
     from ..migrate import restore_job as rj
 
     # restore-time settings a killed restore left behind end here (kept while a restore job runs)
-    ctx.say("restore tuning: " + rj.clear_stale_tuning(ctx.remote("target"), s, rs.tuning_path(s.postgres_major)).detail)
+    ctx.say("restore tuning: " + rj.clear_stale_tuning(ctx.remote("target"), s,
+                                                       rs.tuning_path(s.postgres_major)).detail)
     pre = rs.preflight_from_source(s, facts, ctx.session, replace=True)
     roles = ctx.session.psql("target").json(pv.TARGET_ROLES_SQL) if s.owner_map else []  # not after pg_restore
     pre["problems"] += pv.owner_map_role_problems(s.owner_map, roles, pv.roles_the_restore_creates(facts, s.owner_role))
@@ -171,33 +120,33 @@ def _restore_preflight(ctx: Ctx) -> dict:
 # ---- 2 freeze ----------------------------------------------------------------------------------
 def freeze(ctx: Ctx, resume: bool) -> dict:
     s = ctx.settings
-    src = ctx.remote("source")
-    recorded = ctx.facts(FREEZE)
-    if "prior_read_only" not in recorded:
-        before = Psql.source(src, s).json(fz.facts_sql(s.database))
+    recorded = cx.freeze_facts(ctx)
+    if not recorded.recorded:
+        before = ctx.psql("source").json(fz.facts_sql(s.database))
         # written before the change: a re-run must restore *this* value, not the frozen one
-        ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": src.name})
-        recorded = ctx.facts(FREEZE)
+        ctx.journal.note(FREEZE, {"prior_read_only": before["read_only_setting"], "host": ctx.remote("source").name})
+        recorded = cx.freeze_facts(ctx)
     ctx.say(f"making {s.database} on the source read-only and ending its sessions")
     facts = fz.freeze(ctx.psql("source"), s.database, progress=ctx.say)
-    facts["prior_read_only"] = recorded["prior_read_only"]
-    if not str(recorded["prior_read_only"] or "").endswith("=on"):  # a source read-only by itself is not written to
+    facts["prior_read_only"] = recorded.prior_read_only
+    if not recorded.source_was_read_only:  # a source read-only by itself is not written to
         started = time.monotonic()
         facts["caggs_refreshed"] = fz.refresh_caggs(ctx.psql("source"), s.database)
         if facts["caggs_refreshed"]:
             ctx.say(f"continuous aggregates refreshed on the frozen source in {time.monotonic() - started:.1f}s "
                     f"(nothing left pending for the target's policies): {', '.join(facts['caggs_refreshed'])}")
-    if resume and recorded.get("frozen_at"):
+    if resume and recorded.frozen_at:
         facts["refrozen_at"] = facts["frozen_at"]
-        facts["frozen_at"] = recorded["frozen_at"]
-    ctx.say(f"source frozen at {facts['frozen_at']}, WAL {facts['lsn']}, {facts['sessions_terminated']} session(s) ended")
+        facts["frozen_at"] = recorded.frozen_at
+    ctx.say(f"source frozen at {facts['frozen_at']}, WAL {facts['lsn']}, "
+            f"{facts['sessions_terminated']} session(s) ended")
     return facts
 
 
 # ---- 2b delta (the pre-copy path) -----------------------------------------------------------------
-def path(ctx: Ctx) -> str:
+def path(ctx: Ctx) -> CopyPath:
     """The path this cutover took: ``delta`` once phase 2b chose it, else ``full`` (journals without 2b too)."""
-    return ctx.facts(DELTA).get("path") or PATH_FULL
+    return cx.path_choice(ctx).path
 
 
 def prints_path(ctx: Ctx) -> Path:
@@ -252,7 +201,8 @@ def wait_archived(ctx: Ctx, timeout_s: float = ARCHIVE_WAIT_S, every_s: float = 
             return round(time.monotonic() - t0, 1)
         if time.monotonic() - t0 > timeout_s:
             raise VerifyError(f"WAL archiving on the target did not catch up within {timeout_s:.0f}s: {c.observed}",
-                              hint="check pgBackRest on the target (`invoke backrest.check`), then re-run `invoke cutover`")
+                              hint="check pgBackRest on the target (`invoke backrest.check`), "
+                                   "then re-run `invoke cutover`")
         ctx.say(f"waiting for WAL archiving to catch up on the target: {str(c.observed)[:160]}")
         time.sleep(every_s)
 
@@ -269,10 +219,11 @@ def delta(ctx: Ctx, resume: bool) -> dict:
     if choice["path"] == PATH_FULL:
         ctx.say("FULL DUMP PATH (not the pre-copy path): " + "; ".join(choice["reasons"]))
         return choice
-    ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; moving only what changed")
+    ctx.say(f"pre-copy path: schema unchanged since the pre-copy of {choice.get('precopy_recorded_at')}; "
+            "moving only what changed")
     _through_freeze(ctx, choice)
     cached = None
-    pf = ctx.facts(PREPARE).get("prints_file")
+    pf = cx.prepare_facts(ctx).prints_file
     if pf and Path(pf).is_file():
         cached = json.loads(Path(pf).read_text())
     facts = dl.run_delta_kept(ctx, note=lambda f: ctx.journal.note(DELTA, {"progress": f}), cached=cached)
@@ -308,22 +259,23 @@ def _final_dump(ctx: Ctx) -> dict:
 
     private_dir(ctx.dump_dir)
     # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
-    key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
-    transfer = (ctx.facts(PREFLIGHT).get("transfer") or {}).get("transfer", "relay")  # decided and probed in preflight
-    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"), say=ctx.say,
-                            transfer=transfer, session=ctx.session)
+    frozen = cx.freeze_facts(ctx)
+    key = job_key(str(ctx.journal.path), frozen.frozen_at)
+    transfer = cx.transfer(ctx)  # decided and probed in preflight
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"),
+                            say=ctx.say, transfer=transfer, session=ctx.session)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"), session=ctx.session, digests=False)
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"),
+                       session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
-    adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
+    adjusted = cutover_manifest(manifest, frozen.prior_read_only)
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
     write_private(adj_path, json.dumps(adjusted, indent=2, sort_keys=True))
     counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest.get("facts", {}).get("tables", [])}
-    return {"dump_path": str(art.dump_path), "manifest_path": str(adj_path), "source_manifest_path": str(art.manifest_path),
-            "sha256": manifest.get("dump", {}).get("sha256"), "size_bytes": manifest.get("dump", {}).get("size_bytes"),
-            "dump_on_target": bool(getattr(art, "on_target", False)), "transfer": manifest.get("dump", {}).get("transfer"),
-            "row_counts": counts}
+    made = manifest.get("dump", {})
+    return Dump(str(art.dump_path), str(adj_path), str(art.manifest_path), made.get("sha256"), made.get("size_bytes"),
+                bool(getattr(art, "on_target", False)), made.get("transfer"), counts).to_json()
 
 
 def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
@@ -333,7 +285,8 @@ def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
     settings = doc.get("facts", {}).get("db_settings")
     if isinstance(settings, dict):
         for role, values in list(settings.items()):
-            kept = [v for v in values if not (role == "" and v.split("=", 1)[0] == READ_ONLY_SETTING and prior_read_only is None)]
+            kept = [v for v in values
+                    if not (role == "" and v.split("=", 1)[0] == READ_ONLY_SETTING and prior_read_only is None)]
             if kept:
                 settings[role] = kept
             else:
@@ -351,7 +304,7 @@ def restore(ctx: Ctx, resume: bool) -> dict:
 
     if path(ctx) == PATH_DELTA:
         return {"skipped": "pre-copy path: the target's tracker was brought up to date in phase 2b"}
-    d = ctx.facts(DUMP)
+    d = cx.dump_facts(ctx)
     if resume:
         # Killed mid-restore: if the target already holds exactly this dump's data, the restore
         # finished and only the journal's end record is missing; otherwise restore again (the
@@ -360,26 +313,36 @@ def restore(ctx: Ctx, resume: bool) -> dict:
         if failed is not None and not failed:
             return {"resumed": "target already matches this dump's manifest"}
     # a dump the direct transfer left on the target stays there after the restore (the only copy)
-    on_target = bool(d.get("dump_on_target"))
-    outcome = run_restore(ctx.settings, d["dump_path"], manifest_path=d["manifest_path"], replace=True,
-                          progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target, keep_upload=on_target)
+    on_target = d.dump_on_target
+    if d.dump_path is None:
+        raise OpsError("the journal records no final dump to restore (phase 3)",
+                       hint="re-run `invoke cutover` with the same --journal: it resumes at the dump")
+    outcome = run_restore(ctx.settings, d.dump_path, manifest_path=d.manifest_path, replace=True,
+                          progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target,
+                          keep_upload=on_target)
     steps = getattr(outcome, "steps", [])
     # a whole database's restore leaves archiving behind on a busy host: verify checks it, so wait
     # (bounded) for it to catch up here, as the pre-copy path does after its big copies
     return {"steps": [f"{st.name}: {st.status}" for st in steps][:50],
-            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job"), "archive_wait_s": wait_archived(ctx)}
+            "restore_job": (getattr(outcome, "stats", None) or {}).get("restore_job"),
+            "archive_wait_s": wait_archived(ctx)}
 
 
 # ---- 5 verify ----------------------------------------------------------------------------------
 def _manifest(ctx: Ctx) -> dict:
-    return json.loads(Path(ctx.facts(DUMP)["manifest_path"]).read_text())
+    manifest_path = cx.dump_facts(ctx).manifest_path
+    if manifest_path is None:
+        raise VerifyError("the journal records no final dump manifest (phase 3)",
+                          hint="re-run `invoke cutover` with the same --journal; it resumes at the dump")
+    return json.loads(Path(manifest_path).read_text())
 
 
 def _verify_failures(ctx: Ctx, against_source: bool):
     from ..migrate.verify import run_verify
 
     try:
-        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx), against_source=against_source,
+        checks = run_verify(ctx.settings, manifest=None if against_source else _manifest(ctx),
+                            against_source=against_source,
                             session=ctx.session)
     except OpsError:
         return None
@@ -411,10 +374,11 @@ def verify(ctx: Ctx, resume: bool) -> dict:
     from ..migrate.verify import run_verify
     from .delta import kept_prints  # the pre-copy path's last prints: verify reads again only what was written since
 
-    result = {}
+    result: dict[str, Any] = {}
     # on the pre-copy path the pre-copy's manifest is stale: live against the frozen source only
     for label in (["source"] if path(ctx) == PATH_DELTA else ["manifest", "source"]):
-        kwargs = {"manifest": _manifest(ctx)} if label == "manifest" else {"against_source": True, "content_reuse": kept_prints(ctx.facts(DELTA))}
+        kwargs = ({"manifest": _manifest(ctx)} if label == "manifest"
+                  else {"against_source": True, "content_reuse": kept_prints(ctx.facts(DELTA))})
         ctx.say(f"verify against the {label}")
         checks = run_verify(ctx.settings, session=ctx.session, **kwargs)
         bad = [c for c in checks if not c.ok and not (label == "source" and _is_our_freeze(c))]
@@ -428,7 +392,8 @@ def verify(ctx: Ctx, resume: bool) -> dict:
         if bad:
             raise VerifyError(f"verify against the {label}: {len(bad)} of {len(checks)} checks failed: "
                               + "; ".join(result[label]["failed"][:5]),
-                              hint="the application still points at the frozen source: fix and re-run `invoke cutover`, "
+                              hint="the application still points at the frozen source: "
+                                   "fix and re-run `invoke cutover`, "
                                    f"or `invoke rollback --journal {ctx.journal.path}`")
     from .content_cost import line
 
@@ -440,13 +405,13 @@ def verify(ctx: Ctx, resume: bool) -> dict:
 def switch(ctx: Ctx, resume: bool) -> dict:
     fz.require_frozen(ctx.psql("source"), ctx.settings.database)  # never a thawed source
     switcher = sw.of(ctx.session)
-    recorded = ctx.facts(SWITCH)
-    if "old" not in recorded:
+    recorded = cx.switch_facts(ctx)
+    if not recorded.recorded:
         old = switcher.current()
         new = sw.new_value(ctx.settings)
-        ctx.journal.note(SWITCH, {"mode": switcher.mode, "old": old, "new": new})  # before the change
+        ctx.journal.note(SWITCH, fc.Switch(True, switcher.mode, old, new).to_note())  # before the change
     else:
-        old, new = recorded["old"], recorded["new"]
+        old, new = recorded.old, recorded.new
     from . import lossless
 
     capture = lossless.start_capture(ctx)  # before the application can write to the target (issue 16)
@@ -464,7 +429,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
     s = ctx.settings
     recorded = ctx.facts(POST)
     facts: dict = {}
-    endpoint = ctx.facts(SWITCH).get("new") or sw.new_value(s)
+    endpoint = cx.switch_facts(ctx).new or sw.new_value(s)
     if s.switch.get("mode", "route53") == "route53":
         endpoint = sw.of(ctx.session).current()  # what the application resolves now
     facts["app_path"] = app_path_check(s, endpoint, session=ctx.session)
@@ -479,12 +444,39 @@ def post(ctx: Ctx, resume: bool) -> dict:
     res = backrest.check(s, session=ctx.session)
     bad = [c for c in res if hasattr(c, "ok") and not c.ok] if isinstance(res, list) else []
     if bad:
-        raise VerifyError("backrest.check failed after the cutover: " + "; ".join(f"{c.name}: {c.observed}" for c in bad),
-                          hint="the application runs on the target; fix archiving, then re-run `invoke cutover` to finish")
+        raise VerifyError("backrest.check failed after the cutover: "
+                          + "; ".join(f"{c.name}: {c.observed}" for c in bad),
+                          hint="the application runs on the target; fix archiving, "
+                               "then re-run `invoke cutover` to finish")
     facts["backrest_check"] = "ok"
     facts["jobs"] = ch.prove_jobs_after_switch(s, ctx.journal, ctx.session, ctx.say)
     return facts
 
 
-FUNCS = {PREFLIGHT: preflight, APP_STOP: hk.app_stop, FREEZE: freeze, DUMP: dump, RESTORE: restore, VERIFY: verify,
-         SWITCH: switch, APP_START: hk.app_start, HEALTH: hk.health, POST: post, PREPARE: prepare, DELTA: delta, FINAL_DUMP: final_dump}
+# ---- the table, in runbook order --------------------------------------------------------------------
+TABLE: tuple[Phase, ...] = (
+    Phase(PREFLIGHT, "1", "preflight: everything restore and verify would refuse, before any outage", preflight,
+          alone=True),
+    Phase(PREPARE, "1a", "pre-copy path: fingerprints of every chunk and table on both hosts, and a first copy of "
+          "what differs, before the outage", prepare, alone=True),
+    Phase(APP_STOP, "1b", "stop the application (configured steps, each after its drain probe), before the freeze",
+          hk.app_stop),
+    Phase(FREEZE, "2", "freeze: source tracker read-only, sessions ended, final WAL position recorded", freeze,
+          destructive=True),
+    Phase(DELTA, "2b", "pre-copy path: schema guard, then only what changed since the pre-copy (fingerprints of "
+          "every chunk and table)", delta, destructive=True, reads=(PREPARE,)),
+    Phase(DUMP, "3", "final dump with manifest (full path; the pre-copy path takes it in phase 8)", dump,
+          reads=(PREFLIGHT, FREEZE, DELTA)),
+    Phase(RESTORE, "4", "restore on the target (staging database, renamed into place; an existing tracker is kept "
+          "renamed)", restore, destructive=True, reads=(DELTA, DUMP)),
+    Phase(VERIFY, "5", "verify against the manifest and live against the frozen source", verify, reads=(DELTA, DUMP)),
+    Phase(SWITCH, "6", "switch the application to the target", switch, destructive=True),
+    Phase(APP_START, "6b", "start the application against the target (configured steps)", hk.app_start),
+    Phase(HEALTH, "6c", "application health checks pass", hk.health),
+    Phase(POST, "7", "post-cutover: verify through the application's path, first full backup, backrest check", post,
+          reads=(SWITCH,)),
+    Phase(FINAL_DUMP, "8", "pre-copy path: the final full dump for safety, from the still-frozen source, after the "
+          "switch", final_dump, reads=(PREFLIGHT, FREEZE, DELTA)),
+)
+PHASES = [p.id for p in TABLE]  # the ids in order (the journal's resume plan)
+BY_ID = {p.id: p for p in TABLE}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 
-def bytes_progress(say, label: str, every_s: float = 5.0):
+def bytes_progress(say: Callable[[str], None], label: str, every_s: float = 5.0) -> Callable[..., None]:
     """Byte/step progress: every new step, and at most one line every few seconds."""
     last = {"t": 0.0, "label": None}
 
@@ -23,9 +24,9 @@ def bytes_progress(say, label: str, every_s: float = 5.0):
     return report
 
 
-def step_progress(say):
+def step_progress(say: Callable[[str], None]) -> Callable[..., None]:
     """``report(what, done, total)``: one ``bytes_progress`` per step name."""
-    reporters: dict = {}
+    reporters: dict[str, Callable[..., None]] = {}
 
     def report(what, done=None, total=None):
         key = str(what)

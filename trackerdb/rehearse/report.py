@@ -138,6 +138,14 @@ def _hook_rows(rec: dict) -> list[dict]:
     return timeline_rows(rec["phase"], rec.get("facts") or {}) if str(rec["phase"]).startswith(("app_", "rollback_app")) else []
 
 
+def _runbook(phase: str) -> dict:
+    """A cutover phase's runbook step and title, from the cutover's phase table (None for other rows)."""
+    from ..cutover.phases import BY_ID
+
+    p = BY_ID.get(phase)
+    return {"step": p.step if p else None, "title": p.title if p else None}
+
+
 def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
     """Every group's phases on one clock: offsets in seconds from the earliest start."""
     rows = []
@@ -157,6 +165,7 @@ def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
         out.append({
             "group": r["group"],
             "phase": r["phase"],
+            **_runbook(r["phase"]),
             "start": start,
             "end": end,
             "start_s": None if start is None or t0 is None else round(start - t0, 3),

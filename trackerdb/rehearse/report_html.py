@@ -31,6 +31,11 @@ def _e(v) -> str:
     return html.escape("" if v is None else str(v), quote=True)
 
 
+def _phase_label(p: dict) -> str:
+    """``2b delta``: a cutover phase with its runbook step (from the cutover's phase table), else its name."""
+    return f"{p['step']} {p['phase']}" if p.get("step") else str(p["phase"])
+
+
 def _nice_step(span: float) -> float:
     if span <= 0:
         return 1.0
@@ -83,7 +88,7 @@ def timeline_svg(phases: list[dict], window: dict | None, width: int = 1180) -> 
     colors = {"ok": "#2f6fb3", "failed": "#c0392b", "incomplete": "#9aa3b1"}
     for i, p in enumerate(rows):
         y = top + i * row_h
-        label = f"{p['group']} / {p['phase']}"
+        label = f"{p['group']} / {_phase_label(p)}"
         parts.append(f'<text x="{label_w - 8}" y="{y + 15}" font-size="12" text-anchor="end" fill="#1d2430">{_e(label)}</text>')
         s = p["start_s"]
         e = p["end_s"] if p["end_s"] is not None else s
@@ -162,7 +167,8 @@ def render_html(report: dict) -> str:
     out.append("<table><tr><th>run</th><th>phase</th><th>start</th><th>duration</th><th>outcome</th><th>in outage</th><th>facts</th></tr>")
     for p in r["phases"]:
         facts = ", ".join(f"{k}={v}" for k, v in (p.get("facts") or {}).items() if not isinstance(v, (dict, list)))
-        out.append(f"<tr><td>{_e(p['group'])}</td><td>{_e(p['phase'])}</td><td class=num>{_e(human_seconds(p['start_s']))}</td>"
+        out.append(f"<tr><td>{_e(p['group'])}</td><td title=\"{_e(p.get('title') or '')}\">{_e(_phase_label(p))}</td>"
+                   f"<td class=num>{_e(human_seconds(p['start_s']))}</td>"
                    f"<td class=num>{_e(human_seconds(p['duration_s']))}</td>"
                    f"<td class=\"{'ok' if p['state'] == 'ok' else 'fail'}\">{_e(p['outcome'])}</td>"
                    f"<td>{'yes' if p.get('in_outage') else ''}</td><td class=muted>{_e(facts[:300])}</td></tr>")
