@@ -17,6 +17,7 @@ import hashlib
 
 from .. import detached
 from ..errors import OpsError
+from ..progress import bytes_of
 from ..remote import Remote, wrap
 from ..safe_paths import ensure_dir
 from . import manifest as mf
@@ -43,7 +44,7 @@ def run_dump_detached(settings, dest_dir: str, key: str, progress=None, say=None
     """Dump on the source as a detached job and fetch it (``relay``) or have the target pull it
     (``direct``). None when the source has no room for the dump file (the caller streams instead)."""
     say = say or (lambda m: None)
-    progress = progress or (lambda done, total: None)
+    progress = bytes_of(progress, "dump")  # a Progress (trackerdb/progress.py), counted in bytes here
     from ..files import open_private, private_dir
 
     db, port = settings.database, settings.source_port  # the source's cluster (pg_port is the target's)
