@@ -306,11 +306,11 @@ def _final_dump(ctx: Ctx) -> dict:
     # pg_dump runs detached on the source (it survives the operator); a re-run attaches to it
     key = job_key(str(ctx.journal.path), ctx.facts(FREEZE).get("frozen_at"))
     transfer = (ctx.facts(PREFLIGHT).get("transfer") or {}).get("transfer", "relay")  # decided and probed in preflight
-    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"), say=ctx.say,
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.step_progress(ctx.say), say=ctx.say,
                             transfer=transfer)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"), session=ctx.session, digests=False)
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.step_progress(ctx.say), session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, ctx.facts(FREEZE).get("prior_read_only"))
     adj_path = Path(str(art.manifest_path)).with_name(Path(str(art.manifest_path)).stem + ".cutover.json")
@@ -461,7 +461,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
     recorded = ctx.facts(POST)
     facts: dict = {}
     endpoint = ctx.facts(SWITCH).get("new") or sw.new_value(s)
-    if s.switch.get("mode", "route53") == "route53":
+    if s.switch.mode == "route53":
         endpoint = sw.of(ctx.session).current()  # what the application resolves now
     facts["app_path"] = app_path_check(s, endpoint, session=ctx.session)
     if not recorded.get("backup_done"):
