@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from trackerdb.psql import Psql
+
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the lab's clusters (tests/lab/test_55_port.py moves them to other ports on its own instance)
@@ -41,7 +45,7 @@ def query_json(remote, sql: str, database: str = "postgres"):
     return Psql(remote, LAB_PORT, pinned=False).json(sql, database)
 
 
-def ensure_app_password_on_source(settings) -> None:
+def ensure_app_password_on_source(settings: Settings) -> None:
     """The old host is where the application logs in today: its `tracker` role has the password
     from Secrets Manager (the dataset generator leaves it unset). Sent on stdin, never argv."""
     from trackerdb.remote import Remote
@@ -49,5 +53,5 @@ def ensure_app_password_on_source(settings) -> None:
     from trackerdb.sql import ident, literal
 
     secret = fetch_secret(settings, settings.app_secret_name)
-    with Remote(settings.source, secrets=[secret]) as s:
+    with Remote(settings.require_source(), secrets=[secret]) as s:
         run_sql(s, f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")

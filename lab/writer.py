@@ -21,6 +21,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
 INSERT = """INSERT INTO tracker.location_reports
   (device_id, reported_at, received_at, geog, speed_kmh, heading, battery_pct, satellites, ignition)
@@ -46,13 +50,13 @@ class Log:
         self.f.close()
 
 
-def resolve(settings) -> str:
+def resolve(settings: Settings) -> str:
     from trackerdb.cutover.switch import Route53Switch
 
     return Route53Switch(settings).current()
 
 
-def run(settings, log_path: Path, seconds: float, count: int | None, interval: float, device: int) -> dict:
+def run(settings: Settings, log_path: Path, seconds: float, count: int | None, interval: float, device: int) -> dict:
     import psycopg
 
     from trackerdb.secrets import fetch_secret

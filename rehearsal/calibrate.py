@@ -20,11 +20,15 @@ import dataclasses
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab import changes, dataset
 from lab import tsdb
 from trackerdb.errors import OpsError
 from trackerdb.remote import Remote
+
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
 CALIB_DB = "tracker_calib"
 #: ~320 MiB with the Timescale-licensed dataset (15x the default rehearsal's 22 MiB, a 35th of
@@ -39,7 +43,7 @@ def _exists(src, port: int) -> bool:
     return Psql(src, port).value(f"SELECT count(*) FROM pg_database WHERE datname = '{CALIB_DB}';") != "0"
 
 
-def prepare(settings, scale: float = DEFAULT_SCALE, say=None) -> dict:
+def prepare(settings: Settings, scale: float = DEFAULT_SCALE, say=None) -> dict:
     """Generate ``tracker_calib`` on the source (or find it, at this scale, from an earlier run)."""
     say = say or (lambda m: None)
     if not settings.is_lab:
@@ -84,7 +88,7 @@ class Background:
         return self.result
 
 
-def calibrate(settings, run_dir: Path, prepared: dict, say=None) -> dict:
+def calibrate(settings: Settings, run_dir: Path, prepared: dict, say=None) -> dict:
     """Time dump, restore and verify of the prepared copy, as the cutover's phases run them:
     ``{"db_bytes", "scale", "generated_s", "phases": {"dump": s, "restore": s, "verify": s}, "rows"}``."""
     from trackerdb.migrate.dump import run_dump
@@ -134,7 +138,7 @@ def calibrate(settings, run_dir: Path, prepared: dict, say=None) -> dict:
 WRITER_ROWS = 400
 
 
-def calibrate_window(settings, run_dir: Path, say=None) -> dict:
+def calibrate_window(settings: Settings, run_dir: Path, say=None) -> dict:
     """The pre-copy window's data phases on the restored calibration copy, as the window runs them: a day
     of new data on the source, 1a's round (``prepare``: fingerprint both hosts, copy what differs), the
     writer's rows since, the freeze, 2b (``delta``: only what changed since 1a, by tuple versions) and

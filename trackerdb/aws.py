@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
-def client(settings, service: str):
+def client(settings: Settings, service: str):
     import boto3
 
-    kwargs = {"region_name": settings.region}
+    kwargs: dict[str, str | None] = {"region_name": settings.region}
     if settings.aws_endpoint_url:
         kwargs["endpoint_url"] = settings.aws_endpoint_url
     if settings.aws_ca_bundle:

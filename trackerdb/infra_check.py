@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, HostError
 from .iam_eval import Request, allowed
 from .steps import Check
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 SSM_CORE_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 
@@ -311,7 +315,7 @@ def _err(exc: Exception) -> str:
     return f"error: {code or type(exc).__name__}"
 
 
-def gather(settings, outputs: dict | None = None, make_client=None) -> dict:
+def gather(settings: Settings, outputs: dict | None = None, make_client=None) -> dict:
     """Read every fact the checks need. Reads only: nothing here changes AWS.
 
     ``make_client(settings, service)`` defaults to ``trackerdb.aws.client``.

@@ -34,8 +34,17 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .errors import ConfigError, HostError
+
+
+class WithLimits(Protocol):
+    """What of ``Settings`` the limits read (settings.py imports this module: no import back)."""
+
+    @property
+    def window_limits(self) -> dict[str, Any]: ...
+
 
 FREEZE, DELTA, VERIFY, SWITCH, ROLLBACK = "freeze", "delta", "verify", "switch", "rollback"
 # phase: (lock_timeout_s, statement_timeout_s)
@@ -89,14 +98,14 @@ _HINT = ("e.g. window_limits: {delta: {lock_timeout_s: 30, statement_timeout_s: 
          + ", ".join(DEFAULTS) + " (invoke.yaml's trackerdb section or the settings overlay)")
 
 
-def for_phase(settings, phase: str) -> Limits:
-    lock, stmt = parse(getattr(settings, "window_limits", None)).get(phase, DEFAULTS[phase])
+def for_phase(settings: WithLimits, phase: str) -> Limits:
+    lock, stmt = parse(settings.window_limits).get(phase, DEFAULTS[phase])
     return Limits(phase, lock, stmt)
 
 
-def plan_line(settings) -> str:
+def plan_line(settings: WithLimits) -> str:
     """The limits each window phase will run with (the dry run's line)."""
-    got = parse(getattr(settings, "window_limits", None))
+    got = parse(settings.window_limits)
     return ("time limits (lock_timeout/statement_timeout per phase): "
             + ", ".join(f"{p} {lock}s/{stmt}s" for p, (lock, stmt) in got.items())
             + f"; streams {STREAM_DEADLINE_S}s, detached jobs {JOB_DEADLINE_S}s")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from .errors import OpsError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class Secret:
@@ -25,7 +29,7 @@ class Secret:
     __str__ = __repr__
 
 
-def fetch_secret(settings, name: str) -> Secret:
+def fetch_secret(settings: Settings, name: str) -> Secret:
     """Read a Secrets Manager secret by name with the default credential chain (or the lab's endpoint)."""
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, VerifyError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 SNAKEOIL = ("/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/ssl-cert-snakeoil.key")
 SESSION_SQL = "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -25,18 +29,18 @@ BUNDLE_HINT = ('store {"certificate": "<PEM chain>", "private_key": "<PEM key>"}
                "(the certificate's names must cover the address clients use)")
 
 
-def server_dir(settings) -> str:
+def server_dir(settings: Settings) -> str:
     return f"{settings.pg_conf_dir}/tls"
 
 
-def server_files(settings) -> tuple[str, str]:
+def server_files(settings: Settings) -> tuple[str, str]:
     """(ssl_cert_file, ssl_key_file) for postgresql.conf."""
     if settings.tls_secret_name:
         return f"{server_dir(settings)}/server.crt", f"{server_dir(settings)}/server.key"
     return SNAKEOIL
 
 
-def require_configured(settings) -> None:
+def require_configured(settings: Settings) -> None:
     """Production never serves the self-signed snakeoil certificate: a secret must be named."""
     if not settings.tls_secret_name and not settings.is_lab:
         raise ConfigError(
@@ -78,7 +82,7 @@ def parse_bundle(name: str, text: str) -> tuple[str, str]:
     return cert, key
 
 
-def client_kwargs(settings) -> dict:
+def client_kwargs(settings: Settings) -> dict:
     """libpq TLS parameters for our app-path checks: never ``prefer`` (which falls back to clear text)."""
     ca = settings.tls_ca_file
     if not ca:

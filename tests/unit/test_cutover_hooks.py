@@ -129,6 +129,9 @@ def test_a_probe_that_never_drains_stops_before_the_step_and_before_the_freeze(t
         switch = wc.parse_switch({"mode": "command", "command": "true {old} {new}"})
         environment = "test"
         app_secret_name = cipher_secret_name = "x"
+        window_limits: dict = {}
+        outputs: dict = {}
+        source, source_port, database = None, 5432, "tracker"
     monkeypatch.setattr(ops, "_add_secrets", lambda ctx, settings: None)
     with pytest.raises(PreflightError) as e:
         ops.run_cutover(S(), tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs=funcs)

@@ -111,6 +111,8 @@ def test_count_lines():
 class S:
     source_decommissioned = False
     database = "tracker"
+    window_limits: dict = {}
+    outputs: dict = {}
 
 
 def test_refuses_when_source_decommissioned(tmp_path):

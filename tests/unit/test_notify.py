@@ -49,10 +49,13 @@ _Receiver = Receiver
 def _settings(url, ca_file):
     class S:
         notify = wc.NotifyConfig("hook", ca_file)
-        application: dict = {}
+        application = wc.AppHooks()
         switch = wc.parse_switch({"mode": "command", "command": "true {old} {new}"})
         environment = "test"
         app_secret_name = cipher_secret_name = "x"
+        window_limits: dict = {}
+        outputs: dict = {}
+        source, source_port, database = None, 5432, "tracker"
     return S(), url
 
 

@@ -64,6 +64,9 @@ class S:
         self.switch = wc.parse_switch({"mode": "command", "command": "true {old} {new}"})
         self.environment = "test"
         self.app_secret_name = self.cipher_secret_name = "x"
+        self.window_limits: dict = {}
+        self.outputs: dict = {}
+        self.source, self.source_port, self.database = None, 5432, "tracker"
 
 
 def _ok(ctx, resume):

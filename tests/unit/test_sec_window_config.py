@@ -315,7 +315,7 @@ def test_dry_run_details_carry_the_tls_line(monkeypatch):
     monkeypatch.setattr(direct, "dry_run_lines", lambda s: [])
     s = SimpleNamespace(database="tracker", switch=wc.parse_switch({"mode": "command", "command": "x {new}", "old": "a"}),
                         source=None, target=SimpleNamespace(address="b"), application=wc.AppHooks(),
-                        notify=wc.NotifyConfig(), tls_ca_file=None)
+                        notify=wc.NotifyConfig(), tls_ca_file=None, window_limits={})
     lines = ops.dry_run_details(s)
     assert any("NOT authenticated" in ln and "tls_ca_file" in ln for ln in lines)
 

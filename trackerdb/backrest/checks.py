@@ -16,9 +16,13 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..steps import Check
 from . import conf
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 DROP_RE = re.compile(r"dropped WAL file '?([0-9A-F]{24})'? because archive queue exceeded (\S+)")
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
@@ -58,7 +62,7 @@ def parse_drops(text: str, source: str) -> list[Drop]:
     return [Drop(m.group(1), m.group(2), source) for m in DROP_RE.finditer(text)]
 
 
-def drop_scan_command(settings) -> str:
+def drop_scan_command(settings: Settings) -> str:
     """Print dropped-WAL lines, prefixed by their file, from the PostgreSQL log, pgBackRest's
     archive-push logs and the async status files. Missing files are fine (no output)."""
     pglogs = f"/var/log/postgresql/postgresql-{settings.postgres_major}-main.log*"
@@ -87,7 +91,7 @@ def latest_backup(backups: list[dict]) -> dict | None:
     return max(done, key=lambda b: b["stop"]) if done else None
 
 
-def archiver_checks(arch: dict, settings) -> list[Check]:
+def archiver_checks(arch: dict, settings: Settings) -> list[Check]:
     want = conf.dropin_settings(settings)
     checks = []
     for key in ("archive_mode", "archive_command", "restore_command"):

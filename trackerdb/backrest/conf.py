@@ -24,6 +24,11 @@ backup to a remote repository ("backup command must be run on the repository hos
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
 CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
 CONF_DIR = "/etc/pgbackrest"
 LOG_PATH = "/var/log/pgbackrest"
@@ -45,11 +50,11 @@ MANAGED = "# managed by trackerdb backrest.setup; changes here are overwritten o
 SECRET_OPTIONS = ("repo2-cipher-pass", "repo3-cipher-pass", "repo2-s3-key", "repo2-s3-key-secret")
 
 
-def spool_path(settings) -> str:
+def spool_path(settings: Settings) -> str:
     return f"{settings.data_mount.rstrip('/')}/pgbackrest-spool"
 
 
-def global_options(settings, cipher_pass: str) -> list[tuple[str, str]]:
+def global_options(settings: Settings, cipher_pass: str) -> list[tuple[str, str]]:
     """[global] in the runbook's order: general options, then repo3 (SSH), then repo2 (S3)."""
     opts = [
         ("process-max", "4"),
@@ -76,14 +81,14 @@ def global_options(settings, cipher_pass: str) -> list[tuple[str, str]]:
     return opts
 
 
-def s3_endpoint(settings) -> str:
+def s3_endpoint(settings: Settings) -> str:
     """Production talks to the regional AWS endpoint; the lab to its TLS proxy in front of moto."""
     if settings.s3_endpoint:
         return settings.s3_endpoint.removeprefix("https://").rstrip("/")
     return f"s3.{settings.region}.amazonaws.com"
 
 
-def s3_access_options(settings) -> list[tuple[str, str]]:
+def s3_access_options(settings: Settings) -> list[tuple[str, str]]:
     opts = [("repo2-s3-endpoint", s3_endpoint(settings))]
     host, _, port = s3_endpoint(settings).partition(":")
     if port:
@@ -110,7 +115,7 @@ def s3_access_options(settings) -> list[tuple[str, str]]:
     return opts
 
 
-def stanza_options(settings) -> list[tuple[str, str]]:
+def stanza_options(settings: Settings) -> list[tuple[str, str]]:
     return [
         ("pg1-path", settings.cluster_dir),
         ("pg1-port", str(settings.pg_port)),
@@ -121,7 +126,7 @@ def stanza_options(settings) -> list[tuple[str, str]]:
     ]
 
 
-def render(settings, cipher_pass: str) -> str:
+def render(settings: Settings, cipher_pass: str) -> str:
     """The whole pgbackrest.conf. Contains the passphrase: write it only to the host, owner-only."""
     if not cipher_pass or "\n" in cipher_pass:
         from ..errors import ConfigError
@@ -143,7 +148,7 @@ def redact(text: str) -> str:
     return "".join(out)
 
 
-def probe_env(settings, cipher_pass: str) -> list[str]:
+def probe_env(settings: Settings, cipher_pass: str) -> list[str]:
     """The desired configuration as PGBACKREST_* variables, for commands that must not depend on
     what is (or is not yet) in the host's config file. Sent on stdin, never argv."""
     env = ["PGBACKREST_CONFIG=/dev/null", f"PGBACKREST_STANZA={settings.stanza}",
@@ -157,15 +162,15 @@ def probe_env(settings, cipher_pass: str) -> list[str]:
 
 
 # ---- PostgreSQL side ------------------------------------------------------------------------
-def dropin_path(settings) -> str:
+def dropin_path(settings: Settings) -> str:
     return f"{settings.pg_conf_dir}/conf.d/60-pgbackrest.conf"
 
 
-def archive_command(settings) -> str:
+def archive_command(settings: Settings) -> str:
     return f"pgbackrest --stanza={settings.stanza} archive-push %p"
 
 
-def restore_command(settings) -> str:
+def restore_command(settings: Settings) -> str:
     return f'pgbackrest --stanza={settings.stanza} archive-get %f "%p"'
 
 
@@ -173,7 +178,7 @@ def _q(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def dropin_settings(settings) -> dict[str, str]:
+def dropin_settings(settings: Settings) -> dict[str, str]:
     """Values PostgreSQL must report (``SHOW``) once the drop-in is in effect."""
     return {
         "archive_mode": "on",
@@ -183,7 +188,7 @@ def dropin_settings(settings) -> dict[str, str]:
     }
 
 
-def dropin_text(settings) -> str:
+def dropin_text(settings: Settings) -> str:
     """``conf.d/60-pgbackrest.conf``: after provisioning's 50-trackerdb.conf, so these win."""
     s = dropin_settings(settings)
     return (MANAGED

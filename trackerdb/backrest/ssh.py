@@ -15,8 +15,12 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, HostError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 KEY_TYPE = "ed25519"
 MARK = "trackerdb-backrest"
@@ -50,19 +54,19 @@ def parse_host_key(line: str | None) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def host_patterns(settings) -> list[str]:
+def host_patterns(settings: Settings) -> list[str]:
     names = [settings.repo_host_name]
     if settings.repo_host_ip and settings.repo_host_ip != settings.repo_host_name:
         names.append(settings.repo_host_ip)
     return names
 
 
-def known_hosts_line(settings) -> str:
+def known_hosts_line(settings: Settings) -> str:
     ktype, kb64 = parse_host_key(settings.repo_host_key)
     return f"{','.join(host_patterns(settings))} {ktype} {kb64}\n"
 
 
-def merge_known_hosts(current: str | None, settings) -> tuple[str, bool]:
+def merge_known_hosts(current: str | None, settings: Settings) -> tuple[str, bool]:
     """known_hosts text with our pinned line. Returns (text, changed).
 
     A line that already names the repository host with a *different* key is not overwritten: the
@@ -111,16 +115,16 @@ _KEY_TYPE = re.compile(r"(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+")
 _KEY_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
-def target_ip(settings) -> str:
+def target_ip(settings: Settings) -> str:
     """The address the target's SSH connections to the repository host come from (its private IP)."""
-    ip = (getattr(settings, "outputs", None) or {}).get("private_ip") or settings.target.address
+    ip = settings.outputs.get("private_ip") or settings.target.address
     if not _IP.fullmatch(ip or ""):
         raise ConfigError(f"target address {ip!r} is not an IP address",
                           hint="the repository key is bound to the target's private IP (stack output private_ip)")
     return ip
 
 
-def remote_only_script(settings, pgbackrest: str = PGBACKREST_BIN, log: str = REMOTE_ONLY_LOG) -> str:
+def remote_only_script(settings: Settings, pgbackrest: str = PGBACKREST_BIN, log: str = REMOTE_ONLY_LOG) -> str:
     """The forced command of postgres's key on the repository host (POSIX sh; the request is in
     ``$SSH_ORIGINAL_COMMAND``). The request is never evaluated by a shell: any byte outside a small set
     (quotes, ``$``, ``;``, ``|``, ``&``, backslash, newline, glob characters...) refuses it; it is then split
@@ -217,7 +221,7 @@ def script_stanza(text: str | None) -> str | None:
     return shlex.split(m.group(1))[0] if m else None
 
 
-def authorized_key_line(settings, pubkey: str) -> str:
+def authorized_key_line(settings: Settings, pubkey: str) -> str:
     """The repository host's ``authorized_keys`` entry: only from the target, only the forced command,
     nothing forwarded, no PTY."""
     parts = pubkey.split()
@@ -241,13 +245,13 @@ def authorized_keys_merge(current: str | None, line: str) -> tuple[str, bool]:
     return "".join(ln + "\n" for ln in kept + [line]), True
 
 
-def probe_command(settings, timeout: int = 10) -> list[str]:
+def probe_command(settings: Settings, timeout: int = 10) -> list[str]:
     """The same SSH pgBackRest will make, strict about the host key, never prompting."""
     return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={timeout}",
             "-o", "PasswordAuthentication=no", f"{settings.repo_host_user}@{settings.repo_host_name}", "true"]
 
 
-def remote_version_command(settings, timeout: int = 10) -> list[str]:
+def remote_version_command(settings: Settings, timeout: int = 10) -> list[str]:
     """pgBackRest's version on the repository host, through the same SSH pgBackRest uses."""
     return probe_command(settings, timeout)[:-1] + ["pgbackrest", "version"]
 
@@ -275,7 +279,7 @@ def parse_probe(exit_code: int, stderr: str) -> Probe:
 UNRESTRICTED_MARK = "trackerdb-unrestricted-key"
 
 
-def unrestricted_probe_command(settings, timeout: int = 10) -> list[str]:
+def unrestricted_probe_command(settings: Settings, timeout: int = 10) -> list[str]:
     """Asks the repository host to ``echo`` a marker: a key that may run any command prints it; our forced
     command (or any other restriction) refuses it. Logged there as one refused request per setup."""
     return probe_command(settings, timeout)[:-1] + ["echo", UNRESTRICTED_MARK]
@@ -290,7 +294,7 @@ def _last(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def probe_error(settings, probe: Probe) -> HostError:
+def probe_error(settings: Settings, probe: Probe) -> HostError:
     where = f"{settings.repo_host_user}@{settings.repo_host_name}"
     if probe.state == "host-key-mismatch":
         return HostError(f"the repository host {where} presents a host key that differs from the pinned one ({probe.detail})",
@@ -307,7 +311,7 @@ def probe_error(settings, probe: Probe) -> HostError:
     return HostError(f"SSH to the repository host {where} failed: {probe.detail}", hint="run the ssh command as postgres by hand to see why")
 
 
-def handover_text(settings, pubkey: str) -> str:
+def handover_text(settings: Settings, pubkey: str) -> str:
     """Exactly what the repository host's owners need to do, and nothing secret."""
     user, host = settings.repo_host_user, settings.repo_host_name
     return (

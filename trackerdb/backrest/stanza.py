@@ -15,9 +15,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import HostError, PreflightError
 from . import conf
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 # pgBackRest's info status codes (command/info/info.c)
 ST_OK, ST_MISSING_PATH, ST_NO_BACKUP, ST_MISSING_DATA = 0, 1, 2, 3
@@ -86,7 +90,7 @@ def parse_controldata(text: str) -> int:
     return int(m.group(1))
 
 
-def controldata_command(settings) -> list[str]:
+def controldata_command(settings: Settings) -> list[str]:
     return [f"{settings.pg_bin}/pg_controldata", settings.cluster_dir]
 
 
@@ -152,9 +156,9 @@ def info_argv(repo: int | None = None) -> list[str]:
     return argv + ["info"]
 
 
-def create_argv(settings) -> list[str]:
+def create_argv(settings: Settings) -> list[str]:
     return ["pgbackrest", f"--stanza={settings.stanza}", "--log-level-console=info", "stanza-create"]
 
 
-def check_argv(settings) -> list[str]:
+def check_argv(settings: Settings) -> list[str]:
     return ["pgbackrest", f"--stanza={settings.stanza}", "--log-level-console=info", "check"]

@@ -9,7 +9,12 @@ would point the application at that journal's ``old``). Pure.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import PreflightError
+
+if TYPE_CHECKING:
+    from ..settings import HostSpec, Settings
 
 KEY = "binding"
 SYSTEM_ID = "system_identifier"
@@ -20,16 +25,15 @@ class BindingError(PreflightError):
     """The journal belongs to another cutover (environment or target cluster)."""
 
 
-def binding(settings) -> dict:
-    """What identifies the move in ``settings`` (a stand-in without a field records it empty)."""
-    def at(host, port):
+def binding(settings: Settings) -> dict:
+    """What identifies the move in ``settings`` (what a field does not hold is recorded empty)."""
+    def at(host: HostSpec | None, port: int) -> str:
         return f"{host.address}:{port}" if host is not None else ""
 
-    outputs = getattr(settings, "outputs", None) or {}
-    return {"environment": str(getattr(settings, "environment", "") or ""),
-            "instance_id": str(outputs.get("instance_id") or ""),
-            "source": at(getattr(settings, "source", None), getattr(settings, "source_port", None)),
-            "database": str(getattr(settings, "database", "") or "")}
+    return {"environment": str(settings.environment or ""),
+            "instance_id": str(settings.outputs.get("instance_id") or ""),
+            "source": at(settings.source, settings.source_port),
+            "database": str(settings.database or "")}
 
 
 def differences(recorded: dict, current: dict) -> list[str]:
@@ -37,7 +41,7 @@ def differences(recorded: dict, current: dict) -> list[str]:
             if recorded.get(k) != current.get(k)]
 
 
-def check(journal_path, recorded: dict | None, settings) -> None:
+def check(journal_path, recorded: dict | None, settings: Settings) -> None:
     """BindingError when ``recorded`` (the journal's preflight facts' binding) is another environment's.
     A journal from before bindings were recorded has none: accepted. The target's system identifier is
     ``check_target``'s (it needs the target)."""

@@ -19,10 +19,14 @@ Pure builders first; the executors take a ``Psql`` on the target.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .. import tsdb_api as api
 from ..errors import HostError
 from ..sql import literal
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 PHASE = "compression_hold"
 WAIT_S = 900.0  # a running compression job is waited for at most this long (it moves one chunk per transaction)
@@ -126,7 +130,7 @@ def release(psql, database: str, journal, say) -> dict:
     return recorded(journal)
 
 
-def prove_jobs_after_switch(settings, journal, session, say) -> dict:
+def prove_jobs_after_switch(settings: Settings, journal, session, say) -> dict:
     """The cutover's post-switch check: every job scheduled on the (frozen) source is scheduled on the
     target, and the target's scheduler runs each with success; the compression policies this hold paused
     are named, not run (``cutover-finish`` resumes them; ``invoke prove-jobs`` then proves them).
@@ -148,7 +152,7 @@ def prove_jobs_after_switch(settings, journal, session, say) -> dict:
     return {"proven": [c.name for c in checks if c.name.startswith("job ")], "not_run": notes}
 
 
-def prove_resumed(settings, say) -> list:
+def prove_resumed(settings: Settings, say) -> list:
     """After ``release`` (cutover-finish, no rollback): the resumed compression policies, and every other job,
     run by the scheduler (``migrate.job_proof``). Returns the checks; the caller reports and judges them."""
     from ..migrate import job_proof as jp

@@ -69,7 +69,7 @@ def dry_run_details(settings) -> list[str]:
 
 def app_path_tls_line(settings) -> str:
     """How verify and phase 7 connect as the application (``tls.client_kwargs``), said before the window."""
-    ca = getattr(settings, "tls_ca_file", None)
+    ca = settings.tls_ca_file
     if ca:
         return f"app path checks (verify, phase 7): TLS sslmode=verify-full against tls_ca_file {ca} (server authenticated)"
     return ("app path checks (verify, phase 7): TLS sslmode=require -- encrypted, but the server is NOT authenticated "

@@ -22,6 +22,7 @@ from .app_path import app_path_check  # noqa: F401  (post() calls it; tests impo
 from .journal import Journal
 from ..psql import Psql
 from ..session import Session
+from ..settings import Settings
 
 PREFLIGHT, FREEZE, DUMP, RESTORE, VERIFY, SWITCH, POST = "preflight", "freeze", "dump", "restore", "verify", "switch", "post"
 PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
@@ -49,7 +50,7 @@ READ_ONLY_SETTING = "default_transaction_read_only"
 
 @dataclass
 class Ctx:
-    settings: object
+    settings: Settings
     journal: Journal
     dump_dir: Path
     progress: object = None

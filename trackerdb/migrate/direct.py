@@ -27,12 +27,16 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from typing import TYPE_CHECKING
 
 from .. import detached
 from ..backrest.ssh import Probe, parse_probe
 from ..errors import HostError
 from ..safe_paths import DigestMismatchError, adopt_file, ensure_dir
 from .restore_plan import upload_dir, upload_path
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 READER_PATH = "/usr/local/lib/trackerdb/dump-read"
 SOURCE_USER = "postgres"  # owns the dump job's files on the source
@@ -195,10 +199,10 @@ def relay_warning(reason: str) -> str:
             "(the dump crosses the operator's link twice)")
 
 
-def dry_run_lines(settings) -> list[str]:
+def dry_run_lines(settings: Settings) -> list[str]:
     """What the cutover will do with the final dump's bytes (no host is touched)."""
-    if getattr(settings, "transfer", "relay") == "relay":  # settings without the key: the relay
-        why = "trackerdb.transfer: relay" if getattr(settings, "transfer_explicit", False) else "stack output direct_transfer is false"
+    if settings.transfer == "relay":
+        why = "trackerdb.transfer: relay" if settings.transfer_explicit else "stack output direct_transfer is false"
         return [f"dump: relay: source -> this machine -> target ({why})"]
     address = source_address(settings) if settings.source else "<source>"
     target_ip = settings.outputs.get("private_ip") or settings.target.address
@@ -223,11 +227,11 @@ def probe_failure(probe: Probe, address: str) -> str:
 
 # ---- executor ---------------------------------------------------------------------------------
 
-def source_address(settings) -> str:
+def source_address(settings: Settings) -> str:
     return settings.transfer_source_address or settings.require_source().address
 
 
-def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
+def ensure_trust(settings: Settings, src, tgt, source_jobs_base: str) -> list[str]:
     """Key on the target, the source's host key pinned there, the reader and the restricted key on the
     source. Idempotent; returns what changed."""
     # Everything under postgres's home is read and written as postgres, never as root (issue 23):
@@ -259,7 +263,7 @@ def ensure_trust(settings, src, tgt, source_jobs_base: str) -> list[str]:
     return changed
 
 
-def remove_trust(settings, src, tgt) -> list[str]:
+def remove_trust(settings: Settings, src, tgt) -> list[str]:
     """The end of the direct transfer's trust (``cutover-finish``): our line in the source's
     ``authorized_keys`` and the reader there, the key and the pinned host key on the target. Every
     other key is left exactly as it was. Idempotent; returns what was removed. ``src`` may be None
@@ -282,7 +286,7 @@ def remove_trust(settings, src, tgt) -> list[str]:
     return removed
 
 
-def probe(settings, tgt) -> Probe:
+def probe(settings: Settings, tgt) -> Probe:
     """Does the direct path work, end to end (network, host key, key, forced command)?"""
     home = detached.home_of(tgt)
     r = tgt.run(ssh_argv(home, source_address(settings), ["probe"]), user="postgres", check=False, timeout=60)
@@ -291,7 +295,7 @@ def probe(settings, tgt) -> Probe:
     return parse_probe(r.exit_code, r.stderr)
 
 
-def pull(settings, tgt, key: str, remote_size: int, remote_sha: str, progress=None, say=None, poll_s: float = 1.0) -> str:
+def pull(settings: Settings, tgt, key: str, remote_size: int, remote_sha: str, progress=None, say=None, poll_s: float = 1.0) -> str:
     """The target pulls the source's dump of job ``key``; returns its path on the target (``upload_path``),
     size and SHA-256 checked. Attaches to a pull already running."""
     say = say or (lambda m: None)
@@ -361,7 +365,7 @@ def _last(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def choose(settings, src, tgt, say=None) -> dict:
+def choose(settings: Settings, src, tgt, say=None) -> dict:
     """The cutover preflight's decision: ``{"transfer": "direct"|"relay", "why": ...}``. A direct path
     that fails its probe falls back to the relay loudly, or, when ``trackerdb.transfer: direct`` was
     set explicitly, is refused (one line + hint)."""

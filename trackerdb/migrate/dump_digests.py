@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 from . import delta_sql as dq
 from ..errors import OpsError
 from ..steps import Check, note
 from . import content as ct
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 SECTION = "content"
 
@@ -111,7 +115,7 @@ def checks_against(dumped: dict, tgt_catalog: dict, tgt_prints: dict, planned: t
 
 # ---- executor -------------------------------------------------------------------------------------
 
-def manifest_content_checks(settings, session, dumped: dict) -> list[Check]:
+def manifest_content_checks(settings: Settings, session, dumped: dict) -> list[Check]:
     """Verify's content checks against a manifest that carries digests: the target's catalog and prints
     (one psql over its own SSH connection), compared with the dump's."""
     import time

@@ -19,10 +19,14 @@ Pure builders first; the executor takes a ``Psql`` on the target.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .. import tsdb_api as api
 from ..sql import literal
 from ..steps import Check
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 WAIT_S = 300.0
 RETENTION = "policy_retention"
@@ -182,7 +186,7 @@ BEFORE_SWITCH = {RETENTION: "retention deferred until after the switch (made due
                             "the source's own schedule, and verify compares the data)"}
 
 
-def prove_on_target(settings, *, skip=None, defer=None, expected=None, say=lambda m: None, session=None,
+def prove_on_target(settings: Settings, *, skip=None, defer=None, expected=None, say=lambda m: None, session=None,
                     wait_s: float = WAIT_S) -> tuple[list[Check], list[str]]:
     """:func:`prove` on the target's ``settings.database`` over the session's connection."""
     from ..psql import Psql

@@ -16,6 +16,7 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import capture_registry as reg
 from ..errors import OpsError, PreflightError
@@ -24,6 +25,9 @@ from ..psql import Psql
 from ..session import connection
 from ..sql import ident
 from . import toc
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 JOURNAL = "kept-aside.jsonl"
 STAMP = "%Y%m%d%H%M%S"
@@ -138,12 +142,12 @@ def _journal(state_dir, record: dict) -> None:
         os.close(fd)
 
 
-def space_report(settings, psql: Psql, now: datetime | None = None) -> list[str]:
+def space_report(settings: Settings, psql: Psql, now: datetime | None = None) -> list[str]:
     """The lines of :func:`holders` for the target, read now."""
     return holders(read_facts(psql), settings.database, now or datetime.now(timezone.utc), reg.journals(settings.state_dir))
 
 
-def drop_kept_aside(settings, name: str, dry_run: bool = False, progress=None, session=None) -> dict:
+def drop_kept_aside(settings: Settings, name: str, dry_run: bool = False, progress=None, session=None) -> dict:
     """Drop the kept-aside database ``name`` (a person named it); journaled; refuses as :func:`check_drop`."""
     say = progress or (lambda m: None)
     with connection(settings, session) as (_, t):

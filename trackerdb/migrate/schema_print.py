@@ -19,9 +19,13 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import privileges as pv
 from . import sqltext as sq
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 PRECOPY_RECORD = "precopy.json"
 FORMAT = 1
@@ -151,7 +155,7 @@ def record_path(state_dir) -> Path:
     return Path(state_dir) / PRECOPY_RECORD
 
 
-def record_precopy(settings, psql, dump_sha256: str | None) -> Path:
+def record_precopy(settings: Settings, psql, dump_sha256: str | None) -> Path:
     """After a restore: the target's schema fingerprint and identity, for the cutover's pre-copy path."""
     from ..files import write_private
 

@@ -8,6 +8,7 @@ executor reads facts from the target (and, with ``against_source``, live from th
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from ..errors import OpsError
 from ..session import scoped
@@ -20,6 +21,9 @@ from . import sqltext as sq
 from .content import content_checks
 from ..psql import Psql
 from .restore import parse_marker, staging_name, tuning_path
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 ARCHIVE_CATCH_UP_S = 300  # verify waits this long for segments left behind (not for a failing archiver)
 
@@ -220,7 +224,7 @@ def server_checks(server: dict, db: str, staging_exists: bool, tuning_left: bool
 
 # ---- executor -------------------------------------------------------------------------------
 
-def run_verify(settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
+def run_verify(settings: Settings, manifest: dict | None = None, against_source: bool = False, expect_backrest: bool = True,
                app_login: bool = True, probes: bool = True, session=None, content_reuse: dict | None = None) -> list:
     """All checks against the target. Expected facts: the manifest, or live from the source.
     ``session``: the task's (its connections and secrets); a new one otherwise. ``content_reuse``: the
@@ -297,7 +301,7 @@ def probe_table(facts: dict, writable: list[dict] | None = None) -> tuple[str, s
     return app_probe.choose(facts, writable)
 
 
-def app_login_check(settings, facts: dict, session=None) -> Check:
+def app_login_check(settings: Settings, facts: dict, session=None) -> Check:
     """The application role logs in over the network (TCP, its password, TLS) and writes a row, rolled back,
     only where the target says that role may (``app_probe``: INSERT on the table, else a temporary table).
 
@@ -337,7 +341,7 @@ def app_login_check(settings, facts: dict, session=None) -> Check:
         return Check(name, False, msg[:200], "login + write")
 
 
-def wal_archiving_check(settings, expect_backrest: bool, session=None, catch_up_s: float = 0.0, every_s: float = 5.0,
+def wal_archiving_check(settings: Settings, expect_backrest: bool, session=None, catch_up_s: float = 0.0, every_s: float = 5.0,
                         sleep=time.sleep, clock=time.monotonic) -> Check:
     """pgBackRest's checks on the target, as one. With ``catch_up_s``: when the only failures are
     segments not archived yet (a big copy or a VACUUM after it left archiving behind), poll until they

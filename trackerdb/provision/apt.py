@@ -12,8 +12,12 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import PreflightError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 KEYRING_DIR = "/usr/share/keyrings"
 SOURCES_DIR = "/etc/apt/sources.list.d"
@@ -89,7 +93,7 @@ def repos(source: str) -> list[AptRepo]:
     return [PGDG, TIMESCALE] if source == "pgdg" else []
 
 
-def package_specs(settings, os_version_id: str = "12") -> list[PackageSpec]:
+def package_specs(settings: Settings, os_version_id: str = "12") -> list[PackageSpec]:
     """The packages to install; version-critical ones carry the version to match.
 
     TimescaleDB is always Timescale's packaging (``timescaledb-2-postgresql-N`` and its loader, version

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import tls
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 MB = 1024 * 1024
 MANAGED = "# managed by trackerdb provision; changes here are overwritten on the next run\n"
@@ -69,7 +73,7 @@ def _q(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def dropin_text(settings, t: Tuning, private_ip: str) -> str:
+def dropin_text(settings: Settings, t: Tuning, private_ip: str) -> str:
     """``conf.d/50-trackerdb.conf``: loaded after the packaged postgresql.conf, so these values win."""
     listen = "localhost" if private_ip in ("", "127.0.0.1") else f"localhost,{private_ip}"
     cert, key = tls.server_files(settings)
@@ -120,7 +124,7 @@ NO_CLEAR_TEXT = [("hostnossl", "all", "all", "0.0.0.0/0", "reject"), ("hostnossl
 REJECT_REST = [("host", "all", "all", "0.0.0.0/0", "reject"), ("host", "all", "all", "::/0", "reject")]
 
 
-def hba_rows(settings) -> list[tuple[str, str, str, str, str]]:
+def hba_rows(settings: Settings) -> list[tuple[str, str, str, str, str]]:
     """Local admin by peer; every network rule is ``hostssl`` (SCRAM over TLS), clear text is rejected.
 
     Loopback is a network rule too: libpq's default ``sslmode=prefer`` negotiates TLS there, and a
@@ -134,7 +138,7 @@ def hba_rows(settings) -> list[tuple[str, str, str, str, str]]:
     return rows + REJECT_REST
 
 
-def hba_text(settings) -> str:
+def hba_text(settings: Settings) -> str:
     body = "".join(f"{a:<9} {b:<15} {c:<15} {d:<18} {e}\n" for a, b, c, d, e in hba_rows(settings))
     return MANAGED + "# TYPE    DATABASE        USER            ADDRESS            METHOD\n" + body
 
@@ -166,23 +170,23 @@ def includes_conf_d(postgresql_conf: str) -> bool:
                for line in postgresql_conf.splitlines())
 
 
-def conf_dir(settings) -> str:
+def conf_dir(settings: Settings) -> str:
     return settings.pg_conf_dir
 
 
-def dropin_path(settings) -> str:
+def dropin_path(settings: Settings) -> str:
     return f"{conf_dir(settings)}/conf.d/50-trackerdb.conf"
 
 
-def hba_path(settings) -> str:
+def hba_path(settings: Settings) -> str:
     return f"{conf_dir(settings)}/pg_hba.conf"
 
 
-def createcluster_command(settings) -> list[str]:
+def createcluster_command(settings: Settings) -> list[str]:
     return ["pg_createcluster", "--datadir", settings.cluster_dir, "--port", str(settings.pg_port),
             "--encoding", "UTF8", "--locale", "C.UTF-8", str(settings.postgres_major), "main",
             "--", "--data-checksums", "--auth-local=peer", "--auth-host=scram-sha-256"]
 
 
-def ctl_command(settings, action: str) -> list[str]:
+def ctl_command(settings: Settings, action: str) -> list[str]:
     return ["pg_ctlcluster", str(settings.postgres_major), "main", action]

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .. import compat
 from ..migrate import job_proof as jp
 
 from .signoff_facts import DECISIONS_FILE, ROOT, _err, agreed_versions, declared_disks, gather, scan_text  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 PASS, FAIL, HUMAN = "pass", "fail", "human"
 REPORT_MAX_AGE_S = 14 * 86400
@@ -413,6 +417,6 @@ def to_dict(items: list[Item]) -> dict:
             "items": [asdict(i) for i in items]}
 
 
-def run_signoff(settings, progress=None, now: float | None = None, journal=None) -> list[Item]:
+def run_signoff(settings: Settings, progress=None, now: float | None = None, journal=None) -> list[Item]:
     facts = gather(settings, progress, journal_path=journal)
     return evaluate(facts, agreed=agreed_versions(settings), declared=declared_disks(settings), is_lab=settings.is_lab, now=now)
