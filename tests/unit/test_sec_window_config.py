@@ -116,8 +116,9 @@ def test_a_health_check_is_a_url_or_an_explicit_run(check):
 
 
 def test_health_urls_and_run_commands_parse():
-    h = wc.parse_application({"health": ["https://app.internal/health", {"url": "http://10.0.0.5:8080/ok", "name": "api"},
-                                    {"run": "curl -fsS https://app.internal/health", "name": "curl"}]})
+    h = wc.parse_application({"health": ["https://app.internal/health",
+                                         {"url": "http://10.0.0.5:8080/ok", "name": "api"},
+                                         {"run": "curl -fsS https://app.internal/health", "name": "curl"}]})
     assert [(c.name, c.url, c.run) for c in h.health] == [
         ("https://app.internal/health", "https://app.internal/health", None),
         ("api", "http://10.0.0.5:8080/ok", None), ("curl", None, "curl -fsS https://app.internal/health")]
@@ -313,8 +314,8 @@ def test_dry_run_details_carry_the_tls_line(monkeypatch):
 
     monkeypatch.setattr(lossless, "dry_run_lines", lambda s: [])
     monkeypatch.setattr(direct, "dry_run_lines", lambda s: [])
-    s = SimpleNamespace(database="tracker", switch=wc.parse_switch({"mode": "command", "command": "x {new}", "old": "a"}),
-                        source=None, target=SimpleNamespace(address="b"), application=wc.AppHooks(),
+    s = SimpleNamespace(database="tracker",
+                        switch=wc.parse_switch({"mode": "command", "command": "x {new}", "old": "a"}), source=None, target=SimpleNamespace(address="b"), application=wc.AppHooks(),
                         notify=wc.NotifyConfig(), tls_ca_file=None, window_limits={})
     lines = ops.dry_run_details(s)
     assert any("NOT authenticated" in ln and "tls_ca_file" in ln for ln in lines)
