@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from trackerdb.psql import Psql
 from trackerdb.session import cluster, connect
 from trackerdb.settings import Settings
+
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the lab's clusters (tests/lab/test_55_port.py moves them to other ports on its own instance)

@@ -30,6 +30,9 @@ from trackerdb.session import cluster, connect, source_cluster
 if TYPE_CHECKING:
     from trackerdb.settings import Settings
 
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
+
 CALIB_DB = "tracker_calib"
 #: ~320 MiB with the Timescale-licensed dataset (15x the default rehearsal's 22 MiB, a 35th of
 #: production): far enough from the run's own size that the per-byte cost stands out of the timing

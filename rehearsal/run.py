@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab import api as lab_api
 from lab import dataset
@@ -30,6 +31,9 @@ from trackerdb.rehearse.ops import (_flat, _journal_facts, _journal_records, _ou
                                     rollback_check, split_journal, table_counts, verification_rows, write_reports,
                                     writer_facts)
 from trackerdb.session import cluster, connect, source_cluster, target_cluster
+
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.5  # a few minutes on 2 cores
@@ -63,7 +67,7 @@ class _Clock:
         return result
 
 
-def lab_app_login_on_source(settings) -> dict:
+def lab_app_login_on_source(settings: Settings) -> dict:
     """Lab world only: the application logs in to the old host today, so the source's tracker role gets
     the password from Secrets Manager (the dataset generator leaves it unset). SQL on stdin, masked."""
     if not settings.is_lab:
@@ -77,7 +81,7 @@ def lab_app_login_on_source(settings) -> dict:
     return {"role": settings.owner_role}
 
 
-def measured_versions(settings) -> list[dict]:
+def measured_versions(settings: Settings) -> list[dict]:
     """The servers' and the client tools' versions as the hosts report them (the dump runs the source server's
     own major's pg_dump, the restore ``settings.pg_bin``'s pg_restore): rows of the report's version table."""
     from trackerdb.rehearse.versions import load_measured_rows
@@ -173,7 +177,7 @@ def _start_writer(run_dir: Path, say, env: dict, result: dict, name: str):
     return proc
 
 
-def _stop_writer(proc, settings, journal_path: Path, result: dict, key: str = "writer") -> list[dict]:
+def _stop_writer(proc, settings: Settings, journal_path: Path, result: dict, key: str = "writer") -> list[dict]:
     """Stop the writer (a few writes on the target first) and record what it saw in ``result[key]``."""
 
     if proc is None:
@@ -200,7 +204,7 @@ def _counts_row(label: str, counts: dict) -> dict:
             "expected": "equal", "evidence": "counted on both hosts before the switch"}
 
 
-def _every_ack_on_target(settings, acks: list[dict]) -> dict:
+def _every_ack_on_target(settings: Settings, acks: list[dict]) -> dict:
     """After the last window: every write any endpoint acknowledged, across all three switches, on the target."""
     with connect(settings.target) as tgt:
         found = acked_rows_on_target(cluster(tgt, settings.pg_port), settings.database, acks) if acks else 0
@@ -208,7 +212,7 @@ def _every_ack_on_target(settings, acks: list[dict]) -> dict:
             "switches": "first window, rollback, second window"}
 
 
-def _window(settings, run_dir: Path, journal_path: Path, say, full: bool, counts: dict) -> dict:
+def _window(settings: Settings, run_dir: Path, journal_path: Path, say, full: bool, counts: dict) -> dict:
     """``invoke cutover`` (its default path unless ``full``); the row counts on both hosts taken right after
     verify, before the switch lets writes reach the target, into ``counts``."""
     from trackerdb.cutover import ops as cutover

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab import changes, dataset
 from trackerdb.errors import OpsError
 from lab.client import app_psql
 from trackerdb.session import cluster, connect
 
+if TYPE_CHECKING:
+    from trackerdb.settings import Settings
 
-def precopy(settings, run_dir: Path, clock) -> dict:
+
+def precopy(settings: Settings, run_dir: Path, clock) -> dict:
     """Runbook §3-4 before the window, timed by ``clock``: ``invoke dump``, ``invoke restore``, ``invoke verify``."""
     from trackerdb.migrate.dump import run_dump
     from trackerdb.migrate.manifest import load_manifest
@@ -51,7 +55,7 @@ def _verified(checks) -> dict:
     return {"checks": len(checks), "failed": [f"{c.name}: {c.observed}" for c in checks if not c.ok]}
 
 
-def new_data(settings, run: int, late_device: int) -> dict:
+def new_data(settings: Settings, run: int, late_device: int) -> dict:
     """A day of new rows and the other changes on the source after the pre-copy (the writer runs meanwhile)."""
     with connect(settings.require_source()) as src:
         psql = app_psql(src, settings.source_port)  # the application's SQL: PostGIS types by name
@@ -79,7 +83,7 @@ def wait_acks(writer, n: int, endpoint: str, timeout: float = 90) -> int:
                    hint="see writer.jsonl and writer.stderr in the rehearsal's run directory")
 
 
-def drill_changes(settings, run: int, late_device: int) -> dict:
+def drill_changes(settings: Settings, run: int, late_device: int) -> dict:
     """The application's changes on the target after the switch, besides the writer's appends."""
     with connect(settings.target) as tgt:
         app_psql(tgt, settings.pg_port).run(changes.target_changes(run + 1, late_device), settings.database, timeout=600)
@@ -87,13 +91,13 @@ def drill_changes(settings, run: int, late_device: int) -> dict:
                        "a composite-key delete, an update of the key-less hypertable (lab/changes.py)"}
 
 
-def acked_found(remote, settings, acks: list[dict], port: int) -> int:
+def acked_found(remote, settings: Settings, acks: list[dict], port: int) -> int:
     from trackerdb.rehearse.ops import acked_rows_on_target
 
     return acked_rows_on_target(cluster(remote, port), settings.database, acks) if acks else 0
 
 
-def drill_checks(settings, rb: dict, acked_on_target: list[dict]) -> list[dict]:
+def drill_checks(settings: Settings, rb: dict, acked_on_target: list[dict]) -> list[dict]:
     """After ``rollback --replay``: every change the target took is on the source, and both are equal by content."""
     with connect(settings.require_source()) as src, connect(settings.target) as tgt:
         on_source = acked_found(src, settings, acked_on_target, settings.source_port)

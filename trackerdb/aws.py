@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 def client(settings: Settings, service: str):
     import boto3
 
-    kwargs: dict[str, object] = {"region_name": settings.region}
+    kwargs: dict[str, str | None] = {"region_name": settings.region}
     if settings.aws_endpoint_url:
         kwargs["endpoint_url"] = settings.aws_endpoint_url
     if settings.aws_ca_bundle:

@@ -51,17 +51,18 @@ _ENV_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _HOST_KEY_RE = re.compile(r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,3}$")
 
 
-def _text(v) -> str | None:
+def _text(v: object) -> str | None:
     return None if isinstance(v, str) else f"must be text, not {type(v).__name__}"
 
 
-def stanza(v) -> str | None:
+def stanza(v: object) -> str | None:
     if not isinstance(v, str) or not STANZA_RE.match(v):
-        return "may hold only letters, digits, '.', '_' and '-' (at most 64; it becomes part of archive_command and the IAM policy's S3 prefixes)"
+        return ("may hold only letters, digits, '.', '_' and '-' "
+                "(at most 64; it becomes part of archive_command and the IAM policy's S3 prefixes)")
     return None
 
 
-def pg_name(v) -> str | None:
+def pg_name(v: object) -> str | None:
     """A database or role name that needs no quoting anywhere (pg_hba, connection strings, file names)."""
     if not isinstance(v, str) or not _PG_NAME_RE.match(v):
         return "must be a lower-case PostgreSQL name (a-z, 0-9, '_'; at most 63; not starting with a digit)"
@@ -70,13 +71,13 @@ def pg_name(v) -> str | None:
     return None
 
 
-def unix_user(v) -> str | None:
+def unix_user(v: object) -> str | None:
     if not isinstance(v, str) or not _UNIX_USER_RE.match(v):
         return "is not a plain user name (a-z, 0-9, '_', '-'; at most 32)"
     return None
 
 
-def ipv4(v) -> str | None:
+def ipv4(v: object) -> str | None:
     try:
         ipaddress.IPv4Address(v if isinstance(v, str) else "")
     except ValueError:
@@ -84,7 +85,7 @@ def ipv4(v) -> str | None:
     return None
 
 
-def host_address(v) -> str | None:
+def host_address(v: object) -> str | None:
     """An IP address or a DNS name: what lands in known_hosts, ssh's argv and pgBackRest's config."""
     if isinstance(v, str):
         try:
@@ -96,7 +97,7 @@ def host_address(v) -> str | None:
     return "is not an IP address or a DNS host name"
 
 
-def endpoint(v) -> str | None:
+def endpoint(v: object) -> str | None:
     """``host`` or ``host:port`` (pgBackRest's repo2-s3-endpoint)."""
     host, sep, p = v.rpartition(":") if isinstance(v, str) and v.count(":") == 1 else (v, "", "")
     if host_address(host) is not None or (sep and port(p)[1] is not None):
@@ -104,7 +105,7 @@ def endpoint(v) -> str | None:
     return None
 
 
-def network(v) -> str | None:
+def network(v: object) -> str | None:
     """One application network in CIDR notation, never the world or close to it."""
     try:
         net = ipaddress.ip_network(v if isinstance(v, str) else "", strict=True)
@@ -116,7 +117,7 @@ def network(v) -> str | None:
     return None
 
 
-def source_network(v) -> str | None:
+def source_network(v: object) -> str | None:
     """The source host's network of the target's SSH egress rule: one host, IPv4 /24 or longer."""
     try:
         net = ipaddress.ip_network(v if isinstance(v, str) else "", strict=True)
@@ -127,11 +128,11 @@ def source_network(v) -> str | None:
     return None
 
 
-def too_wide(net) -> bool:
+def too_wide(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     return net.prefixlen < TOO_WIDE[net.version]
 
 
-def networks(v) -> str | None:
+def networks(v: object) -> str | None:
     if not isinstance(v, (list, tuple)) or not v:
         return "must be a non-empty list of networks"
     for item in v:
@@ -140,7 +141,7 @@ def networks(v) -> str | None:
     return None
 
 
-def abs_path(v) -> str | None:
+def abs_path(v: object) -> str | None:
     """An absolute, normalised path below ``/`` (fstab, pgBackRest's config, shell): no spaces, no '..'."""
     if not isinstance(v, str) or not v.startswith("/") or v.strip("/") == "":
         return "must be an absolute path below /"
@@ -167,11 +168,11 @@ environment = _matching(_ENV_RE, "is not an environment name (like prod or lab)"
 host_key = _matching(_HOST_KEY_RE, "is not one public key line ('ssh-ed25519 AAAA...')")
 
 
-def bucket(v) -> str | None:
+def bucket(v: object) -> str | None:
     return None if isinstance(v, str) and _BUCKET_RE.match(v) and ".." not in v else "is not an S3 bucket name"
 
 
-def boolean(v) -> str | None:
+def boolean(v: object) -> str | None:
     return None if isinstance(v, bool) else "must be true or false (not text)"
 
 
@@ -180,7 +181,7 @@ def optional(rule: Rule) -> Rule:
     return lambda v: None if v in (None, "") else rule(v)
 
 
-def integer(v, lo: int, hi: int) -> tuple[int | None, str | None]:
+def integer(v: object, lo: int, hi: int) -> tuple[int | None, str | None]:
     """``(value, None)`` for a whole number in [lo, hi] (an int, or text of one), else ``(None, problem)``."""
     if isinstance(v, bool):
         n = None
@@ -199,11 +200,11 @@ def integer(v, lo: int, hi: int) -> tuple[int | None, str | None]:
     return n, None
 
 
-def number(v, lo: float, hi: float) -> tuple[float | None, str | None]:
+def number(v: object, lo: float, hi: float) -> tuple[float | None, str | None]:
     """``(value, None)`` for a finite number in [lo, hi] (a number, or text of one), else ``(None, problem)``."""
-    try:
-        n = float(v) if not isinstance(v, bool) else math.nan
-    except (TypeError, ValueError):
+    try:  # what YAML, JSON and flags give: numbers and text (a bool is not a number here)
+        n = float(v) if isinstance(v, (int, float, str)) and not isinstance(v, bool) else math.nan
+    except ValueError:
         n = math.nan
     if not math.isfinite(n):
         return None, "must be a number"
@@ -212,5 +213,5 @@ def number(v, lo: float, hi: float) -> tuple[float | None, str | None]:
     return n, None
 
 
-def port(v) -> tuple[int | None, str | None]:
+def port(v: object) -> tuple[int | None, str | None]:
     return integer(v, 1, 65535)

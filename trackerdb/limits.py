@@ -34,15 +34,16 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import ConfigError, HostError
 
 
 class WithLimits(Protocol):
-    """What this module reads of Settings (a protocol, not the class: settings.py imports this module)."""
+    """What of ``Settings`` the limits read (settings.py imports this module: no import back)."""
 
-    window_limits: dict
+    @property
+    def window_limits(self) -> dict[str, Any]: ...
 
 
 FREEZE, DELTA, VERIFY, SWITCH, ROLLBACK = "freeze", "delta", "verify", "switch", "rollback"
@@ -100,13 +101,13 @@ _HINT = ("e.g. window_limits: {delta: {lock_timeout_s: 30, statement_timeout_s: 
 
 
 def for_phase(settings: WithLimits, phase: str) -> Limits:
-    lock, stmt = parse(getattr(settings, "window_limits", None)).get(phase, DEFAULTS[phase])
+    lock, stmt = parse(settings.window_limits).get(phase, DEFAULTS[phase])
     return Limits(phase, lock, stmt)
 
 
 def plan_line(settings: WithLimits) -> str:
     """The limits each window phase will run with (the dry run's line)."""
-    got = parse(getattr(settings, "window_limits", None))
+    got = parse(settings.window_limits)
     return ("time limits (lock_timeout/statement_timeout per phase): "
             + ", ".join(f"{p} {lock}s/{stmt}s" for p, (lock, stmt) in got.items())
             + f"; streams {STREAM_DEADLINE_S}s, detached jobs {JOB_DEADLINE_S}s")

@@ -26,10 +26,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .secrets import redact, scrub
+from .progress import Say
+from .secrets import Secret, redact, scrub
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 ICONS = {"start": ":arrow_forward:", "ok": ":white_check_mark:", "failed": ":x:", "info": ":information_source:"}
 
@@ -37,7 +42,7 @@ ICONS = {"start": ":arrow_forward:", "ok": ":white_check_mark:", "failed": ":x:"
 # ---- pure builders ----------------------------------------------------------------------------
 
 def message(phase: str, event: str, title: str, *, environment: str = "", error: str | None = None,
-            rollback: str | None = None, elapsed_s: float | None = None) -> dict:
+            rollback: str | None = None, elapsed_s: float | None = None) -> dict[str, Any]:
     """One phase event as a Slack-compatible payload (``text`` for every client, ``blocks`` for Slack)."""
     where = f" [{environment}]" if environment else ""
     head = {"start": "started", "ok": "done", "failed": "FAILED", "info": ""}.get(event, event)
@@ -67,14 +72,16 @@ def check_url(url: str) -> str:
         raise ConfigError("the notification webhook secret does not hold an https:// URL",
                           hint="store the webhook URL (https://hooks.slack.com/services/…) as the secret's string")
     if parts.scheme.lower() != "https":
-        raise ConfigError("the notification webhook secret holds an http:// URL: its token would cross the network in clear",
-                          hint="store the receiver's https:// URL as the secret's string (notify.ca_file for a private CA)")
+        raise ConfigError("the notification webhook secret holds an http:// URL: "
+                          "its token would cross the network in clear",
+                          hint="store the receiver's https:// URL as the secret's string "
+                               "(notify.ca_file for a private CA)")
     return url.strip()
 
 
-def scrub_payload(payload, secrets=()):
+def scrub_payload(payload: Any, secrets: Iterable[Any] = ()) -> Any:
     """What may be posted: the journal's scrubbing, then credential shapes redacted in every string."""
-    def walk(v):
+    def walk(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):
@@ -93,29 +100,29 @@ class Notifier:
     ``secrets``: a callable returning the values to scrub at each post (the session's grow as phases
     fetch them)."""
 
-    def __init__(self, settings, say=None, timeout_s: float = 5.0, fetch=None, secrets=None):
-        self.say = say or (lambda msg: None)
+    def __init__(self, settings: Settings, say: Say | None = None, timeout_s: float = 5.0,
+                 fetch: Callable[[Settings, str], Secret] | None = None,
+                 secrets: Callable[[], Iterable[Any]] | None = None):
+        self.say: Say = say or (lambda msg: None)
         self.timeout_s = timeout_s
-        self.environment = getattr(settings, "environment", "")
-        self.secrets = secrets or (lambda: ())
-        self.secret = None
+        self.environment = settings.environment
+        self.secrets: Callable[[], Iterable[Any]] = secrets or (lambda: ())
+        self.secret: Secret | None = None
         self.sent = 0
         self.failed = 0
         self.dropped = 0
         self.unreachable = False  # a post got no answer at all (down, hanging, refused, TLS): the breaker
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        cfg = getattr(settings, "notify", None) or {}
-        name = cfg.get("webhook_secret_name")
+        name = settings.notify.webhook_secret_name
         if not name:
             return
         from .errors import OpsError
+        from .secrets import fetch_secret
 
-        self.context = _tls_context(cfg.get("ca_file"))
-        if fetch is None:
-            from .secrets import fetch_secret as fetch
+        self.context = _tls_context(settings.notify.ca_file)
         try:
-            secret = fetch(settings, name)
+            secret = (fetch or fetch_secret)(settings, name)
         except OpsError as exc:
             self.say(f"notifications off: {exc.one_line()}")
             return
@@ -126,7 +133,7 @@ class Notifier:
     def enabled(self) -> bool:
         return self.secret is not None
 
-    def phase(self, phase: str, event: str, title: str = "", **kw) -> bool:
+    def phase(self, phase: str, event: str, title: str = "", **kw: Any) -> bool:
         """Queue one phase event (scrubbed now, posted by the sender thread); False when notifications are off."""
         if not self.enabled:
             return False
@@ -154,7 +161,7 @@ class Notifier:
             finally:
                 self._queue.task_done()
 
-    def close(self, budget_s: float | None = None) -> dict:
+    def close(self, budget_s: float | None = None) -> dict[str, int]:
         """Wait for the queue at most ``budget_s`` (default ``timeout_s``) in all; what is left is reported."""
         if self._thread is None:
             return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped, "undelivered": 0}
@@ -169,13 +176,16 @@ class Notifier:
                      "the cutover did not wait for them")
         return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped, "undelivered": left}
 
-    def post(self, payload: dict) -> bool:
+    def post(self, payload: dict[str, Any]) -> bool:
+        if self.secret is None:
+            return False
         url = self.secret.reveal()
         data = json.dumps(scrub_payload(payload, (self.secret, *self.secrets()))).encode()
         req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
         host = urlsplit(url).hostname or ""
         # a loopback receiver is never reached through a proxy from the environment
-        handlers = [urllib.request.ProxyHandler({})] if host in ("localhost", "127.0.0.1", "::1") else []
+        handlers: list[urllib.request.BaseHandler] = (
+            [urllib.request.ProxyHandler({})] if host in ("localhost", "127.0.0.1", "::1") else [])
         handlers.append(urllib.request.HTTPSHandler(context=self.context))
         try:
             with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout_s) as r:
@@ -207,4 +217,5 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_file)
     except ssl.SSLError:
-        raise ConfigError(f"notify.ca_file {ca_file} is not a PEM CA bundle", hint="a PEM file of CA certificates") from None
+        raise ConfigError(f"notify.ca_file {ca_file} is not a PEM CA bundle",
+                          hint="a PEM file of CA certificates") from None

@@ -13,27 +13,30 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from . import inputs, inventory, limits
 from .errors import ConfigError
+from .owner_map import OwnerMapping, parse_owner_map
+from .window_config import AppHooks, NotifyConfig, SwitchConfig, parse_application, parse_notify, parse_switch
 
 LAB_ROOT = "/var/lib/trackerdb-lab"
+_COMPRESS = re.compile(r"^(none|gzip|lz4|zstd)(:[0-9]{1,2})?$")  # pg_dump --compress METHOD[:LEVEL]
 
 
 LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # a lab instance name (lab/naming.py uses this one)
 
 
-def lab_name(env=None) -> str:
+def lab_name(env: Mapping[str, str] | None = None) -> str:
     """The lab instance (several can run side by side): ``$TRACKERDB_LAB``, default ``lab0``."""
-    env = os.environ if env is None else env
-    name = env.get("TRACKERDB_LAB") or "lab0"
+    name = (os.environ if env is None else env).get("TRACKERDB_LAB") or "lab0"
     if not LAB_NAME_RE.match(name):
         raise ConfigError(f"lab instance name {name!r} (TRACKERDB_LAB) is not valid",
                           hint="use 1-31 lowercase letters, digits or '-' (e.g. TRACKERDB_LAB=devlab)")
     return name
 
 
-def lab_dir(env=None) -> Path:
+def lab_dir(env: Mapping[str, str] | None = None) -> Path:
     """State of one lab instance: /var/lib/trackerdb-lab/<name> (the lab writes nowhere else)."""
     return Path(f"{LAB_ROOT}/{lab_name(env)}")
 
@@ -48,14 +51,16 @@ class HostSpec:
     port: int = 22
     key_file: str | None = None
     known_hosts: str | None = None
-    proxy_command: str | None = None  # e.g. SSM: "aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p"
+    # e.g. SSM: "aws ssm start-session --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p"
+    proxy_command: str | None = None
     ssh_config: str | None = None
 
     @classmethod
-    def from_dict(cls, name: str, d: dict | None) -> "HostSpec | None":
+    def from_dict(cls, name: str, d: dict[str, Any] | None) -> "HostSpec | None":
         if not d or not d.get("address"):
             return None
-        fields = {k: d[k] for k in ("address", "user", "port", "key_file", "known_hosts", "proxy_command", "ssh_config") if d.get(k) is not None}
+        keys = ("address", "user", "port", "key_file", "known_hosts", "proxy_command", "ssh_config")
+        fields = {k: d[k] for k in keys if d.get(k) is not None}
         if "port" in fields:
             fields["port"] = _int(f"trackerdb.{name}.port", fields["port"], 1, 65535)
         return cls(name=name, **fields)
@@ -98,15 +103,15 @@ class Settings:
     s3_verify_tls: bool = True
     s3_uri_style: str | None = None
     s3_key_type: str = "auto"
-    s3_credentials: dict | None = None  # lab only: moto's fixed test keys (not secrets)
+    s3_credentials: dict[str, str] | None = None  # lab only: moto's fixed test keys (not secrets)
     source_decommissioned: bool = False
-    switch: dict = field(default_factory=dict)
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
     state_dir: str = "artifacts"
     pg_port: int = 5432
     # The source cluster's port when it differs from the target's (None: the same as pg_port).
     source_pg_port: int | None = None
     # Deliberate owner changes applied by restore and expected by verify (migrate.privileges.OwnerMapping).
-    owner_map: tuple = ()
+    owner_map: tuple[OwnerMapping, ...] = ()
     # PostgreSQL's server certificate + key: Secrets Manager secret NAME (JSON certificate/private_key);
     # None = Debian's snakeoil pair, allowed in the lab only (trackerdb/tls.py)
     tls_secret_name: str | None = None
@@ -123,11 +128,11 @@ class Settings:
     dump_compress: str = "lz4"
     # where the target reaches the source's sshd (default: the source's address as this machine uses it)
     transfer_source_address: str | None = None
-    application: dict = field(default_factory=dict, compare=False)
-    notify: dict = field(default_factory=dict, compare=False)
+    application: AppHooks = field(default_factory=AppHooks, compare=False)
+    notify: NotifyConfig = field(default_factory=NotifyConfig, compare=False)
     # lock_timeout / statement_timeout per window phase over trackerdb/limits.py's DEFAULTS
-    window_limits: dict = field(default_factory=dict, compare=False)
-    outputs: dict = field(default_factory=dict, repr=False, compare=False)
+    window_limits: dict[str, Any] = field(default_factory=dict, compare=False)
+    outputs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # ---- derived ---------------------------------------------------------------------------
     @property
@@ -157,12 +162,17 @@ class Settings:
     def is_lab(self) -> bool:
         return self.environment == "lab"
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes: Any) -> "Settings":
+        """A copy with ``changes``; ``application``, ``switch`` and ``notify`` may be given as config mappings
+        (parsed and checked as when loaded)."""
+        for key, parse in _WINDOW_PARSERS.items():
+            if isinstance(changes.get(key), dict):
+                changes[key] = parse(changes[key])
         return replace(self, **changes)
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, config: dict | None = None, env: dict | None = None) -> "Settings":
+    def load(cls, config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         merged = _deep_merge({}, _plain(config or {}))
         overlay_path = env.get("TRACKERDB_SETTINGS")
@@ -179,11 +189,13 @@ class Settings:
         return cls.from_parts(merged, outputs)
 
     @classmethod
-    def from_parts(cls, cfg: dict, outputs: dict) -> "Settings":
+    def from_parts(cls, cfg: dict[str, Any], outputs: dict[str, Any]) -> "Settings":
         o = inventory.validate(dict(outputs), "stack outputs")
         target_cfg = dict(cfg.get("target") or {})
         target_cfg.setdefault("address", o["private_ip"])
         target = HostSpec.from_dict("target", target_cfg)
+        if target is None:  # the stack outputs always hold private_ip (inventory.validate)
+            raise ConfigError("no target address", hint="set trackerdb.target.address or the stack output private_ip")
         repo_cfg = dict(cfg.get("repo") or {})
         s = cls(
             environment=o["environment"],
@@ -223,10 +235,11 @@ class Settings:
             s3_key_type=cfg.get("s3_key_type", "auto"),
             s3_credentials=cfg.get("s3_credentials"),
             source_decommissioned=_bool("trackerdb.source_decommissioned", cfg.get("source_decommissioned", False)),
-            switch=dict(cfg.get("switch") or {}),
+            switch=parse_switch(cfg.get("switch")),
             state_dir=cfg.get("state_dir", "artifacts"),
             pg_port=_int("trackerdb.pg_port", cfg.get("pg_port", 5432), 1, 65535),
-            source_pg_port=_int("trackerdb.source_pg_port", cfg["source_pg_port"], 1, 65535) if cfg.get("source_pg_port") else None,
+            source_pg_port=(_int("trackerdb.source_pg_port", cfg["source_pg_port"], 1, 65535)
+                            if cfg.get("source_pg_port") else None),
             owner_map=_owner_map(cfg.get("owner_map")),
             tls_secret_name=cfg.get("tls_secret_name") or None,
             tls_ca_file=cfg.get("tls_ca_file") or None,
@@ -234,8 +247,8 @@ class Settings:
             transfer_explicit=bool(cfg.get("transfer")),
             dump_compress=str(cfg.get("dump_compress") or "lz4"),
             transfer_source_address=cfg.get("transfer_source_address") or None,
-            application=dict(cfg.get("application") or {}),
-            notify=dict(cfg.get("notify") or {}),
+            application=parse_application(cfg.get("application")),
+            notify=parse_notify(cfg.get("notify")),
             window_limits=cfg.get("window_limits") or {},
             outputs=o,
         )
@@ -273,7 +286,8 @@ class Settings:
             _check("stack output instance_id", o.get("instance_id"), v.instance_id)
             _check("stack output private_ip", o.get("private_ip"), v.ipv4)
             _check("stack output availability_zone", o.get("availability_zone"), v.availability_zone)
-            _check("stack output root_volume_size_gb", o.get("root_volume_size_gb"), lambda x: v.integer(x, 1, 65536)[1])
+            _check("stack output root_volume_size_gb", o.get("root_volume_size_gb"),
+                   lambda x: v.integer(x, 1, 65536)[1])
             _check("stack output security_group_id", o.get("security_group_id"), v.security_group_id)
             _check("stack output role_name", o.get("role_name"), v.iam_name)
             _check("stack output instance_profile_name", o.get("instance_profile_name"), v.iam_name)
@@ -287,8 +301,10 @@ class Settings:
         _check("trackerdb.repo.host_key", self.repo_host_key, v.optional(v.host_key))
         _check("trackerdb.tls_secret_name", self.tls_secret_name, v.optional(v.secret_name))
         _check("trackerdb.s3_endpoint", self.s3_endpoint, v.optional(v.endpoint))
-        _check("trackerdb.s3_uri_style", self.s3_uri_style, lambda x: None if x in (None, "host", "path") else "is not host or path")
-        _check("trackerdb.s3_key_type", self.s3_key_type, lambda x: None if x in ("auto", "shared", "web-id") else "is not auto, shared or web-id")
+        _check("trackerdb.s3_uri_style", self.s3_uri_style,
+               lambda x: None if x in (None, "host", "path") else "is not host or path")
+        _check("trackerdb.s3_key_type", self.s3_key_type,
+               lambda x: None if x in ("auto", "shared", "web-id") else "is not auto, shared or web-id")
         for spec in (self.target, self.source, self.repo):
             if spec is not None:
                 _check(f"trackerdb.{spec.name}.address", spec.address, v.host_address)
@@ -299,15 +315,17 @@ class Settings:
             _check(f"trackerdb.owner_map entry {i + 1} 'to'", m.to, v.pg_name)
         limits.parse(self.window_limits)  # ConfigError naming the phase and key
         if self.package_source not in ("pgdg", "debian"):
-            raise ConfigError(f"package_source {self.package_source!r} is not pgdg or debian", hint="set trackerdb.package_source")
+            raise ConfigError(f"package_source {self.package_source!r} is not pgdg or debian",
+                              hint="set trackerdb.package_source")
         if self.fs_type not in ("ext4", "xfs"):
             raise ConfigError(f"fs_type {self.fs_type!r} is not ext4 or xfs", hint="set trackerdb.fs_type")
-        if not isinstance(self.dump_compress, str) or not re.match(r"^(none|gzip|lz4|zstd)(:[0-9]{1,2})?$", self.dump_compress):
+        if not isinstance(self.dump_compress, str) or not _COMPRESS.match(self.dump_compress):
             raise ConfigError(f"dump_compress {self.dump_compress!r} is not a pg_dump --compress method",
                               hint="use lz4 (the default), gzip, zstd or none, optionally with :LEVEL")
         if self.transfer not in ("direct", "relay"):
             raise ConfigError(f"transfer {self.transfer!r} is not direct or relay",
-                              hint="set trackerdb.transfer: direct (target pulls from the source) or relay (through this machine)")
+                              hint="set trackerdb.transfer: direct (target pulls from the source) "
+                                   "or relay (through this machine)")
         if self.stanza == self.shared_stanza:
             raise ConfigError(
                 f"stanza {self.stanza!r} is the shared host's stanza",
@@ -325,14 +343,14 @@ class Settings:
         return self.repo
 
 
-def _check(key: str, value, rule) -> None:
+def _check(key: str, value: Any, rule: Callable[[Any], str | None]) -> None:
     """One rule of ``validate``: a ConfigError naming the key and its value in one line."""
     problem = rule(value)
     if problem is not None:
         raise ConfigError(f"{key} {_show(value)} {problem}", hint=_hint(key))
 
 
-def _show(value) -> str:
+def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -344,25 +362,27 @@ def _hint(key: str) -> str:
     return "fix it in invoke.yaml's trackerdb section or the settings overlay (TRACKERDB_SETTINGS)"
 
 
-def _int(key: str, value, lo: int, hi: int) -> int:
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
     n, problem = inputs.integer(value, lo, hi)
-    if problem is not None:
+    if problem is not None or n is None:
         raise ConfigError(f"{key} {_show(value)} {problem}", hint=_hint(key))
     return n
 
 
-def _bool(key: str, value) -> bool:
+def _bool(key: str, value: Any) -> bool:
     _check(key, value, inputs.boolean)
-    return value
+    return bool(value)
 
 
-def _owner_map(raw) -> tuple:
-    from .owner_map import parse_owner_map
-
+def _owner_map(raw: object) -> tuple[OwnerMapping, ...]:
     return parse_owner_map(raw)
 
 
-def _plain(cfg) -> dict:
+_WINDOW_PARSERS: dict[str, Callable[[object], object]] = {
+    "application": parse_application, "switch": parse_switch, "notify": parse_notify}
+
+
+def _plain(cfg: Any) -> Any:
     """Invoke's DataProxy -> plain dict (recursively)."""
     if hasattr(cfg, "items"):
         return {k: _plain(v) for k, v in cfg.items()}
@@ -371,7 +391,7 @@ def _plain(cfg) -> dict:
     return cfg
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):

@@ -186,8 +186,8 @@ def test_route53_record_points_at_the_source(lab, lab_settings):
 
     r53 = boto3.client("route53", region_name="eu-west-2", endpoint_url=lab_settings.aws_endpoint_url,
                        verify=lab_settings.aws_ca_bundle, aws_access_key_id="testing", aws_secret_access_key="testing")
-    rrs = r53.list_resource_record_sets(HostedZoneId=lab_settings.switch["zone_id"])["ResourceRecordSets"]
-    rec = [r for r in rrs if r["Name"].rstrip(".") == lab_settings.switch["record_name"] and r["Type"] == "A"]
+    rrs = r53.list_resource_record_sets(HostedZoneId=lab_settings.switch.zone_id)["ResourceRecordSets"]
+    rec = [r for r in rrs if r["Name"].rstrip(".") == lab_settings.switch.record_name and r["Type"] == "A"]
     assert rec and rec[0]["ResourceRecords"][0]["Value"] == lab["hosts"]["source"]["address"]
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import pytest
 
 from lab import writer as lw
-from trackerdb.cutover import hooks as hk
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
 from trackerdb.psql import Psql
 from trackerdb.errors import PreflightError
 from trackerdb.remote import Remote
+from trackerdb.window_config import parse_application
 
 from tests.tlsutil import tls_files
 
@@ -280,4 +280,4 @@ def test_dry_run_shows_the_hooks(window):
     assert any(ln.startswith("app start 1 worker:") for ln in lines)
     assert any(ln.startswith("health: TARGET_ACK -> exit 0") for ln in lines)
     assert any(WEBHOOK_SECRET in ln for ln in lines) and not any(window["url"] in ln for ln in lines)
-    assert hk.parse_config(app).stop[1].drain.threshold == 0
+    assert parse_application(app).stop[1].drain.threshold == 0

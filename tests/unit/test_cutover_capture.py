@@ -244,6 +244,9 @@ def test_rollback_refuses_after_the_window_was_finished(tmp_path):
 
     class S:
         source_decommissioned = False
+        window_limits: dict = {}
+        outputs: dict = {}
+        source, source_port, database = None, 5432, "tracker"
 
     with pytest.raises(OpsError) as e:
         rb.run_rollback(S(), j.path)

@@ -4,6 +4,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from trackerdb import window_config as wc
 from trackerdb.cutover import freeze, switch
 from trackerdb.errors import ConfigError, OpsError
 from trackerdb.sql import ident
@@ -45,10 +46,10 @@ def test_facts_sql_is_scoped_to_the_database():
 
 # ---- switch ----------------------------------------------------------------------------------
 class S:
-    """The few Settings fields the switch reads."""
+    """The few Settings fields the switch reads (``switch`` parsed as Settings parse it)."""
 
     def __init__(self, **sw):
-        self.switch = sw
+        self.switch = wc.parse_switch(sw)
         self.region = "us-east-1"
         self.aws_endpoint_url = None
         self.aws_ca_bundle = None

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from trackerdb import window_config as wc
 from trackerdb.cutover import hooks as hk
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
@@ -29,19 +30,19 @@ from trackerdb.errors import ConfigError, PreflightError, VerifyError
 ])
 def test_bad_config_is_one_line_with_a_hint(raw, message):
     with pytest.raises(ConfigError) as e:
-        hk.parse_config(raw)
+        wc.parse_application(raw)
     assert message in e.value.message and e.value.hint and "\n" not in e.value.one_line()
 
 
 def test_config_parses_with_defaults():
-    h = hk.parse_config({"stop": [{"name": "proxy", "run": "echo p"},
+    h = wc.parse_application({"stop": [{"name": "proxy", "run": "echo p"},
                                   {"name": "worker", "run": "echo w", "drain": {"probe": "echo 0", "every_s": 1}}],
                          "start": [{"name": "worker", "run": "echo w"}], "health": ["http://127.0.0.1:1/health", {"run": "true"}]})
     assert [s.name for s in h.stop] == ["proxy", "worker"] and h.stop[1].drain.window_s == 120
     assert h.health[0].url and h.health[1].run == "true"
     lines = hk.dry_run_lines(h)
     assert lines[0] == "app stop 1 proxy: echo p" and "wait until `echo 0` <= 0" in lines[1]
-    assert hk.dry_run_lines(hk.parse_config({}))[0].startswith("application: no hooks configured")
+    assert hk.dry_run_lines(wc.parse_application({}))[0].startswith("application: no hooks configured")
 
 
 @pytest.mark.parametrize("samples,threshold,window,verdict", [
@@ -71,7 +72,7 @@ def test_parse_number(out, value):
 class Ctx:
     def __init__(self, journal, application):
         self.journal = journal
-        self.settings = type("S", (), {"application": application})()
+        self.settings = type("S", (), {"application": wc.parse_application(application)})()
         self.lines = []
 
     def say(self, msg):
@@ -123,11 +124,14 @@ def test_a_probe_that_never_drains_stops_before_the_step_and_before_the_freeze(t
     funcs = {p: fake(p) for p in ph.PHASES if p != ph.APP_STOP}
 
     class S:
-        application = app
-        notify: dict = {}
-        switch = {"mode": "command", "command": "true {old} {new}"}
+        application = wc.parse_application(app)
+        notify = wc.NotifyConfig()
+        switch = wc.parse_switch({"mode": "command", "command": "true {old} {new}"})
         environment = "test"
         app_secret_name = cipher_secret_name = "x"
+        window_limits: dict = {}
+        outputs: dict = {}
+        source, source_port, database = None, 5432, "tracker"
     monkeypatch.setattr(ops, "_add_secrets", lambda ctx, settings: None)
     with pytest.raises(PreflightError) as e:
         ops.run_cutover(S(), tmp_path / "d", journal_path=tmp_path / "j.jsonl", funcs=funcs)
@@ -176,7 +180,7 @@ def test_rollback_starts_the_application_once_if_this_cutover_stopped_it(tmp_pat
     log = tmp_path / "order"
     app = {"stop": [{"name": "a", "run": "true"}], "start": [{"name": "w", "run": f"echo w >> {log}"},
                                                             {"name": "a", "run": f"echo a >> {log}"}]}
-    S = type("S", (), {"application": app})
+    S = type("S", (), {"application": wc.parse_application(app)})
     j = Journal(tmp_path / "j.jsonl")
     assert hk.rollback_start(S(), j) is None  # nothing stopped by this cutover: nothing started
     j.begin(hk.APP_STOP)

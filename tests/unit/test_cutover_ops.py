@@ -2,23 +2,19 @@
 
 import pytest
 
+from tests.conftest import prod_outputs
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.errors import OpsError, VerifyError
+from trackerdb.settings import Settings
 
 
-class FakeSettings:
-    state_dir = "unused"
-    app_secret_name = "nope"
-    database = "tracker"
-    switch = {"mode": "command", "command": "true {old} {new}"}
-
-    class target:
-        address = "10.0.0.2"
-
-    class source:
-        address = "10.0.0.1"
+def FakeSettings():
+    """Real Settings (production stack outputs), the switch a command: no host is reached by the stand-in phases."""
+    return Settings.from_parts({"state_dir": "unused", "source": {"address": "10.0.0.1"},
+                                "switch": {"mode": "command", "command": "true {old} {new}"}},
+                               prod_outputs(private_ip="10.0.0.2", app_secret_name="nope"))
 
 
 class Clock:

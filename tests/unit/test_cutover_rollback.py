@@ -5,6 +5,7 @@ import pytest
 from trackerdb.cutover import rollback as rb
 from trackerdb.cutover.journal import Journal
 from trackerdb.errors import OpsError
+from trackerdb.window_config import AppHooks, SwitchConfig
 
 FROZEN = "2026-11-21T21:00:00.000000Z"
 REPORTS = {"schema": "tracker", "name": "location_reports", "time_column": "reported_at",
@@ -110,6 +111,8 @@ def test_count_lines():
 class S:
     source_decommissioned = False
     database = "tracker"
+    window_limits: dict = {}
+    outputs: dict = {}
 
 
 def test_refuses_when_source_decommissioned(tmp_path):
@@ -140,7 +143,8 @@ def test_tables_sql_lists_insert_time_columns():
 class Settings2(S):
     pg_port = 5433
     source_port = 5433
-    switch: dict = {}
+    switch = SwitchConfig()
+    application = AppHooks()
 
 
 def _journal_after_switch(tmp_path):

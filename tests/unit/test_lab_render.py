@@ -7,6 +7,7 @@ from lab.naming import Names
 from lab.outputs import settings_overlay, stack_outputs
 from trackerdb.inventory import OUTPUT_KEYS
 from trackerdb.settings import Settings
+from trackerdb.window_config import SwitchConfig
 
 N = Names("devlab", ipaddress.ip_network("10.201.7.0/24"))
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn0example root@repo"
@@ -93,7 +94,7 @@ def test_settings_load_from_lab_files(tmp_path, monkeypatch):
     assert s.repo_host_key == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn0example"
     assert s.data_volume_by_id == "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + N.volume_id.replace("-", "")
     assert s.aws_endpoint_url == "https://10.201.7.13" and s.s3_endpoint == "aws.lab.internal"
-    assert s.switch == {"mode": "route53", "zone_id": "Z123", "record_name": "db.tracker.lab.internal"}
+    assert s.switch == SwitchConfig(mode="route53", zone_id="Z123", record_name="db.tracker.lab.internal")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     from trackerdb.aws import client
 

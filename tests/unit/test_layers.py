@@ -98,7 +98,7 @@ RANKS = {
     # the ground floor: no host, no operation
     "errors": 0, "inputs": 0, "inventory": 0, "owner_map": 0, "compat": 0, "safe_paths": 0, "files": 0, "sql": 0,
     "limits": 0, "pids": 0, "tls": 0, "iam_eval": 0, "tsdb_api": 0, "settings": 0, "secrets": 0, "aws": 0,
-    "notify": 0, "steps": 0, "capture_registry": 0,
+    "notify": 0, "steps": 0, "capture_registry": 0, "window_config": 0, "progress": 0,
     # transport: one way to reach a host and its clusters
     "remote": 1, "psql": 1, "session": 1, "detached": 1, "slot_watch": 1,
     # operations, one package per concern

@@ -141,18 +141,12 @@ def test_a_delta_copy_cancelled_on_the_target_is_the_limit_line_not_a_copy_failu
     assert "a DELETE statement" in e.value.one_line() and "pid 4242" in e.value.one_line()
 
 
-class FakeSettings:
-    state_dir = "unused"
-    app_secret_name = "nope"
-    database = "tracker"
-    switch = {"mode": "command", "command": "true {old} {new}"}
-    window_limits = {"switch": {"lock_timeout_s": 3}}
-
-    class target:
-        address = "10.0.0.2"
-
-    class source:
-        address = "10.0.0.1"
+def FakeSettings():
+    """Real Settings (production stack outputs) with a switch command and one phase's limit changed."""
+    return Settings.from_parts({"state_dir": "unused", "source": {"address": "10.0.0.1"},
+                                "switch": {"mode": "command", "command": "true {old} {new}"},
+                                "window_limits": {"switch": {"lock_timeout_s": 3}}},
+                               prod_outputs(private_ip="10.0.0.2", app_secret_name="nope"))
 
 
 def test_every_window_phase_runs_under_its_limits_and_a_hit_is_journaled_and_resumed(tmp_path, monkeypatch):

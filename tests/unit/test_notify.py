@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from trackerdb import window_config as wc
 from trackerdb import notify as nt
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
@@ -29,7 +30,7 @@ def test_message_is_slack_compatible_and_carries_error_and_rollback():
 
 @pytest.mark.parametrize("url", ["not a url", "ftp://x/y", "https:///tok3n", "http://hooks.example/tok3n"])
 def test_bad_webhook_url_is_refused_in_one_line(url):
-    S = type("S", (), {"notify": {"webhook_secret_name": "hook"}, "environment": "lab"})
+    S = type("S", (), {"notify": wc.NotifyConfig("hook"), "environment": "lab"})
     with pytest.raises(ConfigError) as e:
         nt.Notifier(S(), fetch=lambda s, name: Secret(name, url))
     assert "https://" in e.value.one_line() and url not in e.value.one_line()
@@ -47,11 +48,14 @@ _Receiver = Receiver
 
 def _settings(url, ca_file):
     class S:
-        notify = {"webhook_secret_name": "hook", "ca_file": ca_file}
-        application: dict = {}
-        switch = {"mode": "command", "command": "true {old} {new}"}
+        notify = wc.NotifyConfig("hook", ca_file)
+        application = wc.AppHooks()
+        switch = wc.parse_switch({"mode": "command", "command": "true {old} {new}"})
         environment = "test"
         app_secret_name = cipher_secret_name = "x"
+        window_limits: dict = {}
+        outputs: dict = {}
+        source, source_port, database = None, 5432, "tracker"
     return S(), url
 
 

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from trackerdb import notify as nt
+from trackerdb import window_config as wc
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
 from trackerdb.errors import ConfigError, OpsError
@@ -58,11 +59,14 @@ class S:
     """The few Settings fields a cutover with stand-in phases reads."""
 
     def __init__(self, ca_file=None, application=None):
-        self.notify = {"webhook_secret_name": "hook", **({"ca_file": ca_file} if ca_file else {})}
-        self.application = application or {}
-        self.switch = {"mode": "command", "command": "true {old} {new}"}
+        self.notify = wc.NotifyConfig("hook", ca_file)
+        self.application = wc.parse_application(application)
+        self.switch = wc.parse_switch({"mode": "command", "command": "true {old} {new}"})
         self.environment = "test"
         self.app_secret_name = self.cipher_secret_name = "x"
+        self.window_limits: dict = {}
+        self.outputs: dict = {}
+        self.source, self.source_port, self.database = None, 5432, "tracker"
 
 
 def _ok(ctx, resume):

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from trackerdb.cutover import hooks as hk
+from tests.conftest import prod_outputs
+from trackerdb import window_config as wc
 from trackerdb.cutover import ops
 from trackerdb.cutover import phases as ph
 from trackerdb.cutover import switch as sw
@@ -21,6 +22,7 @@ from trackerdb.errors import ConfigError, PreflightError
 from trackerdb.migrate import privileges as pv
 from trackerdb.rehearse import report as R
 from trackerdb.rehearse.report_html import render_html
+from trackerdb.settings import Settings
 
 
 # ---- switch.command: only {old} and {new} --------------------------------------------------------
@@ -35,7 +37,7 @@ from trackerdb.rehearse.report_html import render_html
     ("set {new} {new}", "set 10.0.0.2 10.0.0.2"),
 ])
 def test_command_line_substitutes_only_old_and_new(template, line):
-    s = SimpleNamespace(switch={"mode": "command", "command": template}, source=None, target=None)
+    s = SimpleNamespace(switch=wc.parse_switch({"mode": "command", "command": template}), source=None, target=None)
     assert sw.make(s).command_line("10.0.0.1", "10.0.0.2") == line
 
 
@@ -52,9 +54,8 @@ def test_substitution_quotes_values_and_never_substitutes_twice():
     ("./repoint {Old} {new}", "unknown placeholder(s) {Old}"),
 ])
 def test_bad_switch_command_is_one_line_with_a_hint(template, needle):
-    s = SimpleNamespace(switch={"mode": "command", "command": template})
     with pytest.raises(ConfigError) as e:
-        sw.make(s)
+        wc.parse_switch({"mode": "command", "command": template})
     assert needle in e.value.message and e.value.hint and "\n" not in e.value.one_line()
 
 
@@ -85,12 +86,12 @@ def _drain(**kw):
 ])
 def test_durations_are_finite_and_bounded(raw, needle):
     with pytest.raises(ConfigError) as e:
-        hk.parse_config(raw)
+        wc.parse_application(raw)
     assert needle in e.value.message and e.value.hint and "\n" not in e.value.one_line()
 
 
 def test_ordinary_durations_still_parse():
-    h = hk.parse_config({**_drain(every_s=5, window_s=60, timeout_s=86400, threshold=-3),
+    h = wc.parse_application({**_drain(every_s=5, window_s=60, timeout_s=86400, threshold=-3),
                          "health_timeout_s": 600, "health_every_s": 2.5})
     assert h.stop[0].drain.timeout_s == 86400 and h.health_every_s == 2.5
 
@@ -110,13 +111,14 @@ def test_ordinary_durations_still_parse():
 ])
 def test_a_health_check_is_a_url_or_an_explicit_run(check):
     with pytest.raises(ConfigError) as e:
-        hk.parse_config({"health": [check]})
+        wc.parse_application({"health": [check]})
     assert "application.health[0]" in e.value.message and e.value.hint and "\n" not in e.value.one_line()
 
 
 def test_health_urls_and_run_commands_parse():
-    h = hk.parse_config({"health": ["https://app.internal/health", {"url": "http://10.0.0.5:8080/ok", "name": "api"},
-                                    {"run": "curl -fsS https://app.internal/health", "name": "curl"}]})
+    h = wc.parse_application({"health": ["https://app.internal/health",
+                                         {"url": "http://10.0.0.5:8080/ok", "name": "api"},
+                                         {"run": "curl -fsS https://app.internal/health", "name": "curl"}]})
     assert [(c.name, c.url, c.run) for c in h.health] == [
         ("https://app.internal/health", "https://app.internal/health", None),
         ("api", "http://10.0.0.5:8080/ok", None), ("curl", None, "curl -fsS https://app.internal/health")]
@@ -124,28 +126,56 @@ def test_health_urls_and_run_commands_parse():
 
 # ---- refused before anything runs ---------------------------------------------------------------
 
-class S:
-    state_dir = "unused"
-    app_secret_name = cipher_secret_name = "nope"
-    database = "tracker"
-    notify: dict = {}
-    environment = "test"
-    tls_ca_file = None
-
-    def __init__(self, switch=None, application=None):
-        self.switch = switch if switch is not None else {"mode": "command", "command": "true {old} {new}"}
-        self.application = application or {}
+COMMAND = {"mode": "command", "command": "true {old} {new}"}
 
 
-@pytest.mark.parametrize("settings, needle", [
-    (S(switch={"mode": "command", "command": "./repoint {target}"}), "switch.command"),
-    (S(switch={"mode": "command", "command": "./repoint {old} {new} {host}"}), "unknown placeholder(s) {host}"),
-    (S(switch={"mode": "carrier-pigeon"}), "not route53 or command"),
-    (S(switch={"mode": "route53"}), "zone_id or record_name"),
-    (S(application=_stop(timeout_s=float("inf"))), "timeout_s"),
-    (S(application={"health": ["htps://app/health"]}), "application.health[0]"),
+def _settings(tmp_path, switch=None, application=None, **cfg):
+    """Real Settings, loaded as a task loads them (the window's config parsed and checked here)."""
+    return Settings.from_parts({"switch": COMMAND if switch is None else switch, "application": application,
+                                "state_dir": str(tmp_path / "state"), **cfg}, prod_outputs())
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"switch": {"mode": "command", "command": "./repoint {target}"}}, "switch.command"),
+    ({"switch": {"mode": "command", "command": "./repoint {old} {new} {host}"}}, "unknown placeholder(s) {host}"),
+    ({"switch": {"mode": "carrier-pigeon"}}, "not route53 or command"),
+    ({"switch": {"mode": "route53", "ttl_wait": "no"}}, "switch.ttl_wait must be true or false"),
+    ({"switch": ["route53"]}, "trackerdb.switch must be a mapping"),
+    ({"application": _stop(timeout_s=float("inf"))}, "timeout_s"),
+    ({"application": {"health": ["htps://app/health"]}}, "application.health[0]"),
+    ({"application": {"stop": {"name": "x"}}}, "trackerdb.application.stop must be a list"),
+    ({"notify": {"webhook_secret_name": 7}}, "notify.webhook_secret_name must be text"),
+    ({"notify": {"webhook_secret": "hook"}}, "trackerdb.notify has unknown key(s) webhook_secret"),
+    ({"notify": {"ca_file": ["a.pem"]}}, "notify.ca_file must be text"),
 ])
-def test_bad_config_refuses_the_cutover_before_any_phase(tmp_path, monkeypatch, settings, needle):
+def test_bad_window_config_is_refused_when_the_settings_load(tmp_path, config, needle):
+    """Refused when read, by every task (one line and a hint), never found in a phase with the source frozen."""
+    with pytest.raises(ConfigError) as e:
+        _settings(tmp_path, **config)
+    assert needle in e.value.message and e.value.hint and "\n" not in e.value.one_line()
+
+
+def test_good_window_config_is_typed_once(tmp_path):
+    s = _settings(tmp_path, switch={"mode": "route53", "zone_id": "Z1", "record_name": "db.x", "ttl_wait": False},
+                  application={"stop": [{"name": "app", "run": "true"}]},
+                  notify={"webhook_secret_name": "hook", "ca_file": "/etc/ca.pem"})
+    assert s.switch == wc.SwitchConfig(mode="route53", zone_id="Z1", record_name="db.x", ttl_wait=False)
+    assert s.application.stop[0].name == "app" and s.application.stop[0].timeout_s == 600
+    assert s.notify == wc.NotifyConfig("hook", "/etc/ca.pem")
+    empty = _settings(tmp_path, switch={})
+    assert empty.switch == wc.SwitchConfig() and empty.application.empty and empty.notify == wc.NotifyConfig()
+    # a copy with a config mapping is parsed and checked the same way
+    assert s.with_(switch=COMMAND).switch.command == COMMAND["command"]
+    with pytest.raises(ConfigError, match="not route53 or command"):
+        s.with_(switch={"mode": "dns"})
+
+
+@pytest.mark.parametrize("switch, needle", [
+    ({"mode": "route53"}, "zone_id or record_name"),          # what only the switch needs: when it is made
+    ({"mode": "route53", "zone_id": "Z1"}, "zone_id or record_name"),
+])
+def test_bad_config_refuses_the_cutover_before_any_phase(tmp_path, monkeypatch, switch, needle):
+    settings = _settings(tmp_path, switch=switch)
     monkeypatch.setattr(ops, "_add_secrets", lambda ctx, s: None)
     calls = []
     funcs = {p: (lambda ctx, resume, p=p: calls.append(p)) for p in ph.PHASES}
@@ -284,8 +314,9 @@ def test_dry_run_details_carry_the_tls_line(monkeypatch):
 
     monkeypatch.setattr(lossless, "dry_run_lines", lambda s: [])
     monkeypatch.setattr(direct, "dry_run_lines", lambda s: [])
-    s = SimpleNamespace(database="tracker", switch={"mode": "command", "command": "x {new}", "old": "a"}, source=None,
-                        target=SimpleNamespace(address="b"), application={}, notify={}, tls_ca_file=None)
+    s = SimpleNamespace(database="tracker",
+                        switch=wc.parse_switch({"mode": "command", "command": "x {new}", "old": "a"}), source=None, target=SimpleNamespace(address="b"), application=wc.AppHooks(),
+                        notify=wc.NotifyConfig(), tls_ca_file=None, window_limits={})
     lines = ops.dry_run_details(s)
     assert any("NOT authenticated" in ln and "tls_ca_file" in ln for ln in lines)
 

@@ -129,7 +129,7 @@ _KEY_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 def target_ip(settings: Settings) -> str:
     """The address the target's SSH connections to the repository host come from (its private IP)."""
-    ip = (getattr(settings, "outputs", None) or {}).get("private_ip") or settings.target.address
+    ip = settings.outputs.get("private_ip") or settings.target.address
     if not _IP.fullmatch(ip or ""):
         raise ConfigError(f"target address {ip!r} is not an IP address",
                           hint="the repository key is bound to the target's private IP (stack output private_ip)")

@@ -13,19 +13,15 @@ from .common import console, number_flag, ops_task, print_checks, print_outcome,
 from .common import out as _stdout
 
 
-def _bar(label: str):
-    """A rich progress bar fed with (done, total) or (phase, done, total)."""
+def _bar():
+    """A rich progress bar per step, fed as a ``progress.Progress``: (step, done, total)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     prog = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     console=console, transient=False)
     tasks = {}
 
-    def update(*args):
-        if len(args) == 3:
-            phase, done, total = args
-        else:
-            phase, (done, total) = label, args
+    def update(phase: str, done: float | None = None, total: float | None = None, /) -> None:
         if phase not in tasks:
             tasks[phase] = prog.add_task(str(phase), total=total)
         if done is not None:
@@ -61,7 +57,7 @@ def dump(c, local=False, out=None, on_host=None, no_digests=False, json=False):
         check_on_host_dir(on_host)
     s = settings(c)
     dest = on_host or out or str(Path(s.state_dir) / "dump")
-    prog, update = _bar("dump")
+    prog, update = _bar()
     with (contextlib.nullcontext() if json else prog):
         art = run_dump(
             s, dest, local=local, progress=None if json else update, on_host=bool(on_host), digests=not no_digests
@@ -123,7 +119,7 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
     s = settings(c)
     # an earlier window's rollback slot would retain all the WAL this restore writes (issue 27)
     before_restore(s, dry_run=dry_run, say=lambda m: None if json else _stdout.print(m))
-    prog, update = _bar("restore")
+    prog, update = _bar()
     with (contextlib.nullcontext() if json else prog):
         outcome = run_restore(s, dump, manifest_path=manifest, replace=replace, dry_run=dry_run,
                               progress=None if json else update, keep_upload=keep_upload)

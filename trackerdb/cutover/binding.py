@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..errors import PreflightError
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from ..settings import HostSpec, Settings
 
 KEY = "binding"
 SYSTEM_ID = "system_identifier"
@@ -27,15 +27,14 @@ class BindingError(PreflightError):
 
 
 def binding(settings: Settings) -> dict:
-    """What identifies the move in ``settings`` (a stand-in without a field records it empty)."""
-    def at(host, port):
+    """What identifies the move in ``settings`` (what a field does not hold is recorded empty)."""
+    def at(host: HostSpec | None, port: int) -> str:
         return f"{host.address}:{port}" if host is not None else ""
 
-    outputs = getattr(settings, "outputs", None) or {}
-    return {"environment": str(getattr(settings, "environment", "") or ""),
-            "instance_id": str(outputs.get("instance_id") or ""),
-            "source": at(getattr(settings, "source", None), getattr(settings, "source_port", None)),
-            "database": str(getattr(settings, "database", "") or "")}
+    return {"environment": str(settings.environment or ""),
+            "instance_id": str(settings.outputs.get("instance_id") or ""),
+            "source": at(settings.source, settings.source_port),
+            "database": str(settings.database or "")}
 
 
 def differences(recorded: dict, current: dict) -> list[str]:

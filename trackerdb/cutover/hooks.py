@@ -30,152 +30,17 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from ..errors import ConfigError, OpsError, PreflightError, VerifyError
+from ..errors import OpsError, PreflightError, VerifyError
 from ..settings import Settings
+from ..window_config import AppHooks, HealthCheck, HookStep
 from .journal import Journal
 
 APP_STOP, APP_START, HEALTH = "app_stop", "app_start", "health"
 ROLLBACK_START = "rollback_app_start"
-HINT = "see trackerdb.application in invoke.yaml (README: Application hooks)"
 
 
-# ---- config (pure) ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Drain:
-    probe: str
-    every_s: float = 10.0
-    threshold: float = 0.0
-    window_s: float = 120.0
-    timeout_s: float = 900.0
-
-
-@dataclass(frozen=True)
-class HookStep:
-    name: str
-    run: str
-    drain: Drain | None = None
-    timeout_s: float = 600.0
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    name: str
-    url: str | None = None
-    run: str | None = None
-
-
-@dataclass(frozen=True)
-class AppHooks:
-    stop: tuple[HookStep, ...] = ()
-    start: tuple[HookStep, ...] = ()
-    health: tuple[HealthCheck, ...] = ()
-    health_timeout_s: float = 300.0
-    health_every_s: float = 5.0
-
-    @property
-    def empty(self) -> bool:
-        return not (self.stop or self.start or self.health)
-
-
-DAY_S = 86400.0  # no wait, timeout or interval of the window is longer: a bigger one is a typo (or .inf)
-
-
-def _num(raw: dict, key: str, default: float, where: str, minimum: float = 0.0, maximum: float = DAY_S) -> float:
-    """A finite number in [minimum, maximum]: YAML's ``.inf``/``.nan``, ``yes`` and text are refused."""
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{where}.{key} must be a number, not {v!r}", hint=HINT)
-    f = float(v)
-    if not math.isfinite(f) or not minimum <= f <= maximum:
-        raise ConfigError(f"{where}.{key} must be a number from {minimum:g} to {maximum:g}, not {v!r}", hint=HINT)
-    return f
-
-
-def _step(raw, where: str) -> HookStep:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping with name and run, not {raw!r}", hint=HINT)
-    unknown = set(raw) - {"name", "run", "drain", "timeout_s"}
-    if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}", hint=HINT)
-    name, run = raw.get("name"), raw.get("run")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where}.name is missing", hint=HINT)
-    if not isinstance(run, str) or not run.strip():
-        raise ConfigError(f"{where} ({name}): run must be a command", hint=HINT)
-    drain = None
-    if raw.get("drain") is not None:
-        d = raw["drain"]
-        w = f"{where}.drain"
-        if not isinstance(d, dict) or not isinstance(d.get("probe"), str) or not d["probe"].strip():
-            raise ConfigError(f"{w} ({name}) needs a probe command that prints a number", hint=HINT)
-        unknown = set(d) - {"probe", "every_s", "threshold", "window_s", "timeout_s"}
-        if unknown:
-            raise ConfigError(f"{w} has unknown key(s) {', '.join(sorted(unknown))}", hint=HINT)
-        drain = Drain(d["probe"], _num(d, "every_s", 10, w, 0.1, 3600), _num(d, "threshold", 0, w, -1e15, 1e15),
-                      _num(d, "window_s", 120, w), _num(d, "timeout_s", 900, w, 0.1))
-    return HookStep(name.strip(), run, drain, _num(raw, "timeout_s", 600, where, 1))
-
-
-def _check_url(url, where: str) -> str:
-    try:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        host = parts.hostname if parts else None
-    except ValueError:
-        parts, host = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not host or url != url.strip():
-        raise ConfigError(f"{where}.url must be http:// or https:// with a host, not {url!r}",
-                          hint=HINT + "; a command is written {run: '<command>'}")
-    return url
-
-
-def _check(raw, where: str) -> HealthCheck:
-    """A URL (a bare string or ``url:``) or a command, only ever as ``run:``: a mistyped URL
-    (``htps://…``, ``app:8080/health``) must not become a shell command."""
-    if isinstance(raw, str):
-        raw = {"url": raw}
-    if not isinstance(raw, dict) or bool(raw.get("url")) == bool(raw.get("run")):
-        raise ConfigError(f"{where} needs exactly one of url or run", hint=HINT)
-    unknown = set(raw) - {"name", "url", "run"}
-    if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}", hint=HINT)
-    url, run = raw.get("url"), raw.get("run")
-    if url:
-        url = _check_url(url, where)
-    elif not isinstance(run, str) or not run.strip():
-        raise ConfigError(f"{where}.run must be a command, not {run!r}", hint=HINT)
-    name = raw.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ConfigError(f"{where}.name must be text, not {name!r}", hint=HINT)
-    return HealthCheck(str(name or url or run), url, run)
-
-
-def parse_config(raw: dict | None) -> AppHooks:
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError("trackerdb.application must be a mapping", hint=HINT)
-    unknown = set(raw) - {"stop", "start", "health", "health_timeout_s", "health_every_s"}
-    if unknown:
-        raise ConfigError(f"trackerdb.application has unknown key(s) {', '.join(sorted(unknown))}", hint=HINT)
-    lists = {}
-    for key in ("stop", "start", "health"):
-        v = raw.get(key) or []
-        if not isinstance(v, list):
-            raise ConfigError(f"trackerdb.application.{key} must be a list", hint=HINT)
-        lists[key] = v
-    stop = tuple(_step(s, f"application.stop[{i}]") for i, s in enumerate(lists["stop"]))
-    start = tuple(_step(s, f"application.start[{i}]") for i, s in enumerate(lists["start"]))
-    for label, steps in (("stop", stop), ("start", start)):
-        names = [s.name for s in steps]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"application.{label} has duplicate step names",
-                              hint="name each step once (the journal keys on it)")
-    return AppHooks(stop, start, tuple(_check(c, f"application.health[{i}]") for i, c in enumerate(lists["health"])),
-                    _num(raw, "health_timeout_s", 300, "application", 0.1),
-                    _num(raw, "health_every_s", 5, "application", 0.1, 3600))
-
+# ---- config: parsed once with Settings (trackerdb/window_config.py: AppHooks) --------------------
 
 def drain_verdict(samples: list[tuple[float, float]], threshold: float, window_s: float) -> str:
     """``drained`` when the latest sample is at or below ``threshold`` and the samples of the last
@@ -300,14 +165,14 @@ def _run_steps(ctx, phase: str, steps: tuple[HookStep, ...], sleep=time.sleep) -
 
 
 def app_stop(ctx, resume: bool) -> dict:
-    hooks = parse_config(getattr(ctx.settings, "application", None))
+    hooks = ctx.settings.application
     if not hooks.stop:
         return {"skipped": "no stop steps configured"}
     return _run_steps(ctx, APP_STOP, hooks.stop)
 
 
 def app_start(ctx, resume: bool) -> dict:
-    hooks = parse_config(getattr(ctx.settings, "application", None))
+    hooks = ctx.settings.application
     if not hooks.start:
         return {"skipped": "no start steps configured"}
     return _run_steps(ctx, APP_START, hooks.start)
@@ -321,14 +186,14 @@ def check_once(c: HealthCheck, timeout_s: float = 10.0) -> tuple[bool, str]:
                 return 200 <= r.status < 300, f"HTTP {r.status}"
         except Exception as exc:  # noqa: BLE001 - any failure is "not healthy yet"
             return False, f"{type(exc).__name__}: {str(exc)[:120]}"
-    if c.run is None:  # parse_config gives every check a url or a command
+    if c.run is None:  # parse_application gives every check a url or a command
         return False, "neither a url nor a command"
     rc, last = run_command(c.run, timeout_s)
     return rc == 0, f"exit {rc}" + (f": {last}" if last else "")
 
 
 def health(ctx, resume: bool, clock=time.monotonic, sleep=time.sleep) -> dict:
-    hooks = parse_config(getattr(ctx.settings, "application", None))
+    hooks = ctx.settings.application
     if not hooks.health:
         return {"skipped": "no health checks configured"}
     t0 = clock()
@@ -370,7 +235,7 @@ def rollback_start(settings: Settings, journal: Journal, progress: Callable[[str
     """On rollback: if this cutover stopped the application, start it again (the start steps, in
     order) once the source is writable and the application points back at it. Journaled under its
     own phase, so a repeated rollback does not start anything twice."""
-    hooks = parse_config(getattr(settings, "application", None))
+    hooks = settings.application
     stopped = journal.state(APP_STOP).facts.get("done") or []
     if not stopped or not hooks.start:
         return None

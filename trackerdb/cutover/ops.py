@@ -59,14 +59,14 @@ def dry_run_details(settings: Settings) -> list[str]:
         lines.append(f"switch: cannot read the current value: {exc.one_line()}")
     from . import hooks
 
-    lines += hooks.dry_run_lines(hooks.parse_config(getattr(settings, "application", None)))
+    lines += hooks.dry_run_lines(settings.application)
     lines.append(app_path_tls_line(settings))
     lines.append(limits.plan_line(settings))
     lines.append("verify (phase 5): every table and chunk range digested on the frozen source and the target at once "
                  "(its path and projected cost: the `content` line above)")
     lines += ["jobs (phase 7): every scheduled TimescaleDB job made due and run by the scheduler; compression held "
               "until cutover-finish, which resumes and proves it"]
-    name = (getattr(settings, "notify", None) or {}).get("webhook_secret_name")
+    name = settings.notify.webhook_secret_name
     lines.append(f"notify: every phase's start, end and failure to the webhook in secret {name!r}" if name
                  else "notify: no webhook configured (trackerdb.notify.webhook_secret_name)")
     return lines
@@ -74,7 +74,7 @@ def dry_run_details(settings: Settings) -> list[str]:
 
 def app_path_tls_line(settings: Settings) -> str:
     """How verify and phase 7 connect as the application (``tls.client_kwargs``), said before the window."""
-    ca = getattr(settings, "tls_ca_file", None)
+    ca = settings.tls_ca_file
     if ca:
         return (f"app path checks (verify, phase 7): TLS sslmode=verify-full against tls_ca_file {ca} "
                 "(server authenticated)")
@@ -103,11 +103,10 @@ def run_cutover(settings: Settings, dump_dir, dry_run: bool = False, progress: C
     if only is not None:
         only = tb.alone(ph.TABLE, only, {p: st.done for p, st in journal.states().items()}).id
     steps = plan(settings, journal, only)
-    from .hooks import parse_config
     from . import switch as sw
 
-    # a bad config is refused before anything runs (never found in the switch phase with the source frozen)
-    parse_config(getattr(settings, "application", None))
+    # a bad config is refused before anything runs (never found in the switch phase with the source frozen):
+    # application, switch and notify were checked when the settings loaded; what the switch needs, here
     sw.make(settings)
     if dry_run:
         details = [] if only else path_lines(settings, journal, full, session) + dry_run_details(settings)

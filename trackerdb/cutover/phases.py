@@ -262,11 +262,11 @@ def _final_dump(ctx: Ctx) -> dict:
     frozen = cx.freeze_facts(ctx)
     key = job_key(str(ctx.journal.path), frozen.frozen_at)
     transfer = cx.transfer(ctx)  # decided and probed in preflight
-    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.bytes_progress(ctx.say, "dump"),
+    art = run_dump_detached(ctx.settings, str(ctx.dump_dir), key, progress=pg.step_progress(ctx.say),
                             say=ctx.say, transfer=transfer, session=ctx.session)
     if art is None:
         # no digests in the window's dump: its verify digests the frozen source and the target anyway
-        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.bytes_progress(ctx.say, "dump"),
+        art = run_dump(ctx.settings, str(ctx.dump_dir), progress=pg.step_progress(ctx.say),
                        session=ctx.session, digests=False)
     manifest = art.manifest if isinstance(art.manifest, dict) else json.loads(Path(art.manifest_path).read_text())
     adjusted = cutover_manifest(manifest, frozen.prior_read_only)
@@ -430,7 +430,7 @@ def post(ctx: Ctx, resume: bool) -> dict:
     recorded = ctx.facts(POST)
     facts: dict = {}
     endpoint = cx.switch_facts(ctx).new or sw.new_value(s)
-    if s.switch.get("mode", "route53") == "route53":
+    if s.switch.mode == "route53":
         endpoint = sw.of(ctx.session).current()  # what the application resolves now
     facts["app_path"] = app_path_check(s, endpoint, session=ctx.session)
     if not recorded.get("backup_done"):

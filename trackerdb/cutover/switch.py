@@ -6,7 +6,7 @@ change, so a re-run or a rollback never mistakes the new value for the old one.
 
 Route53: UPSERT keeps the record's type and TTL; we wait for the change to be INSYNC and then wait
 out the TTL, after which no resolver may still hand out the old address.
-Command: ``settings.switch["command"]`` with ``{old}`` and ``{new}`` placeholders (shell-quoted),
+Command: ``settings.switch.command`` with ``{old}`` and ``{new}`` placeholders (shell-quoted),
 run locally; it must be idempotent (it runs again on resume and, swapped, on rollback). Only those
 two are substituted: any other brace (JSON, ``${VAR}``, ``{a,b}``) reaches the shell as written,
 and a ``{word}`` that looks like a mistyped placeholder is refused when the config is read.
@@ -18,56 +18,75 @@ import re
 import shlex
 import subprocess
 import time
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..errors import ConfigError, OpsError
+from ..progress import Say
+from ..window_config import check_template
+
+if TYPE_CHECKING:
+    from ..session import Session
+    from ..settings import Settings
 
 
 def _fqdn(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
-def new_value(settings) -> str:
+def new_value(settings: Settings) -> str:
     """What the application should use after the cutover: ``switch.new`` or the target's address."""
-    return str(settings.switch.get("new") or settings.target.address)
+    return str(settings.switch.new or settings.target.address)
 
 
-def old_value_hint(settings) -> str | None:
-    return settings.switch.get("old") or (settings.source.address if settings.source else None)
+def old_value_hint(settings: Settings) -> str | None:
+    return settings.switch.old or (settings.source.address if settings.source else None)
 
 
-def of(session):
+class Switcher(Protocol):
+    """What the cutover and the rollback use of a switch, whichever its mode."""
+
+    mode: str
+
+    def describe(self) -> str: ...
+
+    def current(self) -> str: ...
+
+    def apply(self, old: str, new: str, progress: Say | None = None) -> dict[str, Any]: ...
+
+
+def of(session: Session) -> Switcher:
     """The session's switcher, built once (a boto3 client per task, whatever the phases that use it)."""
     if session.switcher is None:
         session.switcher = make(session.settings)
     return session.switcher
 
 
-def make(settings, sleep=time.sleep, clock=time.monotonic):
-    mode = (settings.switch or {}).get("mode") or "route53"
-    if mode == "route53":
-        return Route53Switch(settings, sleep=sleep, clock=clock)
-    if mode == "command":
+def make(settings: Settings, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> Switcher:
+    """The switch ``settings.switch.mode`` names (the mode was checked when the settings loaded)."""
+    if settings.switch.mode == "command":
         return CommandSwitch(settings)
-    raise ConfigError(f"switch.mode {mode!r} is not route53 or command", hint="set trackerdb.switch.mode")
+    return Route53Switch(settings, sleep=sleep, clock=clock)
 
 
 class Route53Switch:
     mode = "route53"
 
-    def __init__(self, settings, client=None, sleep=time.sleep, clock=time.monotonic, poll_s: float = 2.0, timeout_s: float = 600):
-        sw = settings.switch or {}
-        self.zone_id = sw.get("zone_id")
-        self.name = sw.get("record_name")
-        if not self.zone_id or not self.name:
+    def __init__(self, settings: Settings, client: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, poll_s: float = 2.0, timeout_s: float = 600):
+        sw = settings.switch
+        if not sw.zone_id or not sw.record_name:
             raise ConfigError("switch.mode is route53 but zone_id or record_name is not set",
                               hint="set trackerdb.switch.zone_id and trackerdb.switch.record_name")
+        self.zone_id: str = sw.zone_id
+        self.name: str = sw.record_name
         self.settings = settings
         self._client = client
         self.sleep, self.clock, self.poll_s, self.timeout_s = sleep, clock, poll_s, timeout_s
-        self.ttl_wait = sw.get("ttl_wait", True)
+        self.ttl_wait = sw.ttl_wait
 
     @property
-    def client(self):
+    def client(self) -> Any:
         if self._client is None:
             from ..aws import client
 
@@ -77,23 +96,27 @@ class Route53Switch:
     def describe(self) -> str:
         return f"Route53 record {self.name} in zone {self.zone_id}"
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         """The record set as Route53 has it now (type, TTL, values)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            resp = self.client.list_resource_record_sets(HostedZoneId=self.zone_id, StartRecordName=_fqdn(self.name), MaxItems="10")
+            resp = self.client.list_resource_record_sets(HostedZoneId=self.zone_id, StartRecordName=_fqdn(self.name),
+                                                         MaxItems="10")
         except (ClientError, BotoCoreError) as exc:
             raise OpsError(f"cannot read {self.describe()}: {type(exc).__name__}",
                            hint="check AWS credentials, the zone id and route53:ListResourceRecordSets") from None
         for rs in resp.get("ResourceRecordSets", []):
             if rs["Name"].rstrip(".").lower() == self.name.rstrip(".").lower() and rs["Type"] in ("A", "AAAA", "CNAME"):
                 if "AliasTarget" in rs:
-                    raise OpsError(f"{self.describe()} is an alias record", hint="use switch.mode=command for alias records")
-                return {"type": rs["Type"], "ttl": int(rs.get("TTL", 0)), "values": [r["Value"] for r in rs.get("ResourceRecords", [])]}
-        raise OpsError(f"{self.describe()} does not exist", hint="create it pointing at the old host, or fix switch.record_name")
+                    raise OpsError(f"{self.describe()} is an alias record",
+                                   hint="use switch.mode=command for alias records")
+                return {"type": rs["Type"], "ttl": int(rs.get("TTL", 0)),
+                        "values": [r["Value"] for r in rs.get("ResourceRecords", [])]}
+        raise OpsError(f"{self.describe()} does not exist",
+                       hint="create it pointing at the old host, or fix switch.record_name")
 
-    def _call(self, what: str, fn, **kwargs) -> dict:
+    def _call(self, what: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         """One Route53 write or poll; the API failing (refused, unreachable, throttled) is one line. A single-value
         UPSERT is atomic: the record is either the old value or the new one, and a re-run reads which."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -109,24 +132,27 @@ class Route53Switch:
         rec = self.record()
         values = rec["values"]
         if len(values) != 1:
-            raise OpsError(f"{self.describe()} has {len(values)} values {values}", hint="the switch expects exactly one address")
-        return values[0]
+            raise OpsError(f"{self.describe()} has {len(values)} values {values}",
+                           hint="the switch expects exactly one address")
+        return str(values[0])
 
-    def change_batch(self, rec: dict, value: str, comment: str) -> dict:
+    def change_batch(self, rec: dict[str, Any], value: str, comment: str) -> dict[str, Any]:
         return {"Comment": comment, "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
             "Name": _fqdn(self.name), "Type": rec["type"], "TTL": rec["ttl"], "ResourceRecords": [{"Value": value}]}}]}
 
-    def apply(self, old: str, new: str, progress=None) -> dict:
+    def apply(self, old: str, new: str, progress: Say | None = None) -> dict[str, Any]:
         """Set the record to ``new`` (only if it is not already), wait INSYNC, then wait out the TTL."""
         rec = self.record()
-        facts = {"mode": self.mode, "record": self.name, "type": rec["type"], "ttl": rec["ttl"], "old": old, "new": new}
+        facts: dict[str, Any] = {"mode": self.mode, "record": self.name, "type": rec["type"], "ttl": rec["ttl"],
+                                 "old": old, "new": new}
         now_value = rec["values"][0] if rec["values"] else None
         if now_value not in (old, new):
             raise OpsError(f"{self.describe()} is {now_value}, neither the recorded old value {old} nor the new {new}",
                            hint="someone changed it during the window; find out why before switching")
         if now_value != new:
             resp = self._call(f"change {self.describe()} to {new}", self.client.change_resource_record_sets,
-                              HostedZoneId=self.zone_id, ChangeBatch=self.change_batch(rec, new, f"trackerdb cutover: {old} -> {new}"))
+                              HostedZoneId=self.zone_id,
+                              ChangeBatch=self.change_batch(rec, new, f"trackerdb cutover: {old} -> {new}"))
             change_id = resp["ChangeInfo"]["Id"]
             facts["change_id"] = change_id
             deadline = self.clock() + self.timeout_s
@@ -138,7 +164,8 @@ class Route53Switch:
                 if progress:
                     progress(f"Route53 change {change_id} is {status}")
                 self.sleep(self.poll_s)
-                status = self._call(f"read Route53 change {change_id}", self.client.get_change, Id=change_id)["ChangeInfo"]["Status"]
+                status = self._call(f"read Route53 change {change_id}", self.client.get_change,
+                                    Id=change_id)["ChangeInfo"]["Status"]
             facts["changed"] = True
         else:
             facts["changed"] = False
@@ -150,24 +177,9 @@ class Route53Switch:
         facts["ttl_waited_s"] = rec["ttl"] if self.ttl_wait else 0
         observed = self.record()["values"]
         if observed != [new]:
-            raise OpsError(f"{self.describe()} reads {observed} after the change, expected {new}", hint="inspect the zone")
+            raise OpsError(f"{self.describe()} reads {observed} after the change, expected {new}",
+                           hint="inspect the zone")
         return facts
-
-
-PLACEHOLDERS = ("{old}", "{new}")
-# ``{word}`` not preceded by ``$`` (``${VAR}`` is the shell's): a placeholder, meant or mistyped
-_PLACEHOLDER = re.compile(r"(?<![$\\]){([A-Za-z_][A-Za-z0-9_]*)}")
-COMMAND_HINT = "e.g. switch.command: './repoint-app {old} {new}' (only {old} and {new} are replaced)"
-
-
-def check_template(template) -> str:
-    """``switch.command`` if it is a command with ``{new}`` and no placeholder other than ``{old}``/``{new}``."""
-    if not isinstance(template, str) or not template.strip() or "{new}" not in template:
-        raise ConfigError("switch.mode is command but switch.command is not set or has no {new} placeholder", hint=COMMAND_HINT)
-    unknown = sorted({m.group(0) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
-    if unknown:
-        raise ConfigError(f"switch.command has unknown placeholder(s) {', '.join(unknown)}", hint=COMMAND_HINT)
-    return template
 
 
 def substitute(template: str, old: str, new: str) -> str:
@@ -180,8 +192,8 @@ def substitute(template: str, old: str, new: str) -> str:
 class CommandSwitch:
     mode = "command"
 
-    def __init__(self, settings, runner=None):
-        self.template = check_template((settings.switch or {}).get("command"))
+    def __init__(self, settings: Settings, runner: Callable[[str], tuple[int, str]] | None = None):
+        self.template = check_template(settings.switch.command)
         self.settings = settings
         self.runner = runner or _run_local
 
@@ -197,13 +209,14 @@ class CommandSwitch:
     def command_line(self, old: str, new: str) -> str:
         return substitute(self.template, old, new)
 
-    def apply(self, old: str, new: str, progress=None) -> dict:
+    def apply(self, old: str, new: str, progress: Say | None = None) -> dict[str, Any]:
         line = self.command_line(old, new)
         if progress:
             progress(f"running switch command: {line}")
         code, tail = self.runner(line)
         if code != 0:
-            raise OpsError(f"switch command exited {code}: {tail}", hint="fix the command and re-run; it runs again on resume")
+            raise OpsError(f"switch command exited {code}: {tail}",
+                           hint="fix the command and re-run; it runs again on resume")
         return {"mode": self.mode, "command": line, "old": old, "new": new, "changed": True, "insync_at": time.time()}
 
 

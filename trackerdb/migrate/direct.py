@@ -205,9 +205,8 @@ def relay_warning(reason: str) -> str:
 
 def dry_run_lines(settings: Settings) -> list[str]:
     """What the cutover will do with the final dump's bytes (no host is touched)."""
-    if getattr(settings, "transfer", "relay") == "relay":  # settings without the key: the relay
-        why = "trackerdb.transfer: relay" if getattr(settings, "transfer_explicit",
-                                                     False) else "stack output direct_transfer is false"
+    if settings.transfer == "relay":
+        why = "trackerdb.transfer: relay" if settings.transfer_explicit else "stack output direct_transfer is false"
         return [f"dump: relay: source -> this machine -> target ({why})"]
     address = source_address(settings) if settings.source else "<source>"
     target_ip = settings.outputs.get("private_ip") or settings.target.address

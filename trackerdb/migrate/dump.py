@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import inputs
 from ..errors import ConfigError, HostError, OpsError, PreflightError
+from ..progress import bytes_of
 from ..remote import LocalHost, wrap
 from ..session import connection, source_cluster
 from ..settings import Settings
@@ -204,7 +205,7 @@ def run_dump(settings: Settings, dest_dir: str, local: bool = False, progress=No
     """Dump ``settings.database`` on the source (SSH, or this machine with ``local``).
 
     ``dest_dir`` is a local directory (stream), or with ``on_host`` a directory on the source.
-    ``progress(done_bytes, total_bytes_or_None)`` is called while the dump streams. ``digests``: the
+    ``progress("dump", done_bytes, total_bytes_or_None)`` (a ``progress.Progress``) while the dump streams. ``digests``: the
     manifest carries every table's and chunk range's content digest, read in the dump's snapshot while
     pg_dump runs (``dump_digests``; ``overlap=False``: before pg_dump, to measure what they would add).
     """
@@ -295,7 +296,7 @@ def _dump(settings: Settings, probe: Psql, dest_dir: str, progress, on_host: boo
     total = None
     try:
         with open_private(partial) as sink:
-            res = host.stream_stdout(line, sink, progress=progress, total=total)
+            res = host.stream_stdout(line, sink, progress=bytes_of(progress, "dump"), total=total)
         if res.exit_code != 0:
             raise OpsError(f"pg_dump on {host.name} failed (exit {res.exit_code}): {_last_line(res.stderr)}",
                            hint="nothing was changed on the source; fix the cause and re-run")

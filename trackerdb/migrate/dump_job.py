@@ -18,6 +18,7 @@ from contextlib import ExitStack
 
 from .. import detached
 from ..errors import OpsError
+from ..progress import bytes_of
 from ..remote import wrap
 from ..safe_paths import ensure_dir
 from . import manifest as mf
@@ -48,7 +49,7 @@ def run_dump_detached(settings: Settings, dest_dir: str, key: str, progress=None
     The source's cluster is the session's (``session``, else a new one): on the source's port, over a
     connection of its own that masks the session's secrets."""
     say = say or (lambda m: None)
-    progress = progress or (lambda done, total: None)
+    progress = bytes_of(progress, "dump")  # a Progress (trackerdb/progress.py), counted in bytes here
     from ..files import open_private, private_dir
 
     stack = ExitStack()
