@@ -59,10 +59,14 @@ class _Clock:
             result = fn(*args, **kw)
         except BaseException as exc:
             msg = exc.one_line() if isinstance(exc, OpsError) else f"{type(exc).__name__}: {str(exc)[:300]}"
-            self.entries.append({"phase": phase, "start": start, "end": time.time(), "outcome": "failed", "error": msg, "facts": {}})
+            self.entries.append(
+                {"phase": phase, "start": start, "end": time.time(), "outcome": "failed", "error": msg, "facts": {}}
+            )
             raise
         facts = result if isinstance(result, dict) else _outcome_facts(result)
-        self.entries.append({"phase": phase, "start": start, "end": time.time(), "outcome": "ok", "facts": _flat(facts)})
+        self.entries.append(
+            {"phase": phase, "start": start, "end": time.time(), "outcome": "ok", "facts": _flat(facts)}
+        )
         self.say(f"[{phase}] ok in {time.time() - start:.1f}s")
         return result
 
@@ -77,7 +81,9 @@ def lab_app_login_on_source(settings: Settings) -> dict:
 
     secret = fetch_secret(settings, settings.app_secret_name)
     with connect(settings.require_source(), [secret]) as src:
-        source_cluster(src, settings).run(f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};")
+        source_cluster(src, settings).run(
+            f"ALTER ROLE {ident(settings.owner_role)} LOGIN PASSWORD {literal(secret.reveal())};"
+        )
     return {"role": settings.owner_role}
 
 
@@ -250,16 +256,26 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             say(f"lab {name} is up: using it as it is (its dataset was generated when it came up)")
             result["meta"]["lab_reused"] = True
         else:
-            clock.step("lab.up", lambda: {"hosts": len(lab_api.up(name, scale=scale, volume_gb=volume_gb).get("hosts", {})),
-                                          "volume_gb": volume_gb})
+            clock.step(
+                "lab.up",
+                lambda: {
+                    "hosts": len(lab_api.up(name, scale=scale, volume_gb=volume_gb).get("hosts", {})),
+                    "volume_gb": volume_gb,
+                },
+            )
         settings = Settings.load(config or {}, env=env)
         result["meta"] |= {"postgres": settings.postgres_version, "timescaledb": settings.timescaledb_version,
                            "postgis": settings.postgis_version}
         from trackerdb.rehearse.versions import load_rows
 
-        result["meta"]["versions"] = load_rows({"postgres_major": settings.postgres_major,
-                                                "postgres_version": settings.postgres_version,
-                                                "timescaledb": settings.timescaledb_version, "postgis": settings.postgis_version})
+        result["meta"]["versions"] = load_rows(
+            {
+                "postgres_major": settings.postgres_major,
+                "postgres_version": settings.postgres_version,
+                "timescaledb": settings.timescaledb_version,
+                "postgis": settings.postgis_version,
+            }
+        )
         with connect(settings.require_source()) as src:
             ds = clock.step("dataset.check", lambda: (lambda f: {"rows": sum(f["rows"].values()), "bytes": f["bytes"],
                                                                   "devices": f["rows"]["tracker.devices"]})(
@@ -300,9 +316,12 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             data = _Clock(say)
             result["new_data"] = data.step("source.new-data", windows.new_data, settings, RUN, late)
             result["journals"].append({"label": "before the window", "entries": data.entries})
-        summary = _window(settings, run_dir, journal_path, say, full, counts := {})
+        counts: dict[str, dict] = {}
+        summary = _window(settings, run_dir, journal_path, say, full, counts)
         result["cutover_summary"] = summary
-        result["counts"] = {t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})}
+        result["counts"] = {
+            t: {"source": counts["source"].get(t), "target": counts["target"].get(t)} for t in counts.get("source", {})
+        }
         result["verification"] = verification_rows(summary, _journal_records(journal_path))
         dump_bytes = Dump.from_json(_journal_facts(journal_path).get(ph.DUMP) or {}).size_bytes
         if dump_bytes:
@@ -328,13 +347,16 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             on_target = [r for r in records if r.get("event") == "ack" and r.get("endpoint") == settings.target.address]
             result["drill"] = windows.drill_checks(settings, rb, on_target)
             result["verification"] += result["drill"]
-            result["journals"] += [g | {"label": "first window " + g["label"]} for g in split_journal(_journal_records(journal_path))]
+            result["journals"] += [
+                g | {"label": "first window " + g["label"]} for g in split_journal(_journal_records(journal_path))
+            ]
             # ---- the team tries again: a second window from the rolled-back state -------------------
             journal_path = run_dir / "journal-second.jsonl"
             result["meta"]["journal_second"] = str(journal_path)
             writer_ctl = _start_writer(run_dir, say, env, result, "writer-second")
             say("[second window] the cutover again, on its default path from the rolled-back state")
-            summary2 = _window(settings, run_dir, journal_path, say, False, counts2 := {})
+            counts2: dict[str, dict] = {}
+            summary2 = _window(settings, run_dir, journal_path, say, False, counts2)
             records2 = _stop_writer(writer_ctl, settings, journal_path, result, key="writer_second")
             writer_ctl = None
             acks_all += [r for r in records2 if r.get("event") == "ack"]
@@ -369,7 +391,9 @@ def _run(scale, do_rollback, lab_name, progress, config, keep_lab, volume_gb, ca
             result["errors"] += [f"cutover-finish: {c.name}: {c.observed}" for c in bad]
         if drill:
             result["writer_all"] = _every_ack_on_target(settings, acks_all)
-            result["journals"] += [g | {"label": "second window " + g["label"]} for g in split_journal(_journal_records(journal_path))]
+            result["journals"] += [
+                g | {"label": "second window " + g["label"]} for g in split_journal(_journal_records(journal_path))
+            ]
             if result["writer_all"]["lost"]:
                 result["errors"].append(f"{result['writer_all']['lost']} of {result['writer_all']['acknowledged']} "
                                         "acknowledged writes are not on the target after the second window")

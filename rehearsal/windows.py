@@ -34,8 +34,13 @@ def precopy(settings: Settings, run_dir: Path, clock) -> dict:
     from trackerdb.migrate.verify import run_verify
 
     art = clock.step("precopy.dump", lambda: _dumped(run_dump(settings, str(run_dir / "precopy"))))
-    clock.step("precopy.restore", lambda: _restored(run_restore(settings, art["dump_path"], art["manifest_path"], replace=True)))
-    checks = clock.step("precopy.verify", lambda: _verified(run_verify(settings, manifest=load_manifest(art["manifest_path"]))))
+    clock.step(
+        "precopy.restore",
+        lambda: _restored(run_restore(settings, art["dump_path"], art["manifest_path"], replace=True)),
+    )
+    checks = clock.step(
+        "precopy.verify", lambda: _verified(run_verify(settings, manifest=load_manifest(art["manifest_path"])))
+    )
     if checks["failed"]:
         raise OpsError(f"the pre-copy did not verify: {'; '.join(checks['failed'][:3])}",
                        hint="the window would take the full path or refuse; see the pre-copy's checks in the report")
@@ -86,7 +91,9 @@ def wait_acks(writer, n: int, endpoint: str, timeout: float = 90) -> int:
 def drill_changes(settings: Settings, run: int, late_device: int) -> dict:
     """The application's changes on the target after the switch, besides the writer's appends."""
     with connect(settings.target) as tgt:
-        app_psql(tgt, settings.pg_port).run(changes.target_changes(run + 1, late_device), settings.database, timeout=600)
+        app_psql(tgt, settings.pg_port).run(
+            changes.target_changes(run + 1, late_device), settings.database, timeout=600
+        )
     return {"changes": "2 late rows, an update and a delete inside a compressed chunk, a keyed update, "
                        "a composite-key delete, an update of the key-less hypertable (lab/changes.py)"}
 
@@ -106,7 +113,11 @@ def drill_checks(settings: Settings, rb: dict, acked_on_target: list[dict]) -> l
     differ = sorted(t for t in s_sums if s_sums[t] != t_sums.get(t))
     exported = sum(int(v) for v in (rb.get("exported") or {}).values())
     replayed = sum(int(v) for v in (rb.get("replayed") or {}).values())
-    changed = {t: c for t, c in (rb.get("changes") or {}).items() if any(c.values())} if isinstance(rb.get("changes"), dict) else {}
+    changed = (
+        {t: c for t, c in (rb.get("changes") or {}).items() if any(c.values())}
+        if isinstance(rb.get("changes"), dict)
+        else {}
+    )
     return [
         {"name": "rollback drill: the changes captured on the target were replayed on the source",
          "ok": exported > 0 and replayed == exported and not rb.get("not_replayed"),

@@ -79,8 +79,12 @@ def choose_path(ctx, full: bool) -> dict:
     reasons = sp.guard(record, s.database, ident, sp.schema_doc(s_base, s_priv), sp.schema_doc(t_base, t_priv),
                        target_read_only=t_state.get("read_only_setting"))
     reasons += dq.unsupported(s_cat)
-    out = {"path": CopyPath.FULL if reasons else CopyPath.DELTA, "reasons": reasons, "schema_digest": record.get("schema_digest"),
-           "precopy_recorded_at": record.get("recorded_at")}
+    out = {
+        "path": CopyPath.FULL if reasons else CopyPath.DELTA,
+        "reasons": reasons,
+        "schema_digest": record.get("schema_digest"),
+        "precopy_recorded_at": record.get("recorded_at"),
+    }
     if not reasons and sp.frozen(t_state.get("read_only_setting")):  # left frozen by a completed rollback
         out["through_freeze"] = record["rolled_back"]
     return out
@@ -229,10 +233,17 @@ def run_delta(ctx, note=None, cached: dict | None = None, converge: bool = True,
         if keep is not None:
             keep.update(prints_to_json({"source": src_prints, "target": tgt_prints, "content": content_cache}))
         if done or (not converge and rnd == 2):
-            return {"path": CopyPath.DELTA, "rounds": rnd, **totals, "copied": copied_keys[:100], "content_reread": reread,
-                    "timings": {k: round(v, 2) for k, v in timings.items()}, "bytes_copied": moved[0],
-                    "slices_moved": sliced,
-                    "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))}}
+            return {
+                "path": CopyPath.DELTA,
+                "rounds": rnd,
+                **totals,
+                "copied": copied_keys[:100],
+                "content_reread": reread,
+                "timings": {k: round(v, 2) for k, v in timings.items()},
+                "bytes_copied": moved[0],
+                "slices_moved": sliced,
+                "tables_and_chunks": {"compared": len(src_items), "moved": len(set(copied_keys))},
+            }
         t2 = time.monotonic()
         copied_keys += _apply(ctx, plan, src_items, tgt_items, src_cat, tgt_cat, say, moved, sliced)
         _apply_small(ctx, seqs, lo_copy, lo_drop, {int(lo["oid"]) for lo in tgt_cat.get("large_objects") or []},

@@ -63,7 +63,9 @@ def preflight(ctx: Ctx, resume: bool) -> dict:
     from . import leftover, lossless
     problems += lossless.preflight_problems(ctx.psql("target"))
     # an earlier window's capture slot: ended when its journal shows that window over, else named (issue 27)
-    problems += leftover.sweep(s, ctx.psql("target"), "cutover preflight", ctx.say, own_journal=ctx.journal.path)["refused"]
+    problems += leftover.sweep(s, ctx.psql("target"), "cutover preflight", ctx.say, own_journal=ctx.journal.path)[
+        "refused"
+    ]
     if problems:
         raise PreflightError("; ".join(problems), hint="nothing was changed: fix these and re-run `invoke cutover`")
     from ..migrate import direct

@@ -46,13 +46,13 @@ SESSION_SQL = ("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalSt
 
 # ---- pure: what to read and how ------------------------------------------------------------------
 
-def comparable_items(catalog: dict) -> dict[str, dict]:
+def comparable_items(catalog: dict) -> dict[str, dq.Item]:
     """A host's tables and chunks (``delta_sql.items``) minus the continuous aggregates' materializations."""
     return {k: v for k, v in dq.items(catalog).items()
             if not (v["kind"] == "chunk" and v["hypertable"].startswith("cagg "))}
 
 
-def digest_sql(key: str, item: dict, columns: list[str]) -> str:
+def digest_sql(key: str, item: dq.Item, columns: list[str]) -> str:
     """One JSON line ``{"k", "n", "d"}``: a table's rows (``ONLY``), or a chunk's range read through its hypertable."""
     frm = f"{item['ht_rel']} t WHERE {dq.range_where(item)}" if item["kind"] == "chunk" else f"ONLY {item['rel']} t"
     return dq._line(key, "count(*)", dq._digest(columns), frm)

@@ -205,8 +205,8 @@ def run_dump(settings: Settings, dest_dir: str, local: bool = False, progress=No
     """Dump ``settings.database`` on the source (SSH, or this machine with ``local``).
 
     ``dest_dir`` is a local directory (stream), or with ``on_host`` a directory on the source.
-    ``progress("dump", done_bytes, total_bytes_or_None)`` (a ``progress.Progress``) while the dump streams. ``digests``: the
-    manifest carries every table's and chunk range's content digest, read in the dump's snapshot while
+    ``progress("dump", done_bytes, total_bytes_or_None)`` (a ``progress.Progress``) while the dump streams.
+    ``digests``: the manifest carries every table's and chunk range's content digest, read in the dump's snapshot while
     pg_dump runs (``dump_digests``; ``overlap=False``: before pg_dump, to measure what they would add).
     """
     if local:

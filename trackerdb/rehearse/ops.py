@@ -153,7 +153,7 @@ def _journal_facts(path: Path) -> dict:
     return Journal(path).facts() if Path(path).exists() else {}
 
 
-def write_reports(result: dict, settings: Settings, say) -> dict:
+def write_reports(result: dict, settings: Settings | None, say) -> dict:
     """Write report.json/html to the state dir, run signoff against the fresh report, write again, copy out."""
     state_dir = Path(settings.state_dir) if settings else Path("artifacts")
     state_dir.mkdir(parents=True, exist_ok=True)

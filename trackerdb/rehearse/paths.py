@@ -54,7 +54,9 @@ def fallback_projection(phases: list[dict], calibration: list[dict] | None, db_b
         return None
     rows = []
     for name, secs in measured.items():
-        pts = [(db_bytes, secs)] + [(c["db_bytes"], c["fallback_phases"][name]) for c in cal if name in c["fallback_phases"]]
+        pts = [(db_bytes, secs)] + [
+            (c["db_bytes"], c["fallback_phases"][name]) for c in cal if name in c["fallback_phases"]
+        ]
         pp = fit.phase_projection(name, pts, prod_bytes, cap_bps)
         if pp is None:
             return None

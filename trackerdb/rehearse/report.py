@@ -22,19 +22,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timezone
 
 from . import fit, paths
+from .units import human_bytes, human_seconds, outcome_state, ts
+
+__all__ = ["human_bytes", "human_seconds", "outcome_state", "ts"]  # their home is units.py
 
 SCHEMA = 1
 #: The production tracker database (runbook: "~11 GB"), counted in binary units to err on the long side.
 PROD_BYTES = 11 * 1024**3
 #: gp3 baseline throughput (MiB/s): no single phase can move data faster than the data volume.
 GP3_BASELINE_BPS = 125 * 1024**2
-
-OK_OUTCOMES = {"ok", "done", "pass", "passed", "success", "succeeded", "completed", "complete",
-               "changed", "unchanged", "skipped", "resumed"}
-RUNNING_OUTCOMES = {"", "start", "started", "running", "begin", "in-progress", "in_progress"}
 
 # the application's own stop (hooks) starts the outage when it runs before the freeze
 _OUTAGE_START = re.compile(r"^app_stop$|freeze|stop[_ -]?writes|read[_ -]?only", re.I)
@@ -43,54 +41,6 @@ _SCALES = re.compile(r"dump|restore|verify|transfer|copy|upload|download|load|de
 _TRANSFER = re.compile(r"transfer|copy|upload|download", re.I)
 _RESTORE = re.compile(r"restore|load", re.I)
 _DUMP = re.compile(r"dump", re.I)
-
-
-# ---- small pure helpers ----------------------------------------------------------------------
-def ts(value) -> float | None:
-    """Epoch seconds from a float/int or an ISO 8601 string; None when absent or unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        d = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=timezone.utc)
-    return d.timestamp()
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def human_seconds(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    if m < 60:
-        return f"{m} min {sec:02d} s"
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min"
-
-
-def outcome_state(outcome: str | None, end: float | None) -> str:
-    """ok | failed | incomplete, from a journal outcome word and whether the phase ended."""
-    word = (outcome or "").strip().lower()
-    if word in OK_OUTCOMES and end is not None:
-        return "ok"
-    if word in RUNNING_OUTCOMES or end is None:
-        return "incomplete"
-    return "ok" if word in OK_OUTCOMES else "failed"
 
 
 def _plain(obj):
@@ -135,7 +85,11 @@ def _hook_rows(rec: dict) -> list[dict]:
     """The application hooks' steps (drain waits, commands) as rows of their own (issue 17)."""
     from ..cutover.hooks import timeline_rows
 
-    return timeline_rows(rec["phase"], rec.get("facts") or {}) if str(rec["phase"]).startswith(("app_", "rollback_app")) else []
+    return (
+        timeline_rows(rec["phase"], rec.get("facts") or {})
+        if str(rec["phase"]).startswith(("app_", "rollback_app"))
+        else []
+    )
 
 
 def _runbook(phase: str) -> dict:
@@ -162,30 +116,36 @@ def build_phases(journals: list[dict]) -> tuple[list[dict], float | None]:
         if start is None:
             start = end
         state = outcome_state(r["outcome"], end)
-        out.append({
-            "group": r["group"],
-            "phase": r["phase"],
-            **_runbook(r["phase"]),
-            "start": start,
-            "end": end,
-            "start_s": None if start is None or t0 is None else round(start - t0, 3),
-            "end_s": None if end is None or t0 is None else round(end - t0, 3),
-            "duration_s": None if start is None or end is None else round(end - start, 3),
-            "outcome": r["outcome"] or ("ended" if end is not None else "not finished"),
-            "state": state,
-            # a data phase that moved nothing (the pre-copy path's deferred dump, skipped restore) is a fixed cost
-            "scales_with_data": bool(_SCALES.search(r["phase"])) and not {"deferred", "skipped"} & set(r["facts"] or {}),
-            "attempts": r["attempts"],
-            "facts": r["facts"],
-        })
+        out.append(
+            {
+                "group": r["group"],
+                "phase": r["phase"],
+                **_runbook(r["phase"]),
+                "start": start,
+                "end": end,
+                "start_s": None if start is None or t0 is None else round(start - t0, 3),
+                "end_s": None if end is None or t0 is None else round(end - t0, 3),
+                "duration_s": None if start is None or end is None else round(end - start, 3),
+                "outcome": r["outcome"] or ("ended" if end is not None else "not finished"),
+                "state": state,
+                # a data phase that moved nothing (the pre-copy path's deferred dump, skipped restore) is a fixed cost
+                "scales_with_data": bool(_SCALES.search(r["phase"]))
+                and not {"deferred", "skipped"} & set(r["facts"] or {}),
+                "attempts": r["attempts"],
+                "facts": r["facts"],
+            }
+        )
     out.sort(key=lambda p: (p["start"] is None, p["start"] or 0))
     return out, t0
 
 
 def outage_window(phases: list[dict], measured: dict | None, t0: float | None) -> dict | None:
     """The outage: as the live writer measured it when available, else first freeze start -> switch end."""
-    if measured and ts(measured.get("start")) is not None and ts(measured.get("end")) is not None:
-        start, end = ts(measured["start"]), ts(measured["end"])
+    m_start, m_end = (ts(measured.get("start")), ts(measured.get("end"))) if measured else (None, None)
+    start: float
+    end: float
+    if measured and m_start is not None and m_end is not None:
+        start, end = m_start, m_end
         source = str(measured.get("source") or "writer")
         detail = str(measured.get("detail") or "first refused write -> first accepted write on the target")
     else:
@@ -256,8 +216,14 @@ def throughput(phases: list[dict], sizes: dict, window: dict | None) -> dict:
     }
 
 
-def project(phases: list[dict], window: dict | None, db_bytes: int | None,
-            prod_bytes: int = PROD_BYTES, cap_bps: float = GP3_BASELINE_BPS, calibration: list[dict] | None = None) -> dict | None:
+def project(
+    phases: list[dict],
+    window: dict | None,
+    db_bytes: int | None,
+    prod_bytes: int = PROD_BYTES,
+    cap_bps: float = GP3_BASELINE_BPS,
+    calibration: list[dict] | None = None,
+) -> dict | None:
     """Projected production outage as a range, from the phases inside the measured outage window.
 
     One rehearsal cannot split a data phase's time into a fixed cost and a per-byte cost, so:
@@ -366,14 +332,16 @@ def _fit_projection(rows: list[dict], db_bytes: int, prod_bytes: int, cap_bps: f
 def count_rows(counts) -> list[dict]:
     rows = []
     if isinstance(counts, dict):
-        items = [{"table": k, **(v if isinstance(v, dict) else {"source": v, "target": None})} for k, v in counts.items()]
+        items = [
+            {"table": k, **(v if isinstance(v, dict) else {"source": v, "target": None})} for k, v in counts.items()
+        ]
     else:
         items = [dict(_plain(c)) for c in (counts or [])]
     for c in items:
         src, tgt = c.get("source"), c.get("target")
         rows.append({"table": str(c.get("table")), "source": src, "target": tgt,
                      "match": src is not None and tgt is not None and src == tgt})
-    rows.sort(key=lambda r: r["table"])
+    rows.sort(key=lambda r: str(r["table"]))
     return rows
 
 
@@ -442,10 +410,16 @@ def build_report(result: dict, generated_at: float | None = None) -> dict:
     failures += [f"phase {p['group']}/{p['phase']} {p['state']} ({p['outcome']})" for p in phases if p["state"] != "ok"]
     if not checks:
         failures.append("no verification checks recorded")
-    failures += [f"verification {c['name']} failed: observed {c['observed']}, expected {c['expected']}" for c in checks if not c["ok"]]
+    failures += [
+        f"verification {c['name']} failed: observed {c['observed']}, expected {c['expected']}"
+        for c in checks
+        if not c["ok"]
+    ]
     if not counts:
         failures.append("no row counts recorded")
-    failures += [f"row count {r['table']}: source {r['source']} != target {r['target']}" for r in counts if not r["match"]]
+    failures += [
+        f"row count {r['table']}: source {r['source']} != target {r['target']}" for r in counts if not r["match"]
+    ]
     if writer.get("lost"):
         failures.append(f"the live writer lost {writer['lost']} acknowledged rows")
     if window is None:

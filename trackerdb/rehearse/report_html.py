@@ -12,14 +12,18 @@ from .report import SCHEMA, human_bytes, human_seconds, ts
 
 
 _CSS = """
-body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:#1d2430;margin:24px 32px;background:#fff}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
-.verdict{display:inline-block;padding:6px 16px;border-radius:4px;font-weight:700;font-size:20px;color:#fff;margin-right:12px}
+body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:#1d2430;
+  margin:24px 32px;background:#fff}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
+.verdict{display:inline-block;padding:6px 16px;border-radius:4px;font-weight:700;font-size:20px;color:#fff;
+  margin-right:12px}
 .PASS{background:#1f8a4c}.FAIL{background:#c0392b}
 .kpis{display:flex;gap:14px;flex-wrap:wrap;margin:14px 0}
 .kpi{border:1px solid #d8dde6;border-radius:6px;padding:8px 14px;min-width:150px}
 .kpi b{display:block;font-size:20px} .kpi span{color:#5b6575;font-size:12px}
-table{border-collapse:collapse;margin:6px 0;min-width:50%} th,td{border:1px solid #d8dde6;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:6px 0;min-width:50%}
+th,td{border:1px solid #d8dde6;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f2f4f8} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1f8a4c;font-weight:700}.fail{color:#c0392b;font-weight:700}.human{color:#b26a00;font-weight:700}
 .muted{color:#5b6575;font-size:12px} ul.fail li{color:#c0392b} code{background:#f2f4f8;padding:0 3px}
@@ -89,7 +93,9 @@ def timeline_svg(phases: list[dict], window: dict | None, width: int = 1180) -> 
     for i, p in enumerate(rows):
         y = top + i * row_h
         label = f"{p['group']} / {_phase_label(p)}"
-        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" font-size="12" text-anchor="end" fill="#1d2430">{_e(label)}</text>')
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 15}" font-size="12" text-anchor="end" fill="#1d2430">{_e(label)}</text>'
+        )
         s = p["start_s"]
         e = p["end_s"] if p["end_s"] is not None else s
         color = colors.get(p["state"], "#9aa3b1")
@@ -101,7 +107,12 @@ def timeline_svg(phases: list[dict], window: dict | None, width: int = 1180) -> 
         parts.append(f'<text x="{x(s) + w + 4:.1f}" y="{y + 15}" font-size="11" fill="#5b6575">'
                      f'{_e(human_seconds(p["duration_s"]) if p["duration_s"] is not None else p["outcome"])}</text>')
     ly = height - 8
-    legend = [("#2f6fb3", "phase"), ("#d35400", "phase inside the outage"), ("#c0392b", "failed"), ("#9aa3b1", "not finished")]
+    legend = [
+        ("#2f6fb3", "phase"),
+        ("#d35400", "phase inside the outage"),
+        ("#c0392b", "failed"),
+        ("#9aa3b1", "not finished"),
+    ]
     lx = label_w
     for color, text in legend:
         parts.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
@@ -122,7 +133,9 @@ def _status_cell(ok: bool) -> str:
 def _rate_text(r: dict | None) -> str:
     if not r or not r.get("bytes_per_s"):
         return "n/a"
-    return f"{human_bytes(r['bytes_per_s'])}/s ({human_bytes(r['bytes'])} in {human_seconds(r['seconds'])}, {r['phase']})"
+    return (
+        f"{human_bytes(r['bytes_per_s'])}/s ({human_bytes(r['bytes'])} in {human_seconds(r['seconds'])}, {r['phase']})"
+    )
 
 
 def render_html(report: dict) -> str:
@@ -133,9 +146,14 @@ def render_html(report: dict) -> str:
     out.append(f'<h1><span class="verdict {_e(r["verdict"])}">{_e(r["verdict"])}</span>{_e(r["title"])}</h1>')
     meta = r.get("meta") or {}
     when = r.get("finished") or r.get("generated_at")
-    when_txt = datetime.fromtimestamp(ts(when), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts(when) else ""
-    out.append('<p class="muted">' + _e(" · ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))))
-               + (f" · finished {_e(when_txt)}" if when_txt else "") + "</p>")
+    when_s = ts(when)
+    when_txt = datetime.fromtimestamp(when_s, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if when_s else ""
+    out.append(
+        '<p class="muted">'
+        + _e(" · ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))))
+        + (f" · finished {_e(when_txt)}" if when_txt else "")
+        + "</p>"
+    )
     if meta.get("versions"):
         out.append("<table><tr><th>version</th><th>lab</th><th>production</th><th>status</th><th>note</th></tr>")
         for v in meta["versions"]:
@@ -150,21 +168,41 @@ def render_html(report: dict) -> str:
 
     outage, proj, thr = r.get("outage"), r.get("projection"), r.get("throughput") or {}
     kpis = [
-        ("measured outage", human_seconds(outage["duration_s"]) if outage else "n/a",
-         f"{outage['source']}: {outage['detail']}" if outage else "no freeze→switch found"),
+        (
+            "measured outage",
+            human_seconds(outage["duration_s"]) if outage else "n/a",
+            f"{outage['source']}: {outage['detail']}" if outage else "no freeze→switch found",
+        ),
         _planning_kpi(proj),
-        ("transfer throughput", f"{human_bytes(thr['transfer']['bytes_per_s'])}/s" if thr.get("transfer") else "n/a", "dump bytes / s"),
-        ("restore throughput", f"{human_bytes(thr['restore']['bytes_per_s'])}/s" if thr.get("restore") else "n/a", "dump bytes / s"),
-        ("rows source → target", f"{r['counts']['source_total']:,} → {r['counts']['target_total']:,}" if r["counts"]["rows"] else "n/a",
-         ("all tables match" if r["counts"]["ok"] else "MISMATCH") if r["counts"]["rows"] else "not measured"),
+        (
+            "transfer throughput",
+            f"{human_bytes(thr['transfer']['bytes_per_s'])}/s" if thr.get("transfer") else "n/a",
+            "dump bytes / s",
+        ),
+        (
+            "restore throughput",
+            f"{human_bytes(thr['restore']['bytes_per_s'])}/s" if thr.get("restore") else "n/a",
+            "dump bytes / s",
+        ),
+        (
+            "rows source → target",
+            f"{r['counts']['source_total']:,} → {r['counts']['target_total']:,}" if r["counts"]["rows"] else "n/a",
+            ("all tables match" if r["counts"]["ok"] else "MISMATCH") if r["counts"]["rows"] else "not measured",
+        ),
     ]
-    out.append('<div class="kpis">' + "".join(
-        f'<div class="kpi"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>' for a, b, c in kpis) + "</div>")
+    out.append(
+        '<div class="kpis">'
+        + "".join(f'<div class="kpi"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>' for a, b, c in kpis)
+        + "</div>"
+    )
 
     out += _windows_section(r)
     out.append("<h2>Timeline</h2>")
     out.append(timeline_svg(r["phases"], outage))
-    out.append("<table><tr><th>run</th><th>phase</th><th>start</th><th>duration</th><th>outcome</th><th>in outage</th><th>facts</th></tr>")
+    out.append(
+        "<table><tr><th>run</th><th>phase</th><th>start</th><th>duration</th><th>outcome</th>"
+        "<th>in outage</th><th>facts</th></tr>"
+    )
     for p in r["phases"]:
         facts = ", ".join(f"{k}={v}" for k, v in (p.get("facts") or {}).items() if not isinstance(v, (dict, list)))
         out.append(f"<tr><td>{_e(p['group'])}</td><td title=\"{_e(p.get('title') or '')}\">{_e(_phase_label(p))}</td>"
@@ -182,12 +220,23 @@ def render_html(report: dict) -> str:
         out.append('<tr><td colspan="5" class="fail">no verification recorded</td></tr>')
     out.append("</table>")
 
-    out.append("<h2>Row counts: source vs target</h2><table><tr><th>table</th><th>source</th><th>target</th><th>status</th></tr>")
+    out.append(
+        "<h2>Row counts: source vs target</h2>"
+        "<table><tr><th>table</th><th>source</th><th>target</th><th>status</th></tr>"
+    )
     for c in r["counts"]["rows"]:
-        out.append(f"<tr><td>{_e(c['table'])}</td><td class=num>{_e(_n(c['source']))}</td><td class=num>{_e(_n(c['target']))}</td>{_status_cell(c['match'])}</tr>")
-    out.append(f"<tr><th>total</th><th class=num>{r['counts']['source_total']:,}</th><th class=num>{r['counts']['target_total']:,}</th><th></th></tr></table>")
+        out.append(
+            f"<tr><td>{_e(c['table'])}</td><td class=num>{_e(_n(c['source']))}</td>"
+            f"<td class=num>{_e(_n(c['target']))}</td>{_status_cell(c['match'])}</tr>"
+        )
+    out.append(
+        f"<tr><th>total</th><th class=num>{r['counts']['source_total']:,}</th>"
+        f"<th class=num>{r['counts']['target_total']:,}</th><th></th></tr></table>"
+    )
     if r.get("writer"):
-        out.append('<p class="muted">live writer: ' + _e(", ".join(f"{k}={v}" for k, v in r["writer"].items())) + "</p>")
+        out.append(
+            '<p class="muted">live writer: ' + _e(", ".join(f"{k}={v}" for k, v in r["writer"].items())) + "</p>"
+        )
 
     out.append("<h2>Throughput</h2><table>")
     out.append(f"<tr><th>source database</th><td>{_e(human_bytes(thr.get('source_db_bytes')))}</td></tr>")
@@ -200,26 +249,37 @@ def render_html(report: dict) -> str:
     if proj and proj.get("fit"):
         out += _fit_section(proj)
     if proj:
-        out.append(f"<p>{'For comparison, the linear range without the fit: b' if proj.get('fit') else 'B'}etween <b>{_e(human_seconds(proj['floor_outage_s']))}</b> and "
-                   f"<b>{_e(human_seconds(proj['projected_outage_s']))}</b>{'' if proj.get('fit') else '; book the upper bound'}. "
-                   f"Scale factor x{proj['scale_factor']:g} from the measured database.</p>")
+        out.append(
+            f"<p>{'For comparison, the linear range without the fit: b' if proj.get('fit') else 'B'}etween "
+            f"<b>{_e(human_seconds(proj['floor_outage_s']))}</b> and "
+            f"<b>{_e(human_seconds(proj['projected_outage_s']))}</b>"
+            f"{'' if proj.get('fit') else '; book the upper bound'}. "
+            f"Scale factor x{proj['scale_factor']:g} from the measured database.</p>"
+        )
         out.append("<table><tr><th>phase</th><th>measured</th><th>floor</th><th>upper bound</th><th>basis</th></tr>")
         for p in proj["phases"]:
-            out.append(f"<tr><td>{_e(p['phase'])}</td><td class=num>{_e(human_seconds(p['measured_s']))}</td>"
-                       f"<td class=num>{_e(human_seconds(p['floor_s']))}</td>"
-                       f"<td class=num>{_e(human_seconds(p['projected_s']))}</td><td class=muted>{_e(p['basis'])}</td></tr>")
+            out.append(
+                f"<tr><td>{_e(p['phase'])}</td><td class=num>{_e(human_seconds(p['measured_s']))}</td>"
+                f"<td class=num>{_e(human_seconds(p['floor_s']))}</td>"
+                f"<td class=num>{_e(human_seconds(p['projected_s']))}</td><td class=muted>{_e(p['basis'])}</td></tr>"
+            )
         if proj["unaccounted_s"]:
             gap = _e(human_seconds(proj["unaccounted_s"]))
             out.append(f"<tr><td>between phases</td><td class=num>{gap}</td><td class=num>{gap}</td>"
                        f"<td class=num>{gap}</td><td class=muted>kept as measured</td></tr>")
-        out.append("</table><p>Assumptions:</p><ul>" + "".join(f"<li>{_e(a)}</li>" for a in proj["assumptions"]) + "</ul>")
+        out.append(
+            "</table><p>Assumptions:</p><ul>" + "".join(f"<li>{_e(a)}</li>" for a in proj["assumptions"]) + "</ul>"
+        )
     else:
         out.append('<p class="fail">no projection: the outage window or the measured database size is missing</p>')
 
     fb = r.get("fallback_projection")
     if fb:
-        out.append(f"<p>The fallback's figure: <b>{_e(human_seconds(fb['outage_s']))} ± {_e(human_seconds(fb['uncertainty_s']))}</b> "
-                   f"at 11 GB: {_e(fb['basis'])}.</p>")
+        out.append(
+            f"<p>The fallback's figure: "
+            f"<b>{_e(human_seconds(fb['outage_s']))} ± {_e(human_seconds(fb['uncertainty_s']))}</b> "
+            f"at 11 GB: {_e(fb['basis'])}.</p>"
+        )
     out.append("<h2>Signoff checklist</h2>")
     items = r["signoff"]["items"]
     if items:
@@ -227,7 +287,10 @@ def render_html(report: dict) -> str:
         for i in items:
             cls = {"pass": "ok", "fail": "fail"}.get(i["status"], "human")
             text = {"pass": "pass", "fail": "FAIL"}.get(i["status"], "needs human decision")
-            out.append(f"<tr><td>{_e(i['name'])}</td><td class=\"{cls}\">{_e(text)}</td><td class=muted>{_e(i['evidence'])}</td></tr>")
+            out.append(
+                f'<tr><td>{_e(i["name"])}</td><td class="{cls}">{_e(text)}</td>'
+                f'<td class=muted>{_e(i["evidence"])}</td></tr>'
+            )
         out.append("</table>")
     else:
         out.append('<p class="muted">signoff not evaluated in this run (<code>invoke signoff</code>)</p>')
@@ -239,8 +302,12 @@ def _planning_kpi(proj: dict | None) -> tuple[str, str, str]:
     if not proj:
         return ("projected outage at 11 GB", "n/a", "")
     if proj.get("fit"):
-        return ("planning outage at 11 GB", f"{human_seconds(proj['planning_outage_s'])} ± {human_seconds(proj['uncertainty_s'])}",
-                f"fixed + per-byte fit ({proj['fit']['sigmas']:g} sigma); book {human_seconds(proj['planning_outage_s'] + proj['uncertainty_s'])}")
+        return (
+            "planning outage at 11 GB",
+            f"{human_seconds(proj['planning_outage_s'])} ± {human_seconds(proj['uncertainty_s'])}",
+            f"fixed + per-byte fit ({proj['fit']['sigmas']:g} sigma); "
+            f"book {human_seconds(proj['planning_outage_s'] + proj['uncertainty_s'])}",
+        )
     return ("projected outage at 11 GB (upper bound)", human_seconds(proj["projected_outage_s"]),
             f"floor {human_seconds(proj['floor_outage_s'])}; book the upper bound")
 
@@ -275,24 +342,30 @@ def _windows_section(r: dict) -> list[str]:
     out = ["<h2>Path and windows</h2>"]
     pre = r.get("precopy") or {}
     if pre:
-        out.append(f"<p>Pre-copy before the window (runbook §3-4): dump {_e(human_bytes(pre.get('dump_bytes')))}, restored, "
-                   f"{_e(pre.get('checks'))} checks against its manifest. New data on the source after it: "
-                   f"{_e(_n((r.get('new_data') or {}).get('rows_today')))} rows in today's chunk, "
-                   f"{_e((r.get('new_data') or {}).get('other_changes', ''))}.</p>")
+        out.append(
+            f"<p>Pre-copy before the window (runbook §3-4): dump {_e(human_bytes(pre.get('dump_bytes')))}, restored, "
+            f"{_e(pre.get('checks'))} checks against its manifest. New data on the source after it: "
+            f"{_e(_n((r.get('new_data') or {}).get('rows_today')))} rows in today's chunk, "
+            f"{_e((r.get('new_data') or {}).get('other_changes', ''))}.</p>"
+        )
     out.append("<table><tr><th>window</th><th>path</th><th>why</th><th>compared</th><th>moved</th><th>bytes</th>"
                "<th>rounds</th><th>slices</th><th>archiving wait</th><th>outage (writer)</th><th>outage (journal)</th>"
                "<th>acks</th><th>lost</th></tr>")
     for w in rows:
-        out.append(f"<tr><td>{_e(w['window'])}</td><td>{_e(w['path'])}</td><td class=muted>{_e(w['why'])}</td>"
-                   f"<td class=num>{_e(_n(w['compared']))}</td><td class=num>{_e(_n(w['moved']))}</td>"
-                   f"<td class=num>{_e(human_bytes(w['bytes_copied']))}</td><td class=num>{_e(_n(w['rounds']))}</td>"
-                   f"<td class=num>{_e(_n(w['slices']))}</td><td class=num>{_e(human_seconds(w['archive_wait_s']))}</td>"
-                   f"<td class=num>{_e(human_seconds(w['outage_writer_s']))}</td>"
-                   f"<td class=num>{_e(human_seconds(w['outage_journal_s']))}</td><td class=num>{_e(_n(w['acks']))}</td>"
-                   f"{_status_cell(not w['lost'])}</tr>")
+        out.append(
+            f"<tr><td>{_e(w['window'])}</td><td>{_e(w['path'])}</td><td class=muted>{_e(w['why'])}</td>"
+            f"<td class=num>{_e(_n(w['compared']))}</td><td class=num>{_e(_n(w['moved']))}</td>"
+            f"<td class=num>{_e(human_bytes(w['bytes_copied']))}</td><td class=num>{_e(_n(w['rounds']))}</td>"
+            f"<td class=num>{_e(_n(w['slices']))}</td><td class=num>{_e(human_seconds(w['archive_wait_s']))}</td>"
+            f"<td class=num>{_e(human_seconds(w['outage_writer_s']))}</td>"
+            f"<td class=num>{_e(human_seconds(w['outage_journal_s']))}</td><td class=num>{_e(_n(w['acks']))}</td>"
+            f"{_status_cell(not w['lost'])}</tr>"
+        )
     out.append("</table>")
     every = r.get("writer_all") or {}
     if every:
-        out.append(f"<p>Across {_e(every.get('switches'))}: {_e(_n(every.get('acknowledged')))} writes acknowledged, "
-                   f"{_e(_n(every.get('on_target')))} on the target at the end, <b>{_e(_n(every.get('lost')))} lost</b>.</p>")
+        out.append(
+            f"<p>Across {_e(every.get('switches'))}: {_e(_n(every.get('acknowledged')))} writes acknowledged, "
+            f"{_e(_n(every.get('on_target')))} on the target at the end, <b>{_e(_n(every.get('lost')))} lost</b>.</p>"
+        )
     return out
