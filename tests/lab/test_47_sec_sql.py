@@ -13,6 +13,7 @@ removed from both hosts at the end (the source's search_path setting put back as
 """
 
 from __future__ import annotations
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ from trackerdb.migrate import delta_sql as dq
 from trackerdb.cutover import freeze as fz
 from trackerdb.cutover import phases as ph
 from trackerdb.migrate.dump import run_dump
-from trackerdb.migrate.restore import run_restore
+from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.psql import Psql, PsqlError
 from trackerdb.remote import Remote
 from trackerdb.session import cluster
@@ -85,7 +86,7 @@ def planted(provisioned, tmp_path_factory):
         sp.run(PLANT, "tracker")
         try:
             art = run_dump(s, str(tmp_path_factory.mktemp("sec47") / "dump"))
-            outcome = run_restore(s, art.dump_path, art.manifest_path, replace=True)
+            outcome = restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
             yield {"settings": s, "outcome": outcome, "original": original}
         finally:
             sp.run(cleanup_sql(original), "tracker")

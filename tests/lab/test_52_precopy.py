@@ -71,7 +71,7 @@ def _chunks(remote, database: str = "tracker") -> dict:
 def world(backrest_ready, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
     from trackerdb.migrate.manifest import load_manifest
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
     from trackerdb.migrate.verify import run_verify
 
     s = backrest_ready
@@ -85,7 +85,7 @@ def world(backrest_ready, tmp_path_factory):
                      "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);", database="tracker")
     # the pre-copy, as the runbook does it before the window
     art = run_dump(s, str(work / "dump"))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     pre = run_verify(s, manifest=load_manifest(art.manifest_path))
     res = {"settings": s, "work": work, "precopy_failed": [f"{c.name}: {c.observed}" for c in pre if not c.ok]}
 
