@@ -53,7 +53,7 @@ def count_script(keys: list[str], items: dict) -> str:
     lines = []
     for k in keys:
         it = items[k]
-        frm = f"{it['ht_rel']} t WHERE {dq.range_where(it)}" if it["kind"] == "chunk" else f"ONLY {it['rel']} t"
+        frm = f"{it.ht_rel} t WHERE {dq.range_where(it)}" if it.kind == "chunk" else f"ONLY {it.rel} t"
         lines.append(dq._line(k, "count(*)", "''", frm))
     return dq.script([ct.SESSION_SQL] + lines)
 

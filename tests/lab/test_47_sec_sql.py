@@ -163,7 +163,7 @@ def test_the_delta_rewrites_a_table_as_its_owner(planted):
         tgt_cat = Psql.target(ctx.remote("target"), s).json(dq.CATALOG_SQL, s.database)
         si, ti = dq.items(src_cat), dq.items(tgt_cat)
         key = "table tracker.devices"
-        assert ti[key]["owner"] == s.owner_role
+        assert ti[key].owner == s.owner_role
         plan = dq.Plan(actions={key: dq.COPY})
         said: list[str] = []
         assert dl._apply(ctx, plan, si, ti, src_cat, tgt_cat, said.append, [0], {}) == [key]
