@@ -10,6 +10,7 @@ modules see the usual dataset.
 """
 
 from __future__ import annotations
+
 from pathlib import Path
 
 import pytest

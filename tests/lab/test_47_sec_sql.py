@@ -13,6 +13,7 @@ removed from both hosts at the end (the source's search_path setting put back as
 """
 
 from __future__ import annotations
+
 from pathlib import Path
 
 import pytest

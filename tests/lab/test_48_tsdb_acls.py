@@ -10,6 +10,7 @@ target gets the session's usual dump back.
 """
 
 from __future__ import annotations
+
 from pathlib import Path
 
 import pytest

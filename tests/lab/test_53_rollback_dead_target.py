@@ -13,10 +13,10 @@ the change from the capture slot and replays it on the source: nothing written o
 
 from __future__ import annotations
 
-from pathlib import Path
 import random
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 

@@ -23,9 +23,9 @@ Runs after test_53 (the source serving, no capture slot) or on its own; ends rol
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import random
 import time
+from pathlib import Path
 
 import pytest
 

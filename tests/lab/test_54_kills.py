@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import random
 import shlex
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 

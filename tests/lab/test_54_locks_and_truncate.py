@@ -19,10 +19,10 @@ is another cluster's is refused by `invoke cutover` and `invoke rollback` in one
 
 from __future__ import annotations
 
-from pathlib import Path
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 

@@ -1,8 +1,8 @@
 """Restore's pure decisions: versions, locale, existing databases, space, markers, tuning."""
 
 import json
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
