@@ -53,7 +53,7 @@ def count_script(keys: list[str], items: dict) -> str:
     lines = []
     for k in keys:
         it = items[k]
-        frm = f"{it['ht_rel']} t WHERE {dq.range_where(it)}" if it["kind"] == "chunk" else f"ONLY {it['rel']} t"
+        frm = f"{it.ht_rel} t WHERE {dq.range_where(it)}" if it.kind == "chunk" else f"ONLY {it.rel} t"
         lines.append(dq._line(k, "count(*)", "''", frm))
     return dq.script([ct.SESSION_SQL] + lines)
 
@@ -66,10 +66,11 @@ def timed(fn):
 
 def prepare(settings, where: str) -> None:
     from trackerdb.migrate.dump import run_dump
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     art, s = timed(lambda: run_dump(settings, where))
-    _, r = timed(lambda: run_restore(settings, art.dump_path, art.manifest_path, replace=True))
+    _, r = timed(lambda: restore(settings, LocalDump(Path(art.dump_path)), art.manifest_path,
+                                 RestoreOptions(replace=True)))
     print(f"prepared: dump {s}s, restore {r}s", file=sys.stderr)
 
 

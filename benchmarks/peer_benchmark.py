@@ -8,7 +8,7 @@
         0.17), so the benchmark wraps it in timescaledb_pre_restore()/post_restore() as the runbook does;
         the source's roles created on the target first (0.17's --roles breaks on pg_dumpall's \\restrict), and
         from a PostgreSQL 17 source --skip-large-objects (0.17 stops at the first one there: upstream #915)
-    (c) our restore (``run_restore``) of our dump (``run_dump_detached``, as the cutover's dump phase)
+    (c) our restore (``restore``) of our dump (``run_dump_detached``, as the cutover's dump phase)
     (d) our whole window: after (c), whose restore is the pre-copy, one day of new data lands in today's
         chunk and the live writer runs; then the cutover on the pre-copy path (benchmarks/precopy_window.py):
         freeze start -> target writable from its journal, the writer-measured outage, and its projection to
@@ -225,11 +225,12 @@ def parallel_dump(settings, src, jobs: int) -> dict:
 # ---- (c) and (d) ------------------------------------------------------------------------------
 def our_restore(settings, work: Path) -> dict:
     from trackerdb.migrate.dump_job import run_dump_detached
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     art, t_dump = timed(run_dump_detached, settings, str(work / "ours"), f"bench-{uuid.uuid4().hex[:12]}")
     say(f"(c) our dump (detached, fetched): {t_dump}s")
-    out, t_restore = timed(run_restore, settings, art.dump_path, manifest_path=art.manifest_path, replace=True)
+    out, t_restore = timed(restore, settings, LocalDump(Path(art.dump_path)), art.manifest_path,
+                           RestoreOptions(replace=True))
     say(f"(c) our restore: {t_restore}s")
     return {"dump_s": t_dump, "restore_s": t_restore, "dump_bytes": art.manifest["dump"]["size_bytes"],
             "steps": [f"{s.name}: {s.detail}" for s in out.steps if s.name.startswith("pg_restore")]}

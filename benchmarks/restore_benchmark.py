@@ -3,7 +3,7 @@
 A: the runbook's literal commands (§3): CREATE DATABASE; CREATE EXTENSION timescaledb;
    timescaledb_pre_restore(); one serial `pg_restore --no-owner --no-privileges`; timescaledb_post_restore();
    with the server's normal settings.
-B: ours (`run_restore`): catalog first serially, the rest with -j, restore-time settings, plus the work
+B: ours (`restore`): catalog first serially, the rest with -j, restore-time settings, plus the work
    A does not do (ownership, database settings/grants, ANALYZE, rename into place).
 
 Usage (against a lab whose source holds a multi-GB dataset, e.g. `invoke lab.up --scale 1000 --volume-gb 60`
@@ -60,7 +60,8 @@ def our_way(settings, dump_path: str) -> dict:
         marks.setdefault(str(phase), time.monotonic())
 
     t0 = time.monotonic()
-    outcome = r.run_restore(settings, dump_path, replace=True, keep_upload=True, progress=progress)
+    outcome = r.restore(settings, r.LocalDump(Path(dump_path)), opts=r.RestoreOptions(replace=True, keep_upload=True),
+                        progress=progress)
     t1 = time.monotonic()
     pr = [s.detail for s in outcome.steps if s.name.startswith("pg_restore")]
     restore_s = (marks.get("post restore") or t1) - marks.get("pg_restore catalog", t0)

@@ -96,7 +96,7 @@ def calibrate(settings: Settings, run_dir: Path, prepared: dict, say=None) -> di
     ``{"db_bytes", "scale", "generated_s", "phases": {"dump": s, "restore": s, "verify": s}, "rows"}``."""
     from trackerdb.migrate.dump import run_dump
     from trackerdb.migrate.dump_job import run_dump_detached
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
     from trackerdb.migrate.verify import run_verify
     from trackerdb.rehearse.ops import table_counts
 
@@ -115,7 +115,7 @@ def calibrate(settings: Settings, run_dir: Path, prepared: dict, say=None) -> di
 
     t = time.time()
     say(f"calibration: restore of {CALIB_DB} on the target")
-    run_restore(cs, art.dump_path, manifest_path=art.manifest_path, replace=True)
+    restore(cs, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     phases["restore"] = time.time() - t
 
     t = time.time()

@@ -48,7 +48,7 @@ RUN = int(time.time() * 1e6) % 10_000_000
 class _Clock:
     """Timed steps of the prepare group, in the cutover journal's record shape."""
 
-    def __init__(self, say):
+    def __init__(self, say) -> None:
         self.entries: list[dict] = []
         self.say = say
 

@@ -30,13 +30,15 @@ def precopy(settings: Settings, run_dir: Path, clock) -> dict:
     """Runbook §3-4 before the window, timed by ``clock``: ``invoke dump``, ``invoke restore``, ``invoke verify``."""
     from trackerdb.migrate.dump import run_dump
     from trackerdb.migrate.manifest import load_manifest
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
     from trackerdb.migrate.verify import run_verify
 
     art = clock.step("precopy.dump", lambda: _dumped(run_dump(settings, str(run_dir / "precopy"))))
     clock.step(
         "precopy.restore",
-        lambda: _restored(run_restore(settings, art["dump_path"], art["manifest_path"], replace=True)),
+        lambda: _restored(
+            restore(settings, LocalDump(Path(art["dump_path"])), art["manifest_path"], RestoreOptions(replace=True))
+        ),
     )
     checks = clock.step(
         "precopy.verify", lambda: _verified(run_verify(settings, manifest=load_manifest(art["manifest_path"])))

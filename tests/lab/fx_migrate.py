@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +25,10 @@ def dumped(provisioned, tmp_path_factory):
 @pytest.fixture(scope="session")
 def restored(provisioned, dumped):
     """`invoke restore` of that dump on the provisioned target (replacing a tracker left by an earlier fixture)."""
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     t0 = time.monotonic()
-    outcome = run_restore(provisioned, dumped.dump_path, dumped.manifest_path, replace=True)
+    outcome = restore(provisioned, LocalDump(Path(dumped.dump_path)), dumped.manifest_path,
+                      RestoreOptions(replace=True))
     MEASURED["restore_s"] = round(time.monotonic() - t0, 2)
     return {"settings": provisioned, "dump": dumped, "outcome": outcome}

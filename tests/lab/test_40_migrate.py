@@ -17,7 +17,7 @@ from trackerdb.errors import HostError, PreflightError
 from trackerdb.migrate import restore as restore_mod
 from trackerdb.migrate.manifest import content_digest_sql, manifest_path_for
 from trackerdb.psql import Psql
-from trackerdb.migrate.restore import run_restore, staging_name
+from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore, staging_name
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote
 
@@ -236,7 +236,7 @@ def test_bad_inputs_refused_and_target_unchanged(restored, tmp_path, case, kwarg
     before = target_state(s)
     path = copy_dump(restored["dump"], tmp_path, **kwargs)
     with pytest.raises(PreflightError) as e:
-        run_restore(s, path, replace=True)
+        restore(s, LocalDump(Path(path)), opts=RestoreOptions(replace=True))
     assert message in e.value.message
     assert e.value.hint and "\n" not in e.value.one_line()
     assert target_state(s) == before
@@ -246,7 +246,7 @@ def test_existing_tracker_refused_without_replace(restored):
     s = restored["settings"]
     before = target_state(s)
     with pytest.raises(PreflightError) as e:
-        run_restore(s, restored["dump"].dump_path)
+        restore(s, LocalDump(Path(restored["dump"].dump_path)), opts=RestoreOptions())
     assert "already exists" in e.value.message and "--replace" in e.value.hint
     assert target_state(s) == before
 
@@ -276,7 +276,7 @@ def test_dropped_ssh_mid_upload_resumes(restored, monkeypatch):
 
     before = target_state(s)
     with pytest.raises(HostError) as e:
-        run_restore(s, dump.dump_path, replace=True, progress=drop)
+        restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True), progress=drop)
     assert "upload interrupted" in e.value.message and "re-run" in e.value.hint
     after = target_state(s)
     assert after["databases"] == before["databases"] and after["conf.d"] == before["conf.d"]
@@ -285,7 +285,7 @@ def test_dropped_ssh_mid_upload_resumes(restored, monkeypatch):
                             sudo=True).stdout)
     assert 0 < partial < size
     monkeypatch.setattr(session_mod, "Remote", Remote)
-    outcome = run_restore(s, dump.dump_path, replace=True)
+    outcome = restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True))
     assert outcome.stats["uploaded_bytes"] == size - partial
     assert any(st.name == "upload" and "resumed" in st.detail for st in outcome.steps)
     assert all(c.ok for c in run_verify(s, manifest=dump.manifest, expect_backrest=False, app_login=False))
@@ -332,7 +332,7 @@ def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
 
     try:
         with pytest.raises(HostError) as e:
-            run_restore(s, dump.dump_path, replace=True, progress=hook)
+            restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True), progress=hook)
         assert killed.get("pids"), "pg_restore was seen and killed"
         assert "was not touched" in e.value.hint
         # tracker is still the previous, complete database; the half-restored one is only staging
@@ -340,7 +340,7 @@ def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
         assert p.value(f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{staging}';").startswith(
             "trackerdb:restore-staging")
         assert not t.exists(restore_mod.tuning_path(s.postgres_major)), "restore-time settings were put back"
-        outcome = run_restore(s, dump.dump_path, replace=True)
+        outcome = restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True))
         assert any(st.name == "leftover staging" for st in outcome.steps)
         new_oid = p.value(f"SELECT oid FROM pg_database WHERE datname = '{s.database}';")
         assert new_oid != old_oid
@@ -354,7 +354,7 @@ def test_killed_pg_restore_leaves_tracker_whole_and_rerun_completes(restored):
 def test_dry_run_changes_nothing(restored):
     s = restored["settings"]
     before = target_state(s)
-    outcome = run_restore(s, restored["dump"].dump_path, replace=True, dry_run=True)
+    outcome = restore(s, LocalDump(Path(restored["dump"].dump_path)), opts=RestoreOptions(replace=True, dry_run=True))
     assert outcome.dry_run and [st.name for st in outcome.steps][-2:] == ["keep old", "into place"]
     assert target_state(s) == before
 

@@ -19,7 +19,7 @@ import pytest
 from trackerdb.errors import PreflightError
 from trackerdb.migrate import direct
 from trackerdb.migrate.dump_job import run_dump_detached
-from trackerdb.migrate.restore import run_restore, upload_path
+from trackerdb.migrate.restore import DumpOnTarget, RestoreOptions, restore, upload_path
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote
 
@@ -141,7 +141,7 @@ def test_the_source_grants_only_the_reader_to_the_target(hosts):
 def test_restore_reads_the_dump_where_the_direct_transfer_left_it(hosts, direct_run):
     s, _, tgt = hosts
     art, _, _, _ = direct_run
-    outcome = run_restore(s, art.dump_path, art.manifest_path, replace=True, on_target=True, keep_upload=True)
+    outcome = restore(s, DumpOnTarget(art.dump_path), art.manifest_path, RestoreOptions(replace=True, keep_upload=True))
     by = {st.name: st for st in outcome.steps}
     assert by["dump file"].detail.startswith("on the target:") and by["upload"].detail.startswith("none")
     assert outcome.stats["uploaded_bytes"] == 0

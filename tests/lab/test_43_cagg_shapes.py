@@ -11,11 +11,13 @@ modules see the usual dataset.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trackerdb.migrate.cagg_check import merge_ranges
 from trackerdb.migrate.dump import run_dump
-from trackerdb.migrate.restore import run_restore
+from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.migrate.verify import run_verify
 from trackerdb.psql import Psql
 from trackerdb.remote import Remote
@@ -128,7 +130,7 @@ def shapes(provisioned, tmp_path_factory):
         psql_on(src, s.source_port).run(DROP_SQL + SHAPES_SQL, s.database)
     try:
         art = run_dump(s, str(tmp_path_factory.mktemp("shapes") / "dump"))
-        run_restore(s, art.dump_path, art.manifest_path, replace=True)
+        restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
         yield {"settings": s, "manifest": art.manifest}
     finally:
         for host, port in ((s.source, s.source_port), (s.target, s.pg_port)):

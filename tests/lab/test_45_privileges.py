@@ -20,7 +20,7 @@ from trackerdb.migrate import privileges as pv
 from trackerdb.migrate.dump import run_dump
 from trackerdb.migrate.manifest import manifest_path_for
 from trackerdb.psql import Psql
-from trackerdb.migrate.restore import run_restore
+from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote
 
@@ -128,11 +128,11 @@ def test_owner_map_is_explicit_applied_and_expected(restored):
     s = restored["settings"]
     dump = restored["dump"]
     mapped = s.with_(owner_map=pv.parse_owner_map([{"from": "postgres", "to": "tracker", "schemas": ["reporting"]}]))
-    plan = run_restore(mapped, dump.dump_path, replace=True, dry_run=True)
+    plan = restore(mapped, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True, dry_run=True))
     lines = [f"{st.name}: {st.detail}" for st in plan.steps]
     assert "owner map: postgres -> tracker in schema(s) reporting: 1 object(s) (function reporting.maintenance_window())" in lines
     try:
-        out = run_restore(mapped, dump.dump_path, replace=True)
+        out = restore(mapped, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True))
         step = next(st for st in out.steps if st.name == "owner map")
         assert step.changed and step.commands == ['ALTER FUNCTION reporting.maintenance_window() OWNER TO "tracker";']
         _, tgt = both(s, FACTS_SQL)
@@ -144,7 +144,7 @@ def test_owner_map_is_explicit_applied_and_expected(restored):
         bad = [c.name for c in run_verify(s, manifest=dump.manifest, expect_backrest=False, app_login=False) if not c.ok]
         assert bad[0] == "owner/privileges of function reporting.maintenance_window()"
     finally:
-        run_restore(s, dump.dump_path, replace=True)
+        restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True))
     assert all(c.ok for c in run_verify(s, manifest=dump.manifest, expect_backrest=False, app_login=False))
 
 
@@ -160,7 +160,7 @@ def test_a_manifest_taken_during_a_freeze_restores_writable(restored, tmp_path):
     facts = art.manifest["facts"]
     assert facts["frozen"]["read_only_setting"] == "default_transaction_read_only=on"
     assert not any("read_only" in v or "trackerdb.frozen" in v for vals in facts["db_settings"].values() for v in vals)
-    out = run_restore(s, art.dump_path, replace=True)
+    out = restore(s, LocalDump(Path(art.dump_path)), opts=RestoreOptions(replace=True))
     step = next(st for st in out.steps if st.name == "database settings")
     assert "taken during a freeze" in step.detail
     _, tgt = both(s, FACTS_SQL)
@@ -179,12 +179,12 @@ def test_a_read_only_source_restores_read_only_without_refusing_its_own_grants(r
     m["facts"]["db_settings"].setdefault("", []).append("default_transaction_read_only=on")
     manifest_path_for(d).write_text(json.dumps(m))
     try:
-        out = run_restore(s, str(d), replace=True)
+        out = restore(s, LocalDump(d), opts=RestoreOptions(replace=True))
         assert any(w.startswith("source-read-only") for w in out.stats["warnings"])
         _, tgt = both(s, FACTS_SQL)
         assert tgt["db_read_only"] == ["default_transaction_read_only=on"]
     finally:
-        run_restore(s, dump.dump_path, replace=True)
+        restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True))
     _, tgt = both(s, FACTS_SQL)
     assert tgt["db_read_only"] == []
 
@@ -194,7 +194,8 @@ def test_invoke_verify_finds_the_manifest_of_the_last_restore(restored):
 
     s = restored["settings"]
     dump = restored["dump"]
-    run_restore(s, dump.dump_path, replace=True)  # the fixture's dump lives in a tmp dir, not the state dir
+    # the fixture's dump lives in a tmp dir, not the state dir
+    restore(s, LocalDump(Path(dump.dump_path)), opts=RestoreOptions(replace=True))
     env = dict(lab_env(), COLUMNS="400")  # one table row per line
     r = subprocess.run([str(ROOT / ".venv/bin/invoke"), "verify", "--no-backrest"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)

@@ -14,6 +14,8 @@ removed from both hosts at the end (the source's search_path setting put back as
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trackerdb import tsdb_api as api
@@ -22,7 +24,7 @@ from trackerdb.migrate import delta_sql as dq
 from trackerdb.cutover import freeze as fz
 from trackerdb.cutover import phases as ph
 from trackerdb.migrate.dump import run_dump
-from trackerdb.migrate.restore import run_restore
+from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.psql import Psql, PsqlError
 from trackerdb.remote import Remote
 from trackerdb.session import cluster
@@ -85,7 +87,7 @@ def planted(provisioned, tmp_path_factory):
         sp.run(PLANT, "tracker")
         try:
             art = run_dump(s, str(tmp_path_factory.mktemp("sec47") / "dump"))
-            outcome = run_restore(s, art.dump_path, art.manifest_path, replace=True)
+            outcome = restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
             yield {"settings": s, "outcome": outcome, "original": original}
         finally:
             sp.run(cleanup_sql(original), "tracker")
@@ -162,7 +164,7 @@ def test_the_delta_rewrites_a_table_as_its_owner(planted):
         tgt_cat = Psql.target(ctx.remote("target"), s).json(dq.CATALOG_SQL, s.database)
         si, ti = dq.items(src_cat), dq.items(tgt_cat)
         key = "table tracker.devices"
-        assert ti[key]["owner"] == s.owner_role
+        assert ti[key].owner == s.owner_role
         plan = dq.Plan(actions={key: dq.COPY})
         said: list[str] = []
         assert dl._apply(ctx, plan, si, ti, src_cat, tgt_cat, said.append, [0], {}) == [key]

@@ -11,13 +11,15 @@ target gets the session's usual dump back.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trackerdb.migrate import app_probe
 from trackerdb.migrate import privileges as pv
 from trackerdb.migrate import schema_print as sp
 from trackerdb.migrate.dump import run_dump
-from trackerdb.migrate.restore import run_restore
+from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.migrate.verify import probe_table, run_verify
 from trackerdb.psql import Psql
 from trackerdb.remote import Remote
@@ -96,11 +98,11 @@ def acl_copy(provisioned, dumped, tmp_path_factory):
     psql_on(s, "source", SETUP_SQL)
     try:
         art = run_dump(s, str(tmp_path_factory.mktemp("tsdb_acls")))
-        outcome = run_restore(s, art.dump_path, art.manifest_path, replace=True)
+        outcome = restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
         yield {"settings": s, "dump": art, "outcome": outcome}
     finally:
         psql_on(s, "source", TEARDOWN_SOURCE_SQL)
-        run_restore(s, dumped.dump_path, dumped.manifest_path, replace=True)
+        restore(s, LocalDump(Path(dumped.dump_path)), dumped.manifest_path, RestoreOptions(replace=True))
         for db in sorted(target_databases(s) - before):
             if db != s.database:  # the copies of our source that restore kept aside (never the live one)
                 psql_on(s, "target", f'DROP DATABASE "{db}" WITH (FORCE);', "postgres")

@@ -24,7 +24,7 @@ from trackerdb import detached
 from trackerdb.errors import OpsError
 from trackerdb.migrate import direct
 from trackerdb.migrate.dump_job import run_dump_detached
-from trackerdb.migrate.restore import run_restore, upload_path
+from trackerdb.migrate.restore import DumpOnTarget, RestoreOptions, restore, upload_path
 from trackerdb.migrate.restore_plan import staging_name, tuning_path
 from trackerdb.migrate.verify import run_verify
 from trackerdb.remote import Remote
@@ -158,7 +158,7 @@ def test_the_pull_killed_by_its_pid_mid_transfer_is_resumed_by_the_rerun(served)
         assert 0 < left < size, (left, size)
         assert not tgt.exists(dest)  # nothing where restore reads a dump
         with pytest.raises(OpsError, match="the dump on the target is 0 bytes"):  # restore refuses: no half file used
-            run_restore(s, dest, served["art"].manifest_path, replace=True, on_target=True, keep_upload=True)
+            restore(s, DumpOnTarget(dest), served["art"].manifest_path, RestoreOptions(replace=True, keep_upload=True))
         said: list[str] = []
         got = direct.pull(s, tgt, KEY, size, sha, say=said.append, poll_s=0.2)  # at once: the orphan still writes
     MEASURED["pull_kill"] = {"seconds": round(time.monotonic() - t0, 1), "killed_at_byte": killed["at"], "dump_bytes": size,
@@ -177,7 +177,7 @@ def test_the_volume_full_during_restore_stops_in_one_line_then_the_rerun_restore
     if not tgt.exists(dest):  # on its own: the pull above put it there
         direct.pull(s, tgt, KEY, served["size"], served["sha"])
     if tracker_identity(tgt) is None:  # on a fresh lab: a tracker in place first, the one the fault must not touch
-        run_restore(s, dest, art.manifest_path, replace=True, on_target=True, keep_upload=True)
+        restore(s, DumpOnTarget(dest), art.manifest_path, RestoreOptions(replace=True, keep_upload=True))
     before = tracker_identity(tgt)
     mount = s.data_mount
     assert tgt.run(["findmnt", "-n", "-o", "SOURCE", mount]).stdout.strip().startswith("/dev/"), "not the data volume"
@@ -191,8 +191,8 @@ def test_the_volume_full_during_restore_stops_in_one_line_then_the_rerun_restore
     t0 = time.monotonic()
     try:
         with pytest.raises(OpsError) as failed:
-            run_restore(s, dest, art.manifest_path, replace=True, on_target=True, keep_upload=True,
-                        progress=fill_when_pg_restore_runs)
+            restore(s, DumpOnTarget(dest), art.manifest_path, RestoreOptions(replace=True, keep_upload=True),
+                    progress=fill_when_pg_restore_runs)
         MEASURED["restore_full_s"] = round(time.monotonic() - t0, 1)
         line = failed.value.one_line()
         assert filled and filled["left"] < 1 << 20, filled
@@ -208,7 +208,7 @@ def test_the_volume_full_during_restore_stops_in_one_line_then_the_rerun_restore
     finally:
         unfill(tgt, mount)
     t1 = time.monotonic()
-    outcome = run_restore(s, dest, art.manifest_path, replace=True, on_target=True, keep_upload=True)
+    outcome = restore(s, DumpOnTarget(dest), art.manifest_path, RestoreOptions(replace=True, keep_upload=True))
     MEASURED["restore_rerun_s"] = round(time.monotonic() - t1, 1)
     print("\nMEASURED", MEASURED)
     steps = {st.name: st for st in outcome.steps}

@@ -63,15 +63,15 @@ def _chunks(remote, database: str = "tracker") -> dict:
     """{chunk key: (chunk name, compressed, compressed chunk name)} of the raw hypertables on one host (the
     continuous aggregates' may legitimately grow on the target once it serves: its refresh policies run there)."""
     cat = query_json(remote, dq.CATALOG_SQL, database=database)
-    return {k: (v["name"], v["compressed"], v["compressed_name"]) for k, v in dq.items(cat).items()
-            if v["kind"] == "chunk" and not v["hypertable"].startswith("cagg ")}
+    return {k: (v.name, v.compressed, v.compressed_name) for k, v in dq.items(cat).items()
+            if v.kind == "chunk" and not v.hypertable.startswith("cagg ")}
 
 
 @pytest.fixture(scope="module")
 def world(backrest_ready, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
     from trackerdb.migrate.manifest import load_manifest
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
     from trackerdb.migrate.verify import run_verify
 
     s = backrest_ready
@@ -85,7 +85,7 @@ def world(backrest_ready, tmp_path_factory):
                      "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);", database="tracker")
     # the pre-copy, as the runbook does it before the window
     art = run_dump(s, str(work / "dump"))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     pre = run_verify(s, manifest=load_manifest(art.manifest_path))
     res = {"settings": s, "work": work, "precopy_failed": [f"{c.name}: {c.observed}" for c in pre if not c.ok]}
 
@@ -144,7 +144,7 @@ def world(backrest_ready, tmp_path_factory):
         hosts = dl._Hosts(ctx)
         cats = hosts.run([("source", dq.CATALOG_SQL, True), ("target", dq.CATALOG_SQL, True)])
         si, ti = dq.items(cats[0]), dq.items(cats[1])
-        raw = [k for k, v in si.items() if v["kind"] == "chunk" and not v["hypertable"].startswith("cagg ")]
+        raw = [k for k, v in si.items() if v.kind == "chunk" and not v.hypertable.startswith("cagg ")]
         res["content"] = dl._prints(hosts, {"source": dl._jobs("source", si, si, raw, kind="content"),
                                             "target": dl._jobs("target", ti, si, raw, kind="content")})
         res["raw_keys"] = raw

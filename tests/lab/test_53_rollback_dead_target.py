@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,7 @@ MARK = f"dead-target-{random.randrange(1, 10_000_000)}"
 @pytest.fixture(scope="module")
 def switched(backrest_ready, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     s = backrest_ready
     ensure_app_password_on_source(s)
@@ -46,7 +47,7 @@ def switched(backrest_ready, tmp_path_factory):
         run_sql(src, "CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);\n"
                      "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);", database="tracker")
     art = run_dump(s, str(work / "dump"))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     journal = work / "window.jsonl"
     summary = run_cutover(s, work / "d", journal_path=journal)
     assert summary["complete"], summary

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,7 +93,7 @@ def _front(lab):
 @pytest.fixture(scope="module")
 def window(backrest_ready, lab, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     from lab import aws
 
@@ -103,7 +104,7 @@ def window(backrest_ready, lab, tmp_path_factory):
         run_sql(src, "CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);\n"
                      "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);", database="tracker")
     art = run_dump(s, str(work / "dump"))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     journal = work / "window.jsonl"
     res: dict = {"settings": s, "journal": journal}
     st, names = _front(lab)

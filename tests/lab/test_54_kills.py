@@ -32,6 +32,7 @@ import shlex
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -230,7 +231,7 @@ def _kill_sender(cli, src, tgt, pid, parent):
 @pytest.fixture(scope="module")
 def world(backrest_ready, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     s = backrest_ready
     ensure_app_password_on_source(s)
@@ -245,7 +246,7 @@ def world(backrest_ready, tmp_path_factory):
                              "firmware, status, home_lon, home_lat, radius, home, metadata, installed_at FROM tracker.devices ORDER BY id "
                              "LIMIT 1 RETURNING id;", "tracker").stdout.strip().splitlines()[0]
     art = run_dump(s, str(work / "dump"))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     MEASURED["precopy_s"] = round(time.monotonic() - t0, 1)
     journal = work / "window.jsonl"
     log = work / "writer.jsonl"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,7 +102,7 @@ class Forgotten:
 @pytest.fixture(scope="module")
 def world(backrest_ready, tmp_path_factory):
     from trackerdb.migrate.dump import run_dump
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     s = backrest_ready.with_(window_limits={"delta": {"lock_timeout_s": LOCK_S}})
     ensure_app_password_on_source(s)
@@ -111,7 +112,7 @@ def world(backrest_ready, tmp_path_factory):
         run_sql(src, "CALL refresh_continuous_aggregate('tracker.location_reports_hourly', NULL, NULL);\n"
                      "CALL refresh_continuous_aggregate('tracker.location_reports_daily', NULL, NULL);", database="tracker")
     art = run_dump(s, str(work / "dump"))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     journal = work / "window.jsonl"
     forgotten = Forgotten(s)
     res: dict = {"settings": s, "journal": journal, "forgotten": forgotten}

@@ -48,10 +48,10 @@ TIMES: dict = {}
 
 def _restore(s, work: Path, name: str):
     from trackerdb.migrate.dump import run_dump
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     art = run_dump(s, str(work / name))
-    run_restore(s, art.dump_path, art.manifest_path, replace=True)
+    restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
     return art
 
 
@@ -145,7 +145,7 @@ def test_second_window_finished_leaves_no_slot_and_signoff_passes(windows):
 
 def test_short_space_names_kept_aside_databases_and_the_guarded_drop_frees_it(windows):
     from trackerdb.migrate.manifest import load_manifest
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 
     s, art = windows["settings"], windows["art2"]
     t0 = time.monotonic()
@@ -164,7 +164,7 @@ def test_short_space_names_kept_aside_databases_and_the_guarded_drop_frees_it(wi
         t.run(["fallocate", "-l", str(fill), filler], sudo=True)
     try:
         with pytest.raises(PreflightError) as refused:
-            run_restore(s, art.dump_path, art.manifest_path, replace=True)
+            restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))
         line = refused.value.one_line()
         print("refused for space:", line)
         assert "\n" not in line and "the restore needs about" in line
@@ -188,7 +188,7 @@ def test_short_space_names_kept_aside_databases_and_the_guarded_drop_frees_it(wi
         assert victim["name"] not in names and s.database in names
         recs = [json.loads(x) for x in (Path(s.state_dir) / ka.JOURNAL).read_text().splitlines()]
         assert [(r["event"], r.get("outcome")) for r in recs if r["database"] == victim["name"]][-2:] == [("begin", None), ("end", "ok")]
-        out = run_restore(s, art.dump_path, art.manifest_path, replace=True)  # now it fits
+        out = restore(s, LocalDump(Path(art.dump_path)), art.manifest_path, RestoreOptions(replace=True))  # now it fits
         assert any(st.name == "into place" for st in out.steps)
     finally:
         with Remote(s.target) as t:

@@ -38,10 +38,10 @@ def test_items_are_matched_by_hypertable_and_range_not_by_name():
     src = dq.items(catalog([chunk("_hyper_1_1_chunk", 0, 100)], tables=["devices"]))
     tgt = dq.items(catalog([chunk("_hyper_1_9_chunk", 0, 100)], tables=["devices"]))
     assert set(src) == set(tgt) == {K1, "table tracker.devices"}
-    assert src[K1]["rel"] == '"_timescaledb_internal"."_hyper_1_1_chunk"' and src[K1]["ht_rel"] == '"tracker"."location_reports"'
-    assert tgt[K1]["name"] == "_hyper_1_9_chunk"
+    assert src[K1].rel == '"_timescaledb_internal"."_hyper_1_1_chunk"' and src[K1].ht_rel == '"tracker"."location_reports"'
+    assert tgt[K1].name == "_hyper_1_9_chunk"
     mat = dq.items(catalog([chunk("_hyper_5_3_chunk", 0, 100, ht="cagg tracker.hourly")]))
-    assert list(mat) == ["chunk cagg tracker.hourly [0, 100)"] and mat["chunk cagg tracker.hourly [0, 100)"]["time_column"] == "bucket"
+    assert list(mat) == ["chunk cagg tracker.hourly [0, 100)"] and mat["chunk cagg tracker.hourly [0, 100)"].time_column == "bucket"
 
 
 def test_more_than_one_dimension_is_refused():

@@ -34,9 +34,9 @@ def test_items_are_records_with_their_chunk_key():
     c, t = it["chunk tracker.location_reports [0, 100)"], it["table tracker.devices"]
     assert isinstance(c, Item) and c.chunk_key == ChunkKey("tracker.location_reports", 0, 100)
     assert c.compressed and c.compressed_rel == '"_timescaledb_internal"."compress_a"' and t.chunk_key is None
-    assert c["ht_rel"] == c.ht_rel and t.get("nothing") is None  # read access by name for callers not yet moved
-    with pytest.raises(KeyError):
-        c["nothing"]
+    with pytest.raises(TypeError):
+        c["ht_rel"]  # attributes only: no read access by name
+    assert not hasattr(t, "get") and not hasattr(t, "keys")
 
 
 def test_action_values_are_the_journal_words():

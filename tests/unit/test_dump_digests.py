@@ -24,7 +24,7 @@ def test_the_snapshot_script_reads_the_catalog_first_then_every_item_as_verify_r
     assert sql.index(ct.SESSION_SQL) < sql.index("'hypertables', (SELECT") < sql.index(f"'k', {dq.literal(K1)}")
     # the same statements verify runs on the target: the prints compare one to one
     for k in (K1, DEV):
-        assert ct.digest_sql(k, items[k], items[k]["columns"]) in sql
+        assert ct.digest_sql(k, items[k], items[k].columns) in sql
     assert "_materialized" not in sql.split("'large_objects'")[1].split("SELECT json_build_object('k'")[-1]
     assert "cagg tracker.hourly" not in "".join(ln for ln in sql.splitlines() if ln.startswith("SELECT json_build_object('k'"))
 

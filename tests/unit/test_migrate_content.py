@@ -1,5 +1,7 @@
 """Verify's content comparison, pure parts: what is read on each host, the SQL, and how differences are named."""
 
+from dataclasses import replace
+
 from trackerdb.migrate import delta_sql as dq
 from trackerdb.migrate import content as ct
 from trackerdb.steps import Check
@@ -69,12 +71,12 @@ def test_the_script_pins_every_text_form_a_digest_depends_on_before_the_first_re
 def test_plan_reads_the_common_items_with_the_sources_column_order():
     src = ct.comparable_items(catalog([chunk("a", JAN1, JAN1 + DAY), chunk("b", JAN1 + DAY, JAN1 + 2 * DAY)], tables=("devices", "old")))
     tgt = ct.comparable_items(catalog([chunk("z", JAN1, JAN1 + DAY)], tables=("devices", "new")))
-    tgt[DEV] = dict(tgt[DEV], columns=["name", "id"])  # same columns, another order: read in the source's order
+    tgt[DEV] = replace(tgt[DEV], columns=["name", "id"])  # same columns, another order: read in the source's order
     p = ct.plan(src, tgt)
     assert p["read"] == sorted([K1, DEV]) and p["columns"][DEV] == ["id", "name"]
     assert p["differ"] == {K2: "missing on the target", "table tracker.old": "missing on the target",
                            "table tracker.new": "not on the source"}
-    tgt[DEV] = dict(tgt[DEV], columns=["id"])
+    tgt[DEV] = replace(tgt[DEV], columns=["id"])
     assert ct.plan(src, tgt)["differ"][DEV].startswith("columns differ: target (id), source (id, name)")
 
 
@@ -124,10 +126,11 @@ def test_a_range_on_one_host_only_fails_and_many_differences_are_counted():
 
 
 def test_range_labels():
-    item = {"kind": "chunk", "hypertable": "m.t", "name": "c", "start": dq.INT64_MIN, "end": 1_800_000_000, "time_type": "timestamp with time zone"}
+    item = dq.Item(kind="chunk", rel="", owner="", columns=[], hypertable="m.t", name="c", start=dq.INT64_MIN,
+                   end=1_800_000_000, time_type="timestamp with time zone")
     assert ct.label("k", item) == "m.t range [-infinity, 1970-01-01 00:30:00) (chunk c)"
-    assert ct.label("k", dict(item, start=10, end=dq.INT64_MAX, time_type="bigint")) == "m.t range [10, +infinity) (chunk c)"
-    assert ct.label("table s.t", {"kind": "table"}) == "table s.t"
+    assert ct.label("k", replace(item, start=10, end=dq.INT64_MAX, time_type="bigint")) == "m.t range [10, +infinity) (chunk c)"
+    assert ct.label("table s.t", dq.Item(kind="table", rel="s.t", owner="", columns=[])) == "table s.t"
 
 
 def test_large_objects_compared_by_md5():

@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -167,9 +168,9 @@ def test_manifest_roundtrip_and_validation(tmp_path):
         load_manifest(tmp_path / "missing.json")
 
 
-def test_run_restore_local_preflight_refuses_bad_files(tmp_path):
+def test_restore_local_preflight_refuses_bad_files(tmp_path):
     """Before any host is contacted: random file, truncated file, checksum mismatch."""
-    from trackerdb.migrate.restore import run_restore
+    from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
     from tests.conftest import prod_outputs
     from trackerdb.settings import Settings
 
@@ -186,8 +187,8 @@ def test_run_restore_local_preflight_refuses_bad_files(tmp_path):
         return str(d)
 
     with pytest.raises(PreflightError, match="not a pg_dump archive"):
-        run_restore(s, write(b"\x00" * 2000, size=2000))
+        restore(s, LocalDump(Path(write(b"\x00" * 2000, size=2000))), opts=RestoreOptions())
     with pytest.raises(PreflightError, match="bytes, the manifest says"):
-        run_restore(s, write(body[:500]))
+        restore(s, LocalDump(Path(write(body[:500]))), opts=RestoreOptions())
     with pytest.raises(PreflightError, match="SHA-256 does not match"):
-        run_restore(s, write(body, sha="0" * 64))
+        restore(s, LocalDump(Path(write(body, sha="0" * 64))), opts=RestoreOptions())

@@ -181,7 +181,7 @@ def test_tables_whose_dotted_names_collide_unquoted_are_two_items():
     cat = {"tables": [_table("a.b", "c", '"a.b".c'), _table("a", "b.c", 'a."b.c"')]}
     it = dq.items(cat)
     assert sorted(it) == ['table "a.b".c', 'table a."b.c"']
-    assert it['table "a.b".c']["rel"] == '"a.b"."c"' and it['table a."b.c"']["rel"] == '"a"."b.c"'
+    assert it['table "a.b".c'].rel == '"a.b"."c"' and it['table a."b.c"'].rel == '"a"."b.c"'
     plan = dq.diff(it, {k: {"n": 1, "d": "x"} for k in it}, {}, {})
     assert plan.keys(dq.CREATE) == sorted(it)  # both compared, both copied
     seqs = {"sequences": [{"schema": "a.b", "name": "c", "last_value": "5", "start_value": "1"},

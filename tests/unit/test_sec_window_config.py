@@ -3,7 +3,7 @@ phase with the source frozen; owner_map's roles are checked before pg_restore; a
 TLS check of the application's path is said in the dry run and the report.
 
 Tables of the pure parsers/builders, then the places that must call them before anything changes
-(run_cutover, the cutover's preflight, run_restore) with stand-ins for hosts.
+(run_cutover, the cutover's preflight, restore) with stand-ins for hosts.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class FakePsql:
         raise AssertionError(f"SQL ran on the target: {sql[:80]}")
 
 
-def test_run_restore_refuses_a_missing_owner_map_role_before_anything_runs(tmp_path, monkeypatch):
+def test_restore_refuses_a_missing_owner_map_role_before_anything_runs(tmp_path, monkeypatch):
     from tests.unit.test_migrate_restore import manifest, target
     from trackerdb.migrate import restore as rs
 
@@ -256,17 +256,16 @@ def test_run_restore_refuses_a_missing_owner_map_role_before_anything_runs(tmp_p
     s = SimpleNamespace(database="tracker", target=SimpleNamespace(name="target"), pg_bin="/usr/lib/postgresql/16/bin",
                         owner_map=MAP, owner_role="tracker", postgres_major=16, data_mount="/var/lib/postgresql",
                         pg_port=5432)
+    dump = rs.DumpOnTarget(str(tmp_path / "tracker.dump"))
     for dry_run in (True, False):
         with pytest.raises(PreflightError) as e:
-            rs.run_restore(s, str(tmp_path / "tracker.dump"), manifest_path=str(mp), session=session, on_target=True,
-                           replace=True, dry_run=dry_run)
+            rs.restore(s, dump, str(mp), rs.RestoreOptions(replace=True, dry_run=dry_run), session=session)
         assert "role 'tracker_app' does not exist on the target" in e.value.message
     assert remote.ran == [] and len(psql.sql) == 2  # only the read-only facts query, once per run
     # with the role on the target the same restore gets past this check (and on to the host, stubbed here)
     psql.tf = dict(target(), roles=["postgres", "tracker_app"])
     with pytest.raises(AssertionError, match="a command ran on the target"):
-        rs.run_restore(s, str(tmp_path / "tracker.dump"), manifest_path=str(mp), session=session, on_target=True,
-                       replace=True)
+        rs.restore(s, dump, str(mp), rs.RestoreOptions(replace=True), session=session)
 
 
 def test_cutover_preflight_names_a_missing_owner_map_role(monkeypatch):

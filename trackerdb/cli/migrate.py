@@ -111,7 +111,7 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
     ever the complete restore.
     """
     from ..cutover.leftover import before_restore
-    from ..migrate.restore import run_restore
+    from ..migrate import restore as rs
 
     paths.input_file(dump, "--dump")
     if manifest:
@@ -121,8 +121,9 @@ def restore(c, dump, manifest=None, replace=False, dry_run=False, keep_upload=Fa
     before_restore(s, dry_run=dry_run, say=lambda m: None if json else _stdout.print(m))
     prog, update = _bar()
     with (contextlib.nullcontext() if json else prog):
-        outcome = run_restore(s, dump, manifest_path=manifest, replace=replace, dry_run=dry_run,
-                              progress=None if json else update, keep_upload=keep_upload)
+        outcome = rs.restore(s, rs.LocalDump(Path(dump)), manifest,
+                             rs.RestoreOptions(replace=replace, dry_run=dry_run, keep_upload=keep_upload),
+                             progress=None if json else update)
     print_outcome(outcome, json)
     for w in getattr(outcome, "stats", {}).get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}", markup=True)

@@ -302,7 +302,7 @@ def cutover_manifest(manifest: dict, prior_read_only: str | None) -> dict:
 
 # ---- 4 restore ---------------------------------------------------------------------------------
 def restore(ctx: Ctx, resume: bool) -> dict:
-    from ..migrate.restore import run_restore
+    from ..migrate import restore as rs
 
     if path(ctx) == PATH_DELTA:
         return {"skipped": "pre-copy path: the target's tracker was brought up to date in phase 2b"}
@@ -319,9 +319,9 @@ def restore(ctx: Ctx, resume: bool) -> dict:
     if d.dump_path is None:
         raise OpsError("the journal records no final dump to restore (phase 3)",
                        hint="re-run `invoke cutover` with the same --journal: it resumes at the dump")
-    outcome = run_restore(ctx.settings, d.dump_path, manifest_path=d.manifest_path, replace=True,
-                          progress=pg.step_progress(ctx.say), session=ctx.session, on_target=on_target,
-                          keep_upload=on_target)
+    outcome = rs.restore(ctx.settings, rs.dump_source(d.dump_path, on_target), d.manifest_path,
+                         rs.RestoreOptions(replace=True, keep_upload=on_target),
+                         progress=pg.step_progress(ctx.say), session=ctx.session)
     steps = getattr(outcome, "steps", [])
     # a whole database's restore leaves archiving behind on a busy host: verify checks it, so wait
     # (bounded) for it to catch up here, as the pre-copy path does after its big copies

@@ -49,12 +49,12 @@ SESSION_SQL = ("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalSt
 def comparable_items(catalog: dict) -> dict[str, dq.Item]:
     """A host's tables and chunks (``delta_sql.items``) minus the continuous aggregates' materializations."""
     return {k: v for k, v in dq.items(catalog).items()
-            if not (v["kind"] == "chunk" and v["hypertable"].startswith("cagg "))}
+            if not (v.kind == "chunk" and v.hypertable.startswith("cagg "))}
 
 
 def digest_sql(key: str, item: dq.Item, columns: list[str]) -> str:
     """One JSON line ``{"k", "n", "d"}``: a table's rows (``ONLY``), or a chunk's range read through its hypertable."""
-    frm = f"{item['ht_rel']} t WHERE {dq.range_where(item)}" if item["kind"] == "chunk" else f"ONLY {item['rel']} t"
+    frm = f"{item.ht_rel} t WHERE {dq.range_where(item)}" if item.kind == "chunk" else f"ONLY {item.rel} t"
     return dq._line(key, "count(*)", dq._digest(columns), frm)
 
 
@@ -76,11 +76,11 @@ def plan(src_items: dict, tgt_items: dict) -> dict:
             differ[key] = "missing on the target"
         elif s is None:
             differ[key] = "not on the source"
-        elif sorted(s["columns"]) != sorted(t["columns"]):
-            differ[key] = f"columns differ: target ({', '.join(t['columns'])}), source ({', '.join(s['columns'])})"
+        elif sorted(s.columns) != sorted(t.columns):
+            differ[key] = f"columns differ: target ({', '.join(t.columns)}), source ({', '.join(s.columns)})"
         else:
             read.append(key)
-            cols[key] = s["columns"]
+            cols[key] = s.columns
     return {"read": read, "columns": cols, "differ": differ}
 
 
@@ -96,13 +96,13 @@ def _when(internal: int, time_type: str) -> str:
     return str(int(internal))
 
 
-def label(key: str, item: dict | None) -> str:
+def label(key: str, item: dq.Item | None) -> str:
     """How a difference is named: ``table "s"."t"``, or the hypertable's chunk range with its chunk's name."""
-    if item is None or item["kind"] != "chunk":
+    if item is None or item.kind != "chunk":
         return key
-    return (f"{item['hypertable']} range [{_when(item['start'], item['time_type'])}, "
-            f"{_when(item['end'], item['time_type'])}) "
-            f"(chunk {item['name']})")
+    return (f"{item.hypertable} range [{_when(item.start, item.time_type)}, "
+            f"{_when(item.end, item.time_type)}) "
+            f"(chunk {item.name})")
 
 
 def _print_text(p: dict | None) -> str:
@@ -116,7 +116,7 @@ def compare(src_items: dict, tgt_items: dict, planned: dict, src_prints: dict, t
     groups: dict[str, list[str]] = {}
     for key in sorted(set(src_items) | set(tgt_items)):
         it = src_items.get(key) or tgt_items[key]
-        group = f"table {key.split(' ', 1)[1]}" if it["kind"] == "table" else f"hypertable {it['hypertable']}"
+        group = f"table {key.split(' ', 1)[1]}" if it.kind == "table" else f"hypertable {it.hypertable}"
         groups.setdefault(group, []).append(key)
     checks = []
     for noun, keys in sorted(groups.items()):

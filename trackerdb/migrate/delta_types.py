@@ -10,9 +10,9 @@ them. Prints go to and come from JSON only here (``Print.from_json``/``to_json``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 
 class Action(StrEnum):
@@ -52,10 +52,7 @@ def key_kind(key: str) -> str:
 
 @dataclass(frozen=True)
 class Item:
-    """A table or a chunk on one host, as ``delta_sql.items`` reads it from the catalog.
-
-    Read access by name (``item["rel"]``) stays for the callers outside the delta that still index it
-    (``migrate/content.py``, benchmarks); new code uses the attributes."""
+    """A table or a chunk on one host, as ``delta_sql.items`` reads it from the catalog."""
     kind: str  # "table" | "chunk"
     rel: str
     owner: str
@@ -94,20 +91,6 @@ class Item:
     @property
     def chunk_key(self) -> ChunkKey | None:
         return ChunkKey(self.hypertable, self.start, self.end) if self.kind == "chunk" else None
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in _ITEM_FIELDS:
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name) if name in _ITEM_FIELDS else default
-
-    def keys(self) -> Iterator[str]:
-        return iter(_ITEM_FIELDS)
-
-
-_ITEM_FIELDS = tuple(f.name for f in fields(Item))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def snapshot_script(catalog: dict) -> str:
     items = ct.comparable_items(catalog)
     keys = sorted(items)
     return dq.script(
-        [ct.SESSION_SQL, dq.CATALOG_SQL.strip()] + [ct.digest_sql(k, items[k], items[k]["columns"]) for k in keys]
+        [ct.SESSION_SQL, dq.CATALOG_SQL.strip()] + [ct.digest_sql(k, items[k], items[k].columns) for k in keys]
     )
 
 
@@ -63,7 +63,7 @@ def section(stdout: str, planned: dict, timings: dict | None = None) -> dict:
         p = plan_items.get(key)
         if p is None:
             not_digested[key] = "created after the dump planned its digests"
-        elif p["columns"] != item["columns"]:
+        elif p.columns != item.columns:
             not_digested[key] = "its columns changed while the dump planned its digests"
         elif key not in prints:
             not_digested[key] = "no digest printed"

@@ -75,20 +75,10 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 __all__ = ["DumpOnTarget", "DumpSource", "LocalDump", "RestoreCtx", "RestoreOptions", "UPLOAD_CHUNK", "_remote_size",
-           "_upload", "dump_source", "restore", "run_restore", "stage_names"]
-
+           "_upload", "dump_source", "restore", "stage_names"]
 
 
 # ---- executor ---------------------------------------------------------------------------------
-def run_restore(settings: Settings, dump_path: str, manifest_path: str | None = None, replace: bool = False,
-                progress=None, dry_run: bool = False, keep_upload: bool = False, session=None,
-                on_target: bool = False) -> Outcome:
-    """``restore`` with the dump and the options as the callers have always passed them (``on_target``: the
-    dump is already on the target, where the upload would put it)."""
-    return restore(settings, dump_source(dump_path, on_target), manifest_path,
-                   RestoreOptions(replace=replace, dry_run=dry_run, keep_upload=keep_upload), progress, session)
-
-
 def restore(settings: Settings, source: DumpSource, manifest_path: str | None = None,
             opts: RestoreOptions | None = None,
             progress=None, session=None) -> Outcome:
