@@ -379,6 +379,20 @@ def _err(exc: Exception) -> str:
     return f"error: {code or type(exc).__name__}"
 
 
+def _volume_facts(v: dict) -> dict:
+    """What the checks read of one ``describe_volumes`` entry."""
+    return {
+        "size": v["Size"],
+        "type": v["VolumeType"],
+        "encrypted": v["Encrypted"],
+        "az": v["AvailabilityZone"],
+        "attachments": [
+            {"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]}
+            for a in v.get("Attachments", [])
+        ],
+    }
+
+
 def gather(settings: Settings, outputs: dict | None = None, make_client=None) -> dict:
     """Read every fact the checks need. Reads only: nothing here changes AWS.
 
@@ -422,32 +436,14 @@ def gather(settings: Settings, outputs: dict | None = None, make_client=None) ->
     vol_ids = sorted(set(vol_ids) | {o["data_volume_id"]})
     try:
         for v in ec2.describe_volumes(VolumeIds=vol_ids)["Volumes"]:
-            facts["volumes"][v["VolumeId"]] = {
-                "size": v["Size"],
-                "type": v["VolumeType"],
-                "encrypted": v["Encrypted"],
-                "az": v["AvailabilityZone"],
-                "attachments": [
-                    {"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]}
-                    for a in v.get("Attachments", [])
-                ],
-            }
+            facts["volumes"][v["VolumeId"]] = _volume_facts(v)
     except ClientError as exc:  # one missing id fails the whole call: read them one by one
         for vid in vol_ids:
             try:
                 v = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
             except ClientError:
                 continue
-            facts["volumes"][vid] = {
-                "size": v["Size"],
-                "type": v["VolumeType"],
-                "encrypted": v["Encrypted"],
-                "az": v["AvailabilityZone"],
-                "attachments": [
-                    {"instance_id": a["InstanceId"], "device": a["Device"], "state": a["State"]}
-                    for a in v.get("Attachments", [])
-                ],
-            }
+            facts["volumes"][vid] = _volume_facts(v)
         facts["volumes_error"] = _err(exc)
     try:
         sg = ec2.describe_security_groups(GroupIds=[o["security_group_id"]])["SecurityGroups"][0]
