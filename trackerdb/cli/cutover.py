@@ -37,6 +37,20 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
     completed phase. Ends with the outage, the timings and the rollback command. Phases 1 and 1a
     also run on their own before the window: `invoke cutover-phase preflight` (then `prepare`).
     """
+    summary = _run(c, journal, dump_dir, dry_run=dry_run, json=json, full=full)
+    if json:
+        print(_json.dumps(summary, indent=2, default=str))
+        return
+    if dry_run:
+        _print_plan(summary)
+        return
+    _print_summary(summary)
+
+
+def _run(c, journal: str | None, dump_dir: str | None, *, dry_run: bool, json: bool, full: bool,
+         only: str | None = None) -> dict:
+    """`cutover` and `cutover-phase`: the paths checked before the configuration is read, the journal
+    (default: the state directory's) and the dump directory (default: the journal's), then the run."""
     from ..cutover.ops import default_journal, run_cutover
 
     if journal:
@@ -45,17 +59,9 @@ def cutover(c, dry_run=False, journal=None, dump_dir=None, json=False, full=Fals
         paths.output_dir(dump_dir, "--dump-dir")
     s = settings(c)
     journal_path = Path(journal) if journal else default_journal(s)
-    dump_dir = Path(dump_dir) if dump_dir else journal_path.parent
-    summary = run_cutover(s, dump_dir, dry_run=dry_run, progress=None if json else elapsed_progress(),
-                          journal_path=journal_path,
-                          full=full)
-    if json:
-        print(_json.dumps(summary, indent=2, default=str))
-        return
-    if dry_run:
-        _print_plan(summary)
-        return
-    _print_summary(summary)
+    return run_cutover(s, Path(dump_dir) if dump_dir else journal_path.parent, dry_run=dry_run,
+                       progress=None if json else elapsed_progress(), journal_path=journal_path, full=full,
+                       only=only)
 
 
 def _print_plan(summary: dict) -> None:
@@ -206,20 +212,11 @@ def cutover_phase(c, name, dry_run=False, journal=None, dump_dir=None, json=Fals
     """
     from ..cutover import phases as ph
     from ..cutover import table as tb
-    from ..cutover.ops import default_journal, run_cutover
 
     phase = tb.find(ph.TABLE, name)  # an unknown name: refused before the configuration is read
     if not phase.alone:
         tb.alone(ph.TABLE, phase.id, {})
-    if journal:
-        paths.output_file(journal, "--journal")
-    if dump_dir:
-        paths.output_dir(dump_dir, "--dump-dir")
-    s = settings(c)
-    journal_path = Path(journal) if journal else default_journal(s)
-    summary = run_cutover(s, Path(dump_dir) if dump_dir else journal_path.parent, dry_run=dry_run,
-                          progress=None if json else elapsed_progress(), journal_path=journal_path, full=full,
-                          only=phase.id)
+    summary = _run(c, journal, dump_dir, dry_run=dry_run, json=json, full=full, only=phase.id)
     if json:
         print(_json.dumps(summary, indent=2, default=str))
     elif dry_run:
