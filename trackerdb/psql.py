@@ -28,7 +28,6 @@ from . import limits
 from .errors import HostError
 from .remote import error_text
 from .secrets import mask
-from .settings import Settings
 
 
 class PsqlError(HostError):
@@ -129,16 +128,6 @@ class Psql:
         self.port = int(port)
         self.pg_bin = pg_bin
         self.pinned = pinned
-
-    @classmethod
-    def target(cls, host, settings: Settings) -> "Psql":
-        """The target cluster, with the client tools of its server's major version."""
-        return cls(host, settings.pg_port, settings.pg_bin)
-
-    @classmethod
-    def source(cls, host, settings: Settings) -> "Psql":
-        """The source cluster (its own client tools, on its own port)."""
-        return cls(host, settings.source_port)
 
     def argv(self, database: str = "postgres", variables: dict | None = None) -> list[str]:
         """The command line reading SQL from stdin (``run`` adds ``PIN`` to what it sends)."""

@@ -85,11 +85,11 @@ def test_a_copy_whose_sender_fails_commits_nothing(lab_settings, sender_rc, rows
     travels in the trailer only after a sender that succeeded. With the old receiver (psql -1 -c COPY) the
     same stream committed its prefix (reproduced by the issue: 3 of 1000 rows)."""
     from trackerdb.migrate import delta_sql as dq
-    from trackerdb.psql import Psql
+    from trackerdb.session import source_cluster
 
     s = lab_settings
     with Remote(s.require_source()) as src:
-        p = Psql.source(src, s)
+        p = source_cluster(src, s)
         p.run("DROP TABLE IF EXISTS public.trackerdb_stream_probe; CREATE TABLE public.trackerdb_stream_probe (x int); "
               "INSERT INTO public.trackerdb_stream_probe VALUES (42);")
         try:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from trackerdb.migrate.restore_plan import staging_name, upload_dir
-from trackerdb.psql import Psql
+from trackerdb.session import target_cluster
 from trackerdb.remote import Remote
 
 pytestmark = pytest.mark.lab
@@ -30,7 +30,7 @@ STATE_SQL = """SELECT json_build_object(
 
 def target_state(settings) -> dict:
     with Remote(settings.target) as t:
-        state = Psql.target(t, settings).json(STATE_SQL)
+        state = target_cluster(t, settings).json(STATE_SQL)
         files = t.run(["sh", "-c", f"ls -A {upload_dir(settings.data_mount)} 2>/dev/null; "
                                    f"ls /etc/postgresql/*/main/conf.d/ 2>/dev/null; true"], sudo=True).stdout
         procs = t.run(["sh", "-c", "pgrep -a pg_restore || true"]).stdout

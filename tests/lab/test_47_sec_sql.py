@@ -27,7 +27,7 @@ from trackerdb.migrate.dump import run_dump
 from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.psql import Psql, PsqlError
 from trackerdb.remote import Remote
-from trackerdb.session import cluster
+from trackerdb.session import cluster, source_cluster, target_cluster
 
 pytestmark = pytest.mark.lab
 
@@ -80,7 +80,7 @@ def ran(psql: Psql) -> list[list[str]]:
 def planted(provisioned, tmp_path_factory):
     s = provisioned
     with Remote(s.source) as src:
-        sp = Psql.source(src, s)
+        sp = source_cluster(src, s)
         original = sp.value(SETTING_SQL, "tracker")
         assert "postgres" not in original, f"a planted search_path is left over: {original!r}"
         sp.run(cleanup_sql(original), "tracker")  # a run killed before its teardown left things behind
@@ -92,13 +92,13 @@ def planted(provisioned, tmp_path_factory):
         finally:
             sp.run(cleanup_sql(original), "tracker")
             with Remote(s.target) as tgt:
-                Psql.target(tgt, s).run(cleanup_sql(original), "tracker", check=False)
+                target_cluster(tgt, s).run(cleanup_sql(original), "tracker", check=False)
 
 
 def test_the_owners_search_path_reaches_none_of_our_sessions(planted):
     s = planted["settings"]
     with Remote(s.source) as src, Remote(s.target) as tgt:
-        for remote, psql in ((src, Psql.source(src, s)), (tgt, Psql.target(tgt, s))):
+        for remote, psql in ((src, source_cluster(src, s)), (tgt, target_cluster(tgt, s))):
             assert Psql(remote, psql.port, pinned=False).value("SHOW search_path;", "tracker") == "postgres, public"
             assert psql.value("SHOW search_path;", "tracker") == "pg_catalog, pg_temp"
             assert psql.value("SHOW standard_conforming_strings;", "tracker") == "on"
@@ -109,7 +109,7 @@ def test_the_planted_restore_functions_travelled_and_never_ran(planted):
     steps = {st.name: st for st in planted["outcome"].steps}
     assert "restoring=off" in steps["timescaledb_post_restore"].detail
     with Remote(s.target) as tgt:
-        t = Psql.target(tgt, s)
+        t = target_cluster(tgt, s)
         travelled = t.value("SELECT count(*) FROM pg_proc WHERE pronamespace = 'postgres'::regnamespace "
                             "AND proname IN ('timescaledb_pre_restore', 'timescaledb_post_restore');", "tracker")
         assert travelled == "2"  # the dump carried them: they could have run
@@ -124,12 +124,12 @@ def test_the_freeze_refresh_refuses_the_public_overload_and_runs_nothing(planted
             fz.refresh_caggs(cluster(src, s.source_port), s.database)
         assert "public.refresh_continuous_aggregate(text,text,text)" in e.value.one_line()
         assert "\n" not in e.value.one_line()
-        sp = Psql.source(src, s)
+        sp = source_cluster(src, s)
         assert ran(sp) == []
     # without the impostor the same refresh runs, each aggregate as its owner (the owner may: no error); on the
     # target, whose tracker the next restore replaces, so the source's aggregates keep their pending state
     with Remote(s.target) as tgt:
-        tp = Psql.target(tgt, s)
+        tp = target_cluster(tgt, s)
         tp.run("DROP PROCEDURE public.refresh_continuous_aggregate(text, text, text);", s.database)
         assert len(fz.refresh_caggs(cluster(tgt, s.pg_port), s.database)) >= 2
         assert ran(tp) == []
@@ -138,7 +138,7 @@ def test_the_freeze_refresh_refuses_the_public_overload_and_runs_nothing(planted
 def test_the_delta_refuses_a_compress_chunk_impostor_and_compresses_nothing(planted):
     s = planted["settings"]
     with Remote(s.target) as tgt:
-        t = Psql.target(tgt, s)
+        t = target_cluster(tgt, s)
         with pytest.raises(api.ApiImpostor, match=r"public\.compress_chunk\(regclass,boolean\)"):
             api.api_schema(t, s.database, [api.COMPRESS, api.DECOMPRESS])  # what the delta asks first
         chunk = t.value("SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
@@ -155,22 +155,22 @@ def test_the_delta_refuses_a_compress_chunk_impostor_and_compresses_nothing(plan
 def test_the_delta_rewrites_a_table_as_its_owner(planted):
     s = planted["settings"]
     with Remote(s.target) as tgt:
-        t = Psql.target(tgt, s)
+        t = target_cluster(tgt, s)
         t.run("DROP PROCEDURE IF EXISTS public.refresh_continuous_aggregate(text, text, text);\n"
               "DROP FUNCTION IF EXISTS public.compress_chunk(regclass, boolean);\n" + TRIGGER, s.database)
     ctx = ph.Ctx(settings=s, journal=None, dump_dir=None)
     try:
-        src_cat = Psql.source(ctx.remote("source"), s).json(dq.CATALOG_SQL, s.database)
-        tgt_cat = Psql.target(ctx.remote("target"), s).json(dq.CATALOG_SQL, s.database)
+        src_cat = source_cluster(ctx.remote("source"), s).json(dq.CATALOG_SQL, s.database)
+        tgt_cat = target_cluster(ctx.remote("target"), s).json(dq.CATALOG_SQL, s.database)
         si, ti = dq.items(src_cat), dq.items(tgt_cat)
         key = "table tracker.devices"
         assert ti[key].owner == s.owner_role
         plan = dq.Plan(actions={key: dq.COPY})
         said: list[str] = []
         assert dl._apply(ctx, plan, si, ti, src_cat, tgt_cat, said.append, [0], {}) == [key]
-        records = ran(Psql.target(ctx.remote("target"), s))
+        records = ran(target_cluster(ctx.remote("target"), s))
         rows = [p.value("SELECT count(*) FROM tracker.devices;", s.database)
-                for p in (Psql.source(ctx.remote("source"), s), Psql.target(ctx.remote("target"), s))]
+                for p in (source_cluster(ctx.remote("source"), s), target_cluster(ctx.remote("target"), s))]
     finally:
         ctx.close()
     assert records == [["delta DELETE", s.owner_role], ["delta INSERT", s.owner_role]], records  # never "postgres"

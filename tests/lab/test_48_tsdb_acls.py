@@ -22,6 +22,7 @@ from trackerdb.migrate.dump import run_dump
 from trackerdb.migrate.restore import LocalDump, RestoreOptions, restore
 from trackerdb.migrate.verify import probe_table, run_verify
 from trackerdb.psql import Psql
+from trackerdb.session import source_cluster, target_cluster
 from trackerdb.remote import Remote
 
 pytestmark = pytest.mark.lab
@@ -195,7 +196,7 @@ def test_the_pre_copy_guard_sees_privileges_inside_timescaledbs_schemas(acl_copy
     record = sp.load_record(s.state_dir)
     assert record is not None and record["dump_sha256"] == acl_copy["dump"].manifest["dump"]["sha256"]
     with Remote(s.source) as src, Remote(s.target) as tgt:
-        sp_src, sp_tgt = Psql.source(src, s), Psql.target(tgt, s)
+        sp_src, sp_tgt = source_cluster(src, s), target_cluster(tgt, s)
         ident = sp_tgt.json(sp.identity_sql(s.database))
         src_doc, tgt_doc = sp.collect(sp_src, s.database), sp.collect(sp_tgt, s.database)
         assert any(p.startswith("default privileges for role postgres in schema _timescaledb_internal on tables")

@@ -39,9 +39,8 @@ from trackerdb.cutover.ops import run_cutover
 from trackerdb.cutover.rollback import run_rollback
 from trackerdb.errors import OpsError
 from trackerdb.migrate import cagg_check as cc
-from trackerdb.psql import Psql
 from trackerdb.remote import Remote
-from trackerdb.session import cluster, Session
+from trackerdb.session import cluster, Session, source_cluster, target_cluster
 
 from .test_49_faults_restore import avail_bytes, fill, unfill
 from .test_50_cutover import ensure_app_password_on_source, run_sql
@@ -179,7 +178,7 @@ def window(backrest_ready, lab, tmp_path_factory):
         "daily": (value(src, DAILY), value(tgt, DAILY)),
         "raw_day_rows": (int(value(src, DAY_ROWS)), int(value(tgt, DAY_ROWS))),
     }
-    ps, pt = Psql.source(src, s), Psql.target(tgt, s)
+    ps, pt = source_cluster(src, s), target_cluster(tgt, s)
     src_meta = ps.json(cc.meta_sql(), s.database)
     res["cagg_checks"] = {"source": cc.run_cagg_checks(ps, s.database),
                           "target": cc.run_cagg_checks(pt, s.database, expected={"cagg_refresh_state": src_meta["state"]})}

@@ -33,9 +33,8 @@ from trackerdb.errors import PreflightError
 from trackerdb.migrate import kept_aside as ka
 from trackerdb.migrate import toc
 from trackerdb.migrate.restore_plan import restore_wal_mb
-from trackerdb.psql import Psql
 from trackerdb.remote import Remote
-from trackerdb.session import cluster
+from trackerdb.session import cluster, target_cluster
 
 from .test_50_cutover import ensure_app_password_on_source, query_json, run_sql
 
@@ -151,7 +150,7 @@ def test_short_space_names_kept_aside_databases_and_the_guarded_drop_frees_it(wi
     t0 = time.monotonic()
     filler = f"{s.data_mount.rstrip('/')}/trackerdb-test-filler"
     with Remote(s.target) as t:
-        facts = ka.read_facts(Psql.target(t, s))
+        facts = ka.read_facts(target_cluster(t, s))
         kept = ka.kept_aside(facts["databases"], s.database, datetime.now(timezone.utc))
         used = {sl["database"] for sl in facts["slots"]}
         victim = max((k for k in kept if k["name"] not in used and not k["sessions"]), key=lambda k: k["size"])

@@ -29,6 +29,7 @@ from trackerdb.cutover import phases as ph
 from trackerdb.cutover.journal import Journal
 from trackerdb.cutover.ops import run_cutover
 from trackerdb.psql import Psql
+from trackerdb.session import source_cluster
 from trackerdb.errors import PreflightError
 from trackerdb.remote import Remote
 from trackerdb.window_config import parse_application
@@ -148,7 +149,7 @@ def wait_for(cond, timeout=60, what="condition"):
 
 def source_state(settings) -> dict:
     with Remote(settings.require_source()) as s:
-        return Psql.source(s, settings).json(f"SELECT json_build_object('ro', (SELECT count(*) FROM pg_db_role_setting r JOIN pg_database d "
+        return source_cluster(s, settings).json(f"SELECT json_build_object('ro', (SELECT count(*) FROM pg_db_role_setting r JOIN pg_database d "
                              f"ON d.oid = r.setdatabase WHERE d.datname = '{settings.database}' AND r.setrole = 0 "
                              "AND array_to_string(r.setconfig, ',') LIKE '%default_transaction_read_only=on%'));")
 

@@ -157,11 +157,6 @@ def test_the_rank_check_sees_a_lazy_import_upwards():
 #: or a ``Psql`` (psql.py and remote.py define them); lab/ and rehearsal/ go through it too (lab/client.py's
 #: ``app_psql`` for the application's view). benchmarks/ are not held to it yet.
 MAKERS = {"trackerdb/session.py"}
-#: modules of other parts of issue 26 still calling the ``Psql.target``/``Psql.source`` shorthands; each goes to
-#: ``session.target_cluster``/``source_cluster`` (or the session's ``psql``) and leaves this set, which only shrinks
-SHORTHANDS_LEFT: set[str] = set()
-
-
 def _name(node) -> str | None:
     return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
 
@@ -187,7 +182,7 @@ def construction_violations(paths) -> dict[str, list[str]]:
         rel = str(p.relative_to(ROOT))
         if rel in MAKERS:
             continue
-        made = [c for c in constructions(p) if not (rel in SHORTHANDS_LEFT and ": Psql." in c)]
+        made = constructions(p)
         if made:
             bad[rel] = made
     return bad
@@ -196,12 +191,6 @@ def construction_violations(paths) -> dict[str, list[str]]:
 def test_only_the_session_makes_a_remote_or_a_psql():
     bad = construction_violations([p for pkg in ("trackerdb", "lab", "rehearsal", "infra") for p in modules(pkg)])
     assert not bad, f"reach hosts through trackerdb.session (session.psql/own, cluster, connect): {bad}"
-
-
-def test_the_shorthands_left_are_still_there():
-    """SHORTHANDS_LEFT only shrinks: a module converted since must leave it."""
-    gone = sorted(m for m in SHORTHANDS_LEFT if not any(": Psql." in c for c in constructions(ROOT / m)))
-    assert not gone, f"remove from SHORTHANDS_LEFT: {gone}"
 
 
 def test_the_construction_check_sees_every_way_to_make_one():

@@ -15,7 +15,7 @@ from trackerdb.migrate import probes as pb
 from trackerdb.migrate import tsdb_restore as tr
 from trackerdb.psql import PIN, Psql
 from trackerdb.remote import Result
-from trackerdb.session import cluster
+from trackerdb.session import cluster, source_cluster
 
 
 class Host:
@@ -39,7 +39,7 @@ def test_every_session_is_pinned_to_the_catalog_path_and_conforming_strings():
     assert PIN == "SET search_path = pg_catalog, pg_temp; SET standard_conforming_strings = on;"
     h = Host()
     Psql(h, 5432).run("SELECT 1;", "tracker")
-    Psql.source(h, type("S", (), {"source_port": 5433})()).value("SELECT 2;", "tracker")
+    source_cluster(h, type("S", (), {"source_port": 5433})()).value("SELECT 2;", "tracker")
     assert [stdin.splitlines()[0] for _, stdin in h.calls] == [PIN, PIN]  # before anything of ours
     assert Psql(h, 5432, pinned=False).run("SELECT 3;").stdout == "" and h.calls[-1][1] == "SELECT 3;"
 
