@@ -21,14 +21,13 @@ from . import progress as pg
 from . import switch as sw
 from .app_path import app_path_check
 from . import context as cx
-from .context import Ctx, rollback_decision_point
+from .context import DELTA, DUMP, FREEZE, PREFLIGHT, PREPARE, SWITCH, Ctx, rollback_decision_point
 from . import facts as fc
 from .facts import CopyPath, Dump
 from .table import Phase
 
-PREFLIGHT, FREEZE, DUMP, RESTORE = "preflight", "freeze", "dump", "restore"
-VERIFY, SWITCH, POST = "verify", "switch", "post"
-PREPARE, DELTA, FINAL_DUMP = "prepare", "delta", "final_dump"
+# the ids the typed readers need are defined with them (context.py); the rest here
+RESTORE, VERIFY, POST, FINAL_DUMP = "restore", "verify", "post", "final_dump"
 APP_STOP, APP_START, HEALTH = hk.APP_STOP, hk.APP_START, hk.HEALTH
 PATH_DELTA, PATH_FULL = CopyPath.DELTA, CopyPath.FULL
 READ_ONLY_SETTING = "default_transaction_read_only"
